@@ -1,0 +1,17 @@
+//! QEMU `virt` aarch64 machine (PL011 console, virtio-blk over PCI).
+
+use crate::Board;
+
+/// The 64-bit ARM board.
+pub static BOARD: Board = Board {
+    name: "qemu-aarch64",
+    rust_target: "aarch64-unknown-linux-musl",
+    deb_arch: "arm64",
+    kernel_package: "linux-image-cloud-arm64",
+    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    console: "ttyAMA0",
+    qemu_binary: "qemu-system-aarch64",
+    qemu_package: "qemu-system-arm",
+    qemu_args: &["-machine", "virt", "-cpu", "max", "-m", "512", "-smp", "2"],
+    kernel_cmdline: "panic=-1 quiet loglevel=4",
+};

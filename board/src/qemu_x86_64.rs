@@ -1,0 +1,17 @@
+//! QEMU `q35` x86_64 machine with virtio-blk over PCI.
+
+use crate::Board;
+
+/// The default board.
+pub static BOARD: Board = Board {
+    name: "qemu-x86_64",
+    rust_target: "x86_64-unknown-linux-musl",
+    deb_arch: "amd64",
+    kernel_package: "linux-image-cloud-amd64",
+    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    console: "ttyS0",
+    qemu_binary: "qemu-system-x86_64",
+    qemu_package: "qemu-system-x86",
+    qemu_args: &["-machine", "q35", "-cpu", "max", "-m", "512", "-smp", "2"],
+    kernel_cmdline: "panic=-1 quiet loglevel=4",
+};

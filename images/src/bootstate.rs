@@ -1,0 +1,245 @@
+//! The boot state record on the `cairn-state` partition.
+//!
+//! Two copies, each in its own 4 KiB block (offsets 0 and 4096). A writer
+//! always overwrites the copy that is *not* the newest valid one, with a
+//! sequence number one higher, so a power cut during a write leaves the other
+//! copy intact. A reader takes the valid copy with the highest sequence.
+//!
+//! Copy layout (little endian): magic "CAIRNBS1" (8), payload length (4),
+//! crc32 of the payload (4), postcard payload.
+
+use core::fmt;
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// Size of one copy's block.
+pub const COPY_SIZE: usize = 4096;
+/// Both copies.
+pub const RECORD_SIZE: usize = 2 * COPY_SIZE;
+/// Copy magic.
+pub const MAGIC: [u8; 8] = *b"CAIRNBS1";
+/// Most layer slot hints.
+pub const MAX_LAYER_SLOTS: usize = 32;
+const HEADER: usize = 16;
+
+/// One of the two manifest slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Slot {
+    /// `cairn-manifest-a`.
+    A,
+    /// `cairn-manifest-b`.
+    B,
+}
+
+impl Slot {
+    /// Partition name of the slot.
+    pub fn partition(self) -> &'static str {
+        match self {
+            Slot::A => "cairn-manifest-a",
+            Slot::B => "cairn-manifest-b",
+        }
+    }
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// A hint: the layer with this digest was written to this layer partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSlot {
+    /// Layer digest.
+    pub digest: Digest,
+    /// Number NN of the `cairn-layer-NN` partition.
+    pub partition: u8,
+}
+
+/// What the device needs to know before it reads a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootState {
+    /// Sequence number, one higher on every write.
+    pub seq: u64,
+    /// The manifest slot to boot.
+    pub active: Slot,
+    /// This boot is a trial of a freshly installed slot.
+    pub trial: bool,
+    /// Trial boots left before falling back.
+    pub attempts_left: u8,
+    /// Lowest manifest version the device accepts (anti-rollback).
+    pub rollback_floor: u64,
+    /// Where each layer was written.
+    pub layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>,
+}
+
+impl BootState {
+    /// The state of a freshly flashed device.
+    pub fn factory(layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>) -> Self {
+        Self { seq: 1, active: Slot::A, trial: false, attempts_left: 0, rollback_floor: 0, layer_slots }
+    }
+
+    /// Where a digest was written, if known.
+    pub fn partition_of(&self, digest: &Digest) -> Option<u8> {
+        self.layer_slots.iter().find(|s| s.digest == *digest).map(|s| s.partition)
+    }
+}
+
+/// Why a copy or the record could not be read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootStateError {
+    /// The input is shorter than expected.
+    TooShort,
+    /// Neither magic found (blank or foreign partition).
+    BadMagic,
+    /// The checksum does not match (torn or corrupted write).
+    BadChecksum,
+    /// The payload does not decode.
+    Decode,
+    /// The state does not fit in a copy.
+    TooLarge,
+    /// Neither copy is valid.
+    NoValidCopy,
+}
+
+impl fmt::Display for BootStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TooShort => "boot state region too short",
+            Self::BadMagic => "no boot state magic",
+            Self::BadChecksum => "boot state checksum mismatch",
+            Self::Decode => "boot state payload malformed",
+            Self::TooLarge => "boot state too large for a copy",
+            Self::NoValidCopy => "neither boot state copy is valid",
+        })
+    }
+}
+
+/// Encode one copy into a `COPY_SIZE` block.
+pub fn encode_copy(state: &BootState, block: &mut [u8; COPY_SIZE]) -> Result<(), BootStateError> {
+    block.fill(0);
+    let (header, body) = block.split_at_mut(HEADER);
+    let used = postcard::to_slice(state, body).map_err(|_| BootStateError::TooLarge)?.len();
+    let crc = crc32fast::hash(body.get(..used).ok_or(BootStateError::TooLarge)?);
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&(used as u32).to_le_bytes());
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Decode one copy.
+pub fn decode_copy(block: &[u8]) -> Result<BootState, BootStateError> {
+    let header = block.get(..HEADER).ok_or(BootStateError::TooShort)?;
+    if header.get(..8) != Some(&MAGIC[..]) {
+        return Err(BootStateError::BadMagic);
+    }
+    let word = |r: core::ops::Range<usize>| -> Result<u32, BootStateError> {
+        let b = header.get(r).ok_or(BootStateError::TooShort)?;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    };
+    let len = word(8..12)? as usize;
+    let crc = word(12..16)?;
+    if len > COPY_SIZE - HEADER {
+        return Err(BootStateError::BadChecksum);
+    }
+    let body = block.get(HEADER..HEADER + len).ok_or(BootStateError::TooShort)?;
+    if crc32fast::hash(body) != crc {
+        return Err(BootStateError::BadChecksum);
+    }
+    postcard::from_bytes(body).map_err(|_| BootStateError::Decode)
+}
+
+/// Which copy holds the newest valid state, and that state.
+pub fn read_record(region: &[u8]) -> Result<(usize, BootState), BootStateError> {
+    let a = region.get(..COPY_SIZE).map(decode_copy);
+    let b = region.get(COPY_SIZE..RECORD_SIZE).map(decode_copy);
+    match (a, b) {
+        (Some(Ok(a)), Some(Ok(b))) => Ok(if b.seq > a.seq { (1, b) } else { (0, a) }),
+        (Some(Ok(a)), _) => Ok((0, a)),
+        (_, Some(Ok(b))) => Ok((1, b)),
+        (None, _) => Err(BootStateError::TooShort),
+        _ => Err(BootStateError::NoValidCopy),
+    }
+}
+
+/// Prepare the next write: the state gets `seq` one past the current one, and
+/// the returned offset is that of the copy that is not the current one.
+pub fn next_write(current_copy: usize, current_seq: u64, next: &mut BootState) -> usize {
+    next.seq = current_seq.wrapping_add(1);
+    if current_copy == 0 {
+        COPY_SIZE
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(seq: u64) -> BootState {
+        let mut s = BootState::factory(Vec::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 1 }]));
+        s.seq = seq;
+        s
+    }
+
+    fn region(a: Option<&BootState>, b: Option<&BootState>) -> std::vec::Vec<u8> {
+        let mut r = vec![0u8; RECORD_SIZE];
+        for (i, s) in [a, b].into_iter().enumerate() {
+            if let Some(s) = s {
+                let mut block = [0u8; COPY_SIZE];
+                assert_eq!(encode_copy(s, &mut block), Ok(()));
+                r[i * COPY_SIZE..(i + 1) * COPY_SIZE].copy_from_slice(&block);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn the_newest_valid_copy_wins() {
+        let r = region(Some(&state(4)), Some(&state(5)));
+        assert_eq!(read_record(&r).map(|(i, s)| (i, s.seq)), Ok((1, 5)));
+        let r = region(Some(&state(7)), Some(&state(5)));
+        assert_eq!(read_record(&r).map(|(i, s)| (i, s.seq)), Ok((0, 7)));
+    }
+
+    #[test]
+    fn a_torn_write_falls_back_to_the_other_copy() {
+        let mut r = region(Some(&state(4)), Some(&state(5)));
+        // Power cut half way through writing copy 1: its tail is garbage.
+        for b in &mut r[COPY_SIZE + 20..COPY_SIZE + 40] {
+            *b ^= 0xff;
+        }
+        assert_eq!(read_record(&r).map(|(i, s)| (i, s.seq)), Ok((0, 4)));
+        // A flipped bit anywhere in the payload is caught.
+        let mut r = region(Some(&state(4)), None);
+        r[HEADER + 1] ^= 1;
+        assert_eq!(read_record(&r), Err(BootStateError::NoValidCopy));
+        assert_eq!(read_record(&[0u8; 10]), Err(BootStateError::TooShort));
+        assert_eq!(read_record(&vec![0u8; RECORD_SIZE]), Err(BootStateError::NoValidCopy));
+    }
+
+    #[test]
+    fn writes_alternate_copies_with_rising_sequence() {
+        let mut next = state(0);
+        assert_eq!(next_write(0, 9, &mut next), COPY_SIZE);
+        assert_eq!(next.seq, 10);
+        assert_eq!(next_write(1, 10, &mut next), 0);
+        assert_eq!(next.partition_of(&Digest([3; 32])), Some(1));
+        assert_eq!(next.partition_of(&Digest([4; 32])), None);
+    }
+}

@@ -1,0 +1,493 @@
+//! The appliance manifest: what the device runs, signed by the vendor.
+//!
+//! Every collection has a fixed capacity. Decoding a manifest whose lists or
+//! strings exceed them fails (postcard refuses to overflow a `heapless`
+//! container), and [`Manifest::validate`] checks everything else the device
+//! relies on, so the host tool and the device apply the same rules.
+
+use core::fmt;
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::order;
+
+/// Most layers one manifest may name.
+pub const MAX_LAYERS: usize = 24;
+/// Most containers one manifest may run.
+pub const MAX_CONTAINERS: usize = 16;
+/// Most layers one container may stack.
+pub const MAX_CONTAINER_LAYERS: usize = 8;
+/// Most argv entries of an entrypoint.
+pub const MAX_ARGS: usize = 16;
+/// Most environment variables of a container.
+pub const MAX_ENV: usize = 16;
+/// Most dependencies of a container.
+pub const MAX_DEPS: usize = 8;
+/// Longest name (appliance, layer, container).
+pub const NAME_LEN: usize = 32;
+/// Longest argv entry or environment entry.
+pub const ARG_LEN: usize = 128;
+/// Longest path (working directory).
+pub const PATH_LEN: usize = 128;
+/// Longest hostname.
+pub const HOSTNAME_LEN: usize = 63;
+
+/// A short identifier: `[a-z0-9][a-z0-9-]*`.
+pub type Name = String<NAME_LEN>;
+
+/// The signed description of an appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Appliance name, for logs.
+    pub appliance: Name,
+    /// Monotonic version; the device refuses versions below its rollback floor.
+    pub version: u64,
+    /// Every layer any container uses.
+    pub layers: Vec<Layer, MAX_LAYERS>,
+    /// The containers, in the order the author wrote them.
+    pub containers: Vec<Container, MAX_CONTAINERS>,
+}
+
+/// A read-only filesystem image, named by its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Name that containers use to refer to it.
+    pub name: Name,
+    /// sha256 of the first `size` bytes of the partition that holds it.
+    pub digest: Digest,
+    /// Exact image size in bytes.
+    pub size: u64,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Unique name; also the cgroup name.
+    pub name: Name,
+    /// Layer names, lowest first; the last one is on top.
+    pub layers: Vec<Name, MAX_CONTAINER_LAYERS>,
+    /// Entrypoint and its arguments; `argv[0]` is an absolute path.
+    pub argv: Vec<String<ARG_LEN>, MAX_ARGS>,
+    /// `KEY=value` entries.
+    pub env: Vec<String<ARG_LEN>, MAX_ENV>,
+    /// Working directory inside the container.
+    pub cwd: String<PATH_LEN>,
+    /// Hostname in the container's UTS namespace.
+    pub hostname: String<HOSTNAME_LEN>,
+    /// User id the entrypoint runs as.
+    pub uid: u32,
+    /// Group id the entrypoint runs as.
+    pub gid: u32,
+    /// Resource limits.
+    pub limits: Limits,
+    /// What to do when it exits.
+    pub restart: Restart,
+    /// Containers that must be started before this one.
+    pub depends_on: Vec<Name, MAX_DEPS>,
+    /// How to stop it.
+    pub stop: Stop,
+    /// Whether the container may use the init's control socket.
+    pub control: bool,
+}
+
+/// Resource limits, written into the container's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `memory.max` in bytes; `None` = unlimited.
+    pub memory_max: Option<u64>,
+    /// `cpu.max`; `None` = unlimited.
+    pub cpu_max: Option<CpuMax>,
+    /// `pids.max`; `None` = unlimited.
+    pub pids_max: Option<u32>,
+    /// Size cap of the tmpfs that holds the container's writable upper layer.
+    pub scratch_bytes: u64,
+}
+
+/// CPU bandwidth: `quota_us` of CPU time in every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuMax {
+    /// Microseconds of CPU per period.
+    pub quota_us: u32,
+    /// Period length in microseconds.
+    pub period_us: u32,
+}
+
+/// Restart policy and backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Delay before the first restart; doubled after each one.
+    pub backoff_initial_ms: u32,
+    /// Upper bound of the delay.
+    pub backoff_max_ms: u32,
+}
+
+/// When a container is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Never restarted.
+    Never,
+    /// Restarted after a non-zero exit or a signal, at most `max_restarts` times.
+    OnFailure {
+        /// Restarts allowed before it is left stopped.
+        max_restarts: u32,
+    },
+    /// Always restarted, whatever the exit status.
+    Always,
+}
+
+/// How a container is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    /// Signal sent first (forwarded to the entrypoint).
+    pub signal: u8,
+    /// Time allowed before the whole cgroup is killed.
+    pub grace_ms: u32,
+}
+
+/// Lower bounds and upper bounds the device enforces.
+pub mod bounds {
+    /// Smallest `memory.max` (1 MiB).
+    pub const MEMORY_MIN: u64 = 1 << 20;
+    /// Smallest cpu period and quota (1 ms), as the kernel requires.
+    pub const CPU_US_MIN: u32 = 1000;
+    /// Largest cpu period (1 s), as the kernel requires.
+    pub const CPU_PERIOD_MAX: u32 = 1_000_000;
+    /// Smallest scratch tmpfs (64 KiB).
+    pub const SCRATCH_MIN: u64 = 64 << 10;
+    /// Longest stop grace period (10 minutes).
+    pub const GRACE_MAX_MS: u32 = 600_000;
+    /// Longest backoff (1 hour).
+    pub const BACKOFF_MAX_MS: u32 = 3_600_000;
+}
+
+/// A reason the manifest is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationError {
+    /// A name is empty or uses characters other than `[a-z0-9-]`.
+    BadName(Name),
+    /// Two layers share a name.
+    DuplicateLayer(Name),
+    /// Two containers share a name.
+    DuplicateContainer(Name),
+    /// No containers at all.
+    NoContainers,
+    /// A container names a layer the manifest does not list.
+    UnknownLayer {
+        /// The container.
+        container: Name,
+        /// The missing layer.
+        layer: Name,
+    },
+    /// A container has no layers.
+    NoLayers(Name),
+    /// A container names an unknown dependency.
+    UnknownDependency {
+        /// The container.
+        container: Name,
+        /// The missing dependency.
+        dependency: Name,
+    },
+    /// The dependencies form a cycle through this container.
+    DependencyCycle(Name),
+    /// Empty argv or a relative entrypoint path.
+    BadEntrypoint(Name),
+    /// An environment entry without `=`.
+    BadEnv(Name),
+    /// Working directory not absolute.
+    BadCwd(Name),
+    /// Hostname not a valid DNS label.
+    BadHostname(Name),
+    /// A limit out of the range the kernel or the device accepts.
+    LimitOutOfRange {
+        /// The container.
+        container: Name,
+        /// Which limit.
+        limit: &'static str,
+    },
+    /// A stop signal outside 1..=31.
+    BadStopSignal(Name),
+    /// Layer size zero.
+    EmptyLayer(Name),
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ValidationError::*;
+        match self {
+            BadName(n) => write!(f, "name {n:?} must be [a-z0-9-], 1 to {NAME_LEN} characters, starting with a letter or digit"),
+            DuplicateLayer(n) => write!(f, "layer {n:?} is listed twice"),
+            DuplicateContainer(n) => write!(f, "container {n:?} is listed twice"),
+            NoContainers => write!(f, "the manifest has no containers"),
+            UnknownLayer { container, layer } => write!(f, "container {container:?} uses unknown layer {layer:?}"),
+            NoLayers(c) => write!(f, "container {c:?} has no layers"),
+            UnknownDependency { container, dependency } => write!(f, "container {container:?} depends on unknown container {dependency:?}"),
+            DependencyCycle(c) => write!(f, "dependency cycle through container {c:?}"),
+            BadEntrypoint(c) => write!(f, "container {c:?}: argv must be non-empty and argv[0] an absolute path"),
+            BadEnv(c) => write!(f, "container {c:?}: environment entries must be KEY=value"),
+            BadCwd(c) => write!(f, "container {c:?}: working directory must be absolute"),
+            BadHostname(c) => write!(f, "container {c:?}: hostname must be a DNS label"),
+            LimitOutOfRange { container, limit } => write!(f, "container {container:?}: {limit} is out of range"),
+            BadStopSignal(c) => write!(f, "container {c:?}: stop signal must be 1 to 31"),
+            EmptyLayer(l) => write!(f, "layer {l:?} has size 0"),
+        }
+    }
+}
+
+/// True for `[a-z0-9][a-z0-9-]*`.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.first() {
+        Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
+        _ => return false,
+    }
+    b.iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn is_valid_hostname(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+}
+
+impl Manifest {
+    /// Find a layer by name.
+    pub fn layer(&self, name: &str) -> Option<&Layer> {
+        self.layers.iter().find(|l| l.name.as_str() == name)
+    }
+
+    /// Find a container by name, with its index.
+    pub fn container(&self, name: &str) -> Option<(usize, &Container)> {
+        self.containers
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name.as_str() == name)
+    }
+
+    /// Check every rule the device relies on. Returns the first problem.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut first = None;
+        self.for_each_problem(|e| {
+            if first.is_none() {
+                first = Some(e);
+            }
+        });
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Report every problem, for host tools that want them all.
+    pub fn for_each_problem(&self, mut report: impl FnMut(ValidationError)) {
+        use ValidationError::*;
+        if !is_valid_name(&self.appliance) {
+            report(BadName(self.appliance.clone()));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if !is_valid_name(&l.name) {
+                report(BadName(l.name.clone()));
+            }
+            if self.layers.iter().take(i).any(|o| o.name == l.name) {
+                report(DuplicateLayer(l.name.clone()));
+            }
+            if l.size == 0 {
+                report(EmptyLayer(l.name.clone()));
+            }
+        }
+        if self.containers.is_empty() {
+            report(NoContainers);
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            check_container(self, i, c, &mut report);
+        }
+        if let Err(order::OrderError::Cycle(idx)) = order::start_order(self) {
+            if let Some(c) = self.containers.get(idx) {
+                report(DependencyCycle(c.name.clone()));
+            }
+        }
+    }
+}
+
+fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMut(ValidationError)) {
+    use ValidationError::*;
+    let name = || c.name.clone();
+    if !is_valid_name(&c.name) {
+        report(BadName(name()));
+    }
+    if m.containers.iter().take(i).any(|o| o.name == c.name) {
+        report(DuplicateContainer(name()));
+    }
+    if c.layers.is_empty() {
+        report(NoLayers(name()));
+    }
+    for l in &c.layers {
+        if m.layer(l).is_none() {
+            report(UnknownLayer { container: name(), layer: l.clone() });
+        }
+    }
+    for d in &c.depends_on {
+        if m.container(d).is_none() || *d == c.name {
+            report(UnknownDependency { container: name(), dependency: d.clone() });
+        }
+    }
+    if !c.argv.first().is_some_and(|a| a.starts_with('/')) {
+        report(BadEntrypoint(name()));
+    }
+    if c.env.iter().any(|e| e.find('=').is_none_or(|p| p == 0)) {
+        report(BadEnv(name()));
+    }
+    if !c.cwd.starts_with('/') {
+        report(BadCwd(name()));
+    }
+    if !is_valid_hostname(&c.hostname) {
+        report(BadHostname(name()));
+    }
+    let mut limit = |ok: bool, limit: &'static str| {
+        if !ok {
+            report(LimitOutOfRange { container: name(), limit });
+        }
+    };
+    let l = &c.limits;
+    limit(l.memory_max.is_none_or(|m| m >= bounds::MEMORY_MIN), "memory_max");
+    limit(
+        l.cpu_max.is_none_or(|c| {
+            c.quota_us >= bounds::CPU_US_MIN
+                && (bounds::CPU_US_MIN..=bounds::CPU_PERIOD_MAX).contains(&c.period_us)
+        }),
+        "cpu_max",
+    );
+    limit(l.pids_max.is_none_or(|p| p >= 1), "pids_max");
+    limit(l.scratch_bytes >= bounds::SCRATCH_MIN, "scratch_bytes");
+    limit(c.stop.grace_ms <= bounds::GRACE_MAX_MS, "stop grace_ms");
+    let r = &c.restart;
+    limit(
+        r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS,
+        "restart backoff",
+    );
+    if !(1..=31).contains(&c.stop.signal) {
+        report(BadStopSignal(name()));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn s<const N: usize>(v: &str) -> String<N> {
+        String::try_from(v).unwrap_or_default()
+    }
+
+    pub fn container(name: &str, deps: &[&str]) -> Container {
+        Container {
+            name: s(name),
+            layers: Vec::from_iter([s("base")]),
+            argv: Vec::from_iter([s("/bin/app")]),
+            env: Vec::from_iter([s("PATH=/bin")]),
+            cwd: s("/"),
+            hostname: s(name),
+            uid: 0,
+            gid: 0,
+            limits: Limits {
+                memory_max: Some(16 << 20),
+                cpu_max: Some(CpuMax { quota_us: 50_000, period_us: 100_000 }),
+                pids_max: Some(32),
+                scratch_bytes: 1 << 20,
+            },
+            restart: Restart {
+                policy: RestartPolicy::OnFailure { max_restarts: 3 },
+                backoff_initial_ms: 100,
+                backoff_max_ms: 1000,
+            },
+            depends_on: deps.iter().map(|d| s(d)).collect(),
+            stop: Stop { signal: 15, grace_ms: 2000 },
+            control: false,
+        }
+    }
+
+    pub fn manifest(containers: &[Container]) -> Manifest {
+        Manifest {
+            appliance: s("demo"),
+            version: 1,
+            layers: Vec::from_iter([Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }]),
+            containers: containers.iter().cloned().collect(),
+        }
+    }
+
+    fn problems(m: &Manifest) -> std::vec::Vec<ValidationError> {
+        let mut v = std::vec::Vec::new();
+        m.for_each_problem(|e| v.push(e));
+        v
+    }
+
+    #[test]
+    fn a_good_manifest_validates_and_round_trips_through_postcard() {
+        let m = manifest(&[container("db", &[]), container("web", &["db"])]);
+        assert_eq!(m.validate(), Ok(()));
+        let bytes = postcard::to_allocvec(&m).unwrap_or_default();
+        let back: Manifest = postcard::from_bytes(&bytes).unwrap_or_else(|_| manifest(&[]));
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut bad = container("Web", &["nope"]);
+        bad.layers = Vec::from_iter([s("missing")]);
+        bad.argv = Vec::from_iter([s("relative")]);
+        bad.env = Vec::from_iter([s("NOEQUALS")]);
+        bad.cwd = s("tmp");
+        bad.hostname = s("-x");
+        bad.limits.memory_max = Some(10);
+        bad.limits.cpu_max = Some(CpuMax { quota_us: 10, period_us: 100_000 });
+        bad.limits.pids_max = Some(0);
+        bad.stop.signal = 0;
+        let m = manifest(&[bad]);
+        let p = problems(&m);
+        let has = |f: &dyn Fn(&ValidationError) -> bool| p.iter().any(f);
+        assert!(has(&|e| matches!(e, ValidationError::BadName(_))));
+        assert!(has(&|e| matches!(e, ValidationError::UnknownLayer { .. })));
+        assert!(has(&|e| matches!(e, ValidationError::UnknownDependency { .. })));
+        assert!(has(&|e| matches!(e, ValidationError::BadEntrypoint(_))));
+        assert!(has(&|e| matches!(e, ValidationError::BadEnv(_))));
+        assert!(has(&|e| matches!(e, ValidationError::BadCwd(_))));
+        assert!(has(&|e| matches!(e, ValidationError::BadHostname(_))));
+        assert!(has(&|e| matches!(e, ValidationError::BadStopSignal(_))));
+        for limit in ["memory_max", "cpu_max", "pids_max"] {
+            assert!(
+                has(&|e| matches!(e, ValidationError::LimitOutOfRange { limit: l, .. } if *l == limit)),
+                "{limit} not reported"
+            );
+        }
+    }
+
+    #[test]
+    fn cycles_duplicates_and_self_dependencies_are_rejected() {
+        let m = manifest(&[container("a", &["b"]), container("b", &["a"])]);
+        assert!(matches!(m.validate(), Err(ValidationError::DependencyCycle(_))));
+        let m = manifest(&[container("a", &["a"])]);
+        assert!(matches!(m.validate(), Err(ValidationError::UnknownDependency { .. })));
+        let m = manifest(&[container("a", &[]), container("a", &[])]);
+        assert!(matches!(m.validate(), Err(ValidationError::DuplicateContainer(_))));
+        assert_eq!(manifest(&[]).validate(), Err(ValidationError::NoContainers));
+    }
+
+    #[test]
+    fn decoding_past_a_capacity_fails_instead_of_truncating() {
+        // A container list longer than MAX_CONTAINERS, encoded with std types.
+        #[derive(Serialize)]
+        struct Wide {
+            appliance: &'static str,
+            version: u64,
+            layers: std::vec::Vec<u8>,
+            containers: std::vec::Vec<u8>,
+        }
+        let wide = Wide { appliance: "x", version: 1, layers: vec![], containers: vec![0; MAX_CONTAINERS + 1] };
+        let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
+        assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
+    }
+}
