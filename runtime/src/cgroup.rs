@@ -1,0 +1,144 @@
+//! cgroup v2: the value strings written into control files (pure, tested on
+//! the host) and the filesystem operations on one container's cgroup.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+
+use cairn_images::manifest::{CpuMax, Limits};
+
+use crate::sys::{self, SysError, SysResult};
+
+/// Where the unified hierarchy is mounted.
+pub const ROOT: &str = "/sys/fs/cgroup";
+/// The parent of every container cgroup.
+pub const CONTAINERS: &str = "/sys/fs/cgroup/cairn";
+/// Controllers the init enables for children.
+pub const CONTROLLERS: &str = "+cpu +memory +pids +io +cpuset";
+
+/// `memory.max` value.
+pub fn memory_max(v: Option<u64>) -> String {
+    v.map_or_else(|| "max".into(), |b| b.to_string())
+}
+
+/// `cpu.max` value: "$QUOTA $PERIOD" or "max $PERIOD".
+pub fn cpu_max(v: Option<CpuMax>) -> String {
+    match v {
+        Some(c) => format!("{} {}", c.quota_us, c.period_us),
+        None => "max 100000".into(),
+    }
+}
+
+/// `pids.max` value.
+pub fn pids_max(v: Option<u32>) -> String {
+    v.map_or_else(|| "max".into(), |n| n.to_string())
+}
+
+/// The (file, value) pairs that apply `limits`, in the order written.
+pub fn limit_writes(limits: &Limits) -> [(&'static str, String); 3] {
+    [
+        ("memory.max", memory_max(limits.memory_max)),
+        ("cpu.max", cpu_max(limits.cpu_max)),
+        ("pids.max", pids_max(limits.pids_max)),
+    ]
+}
+
+/// Read one `key value` field from a flat-keyed file such as memory.events.
+pub fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok())).flatten()
+    })
+}
+
+/// One container's cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// Absolute directory.
+    pub path: String,
+}
+
+impl Cgroup {
+    /// Path of the cgroup for a container name.
+    pub fn for_container(name: &str) -> Self {
+        Self { path: format!("{CONTAINERS}/{name}") }
+    }
+
+    /// Create it (if needed) and write the limits.
+    pub fn create(&self, limits: &Limits) -> SysResult<()> {
+        sys::mkdir(&self.path, 0o755)?;
+        for (file, value) in limit_writes(limits) {
+            self.write(file, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Write one control file.
+    pub fn write(&self, file: &'static str, value: &str) -> SysResult<()> {
+        let path = format!("{}/{file}", self.path);
+        fs::write(&path, value).map_err(|e| SysError { op: file, arg: format!("{path} <- {value}"), errno: e.raw_os_error().unwrap_or(0) })
+    }
+
+    /// Read one control file.
+    pub fn read(&self, file: &str) -> Option<String> {
+        fs::read_to_string(format!("{}/{file}", self.path)).ok()
+    }
+
+    /// An O_PATH descriptor for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn open_dir(&self) -> SysResult<OwnedFd> {
+        sys::open(&self.path, libc::O_PATH | libc::O_DIRECTORY)
+    }
+
+    /// OOM kills so far (`memory.events` oom_kill).
+    pub fn oom_kills(&self) -> u64 {
+        self.read("memory.events").and_then(|t| flat_key(&t, "oom_kill")).unwrap_or(0)
+    }
+
+    /// Kill every process in it (`cgroup.kill`).
+    pub fn kill_all(&self) -> SysResult<()> {
+        self.write("cgroup.kill", "1")
+    }
+
+    /// True when no process is left (`cgroup.events` populated 0).
+    pub fn is_empty(&self) -> bool {
+        self.read("cgroup.events").and_then(|t| flat_key(&t, "populated")) == Some(0)
+    }
+
+    /// Remove the (empty) cgroup directory.
+    pub fn remove(&self) -> SysResult<()> {
+        let p = sys::cstr(&self.path)?;
+        // SAFETY: `p` is a valid C string.
+        if unsafe { libc::rmdir(p.as_ptr()) } == 0 || sys::errno() == libc::ENOENT {
+            Ok(())
+        } else {
+            Err(SysError { op: "rmdir cgroup", arg: self.path.clone(), errno: sys::errno() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_what_the_kernel_expects() {
+        assert_eq!(memory_max(None), "max");
+        assert_eq!(memory_max(Some(33554432)), "33554432");
+        assert_eq!(cpu_max(Some(CpuMax { quota_us: 20000, period_us: 100000 })), "20000 100000");
+        assert_eq!(cpu_max(None), "max 100000");
+        assert_eq!(pids_max(Some(16)), "16");
+        assert_eq!(pids_max(None), "max");
+        let l = Limits { memory_max: Some(1 << 20), cpu_max: None, pids_max: Some(3), scratch_bytes: 1 << 20 };
+        let w = limit_writes(&l);
+        assert_eq!(w[0], ("memory.max", "1048576".to_string()));
+        assert_eq!(w[2], ("pids.max", "3".to_string()));
+    }
+
+    #[test]
+    fn flat_keyed_files_parse() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(flat_key(events, "oom_kill"), Some(1));
+        assert_eq!(flat_key(events, "oom"), Some(2));
+        assert_eq!(flat_key(events, "missing"), None);
+        assert_eq!(flat_key("populated 0\nfrozen 0\n", "populated"), Some(0));
+    }
+}

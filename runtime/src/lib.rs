@@ -1,0 +1,19 @@
+//! Turn one fully resolved container spec into a running, isolated process
+//! tree, and the namespace init that runs as PID 1 inside it.
+//!
+//! Modules follow the order in which a container comes to life: its
+//! [`cgroup`], the clone into new namespaces ([`spawn`]), the filesystem
+//! ([`rootfs`]), and the namespace init ([`nsinit`]).
+
+pub mod cgroup;
+pub mod exit;
+pub mod nsinit;
+pub mod rootfs;
+pub mod spawn;
+pub mod spec;
+pub mod sys;
+
+pub use cgroup::Cgroup;
+pub use exit::Exit;
+pub use spawn::{spawn, SpawnError, Started};
+pub use spec::ContainerSpec;

@@ -1,0 +1,312 @@
+//! The container's filesystem: a plan of steps (pure, unit-tested) and the
+//! code that carries it out inside the new mount namespace.
+//!
+//! Order matters and follows what the kernel needs: make every mount private
+//! first (so nothing propagates back to the host), then the scratch tmpfs
+//! that holds the overlay's upper and work directories, the overlay itself,
+//! the pseudo filesystems inside it, and last pivot_root.
+
+use crate::spec::{ContainerSpec, CONTROL_DIR};
+use crate::sys::{self, SysResult};
+
+/// Flags used below.
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+/// Character devices every container gets: (name, major, minor, mode).
+pub const DEVICES: [(&str, u32, u32, u32); 6] = [
+    ("null", 1, 3, 0o666),
+    ("zero", 1, 5, 0o666),
+    ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666),
+    ("urandom", 1, 9, 0o666),
+    ("tty", 5, 0, 0o666),
+];
+
+/// Size cap of /dev (it only holds device nodes and links).
+const DEV_SIZE: &str = "64k";
+
+/// One step of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Change propagation of every mount to private.
+    MakePrivate,
+    /// mkdir -p.
+    Mkdir(String),
+    /// Mount a filesystem.
+    Mount {
+        /// Name used in errors.
+        what: &'static str,
+        /// Source (device, "none", or a path for binds).
+        source: String,
+        /// Mount point.
+        target: String,
+        /// Filesystem type (None for binds).
+        fstype: Option<&'static str>,
+        /// MS_* flags.
+        flags: libc::c_ulong,
+        /// Options string.
+        data: Option<String>,
+    },
+    /// Create a character device node.
+    CharDevice {
+        /// Node path.
+        path: String,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Create a symlink `link -> target`.
+    Symlink {
+        /// What it points to.
+        target: &'static str,
+        /// The link.
+        link: String,
+    },
+    /// Create an empty file (a bind target).
+    Touch(String),
+    /// Make `root` the root: pivot_root and detach the old root.
+    PivotRoot(String),
+}
+
+/// Build the plan for a container.
+pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
+    let state = spec.state_dir();
+    let scratch = format!("{state}/scratch");
+    let root = format!("{state}/rootfs");
+    let mut p = vec![
+        Step::MakePrivate,
+        Step::Mkdir(scratch.clone()),
+        Step::Mkdir(root.clone()),
+        Step::Mount {
+            what: "scratch tmpfs",
+            source: "scratch".into(),
+            target: scratch.clone(),
+            fstype: Some("tmpfs"),
+            flags: NOSUID | NODEV,
+            data: Some(format!("size={},mode=0755", spec.scratch_bytes)),
+        },
+        Step::Mkdir(format!("{scratch}/upper")),
+        Step::Mkdir(format!("{scratch}/work")),
+        Step::Mount {
+            what: "overlay rootfs",
+            source: "overlay".into(),
+            target: root.clone(),
+            fstype: Some("overlay"),
+            flags: 0,
+            data: Some(overlay_options(&spec.layer_dirs, &scratch)),
+        },
+        Step::Mkdir(format!("{root}/proc")),
+        Step::Mount {
+            what: "proc",
+            source: "proc".into(),
+            target: format!("{root}/proc"),
+            fstype: Some("proc"),
+            flags: NOSUID | NODEV | NOEXEC,
+            data: None,
+        },
+        Step::Mkdir(format!("{root}/dev")),
+        Step::Mount {
+            what: "dev tmpfs",
+            source: "dev".into(),
+            target: format!("{root}/dev"),
+            fstype: Some("tmpfs"),
+            flags: NOSUID | NOEXEC,
+            data: Some(format!("size={DEV_SIZE},mode=0755")),
+        },
+    ];
+    for (name, major, minor, mode) in DEVICES {
+        p.push(Step::CharDevice { path: format!("{root}/dev/{name}"), major, minor, mode });
+    }
+    for (target, link) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("pts/ptmx", "ptmx"),
+    ] {
+        p.push(Step::Symlink { target, link: format!("{root}/dev/{link}") });
+    }
+    p.extend([
+        Step::Mkdir(format!("{root}/dev/pts")),
+        Step::Mount {
+            what: "devpts",
+            source: "devpts".into(),
+            target: format!("{root}/dev/pts"),
+            fstype: Some("devpts"),
+            flags: NOSUID | NOEXEC,
+            data: Some("newinstance,ptmxmode=0666,mode=0620".into()),
+        },
+        Step::Mkdir(format!("{root}/dev/shm")),
+        Step::Mount {
+            what: "dev/shm tmpfs",
+            source: "shm".into(),
+            target: format!("{root}/dev/shm"),
+            fstype: Some("tmpfs"),
+            flags: NOSUID | NODEV | NOEXEC,
+            data: Some(format!("size={},mode=1777", shm_size(spec.scratch_bytes))),
+        },
+        Step::Touch(format!("{root}/dev/console")),
+        Step::Mount {
+            what: "console bind",
+            source: "/dev/console".into(),
+            target: format!("{root}/dev/console"),
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        },
+        Step::Mkdir(format!("{root}/sys")),
+        Step::Mount {
+            what: "sysfs",
+            source: "sysfs".into(),
+            target: format!("{root}/sys"),
+            fstype: Some("sysfs"),
+            flags: libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+            data: None,
+        },
+        Step::Mount {
+            what: "cgroup2",
+            source: "cgroup2".into(),
+            target: format!("{root}/sys/fs/cgroup"),
+            fstype: Some("cgroup2"),
+            flags: libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+            data: None,
+        },
+    ]);
+    if spec.control {
+        p.extend([
+            Step::Mkdir(format!("{root}/run/cairn")),
+            Step::Mount {
+                what: "control socket bind",
+                source: CONTROL_DIR.into(),
+                target: format!("{root}/run/cairn"),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+        ]);
+    }
+    p.push(Step::PivotRoot(root));
+    p
+}
+
+/// overlayfs options: lowerdir lists the top layer first.
+pub fn overlay_options(layers_lowest_first: &[String], scratch: &str) -> String {
+    let lower: Vec<&str> = layers_lowest_first.iter().rev().map(String::as_str).collect();
+    format!("lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work", lower.join(":"))
+}
+
+/// /dev/shm gets a quarter of the scratch cap (at least 64 KiB).
+fn shm_size(scratch: u64) -> u64 {
+    (scratch / 4).max(64 << 10)
+}
+
+/// Carry out the plan. Returns the step that failed.
+pub fn apply(plan: &[Step]) -> SysResult<()> {
+    for step in plan {
+        match step {
+            Step::MakePrivate => sys::mount("make / private", None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?,
+            Step::Mkdir(p) => sys::mkdir_all(p, 0o755)?,
+            Step::Mount { what, source, target, fstype, flags, data } => {
+                sys::mount(what, Some(source), target, *fstype, *flags, data.as_deref())?
+            }
+            Step::CharDevice { path, major, minor, mode } => sys::mknod_char(path, *mode, *major, *minor)?,
+            Step::Symlink { target, link } => sys::symlink(target, link)?,
+            Step::Touch(p) => sys::touch(p)?,
+            Step::PivotRoot(root) => {
+                sys::chdir(root)?;
+                sys::pivot_root_here()?;
+                sys::umount(".", libc::MNT_DETACH)?;
+                sys::chdir("/")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_images::manifest::Limits;
+
+    fn spec(control: bool) -> ContainerSpec {
+        ContainerSpec {
+            name: "web".into(),
+            layer_dirs: vec!["/run/cairn/layers/aa".into(), "/run/cairn/layers/bb".into()],
+            scratch_bytes: 1 << 20,
+            argv: vec![],
+            env: vec![],
+            cwd: "/".into(),
+            hostname: "web".into(),
+            uid: 0,
+            gid: 0,
+            limits: Limits { memory_max: None, cpu_max: None, pids_max: None, scratch_bytes: 1 << 20 },
+            control,
+        }
+    }
+
+    fn position(p: &[Step], f: impl Fn(&Step) -> bool) -> usize {
+        p.iter().position(f).unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn overlay_puts_the_top_layer_first_and_scratch_on_one_tmpfs() {
+        let p = plan(&spec(false));
+        let overlay = p.iter().find_map(|s| match s {
+            Step::Mount { fstype: Some("overlay"), data, .. } => data.clone(),
+            _ => None,
+        });
+        assert_eq!(
+            overlay.as_deref(),
+            Some(
+                "lowerdir=/run/cairn/layers/bb:/run/cairn/layers/aa,\
+                 upperdir=/run/cairn/containers/web/scratch/upper,\
+                 workdir=/run/cairn/containers/web/scratch/work"
+            )
+        );
+        let scratch = p.iter().find_map(|s| match s {
+            Step::Mount { what: "scratch tmpfs", data, .. } => data.clone(),
+            _ => None,
+        });
+        assert_eq!(scratch.as_deref(), Some("size=1048576,mode=0755"));
+    }
+
+    #[test]
+    fn steps_come_in_the_order_the_kernel_needs() {
+        let p = plan(&spec(true));
+        assert_eq!(p.first(), Some(&Step::MakePrivate));
+        assert!(matches!(p.last(), Some(Step::PivotRoot(r)) if r == "/run/cairn/containers/web/rootfs"));
+        let overlay = position(&p, |s| matches!(s, Step::Mount { fstype: Some("overlay"), .. }));
+        let scratch = position(&p, |s| matches!(s, Step::Mount { what: "scratch tmpfs", .. }));
+        let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
+        let dev = position(&p, |s| matches!(s, Step::Mount { what: "dev tmpfs", .. }));
+        let null = position(&p, |s| matches!(s, Step::CharDevice { path, .. } if path.ends_with("/dev/null")));
+        let sys_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("sysfs"), .. }));
+        let cg = position(&p, |s| matches!(s, Step::Mount { fstype: Some("cgroup2"), .. }));
+        assert!(scratch < overlay && overlay < proc_ && proc_ < dev && dev < null && sys_ < cg);
+        assert!(p.iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+        assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+    }
+
+    #[test]
+    fn only_the_default_devices_exist_and_sys_is_read_only() {
+        let p = plan(&spec(false));
+        let devs: Vec<_> = p
+            .iter()
+            .filter_map(|s| match s {
+                Step::CharDevice { path, .. } => path.rsplit('/').next().map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(devs, ["null", "zero", "full", "random", "urandom", "tty"]);
+        for s in &p {
+            if let Step::Mount { fstype: Some("sysfs" | "cgroup2"), flags, .. } = s {
+                assert_ne!(flags & libc::MS_RDONLY, 0);
+            }
+        }
+    }
+}

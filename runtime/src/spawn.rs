@@ -1,0 +1,144 @@
+//! Start a container: its cgroup, then `clone3` into new namespaces and
+//! straight into the cgroup, then (in the child) the rootfs, the hostname
+//! and the namespace init.
+//!
+//! Parent and child share a close-on-exec pipe. The child writes a one-line
+//! report on failure (`setup <error>` or `exec <errno> <path>`); a successful
+//! exec of the entrypoint closes the last write end, so the parent's read
+//! returns EOF with nothing read.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::cgroup::Cgroup;
+use crate::nsinit;
+use crate::rootfs;
+use crate::spec::ContainerSpec;
+use crate::sys::{self, SysError};
+
+/// Namespaces every container gets.
+pub const NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Exit code of a namespace init whose setup failed.
+pub const SETUP_FAILED: i32 = 125;
+
+/// Why a container did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// Creating its state directories.
+    #[error("preparing state: {0}")]
+    Prepare(SysError),
+    /// Creating the cgroup or writing a limit.
+    #[error("cgroup: {0}")]
+    Cgroup(SysError),
+    /// clone3 itself.
+    #[error("clone3: {0}")]
+    Clone(SysError),
+    /// A setup step inside the new namespaces; the container's init exits.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Started {
+    /// Host pid of the container's namespace init.
+    pub pid: libc::pid_t,
+    /// If the entrypoint could not be executed: (errno, path). The init
+    /// exits with 127 (not found) or 126 (not executable).
+    pub exec_error: Option<(i32, String)>,
+}
+
+/// Kernel ABI of clone3's argument (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Start the container described by `spec` in `cgroup`.
+///
+/// Must be called from a single-threaded process: the child continues as a
+/// copy of the caller (like fork) and must not find locks held by others.
+pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup) -> Result<Started, SpawnError> {
+    sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
+    cgroup.create(&spec.limits).map_err(SpawnError::Cgroup)?;
+    let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
+    let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
+    let plan = rootfs::plan(spec);
+
+    let mut args = CloneArgs {
+        flags: NAMESPACES | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cg.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack behaves like fork: the child runs on a
+    // copy of this address space. `args` is a valid clone_args of the size
+    // passed. The caller guarantees no other threads exist.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(SpawnError::Clone(SysError { op: "clone3", arg: spec.name.clone(), errno: sys::errno() }));
+    }
+    if pid == 0 {
+        drop(rd);
+        drop(cg);
+        child(spec, &plan, wr);
+    }
+    drop(wr);
+    let pid = pid as libc::pid_t;
+    let report = sys::read_to_end(&rd, 4096).unwrap_or_default();
+    let report = String::from_utf8_lossy(&report);
+    let report = report.trim();
+    if let Some(msg) = report.strip_prefix("setup ") {
+        return Err(SpawnError::Setup(msg.to_owned()));
+    }
+    let exec_error = report.strip_prefix("exec ").map(|rest| {
+        let (errno, path) = rest.split_once(' ').unwrap_or((rest, ""));
+        (errno.parse().unwrap_or(0), path.to_owned())
+    });
+    Ok(Started { pid, exec_error })
+}
+
+/// Runs in the new namespaces as their PID 1. Never returns.
+fn child(spec: &ContainerSpec, plan: &[rootfs::Step], sync: OwnedFd) -> ! {
+    close_inherited_fds(sync.as_raw_fd());
+    if let Err(e) = rootfs::apply(plan).and_then(|()| sys::sethostname(&spec.hostname)) {
+        let _ = sys::write_all(&sync, format!("setup {e}").as_bytes());
+        // SAFETY: _exit ends this process without running anything else.
+        unsafe { libc::_exit(SETUP_FAILED) };
+    }
+    nsinit::run(spec, sync)
+}
+
+/// Close every descriptor the container's init inherited from PID 1 except
+/// stdio and the sync pipe, so nothing of the host is reachable through
+/// /proc/1/fd.
+fn close_inherited_fds(keep: i32) {
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range only closes descriptors; none of them is used by this
+    // process after this point except 0, 1, 2 and `keep`.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
+    }
+}
