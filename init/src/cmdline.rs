@@ -1,0 +1,42 @@
+//! The `cairn.*` keys of the kernel command line.
+
+/// Settings read from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    /// How long to wait for the boot disk's partitions.
+    pub disk_timeout_ms: u32,
+    /// Unknown or malformed `cairn.*` words, reported as warnings.
+    pub ignored: Vec<String>,
+}
+
+impl Default for Cmdline {
+    fn default() -> Self {
+        Self { disk_timeout_ms: 10_000, ignored: Vec::new() }
+    }
+}
+
+/// Parse the command line. Words not starting with `cairn.` are the kernel's.
+pub fn parse(text: &str) -> Cmdline {
+    let mut c = Cmdline::default();
+    for word in text.split_whitespace().filter(|w| w.starts_with("cairn.")) {
+        let (key, value) = word.split_once('=').unwrap_or((word, ""));
+        match (key, value.parse::<u32>()) {
+            ("cairn.disk_timeout_ms", Ok(v)) if v > 0 => c.disk_timeout_ms = v,
+            _ => c.ignored.push(word.to_owned()),
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_keys_parse_and_unknown_ones_are_kept_for_a_warning() {
+        let c = parse("console=ttyS0 cairn.disk_timeout_ms=2500 cairn.bogus=1 cairn.disk_timeout_ms=x quiet");
+        assert_eq!(c.disk_timeout_ms, 2500);
+        assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x"]);
+        assert_eq!(parse(""), Cmdline::default());
+    }
+}

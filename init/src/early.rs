@@ -1,0 +1,52 @@
+//! Early mounts: the pseudo filesystems PID 1 needs, and cgroup v2 with the
+//! controllers delegated to container cgroups.
+
+use cairn_runtime::cgroup;
+use cairn_runtime::sys::{self, SysResult};
+
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+/// (what, source, target, fstype, flags, data), in mount order.
+type EarlyMount = (&'static str, &'static str, &'static str, &'static str, libc::c_ulong, Option<&'static str>);
+
+/// The early mounts.
+pub const MOUNTS: [EarlyMount; 7] = [
+    ("proc", "proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None),
+    ("sysfs", "sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, None),
+    ("devtmpfs", "devtmpfs", "/dev", "devtmpfs", NOSUID, Some("mode=0755")),
+    ("devpts", "devpts", "/dev/pts", "devpts", NOSUID | NOEXEC, Some("mode=0620,ptmxmode=0666")),
+    ("shm", "shm", "/dev/shm", "tmpfs", NOSUID | NODEV, Some("mode=1777,size=16m")),
+    ("run", "run", "/run", "tmpfs", NOSUID | NODEV, Some("mode=0755,size=32m")),
+    ("cgroup2", "cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID | NODEV | NOEXEC, Some("nsdelegate")),
+];
+
+/// Mount everything; a target that is already mounted (EBUSY) is fine.
+pub fn mount_all() -> SysResult<()> {
+    for (what, source, target, fstype, flags, data) in MOUNTS {
+        sys::mkdir_all(target, 0o755)?;
+        match sys::mount(what, Some(source), target, Some(fstype), flags, data) {
+            Err(e) if e.errno == libc::EBUSY => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// Enable the controllers for children and create the parent cgroup of all
+/// containers (with the same controllers enabled below it).
+pub fn cgroups() -> SysResult<()> {
+    let root = cgroup::Cgroup { path: cgroup::ROOT.into() };
+    root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
+    sys::mkdir(cgroup::CONTAINERS, 0o755)?;
+    let parent = cgroup::Cgroup { path: cgroup::CONTAINERS.into() };
+    parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
+}
+
+/// Which controllers the root offers to children now.
+pub fn enabled_controllers() -> String {
+    std::fs::read_to_string(format!("{}/cgroup.subtree_control", cgroup::ROOT))
+        .map(|s| s.trim().replace(' ', ","))
+        .unwrap_or_default()
+}

@@ -1,0 +1,122 @@
+//! `cairn-init`: PID 1 of a cairn appliance.
+//!
+//! Boot: early mounts and cgroups, kernel command line, modules, partitions,
+//! boot state, signed manifest, verified layers; then the supervisor runs the
+//! containers until a shutdown request, and the machine powers off or
+//! reboots. PID 1 never exits and never panics: every failure is an event,
+//! and a device with nothing to run stays up, waiting for a shutdown.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod boot;
+mod cmdline;
+mod control;
+mod early;
+mod event;
+mod keys;
+mod modules;
+mod partitions;
+mod policy;
+mod storage;
+mod supervisor;
+
+use cairn_images::order;
+use cairn_runtime::ContainerSpec;
+
+use event::event;
+use supervisor::{ShutdownKind, Supervisor, Unit};
+
+fn main() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        eprintln!("cairn-init: must run as PID 1 (it mounts filesystems, loads modules and reboots the machine)");
+        std::process::exit(1);
+    }
+    event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
+    let signals = match supervisor::signal_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            event("boot.fatal").kv("error", e).emit();
+            halt_forever();
+        }
+    };
+    if let Err(e) = early::mount_all() {
+        event("early.mount-failed").kv("error", e).emit();
+    }
+    match early::cgroups() {
+        Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),
+        Err(e) => event("cgroups.failed").kv("error", e).emit(),
+    }
+    // SAFETY: CAD_OFF only changes what ctrl-alt-del does: SIGINT to PID 1.
+    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
+
+    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for word in &cmdline.ignored {
+        event("cmdline.ignored").kv("word", word).emit();
+    }
+    let failed = modules::load_all();
+    event("modules.done").kv("failed", failed).emit();
+
+    let (units, order) = match boot::boot(cmdline.disk_timeout_ms) {
+        Ok(booted) => units_of(&booted),
+        Err(e) => {
+            event("boot.failed").kv("reason", e).emit();
+            (Vec::new(), Vec::new())
+        }
+    };
+    let control = match control::Listener::bind() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            event("control.unavailable").kv("error", e).emit();
+            None
+        }
+    };
+    let mut sup = Supervisor::new(units, order, signals, control);
+    let kind = sup.run();
+    finish(kind);
+}
+
+/// One supervised unit per manifest container, and the start order.
+fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
+    let m = &b.manifest;
+    let order = order::start_order(m).map(|o| o.to_vec()).unwrap_or_default();
+    let units = m
+        .containers
+        .iter()
+        .map(|c| {
+            let spec = ContainerSpec::resolve(c, |l| b.layer_dirs.get(l).cloned()).map_err(|e| e.to_string());
+            let deps = c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect();
+            Unit::new(&c.name, spec, deps, c.restart, c.stop)
+        })
+        .collect();
+    (units, order)
+}
+
+/// Everything is stopped: unmount, sync, power off or reboot.
+fn finish(kind: ShutdownKind) -> ! {
+    // SAFETY: kill(-1) from PID 1 signals every other process; nothing of
+    // ours is left to protect at this point.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    // SAFETY: reaping with a valid (null) status pointer.
+    while unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    storage::unmount_layers();
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let cmd = match kind {
+        ShutdownKind::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
+        ShutdownKind::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
+    };
+    event("shutdown.complete").kv("kind", format!("{kind:?}").to_lowercase()).emit();
+    // SAFETY: reboot(2) with a valid command; on success it does not return.
+    unsafe { libc::reboot(cmd) };
+    event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(cairn_runtime::sys::errno())).emit();
+    halt_forever()
+}
+
+/// PID 1 must never exit: the kernel would panic.
+fn halt_forever() -> ! {
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}

@@ -1,0 +1,47 @@
+//! Kernel modules from the initramfs, loaded in the order the build
+//! resolved (dependencies first), listed in `/lib/modules/load-order`.
+
+use std::os::fd::AsRawFd;
+
+use cairn_runtime::sys;
+
+use crate::event::event;
+
+/// The list the build writes: one file name per line, relative to /lib/modules.
+pub const LOAD_ORDER: &str = "/lib/modules/load-order";
+
+/// Load every listed module. Returns how many failed; each failure is an
+/// event. A module already loaded (EEXIST) counts as loaded.
+pub fn load_all() -> usize {
+    let list = match std::fs::read_to_string(LOAD_ORDER) {
+        Ok(l) => l,
+        Err(e) => {
+            event("modules.none").kv("path", LOAD_ORDER).kv("error", e).emit();
+            return 0;
+        }
+    };
+    let mut failed = 0;
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = format!("/lib/modules/{name}");
+        match load(&path) {
+            Ok(()) => event("module.loaded").kv("name", name).emit(),
+            Err(e) => {
+                failed += 1;
+                event("module.failed").kv("name", name).kv("error", e).emit();
+            }
+        }
+    }
+    failed
+}
+
+fn load(path: &str) -> sys::SysResult<()> {
+    let fd = sys::open(path, libc::O_RDONLY)?;
+    let params = c"";
+    // SAFETY: finit_module reads the module from `fd`; `params` is a valid C string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, fd.as_raw_fd(), params.as_ptr(), 0) };
+    if rc == 0 || sys::errno() == libc::EEXIST {
+        Ok(())
+    } else {
+        Err(sys::SysError { op: "finit_module", arg: path.into(), errno: sys::errno() })
+    }
+}

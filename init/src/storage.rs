@@ -1,0 +1,133 @@
+//! Reading partitions: the boot state record, a manifest slot, and layers
+//! (verified by sha256 before they are mounted read-only).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+
+use cairn_images::bootstate::{self, BootState, BootStateError};
+use cairn_images::digest::{Digest, Hasher};
+use cairn_images::manifest::Layer;
+use cairn_runtime::sys;
+
+use crate::event::event;
+use crate::partitions::{self, Partitions};
+
+/// Where verified layers are mounted, by digest.
+pub const LAYERS_DIR: &str = "/run/cairn/layers";
+
+/// Why a partition could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No partition with that GPT name.
+    #[error("partition {0} not found")]
+    Missing(String),
+    /// Reading it failed.
+    #[error("reading {path}: {error}")]
+    Read {
+        /// Device node.
+        path: String,
+        /// Cause.
+        error: std::io::Error,
+    },
+    /// The boot state record is unusable.
+    #[error("boot state on {path}: {error}")]
+    BootState {
+        /// Device node.
+        path: String,
+        /// Cause.
+        error: BootStateError,
+    },
+}
+
+/// Read the first `len` bytes of a named partition.
+pub fn read_partition(parts: &Partitions, name: &str, len: usize) -> Result<Vec<u8>, StorageError> {
+    let path = parts.get(name).ok_or_else(|| StorageError::Missing(name.into()))?;
+    let mut buf = Vec::with_capacity(len);
+    File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut buf))
+        .map_err(|error| StorageError::Read { path: path.clone(), error })?;
+    Ok(buf)
+}
+
+/// Read the boot state record.
+pub fn read_boot_state(parts: &Partitions) -> Result<BootState, StorageError> {
+    let region = read_partition(parts, "cairn-state", bootstate::RECORD_SIZE)?;
+    let path = parts.get("cairn-state").cloned().unwrap_or_default();
+    bootstate::read_record(&region)
+        .map(|(_, s)| s)
+        .map_err(|error| StorageError::BootState { path, error })
+}
+
+/// Hash the first `size` bytes of a device.
+fn digest_of(path: &str, size: u64) -> std::io::Result<Digest> {
+    let mut f = File::open(path)?.take(size);
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(buf.get(..n).unwrap_or(&[]));
+    }
+    if total != size {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("partition holds {total} of {size} bytes")));
+    }
+    Ok(h.finish())
+}
+
+/// Verify and mount every layer. Returns layer name → mount directory for
+/// the layers that passed; each failure is an event naming the digest.
+pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> BTreeMap<String, String> {
+    let mut ready = BTreeMap::new();
+    for layer in layers {
+        let d = layer.digest;
+        let Some(number) = state.partition_of(&d) else {
+            event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("reason", "no partition recorded for this digest").emit();
+            continue;
+        };
+        let part = partitions::layer_partition_name(number);
+        let Some(dev) = partitions::layer_partition(parts, number) else {
+            event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
+            continue;
+        };
+        match digest_of(dev, layer.size) {
+            Ok(found) if found == d => {}
+            Ok(found) => {
+                event("layer.corrupt").kv("name", &layer.name).kv("digest", d).kv("found", found).kv("partition", &part).emit();
+                continue;
+            }
+            Err(e) => {
+                event("layer.unreadable").kv("name", &layer.name).kv("digest", d).kv("partition", &part).kv("error", e).emit();
+                continue;
+            }
+        }
+        let dir = format!("{LAYERS_DIR}/{d}");
+        let mounted = sys::mkdir_all(&dir, 0o755).and_then(|()| {
+            sys::mount("layer", Some(dev), &dir, Some("squashfs"), libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID, None)
+        });
+        match mounted {
+            Ok(()) => {
+                event("layer.mounted").kv("name", &layer.name).kv("digest", d).kv("partition", &part).kv("size", layer.size).emit();
+                ready.insert(layer.name.as_str().to_owned(), dir);
+            }
+            Err(e) => event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit(),
+        }
+    }
+    ready
+}
+
+/// Unmount every layer (at shutdown).
+pub fn unmount_layers() {
+    if let Ok(dir) = std::fs::read_dir(LAYERS_DIR) {
+        for e in dir.flatten() {
+            let p = e.path().to_string_lossy().into_owned();
+            if let Err(err) = sys::umount(&p, 0) {
+                event("layer.unmount-failed").kv("path", &p).kv("error", err).emit();
+            }
+        }
+    }
+}

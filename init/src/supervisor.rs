@@ -1,0 +1,438 @@
+//! The supervisor: one single-threaded event loop over a signalfd and the
+//! control socket, with timers for restart backoff and stop grace periods.
+//! It starts containers in dependency order, restarts them by policy, and
+//! on a shutdown request stops them in reverse order.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use cairn_images::manifest::{Restart, Stop};
+use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
+
+use crate::control::{self, Listener, Request};
+use crate::event::event;
+use crate::policy::{self, Decision};
+
+/// How long to wait after `cgroup.kill` before giving up on a container.
+const KILL_WAIT: Duration = Duration::from_secs(3);
+
+/// What the device does once everything is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// reboot(RB_POWER_OFF).
+    PowerOff,
+    /// reboot(RB_AUTOBOOT).
+    Reboot,
+}
+
+impl ShutdownKind {
+    fn name(self) -> &'static str {
+        match self {
+            ShutdownKind::PowerOff => "poweroff",
+            ShutdownKind::Reboot => "reboot",
+        }
+    }
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for its dependencies to start.
+    Waiting,
+    /// Running; `pid` is its namespace init.
+    Running { pid: libc::pid_t },
+    /// Waiting out a restart delay.
+    Backoff { until: Instant },
+    /// Stop signal sent; the cgroup is killed at `deadline`.
+    Stopping { pid: libc::pid_t, deadline: Instant, killed: bool },
+    /// Not running and not coming back.
+    Stopped,
+}
+
+/// One supervised container.
+pub struct Unit {
+    name: String,
+    spec: Result<ContainerSpec, String>,
+    deps: Vec<usize>,
+    restart: Restart,
+    stop: Stop,
+    cgroup: Cgroup,
+    state: State,
+    restarts: u32,
+    ever_started: bool,
+    oom_baseline: u64,
+}
+
+impl Unit {
+    /// A unit; `spec` is `Err(reason)` when it can never start.
+    pub fn new(name: &str, spec: Result<ContainerSpec, String>, deps: Vec<usize>, restart: Restart, stop: Stop) -> Self {
+        Self {
+            name: name.into(),
+            spec,
+            deps,
+            restart,
+            stop,
+            cgroup: Cgroup::for_container(name),
+            state: State::Waiting,
+            restarts: 0,
+            ever_started: false,
+            oom_baseline: 0,
+        }
+    }
+
+    fn pid(&self) -> Option<libc::pid_t> {
+        match self.state {
+            State::Running { pid } | State::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Waiting => "waiting",
+            State::Running { .. } => "running",
+            State::Backoff { .. } => "backoff",
+            State::Stopping { .. } => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+struct ShutdownPlan {
+    kind: ShutdownKind,
+    /// Units still to stop, next last.
+    queue: Vec<usize>,
+    current: Option<usize>,
+}
+
+/// The supervisor.
+pub struct Supervisor {
+    units: Vec<Unit>,
+    order: Vec<usize>,
+    shutdown: Option<ShutdownPlan>,
+    signals: OwnedFd,
+    control: Option<Listener>,
+    announced_started: bool,
+}
+
+impl Supervisor {
+    /// `order` is the start order (indexes into `units`).
+    pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
+        Self { units, order, shutdown: None, signals, control, announced_started: false }
+    }
+
+    /// Run until a shutdown has stopped every container.
+    pub fn run(&mut self) -> ShutdownKind {
+        loop {
+            if self.shutdown.is_none() {
+                self.start_ready();
+            } else if let Some(kind) = self.drive_shutdown() {
+                return kind;
+            }
+            let timeout = self.next_timeout();
+            self.wait(timeout);
+            self.fire_timers();
+        }
+    }
+
+    fn start_ready(&mut self) {
+        for k in 0..self.order.len() {
+            let Some(&i) = self.order.get(k) else { continue };
+            let Some(u) = self.units.get(i) else { continue };
+            if u.state != State::Waiting {
+                continue;
+            }
+            let deps_started = u.deps.iter().all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
+            let dep_dead = u.deps.iter().find_map(|d| {
+                self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| d.name.clone())
+            });
+            if let Some(dep) = dep_dead {
+                event("container.blocked").kv("name", &u.name).kv("dependency", &dep).kv("reason", "dependency never started").emit();
+                if let Some(u) = self.units.get_mut(i) {
+                    u.state = State::Stopped;
+                }
+            } else if deps_started {
+                self.start(i);
+            }
+        }
+        if !self.announced_started && self.units.iter().all(|u| u.state != State::Waiting) {
+            self.announced_started = true;
+            let running = self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count();
+            event("boot.containers-started").kv("running", running).kv("total", self.units.len()).emit();
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let Some(u) = self.units.get_mut(i) else { return };
+        let spec = match &u.spec {
+            Ok(s) => s,
+            Err(reason) => {
+                event("container.failed").kv("name", &u.name).kv("reason", reason).emit();
+                u.state = State::Stopped;
+                return;
+            }
+        };
+        u.oom_baseline = u.cgroup.oom_kills();
+        match spawn(spec, &u.cgroup) {
+            Ok(started) => {
+                u.state = State::Running { pid: started.pid };
+                u.ever_started = true;
+                event("container.started").kv("name", &u.name).kv("pid", started.pid).kv("restarts", u.restarts).emit();
+                if let Some((errno, path)) = started.exec_error {
+                    event("container.exec-failed")
+                        .kv("name", &u.name)
+                        .kv("path", path)
+                        .kv("error", cairn_runtime::sys::errno_name(errno))
+                        .emit();
+                }
+            }
+            Err(e) => {
+                event("container.failed").kv("name", &u.name).kv("error", &e).emit();
+                self.after_exit(i, Exit::Code(cairn_runtime::spawn::SETUP_FAILED));
+            }
+        }
+    }
+
+    fn after_exit(&mut self, i: usize, exit: Exit) {
+        let shutting_down = self.shutdown.is_some();
+        let Some(u) = self.units.get_mut(i) else { return };
+        if shutting_down {
+            u.state = State::Stopped;
+            return;
+        }
+        match policy::after_exit(&u.restart, exit, u.restarts) {
+            Decision::Restart { delay_ms } => {
+                u.state = State::Backoff { until: Instant::now() + Duration::from_millis(delay_ms.into()) };
+                event("container.restart-scheduled").kv("name", &u.name).kv("attempt", u.restarts + 1).kv("delay_ms", delay_ms).emit();
+            }
+            Decision::Stay => {
+                u.state = State::Stopped;
+                event("container.stopped").kv("name", &u.name).kv("reason", "policy").emit();
+            }
+            Decision::GiveUp => {
+                u.state = State::Stopped;
+                event("container.gave-up").kv("name", &u.name).kv("restarts", u.restarts).emit();
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
+        let Some(i) = self.units.iter().position(|u| u.pid() == Some(pid)) else { return };
+        let Some(exit) = Exit::from_wait_status(status) else { return };
+        if let Some(u) = self.units.get(i) {
+            let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
+            event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
+            if ooms > 0 {
+                event("container.oom").kv("name", &u.name).kv("kills", ooms).kv("memory_max", u.cgroup.read("memory.max").unwrap_or_default().trim()).emit();
+            }
+        }
+        if let Some(plan) = &mut self.shutdown {
+            if plan.current == Some(i) {
+                plan.current = None;
+            }
+        }
+        self.after_exit(i, exit);
+    }
+
+    /// Begin an orderly shutdown (idempotent).
+    pub fn request_shutdown(&mut self, kind: ShutdownKind, why: &str) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        event("shutdown.start").kv("kind", kind.name()).kv("reason", why).emit();
+        // Popped from the end: the last container started is stopped first.
+        let queue = self.order.clone();
+        self.shutdown = Some(ShutdownPlan { kind, queue, current: None });
+    }
+
+    /// Advance the shutdown; returns the kind when everything is stopped.
+    fn drive_shutdown(&mut self) -> Option<ShutdownKind> {
+        loop {
+            let plan = self.shutdown.as_mut()?;
+            if plan.current.is_some() {
+                return None;
+            }
+            let Some(i) = plan.queue.pop() else {
+                return Some(plan.kind);
+            };
+            let Some(u) = self.units.get_mut(i) else { continue };
+            match u.state {
+                State::Running { pid } => {
+                    let sig = i32::from(u.stop.signal);
+                    event("container.stopping").kv("name", &u.name).kv("signal", sig).kv("grace_ms", u.stop.grace_ms).emit();
+                    let _ = cairn_runtime::sys::kill(pid, sig);
+                    u.state = State::Stopping {
+                        pid,
+                        deadline: Instant::now() + Duration::from_millis(u.stop.grace_ms.into()),
+                        killed: false,
+                    };
+                    plan.current = Some(i);
+                }
+                _ => u.state = State::Stopped,
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> i32 {
+        let now = Instant::now();
+        let next = self
+            .units
+            .iter()
+            .filter_map(|u| match u.state {
+                State::Backoff { until } => Some(until),
+                State::Stopping { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .min();
+        match next {
+            None => -1,
+            Some(t) => t.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1,
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            let Some(u) = self.units.get_mut(i) else { continue };
+            match u.state {
+                State::Backoff { until } if until <= now => {
+                    u.restarts += 1;
+                    self.start(i);
+                }
+                State::Stopping { pid, deadline, killed } if deadline <= now => {
+                    if killed {
+                        event("container.stop-timeout").kv("name", &u.name).kv("pid", pid).emit();
+                        u.state = State::Stopped;
+                        if let Some(plan) = &mut self.shutdown {
+                            plan.current = None;
+                        }
+                    } else {
+                        event("container.killed").kv("name", &u.name).kv("reason", "grace period over").emit();
+                        if let Err(e) = u.cgroup.kill_all() {
+                            event("container.kill-failed").kv("name", &u.name).kv("error", e).emit();
+                            let _ = cairn_runtime::sys::kill(pid, libc::SIGKILL);
+                        }
+                        u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn wait(&mut self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.control.as_ref().map_or(-1, Listener::raw), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n <= 0 {
+            return;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            self.read_signals();
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            self.serve_control();
+        }
+    }
+
+    fn read_signals(&mut self) {
+        loop {
+            // SAFETY: signalfd_siginfo is plain data; zero is a valid value.
+            let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
+            let size = core::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: `info` is valid for writes of `size` bytes.
+            let n = unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            if n != size as isize {
+                return;
+            }
+            match info.ssi_signo as i32 {
+                libc::SIGCHLD => self.reap(),
+                libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => self.request_shutdown(ShutdownKind::PowerOff, "signal"),
+                libc::SIGINT => self.request_shutdown(ShutdownKind::Reboot, "signal"),
+                other => event("signal.ignored").kv("signal", other).kv("from_pid", info.ssi_pid).emit(),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: `status` is a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            self.on_exit(pid, status);
+        }
+    }
+
+    fn serve_control(&mut self) {
+        let Some((conn, text)) = self.control.as_ref().and_then(Listener::accept) else { return };
+        let answer = match control::parse(&text) {
+            Err(e) => format!("error {e}"),
+            Ok(Request::Status) => {
+                let mut s = String::from("ok");
+                for u in &self.units {
+                    s.push_str(&format!(" {}={}", u.name, u.state_name()));
+                }
+                s
+            }
+            Ok(Request::PowerOff) => {
+                self.request_shutdown(ShutdownKind::PowerOff, "control");
+                "ok".into()
+            }
+            Ok(Request::Reboot) => {
+                self.request_shutdown(ShutdownKind::Reboot, "control");
+                "ok".into()
+            }
+            Ok(Request::Signal { name, signal }) => match self.units.iter().find(|u| u.name == name) {
+                None => format!("error no container {name}"),
+                Some(u) => match u.pid() {
+                    None => format!("error {name} is not running"),
+                    Some(pid) => match cairn_runtime::sys::kill(pid, signal) {
+                        Ok(()) => {
+                            event("container.signalled").kv("name", &name).kv("signal", signal).emit();
+                            "ok".into()
+                        }
+                        Err(e) => format!("error {e}"),
+                    },
+                },
+            },
+        };
+        event("control.request").kv("request", text.trim()).kv("reply", &answer).emit();
+        control::reply(conn, &answer);
+    }
+}
+
+/// Block every signal and return a signalfd that receives them.
+pub fn signal_fd() -> Result<OwnedFd, cairn_runtime::sys::SysError> {
+    // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `all` is a valid sigset_t; signalfd returns a new descriptor.
+    let fd = unsafe {
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
+        libc::signalfd(-1, &all, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(cairn_runtime::sys::SysError { op: "signalfd", arg: "all".into(), errno: cairn_runtime::sys::errno() });
+    }
+    // SAFETY: `fd` is a fresh descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+trait ExitFields {
+    fn kv_exit(self, exit: Exit) -> Self;
+}
+
+impl ExitFields for crate::event::Event {
+    fn kv_exit(self, exit: Exit) -> Self {
+        match exit {
+            Exit::Code(c) => self.kv("code", c),
+            Exit::Signal(s) => self.kv("signal", s).kv("code", 128 + s),
+        }
+    }
+}
