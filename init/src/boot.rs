@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_images::bootstate::BootState;
-use cairn_images::envelope::{self, OpenError};
+use cairn_images::envelope;
 use cairn_images::manifest::Manifest;
 
 use crate::event::event;
@@ -71,7 +71,7 @@ fn load_manifest(parts: &Partitions, state: &BootState) -> Result<Manifest, Boot
         let max = envelope::HEADER_LEN + envelope::MAX_PAYLOAD + envelope::SIGNATURE_LEN;
         let result = storage::read_partition(parts, slot.partition(), max)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| envelope::open_manifest(&bytes, TRUSTED_KEYS).map_err(|e| reason(&e)))
+            .and_then(|bytes| envelope::open_manifest(&bytes, TRUSTED_KEYS).map_err(|e| e.to_string()))
             .and_then(|m| {
                 if m.version < state.rollback_floor {
                     Err(format!("version {} is below the rollback floor {}", m.version, state.rollback_floor))
@@ -100,8 +100,4 @@ fn load_manifest(parts: &Partitions, state: &BootState) -> Result<Manifest, Boot
         }
     }
     Err(BootError::Manifest(reasons.join("; ")))
-}
-
-fn reason(e: &OpenError) -> String {
-    e.to_string()
 }

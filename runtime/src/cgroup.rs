@@ -83,9 +83,10 @@ impl Cgroup {
         fs::read_to_string(format!("{}/{file}", self.path)).ok()
     }
 
-    /// An O_PATH descriptor for `clone3(CLONE_INTO_CGROUP)`.
+    /// A directory descriptor for `clone3(CLONE_INTO_CGROUP)` (not O_PATH:
+    /// the kernel looks the cgroup up through a regular file reference).
     pub fn open_dir(&self) -> SysResult<OwnedFd> {
-        sys::open(&self.path, libc::O_PATH | libc::O_DIRECTORY)
+        sys::open(&self.path, libc::O_RDONLY | libc::O_DIRECTORY)
     }
 
     /// OOM kills so far (`memory.events` oom_kill).

@@ -1,0 +1,122 @@
+//! QEMU scenarios: each boots a real kernel with a real disk image built for
+//! it, and asserts on what the device prints (and on the disk afterwards).
+
+pub mod console;
+pub mod qemu;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cairn_board::Board;
+use cairn_images::host::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_images::host::gpt::DiskLayout;
+use ed25519_dalek::SigningKey;
+
+pub use qemu::{BootFiles, Ending, Run};
+
+/// What the build produced for one board.
+pub struct Artifacts {
+    /// Kernel, initramfs, QEMU.
+    pub boot: BootFiles,
+    /// Directory holding `bin/cairn-payload` for the board (the `build:payload` layer).
+    pub payload_root: PathBuf,
+    /// The key the board's init trusts.
+    pub key: SigningKey,
+    /// Scratch space for this board's scenarios.
+    pub work_dir: PathBuf,
+}
+
+/// One scenario.
+pub struct Scenario {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// The test.
+    pub run: fn(&Ctx) -> Result<()>,
+}
+
+/// Every scenario, in the order they run.
+pub fn all() -> Vec<Scenario> {
+    scenarios::all()
+}
+
+/// What a scenario may use.
+pub struct Ctx<'a> {
+    /// The board.
+    pub board: &'static Board,
+    /// The build products.
+    pub art: &'a Artifacts,
+    /// This scenario's directory.
+    pub dir: PathBuf,
+}
+
+/// Directory of the scenario appliance files.
+pub fn appliances_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("appliances")
+}
+
+impl Ctx<'_> {
+    /// Build a scenario appliance (`appliances/NAME.toml`), signed with `key`.
+    pub fn build_signed(&self, name: &str, key: &SigningKey) -> Result<BuiltAppliance> {
+        let sources = BTreeMap::from([("payload".to_owned(), self.art.payload_root.clone())]);
+        let path = appliances_dir().join(format!("{name}.toml"));
+        assemble::build_appliance(&path, &sources, key, &self.dir.join("layers"))
+            .with_context(|| format!("building appliance {}", path.display()))
+    }
+
+    /// Build a scenario appliance signed with the trusted key.
+    pub fn build(&self, name: &str) -> Result<BuiltAppliance> {
+        self.build_signed(name, &self.art.key)
+    }
+
+    /// Assemble a disk image for a built appliance.
+    pub fn disk(&self, app: &BuiltAppliance, file: &str) -> Result<(PathBuf, DiskLayout)> {
+        let path = self.dir.join(file);
+        let layout = assemble::assemble_disk(app, &path, DiskOptions::default()).with_context(|| format!("assembling {}", path.display()))?;
+        Ok((path, layout))
+    }
+
+    /// Boot a disk until QEMU exits, `stop` matches, or `timeout`.
+    pub fn boot(&self, disk: &Path, timeout: Duration, stop: &dyn Fn(&console::Console) -> bool) -> Result<Run> {
+        let log = disk.with_extension("log");
+        let cmd = qemu::command(self.board, &self.art.boot, disk, "");
+        qemu::capture(cmd, &log, timeout, stop)
+    }
+}
+
+/// Result of one scenario on one board.
+pub struct Outcome {
+    /// Scenario name.
+    pub name: &'static str,
+    /// Pass, or the first failed assertion.
+    pub result: Result<()>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Run the named scenarios (all when `names` is empty) on one board.
+pub fn run(board: &'static Board, art: &Artifacts, names: &[String], report: &mut dyn FnMut(&Outcome)) -> Result<Vec<Outcome>> {
+    let known = all();
+    for n in names {
+        anyhow::ensure!(
+            known.iter().any(|s| s.name == n),
+            "unknown scenario {n:?}; scenarios: {}",
+            known.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut out = Vec::new();
+    for s in known.into_iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
+        let dir = art.work_dir.join(s.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ctx = Ctx { board, art, dir };
+        let start = Instant::now();
+        let result = (s.run)(&ctx);
+        let o = Outcome { name: s.name, result, elapsed: start.elapsed() };
+        report(&o);
+        out.push(o);
+    }
+    Ok(out)
+}

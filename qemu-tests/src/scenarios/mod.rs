@@ -1,0 +1,52 @@
+//! The scenarios, one file each.
+
+mod bad_signature;
+mod boot_demo;
+mod corrupt_layer;
+mod limits;
+mod reaping;
+mod restart;
+mod shutdown;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+
+use crate::console::Console;
+use crate::{Ending, Run, Scenario};
+
+/// Every scenario in run order.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario { name: "boot-demo", run: boot_demo::run },
+        Scenario { name: "limits", run: limits::run },
+        Scenario { name: "bad-signature", run: bad_signature::run },
+        Scenario { name: "corrupt-layer", run: corrupt_layer::run },
+        Scenario { name: "reaping", run: reaping::run },
+        Scenario { name: "shutdown", run: shutdown::run },
+        Scenario { name: "restart", run: restart::run },
+    ]
+}
+
+/// Generous: TCG on a loaded 2-core machine is slow.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Never stop early: wait for QEMU to exit by itself.
+pub fn until_exit(_: &Console) -> bool {
+    false
+}
+
+/// PID 1 never panicked and the kernel never did either.
+pub fn no_panic(run: &Run) -> Result<()> {
+    ensure!(!run.console.contains("Kernel panic"), "kernel panic on the console");
+    ensure!(!run.console.contains("panicked at"), "a Rust panic on the console");
+    Ok(())
+}
+
+/// The device powered itself off in order.
+pub fn powered_off(run: &Run) -> Result<()> {
+    no_panic(run)?;
+    ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
+    run.console.expect("shutdown.complete", &[("kind", "poweroff")])?;
+    Ok(())
+}
