@@ -1,0 +1,132 @@
+//! `ctl`: one request over the init's control socket (AF_UNIX, SOCK_SEQPACKET:
+//! one message each way).
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::out::V;
+use crate::{say, sys};
+
+/// Default socket path; `CAIRN_CONTROL` overrides it.
+pub const DEFAULT_PATH: &str = "/run/cairn/control";
+/// Largest reply read.
+const REPLY_MAX: usize = 4096;
+/// Connect attempts while the socket is not there yet (100 ms apart).
+const CONNECT_TRIES: u32 = 20;
+
+/// Send `words` joined by spaces, print the reply; exit 0 if it starts with "ok".
+pub fn run(delay_ms: u64, words: &[String]) -> i32 {
+    if delay_ms > 0 {
+        sys::sleep_ms(delay_ms);
+    }
+    let request = words.join(" ");
+    let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    match exchange(path.as_bytes(), request.as_bytes()) {
+        Ok(reply) => {
+            let reply = String::from_utf8_lossy(&reply);
+            let reply = reply.trim();
+            say!("event=ctl request={} reply={}", V(&request), V(reply));
+            if reply.starts_with("ok") {
+                0
+            } else {
+                1
+            }
+        }
+        Err((step, errno)) => {
+            say!(
+                "event=ctl request={} error={step} errno={errno} path={}",
+                V(&request),
+                V(&path.to_string_lossy())
+            );
+            1
+        }
+    }
+}
+
+/// Connect (retrying briefly while the socket is absent), send, receive.
+/// Errors name the step and carry errno.
+fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.is_empty() || path.len() >= addr.sun_path.len() || path.contains(&0) {
+        return Err(("path", libc::ENAMETOOLONG));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = src as libc::c_char;
+    }
+    let addr_len = (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
+
+    let mut tries = 0;
+    let fd = loop {
+        tries += 1;
+        // SAFETY: socket takes plain integers and returns a new fd or -1.
+        let raw =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(("socket", sys::errno()));
+        }
+        // SAFETY: `raw` is a freshly created fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: `addr` is an initialised sockaddr_un and `addr_len` covers the
+        // family and the NUL-terminated path inside it.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), addr_len) };
+        if rc == 0 {
+            break fd;
+        }
+        let e = sys::errno();
+        let transient = matches!(
+            e,
+            libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN | libc::EINTR
+        );
+        if !transient || tries >= CONNECT_TRIES {
+            return Err(("connect", e));
+        }
+        drop(fd);
+        sys::sleep_ms(100);
+    };
+
+    // A reply that never comes should not hang the container forever.
+    let timeout = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: `timeout` is a live timeval and the length passed is its size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+
+    // SAFETY: `request` is a live slice; send reads at most its length.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        return Err(("send", sys::errno()));
+    }
+
+    let mut buf = vec![0u8; REPLY_MAX];
+    loop {
+        // SAFETY: `buf` is writable for its full length; recv writes at most that.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            buf.truncate(n.unsigned_abs());
+            return Ok(buf);
+        }
+        let e = sys::errno();
+        if e != libc::EINTR {
+            return Err(("recv", e));
+        }
+    }
+}

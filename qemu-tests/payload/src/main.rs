@@ -1,0 +1,158 @@
+//! `cairn-payload`: a multi-call test program, the entrypoint of containers in
+//! the QEMU scenarios. Inside a container it is pid 2, the child of cairn's
+//! namespace init (pid 1).
+//!
+//! Every line goes to stdout (the serial console) as one `write(2)` and reads
+//! `payload name=<hostname> event=<event> key=value ...`; values never hold
+//! spaces (whitespace and control characters become `_`, `"` becomes `'`,
+//! an empty value is `-`).
+//!
+//! Subcommands (`argv[1]`) and what they print after `payload name=H `:
+//!
+//! - `demo <label> <period_ms>`: forever, every period:
+//!   `event=tick label=L n=<count from 1> pid=P ppid=PP`.
+//! - `inspect [stay]`:
+//!   `event=inspect pid=P ppid=PP pid1_comm=C hostname=H layer=<cat /etc/cairn-layer|missing> base=<cat /etc/cairn-base|missing> uid=U gid=G cwd=D`,
+//!   then writes `/cairn-upper-test` ("written by H") and overwrites
+//!   `/etc/cairn-base` ("shadowed"), reads both back:
+//!   `event=upper-write ok=1` or `event=upper-write ok=0 err=<errno|mismatch> path=F`,
+//!   then `event=procs count=<numeric dirs in /proc>` (`count=-1 err=E` on error),
+//!   then `event=inspect-done`. With `stay` it then sleeps forever, else exits 0.
+//! - `alloc <mib_step> <max_mib>`: after each resident step `event=alloc total_mib=N`
+//!   (50 ms apart); at max `event=alloc-survived total_mib=N`, exit 0. If the
+//!   allocator refuses: `event=alloc-failed total_mib=N want_mib=M reason=R`, exit 1.
+//! - `forkbomb <n>`: forks up to n sleeping children, then
+//!   `event=forkbomb forked=K failed=F failed_errno=E` (E = errno of the first
+//!   failure, 0 if none), kills and reaps them: `event=forkbomb-done reaped=K`, exit 0.
+//! - `spin <seconds>`: busy loop, then from cpu.stat
+//!   `event=spin seconds=S nr_throttled=N throttled_usec=M usage_usec=U cgroup=<0:: path> source=<file>`
+//!   (a key absent from the file is `missing`), or
+//!   `event=spin seconds=S cpu_stat=missing cgroup=P`; exit 0.
+//! - `orphans <n> [code]`: n children each fork a grandchild (sleeping 0-200 ms)
+//!   and exit; after 1 s:
+//!   `event=orphans created=N zombies=Z failed=F failed_errno=E zombie_pids=<up to 16, comma separated|->`,
+//!   then `event=waiting-for-term`; on SIGTERM `event=got-signal sig=15`, exit
+//!   `code` (default 42).
+//! - `exit <code>`: `event=exiting code=C`, exit C.
+//! - `kill-self <sig>`: `event=killing-self sig=S`, raise(S); if still alive
+//!   `event=still-alive sig=S rc=R`, exit 1.
+//! - `ignore-term`: SIGTERM ignored, `event=ignoring-term`, sleeps forever.
+//! - `term-log <label>`: `event=running label=L`; on SIGTERM
+//!   `event=stopping label=L`, exit 0.
+//! - `ctl [--delay-ms N] <request...>`: sleeps N ms, sends the words joined by
+//!   spaces as one message on the SOCK_SEQPACKET socket `$CAIRN_CONTROL`
+//!   (default `/run/cairn/control`), reads one reply (at most 4096 bytes):
+//!   `event=ctl request=R reply=Y`; exit 0 if the reply starts with `ok`,
+//!   else 1. On failure `event=ctl request=R error=<socket|connect|send|recv|path> errno=E path=P`, exit 1.
+//! - `sleep <ms>`: `event=slept ms=N`, exit 0.
+//!
+//! Unknown subcommands and bad arguments: `event=usage-error detail=D`, exit 2.
+
+mod ctl;
+mod inspect;
+mod limits;
+mod out;
+mod procs;
+mod signals;
+mod sys;
+
+use std::str::FromStr;
+
+use out::V;
+
+fn main() {
+    out::init();
+    // args_os: a non-UTF-8 argument must not panic.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let code = match dispatch(&args) {
+        Ok(code) => code,
+        Err(detail) => {
+            say!("event=usage-error detail={}", V(&detail));
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Run the subcommand; `Err` is a usage error's detail.
+fn dispatch(args: &[String]) -> Result<i32, String> {
+    let a = Args(args);
+    let Some(cmd) = args.get(1) else {
+        return Err("missing_subcommand".into());
+    };
+    let code = match cmd.as_str() {
+        "demo" => {
+            let label = a.word(2, "label")?;
+            let period: u64 = a.num(3, "period_ms")?;
+            if period == 0 {
+                return Err("demo:period_ms_must_be_positive".into());
+            }
+            limits::demo(label, period)
+        }
+        "inspect" => inspect::run(a.0.get(2).is_some_and(|s| s == "stay")),
+        "alloc" => {
+            let step: u64 = a.num(2, "mib_step")?;
+            let max: u64 = a.num(3, "max_mib")?;
+            if step == 0 {
+                return Err("alloc:mib_step_must_be_positive".into());
+            }
+            limits::alloc(step, max)
+        }
+        "forkbomb" => limits::forkbomb(a.num(2, "n")?),
+        "spin" => limits::spin(a.num(2, "seconds")?),
+        "orphans" => {
+            let n: u32 = a.num(2, "n")?;
+            let code: i32 = if a.0.len() > 3 { a.num(3, "code")? } else { 42 };
+            procs::orphans(n, code)
+        }
+        "exit" => signals::exit(a.num(2, "code")?),
+        "kill-self" => {
+            let sig: i32 = a.num(2, "sig")?;
+            if !(1..=64).contains(&sig) {
+                return Err(format!("kill-self:bad_signal:{sig}"));
+            }
+            signals::kill_self(sig)
+        }
+        "ignore-term" => signals::ignore_term(),
+        "term-log" => signals::term_log(a.word(2, "label")?),
+        "ctl" => {
+            let (delay, first) = if a.0.get(2).is_some_and(|s| s == "--delay-ms") {
+                (a.num(3, "delay_ms")?, 4)
+            } else {
+                (0, 2)
+            };
+            let words = a.0.get(first..).unwrap_or(&[]);
+            if words.is_empty() {
+                return Err("ctl:missing_request".into());
+            }
+            ctl::run(delay, words)
+        }
+        "sleep" => signals::sleep(a.num(2, "ms")?),
+        other => return Err(format!("unknown_subcommand:{other}")),
+    };
+    Ok(code)
+}
+
+/// argv with error-returning accessors.
+struct Args<'a>(&'a [String]);
+
+impl Args<'_> {
+    fn cmd(&self) -> &str {
+        self.0.get(1).map_or("-", String::as_str)
+    }
+
+    fn word(&self, i: usize, what: &str) -> Result<&str, String> {
+        self.0
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("{}:missing_{what}", self.cmd()))
+    }
+
+    fn num<T: FromStr>(&self, i: usize, what: &str) -> Result<T, String> {
+        let w = self.word(i, what)?;
+        w.parse()
+            .map_err(|_| format!("{}:bad_{what}:{w}", self.cmd()))
+    }
+}
