@@ -1,0 +1,247 @@
+//! `cargo xtask`: fetch host dependencies, build, assemble images, run a
+//! board in QEMU, run the QEMU scenarios, benchmark.
+
+mod host_deps;
+mod kernel;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cairn_board::Board;
+use cairn_images::host::{assemble, keys};
+use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  run [--board NAME] [--disk IMAGE]     build and boot the demo appliance (or IMAGE)
+                                        with the serial console attached (Ctrl-A X quits)
+  test                                  every test: host unit tests, then every QEMU scenario on every board
+  qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (all boards unless --board)
+  build [--board NAME]                  build init, payload, initramfs and the demo disk
+  bench [--board NAME] [--runs N]       measure boot time to all containers started, and sizes
+  scenarios                             list the QEMU scenarios
+
+boards: qemu-x86_64 (default), qemu-aarch64";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Args {
+    command: String,
+    board: Option<String>,
+    disk: Option<PathBuf>,
+    runs: usize,
+    rest: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let command = it.next().unwrap_or_default();
+    let mut a = Args { command, board: None, disk: None, runs: 3, rest: Vec::new() };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--board" => a.board = Some(it.next().context("--board needs a name")?),
+            "--disk" => a.disk = Some(PathBuf::from(it.next().context("--disk needs a path")?)),
+            "--runs" => a.runs = it.next().context("--runs needs a number")?.parse().context("--runs needs a number")?,
+            "-h" | "--help" => a.command = "help".into(),
+            s if s.starts_with('-') => bail!("unknown option {s}\n\n{USAGE}"),
+            _ => a.rest.push(arg),
+        }
+    }
+    Ok(a)
+}
+
+fn board(name: Option<&str>) -> Result<&'static Board> {
+    let name = name.unwrap_or(cairn_board::DEFAULT_BOARD);
+    cairn_board::by_name(name).with_context(|| format!("unknown board {name:?}; boards: {}", cairn_board::names().join(", ")))
+}
+
+fn run() -> Result<ExitCode> {
+    let a = parse_args()?;
+    match a.command.as_str() {
+        "run" => run_demo(board(a.board.as_deref())?, a.disk.as_deref()),
+        "build" => {
+            let b = board(a.board.as_deref())?;
+            let art = prepare(b)?;
+            let disk = demo_disk(b, &art)?;
+            println!("xtask: demo disk {}", disk.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        "qemu-test" => qemu_test(a.board.as_deref(), &a.rest),
+        "test" => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo).current_dir(repo_root()).args(["test", "--workspace"]).status().context("running cargo test")?;
+            anyhow::ensure!(status.success(), "host unit tests failed");
+            qemu_test(a.board.as_deref(), &a.rest)
+        }
+        "bench" => bench(board(a.board.as_deref())?, a.runs),
+        "scenarios" => {
+            for s in cairn_qemu_tests::all() {
+                println!("{}", s.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "help" | "" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build_dir() -> PathBuf {
+    repo_root().join("build")
+}
+
+/// The development signing key, generated on first use.
+fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
+    let path = build_dir().join("keys").join("cairn-DEVELOPMENT-ONLY.key");
+    let (key, fresh) = keys::load_or_generate(&path)?;
+    if fresh {
+        eprintln!("xtask: ************************************************************");
+        eprintln!("xtask: generated a DEVELOPMENT signing key: {}", path.display());
+        eprintln!("xtask: images signed with it are for development only; never ship");
+        eprintln!("xtask: an init that trusts it. It is not committed (build/ is ignored).");
+        eprintln!("xtask: ************************************************************");
+    }
+    let trusted = build_dir().join("keys").join("trusted-keys");
+    let hex: String = key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    if std::fs::read_to_string(&trusted).ok().as_deref() != Some(&format!("{hex}\n")) {
+        std::fs::write(&trusted, format!("{hex}\n")).with_context(|| format!("writing {}", trusted.display()))?;
+    }
+    Ok((key, trusted))
+}
+
+/// Build everything a board boots, except the disk.
+fn prepare(b: &'static Board) -> Result<Artifacts> {
+    host_deps::ensure_rust_target(b.rust_target)?;
+    let qemu = host_deps::ensure_qemu(b)?;
+    let kernel = kernel::fetch_kernel(b, &build_dir().join("kernels"))?;
+    let (key, trusted) = dev_key()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
+        .env("CAIRN_TRUSTED_KEYS", &trusted)
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
+    let out = repo_root().join("target").join(b.rust_target).join("release");
+    let dir = build_dir().join(b.name);
+    let payload_root = dir.join("payload-root");
+    std::fs::create_dir_all(payload_root.join("bin"))?;
+    std::fs::copy(out.join("cairn-payload"), payload_root.join("bin/cairn-payload")).context("copying cairn-payload")?;
+    let initramfs = dir.join("initramfs.cpio.gz");
+    let init = out.join("cairn-init");
+    assemble::build_initramfs(&init, &kernel.modules, &initramfs)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask: {}: kernel {} ({}) | cairn-init {} bytes | initramfs {} bytes | modules {}",
+        b.name,
+        kernel.version,
+        kernel.package,
+        size(&init),
+        size(&initramfs),
+        kernel.modules.iter().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(",")
+    );
+    Ok(Artifacts {
+        boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs },
+        payload_root,
+        key,
+        work_dir: dir.join("scenarios"),
+    })
+}
+
+fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
+    let dir = build_dir().join(b.name).join("demo");
+    let sources = BTreeMap::from([("payload".to_owned(), art.payload_root.clone())]);
+    let toml = repo_root().join("images/examples/demo/appliance.toml");
+    let app = assemble::build_appliance(&toml, &sources, &art.key, &dir.join("layers"))?;
+    for l in &app.layers {
+        eprintln!("xtask: layer {:<8} {} {} bytes", l.name, l.digest, l.size);
+    }
+    let disk = dir.join("disk.img");
+    assemble::assemble_disk(&app, &disk, assemble::DiskOptions::default())?;
+    Ok(disk)
+}
+
+fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
+    let art = prepare(b)?;
+    let disk = match disk {
+        Some(d) => d.to_path_buf(),
+        None => demo_disk(b, &art)?,
+    };
+    eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
+    let mut cmd = qemu::command(b, &art.boot, &disk, "");
+    cmd.args(["-serial", "mon:stdio"]);
+    let status = cmd.status().context("starting QEMU")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
+    let boards: Vec<&'static Board> = match board_name {
+        Some(n) => vec![board(Some(n))?],
+        None => cairn_board::all().to_vec(),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for b in boards {
+        let art = prepare(b)?;
+        let _ = std::fs::remove_dir_all(&art.work_dir);
+        cairn_qemu_tests::run(b, &art, scenarios, &mut |o| match &o.result {
+            Ok(()) => {
+                passed += 1;
+                println!("ok   {:<14} {:<13} {:>6.1}s", o.name, b.name, o.elapsed.as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {:<14} {:<13} {:>6.1}s  {e:#}", o.name, b.name, o.elapsed.as_secs_f64());
+                println!("     console log: {}", art.work_dir.join(o.name).display());
+            }
+        })?;
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(b: &'static Board, runs: usize) -> Result<ExitCode> {
+    let art = prepare(b)?;
+    let disk = demo_disk(b, &art)?;
+    let mut guest = Vec::new();
+    for i in 0..runs.max(1) {
+        let cmd = qemu::command(b, &art.boot, &disk, "");
+        let log = build_dir().join(b.name).join(format!("bench-{i}.log"));
+        let run = qemu::capture(cmd, &log, Duration::from_secs(180), &|c| c.first("boot.containers-started", &[]).is_some())?;
+        let ev = run.console.first("boot.containers-started", &[]).context("demo never started its containers")?;
+        let t_start = run.console.first("boot.start", &[]).and_then(|l| l.get("t")?.parse::<f64>().ok()).unwrap_or(0.0);
+        let t: f64 = ev.get("t").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+        println!("run {i}: kernel->init {t_start:.3}s, init->containers {:.3}s, total {t:.3}s (host wall {:.1}s)", t - t_start, run.elapsed.as_secs_f64());
+        guest.push((t_start, t));
+    }
+    let n = guest.len() as f64;
+    let mean = |f: fn(&(f64, f64)) -> f64| guest.iter().map(f).sum::<f64>() / n;
+    println!(
+        "{}: mean over {} boots (TCG): kernel to /init {:.3}s, /init to all containers started {:.3}s, total {:.3}s",
+        b.name,
+        guest.len(),
+        mean(|g| g.0),
+        mean(|g| g.1 - g.0),
+        mean(|g| g.1)
+    );
+    Ok(ExitCode::SUCCESS)
+}
