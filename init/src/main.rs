@@ -19,6 +19,7 @@ mod partitions;
 mod policy;
 mod storage;
 mod supervisor;
+mod switch_root;
 
 use cairn_images::order;
 use cairn_runtime::ContainerSpec;
@@ -33,6 +34,12 @@ fn main() {
         std::process::exit(1);
     }
     event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
+    if switch_root::on_initramfs() {
+        match switch_root::switch() {
+            Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
+            Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
+        }
+    }
     let signals = match supervisor::signal_fd() {
         Ok(fd) => fd,
         Err(e) => {

@@ -1,0 +1,100 @@
+//! Leave the initramfs: the kernel's initial root (rootfs) has no parent
+//! mount, and pivot_root(2) refuses to move such a root, so containers could
+//! not pivot. Like `switch_root`, cairn-init copies the initramfs into a
+//! tmpfs, frees the original files, moves the tmpfs over `/` and chroots
+//! into it. From then on every mount namespace's root has a parent.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use cairn_runtime::sys::{self, SysError, SysResult};
+
+const NEW_ROOT: &str = "/.cairn-root";
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// True when `/` is the kernel's initramfs (ramfs or tmpfs).
+pub fn on_initramfs() -> bool {
+    // SAFETY: statfs is plain data; zero is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: the path is a valid C string and `st` a valid out-pointer.
+    let rc = unsafe { libc::statfs(c"/".as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    rc == 0 && (t == RAMFS_MAGIC || t == TMPFS_MAGIC)
+}
+
+/// Copy the initramfs into a tmpfs and make that the root. Returns the
+/// number of bytes copied.
+pub fn switch() -> SysResult<u64> {
+    sys::mkdir(NEW_ROOT, 0o755)?;
+    sys::mount("new root tmpfs", Some("rootfs"), NEW_ROOT, Some("tmpfs"), libc::MS_NOSUID, Some("mode=0755,size=64m"))?;
+    let copied = copy_tree(Path::new("/"), Path::new(NEW_ROOT))?;
+    remove_tree(Path::new("/"));
+    sys::chdir(NEW_ROOT)?;
+    sys::mount("move new root", Some("."), "/", None, libc::MS_MOVE, None)?;
+    // SAFETY: chroot with a valid C string.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(SysError { op: "chroot", arg: NEW_ROOT.into(), errno: sys::errno() });
+    }
+    sys::chdir("/")?;
+    Ok(copied)
+}
+
+fn err(op: &'static str, p: &Path, e: std::io::Error) -> SysError {
+    SysError { op, arg: p.display().to_string(), errno: e.raw_os_error().unwrap_or(libc::EIO) }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> SysResult<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(from).map_err(|e| err("read_dir", from, e))? {
+        let entry = entry.map_err(|e| err("read_dir", from, e))?;
+        let src = entry.path();
+        if src == Path::new(NEW_ROOT) {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src).map_err(|e| err("stat", &src, e))?;
+        let ft = meta.file_type();
+        let mode = meta.permissions().mode() & 0o7777;
+        if ft.is_dir() {
+            fs::create_dir_all(&dst).map_err(|e| err("mkdir", &dst, e))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", &dst, e))?;
+            total += copy_tree(&src, &dst)?;
+        } else if ft.is_file() {
+            total += fs::copy(&src, &dst).map_err(|e| err("copy", &src, e))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| err("readlink", &src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| err("symlink", &dst, e))?;
+        } else if ft.is_char_device() {
+            let rdev = meta.rdev();
+            let major = ((rdev >> 8) & 0xfff) as u32;
+            let minor = ((rdev & 0xff) | ((rdev >> 12) & 0xfff00)) as u32;
+            sys::mknod_char(&dst.display().to_string(), mode, major, minor)?;
+        }
+    }
+    Ok(total)
+}
+
+/// Delete the initramfs files (not crossing into other mounts) so their
+/// memory is freed. Failures are ignored: at worst some RAM stays in use.
+fn remove_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p == Path::new(NEW_ROOT) {
+            continue;
+        }
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                remove_tree(&p);
+                let _ = fs::remove_dir(&p);
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&p);
+            }
+            Err(_) => {}
+        }
+    }
+}
