@@ -34,6 +34,7 @@ fn main() {
         let _ = writeln!(out, "    {k:?},");
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("trusted_keys.rs");
+    let dest =
+        PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("trusted_keys.rs");
     fs::write(dest, out).unwrap_or_else(|e| panic!("writing trusted_keys.rs: {e}"));
 }

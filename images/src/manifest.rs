@@ -314,7 +314,12 @@ impl Manifest {
     }
 }
 
-fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMut(ValidationError)) {
+fn check_container(
+    m: &Manifest,
+    i: usize,
+    c: &Container,
+    report: &mut impl FnMut(ValidationError),
+) {
     use ValidationError::*;
     let name = || c.name.clone();
     if !is_valid_name(&c.name) {
@@ -328,12 +333,18 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     }
     for l in &c.layers {
         if m.layer(l).is_none() {
-            report(UnknownLayer { container: name(), layer: l.clone() });
+            report(UnknownLayer {
+                container: name(),
+                layer: l.clone(),
+            });
         }
     }
     for d in &c.depends_on {
         if m.container(d).is_none() || *d == c.name {
-            report(UnknownDependency { container: name(), dependency: d.clone() });
+            report(UnknownDependency {
+                container: name(),
+                dependency: d.clone(),
+            });
         }
     }
     if !c.argv.first().is_some_and(|a| a.starts_with('/')) {
@@ -350,11 +361,17 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     }
     let mut limit = |ok: bool, limit: &'static str| {
         if !ok {
-            report(LimitOutOfRange { container: name(), limit });
+            report(LimitOutOfRange {
+                container: name(),
+                limit,
+            });
         }
     };
     let l = &c.limits;
-    limit(l.memory_max.is_none_or(|m| m >= bounds::MEMORY_MIN), "memory_max");
+    limit(
+        l.memory_max.is_none_or(|m| m >= bounds::MEMORY_MIN),
+        "memory_max",
+    );
     limit(
         l.cpu_max.is_none_or(|c| {
             c.quota_us >= bounds::CPU_US_MIN
@@ -395,7 +412,10 @@ pub(crate) mod tests {
             gid: 0,
             limits: Limits {
                 memory_max: Some(16 << 20),
-                cpu_max: Some(CpuMax { quota_us: 50_000, period_us: 100_000 }),
+                cpu_max: Some(CpuMax {
+                    quota_us: 50_000,
+                    period_us: 100_000,
+                }),
                 pids_max: Some(32),
                 scratch_bytes: 1 << 20,
             },
@@ -405,7 +425,10 @@ pub(crate) mod tests {
                 backoff_max_ms: 1000,
             },
             depends_on: deps.iter().map(|d| s(d)).collect(),
-            stop: Stop { signal: 15, grace_ms: 2000 },
+            stop: Stop {
+                signal: 15,
+                grace_ms: 2000,
+            },
             control: false,
         }
     }
@@ -414,7 +437,11 @@ pub(crate) mod tests {
         Manifest {
             appliance: s("demo"),
             version: 1,
-            layers: Vec::from_iter([Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }]),
+            layers: Vec::from_iter([Layer {
+                name: s("base"),
+                digest: Digest([7; 32]),
+                size: 4096,
+            }]),
             containers: containers.iter().cloned().collect(),
         }
     }
@@ -443,7 +470,10 @@ pub(crate) mod tests {
         bad.cwd = s("tmp");
         bad.hostname = s("-x");
         bad.limits.memory_max = Some(10);
-        bad.limits.cpu_max = Some(CpuMax { quota_us: 10, period_us: 100_000 });
+        bad.limits.cpu_max = Some(CpuMax {
+            quota_us: 10,
+            period_us: 100_000,
+        });
         bad.limits.pids_max = Some(0);
         bad.stop.signal = 0;
         let m = manifest(&[bad]);
@@ -451,7 +481,10 @@ pub(crate) mod tests {
         let has = |f: &dyn Fn(&ValidationError) -> bool| p.iter().any(f);
         assert!(has(&|e| matches!(e, ValidationError::BadName(_))));
         assert!(has(&|e| matches!(e, ValidationError::UnknownLayer { .. })));
-        assert!(has(&|e| matches!(e, ValidationError::UnknownDependency { .. })));
+        assert!(has(&|e| matches!(
+            e,
+            ValidationError::UnknownDependency { .. }
+        )));
         assert!(has(&|e| matches!(e, ValidationError::BadEntrypoint(_))));
         assert!(has(&|e| matches!(e, ValidationError::BadEnv(_))));
         assert!(has(&|e| matches!(e, ValidationError::BadCwd(_))));
@@ -459,7 +492,9 @@ pub(crate) mod tests {
         assert!(has(&|e| matches!(e, ValidationError::BadStopSignal(_))));
         for limit in ["memory_max", "cpu_max", "pids_max"] {
             assert!(
-                has(&|e| matches!(e, ValidationError::LimitOutOfRange { limit: l, .. } if *l == limit)),
+                has(
+                    &|e| matches!(e, ValidationError::LimitOutOfRange { limit: l, .. } if *l == limit)
+                ),
                 "{limit} not reported"
             );
         }
@@ -468,11 +503,20 @@ pub(crate) mod tests {
     #[test]
     fn cycles_duplicates_and_self_dependencies_are_rejected() {
         let m = manifest(&[container("a", &["b"]), container("b", &["a"])]);
-        assert!(matches!(m.validate(), Err(ValidationError::DependencyCycle(_))));
+        assert!(matches!(
+            m.validate(),
+            Err(ValidationError::DependencyCycle(_))
+        ));
         let m = manifest(&[container("a", &["a"])]);
-        assert!(matches!(m.validate(), Err(ValidationError::UnknownDependency { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ValidationError::UnknownDependency { .. })
+        ));
         let m = manifest(&[container("a", &[]), container("a", &[])]);
-        assert!(matches!(m.validate(), Err(ValidationError::DuplicateContainer(_))));
+        assert!(matches!(
+            m.validate(),
+            Err(ValidationError::DuplicateContainer(_))
+        ));
         assert_eq!(manifest(&[]).validate(), Err(ValidationError::NoContainers));
     }
 
@@ -486,7 +530,12 @@ pub(crate) mod tests {
             layers: std::vec::Vec<u8>,
             containers: std::vec::Vec<u8>,
         }
-        let wide = Wide { appliance: "x", version: 1, layers: vec![], containers: vec![0; MAX_CONTAINERS + 1] };
+        let wide = Wide {
+            appliance: "x",
+            version: 1,
+            layers: vec![],
+            containers: vec![0; MAX_CONTAINERS + 1],
+        };
         let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
         assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
     }

@@ -18,7 +18,10 @@ pub fn event(name: &str) -> Event {
 
 /// Seconds since boot with millisecond precision, e.g. "1.234".
 pub fn uptime() -> String {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     format!("{}.{:03}", ts.tv_sec, ts.tv_nsec / 1_000_000)
@@ -76,9 +79,15 @@ mod tests {
 
     #[test]
     fn fields_are_key_value_and_quoted_when_needed() {
-        let e = event("container.failed").kv("name", "web").kv("reason", "layer \"x\" bad").kv("empty", "");
+        let e = event("container.failed")
+            .kv("name", "web")
+            .kv("reason", "layer \"x\" bad")
+            .kv("empty", "");
         let line = e.line();
         assert!(line.starts_with("cairn: t="), "{line}");
-        assert!(line.ends_with(r#" event=container.failed name=web reason="layer \"x\" bad" empty="""#), "{line}");
+        assert!(
+            line.ends_with(r#" event=container.failed name=web reason="layer \"x\" bad" empty="""#),
+            "{line}"
+        );
     }
 }

@@ -16,7 +16,10 @@ pub fn load_all() -> usize {
     let list = match std::fs::read_to_string(LOAD_ORDER) {
         Ok(l) => l,
         Err(e) => {
-            event("modules.none").kv("path", LOAD_ORDER).kv("error", e).emit();
+            event("modules.none")
+                .kv("path", LOAD_ORDER)
+                .kv("error", e)
+                .emit();
             return 0;
         }
     };
@@ -27,7 +30,10 @@ pub fn load_all() -> usize {
             Ok(()) => event("module.loaded").kv("name", name).emit(),
             Err(e) => {
                 failed += 1;
-                event("module.failed").kv("name", name).kv("error", e).emit();
+                event("module.failed")
+                    .kv("name", name)
+                    .kv("error", e)
+                    .emit();
             }
         }
     }
@@ -42,6 +48,10 @@ fn load(path: &str) -> sys::SysResult<()> {
     if rc == 0 || sys::errno() == libc::EEXIST {
         Ok(())
     } else {
-        Err(sys::SysError { op: "finit_module", arg: path.into(), errno: sys::errno() })
+        Err(sys::SysError {
+            op: "finit_module",
+            arg: path.into(),
+            errno: sys::errno(),
+        })
     }
 }

@@ -42,11 +42,16 @@ pub enum StorageError {
 
 /// Read the first `len` bytes of a named partition.
 pub fn read_partition(parts: &Partitions, name: &str, len: usize) -> Result<Vec<u8>, StorageError> {
-    let path = parts.get(name).ok_or_else(|| StorageError::Missing(name.into()))?;
+    let path = parts
+        .get(name)
+        .ok_or_else(|| StorageError::Missing(name.into()))?;
     let mut buf = Vec::with_capacity(len);
     File::open(path)
         .and_then(|f| f.take(len as u64).read_to_end(&mut buf))
-        .map_err(|error| StorageError::Read { path: path.clone(), error })?;
+        .map_err(|error| StorageError::Read {
+            path: path.clone(),
+            error,
+        })?;
     Ok(buf)
 }
 
@@ -74,47 +79,88 @@ fn digest_of(path: &str, size: u64) -> std::io::Result<Digest> {
         h.update(buf.get(..n).unwrap_or(&[]));
     }
     if total != size {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("partition holds {total} of {size} bytes")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("partition holds {total} of {size} bytes"),
+        ));
     }
     Ok(h.finish())
 }
 
 /// Verify and mount every layer. Returns layer name → mount directory for
 /// the layers that passed; each failure is an event naming the digest.
-pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> BTreeMap<String, String> {
+pub fn mount_layers(
+    layers: &[Layer],
+    state: &BootState,
+    parts: &Partitions,
+) -> BTreeMap<String, String> {
     let mut ready = BTreeMap::new();
     for layer in layers {
         let d = layer.digest;
         let Some(number) = state.partition_of(&d) else {
-            event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("reason", "no partition recorded for this digest").emit();
+            event("layer.missing")
+                .kv("name", &layer.name)
+                .kv("digest", d)
+                .kv("reason", "no partition recorded for this digest")
+                .emit();
             continue;
         };
         let part = partitions::layer_partition_name(number);
         let Some(dev) = partitions::layer_partition(parts, number) else {
-            event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
+            event("layer.missing")
+                .kv("name", &layer.name)
+                .kv("digest", d)
+                .kv("partition", &part)
+                .emit();
             continue;
         };
         match digest_of(dev, layer.size) {
             Ok(found) if found == d => {}
             Ok(found) => {
-                event("layer.corrupt").kv("name", &layer.name).kv("digest", d).kv("found", found).kv("partition", &part).emit();
+                event("layer.corrupt")
+                    .kv("name", &layer.name)
+                    .kv("digest", d)
+                    .kv("found", found)
+                    .kv("partition", &part)
+                    .emit();
                 continue;
             }
             Err(e) => {
-                event("layer.unreadable").kv("name", &layer.name).kv("digest", d).kv("partition", &part).kv("error", e).emit();
+                event("layer.unreadable")
+                    .kv("name", &layer.name)
+                    .kv("digest", d)
+                    .kv("partition", &part)
+                    .kv("error", e)
+                    .emit();
                 continue;
             }
         }
         let dir = format!("{LAYERS_DIR}/{d}");
         let mounted = sys::mkdir_all(&dir, 0o755).and_then(|()| {
-            sys::mount("layer", Some(dev), &dir, Some("squashfs"), libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID, None)
+            sys::mount(
+                "layer",
+                Some(dev),
+                &dir,
+                Some("squashfs"),
+                libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
+                None,
+            )
         });
         match mounted {
             Ok(()) => {
-                event("layer.mounted").kv("name", &layer.name).kv("digest", d).kv("partition", &part).kv("size", layer.size).emit();
+                event("layer.mounted")
+                    .kv("name", &layer.name)
+                    .kv("digest", d)
+                    .kv("partition", &part)
+                    .kv("size", layer.size)
+                    .emit();
                 ready.insert(layer.name.as_str().to_owned(), dir);
             }
-            Err(e) => event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit(),
+            Err(e) => event("layer.mount-failed")
+                .kv("name", &layer.name)
+                .kv("digest", d)
+                .kv("error", e)
+                .emit(),
         }
     }
     ready
@@ -126,7 +172,10 @@ pub fn unmount_layers() {
         for e in dir.flatten() {
             let p = e.path().to_string_lossy().into_owned();
             if let Err(err) = sys::umount(&p, 0) {
-                event("layer.unmount-failed").kv("path", &p).kv("error", err).emit();
+                event("layer.unmount-failed")
+                    .kv("path", &p)
+                    .kv("error", err)
+                    .emit();
             }
         }
     }

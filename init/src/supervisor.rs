@@ -44,7 +44,11 @@ enum State {
     /// Waiting out a restart delay.
     Backoff { until: Instant },
     /// Stop signal sent; the cgroup is killed at `deadline`.
-    Stopping { pid: libc::pid_t, deadline: Instant, killed: bool },
+    Stopping {
+        pid: libc::pid_t,
+        deadline: Instant,
+        killed: bool,
+    },
     /// Not running and not coming back.
     Stopped,
 }
@@ -65,7 +69,13 @@ pub struct Unit {
 
 impl Unit {
     /// A unit; `spec` is `Err(reason)` when it can never start.
-    pub fn new(name: &str, spec: Result<ContainerSpec, String>, deps: Vec<usize>, restart: Restart, stop: Stop) -> Self {
+    pub fn new(
+        name: &str,
+        spec: Result<ContainerSpec, String>,
+        deps: Vec<usize>,
+        restart: Restart,
+        stop: Stop,
+    ) -> Self {
         Self {
             name: name.into(),
             spec,
@@ -117,8 +127,20 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `order` is the start order (indexes into `units`).
-    pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
-        Self { units, order, shutdown: None, signals, control, announced_started: false }
+    pub fn new(
+        units: Vec<Unit>,
+        order: Vec<usize>,
+        signals: OwnedFd,
+        control: Option<Listener>,
+    ) -> Self {
+        Self {
+            units,
+            order,
+            shutdown: None,
+            signals,
+            control,
+            announced_started: false,
+        }
     }
 
     /// Run until a shutdown has stopped every container.
@@ -137,17 +159,29 @@ impl Supervisor {
 
     fn start_ready(&mut self) {
         for k in 0..self.order.len() {
-            let Some(&i) = self.order.get(k) else { continue };
+            let Some(&i) = self.order.get(k) else {
+                continue;
+            };
             let Some(u) = self.units.get(i) else { continue };
             if u.state != State::Waiting {
                 continue;
             }
-            let deps_started = u.deps.iter().all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
+            let deps_started = u
+                .deps
+                .iter()
+                .all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
             let dep_dead = u.deps.iter().find_map(|d| {
-                self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| d.name.clone())
+                self.units
+                    .get(*d)
+                    .filter(|d| d.state == State::Stopped && !d.ever_started)
+                    .map(|d| d.name.clone())
             });
             if let Some(dep) = dep_dead {
-                event("container.blocked").kv("name", &u.name).kv("dependency", &dep).kv("reason", "dependency never started").emit();
+                event("container.blocked")
+                    .kv("name", &u.name)
+                    .kv("dependency", &dep)
+                    .kv("reason", "dependency never started")
+                    .emit();
                 if let Some(u) = self.units.get_mut(i) {
                     u.state = State::Stopped;
                 }
@@ -157,17 +191,29 @@ impl Supervisor {
         }
         if !self.announced_started && self.units.iter().all(|u| u.state != State::Waiting) {
             self.announced_started = true;
-            let running = self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count();
-            event("boot.containers-started").kv("running", running).kv("total", self.units.len()).emit();
+            let running = self
+                .units
+                .iter()
+                .filter(|u| matches!(u.state, State::Running { .. }))
+                .count();
+            event("boot.containers-started")
+                .kv("running", running)
+                .kv("total", self.units.len())
+                .emit();
         }
     }
 
     fn start(&mut self, i: usize) {
-        let Some(u) = self.units.get_mut(i) else { return };
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
         let spec = match &u.spec {
             Ok(s) => s,
             Err(reason) => {
-                event("container.failed").kv("name", &u.name).kv("reason", reason).emit();
+                event("container.failed")
+                    .kv("name", &u.name)
+                    .kv("reason", reason)
+                    .emit();
                 u.state = State::Stopped;
                 return;
             }
@@ -177,7 +223,11 @@ impl Supervisor {
             Ok(started) => {
                 u.state = State::Running { pid: started.pid };
                 u.ever_started = true;
-                event("container.started").kv("name", &u.name).kv("pid", started.pid).kv("restarts", u.restarts).emit();
+                event("container.started")
+                    .kv("name", &u.name)
+                    .kv("pid", started.pid)
+                    .kv("restarts", u.restarts)
+                    .emit();
                 if let Some((errno, path)) = started.exec_error {
                     event("container.exec-failed")
                         .kv("name", &u.name)
@@ -187,7 +237,10 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                event("container.failed").kv("name", &u.name).kv("error", &e).emit();
+                event("container.failed")
+                    .kv("name", &u.name)
+                    .kv("error", &e)
+                    .emit();
                 self.after_exit(i, Exit::Code(cairn_runtime::spawn::SETUP_FAILED));
             }
         }
@@ -195,35 +248,65 @@ impl Supervisor {
 
     fn after_exit(&mut self, i: usize, exit: Exit) {
         let shutting_down = self.shutdown.is_some();
-        let Some(u) = self.units.get_mut(i) else { return };
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
         if shutting_down {
             u.state = State::Stopped;
             return;
         }
         match policy::after_exit(&u.restart, exit, u.restarts) {
             Decision::Restart { delay_ms } => {
-                u.state = State::Backoff { until: Instant::now() + Duration::from_millis(delay_ms.into()) };
-                event("container.restart-scheduled").kv("name", &u.name).kv("attempt", u.restarts + 1).kv("delay_ms", delay_ms).emit();
+                u.state = State::Backoff {
+                    until: Instant::now() + Duration::from_millis(delay_ms.into()),
+                };
+                event("container.restart-scheduled")
+                    .kv("name", &u.name)
+                    .kv("attempt", u.restarts + 1)
+                    .kv("delay_ms", delay_ms)
+                    .emit();
             }
             Decision::Stay => {
                 u.state = State::Stopped;
-                event("container.stopped").kv("name", &u.name).kv("reason", "policy").emit();
+                event("container.stopped")
+                    .kv("name", &u.name)
+                    .kv("reason", "policy")
+                    .emit();
             }
             Decision::GiveUp => {
                 u.state = State::Stopped;
-                event("container.gave-up").kv("name", &u.name).kv("restarts", u.restarts).emit();
+                event("container.gave-up")
+                    .kv("name", &u.name)
+                    .kv("restarts", u.restarts)
+                    .emit();
             }
         }
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
-        let Some(i) = self.units.iter().position(|u| u.pid() == Some(pid)) else { return };
-        let Some(exit) = Exit::from_wait_status(status) else { return };
+        let Some(i) = self.units.iter().position(|u| u.pid() == Some(pid)) else {
+            return;
+        };
+        let Some(exit) = Exit::from_wait_status(status) else {
+            return;
+        };
         if let Some(u) = self.units.get(i) {
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
-            event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
+            event("container.exited")
+                .kv("name", &u.name)
+                .kv("pid", pid)
+                .kv_exit(exit)
+                .kv("oom_kills", ooms)
+                .emit();
             if ooms > 0 {
-                event("container.oom").kv("name", &u.name).kv("kills", ooms).kv("memory_max", u.cgroup.read("memory.max").unwrap_or_default().trim()).emit();
+                event("container.oom")
+                    .kv("name", &u.name)
+                    .kv("kills", ooms)
+                    .kv(
+                        "memory_max",
+                        u.cgroup.read("memory.max").unwrap_or_default().trim(),
+                    )
+                    .emit();
             }
         }
         if let Some(plan) = &mut self.shutdown {
@@ -239,10 +322,17 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        event("shutdown.start").kv("kind", kind.name()).kv("reason", why).emit();
+        event("shutdown.start")
+            .kv("kind", kind.name())
+            .kv("reason", why)
+            .emit();
         // Popped from the end: the last container started is stopped first.
         let queue = self.order.clone();
-        self.shutdown = Some(ShutdownPlan { kind, queue, current: None });
+        self.shutdown = Some(ShutdownPlan {
+            kind,
+            queue,
+            current: None,
+        });
     }
 
     /// Advance the shutdown; returns the kind when everything is stopped.
@@ -255,11 +345,17 @@ impl Supervisor {
             let Some(i) = plan.queue.pop() else {
                 return Some(plan.kind);
             };
-            let Some(u) = self.units.get_mut(i) else { continue };
+            let Some(u) = self.units.get_mut(i) else {
+                continue;
+            };
             match u.state {
                 State::Running { pid } => {
                     let sig = i32::from(u.stop.signal);
-                    event("container.stopping").kv("name", &u.name).kv("signal", sig).kv("grace_ms", u.stop.grace_ms).emit();
+                    event("container.stopping")
+                        .kv("name", &u.name)
+                        .kv("signal", sig)
+                        .kv("grace_ms", u.stop.grace_ms)
+                        .emit();
                     let _ = cairn_runtime::sys::kill(pid, sig);
                     u.state = State::Stopping {
                         pid,
@@ -293,26 +389,45 @@ impl Supervisor {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         for i in 0..self.units.len() {
-            let Some(u) = self.units.get_mut(i) else { continue };
+            let Some(u) = self.units.get_mut(i) else {
+                continue;
+            };
             match u.state {
                 State::Backoff { until } if until <= now => {
                     u.restarts += 1;
                     self.start(i);
                 }
-                State::Stopping { pid, deadline, killed } if deadline <= now => {
+                State::Stopping {
+                    pid,
+                    deadline,
+                    killed,
+                } if deadline <= now => {
                     if killed {
-                        event("container.stop-timeout").kv("name", &u.name).kv("pid", pid).emit();
+                        event("container.stop-timeout")
+                            .kv("name", &u.name)
+                            .kv("pid", pid)
+                            .emit();
                         u.state = State::Stopped;
                         if let Some(plan) = &mut self.shutdown {
                             plan.current = None;
                         }
                     } else {
-                        event("container.killed").kv("name", &u.name).kv("reason", "grace period over").emit();
+                        event("container.killed")
+                            .kv("name", &u.name)
+                            .kv("reason", "grace period over")
+                            .emit();
                         if let Err(e) = u.cgroup.kill_all() {
-                            event("container.kill-failed").kv("name", &u.name).kv("error", e).emit();
+                            event("container.kill-failed")
+                                .kv("name", &u.name)
+                                .kv("error", e)
+                                .emit();
                             let _ = cairn_runtime::sys::kill(pid, libc::SIGKILL);
                         }
-                        u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                        u.state = State::Stopping {
+                            pid,
+                            deadline: now + KILL_WAIT,
+                            killed: true,
+                        };
                     }
                 }
                 _ => {}
@@ -322,8 +437,16 @@ impl Supervisor {
 
     fn wait(&mut self, timeout_ms: i32) {
         let mut fds = [
-            libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.control.as_ref().map_or(-1, Listener::raw), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.control.as_ref().map_or(-1, Listener::raw),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -344,15 +467,26 @@ impl Supervisor {
             let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
             let size = core::mem::size_of::<libc::signalfd_siginfo>();
             // SAFETY: `info` is valid for writes of `size` bytes.
-            let n = unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            let n = unsafe {
+                libc::read(
+                    self.signals.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
             if n != size as isize {
                 return;
             }
             match info.ssi_signo as i32 {
                 libc::SIGCHLD => self.reap(),
-                libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => self.request_shutdown(ShutdownKind::PowerOff, "signal"),
+                libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => {
+                    self.request_shutdown(ShutdownKind::PowerOff, "signal")
+                }
                 libc::SIGINT => self.request_shutdown(ShutdownKind::Reboot, "signal"),
-                other => event("signal.ignored").kv("signal", other).kv("from_pid", info.ssi_pid).emit(),
+                other => event("signal.ignored")
+                    .kv("signal", other)
+                    .kv("from_pid", info.ssi_pid)
+                    .emit(),
             }
         }
     }
@@ -370,7 +504,9 @@ impl Supervisor {
     }
 
     fn serve_control(&mut self) {
-        let Some((conn, text)) = self.control.as_ref().and_then(Listener::accept) else { return };
+        let Some((conn, text)) = self.control.as_ref().and_then(Listener::accept) else {
+            return;
+        };
         let answer = match control::parse(&text) {
             Err(e) => format!("error {e}"),
             Ok(Request::Status) => {
@@ -388,21 +524,29 @@ impl Supervisor {
                 self.request_shutdown(ShutdownKind::Reboot, "control");
                 "ok".into()
             }
-            Ok(Request::Signal { name, signal }) => match self.units.iter().find(|u| u.name == name) {
-                None => format!("error no container {name}"),
-                Some(u) => match u.pid() {
-                    None => format!("error {name} is not running"),
-                    Some(pid) => match cairn_runtime::sys::kill(pid, signal) {
-                        Ok(()) => {
-                            event("container.signalled").kv("name", &name).kv("signal", signal).emit();
-                            "ok".into()
-                        }
-                        Err(e) => format!("error {e}"),
+            Ok(Request::Signal { name, signal }) => {
+                match self.units.iter().find(|u| u.name == name) {
+                    None => format!("error no container {name}"),
+                    Some(u) => match u.pid() {
+                        None => format!("error {name} is not running"),
+                        Some(pid) => match cairn_runtime::sys::kill(pid, signal) {
+                            Ok(()) => {
+                                event("container.signalled")
+                                    .kv("name", &name)
+                                    .kv("signal", signal)
+                                    .emit();
+                                "ok".into()
+                            }
+                            Err(e) => format!("error {e}"),
+                        },
                     },
-                },
-            },
+                }
+            }
         };
-        event("control.request").kv("request", text.trim()).kv("reply", &answer).emit();
+        event("control.request")
+            .kv("request", text.trim())
+            .kv("reply", &answer)
+            .emit();
         control::reply(conn, &answer);
     }
 }
@@ -418,7 +562,11 @@ pub fn signal_fd() -> Result<OwnedFd, cairn_runtime::sys::SysError> {
         libc::signalfd(-1, &all, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     };
     if fd < 0 {
-        return Err(cairn_runtime::sys::SysError { op: "signalfd", arg: "all".into(), errno: cairn_runtime::sys::errno() });
+        return Err(cairn_runtime::sys::SysError {
+            op: "signalfd",
+            arg: "all".into(),
+            errno: cairn_runtime::sys::errno(),
+        });
     }
     // SAFETY: `fd` is a fresh descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -74,12 +74,18 @@ impl Ctx<'_> {
     /// Assemble a disk image for a built appliance.
     pub fn disk(&self, app: &BuiltAppliance, file: &str) -> Result<(PathBuf, DiskLayout)> {
         let path = self.dir.join(file);
-        let layout = assemble::assemble_disk(app, &path, DiskOptions::default()).with_context(|| format!("assembling {}", path.display()))?;
+        let layout = assemble::assemble_disk(app, &path, DiskOptions::default())
+            .with_context(|| format!("assembling {}", path.display()))?;
         Ok((path, layout))
     }
 
     /// Boot a disk until QEMU exits, `stop` matches, or `timeout`.
-    pub fn boot(&self, disk: &Path, timeout: Duration, stop: &dyn Fn(&console::Console) -> bool) -> Result<Run> {
+    pub fn boot(
+        &self,
+        disk: &Path,
+        timeout: Duration,
+        stop: &dyn Fn(&console::Console) -> bool,
+    ) -> Result<Run> {
         let log = disk.with_extension("log");
         let cmd = qemu::command(self.board, &self.art.boot, disk, "");
         qemu::capture(cmd, &log, timeout, stop)
@@ -97,7 +103,12 @@ pub struct Outcome {
 }
 
 /// Run the named scenarios (all when `names` is empty) on one board.
-pub fn run(board: &'static Board, art: &Artifacts, names: &[String], report: &mut dyn FnMut(&Outcome)) -> Result<Vec<Outcome>> {
+pub fn run(
+    board: &'static Board,
+    art: &Artifacts,
+    names: &[String],
+    report: &mut dyn FnMut(&Outcome),
+) -> Result<Vec<Outcome>> {
     let known = all();
     for n in names {
         anyhow::ensure!(
@@ -107,14 +118,21 @@ pub fn run(board: &'static Board, art: &Artifacts, names: &[String], report: &mu
         );
     }
     let mut out = Vec::new();
-    for s in known.into_iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
+    for s in known
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+    {
         let dir = art.work_dir.join(s.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let ctx = Ctx { board, art, dir };
         let start = Instant::now();
         let result = (s.run)(&ctx);
-        let o = Outcome { name: s.name, result, elapsed: start.elapsed() };
+        let o = Outcome {
+            name: s.name,
+            result,
+            elapsed: start.elapsed(),
+        };
         report(&o);
         out.push(o);
     }

@@ -46,7 +46,9 @@ pub fn limit_writes(limits: &Limits) -> [(&'static str, String); 3] {
 pub fn flat_key(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let mut it = l.split_whitespace();
-        (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok())).flatten()
+        (it.next() == Some(key))
+            .then(|| it.next().and_then(|v| v.parse().ok()))
+            .flatten()
     })
 }
 
@@ -60,7 +62,9 @@ pub struct Cgroup {
 impl Cgroup {
     /// Path of the cgroup for a container name.
     pub fn for_container(name: &str) -> Self {
-        Self { path: format!("{CONTAINERS}/{name}") }
+        Self {
+            path: format!("{CONTAINERS}/{name}"),
+        }
     }
 
     /// Create it (if needed) and write the limits.
@@ -75,7 +79,11 @@ impl Cgroup {
     /// Write one control file.
     pub fn write(&self, file: &'static str, value: &str) -> SysResult<()> {
         let path = format!("{}/{file}", self.path);
-        fs::write(&path, value).map_err(|e| SysError { op: file, arg: format!("{path} <- {value}"), errno: e.raw_os_error().unwrap_or(0) })
+        fs::write(&path, value).map_err(|e| SysError {
+            op: file,
+            arg: format!("{path} <- {value}"),
+            errno: e.raw_os_error().unwrap_or(0),
+        })
     }
 
     /// Read one control file.
@@ -91,7 +99,9 @@ impl Cgroup {
 
     /// OOM kills so far (`memory.events` oom_kill).
     pub fn oom_kills(&self) -> u64 {
-        self.read("memory.events").and_then(|t| flat_key(&t, "oom_kill")).unwrap_or(0)
+        self.read("memory.events")
+            .and_then(|t| flat_key(&t, "oom_kill"))
+            .unwrap_or(0)
     }
 
     /// Kill every process in it (`cgroup.kill`).
@@ -101,7 +111,9 @@ impl Cgroup {
 
     /// True when no process is left (`cgroup.events` populated 0).
     pub fn is_empty(&self) -> bool {
-        self.read("cgroup.events").and_then(|t| flat_key(&t, "populated")) == Some(0)
+        self.read("cgroup.events")
+            .and_then(|t| flat_key(&t, "populated"))
+            == Some(0)
     }
 
     /// Remove the (empty) cgroup directory.
@@ -111,7 +123,11 @@ impl Cgroup {
         if unsafe { libc::rmdir(p.as_ptr()) } == 0 || sys::errno() == libc::ENOENT {
             Ok(())
         } else {
-            Err(SysError { op: "rmdir cgroup", arg: self.path.clone(), errno: sys::errno() })
+            Err(SysError {
+                op: "rmdir cgroup",
+                arg: self.path.clone(),
+                errno: sys::errno(),
+            })
         }
     }
 }
@@ -124,11 +140,22 @@ mod tests {
     fn values_are_what_the_kernel_expects() {
         assert_eq!(memory_max(None), "max");
         assert_eq!(memory_max(Some(33554432)), "33554432");
-        assert_eq!(cpu_max(Some(CpuMax { quota_us: 20000, period_us: 100000 })), "20000 100000");
+        assert_eq!(
+            cpu_max(Some(CpuMax {
+                quota_us: 20000,
+                period_us: 100000
+            })),
+            "20000 100000"
+        );
         assert_eq!(cpu_max(None), "max 100000");
         assert_eq!(pids_max(Some(16)), "16");
         assert_eq!(pids_max(None), "max");
-        let l = Limits { memory_max: Some(1 << 20), cpu_max: None, pids_max: Some(3), scratch_bytes: 1 << 20 };
+        let l = Limits {
+            memory_max: Some(1 << 20),
+            cpu_max: None,
+            pids_max: Some(3),
+            scratch_bytes: 1 << 20,
+        };
         let w = limit_writes(&l);
         assert_eq!(w[0], ("memory.max", "1048576".to_string()));
         assert_eq!(w[2], ("pids.max", "3".to_string()));

@@ -29,7 +29,10 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd) -> ! {
     // SAFETY: this process is single-threaded; fork is safe to call.
     let entry = unsafe { libc::fork() };
     if entry < 0 {
-        let _ = sys::write_all(&sync, format!("setup fork entrypoint: {}", sys::errno_name(sys::errno())).as_bytes());
+        let _ = sys::write_all(
+            &sync,
+            format!("setup fork entrypoint: {}", sys::errno_name(sys::errno())).as_bytes(),
+        );
         // SAFETY: ends the process.
         unsafe { libc::_exit(crate::spawn::SETUP_FAILED) };
     }
@@ -114,9 +117,15 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd) -> ! {
         }
         None => libc::ENOENT,
     };
-    let shown = path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let shown = path
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let _ = sys::write_all(sync, format!("exec {errno} {shown}").as_bytes());
-    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { NOT_FOUND } else { NOT_EXECUTABLE };
+    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR {
+        NOT_FOUND
+    } else {
+        NOT_EXECUTABLE
+    };
     // SAFETY: ends the process.
     unsafe { libc::_exit(code) }
 }
@@ -125,18 +134,33 @@ fn set_identity(uid: u32, gid: u32) -> sys::SysResult<()> {
     // SAFETY: setgroups with an empty list, then setgid/setuid: plain syscalls.
     unsafe {
         if libc::setgroups(0, core::ptr::null()) != 0 {
-            return Err(sys::SysError { op: "setgroups", arg: "[]".into(), errno: sys::errno() });
+            return Err(sys::SysError {
+                op: "setgroups",
+                arg: "[]".into(),
+                errno: sys::errno(),
+            });
         }
         if libc::setgid(gid) != 0 {
-            return Err(sys::SysError { op: "setgid", arg: gid.to_string(), errno: sys::errno() });
+            return Err(sys::SysError {
+                op: "setgid",
+                arg: gid.to_string(),
+                errno: sys::errno(),
+            });
         }
         if libc::setuid(uid) != 0 {
-            return Err(sys::SysError { op: "setuid", arg: uid.to_string(), errno: sys::errno() });
+            return Err(sys::SysError {
+                op: "setuid",
+                arg: uid.to_string(),
+                errno: sys::errno(),
+            });
         }
     }
     Ok(())
 }
 
 fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter().map(|c| c.as_ptr()).chain(core::iter::once(core::ptr::null())).collect()
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(core::iter::once(core::ptr::null()))
+        .collect()
 }

@@ -120,7 +120,12 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         },
     ];
     for (name, major, minor, mode) in DEVICES {
-        p.push(Step::CharDevice { path: format!("{root}/dev/{name}"), major, minor, mode });
+        p.push(Step::CharDevice {
+            path: format!("{root}/dev/{name}"),
+            major,
+            minor,
+            mode,
+        });
     }
     for (target, link) in [
         ("/proc/self/fd", "fd"),
@@ -129,7 +134,10 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         ("/proc/self/fd/2", "stderr"),
         ("pts/ptmx", "ptmx"),
     ] {
-        p.push(Step::Symlink { target, link: format!("{root}/dev/{link}") });
+        p.push(Step::Symlink {
+            target,
+            link: format!("{root}/dev/{link}"),
+        });
     }
     p.extend([
         Step::Mkdir(format!("{root}/dev/pts")),
@@ -196,8 +204,15 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
 
 /// overlayfs options: lowerdir lists the top layer first.
 pub fn overlay_options(layers_lowest_first: &[String], scratch: &str) -> String {
-    let lower: Vec<&str> = layers_lowest_first.iter().rev().map(String::as_str).collect();
-    format!("lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work", lower.join(":"))
+    let lower: Vec<&str> = layers_lowest_first
+        .iter()
+        .rev()
+        .map(String::as_str)
+        .collect();
+    format!(
+        "lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work",
+        lower.join(":")
+    )
 }
 
 /// /dev/shm gets a quarter of the scratch cap (at least 64 KiB).
@@ -209,12 +224,29 @@ fn shm_size(scratch: u64) -> u64 {
 pub fn apply(plan: &[Step]) -> SysResult<()> {
     for step in plan {
         match step {
-            Step::MakePrivate => sys::mount("make / private", None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?,
+            Step::MakePrivate => sys::mount(
+                "make / private",
+                None,
+                "/",
+                None,
+                libc::MS_REC | libc::MS_PRIVATE,
+                None,
+            )?,
             Step::Mkdir(p) => sys::mkdir_all(p, 0o755)?,
-            Step::Mount { what, source, target, fstype, flags, data } => {
-                sys::mount(what, Some(source), target, *fstype, *flags, data.as_deref())?
-            }
-            Step::CharDevice { path, major, minor, mode } => sys::mknod_char(path, *mode, *major, *minor)?,
+            Step::Mount {
+                what,
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => sys::mount(what, Some(source), target, *fstype, *flags, data.as_deref())?,
+            Step::CharDevice {
+                path,
+                major,
+                minor,
+                mode,
+            } => sys::mknod_char(path, *mode, *major, *minor)?,
             Step::Symlink { target, link } => sys::symlink(target, link)?,
             Step::Touch(p) => sys::touch(p)?,
             Step::PivotRoot(root) => {
@@ -244,7 +276,12 @@ mod tests {
             hostname: "web".into(),
             uid: 0,
             gid: 0,
-            limits: Limits { memory_max: None, cpu_max: None, pids_max: None, scratch_bytes: 1 << 20 },
+            limits: Limits {
+                memory_max: None,
+                cpu_max: None,
+                pids_max: None,
+                scratch_bytes: 1 << 20,
+            },
             control,
         }
     }
@@ -257,7 +294,11 @@ mod tests {
     fn overlay_puts_the_top_layer_first_and_scratch_on_one_tmpfs() {
         let p = plan(&spec(false));
         let overlay = p.iter().find_map(|s| match s {
-            Step::Mount { fstype: Some("overlay"), data, .. } => data.clone(),
+            Step::Mount {
+                fstype: Some("overlay"),
+                data,
+                ..
+            } => data.clone(),
             _ => None,
         });
         assert_eq!(
@@ -269,7 +310,11 @@ mod tests {
             )
         );
         let scratch = p.iter().find_map(|s| match s {
-            Step::Mount { what: "scratch tmpfs", data, .. } => data.clone(),
+            Step::Mount {
+                what: "scratch tmpfs",
+                data,
+                ..
+            } => data.clone(),
             _ => None,
         });
         assert_eq!(scratch.as_deref(), Some("size=1048576,mode=0755"));
@@ -279,17 +324,74 @@ mod tests {
     fn steps_come_in_the_order_the_kernel_needs() {
         let p = plan(&spec(true));
         assert_eq!(p.first(), Some(&Step::MakePrivate));
-        assert!(matches!(p.last(), Some(Step::PivotRoot(r)) if r == "/run/cairn/containers/web/rootfs"));
-        let overlay = position(&p, |s| matches!(s, Step::Mount { fstype: Some("overlay"), .. }));
-        let scratch = position(&p, |s| matches!(s, Step::Mount { what: "scratch tmpfs", .. }));
-        let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
-        let dev = position(&p, |s| matches!(s, Step::Mount { what: "dev tmpfs", .. }));
-        let null = position(&p, |s| matches!(s, Step::CharDevice { path, .. } if path.ends_with("/dev/null")));
-        let sys_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("sysfs"), .. }));
-        let cg = position(&p, |s| matches!(s, Step::Mount { fstype: Some("cgroup2"), .. }));
+        assert!(
+            matches!(p.last(), Some(Step::PivotRoot(r)) if r == "/run/cairn/containers/web/rootfs")
+        );
+        let overlay = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    fstype: Some("overlay"),
+                    ..
+                }
+            )
+        });
+        let scratch = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    what: "scratch tmpfs",
+                    ..
+                }
+            )
+        });
+        let proc_ = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    fstype: Some("proc"),
+                    ..
+                }
+            )
+        });
+        let dev = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    what: "dev tmpfs",
+                    ..
+                }
+            )
+        });
+        let null = position(
+            &p,
+            |s| matches!(s, Step::CharDevice { path, .. } if path.ends_with("/dev/null")),
+        );
+        let sys_ = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    fstype: Some("sysfs"),
+                    ..
+                }
+            )
+        });
+        let cg = position(&p, |s| {
+            matches!(
+                s,
+                Step::Mount {
+                    fstype: Some("cgroup2"),
+                    ..
+                }
+            )
+        });
         assert!(scratch < overlay && overlay < proc_ && proc_ < dev && dev < null && sys_ < cg);
-        assert!(p.iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
-        assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+        assert!(p
+            .iter()
+            .any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+        assert!(!plan(&spec(false))
+            .iter()
+            .any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
     }
 
     #[test]
@@ -304,7 +406,12 @@ mod tests {
             .collect();
         assert_eq!(devs, ["null", "zero", "full", "random", "urandom", "tty"]);
         for s in &p {
-            if let Step::Mount { fstype: Some("sysfs" | "cgroup2"), flags, .. } = s {
+            if let Step::Mount {
+                fstype: Some("sysfs" | "cgroup2"),
+                flags,
+                ..
+            } = s
+            {
                 assert_ne!(flags & libc::MS_RDONLY, 0);
             }
         }

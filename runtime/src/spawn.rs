@@ -93,9 +93,19 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup) -> Result<Started, SpawnErro
     // SAFETY: clone3 with no stack behaves like fork: the child runs on a
     // copy of this address space. `args` is a valid clone_args of the size
     // passed. The caller guarantees no other threads exist.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            core::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
-        return Err(SpawnError::Clone(SysError { op: "clone3", arg: spec.name.clone(), errno: sys::errno() }));
+        return Err(SpawnError::Clone(SysError {
+            op: "clone3",
+            arg: spec.name.clone(),
+            errno: sys::errno(),
+        }));
     }
     if pid == 0 {
         drop(rd);
@@ -137,8 +147,18 @@ fn close_inherited_fds(keep: i32) {
     // process after this point except 0, 1, 2 and `keep`.
     unsafe {
         if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            );
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
     }
 }

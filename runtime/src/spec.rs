@@ -62,7 +62,10 @@ fn c(s: &str) -> Result<CString, SpecError> {
 impl ContainerSpec {
     /// Resolve a manifest container; `layer_dir` maps a layer name to the
     /// directory it is mounted on, or `None` if it is unavailable.
-    pub fn resolve(c_: &Container, layer_dir: impl Fn(&str) -> Option<String>) -> Result<Self, SpecError> {
+    pub fn resolve(
+        c_: &Container,
+        layer_dir: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SpecError> {
         let layer_dirs = c_
             .layers
             .iter()

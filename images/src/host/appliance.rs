@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::manifest::{self, Container, CpuMax, Layer, Limits, Manifest, Restart, RestartPolicy, Stop};
+use crate::manifest::{
+    self, Container, CpuMax, Layer, Limits, Manifest, Restart, RestartPolicy, Stop,
+};
 
 /// The appliance file.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,7 +118,9 @@ pub struct SizeText(u64);
 impl TryFrom<String> for SizeText {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        parse_size(&s).map(SizeText).ok_or_else(|| format!("{s:?} is not a size (use e.g. 65536, \"64K\", \"32M\", \"1G\")"))
+        parse_size(&s).map(SizeText).ok_or_else(|| {
+            format!("{s:?} is not a size (use e.g. 65536, \"64K\", \"32M\", \"1G\")")
+        })
     }
 }
 
@@ -196,7 +200,10 @@ pub struct StopSpec {
 
 impl Default for StopSpec {
     fn default() -> Self {
-        Self { signal: default_signal(), grace_ms: default_grace() }
+        Self {
+            signal: default_signal(),
+            grace_ms: default_grace(),
+        }
     }
 }
 fn default_signal() -> String {
@@ -257,17 +264,29 @@ pub enum ApplianceError {
 impl Appliance {
     /// Read and parse an appliance file.
     pub fn load(path: &Path) -> Result<Self, ApplianceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ApplianceError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|e| ApplianceError::Parse { path: path.to_owned(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ApplianceError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ApplianceError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Compile into a manifest. `layer_info` gives the digest and size of
     /// each layer by name (the caller built them). Every problem is collected.
-    pub fn to_manifest(&self, path: &Path, layer_info: &BTreeMap<String, (Digest, u64)>) -> Result<Manifest, ApplianceError> {
+    pub fn to_manifest(
+        &self,
+        path: &Path,
+        layer_info: &BTreeMap<String, (Digest, u64)>,
+    ) -> Result<Manifest, ApplianceError> {
         let mut problems = Vec::new();
         fn fit(problems: &mut Vec<String>, place: String, what: &str, ok: bool) {
             if !ok {
-                problems.push(format!("{place}: {what} exceeds a fixed capacity (see docs/appliance.md)"));
+                problems.push(format!(
+                    "{place}: {what} exceeds a fixed capacity (see docs/appliance.md)"
+                ));
             }
         }
         let mut m = Manifest {
@@ -276,7 +295,12 @@ impl Appliance {
             layers: heapless::Vec::new(),
             containers: heapless::Vec::new(),
         };
-        fit(&mut problems, "appliance".into(), "name", m.appliance.push_str(&self.appliance).is_ok());
+        fit(
+            &mut problems,
+            "appliance".into(),
+            "name",
+            m.appliance.push_str(&self.appliance).is_ok(),
+        );
         for (i, l) in self.layers.iter().enumerate() {
             let place = format!("layer[{i}] ({})", l.name);
             let Some((digest, size)) = layer_info.get(&l.name) else {
@@ -284,13 +308,34 @@ impl Appliance {
                 continue;
             };
             let mut name = heapless::String::new();
-            fit(&mut problems, place.clone(), "name", name.push_str(&l.name).is_ok());
-            fit(&mut problems, place, "layer list", m.layers.push(Layer { name, digest: *digest, size: *size }).is_ok());
+            fit(
+                &mut problems,
+                place.clone(),
+                "name",
+                name.push_str(&l.name).is_ok(),
+            );
+            fit(
+                &mut problems,
+                place,
+                "layer list",
+                m.layers
+                    .push(Layer {
+                        name,
+                        digest: *digest,
+                        size: *size,
+                    })
+                    .is_ok(),
+            );
         }
         for (i, c) in self.containers.iter().enumerate() {
             let place = format!("container[{i}] ({})", c.name);
             match compile_container(c) {
-                Ok(mc) => fit(&mut problems, place, "container list", m.containers.push(mc).is_ok()),
+                Ok(mc) => fit(
+                    &mut problems,
+                    place,
+                    "container list",
+                    m.containers.push(mc).is_ok(),
+                ),
                 Err(p) => problems.extend(p.into_iter().map(|p| format!("{place}: {p}"))),
             }
         }
@@ -298,12 +343,19 @@ impl Appliance {
         if problems.is_empty() {
             Ok(m)
         } else {
-            Err(ApplianceError::Invalid { path: path.to_owned(), problems })
+            Err(ApplianceError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
         }
     }
 }
 
-fn copy_str<const N: usize>(s: &str, what: &str, problems: &mut Vec<String>) -> heapless::String<N> {
+fn copy_str<const N: usize>(
+    s: &str,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> heapless::String<N> {
     let mut out = heapless::String::new();
     if out.push_str(s).is_err() {
         problems.push(format!("{what} {s:?} is longer than {N} bytes"));
@@ -311,7 +363,11 @@ fn copy_str<const N: usize>(s: &str, what: &str, problems: &mut Vec<String>) -> 
     out
 }
 
-fn copy_list<const L: usize, const N: usize>(items: &[String], what: &str, problems: &mut Vec<String>) -> heapless::Vec<heapless::String<N>, L> {
+fn copy_list<const L: usize, const N: usize>(
+    items: &[String],
+    what: &str,
+    problems: &mut Vec<String>,
+) -> heapless::Vec<heapless::String<N>, L> {
     let mut out = heapless::Vec::new();
     for s in items {
         let v = copy_str::<N>(s, what, problems);
@@ -328,9 +384,13 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
     let policy = match c.restart.policy.as_str() {
         "never" => RestartPolicy::Never,
         "always" => RestartPolicy::Always,
-        "on-failure" => RestartPolicy::OnFailure { max_restarts: c.restart.max_restarts },
+        "on-failure" => RestartPolicy::OnFailure {
+            max_restarts: c.restart.max_restarts,
+        },
         other => {
-            p.push(format!("restart policy {other:?} is not never, on-failure or always"));
+            p.push(format!(
+                "restart policy {other:?} is not never, on-failure or always"
+            ));
             RestartPolicy::Never
         }
     };
@@ -340,9 +400,10 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
     });
     let cpu_max = match c.limits.cpus {
         None => None,
-        Some(f) if f.is_finite() && f > 0.0 && f <= 1024.0 => {
-            Some(CpuMax { quota_us: (f * 100_000.0).round() as u32, period_us: 100_000 })
-        }
+        Some(f) if f.is_finite() && f > 0.0 && f <= 1024.0 => Some(CpuMax {
+            quota_us: (f * 100_000.0).round() as u32,
+            period_us: 100_000,
+        }),
         Some(f) => {
             p.push(format!("limits.cpus {f} must be a number of CPUs above 0"));
             None
@@ -368,8 +429,15 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             backoff_initial_ms: c.restart.backoff_initial_ms,
             backoff_max_ms: c.restart.backoff_max_ms,
         },
-        depends_on: copy_list::<{ manifest::MAX_DEPS }, { manifest::NAME_LEN }>(&c.depends_on, "depends_on", &mut p),
-        stop: Stop { signal, grace_ms: c.stop.grace_ms },
+        depends_on: copy_list::<{ manifest::MAX_DEPS }, { manifest::NAME_LEN }>(
+            &c.depends_on,
+            "depends_on",
+            &mut p,
+        ),
+        stop: Stop {
+            signal,
+            grace_ms: c.stop.grace_ms,
+        },
         control: c.control,
     };
     if p.is_empty() {
@@ -413,13 +481,24 @@ depends_on = ["sensor"]
     #[test]
     fn compiles_with_defaults_and_units() {
         let a: Appliance = toml::from_str(GOOD).unwrap_or_else(|e| panic!("{e}"));
-        let m = a.to_manifest(Path::new("a.toml"), &info()).unwrap_or_else(|e| panic!("{e}"));
+        let m = a
+            .to_manifest(Path::new("a.toml"), &info())
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = &m.containers[0];
         assert_eq!(s.limits.memory_max, Some(32 << 20));
-        assert_eq!(s.limits.cpu_max, Some(CpuMax { quota_us: 25_000, period_us: 100_000 }));
+        assert_eq!(
+            s.limits.cpu_max,
+            Some(CpuMax {
+                quota_us: 25_000,
+                period_us: 100_000
+            })
+        );
         assert_eq!(s.stop.signal, 2);
         assert_eq!(s.hostname.as_str(), "sensor");
-        assert_eq!(s.restart.policy, RestartPolicy::OnFailure { max_restarts: 2 });
+        assert_eq!(
+            s.restart.policy,
+            RestartPolicy::OnFailure { max_restarts: 2 }
+        );
         assert_eq!(m.containers[1].limits.scratch_bytes, 16 << 20);
         assert_eq!(m.layers[0].size, 4096);
     }
@@ -427,7 +506,10 @@ depends_on = ["sensor"]
     #[test]
     fn unknown_fields_are_refused_with_a_place() {
         let bad = GOOD.replace("pids = 16", "pids = 16, swap = 1");
-        let e = toml::from_str::<Appliance>(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = toml::from_str::<Appliance>(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("swap"), "{e}");
         assert!(e.contains("line"), "{e}");
     }
@@ -437,9 +519,14 @@ depends_on = ["sensor"]
         let bad = GOOD
             .replace("policy = \"on-failure\"", "policy = \"sometimes\"")
             .replace("depends_on = [\"sensor\"]", "depends_on = [\"ghost\"]")
-            .replace("layers = [\"base\"]\nargv = [\"/bin/web\"]", "layers = [\"nope\"]\nargv = [\"/bin/web\"]");
+            .replace(
+                "layers = [\"base\"]\nargv = [\"/bin/web\"]",
+                "layers = [\"nope\"]\nargv = [\"/bin/web\"]",
+            );
         let a: Appliance = toml::from_str(&bad).unwrap_or_else(|e| panic!("{e}"));
-        let Err(ApplianceError::Invalid { problems, .. }) = a.to_manifest(Path::new("a.toml"), &info()) else {
+        let Err(ApplianceError::Invalid { problems, .. }) =
+            a.to_manifest(Path::new("a.toml"), &info())
+        else {
             panic!("accepted")
         };
         let all = problems.join("\n");
