@@ -27,14 +27,17 @@ fn main() {
                 keys.push(key);
             }
         }
-        Err(_) => println!("cargo:warning=CAIRN_TRUSTED_KEYS is not set: this cairn-init trusts no key and will refuse every manifest"),
+        Err(_) => println!(
+            "cargo:warning=CAIRN_TRUSTED_KEYS is not set: this cairn-init trusts no key and will refuse every manifest"
+        ),
     }
-    let mut out = String::from("/// Public keys whose manifest signatures this init accepts.\npub static TRUSTED_KEYS: &[[u8; 32]] = &[\n");
+    let mut out = String::from(
+        "/// Public keys whose manifest signatures this init accepts.\npub static TRUSTED_KEYS: &[[u8; 32]] = &[\n",
+    );
     for k in &keys {
         let _ = writeln!(out, "    {k:?},");
     }
     out.push_str("];\n");
-    let dest =
-        PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("trusted_keys.rs");
+    let dest = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("trusted_keys.rs");
     fs::write(dest, out).unwrap_or_else(|e| panic!("writing trusted_keys.rs: {e}"));
 }

@@ -88,22 +88,12 @@ pub struct BootState {
 impl BootState {
     /// The state of a freshly flashed device.
     pub fn factory(layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>) -> Self {
-        Self {
-            seq: 1,
-            active: Slot::A,
-            trial: false,
-            attempts_left: 0,
-            rollback_floor: 0,
-            layer_slots,
-        }
+        Self { seq: 1, active: Slot::A, trial: false, attempts_left: 0, rollback_floor: 0, layer_slots }
     }
 
     /// Where a digest was written, if known.
     pub fn partition_of(&self, digest: &Digest) -> Option<u8> {
-        self.layer_slots
-            .iter()
-            .find(|s| s.digest == *digest)
-            .map(|s| s.partition)
+        self.layer_slots.iter().find(|s| s.digest == *digest).map(|s| s.partition)
     }
 }
 
@@ -141,9 +131,7 @@ impl fmt::Display for BootStateError {
 pub fn encode_copy(state: &BootState, block: &mut [u8; COPY_SIZE]) -> Result<(), BootStateError> {
     block.fill(0);
     let (header, body) = block.split_at_mut(HEADER);
-    let used = postcard::to_slice(state, body)
-        .map_err(|_| BootStateError::TooLarge)?
-        .len();
+    let used = postcard::to_slice(state, body).map_err(|_| BootStateError::TooLarge)?.len();
     let crc = crc32fast::hash(body.get(..used).ok_or(BootStateError::TooLarge)?);
     header[..8].copy_from_slice(&MAGIC);
     header[8..12].copy_from_slice(&(used as u32).to_le_bytes());
@@ -168,9 +156,7 @@ pub fn decode_copy(block: &[u8]) -> Result<BootState, BootStateError> {
     if len > COPY_SIZE - HEADER {
         return Err(BootStateError::BadChecksum);
     }
-    let body = block
-        .get(HEADER..HEADER + len)
-        .ok_or(BootStateError::TooShort)?;
+    let body = block.get(HEADER..HEADER + len).ok_or(BootStateError::TooShort)?;
     if crc32fast::hash(body) != crc {
         return Err(BootStateError::BadChecksum);
     }
@@ -206,10 +192,7 @@ mod tests {
     use super::*;
 
     fn state(seq: u64) -> BootState {
-        let mut s = BootState::factory(Vec::from_iter([LayerSlot {
-            digest: Digest([3; 32]),
-            partition: 1,
-        }]));
+        let mut s = BootState::factory(Vec::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 1 }]));
         s.seq = seq;
         s
     }
@@ -247,10 +230,7 @@ mod tests {
         r[HEADER + 1] ^= 1;
         assert_eq!(read_record(&r), Err(BootStateError::NoValidCopy));
         assert_eq!(read_record(&[0u8; 10]), Err(BootStateError::TooShort));
-        assert_eq!(
-            read_record(&vec![0u8; RECORD_SIZE]),
-            Err(BootStateError::NoValidCopy)
-        );
+        assert_eq!(read_record(&vec![0u8; RECORD_SIZE]), Err(BootStateError::NoValidCopy));
     }
 
     #[test]

@@ -94,10 +94,7 @@ mod tests {
     fn hex_round_trip_and_known_value() {
         let d = Digest::of(b"abc");
         let hex = format!("{d}");
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(Digest::from_hex(&hex), Some(d));
         assert_eq!(format!("{}", d.short()), "ba7816bf8f01");
         assert_eq!(Digest::from_hex("zz"), None);

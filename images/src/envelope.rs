@@ -114,9 +114,7 @@ pub struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Split `bytes` into its fields, checking lengths only.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
-        let header = bytes
-            .get(..HEADER_LEN)
-            .ok_or(EnvelopeError::TooShort(bytes.len()))?;
+        let header = bytes.get(..HEADER_LEN).ok_or(EnvelopeError::TooShort(bytes.len()))?;
         let (magic, rest) = header.split_at(8);
         if magic != MAGIC {
             return Err(EnvelopeError::BadMagic);
@@ -132,42 +130,21 @@ impl<'a> Envelope<'a> {
         }
         let need = HEADER_LEN + len + SIGNATURE_LEN;
         if bytes.len() < need {
-            return Err(EnvelopeError::Truncated {
-                need,
-                have: bytes.len(),
-            });
+            return Err(EnvelopeError::Truncated { need, have: bytes.len() });
         }
-        let signed = bytes
-            .get(..HEADER_LEN + len)
-            .ok_or(EnvelopeError::TooShort(bytes.len()))?;
-        let payload = signed
-            .get(HEADER_LEN..)
-            .ok_or(EnvelopeError::TooShort(bytes.len()))?;
+        let signed = bytes.get(..HEADER_LEN + len).ok_or(EnvelopeError::TooShort(bytes.len()))?;
+        let payload = signed.get(HEADER_LEN..).ok_or(EnvelopeError::TooShort(bytes.len()))?;
         let mut signature = [0u8; SIGNATURE_LEN];
-        signature.copy_from_slice(
-            bytes
-                .get(HEADER_LEN + len..need)
-                .ok_or(EnvelopeError::TooShort(bytes.len()))?,
-        );
-        Ok(Self {
-            key_id: KeyId(key_id),
-            payload,
-            signed,
-            signature,
-        })
+        signature.copy_from_slice(bytes.get(HEADER_LEN + len..need).ok_or(EnvelopeError::TooShort(bytes.len()))?);
+        Ok(Self { key_id: KeyId(key_id), payload, signed, signature })
     }
 
     /// Verify against the trusted keys; returns the payload when it verifies.
     pub fn verify(&self, trusted: &[PublicKey]) -> Result<&'a [u8], EnvelopeError> {
-        let key = trusted
-            .iter()
-            .find(|k| key_id(k) == self.key_id)
-            .ok_or(EnvelopeError::UnknownKey(self.key_id))?;
-        let vk =
-            VerifyingKey::from_bytes(key).map_err(|_| EnvelopeError::BadTrustedKey(self.key_id))?;
+        let key = trusted.iter().find(|k| key_id(k) == self.key_id).ok_or(EnvelopeError::UnknownKey(self.key_id))?;
+        let vk = VerifyingKey::from_bytes(key).map_err(|_| EnvelopeError::BadTrustedKey(self.key_id))?;
         let sig = Signature::from_bytes(&self.signature);
-        vk.verify_strict(self.signed, &sig)
-            .map_err(|_| EnvelopeError::BadSignature(self.key_id))?;
+        vk.verify_strict(self.signed, &sig).map_err(|_| EnvelopeError::BadSignature(self.key_id))?;
         Ok(self.payload)
     }
 }
@@ -188,10 +165,7 @@ impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Envelope(e) => e.fmt(f),
-            Self::Decode => write!(
-                f,
-                "signed payload is not a valid manifest (malformed or over a fixed capacity)"
-            ),
+            Self::Decode => write!(f, "signed payload is not a valid manifest (malformed or over a fixed capacity)"),
             Self::Invalid(e) => write!(f, "manifest invalid: {e}"),
         }
     }
@@ -201,18 +175,14 @@ impl fmt::Display for OpenError {
 pub fn open_manifest(bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, OpenError> {
     let env = Envelope::parse(bytes).map_err(OpenError::Envelope)?;
     let payload = env.verify(trusted).map_err(OpenError::Envelope)?;
-    let (m, _rest): (Manifest, _) =
-        postcard::take_from_bytes(payload).map_err(|_| OpenError::Decode)?;
+    let (m, _rest): (Manifest, _) = postcard::take_from_bytes(payload).map_err(|_| OpenError::Decode)?;
     m.validate().map_err(OpenError::Invalid)?;
     Ok(m)
 }
 
 /// Build a signed envelope (host side).
 #[cfg(feature = "host")]
-pub fn seal(
-    payload: &[u8],
-    key: &ed25519_dalek::SigningKey,
-) -> Result<std::vec::Vec<u8>, EnvelopeError> {
+pub fn seal(payload: &[u8], key: &ed25519_dalek::SigningKey) -> Result<std::vec::Vec<u8>, EnvelopeError> {
     use ed25519_dalek::Signer;
     if payload.len() > MAX_PAYLOAD {
         return Err(EnvelopeError::PayloadTooLarge(payload.len()));
@@ -230,10 +200,7 @@ pub fn seal(
 
 /// Encode, validate and seal a manifest (host side).
 #[cfg(feature = "host")]
-pub fn seal_manifest(
-    m: &Manifest,
-    key: &ed25519_dalek::SigningKey,
-) -> Result<std::vec::Vec<u8>, std::string::String> {
+pub fn seal_manifest(m: &Manifest, key: &ed25519_dalek::SigningKey) -> Result<std::vec::Vec<u8>, std::string::String> {
     m.validate().map_err(|e| e.to_string())?;
     let payload = postcard::to_allocvec(m).map_err(|e| e.to_string())?;
     seal(&payload, key).map_err(|e| e.to_string())
@@ -252,10 +219,7 @@ mod tests {
     fn sealed() -> (std::vec::Vec<u8>, PublicKey) {
         let k = key(1);
         let m = manifest(&[container("app", &[])]);
-        (
-            seal_manifest(&m, &k).unwrap_or_default(),
-            k.verifying_key().to_bytes(),
-        )
+        (seal_manifest(&m, &k).unwrap_or_default(), k.verifying_key().to_bytes())
     }
 
     #[test]
@@ -281,14 +245,8 @@ mod tests {
         let (env, _) = sealed();
         let other = key(2).verifying_key().to_bytes();
         let trusted_id = key_id(&key(1).verifying_key().to_bytes());
-        assert_eq!(
-            open_manifest(&env, &[other]),
-            Err(OpenError::Envelope(EnvelopeError::UnknownKey(trusted_id)))
-        );
-        assert_eq!(
-            open_manifest(&env, &[]),
-            Err(OpenError::Envelope(EnvelopeError::UnknownKey(trusted_id)))
-        );
+        assert_eq!(open_manifest(&env, &[other]), Err(OpenError::Envelope(EnvelopeError::UnknownKey(trusted_id))));
+        assert_eq!(open_manifest(&env, &[]), Err(OpenError::Envelope(EnvelopeError::UnknownKey(trusted_id))));
     }
 
     #[test]
@@ -297,16 +255,10 @@ mod tests {
         for len in 0..env.len() {
             assert!(open_manifest(&env[..len], &[pk]).is_err());
         }
-        assert_eq!(
-            open_manifest(&[0u8; 100], &[pk]),
-            Err(OpenError::Envelope(EnvelopeError::BadMagic))
-        );
+        assert_eq!(open_manifest(&[0u8; 100], &[pk]), Err(OpenError::Envelope(EnvelopeError::BadMagic)));
         let mut huge = env.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            open_manifest(&huge, &[pk]),
-            Err(OpenError::Envelope(EnvelopeError::PayloadTooLarge(_)))
-        ));
+        assert!(matches!(open_manifest(&huge, &[pk]), Err(OpenError::Envelope(EnvelopeError::PayloadTooLarge(_)))));
     }
 
     #[test]
@@ -315,15 +267,9 @@ mod tests {
         let mut m = manifest(&[container("app", &["ghost"])]);
         let payload = postcard::to_allocvec(&m).unwrap_or_default();
         let env = seal(&payload, &k).unwrap_or_default();
-        assert!(matches!(
-            open_manifest(&env, &[k.verifying_key().to_bytes()]),
-            Err(OpenError::Invalid(_))
-        ));
+        assert!(matches!(open_manifest(&env, &[k.verifying_key().to_bytes()]), Err(OpenError::Invalid(_))));
         m.containers.clear();
         let env = seal(b"not postcard at all", &k).unwrap_or_default();
-        assert_eq!(
-            open_manifest(&env, &[k.verifying_key().to_bytes()]),
-            Err(OpenError::Decode)
-        );
+        assert_eq!(open_manifest(&env, &[k.verifying_key().to_bytes()]), Err(OpenError::Decode));
     }
 }

@@ -32,6 +32,87 @@ pub const ARG_LEN: usize = 128;
 pub const PATH_LEN: usize = 128;
 /// Longest hostname.
 pub const HOSTNAME_LEN: usize = 63;
+/// Most device nodes a container may be given.
+pub const MAX_DEVICES: usize = 8;
+/// Most rlimits per container.
+pub const MAX_RLIMITS: usize = 8;
+/// Most io.max entries per container.
+pub const MAX_IO_LIMITS: usize = 4;
+/// Most extra seccomp denials per container.
+pub const MAX_SECCOMP_DENY: usize = 16;
+/// Longest syscall name.
+pub const SYSCALL_LEN: usize = 24;
+/// Most supplementary groups.
+pub const MAX_GROUPS: usize = 8;
+/// Longest cpuset list ("0-3,6").
+pub const CPUSET_LEN: usize = 32;
+
+/// Capabilities a container keeps unless told otherwise: Docker's default
+/// set without CAP_MKNOD and CAP_NET_RAW. Bit n is capability n.
+pub const DEFAULT_CAPABILITIES: u64 = (1 << 0) // CHOWN
+    | (1 << 1) // DAC_OVERRIDE
+    | (1 << 3) // FOWNER
+    | (1 << 4) // FSETID
+    | (1 << 5) // KILL
+    | (1 << 6) // SETGID
+    | (1 << 7) // SETUID
+    | (1 << 8) // SETPCAP
+    | (1 << 10) // NET_BIND_SERVICE
+    | (1 << 18) // SYS_CHROOT
+    | (1 << 29) // AUDIT_WRITE
+    | (1 << 31); // SETFCAP
+
+/// Capability names, indexed by number (Linux 6.1: 0..=40).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability number by name (with or without `CAP_`, any case).
+pub fn capability_number(name: &str) -> Option<u8> {
+    let n = name.trim();
+    let n = n.strip_prefix("CAP_").or_else(|| n.strip_prefix("cap_")).unwrap_or(n);
+    CAPABILITY_NAMES.iter().position(|c| c.eq_ignore_ascii_case(n)).map(|i| i as u8)
+}
 
 /// A short identifier: `[a-z0-9][a-z0-9-]*`.
 pub type Name = String<NAME_LEN>;
@@ -89,10 +170,74 @@ pub struct Container {
     pub stop: Stop,
     /// Whether the container may use the init's control socket.
     pub control: bool,
+    /// Supplementary group ids of the entrypoint.
+    pub groups: Vec<u32, MAX_GROUPS>,
+    /// Isolation settings.
+    pub security: Security,
+    /// Network namespace.
+    pub network: Network,
+    /// Forward signals to the entrypoint's whole process group.
+    pub signal_group: bool,
+}
+
+/// Isolation settings of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// Capabilities kept in every set (bit n = capability n).
+    pub capabilities: u64,
+    /// Set `no_new_privs` (setuid binaries and file capabilities grant nothing).
+    pub no_new_privs: bool,
+    /// Mount the root filesystem read-only.
+    pub readonly_rootfs: bool,
+    /// Install the default seccomp filter.
+    pub seccomp: bool,
+    /// More syscalls to deny, by name.
+    pub seccomp_deny: Vec<String<SYSCALL_LEN>, MAX_SECCOMP_DENY>,
+    /// Allow new user namespaces (denied by default).
+    pub allow_userns: bool,
+    /// Device nodes to create in the container's /dev.
+    pub devices: Vec<Device, MAX_DEVICES>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            capabilities: DEFAULT_CAPABILITIES,
+            no_new_privs: true,
+            readonly_rootfs: false,
+            seccomp: true,
+            seccomp_deny: Vec::new(),
+            allow_userns: false,
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// A device node given to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Path inside the container, under /dev.
+    pub path: String<PATH_LEN>,
+    /// The host device: a path under /dev, or `partition:NAME` for a GPT
+    /// partition of the boot disk. Its type and numbers are read at start.
+    pub source: String<PATH_LEN>,
+    /// Permission bits of the node.
+    pub mode: u16,
+}
+
+/// Network namespace of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// A new namespace with only loopback (up).
+    None,
+    /// The device's own network namespace.
+    Host,
+    /// The namespace of another container (which must be started first).
+    Join(Name),
 }
 
 /// Resource limits, written into the container's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// `memory.max` in bytes; `None` = unlimited.
     pub memory_max: Option<u64>,
@@ -102,6 +247,95 @@ pub struct Limits {
     pub pids_max: Option<u32>,
     /// Size cap of the tmpfs that holds the container's writable upper layer.
     pub scratch_bytes: u64,
+    /// `memory.high` in bytes (throttling point).
+    pub memory_high: Option<u64>,
+    /// `memory.swap.max` in bytes.
+    pub memory_swap_max: Option<u64>,
+    /// `cpu.weight` (1 to 10000).
+    pub cpu_weight: Option<u16>,
+    /// `cpuset.cpus`, e.g. "0-1".
+    pub cpuset_cpus: Option<String<CPUSET_LEN>>,
+    /// `io.max` entries.
+    pub io_max: Vec<IoMax, MAX_IO_LIMITS>,
+    /// Resource limits (setrlimit) of the entrypoint.
+    pub rlimits: Vec<Rlimit, MAX_RLIMITS>,
+}
+
+/// One `io.max` line: a disk and its limits (`None` = max).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoMax {
+    /// Kernel name of the disk (e.g. "vda"); io.max applies to whole disks.
+    pub device: Name,
+    /// Read bytes per second.
+    pub rbps: Option<u64>,
+    /// Write bytes per second.
+    pub wbps: Option<u64>,
+    /// Read operations per second.
+    pub riops: Option<u64>,
+    /// Write operations per second.
+    pub wiops: Option<u64>,
+}
+
+/// A resource limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Which resource.
+    pub resource: RlimitResource,
+    /// Soft limit (`u64::MAX` = unlimited).
+    pub soft: u64,
+    /// Hard limit (`u64::MAX` = unlimited).
+    pub hard: u64,
+}
+
+/// Resources settable with setrlimit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RlimitResource {
+    /// RLIMIT_NOFILE.
+    Nofile,
+    /// RLIMIT_NPROC.
+    Nproc,
+    /// RLIMIT_CORE.
+    Core,
+    /// RLIMIT_MEMLOCK.
+    Memlock,
+    /// RLIMIT_STACK.
+    Stack,
+    /// RLIMIT_FSIZE.
+    Fsize,
+    /// RLIMIT_AS.
+    As,
+    /// RLIMIT_CPU.
+    Cpu,
+    /// RLIMIT_NICE.
+    Nice,
+    /// RLIMIT_RTPRIO.
+    Rtprio,
+    /// RLIMIT_SIGPENDING.
+    Sigpending,
+    /// RLIMIT_MSGQUEUE.
+    Msgqueue,
+}
+
+impl RlimitResource {
+    /// Parse a lowercase name ("nofile").
+    pub fn from_name(s: &str) -> Option<Self> {
+        use RlimitResource::*;
+        Some(match s {
+            "nofile" => Nofile,
+            "nproc" => Nproc,
+            "core" => Core,
+            "memlock" => Memlock,
+            "stack" => Stack,
+            "fsize" => Fsize,
+            "as" => As,
+            "cpu" => Cpu,
+            "nice" => Nice,
+            "rtprio" => Rtprio,
+            "sigpending" => Sigpending,
+            "msgqueue" => Msgqueue,
+            _ => return None,
+        })
+    }
 }
 
 /// CPU bandwidth: `quota_us` of CPU time in every `period_us`.
@@ -211,19 +445,30 @@ pub enum ValidationError {
     BadStopSignal(Name),
     /// Layer size zero.
     EmptyLayer(Name),
+    /// Joins another container's network without depending on it.
+    NetworkJoin {
+        /// The container.
+        container: Name,
+        /// The one whose network it joins.
+        other: Name,
+    },
 }
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ValidationError::*;
         match self {
-            BadName(n) => write!(f, "name {n:?} must be [a-z0-9-], 1 to {NAME_LEN} characters, starting with a letter or digit"),
+            BadName(n) => {
+                write!(f, "name {n:?} must be [a-z0-9-], 1 to {NAME_LEN} characters, starting with a letter or digit")
+            }
             DuplicateLayer(n) => write!(f, "layer {n:?} is listed twice"),
             DuplicateContainer(n) => write!(f, "container {n:?} is listed twice"),
             NoContainers => write!(f, "the manifest has no containers"),
             UnknownLayer { container, layer } => write!(f, "container {container:?} uses unknown layer {layer:?}"),
             NoLayers(c) => write!(f, "container {c:?} has no layers"),
-            UnknownDependency { container, dependency } => write!(f, "container {container:?} depends on unknown container {dependency:?}"),
+            UnknownDependency { container, dependency } => {
+                write!(f, "container {container:?} depends on unknown container {dependency:?}")
+            }
             DependencyCycle(c) => write!(f, "dependency cycle through container {c:?}"),
             BadEntrypoint(c) => write!(f, "container {c:?}: argv must be non-empty and argv[0] an absolute path"),
             BadEnv(c) => write!(f, "container {c:?}: environment entries must be KEY=value"),
@@ -232,6 +477,9 @@ impl fmt::Display for ValidationError {
             LimitOutOfRange { container, limit } => write!(f, "container {container:?}: {limit} is out of range"),
             BadStopSignal(c) => write!(f, "container {c:?}: stop signal must be 1 to 31"),
             EmptyLayer(l) => write!(f, "layer {l:?} has size 0"),
+            NetworkJoin { container, other } => {
+                write!(f, "container {container:?} joins the network of {other:?} and must list it in depends_on")
+            }
         }
     }
 }
@@ -243,8 +491,7 @@ pub fn is_valid_name(s: &str) -> bool {
         Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
         _ => return false,
     }
-    b.iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn is_valid_hostname(s: &str) -> bool {
@@ -263,10 +510,7 @@ impl Manifest {
 
     /// Find a container by name, with its index.
     pub fn container(&self, name: &str) -> Option<(usize, &Container)> {
-        self.containers
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.name.as_str() == name)
+        self.containers.iter().enumerate().find(|(_, c)| c.name.as_str() == name)
     }
 
     /// Check every rule the device relies on. Returns the first problem.
@@ -314,12 +558,7 @@ impl Manifest {
     }
 }
 
-fn check_container(
-    m: &Manifest,
-    i: usize,
-    c: &Container,
-    report: &mut impl FnMut(ValidationError),
-) {
+fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMut(ValidationError)) {
     use ValidationError::*;
     let name = || c.name.clone();
     if !is_valid_name(&c.name) {
@@ -333,18 +572,12 @@ fn check_container(
     }
     for l in &c.layers {
         if m.layer(l).is_none() {
-            report(UnknownLayer {
-                container: name(),
-                layer: l.clone(),
-            });
+            report(UnknownLayer { container: name(), layer: l.clone() });
         }
     }
     for d in &c.depends_on {
         if m.container(d).is_none() || *d == c.name {
-            report(UnknownDependency {
-                container: name(),
-                dependency: d.clone(),
-            });
+            report(UnknownDependency { container: name(), dependency: d.clone() });
         }
     }
     if !c.argv.first().is_some_and(|a| a.starts_with('/')) {
@@ -361,35 +594,52 @@ fn check_container(
     }
     let mut limit = |ok: bool, limit: &'static str| {
         if !ok {
-            report(LimitOutOfRange {
-                container: name(),
-                limit,
-            });
+            report(LimitOutOfRange { container: name(), limit });
         }
     };
     let l = &c.limits;
-    limit(
-        l.memory_max.is_none_or(|m| m >= bounds::MEMORY_MIN),
-        "memory_max",
-    );
+    limit(l.memory_max.is_none_or(|m| m >= bounds::MEMORY_MIN), "memory_max");
     limit(
         l.cpu_max.is_none_or(|c| {
-            c.quota_us >= bounds::CPU_US_MIN
-                && (bounds::CPU_US_MIN..=bounds::CPU_PERIOD_MAX).contains(&c.period_us)
+            c.quota_us >= bounds::CPU_US_MIN && (bounds::CPU_US_MIN..=bounds::CPU_PERIOD_MAX).contains(&c.period_us)
         }),
         "cpu_max",
     );
     limit(l.pids_max.is_none_or(|p| p >= 1), "pids_max");
     limit(l.scratch_bytes >= bounds::SCRATCH_MIN, "scratch_bytes");
+    limit(l.memory_high.is_none_or(|m| m >= bounds::MEMORY_MIN), "memory_high");
+    limit(l.cpu_weight.is_none_or(|w| (1..=10_000).contains(&w)), "cpu_weight");
+    limit(
+        l.cpuset_cpus
+            .as_ref()
+            .is_none_or(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-')),
+        "cpuset_cpus",
+    );
+    limit(l.io_max.iter().all(|io| is_valid_disk_name(&io.device)), "io_max device");
+    limit(l.rlimits.iter().all(|r| r.soft <= r.hard), "rlimit soft above hard");
+    limit(
+        c.security
+            .devices
+            .iter()
+            .all(|d| d.path.starts_with("/dev/") && !d.path.contains("..") && !d.source.contains("..")),
+        "device path",
+    );
+    limit(c.security.capabilities >> CAPABILITY_NAMES.len() == 0, "capabilities");
     limit(c.stop.grace_ms <= bounds::GRACE_MAX_MS, "stop grace_ms");
     let r = &c.restart;
-    limit(
-        r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS,
-        "restart backoff",
-    );
+    limit(r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS, "restart backoff");
     if !(1..=31).contains(&c.stop.signal) {
         report(BadStopSignal(name()));
     }
+    if let Network::Join(other) = &c.network {
+        if !c.depends_on.contains(other) {
+            report(NetworkJoin { container: name(), other: other.clone() });
+        }
+    }
+}
+
+fn is_valid_disk_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -412,12 +662,15 @@ pub(crate) mod tests {
             gid: 0,
             limits: Limits {
                 memory_max: Some(16 << 20),
-                cpu_max: Some(CpuMax {
-                    quota_us: 50_000,
-                    period_us: 100_000,
-                }),
+                cpu_max: Some(CpuMax { quota_us: 50_000, period_us: 100_000 }),
                 pids_max: Some(32),
                 scratch_bytes: 1 << 20,
+                memory_high: None,
+                memory_swap_max: None,
+                cpu_weight: None,
+                cpuset_cpus: None,
+                io_max: Vec::new(),
+                rlimits: Vec::new(),
             },
             restart: Restart {
                 policy: RestartPolicy::OnFailure { max_restarts: 3 },
@@ -425,11 +678,12 @@ pub(crate) mod tests {
                 backoff_max_ms: 1000,
             },
             depends_on: deps.iter().map(|d| s(d)).collect(),
-            stop: Stop {
-                signal: 15,
-                grace_ms: 2000,
-            },
+            stop: Stop { signal: 15, grace_ms: 2000 },
             control: false,
+            groups: Vec::new(),
+            security: Security::default(),
+            network: Network::None,
+            signal_group: false,
         }
     }
 
@@ -437,11 +691,7 @@ pub(crate) mod tests {
         Manifest {
             appliance: s("demo"),
             version: 1,
-            layers: Vec::from_iter([Layer {
-                name: s("base"),
-                digest: Digest([7; 32]),
-                size: 4096,
-            }]),
+            layers: Vec::from_iter([Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }]),
             containers: containers.iter().cloned().collect(),
         }
     }
@@ -470,10 +720,7 @@ pub(crate) mod tests {
         bad.cwd = s("tmp");
         bad.hostname = s("-x");
         bad.limits.memory_max = Some(10);
-        bad.limits.cpu_max = Some(CpuMax {
-            quota_us: 10,
-            period_us: 100_000,
-        });
+        bad.limits.cpu_max = Some(CpuMax { quota_us: 10, period_us: 100_000 });
         bad.limits.pids_max = Some(0);
         bad.stop.signal = 0;
         let m = manifest(&[bad]);
@@ -481,10 +728,7 @@ pub(crate) mod tests {
         let has = |f: &dyn Fn(&ValidationError) -> bool| p.iter().any(f);
         assert!(has(&|e| matches!(e, ValidationError::BadName(_))));
         assert!(has(&|e| matches!(e, ValidationError::UnknownLayer { .. })));
-        assert!(has(&|e| matches!(
-            e,
-            ValidationError::UnknownDependency { .. }
-        )));
+        assert!(has(&|e| matches!(e, ValidationError::UnknownDependency { .. })));
         assert!(has(&|e| matches!(e, ValidationError::BadEntrypoint(_))));
         assert!(has(&|e| matches!(e, ValidationError::BadEnv(_))));
         assert!(has(&|e| matches!(e, ValidationError::BadCwd(_))));
@@ -492,31 +736,34 @@ pub(crate) mod tests {
         assert!(has(&|e| matches!(e, ValidationError::BadStopSignal(_))));
         for limit in ["memory_max", "cpu_max", "pids_max"] {
             assert!(
-                has(
-                    &|e| matches!(e, ValidationError::LimitOutOfRange { limit: l, .. } if *l == limit)
-                ),
+                has(&|e| matches!(e, ValidationError::LimitOutOfRange { limit: l, .. } if *l == limit)),
                 "{limit} not reported"
             );
         }
     }
 
     #[test]
+    fn capabilities_by_name_and_the_default_set() {
+        assert_eq!(capability_number("CAP_SYS_ADMIN"), Some(21));
+        assert_eq!(capability_number("net_raw"), Some(13));
+        assert_eq!(capability_number("CAP_NOPE"), None);
+        assert_eq!(DEFAULT_CAPABILITIES & (1 << 27), 0, "MKNOD is dropped");
+        assert_eq!(DEFAULT_CAPABILITIES & (1 << 13), 0, "NET_RAW is dropped");
+        assert_eq!(DEFAULT_CAPABILITIES.count_ones(), 12);
+        let mut c = container("a", &[]);
+        c.network = Network::Join(s("b"));
+        let m = manifest(&[container("b", &[]), c]);
+        assert!(matches!(m.validate(), Err(ValidationError::NetworkJoin { .. })));
+    }
+
+    #[test]
     fn cycles_duplicates_and_self_dependencies_are_rejected() {
         let m = manifest(&[container("a", &["b"]), container("b", &["a"])]);
-        assert!(matches!(
-            m.validate(),
-            Err(ValidationError::DependencyCycle(_))
-        ));
+        assert!(matches!(m.validate(), Err(ValidationError::DependencyCycle(_))));
         let m = manifest(&[container("a", &["a"])]);
-        assert!(matches!(
-            m.validate(),
-            Err(ValidationError::UnknownDependency { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ValidationError::UnknownDependency { .. })));
         let m = manifest(&[container("a", &[]), container("a", &[])]);
-        assert!(matches!(
-            m.validate(),
-            Err(ValidationError::DuplicateContainer(_))
-        ));
+        assert!(matches!(m.validate(), Err(ValidationError::DuplicateContainer(_))));
         assert_eq!(manifest(&[]).validate(), Err(ValidationError::NoContainers));
     }
 
@@ -530,12 +777,7 @@ pub(crate) mod tests {
             layers: std::vec::Vec<u8>,
             containers: std::vec::Vec<u8>,
         }
-        let wide = Wide {
-            appliance: "x",
-            version: 1,
-            layers: vec![],
-            containers: vec![0; MAX_CONTAINERS + 1],
-        };
+        let wide = Wide { appliance: "x", version: 1, layers: vec![], containers: vec![0; MAX_CONTAINERS + 1] };
         let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
         assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
     }

@@ -40,9 +40,7 @@ pub fn start_order(m: &Manifest) -> Result<Order, OrderError> {
                 }
             }
             None => {
-                let stuck = (0..n)
-                    .find(|i| !placed.get(*i).copied().unwrap_or(true))
-                    .unwrap_or(0);
+                let stuck = (0..n).find(|i| !placed.get(*i).copied().unwrap_or(true)).unwrap_or(0);
                 return Err(OrderError::Cycle(stuck));
             }
         }
@@ -56,9 +54,7 @@ mod tests {
     use crate::manifest::tests::{container, manifest};
 
     fn names(m: &Manifest, o: &Order) -> std::vec::Vec<std::string::String> {
-        o.iter()
-            .map(|i| m.containers[*i].name.as_str().to_owned())
-            .collect()
+        o.iter().map(|i| m.containers[*i].name.as_str().to_owned()).collect()
     }
 
     #[test]
@@ -75,11 +71,7 @@ mod tests {
 
     #[test]
     fn a_cycle_is_an_error() {
-        let m = manifest(&[
-            container("a", &[]),
-            container("b", &["c"]),
-            container("c", &["b"]),
-        ]);
+        let m = manifest(&[container("a", &[]), container("b", &["c"]), container("c", &["b"])]);
         assert_eq!(start_order(&m), Err(OrderError::Cycle(1)));
     }
 }

@@ -19,6 +19,8 @@ pub struct Booted {
     pub manifest: Manifest,
     /// Layer name → mount directory, for the layers that verified.
     pub layer_dirs: BTreeMap<String, String>,
+    /// Partitions of the boot disk by GPT name.
+    pub partitions: Partitions,
 }
 
 /// Why the device has nothing to run.
@@ -44,10 +46,7 @@ pub enum BootError {
 pub fn boot(disk_timeout_ms: u32) -> Result<Booted, BootError> {
     let (parts, missing) = partitions::wait_for(Duration::from_millis(disk_timeout_ms.into()));
     if !missing.is_empty() {
-        return Err(BootError::Partitions {
-            missing: missing.join(","),
-            timeout_ms: disk_timeout_ms,
-        });
+        return Err(BootError::Partitions { missing: missing.join(","), timeout_ms: disk_timeout_ms });
     }
     event("partitions.found")
         .kv("count", parts.len())
@@ -63,34 +62,24 @@ pub fn boot(disk_timeout_ms: u32) -> Result<Booted, BootError> {
         .emit();
     let manifest = load_manifest(&parts, &state)?;
     let layer_dirs = storage::mount_layers(&manifest.layers, &state, &parts);
-    Ok(Booted {
-        manifest,
-        layer_dirs,
-    })
+    Ok(Booted { manifest, layer_dirs, partitions: parts })
 }
 
 /// The active slot's manifest, or the other slot's if the active one is
 /// refused. Each refusal is an event naming the reason.
 fn load_manifest(parts: &Partitions, state: &BootState) -> Result<Manifest, BootError> {
     if TRUSTED_KEYS.is_empty() {
-        event("manifest.no-trusted-keys")
-            .kv("reason", "this cairn-init was built without trusted keys")
-            .emit();
+        event("manifest.no-trusted-keys").kv("reason", "this cairn-init was built without trusted keys").emit();
     }
     let mut reasons = Vec::new();
     for slot in [state.active, state.active.other()] {
         let max = envelope::HEADER_LEN + envelope::MAX_PAYLOAD + envelope::SIGNATURE_LEN;
         let result = storage::read_partition(parts, slot.partition(), max)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                envelope::open_manifest(&bytes, TRUSTED_KEYS).map_err(|e| e.to_string())
-            })
+            .and_then(|bytes| envelope::open_manifest(&bytes, TRUSTED_KEYS).map_err(|e| e.to_string()))
             .and_then(|m| {
                 if m.version < state.rollback_floor {
-                    Err(format!(
-                        "version {} is below the rollback floor {}",
-                        m.version, state.rollback_floor
-                    ))
+                    Err(format!("version {} is below the rollback floor {}", m.version, state.rollback_floor))
                 } else {
                     Ok(m)
                 }
@@ -105,18 +94,12 @@ fn load_manifest(parts: &Partitions, state: &BootState) -> Result<Manifest, Boot
                     .kv("layers", m.layers.len())
                     .emit();
                 if slot != state.active {
-                    event("manifest.fallback")
-                        .kv("active", state.active)
-                        .kv("using", slot)
-                        .emit();
+                    event("manifest.fallback").kv("active", state.active).kv("using", slot).emit();
                 }
                 return Ok(m);
             }
             Err(why) => {
-                event("manifest.rejected")
-                    .kv("slot", slot)
-                    .kv("reason", &why)
-                    .emit();
+                event("manifest.rejected").kv("slot", slot).kv("reason", &why).emit();
                 reasons.push(format!("slot {slot}: {why}"));
             }
         }

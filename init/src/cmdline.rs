@@ -11,10 +11,7 @@ pub struct Cmdline {
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self {
-            disk_timeout_ms: 10_000,
-            ignored: Vec::new(),
-        }
+        Self { disk_timeout_ms: 10_000, ignored: Vec::new() }
     }
 }
 
@@ -37,9 +34,7 @@ mod tests {
 
     #[test]
     fn known_keys_parse_and_unknown_ones_are_kept_for_a_warning() {
-        let c = parse(
-            "console=ttyS0 cairn.disk_timeout_ms=2500 cairn.bogus=1 cairn.disk_timeout_ms=x quiet",
-        );
+        let c = parse("console=ttyS0 cairn.disk_timeout_ms=2500 cairn.bogus=1 cairn.disk_timeout_ms=x quiet");
         assert_eq!(c.disk_timeout_ms, 2500);
         assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x"]);
         assert_eq!(parse(""), Cmdline::default());

@@ -28,8 +28,8 @@ pub enum Request {
     Signal {
         /// Container name.
         name: String,
-        /// Signal number.
-        signal: i32,
+        /// Signal numbers, sent in this order.
+        signals: Vec<i32>,
     },
 }
 
@@ -40,13 +40,15 @@ pub fn parse(text: &str) -> Result<Request, String> {
         ["status"] => Ok(Request::Status),
         ["poweroff"] => Ok(Request::PowerOff),
         ["reboot"] => Ok(Request::Reboot),
-        ["signal", name, sig] => match sig.parse::<i32>() {
-            Ok(s) if (1..=64).contains(&s) => Ok(Request::Signal {
-                name: (*name).into(),
-                signal: s,
-            }),
-            _ => Err(format!("bad signal number {sig:?}")),
-        },
+        ["signal", name, list] => {
+            let signals: Vec<i32> =
+                list.split(',').filter_map(|s| s.parse().ok()).filter(|s| (1..=64).contains(s)).collect();
+            if signals.is_empty() || signals.len() != list.split(',').count() {
+                Err(format!("bad signal list {list:?}"))
+            } else {
+                Ok(Request::Signal { name: (*name).into(), signals })
+            }
+        }
         _ => Err(format!("unknown request {text:?}")),
     }
 }
@@ -62,45 +64,21 @@ impl Listener {
         sys::mkdir_all(CONTROL_DIR, 0o700)?;
         let path = socket_path();
         // SAFETY: plain socket(2) call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
         if fd < 0 {
-            return Err(SysError {
-                op: "socket",
-                arg: path,
-                errno: sys::errno(),
-            });
+            return Err(SysError { op: "socket", arg: path, errno: sys::errno() });
         }
         // SAFETY: `fd` is a fresh descriptor that we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let (addr, len) = sockaddr(&path)?;
         // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(SysError {
-                op: "bind",
-                arg: path,
-                errno: sys::errno(),
-            });
+        if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+            return Err(SysError { op: "bind", arg: path, errno: sys::errno() });
         }
         // SAFETY: `fd` is a bound socket.
         if unsafe { libc::listen(fd.as_raw_fd(), 8) } != 0 {
-            return Err(SysError {
-                op: "listen",
-                arg: path,
-                errno: sys::errno(),
-            });
+            return Err(SysError { op: "listen", arg: path, errno: sys::errno() });
         }
         Ok(Self { fd })
     }
@@ -115,22 +93,14 @@ impl Listener {
     pub fn accept(&self) -> Option<(OwnedFd, String)> {
         // SAFETY: accept4 on our listening socket; null address is allowed.
         let c = unsafe {
-            libc::accept4(
-                self.fd.as_raw_fd(),
-                core::ptr::null_mut(),
-                core::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
+            libc::accept4(self.fd.as_raw_fd(), core::ptr::null_mut(), core::ptr::null_mut(), libc::SOCK_CLOEXEC)
         };
         if c < 0 {
             return None;
         }
         // SAFETY: `c` is a fresh descriptor that we own.
         let conn = unsafe { OwnedFd::from_raw_fd(c) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
         // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO.
         unsafe {
             libc::setsockopt(
@@ -156,14 +126,7 @@ impl Listener {
 /// Send a reply on a connection (best effort) and close it.
 pub fn reply(conn: OwnedFd, text: &str) {
     // SAFETY: the pointer and length describe `text`.
-    unsafe {
-        libc::send(
-            conn.as_raw_fd(),
-            text.as_ptr().cast(),
-            text.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
+    unsafe { libc::send(conn.as_raw_fd(), text.as_ptr().cast(), text.len(), libc::MSG_NOSIGNAL) };
 }
 
 fn sockaddr(path: &str) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
@@ -171,20 +134,13 @@ fn sockaddr(path: &str) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if path.len() >= addr.sun_path.len() {
-        return Err(SysError {
-            op: "socket path",
-            arg: path.into(),
-            errno: libc::ENAMETOOLONG,
-        });
+        return Err(SysError { op: "socket path", arg: path.into(), errno: libc::ENAMETOOLONG });
     }
     for (dst, src) in addr.sun_path.iter_mut().zip(path.bytes()) {
         *dst = src as libc::c_char;
     }
     let _ = std::fs::remove_file(path);
-    Ok((
-        addr,
-        core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-    ))
+    Ok((addr, core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t))
 }
 
 #[cfg(test)]
@@ -195,13 +151,9 @@ mod tests {
     fn requests_parse() {
         assert_eq!(parse("status"), Ok(Request::Status));
         assert_eq!(parse(" poweroff\n"), Ok(Request::PowerOff));
-        assert_eq!(
-            parse("signal web 15"),
-            Ok(Request::Signal {
-                name: "web".into(),
-                signal: 15
-            })
-        );
+        assert_eq!(parse("signal web 15"), Ok(Request::Signal { name: "web".into(), signals: vec![15] }));
+        assert_eq!(parse("signal web 1,2,31"), Ok(Request::Signal { name: "web".into(), signals: vec![1, 2, 31] }));
+        assert!(parse("signal web 1,x").is_err());
         assert!(parse("signal web 0").is_err());
         assert!(parse("signal web x").is_err());
         assert!(parse("rm -rf /").is_err());

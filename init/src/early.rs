@@ -9,73 +9,17 @@ const NODEV: libc::c_ulong = libc::MS_NODEV;
 const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
 /// (what, source, target, fstype, flags, data), in mount order.
-type EarlyMount = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    libc::c_ulong,
-    Option<&'static str>,
-);
+type EarlyMount = (&'static str, &'static str, &'static str, &'static str, libc::c_ulong, Option<&'static str>);
 
 /// The early mounts.
 pub const MOUNTS: [EarlyMount; 7] = [
-    (
-        "proc",
-        "proc",
-        "/proc",
-        "proc",
-        NOSUID | NODEV | NOEXEC,
-        None,
-    ),
-    (
-        "sysfs",
-        "sysfs",
-        "/sys",
-        "sysfs",
-        NOSUID | NODEV | NOEXEC,
-        None,
-    ),
-    (
-        "devtmpfs",
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        NOSUID,
-        Some("mode=0755"),
-    ),
-    (
-        "devpts",
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        NOSUID | NOEXEC,
-        Some("mode=0620,ptmxmode=0666"),
-    ),
-    (
-        "shm",
-        "shm",
-        "/dev/shm",
-        "tmpfs",
-        NOSUID | NODEV,
-        Some("mode=1777,size=16m"),
-    ),
-    (
-        "run",
-        "run",
-        "/run",
-        "tmpfs",
-        NOSUID | NODEV,
-        Some("mode=0755,size=32m"),
-    ),
-    (
-        "cgroup2",
-        "cgroup2",
-        "/sys/fs/cgroup",
-        "cgroup2",
-        NOSUID | NODEV | NOEXEC,
-        Some("nsdelegate"),
-    ),
+    ("proc", "proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None),
+    ("sysfs", "sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, None),
+    ("devtmpfs", "devtmpfs", "/dev", "devtmpfs", NOSUID, Some("mode=0755")),
+    ("devpts", "devpts", "/dev/pts", "devpts", NOSUID | NOEXEC, Some("mode=0620,ptmxmode=0666")),
+    ("shm", "shm", "/dev/shm", "tmpfs", NOSUID | NODEV, Some("mode=1777,size=16m")),
+    ("run", "run", "/run", "tmpfs", NOSUID | NODEV, Some("mode=0755,size=32m")),
+    ("cgroup2", "cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID | NODEV | NOEXEC, Some("nsdelegate")),
 ];
 
 /// Mount everything; a target that is already mounted (EBUSY) is fine.
@@ -93,14 +37,10 @@ pub fn mount_all() -> SysResult<()> {
 /// Enable the controllers for children and create the parent cgroup of all
 /// containers (with the same controllers enabled below it).
 pub fn cgroups() -> SysResult<()> {
-    let root = cgroup::Cgroup {
-        path: cgroup::ROOT.into(),
-    };
+    let root = cgroup::Cgroup { path: cgroup::ROOT.into() };
     root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
     sys::mkdir(cgroup::CONTAINERS, 0o755)?;
-    let parent = cgroup::Cgroup {
-        path: cgroup::CONTAINERS.into(),
-    };
+    let parent = cgroup::Cgroup { path: cgroup::CONTAINERS.into() };
     parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
 }
 

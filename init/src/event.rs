@@ -18,10 +18,7 @@ pub fn event(name: &str) -> Event {
 
 /// Seconds since boot with millisecond precision, e.g. "1.234".
 pub fn uptime() -> String {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     format!("{}.{:03}", ts.tv_sec, ts.tv_nsec / 1_000_000)
@@ -32,10 +29,7 @@ impl Event {
     pub fn kv(mut self, key: &str, value: impl Display) -> Self {
         let start = self.line.len() + key.len() + 2;
         let _ = write!(self.line, " {key}={value}");
-        let needs_quotes = self
-            .line
-            .get(start..)
-            .is_some_and(|v| v.is_empty() || v.contains([' ', '"', '\n']));
+        let needs_quotes = self.line.get(start..).is_some_and(|v| v.is_empty() || v.contains([' ', '"', '\n']));
         if needs_quotes {
             let raw: String = self.line.get(start..).unwrap_or("").to_owned();
             self.line.truncate(start);
@@ -79,15 +73,9 @@ mod tests {
 
     #[test]
     fn fields_are_key_value_and_quoted_when_needed() {
-        let e = event("container.failed")
-            .kv("name", "web")
-            .kv("reason", "layer \"x\" bad")
-            .kv("empty", "");
+        let e = event("container.failed").kv("name", "web").kv("reason", "layer \"x\" bad").kv("empty", "");
         let line = e.line();
         assert!(line.starts_with("cairn: t="), "{line}");
-        assert!(
-            line.ends_with(r#" event=container.failed name=web reason="layer \"x\" bad" empty="""#),
-            "{line}"
-        );
+        assert!(line.ends_with(r#" event=container.failed name=web reason="layer \"x\" bad" empty="""#), "{line}");
     }
 }

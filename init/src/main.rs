@@ -6,12 +6,7 @@
 //! reboots. PID 1 never exits and never panics: every failure is an event,
 //! and a device with nothing to run stays up, waiting for a shutdown.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod boot;
 mod cmdline;
@@ -38,17 +33,11 @@ fn main() {
         eprintln!("cairn-init: must run as PID 1 (it mounts filesystems, loads modules and reboots the machine)");
         std::process::exit(1);
     }
-    event("boot.start")
-        .kv("version", env!("CARGO_PKG_VERSION"))
-        .kv("arch", std::env::consts::ARCH)
-        .emit();
+    event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
     if switch_root::on_initramfs() {
         match switch_root::switch() {
             Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
-            Err(e) => event("rootfs.switch-failed")
-                .kv("error", e)
-                .kv("effect", "containers cannot pivot_root")
-                .emit(),
+            Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
     }
     let signals = match supervisor::signal_fd() {
@@ -62,9 +51,7 @@ fn main() {
         event("early.mount-failed").kv("error", e).emit();
     }
     match early::cgroups() {
-        Ok(()) => event("cgroups.ready")
-            .kv("controllers", early::enabled_controllers())
-            .emit(),
+        Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),
         Err(e) => event("cgroups.failed").kv("error", e).emit(),
     }
     // SAFETY: CAD_OFF only changes what ctrl-alt-del does: SIGINT to PID 1.
@@ -99,20 +86,17 @@ fn main() {
 /// One supervised unit per manifest container, and the start order.
 fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
     let m = &b.manifest;
-    let order = order::start_order(m)
-        .map(|o| o.to_vec())
-        .unwrap_or_default();
+    let order = order::start_order(m).map(|o| o.to_vec()).unwrap_or_default();
     let units = m
         .containers
         .iter()
         .map(|c| {
-            let spec = ContainerSpec::resolve(c, |l| b.layer_dirs.get(l).cloned())
-                .map_err(|e| e.to_string());
-            let deps = c
-                .depends_on
-                .iter()
-                .filter_map(|d| m.container(d).map(|(i, _)| i))
-                .collect();
+            let device = |source: &str| match source.strip_prefix("partition:") {
+                Some(name) => b.partitions.get(name).cloned(),
+                None => Some(source.to_owned()).filter(|s| s.starts_with("/dev/") && !s.contains("..")),
+            };
+            let spec = ContainerSpec::resolve(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(|e| e.to_string());
+            let deps = c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect();
             Unit::new(&c.name, spec, deps, c.restart, c.stop)
         })
         .collect();
@@ -133,17 +117,10 @@ fn finish(kind: ShutdownKind) -> ! {
         ShutdownKind::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
         ShutdownKind::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
     };
-    event("shutdown.complete")
-        .kv("kind", format!("{kind:?}").to_lowercase())
-        .emit();
+    event("shutdown.complete").kv("kind", format!("{kind:?}").to_lowercase()).emit();
     // SAFETY: reboot(2) with a valid command; on success it does not return.
     unsafe { libc::reboot(cmd) };
-    event("shutdown.reboot-failed")
-        .kv(
-            "error",
-            cairn_runtime::sys::errno_name(cairn_runtime::sys::errno()),
-        )
-        .emit();
+    event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(cairn_runtime::sys::errno())).emit();
     halt_forever()
 }
 

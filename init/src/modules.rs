@@ -16,10 +16,7 @@ pub fn load_all() -> usize {
     let list = match std::fs::read_to_string(LOAD_ORDER) {
         Ok(l) => l,
         Err(e) => {
-            event("modules.none")
-                .kv("path", LOAD_ORDER)
-                .kv("error", e)
-                .emit();
+            event("modules.none").kv("path", LOAD_ORDER).kv("error", e).emit();
             return 0;
         }
     };
@@ -30,10 +27,7 @@ pub fn load_all() -> usize {
             Ok(()) => event("module.loaded").kv("name", name).emit(),
             Err(e) => {
                 failed += 1;
-                event("module.failed")
-                    .kv("name", name)
-                    .kv("error", e)
-                    .emit();
+                event("module.failed").kv("name", name).kv("error", e).emit();
             }
         }
     }
@@ -48,10 +42,6 @@ fn load(path: &str) -> sys::SysResult<()> {
     if rc == 0 || sys::errno() == libc::EEXIST {
         Ok(())
     } else {
-        Err(sys::SysError {
-            op: "finit_module",
-            arg: path.into(),
-            errno: sys::errno(),
-        })
+        Err(sys::SysError { op: "finit_module", arg: path.into(), errno: sys::errno() })
     }
 }

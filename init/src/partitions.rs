@@ -32,11 +32,7 @@ pub fn scan() -> Partitions {
     };
     for entry in dir.flatten() {
         let uevent = entry.path().join("uevent");
-        if let Some((dev, name)) = std::fs::read_to_string(uevent)
-            .ok()
-            .as_deref()
-            .and_then(parse_uevent)
-        {
+        if let Some((dev, name)) = std::fs::read_to_string(uevent).ok().as_deref().and_then(parse_uevent) {
             // First one wins: a second disk with the same names is ignored.
             found.entry(name).or_insert(format!("/dev/{dev}"));
         }
@@ -50,10 +46,7 @@ pub fn wait_for(timeout: Duration) -> (Partitions, Vec<&'static str>) {
     let start = Instant::now();
     loop {
         let found = scan();
-        let missing: Vec<_> = REQUIRED
-            .into_iter()
-            .filter(|r| !found.contains_key(*r))
-            .collect();
+        let missing: Vec<_> = REQUIRED.into_iter().filter(|r| !found.contains_key(*r)).collect();
         if missing.is_empty() || start.elapsed() >= timeout {
             return (found, missing);
         }

@@ -28,14 +28,10 @@ pub fn backoff(r: &Restart, n: u32) -> u32 {
 pub fn after_exit(r: &Restart, exit: Exit, restarts: u32) -> Decision {
     match r.policy {
         RestartPolicy::Never => Decision::Stay,
-        RestartPolicy::Always => Decision::Restart {
-            delay_ms: backoff(r, restarts),
-        },
+        RestartPolicy::Always => Decision::Restart { delay_ms: backoff(r, restarts) },
         RestartPolicy::OnFailure { .. } if exit.success() => Decision::Stay,
         RestartPolicy::OnFailure { max_restarts } if restarts >= max_restarts => Decision::GiveUp,
-        RestartPolicy::OnFailure { .. } => Decision::Restart {
-            delay_ms: backoff(r, restarts),
-        },
+        RestartPolicy::OnFailure { .. } => Decision::Restart { delay_ms: backoff(r, restarts) },
     }
 }
 
@@ -44,11 +40,7 @@ mod tests {
     use super::*;
 
     fn r(policy: RestartPolicy) -> Restart {
-        Restart {
-            policy,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 1000,
-        }
+        Restart { policy, backoff_initial_ms: 100, backoff_max_ms: 1000 }
     }
 
     #[test]
@@ -57,38 +49,22 @@ mod tests {
         let delays: Vec<u32> = (0..6).map(|n| backoff(&x, n)).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff(&x, u32::MAX), 1000);
-        let big = Restart {
-            policy: RestartPolicy::Always,
-            backoff_initial_ms: u32::MAX,
-            backoff_max_ms: u32::MAX,
-        };
+        let big = Restart { policy: RestartPolicy::Always, backoff_initial_ms: u32::MAX, backoff_max_ms: u32::MAX };
         assert_eq!(backoff(&big, 40), u32::MAX);
     }
 
     #[test]
     fn on_failure_restarts_up_to_its_maximum() {
         let x = r(RestartPolicy::OnFailure { max_restarts: 2 });
-        assert_eq!(
-            after_exit(&x, Exit::Code(1), 0),
-            Decision::Restart { delay_ms: 100 }
-        );
-        assert_eq!(
-            after_exit(&x, Exit::Signal(9), 1),
-            Decision::Restart { delay_ms: 200 }
-        );
+        assert_eq!(after_exit(&x, Exit::Code(1), 0), Decision::Restart { delay_ms: 100 });
+        assert_eq!(after_exit(&x, Exit::Signal(9), 1), Decision::Restart { delay_ms: 200 });
         assert_eq!(after_exit(&x, Exit::Code(1), 2), Decision::GiveUp);
         assert_eq!(after_exit(&x, Exit::Code(0), 0), Decision::Stay);
     }
 
     #[test]
     fn never_and_always() {
-        assert_eq!(
-            after_exit(&r(RestartPolicy::Never), Exit::Code(3), 0),
-            Decision::Stay
-        );
-        assert_eq!(
-            after_exit(&r(RestartPolicy::Always), Exit::Code(0), 3),
-            Decision::Restart { delay_ms: 800 }
-        );
+        assert_eq!(after_exit(&r(RestartPolicy::Never), Exit::Code(3), 0), Decision::Stay);
+        assert_eq!(after_exit(&r(RestartPolicy::Always), Exit::Code(0), 3), Decision::Restart { delay_ms: 800 });
     }
 }

@@ -42,16 +42,11 @@ pub enum StorageError {
 
 /// Read the first `len` bytes of a named partition.
 pub fn read_partition(parts: &Partitions, name: &str, len: usize) -> Result<Vec<u8>, StorageError> {
-    let path = parts
-        .get(name)
-        .ok_or_else(|| StorageError::Missing(name.into()))?;
+    let path = parts.get(name).ok_or_else(|| StorageError::Missing(name.into()))?;
     let mut buf = Vec::with_capacity(len);
     File::open(path)
         .and_then(|f| f.take(len as u64).read_to_end(&mut buf))
-        .map_err(|error| StorageError::Read {
-            path: path.clone(),
-            error,
-        })?;
+        .map_err(|error| StorageError::Read { path: path.clone(), error })?;
     Ok(buf)
 }
 
@@ -59,9 +54,7 @@ pub fn read_partition(parts: &Partitions, name: &str, len: usize) -> Result<Vec<
 pub fn read_boot_state(parts: &Partitions) -> Result<BootState, StorageError> {
     let region = read_partition(parts, "cairn-state", bootstate::RECORD_SIZE)?;
     let path = parts.get("cairn-state").cloned().unwrap_or_default();
-    bootstate::read_record(&region)
-        .map(|(_, s)| s)
-        .map_err(|error| StorageError::BootState { path, error })
+    bootstate::read_record(&region).map(|(_, s)| s).map_err(|error| StorageError::BootState { path, error })
 }
 
 /// Hash the first `size` bytes of a device.
@@ -89,11 +82,7 @@ fn digest_of(path: &str, size: u64) -> std::io::Result<Digest> {
 
 /// Verify and mount every layer. Returns layer name → mount directory for
 /// the layers that passed; each failure is an event naming the digest.
-pub fn mount_layers(
-    layers: &[Layer],
-    state: &BootState,
-    parts: &Partitions,
-) -> BTreeMap<String, String> {
+pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> BTreeMap<String, String> {
     let mut ready = BTreeMap::new();
     for layer in layers {
         let d = layer.digest;
@@ -107,11 +96,7 @@ pub fn mount_layers(
         };
         let part = partitions::layer_partition_name(number);
         let Some(dev) = partitions::layer_partition(parts, number) else {
-            event("layer.missing")
-                .kv("name", &layer.name)
-                .kv("digest", d)
-                .kv("partition", &part)
-                .emit();
+            event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
             continue;
         };
         match digest_of(dev, layer.size) {
@@ -156,11 +141,7 @@ pub fn mount_layers(
                     .emit();
                 ready.insert(layer.name.as_str().to_owned(), dir);
             }
-            Err(e) => event("layer.mount-failed")
-                .kv("name", &layer.name)
-                .kv("digest", d)
-                .kv("error", e)
-                .emit(),
+            Err(e) => event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit(),
         }
     }
     ready
@@ -172,10 +153,7 @@ pub fn unmount_layers() {
         for e in dir.flatten() {
             let p = e.path().to_string_lossy().into_owned();
             if let Err(err) = sys::umount(&p, 0) {
-                event("layer.unmount-failed")
-                    .kv("path", &p)
-                    .kv("error", err)
-                    .emit();
+                event("layer.unmount-failed").kv("path", &p).kv("error", err).emit();
             }
         }
     }

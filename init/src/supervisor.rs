@@ -44,11 +44,7 @@ enum State {
     /// Waiting out a restart delay.
     Backoff { until: Instant },
     /// Stop signal sent; the cgroup is killed at `deadline`.
-    Stopping {
-        pid: libc::pid_t,
-        deadline: Instant,
-        killed: bool,
-    },
+    Stopping { pid: libc::pid_t, deadline: Instant, killed: bool },
     /// Not running and not coming back.
     Stopped,
 }
@@ -127,20 +123,8 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `order` is the start order (indexes into `units`).
-    pub fn new(
-        units: Vec<Unit>,
-        order: Vec<usize>,
-        signals: OwnedFd,
-        control: Option<Listener>,
-    ) -> Self {
-        Self {
-            units,
-            order,
-            shutdown: None,
-            signals,
-            control,
-            announced_started: false,
-        }
+    pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
+        Self { units, order, shutdown: None, signals, control, announced_started: false }
     }
 
     /// Run until a shutdown has stopped every container.
@@ -166,15 +150,9 @@ impl Supervisor {
             if u.state != State::Waiting {
                 continue;
             }
-            let deps_started = u
-                .deps
-                .iter()
-                .all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
+            let deps_started = u.deps.iter().all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
             let dep_dead = u.deps.iter().find_map(|d| {
-                self.units
-                    .get(*d)
-                    .filter(|d| d.state == State::Stopped && !d.ever_started)
-                    .map(|d| d.name.clone())
+                self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| d.name.clone())
             });
             if let Some(dep) = dep_dead {
                 event("container.blocked")
@@ -191,43 +169,30 @@ impl Supervisor {
         }
         if !self.announced_started && self.units.iter().all(|u| u.state != State::Waiting) {
             self.announced_started = true;
-            let running = self
-                .units
-                .iter()
-                .filter(|u| matches!(u.state, State::Running { .. }))
-                .count();
-            event("boot.containers-started")
-                .kv("running", running)
-                .kv("total", self.units.len())
-                .emit();
+            let running = self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count();
+            event("boot.containers-started").kv("running", running).kv("total", self.units.len()).emit();
         }
     }
 
     fn start(&mut self, i: usize) {
+        let join_net = self.network_to_join(i);
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
         let spec = match &u.spec {
             Ok(s) => s,
             Err(reason) => {
-                event("container.failed")
-                    .kv("name", &u.name)
-                    .kv("reason", reason)
-                    .emit();
+                event("container.failed").kv("name", &u.name).kv("reason", reason).emit();
                 u.state = State::Stopped;
                 return;
             }
         };
         u.oom_baseline = u.cgroup.oom_kills();
-        match spawn(spec, &u.cgroup) {
+        match spawn(spec, &u.cgroup, join_net) {
             Ok(started) => {
                 u.state = State::Running { pid: started.pid };
                 u.ever_started = true;
-                event("container.started")
-                    .kv("name", &u.name)
-                    .kv("pid", started.pid)
-                    .kv("restarts", u.restarts)
-                    .emit();
+                event("container.started").kv("name", &u.name).kv("pid", started.pid).kv("restarts", u.restarts).emit();
                 if let Some((errno, path)) = started.exec_error {
                     event("container.exec-failed")
                         .kv("name", &u.name)
@@ -237,12 +202,17 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                event("container.failed")
-                    .kv("name", &u.name)
-                    .kv("error", &e)
-                    .emit();
+                event("container.failed").kv("name", &u.name).kv("error", &e).emit();
                 self.after_exit(i, Exit::Code(cairn_runtime::spawn::SETUP_FAILED));
             }
+        }
+    }
+    /// Host pid of the container whose network namespace unit `i` joins.
+    fn network_to_join(&self, i: usize) -> Option<libc::pid_t> {
+        let spec = self.units.get(i)?.spec.as_ref().ok()?;
+        match &spec.network {
+            cairn_images::manifest::Network::Join(name) => self.units.iter().find(|u| u.name == name.as_str())?.pid(),
+            _ => None,
         }
     }
 
@@ -257,9 +227,7 @@ impl Supervisor {
         }
         match policy::after_exit(&u.restart, exit, u.restarts) {
             Decision::Restart { delay_ms } => {
-                u.state = State::Backoff {
-                    until: Instant::now() + Duration::from_millis(delay_ms.into()),
-                };
+                u.state = State::Backoff { until: Instant::now() + Duration::from_millis(delay_ms.into()) };
                 event("container.restart-scheduled")
                     .kv("name", &u.name)
                     .kv("attempt", u.restarts + 1)
@@ -268,17 +236,11 @@ impl Supervisor {
             }
             Decision::Stay => {
                 u.state = State::Stopped;
-                event("container.stopped")
-                    .kv("name", &u.name)
-                    .kv("reason", "policy")
-                    .emit();
+                event("container.stopped").kv("name", &u.name).kv("reason", "policy").emit();
             }
             Decision::GiveUp => {
                 u.state = State::Stopped;
-                event("container.gave-up")
-                    .kv("name", &u.name)
-                    .kv("restarts", u.restarts)
-                    .emit();
+                event("container.gave-up").kv("name", &u.name).kv("restarts", u.restarts).emit();
             }
         }
     }
@@ -292,20 +254,12 @@ impl Supervisor {
         };
         if let Some(u) = self.units.get(i) {
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
-            event("container.exited")
-                .kv("name", &u.name)
-                .kv("pid", pid)
-                .kv_exit(exit)
-                .kv("oom_kills", ooms)
-                .emit();
+            event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
             if ooms > 0 {
                 event("container.oom")
                     .kv("name", &u.name)
                     .kv("kills", ooms)
-                    .kv(
-                        "memory_max",
-                        u.cgroup.read("memory.max").unwrap_or_default().trim(),
-                    )
+                    .kv("memory_max", u.cgroup.read("memory.max").unwrap_or_default().trim())
                     .emit();
             }
         }
@@ -322,17 +276,11 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        event("shutdown.start")
-            .kv("kind", kind.name())
-            .kv("reason", why)
-            .emit();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        event("shutdown.start").kv("kind", kind.name()).kv("reason", why).kv("hostname", host.trim()).emit();
         // Popped from the end: the last container started is stopped first.
         let queue = self.order.clone();
-        self.shutdown = Some(ShutdownPlan {
-            kind,
-            queue,
-            current: None,
-        });
+        self.shutdown = Some(ShutdownPlan { kind, queue, current: None });
     }
 
     /// Advance the shutdown; returns the kind when everything is stopped.
@@ -397,37 +345,20 @@ impl Supervisor {
                     u.restarts += 1;
                     self.start(i);
                 }
-                State::Stopping {
-                    pid,
-                    deadline,
-                    killed,
-                } if deadline <= now => {
+                State::Stopping { pid, deadline, killed } if deadline <= now => {
                     if killed {
-                        event("container.stop-timeout")
-                            .kv("name", &u.name)
-                            .kv("pid", pid)
-                            .emit();
+                        event("container.stop-timeout").kv("name", &u.name).kv("pid", pid).emit();
                         u.state = State::Stopped;
                         if let Some(plan) = &mut self.shutdown {
                             plan.current = None;
                         }
                     } else {
-                        event("container.killed")
-                            .kv("name", &u.name)
-                            .kv("reason", "grace period over")
-                            .emit();
+                        event("container.killed").kv("name", &u.name).kv("reason", "grace period over").emit();
                         if let Err(e) = u.cgroup.kill_all() {
-                            event("container.kill-failed")
-                                .kv("name", &u.name)
-                                .kv("error", e)
-                                .emit();
+                            event("container.kill-failed").kv("name", &u.name).kv("error", e).emit();
                             let _ = cairn_runtime::sys::kill(pid, libc::SIGKILL);
                         }
-                        u.state = State::Stopping {
-                            pid,
-                            deadline: now + KILL_WAIT,
-                            killed: true,
-                        };
+                        u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
                     }
                 }
                 _ => {}
@@ -437,16 +368,8 @@ impl Supervisor {
 
     fn wait(&mut self, timeout_ms: i32) {
         let mut fds = [
-            libc::pollfd {
-                fd: self.signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.control.as_ref().map_or(-1, Listener::raw),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.control.as_ref().map_or(-1, Listener::raw), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -468,25 +391,16 @@ impl Supervisor {
             let size = core::mem::size_of::<libc::signalfd_siginfo>();
             // SAFETY: `info` is valid for writes of `size` bytes.
             let n = unsafe {
-                libc::read(
-                    self.signals.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
+                libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size)
             };
             if n != size as isize {
                 return;
             }
             match info.ssi_signo as i32 {
                 libc::SIGCHLD => self.reap(),
-                libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => {
-                    self.request_shutdown(ShutdownKind::PowerOff, "signal")
-                }
+                libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => self.request_shutdown(ShutdownKind::PowerOff, "signal"),
                 libc::SIGINT => self.request_shutdown(ShutdownKind::Reboot, "signal"),
-                other => event("signal.ignored")
-                    .kv("signal", other)
-                    .kv("from_pid", info.ssi_pid)
-                    .emit(),
+                other => event("signal.ignored").kv("signal", other).kv("from_pid", info.ssi_pid).emit(),
             }
         }
     }
@@ -524,29 +438,25 @@ impl Supervisor {
                 self.request_shutdown(ShutdownKind::Reboot, "control");
                 "ok".into()
             }
-            Ok(Request::Signal { name, signal }) => {
-                match self.units.iter().find(|u| u.name == name) {
-                    None => format!("error no container {name}"),
-                    Some(u) => match u.pid() {
-                        None => format!("error {name} is not running"),
-                        Some(pid) => match cairn_runtime::sys::kill(pid, signal) {
-                            Ok(()) => {
-                                event("container.signalled")
-                                    .kv("name", &name)
-                                    .kv("signal", signal)
-                                    .emit();
-                                "ok".into()
+            Ok(Request::Signal { name, signals }) => match self.units.iter().find(|u| u.name == name) {
+                None => format!("error no container {name}"),
+                Some(u) => match u.pid() {
+                    None => format!("error {name} is not running"),
+                    Some(pid) => {
+                        let mut reply = String::from("ok");
+                        for signal in signals {
+                            if let Err(e) = cairn_runtime::sys::kill(pid, signal) {
+                                reply = format!("error {e}");
+                                break;
                             }
-                            Err(e) => format!("error {e}"),
-                        },
-                    },
-                }
-            }
+                            event("container.signalled").kv("name", &name).kv("signal", signal).emit();
+                        }
+                        reply
+                    }
+                },
+            },
         };
-        event("control.request")
-            .kv("request", text.trim())
-            .kv("reply", &answer)
-            .emit();
+        event("control.request").kv("request", text.trim()).kv("reply", &answer).emit();
         control::reply(conn, &answer);
     }
 }

@@ -29,36 +29,21 @@ pub fn on_initramfs() -> bool {
 /// number of bytes copied.
 pub fn switch() -> SysResult<u64> {
     sys::mkdir(NEW_ROOT, 0o755)?;
-    sys::mount(
-        "new root tmpfs",
-        Some("rootfs"),
-        NEW_ROOT,
-        Some("tmpfs"),
-        libc::MS_NOSUID,
-        Some("mode=0755,size=64m"),
-    )?;
+    sys::mount("new root tmpfs", Some("rootfs"), NEW_ROOT, Some("tmpfs"), libc::MS_NOSUID, Some("mode=0755,size=64m"))?;
     let copied = copy_tree(Path::new("/"), Path::new(NEW_ROOT))?;
     remove_tree(Path::new("/"));
     sys::chdir(NEW_ROOT)?;
     sys::mount("move new root", Some("."), "/", None, libc::MS_MOVE, None)?;
     // SAFETY: chroot with a valid C string.
     if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
-        return Err(SysError {
-            op: "chroot",
-            arg: NEW_ROOT.into(),
-            errno: sys::errno(),
-        });
+        return Err(SysError { op: "chroot", arg: NEW_ROOT.into(), errno: sys::errno() });
     }
     sys::chdir("/")?;
     Ok(copied)
 }
 
 fn err(op: &'static str, p: &Path, e: std::io::Error) -> SysError {
-    SysError {
-        op,
-        arg: p.display().to_string(),
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-    }
+    SysError { op, arg: p.display().to_string(), errno: e.raw_os_error().unwrap_or(libc::EIO) }
 }
 
 fn copy_tree(from: &Path, to: &Path) -> SysResult<u64> {
@@ -75,8 +60,7 @@ fn copy_tree(from: &Path, to: &Path) -> SysResult<u64> {
         let mode = meta.permissions().mode() & 0o7777;
         if ft.is_dir() {
             fs::create_dir_all(&dst).map_err(|e| err("mkdir", &dst, e))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-                .map_err(|e| err("chmod", &dst, e))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", &dst, e))?;
             total += copy_tree(&src, &dst)?;
         } else if ft.is_file() {
             total += fs::copy(&src, &dst).map_err(|e| err("copy", &src, e))?;

@@ -96,12 +96,7 @@ impl Console {
             if let Some(pos) = raw.find(marker) {
                 let fields = parse_fields(raw.get(pos + marker.len()..).unwrap_or(""));
                 if let Some(event) = fields.get("event").cloned() {
-                    self.lines.push(Line {
-                        event,
-                        fields,
-                        source,
-                        index,
-                    });
+                    self.lines.push(Line { event, fields, source, index });
                     return;
                 }
             }
@@ -110,10 +105,7 @@ impl Console {
 
     /// Lines with this event name whose fields include all of `with`.
     pub fn all(&self, event: &str, with: &[(&str, &str)]) -> Vec<&Line> {
-        self.lines
-            .iter()
-            .filter(|l| l.event == event && with.iter().all(|(k, v)| l.get(k) == Some(*v)))
-            .collect()
+        self.lines.iter().filter(|l| l.event == event && with.iter().all(|(k, v)| l.get(k) == Some(*v))).collect()
     }
 
     /// The first such line.
@@ -123,8 +115,7 @@ impl Console {
 
     /// The first such line, or an error naming what was expected.
     pub fn expect(&self, event: &str, with: &[(&str, &str)]) -> anyhow::Result<&Line> {
-        self.first(event, with)
-            .ok_or_else(|| anyhow::anyhow!("no `{event}` line with {with:?}"))
+        self.first(event, with).ok_or_else(|| anyhow::anyhow!("no `{event}` line with {with:?}"))
     }
 
     /// True if any raw line contains `text`.
@@ -144,14 +135,9 @@ mod tests {
         c.push(r#"cairn: t=1.234 event=container.failed name=web reason="layer \"x\" is bad""#);
         c.push("payload name=alpha event=inspect pid=2 ppid=1\r");
         assert_eq!(c.lines.len(), 2);
-        let f = c
-            .expect("container.failed", &[("name", "web")])
-            .ok()
-            .and_then(|l| l.get("reason").map(str::to_owned));
+        let f = c.expect("container.failed", &[("name", "web")]).ok().and_then(|l| l.get("reason").map(str::to_owned));
         assert_eq!(f, Some("layer \"x\" is bad".into()));
-        let p = c
-            .first("inspect", &[("name", "alpha")])
-            .map(|l| (l.source, l.num("pid")));
+        let p = c.first("inspect", &[("name", "alpha")]).map(|l| (l.source, l.num("pid")));
         assert_eq!(p, Some(("payload", Some(2))));
         assert!(c.expect("nothing", &[]).is_err());
     }

@@ -80,12 +80,7 @@ impl Ctx<'_> {
     }
 
     /// Boot a disk until QEMU exits, `stop` matches, or `timeout`.
-    pub fn boot(
-        &self,
-        disk: &Path,
-        timeout: Duration,
-        stop: &dyn Fn(&console::Console) -> bool,
-    ) -> Result<Run> {
+    pub fn boot(&self, disk: &Path, timeout: Duration, stop: &dyn Fn(&console::Console) -> bool) -> Result<Run> {
         let log = disk.with_extension("log");
         let cmd = qemu::command(self.board, &self.art.boot, disk, "");
         qemu::capture(cmd, &log, timeout, stop)
@@ -118,21 +113,14 @@ pub fn run(
         );
     }
     let mut out = Vec::new();
-    for s in known
-        .into_iter()
-        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
-    {
+    for s in known.into_iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
         let dir = art.work_dir.join(s.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let ctx = Ctx { board, art, dir };
         let start = Instant::now();
         let result = (s.run)(&ctx);
-        let o = Outcome {
-            name: s.name,
-            result,
-            elapsed: start.elapsed(),
-        };
+        let o = Outcome { name: s.name, result, elapsed: start.elapsed() };
         report(&o);
         out.push(o);
     }

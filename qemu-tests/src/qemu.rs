@@ -26,14 +26,7 @@ pub struct BootFiles {
 pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &str) -> Command {
     let mut c = Command::new(&files.qemu);
     c.args(board.qemu_args)
-        .args([
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&files.kernel)
         .arg("-initrd")
@@ -41,10 +34,7 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
         .arg("-append")
         .arg(board.cmdline(extra_cmdline))
         .arg("-drive")
-        .arg(format!(
-            "file={},if=none,id=disk0,format=raw",
-            disk.display()
-        ))
+        .arg(format!("file={},if=none,id=disk0,format=raw", disk.display()))
         .args(["-device", "virtio-blk-pci,drive=disk0"]);
     c
 }
@@ -74,36 +64,22 @@ pub struct Run {
 /// Boot with the console captured. Stops when QEMU exits, when `stop`
 /// returns true for the console so far, or at `timeout`. The raw console is
 /// written to `log`.
-pub fn capture(
-    mut cmd: Command,
-    log: &Path,
-    timeout: Duration,
-    stop: &dyn Fn(&Console) -> bool,
-) -> Result<Run> {
+pub fn capture(mut cmd: Command, log: &Path, timeout: Duration, stop: &dyn Fn(&Console) -> bool) -> Result<Run> {
     cmd.args(["-serial", "stdio", "-monitor", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().context("qemu stdout")?;
     let err = child.stderr.take().context("qemu stderr")?;
-    for stream in [
-        Box::new(out) as Box<dyn std::io::Read + Send>,
-        Box::new(err),
-    ] {
+    for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stream);
             let mut buf = Vec::new();
-            while r
-                .read_until(b'\n', &mut buf)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
+            while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
                 let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
                 buf.clear();
             }
@@ -111,8 +87,7 @@ pub fn capture(
     }
     drop(tx);
     let mut console = Console::default();
-    let mut logf =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let ending = loop {
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -135,11 +110,7 @@ pub fn capture(
         }
     };
     finish(&mut child, ending);
-    Ok(Run {
-        console,
-        ending,
-        elapsed: start.elapsed(),
-    })
+    Ok(Run { console, ending, elapsed: start.elapsed() })
 }
 
 fn finish(child: &mut Child, ending: Ending) {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 
-use cairn_images::manifest::{CpuMax, Limits};
+use cairn_images::manifest::{CpuMax, IoMax, Limits};
 
 use crate::sys::{self, SysError, SysResult};
 
@@ -33,22 +33,39 @@ pub fn pids_max(v: Option<u32>) -> String {
     v.map_or_else(|| "max".into(), |n| n.to_string())
 }
 
+/// One io.max line for a disk whose numbers are `dev` ("MAJ:MIN").
+pub fn io_max_line(dev: &str, io: &IoMax) -> String {
+    let v = |x: Option<u64>| x.map_or_else(|| "max".to_string(), |n| n.to_string());
+    format!("{dev} rbps={} wbps={} riops={} wiops={}", v(io.rbps), v(io.wbps), v(io.riops), v(io.wiops))
+}
+
 /// The (file, value) pairs that apply `limits`, in the order written.
-pub fn limit_writes(limits: &Limits) -> [(&'static str, String); 3] {
-    [
+/// Optional controls that are not set are left at the kernel default;
+/// io.max lines need the disk numbers and are written by [`Cgroup::create`].
+pub fn limit_writes(limits: &Limits) -> Vec<(&'static str, String)> {
+    let mut w = vec![
         ("memory.max", memory_max(limits.memory_max)),
         ("cpu.max", cpu_max(limits.cpu_max)),
         ("pids.max", pids_max(limits.pids_max)),
-    ]
+        ("memory.high", memory_max(limits.memory_high)),
+    ];
+    if let Some(swap) = limits.memory_swap_max {
+        w.push(("memory.swap.max", swap.to_string()));
+    }
+    if let Some(weight) = limits.cpu_weight {
+        w.push(("cpu.weight", weight.to_string()));
+    }
+    if let Some(cpus) = &limits.cpuset_cpus {
+        w.push(("cpuset.cpus", cpus.as_str().to_owned()));
+    }
+    w
 }
 
 /// Read one `key value` field from a flat-keyed file such as memory.events.
 pub fn flat_key(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let mut it = l.split_whitespace();
-        (it.next() == Some(key))
-            .then(|| it.next().and_then(|v| v.parse().ok()))
-            .flatten()
+        (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok())).flatten()
     })
 }
 
@@ -62,9 +79,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Path of the cgroup for a container name.
     pub fn for_container(name: &str) -> Self {
-        Self {
-            path: format!("{CONTAINERS}/{name}"),
-        }
+        Self { path: format!("{CONTAINERS}/{name}") }
     }
 
     /// Create it (if needed) and write the limits.
@@ -72,6 +87,15 @@ impl Cgroup {
         sys::mkdir(&self.path, 0o755)?;
         for (file, value) in limit_writes(limits) {
             self.write(file, &value)?;
+        }
+        for io in &limits.io_max {
+            let sysfs = format!("/sys/class/block/{}/dev", io.device);
+            let dev = fs::read_to_string(&sysfs).map_err(|e| SysError {
+                op: "io.max disk",
+                arg: sysfs.clone(),
+                errno: e.raw_os_error().unwrap_or(libc::ENOENT),
+            })?;
+            self.write("io.max", &io_max_line(dev.trim(), io))?;
         }
         Ok(())
     }
@@ -99,9 +123,7 @@ impl Cgroup {
 
     /// OOM kills so far (`memory.events` oom_kill).
     pub fn oom_kills(&self) -> u64 {
-        self.read("memory.events")
-            .and_then(|t| flat_key(&t, "oom_kill"))
-            .unwrap_or(0)
+        self.read("memory.events").and_then(|t| flat_key(&t, "oom_kill")).unwrap_or(0)
     }
 
     /// Kill every process in it (`cgroup.kill`).
@@ -111,9 +133,7 @@ impl Cgroup {
 
     /// True when no process is left (`cgroup.events` populated 0).
     pub fn is_empty(&self) -> bool {
-        self.read("cgroup.events")
-            .and_then(|t| flat_key(&t, "populated"))
-            == Some(0)
+        self.read("cgroup.events").and_then(|t| flat_key(&t, "populated")) == Some(0)
     }
 
     /// Remove the (empty) cgroup directory.
@@ -123,11 +143,7 @@ impl Cgroup {
         if unsafe { libc::rmdir(p.as_ptr()) } == 0 || sys::errno() == libc::ENOENT {
             Ok(())
         } else {
-            Err(SysError {
-                op: "rmdir cgroup",
-                arg: self.path.clone(),
-                errno: sys::errno(),
-            })
+            Err(SysError { op: "rmdir cgroup", arg: self.path.clone(), errno: sys::errno() })
         }
     }
 }
@@ -140,25 +156,39 @@ mod tests {
     fn values_are_what_the_kernel_expects() {
         assert_eq!(memory_max(None), "max");
         assert_eq!(memory_max(Some(33554432)), "33554432");
-        assert_eq!(
-            cpu_max(Some(CpuMax {
-                quota_us: 20000,
-                period_us: 100000
-            })),
-            "20000 100000"
-        );
+        assert_eq!(cpu_max(Some(CpuMax { quota_us: 20000, period_us: 100000 })), "20000 100000");
         assert_eq!(cpu_max(None), "max 100000");
         assert_eq!(pids_max(Some(16)), "16");
         assert_eq!(pids_max(None), "max");
-        let l = Limits {
+        let mut l = Limits {
             memory_max: Some(1 << 20),
             cpu_max: None,
             pids_max: Some(3),
             scratch_bytes: 1 << 20,
+            memory_high: None,
+            memory_swap_max: Some(0),
+            cpu_weight: Some(50),
+            cpuset_cpus: Some("0-1".try_into().unwrap_or_default()),
+            io_max: heapless::Vec::new(),
+            rlimits: heapless::Vec::new(),
         };
         let w = limit_writes(&l);
         assert_eq!(w[0], ("memory.max", "1048576".to_string()));
         assert_eq!(w[2], ("pids.max", "3".to_string()));
+        assert!(w.contains(&("memory.high", "max".to_string())));
+        assert!(w.contains(&("memory.swap.max", "0".to_string())));
+        assert!(w.contains(&("cpu.weight", "50".to_string())));
+        assert!(w.contains(&("cpuset.cpus", "0-1".to_string())));
+        l.cpuset_cpus = None;
+        assert!(!limit_writes(&l).iter().any(|(f, _)| *f == "cpuset.cpus"));
+        let io = IoMax {
+            device: "vda".try_into().unwrap_or_default(),
+            rbps: Some(1 << 20),
+            wbps: None,
+            riops: None,
+            wiops: Some(10),
+        };
+        assert_eq!(io_max_line("254:0", &io), "254:0 rbps=1048576 wbps=max riops=max wiops=10");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 
 pub mod cgroup;
 pub mod exit;
+pub mod identity;
+pub mod network;
 pub mod nsinit;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod sys;

@@ -1,14 +1,18 @@
 //! The namespace init: PID 1 inside every container, a forked copy of cairn.
 //!
 //! It starts the entrypoint as its child, forwards every signal it receives
-//! to it, reaps every process that is reparented to it, and exits with the
-//! entrypoint's status (its code, or 128 + the signal that killed it). When
-//! it exits the kernel kills whatever is left in the pid namespace.
+//! to it (or to its process group), and reaps every process reparented to
+//! it. When the entrypoint exits, the processes left in the container get
+//! the stop signal, then SIGKILL after the grace period; then it exits with
+//! the entrypoint's status (its code, or 128 + the signal that killed it).
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use crate::exit::Exit;
+use crate::identity;
+use crate::seccomp::Filter;
 use crate::spec::ContainerSpec;
 use crate::sys;
 
@@ -18,10 +22,10 @@ pub const NOT_FOUND: i32 = 127;
 pub const NOT_EXECUTABLE: i32 = 126;
 
 /// Fork the entrypoint and supervise it. Never returns.
-pub fn run(spec: &ContainerSpec, sync: OwnedFd) -> ! {
+pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
     let mut all = empty_sigset();
     // SAFETY: `all` is a valid sigset_t; blocking every signal means they
-    // queue for sigwaitinfo instead of being ignored by a namespace init.
+    // queue for sigtimedwait instead of being ignored by a namespace init.
     unsafe {
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
@@ -29,18 +33,16 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd) -> ! {
     // SAFETY: this process is single-threaded; fork is safe to call.
     let entry = unsafe { libc::fork() };
     if entry < 0 {
-        let _ = sys::write_all(
-            &sync,
-            format!("setup fork entrypoint: {}", sys::errno_name(sys::errno())).as_bytes(),
-        );
+        let _ = sys::write_all(&sync, format!("setup fork entrypoint: {}", sys::errno_name(sys::errno())).as_bytes());
         // SAFETY: ends the process.
         unsafe { libc::_exit(crate::spawn::SETUP_FAILED) };
     }
     if entry == 0 {
-        exec_entrypoint(spec, &sync);
+        exec_entrypoint(spec, &sync, filter);
     }
     drop(sync);
-    supervise(entry, &all)
+    let target = if spec.signal_group { -entry } else { entry };
+    supervise(entry, target, spec, &all)
 }
 
 fn empty_sigset() -> libc::sigset_t {
@@ -49,35 +51,74 @@ fn empty_sigset() -> libc::sigset_t {
     unsafe { core::mem::zeroed() }
 }
 
-fn supervise(entry: libc::pid_t, all: &libc::sigset_t) -> ! {
-    loop {
-        // SAFETY: `all` is a valid, initialised signal set.
-        let sig = unsafe { libc::sigwaitinfo(all, core::ptr::null_mut()) };
-        if sig < 0 {
-            continue;
+/// Wait for a signal, at most `timeout` (forever with `None`).
+fn next_signal(all: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+    let sig = match timeout {
+        None => {
+            // SAFETY: `all` is a valid, initialised signal set.
+            unsafe { libc::sigwaitinfo(all, core::ptr::null_mut()) }
         }
-        if sig == libc::SIGCHLD {
-            if let Some(exit) = reap(entry) {
-                // SAFETY: ends the process; the kernel then kills the rest of
-                // the pid namespace.
-                unsafe { libc::_exit(exit.code()) };
-            }
-        } else {
-            let _ = sys::kill(entry, sig);
+        Some(t) => {
+            let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
+            // SAFETY: `all` and `ts` are valid for the call.
+            unsafe { libc::sigtimedwait(all, core::ptr::null_mut(), &ts) }
         }
-    }
+    };
+    (sig > 0).then_some(sig)
 }
 
-/// Reap every child that has exited; return the entrypoint's end if it was
-/// among them.
-fn reap(entry: libc::pid_t) -> Option<Exit> {
+fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all: &libc::sigset_t) -> ! {
+    let mut status = None;
+    // Phase 1: the entrypoint runs; forward signals, reap orphans.
+    while status.is_none() {
+        match next_signal(all, None) {
+            Some(libc::SIGCHLD) => status = reap(entry).0,
+            Some(sig) => {
+                let _ = sys::kill(target, sig);
+            }
+            None => {}
+        }
+    }
+    let exit = status.unwrap_or(Exit::Code(0));
+    // Phase 2: the entrypoint is gone; stop what is left.
+    if reap(entry).1 {
+        // SAFETY: kill(-1) from a pid namespace's init signals every other
+        // process of the namespace.
+        unsafe { libc::kill(-1, spec.stop_signal) };
+        let deadline = Instant::now() + Duration::from_millis(spec.stop_grace_ms.into());
+        loop {
+            if !reap(entry).1 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // SAFETY: as above, with SIGKILL.
+                unsafe { libc::kill(-1, libc::SIGKILL) };
+                // SAFETY: blocking waits with a valid (null) status pointer,
+                // until no child is left.
+                while unsafe { libc::waitpid(-1, core::ptr::null_mut(), 0) } > 0 {}
+                break;
+            }
+            let _ = next_signal(all, Some(left));
+        }
+    }
+    // SAFETY: ends the process.
+    unsafe { libc::_exit(exit.code()) }
+}
+
+/// Reap every child that has exited. Returns the entrypoint's end if it was
+/// among them, and whether any child is still running.
+fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
     let mut result = None;
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return result;
+        if pid == 0 {
+            return (result, true);
+        }
+        if pid < 0 {
+            return (result, false);
         }
         if pid == entry {
             result = Exit::from_wait_status(status);
@@ -85,8 +126,15 @@ fn reap(entry: libc::pid_t) -> Option<Exit> {
     }
 }
 
-/// In the entrypoint's process: clean signal state, identity, cwd, exec.
-fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd) -> ! {
+fn report_and_exit(sync: &OwnedFd, msg: String, code: i32) -> ! {
+    let _ = sys::write_all(sync, msg.as_bytes());
+    // SAFETY: ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// In the entrypoint's process: clean signal state, rlimits, capabilities,
+/// identity, no_new_privs, seccomp, cwd, exec.
+fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>) -> ! {
     // SAFETY: plain syscalls on this process's own state; the sigset is
     // initialised by sigemptyset before use.
     unsafe {
@@ -100,10 +148,21 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd) -> ! {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, core::ptr::null_mut());
     }
-    if let Err(e) = set_identity(spec.uid, spec.gid).and_then(|()| sys::chdir(&spec.cwd)) {
-        let _ = sys::write_all(sync, format!("setup {e}").as_bytes());
-        // SAFETY: ends the process.
-        unsafe { libc::_exit(crate::spawn::SETUP_FAILED) };
+    let setup = identity::set_rlimits(&spec.rlimits)
+        .and_then(|()| identity::drop_bounding(spec.capabilities))
+        .and_then(|()| match filter {
+            // Installed while still privileged, so it needs no no_new_privs.
+            Some(f) => {
+                f.install().map_err(|e| sys::SysError { op: "seccomp", arg: e.to_string(), errno: libc::EINVAL })
+            }
+            None => Ok(()),
+        })
+        .and_then(|()| identity::set_ids(spec.uid, spec.gid, &spec.groups))
+        .and_then(|()| identity::set_capabilities(spec.capabilities))
+        .and_then(|()| sys::chdir(&spec.cwd))
+        .and_then(|()| if spec.no_new_privs { identity::set_no_new_privs() } else { Ok(()) });
+    if let Err(e) = setup {
+        report_and_exit(sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
     }
     let argv = null_terminated(&spec.argv);
     let envp = null_terminated(&spec.env);
@@ -117,50 +176,11 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd) -> ! {
         }
         None => libc::ENOENT,
     };
-    let shown = path
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let _ = sys::write_all(sync, format!("exec {errno} {shown}").as_bytes());
-    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR {
-        NOT_FOUND
-    } else {
-        NOT_EXECUTABLE
-    };
-    // SAFETY: ends the process.
-    unsafe { libc::_exit(code) }
-}
-
-fn set_identity(uid: u32, gid: u32) -> sys::SysResult<()> {
-    // SAFETY: setgroups with an empty list, then setgid/setuid: plain syscalls.
-    unsafe {
-        if libc::setgroups(0, core::ptr::null()) != 0 {
-            return Err(sys::SysError {
-                op: "setgroups",
-                arg: "[]".into(),
-                errno: sys::errno(),
-            });
-        }
-        if libc::setgid(gid) != 0 {
-            return Err(sys::SysError {
-                op: "setgid",
-                arg: gid.to_string(),
-                errno: sys::errno(),
-            });
-        }
-        if libc::setuid(uid) != 0 {
-            return Err(sys::SysError {
-                op: "setuid",
-                arg: uid.to_string(),
-                errno: sys::errno(),
-            });
-        }
-    }
-    Ok(())
+    let shown = path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { NOT_FOUND } else { NOT_EXECUTABLE };
+    report_and_exit(sync, format!("exec {errno} {shown}"), code)
 }
 
 fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter()
-        .map(|c| c.as_ptr())
-        .chain(core::iter::once(core::ptr::null()))
-        .collect()
+    v.iter().map(|c| c.as_ptr()).chain(core::iter::once(core::ptr::null())).collect()
 }

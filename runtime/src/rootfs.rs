@@ -69,9 +69,38 @@ pub enum Step {
     },
     /// Create an empty file (a bind target).
     Touch(String),
+    /// Create a device node like the host device `host` (same type and
+    /// numbers) at `path`.
+    Device {
+        /// Node path.
+        path: String,
+        /// Host device node.
+        host: String,
+        /// Permission bits.
+        mode: u16,
+    },
+    /// Hide a file: bind the container's /dev/null over it (if it exists).
+    MaskFile(String),
+    /// Hide a directory: an empty read-only tmpfs over it (if it exists).
+    MaskDir(String),
+    /// Make a path read-only: bind it onto itself and remount read-only
+    /// (if it exists).
+    ReadOnly(String),
+    /// Remount a mount point read-only (the root filesystem).
+    RemountReadOnly(String),
     /// Make `root` the root: pivot_root and detach the old root.
     PivotRoot(String),
 }
+
+/// Files hidden from every container (kernel memory, keys, timers).
+pub const MASKED_FILES: [&str; 6] =
+    ["proc/kcore", "proc/keys", "proc/timer_list", "proc/latency_stats", "proc/sched_debug", "proc/timer_stats"];
+
+/// Directories hidden from every container.
+pub const MASKED_DIRS: [&str; 3] = ["proc/acpi", "proc/scsi", "sys/firmware"];
+
+/// Paths that are read-only in every container.
+pub const READ_ONLY: [&str; 5] = ["proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs", "proc/irq"];
 
 /// Build the plan for a container.
 pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
@@ -120,12 +149,7 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         },
     ];
     for (name, major, minor, mode) in DEVICES {
-        p.push(Step::CharDevice {
-            path: format!("{root}/dev/{name}"),
-            major,
-            minor,
-            mode,
-        });
+        p.push(Step::CharDevice { path: format!("{root}/dev/{name}"), major, minor, mode });
     }
     for (target, link) in [
         ("/proc/self/fd", "fd"),
@@ -134,10 +158,7 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         ("/proc/self/fd/2", "stderr"),
         ("pts/ptmx", "ptmx"),
     ] {
-        p.push(Step::Symlink {
-            target,
-            link: format!("{root}/dev/{link}"),
-        });
+        p.push(Step::Symlink { target, link: format!("{root}/dev/{link}") });
     }
     p.extend([
         Step::Mkdir(format!("{root}/dev/pts")),
@@ -185,6 +206,19 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
             data: None,
         },
     ]);
+    for (path, host, mode) in &spec.devices {
+        let rel = path.trim_start_matches('/');
+        p.push(Step::Device { path: format!("{root}/{rel}"), host: host.clone(), mode: *mode });
+    }
+    for f in MASKED_FILES {
+        p.push(Step::MaskFile(format!("{root}/{f}")));
+    }
+    for d in MASKED_DIRS {
+        p.push(Step::MaskDir(format!("{root}/{d}")));
+    }
+    for r in READ_ONLY {
+        p.push(Step::ReadOnly(format!("{root}/{r}")));
+    }
     if spec.control {
         p.extend([
             Step::Mkdir(format!("{root}/run/cairn")),
@@ -198,21 +232,48 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
             },
         ]);
     }
+    if spec.readonly_rootfs {
+        p.push(Step::RemountReadOnly(root.clone()));
+    }
     p.push(Step::PivotRoot(root));
     p
 }
 
+fn exists(path: &str) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+fn device_like(path: &str, host: &str, mode: u16) -> SysResult<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(host).map_err(|e| sys::SysError {
+        op: "stat device",
+        arg: host.into(),
+        errno: e.raw_os_error().unwrap_or(libc::ENOENT),
+    })?;
+    let kind = if meta.file_type().is_block_device() {
+        libc::S_IFBLK
+    } else if meta.file_type().is_char_device() {
+        libc::S_IFCHR
+    } else {
+        return Err(sys::SysError { op: "device source", arg: host.into(), errno: libc::ENOTBLK });
+    };
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        sys::mkdir_all(&dir.to_string_lossy(), 0o755)?;
+    }
+    let p = sys::cstr(path)?;
+    // SAFETY: `p` is a valid C string; the device number comes from stat.
+    if unsafe { libc::mknod(p.as_ptr(), kind | libc::mode_t::from(mode & 0o777), meta.rdev() as libc::dev_t) } != 0
+        && sys::errno() != libc::EEXIST
+    {
+        return Err(sys::SysError { op: "mknod", arg: path.into(), errno: sys::errno() });
+    }
+    Ok(())
+}
+
 /// overlayfs options: lowerdir lists the top layer first.
 pub fn overlay_options(layers_lowest_first: &[String], scratch: &str) -> String {
-    let lower: Vec<&str> = layers_lowest_first
-        .iter()
-        .rev()
-        .map(String::as_str)
-        .collect();
-    format!(
-        "lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work",
-        lower.join(":")
-    )
+    let lower: Vec<&str> = layers_lowest_first.iter().rev().map(String::as_str).collect();
+    format!("lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work", lower.join(":"))
 }
 
 /// /dev/shm gets a quarter of the scratch cap (at least 64 KiB).
@@ -224,31 +285,42 @@ fn shm_size(scratch: u64) -> u64 {
 pub fn apply(plan: &[Step]) -> SysResult<()> {
     for step in plan {
         match step {
-            Step::MakePrivate => sys::mount(
-                "make / private",
-                None,
-                "/",
-                None,
-                libc::MS_REC | libc::MS_PRIVATE,
-                None,
-            )?,
+            Step::MakePrivate => sys::mount("make / private", None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?,
             Step::Mkdir(p) => sys::mkdir_all(p, 0o755)?,
-            Step::Mount {
-                what,
-                source,
-                target,
-                fstype,
-                flags,
-                data,
-            } => sys::mount(what, Some(source), target, *fstype, *flags, data.as_deref())?,
-            Step::CharDevice {
-                path,
-                major,
-                minor,
-                mode,
-            } => sys::mknod_char(path, *mode, *major, *minor)?,
+            Step::Mount { what, source, target, fstype, flags, data } => {
+                sys::mount(what, Some(source), target, *fstype, *flags, data.as_deref())?
+            }
+            Step::CharDevice { path, major, minor, mode } => sys::mknod_char(path, *mode, *major, *minor)?,
             Step::Symlink { target, link } => sys::symlink(target, link)?,
             Step::Touch(p) => sys::touch(p)?,
+            Step::Device { path, host, mode } => device_like(path, host, *mode)?,
+            Step::MaskFile(p) if exists(p) => {
+                let null = p.split("/proc/").next().map(|root| format!("{root}/dev/null")).unwrap_or_default();
+                sys::mount("mask file", Some(&null), p, None, libc::MS_BIND, None)?
+            }
+            Step::MaskDir(p) if exists(p) => sys::mount(
+                "mask dir",
+                Some("masked"),
+                p,
+                Some("tmpfs"),
+                libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+                Some("size=0"),
+            )?,
+            Step::ReadOnly(p) if exists(p) => {
+                sys::mount("read-only bind", Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)?;
+                sys::mount(
+                    "read-only remount",
+                    None,
+                    p,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+                    None,
+                )?
+            }
+            Step::MaskFile(_) | Step::MaskDir(_) | Step::ReadOnly(_) => {}
+            Step::RemountReadOnly(p) => {
+                sys::mount("read-only rootfs", None, p, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?
+            }
             Step::PivotRoot(root) => {
                 sys::chdir(root)?;
                 sys::pivot_root_here()?;
@@ -281,8 +353,27 @@ mod tests {
                 cpu_max: None,
                 pids_max: None,
                 scratch_bytes: 1 << 20,
+                memory_high: None,
+                memory_swap_max: None,
+                cpu_weight: None,
+                cpuset_cpus: None,
+                io_max: heapless::Vec::new(),
+                rlimits: heapless::Vec::new(),
             },
             control,
+            groups: vec![],
+            capabilities: 0,
+            no_new_privs: true,
+            readonly_rootfs: control,
+            seccomp: true,
+            seccomp_deny: vec![],
+            allow_userns: false,
+            devices: vec![("/dev/data".into(), "/dev/vda9".into(), 0o600)],
+            network: cairn_images::manifest::Network::None,
+            rlimits: vec![],
+            stop_signal: 15,
+            stop_grace_ms: 1000,
+            signal_group: false,
         }
     }
 
@@ -294,11 +385,7 @@ mod tests {
     fn overlay_puts_the_top_layer_first_and_scratch_on_one_tmpfs() {
         let p = plan(&spec(false));
         let overlay = p.iter().find_map(|s| match s {
-            Step::Mount {
-                fstype: Some("overlay"),
-                data,
-                ..
-            } => data.clone(),
+            Step::Mount { fstype: Some("overlay"), data, .. } => data.clone(),
             _ => None,
         });
         assert_eq!(
@@ -310,11 +397,7 @@ mod tests {
             )
         );
         let scratch = p.iter().find_map(|s| match s {
-            Step::Mount {
-                what: "scratch tmpfs",
-                data,
-                ..
-            } => data.clone(),
+            Step::Mount { what: "scratch tmpfs", data, .. } => data.clone(),
             _ => None,
         });
         assert_eq!(scratch.as_deref(), Some("size=1048576,mode=0755"));
@@ -324,74 +407,33 @@ mod tests {
     fn steps_come_in_the_order_the_kernel_needs() {
         let p = plan(&spec(true));
         assert_eq!(p.first(), Some(&Step::MakePrivate));
-        assert!(
-            matches!(p.last(), Some(Step::PivotRoot(r)) if r == "/run/cairn/containers/web/rootfs")
-        );
-        let overlay = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    fstype: Some("overlay"),
-                    ..
-                }
-            )
-        });
-        let scratch = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    what: "scratch tmpfs",
-                    ..
-                }
-            )
-        });
-        let proc_ = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    fstype: Some("proc"),
-                    ..
-                }
-            )
-        });
-        let dev = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    what: "dev tmpfs",
-                    ..
-                }
-            )
-        });
-        let null = position(
-            &p,
-            |s| matches!(s, Step::CharDevice { path, .. } if path.ends_with("/dev/null")),
-        );
-        let sys_ = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    fstype: Some("sysfs"),
-                    ..
-                }
-            )
-        });
-        let cg = position(&p, |s| {
-            matches!(
-                s,
-                Step::Mount {
-                    fstype: Some("cgroup2"),
-                    ..
-                }
-            )
-        });
+        assert!(matches!(p.last(), Some(Step::PivotRoot(r)) if r == "/run/cairn/containers/web/rootfs"));
+        let overlay = position(&p, |s| matches!(s, Step::Mount { fstype: Some("overlay"), .. }));
+        let scratch = position(&p, |s| matches!(s, Step::Mount { what: "scratch tmpfs", .. }));
+        let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
+        let dev = position(&p, |s| matches!(s, Step::Mount { what: "dev tmpfs", .. }));
+        let null = position(&p, |s| matches!(s, Step::CharDevice { path, .. } if path.ends_with("/dev/null")));
+        let sys_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("sysfs"), .. }));
+        let cg = position(&p, |s| matches!(s, Step::Mount { fstype: Some("cgroup2"), .. }));
         assert!(scratch < overlay && overlay < proc_ && proc_ < dev && dev < null && sys_ < cg);
-        assert!(p
-            .iter()
-            .any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
-        assert!(!plan(&spec(false))
-            .iter()
-            .any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+        assert!(p.iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+        assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::Mount { source, .. } if source == CONTROL_DIR)));
+    }
+
+    #[test]
+    fn masks_read_only_paths_devices_and_read_only_rootfs() {
+        let p = plan(&spec(true));
+        let root = "/run/cairn/containers/web/rootfs";
+        assert!(p.contains(&Step::MaskFile(format!("{root}/proc/kcore"))));
+        assert!(p.contains(&Step::MaskDir(format!("{root}/sys/firmware"))));
+        assert!(p.contains(&Step::ReadOnly(format!("{root}/proc/sys"))));
+        assert!(p.contains(&Step::ReadOnly(format!("{root}/proc/sysrq-trigger"))));
+        assert!(p.contains(&Step::Device { path: format!("{root}/dev/data"), host: "/dev/vda9".into(), mode: 0o600 }));
+        let ro = position(&p, |s| matches!(s, Step::RemountReadOnly(_)));
+        let mask = position(&p, |s| matches!(s, Step::MaskFile(_)));
+        let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
+        assert!(proc_ < mask && mask < ro && ro == p.len() - 2, "masks after /proc, read-only root last before pivot");
+        assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::RemountReadOnly(_))));
     }
 
     #[test]
@@ -406,12 +448,7 @@ mod tests {
             .collect();
         assert_eq!(devs, ["null", "zero", "full", "random", "urandom", "tty"]);
         for s in &p {
-            if let Step::Mount {
-                fstype: Some("sysfs" | "cgroup2"),
-                flags,
-                ..
-            } = s
-            {
+            if let Step::Mount { fstype: Some("sysfs" | "cgroup2"), flags, .. } = s {
                 assert_ne!(flags & libc::MS_RDONLY, 0);
             }
         }

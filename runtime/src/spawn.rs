@@ -9,19 +9,19 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use cairn_images::manifest::Network;
+
 use crate::cgroup::Cgroup;
+use crate::network;
 use crate::nsinit;
 use crate::rootfs;
 use crate::spec::ContainerSpec;
 use crate::sys::{self, SysError};
 
-/// Namespaces every container gets.
-pub const NAMESPACES: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u64;
+/// Namespaces every container gets (plus a network namespace unless it
+/// uses the host's or joins another container's).
+pub const NAMESPACES: u64 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP) as u64;
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -44,6 +44,12 @@ pub enum SpawnError {
     /// A setup step inside the new namespaces; the container's init exits.
     #[error("setup: {0}")]
     Setup(String),
+    /// The seccomp filter could not be built.
+    #[error("seccomp: {0}")]
+    Seccomp(crate::seccomp::SeccompError),
+    /// The container whose network it joins is not running.
+    #[error("network: the container it joins is not running")]
+    NoNetworkToJoin,
 }
 
 /// A started container.
@@ -73,44 +79,47 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Start the container described by `spec` in `cgroup`.
+/// Start the container described by `spec` in `cgroup`. `join_net` is the
+/// host pid of the container whose network namespace it joins, if any.
 ///
 /// Must be called from a single-threaded process: the child continues as a
 /// copy of the caller (like fork) and must not find locks held by others.
-pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup) -> Result<Started, SpawnError> {
+pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t>) -> Result<Started, SpawnError> {
+    let mut flags = NAMESPACES | CLONE_INTO_CGROUP;
+    let net = match &spec.network {
+        Network::None => {
+            flags |= libc::CLONE_NEWNET as u64;
+            NetSetup::Loopback
+        }
+        Network::Host => NetSetup::Keep,
+        Network::Join(_) => NetSetup::Join(join_net.ok_or(SpawnError::NoNetworkToJoin)?),
+    };
+    let filter = if spec.seccomp {
+        let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
+        Some(crate::seccomp::build(&deny, spec.allow_userns).map_err(SpawnError::Seccomp)?)
+    } else {
+        None
+    };
     sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
     cgroup.create(&spec.limits).map_err(SpawnError::Cgroup)?;
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec);
 
-    let mut args = CloneArgs {
-        flags: NAMESPACES | CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cg.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
+    let mut args =
+        CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, cgroup: cg.as_raw_fd() as u64, ..CloneArgs::default() };
     // SAFETY: clone3 with no stack behaves like fork: the child runs on a
     // copy of this address space. `args` is a valid clone_args of the size
     // passed. The caller guarantees no other threads exist.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            core::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
     if pid < 0 {
-        return Err(SpawnError::Clone(SysError {
-            op: "clone3",
-            arg: spec.name.clone(),
-            errno: sys::errno(),
-        }));
+        return Err(SpawnError::Clone(SysError { op: "clone3", arg: spec.name.clone(), errno: sys::errno() }));
     }
     if pid == 0 {
         drop(rd);
         drop(cg);
-        child(spec, &plan, wr);
+        child(spec, &plan, net, filter.as_ref(), wr);
     }
     drop(wr);
     let pid = pid as libc::pid_t;
@@ -127,15 +136,41 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup) -> Result<Started, SpawnErro
     Ok(Started { pid, exec_error })
 }
 
+/// What to do about the network namespace in the child.
+#[derive(Clone, Copy)]
+enum NetSetup {
+    /// New namespace: bring loopback up.
+    Loopback,
+    /// Host namespace: nothing.
+    Keep,
+    /// Join the namespace of this pid.
+    Join(libc::pid_t),
+}
+
 /// Runs in the new namespaces as their PID 1. Never returns.
-fn child(spec: &ContainerSpec, plan: &[rootfs::Step], sync: OwnedFd) -> ! {
+fn child(
+    spec: &ContainerSpec,
+    plan: &[rootfs::Step],
+    net: NetSetup,
+    filter: Option<&crate::seccomp::Filter>,
+    sync: OwnedFd,
+) -> ! {
     close_inherited_fds(sync.as_raw_fd());
-    if let Err(e) = rootfs::apply(plan).and_then(|()| sys::sethostname(&spec.hostname)) {
+    // Not dumpable: /proc/1 of the container belongs to root and cannot be
+    // ptraced or have its exe reopened by processes without CAP_SYS_PTRACE.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let network = match net {
+        NetSetup::Loopback => network::loopback_up(),
+        NetSetup::Keep => Ok(()),
+        NetSetup::Join(pid) => network::join(pid),
+    };
+    if let Err(e) = network.and_then(|()| rootfs::apply(plan)).and_then(|()| sys::sethostname(&spec.hostname)) {
         let _ = sys::write_all(&sync, format!("setup {e}").as_bytes());
         // SAFETY: _exit ends this process without running anything else.
         unsafe { libc::_exit(SETUP_FAILED) };
     }
-    nsinit::run(spec, sync)
+    nsinit::run(spec, sync, filter)
 }
 
 /// Close every descriptor the container's init inherited from PID 1 except
@@ -147,18 +182,8 @@ fn close_inherited_fds(keep: i32) {
     // process after this point except 0, 1, 2 and `keep`.
     unsafe {
         if keep > 3 {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                keep - 1,
-                0 as libc::c_uint,
-            );
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
         }
-        libc::syscall(
-            libc::SYS_close_range,
-            keep + 1,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use cairn_images::manifest::{Container, Limits};
+use cairn_images::manifest::{Container, Limits, Network, Rlimit};
 
 /// Base directory for per-container state on the host's /run.
 pub const STATE_DIR: &str = "/run/cairn/containers";
@@ -35,6 +35,32 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Whether the control socket directory is bound in.
     pub control: bool,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capabilities kept (bit n = capability n).
+    pub capabilities: u64,
+    /// Set no_new_privs.
+    pub no_new_privs: bool,
+    /// Read-only root filesystem.
+    pub readonly_rootfs: bool,
+    /// Install the default seccomp filter.
+    pub seccomp: bool,
+    /// Extra syscalls to deny.
+    pub seccomp_deny: Vec<String>,
+    /// Allow new user namespaces.
+    pub allow_userns: bool,
+    /// Device nodes to create: (path in the container, host device, mode).
+    pub devices: Vec<(String, String, u16)>,
+    /// Network namespace.
+    pub network: Network,
+    /// Resource limits of the entrypoint.
+    pub rlimits: Vec<Rlimit>,
+    /// Signal sent to the processes left when the entrypoint exits.
+    pub stop_signal: i32,
+    /// Time they get before SIGKILL.
+    pub stop_grace_ms: u32,
+    /// Forward signals to the entrypoint's process group.
+    pub signal_group: bool,
 }
 
 /// Why a manifest container cannot be turned into a spec.
@@ -44,6 +70,8 @@ pub enum SpecError {
     LayerUnavailable(String),
     /// A string holds a NUL byte.
     Nul(String),
+    /// A device source that does not exist on this device.
+    DeviceUnavailable(String),
 }
 
 impl core::fmt::Display for SpecError {
@@ -51,6 +79,7 @@ impl core::fmt::Display for SpecError {
         match self {
             SpecError::LayerUnavailable(l) => write!(f, "layer {l} is not available"),
             SpecError::Nul(s) => write!(f, "string {s:?} contains a NUL byte"),
+            SpecError::DeviceUnavailable(d) => write!(f, "device source {d} is not available"),
         }
     }
 }
@@ -61,11 +90,24 @@ fn c(s: &str) -> Result<CString, SpecError> {
 
 impl ContainerSpec {
     /// Resolve a manifest container; `layer_dir` maps a layer name to the
-    /// directory it is mounted on, or `None` if it is unavailable.
+    /// directory it is mounted on, or `None` if it is unavailable;
+    /// `device` maps a device source (`/dev/...` or `partition:NAME`) to a
+    /// host device node.
     pub fn resolve(
         c_: &Container,
         layer_dir: impl Fn(&str) -> Option<String>,
+        device: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SpecError> {
+        let devices = c_
+            .security
+            .devices
+            .iter()
+            .map(|d| {
+                device(&d.source)
+                    .map(|host| (d.path.as_str().to_owned(), host, d.mode))
+                    .ok_or_else(|| SpecError::DeviceUnavailable(d.source.as_str().into()))
+            })
+            .collect::<Result<_, _>>()?;
         let layer_dirs = c_
             .layers
             .iter()
@@ -81,8 +123,21 @@ impl ContainerSpec {
             hostname: c_.hostname.as_str().into(),
             uid: c_.uid,
             gid: c_.gid,
-            limits: c_.limits,
+            limits: c_.limits.clone(),
             control: c_.control,
+            groups: c_.groups.to_vec(),
+            capabilities: c_.security.capabilities,
+            no_new_privs: c_.security.no_new_privs,
+            readonly_rootfs: c_.security.readonly_rootfs,
+            seccomp: c_.security.seccomp,
+            seccomp_deny: c_.security.seccomp_deny.iter().map(|s| s.as_str().to_owned()).collect(),
+            allow_userns: c_.security.allow_userns,
+            devices,
+            network: c_.network.clone(),
+            rlimits: c_.limits.rlimits.to_vec(),
+            stop_signal: i32::from(c_.stop.signal),
+            stop_grace_ms: c_.stop.grace_ms,
+            signal_group: c_.signal_group,
         })
     }
 

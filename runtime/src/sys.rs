@@ -18,14 +18,7 @@ pub struct SysError {
 
 impl fmt::Display for SysError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {} (errno {})",
-            self.op,
-            self.arg,
-            errno_name(self.errno),
-            self.errno
-        )
+        write!(f, "{} {}: {} (errno {})", self.op, self.arg, errno_name(self.errno), self.errno)
     }
 }
 
@@ -40,11 +33,7 @@ pub fn errno() -> i32 {
 }
 
 fn fail<T>(op: &'static str, arg: impl fmt::Display) -> SysResult<T> {
-    Err(SysError {
-        op,
-        arg: arg.to_string(),
-        errno: errno(),
-    })
+    Err(SysError { op, arg: arg.to_string(), errno: errno() })
 }
 
 /// Symbolic name of common errnos, for log lines.
@@ -85,11 +74,7 @@ pub fn errno_name(e: i32) -> &'static str {
 
 /// A path as a C string; interior NULs are an EINVAL error.
 pub fn cstr(s: &str) -> SysResult<CString> {
-    CString::new(s).map_err(|_| SysError {
-        op: "path",
-        arg: s.replace('\0', "\\0"),
-        errno: libc::EINVAL,
-    })
+    CString::new(s).map_err(|_| SysError { op: "path", arg: s.replace('\0', "\\0"), errno: libc::EINVAL })
 }
 
 fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
@@ -110,15 +95,7 @@ pub fn mount(
     let fst = fstype.map(cstr).transpose()?;
     let dat = data.map(cstr).transpose()?;
     // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null where mount(2) allows it.
-    let rc = unsafe {
-        libc::mount(
-            opt_ptr(&src),
-            tgt.as_ptr(),
-            opt_ptr(&fst),
-            flags,
-            opt_ptr(&dat).cast(),
-        )
-    };
+    let rc = unsafe { libc::mount(opt_ptr(&src), tgt.as_ptr(), opt_ptr(&fst), flags, opt_ptr(&dat).cast()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -163,13 +140,7 @@ pub fn mkdir_all(path: &str, mode: libc::mode_t) -> SysResult<()> {
 pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> SysResult<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid C string; makedev is a pure computation.
-    let rc = unsafe {
-        libc::mknod(
-            p.as_ptr(),
-            libc::S_IFCHR | mode,
-            libc::makedev(major, minor),
-        )
-    };
+    let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, libc::makedev(major, minor)) };
     if rc == 0 || errno() == libc::EEXIST {
         Ok(())
     } else {
@@ -181,13 +152,7 @@ pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> Sys
 pub fn touch(path: &str) -> SysResult<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid C string; the returned descriptor is closed at once.
-    let fd = unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644) };
     if fd < 0 {
         return fail("create", path);
     }

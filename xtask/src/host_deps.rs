@@ -28,10 +28,7 @@ pub fn ensure_rust_target(target: &str) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot run `{}`", show(&list))),
     };
     check_status(&list, &out)?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == target)
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) {
         return Ok(());
     }
     eprintln!("xtask: installing Rust target {target} with rustup");
@@ -69,12 +66,8 @@ pub fn ensure_qemu(board: &Board) -> Result<PathBuf> {
         );
     }
     apt_install(&[board.qemu_package])?;
-    find_on_path(board.qemu_binary).with_context(|| {
-        format!(
-            "installed {} but {} is still not on PATH",
-            board.qemu_package, board.qemu_binary
-        )
-    })
+    find_on_path(board.qemu_binary)
+        .with_context(|| format!("installed {} but {} is still not on PATH", board.qemu_package, board.qemu_binary))
 }
 
 /// Make apt able to download packages of Debian architecture `deb_arch`
@@ -87,10 +80,7 @@ pub fn ensure_apt_arch(deb_arch: &str) -> Result<()> {
         return Ok(());
     }
     let foreign = run(Command::new("dpkg").arg("--print-foreign-architectures"))?;
-    if String::from_utf8_lossy(&foreign.stdout)
-        .split_whitespace()
-        .any(|a| a == deb_arch)
-    {
+    if String::from_utf8_lossy(&foreign.stdout).split_whitespace().any(|a| a == deb_arch) {
         return Ok(());
     }
     if !is_root() {
@@ -123,9 +113,7 @@ fn apt_update_now() -> Result<()> {
         bail!("the apt package lists need refreshing; run `sudo apt-get update`");
     }
     eprintln!("xtask: refreshing package lists with apt-get update");
-    run(Command::new("apt-get")
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     APT_UPDATED.store(true, Ordering::SeqCst);
     Ok(())
 }
@@ -162,24 +150,18 @@ pub fn is_root() -> bool {
 /// The first executable file called `name` in the directories of PATH.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Run `cmd` with its output captured; fail unless it exits successfully.
 /// The error names the command line and the last lines of its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{}`", show(cmd)))?;
+    let out = cmd.output().with_context(|| format!("cannot run `{}`", show(cmd)))?;
     check_status(cmd, &out)?;
     Ok(out)
 }
@@ -201,21 +183,13 @@ fn check_status(cmd: &Command, out: &Output) -> Result<()> {
 fn tail_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| format!("  {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// `program arg1 arg2 ...`, for messages.
 pub fn show(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(
-        cmd.get_args()
-            .map(OsStr::to_string_lossy)
-            .map(|a| a.into_owned()),
-    );
+    parts.extend(cmd.get_args().map(OsStr::to_string_lossy).map(|a| a.into_owned()));
     parts.join(" ")
 }
 
@@ -235,10 +209,7 @@ mod tests {
             Ok(_) => panic!("a failing command must be an error"),
             Err(e) => format!("{e:#}"),
         };
-        assert!(
-            msg.contains("`sh -c echo oops >&2; exit 3` failed"),
-            "{msg}"
-        );
+        assert!(msg.contains("`sh -c echo oops >&2; exit 3` failed"), "{msg}");
         assert!(msg.contains("oops"), "{msg}");
     }
 

@@ -55,12 +55,7 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
     let image = resolve_meta(board.kernel_package, arch)?;
     let version = image
         .strip_prefix("linux-image-")
-        .with_context(|| {
-            format!(
-                "{} depends on {image}, which is not a linux-image-* package",
-                board.kernel_package
-            )
-        })?
+        .with_context(|| format!("{} depends on {image}, which is not a linux-image-* package", board.kernel_package))?
         .to_string();
     let package = format!("{image}-unsigned");
 
@@ -72,30 +67,17 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
 
     let vmlinuz = tree.join("boot").join(format!("vmlinuz-{version}"));
     if !vmlinuz.is_file() {
-        bail!(
-            "{package} has no boot/vmlinuz-{version} (in {})",
-            tree.display()
-        );
+        bail!("{package} has no boot/vmlinuz-{version} (in {})", tree.display());
     }
     // Debian moved /lib into /usr/lib (merged /usr) in later releases.
     let mod_dir = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|d| tree.join(d).join(&version))
         .find(|d| d.is_dir())
-        .with_context(|| {
-            format!(
-                "{package} has no lib/modules/{version} (in {})",
-                tree.display()
-            )
-        })?;
+        .with_context(|| format!("{package} has no lib/modules/{version} (in {})", tree.display()))?;
 
     let modules = resolve_modules(&mod_dir, &version, board.modules)?;
-    Ok(Kernel {
-        version,
-        package,
-        vmlinuz,
-        modules,
-    })
+    Ok(Kernel { version, package, vmlinuz, modules })
 }
 
 /// Name of the file that marks a complete unpack.
@@ -110,10 +92,7 @@ fn resolve_meta(meta: &str, arch: &str) -> Result<String> {
         let out = run(Command::new("apt-cache").args(["depends", &query]))?;
         let text = String::from_utf8_lossy(&out.stdout);
         parse_meta_depends(&text, meta).with_context(|| {
-            format!(
-                "`apt-cache depends {query}` names no linux-image-* package:\n{}",
-                text.trim_end()
-            )
+            format!("`apt-cache depends {query}` names no linux-image-* package:\n{}", text.trim_end())
         })
     };
     match attempt() {
@@ -121,12 +100,10 @@ fn resolve_meta(meta: &str, arch: &str) -> Result<String> {
         Err(first) => {
             if host_deps::apt_update().is_err() {
                 // Not root (or apt-get update failed): report the lookup error.
-                return Err(first.context(format!(
-                    "apt does not know {query}; refresh the package lists (sudo apt-get update)"
-                )));
+                return Err(first
+                    .context(format!("apt does not know {query}; refresh the package lists (sudo apt-get update)")));
             }
-            attempt()
-                .with_context(|| format!("apt knows no package {query}, even after apt-get update"))
+            attempt().with_context(|| format!("apt knows no package {query}, even after apt-get update"))
         }
     }
 }
@@ -148,8 +125,7 @@ fn parse_meta_depends(text: &str, meta: &str) -> Option<String> {
 /// `pkg_dir`. Concurrent runs each work in their own directory; the first to
 /// finish wins and the others use its result.
 fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Path) -> Result<()> {
-    fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
     remove_stale_temp_dirs(cache_dir, package);
     let tmp = cache_dir.join(format!(".tmp-{package}-{}", std::process::id()));
     if tmp.exists() {
@@ -161,9 +137,7 @@ fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Pa
         eprintln!("xtask: downloading {package}:{arch} with apt-get");
         // As root apt warns that the download runs unsandboxed; harmless,
         // and the output is only shown when the command fails.
-        run(Command::new("apt-get")
-            .args(["download", "-q", &format!("{package}:{arch}")])
-            .current_dir(&tmp))?;
+        run(Command::new("apt-get").args(["download", "-q", &format!("{package}:{arch}")]).current_dir(&tmp))?;
         let deb = single_deb(&tmp)?;
         let tree = tmp.join("tree");
         eprintln!("xtask: unpacking {} with dpkg-deb", file_name(&deb));
@@ -173,14 +147,11 @@ fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Pa
             .with_context(|| format!("cannot write {}", tmp.join(MARKER).display()))?;
         if pkg_dir.exists() && !pkg_dir.join(MARKER).is_file() {
             // Left over from an older, interrupted layout or run.
-            fs::remove_dir_all(pkg_dir)
-                .with_context(|| format!("cannot remove {}", pkg_dir.display()))?;
+            fs::remove_dir_all(pkg_dir).with_context(|| format!("cannot remove {}", pkg_dir.display()))?;
         }
         if let Err(e) = fs::rename(&tmp, pkg_dir) {
             if !pkg_dir.join(MARKER).is_file() {
-                return Err(e).with_context(|| {
-                    format!("cannot move {} to {}", tmp.display(), pkg_dir.display())
-                });
+                return Err(e).with_context(|| format!("cannot move {} to {}", tmp.display(), pkg_dir.display()));
             }
             // Another run finished first; use its copy.
         }
@@ -218,17 +189,12 @@ fn single_deb(dir: &Path) -> Result<PathBuf> {
         .collect();
     match debs.len() {
         1 => Ok(debs.remove(0)),
-        n => bail!(
-            "expected one .deb in {} after apt-get download, found {n}",
-            dir.display()
-        ),
+        n => bail!("expected one .deb in {} after apt-get download, found {n}", dir.display()),
     }
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Module names treat `-` and `_` alike; the kernel uses `_`.
@@ -253,8 +219,7 @@ fn resolve_modules(mod_dir: &Path, version: &str, wanted: &[&str]) -> Result<Vec
         let path = index.path(name, version)?;
         cache.insert(name.to_string(), path.clone());
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let modinfo = elf_section(&bytes, ".modinfo")
-            .with_context(|| format!("reading {}", path.display()))?;
+        let modinfo = elf_section(&bytes, ".modinfo").with_context(|| format!("reading {}", path.display()))?;
         let mut deps = Vec::new();
         for dep in modinfo_depends(modinfo) {
             if index.files.contains_key(&dep) {
@@ -267,12 +232,7 @@ fn resolve_modules(mod_dir: &Path, version: &str, wanted: &[&str]) -> Result<Vec
     })?;
     order
         .iter()
-        .map(|n| {
-            cache
-                .get(n)
-                .cloned()
-                .with_context(|| format!("module {n} was ordered but never read"))
-        })
+        .map(|n| cache.get(n).cloned().with_context(|| format!("module {n} was ordered but never read")))
         .collect()
 }
 
@@ -288,11 +248,7 @@ struct ModuleIndex {
 
 impl ModuleIndex {
     fn scan(mod_dir: &Path) -> Result<Self> {
-        let mut idx = ModuleIndex {
-            files: BTreeMap::new(),
-            compressed: BTreeMap::new(),
-            builtin: BTreeSet::new(),
-        };
+        let mut idx = ModuleIndex { files: BTreeMap::new(), compressed: BTreeMap::new(), builtin: BTreeSet::new() };
         let mut stack = vec![mod_dir.join("kernel")];
         while let Some(dir) = stack.pop() {
             let mut entries: Vec<(PathBuf, bool)> = fs::read_dir(&dir)
@@ -316,8 +272,7 @@ impl ModuleIndex {
         }
         let builtin = mod_dir.join("modules.builtin");
         if builtin.is_file() {
-            let text = fs::read_to_string(&builtin)
-                .with_context(|| format!("cannot read {}", builtin.display()))?;
+            let text = fs::read_to_string(&builtin).with_context(|| format!("cannot read {}", builtin.display()))?;
             idx.builtin = parse_modules_builtin(&text);
         }
         Ok(idx)
@@ -329,19 +284,14 @@ impl ModuleIndex {
             Some(many) if many.len() > 1 => bail!(
                 "kernel {version} has {} files for module {name}: {}",
                 many.len(),
-                many.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ),
             _ => bail!("{}", self.missing(name, version, None)),
         }
     }
 
     fn missing(&self, name: &str, version: &str, needed_by: Option<&str>) -> String {
-        let by = needed_by
-            .map(|p| format!(" (needed by {p})"))
-            .unwrap_or_default();
+        let by = needed_by.map(|p| format!(" (needed by {p})")).unwrap_or_default();
         match self.compressed.get(name) {
             Some(p) => format!(
                 "kernel module {name}{by} of kernel {version} is compressed ({}); xtask loads only plain .ko files",
@@ -422,12 +372,7 @@ fn modinfo_depends(modinfo: &[u8]) -> Vec<String> {
     modinfo
         .split(|&b| b == 0)
         .filter_map(|entry| entry.strip_prefix(b"depends="))
-        .flat_map(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(normalise)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(normalise).collect::<Vec<_>>())
         .filter(|d| !d.is_empty())
         .collect()
 }
@@ -463,12 +408,8 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8]> {
         bail!("ELF file has no usable section headers");
     }
     let header = |i: usize| -> Result<usize> {
-        let off = i
-            .checked_mul(shentsize)
-            .and_then(|o| o.checked_add(shoff))
-            .context("ELF section index overflow")?;
-        elf.get(off..off + 64)
-            .context("ELF section header out of bounds")?;
+        let off = i.checked_mul(shentsize).and_then(|o| o.checked_add(shoff)).context("ELF section index overflow")?;
+        elf.get(off..off + 64).context("ELF section header out of bounds")?;
         Ok(off)
     };
     // Extended numbering: with 0xff00 or more sections the real count and
@@ -485,9 +426,7 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8]> {
         let h = header(i)?;
         let off = usize_of(u64_at(h + 24)?)?;
         let size = usize_of(u64_at(h + 32)?)?;
-        off.checked_add(size)
-            .and_then(|end| elf.get(off..end))
-            .context("ELF section out of bounds")
+        off.checked_add(size).and_then(|end| elf.get(off..end)).context("ELF section out of bounds")
     };
     let strtab = contents(shstrndx)?;
     for i in 0..shnum {
@@ -554,10 +493,7 @@ mod tests {
     fn reads_depends_from_synthetic_module() -> Result<()> {
         let ko = synthetic_ko(b"license=GPL\0depends=virtio_ring,dm-mod,virtio\0\0\0name=virtio_pci\0vermagic=6.1.0\0");
         let modinfo = elf_section(&ko, ".modinfo")?;
-        assert_eq!(
-            modinfo_depends(modinfo),
-            names(&["virtio_ring", "dm_mod", "virtio"])
-        );
+        assert_eq!(modinfo_depends(modinfo), names(&["virtio_ring", "dm_mod", "virtio"]));
         assert_eq!(elf_section(&ko, ".text")?, &[0x90u8; 8]);
         assert!(elf_section(&ko, ".nothere").is_err());
         Ok(())
@@ -583,21 +519,13 @@ mod tests {
     }
 
     fn graph(edges: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
-        edges
-            .iter()
-            .map(|(k, v)| (k.to_string(), names(v)))
-            .collect()
+        edges.iter().map(|(k, v)| (k.to_string(), names(v))).collect()
     }
 
     #[test]
     fn diamond_is_ordered_dependencies_first_each_once() -> Result<()> {
         // top -> left, right; left, right -> base
-        let g = graph(&[
-            ("top", &["right", "left"]),
-            ("left", &["base"]),
-            ("right", &["base"]),
-            ("base", &[]),
-        ]);
+        let g = graph(&[("top", &["right", "left"]), ("left", &["base"]), ("right", &["base"]), ("base", &[])]);
         let order = load_order(&names(&["top", "left"]), |n| Ok(g[n].clone()))?;
         assert_eq!(order, names(&["base", "left", "right", "top"]));
         Ok(())
@@ -606,23 +534,15 @@ mod tests {
     #[test]
     fn roots_keep_their_order_when_independent() -> Result<()> {
         let g = graph(&[("b", &["a"]), ("a", &[]), ("z", &[])]);
-        assert_eq!(
-            load_order(&names(&["z", "b"]), |n| Ok(g[n].clone()))?,
-            names(&["z", "a", "b"])
-        );
+        assert_eq!(load_order(&names(&["z", "b"]), |n| Ok(g[n].clone()))?, names(&["z", "a", "b"]));
         Ok(())
     }
 
     #[test]
     fn cycle_is_an_error_naming_it() {
         let g = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])]);
-        let err = load_order(&names(&["a"]), |n| Ok(g[n].clone()))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("kernel module dependency cycle: a -> b -> c -> a")
-        );
+        let err = load_order(&names(&["a"]), |n| Ok(g[n].clone())).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("kernel module dependency cycle: a -> b -> c -> a"));
     }
 
     #[test]
@@ -632,8 +552,7 @@ mod tests {
             parse_meta_depends(amd, "linux-image-cloud-amd64").as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
-        let arm =
-            "linux-image-cloud-arm64:arm64\n  Depends: linux-image-6.1.0-56-cloud-arm64:arm64\n";
+        let arm = "linux-image-cloud-arm64:arm64\n  Depends: linux-image-6.1.0-56-cloud-arm64:arm64\n";
         assert_eq!(
             parse_meta_depends(arm, "linux-image-cloud-arm64").as_deref(),
             Some("linux-image-6.1.0-56-cloud-arm64")

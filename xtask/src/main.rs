@@ -49,23 +49,13 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let command = it.next().unwrap_or_default();
-    let mut a = Args {
-        command,
-        board: None,
-        disk: None,
-        runs: 3,
-        rest: Vec::new(),
-    };
+    let mut a = Args { command, board: None, disk: None, runs: 3, rest: Vec::new() };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--board" => a.board = Some(it.next().context("--board needs a name")?),
             "--disk" => a.disk = Some(PathBuf::from(it.next().context("--disk needs a path")?)),
             "--runs" => {
-                a.runs = it
-                    .next()
-                    .context("--runs needs a number")?
-                    .parse()
-                    .context("--runs needs a number")?
+                a.runs = it.next().context("--runs needs a number")?.parse().context("--runs needs a number")?
             }
             "-h" | "--help" => a.command = "help".into(),
             s if s.starts_with('-') => bail!("unknown option {s}\n\n{USAGE}"),
@@ -77,12 +67,8 @@ fn parse_args() -> Result<Args> {
 
 fn board(name: Option<&str>) -> Result<&'static Board> {
     let name = name.unwrap_or(cairn_board::DEFAULT_BOARD);
-    cairn_board::by_name(name).with_context(|| {
-        format!(
-            "unknown board {name:?}; boards: {}",
-            cairn_board::names().join(", ")
-        )
-    })
+    cairn_board::by_name(name)
+        .with_context(|| format!("unknown board {name:?}; boards: {}", cairn_board::names().join(", ")))
 }
 
 fn run() -> Result<ExitCode> {
@@ -123,10 +109,7 @@ fn run() -> Result<ExitCode> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn build_dir() -> PathBuf {
@@ -139,24 +122,15 @@ fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
     let (key, fresh) = keys::load_or_generate(&path)?;
     if fresh {
         eprintln!("xtask: ************************************************************");
-        eprintln!(
-            "xtask: generated a DEVELOPMENT signing key: {}",
-            path.display()
-        );
+        eprintln!("xtask: generated a DEVELOPMENT signing key: {}", path.display());
         eprintln!("xtask: images signed with it are for development only; never ship");
         eprintln!("xtask: an init that trusts it. It is not committed (build/ is ignored).");
         eprintln!("xtask: ************************************************************");
     }
     let trusted = build_dir().join("keys").join("trusted-keys");
-    let hex: String = key
-        .verifying_key()
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
     if std::fs::read_to_string(&trusted).ok().as_deref() != Some(&format!("{hex}\n")) {
-        std::fs::write(&trusted, format!("{hex}\n"))
-            .with_context(|| format!("writing {}", trusted.display()))?;
+        std::fs::write(&trusted, format!("{hex}\n")).with_context(|| format!("writing {}", trusted.display()))?;
     }
     Ok((key, trusted))
 }
@@ -170,32 +144,17 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(repo_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            b.rust_target,
-            "-p",
-            "cairn-init",
-            "-p",
-            "cairn-payload",
-        ])
+        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
         .env("CAIRN_TRUSTED_KEYS", &trusted)
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
-    let out = repo_root()
-        .join("target")
-        .join(b.rust_target)
-        .join("release");
+    let out = repo_root().join("target").join(b.rust_target).join("release");
     let dir = build_dir().join(b.name);
     let payload_root = dir.join("payload-root");
     std::fs::create_dir_all(payload_root.join("bin"))?;
-    std::fs::copy(
-        out.join("cairn-payload"),
-        payload_root.join("bin/cairn-payload"),
-    )
-    .context("copying cairn-payload")?;
+    std::fs::copy(out.join("cairn-payload"), payload_root.join("bin/cairn-payload"))
+        .context("copying cairn-payload")?;
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
     assemble::build_initramfs(&init, &kernel.modules, &initramfs)?;
@@ -207,20 +166,10 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         kernel.package,
         size(&init),
         size(&initramfs),
-        kernel
-            .modules
-            .iter()
-            .filter_map(|m| m.file_stem())
-            .map(|s| s.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(",")
+        kernel.modules.iter().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(",")
     );
     Ok(Artifacts {
-        boot: BootFiles {
-            qemu,
-            kernel: kernel.vmlinuz,
-            initramfs,
-        },
+        boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs },
         payload_root,
         key,
         work_dir: dir.join("scenarios"),
@@ -246,19 +195,11 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
         Some(d) => d.to_path_buf(),
         None => demo_disk(b, &art)?,
     };
-    eprintln!(
-        "xtask: booting {} on {} (Ctrl-A X quits QEMU)",
-        disk.display(),
-        b.name
-    );
+    eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
     let mut cmd = qemu::command(b, &art.boot, &disk, "");
     cmd.args(["-serial", "mon:stdio"]);
     let status = cmd.status().context("starting QEMU")?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
@@ -273,31 +214,17 @@ fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode>
         cairn_qemu_tests::run(b, &art, scenarios, &mut |o| match &o.result {
             Ok(()) => {
                 passed += 1;
-                println!(
-                    "ok   {:<14} {:<13} {:>6.1}s",
-                    o.name,
-                    b.name,
-                    o.elapsed.as_secs_f64()
-                );
+                println!("ok   {:<14} {:<13} {:>6.1}s", o.name, b.name, o.elapsed.as_secs_f64());
             }
             Err(e) => {
                 failed += 1;
-                println!(
-                    "FAIL {:<14} {:<13} {:>6.1}s  {e:#}",
-                    o.name,
-                    b.name,
-                    o.elapsed.as_secs_f64()
-                );
+                println!("FAIL {:<14} {:<13} {:>6.1}s  {e:#}", o.name, b.name, o.elapsed.as_secs_f64());
                 println!("     console log: {}", art.work_dir.join(o.name).display());
             }
         })?;
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn bench(b: &'static Board, runs: usize) -> Result<ExitCode> {
@@ -307,20 +234,16 @@ fn bench(b: &'static Board, runs: usize) -> Result<ExitCode> {
     for i in 0..runs.max(1) {
         let cmd = qemu::command(b, &art.boot, &disk, "");
         let log = build_dir().join(b.name).join(format!("bench-{i}.log"));
-        let run = qemu::capture(cmd, &log, Duration::from_secs(180), &|c| {
-            c.first("boot.containers-started", &[]).is_some()
-        })?;
-        let ev = run
-            .console
-            .first("boot.containers-started", &[])
-            .context("demo never started its containers")?;
-        let t_start = run
-            .console
-            .first("boot.start", &[])
-            .and_then(|l| l.get("t")?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let run =
+            qemu::capture(cmd, &log, Duration::from_secs(180), &|c| c.first("boot.containers-started", &[]).is_some())?;
+        let ev = run.console.first("boot.containers-started", &[]).context("demo never started its containers")?;
+        let t_start = run.console.first("boot.start", &[]).and_then(|l| l.get("t")?.parse::<f64>().ok()).unwrap_or(0.0);
         let t: f64 = ev.get("t").and_then(|t| t.parse().ok()).unwrap_or(0.0);
-        println!("run {i}: kernel->init {t_start:.3}s, init->containers {:.3}s, total {t:.3}s (host wall {:.1}s)", t - t_start, run.elapsed.as_secs_f64());
+        println!(
+            "run {i}: kernel->init {t_start:.3}s, init->containers {:.3}s, total {t:.3}s (host wall {:.1}s)",
+            t - t_start,
+            run.elapsed.as_secs_f64()
+        );
         guest.push((t_start, t));
     }
     let n = guest.len() as f64;

@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::manifest::{
-    self, Container, CpuMax, Layer, Limits, Manifest, Restart, RestartPolicy, Stop,
+    self, capability_number, Container, CpuMax, Device, IoMax, Layer, Limits, Manifest, Network, Restart,
+    RestartPolicy, Rlimit, RlimitResource, Security, Stop,
 };
 
 /// The appliance file.
@@ -77,6 +78,131 @@ pub struct ContainerSpec {
     /// Stop behaviour.
     #[serde(default)]
     pub stop: StopSpec,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+    /// "none" (default), "host", or "container:NAME".
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Forward signals to the entrypoint's process group.
+    #[serde(default)]
+    pub signal_group: bool,
+    /// Isolation settings.
+    #[serde(default)]
+    pub security: SecuritySpec,
+}
+
+/// Isolation settings as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// Capabilities added to the default set.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set ("ALL" removes all).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `no_new_privs` (default true).
+    #[serde(default = "yes")]
+    pub no_new_privs: bool,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// The default seccomp filter (default true).
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+    /// More syscalls to deny.
+    #[serde(default)]
+    pub seccomp_deny: Vec<String>,
+    /// Allow new user namespaces.
+    #[serde(default)]
+    pub allow_userns: bool,
+    /// Device nodes.
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+impl Default for SecuritySpec {
+    fn default() -> Self {
+        Self {
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            no_new_privs: true,
+            readonly_rootfs: false,
+            seccomp: true,
+            seccomp_deny: Vec::new(),
+            allow_userns: false,
+            devices: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A device node as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// Path in the container (under /dev).
+    pub path: String,
+    /// Host device path, or `partition:NAME`.
+    pub source: String,
+    /// Permission bits (default 0o600).
+    #[serde(default = "default_device_mode")]
+    pub mode: u16,
+}
+
+fn default_device_mode() -> u16 {
+    0o600
+}
+
+/// One io.max entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSpec {
+    /// Disk name, e.g. "vda".
+    pub device: String,
+    /// Read bytes per second.
+    pub rbps: Option<Size>,
+    /// Write bytes per second.
+    pub wbps: Option<Size>,
+    /// Read operations per second.
+    pub riops: Option<u64>,
+    /// Write operations per second.
+    pub wiops: Option<u64>,
+}
+
+/// An rlimit as written: one value for soft and hard, or `[soft, hard]`;
+/// "unlimited" for no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RlimitSpec {
+    /// Same soft and hard.
+    One(RlimitValue),
+    /// Soft and hard.
+    Pair([RlimitValue; 2]),
+}
+
+/// A limit value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RlimitValue {
+    /// A number.
+    Number(u64),
+    /// "unlimited".
+    Word(String),
+}
+
+impl RlimitValue {
+    fn value(&self) -> Option<u64> {
+        match self {
+            RlimitValue::Number(n) => Some(*n),
+            RlimitValue::Word(w) if w == "unlimited" => Some(u64::MAX),
+            RlimitValue::Word(_) => None,
+        }
+    }
 }
 
 fn default_env() -> Vec<String> {
@@ -98,6 +224,20 @@ pub struct LimitsSpec {
     pub pids: Option<u32>,
     /// Size cap of the writable scratch layer (default 16M).
     pub scratch: Option<Size>,
+    /// `memory.high`.
+    pub memory_high: Option<Size>,
+    /// `memory.swap.max`.
+    pub memory_swap: Option<Size>,
+    /// `cpu.weight`.
+    pub cpu_weight: Option<u16>,
+    /// `cpuset.cpus`.
+    pub cpuset: Option<String>,
+    /// `io.max` entries.
+    #[serde(default)]
+    pub io: Vec<IoSpec>,
+    /// rlimits by name (nofile, nproc, core, memlock, stack, fsize, as, cpu, ...).
+    #[serde(default)]
+    pub rlimits: BTreeMap<String, RlimitSpec>,
 }
 
 /// A byte size: an integer or a string with a K/M/G suffix.
@@ -118,9 +258,9 @@ pub struct SizeText(u64);
 impl TryFrom<String> for SizeText {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        parse_size(&s).map(SizeText).ok_or_else(|| {
-            format!("{s:?} is not a size (use e.g. 65536, \"64K\", \"32M\", \"1G\")")
-        })
+        parse_size(&s)
+            .map(SizeText)
+            .ok_or_else(|| format!("{s:?} is not a size (use e.g. 65536, \"64K\", \"32M\", \"1G\")"))
     }
 }
 
@@ -200,10 +340,7 @@ pub struct StopSpec {
 
 impl Default for StopSpec {
     fn default() -> Self {
-        Self {
-            signal: default_signal(),
-            grace_ms: default_grace(),
-        }
+        Self { signal: default_signal(), grace_ms: default_grace() }
     }
 }
 fn default_signal() -> String {
@@ -264,14 +401,9 @@ pub enum ApplianceError {
 impl Appliance {
     /// Read and parse an appliance file.
     pub fn load(path: &Path) -> Result<Self, ApplianceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ApplianceError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ApplianceError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ApplianceError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ApplianceError::Parse { path: path.to_owned(), message: e.to_string() })
     }
 
     /// Compile into a manifest. `layer_info` gives the digest and size of
@@ -284,9 +416,7 @@ impl Appliance {
         let mut problems = Vec::new();
         fn fit(problems: &mut Vec<String>, place: String, what: &str, ok: bool) {
             if !ok {
-                problems.push(format!(
-                    "{place}: {what} exceeds a fixed capacity (see docs/appliance.md)"
-                ));
+                problems.push(format!("{place}: {what} exceeds a fixed capacity (see docs/appliance.md)"));
             }
         }
         let mut m = Manifest {
@@ -295,12 +425,7 @@ impl Appliance {
             layers: heapless::Vec::new(),
             containers: heapless::Vec::new(),
         };
-        fit(
-            &mut problems,
-            "appliance".into(),
-            "name",
-            m.appliance.push_str(&self.appliance).is_ok(),
-        );
+        fit(&mut problems, "appliance".into(), "name", m.appliance.push_str(&self.appliance).is_ok());
         for (i, l) in self.layers.iter().enumerate() {
             let place = format!("layer[{i}] ({})", l.name);
             let Some((digest, size)) = layer_info.get(&l.name) else {
@@ -308,34 +433,18 @@ impl Appliance {
                 continue;
             };
             let mut name = heapless::String::new();
-            fit(
-                &mut problems,
-                place.clone(),
-                "name",
-                name.push_str(&l.name).is_ok(),
-            );
+            fit(&mut problems, place.clone(), "name", name.push_str(&l.name).is_ok());
             fit(
                 &mut problems,
                 place,
                 "layer list",
-                m.layers
-                    .push(Layer {
-                        name,
-                        digest: *digest,
-                        size: *size,
-                    })
-                    .is_ok(),
+                m.layers.push(Layer { name, digest: *digest, size: *size }).is_ok(),
             );
         }
         for (i, c) in self.containers.iter().enumerate() {
             let place = format!("container[{i}] ({})", c.name);
             match compile_container(c) {
-                Ok(mc) => fit(
-                    &mut problems,
-                    place,
-                    "container list",
-                    m.containers.push(mc).is_ok(),
-                ),
+                Ok(mc) => fit(&mut problems, place, "container list", m.containers.push(mc).is_ok()),
                 Err(p) => problems.extend(p.into_iter().map(|p| format!("{place}: {p}"))),
             }
         }
@@ -343,19 +452,12 @@ impl Appliance {
         if problems.is_empty() {
             Ok(m)
         } else {
-            Err(ApplianceError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
+            Err(ApplianceError::Invalid { path: path.to_owned(), problems })
         }
     }
 }
 
-fn copy_str<const N: usize>(
-    s: &str,
-    what: &str,
-    problems: &mut Vec<String>,
-) -> heapless::String<N> {
+fn copy_str<const N: usize>(s: &str, what: &str, problems: &mut Vec<String>) -> heapless::String<N> {
     let mut out = heapless::String::new();
     if out.push_str(s).is_err() {
         problems.push(format!("{what} {s:?} is longer than {N} bytes"));
@@ -384,13 +486,9 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
     let policy = match c.restart.policy.as_str() {
         "never" => RestartPolicy::Never,
         "always" => RestartPolicy::Always,
-        "on-failure" => RestartPolicy::OnFailure {
-            max_restarts: c.restart.max_restarts,
-        },
+        "on-failure" => RestartPolicy::OnFailure { max_restarts: c.restart.max_restarts },
         other => {
-            p.push(format!(
-                "restart policy {other:?} is not never, on-failure or always"
-            ));
+            p.push(format!("restart policy {other:?} is not never, on-failure or always"));
             RestartPolicy::Never
         }
     };
@@ -400,15 +498,89 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
     });
     let cpu_max = match c.limits.cpus {
         None => None,
-        Some(f) if f.is_finite() && f > 0.0 && f <= 1024.0 => Some(CpuMax {
-            quota_us: (f * 100_000.0).round() as u32,
-            period_us: 100_000,
-        }),
+        Some(f) if f.is_finite() && f > 0.0 && f <= 1024.0 => {
+            Some(CpuMax { quota_us: (f * 100_000.0).round() as u32, period_us: 100_000 })
+        }
         Some(f) => {
             p.push(format!("limits.cpus {f} must be a number of CPUs above 0"));
             None
         }
     };
+    let mut caps = manifest::DEFAULT_CAPABILITIES;
+    for name in &c.security.cap_drop {
+        match capability_number(name) {
+            _ if name.eq_ignore_ascii_case("ALL") => caps = 0,
+            Some(n) => caps &= !(1u64 << n),
+            None => p.push(format!("security.cap_drop: unknown capability {name:?}")),
+        }
+    }
+    for name in &c.security.cap_add {
+        match capability_number(name) {
+            Some(n) => caps |= 1u64 << n,
+            None => p.push(format!("security.cap_add: unknown capability {name:?}")),
+        }
+    }
+    let network = match c.network.as_deref() {
+        None | Some("none") => Network::None,
+        Some("host") => Network::Host,
+        Some(other) => match other.strip_prefix("container:") {
+            Some(n) => Network::Join(copy_str(n, "network container", &mut p)),
+            None => {
+                p.push(format!("network {other:?} is not none, host or container:NAME"));
+                Network::None
+            }
+        },
+    };
+    let mut devices = heapless::Vec::new();
+    for d in &c.security.devices {
+        let dev = Device {
+            path: copy_str(&d.path, "device path", &mut p),
+            source: copy_str(&d.source, "device source", &mut p),
+            mode: d.mode,
+        };
+        if devices.push(dev).is_err() {
+            p.push(format!("more than {} devices", manifest::MAX_DEVICES));
+        }
+    }
+    let mut io_max = heapless::Vec::new();
+    for io in &c.limits.io {
+        let entry = IoMax {
+            device: copy_str(&io.device, "io device", &mut p),
+            rbps: io.rbps.map(Size::bytes),
+            wbps: io.wbps.map(Size::bytes),
+            riops: io.riops,
+            wiops: io.wiops,
+        };
+        if io_max.push(entry).is_err() {
+            p.push(format!("more than {} io limits", manifest::MAX_IO_LIMITS));
+        }
+    }
+    let mut rlimits = heapless::Vec::new();
+    for (name, spec) in &c.limits.rlimits {
+        let Some(resource) = RlimitResource::from_name(name) else {
+            p.push(format!("limits.rlimits: unknown resource {name:?}"));
+            continue;
+        };
+        let (soft, hard) = match spec {
+            RlimitSpec::One(v) => (v.value(), v.value()),
+            RlimitSpec::Pair([s, h]) => (s.value(), h.value()),
+        };
+        match (soft, hard) {
+            (Some(soft), Some(hard)) => {
+                if rlimits.push(Rlimit { resource, soft, hard }).is_err() {
+                    p.push(format!("more than {} rlimits", manifest::MAX_RLIMITS));
+                }
+            }
+            _ => p.push(format!("limits.rlimits.{name}: use a number or \"unlimited\"")),
+        }
+    }
+    let mut groups = heapless::Vec::new();
+    for g in &c.groups {
+        if groups.push(*g).is_err() {
+            p.push(format!("more than {} groups", manifest::MAX_GROUPS));
+            break;
+        }
+    }
     let out = Container {
         name: copy_str(&c.name, "name", &mut p),
         layers: copy_list(&c.layers, "layers", &mut p),
@@ -423,22 +595,33 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             cpu_max,
             pids_max: c.limits.pids,
             scratch_bytes: c.limits.scratch.map(Size::bytes).unwrap_or(16 << 20),
+            memory_high: c.limits.memory_high.map(Size::bytes),
+            memory_swap_max: c.limits.memory_swap.map(Size::bytes),
+            cpu_weight: c.limits.cpu_weight,
+            cpuset_cpus: c.limits.cpuset.as_deref().map(|s| copy_str(s, "cpuset", &mut p)),
+            io_max,
+            rlimits,
         },
         restart: Restart {
             policy,
             backoff_initial_ms: c.restart.backoff_initial_ms,
             backoff_max_ms: c.restart.backoff_max_ms,
         },
-        depends_on: copy_list::<{ manifest::MAX_DEPS }, { manifest::NAME_LEN }>(
-            &c.depends_on,
-            "depends_on",
-            &mut p,
-        ),
-        stop: Stop {
-            signal,
-            grace_ms: c.stop.grace_ms,
-        },
+        depends_on: copy_list::<{ manifest::MAX_DEPS }, { manifest::NAME_LEN }>(&c.depends_on, "depends_on", &mut p),
+        stop: Stop { signal, grace_ms: c.stop.grace_ms },
         control: c.control,
+        groups,
+        security: Security {
+            capabilities: caps,
+            no_new_privs: c.security.no_new_privs,
+            readonly_rootfs: c.security.readonly_rootfs,
+            seccomp: c.security.seccomp,
+            seccomp_deny: copy_list(&c.security.seccomp_deny, "seccomp_deny", &mut p),
+            allow_userns: c.security.allow_userns,
+            devices,
+        },
+        network,
+        signal_group: c.signal_group,
     };
     if p.is_empty() {
         Ok(out)
@@ -463,9 +646,11 @@ source = "base"
 name = "sensor"
 layers = ["base"]
 argv = ["/bin/sensor", "--fast"]
-limits = { memory = "32M", cpus = 0.25, pids = 16 }
+limits = { memory = "32M", cpus = 0.25, pids = 16, rlimits = { nofile = 64, core = [0, "unlimited"] }, io = [{ device = "vda", rbps = "1M" }] }
 restart = { policy = "on-failure", max_restarts = 2 }
 stop = { signal = "SIGINT", grace_ms = 1000 }
+security = { cap_drop = ["CHOWN"], cap_add = ["NET_ADMIN"], readonly_rootfs = true, devices = [{ path = "/dev/data", source = "partition:cairn-data" }] }
+
 
 [[container]]
 name = "web"
@@ -481,35 +666,34 @@ depends_on = ["sensor"]
     #[test]
     fn compiles_with_defaults_and_units() {
         let a: Appliance = toml::from_str(GOOD).unwrap_or_else(|e| panic!("{e}"));
-        let m = a
-            .to_manifest(Path::new("a.toml"), &info())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let m = a.to_manifest(Path::new("a.toml"), &info()).unwrap_or_else(|e| panic!("{e}"));
         let s = &m.containers[0];
         assert_eq!(s.limits.memory_max, Some(32 << 20));
-        assert_eq!(
-            s.limits.cpu_max,
-            Some(CpuMax {
-                quota_us: 25_000,
-                period_us: 100_000
-            })
-        );
+        assert_eq!(s.limits.cpu_max, Some(CpuMax { quota_us: 25_000, period_us: 100_000 }));
         assert_eq!(s.stop.signal, 2);
         assert_eq!(s.hostname.as_str(), "sensor");
-        assert_eq!(
-            s.restart.policy,
-            RestartPolicy::OnFailure { max_restarts: 2 }
-        );
+        assert_eq!(s.restart.policy, RestartPolicy::OnFailure { max_restarts: 2 });
         assert_eq!(m.containers[1].limits.scratch_bytes, 16 << 20);
         assert_eq!(m.layers[0].size, 4096);
+        let sec = &s.security;
+        assert_eq!(sec.capabilities & 1, 0);
+        assert_ne!(sec.capabilities & (1 << 12), 0);
+        assert!(sec.readonly_rootfs && sec.no_new_privs && sec.seccomp);
+        assert_eq!(sec.devices[0].mode, 0o600);
+        assert_eq!(s.limits.rlimits.len(), 2);
+        assert!(s
+            .limits
+            .rlimits
+            .iter()
+            .any(|r| r.resource == RlimitResource::Core && r.soft == 0 && r.hard == u64::MAX));
+        assert_eq!(s.limits.io_max[0].rbps, Some(1 << 20));
+        assert_eq!(m.containers[1].network, Network::None);
     }
 
     #[test]
     fn unknown_fields_are_refused_with_a_place() {
         let bad = GOOD.replace("pids = 16", "pids = 16, swap = 1");
-        let e = toml::from_str::<Appliance>(&bad)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = toml::from_str::<Appliance>(&bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("swap"), "{e}");
         assert!(e.contains("line"), "{e}");
     }
@@ -519,14 +703,9 @@ depends_on = ["sensor"]
         let bad = GOOD
             .replace("policy = \"on-failure\"", "policy = \"sometimes\"")
             .replace("depends_on = [\"sensor\"]", "depends_on = [\"ghost\"]")
-            .replace(
-                "layers = [\"base\"]\nargv = [\"/bin/web\"]",
-                "layers = [\"nope\"]\nargv = [\"/bin/web\"]",
-            );
+            .replace("layers = [\"base\"]\nargv = [\"/bin/web\"]", "layers = [\"nope\"]\nargv = [\"/bin/web\"]");
         let a: Appliance = toml::from_str(&bad).unwrap_or_else(|e| panic!("{e}"));
-        let Err(ApplianceError::Invalid { problems, .. }) =
-            a.to_manifest(Path::new("a.toml"), &info())
-        else {
+        let Err(ApplianceError::Invalid { problems, .. }) = a.to_manifest(Path::new("a.toml"), &info()) else {
             panic!("accepted")
         };
         let all = problems.join("\n");

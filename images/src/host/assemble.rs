@@ -76,10 +76,7 @@ pub enum AssembleError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssembleError + '_ {
-    move |error| AssembleError::Io {
-        path: path.to_owned(),
-        error,
-    }
+    move |error| AssembleError::Io { path: path.to_owned(), error }
 }
 
 /// One built layer image.
@@ -121,41 +118,25 @@ pub fn build_appliance(
     let mut info = BTreeMap::new();
     for l in &app.layers {
         let src = match l.source.strip_prefix("build:") {
-            Some(name) => build_sources.get(name).cloned().ok_or_else(|| {
-                AssembleError::UnknownBuildSource {
-                    layer: l.name.clone(),
-                    name: name.into(),
-                }
-            })?,
+            Some(name) => build_sources
+                .get(name)
+                .cloned()
+                .ok_or_else(|| AssembleError::UnknownBuildSource { layer: l.name.clone(), name: name.into() })?,
             None => base.join(&l.source),
         };
         if !src.is_dir() {
-            return Err(AssembleError::LayerSource {
-                layer: l.name.clone(),
-                source_dir: src,
-            });
+            return Err(AssembleError::LayerSource { layer: l.name.clone(), source_dir: src });
         }
         let path = out_dir.join(format!("{}.squashfs", l.name));
-        let img = squashfs::build_layer(&src, &path).map_err(|error| AssembleError::Layer {
-            layer: l.name.clone(),
-            error,
-        })?;
+        let img = squashfs::build_layer(&src, &path)
+            .map_err(|error| AssembleError::Layer { layer: l.name.clone(), error })?;
         let digest = Digest(img.digest);
         info.insert(l.name.clone(), (digest, img.size));
-        layers.push(BuiltLayer {
-            name: l.name.clone(),
-            path,
-            digest,
-            size: img.size,
-        });
+        layers.push(BuiltLayer { name: l.name.clone(), path, digest, size: img.size });
     }
     let manifest = app.to_manifest(appliance_path, &info)?;
     let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
-    Ok(BuiltAppliance {
-        manifest,
-        envelope,
-        layers,
-    })
+    Ok(BuiltAppliance { manifest, envelope, layers })
 }
 
 /// Disk geometry.
@@ -171,11 +152,7 @@ pub struct DiskOptions {
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        Self {
-            layer_slot_bytes: 16 << 20,
-            spare_layer_slots: 2,
-            data_bytes: 16 << 20,
-        }
+        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20 }
     }
 }
 
@@ -184,11 +161,7 @@ pub const MANIFEST_SLOT_BYTES: u64 = 1 << 20;
 
 /// Write the GPT disk: state, both manifest slots (A holds the manifest,
 /// B is empty), one layer partition per layer plus spares, and data.
-pub fn assemble_disk(
-    app: &BuiltAppliance,
-    out: &Path,
-    opts: DiskOptions,
-) -> Result<DiskLayout, AssembleError> {
+pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Result<DiskLayout, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
         return Err(AssembleError::TooManyLayers(total_slots));
@@ -203,10 +176,7 @@ pub fn assemble_disk(
             });
         }
         slots
-            .push(LayerSlot {
-                digest: l.digest,
-                partition: (i + 1) as u8,
-            })
+            .push(LayerSlot { digest: l.digest, partition: (i + 1) as u8 })
             .map_err(|_| AssembleError::TooManyLayers(total_slots))?;
     }
     let state = BootState::factory(slots);
@@ -216,11 +186,7 @@ pub fn assemble_disk(
     record[..bootstate::COPY_SIZE].copy_from_slice(&block);
 
     let mut parts = vec![
-        PartitionSpec {
-            name: "cairn-state".into(),
-            size_bytes: 1 << 20,
-            contents: PartitionContents::Bytes(record),
-        },
+        PartitionSpec { name: "cairn-state".into(), size_bytes: 1 << 20, contents: PartitionContents::Bytes(record) },
         PartitionSpec {
             name: "cairn-manifest-a".into(),
             size_bytes: MANIFEST_SLOT_BYTES,
@@ -253,11 +219,7 @@ pub fn assemble_disk(
 
 /// The initramfs: `/init` (cairn-init), the device nodes the kernel needs
 /// before devtmpfs, mount points, and the modules in load order.
-pub fn build_initramfs(
-    init_binary: &Path,
-    modules: &[PathBuf],
-    out: &Path,
-) -> Result<(), AssembleError> {
+pub fn build_initramfs(init_binary: &Path, modules: &[PathBuf], out: &Path) -> Result<(), AssembleError> {
     let mut c = CpioBuilder::new();
     for d in ["dev", "proc", "sys", "run", "lib", "lib/modules"] {
         c.dir(d, 0o755);
@@ -268,10 +230,7 @@ pub fn build_initramfs(
     c.file("init", 0o755, &init);
     let mut order = String::new();
     for m in modules {
-        let name = m
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let data = fs::read(m).map_err(io(m))?;
         c.file(&format!("lib/modules/{name}"), 0o644, &data);
         order.push_str(&name);

@@ -23,11 +23,7 @@ const S_IFCHR: u32 = 0o020000;
 impl CpioBuilder {
     /// An empty archive.
     pub fn new() -> Self {
-        Self {
-            out: Vec::new(),
-            next_ino: 1,
-            dirs: BTreeSet::new(),
-        }
+        Self { out: Vec::new(), next_ino: 1, dirs: BTreeSet::new() }
     }
 
     fn parents(&mut self, path: &str) {
@@ -47,21 +43,7 @@ impl CpioBuilder {
 
     fn entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
         let name_len = path.len() + 1;
-        let fields = [
-            self.next_ino,
-            mode,
-            0,
-            0,
-            nlink,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name_len as u32,
-            0,
-        ];
+        let fields = [self.next_ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name_len as u32, 0];
         self.next_ino += 1;
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -131,8 +113,7 @@ mod tests {
     /// (name, mode, rdev major, data) of every entry.
     fn parse(mut a: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
         let mut v = Vec::new();
-        let hex =
-            |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).unwrap_or("0"), 16).unwrap_or(0);
+        let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).unwrap_or("0"), 16).unwrap_or(0);
         let up4 = |n: usize| (n + 3) & !3;
         loop {
             assert_eq!(&a[..6], b"070701");
@@ -158,18 +139,7 @@ mod tests {
         c.dir("lib", 0o755);
         let e = parse(&c.finish());
         let names: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "dev",
-                "dev/console",
-                "lib",
-                "lib/modules",
-                "lib/modules/a.ko",
-                "bin",
-                "bin/sh"
-            ]
-        );
+        assert_eq!(names, ["dev", "dev/console", "lib", "lib/modules", "lib/modules/a.ko", "bin", "bin/sh"]);
         assert_eq!(e[1].1, S_IFCHR | 0o600);
         assert_eq!(e[1].2, 5);
         assert_eq!(e[4].3, b"abc");
@@ -183,9 +153,6 @@ mod tests {
         assert_eq!(z, gzip(&data));
         assert_eq!(&z[..3], &[0x1f, 0x8b, 8]);
         let body = &z[10..z.len() - 8];
-        assert_eq!(
-            miniz_oxide::inflate::decompress_to_vec(body).ok(),
-            Some(data)
-        );
+        assert_eq!(miniz_oxide::inflate::decompress_to_vec(body).ok(), Some(data));
     }
 }

@@ -17,9 +17,8 @@ const ENTRIES: usize = 128;
 const ENTRY_SIZE: usize = 128;
 const ENTRY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
 /// "Linux filesystem data" type GUID, as stored on disk.
-const LINUX_DATA: [u8; 16] = [
-    0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
-];
+const LINUX_DATA: [u8; 16] =
+    [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
 /// Longest partition name GPT can hold (UTF-16 code units).
 pub const MAX_NAME: usize = 36;
 
@@ -204,10 +203,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
     mbr[511] = 0xAA;
 
     let tmp = out.with_extension("img.partial");
-    let io = |error| GptError::Io {
-        path: tmp.clone(),
-        error,
-    };
+    let io = |error| GptError::Io { path: tmp.clone(), error };
     let result = (|| -> Result<(), GptError> {
         let mut f = File::create(&tmp).map_err(io)?;
         f.set_len(disk_size).map_err(io)?;
@@ -216,32 +212,13 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
             f.write_all(data).map_err(io)
         };
         at(&mut f, 0, &mbr)?;
-        at(
-            &mut f,
-            SECTOR,
-            &header(&disk_guid, 1, last_lba, last_usable, 2, entries_crc),
-        )?;
+        at(&mut f, SECTOR, &header(&disk_guid, 1, last_lba, last_usable, 2, entries_crc))?;
         at(&mut f, 2 * SECTOR, &entries)?;
         let backup_entries = last_lba - ENTRY_SECTORS;
         at(&mut f, backup_entries * SECTOR, &entries)?;
-        at(
-            &mut f,
-            last_lba * SECTOR,
-            &header(
-                &disk_guid,
-                last_lba,
-                1,
-                last_usable,
-                backup_entries,
-                entries_crc,
-            ),
-        )?;
+        at(&mut f, last_lba * SECTOR, &header(&disk_guid, last_lba, 1, last_usable, backup_entries, entries_crc))?;
         for (p, spec) in placed.iter().zip(parts) {
-            let too_large = |len: u64| GptError::ContentsTooLarge {
-                name: p.name.clone(),
-                len,
-                size: p.size_bytes,
-            };
+            let too_large = |len: u64| GptError::ContentsTooLarge { name: p.name.clone(), len, size: p.size_bytes };
             match &spec.contents {
                 PartitionContents::Empty => {}
                 PartitionContents::Bytes(b) => {
@@ -251,10 +228,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
                     at(&mut f, p.offset_bytes, b)?;
                 }
                 PartitionContents::File(path) => {
-                    let src_io = |error| GptError::Io {
-                        path: path.clone(),
-                        error,
-                    };
+                    let src_io = |error| GptError::Io { path: path.clone(), error };
                     let mut src = File::open(path).map_err(src_io)?;
                     let len = src.metadata().map_err(src_io)?.len();
                     if len > p.size_bytes {
@@ -271,26 +245,14 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, out).map_err(|error| GptError::Io {
-        path: out.to_owned(),
-        error,
-    })?;
-    Ok(DiskLayout {
-        disk_size,
-        partitions: placed,
-    })
+    fs::rename(&tmp, out).map_err(|error| GptError::Io { path: out.to_owned(), error })?;
+    Ok(DiskLayout { disk_size, partitions: placed })
 }
 
 /// Read the primary GPT of a disk image, checking both CRCs.
 pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
-    let io = |error| GptError::Io {
-        path: path.to_owned(),
-        error,
-    };
-    let invalid = |why| GptError::Invalid {
-        path: path.to_owned(),
-        why,
-    };
+    let io = |error| GptError::Io { path: path.to_owned(), error };
+    let invalid = |why| GptError::Invalid { path: path.to_owned(), why };
     let mut f = File::open(path).map_err(io)?;
     let disk_size = f.metadata().map_err(io)?.len();
     let mut h = [0u8; SECTOR as usize];
@@ -315,11 +277,7 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
     if crc32fast::hash(&check[..hsize]) != crc {
         return Err(invalid("header CRC mismatch"));
     }
-    let (entries_lba, count, esize) = (
-        u64_at(&h, 72),
-        u32_at(&h, 80) as usize,
-        u32_at(&h, 84) as usize,
-    );
+    let (entries_lba, count, esize) = (u64_at(&h, 72), u32_at(&h, 80) as usize, u32_at(&h, 84) as usize);
     if !(128..=4096).contains(&esize) || count > 1024 {
         return Err(invalid("bad entry geometry"));
     }
@@ -335,11 +293,8 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             continue;
         }
         let (first, last) = (u64_at(e, 32), u64_at(e, 40));
-        let units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|u| *u != 0)
-            .collect();
+        let units: Vec<u16> =
+            e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
         partitions.push(PlacedPartition {
             name: String::from_utf16_lossy(&units),
             index: i as u32 + 1,
@@ -349,10 +304,7 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             size_bytes: (last + 1 - first) * SECTOR,
         });
     }
-    Ok(DiskLayout {
-        disk_size,
-        partitions,
-    })
+    Ok(DiskLayout { disk_size, partitions })
 }
 
 #[cfg(test)]
@@ -384,13 +336,8 @@ mod tests {
         let back = read_layout(&a).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, la);
         let state = la.find("cairn-state").unwrap_or_else(|| panic!("missing"));
-        assert_eq!(
-            (state.index, state.offset_bytes, state.size_bytes),
-            (1, MIB, MIB)
-        );
-        let layer = la
-            .find("cairn-layer-01")
-            .unwrap_or_else(|| panic!("missing"));
+        assert_eq!((state.index, state.offset_bytes, state.size_bytes), (1, MIB, MIB));
+        let layer = la.find("cairn-layer-01").unwrap_or_else(|| panic!("missing"));
         assert_eq!((layer.offset_bytes, layer.size_bytes), (2 * MIB, 4 * MIB));
         let bytes = fs::read(&a).unwrap_or_default();
         assert_eq!(&bytes[MIB as usize..MIB as usize + 100], &[7; 100]);
@@ -408,24 +355,14 @@ mod tests {
         fs::write(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(read_layout(&p), Err(GptError::Invalid { .. })));
 
-        let long = vec![PartitionSpec {
-            name: "x".repeat(37),
-            size_bytes: 1,
-            contents: PartitionContents::Empty,
-        }];
-        assert!(matches!(
-            write_disk(&dir.path().join("l.img"), &long),
-            Err(GptError::NameTooLong(_))
-        ));
+        let long = vec![PartitionSpec { name: "x".repeat(37), size_bytes: 1, contents: PartitionContents::Empty }];
+        assert!(matches!(write_disk(&dir.path().join("l.img"), &long), Err(GptError::NameTooLong(_))));
         let big = vec![PartitionSpec {
             name: "s".into(),
             size_bytes: 1,
             contents: PartitionContents::Bytes(vec![0; 2 << 20]),
         }];
-        assert!(matches!(
-            write_disk(&dir.path().join("s.img"), &big),
-            Err(GptError::ContentsTooLarge { .. })
-        ));
+        assert!(matches!(write_disk(&dir.path().join("s.img"), &big), Err(GptError::ContentsTooLarge { .. })));
         assert!(!dir.path().join("s.img").exists() && !dir.path().join("s.img.partial").exists());
     }
 }

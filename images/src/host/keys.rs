@@ -55,26 +55,12 @@ fn hex(bytes: &[u8]) -> String {
 /// Write a secret key (mode 0600, created new) and its public key beside it
 /// (`<path>.pub`). Refuses to overwrite an existing secret key.
 pub fn save(key: &SigningKey, path: &Path) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
+    let io = |source| KeyError::Io { path: path.to_owned(), source };
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
     writeln!(f, "{}", hex(&key.to_bytes())).map_err(io)?;
     let pub_path = public_path(path);
-    fs::write(
-        &pub_path,
-        format!("{}\n", hex(&key.verifying_key().to_bytes())),
-    )
-    .map_err(|source| KeyError::Io {
-        path: pub_path,
-        source,
-    })
+    fs::write(&pub_path, format!("{}\n", hex(&key.verifying_key().to_bytes())))
+        .map_err(|source| KeyError::Io { path: pub_path, source })
 }
 
 /// Where the public key of a secret key file is written.
@@ -85,26 +71,17 @@ pub fn public_path(secret: &Path) -> PathBuf {
 }
 
 fn read_hex32(path: &Path) -> Result<[u8; 32], KeyError> {
-    let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
     let d = Digest::from_hex(text.trim()).ok_or_else(|| KeyError::Format(path.to_owned()))?;
     Ok(d.0)
 }
 
 /// Load a secret key, checking its mode.
 pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
-    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::Mode {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(KeyError::Mode { path: path.to_owned(), mode });
     }
     Ok(SigningKey::from_bytes(&read_hex32(path)?))
 }
@@ -121,10 +98,7 @@ pub fn load_or_generate(path: &Path) -> Result<(SigningKey, bool), KeyError> {
         return Ok((load(path)?, false));
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| KeyError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })?;
     }
     let key = generate()?;
     save(&key, path)?;
@@ -149,15 +123,10 @@ mod tests {
         let (again, fresh) = load_or_generate(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!fresh);
         assert_eq!(k.to_bytes(), again.to_bytes());
-        assert_eq!(
-            load_public(&public_path(&path)).ok(),
-            Some(k.verifying_key().to_bytes())
-        );
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(load_public(&public_path(&path)).ok(), Some(k.verifying_key().to_bytes()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(load(&path), Err(KeyError::Mode { .. })));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
         fs::write(&path, "abcd\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(load(&path), Err(KeyError::Format(_))));
         assert!(save(&k, &path).is_err(), "must not overwrite a secret key");

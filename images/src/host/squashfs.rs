@@ -76,10 +76,7 @@ struct Node {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SquashfsError + '_ {
-    move |error| SquashfsError::Io {
-        path: path.to_owned(),
-        error,
-    }
+    move |error| SquashfsError::Io { path: path.to_owned(), error }
 }
 
 /// Linux `new_encode_dev`, as squashfs stores device numbers.
@@ -109,13 +106,7 @@ fn scan(path: &Path, name: Vec<u8>) -> Result<Node, SquashfsError> {
     } else if ft.is_file() {
         Kind::File(path.to_owned(), meta.len())
     } else if ft.is_symlink() {
-        Kind::Symlink(
-            fs::read_link(path)
-                .map_err(io(path))?
-                .as_os_str()
-                .as_bytes()
-                .to_vec(),
-        )
+        Kind::Symlink(fs::read_link(path).map_err(io(path))?.as_os_str().as_bytes().to_vec())
     } else if ft.is_char_device() {
         Kind::Char(encode_dev(meta.rdev()))
     } else if ft.is_block_device() {
@@ -160,8 +151,7 @@ impl Metadata {
             self.out.extend_from_slice(&(z.len() as u16).to_le_bytes());
             self.out.extend_from_slice(&z);
         } else {
-            self.out
-                .extend_from_slice(&(self.buf.len() as u16 | UNCOMPRESSED_META_BIT).to_le_bytes());
+            self.out.extend_from_slice(&(self.buf.len() as u16 | UNCOMPRESSED_META_BIT).to_le_bytes());
             self.out.extend_from_slice(&self.buf);
         }
         self.buf.clear();
@@ -219,10 +209,7 @@ impl Writer {
                 for c in children {
                     written.push(self.write(c, own)?);
                 }
-                let subdirs = children
-                    .iter()
-                    .filter(|c| matches!(c.kind, Kind::Dir(_)))
-                    .count() as u32;
+                let subdirs = children.iter().filter(|c| matches!(c.kind, Kind::Dir(_))).count() as u32;
                 let (start, offset, size) = self.listing(&written);
                 let number = self.take_number();
                 let mut v = if size <= 0xffff {
@@ -271,11 +258,7 @@ impl Writer {
                 (3, v)
             }
             Kind::Char(dev) | Kind::Block(dev) => {
-                let k = if matches!(node.kind, Kind::Char(_)) {
-                    5
-                } else {
-                    4
-                };
+                let k = if matches!(node.kind, Kind::Char(_)) { 5 } else { 4 };
                 let mut v = common(k, node.mode, self.take_number());
                 v.extend_from_slice(&1u32.to_le_bytes());
                 v.extend_from_slice(&dev.to_le_bytes());
@@ -285,13 +268,7 @@ impl Writer {
         let number = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
         let (block, offset) = self.inodes.pos();
         self.inodes.push(&bytes);
-        Ok(Written {
-            name: node.name.clone(),
-            kind,
-            block,
-            offset,
-            number,
-        })
+        Ok(Written { name: node.name.clone(), kind, block, offset, number })
     }
 
     fn take_number(&mut self) -> u32 {
@@ -334,8 +311,7 @@ impl Writer {
                 .iter()
                 .take(256)
                 .take_while(|c| {
-                    c.block == first.block
-                        && (i64::from(c.number) - i64::from(first.number)).abs() <= 32767
+                    c.block == first.block && (i64::from(c.number) - i64::from(first.number)).abs() <= 32767
                 })
                 .count();
             bytes.extend_from_slice(&(run as u32 - 1).to_le_bytes());
@@ -343,9 +319,7 @@ impl Writer {
             bytes.extend_from_slice(&first.number.to_le_bytes());
             for c in &children[i..i + run] {
                 bytes.extend_from_slice(&c.offset.to_le_bytes());
-                bytes.extend_from_slice(
-                    &((i64::from(c.number) - i64::from(first.number)) as i16).to_le_bytes(),
-                );
+                bytes.extend_from_slice(&((i64::from(c.number) - i64::from(first.number)) as i16).to_le_bytes());
                 bytes.extend_from_slice(&c.kind.to_le_bytes());
                 bytes.extend_from_slice(&(c.name.len() as u16 - 1).to_le_bytes());
                 bytes.extend_from_slice(&c.name);
@@ -362,18 +336,10 @@ impl Writer {
 pub fn build_layer(src_dir: &Path, out: &Path) -> Result<LayerImage, SquashfsError> {
     let root = scan(src_dir, Vec::new())?;
     if !matches!(root.kind, Kind::Dir(_)) {
-        return Err(SquashfsError::Io {
-            path: src_dir.to_owned(),
-            error: std::io::Error::other("not a directory"),
-        });
+        return Err(SquashfsError::Io { path: src_dir.to_owned(), error: std::io::Error::other("not a directory") });
     }
     let total = count_inodes(&root);
-    let mut w = Writer {
-        data: Vec::new(),
-        inodes: Metadata::default(),
-        dirs: Metadata::default(),
-        next_inode: 1,
-    };
+    let mut w = Writer { data: Vec::new(), inodes: Metadata::default(), dirs: Metadata::default(), next_inode: 1 };
     let root_written = w.write(&root, total + 1)?;
     let root_ref = (u64::from(root_written.block) << 16) | u64::from(root_written.offset);
 
@@ -400,16 +366,7 @@ pub fn build_layer(src_dir: &Path, out: &Path) -> Result<LayerImage, SquashfsErr
     sb.extend_from_slice(&1u16.to_le_bytes()); // ids
     sb.extend_from_slice(&4u16.to_le_bytes());
     sb.extend_from_slice(&0u16.to_le_bytes());
-    for v in [
-        root_ref,
-        bytes_used,
-        id_index,
-        INVALID,
-        inode_table,
-        dir_table,
-        id_block,
-        INVALID,
-    ] {
+    for v in [root_ref, bytes_used, id_index, INVALID, inode_table, dir_table, id_block, INVALID] {
         sb.extend_from_slice(&v.to_le_bytes());
     }
     let mut image = sb;
@@ -426,15 +383,9 @@ pub fn build_layer(src_dir: &Path, out: &Path) -> Result<LayerImage, SquashfsErr
     fs::write(&tmp, &image).map_err(io(&tmp))?;
     if let Err(e) = fs::rename(&tmp, out) {
         let _ = fs::remove_file(&tmp);
-        return Err(SquashfsError::Io {
-            path: out.to_owned(),
-            error: e,
-        });
+        return Err(SquashfsError::Io { path: out.to_owned(), error: e });
     }
-    Ok(LayerImage {
-        size: padded,
-        digest,
-    })
+    Ok(LayerImage { size: padded, digest })
 }
 
 #[cfg(test)]
@@ -448,23 +399,12 @@ mod tests {
         ok(fs::create_dir_all(root.join("empty")));
         ok(fs::write(root.join("etc/hostname"), "box\n"));
         ok(fs::write(root.join("etc/deep/er/empty-file"), ""));
-        ok(fs::write(
-            root.join("big"),
-            (0..(1 << 20) + 77)
-                .map(|i| (i * 7 % 256) as u8)
-                .collect::<Vec<_>>(),
-        ));
+        ok(fs::write(root.join("big"), (0..(1 << 20) + 77).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>()));
         ok(fs::write(root.join("run.sh"), "#!/bin/sh\n"));
-        ok(fs::set_permissions(
-            root.join("run.sh"),
-            fs::Permissions::from_mode(0o4755),
-        ));
+        ok(fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o4755)));
         ok(symlink("etc/hostname", root.join("link")));
         for i in 0..300 {
-            ok(fs::write(
-                root.join("etc").join(format!("f{i:03}")),
-                format!("{i}"),
-            ));
+            ok(fs::write(root.join("etc").join(format!("f{i:03}")), format!("{i}")));
         }
     }
 
@@ -497,15 +437,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let src = d.path().join("src");
         fs::create_dir_all(&src).unwrap_or_else(|e| panic!("{e}"));
-        let made = std::process::Command::new("mkfifo")
-            .arg(src.join("p"))
-            .status();
+        let made = std::process::Command::new("mkfifo").arg(src.join("p")).status();
         assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
         let out = d.path().join("x.sqfs");
-        assert!(matches!(
-            build_layer(&src, &out),
-            Err(SquashfsError::Unsupported(_))
-        ));
+        assert!(matches!(build_layer(&src, &out), Err(SquashfsError::Unsupported(_))));
         assert!(!out.exists());
     }
 }

@@ -16,8 +16,8 @@ const ALIVE: Duration = Duration::from_secs(4);
 pub fn run(ctx: &Ctx) -> Result<()> {
     // One flipped byte in the middle of the signed payload.
     let mut flipped = ctx.build("bad-signature")?;
-    let mid = cairn_images::envelope::HEADER_LEN
-        + (flipped.envelope.len() - cairn_images::envelope::HEADER_LEN - 64) / 2;
+    let mid =
+        cairn_images::envelope::HEADER_LEN + (flipped.envelope.len() - cairn_images::envelope::HEADER_LEN - 64) / 2;
     flipped.envelope[mid] ^= 0x01;
     check(ctx, &flipped, "flipped.img", "does not verify")?;
 
@@ -27,12 +27,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     check(ctx, &untrusted, "untrusted.img", "untrusted key")
 }
 
-fn check(
-    ctx: &Ctx,
-    app: &cairn_images::host::assemble::BuiltAppliance,
-    file: &str,
-    reason: &str,
-) -> Result<()> {
+fn check(ctx: &Ctx, app: &cairn_images::host::assemble::BuiltAppliance, file: &str, reason: &str) -> Result<()> {
     let (disk, _) = ctx.disk(app, file)?;
     let seen = std::cell::Cell::new(None::<Instant>);
     let run = ctx.boot(&disk, super::BOOT_TIMEOUT, &|c| {
@@ -50,18 +45,9 @@ fn check(
     let c = &run.console;
     let rejected = c.expect("manifest.rejected", &[("slot", "a")])?;
     let why = rejected.get("reason").unwrap_or("");
-    ensure!(
-        why.contains(reason),
-        "{file}: reason {why:?} does not say {reason:?}"
-    );
+    ensure!(why.contains(reason), "{file}: reason {why:?} does not say {reason:?}");
     c.expect("boot.failed", &[])?;
-    ensure!(
-        c.first("container.started", &[]).is_none(),
-        "{file}: a container started"
-    );
-    ensure!(
-        c.first("layer.mounted", &[]).is_none(),
-        "{file}: a layer was mounted"
-    );
+    ensure!(c.first("container.started", &[]).is_none(), "{file}: a container started");
+    ensure!(c.first("layer.mounted", &[]).is_none(), "{file}: a layer was mounted");
     Ok(())
 }

@@ -19,39 +19,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         c.expect("container.started", &[("name", name)])?;
     }
     for (name, hostname, top) in [("alpha", "alpha", "app"), ("beta", "beta-host", "base")] {
-        let i = c
-            .expect("inspect", &[("name", hostname)])
-            .with_context(|| format!("{name} printed nothing"))?;
+        let i = c.expect("inspect", &[("name", hostname)]).with_context(|| format!("{name} printed nothing"))?;
         ensure!(
             i.get("pid") == Some("2"),
             "{name}: entrypoint is pid {:?}, want 2 (child of the namespace init)",
             i.get("pid")
         );
-        ensure!(
-            i.get("ppid") == Some("1"),
-            "{name}: parent is {:?}, want the namespace init (1)",
-            i.get("ppid")
-        );
+        ensure!(i.get("ppid") == Some("1"), "{name}: parent is {:?}, want the namespace init (1)", i.get("ppid"));
         ensure!(
             i.get("pid1_comm") == Some("init"),
             "{name}: PID 1 is {:?}, want cairn's namespace init",
             i.get("pid1_comm")
         );
-        ensure!(
-            i.get("hostname") == Some(hostname),
-            "{name}: hostname {:?}",
-            i.get("hostname")
-        );
+        ensure!(i.get("hostname") == Some(hostname), "{name}: hostname {:?}", i.get("hostname"));
         ensure!(
             i.get("layer") == Some(top),
             "{name}: /etc/cairn-layer is {:?}, want {top:?} (top layer shadows)",
             i.get("layer")
         );
-        ensure!(
-            i.get("base") == Some("from-base"),
-            "{name}: lower layer file {:?}",
-            i.get("base")
-        );
+        ensure!(i.get("base") == Some("from-base"), "{name}: lower layer file {:?}", i.get("base"));
         c.expect("upper-write", &[("name", hostname), ("ok", "1")])?;
         let procs = c.expect("procs", &[("name", hostname)])?;
         ensure!(
@@ -66,17 +52,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut f = std::fs::File::open(&disk)?;
     for (n, l) in app.layers.iter().enumerate() {
         let name = format!("cairn-layer-{:02}", n + 1);
-        let p = layout
-            .find(&name)
-            .with_context(|| format!("{name} missing"))?;
+        let p = layout.find(&name).with_context(|| format!("{name} missing"))?;
         f.seek(SeekFrom::Start(p.offset_bytes))?;
         let mut buf = vec![0u8; l.size as usize];
         f.read_exact(&mut buf)?;
-        ensure!(
-            Digest::of(&buf) == l.digest,
-            "layer {} changed on disk after the boot",
-            l.name
-        );
+        ensure!(Digest::of(&buf) == l.digest, "layer {} changed on disk after the boot", l.name);
     }
     Ok(())
 }

@@ -11,20 +11,10 @@ use crate::Ctx;
 pub fn run(ctx: &Ctx) -> Result<()> {
     let app = ctx.build("corrupt-layer")?;
     let (disk, layout) = ctx.disk(&app, "disk.img")?;
-    let (n, bad) = app
-        .layers
-        .iter()
-        .enumerate()
-        .find(|(_, l)| l.name == "app")
-        .context("no app layer")?;
-    let part = layout
-        .find(&format!("cairn-layer-{:02}", n + 1))
-        .context("no partition for app")?;
+    let (n, bad) = app.layers.iter().enumerate().find(|(_, l)| l.name == "app").context("no app layer")?;
+    let part = layout.find(&format!("cairn-layer-{:02}", n + 1)).context("no partition for app")?;
     let at = part.offset_bytes + bad.size / 2;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&disk)?;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk)?;
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(at))?;
     f.read_exact(&mut b)?;
@@ -38,21 +28,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let c = &run.console;
     let digest = bad.digest.to_string();
     c.expect("layer.corrupt", &[("name", "app"), ("digest", &digest)])?;
-    ensure!(
-        c.first("layer.mounted", &[("name", "app")]).is_none(),
-        "the corrupt layer was mounted"
-    );
+    ensure!(c.first("layer.mounted", &[("name", "app")]).is_none(), "the corrupt layer was mounted");
     let failed = c.expect("container.failed", &[("name", "victim")])?;
     ensure!(
         failed.get("reason").is_some_and(|r| r.contains("app")),
         "victim failure does not name the layer: {:?}",
         failed.fields
     );
-    ensure!(
-        c.first("container.started", &[("name", "victim")])
-            .is_none(),
-        "victim started on a corrupt layer"
-    );
+    ensure!(c.first("container.started", &[("name", "victim")]).is_none(), "victim started on a corrupt layer");
     c.expect("container.started", &[("name", "good")])?;
     c.expect("inspect", &[("name", "good")])?;
     Ok(())

@@ -1,0 +1,74 @@
+//! `hostile`: a root payload tries to escape or harm the device; every
+//! attempt fails with the errno the payload prints, and the host and the
+//! other containers are unaffected.
+
+use anyhow::{ensure, Result};
+
+use super::{powered_off, until_exit, BOOT_TIMEOUT};
+use crate::Ctx;
+
+/// Every attempt the payload makes, each of which must be blocked.
+const ATTEMPTS: [&str; 24] = [
+    "mount",
+    "umount",
+    "raw-block-open",
+    "mknod-block",
+    "mknod-char",
+    "module-load",
+    "kexec",
+    "reboot",
+    "sysrq",
+    "clock-set",
+    "sethostname",
+    "ptrace-hidden",
+    "ptrace-init",
+    "keyctl",
+    "bpf",
+    "userns",
+    "cgroup-write",
+    "chroot-escape",
+    "proc-other-container",
+    "rlimit-raise",
+    "proc-exe-write",
+    "proc-exe-opath",
+    "proc-sys-write",
+    "dev-mem",
+];
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("hostile")?;
+    let (disk, _) = ctx.disk(&app, "disk.img")?;
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    let mut failures = Vec::new();
+    for name in ATTEMPTS {
+        match c.first("attempt", &[("name", name)]) {
+            None => failures.push(format!("{name}: no attempt line")),
+            Some(l) if l.get("result") != Some("blocked") => failures.push(format!("{name}: {:?}", l.fields)),
+            Some(_) => {}
+        }
+    }
+    ensure!(failures.is_empty(), "attempts not blocked: {}", failures.join("; "));
+    let done = c.expect("hostile-done", &[("name", "attacker")])?;
+    ensure!(done.get("allowed") == Some("0"), "hostile-done says {:?}", done.fields);
+
+    // The neighbour ran through it all and was only stopped at shutdown.
+    c.expect("inspect", &[("name", "victim")])?;
+    let stopping = c.expect("container.stopping", &[("name", "victim")])?;
+    let exited = c.expect("container.exited", &[("name", "victim")])?;
+    ensure!(stopping.index < exited.index, "victim died before the shutdown");
+    // The host's hostname is untouched.
+    let shutdown = c.expect("shutdown.start", &[])?;
+    ensure!(shutdown.get("hostname") != Some("hostile-was-here"), "the host hostname changed");
+
+    // The capability sets are the documented default, nothing ambient beyond it.
+    let caps = c.expect("caps", &[("name", "caps")])?;
+    let want = format!("{:016x}", cairn_images::manifest::DEFAULT_CAPABILITIES);
+    for set in ["eff", "prm", "bnd"] {
+        ensure!(caps.get(set) == Some(want.as_str()), "{set} is {:?}, want {want}", caps.get(set));
+    }
+    ensure!(caps.get("nnp") == Some("1"), "no_new_privs not set: {:?}", caps.fields);
+    ensure!(caps.get("seccomp") == Some("2"), "seccomp not in filter mode: {:?}", caps.fields);
+    Ok(())
+}
