@@ -91,7 +91,7 @@ macro_rules! table {
         /// The number of a syscall on this architecture.
         pub fn syscall_number(name: &str) -> Option<i64> {
             $(if stringify!($name).strip_prefix("SYS_") == Some(name) {
-                return Some(libc::$name.into());
+                return Some(libc::$name);
             })*
             arch_only(name)
         }
@@ -165,20 +165,17 @@ const ARCH_ONLY: &[&str] =
 
 #[cfg(target_arch = "x86_64")]
 fn arch_only(name: &str) -> Option<i64> {
-    Some(
-        match name {
-            "ioperm" => libc::SYS_ioperm,
-            "iopl" => libc::SYS_iopl,
-            "nfsservctl" => libc::SYS_nfsservctl,
-            "sysfs" => libc::SYS_sysfs,
-            "uselib" => libc::SYS_uselib,
-            "ustat" => libc::SYS_ustat,
-            "_sysctl" => libc::SYS__sysctl,
-            "kexec_file_load" => libc::SYS_kexec_file_load,
-            _ => return None,
-        }
-        .into(),
-    )
+    Some(match name {
+        "ioperm" => libc::SYS_ioperm,
+        "iopl" => libc::SYS_iopl,
+        "nfsservctl" => libc::SYS_nfsservctl,
+        "sysfs" => libc::SYS_sysfs,
+        "uselib" => libc::SYS_uselib,
+        "ustat" => libc::SYS_ustat,
+        "_sysctl" => libc::SYS__sysctl,
+        "kexec_file_load" => libc::SYS_kexec_file_load,
+        _ => return None,
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -231,9 +228,9 @@ pub fn build(extra_deny: &[&str], allow_userns: bool) -> Result<Filter, SeccompE
     let newuser = libc::CLONE_NEWUSER as u64;
     let mut clone3 = None;
     if !allow_userns {
-        rules.insert(libc::SYS_unshare.into(), vec![masked(newuser)?]);
-        rules.insert(libc::SYS_clone.into(), vec![masked(newuser)?]);
-        let only_clone3 = BTreeMap::from([(libc::SYS_clone3.into(), Vec::new())]);
+        rules.insert(libc::SYS_unshare, vec![masked(newuser)?]);
+        rules.insert(libc::SYS_clone, vec![masked(newuser)?]);
+        let only_clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
         clone3 = Some(compile(only_clone3, libc::ENOSYS)?);
     }
     Ok(Filter { deny: compile(rules, libc::EPERM)?, clone3 })
@@ -273,8 +270,8 @@ mod tests {
 
     #[test]
     fn names_resolve_to_this_architectures_numbers() {
-        assert_eq!(syscall_number("keyctl"), Some(libc::SYS_keyctl.into()));
-        assert_eq!(syscall_number("mount"), Some(libc::SYS_mount.into()));
+        assert_eq!(syscall_number("keyctl"), Some(libc::SYS_keyctl));
+        assert_eq!(syscall_number("mount"), Some(libc::SYS_mount));
         assert_eq!(syscall_number("nope"), None);
         let resolved = DEFAULT_DENY.iter().filter(|n| syscall_number(n).is_some()).count();
         assert!(resolved >= DEFAULT_DENY.len() - ARCH_ONLY.len());

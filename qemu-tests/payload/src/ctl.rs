@@ -34,11 +34,7 @@ pub fn run(delay_ms: u64, words: &[String]) -> i32 {
             }
         }
         Err((step, errno)) => {
-            say!(
-                "event=ctl request={} error={step} errno={errno} path={}",
-                V(&request),
-                V(&path.to_string_lossy())
-            );
+            say!("event=ctl request={} error={step} errno={errno} path={}", V(&request), V(&path.to_string_lossy()));
             1
         }
     }
@@ -62,8 +58,7 @@ fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)>
     let fd = loop {
         tries += 1;
         // SAFETY: socket takes plain integers and returns a new fd or -1.
-        let raw =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
             return Err(("socket", sys::errno()));
         }
@@ -76,10 +71,7 @@ fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)>
             break fd;
         }
         let e = sys::errno();
-        let transient = matches!(
-            e,
-            libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN | libc::EINTR
-        );
+        let transient = matches!(e, libc::ENOENT | libc::ECONNREFUSED | libc::EAGAIN | libc::EINTR);
         if !transient || tries >= CONNECT_TRIES {
             return Err(("connect", e));
         }
@@ -88,10 +80,7 @@ fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)>
     };
 
     // A reply that never comes should not hang the container forever.
-    let timeout = libc::timeval {
-        tv_sec: 10,
-        tv_usec: 0,
-    };
+    let timeout = libc::timeval { tv_sec: 10, tv_usec: 0 };
     // SAFETY: `timeout` is a live timeval and the length passed is its size.
     let _ = unsafe {
         libc::setsockopt(
@@ -104,14 +93,7 @@ fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)>
     };
 
     // SAFETY: `request` is a live slice; send reads at most its length.
-    let sent = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) };
     if sent < 0 {
         return Err(("send", sys::errno()));
     }

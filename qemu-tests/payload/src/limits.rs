@@ -12,12 +12,7 @@ pub fn demo(label: &str, period_ms: u64) -> ! {
     let mut n: u64 = 0;
     loop {
         n += 1;
-        say!(
-            "event=tick label={} n={n} pid={} ppid={}",
-            V(label),
-            sys::pid(),
-            sys::ppid()
-        );
+        say!("event=tick label={} n={n} pid={} ppid={}", V(label), sys::pid(), sys::ppid());
         sys::sleep_ms(period_ms);
     }
 }
@@ -29,10 +24,7 @@ pub fn alloc(step_mib: u64, max_mib: u64) -> i32 {
     let mut total: u64 = 0;
     while total < max_mib {
         let mib = step_mib.min(max_mib - total);
-        let Some(bytes) = mib
-            .checked_mul(1 << 20)
-            .and_then(|b| usize::try_from(b).ok())
-        else {
+        let Some(bytes) = mib.checked_mul(1 << 20).and_then(|b| usize::try_from(b).ok()) else {
             say!("event=alloc-failed total_mib={total} want_mib={mib} reason=size");
             return 1;
         };
@@ -74,17 +66,11 @@ pub fn forkbomb(n: u32) -> i32 {
             }
         }
     }
-    say!(
-        "event=forkbomb forked={} failed={failed} failed_errno={first_errno}",
-        kids.len()
-    );
+    say!("event=forkbomb forked={} failed={failed} failed_errno={first_errno}", kids.len());
     for &pid in &kids {
         sys::kill(pid, libc::SIGKILL);
     }
-    let reaped = kids
-        .iter()
-        .filter(|&&pid| sys::wait_pid(pid).is_ok())
-        .count();
+    let reaped = kids.iter().filter(|&&pid| sys::wait_pid(pid).is_ok()).count();
     say!("event=forkbomb-done reaped={reaped}");
     0
 }
@@ -96,10 +82,7 @@ pub fn spin(seconds: u64) -> i32 {
     let mut x: u64 = 1;
     while Instant::now() < end {
         for _ in 0..10_000 {
-            x = black_box(
-                x.wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407),
-            );
+            x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407));
         }
     }
     black_box(x);
@@ -107,24 +90,16 @@ pub fn spin(seconds: u64) -> i32 {
     // cgroup v2 line of /proc/self/cgroup: "0::<path>". Inside a cgroup
     // namespace that is "/" and /sys/fs/cgroup is the container's own cgroup.
     let cgroup = sys::read_trim("/proc/self/cgroup")
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
         .unwrap_or_else(|| "missing".to_owned());
     let mut candidates = Vec::new();
     if cgroup.starts_with('/') && cgroup != "/" {
         candidates.push(format!("/sys/fs/cgroup{cgroup}/cpu.stat"));
     }
     candidates.push("/sys/fs/cgroup/cpu.stat".to_owned());
-    let stats: Vec<(String, String)> = candidates
-        .into_iter()
-        .filter_map(|p| sys::read_trim(&p).map(|s| (p, s)))
-        .collect();
-    let chosen = stats
-        .iter()
-        .find(|(_, s)| stat_value(s, "nr_throttled").is_some())
-        .or_else(|| stats.first());
+    let stats: Vec<(String, String)> =
+        candidates.into_iter().filter_map(|p| sys::read_trim(&p).map(|s| (p, s))).collect();
+    let chosen = stats.iter().find(|(_, s)| stat_value(s, "nr_throttled").is_some()).or_else(|| stats.first());
     match chosen {
         Some((path, stat)) => {
             let get = |k: &str| stat_value(stat, k).unwrap_or("missing");
@@ -137,10 +112,7 @@ pub fn spin(seconds: u64) -> i32 {
                 V(path)
             );
         }
-        None => say!(
-            "event=spin seconds={seconds} cpu_stat=missing cgroup={}",
-            V(&cgroup)
-        ),
+        None => say!("event=spin seconds={seconds} cpu_stat=missing cgroup={}", V(&cgroup)),
     }
     0
 }

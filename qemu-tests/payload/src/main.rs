@@ -63,9 +63,7 @@ use out::V;
 fn main() {
     out::init();
     // args_os: a non-UTF-8 argument must not panic.
-    let args: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let code = match dispatch(&args) {
         Ok(code) => code,
         Err(detail) => {
@@ -118,11 +116,8 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "ignore-term" => signals::ignore_term(),
         "term-log" => signals::term_log(a.word(2, "label")?),
         "ctl" => {
-            let (delay, first) = if a.0.get(2).is_some_and(|s| s == "--delay-ms") {
-                (a.num(3, "delay_ms")?, 4)
-            } else {
-                (0, 2)
-            };
+            let (delay, first) =
+                if a.0.get(2).is_some_and(|s| s == "--delay-ms") { (a.num(3, "delay_ms")?, 4) } else { (0, 2) };
             let words = a.0.get(first..).unwrap_or(&[]);
             if words.is_empty() {
                 return Err("ctl:missing_request".into());
@@ -144,15 +139,11 @@ impl Args<'_> {
     }
 
     fn word(&self, i: usize, what: &str) -> Result<&str, String> {
-        self.0
-            .get(i)
-            .map(String::as_str)
-            .ok_or_else(|| format!("{}:missing_{what}", self.cmd()))
+        self.0.get(i).map(String::as_str).ok_or_else(|| format!("{}:missing_{what}", self.cmd()))
     }
 
     fn num<T: FromStr>(&self, i: usize, what: &str) -> Result<T, String> {
         let w = self.word(i, what)?;
-        w.parse()
-            .map_err(|_| format!("{}:bad_{what}:{w}", self.cmd()))
+        w.parse().map_err(|_| format!("{}:bad_{what}:{w}", self.cmd()))
     }
 }

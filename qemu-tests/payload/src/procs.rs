@@ -15,10 +15,7 @@ fn pids() -> Result<Vec<u32>, i32> {
     let mut out = Vec::new();
     for entry in dir.flatten() {
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if let (true, Some(pid)) = (
-            is_dir,
-            entry.file_name().to_str().and_then(|s| s.parse().ok()),
-        ) {
+        if let (true, Some(pid)) = (is_dir, entry.file_name().to_str().and_then(|s| s.parse().ok())) {
             out.push(pid);
         }
     }
@@ -37,9 +34,7 @@ pub fn zombies() -> Result<Vec<u32>, i32> {
         let Some(close) = stat.iter().rposition(|&b| b == b')') else {
             continue;
         };
-        let state = stat
-            .get(close + 1..)
-            .and_then(|rest| rest.iter().find(|b| !b.is_ascii_whitespace()));
+        let state = stat.get(close + 1..).and_then(|rest| rest.iter().find(|b| !b.is_ascii_whitespace()));
         if state == Some(&b'Z') {
             out.push(pid);
         }

@@ -183,7 +183,5 @@ pub fn wait_term(w: &TermWait) {
 
 /// Read a small text file and trim it; `None` if it cannot be read.
 pub fn read_trim(path: &str) -> Option<String> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+    std::fs::read(path).ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned())
 }
