@@ -444,7 +444,12 @@ impl Supervisor {
                     None => format!("error {name} is not running"),
                     Some(pid) => {
                         let mut reply = String::from("ok");
-                        for signal in signals {
+                        for (n, signal) in signals.into_iter().enumerate() {
+                            // A stop signal discards a pending SIGCONT: space
+                            // the signals of a list so each is delivered.
+                            if n > 0 {
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
                             if let Err(e) = cairn_runtime::sys::kill(pid, signal) {
                                 reply = format!("error {e}");
                                 break;

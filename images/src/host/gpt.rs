@@ -1,10 +1,21 @@
 //! GPT disk images: write one from partition specs, read a layout back.
 //!
-//! Partitions start 1 MiB aligned and are rounded up to whole MiB. GUIDs are
-//! derived from the partition names (and the disk GUID from all of them), so
-//! the same specs always give the same bytes. The file is written sparse,
-//! under a temporary name, and renamed into place only when complete.
+//! 512-byte sectors; a protective MBR, the primary header at LBA 1 and its
+//! 128 entries of 128 bytes at LBA 2, the backup entries and header at the
+//! end of the disk. Partitions start 1 MiB aligned, in the order given, and
+//! are rounded up to whole MiB; the disk ends 1 MiB after the last one.
+//! Every partition has the "Linux filesystem data" type.
+//!
+//! Deterministic: each unique partition GUID is derived from the partition
+//! name and the disk GUID from all the names (sha256, with the RFC 4122
+//! version 4 and variant bits set), so the same specs always give the same
+//! bytes. Names must therefore be unique.
+//!
+//! The file is written sparse (sized first, then written at offsets), under
+//! `<out>.partial` in the same directory, and renamed to `out` only when
+//! complete; on error the partial file is removed.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +27,12 @@ const MIB: u64 = 1 << 20;
 const ENTRIES: usize = 128;
 const ENTRY_SIZE: usize = 128;
 const ENTRY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
-/// "Linux filesystem data" type GUID, as stored on disk.
+const HEADER_SIZE: usize = 92;
+/// Partitions must end before this sector, so the disk size (the end of the
+/// last partition plus the 1 MiB tail) fits in a u64 of bytes.
+const MAX_END_LBA: u64 = (u64::MAX - MIB) / SECTOR;
+/// "Linux filesystem data" type GUID 0FC63DAF-8483-4772-8E79-3D69D8477DE4,
+/// in its on-disk (mixed endian) byte order.
 const LINUX_DATA: [u8; 16] =
     [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
 /// Longest partition name GPT can hold (UTF-16 code units).
@@ -25,20 +41,21 @@ pub const MAX_NAME: usize = 36;
 /// What a partition starts with.
 #[derive(Debug, Clone)]
 pub enum PartitionContents {
-    /// Zeroes.
+    /// Zeroes (nothing is written; the file stays sparse there).
     Empty,
-    /// These bytes.
+    /// These bytes, at the start of the partition; the rest is zero.
     Bytes(Vec<u8>),
-    /// The contents of this file.
+    /// The contents of this file, at the start of the partition; the rest is zero.
     File(PathBuf),
 }
 
 /// A partition to create.
 #[derive(Debug, Clone)]
 pub struct PartitionSpec {
-    /// GPT name (what the device looks partitions up by).
+    /// GPT name (what the device looks partitions up by); unique, at most
+    /// [`MAX_NAME`] UTF-16 code units.
     pub name: String,
-    /// Size; rounded up to a MiB.
+    /// Size; rounded up to a whole MiB (at least 1 MiB).
     pub size_bytes: u64,
     /// Initial contents.
     pub contents: PartitionContents,
@@ -49,7 +66,7 @@ pub struct PartitionSpec {
 pub struct PlacedPartition {
     /// GPT name.
     pub name: String,
-    /// 1-based number, as Linux numbers partitions.
+    /// 1-based number, as Linux numbers partitions (entry index + 1).
     pub index: u32,
     /// First sector.
     pub first_lba: u64,
@@ -66,12 +83,12 @@ pub struct PlacedPartition {
 pub struct DiskLayout {
     /// Disk size in bytes.
     pub disk_size: u64,
-    /// Partitions in table order.
+    /// Partitions in table order (unused entries skipped).
     pub partitions: Vec<PlacedPartition>,
 }
 
 impl DiskLayout {
-    /// A partition by name.
+    /// The first partition with this name.
     pub fn find(&self, name: &str) -> Option<&PlacedPartition> {
         self.partitions.iter().find(|p| p.name == name)
     }
@@ -80,7 +97,7 @@ impl DiskLayout {
 /// Why a disk could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
-    /// File I/O.
+    /// File I/O (the disk, its partial file, or a contents file).
     #[error("{path}: {error}")]
     Io {
         /// The file.
@@ -89,11 +106,17 @@ pub enum GptError {
         error: std::io::Error,
     },
     /// A name longer than GPT allows.
-    #[error("partition name {0:?} is longer than {MAX_NAME} UTF-16 units")]
+    #[error("partition name {0:?} is longer than {MAX_NAME} UTF-16 code units")]
     NameTooLong(String),
+    /// Two partitions with the same name.
+    #[error("partition name {0:?} is used twice")]
+    DuplicateName(String),
     /// More partitions than table entries.
     #[error("{0} partitions exceed the {ENTRIES} GPT entries")]
     TooManyPartitions(usize),
+    /// A size that does not fit in a disk.
+    #[error("partition {0}: size too large")]
+    SizeOverflow(String),
     /// Contents larger than the partition.
     #[error("partition {name}: contents of {len} bytes exceed its {size} bytes")]
     ContentsTooLarge {
@@ -114,12 +137,15 @@ pub enum GptError {
     },
 }
 
+/// A GUID from sha256 of `seed`, marked as a version 4 (random) RFC 4122
+/// GUID. GPT stores the first three fields little endian, so the version
+/// nibble is the high nibble of byte 7.
 fn guid(seed: &[u8]) -> [u8; 16] {
     let h = Sha256::digest(seed);
     let mut g = [0u8; 16];
     g.copy_from_slice(&h[..16]);
-    g[7] = (g[7] & 0x0f) | 0x40; // version 4 (stored little endian)
-    g[8] = (g[8] & 0x3f) | 0x80; // RFC 4122 variant
+    g[7] = (g[7] & 0x0f) | 0x40;
+    g[8] = (g[8] & 0x3f) | 0x80;
     g
 }
 
@@ -134,7 +160,7 @@ fn header(
     let mut h = [0u8; SECTOR as usize];
     h[0..8].copy_from_slice(b"EFI PART");
     h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-    h[12..16].copy_from_slice(&92u32.to_le_bytes());
+    h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
     h[24..32].copy_from_slice(&current.to_le_bytes());
     h[32..40].copy_from_slice(&backup.to_le_bytes());
     h[40..48].copy_from_slice(&(2 + ENTRY_SECTORS).to_le_bytes());
@@ -144,30 +170,58 @@ fn header(
     h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
     h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
     h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-    let crc = crc32fast::hash(&h[..92]);
+    let crc = crc32fast::hash(&h[..HEADER_SIZE]);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Write a GPT disk image with these partitions, in order.
+/// `out` with `.partial` appended to its file name.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| OsString::from("disk"));
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Length of a partition's contents, checked against its size.
+fn contents_len(p: &PlacedPartition, contents: &PartitionContents) -> Result<u64, GptError> {
+    let len = match contents {
+        PartitionContents::Empty => 0,
+        PartitionContents::Bytes(b) => b.len() as u64,
+        PartitionContents::File(path) => {
+            fs::metadata(path).map_err(|error| GptError::Io { path: path.clone(), error })?.len()
+        }
+    };
+    if len > p.size_bytes {
+        return Err(GptError::ContentsTooLarge { name: p.name.clone(), len, size: p.size_bytes });
+    }
+    Ok(len)
+}
+
+/// Write a GPT disk image with these partitions, in order, to `out`.
+///
+/// Everything that can be checked up front (names, sizes, contents lengths)
+/// is checked before any file is created.
 pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, GptError> {
     if parts.len() > ENTRIES {
         return Err(GptError::TooManyPartitions(parts.len()));
     }
-    let mut placed = Vec::new();
+    let mut placed: Vec<PlacedPartition> = Vec::with_capacity(parts.len());
     let mut entries = vec![0u8; ENTRIES * ENTRY_SIZE];
     let mut next = MIB / SECTOR;
     let mut all_names = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
+    for (i, (p, e)) in parts.iter().zip(entries.chunks_exact_mut(ENTRY_SIZE)).enumerate() {
         let name16: Vec<u16> = p.name.encode_utf16().collect();
         if name16.len() > MAX_NAME {
             return Err(GptError::NameTooLong(p.name.clone()));
         }
-        let size = p.size_bytes.div_ceil(MIB).max(1) * MIB;
+        if placed.iter().any(|q| q.name == p.name) {
+            return Err(GptError::DuplicateName(p.name.clone()));
+        }
+        let overflow = || GptError::SizeOverflow(p.name.clone());
+        let size = p.size_bytes.div_ceil(MIB).max(1).checked_mul(MIB).ok_or_else(overflow)?;
         let first = next;
-        let last = first + size / SECTOR - 1;
-        next = last + 1;
-        let e = &mut entries[i * ENTRY_SIZE..(i + 1) * ENTRY_SIZE];
+        next = first.checked_add(size / SECTOR).filter(|n| *n <= MAX_END_LBA).ok_or_else(overflow)?;
+        let last = next - 1;
         e[0..16].copy_from_slice(&LINUX_DATA);
         e[16..32].copy_from_slice(&guid(format!("cairn-partition:{}", p.name).as_bytes()));
         e[32..40].copy_from_slice(&first.to_le_bytes());
@@ -177,21 +231,25 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         }
         all_names.extend_from_slice(p.name.as_bytes());
         all_names.push(0);
-        placed.push(PlacedPartition {
+        let placed_part = PlacedPartition {
             name: p.name.clone(),
             index: i as u32 + 1,
             first_lba: first,
             last_lba: last,
             offset_bytes: first * SECTOR,
             size_bytes: size,
-        });
+        };
+        contents_len(&placed_part, &p.contents)?;
+        placed.push(placed_part);
     }
     let disk_size = next * SECTOR + MIB;
     let last_lba = disk_size / SECTOR - 1;
-    let last_usable = last_lba - ENTRY_SECTORS - 1;
+    let backup_entries = last_lba - ENTRY_SECTORS;
+    let last_usable = backup_entries - 1;
     let disk_guid = guid(&[b"cairn-disk:".as_slice(), &all_names].concat());
     let entries_crc = crc32fast::hash(&entries);
 
+    // Protective MBR: one partition of type 0xEE covering the disk from LBA 1.
     let mut mbr = [0u8; SECTOR as usize];
     let pe = &mut mbr[446..462];
     pe[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
@@ -202,7 +260,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
     mbr[510] = 0x55;
     mbr[511] = 0xAA;
 
-    let tmp = out.with_extension("img.partial");
+    let tmp = partial_path(out);
     let io = |error| GptError::Io { path: tmp.clone(), error };
     let result = (|| -> Result<(), GptError> {
         let mut f = File::create(&tmp).map_err(io)?;
@@ -214,42 +272,41 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         at(&mut f, 0, &mbr)?;
         at(&mut f, SECTOR, &header(&disk_guid, 1, last_lba, last_usable, 2, entries_crc))?;
         at(&mut f, 2 * SECTOR, &entries)?;
-        let backup_entries = last_lba - ENTRY_SECTORS;
         at(&mut f, backup_entries * SECTOR, &entries)?;
         at(&mut f, last_lba * SECTOR, &header(&disk_guid, last_lba, 1, last_usable, backup_entries, entries_crc))?;
         for (p, spec) in placed.iter().zip(parts) {
-            let too_large = |len: u64| GptError::ContentsTooLarge { name: p.name.clone(), len, size: p.size_bytes };
             match &spec.contents {
                 PartitionContents::Empty => {}
-                PartitionContents::Bytes(b) => {
-                    if b.len() as u64 > p.size_bytes {
-                        return Err(too_large(b.len() as u64));
-                    }
-                    at(&mut f, p.offset_bytes, b)?;
-                }
+                PartitionContents::Bytes(b) => at(&mut f, p.offset_bytes, b)?,
                 PartitionContents::File(path) => {
                     let src_io = |error| GptError::Io { path: path.clone(), error };
-                    let mut src = File::open(path).map_err(src_io)?;
-                    let len = src.metadata().map_err(src_io)?.len();
-                    if len > p.size_bytes {
-                        return Err(too_large(len));
-                    }
+                    let src = File::open(path).map_err(src_io)?;
                     f.seek(SeekFrom::Start(p.offset_bytes)).map_err(io)?;
-                    std::io::copy(&mut src, &mut f).map_err(src_io)?;
+                    // One byte more than fits, to notice a file that grew.
+                    let copied = std::io::copy(&mut src.take(p.size_bytes + 1), &mut f).map_err(src_io)?;
+                    if copied > p.size_bytes {
+                        return Err(GptError::ContentsTooLarge {
+                            name: p.name.clone(),
+                            len: copied,
+                            size: p.size_bytes,
+                        });
+                    }
                 }
             }
         }
-        f.sync_all().map_err(io)
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, out).map_err(|error| GptError::Io { path: out.to_owned(), error })
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, out).map_err(|error| GptError::Io { path: out.to_owned(), error })?;
     Ok(DiskLayout { disk_size, partitions: placed })
 }
 
-/// Read the primary GPT of a disk image, checking both CRCs.
+/// Read the primary GPT of a disk image (any GPT writer's), checking the
+/// signature, the header CRC and the entries CRC. Unused entries (zero type
+/// GUID) are skipped; names are decoded from UTF-16LE (lossily).
 pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
     let io = |error| GptError::Io { path: path.to_owned(), error };
     let invalid = |why| GptError::Invalid { path: path.to_owned(), why };
@@ -259,7 +316,7 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
     f.seek(SeekFrom::Start(SECTOR)).map_err(io)?;
     f.read_exact(&mut h).map_err(io)?;
     if &h[0..8] != b"EFI PART" {
-        return Err(invalid("no EFI PART signature"));
+        return Err(invalid("no EFI PART signature at LBA 1"));
     }
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let u64_at = |b: &[u8], o: usize| {
@@ -268,7 +325,7 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
         u64::from_le_bytes(a)
     };
     let hsize = u32_at(&h, 12) as usize;
-    if !(92..=SECTOR as usize).contains(&hsize) {
+    if !(HEADER_SIZE..=SECTOR as usize).contains(&hsize) {
         return Err(invalid("bad header size"));
     }
     let crc = u32_at(&h, 16);
@@ -278,11 +335,15 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
         return Err(invalid("header CRC mismatch"));
     }
     let (entries_lba, count, esize) = (u64_at(&h, 72), u32_at(&h, 80) as usize, u32_at(&h, 84) as usize);
-    if !(128..=4096).contains(&esize) || count > 1024 {
+    if !(128..=4096).contains(&esize) || esize % 8 != 0 || count > 1024 {
         return Err(invalid("bad entry geometry"));
     }
+    let entries_at = entries_lba
+        .checked_mul(SECTOR)
+        .filter(|o| *o < disk_size)
+        .ok_or_else(|| invalid("entries outside the disk"))?;
     let mut entries = vec![0u8; count * esize];
-    f.seek(SeekFrom::Start(entries_lba * SECTOR)).map_err(io)?;
+    f.seek(SeekFrom::Start(entries_at)).map_err(io)?;
     f.read_exact(&mut entries).map_err(io)?;
     if crc32fast::hash(&entries) != u32_at(&h, 88) {
         return Err(invalid("entries CRC mismatch"));
@@ -293,6 +354,10 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             continue;
         }
         let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+        let bad = || invalid("partition entry with a bad range");
+        let sectors = last.checked_sub(first).and_then(|n| n.checked_add(1)).ok_or_else(bad)?;
+        let offset_bytes = first.checked_mul(SECTOR).ok_or_else(bad)?;
+        let size_bytes = sectors.checked_mul(SECTOR).ok_or_else(bad)?;
         let units: Vec<u16> =
             e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
         partitions.push(PlacedPartition {
@@ -300,8 +365,8 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             index: i as u32 + 1,
             first_lba: first,
             last_lba: last,
-            offset_bytes: first * SECTOR,
-            size_bytes: (last + 1 - first) * SECTOR,
+            offset_bytes,
+            size_bytes,
         });
     }
     Ok(DiskLayout { disk_size, partitions })
@@ -326,43 +391,157 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn write_then_read_round_trips_deterministically() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
-        let la = write_disk(&a, &specs()).unwrap_or_else(|e| panic!("{e}"));
-        write_disk(&b, &specs()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(fs::read(&a).ok(), fs::read(&b).ok());
-        let back = read_layout(&a).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(back, la);
-        let state = la.find("cairn-state").unwrap_or_else(|| panic!("missing"));
-        assert_eq!((state.index, state.offset_bytes, state.size_bytes), (1, MIB, MIB));
-        let layer = la.find("cairn-layer-01").unwrap_or_else(|| panic!("missing"));
-        assert_eq!((layer.offset_bytes, layer.size_bytes), (2 * MIB, 4 * MIB));
-        let bytes = fs::read(&a).unwrap_or_default();
-        assert_eq!(&bytes[MIB as usize..MIB as usize + 100], &[7; 100]);
-        // The backup header sits in the last sector.
-        assert_eq!(&bytes[bytes.len() - 512..bytes.len() - 504], b"EFI PART");
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+    }
+
+    fn u64_at(b: &[u8], o: usize) -> u64 {
+        u64::from(u32_at(b, o)) | (u64::from(u32_at(b, o + 4)) << 32)
     }
 
     #[test]
-    fn corruption_and_bad_specs_are_errors() {
+    fn write_then_read_round_trips_deterministically() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let content = dir.path().join("content.bin");
+        fs::write(&content, vec![9u8; 5000]).unwrap_or_else(|e| panic!("{e}"));
+        let mut parts = specs();
+        parts.push(PartitionSpec {
+            name: "ünïcode-näme".into(),
+            size_bytes: 0,
+            contents: PartitionContents::File(content),
+        });
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        let la = write_disk(&a, &parts).unwrap_or_else(|e| panic!("{e}"));
+        write_disk(&b, &parts).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fs::read(&a).ok(), fs::read(&b).ok());
+        let back = read_layout(&a).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, la);
+        assert_eq!(la.disk_size, 8 * MIB);
+        let state = la.find("cairn-state").unwrap_or_else(|| panic!("missing"));
+        assert_eq!((state.index, state.first_lba, state.last_lba), (1, 2048, 4095));
+        assert_eq!((state.offset_bytes, state.size_bytes), (MIB, MIB));
+        let layer = la.find("cairn-layer-01").unwrap_or_else(|| panic!("missing"));
+        assert_eq!((layer.index, layer.offset_bytes, layer.size_bytes), (2, 2 * MIB, 4 * MIB));
+        let uni = la.find("ünïcode-näme").unwrap_or_else(|| panic!("missing"));
+        assert_eq!((uni.index, uni.offset_bytes, uni.size_bytes), (3, 6 * MIB, MIB));
+        assert!(la.find("nope").is_none());
+        let bytes = fs::read(&a).unwrap_or_default();
+        assert_eq!(bytes.len() as u64, la.disk_size);
+        assert_eq!(&bytes[MIB as usize..MIB as usize + 100], &[7; 100]);
+        assert_eq!(bytes[MIB as usize + 100], 0);
+        assert!(bytes[6 * MIB as usize..6 * MIB as usize + 5000].iter().all(|b| *b == 9));
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn headers_entries_and_crcs_are_valid() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("d.img");
+        let layout = write_disk(&p, &specs()).unwrap_or_else(|e| panic!("{e}"));
+        let d = fs::read(&p).unwrap_or_default();
+        let last_lba = layout.disk_size / SECTOR - 1;
+        // Protective MBR.
+        assert_eq!(&d[510..512], &[0x55, 0xAA]);
+        assert_eq!(d[446 + 4], 0xEE);
+        assert_eq!(u32_at(&d, 446 + 8), 1);
+        assert_eq!(u64::from(u32_at(&d, 446 + 12)), last_lba);
+        let primary = &d[512..1024];
+        let backup = &d[(last_lba * SECTOR) as usize..];
+        for (h, current, other, entries_lba) in
+            [(primary, 1, last_lba, 2), (backup, last_lba, 1, last_lba - ENTRY_SECTORS)]
+        {
+            assert_eq!(&h[0..8], b"EFI PART");
+            assert_eq!(u32_at(h, 8), 0x0001_0000);
+            assert_eq!(u32_at(h, 12), 92);
+            let mut zeroed = h[..92].to_vec();
+            zeroed[16..20].fill(0);
+            assert_eq!(crc32fast::hash(&zeroed), u32_at(h, 16), "header CRC");
+            assert_eq!((u64_at(h, 24), u64_at(h, 32)), (current, other));
+            assert_eq!((u64_at(h, 40), u64_at(h, 48)), (34, last_lba - ENTRY_SECTORS - 1));
+            assert_eq!(u64_at(h, 72), entries_lba);
+            assert_eq!((u32_at(h, 80), u32_at(h, 84)), (128, 128));
+            let at = (entries_lba * SECTOR) as usize;
+            let entries = &d[at..at + ENTRIES * ENTRY_SIZE];
+            assert_eq!(crc32fast::hash(entries), u32_at(h, 88), "entries CRC");
+            assert_eq!(entries, &d[1024..1024 + ENTRIES * ENTRY_SIZE]);
+        }
+        assert_eq!(&primary[56..72], &backup[56..72]);
+        // Entries: type, GUID version/variant bits, unique GUIDs, UTF-16LE names.
+        let e1 = &d[1024..1152];
+        let e2 = &d[1152..1280];
+        for e in [e1, e2] {
+            assert_eq!(&e[0..16], &LINUX_DATA);
+            assert_eq!(e[16 + 7] >> 4, 4);
+            assert_eq!(e[16 + 8] >> 6, 0b10);
+        }
+        assert_ne!(&e1[16..32], &e2[16..32]);
+        assert_ne!(&e1[16..32], &primary[56..72]);
+        assert_eq!(&e1[56..62], b"c\0a\0i\0");
+        assert!(d[1280..1024 + ENTRIES * ENTRY_SIZE].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let p = dir.path().join("d.img");
         write_disk(&p, &specs()).unwrap_or_else(|e| panic!("{e}"));
-        let mut bytes = fs::read(&p).unwrap_or_default();
-        bytes[1024 + 56] ^= 1; // first entry's name
-        fs::write(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let good = fs::read(&p).unwrap_or_default();
+        for (at, why) in [(1024 + 56, "entries CRC mismatch"), (512 + 40, "header CRC mismatch")] {
+            let mut bytes = good.clone();
+            bytes[at] ^= 1;
+            fs::write(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            match read_layout(&p) {
+                Err(GptError::Invalid { why: w, .. }) => assert_eq!(w, why),
+                other => panic!("{other:?}"),
+            }
+        }
+        fs::write(&p, vec![0u8; 4096]).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(read_layout(&p), Err(GptError::Invalid { .. })));
+    }
 
-        let long = vec![PartitionSpec { name: "x".repeat(37), size_bytes: 1, contents: PartitionContents::Empty }];
-        assert!(matches!(write_disk(&dir.path().join("l.img"), &long), Err(GptError::NameTooLong(_))));
-        let big = vec![PartitionSpec {
-            name: "s".into(),
-            size_bytes: 1,
-            contents: PartitionContents::Bytes(vec![0; 2 << 20]),
-        }];
-        assert!(matches!(write_disk(&dir.path().join("s.img"), &big), Err(GptError::ContentsTooLarge { .. })));
-        assert!(!dir.path().join("s.img").exists() && !dir.path().join("s.img.partial").exists());
+    #[test]
+    fn bad_specs_are_errors_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let one = |name: String, contents| vec![PartitionSpec { name, size_bytes: 1, contents }];
+        let out = dir.path().join("x.img");
+        let ok = write_disk(&out, &one("ü".repeat(36), PartitionContents::Empty));
+        assert!(ok.is_ok(), "{ok:?}");
+        fs::remove_file(&out).unwrap_or_else(|e| panic!("{e}"));
+
+        let r = write_disk(&out, &one("x".repeat(37), PartitionContents::Empty));
+        assert!(matches!(&r, Err(GptError::NameTooLong(n)) if n.len() == 37), "{r:?}");
+        // Characters outside the BMP take two UTF-16 units.
+        let r = write_disk(&out, &one("😀".repeat(19), PartitionContents::Empty));
+        assert!(matches!(r, Err(GptError::NameTooLong(_))), "{r:?}");
+
+        let r = write_disk(&out, &one("s".into(), PartitionContents::Bytes(vec![0; (MIB + 1) as usize])));
+        assert!(
+            matches!(&r, Err(GptError::ContentsTooLarge { name, len, size }) if name == "s" && *len == MIB + 1 && *size == MIB),
+            "{r:?}"
+        );
+        let r = write_disk(&out, &one("s".into(), PartitionContents::File(dir.path().join("missing"))));
+        assert!(matches!(&r, Err(GptError::Io { path, .. }) if path.ends_with("missing")), "{r:?}");
+        let big = dir.path().join("big.bin");
+        fs::write(&big, vec![1u8; (MIB + 1) as usize]).unwrap_or_else(|e| panic!("{e}"));
+        let r = write_disk(&out, &one("f".into(), PartitionContents::File(big.clone())));
+        assert!(matches!(&r, Err(GptError::ContentsTooLarge { name, .. }) if name == "f"), "{r:?}");
+
+        let mut dup = specs();
+        dup.push(dup[0].clone());
+        assert!(matches!(write_disk(&out, &dup), Err(GptError::DuplicateName(n)) if n == "cairn-state"));
+        let huge = vec![PartitionSpec { name: "h".into(), size_bytes: u64::MAX, contents: PartitionContents::Empty }];
+        assert!(matches!(write_disk(&out, &huge), Err(GptError::SizeOverflow(_))));
+        let many: Vec<_> = (0..129)
+            .map(|i| PartitionSpec { name: format!("p{i}"), size_bytes: 1, contents: PartitionContents::Empty })
+            .collect();
+        assert!(matches!(write_disk(&out, &many), Err(GptError::TooManyPartitions(129))));
+
+        assert!(!out.exists());
+        assert!(!dir.path().join("x.img.partial").exists());
     }
 }

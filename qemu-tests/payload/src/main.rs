@@ -45,15 +45,62 @@
 //!   `event=ctl request=R reply=Y`; exit 0 if the reply starts with `ok`,
 //!   else 1. On failure `event=ctl request=R error=<socket|connect|send|recv|path> errno=E path=P`, exit 1.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
+//! - `hostile`: as root in a hardened container, tries escapes and kernel
+//!   interfaces one by one (see `hostile.rs` for exactly what each does); per
+//!   attempt `event=attempt name=N result=<blocked|ALLOWED> errno=E err=ENAME`
+//!   (errno 0 and `err=-` when not applicable; an ALLOWED line may add
+//!   `detail=D`, `sethostname` adds `scope=own-uts`), in this order: mount,
+//!   umount, raw-block-open, mknod-block, mknod-char, module-load, kexec,
+//!   reboot, sysrq, clock-set, sethostname, ptrace-hidden, ptrace-init, keyctl,
+//!   bpf, userns, cgroup-write, chroot-escape, proc-other-container,
+//!   rlimit-raise, proc-exe-write, proc-exe-opath, proc-sys-write, dev-mem.
+//!   Then `event=hostile-done attempts=N allowed=M`; exit 0, or 1 if M > 0.
+//!   Anything that gets through is undone where possible; nothing is ever
+//!   written to a device, /proc/1/exe or sysrq-trigger.
+//! - `sigcount [group]`: catches every signal 1..=31 but KILL, STOP and CHLD
+//!   (28; SA_RESTART), `event=sigcount-ready role=main`, then per delivery
+//!   `event=got-signal sig=S role=main count=<deliveries of S so far>`
+//!   (SIGTERM too; it keeps running). When all 28 have come:
+//!   `event=sigcount-done distinct=28`, exit 0; after 60 s
+//!   `event=sigcount-timeout distinct=K`, exit 1. With `group` it first forks
+//!   a child in its process group (PR_SET_PDEATHSIG=SIGKILL) that ignores
+//!   every signal but SIGUSR1, prints `event=sigcount-ready role=child`, then
+//!   `event=got-signal sig=10 role=child count=N` per SIGUSR1.
+//! - `sigstate`: `event=sigstate blocked=<SigBlk> ignored=<SigIgn> caught=<SigCgt> pgid=G sid=S pid=P`
+//!   (hex masks from /proc/self/status, with the dispositions Rust's runtime
+//!   changes before `main` put back as they were at exec); exit 0.
+//! - `leave-children <label>`: forks child A (on SIGTERM
+//!   `event=child-term role=a`, exit 0) and child B (SIGTERM ignored,
+//!   `event=child-ignoring role=b`, sleeps forever); after 1 s
+//!   `event=entrypoint-exiting label=L`, exit 0 without waiting for them.
+//! - `fill-tmpfs <dir>`: writes 64 KiB chunks to `<dir>/fill` until a write
+//!   (or the open) fails: `event=fill-tmpfs wrote_kib=K errno=E err=ENAME`; exit 0.
+//! - `read-rate <device> <mib>`: O_DIRECT reads of 1 MiB, timed:
+//!   `event=read-rate device=D mib=N seconds=S.SSS kib_per_sec=K`, or
+//!   `event=read-rate device=D error=<ENAME|EOF> errno=E`; exit 0.
+//! - `open-files <max>`: opens /dev/null until failure or max:
+//!   `event=open-files opened=N errno=E err=ENAME soft_limit=<RLIMIT_NOFILE soft|inf>`; exit 0.
+//! - `rlimits`: `event=rlimits nofile=S/H nproc=S/H core=S/H` (`inf` for
+//!   unlimited); exit 0.
+//! - `caps`: from /proc/self/status
+//!   `event=caps eff=<CapEff> prm=<CapPrm> inh=<CapInh> bnd=<CapBnd> amb=<CapAmb> nnp=<NoNewPrivs> seccomp=<Seccomp>`; exit 0.
+//! - `cat <path>...`: per file `event=cat path=P value=<content, trimmed>`
+//!   or `event=cat path=P error=ENAME errno=E`; exit 1 if any failed, else 0.
+//!
+//! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
+//! `E<n>` for one not in the table.
 //!
 //! Unknown subcommands and bad arguments: `event=usage-error detail=D`, exit 2.
 
 mod ctl;
+mod hostile;
 mod inspect;
 mod limits;
 mod out;
 mod procs;
+mod resources;
 mod signals;
+mod status;
 mod sys;
 
 use std::str::FromStr;
@@ -125,6 +172,26 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
             ctl::run(delay, words)
         }
         "sleep" => signals::sleep(a.num(2, "ms")?),
+        "hostile" => hostile::run(),
+        "sigcount" => match a.0.get(2).map(String::as_str) {
+            None => signals::sigcount(false),
+            Some("group") => signals::sigcount(true),
+            Some(other) => return Err(format!("sigcount:bad_mode:{other}")),
+        },
+        "sigstate" => status::sigstate(),
+        "leave-children" => signals::leave_children(a.word(2, "grace_label")?),
+        "fill-tmpfs" => resources::fill_tmpfs(a.word(2, "dir")?),
+        "read-rate" => resources::read_rate(a.word(2, "device")?, a.num(3, "mib")?),
+        "open-files" => resources::open_files(a.num(2, "max")?),
+        "rlimits" => resources::rlimits(),
+        "caps" => status::caps(),
+        "cat" => {
+            let paths = a.0.get(2..).unwrap_or(&[]);
+            if paths.is_empty() {
+                return Err("cat:missing_path".into());
+            }
+            resources::cat(paths)
+        }
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

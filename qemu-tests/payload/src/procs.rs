@@ -10,7 +10,8 @@ pub fn count_pids() -> Result<usize, i32> {
     Ok(pids()?.len())
 }
 
-fn pids() -> Result<Vec<u32>, i32> {
+/// The pids visible in this pid namespace (numeric directories of /proc).
+pub fn pids() -> Result<Vec<u32>, i32> {
     let dir = fs::read_dir("/proc").map_err(|e| e.raw_os_error().unwrap_or(0))?;
     let mut out = Vec::new();
     for entry in dir.flatten() {

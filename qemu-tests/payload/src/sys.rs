@@ -185,3 +185,153 @@ pub fn wait_term(w: &TermWait) {
 pub fn read_trim(path: &str) -> Option<String> {
     std::fs::read(path).ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned())
 }
+
+/// An errno value shown by its symbolic name (`-` for 0, `E<n>` if unknown).
+#[derive(Debug, Clone, Copy)]
+pub struct Errno(pub i32);
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            0 => "-",
+            libc::EPERM => "EPERM",
+            libc::ENOENT => "ENOENT",
+            libc::ESRCH => "ESRCH",
+            libc::EINTR => "EINTR",
+            libc::EIO => "EIO",
+            libc::ENXIO => "ENXIO",
+            libc::E2BIG => "E2BIG",
+            libc::ENOEXEC => "ENOEXEC",
+            libc::EBADF => "EBADF",
+            libc::ECHILD => "ECHILD",
+            libc::EAGAIN => "EAGAIN",
+            libc::ENOMEM => "ENOMEM",
+            libc::EACCES => "EACCES",
+            libc::EFAULT => "EFAULT",
+            libc::ENOTBLK => "ENOTBLK",
+            libc::EBUSY => "EBUSY",
+            libc::EEXIST => "EEXIST",
+            libc::EXDEV => "EXDEV",
+            libc::ENODEV => "ENODEV",
+            libc::ENOTDIR => "ENOTDIR",
+            libc::EISDIR => "EISDIR",
+            libc::EINVAL => "EINVAL",
+            libc::ENFILE => "ENFILE",
+            libc::EMFILE => "EMFILE",
+            libc::ENOTTY => "ENOTTY",
+            libc::ETXTBSY => "ETXTBSY",
+            libc::EFBIG => "EFBIG",
+            libc::ENOSPC => "ENOSPC",
+            libc::ESPIPE => "ESPIPE",
+            libc::EROFS => "EROFS",
+            libc::EMLINK => "EMLINK",
+            libc::EPIPE => "EPIPE",
+            libc::ERANGE => "ERANGE",
+            libc::EDEADLK => "EDEADLK",
+            libc::ENAMETOOLONG => "ENAMETOOLONG",
+            libc::ENOSYS => "ENOSYS",
+            libc::ENOTEMPTY => "ENOTEMPTY",
+            libc::ELOOP => "ELOOP",
+            libc::ENODATA => "ENODATA",
+            libc::EOVERFLOW => "EOVERFLOW",
+            libc::EOPNOTSUPP => "EOPNOTSUPP",
+            libc::EADDRINUSE => "EADDRINUSE",
+            libc::ECONNREFUSED => "ECONNREFUSED",
+            libc::ETIMEDOUT => "ETIMEDOUT",
+            libc::EDQUOT => "EDQUOT",
+            libc::ENOKEY => "ENOKEY",
+            libc::EKEYREVOKED => "EKEYREVOKED",
+            libc::EKEYREJECTED => "EKEYREJECTED",
+            libc::ENOMEDIUM => "ENOMEDIUM",
+            libc::EBADMSG => "EBADMSG",
+            libc::EPROTO => "EPROTO",
+            n => return write!(f, "E{n}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// `Err(errno)` if a raw syscall returned -1, else its value.
+pub fn check(rc: libc::c_long) -> Result<libc::c_long, i32> {
+    if rc == -1 {
+        Err(errno())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A path as a C string; a path holding a NUL byte is EINVAL.
+pub fn cpath(path: &str) -> Result<std::ffi::CString, i32> {
+    std::ffi::CString::new(path).map_err(|_| libc::EINVAL)
+}
+
+/// open(2) with O_CLOEXEC added (mode 0644 if O_CREAT); the owned fd, or errno.
+pub fn open(path: &std::ffi::CStr, flags: i32) -> Result<std::os::fd::OwnedFd, i32> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; the mode
+    // argument is only read with O_CREAT and is passed as the promoted c_uint.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `fd` was just returned by open and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// [`open`] for a Rust string path.
+pub fn open_str(path: &str, flags: i32) -> Result<std::os::fd::OwnedFd, i32> {
+    open(&cpath(path)?, flags)
+}
+
+/// One write(2), retried on EINTR; bytes written or errno.
+pub fn write_once(fd: i32, buf: &[u8]) -> Result<usize, i32> {
+    loop {
+        // SAFETY: `buf` is a live slice; write reads at most `buf.len()` bytes from it.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n.unsigned_abs());
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// Wait for a child forked with [`fork_child`]: its exit code, or
+/// `Err(signal)` if a signal ended it, or `Err(-errno)` if waiting failed.
+pub fn wait_code(pid: i32) -> Result<i32, i32> {
+    let status = wait_pid(pid).map_err(|e| -e)?;
+    if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status))
+    } else {
+        Err(libc::WTERMSIG(status))
+    }
+}
+
+/// getrlimit(2): (soft, hard), or errno.
+pub fn getrlimit(resource: libc::c_int) -> Result<(libc::rlim_t, libc::rlim_t), i32> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(resource as _, &mut r) } != 0 {
+        return Err(errno());
+    }
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// An rlimit value, `inf` for RLIM_INFINITY.
+pub fn rlim_str(v: libc::rlim_t) -> String {
+    if v == libc::RLIM_INFINITY {
+        "inf".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// A field of /proc/self/status (`Name:\tvalue`), trimmed.
+pub fn status_field(status: &str, key: &str) -> Option<String> {
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_owned())
+    })
+}

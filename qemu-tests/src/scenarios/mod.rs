@@ -3,12 +3,9 @@
 mod bad_signature;
 mod boot_demo;
 mod corrupt_layer;
-#[allow(dead_code)]
 mod hostile;
-#[allow(dead_code)]
 mod init_semantics;
 mod limits;
-#[allow(dead_code)]
 mod limits_extended;
 mod reaping;
 mod restart;
@@ -31,8 +28,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "reaping", run: reaping::run },
         Scenario { name: "shutdown", run: shutdown::run },
         Scenario { name: "restart", run: restart::run },
-        // Issue 3 scenarios, registered once the payload supports them:
-        // hostile, init-semantics, limits-extended.
+        Scenario { name: "hostile", run: hostile::run },
+        Scenario { name: "init-semantics", run: init_semantics::run },
+        Scenario { name: "limits-extended", run: limits_extended::run },
     ]
 }
 
