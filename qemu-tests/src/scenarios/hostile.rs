@@ -4,7 +4,6 @@
 
 use anyhow::{ensure, Result};
 
-use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
 
 /// Every attempt the payload makes, each of which must be blocked.
@@ -36,10 +35,7 @@ const ATTEMPTS: [&str; 24] = [
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("hostile")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
-    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
-    powered_off(&run)?;
+    let run = super::boot_until_poweroff(ctx, "hostile")?;
     let c = &run.console;
     let mut failures = Vec::new();
     for name in ATTEMPTS {

@@ -5,7 +5,6 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
 
 /// Catchable signals: 1 to 31 without KILL, STOP and CHLD.
@@ -13,10 +12,7 @@ const SIGNALS: [u32; 28] =
     [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 18, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("init-semantics")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
-    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
-    powered_off(&run)?;
+    let run = super::boot_until_poweroff(ctx, "init-semantics")?;
     let c = &run.console;
     let code = |name: &str| -> Result<String> {
         let e = c.expect("container.exited", &[("name", name)])?;

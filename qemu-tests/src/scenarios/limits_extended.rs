@@ -3,14 +3,10 @@
 
 use anyhow::{ensure, Result};
 
-use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("limits-extended")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
-    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
-    powered_off(&run)?;
+    let run = super::boot_until_poweroff(ctx, "limits-extended")?;
     let c = &run.console;
 
     let fill = c.expect("fill-tmpfs", &[("name", "filler")])?;

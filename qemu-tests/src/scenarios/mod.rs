@@ -49,6 +49,16 @@ pub fn no_panic(run: &Run) -> Result<()> {
     Ok(())
 }
 
+/// Build the scenario appliance `name`, boot it until the device powers
+/// itself off, and check that it did so in order.
+pub fn boot_until_poweroff(ctx: &crate::Ctx, name: &str) -> Result<Run> {
+    let app = ctx.build(name)?;
+    let (disk, _) = ctx.disk(&app, "disk.img")?;
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    Ok(run)
+}
+
 /// The device powered itself off in order.
 pub fn powered_off(run: &Run) -> Result<()> {
     no_panic(run)?;

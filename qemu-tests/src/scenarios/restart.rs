@@ -3,14 +3,10 @@
 
 use anyhow::{ensure, Result};
 
-use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("restart")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
-    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
-    powered_off(&run)?;
+    let run = super::boot_until_poweroff(ctx, "restart")?;
     let c = &run.console;
     let starts = c.all("container.started", &[("name", "flaky")]).len();
     ensure!(starts == 4, "flaky started {starts} times, want 1 + 3 restarts");

@@ -3,14 +3,10 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("shutdown")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
-    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
-    powered_off(&run)?;
+    let run = super::boot_until_poweroff(ctx, "shutdown")?;
     let c = &run.console;
     c.expect("shutdown.start", &[("kind", "poweroff")])?;
     let at = |name: &str| -> Result<usize> { Ok(c.expect("container.stopping", &[("name", name)])?.index) };
