@@ -133,9 +133,11 @@ pub fn encode_copy(state: &BootState, block: &mut [u8; COPY_SIZE]) -> Result<(),
     let (header, body) = block.split_at_mut(HEADER);
     let used = postcard::to_slice(state, body).map_err(|_| BootStateError::TooLarge)?.len();
     let crc = crc32fast::hash(body.get(..used).ok_or(BootStateError::TooLarge)?);
-    header[..8].copy_from_slice(&MAGIC);
-    header[8..12].copy_from_slice(&(used as u32).to_le_bytes());
-    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    let (len, crc) = ((used as u32).to_le_bytes(), crc.to_le_bytes());
+    let fields = MAGIC.iter().chain(&len).chain(&crc).copied();
+    for (dst, src) in header.iter_mut().zip(fields) {
+        *dst = src;
+    }
     Ok(())
 }
 

@@ -5,11 +5,18 @@
 //! decode failure a value. Host-only builders sit behind the `host` feature.
 
 #![cfg_attr(not(feature = "host"), no_std)]
+// What the device decodes must not panic on any input.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod bootstate;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod digest;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod envelope;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod manifest;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;
 
 #[cfg(feature = "host")]

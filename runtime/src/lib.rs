@@ -5,6 +5,9 @@
 //! [`cgroup`], the clone into new namespaces ([`spawn`]), the filesystem
 //! ([`rootfs`]), and the namespace init ([`nsinit`]).
 
+// Runs inside PID 1 and every container's init: no panics.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
 pub mod cgroup;
 pub mod exit;
 pub mod identity;

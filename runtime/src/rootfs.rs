@@ -80,7 +80,12 @@ pub enum Step {
         mode: u16,
     },
     /// Hide a file: bind the container's /dev/null over it (if it exists).
-    MaskFile(String),
+    MaskFile {
+        /// The file to hide.
+        path: String,
+        /// The container's /dev/null, bound over it.
+        null: String,
+    },
     /// Hide a directory: an empty read-only tmpfs over it (if it exists).
     MaskDir(String),
     /// Make a path read-only: bind it onto itself and remount read-only
@@ -211,7 +216,7 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         p.push(Step::Device { path: format!("{root}/{rel}"), host: host.clone(), mode: *mode });
     }
     for f in MASKED_FILES {
-        p.push(Step::MaskFile(format!("{root}/{f}")));
+        p.push(Step::MaskFile { path: format!("{root}/{f}"), null: format!("{root}/dev/null") });
     }
     for d in MASKED_DIRS {
         p.push(Step::MaskDir(format!("{root}/{d}")));
@@ -294,9 +299,8 @@ pub fn apply(plan: &[Step]) -> SysResult<()> {
             Step::Symlink { target, link } => sys::symlink(target, link)?,
             Step::Touch(p) => sys::touch(p)?,
             Step::Device { path, host, mode } => device_like(path, host, *mode)?,
-            Step::MaskFile(p) if exists(p) => {
-                let null = p.split("/proc/").next().map(|root| format!("{root}/dev/null")).unwrap_or_default();
-                sys::mount("mask file", Some(&null), p, None, libc::MS_BIND, None)?
+            Step::MaskFile { path, null } if exists(path) => {
+                sys::mount("mask file", Some(null), path, None, libc::MS_BIND, None)?
             }
             Step::MaskDir(p) if exists(p) => sys::mount(
                 "mask dir",
@@ -317,7 +321,7 @@ pub fn apply(plan: &[Step]) -> SysResult<()> {
                     None,
                 )?
             }
-            Step::MaskFile(_) | Step::MaskDir(_) | Step::ReadOnly(_) => {}
+            Step::MaskFile { .. } | Step::MaskDir(_) | Step::ReadOnly(_) => {}
             Step::RemountReadOnly(p) => {
                 sys::mount("read-only rootfs", None, p, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?
             }
@@ -424,13 +428,13 @@ mod tests {
     fn masks_read_only_paths_devices_and_read_only_rootfs() {
         let p = plan(&spec(true));
         let root = "/run/cairn/containers/web/rootfs";
-        assert!(p.contains(&Step::MaskFile(format!("{root}/proc/kcore"))));
+        assert!(p.contains(&Step::MaskFile { path: format!("{root}/proc/kcore"), null: format!("{root}/dev/null") }));
         assert!(p.contains(&Step::MaskDir(format!("{root}/sys/firmware"))));
         assert!(p.contains(&Step::ReadOnly(format!("{root}/proc/sys"))));
         assert!(p.contains(&Step::ReadOnly(format!("{root}/proc/sysrq-trigger"))));
         assert!(p.contains(&Step::Device { path: format!("{root}/dev/data"), host: "/dev/vda9".into(), mode: 0o600 }));
         let ro = position(&p, |s| matches!(s, Step::RemountReadOnly(_)));
-        let mask = position(&p, |s| matches!(s, Step::MaskFile(_)));
+        let mask = position(&p, |s| matches!(s, Step::MaskFile { .. }));
         let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
         assert!(proc_ < mask && mask < ro && ro == p.len() - 2, "masks after /proc, read-only root last before pivot");
         assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::RemountReadOnly(_))));
