@@ -6,3 +6,4 @@ pub mod cpio;
 pub mod gpt;
 pub mod keys;
 pub mod squashfs;
+pub mod tree;
