@@ -336,6 +336,25 @@ impl RlimitResource {
             _ => return None,
         })
     }
+
+    /// The lowercase name [`RlimitResource::from_name`] reads.
+    pub fn name(self) -> &'static str {
+        use RlimitResource::*;
+        match self {
+            Nofile => "nofile",
+            Nproc => "nproc",
+            Core => "core",
+            Memlock => "memlock",
+            Stack => "stack",
+            Fsize => "fsize",
+            As => "as",
+            Cpu => "cpu",
+            Nice => "nice",
+            Rtprio => "rtprio",
+            Sigpending => "sigpending",
+            Msgqueue => "msgqueue",
+        }
+    }
 }
 
 /// CPU bandwidth: `quota_us` of CPU time in every `period_us`.

@@ -28,15 +28,57 @@ pub struct Appliance {
     pub containers: Vec<ContainerSpec>,
 }
 
-/// Where a layer's files come from.
+/// Where a layer comes from: exactly one of `source`, `file` or `digest`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSource {
     /// Name containers use.
     pub name: String,
-    /// A directory relative to the appliance file, or `build:NAME` for a
-    /// directory the build tool produces (see the build tool's docs).
-    pub source: String,
+    /// Built from this: a directory, a rootfs tar, a `docker save` archive or
+    /// an OCI layout (an image is flattened into one layer), relative to the
+    /// appliance file; or `build:NAME` for a directory the build tool makes.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A layer image already built (`cairn layer build`), relative to the
+    /// appliance file.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// A layer known only by digest (`sha256:...`), e.g. one the devices
+    /// already have; `size` must be given too.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Image size in bytes, with `digest`.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// What a layer entry refers to, once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerRef {
+    /// Build from a source.
+    Source(String),
+    /// A built image file.
+    File(String),
+    /// Digest and size only.
+    Digest(Digest, u64),
+}
+
+impl LayerSource {
+    /// Which of the three forms this entry uses; an error text otherwise.
+    pub fn reference(&self) -> Result<LayerRef, String> {
+        match (&self.source, &self.file, &self.digest, self.size) {
+            (Some(s), None, None, None) => Ok(LayerRef::Source(s.clone())),
+            (None, Some(f), None, None) => Ok(LayerRef::File(f.clone())),
+            (None, None, Some(d), Some(size)) => {
+                let hex = d.strip_prefix("sha256:").unwrap_or(d);
+                Digest::from_hex(hex)
+                    .map(|d| LayerRef::Digest(d, size))
+                    .ok_or_else(|| format!("digest {d:?} is not sha256:<64 hex characters>"))
+            }
+            (None, None, Some(_), None) => Err("a layer given by digest needs its size too".into()),
+            _ => Err("give exactly one of source, file or digest (with size)".into()),
+        }
+    }
 }
 
 /// One container as written by a person.

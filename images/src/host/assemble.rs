@@ -117,12 +117,14 @@ pub fn build_appliance(
     let mut layers = Vec::new();
     let mut info = BTreeMap::new();
     for l in &app.layers {
-        let src = match l.source.strip_prefix("build:") {
+        // Interim: directory sources only (file and digest layers come with the layer importer).
+        let source = l.source.clone().unwrap_or_default();
+        let src = match source.strip_prefix("build:") {
             Some(name) => build_sources
                 .get(name)
                 .cloned()
                 .ok_or_else(|| AssembleError::UnknownBuildSource { layer: l.name.clone(), name: name.into() })?,
-            None => base.join(&l.source),
+            None => base.join(&source),
         };
         if !src.is_dir() {
             return Err(AssembleError::LayerSource { layer: l.name.clone(), source_dir: src });

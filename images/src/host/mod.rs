@@ -3,7 +3,10 @@
 pub mod appliance;
 pub mod assemble;
 pub mod cpio;
+pub mod datafs;
 pub mod gpt;
 pub mod keys;
+pub mod kmod;
+pub mod manifest_toml;
 pub mod squashfs;
 pub mod tree;

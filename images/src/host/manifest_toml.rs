@@ -1,0 +1,257 @@
+//! A manifest printed back as an appliance file (`cairn manifest inspect`).
+//!
+//! The output is valid appliance TOML that compiles to the same manifest:
+//! layers appear by digest and size (`digest = "sha256:..."`), every field
+//! is written out even when it has its default value, and capabilities as
+//! `cap_drop = ["ALL"]` plus the kept set, so nothing depends on defaults
+//! that could change between cairn versions.
+
+use toml::{Table, Value};
+
+use crate::manifest::{Container, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned())
+}
+
+fn int(v: u64) -> Value {
+    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+    Value::Array(items.into_iter().map(s).collect())
+}
+
+/// Signal names the appliance format knows, for readability.
+fn signal_name(n: u8) -> String {
+    match n {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        3 => "SIGQUIT".into(),
+        9 => "SIGKILL".into(),
+        10 => "SIGUSR1".into(),
+        12 => "SIGUSR2".into(),
+        14 => "SIGALRM".into(),
+        15 => "SIGTERM".into(),
+        30 => "SIGPWR".into(),
+        other => other.to_string(),
+    }
+}
+
+fn rlimit_value(v: u64) -> Value {
+    if v == u64::MAX {
+        s("unlimited")
+    } else {
+        int(v)
+    }
+}
+
+fn container(c: &Container) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), s(&c.name));
+    t.insert("layers".into(), strings(c.layers.iter().map(|l| l.as_str())));
+    t.insert("argv".into(), strings(c.argv.iter().map(|a| a.as_str())));
+    t.insert("env".into(), strings(c.env.iter().map(|e| e.as_str())));
+    t.insert("cwd".into(), s(&c.cwd));
+    t.insert("hostname".into(), s(&c.hostname));
+    t.insert("uid".into(), int(c.uid.into()));
+    t.insert("gid".into(), int(c.gid.into()));
+    t.insert("groups".into(), Value::Array(c.groups.iter().map(|g| int((*g).into())).collect()));
+    t.insert("depends_on".into(), strings(c.depends_on.iter().map(|d| d.as_str())));
+    t.insert("control".into(), Value::Boolean(c.control));
+    t.insert("signal_group".into(), Value::Boolean(c.signal_group));
+    let network = match &c.network {
+        Network::None => "none".to_owned(),
+        Network::Host => "host".to_owned(),
+        Network::Join(n) => format!("container:{n}"),
+    };
+    t.insert("network".into(), s(&network));
+
+    let l = &c.limits;
+    let mut limits = Table::new();
+    if let Some(m) = l.memory_max {
+        limits.insert("memory".into(), int(m));
+    }
+    if let Some(cpu) = l.cpu_max {
+        limits.insert("cpus".into(), Value::Float(f64::from(cpu.quota_us) / f64::from(cpu.period_us.max(1))));
+    }
+    if let Some(p) = l.pids_max {
+        limits.insert("pids".into(), int(p.into()));
+    }
+    limits.insert("scratch".into(), int(l.scratch_bytes));
+    if let Some(v) = l.memory_high {
+        limits.insert("memory_high".into(), int(v));
+    }
+    if let Some(v) = l.memory_swap_max {
+        limits.insert("memory_swap".into(), int(v));
+    }
+    if let Some(v) = l.cpu_weight {
+        limits.insert("cpu_weight".into(), int(v.into()));
+    }
+    if let Some(v) = &l.cpuset_cpus {
+        limits.insert("cpuset".into(), s(v));
+    }
+    let io: Vec<Value> = l
+        .io_max
+        .iter()
+        .map(|io| {
+            let mut e = Table::new();
+            e.insert("device".into(), s(&io.device));
+            for (k, v) in [("rbps", io.rbps), ("wbps", io.wbps), ("riops", io.riops), ("wiops", io.wiops)] {
+                if let Some(v) = v {
+                    e.insert(k.into(), int(v));
+                }
+            }
+            Value::Table(e)
+        })
+        .collect();
+    limits.insert("io".into(), Value::Array(io));
+    let mut rl = Table::new();
+    for r in &l.rlimits {
+        rl.insert(r.resource.name().into(), Value::Array(vec![rlimit_value(r.soft), rlimit_value(r.hard)]));
+    }
+    limits.insert("rlimits".into(), Value::Table(rl));
+    t.insert("limits".into(), Value::Table(limits));
+
+    let mut restart = Table::new();
+    let policy = match c.restart.policy {
+        RestartPolicy::Never => "never",
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure { max_restarts } => {
+            restart.insert("max_restarts".into(), int(max_restarts.into()));
+            "on-failure"
+        }
+    };
+    restart.insert("policy".into(), s(policy));
+    restart.insert("backoff_initial_ms".into(), int(c.restart.backoff_initial_ms.into()));
+    restart.insert("backoff_max_ms".into(), int(c.restart.backoff_max_ms.into()));
+    t.insert("restart".into(), Value::Table(restart));
+
+    let mut stop = Table::new();
+    stop.insert("signal".into(), s(&signal_name(c.stop.signal)));
+    stop.insert("grace_ms".into(), int(c.stop.grace_ms.into()));
+    t.insert("stop".into(), Value::Table(stop));
+
+    let sec = &c.security;
+    let mut st = Table::new();
+    st.insert("cap_drop".into(), strings(["ALL"]));
+    let kept = CAPABILITY_NAMES.iter().enumerate().filter(|(i, _)| sec.capabilities & (1u64 << i) != 0);
+    st.insert("cap_add".into(), strings(kept.map(|(_, n)| *n)));
+    st.insert("no_new_privs".into(), Value::Boolean(sec.no_new_privs));
+    st.insert("readonly_rootfs".into(), Value::Boolean(sec.readonly_rootfs));
+    st.insert("seccomp".into(), Value::Boolean(sec.seccomp));
+    st.insert("seccomp_deny".into(), strings(sec.seccomp_deny.iter().map(|d| d.as_str())));
+    st.insert("allow_userns".into(), Value::Boolean(sec.allow_userns));
+    let devices: Vec<Value> = sec
+        .devices
+        .iter()
+        .map(|d| {
+            let mut e = Table::new();
+            e.insert("path".into(), s(&d.path));
+            e.insert("source".into(), s(&d.source));
+            e.insert("mode".into(), int(d.mode.into()));
+            Value::Table(e)
+        })
+        .collect();
+    st.insert("devices".into(), Value::Array(devices));
+    t.insert("security".into(), Value::Table(st));
+    t
+}
+
+/// The manifest as appliance TOML.
+pub fn to_toml(m: &Manifest) -> String {
+    let mut root = Table::new();
+    root.insert("appliance".into(), s(&m.appliance));
+    root.insert("version".into(), int(m.version));
+    let layers: Vec<Value> = m
+        .layers
+        .iter()
+        .map(|l| {
+            let mut t = Table::new();
+            t.insert("name".into(), s(&l.name));
+            t.insert("digest".into(), s(&format!("{:?}", l.digest)));
+            t.insert("size".into(), int(l.size));
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("layer".into(), Value::Array(layers));
+    root.insert("container".into(), Value::Array(m.containers.iter().map(|c| Value::Table(container(c))).collect()));
+    toml::to_string(&root).unwrap_or_else(|e| format!("# cannot print this manifest as TOML: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::appliance::{Appliance, LayerRef};
+
+    const FULL: &str = r#"
+appliance = "round-trip"
+version = 7
+
+[[layer]]
+name = "base"
+digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+size = 4096
+
+[[layer]]
+name = "app"
+digest = "2222222222222222222222222222222222222222222222222222222222222222"
+size = 8192
+
+[[container]]
+name = "db"
+layers = ["base"]
+argv = ["/bin/db", "--serve"]
+restart = { policy = "always", backoff_initial_ms = 100, backoff_max_ms = 2000 }
+stop = { signal = "SIGINT", grace_ms = 1500 }
+network = "host"
+
+[[container]]
+name = "web"
+layers = ["base", "app"]
+argv = ["/bin/web"]
+env = ["A=1", "B=two words"]
+cwd = "/srv"
+hostname = "front"
+uid = 1000
+gid = 1000
+groups = [5, 20]
+depends_on = ["db"]
+control = true
+signal_group = true
+network = "container:db"
+restart = { policy = "on-failure", max_restarts = 3 }
+stop = { signal = "12", grace_ms = 100 }
+limits = { memory = "32M", cpus = 0.25, pids = 16, scratch = "4M", memory_high = "24M", memory_swap = 0, cpu_weight = 50, cpuset = "0-1", io = [{ device = "vda", rbps = "1M", wiops = 100 }], rlimits = { nofile = 64, core = [0, "unlimited"] } }
+security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_new_privs = false, readonly_rootfs = true, seccomp = true, seccomp_deny = ["ptrace"], allow_userns = true, devices = [{ path = "/dev/data", source = "partition:cairn-data", mode = 0o640 }] }
+"#;
+
+    fn compile(text: &str) -> Manifest {
+        let app: Appliance = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mut info = BTreeMap::new();
+        for l in &app.layers {
+            match l.reference() {
+                Ok(LayerRef::Digest(d, size)) => {
+                    info.insert(l.name.clone(), (d, size));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        app.to_manifest(Path::new("t.toml"), &info).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn inspect_output_compiles_to_the_same_manifest() {
+        let m = compile(FULL);
+        let printed = to_toml(&m);
+        let again = compile(&printed);
+        assert_eq!(m, again, "printed:\n{printed}");
+        // Printing is stable.
+        assert_eq!(printed, to_toml(&again));
+        assert!(printed.contains("digest = \"sha256:1111"), "{printed}");
+        assert!(printed.contains("network = \"container:db\""), "{printed}");
+    }
+}
