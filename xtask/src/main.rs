@@ -196,7 +196,15 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
         None => demo_disk(b, &art)?,
     };
     eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
-    let mut cmd = qemu::command(b, &art.boot, &disk, "");
+    // `cairn image assemble` writes the initramfs (with the init that trusts
+    // the manifest's key) beside the disk; use it when it is there.
+    let mut boot = art.boot.clone();
+    let beside = disk.with_extension("initramfs");
+    if beside.is_file() {
+        eprintln!("xtask: using the initramfs beside the disk: {}", beside.display());
+        boot.initramfs = beside;
+    }
+    let mut cmd = qemu::command(b, &boot, &disk, "");
     cmd.args(["-serial", "mon:stdio"]);
     let status = cmd.status().context("starting QEMU")?;
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

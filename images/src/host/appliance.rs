@@ -26,6 +26,39 @@ pub struct Appliance {
     /// Containers.
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerSpec>,
+    /// Line numbers of the `[[layer]]` and `[[container]]` headers (from
+    /// [`Appliance::load`]), so problems can name their place.
+    #[serde(skip)]
+    pub lines: HeaderLines,
+}
+
+/// Where each `[[layer]]` and `[[container]]` table starts (1-based lines).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderLines {
+    /// One per `[[layer]]`, in order.
+    pub layers: Vec<usize>,
+    /// One per `[[container]]`, in order.
+    pub containers: Vec<usize>,
+}
+
+impl HeaderLines {
+    /// Find the array-of-table headers in an appliance file's text.
+    pub fn scan(text: &str) -> Self {
+        let mut h = HeaderLines::default();
+        for (n, line) in text.lines().enumerate() {
+            let t: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if t.starts_with("[[layer]]") {
+                h.layers.push(n + 1);
+            } else if t.starts_with("[[container]]") {
+                h.containers.push(n + 1);
+            }
+        }
+        h
+    }
+
+    fn place(list: &[usize], i: usize) -> String {
+        list.get(i).map(|l| format!("line {l}: ")).unwrap_or_default()
+    }
 }
 
 /// Where a layer comes from: exactly one of `source`, `file` or `digest`.
@@ -445,7 +478,10 @@ impl Appliance {
     pub fn load(path: &Path) -> Result<Self, ApplianceError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ApplianceError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|e| ApplianceError::Parse { path: path.to_owned(), message: e.to_string() })
+        let mut app: Self = toml::from_str(&text)
+            .map_err(|e| ApplianceError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        app.lines = HeaderLines::scan(&text);
+        Ok(app)
     }
 
     /// Compile into a manifest. `layer_info` gives the digest and size of
@@ -469,7 +505,7 @@ impl Appliance {
         };
         fit(&mut problems, "appliance".into(), "name", m.appliance.push_str(&self.appliance).is_ok());
         for (i, l) in self.layers.iter().enumerate() {
-            let place = format!("layer[{i}] ({})", l.name);
+            let place = format!("{}layer[{i}] ({})", HeaderLines::place(&self.lines.layers, i), l.name);
             let Some((digest, size)) = layer_info.get(&l.name) else {
                 problems.push(format!("{place}: layer was not built"));
                 continue;
@@ -484,7 +520,7 @@ impl Appliance {
             );
         }
         for (i, c) in self.containers.iter().enumerate() {
-            let place = format!("container[{i}] ({})", c.name);
+            let place = format!("{}container[{i}] ({})", HeaderLines::place(&self.lines.containers, i), c.name);
             match compile_container(c) {
                 Ok(mc) => fit(&mut problems, place, "container list", m.containers.push(mc).is_ok()),
                 Err(p) => problems.extend(p.into_iter().map(|p| format!("{place}: {p}"))),
@@ -767,5 +803,26 @@ depends_on = ["sensor"]
         assert_eq!(signal_number("TERM"), Some(15));
         assert_eq!(signal_number("12"), Some(12));
         assert_eq!(signal_number("SIGFOO"), None);
+    }
+}
+
+#[cfg(test)]
+mod place_tests {
+    use super::*;
+
+    #[test]
+    fn problems_name_the_line_of_their_table() {
+        let text = "appliance = \"a\"\nversion = 1\n\n[[layer]]\nname = \"base\"\nsource = \"x\"\n\n[[container]]\n\
+                    name = \"ok\"\nlayers = [\"base\"]\nargv = [\"/x\"]\n\n  [[ container ]]\nname = \"bad\"\n\
+                    layers = [\"base\"]\nargv = [\"/x\"]\nsecurity = { cap_add = [\"NOPE\"] }\n";
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let app = Appliance::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(app.lines.layers, vec![4]);
+        assert_eq!(app.lines.containers, vec![8, 13]);
+        let info = BTreeMap::from([("base".to_owned(), (Digest([0; 32]), 4096))]);
+        let err = app.to_manifest(&path, &info).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("line 13: container[1] (bad): security.cap_add: unknown capability \"NOPE\""), "{err}");
     }
 }
