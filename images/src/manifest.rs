@@ -46,6 +46,9 @@ pub const SYSCALL_LEN: usize = 24;
 pub const MAX_GROUPS: usize = 8;
 /// Longest cpuset list ("0-3,6").
 pub const CPUSET_LEN: usize = 32;
+/// Most ranges in one id map of a user namespace (the kernel takes up to
+/// 340; a handful is all an appliance needs).
+pub const MAX_ID_RANGES: usize = 5;
 
 /// Capabilities a container keeps unless told otherwise: Docker's default
 /// set without CAP_MKNOD and CAP_NET_RAW. Bit n is capability n.
@@ -178,6 +181,10 @@ pub struct Container {
     pub network: Network,
     /// Forward signals to the entrypoint's whole process group.
     pub signal_group: bool,
+    /// Give the container a pseudo-terminal as stdio (its controlling
+    /// terminal, the entrypoint in the foreground); PID 1 copies its output
+    /// to the console line by line, prefixed with the container's name.
+    pub console: bool,
 }
 
 /// Isolation settings of a container.
@@ -197,6 +204,105 @@ pub struct Security {
     pub allow_userns: bool,
     /// Device nodes to create in the container's /dev.
     pub devices: Vec<Device, MAX_DEVICES>,
+    /// Run the container in a user namespace of its own with these id maps
+    /// (`None`: the host's, so container root is host root).
+    pub userns: Option<UserNamespace>,
+}
+
+/// The id maps of a container's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// User id ranges (written to `/proc/PID/uid_map`).
+    pub uid_map: Vec<IdRange, MAX_ID_RANGES>,
+    /// Group id ranges (written to `/proc/PID/gid_map`).
+    pub gid_map: Vec<IdRange, MAX_ID_RANGES>,
+}
+
+/// One line of an id map: `count` ids from `inside` (in the container) are
+/// `outside` onwards on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    /// First id in the container.
+    pub inside: u32,
+    /// First id on the host.
+    pub outside: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+impl IdRange {
+    /// The host id of `id` if this range maps it.
+    pub fn host_id(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.inside)?;
+        (off < self.count).then(|| self.outside.checked_add(off)).flatten()
+    }
+}
+
+/// The host id of container id `id` under `map` (`None`: unmapped).
+pub fn map_id(map: &[IdRange], id: u32) -> Option<u32> {
+    map.iter().find_map(|r| r.host_id(id))
+}
+
+/// What is wrong with an id map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdMapProblem {
+    /// No ranges at all.
+    Empty,
+    /// A range of zero ids.
+    ZeroCount,
+    /// A range runs past the highest id (4294967294).
+    Overflow,
+    /// A range includes host id 0: host root inside the container.
+    HostRoot,
+    /// Two ranges share ids inside the container.
+    OverlapInside,
+    /// Two ranges share host ids.
+    OverlapOutside,
+}
+
+impl fmt::Display for IdMapProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdMapProblem::Empty => "has no ranges",
+            IdMapProblem::ZeroCount => "has a range with count 0",
+            IdMapProblem::Overflow => "has a range that runs past id 4294967294",
+            IdMapProblem::HostRoot => "maps host id 0 (host root) into the container",
+            IdMapProblem::OverlapInside => "has two ranges that overlap inside the container",
+            IdMapProblem::OverlapOutside => "has two ranges that overlap on the host",
+        })
+    }
+}
+
+/// Check one id map: at least one range (at most [`MAX_ID_RANGES`] is the
+/// capacity), each non-empty, within the id space, not including host id
+/// 0, and no two sharing an id on either side (the kernel refuses overlaps).
+pub fn check_id_map(map: &[IdRange]) -> Result<(), IdMapProblem> {
+    if map.is_empty() {
+        return Err(IdMapProblem::Empty);
+    }
+    // (uid_t)-1 is never an id: a range ends at 2^32 - 1 at most (exclusive).
+    let end = |start: u32, count: u32| u64::from(start) + u64::from(count);
+    let crosses = |a: u32, ac: u32, b: u32, bc: u32| u64::from(a) < end(b, bc) && u64::from(b) < end(a, ac);
+    for (i, r) in map.iter().enumerate() {
+        if r.count == 0 {
+            return Err(IdMapProblem::ZeroCount);
+        }
+        if end(r.inside, r.count) > u64::from(u32::MAX) || end(r.outside, r.count) > u64::from(u32::MAX) {
+            return Err(IdMapProblem::Overflow);
+        }
+        if r.outside == 0 {
+            return Err(IdMapProblem::HostRoot);
+        }
+        for o in map.iter().take(i) {
+            if crosses(r.inside, r.count, o.inside, o.count) {
+                return Err(IdMapProblem::OverlapInside);
+            }
+            if crosses(r.outside, r.count, o.outside, o.count) {
+                return Err(IdMapProblem::OverlapOutside);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Default for Security {
@@ -209,6 +315,7 @@ impl Default for Security {
             seccomp_deny: Vec::new(),
             allow_userns: false,
             devices: Vec::new(),
+            userns: None,
         }
     }
 }
@@ -471,6 +578,22 @@ pub enum ValidationError {
         /// The one whose network it joins.
         other: Name,
     },
+    /// An id map of the user namespace is malformed.
+    BadIdMap {
+        /// The container.
+        container: Name,
+        /// "uid_map" or "gid_map".
+        map: &'static str,
+        /// What is wrong.
+        problem: IdMapProblem,
+    },
+    /// The user namespace setting cannot work with the rest of the container.
+    BadUserNamespace {
+        /// The container.
+        container: Name,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for ValidationError {
@@ -499,6 +622,10 @@ impl fmt::Display for ValidationError {
             NetworkJoin { container, other } => {
                 write!(f, "container {container:?} joins the network of {other:?} and must list it in depends_on")
             }
+            BadIdMap { container, map, problem } => {
+                write!(f, "container {container:?}: security.userns.{map} {problem}")
+            }
+            BadUserNamespace { container, reason } => write!(f, "container {container:?}: security.userns: {reason}"),
         }
     }
 }
@@ -655,6 +782,38 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
             report(NetworkJoin { container: name(), other: other.clone() });
         }
     }
+    if let Some(u) = &c.security.userns {
+        for (map, ranges) in [("uid_map", &u.uid_map), ("gid_map", &u.gid_map)] {
+            if let Err(problem) = check_id_map(ranges) {
+                report(BadIdMap { container: name(), map, problem });
+            }
+        }
+        userns_problems(c, u, |reason| report(BadUserNamespace { container: name(), reason }));
+    }
+}
+
+/// What does not fit together between a container and its user namespace.
+fn userns_problems(c: &Container, u: &UserNamespace, mut report: impl FnMut(&'static str)) {
+    let mut check = |ok: bool, reason: &'static str| {
+        if !ok {
+            report(reason);
+        }
+    };
+    // The namespace init runs as root of the namespace.
+    check(map_id(&u.uid_map, 0).is_some(), "uid 0 must be mapped (the namespace init runs as root inside)");
+    check(map_id(&u.gid_map, 0).is_some(), "gid 0 must be mapped (the namespace init runs as root inside)");
+    check(map_id(&u.uid_map, c.uid).is_some(), "the container's uid is not in uid_map");
+    check(map_id(&u.gid_map, c.gid).is_some(), "the container's gid is not in gid_map");
+    check(c.groups.iter().all(|g| map_id(&u.gid_map, *g).is_some()), "a supplementary group is not in gid_map");
+    check(
+        c.network == Network::None,
+        "needs network = \"none\" (sysfs and the network of the host or of another container belong to the host's user namespace)",
+    );
+    check(!c.control, "cannot be combined with control = true (the control socket is host root's, mode 0600)");
+    check(
+        c.security.devices.is_empty(),
+        "cannot be combined with devices (a host device node stays owned by host root, unusable inside)",
+    );
 }
 
 fn is_valid_disk_name(s: &str) -> bool {
@@ -703,6 +862,7 @@ pub(crate) mod tests {
             security: Security::default(),
             network: Network::None,
             signal_group: false,
+            console: false,
         }
     }
 
@@ -784,6 +944,65 @@ pub(crate) mod tests {
         let m = manifest(&[container("a", &[]), container("a", &[])]);
         assert!(matches!(m.validate(), Err(ValidationError::DuplicateContainer(_))));
         assert_eq!(manifest(&[]).validate(), Err(ValidationError::NoContainers));
+    }
+
+    fn range(inside: u32, outside: u32, count: u32) -> IdRange {
+        IdRange { inside, outside, count }
+    }
+
+    fn userns(uid: &[IdRange], gid: &[IdRange]) -> Option<UserNamespace> {
+        Some(UserNamespace { uid_map: uid.iter().copied().collect(), gid_map: gid.iter().copied().collect() })
+    }
+
+    #[test]
+    fn id_maps_are_checked() {
+        assert_eq!(check_id_map(&[range(0, 100_000, 65536)]), Ok(()));
+        assert_eq!(check_id_map(&[range(0, 100_000, 1), range(1000, 101_000, 10)]), Ok(()));
+        assert_eq!(check_id_map(&[]), Err(IdMapProblem::Empty));
+        assert_eq!(check_id_map(&[range(0, 100_000, 0)]), Err(IdMapProblem::ZeroCount));
+        assert_eq!(check_id_map(&[range(0, u32::MAX - 10, 11)]), Err(IdMapProblem::Overflow));
+        assert_eq!(check_id_map(&[range(u32::MAX - 10, 5, 11)]), Err(IdMapProblem::Overflow));
+        assert_eq!(check_id_map(&[range(0, u32::MAX - 10, 10)]), Ok(()), "ids up to 2^32 - 2 are fine");
+        assert_eq!(check_id_map(&[range(0, 0, 65536)]), Err(IdMapProblem::HostRoot));
+        assert_eq!(check_id_map(&[range(0, 100_000, 10), range(9, 200_000, 1)]), Err(IdMapProblem::OverlapInside));
+        assert_eq!(check_id_map(&[range(0, 100_000, 10), range(10, 100_009, 1)]), Err(IdMapProblem::OverlapOutside));
+        assert_eq!(check_id_map(&[range(0, 100_000, 10), range(10, 100_010, 1)]), Ok(()), "adjacent is fine");
+        let m = [range(0, 100_000, 1), range(1000, 101_000, 10)];
+        assert_eq!(map_id(&m, 0), Some(100_000));
+        assert_eq!(map_id(&m, 1009), Some(101_009));
+        assert_eq!(map_id(&m, 1010), None);
+        assert_eq!(map_id(&m, 1), None);
+    }
+
+    #[test]
+    fn a_user_namespace_must_fit_the_container() {
+        let mut c = container("a", &[]);
+        c.security.userns = userns(&[range(0, 100_000, 65536)], &[range(0, 100_000, 65536)]);
+        assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
+        let reasons = |c: &Container| {
+            let mut v = std::vec::Vec::new();
+            manifest(std::slice::from_ref(c)).for_each_problem(|e| v.push(e.to_string()));
+            v.join("\n")
+        };
+        let mut bad = c.clone();
+        bad.uid = 70_000;
+        bad.groups = Vec::from_iter([5, 70_001]);
+        bad.network = Network::Host;
+        bad.control = true;
+        let all = reasons(&bad);
+        for want in ["container's uid is not in uid_map", "supplementary group", "network", "control"] {
+            assert!(all.contains(want), "{want} missing from {all}");
+        }
+        let mut bad = c.clone();
+        bad.security.userns = userns(&[range(1, 100_000, 10)], &[range(0, 0, 10), range(5, 200_000, 1)]);
+        let all = reasons(&bad);
+        assert!(all.contains("uid 0 must be mapped"), "{all}");
+        assert!(all.contains("security.userns.gid_map maps host id 0"), "{all}");
+        let mut bad = c;
+        bad.security.devices =
+            Vec::from_iter([Device { path: s("/dev/data"), source: s("partition:cairn-data"), mode: 0o600 }]);
+        assert!(matches!(manifest(&[bad]).validate(), Err(ValidationError::BadUserNamespace { .. })));
+        assert_eq!(manifest(&[container("b", &[])]).validate(), Ok(()), "off by default");
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub fn boot(disk_timeout_ms: u32) -> Result<Booted, BootError> {
         .emit();
     let manifest = load_manifest(&parts, &state)?;
     let layer_dirs = storage::mount_layers(&manifest.layers, &state, &parts);
+    storage::mount_data(&parts);
     Ok(Booted { manifest, layer_dirs, partitions: parts })
 }
 

@@ -20,6 +20,7 @@ mod policy;
 mod storage;
 mod supervisor;
 mod switch_root;
+mod tap;
 
 use cairn_images::order;
 use cairn_runtime::ContainerSpec;
@@ -54,6 +55,9 @@ fn main() {
         Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),
         Err(e) => event("cgroups.failed").kv("error", e).emit(),
     }
+    // The device's own network namespace (`network = "host"` containers share it).
+    let netns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_default();
+    event("boot.netns").kv("net", netns).emit();
     // SAFETY: CAD_OFF only changes what ctrl-alt-del does: SIGINT to PID 1.
     unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
 
@@ -110,6 +114,7 @@ fn finish(kind: ShutdownKind) -> ! {
     unsafe { libc::kill(-1, libc::SIGKILL) };
     // SAFETY: reaping with a valid (null) status pointer.
     while unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    storage::unmount_data();
     storage::unmount_layers();
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };

@@ -16,6 +16,9 @@ use crate::partitions::{self, Partitions};
 /// Where verified layers are mounted, by digest.
 pub const LAYERS_DIR: &str = "/run/cairn/layers";
 
+/// Where the data partition (`cairn-data`, ext4) is mounted.
+pub const DATA_DIR: &str = "/run/cairn/data";
+
 /// Why a partition could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -145,6 +148,32 @@ pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> 
         }
     }
     ready
+}
+
+/// Mount the data partition read-write at [`DATA_DIR`]. Its absence or a
+/// failed mount is an event, not a boot failure: containers run from their
+/// layers, and only volumes (when configured) need it.
+pub fn mount_data(parts: &Partitions) {
+    let Some(dev) = parts.get("cairn-data") else {
+        event("data.unavailable").kv("reason", "no cairn-data partition").emit();
+        return;
+    };
+    let flags = libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOATIME;
+    let mounted = sys::mkdir_all(DATA_DIR, 0o755)
+        .and_then(|()| sys::mount("cairn-data", Some(dev), DATA_DIR, Some("ext4"), flags, None));
+    match mounted {
+        Ok(()) => event("data.mounted").kv("device", dev).kv("path", DATA_DIR).kv("fs", "ext4").emit(),
+        Err(e) => event("data.unavailable").kv("device", dev).kv("error", e).emit(),
+    }
+}
+
+/// Unmount the data partition (at shutdown), so ext4 is clean.
+pub fn unmount_data() {
+    match sys::umount(DATA_DIR, 0) {
+        Ok(()) => {}
+        Err(e) if e.errno == libc::EINVAL || e.errno == libc::ENOENT => {} // never mounted
+        Err(e) => event("data.unmount-failed").kv("error", e).emit(),
+    }
 }
 
 /// Unmount every layer (at shutdown).

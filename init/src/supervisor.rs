@@ -12,6 +12,7 @@ use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 use crate::control::{self, Listener, Request};
 use crate::event::event;
 use crate::policy::{self, Decision};
+use crate::tap::Tap;
 
 /// How long to wait after `cgroup.kill` before giving up on a container.
 const KILL_WAIT: Duration = Duration::from_secs(3);
@@ -61,6 +62,8 @@ pub struct Unit {
     restarts: u32,
     ever_started: bool,
     oom_baseline: u64,
+    /// With `console`: its pty's output being copied to the console.
+    console: Option<Tap>,
 }
 
 impl Unit {
@@ -83,6 +86,7 @@ impl Unit {
             restarts: 0,
             ever_started: false,
             oom_baseline: 0,
+            console: None,
         }
     }
 
@@ -133,6 +137,12 @@ impl Supervisor {
             if self.shutdown.is_none() {
                 self.start_ready();
             } else if let Some(kind) = self.drive_shutdown() {
+                for u in &mut self.units {
+                    if let Some(mut tap) = u.console.take() {
+                        tap.pump(&u.name);
+                        tap.flush(&u.name);
+                    }
+                }
                 return kind;
             }
             let timeout = self.next_timeout();
@@ -188,11 +198,19 @@ impl Supervisor {
             }
         };
         u.oom_baseline = u.cgroup.oom_kills();
-        match spawn(spec, &u.cgroup, join_net) {
+        let spec = with_restart_count(spec, u.restarts);
+        match spawn(&spec, &u.cgroup, join_net) {
             Ok(started) => {
                 u.state = State::Running { pid: started.pid };
                 u.ever_started = true;
                 event("container.started").kv("name", &u.name).kv("pid", started.pid).kv("restarts", u.restarts).emit();
+                if let Some((master, pty)) = started.console {
+                    if let Some(mut old) = u.console.take() {
+                        old.pump(&u.name);
+                    }
+                    event("container.console").kv("name", &u.name).kv("pty", pty).emit();
+                    u.console = Some(Tap::new(master));
+                }
                 if let Some((errno, path)) = started.exec_error {
                     event("container.exec-failed")
                         .kv("name", &u.name)
@@ -367,19 +385,39 @@ impl Supervisor {
     }
 
     fn wait(&mut self, timeout_ms: i32) {
-        let mut fds = [
+        let mut fds = vec![
             libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.control.as_ref().map_or(-1, Listener::raw), events: libc::POLLIN, revents: 0 },
         ];
+        // Container consoles after the two fixed entries; -1 (ignored by
+        // poll) for units without one keeps unit i at fds[2 + i].
+        fds.extend(self.units.iter().map(|u| libc::pollfd {
+            fd: u.console.as_ref().map_or(-1, Tap::raw),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;
         }
-        if fds[0].revents & libc::POLLIN != 0 {
+        let ready = |k: usize, mask: libc::c_short| fds.get(k).is_some_and(|f| f.revents & mask != 0);
+        let (signals, control) = (ready(0, libc::POLLIN), ready(1, libc::POLLIN));
+        // Output first, so a container's last lines come before its exit event.
+        for (i, u) in self.units.iter_mut().enumerate() {
+            if ready(2 + i, libc::POLLIN | libc::POLLHUP | libc::POLLERR) {
+                if let Some(tap) = u.console.as_mut() {
+                    if !tap.pump(&u.name) {
+                        u.console = None;
+                        event("container.console-closed").kv("name", &u.name).emit();
+                    }
+                }
+            }
+        }
+        if signals {
             self.read_signals();
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if control {
             self.serve_control();
         }
     }
@@ -464,6 +502,18 @@ impl Supervisor {
         event("control.request").kv("request", text.trim()).kv("reply", &answer).emit();
         control::reply(conn, &answer);
     }
+}
+
+/// The spec with `CAIRN_RESTART_COUNT=<restarts so far>` in its environment
+/// (replacing one the manifest may set), so an entrypoint knows how many
+/// times it was restarted since boot.
+fn with_restart_count(spec: &ContainerSpec, restarts: u32) -> ContainerSpec {
+    let mut spec = spec.clone();
+    spec.env.retain(|e| !e.as_bytes().starts_with(b"CAIRN_RESTART_COUNT="));
+    if let Ok(var) = std::ffi::CString::new(format!("CAIRN_RESTART_COUNT={restarts}")) {
+        spec.env.push(var);
+    }
+    spec
 }
 
 /// Block every signal and return a signalfd that receives them.

@@ -2,6 +2,7 @@
 //! it, and asserts on what the device prints (and on the disk afterwards).
 
 pub mod console;
+pub mod oci_fixture;
 pub mod qemu;
 mod scenarios;
 

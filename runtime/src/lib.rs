@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod cgroup;
+pub mod console;
 pub mod exit;
 pub mod identity;
 pub mod network;
@@ -18,6 +19,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod sys;
+pub mod userns;
 
 pub use cgroup::Cgroup;
 pub use exit::Exit;

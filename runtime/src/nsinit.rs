@@ -30,6 +30,11 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
     }
+    if spec.console {
+        if let Err(e) = crate::console::take_controlling_terminal() {
+            report_and_exit(&sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
+        }
+    }
     // SAFETY: this process is single-threaded; fork is safe to call.
     let entry = unsafe { libc::fork() };
     if entry < 0 {
@@ -135,10 +140,21 @@ fn report_and_exit(sync: &OwnedFd, msg: String, code: i32) -> ! {
 /// In the entrypoint's process: clean signal state, rlimits, capabilities,
 /// identity, no_new_privs, seccomp, cwd, exec.
 fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>) -> ! {
+    // With a console the entrypoint stays in the init's session (the
+    // terminal's) as the foreground process group, like under tini; every
+    // signal, SIGTTOU included, is still blocked here. Otherwise it gets a
+    // session of its own.
+    if spec.console {
+        if let Err(e) = crate::console::become_foreground() {
+            report_and_exit(sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
+        }
+    } else {
+        // SAFETY: setsid takes no arguments.
+        unsafe { libc::setsid() };
+    }
     // SAFETY: plain syscalls on this process's own state; the sigset is
     // initialised by sigemptyset before use.
     unsafe {
-        libc::setsid();
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);

@@ -5,6 +5,16 @@
 //! first (so nothing propagates back to the host), then the scratch tmpfs
 //! that holds the overlay's upper and work directories, the overlay itself,
 //! the pseudo filesystems inside it, and last pivot_root.
+//!
+//! With a user namespace ([`host_plan`]) the scratch tmpfs and the overlay
+//! are mounted by PID 1 before the clone, as real root in the host's
+//! namespaces, so copy-up works for files of the layers whose owners are
+//! not mapped (the layers belong to host root); the child's mount namespace
+//! gets a copy of both and PID 1 detaches its own right after the clone
+//! ([`host_mounts`]). Everything else is mounted by the child as root of
+//! its namespace; device nodes cannot be made there (mknod needs CAP_MKNOD
+//! in the host namespace, and a tmpfs mounted in a user namespace is
+//! nodev anyway), so the default devices are bind mounts of the host's.
 
 use crate::spec::{ContainerSpec, CONTROL_DIR};
 use crate::sys::{self, SysResult};
@@ -95,6 +105,20 @@ pub enum Step {
     RemountReadOnly(String),
     /// Make `root` the root: pivot_root and detach the old root.
     PivotRoot(String),
+    /// Add the search bits (`o+x`, `g+x`) to a directory so an unprivileged
+    /// host id (a user namespace's root) can reach what is below.
+    Traversable(String),
+    /// Change the owner of a path.
+    Chown {
+        /// The path.
+        path: String,
+        /// Host uid.
+        uid: u32,
+        /// Host gid.
+        gid: u32,
+    },
+    /// Make one mount point private (no propagation to or from peers).
+    MakeMountPrivate(String),
 }
 
 /// Files hidden from every container (kernel memory, keys, timers).
@@ -107,19 +131,16 @@ pub const MASKED_DIRS: [&str; 3] = ["proc/acpi", "proc/scsi", "sys/firmware"];
 /// Paths that are read-only in every container.
 pub const READ_ONLY: [&str; 5] = ["proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs", "proc/irq"];
 
-/// Build the plan for a container.
-pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
-    let state = spec.state_dir();
-    let scratch = format!("{state}/scratch");
-    let root = format!("{state}/rootfs");
-    let mut p = vec![
-        Step::MakePrivate,
-        Step::Mkdir(scratch.clone()),
-        Step::Mkdir(root.clone()),
+/// The scratch tmpfs and the overlay rootfs of a container (the same steps
+/// wherever they run).
+fn rootfs_mounts(spec: &ContainerSpec, scratch: &str, root: &str) -> Vec<Step> {
+    vec![
+        Step::Mkdir(scratch.to_owned()),
+        Step::Mkdir(root.to_owned()),
         Step::Mount {
             what: "scratch tmpfs",
             source: "scratch".into(),
-            target: scratch.clone(),
+            target: scratch.to_owned(),
             fstype: Some("tmpfs"),
             flags: NOSUID | NODEV,
             data: Some(format!("size={},mode=0755", spec.scratch_bytes)),
@@ -129,11 +150,82 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
         Step::Mount {
             what: "overlay rootfs",
             source: "overlay".into(),
-            target: root.clone(),
+            target: root.to_owned(),
             fstype: Some("overlay"),
             flags: 0,
-            data: Some(overlay_options(&spec.layer_dirs, &scratch)),
+            data: Some(overlay_options(&spec.layer_dirs, scratch)),
         },
+    ]
+}
+
+/// Steps PID 1 runs in the host's namespaces before cloning a container
+/// with a user namespace (none without one): make the path to the state
+/// directory reachable for the namespace's root (search bits only), mount
+/// scratch and overlay, and give the upper layer's root to the namespace's
+/// root so `/` of the container is its root's. Both mounts are made private
+/// so that detaching them on the host does not propagate into the copy
+/// the child holds.
+pub fn host_plan(spec: &ContainerSpec) -> Vec<Step> {
+    let Some((uid, gid)) = spec.userns.as_ref().and_then(crate::userns::host_root) else {
+        return Vec::new();
+    };
+    let state = spec.state_dir();
+    let scratch = format!("{state}/scratch");
+    let root = format!("{state}/rootfs");
+    let mut p: Vec<Step> = ancestors(&state).map(Step::Traversable).collect();
+    p.extend(rootfs_mounts(spec, &scratch, &root));
+    // Before the overlay mount: chown the upper root, then make both private.
+    let overlay = p.len().saturating_sub(1);
+    p.insert(overlay, Step::Chown { path: format!("{scratch}/upper"), uid, gid });
+    p.insert(overlay, Step::MakeMountPrivate(scratch.clone()));
+    p.push(Step::MakeMountPrivate(root));
+    p
+}
+
+/// Mounts [`host_plan`] leaves on the host, to detach after the clone
+/// (innermost first).
+pub fn host_mounts(spec: &ContainerSpec) -> Vec<String> {
+    if spec.userns.is_none() {
+        return Vec::new();
+    }
+    let state = spec.state_dir();
+    vec![format!("{state}/rootfs"), format!("{state}/scratch")]
+}
+
+/// "/a/b/c" -> "/", "/a", "/a/b", "/a/b/c".
+fn ancestors(path: &str) -> impl Iterator<Item = String> + '_ {
+    let mut at = String::new();
+    core::iter::once("/".to_owned()).chain(path.split('/').filter(|c| !c.is_empty()).map(move |c| {
+        at.push('/');
+        at.push_str(c);
+        at.clone()
+    }))
+}
+
+/// Build the plan the container's init carries out.
+pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
+    let state = spec.state_dir();
+    let scratch = format!("{state}/scratch");
+    let root = format!("{state}/rootfs");
+    let userns = spec.userns.is_some();
+    let mut p = vec![Step::MakePrivate];
+    if userns {
+        // The overlay came from PID 1's namespace, so the kernel locks it
+        // (MNT_LOCKED) in this less privileged one, and pivot_root refuses
+        // a locked new root. A bind of it onto itself is a mount of this
+        // namespace, not locked.
+        p.push(Step::Mount {
+            what: "rootfs self-bind",
+            source: root.clone(),
+            target: root.clone(),
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+    } else {
+        p.extend(rootfs_mounts(spec, &scratch, &root));
+    }
+    p.extend([
         Step::Mkdir(format!("{root}/proc")),
         Step::Mount {
             what: "proc",
@@ -152,9 +244,15 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
             flags: NOSUID | NOEXEC,
             data: Some(format!("size={DEV_SIZE},mode=0755")),
         },
-    ];
+    ]);
     for (name, major, minor, mode) in DEVICES {
-        p.push(Step::CharDevice { path: format!("{root}/dev/{name}"), major, minor, mode });
+        let path = format!("{root}/dev/{name}");
+        if userns {
+            p.push(Step::Touch(path.clone()));
+            p.push(bind("device bind", &format!("/dev/{name}"), path));
+        } else {
+            p.push(Step::CharDevice { path, major, minor, mode });
+        }
     }
     for (target, link) in [
         ("/proc/self/fd", "fd"),
@@ -213,7 +311,15 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
     ]);
     for (path, host, mode) in &spec.devices {
         let rel = path.trim_start_matches('/');
-        p.push(Step::Device { path: format!("{root}/{rel}"), host: host.clone(), mode: *mode });
+        let path = format!("{root}/{rel}");
+        if userns {
+            // Validation refuses devices with a user namespace; should one
+            // come anyway, it is the host's node as it is, never a new one.
+            p.push(Step::Touch(path.clone()));
+            p.push(bind("device bind", host, path));
+        } else {
+            p.push(Step::Device { path, host: host.clone(), mode: *mode });
+        }
     }
     for f in MASKED_FILES {
         p.push(Step::MaskFile { path: format!("{root}/{f}"), null: format!("{root}/dev/null") });
@@ -244,6 +350,10 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
     p
 }
 
+fn bind(what: &'static str, source: &str, target: String) -> Step {
+    Step::Mount { what, source: source.into(), target, fstype: None, flags: libc::MS_BIND, data: None }
+}
+
 fn exists(path: &str) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
@@ -271,6 +381,33 @@ fn device_like(path: &str, host: &str, mode: u16) -> SysResult<()> {
         && sys::errno() != libc::EEXIST
     {
         return Err(sys::SysError { op: "mknod", arg: path.into(), errno: sys::errno() });
+    }
+    Ok(())
+}
+
+/// Add the search bits to a directory (never read or write bits).
+fn traversable(path: &str) -> SysResult<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| sys::SysError { op: "stat", arg: path.into(), errno: e.raw_os_error().unwrap_or(libc::ENOENT) })?
+        .permissions()
+        .mode();
+    if mode & 0o011 == 0o011 {
+        return Ok(());
+    }
+    let p = sys::cstr(path)?;
+    // SAFETY: `p` is a valid C string.
+    if unsafe { libc::chmod(p.as_ptr(), (mode & 0o7777 | 0o011) as libc::mode_t) } != 0 {
+        return Err(sys::SysError { op: "chmod g+x,o+x", arg: path.into(), errno: sys::errno() });
+    }
+    Ok(())
+}
+
+fn chown(path: &str, uid: u32, gid: u32) -> SysResult<()> {
+    let p = sys::cstr(path)?;
+    // SAFETY: `p` is a valid C string.
+    if unsafe { libc::chown(p.as_ptr(), uid, gid) } != 0 {
+        return Err(sys::SysError { op: "chown", arg: format!("{path} to {uid}:{gid}"), errno: sys::errno() });
     }
     Ok(())
 }
@@ -325,6 +462,9 @@ pub fn apply(plan: &[Step]) -> SysResult<()> {
             Step::RemountReadOnly(p) => {
                 sys::mount("read-only rootfs", None, p, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?
             }
+            Step::Traversable(p) => traversable(p)?,
+            Step::Chown { path, uid, gid } => chown(path, *uid, *gid)?,
+            Step::MakeMountPrivate(p) => sys::mount("make mount private", None, p, None, libc::MS_PRIVATE, None)?,
             Step::PivotRoot(root) => {
                 sys::chdir(root)?;
                 sys::pivot_root_here()?;
@@ -378,6 +518,8 @@ mod tests {
             stop_signal: 15,
             stop_grace_ms: 1000,
             signal_group: false,
+            console: false,
+            userns: None,
         }
     }
 
@@ -438,6 +580,65 @@ mod tests {
         let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype: Some("proc"), .. }));
         assert!(proc_ < mask && mask < ro && ro == p.len() - 2, "masks after /proc, read-only root last before pivot");
         assert!(!plan(&spec(false)).iter().any(|s| matches!(s, Step::RemountReadOnly(_))));
+    }
+
+    fn userns_spec() -> ContainerSpec {
+        use cairn_images::manifest::{IdRange, UserNamespace};
+        let mut s = spec(false);
+        let map = |outside| [IdRange { inside: 0, outside, count: 65536 }].into_iter().collect();
+        s.userns = Some(UserNamespace { uid_map: map(100_000), gid_map: map(200_000) });
+        s.devices.clear();
+        s
+    }
+
+    #[test]
+    fn without_a_user_namespace_pid_1_mounts_nothing_for_the_child() {
+        assert!(host_plan(&spec(false)).is_empty());
+        assert!(host_mounts(&spec(false)).is_empty());
+    }
+
+    #[test]
+    fn with_a_user_namespace_pid_1_mounts_the_rootfs_and_the_child_binds_devices() {
+        let s = userns_spec();
+        let state = "/run/cairn/containers/web";
+        let host = host_plan(&s);
+        let child = plan(&s);
+        let traversable: Vec<_> = host
+            .iter()
+            .filter_map(|st| match st {
+                Step::Traversable(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(traversable, ["/", "/run", "/run/cairn", "/run/cairn/containers", state]);
+        let scratch = position(&host, |st| matches!(st, Step::Mount { what: "scratch tmpfs", .. }));
+        let upper = format!("{state}/scratch/upper");
+        let chown =
+            position(&host, |st| matches!(st, Step::Chown { path, uid: 100_000, gid: 200_000 } if *path == upper));
+        let private_scratch = position(&host, |st| matches!(st, Step::MakeMountPrivate(p) if p.ends_with("/scratch")));
+        let overlay = position(&host, |st| matches!(st, Step::Mount { fstype: Some("overlay"), .. }));
+        assert!(scratch < chown && chown < overlay && private_scratch < overlay, "{host:?}");
+        assert_eq!(host.last(), Some(&Step::MakeMountPrivate(format!("{state}/rootfs"))));
+        assert_eq!(host_mounts(&s), [format!("{state}/rootfs"), format!("{state}/scratch")]);
+        // The child mounts neither, makes no device node, and binds the host's.
+        assert!(!child.iter().any(|st| matches!(
+            st,
+            Step::Mount { fstype: Some("overlay" | "tmpfs"), what: "overlay rootfs" | "scratch tmpfs", .. }
+        )));
+        assert!(!child.iter().any(|st| matches!(st, Step::CharDevice { .. } | Step::Device { .. })));
+        let null = format!("{state}/rootfs/dev/null");
+        let touch = position(&child, |st| *st == Step::Touch(null.clone()));
+        let bound = position(
+            &child,
+            |st| matches!(st, Step::Mount { source, target, flags: libc::MS_BIND, .. } if source == "/dev/null" && *target == null),
+        );
+        let dev = position(&child, |st| matches!(st, Step::Mount { what: "dev tmpfs", .. }));
+        assert!(dev < touch && touch < bound && bound < usize::MAX);
+        assert_eq!(child.first(), Some(&Step::MakePrivate));
+        assert!(
+            matches!(child.get(1), Some(Step::Mount { what: "rootfs self-bind", source, target, .. }) if source == target)
+        );
+        assert!(matches!(child.last(), Some(Step::PivotRoot(_))));
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! report on failure (`setup <error>` or `exec <errno> <path>`); a successful
 //! exec of the entrypoint closes the last write end, so the parent's read
 //! returns EOF with nothing read.
+//!
+//! With a user namespace a second pipe goes the other way: the child is
+//! cloned with `CLONE_NEWUSER` along with its other namespaces (so the new
+//! user namespace owns them all) and first of all waits on it. PID 1 writes
+//! the child's `uid_map` and `gid_map`, detaches the rootfs mounts it made
+//! for it (see `rootfs::host_plan`), then sends one byte. Only then does
+//! the child become root of its namespace and set up its filesystem. If PID
+//! 1 cannot write the maps it closes the pipe without a byte and the child
+//! exits with the setup failure code.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -50,6 +59,9 @@ pub enum SpawnError {
     /// The container whose network it joins is not running.
     #[error("network: the container it joins is not running")]
     NoNetworkToJoin,
+    /// Mounting its rootfs for a user namespace, or writing the id maps.
+    #[error("user namespace: {0}")]
+    UserNamespace(SysError),
 }
 
 /// A started container.
@@ -60,6 +72,9 @@ pub struct Started {
     /// If the entrypoint could not be executed: (errno, path). The init
     /// exits with 127 (not found) or 126 (not executable).
     pub exec_error: Option<(i32, String)>,
+    /// With `console`: the master side of the container's pseudo-terminal
+    /// (non-blocking) and the slave's path on the host.
+    pub console: Option<(OwnedFd, String)>,
 }
 
 /// Kernel ABI of clone3's argument (version 2, with `cgroup`).
@@ -94,6 +109,9 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
         Network::Host => NetSetup::Keep,
         Network::Join(_) => NetSetup::Join(join_net.ok_or(SpawnError::NoNetworkToJoin)?),
     };
+    if spec.userns.is_some() {
+        flags |= libc::CLONE_NEWUSER as u64;
+    }
     let filter = if spec.seccomp {
         let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
         Some(crate::seccomp::build(&deny, spec.allow_userns).map_err(SpawnError::Seccomp)?)
@@ -105,6 +123,16 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec);
+    let pty = if spec.console { Some(crate::console::open().map_err(SpawnError::Prepare)?) } else { None };
+    let go_ahead = match spec.userns {
+        Some(_) => Some(sys::pipe().map_err(SpawnError::Prepare)?),
+        None => None,
+    };
+    let host_mounts = rootfs::host_mounts(spec);
+    if let Err(e) = rootfs::apply(&rootfs::host_plan(spec)) {
+        detach(&host_mounts);
+        return Err(SpawnError::UserNamespace(e));
+    }
 
     let mut args =
         CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, cgroup: cg.as_raw_fd() as u64, ..CloneArgs::default() };
@@ -114,18 +142,48 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
     let pid =
         unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
     if pid < 0 {
-        return Err(SpawnError::Clone(SysError { op: "clone3", arg: spec.name.clone(), errno: sys::errno() }));
+        let e = SysError { op: "clone3", arg: spec.name.clone(), errno: sys::errno() };
+        detach(&host_mounts);
+        return Err(SpawnError::Clone(e));
     }
     if pid == 0 {
         drop(rd);
         drop(cg);
-        child(spec, &plan, net, filter.as_ref(), wr);
+        let go_ahead = go_ahead.map(|(go_rd, go_wr)| {
+            drop(go_wr);
+            go_rd
+        });
+        if let Some(pty) = pty {
+            // The pty's slave becomes stdio; both sides' own fds are closed.
+            if let Err(e) = crate::console::attach_stdio(&pty.slave) {
+                let _ = sys::write_all(&wr, format!("setup {e}").as_bytes());
+                // SAFETY: _exit ends this process without running anything else.
+                unsafe { libc::_exit(SETUP_FAILED) };
+            }
+        }
+        child(spec, &plan, net, filter.as_ref(), wr, go_ahead);
     }
     drop(wr);
     let pid = pid as libc::pid_t;
+    // The child's mount namespace holds its own copies now.
+    detach(&host_mounts);
+    let mut map_error = None;
+    if let (Some(u), Some((go_rd, go_wr))) = (&spec.userns, go_ahead) {
+        drop(go_rd);
+        match crate::userns::write_maps(pid, u) {
+            // If the byte cannot be written the child reads EOF and exits.
+            Ok(()) => map_error = sys::write_all(&go_wr, b"1").err(),
+            Err(e) => map_error = Some(e),
+        }
+    }
+    // The container holds the slave now; PID 1 keeps only the master.
+    let console = pty.map(|p| (p.master, p.path));
     let report = sys::read_to_end(&rd, 4096).unwrap_or_default();
     let report = String::from_utf8_lossy(&report);
     let report = report.trim();
+    if let Some(e) = map_error {
+        return Err(SpawnError::UserNamespace(e));
+    }
     if let Some(msg) = report.strip_prefix("setup ") {
         return Err(SpawnError::Setup(msg.to_owned()));
     }
@@ -133,7 +191,15 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
         let (errno, path) = rest.split_once(' ').unwrap_or((rest, ""));
         (errno.parse().unwrap_or(0), path.to_owned())
     });
-    Ok(Started { pid, exec_error })
+    Ok(Started { pid, exec_error, console })
+}
+
+/// Detach mounts PID 1 made for a child (errors ignored: a mount that is
+/// not there is what we want).
+fn detach(mounts: &[String]) {
+    for m in mounts {
+        let _ = sys::umount(m, libc::MNT_DETACH);
+    }
 }
 
 /// What to do about the network namespace in the child.
@@ -154,7 +220,23 @@ fn child(
     net: NetSetup,
     filter: Option<&crate::seccomp::Filter>,
     sync: OwnedFd,
+    go_ahead: Option<OwnedFd>,
 ) -> ! {
+    if let Some(go) = go_ahead {
+        // Nothing may happen in the new user namespace before its maps exist.
+        let byte = sys::read_to_end(&go, 1).unwrap_or_default();
+        drop(go);
+        let ready = if byte.is_empty() {
+            Err("setup user namespace: PID 1 did not write the id maps".to_owned())
+        } else {
+            crate::userns::become_root().map_err(|e| format!("setup user namespace: {e}"))
+        };
+        if let Err(msg) = ready {
+            let _ = sys::write_all(&sync, msg.as_bytes());
+            // SAFETY: _exit ends this process without running anything else.
+            unsafe { libc::_exit(SETUP_FAILED) };
+        }
+    }
     close_inherited_fds(sync.as_raw_fd());
     // Not dumpable: /proc/1 of the container belongs to root and cannot be
     // ptraced or have its exe reopened by processes without CAP_SYS_PTRACE.

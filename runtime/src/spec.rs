@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use cairn_images::manifest::{Container, Limits, Network, Rlimit};
+use cairn_images::manifest::{Container, Limits, Network, Rlimit, UserNamespace};
 
 /// Base directory for per-container state on the host's /run.
 pub const STATE_DIR: &str = "/run/cairn/containers";
@@ -61,6 +61,10 @@ pub struct ContainerSpec {
     pub stop_grace_ms: u32,
     /// Forward signals to the entrypoint's process group.
     pub signal_group: bool,
+    /// A pseudo-terminal as stdio and controlling terminal.
+    pub console: bool,
+    /// A user namespace of its own, with these id maps.
+    pub userns: Option<UserNamespace>,
 }
 
 /// Why a manifest container cannot be turned into a spec.
@@ -138,6 +142,8 @@ impl ContainerSpec {
             stop_signal: i32::from(c_.stop.signal),
             stop_grace_ms: c_.stop.grace_ms,
             signal_group: c_.signal_group,
+            console: c_.console,
+            userns: c_.security.userns.clone(),
         })
     }
 

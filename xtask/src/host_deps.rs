@@ -70,6 +70,24 @@ pub fn ensure_qemu(board: &Board) -> Result<PathBuf> {
         .with_context(|| format!("installed {} but {} is still not on PATH", board.qemu_package, board.qemu_binary))
 }
 
+/// The independent tools the host tests check our output with: unsquashfs
+/// reads every layer image back, zstd makes compressed archives, mke2fs
+/// formats the data partition. Installed with apt-get when missing and we
+/// are root; otherwise the tests that need them say they skipped.
+pub fn ensure_test_tools() -> Result<()> {
+    let wanted = [("unsquashfs", "squashfs-tools"), ("zstd", "zstd"), ("mke2fs", "e2fsprogs")];
+    let missing: Vec<&str> =
+        wanted.iter().filter(|(bin, _)| find_on_path(bin).is_none()).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: some host tests will skip their checks: install {}", missing.join(" "));
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 /// Make apt able to download packages of Debian architecture `deb_arch`
 /// (`apt-get download pkg:arm64` on an amd64 host): add it as a foreign
 /// architecture and refresh the package lists when it is not there yet.

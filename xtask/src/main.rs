@@ -84,6 +84,7 @@ fn run() -> Result<ExitCode> {
         }
         "qemu-test" => qemu_test(a.board.as_deref(), &a.rest),
         "test" => {
+            host_deps::ensure_test_tools()?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(repo_root())

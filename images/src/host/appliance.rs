@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::manifest::{
-    self, capability_number, Container, CpuMax, Device, IoMax, Layer, Limits, Manifest, Network, Restart,
-    RestartPolicy, Rlimit, RlimitResource, Security, Stop,
+    self, capability_number, Container, CpuMax, Device, IdRange, IoMax, Layer, Limits, Manifest, Network, Restart,
+    RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
 };
 
 /// The appliance file.
@@ -162,6 +162,9 @@ pub struct ContainerSpec {
     /// Forward signals to the entrypoint's process group.
     #[serde(default)]
     pub signal_group: bool,
+    /// A pseudo-terminal as stdio, copied to the console with a `[name] ` prefix.
+    #[serde(default)]
+    pub console: bool,
     /// Isolation settings.
     #[serde(default)]
     pub security: SecuritySpec,
@@ -195,6 +198,69 @@ pub struct SecuritySpec {
     /// Device nodes.
     #[serde(default)]
     pub devices: Vec<DeviceSpec>,
+    /// A user namespace of its own (off when absent).
+    #[serde(default)]
+    pub userns: Option<UsernsSpec>,
+}
+
+/// `security.userns` as written: a host id (shorthand for container ids 0
+/// to 65535 as host ids from there on, for users and groups alike) or the
+/// maps, `[inside, outside, count]` each; `gid_map` defaults to `uid_map`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UsernsSpec {
+    /// `userns = 100000`.
+    Base(u32),
+    /// `userns = { uid_map = [[0, 100000, 65536]], gid_map = [...] }`.
+    Maps(UsernsMaps),
+}
+
+/// Explicit id maps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsernsMaps {
+    /// `[inside, outside, count]` ranges for user ids.
+    pub uid_map: Vec<[u32; 3]>,
+    /// Same for group ids; the uid map when absent.
+    #[serde(default)]
+    pub gid_map: Option<Vec<[u32; 3]>>,
+}
+
+/// Ids the shorthand `userns = BASE` maps: 0 to 65535.
+pub const USERNS_SHORTHAND_COUNT: u32 = 65536;
+
+impl UsernsSpec {
+    /// The manifest form; problems (capacity) are added to `p`.
+    fn compile(&self, p: &mut Vec<String>) -> UserNamespace {
+        fn ranges(
+            list: &[[u32; 3]],
+            what: &str,
+            p: &mut Vec<String>,
+        ) -> heapless::Vec<IdRange, { manifest::MAX_ID_RANGES }> {
+            let mut out = heapless::Vec::new();
+            for [inside, outside, count] in list {
+                if out.push(IdRange { inside: *inside, outside: *outside, count: *count }).is_err() {
+                    p.push(format!("security.userns.{what}: more than {} ranges", manifest::MAX_ID_RANGES));
+                    break;
+                }
+            }
+            out
+        }
+        match self {
+            UsernsSpec::Base(outside) => {
+                let r = [[0, *outside, USERNS_SHORTHAND_COUNT]];
+                UserNamespace { uid_map: ranges(&r, "uid_map", p), gid_map: ranges(&r, "gid_map", p) }
+            }
+            UsernsSpec::Maps(m) => {
+                let uid_map = ranges(&m.uid_map, "uid_map", p);
+                let gid_map = match &m.gid_map {
+                    Some(g) => ranges(g, "gid_map", p),
+                    None => uid_map.clone(),
+                };
+                UserNamespace { uid_map, gid_map }
+            }
+        }
+    }
 }
 
 impl Default for SecuritySpec {
@@ -208,6 +274,7 @@ impl Default for SecuritySpec {
             seccomp_deny: Vec::new(),
             allow_userns: false,
             devices: Vec::new(),
+            userns: None,
         }
     }
 }
@@ -659,6 +726,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             break;
         }
     }
+    let userns = c.security.userns.as_ref().map(|u| u.compile(&mut p));
     let out = Container {
         name: copy_str(&c.name, "name", &mut p),
         layers: copy_list(&c.layers, "layers", &mut p),
@@ -697,9 +765,11 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             seccomp_deny: copy_list(&c.security.seccomp_deny, "seccomp_deny", &mut p),
             allow_userns: c.security.allow_userns,
             devices,
+            userns,
         },
         network,
         signal_group: c.signal_group,
+        console: c.console,
     };
     if p.is_empty() {
         Ok(out)
@@ -711,6 +781,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::IdRange;
 
     const GOOD: &str = r#"
 appliance = "demo"
@@ -790,6 +861,50 @@ depends_on = ["sensor"]
         assert!(all.contains("sometimes"), "{all}");
         assert!(all.contains("ghost"), "{all}");
         assert!(all.contains("nope"), "{all}");
+    }
+
+    fn one(extra: &str) -> Result<Manifest, String> {
+        let text = format!(
+            "appliance = \"u\"\nversion = 1\n[[layer]]\nname = \"base\"\nsource = \"b\"\n\
+             [[container]]\nname = \"c\"\nlayers = [\"base\"]\nargv = [\"/x\"]\n{extra}\n"
+        );
+        let mut a: Appliance = toml::from_str(&text).map_err(|e| e.to_string())?;
+        a.lines = HeaderLines::scan(&text);
+        a.to_manifest(Path::new("u.toml"), &info()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn userns_shorthand_maps_and_errors() {
+        let m = one("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.containers[0].security.userns, None, "off by default");
+        let m = one("security.userns = 100000").unwrap_or_else(|e| panic!("{e}"));
+        let u = m.containers[0].security.userns.clone().unwrap_or_else(|| panic!("no userns"));
+        let full = IdRange { inside: 0, outside: 100_000, count: 65536 };
+        assert_eq!(u.uid_map.as_slice(), &[full]);
+        assert_eq!(u.gid_map.as_slice(), &[full]);
+        let m = one("uid = 1000\ngid = 1000\ngroups = [20]\n\
+                     security.userns = { uid_map = [[0, 200000, 1], [1000, 201000, 1]], gid_map = [[0, 300000, 100], [1000, 301000, 1]] }")
+        .unwrap_or_else(|e| panic!("{e}"));
+        let u = m.containers[0].security.userns.clone().unwrap_or_else(|| panic!("no userns"));
+        assert_eq!(u.uid_map.len(), 2);
+        assert_eq!(u.gid_map[0], IdRange { inside: 0, outside: 300_000, count: 100 });
+        let m = one("security.userns = { uid_map = [[0, 100000, 10]] }").unwrap_or_else(|e| panic!("{e}"));
+        let u = m.containers[0].security.userns.clone().unwrap_or_else(|| panic!("no userns"));
+        assert_eq!(u.gid_map, u.uid_map, "gid_map defaults to uid_map");
+
+        let e = one("uid = 5\nsecurity.userns = { uid_map = [[1, 100000, 0]] }").err().unwrap_or_default();
+        assert!(e.contains("security.userns.uid_map"), "{e}");
+        assert!(e.contains("uid_map has a range with count 0"), "{e}");
+        assert!(e.contains("uid 0 must be mapped"), "{e}");
+        let six = "[[0,100000,1],[1,100001,1],[2,100002,1],[3,100003,1],[4,100004,1],[5,100005,1]]";
+        let e = one(&format!("security.userns = {{ uid_map = {six} }}")).err().unwrap_or_default();
+        assert!(e.contains("line 6: container[0] (c): security.userns.uid_map: more than 5 ranges"), "{e}");
+        let e = one("security.userns = { uid_map = [[0, 1]] }").err().unwrap_or_default();
+        assert!(e.contains("line"), "{e}");
+        let e = one("security.userns = { uidmap = [[0, 1, 1]] }").err().unwrap_or_default();
+        assert!(e.contains("line"), "{e}");
+        let e = one("network = \"host\"\nsecurity.userns = 100000").err().unwrap_or_default();
+        assert!(e.contains("needs network = \"none\""), "{e}");
     }
 
     #[test]

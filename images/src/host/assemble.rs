@@ -10,10 +10,10 @@ use ed25519_dalek::SigningKey;
 use crate::bootstate::{self, BootState, LayerSlot};
 use crate::digest::Digest;
 use crate::envelope;
-use crate::host::appliance::{Appliance, ApplianceError};
+use crate::host::appliance::{Appliance, ApplianceError, LayerRef};
 use crate::host::cpio::{self, CpioBuilder};
 use crate::host::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
-use crate::host::squashfs;
+use crate::host::layer::{self, LayerError, LayerOptions};
 use crate::manifest::Manifest;
 
 /// Why an appliance could not be built or assembled.
@@ -23,7 +23,7 @@ pub enum AssembleError {
     #[error(transparent)]
     Appliance(#[from] ApplianceError),
     /// A layer source is missing.
-    #[error("layer {layer}: source {source_dir} not found")]
+    #[error("layer {layer}: source {source_dir}: no such file or directory")]
     LayerSource {
         /// Layer name.
         layer: String,
@@ -40,12 +40,25 @@ pub enum AssembleError {
     },
     /// Building a layer image.
     #[error("layer {layer}: {error}")]
-    Layer {
+    Import {
         /// Layer name.
         layer: String,
         /// Cause.
-        error: squashfs::SquashfsError,
+        error: LayerError,
     },
+    /// No image of a layer the manifest names.
+    #[error("layer {layer} ({digest:?}): no file in {dir} has that digest")]
+    LayerNotFound {
+        /// Layer name.
+        layer: String,
+        /// Its digest.
+        digest: Digest,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// A layer known only by digest cannot be written to a new disk.
+    #[error("layer {0} is given by digest only; a new disk needs its image (use `file` or `source`)")]
+    NoImage(String),
     /// Signing.
     #[error("manifest: {0}")]
     Seal(String),
@@ -84,8 +97,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssembleError + '_ {
 pub struct BuiltLayer {
     /// Layer name.
     pub name: String,
-    /// Image file.
-    pub path: PathBuf,
+    /// Image file; `None` for a layer known only by digest (the devices
+    /// already hold it), which cannot be put on a new disk.
+    pub path: Option<PathBuf>,
     /// sha256 of the image.
     pub digest: Digest,
     /// Image size.
@@ -105,6 +119,12 @@ pub struct BuiltAppliance {
 
 /// Build every layer of the appliance at `appliance_path` into `out_dir`,
 /// compile and sign the manifest. `build_sources` resolves `build:NAME`.
+///
+/// A layer is built from `source` (a directory, a rootfs tar, or an image,
+/// flattened into one layer) as `out_dir/NAME.squashfs`, taken from `file`
+/// (hashed, not copied), or known by `digest` and `size` alone. Everything
+/// the device would refuse is found before any layer is built; on any error
+/// the layer images this call wrote are removed again.
 pub fn build_appliance(
     appliance_path: &Path,
     build_sources: &BTreeMap<String, PathBuf>,
@@ -113,32 +133,150 @@ pub fn build_appliance(
 ) -> Result<BuiltAppliance, AssembleError> {
     let app = Appliance::load(appliance_path)?;
     let base = appliance_path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let mut layers = Vec::new();
-    let mut info = BTreeMap::new();
-    for l in &app.layers {
-        // Interim: directory sources only (file and digest layers come with the layer importer).
-        let source = l.source.clone().unwrap_or_default();
-        let src = match source.strip_prefix("build:") {
-            Some(name) => build_sources
-                .get(name)
-                .cloned()
-                .ok_or_else(|| AssembleError::UnknownBuildSource { layer: l.name.clone(), name: name.into() })?,
-            None => base.join(&source),
-        };
-        if !src.is_dir() {
-            return Err(AssembleError::LayerSource { layer: l.name.clone(), source_dir: src });
+    // Check the whole file first, with stand-in digests, so a mistake in a
+    // container is reported before minutes of layer building.
+    let mut problems = Vec::new();
+    let mut stand_in = BTreeMap::new();
+    for (i, l) in app.layers.iter().enumerate() {
+        match l.reference() {
+            Ok(_) => {}
+            Err(e) => {
+                let line = app.lines.layers.get(i).map(|n| format!("line {n}: ")).unwrap_or_default();
+                problems.push(format!("{line}layer[{i}] ({}): {e}", l.name));
+            }
         }
-        let path = out_dir.join(format!("{}.squashfs", l.name));
-        let img = squashfs::build_layer(&src, &path)
-            .map_err(|error| AssembleError::Layer { layer: l.name.clone(), error })?;
-        let digest = Digest(img.digest);
-        info.insert(l.name.clone(), (digest, img.size));
-        layers.push(BuiltLayer { name: l.name.clone(), path, digest, size: img.size });
+        stand_in.insert(l.name.clone(), (Digest([0; 32]), 1));
     }
-    let manifest = app.to_manifest(appliance_path, &info)?;
-    let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
-    Ok(BuiltAppliance { manifest, envelope, layers })
+    if let Err(ApplianceError::Invalid { problems: p, .. }) = app.to_manifest(appliance_path, &stand_in) {
+        problems.extend(p);
+    }
+    if !problems.is_empty() {
+        return Err(ApplianceError::Invalid { path: appliance_path.to_owned(), problems }.into());
+    }
+
+    let mut written: Vec<PathBuf> = Vec::new();
+    let result = build_layers(&app, base, build_sources, out_dir, &mut written).and_then(|layers| {
+        let info = layers.iter().map(|l| (l.name.clone(), (l.digest, l.size))).collect();
+        let manifest = app.to_manifest(appliance_path, &info)?;
+        let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
+        Ok(BuiltAppliance { manifest, envelope, layers })
+    });
+    if result.is_err() {
+        for p in &written {
+            let _ = fs::remove_file(p);
+        }
+    }
+    result
+}
+
+fn build_layers(
+    app: &Appliance,
+    base: &Path,
+    build_sources: &BTreeMap<String, PathBuf>,
+    out_dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<Vec<BuiltLayer>, AssembleError> {
+    let mut layers = Vec::new();
+    for l in &app.layers {
+        let reference = l.reference().map_err(|e| AssembleError::Seal(format!("layer {}: {e}", l.name)))?;
+        let built = match reference {
+            LayerRef::Source(source) => {
+                let src = match source.strip_prefix("build:") {
+                    Some(name) => build_sources.get(name).cloned().ok_or_else(|| {
+                        AssembleError::UnknownBuildSource { layer: l.name.clone(), name: name.into() }
+                    })?,
+                    None => base.join(&source),
+                };
+                if !src.exists() {
+                    return Err(AssembleError::LayerSource { layer: l.name.clone(), source_dir: src });
+                }
+                fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+                let path = out_dir.join(format!("{}.squashfs", l.name));
+                let opts = LayerOptions { flatten: true, ..LayerOptions::default() };
+                let files = layer::build(&src, &path, &opts, &mut |_| {})
+                    .map_err(|error| AssembleError::Import { layer: l.name.clone(), error })?;
+                written.push(path.clone());
+                let f =
+                    files.into_iter().next().ok_or_else(|| AssembleError::Seal(format!("layer {}: empty", l.name)))?;
+                BuiltLayer { name: l.name.clone(), path: Some(path), digest: f.digest, size: f.size }
+            }
+            LayerRef::File(file) => {
+                let path = base.join(&file);
+                let (digest, size) = hash_file(&path)?;
+                BuiltLayer { name: l.name.clone(), path: Some(path), digest, size }
+            }
+            LayerRef::Digest(digest, size) => BuiltLayer { name: l.name.clone(), path: None, digest, size },
+        };
+        layers.push(built);
+    }
+    Ok(layers)
+}
+
+/// sha256 and size of a file, read in blocks.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64), AssembleError> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(io(path))?;
+    let mut h = crate::digest::Hasher::default();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+        size += n as u64;
+    }
+    Ok((h.finish(), size))
+}
+
+/// Find the image of every layer `manifest` names in `dir`: `NAME.squashfs`
+/// when its digest matches, otherwise any file there with the layer's size
+/// and digest (a layer may be named differently where it was built).
+pub fn find_layers(manifest: &Manifest, dir: &Path) -> Result<Vec<BuiltLayer>, AssembleError> {
+    let mut candidates: Vec<(PathBuf, u64)> = Vec::new();
+    let listing = fs::read_dir(dir).map_err(io(dir))?;
+    for entry in listing {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let meta = fs::metadata(&path).map_err(io(&path))?;
+        if meta.is_file() {
+            candidates.push((path, meta.len()));
+        }
+    }
+    candidates.sort();
+    let mut hashed: BTreeMap<PathBuf, Digest> = BTreeMap::new();
+    let mut out = Vec::new();
+    for l in &manifest.layers {
+        let preferred = dir.join(format!("{}.squashfs", l.name));
+        let mut order: Vec<&(PathBuf, u64)> = candidates.iter().filter(|(p, _)| *p == preferred).collect();
+        order.extend(candidates.iter().filter(|(p, _)| *p != preferred));
+        let mut found = None;
+        for (path, len) in order {
+            if *len != l.size {
+                continue;
+            }
+            let digest = match hashed.get(path) {
+                Some(d) => *d,
+                None => {
+                    let (d, _) = hash_file(path)?;
+                    hashed.insert(path.clone(), d);
+                    d
+                }
+            };
+            if digest == l.digest {
+                found = Some(path.clone());
+                break;
+            }
+        }
+        let path = found.ok_or_else(|| AssembleError::LayerNotFound {
+            layer: l.name.to_string(),
+            digest: l.digest,
+            dir: dir.to_owned(),
+        })?;
+        out.push(BuiltLayer { name: l.name.to_string(), path: Some(path), digest: l.digest, size: l.size });
+    }
+    Ok(out)
 }
 
 /// Disk geometry.
@@ -202,7 +340,8 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     ];
     for n in 0..total_slots {
         let contents = match app.layers.get(n) {
-            Some(l) => PartitionContents::File(l.path.clone()),
+            Some(BuiltLayer { path: Some(path), .. }) => PartitionContents::File(path.clone()),
+            Some(l) => return Err(AssembleError::NoImage(l.name.clone())),
             None => PartitionContents::Empty,
         };
         parts.push(PartitionSpec {

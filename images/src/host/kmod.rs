@@ -99,7 +99,8 @@ pub fn resolve_modules(mod_dir: &Path, version: &str, wanted: &[&str]) -> Result
         let path = index.path(name, version)?;
         cache.insert(name.to_string(), path.clone());
         let bytes = fs::read(&path).map_err(io(&path))?;
-        let modinfo = elf_section(&bytes, ".modinfo").map_err(|reason| KmodError::Elf { path: path.clone(), reason })?;
+        let modinfo =
+            elf_section(&bytes, ".modinfo").map_err(|reason| KmodError::Elf { path: path.clone(), reason })?;
         let mut deps = Vec::new();
         for dep in modinfo_depends(modinfo) {
             if index.files.contains_key(&dep) {
@@ -112,7 +113,9 @@ pub fn resolve_modules(mod_dir: &Path, version: &str, wanted: &[&str]) -> Result
     })?;
     order
         .iter()
-        .map(|n| cache.get(n).cloned().ok_or_else(|| KmodError::Module(format!("module {n} was ordered but never read"))))
+        .map(|n| {
+            cache.get(n).cloned().ok_or_else(|| KmodError::Module(format!("module {n} was ordered but never read")))
+        })
         .collect()
 }
 

@@ -60,6 +60,7 @@ fn container(c: &Container) -> Table {
     t.insert("depends_on".into(), strings(c.depends_on.iter().map(|d| d.as_str())));
     t.insert("control".into(), Value::Boolean(c.control));
     t.insert("signal_group".into(), Value::Boolean(c.signal_group));
+    t.insert("console".into(), Value::Boolean(c.console));
     let network = match &c.network {
         Network::None => "none".to_owned(),
         Network::Host => "host".to_owned(),
@@ -154,6 +155,19 @@ fn container(c: &Container) -> Table {
         })
         .collect();
     st.insert("devices".into(), Value::Array(devices));
+    if let Some(u) = &sec.userns {
+        let map = |m: &[crate::manifest::IdRange]| {
+            Value::Array(
+                m.iter()
+                    .map(|r| Value::Array(vec![int(r.inside.into()), int(r.outside.into()), int(r.count.into())]))
+                    .collect(),
+            )
+        };
+        let mut ut = Table::new();
+        ut.insert("uid_map".into(), map(&u.uid_map));
+        ut.insert("gid_map".into(), map(&u.gid_map));
+        st.insert("userns".into(), Value::Table(ut));
+    }
     t.insert("security".into(), Value::Table(st));
     t
 }
@@ -222,11 +236,26 @@ groups = [5, 20]
 depends_on = ["db"]
 control = true
 signal_group = true
+console = true
 network = "container:db"
 restart = { policy = "on-failure", max_restarts = 3 }
 stop = { signal = "12", grace_ms = 100 }
 limits = { memory = "32M", cpus = 0.25, pids = 16, scratch = "4M", memory_high = "24M", memory_swap = 0, cpu_weight = 50, cpuset = "0-1", io = [{ device = "vda", rbps = "1M", wiops = 100 }], rlimits = { nofile = 64, core = [0, "unlimited"] } }
 security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_new_privs = false, readonly_rootfs = true, seccomp = true, seccomp_deny = ["ptrace"], allow_userns = true, devices = [{ path = "/dev/data", source = "partition:cairn-data", mode = 0o640 }] }
+
+[[container]]
+name = "jail"
+layers = ["base"]
+argv = ["/bin/jail"]
+uid = 1000
+groups = [1000]
+security = { userns = { uid_map = [[0, 100000, 1], [1000, 101000, 1]], gid_map = [[0, 100000, 65536]] } }
+
+[[container]]
+name = "short"
+layers = ["base"]
+argv = ["/bin/short"]
+security.userns = 200000
 "#;
 
     fn compile(text: &str) -> Manifest {
@@ -253,5 +282,10 @@ security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_
         assert_eq!(printed, to_toml(&again));
         assert!(printed.contains("digest = \"sha256:1111"), "{printed}");
         assert!(printed.contains("network = \"container:db\""), "{printed}");
+        assert!(printed.contains("uid_map = [[0, 100000, 1], [1000, 101000, 1]]"), "{printed}");
+        assert!(
+            m.containers[0].security.userns.is_none()
+                && !printed.contains("[[0, 200000, 65536]], gid_map = [[0, 100000")
+        );
     }
 }

@@ -143,7 +143,12 @@ pub const NAME_MAX: usize = 255;
 
 /// Check one path component.
 pub fn check_name(name: &[u8]) -> Result<(), TreeError> {
-    if name.is_empty() || name == b"." || name == b".." || name.len() > NAME_MAX || name.contains(&b'/') || name.contains(&0)
+    if name.is_empty()
+        || name == b"."
+        || name == b".."
+        || name.len() > NAME_MAX
+        || name.contains(&b'/')
+        || name.contains(&0)
     {
         return Err(TreeError::BadName(String::from_utf8_lossy(name).into_owned()));
     }

@@ -42,7 +42,7 @@ pub fn run(delay_ms: u64, words: &[String]) -> i32 {
 
 /// Connect (retrying briefly while the socket is absent), send, receive.
 /// Errors name the step and carry errno.
-fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)> {
+pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;

@@ -87,6 +87,21 @@
 //! - `cat <path>...`: per file `event=cat path=P value=<content, trimmed>`
 //!   or `event=cat path=P error=ENAME errno=E`; exit 1 if any failed, else 0.
 //!
+//! - `exit-seq <plan>`: ends the way item number `$CAIRN_RESTART_COUNT` of
+//!   the plan (comma separated: `N` exit code, `A-B` each code in turn, `sN`
+//!   death by signal N) says: `event=exit-seq restart_count=K action=code:N|signal:S`;
+//!   past the end `event=exit-seq-past-end`, exit 0 (see `seq.rs`).
+//! - `await-stopped <names> <request...>`: polls `status` on the control
+//!   socket until every named container is stopped, then sends the request
+//!   like `ctl` (`event=await-stopped ...` first).
+//! - `tty-check`: the terminal as the entrypoint sees it and ^C through the
+//!   line discipline (see `tty.rs`).
+//! - `net-info`, `net-serve <port> <hold_ms>`, `net-connect <port>`,
+//!   `net-probe <port> <ms>`: network namespace probes (see `net.rs`).
+//!
+//! - `userns`: the container's ids, id maps, and what its root may do to
+//!   host-owned files (see `userns.rs`).
+//!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
 //!
@@ -96,12 +111,17 @@ mod ctl;
 mod hostile;
 mod inspect;
 mod limits;
+mod net;
 mod out;
 mod procs;
 mod resources;
+mod seq;
 mod signals;
 mod status;
 mod sys;
+mod tree;
+mod tty;
+mod userns;
 
 use std::str::FromStr;
 
@@ -173,6 +193,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "sleep" => signals::sleep(a.num(2, "ms")?),
         "hostile" => hostile::run(),
+        "userns" => userns::run(),
         "sigcount" => match a.0.get(2).map(String::as_str) {
             None => signals::sigcount(false),
             Some("group") => signals::sigcount(true),
@@ -192,6 +213,20 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
             }
             resources::cat(paths)
         }
+        "tree" => tree::run(a.0.get(2..).unwrap_or(&[])),
+        "exit-seq" => seq::exit_seq(a.word(2, "plan")?)?,
+        "await-stopped" => {
+            let words = a.0.get(3..).unwrap_or(&[]);
+            if words.is_empty() {
+                return Err("await-stopped:missing_request".into());
+            }
+            seq::await_stopped(a.word(2, "names")?, words)
+        }
+        "tty-check" => tty::check(),
+        "net-info" => net::info(),
+        "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?),
+        "net-connect" => net::connect(a.num(2, "port")?),
+        "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

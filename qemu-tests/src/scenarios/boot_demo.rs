@@ -15,6 +15,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
+    // The data partition was formatted by the image builder and mounts.
+    c.expect("data.mounted", &[("fs", "ext4"), ("path", "/run/cairn/data")])?;
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }

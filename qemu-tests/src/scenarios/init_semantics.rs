@@ -68,5 +68,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "leaver ended {:.2}s after start: the grace period was not waited",
         t(e) - t(started)
     );
+
+    // A console: the pty is stdio and the controlling terminal, the
+    // entrypoint's group is in the foreground (like tini), ^C typed on the
+    // terminal reaches it once, and its output reaches the console prefixed.
+    c.expect("container.console", &[("name", "tty")])?;
+    let tty = c.expect("tty", &[("name", "tty")])?;
+    ensure!(tty.get("stdio") == Some("111"), "stdio is not the terminal: {:?}", tty.fields);
+    ensure!(tty.num("tty_nr").is_some_and(|n| n != 0), "no controlling terminal: {:?}", tty.fields);
+    ensure!(
+        tty.get("fg") == tty.get("pgrp") && tty.get("pgrp") == tty.get("pid"),
+        "the entrypoint's group is not the foreground group: {:?}",
+        tty.fields
+    );
+    ensure!(tty.get("sid") == Some("1"), "not in the namespace init's session: {:?}", tty.fields);
+    let raw = c.raw.get(tty.index).map_or("", String::as_str);
+    ensure!(raw.contains("[tty] payload name=tty event=tty "), "console line not prefixed: {raw:?}");
+    c.expect("tty-sigint", &[("name", "tty"), ("sti", "ok"), ("sigints", "1")])?;
+    let e = c.expect("container.exited", &[("name", "tty")])?;
+    ensure!(e.get("code") == Some("0"), "tty exit {:?}", e.fields);
+    c.expect("container.console-closed", &[("name", "tty")])?;
     Ok(())
 }

@@ -3,13 +3,17 @@
 mod bad_signature;
 mod boot_demo;
 mod corrupt_layer;
+mod exit_codes;
 mod hostile;
 mod init_semantics;
 mod limits;
 mod limits_extended;
+mod network;
+mod oci_layers;
 mod reaping;
 mod restart;
 mod shutdown;
+mod userns;
 
 use std::time::Duration;
 
@@ -31,6 +35,10 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "hostile", run: hostile::run },
         Scenario { name: "init-semantics", run: init_semantics::run },
         Scenario { name: "limits-extended", run: limits_extended::run },
+        Scenario { name: "exit-codes", run: exit_codes::run },
+        Scenario { name: "network", run: network::run },
+        Scenario { name: "oci-layers", run: oci_layers::run },
+        Scenario { name: "userns", run: userns::run },
     ]
 }
 

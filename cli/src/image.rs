@@ -1,0 +1,201 @@
+//! `cairn image`: assemble and inspect flashable disk images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cairn_images::envelope::{key_id, Envelope, KeyId};
+use cairn_images::host::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_images::host::{gpt, kmod};
+use clap::Subcommand;
+
+use crate::layer::parse_size_arg;
+use crate::manifest::read_unverified;
+use crate::progress::{size, Progress};
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Assemble a GPT disk image and its initramfs for a board.
+    ///
+    /// The disk holds every partition a device uses: cairn-state (the boot
+    /// state record), cairn-manifest-a (the manifest) and -b (empty, for
+    /// updates), one cairn-layer-NN per layer plus spare slots for updates,
+    /// and cairn-data (formatted ext4). The initramfs (written beside the
+    /// disk unless --initramfs says otherwise) holds the init binary and
+    /// the board's kernel modules in load order.
+    ///
+    /// The init must trust the key that signed the manifest (its
+    /// CAIRN_TRUSTED_KEYS at build time) and be built for the board's
+    /// architecture: both are checked, since a device would refuse to boot.
+    Assemble {
+        /// Board name (see `cairn boards`).
+        #[arg(long)]
+        board: String,
+        /// The signed manifest.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Directory holding the layer images the manifest names.
+        #[arg(long)]
+        layers: PathBuf,
+        /// The cairn-init binary for the board.
+        #[arg(long)]
+        init: PathBuf,
+        /// The board's kernel, unpacked (a directory holding lib/modules/VERSION).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The disk image to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The initramfs to write (default: the disk's path with `.initramfs`).
+        #[arg(long)]
+        initramfs: Option<PathBuf>,
+        /// Size of every layer slot.
+        #[arg(long, default_value = "16M", value_parser = parse_size_arg)]
+        slot_size: u64,
+        /// Empty layer slots for updates.
+        #[arg(long, default_value_t = 2)]
+        spare_slots: usize,
+        /// Size of the data partition.
+        #[arg(long, default_value = "16M", value_parser = parse_size_arg)]
+        data_size: u64,
+    },
+    /// Print a disk image's partitions and the manifests in its slots.
+    Inspect {
+        /// The disk image.
+        disk: PathBuf,
+    },
+}
+
+pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
+    match cmd {
+        ImageCommand::Assemble {
+            board,
+            manifest,
+            layers,
+            init,
+            kernel,
+            out,
+            initramfs,
+            slot_size,
+            spare_slots,
+            data_size,
+        } => {
+            let board = cairn_board::by_name(&board)
+                .with_context(|| format!("unknown board {board:?}; cairn knows {}", cairn_board::names().join(", ")))?;
+            let initramfs = initramfs.unwrap_or_else(|| out.with_extension("initramfs"));
+            let envelope = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+            let (signer, m) = read_unverified(&manifest)?;
+
+            progress.step("checking the init binary");
+            let init_bytes = std::fs::read(&init).with_context(|| format!("cannot read {}", init.display()))?;
+            check_init(&init_bytes, &init, board, signer)?;
+
+            progress.step(format!("finding layers in {}", layers.display()));
+            let found = assemble::find_layers(&m, &layers)?;
+
+            progress.step("resolving kernel modules");
+            let (version, mod_dir) = kmod::find_module_dir(&kernel)?;
+            let modules = kmod::resolve_modules(&mod_dir, &version, board.modules)?;
+
+            progress.step(format!("writing {}", initramfs.display()));
+            assemble::build_initramfs(&init, &modules, &initramfs)?;
+
+            progress.step(format!("writing {}", out.display()));
+            let app = BuiltAppliance { manifest: m, envelope, layers: found };
+            let opts =
+                DiskOptions { layer_slot_bytes: slot_size, spare_layer_slots: spare_slots, data_bytes: data_size };
+            let layout = assemble::assemble_disk(&app, &out, opts)?;
+            progress.clear();
+
+            println!("disk {} ({}) for board {}", out.display(), size(layout.disk_size), board.name);
+            for p in &layout.partitions {
+                println!("  {:>2} {:<18} {:>10}", p.index, p.name, size(p.size_bytes));
+            }
+            for l in &app.layers {
+                println!("  layer {:<16} {:?} {}", l.name, l.digest, size(l.size));
+            }
+            let rd = std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "initramfs {} ({}): init + {} modules of kernel {version}",
+                initramfs.display(),
+                size(rd),
+                modules.len()
+            );
+            eprintln!("cairn: done in {:.1} s", progress.elapsed().as_secs_f64());
+            Ok(())
+        }
+        ImageCommand::Inspect { disk } => inspect(&disk),
+    }
+}
+
+/// ELF machine numbers of the boards' architectures.
+fn elf_machine(target: &str) -> Option<u16> {
+    if target.starts_with("x86_64") {
+        Some(62)
+    } else if target.starts_with("aarch64") {
+        Some(183)
+    } else {
+        None
+    }
+}
+
+/// The init is a static ELF for the board's architecture and holds a
+/// trusted key with the manifest signer's id.
+fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board, signer: KeyId) -> Result<()> {
+    if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
+        bail!("{}: not an ELF binary", path.display());
+    }
+    let machine = bytes.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if let Some(want) = elf_machine(board.rust_target) {
+        if machine != Some(want) {
+            bail!(
+                "{}: built for ELF machine {:?}, board {} needs {want} ({})",
+                path.display(),
+                machine,
+                board.name,
+                board.rust_target
+            );
+        }
+    }
+    // Trusted keys are 32-byte arrays in the binary's read-only data.
+    let trusted = bytes.windows(32).any(|w| {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(w);
+        key_id(&k) == signer
+    });
+    if !trusted {
+        bail!(
+            "{}: this init does not trust key {signer}, which signed the manifest; the device would refuse to \
+             boot. Build cairn-init with the key's .pub file in CAIRN_TRUSTED_KEYS",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn inspect(disk: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let layout = gpt::read_layout(disk)?;
+    println!("disk {} ({})", disk.display(), size(layout.disk_size));
+    let mut f = std::fs::File::open(disk).with_context(|| format!("cannot read {}", disk.display()))?;
+    for p in &layout.partitions {
+        let mut note = String::new();
+        if p.name.starts_with("cairn-manifest-") {
+            let mut buf = vec![0u8; p.size_bytes.min(1 << 20) as usize];
+            f.seek(SeekFrom::Start(p.offset_bytes))?;
+            f.read_exact(&mut buf)?;
+            note = match Envelope::parse(&buf) {
+                Ok(env) => match postcard::take_from_bytes::<cairn_images::Manifest>(env.payload) {
+                    Ok((m, _)) => format!("{} version {}, signed by {}", m.appliance, m.version, env.key_id),
+                    Err(_) => format!("signed by {}, payload not decodable", env.key_id),
+                },
+                Err(e) if buf.iter().all(|b| *b == 0) => {
+                    let _ = e;
+                    "empty".into()
+                }
+                Err(e) => format!("not a manifest: {e}"),
+            };
+        }
+        println!("  {:>2} {:<18} {:>10}  {note}", p.index, p.name, size(p.size_bytes));
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `cairn layer`: build layer images.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use cairn_images::host::appliance::parse_size;
+use cairn_images::host::layer::{self, LayerOptions, Step};
+use clap::Subcommand;
+
+use crate::progress::{size, Progress};
+
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Build layer images (squashfs) from a directory, a rootfs tar, a
+    /// `docker save` archive or an OCI image layout, and print each digest.
+    ///
+    /// A directory or a plain tar of a root filesystem (e.g. `docker export`
+    /// output; gzip or zstd compressed too) gives one layer, written to the
+    /// file --out. An image gives one layer per image layer, written into
+    /// the directory --out as NAME.squashfs, lowest first; OCI whiteouts
+    /// become overlayfs whiteouts so the device stacks them as Docker does.
+    /// With --flatten an image gives one merged layer.
+    ///
+    /// Owners, modes, xattrs, symlinks, hard links and device nodes are
+    /// kept; timestamps are set to 0 and entries sorted, so the same source
+    /// always gives the same bytes and digest.
+    Build {
+        /// Directory, tar archive, docker save archive or OCI layout.
+        source: PathBuf,
+        /// Output file (one layer) or directory (several layers).
+        #[arg(long)]
+        out: PathBuf,
+        /// Merge an image's layers into one layer.
+        #[arg(long)]
+        flatten: bool,
+        /// Platform of a multi-platform image, e.g. linux/arm64.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Refuse sources whose files add up to more than this (e.g. 512M).
+        #[arg(long, value_parser = parse_size_arg)]
+        max_size: Option<u64>,
+        /// Refuse a layer image larger than a layer slot of this size (e.g. 16M).
+        #[arg(long, value_parser = parse_size_arg)]
+        slot_size: Option<u64>,
+    },
+}
+
+/// Sizes with K/M/G suffixes, as in appliance files.
+pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("{s:?} is not a size (a number with an optional K, M or G suffix)"))
+}
+
+pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
+    let LayerCommand::Build { source, out, flatten, platform, max_size, slot_size } = cmd;
+    let opts = LayerOptions { flatten, platform, max_bytes: max_size, max_image_bytes: slot_size };
+    let files = layer::build(&source, &out, &opts, &mut |step| match step {
+        Step::Reading(p) => progress.step(format!("reading {}", p.display())),
+        Step::Writing { name, index, count } => progress.step(format!("writing layer {}/{count} {name}", index + 1)),
+    })?;
+    progress.clear();
+    for f in &files {
+        let from = f.source_digest.as_deref().map(|d| format!("  (from {d})")).unwrap_or_default();
+        println!("{}  {}  {}  {}{from}", f.digest, size(f.size), f.name, f.path.display());
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "cairn: {} layer{} built, {} in {:.1} s",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" },
+        size(total),
+        progress.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Building layer images from whatever a person has: a directory, a rootfs
+//! tarball, a `docker save` archive or an OCI image layout.
+//!
+//! A directory or a rootfs tarball gives one layer. An image gives one
+//! layer per image layer (lowest first, OCI whiteouts turned into overlayfs
+//! whiteouts so the device's overlay stacks them as Docker would), or one
+//! flattened layer. Output is all or nothing: when one layer fails, the
+//! layers this call already wrote are removed again.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::host::import::{self, ImportError, ImportOptions};
+use crate::host::scan::{self, ScanError};
+use crate::host::squashfs::{self, SquashfsError};
+use crate::host::tree::Tree;
+
+/// Options of a layer build.
+#[derive(Debug, Clone, Default)]
+pub struct LayerOptions {
+    /// Merge an image's layers into one.
+    pub flatten: bool,
+    /// Which platform of a multi-platform image ("linux/arm64").
+    pub platform: Option<String>,
+    /// Refuse a source whose files add up to more than this.
+    pub max_bytes: Option<u64>,
+    /// Refuse a layer image larger than this (a layer slot's size).
+    pub max_image_bytes: Option<u64>,
+}
+
+/// One layer image written.
+#[derive(Debug, Clone)]
+pub struct LayerFile {
+    /// A name for it: the output file's stem.
+    pub name: String,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// sha256 of the image.
+    pub digest: Digest,
+    /// Image size in bytes.
+    pub size: u64,
+    /// The image layer it came from (`sha256:...` of the OCI blob), if any.
+    pub source_digest: Option<String>,
+}
+
+/// Why a layer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Reading a directory source.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// Reading an archive or image source.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// Writing an image.
+    #[error(transparent)]
+    Write(#[from] SquashfsError),
+    /// The source does not exist.
+    #[error("{0}: no such file or directory")]
+    Missing(PathBuf),
+    /// Several layers need a directory to go to.
+    #[error("{path}: the image has {layers} layers; --out must be a directory (or use --flatten)")]
+    OutNotADirectory {
+        /// The output path.
+        path: PathBuf,
+        /// How many layers.
+        layers: usize,
+    },
+    /// A layer image larger than allowed.
+    #[error("layer {name} is {size} bytes, larger than the {max} byte limit (the layer slot size)")]
+    TooLarge {
+        /// Layer name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Creating the output directory.
+    #[error("{path}: {error}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        error: std::io::Error,
+    },
+}
+
+/// What a build is doing, for progress displays.
+#[derive(Debug, Clone)]
+pub enum Step<'a> {
+    /// Reading the source.
+    Reading(&'a Path),
+    /// Writing layer `index` of `count`.
+    Writing {
+        /// Layer name.
+        name: &'a str,
+        /// 0-based.
+        index: usize,
+        /// Total layers.
+        count: usize,
+    },
+}
+
+/// The trees a source holds, with names: one for a directory or rootfs
+/// tarball (named after the source file), one per image layer otherwise.
+pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Option<String>, Tree)>, LayerError> {
+    if !source.exists() {
+        return Err(LayerError::Missing(source.to_owned()));
+    }
+    let stem = source
+        .file_name()
+        .map(|n| n.to_string_lossy().split('.').next().unwrap_or("layer").to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "layer".to_owned());
+    if source.is_dir() && !source.join("oci-layout").exists() {
+        return Ok(vec![(stem, None, scan::scan_dir(source)?)]);
+    }
+    let iopts = ImportOptions { flatten: opts.flatten, platform: opts.platform.clone(), max_bytes: opts.max_bytes };
+    let layers = import::import(source, &iopts)?;
+    let single = layers.len() == 1;
+    Ok(layers.into_iter().map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree)).collect())
+}
+
+/// Build the layer images of `source`. One layer goes to the file `out`;
+/// several go into the directory `out` (created if missing) as
+/// `<name>.squashfs`. Nothing is left behind on error.
+pub fn build(
+    source: &Path,
+    out: &Path,
+    opts: &LayerOptions,
+    progress: &mut dyn FnMut(Step<'_>),
+) -> Result<Vec<LayerFile>, LayerError> {
+    progress(Step::Reading(source));
+    let trees = read_source(source, opts)?;
+    let count = trees.len();
+    let into_dir = count > 1 || out.is_dir();
+    let mut created_dir = false;
+    if count > 1 {
+        if out.exists() && !out.is_dir() {
+            return Err(LayerError::OutNotADirectory { path: out.to_owned(), layers: count });
+        }
+        if !out.exists() {
+            fs::create_dir_all(out).map_err(|error| LayerError::Io { path: out.to_owned(), error })?;
+            created_dir = true;
+        }
+    }
+    let mut written: Vec<LayerFile> = Vec::new();
+    let result = (|| {
+        for (index, (name, source_digest, tree)) in trees.iter().enumerate() {
+            progress(Step::Writing { name, index, count });
+            let path = if into_dir { out.join(format!("{name}.squashfs")) } else { out.to_owned() };
+            let img = squashfs::write_layer(tree, &path)?;
+            written.push(LayerFile {
+                name: name.clone(),
+                path: path.clone(),
+                digest: Digest(img.digest),
+                size: img.size,
+                source_digest: source_digest.clone(),
+            });
+            if let Some(max) = opts.max_image_bytes.filter(|m| img.size > *m) {
+                return Err(LayerError::TooLarge { name: name.clone(), size: img.size, max });
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(written),
+        Err(e) => {
+            for w in &written {
+                let _ = fs::remove_file(&w.path);
+            }
+            if created_dir {
+                let _ = fs::remove_dir(out);
+            }
+            Err(e)
+        }
+    }
+}

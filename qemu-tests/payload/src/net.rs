@@ -1,0 +1,156 @@
+//! Network namespace probes: what a container sees of its network, and
+//! TCP on 127.0.0.1 between containers (loopback is per namespace, so only
+//! containers sharing one namespace reach each other).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::out::V;
+use crate::say;
+use crate::sys::{self, Errno};
+
+/// `readlink /proc/self/ns/net`, e.g. `net:[4026531840]`.
+fn netns() -> String {
+    std::fs::read_link("/proc/self/ns/net").map_or_else(|e| format!("error:{e}"), |p| p.display().to_string())
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno(e.raw_os_error().unwrap_or(0))
+}
+
+/// Is interface `name` up (SIOCGIFFLAGS)? `None` if it cannot be asked.
+fn is_up(name: &str) -> Option<bool> {
+    // SAFETY: socket takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().take(libc::IFNAMSIZ - 1).zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the valid ifreq given; fd is ours.
+    let (rc, flags) = unsafe {
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
+        libc::close(fd);
+        (rc, req.ifr_ifru.ifru_flags)
+    };
+    (rc == 0).then_some(flags & libc::IFF_UP as libc::c_short != 0)
+}
+
+/// `net-info`: `event=net-info netns=N ifaces=<names from /proc/net/dev, comma separated> lo_up=<0|1|?>`; exit 0.
+pub fn info() -> i32 {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    let ifaces: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    let lo = match is_up("lo") {
+        Some(true) => "1",
+        Some(false) => "0",
+        None => "?",
+    };
+    say!("event=net-info netns={} ifaces={} lo_up={lo}", V(&netns()), V(&ifaces.join(",")));
+    0
+}
+
+fn local(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+}
+
+/// `net-serve <port> <hold_ms>`: listen on 127.0.0.1:port
+/// (`event=net-listening port=P netns=N`), accept one connection (at most
+/// 60 s), read its message and answer `pong`
+/// (`event=net-accepted msg=M`), keep listening hold_ms more, then
+/// `event=net-serve-done`; exit 0. Failures: `event=net-serve error=STEP errno=E`, exit 1.
+pub fn serve(port: u16, hold_ms: u64) -> i32 {
+    let listener = match TcpListener::bind(local(port)) {
+        Ok(l) => l,
+        Err(e) => {
+            say!("event=net-serve error=bind errno={}", errno_of(&e));
+            return 1;
+        }
+    };
+    say!("event=net-listening port={port} netns={}", V(&netns()));
+    let _ = listener.set_nonblocking(true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => sys::sleep_ms(50),
+            Err(e) => {
+                say!("event=net-serve error=accept errno={}", errno_of(&e));
+                return 1;
+            }
+        }
+    };
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    let msg = String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned();
+    let _ = conn.write_all(b"pong");
+    say!("event=net-accepted msg={}", V(msg.trim()));
+    drop(conn);
+    sys::sleep_ms(hold_ms);
+    drop(listener);
+    say!("event=net-serve-done");
+    0
+}
+
+/// `net-connect <port>`: connect to 127.0.0.1:port, retrying every 100 ms
+/// for up to 30 s, send `ping`, read the answer:
+/// `event=net-connect result=ok reply=R attempts=N netns=NS`, exit 0; or
+/// `event=net-connect result=<ENAME> attempts=N netns=NS`, exit 1.
+pub fn connect(port: u16) -> i32 {
+    let mut attempts = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        attempts += 1;
+        match TcpStream::connect(local(port)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.write_all(b"ping");
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let reply = String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned();
+                say!("event=net-connect result=ok reply={} attempts={attempts} netns={}", V(&reply), V(&netns()));
+                return 0;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                say!("event=net-connect result={} attempts={attempts} netns={}", errno_of(&e), V(&netns()));
+                return 1;
+            }
+            Err(_) => sys::sleep_ms(100),
+        }
+    }
+}
+
+/// `net-probe <port> <ms>`: try to connect to 127.0.0.1:port every 100 ms
+/// for ms milliseconds; then
+/// `event=net-probe attempts=N connected=C refused=R last=<ENAME|ok> netns=NS`; exit 0.
+pub fn probe(port: u16, ms: u64) -> i32 {
+    let (mut attempts, mut connected, mut refused) = (0, 0, 0);
+    let mut last = String::from("-");
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while attempts == 0 || Instant::now() < deadline {
+        attempts += 1;
+        match TcpStream::connect(local(port)) {
+            Ok(_) => {
+                connected += 1;
+                last = "ok".into();
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                    refused += 1;
+                }
+                last = errno_of(&e).to_string();
+            }
+        }
+        sys::sleep_ms(100);
+    }
+    say!(
+        "event=net-probe attempts={attempts} connected={connected} refused={refused} last={last} netns={}",
+        V(&netns())
+    );
+    0
+}
