@@ -91,6 +91,8 @@ fn layer_tar(members: &[Member<'_>]) -> Result<Vec<u8>> {
     for m in members {
         let mut h = tar::Header::new_gnu();
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         match m {
             Dir(p, mode) => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -182,6 +184,9 @@ pub fn write_oci_archive(out: &Path, arch: &str) -> Result<()> {
     let add = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_size(data.len() as u64);
         b.append_data(&mut h, path, data)?;
         Ok(())

@@ -12,6 +12,7 @@ use crate::digest::Digest;
 use crate::envelope;
 use crate::host::appliance::{Appliance, ApplianceError, LayerRef};
 use crate::host::cpio::{self, CpioBuilder};
+use crate::host::datafs;
 use crate::host::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
 use crate::host::layer::{self, LayerError, LayerOptions};
 use crate::manifest::Manifest;
@@ -78,6 +79,9 @@ pub enum AssembleError {
     /// Disk writing.
     #[error(transparent)]
     Gpt(#[from] gpt::GptError),
+    /// Formatting the data partition.
+    #[error(transparent)]
+    DataFs(#[from] datafs::DataFsError),
     /// Other file I/O.
     #[error("{path}: {error}")]
     Io {
@@ -350,12 +354,20 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
             contents,
         });
     }
+    // The data partition, formatted ext4 (deterministic: the UUID comes
+    // from the appliance name), made beside the disk and removed after.
+    let mut data = out.as_os_str().to_owned();
+    data.push(".data.partial");
+    let data = PathBuf::from(data);
+    datafs::make_ext4(&data, opts.data_bytes, app.manifest.appliance.as_bytes())?;
     parts.push(PartitionSpec {
         name: "cairn-data".into(),
         size_bytes: opts.data_bytes,
-        contents: PartitionContents::Empty,
+        contents: PartitionContents::File(data.clone()),
     });
-    Ok(gpt::write_disk(out, &parts)?)
+    let written = gpt::write_disk(out, &parts);
+    let _ = fs::remove_file(&data);
+    Ok(written?)
 }
 
 /// The initramfs: `/init` (cairn-init), the device nodes the kernel needs
