@@ -170,12 +170,20 @@ pub fn read_record(region: &[u8]) -> Result<(usize, BootState), BootStateError> 
     let a = region.get(..COPY_SIZE).map(decode_copy);
     let b = region.get(COPY_SIZE..RECORD_SIZE).map(decode_copy);
     match (a, b) {
-        (Some(Ok(a)), Some(Ok(b))) => Ok(if b.seq > a.seq { (1, b) } else { (0, a) }),
+        (Some(Ok(a)), Some(Ok(b))) => Ok(if newer(b.seq, a.seq) { (1, b) } else { (0, a) }),
         (Some(Ok(a)), _) => Ok((0, a)),
         (_, Some(Ok(b))) => Ok((1, b)),
         (None, _) => Err(BootStateError::TooShort),
         _ => Err(BootStateError::NoValidCopy),
     }
+}
+
+/// Whether sequence number `x` was written after `y`. Serial-number
+/// arithmetic (RFC 1982): the sequence wraps from `u64::MAX` to 0, so a
+/// copy at `u64::MAX` (which counting never reaches, but a corrupted copy
+/// with a valid checksum can hold) does not freeze the record.
+pub fn newer(x: u64, y: u64) -> bool {
+    (x.wrapping_sub(y) as i64) > 0
 }
 
 /// Prepare the next write: the state gets `seq` one past the current one, and
@@ -192,6 +200,23 @@ pub fn next_write(current_copy: usize, current_seq: u64, next: &mut BootState) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sequence_wraps_without_freezing_the_record() {
+        assert!(newer(1, 0) && !newer(0, 1) && !newer(5, 5));
+        assert!(newer(0, u64::MAX), "0 follows u64::MAX");
+        let mut region = vec![0u8; RECORD_SIZE];
+        let mut block = [0u8; COPY_SIZE];
+        assert_eq!(encode_copy(&state(u64::MAX), &mut block), Ok(()));
+        region[..COPY_SIZE].copy_from_slice(&block);
+        let (copy, current) = read_record(&region).unwrap_or_else(|e| panic!("{e}"));
+        let mut next = state(0);
+        let at = next_write(copy, current.seq, &mut next);
+        assert_eq!(encode_copy(&next, &mut block), Ok(()));
+        region[at..at + COPY_SIZE].copy_from_slice(&block);
+        let (_, read) = read_record(&region).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.seq, 0, "the write after u64::MAX is the one read back");
+    }
 
     fn state(seq: u64) -> BootState {
         let mut s = BootState::factory(Vec::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 1 }]));
