@@ -1,6 +1,7 @@
 //! `cargo xtask`: fetch host dependencies, build, assemble images, run a
 //! board in QEMU, run the QEMU scenarios, benchmark.
 
+mod bench_layers;
 mod host_deps;
 mod kernel;
 
@@ -24,6 +25,7 @@ commands:
   qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (all boards unless --board)
   build [--board NAME]                  build init, payload, initramfs and the demo disk
   bench [--board NAME] [--runs N]       measure boot time to all containers started, and sizes
+  bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
   scenarios                             list the QEMU scenarios
 
 boards: qemu-x86_64 (default), qemu-aarch64";
@@ -94,6 +96,10 @@ fn run() -> Result<ExitCode> {
             anyhow::ensure!(status.success(), "host unit tests failed");
             qemu_test(a.board.as_deref(), &a.rest)
         }
+        "bench" if a.rest.first().is_some_and(|w| w == "layers") => {
+            bench_layers::bench(&build_dir())?;
+            Ok(ExitCode::SUCCESS)
+        }
         "bench" => bench(board(a.board.as_deref())?, a.runs),
         "scenarios" => {
             for s in cairn_qemu_tests::all() {
@@ -109,7 +115,7 @@ fn run() -> Result<ExitCode> {
     }
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 

@@ -30,37 +30,40 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         Ok(())
     };
     // Root inside, 100000 outside.
-    want(&j, "uid", "0")?;
-    want(&j, "gid", "0")?;
-    want(&j, "uid_map", "0:100000:65536")?;
-    want(&j, "gid_map", "0:100000:65536")?;
-    want(&j, "groups", "10")?;
-    want(&j, "layer_owner", "65534")?;
-    want(&j, "root_write", "ok")?;
-    want(&j, "root_owner", "0")?;
-    want(&j, "tmp_write", "EACCES")?;
-    want(&j, "mknod", "EPERM")?;
-    want(&j, "nested", "EPERM")?;
+    want(j, "uid", "0")?;
+    want(j, "gid", "0")?;
+    want(j, "uid_map", "0:100000:65536")?;
+    want(j, "gid_map", "0:100000:65536")?;
+    want(j, "groups", "10")?;
+    want(j, "layer_owner", "65534")?;
+    want(j, "root_write", "ok")?;
+    want(j, "root_owner", "0")?;
+    want(j, "tmp_write", "EACCES")?;
+    want(j, "mknod", "EPERM")?;
+    want(j, "nested", "EPERM")?;
     // The capability sets are reduced exactly as without a user namespace.
     let default_plus_mknod = cairn_images::manifest::DEFAULT_CAPABILITIES | (1 << 27);
-    want(&j, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
-    want(&p, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
+    want(j, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
+    want(p, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
 
     // Without a user namespace it is as before: host root, which can.
-    want(&p, "uid", "0")?;
-    want(&p, "uid_map", "0:0:4294967295")?;
-    want(&p, "groups", "10")?;
-    want(&p, "layer_owner", "0")?;
-    want(&p, "root_write", "ok")?;
-    want(&p, "tmp_write", "ok")?;
-    want(&p, "mknod", "ok")?;
-    want(&p, "nested", "EPERM")?;
+    want(p, "uid", "0")?;
+    want(p, "uid_map", "0:0:4294967295")?;
+    want(p, "groups", "10")?;
+    want(p, "layer_owner", "0")?;
+    want(p, "root_write", "ok")?;
+    want(p, "tmp_write", "ok")?;
+    want(p, "mknod", "ok")?;
+    want(p, "nested", "EPERM")?;
 
     // The explicit maps, running as a mapped non-root id.
-    want(&m, "uid", "1000")?;
-    want(&m, "gid", "1000")?;
-    want(&m, "uid_map", "0:200000:1")?;
-    want(&m, "layer_owner", "65534")?;
-    want(&m, "cap_eff", "0000000000000000")?;
+    want(m, "uid", "1000")?;
+    want(m, "gid", "1000")?;
+    want(m, "uid_map", "0:200000:1")?;
+    want(m, "layer_owner", "65534")?;
+    want(m, "root_owner", "1000")?;
+    want(m, "tmp_write", "EACCES")?;
+    // A non-root entrypoint keeps the default set (ambient), as without one.
+    want(m, "cap_eff", &format!("{:016x}", cairn_images::manifest::DEFAULT_CAPABILITIES))?;
     Ok(())
 }
