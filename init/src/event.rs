@@ -55,15 +55,20 @@ impl Event {
     /// Print it on the console with one write.
     pub fn emit(mut self) {
         self.line.push('\n');
-        let mut buf = self.line.as_bytes();
-        while !buf.is_empty() {
-            // SAFETY: the pointer and length describe `buf`.
-            let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            buf = buf.get(n as usize..).unwrap_or(&[]);
+        console_write(self.line.as_bytes());
+    }
+}
+
+/// Write `bytes` to the console (PID 1's stdout), retrying short writes;
+/// a failed write is dropped (there is nowhere to report it).
+pub fn console_write(mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
         }
+        buf = buf.get(n as usize..).unwrap_or(&[]);
     }
 }
 

@@ -96,15 +96,7 @@ fn print(name: &str, text: &[u8]) {
     line.extend_from_slice(b"] ");
     line.extend_from_slice(text);
     line.push(b'\n');
-    let mut rest = line.as_slice();
-    while !rest.is_empty() {
-        // SAFETY: the pointer and length describe `rest`.
-        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            break;
-        }
-        rest = rest.get(n as usize..).unwrap_or(&[]);
-    }
+    crate::event::console_write(&line);
 }
 
 #[cfg(test)]
