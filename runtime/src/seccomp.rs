@@ -22,9 +22,13 @@
 //!   32-bit-only `vm86`, `vm86old`, `stime` and `umount`.
 //!
 //! Denials are EPERM, never a kill, so software that probes a syscall falls
-//! back cleanly. The filter does not look at capabilities: a container
-//! given e.g. CAP_SYS_TIME still gets EPERM from `clock_settime` unless its
-//! manifest turns seccomp off.
+//! back cleanly.
+//!
+//! Capabilities open what they govern, as in Docker's profile: a container
+//! that keeps a capability listed in [`CAPABILITY_GATES`] (by `cap_add`) is
+//! not denied the syscalls that capability guards, so `cap_add =
+//! ["SYS_TIME"]` really lets it set the clock. A name the container lists in
+//! `seccomp_deny` stays denied whatever it keeps.
 //!
 //! [`Filter::install`] calls seccomp(2) directly rather than through
 //! seccompiler's helper, which would also set `no_new_privs`: the namespace
@@ -131,6 +135,65 @@ pub const DEFAULT_DENY: &[&str] = &[
     "iopl",       // x86_64 only
     "modify_ldt", // x86_64 only
 ];
+
+/// Default-denied syscalls that a capability governs: a container keeping
+/// the capability (bit number as in `linux/capability.h`) may call them;
+/// the kernel's own capability check then applies. Docker's default
+/// profile opens the same syscalls for the same capabilities. `kexec_*`
+/// stay denied even with CAP_SYS_BOOT: replacing the device's kernel is
+/// never a container's job.
+pub const CAPABILITY_GATES: &[(u8, &[&str])] = &[
+    // CAP_DAC_READ_SEARCH
+    (2, &["open_by_handle_at"]),
+    // CAP_SYS_MODULE
+    (16, &["init_module", "finit_module", "delete_module", "create_module", "query_module", "get_kernel_syms"]),
+    // CAP_SYS_RAWIO
+    (17, &["iopl", "ioperm"]),
+    // CAP_SYS_PTRACE
+    (19, &["ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"]),
+    // CAP_SYS_PACCT
+    (20, &["acct"]),
+    // CAP_SYS_ADMIN
+    (
+        21,
+        &[
+            "mount",
+            "umount2",
+            "pivot_root",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "move_mount",
+            "open_tree",
+            "mount_setattr",
+            "setns",
+            "quotactl",
+            "quotactl_fd",
+            "lookup_dcookie",
+            "name_to_handle_at",
+        ],
+    ),
+    // CAP_SYS_BOOT
+    (22, &["reboot"]),
+    // CAP_SYS_NICE
+    (23, &["mbind", "set_mempolicy", "set_mempolicy_home_node", "get_mempolicy", "move_pages"]),
+    // CAP_SYS_TIME
+    (25, &["settimeofday", "clock_settime", "clock_adjtime"]),
+    // CAP_SYS_TTY_CONFIG
+    (26, &["vhangup"]),
+    // CAP_SYSLOG
+    (34, &["syslog"]),
+    // CAP_PERFMON
+    (38, &["perf_event_open"]),
+    // CAP_BPF
+    (39, &["bpf"]),
+];
+
+/// Whether a kept capability opens the default-denied syscall `name`.
+fn opened_by(capabilities: u64, name: &str) -> bool {
+    CAPABILITY_GATES.iter().any(|(cap, names)| capabilities & (1u64 << cap) != 0 && names.contains(&name))
+}
 
 /// Lists the syscalls the `libc` crate names on this architecture (for
 /// both the gnu and the musl target) as `NAMES` ("SYS_x SYS_y ...") and
@@ -414,12 +477,13 @@ fn guard_program(checks: &[(u16, u32)]) -> Option<BpfProgram> {
 }
 
 /// Build the filter for the architecture this binary is compiled for: the
-/// default deny list plus `extra_deny` (EPERM); new user namespaces are
-/// refused unless `allow_userns`. A name in `extra_deny` that only the other
+/// default deny list, less what the kept `capabilities` (bit n = capability
+/// n) open ([`CAPABILITY_GATES`]), plus `extra_deny` (EPERM); new user
+/// namespaces are refused unless `allow_userns`. A name in `extra_deny` that only the other
 /// architecture has is skipped; one neither has is an error that names it.
 /// An `extra_deny` name always denies the syscall outright, even one the
 /// default filter checks by argument (`clone`, `unshare`, `personality`).
-pub fn build(extra_deny: &[&str], allow_userns: bool) -> Result<Filter, SeccompError> {
+pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Result<Filter, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(libc::SYS_personality, vec![arg0_none_of(&PERSONALITY_ALLOWED)?]);
     if !allow_userns {
@@ -427,7 +491,7 @@ pub fn build(extra_deny: &[&str], allow_userns: bool) -> Result<Filter, SeccompE
         rules.insert(libc::SYS_clone, vec![arg0_has(newuser)?]);
         rules.insert(libc::SYS_unshare, vec![arg0_has(newuser)?]);
     }
-    for nr in DEFAULT_DENY.iter().filter_map(|n| syscall_number(n)) {
+    for nr in DEFAULT_DENY.iter().filter(|n| !opened_by(capabilities, n)).filter_map(|n| syscall_number(n)) {
         rules.insert(nr, Vec::new());
     }
     let mut unknown = Vec::new();
@@ -550,13 +614,13 @@ mod tests {
 
     #[test]
     fn builds_and_rejects_unknown_names() {
-        let f = build(&[], false).unwrap_or_else(|e| panic!("{e}"));
+        let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
         // About five instructions a denied syscall; far below BPF_MAXINSNS.
         assert!((200..1000).contains(&f.len()), "{}", f.len());
         assert!(f.guard.is_some());
-        let open = build(&["chroot"], true).unwrap_or_else(|e| panic!("{e}"));
+        let open = build(&["chroot"], true, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(open.guard.is_some(), cfg!(target_arch = "x86_64"), "only the x32 check is left");
-        match build(&["mount", "no_such_call", "vm86"], false) {
+        match build(&["mount", "no_such_call", "vm86"], false, 0) {
             Err(e @ SeccompError::UnknownSyscalls(_)) => {
                 let msg = e.to_string();
                 assert!(msg.contains("no_such_call") && msg.contains("vm86") && !msg.contains("mount"), "{msg}");
@@ -690,13 +754,51 @@ mod tests {
 
     #[test]
     fn the_default_filter_denies_in_a_child_process() {
-        let f = build(&[], false).unwrap_or_else(|e| panic!("{e}"));
+        let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(in_child(&f, default_checks), 0, "that check failed in the child");
     }
 
     #[test]
+    fn kept_capabilities_open_what_they_govern() {
+        for (_, names) in CAPABILITY_GATES {
+            for n in *names {
+                assert!(DEFAULT_DENY.contains(n), "{n} is gated but not denied by default");
+            }
+        }
+        // CAP_SYS_TIME kept: clock_settime reaches the kernel, which
+        // refuses to set CLOCK_MONOTONIC with EINVAL (nothing changes).
+        let f = build(&[], false, 1 << 25).unwrap_or_else(|e| panic!("{e}"));
+        fn checks() -> i32 {
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: raw syscalls; the timespec is a valid local, and a
+            // monotonic clock cannot be set, so nothing changes.
+            unsafe {
+                if !fails(libc::syscall(libc::SYS_clock_settime, libc::CLOCK_MONOTONIC, &ts), libc::EINVAL) {
+                    return 1;
+                }
+                // Other gates stay shut.
+                if !fails(libc::syscall(libc::SYS_acct, core::ptr::null::<u8>()), libc::EPERM) {
+                    return 2;
+                }
+            }
+            0
+        }
+        assert_eq!(in_child(&f, checks), 0, "that check failed in the child");
+        // Named in seccomp_deny: denied even with the capability.
+        let f = build(&["clock_settime"], false, 1 << 25).unwrap_or_else(|e| panic!("{e}"));
+        fn denied() -> i32 {
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: as above.
+            unsafe {
+                i32::from(!fails(libc::syscall(libc::SYS_clock_settime, libc::CLOCK_MONOTONIC, &ts), libc::EPERM))
+            }
+        }
+        assert_eq!(in_child(&f, denied), 0, "clock_settime was not denied");
+    }
+
+    #[test]
     fn extra_names_deny_outright() {
-        let f = build(&["unshare", "getppid"], true).unwrap_or_else(|e| panic!("{e}"));
+        let f = build(&["unshare", "getppid"], true, 0).unwrap_or_else(|e| panic!("{e}"));
         fn checks() -> i32 {
             // SAFETY: raw syscalls without pointers; each is denied.
             unsafe {

@@ -114,7 +114,7 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
     }
     let filter = if spec.seccomp {
         let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
-        Some(crate::seccomp::build(&deny, spec.allow_userns).map_err(SpawnError::Seccomp)?)
+        Some(crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map_err(SpawnError::Seccomp)?)
     } else {
         None
     };
