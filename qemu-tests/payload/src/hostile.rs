@@ -45,32 +45,7 @@ fn allowed(detail: &str) -> Outcome {
 /// `hostile`: run every attempt, then `event=hostile-done attempts=N allowed=M`;
 /// exit 1 if any was allowed.
 pub fn run() -> i32 {
-    let attempts: [Attempt; 24] = [
-        ("mount", mount),
-        ("umount", umount),
-        ("raw-block-open", raw_block_open),
-        ("mknod-block", mknod_block),
-        ("mknod-char", mknod_char),
-        ("module-load", module_load),
-        ("kexec", kexec),
-        ("reboot", reboot),
-        ("sysrq", sysrq),
-        ("clock-set", clock_set),
-        ("sethostname", sethostname),
-        ("ptrace-hidden", ptrace_hidden),
-        ("ptrace-init", ptrace_init),
-        ("keyctl", keyctl),
-        ("bpf", bpf),
-        ("userns", userns),
-        ("cgroup-write", cgroup_write),
-        ("chroot-escape", chroot_escape),
-        ("proc-other-container", proc_other_container),
-        ("rlimit-raise", rlimit_raise),
-        ("proc-exe-write", proc_exe_write),
-        ("proc-exe-opath", proc_exe_opath),
-        ("proc-sys-write", proc_sys_write),
-        ("dev-mem", dev_mem),
-    ];
+    let attempts = ATTEMPTS;
     let mut n_allowed = 0;
     for (name, attempt) in attempts {
         let o = attempt();
@@ -81,6 +56,48 @@ pub fn run() -> i32 {
     say!("event=hostile-done attempts={} allowed={n_allowed}", attempts.len());
     i32::from(n_allowed > 0)
 }
+
+/// `attempt NAME`: make one attempt (for containers given a capability
+/// that should open it): `event=one-attempt attempt=NAME result=...`.
+/// Exit 0 either way; 2 for an unknown name.
+pub fn one(which: &str) -> i32 {
+    let Some((name, attempt)) = ATTEMPTS.iter().find(|(n, _)| *n == which) else {
+        say!("event=one-attempt attempt={} result=unknown", V(which));
+        return 2;
+    };
+    let o = attempt();
+    let result = if o.allowed { "ALLOWED" } else { "blocked" };
+    say!("event=one-attempt attempt={name} result={result} errno={} err={}{}", o.errno, Errno(o.errno), o.extra);
+    0
+}
+
+/// Every attempt, in the order `hostile` makes them.
+const ATTEMPTS: [Attempt; 24] = [
+    ("mount", mount),
+    ("umount", umount),
+    ("raw-block-open", raw_block_open),
+    ("mknod-block", mknod_block),
+    ("mknod-char", mknod_char),
+    ("module-load", module_load),
+    ("kexec", kexec),
+    ("reboot", reboot),
+    ("sysrq", sysrq),
+    ("clock-set", clock_set),
+    ("sethostname", sethostname),
+    ("ptrace-hidden", ptrace_hidden),
+    ("ptrace-init", ptrace_init),
+    ("keyctl", keyctl),
+    ("bpf", bpf),
+    ("userns", userns),
+    ("cgroup-write", cgroup_write),
+    ("chroot-escape", chroot_escape),
+    ("proc-other-container", proc_other_container),
+    ("rlimit-raise", rlimit_raise),
+    ("proc-exe-write", proc_exe_write),
+    ("proc-exe-opath", proc_exe_opath),
+    ("proc-sys-write", proc_sys_write),
+    ("dev-mem", dev_mem),
+];
 
 /// mount("none", "/tmp", "tmpfs"); if it works, lazily unmount it again.
 fn mount() -> Outcome {

@@ -193,6 +193,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "sleep" => signals::sleep(a.num(2, "ms")?),
         "hostile" => hostile::run(),
+        "attempt" => hostile::one(a.0.get(2).map_or("", String::as_str)),
         "userns" => userns::run(),
         "sigcount" => match a.0.get(2).map(String::as_str) {
             None => signals::sigcount(false),

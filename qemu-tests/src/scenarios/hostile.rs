@@ -66,5 +66,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
     ensure!(caps.get("nnp") == Some("1"), "no_new_privs not set: {:?}", caps.fields);
     ensure!(caps.get("seccomp") == Some("2"), "seccomp not in filter mode: {:?}", caps.fields);
+
+    // cap_add SYS_TIME opens clock_settime; seccomp_deny closes it again.
+    let kept = c.expect("one-attempt", &[("name", "timekeeper"), ("attempt", "clock-set")])?;
+    ensure!(kept.get("result") == Some("ALLOWED"), "SYS_TIME kept, clock_settime: {:?}", kept.fields);
+    let denied = c.expect("one-attempt", &[("name", "timekeeper-denied"), ("attempt", "clock-set")])?;
+    ensure!(
+        denied.get("result") == Some("blocked") && denied.get("errno") == Some("1"), // EPERM
+        "SYS_TIME kept but clock_settime in seccomp_deny: {:?}",
+        denied.fields
+    );
     Ok(())
 }
