@@ -122,7 +122,7 @@ fn layers_are_reproducible_and_bad_archives_leave_nothing() {
     assert!(!d.path().join("bad.squashfs").exists());
 
     // Larger than the slot.
-    write(d.path().join("big/blob"), &"x".repeat(1)); // tiny source, tiny slot
+    write(d.path().join("big/blob"), "x"); // tiny source, tiny slot
     let err = fails(&["layer", "build", "big", "--out", "big.squashfs", "--slot-size", "1K"], d.path());
     assert!(err.contains("larger than"), "{err}");
     assert!(!d.path().join("big.squashfs").exists());
