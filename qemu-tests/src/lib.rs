@@ -26,6 +26,14 @@ pub struct Artifacts {
     pub payload_root: PathBuf,
     /// The key the board's init trusts.
     pub key: SigningKey,
+    /// Its secret key file (for the `cairn` command).
+    pub key_file: PathBuf,
+    /// The board's cairn-init binary (trusting `key`).
+    pub init: PathBuf,
+    /// The board's kernel package, unpacked (holds `lib/modules/VERSION`).
+    pub kernel_tree: PathBuf,
+    /// The host `cairn` command.
+    pub cli: PathBuf,
     /// Scratch space for this board's scenarios.
     pub work_dir: PathBuf,
 }

@@ -124,8 +124,13 @@ fn build_dir() -> PathBuf {
 }
 
 /// The development signing key, generated on first use.
+/// The development signing key's secret key file.
+fn dev_key_path() -> PathBuf {
+    build_dir().join("keys").join("cairn-DEVELOPMENT-ONLY.key")
+}
+
 fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
-    let path = build_dir().join("keys").join("cairn-DEVELOPMENT-ONLY.key");
+    let path = dev_key_path();
     let (key, fresh) = keys::load_or_generate(&path)?;
     if fresh {
         eprintln!("xtask: ************************************************************");
@@ -156,6 +161,12 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
+    let status = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args(["build", "-p", "cairn-cli"])
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build -p cairn-cli failed");
     let out = repo_root().join("target").join(b.rust_target).join("release");
     let dir = build_dir().join(b.name);
     let payload_root = dir.join("payload-root");
@@ -175,10 +186,15 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         size(&initramfs),
         kernel.modules.iter().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(",")
     );
+    let kernel_tree = kernel.vmlinuz.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
     Ok(Artifacts {
         boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs },
         payload_root,
         key,
+        key_file: dev_key_path(),
+        init,
+        kernel_tree,
+        cli: repo_root().join("target").join("debug").join("cairn"),
         work_dir: dir.join("scenarios"),
     })
 }

@@ -146,6 +146,14 @@ pub fn build(
             created_dir = true;
         }
     }
+    // A single layer's file may name a directory that does not exist yet.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty() && !into_dir);
+    let mut created_parent = None;
+    if let Some(p) = parent.filter(|p| !p.exists()) {
+        let top = p.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_owned);
+        fs::create_dir_all(p).map_err(|error| LayerError::Io { path: p.to_owned(), error })?;
+        created_parent = top;
+    }
     let mut written: Vec<LayerFile> = Vec::new();
     let result = (|| {
         for (index, (name, source_digest, tree)) in trees.iter().enumerate() {
@@ -173,6 +181,14 @@ pub fn build(
             }
             if created_dir {
                 let _ = fs::remove_dir(out);
+            }
+            if let Some(top) = created_parent {
+                // Only directories this call made, and only if still empty.
+                for d in out.ancestors().skip(1) {
+                    if fs::remove_dir(d).is_err() || d == top {
+                        break;
+                    }
+                }
             }
             Err(e)
         }

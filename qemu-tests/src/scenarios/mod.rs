@@ -2,6 +2,7 @@
 
 mod bad_signature;
 mod boot_demo;
+mod cli_disk;
 mod corrupt_layer;
 mod exit_codes;
 mod hostile;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "exit-codes", run: exit_codes::run },
         Scenario { name: "network", run: network::run },
         Scenario { name: "oci-layers", run: oci_layers::run },
+        Scenario { name: "cli-disk", run: cli_disk::run },
         Scenario { name: "userns", run: userns::run },
     ]
 }
