@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use cairn_images::manifest::{Restart, Stop};
+use cairn_runtime::seccomp::Filter;
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
 use crate::control::{self, Listener, Request};
@@ -64,6 +65,8 @@ pub struct Unit {
     oom_baseline: u64,
     /// With `console`: its pty's output being copied to the console.
     console: Option<Tap>,
+    /// Its seccomp filter, compiled once for every start.
+    filter: Option<Filter>,
 }
 
 impl Unit {
@@ -75,9 +78,18 @@ impl Unit {
         restart: Restart,
         stop: Stop,
     ) -> Self {
+        let compiled = spec.and_then(|s| match spawn::seccomp_filter(&s) {
+            Ok(f) => Ok((s, f)),
+            Err(e) => Err(e.to_string()),
+        });
+        let (spec, filter) = match compiled {
+            Ok((s, f)) => (Ok(s), f),
+            Err(e) => (Err(e), None),
+        };
         Self {
             name: name.into(),
             spec,
+            filter,
             deps,
             restart,
             stop,
@@ -199,7 +211,7 @@ impl Supervisor {
         };
         u.oom_baseline = u.cgroup.oom_kills();
         let spec = with_restart_count(spec, u.restarts);
-        match spawn(&spec, &u.cgroup, join_net) {
+        match spawn(&spec, u.filter.as_ref(), &u.cgroup, join_net) {
             Ok(started) => {
                 u.state = State::Running { pid: started.pid };
                 u.ever_started = true;

@@ -94,12 +94,27 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// The seccomp filter `spec` asks for (None with `seccomp = false`),
+/// compiled once per container and given to every [`spawn`] of it.
+pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Filter>, SpawnError> {
+    if !spec.seccomp {
+        return Ok(None);
+    }
+    let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
+    crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map(Some).map_err(SpawnError::Seccomp)
+}
+
 /// Start the container described by `spec` in `cgroup`. `join_net` is the
 /// host pid of the container whose network namespace it joins, if any.
 ///
 /// Must be called from a single-threaded process: the child continues as a
 /// copy of the caller (like fork) and must not find locks held by others.
-pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t>) -> Result<Started, SpawnError> {
+pub fn spawn(
+    spec: &ContainerSpec,
+    filter: Option<&crate::seccomp::Filter>,
+    cgroup: &Cgroup,
+    join_net: Option<libc::pid_t>,
+) -> Result<Started, SpawnError> {
     let mut flags = NAMESPACES | CLONE_INTO_CGROUP;
     let net = match &spec.network {
         Network::None => {
@@ -112,12 +127,6 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
     if spec.userns.is_some() {
         flags |= libc::CLONE_NEWUSER as u64;
     }
-    let filter = if spec.seccomp {
-        let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
-        Some(crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map_err(SpawnError::Seccomp)?)
-    } else {
-        None
-    };
     sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
     cgroup.create(&spec.limits).map_err(SpawnError::Cgroup)?;
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
@@ -161,7 +170,7 @@ pub fn spawn(spec: &ContainerSpec, cgroup: &Cgroup, join_net: Option<libc::pid_t
                 unsafe { libc::_exit(SETUP_FAILED) };
             }
         }
-        child(spec, &plan, net, filter.as_ref(), wr, go_ahead);
+        child(spec, &plan, net, filter, wr, go_ahead);
     }
     drop(wr);
     let pid = pid as libc::pid_t;
