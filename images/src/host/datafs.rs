@@ -54,6 +54,17 @@ pub fn uuid_from(seed: &[u8]) -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
+/// An e2fsprogs tool from PATH, else from the sbin directories Debian
+/// installs it in (a non-root PATH often lacks them).
+fn sbin_tool(name: &str) -> PathBuf {
+    let dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    dirs.into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// Write an ext4 filesystem of `size` bytes to `out` (created or replaced).
 pub fn make_ext4(out: &Path, size: u64, seed: &[u8]) -> Result<(), DataFsError> {
     if size < 4 << 20 {
@@ -64,7 +75,7 @@ pub fn make_ext4(out: &Path, size: u64, seed: &[u8]) -> Result<(), DataFsError> 
     f.set_len(size).map_err(io)?;
     drop(f);
     let uuid = uuid_from(seed);
-    let output = Command::new("mke2fs")
+    let output = Command::new(sbin_tool("mke2fs"))
         .env("E2FSPROGS_FAKE_TIME", "1")
         .env("MKE2FS_CONFIG", "/dev/null") // defaults only: the same on every machine
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", LABEL, "-U", &uuid, "-O", "^metadata_csum_seed"])
@@ -96,7 +107,7 @@ mod tests {
         let (x, y) = (std::fs::read(&a).unwrap_or_default(), std::fs::read(&b).unwrap_or_default());
         assert_eq!(x.len(), 8 << 20);
         assert!(x == y, "two runs differ");
-        let fsck = Command::new("e2fsck").args(["-fn"]).arg(&a).output().unwrap_or_else(|e| panic!("{e}"));
+        let fsck = Command::new(sbin_tool("e2fsck")).args(["-fn"]).arg(&a).output().unwrap_or_else(|e| panic!("{e}"));
         assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
         // ext4 superblock at 1024: magic 0xEF53 at offset 56, label at 120.
         assert_eq!(&x[1024 + 56..1024 + 58], &[0x53, 0xef]);
