@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use cairn_images::manifest::{Restart, Stop};
+use cairn_images::manifest::{Restart, Stop, MAX_CONTAINERS};
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
@@ -397,19 +397,21 @@ impl Supervisor {
     }
 
     fn wait(&mut self, timeout_ms: i32) {
-        let mut fds = vec![
-            libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.control.as_ref().map_or(-1, Listener::raw), events: libc::POLLIN, revents: 0 },
-        ];
-        // Container consoles after the two fixed entries; -1 (ignored by
-        // poll) for units without one keeps unit i at fds[2 + i].
-        fds.extend(self.units.iter().map(|u| libc::pollfd {
-            fd: u.console.as_ref().map_or(-1, Tap::raw),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
-        // SAFETY: `fds` is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
+        // Fixed capacity: no allocation in the loop. Container consoles
+        // follow the two fixed entries; -1 (ignored by poll) for units
+        // without one keeps unit i at fds[2 + i].
+        let mut fds = [idle; 2 + MAX_CONTAINERS];
+        let consoles = self.units.iter().map(|u| u.console.as_ref().map_or(-1, Tap::raw));
+        let all =
+            [self.signals.as_raw_fd(), self.control.as_ref().map_or(-1, Listener::raw)].into_iter().chain(consoles);
+        let mut used = 0;
+        for (slot, fd) in fds.iter_mut().zip(all) {
+            slot.fd = fd;
+            used += 1;
+        }
+        // SAFETY: `fds` is a valid array of pollfd and `used` is at most its length (zip stops there).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), used as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;
         }

@@ -131,9 +131,9 @@ pub const MASKED_DIRS: [&str; 3] = ["proc/acpi", "proc/scsi", "sys/firmware"];
 /// Paths that are read-only in every container.
 pub const READ_ONLY: [&str; 5] = ["proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs", "proc/irq"];
 
-/// The scratch tmpfs and the overlay rootfs of a container (the same steps
-/// wherever they run).
-fn rootfs_mounts(spec: &ContainerSpec, scratch: &str, root: &str) -> Vec<Step> {
+/// The scratch tmpfs with the overlay's upper and work directories, and
+/// the directory the rootfs is mounted on (the same steps wherever they run).
+fn scratch_mounts(spec: &ContainerSpec, scratch: &str, root: &str) -> Vec<Step> {
     vec![
         Step::Mkdir(scratch.to_owned()),
         Step::Mkdir(root.to_owned()),
@@ -147,15 +147,19 @@ fn rootfs_mounts(spec: &ContainerSpec, scratch: &str, root: &str) -> Vec<Step> {
         },
         Step::Mkdir(format!("{scratch}/upper")),
         Step::Mkdir(format!("{scratch}/work")),
-        Step::Mount {
-            what: "overlay rootfs",
-            source: "overlay".into(),
-            target: root.to_owned(),
-            fstype: Some("overlay"),
-            flags: 0,
-            data: Some(overlay_options(&spec.layer_dirs, scratch)),
-        },
     ]
+}
+
+/// The overlay rootfs: the layers under the scratch upper directory.
+fn overlay_mount(spec: &ContainerSpec, scratch: &str, root: &str) -> Step {
+    Step::Mount {
+        what: "overlay rootfs",
+        source: "overlay".into(),
+        target: root.to_owned(),
+        fstype: Some("overlay"),
+        flags: 0,
+        data: Some(overlay_options(&spec.layer_dirs, scratch)),
+    }
 }
 
 /// Steps PID 1 runs in the host's namespaces before cloning a container
@@ -173,11 +177,10 @@ pub fn host_plan(spec: &ContainerSpec) -> Vec<Step> {
     let scratch = format!("{state}/scratch");
     let root = format!("{state}/rootfs");
     let mut p: Vec<Step> = ancestors(&state).map(Step::Traversable).collect();
-    p.extend(rootfs_mounts(spec, &scratch, &root));
-    // Before the overlay mount: chown the upper root, then make both private.
-    let overlay = p.len().saturating_sub(1);
-    p.insert(overlay, Step::Chown { path: format!("{scratch}/upper"), uid, gid });
-    p.insert(overlay, Step::MakeMountPrivate(scratch.clone()));
+    p.extend(scratch_mounts(spec, &scratch, &root));
+    p.push(Step::MakeMountPrivate(scratch.clone()));
+    p.push(Step::Chown { path: format!("{scratch}/upper"), uid, gid });
+    p.push(overlay_mount(spec, &scratch, &root));
     p.push(Step::MakeMountPrivate(root));
     p
 }
@@ -223,7 +226,8 @@ pub fn plan(spec: &ContainerSpec) -> Vec<Step> {
             data: None,
         });
     } else {
-        p.extend(rootfs_mounts(spec, &scratch, &root));
+        p.extend(scratch_mounts(spec, &scratch, &root));
+        p.push(overlay_mount(spec, &scratch, &root));
     }
     p.extend([
         Step::Mkdir(format!("{root}/proc")),

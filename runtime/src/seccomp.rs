@@ -479,8 +479,9 @@ fn guard_program(checks: &[(u16, u32)]) -> Option<BpfProgram> {
 /// Build the filter for the architecture this binary is compiled for: the
 /// default deny list, less what the kept `capabilities` (bit n = capability
 /// n) open ([`CAPABILITY_GATES`]), plus `extra_deny` (EPERM); new user
-/// namespaces are refused unless `allow_userns`. A name in `extra_deny` that only the other
-/// architecture has is skipped; one neither has is an error that names it.
+/// namespaces are refused unless `allow_userns`. A name in `extra_deny`
+/// that only the other architecture has is skipped; one neither has is an
+/// error that names it.
 /// An `extra_deny` name always denies the syscall outright, even one the
 /// default filter checks by argument (`clone`, `unshare`, `personality`).
 pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Result<Filter, SeccompError> {

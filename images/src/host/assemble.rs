@@ -141,9 +141,10 @@ pub fn build_appliance(
     // container is reported before minutes of layer building.
     let mut problems = Vec::new();
     let mut stand_in = BTreeMap::new();
+    let mut refs = Vec::new();
     for (i, l) in app.layers.iter().enumerate() {
         match l.reference() {
-            Ok(_) => {}
+            Ok(r) => refs.push((l.name.as_str(), r)),
             Err(e) => {
                 let line = app.lines.layers.get(i).map(|n| format!("line {n}: ")).unwrap_or_default();
                 problems.push(format!("{line}layer[{i}] ({}): {e}", l.name));
@@ -159,7 +160,7 @@ pub fn build_appliance(
     }
 
     let mut written: Vec<PathBuf> = Vec::new();
-    let result = build_layers(&app, base, build_sources, out_dir, &mut written).and_then(|layers| {
+    let result = build_layers(&refs, base, build_sources, out_dir, &mut written).and_then(|layers| {
         let info = layers.iter().map(|l| (l.name.clone(), (l.digest, l.size))).collect();
         let manifest = app.to_manifest(appliance_path, &info)?;
         let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
@@ -173,43 +174,49 @@ pub fn build_appliance(
     result
 }
 
+/// Build or hash every layer (name, checked reference), in order; the
+/// images written go into `written`.
 fn build_layers(
-    app: &Appliance,
+    refs: &[(&str, LayerRef)],
     base: &Path,
     build_sources: &BTreeMap<String, PathBuf>,
     out_dir: &Path,
     written: &mut Vec<PathBuf>,
 ) -> Result<Vec<BuiltLayer>, AssembleError> {
     let mut layers = Vec::new();
-    for l in &app.layers {
-        let reference = l.reference().map_err(|e| AssembleError::Seal(format!("layer {}: {e}", l.name)))?;
+    for (name, reference) in refs {
+        let name = *name;
         let built = match reference {
             LayerRef::Source(source) => {
                 let src = match source.strip_prefix("build:") {
-                    Some(name) => build_sources.get(name).cloned().ok_or_else(|| {
-                        AssembleError::UnknownBuildSource { layer: l.name.clone(), name: name.into() }
+                    Some(product) => build_sources.get(product).cloned().ok_or_else(|| {
+                        AssembleError::UnknownBuildSource { layer: name.to_owned(), name: product.into() }
                     })?,
-                    None => base.join(&source),
+                    None => base.join(source),
                 };
                 if !src.exists() {
-                    return Err(AssembleError::LayerSource { layer: l.name.clone(), source_dir: src });
+                    return Err(AssembleError::LayerSource { layer: name.to_owned(), source_dir: src });
                 }
                 fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-                let path = out_dir.join(format!("{}.squashfs", l.name));
+                let path = out_dir.join(format!("{name}.squashfs"));
                 let opts = LayerOptions { flatten: true, ..LayerOptions::default() };
                 let files = layer::build(&src, &path, &opts, &mut |_| {})
-                    .map_err(|error| AssembleError::Import { layer: l.name.clone(), error })?;
+                    .map_err(|error| AssembleError::Import { layer: name.to_owned(), error })?;
                 written.push(path.clone());
-                let f =
-                    files.into_iter().next().ok_or_else(|| AssembleError::Seal(format!("layer {}: empty", l.name)))?;
-                BuiltLayer { name: l.name.clone(), path: Some(path), digest: f.digest, size: f.size }
+                let f = files
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| AssembleError::LayerSource { layer: name.to_owned(), source_dir: src.clone() })?;
+                BuiltLayer { name: name.to_owned(), path: Some(path), digest: f.digest, size: f.size }
             }
             LayerRef::File(file) => {
-                let path = base.join(&file);
+                let path = base.join(file);
                 let (digest, size) = hash_file(&path)?;
-                BuiltLayer { name: l.name.clone(), path: Some(path), digest, size }
+                BuiltLayer { name: name.to_owned(), path: Some(path), digest, size }
             }
-            LayerRef::Digest(digest, size) => BuiltLayer { name: l.name.clone(), path: None, digest, size },
+            LayerRef::Digest(digest, size) => {
+                BuiltLayer { name: name.to_owned(), path: None, digest: *digest, size: *size }
+            }
         };
         layers.push(built);
     }

@@ -6,8 +6,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::archive::{normalise, Index, JSON_MAX};
 use super::stream::Tap;
@@ -210,10 +210,6 @@ impl Store for TarStore<'_> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The hex of a `sha256:<64 lowercase hex>` digest.
 fn digest_hex<'d>(store: &dyn Store, digest: &'d str) -> Result<&'d str, ImportError> {
     match digest.strip_prefix("sha256:") {
@@ -270,7 +266,7 @@ fn check_blob(
             actual: bytes.len() as u64,
         });
     }
-    let actual = hex(&Sha256::digest(bytes));
+    let actual = Digest::of(bytes).to_string();
     if actual != hex_want {
         return Err(ImportError::BlobDigest { archive: store.label().to_owned(), blob: shown.to_owned(), actual });
     }
@@ -470,7 +466,7 @@ fn blame_blob(store: &dyn Store, l: &LayerRef, e: ImportError) -> ImportError {
     if io::copy(&mut tap, &mut io::sink()).is_err() {
         return e;
     }
-    let actual = hex(&tap.finish().0);
+    let actual = Digest(tap.finish().0).to_string();
     if actual == *want {
         e
     } else {
@@ -521,12 +517,12 @@ fn import_layers(
                 actual: digests.raw_len,
             });
         }
-        let raw_hex = hex(&digests.raw);
+        let raw_hex = Digest(digests.raw).to_string();
         if l.digest.as_ref().is_some_and(|d| *d != raw_hex) {
             return Err(ImportError::BlobDigest { archive: label, blob: l.shown.clone(), actual: raw_hex });
         }
         if let Some(expected) = diff_ids.get(i) {
-            let actual = hex(&digests.tar);
+            let actual = Digest(digests.tar).to_string();
             if *expected != format!("sha256:{actual}") {
                 return Err(ImportError::DiffId { archive: layer_label, expected: expected.clone(), actual });
             }
