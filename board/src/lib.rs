@@ -14,9 +14,14 @@ pub struct Board {
     pub rust_target: &'static str,
     /// Debian architecture of the kernel package.
     pub deb_arch: &'static str,
-    /// Debian meta package that names the current kernel; the build resolves
-    /// it to the concrete `linux-image-<ver>-...-unsigned` package.
+    /// Debian meta package that names the newest kernel; only
+    /// `cargo xtask kernel-update` reads it, to move the two fields below.
+    pub kernel_meta: &'static str,
+    /// The exact kernel package the board's images are built with
+    /// (`linux-image-<release>-unsigned`), so one commit builds one disk.
     pub kernel_package: &'static str,
+    /// Its exact Debian version.
+    pub kernel_version: &'static str,
     /// Kernel modules the init loads at boot, by module name. The build adds
     /// their dependencies and writes them in load order into the initramfs.
     pub modules: &'static [&'static str],
@@ -74,5 +79,19 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all().len());
         assert!(by_name("no-such-board").is_none());
+    }
+
+    #[test]
+    fn kernels_are_pinned_to_an_exact_package() {
+        for b in all() {
+            assert!(
+                b.kernel_package.starts_with("linux-image-") && b.kernel_package.ends_with("-unsigned"),
+                "{}",
+                b.name
+            );
+            assert!(b.kernel_package.contains(b.deb_arch), "{}", b.name);
+            assert!(b.kernel_version.chars().next().is_some_and(|c| c.is_ascii_digit()), "{}", b.name);
+            assert_ne!(b.kernel_meta, b.kernel_package);
+        }
     }
 }

@@ -1,18 +1,22 @@
 //! Fetch a board's Debian kernel and pick its modules.
 //!
-//! The board names a Debian meta package (`linux-image-cloud-amd64`); apt
-//! resolves it to the concrete kernel (`linux-image-6.1.0-56-cloud-amd64`),
-//! whose `-unsigned` package is downloaded with `apt-get download` and
-//! unpacked with `dpkg-deb -x` into a cache directory:
+//! The board names the exact kernel package and Debian version
+//! (`linux-image-6.1.0-57-cloud-amd64-unsigned` at `6.1.192-3`), so one
+//! commit builds one disk. It is downloaded with `apt-get download
+//! PACKAGE:ARCH=VERSION` and unpacked with `dpkg-deb -x` into a cache
+//! directory:
 //!
 //! ```text
-//! <cache_dir>/<package>/tree/       the unpacked package
-//! <cache_dir>/<package>/extracted   marker: written last, names the .deb
+//! <cache_dir>/<package>_<version>/tree/       the unpacked package
+//! <cache_dir>/<package>_<version>/extracted   marker: written last, names the .deb
 //! ```
 //!
-//! A directory without the marker is incomplete and is fetched again. The
-//! package lists decide the version, so a Debian kernel update gives a new
-//! package name and a fresh directory next to the old one.
+//! A directory without the marker is incomplete and is fetched again.
+//!
+//! Debian keeps only the newest build of a kernel in its archive. When the
+//! pinned one is gone, the build says so loudly and uses the newest kernel
+//! of the board's meta package instead (the disk then differs from the
+//! commit's); `cargo xtask kernel-update` moves the pin forward.
 //!
 //! Module dependencies are resolved by `cairn_images::host::kmod`, the same
 //! code `cairn image assemble` uses.
@@ -51,17 +55,26 @@ pub struct Kernel {
 pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
     let arch = board.deb_arch;
     host_deps::ensure_apt_arch(arch)?;
-    let image = resolve_meta(board.kernel_package, arch)?;
-    let version = image
-        .strip_prefix("linux-image-")
-        .with_context(|| format!("{} depends on {image}, which is not a linux-image-* package", board.kernel_package))?
-        .to_string();
-    let package = format!("{image}-unsigned");
-
-    let pkg_dir = cache_dir.join(&package);
+    let mut package = board.kernel_package.to_string();
+    let mut pkg_dir = cache_dir.join(format!("{package}_{}", board.kernel_version));
     if !pkg_dir.join(MARKER).is_file() {
-        download_and_unpack(&package, arch, cache_dir, &pkg_dir)?;
+        let pinned = format!("{package}:{arch}={}", board.kernel_version);
+        if let Err(e) = download_and_unpack(&pinned, cache_dir, &pkg_dir) {
+            let (newest, version) = newest_kernel(board)?;
+            eprintln!(
+                "xtask: WARNING: the pinned kernel {pinned} cannot be downloaded ({e:#}); \
+                 building with the newest, {newest}={version}. Pin it with `cargo xtask kernel-update`."
+            );
+            package = newest;
+            pkg_dir = cache_dir.join(format!("{package}_{version}"));
+            if !pkg_dir.join(MARKER).is_file() {
+                download_and_unpack(&format!("{package}:{arch}={version}"), cache_dir, &pkg_dir)?;
+            }
+        }
     }
+    let version = release_of(&package)
+        .with_context(|| format!("{package} is not a linux-image-<release>-unsigned package"))?
+        .to_string();
     let tree = pkg_dir.join("tree");
 
     let vmlinuz = tree.join("boot").join(format!("vmlinuz-{version}"));
@@ -77,6 +90,49 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
 
     let modules = kmod::resolve_modules(&mod_dir, &version, board.modules)?;
     Ok(Kernel { version, package, vmlinuz, modules })
+}
+
+/// `linux-image-6.1.0-57-cloud-amd64-unsigned` -> `6.1.0-57-cloud-amd64`.
+fn release_of(package: &str) -> Option<&str> {
+    package.strip_prefix("linux-image-")?.strip_suffix("-unsigned").filter(|r| !r.is_empty())
+}
+
+/// The newest kernel of the board's meta package: (unsigned package, version).
+pub fn newest_kernel(board: &Board) -> Result<(String, String)> {
+    let arch = board.deb_arch;
+    let image = resolve_meta(board.kernel_meta, arch)?;
+    let package = format!("{image}-unsigned");
+    let query = format!("{package}:{arch}");
+    let out = run(Command::new("apt-cache").args(["show", "--no-all-versions", &query]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = parse_version(&text).with_context(|| format!("`apt-cache show {query}` gives no Version"))?;
+    Ok((package, version))
+}
+
+/// The `Version:` field of `apt-cache show` output.
+fn parse_version(text: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix("Version:")).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// Rewrite a board file's kernel pin (`kernel_package` and
+/// `kernel_version` fields); returns the new text.
+pub fn repin(board_source: &str, package: &str, version: &str) -> Result<String> {
+    let mut out = String::with_capacity(board_source.len());
+    let mut replaced = 0;
+    for line in board_source.split_inclusive('\n') {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        if line.trim_start().starts_with("kernel_package:") {
+            out.push_str(&format!("{indent}kernel_package: \"{package}\",\n"));
+            replaced += 1;
+        } else if line.trim_start().starts_with("kernel_version:") {
+            out.push_str(&format!("{indent}kernel_version: \"{version}\",\n"));
+            replaced += 1;
+        } else {
+            out.push_str(line);
+        }
+    }
+    anyhow::ensure!(replaced == 2, "expected one kernel_package and one kernel_version line, found {replaced} lines");
+    Ok(out)
 }
 
 /// Name of the file that marks a complete unpack.
@@ -123,8 +179,10 @@ fn parse_meta_depends(text: &str, meta: &str) -> Option<String> {
 /// `cache_dir`, unpack it, write the marker and move it into place as
 /// `pkg_dir`. Concurrent runs each work in their own directory; the first to
 /// finish wins and the others use its result.
-fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Path) -> Result<()> {
+/// `spec` is `PACKAGE:ARCH=VERSION`.
+fn download_and_unpack(spec: &str, cache_dir: &Path, pkg_dir: &Path) -> Result<()> {
     fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let package = spec.split(':').next().unwrap_or(spec);
     remove_stale_temp_dirs(cache_dir, package);
     let tmp = cache_dir.join(format!(".tmp-{package}-{}", std::process::id()));
     if tmp.exists() {
@@ -133,10 +191,10 @@ fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Pa
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let result = (|| -> Result<()> {
-        eprintln!("xtask: downloading {package}:{arch} with apt-get");
+        eprintln!("xtask: downloading {spec} with apt-get");
         // As root apt warns that the download runs unsandboxed; harmless,
         // and the output is only shown when the command fails.
-        run(Command::new("apt-get").args(["download", "-q", &format!("{package}:{arch}")]).current_dir(&tmp))?;
+        download(spec, &tmp)?;
         let deb = single_deb(&tmp)?;
         let tree = tmp.join("tree");
         eprintln!("xtask: unpacking {} with dpkg-deb", file_name(&deb));
@@ -160,6 +218,18 @@ fn download_and_unpack(package: &str, arch: &str, cache_dir: &Path, pkg_dir: &Pa
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// `apt-get download SPEC` into `dir`; refreshes the package lists once
+/// when apt does not know the version (a fresh machine has empty lists).
+fn download(spec: &str, dir: &Path) -> Result<()> {
+    let attempt = || run(Command::new("apt-get").args(["download", "-q", spec]).current_dir(dir)).map(drop);
+    attempt().or_else(|first| {
+        if host_deps::apt_update().is_err() {
+            return Err(first);
+        }
+        attempt()
+    })
 }
 
 /// Remove `.tmp-<package>-<pid>` directories whose process is gone.
@@ -213,5 +283,21 @@ mod tests {
             Some("linux-image-6.1.0-56-cloud-arm64")
         );
         assert_eq!(parse_meta_depends("", "linux-image-cloud-arm64"), None);
+    }
+
+    #[test]
+    fn releases_versions_and_pins() {
+        assert_eq!(release_of("linux-image-6.1.0-57-cloud-amd64-unsigned"), Some("6.1.0-57-cloud-amd64"));
+        assert_eq!(release_of("linux-image-cloud-amd64"), None);
+        assert_eq!(
+            parse_version("Package: x\nVersion: 6.1.192-3\nArchitecture: amd64\n").as_deref(),
+            Some("6.1.192-3")
+        );
+        assert_eq!(parse_version("Package: x\n"), None);
+        let src = "pub static BOARD: Board = Board {\n    kernel_package: \"old\",\n    kernel_version: \"1\",\n};\n";
+        let new = repin(src, "linux-image-6.1.0-58-cloud-amd64-unsigned", "6.1.200-1").unwrap();
+        assert!(new.contains("    kernel_package: \"linux-image-6.1.0-58-cloud-amd64-unsigned\",\n"), "{new}");
+        assert!(new.contains("    kernel_version: \"6.1.200-1\",\n"), "{new}");
+        assert!(repin("no pins here\n", "a", "b").is_err());
     }
 }

@@ -27,6 +27,7 @@ commands:
   bench [--board NAME] [--runs N]       measure boot time to all containers started, and sizes
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
   scenarios                             list the QEMU scenarios
+  kernel-update [--board NAME]          pin the board(s) to the newest Debian kernel package
 
 boards: qemu-x86_64 (default), qemu-aarch64";
 
@@ -101,6 +102,24 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "bench" => bench(board(a.board.as_deref())?, a.runs),
+        "kernel-update" => {
+            let boards = match a.board.as_deref() {
+                Some(name) => vec![board(Some(name))?],
+                None => cairn_board::all().to_vec(),
+            };
+            for b in boards {
+                let (package, version) = kernel::newest_kernel(b)?;
+                let file = repo_root().join("board/src").join(format!("{}.rs", b.name.replace('-', "_")));
+                let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                let new = kernel::repin(&text, &package, &version)?;
+                std::fs::write(&file, new).with_context(|| format!("writing {}", file.display()))?;
+                println!(
+                    "xtask: {} kernel {package}={version} (was {}={})",
+                    b.name, b.kernel_package, b.kernel_version
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         "scenarios" => {
             for s in cairn_qemu_tests::all() {
                 println!("{}", s.name);
