@@ -21,9 +21,11 @@ pub enum LayerCommand {
     /// become overlayfs whiteouts so the device stacks them as Docker does.
     /// With --flatten an image gives one merged layer.
     ///
-    /// Owners, modes, xattrs, symlinks, hard links and device nodes are
-    /// kept; timestamps are set to 0 and entries sorted, so the same source
-    /// always gives the same bytes and digest.
+    /// Owners, modes, xattrs, symlinks, hard links and FIFOs are kept;
+    /// device nodes (other than overlay whiteouts, character devices 0:0)
+    /// and overlayfs xattrs (trusted.overlay.*) are refused. Timestamps are
+    /// set to 0 and entries sorted, so the same source always gives the
+    /// same bytes and digest.
     Build {
         /// Directory, tar archive, docker save archive or OCI layout.
         source: PathBuf,
@@ -36,9 +38,13 @@ pub enum LayerCommand {
         /// Platform of a multi-platform image, e.g. linux/arm64.
         #[arg(long)]
         platform: Option<String>,
-        /// Refuse sources whose files add up to more than this (e.g. 512M).
-        #[arg(long, value_parser = parse_size_arg)]
-        max_size: Option<u64>,
+        /// Refuse an archive or image whose files add up to more than this
+        /// (e.g. 512M); also the most a compressed image archive may
+        /// decompress to in $TMPDIR. The default, 4G, is far above any
+        /// layer an embedded device holds, and bounds what a hostile
+        /// archive can make the build write.
+        #[arg(long, value_parser = parse_size_arg, default_value = "4G")]
+        max_size: u64,
         /// Refuse a layer image larger than a layer slot of this size (e.g. 16M).
         #[arg(long, value_parser = parse_size_arg)]
         slot_size: Option<u64>,

@@ -91,15 +91,15 @@ impl Index {
         let mut members = HashMap::new();
         let mut duplicate = None;
         walk_tar(&mut Range::new(file, 0, len), label, &mut |entry, _walk| {
-            let raw = entry.path_bytes().into_owned();
+            let raw = entry.path_bytes();
             let shown = || String::from_utf8_lossy(&raw).into_owned();
             let Some(path) = normalise(&raw) else {
                 return Err(ImportError::BadPath { archive: label.to_owned(), member: shown() });
             };
-            let link = || entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-            let member = match entry.header().entry_type() {
+            let link = || entry.link_name_bytes().unwrap_or_default();
+            let member = match entry.entry.header().entry_type() {
                 EntryType::Regular | EntryType::Continuous => {
-                    let (offset, size) = (entry.raw_file_position(), entry.size());
+                    let (offset, size) = (entry.entry.raw_file_position(), entry.entry.size());
                     if offset.checked_add(size).is_none_or(|end| end > len) {
                         return Err(ImportError::TruncatedMember { archive: label.to_owned(), member: shown() });
                     }

@@ -80,8 +80,15 @@ use crate::host::tree::Tree;
 use self::stream::{Compression, Sniffed};
 use self::tarlayer::{Budget, Target, Whiteouts};
 
+/// The default of [`ImportOptions::max_bytes`] (and of `cairn layer build
+/// --max-size`): 4 GiB. A layer is stored on the device's layer partitions
+/// (tens to hundreds of MiB on an embedded appliance), so a source holding
+/// more than 4 GiB of files is a mistake or an attack; the limit is also
+/// what the importer may write to `$TMPDIR` for one source.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+
 /// How to import a source.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Merge an image's layers into one tree, applying its whiteouts.
     pub flatten: bool,
@@ -90,8 +97,16 @@ pub struct ImportOptions {
     /// exactly one image (attestation manifests aside).
     pub platform: Option<String>,
     /// Refuse a source whose regular files add up to more than this many
-    /// bytes (over all its layers).
-    pub max_bytes: Option<u64>,
+    /// bytes (over all its layers). It also bounds the temporary file a
+    /// compressed image archive is decompressed into, counted while
+    /// decompressing. Default [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { flatten: false, platform: None, max_bytes: DEFAULT_MAX_BYTES }
+    }
 }
 
 /// One tree read from a source.
@@ -263,6 +278,59 @@ pub enum ImportError {
         /// Why.
         reason: &'static str,
     },
+    /// A GNU long-name or long-link header or a PAX extended header larger
+    /// than the cap (such a header is read into memory whole).
+    #[error("{archive}: member {member}{}: {what} of {size} bytes, over the {max} byte cap", after_member(.after))]
+    ExtensionTooLarge {
+        /// What was read.
+        archive: String,
+        /// The extension header's own name (`././@LongLink`, `PaxHeaders/...`).
+        member: String,
+        /// The last complete member before it, if any.
+        after: Option<String>,
+        /// `GNU long name`, `GNU long link`, `PAX extended header`.
+        what: &'static str,
+        /// The size the header claims.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// A compressed image archive that decompresses to more than the budget
+    /// ([`ImportOptions::max_bytes`]).
+    #[error("{archive}: decompresses to more than the {max} byte budget (--max-size); the temporary file was removed")]
+    TempTooLarge {
+        /// What was read.
+        archive: String,
+        /// The budget.
+        max: u64,
+    },
+    /// A character or block device other than an overlay whiteout (a
+    /// character device 0/0).
+    #[error("{archive}: member {member}: {kind} {major}:{minor}: layers may not hold device nodes (only whiteouts, character devices 0:0)")]
+    Device {
+        /// What was read.
+        archive: String,
+        /// The member.
+        member: String,
+        /// `character device` or `block device`.
+        kind: &'static str,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// An overlayfs xattr (`trusted.overlay.*`, `user.overlay.*`) in an
+    /// archive: overlayfs would honour it (redirects, metacopy, origin) in a
+    /// lower layer.
+    #[error("{archive}: member {member}: extended attribute {name} is overlayfs metadata and is refused (opaque directories are written as .wh..wh..opq)")]
+    OverlayXattr {
+        /// What was read.
+        archive: String,
+        /// The member.
+        member: String,
+        /// The attribute.
+        name: String,
+    },
     /// The files add up to more than [`ImportOptions::max_bytes`].
     #[error("{archive}: member {member}: the files add up to more than the {max} byte limit")]
     TooLarge {
@@ -390,7 +458,7 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
             // Only an image needs random access: look at the names first,
             // decompress to a temporary file only for an image.
             if archive::looks_like_image(&mut whole(), &label)? {
-                let tmp = stream::decompress_to_temp(&mut whole(), &label)?;
+                let tmp = stream::decompress_to_temp(&mut whole(), &label, opts.max_bytes)?;
                 let tmp_len = tmp.metadata().map_err(ImportError::Spool)?.len();
                 Some(archive::Index::build(&tmp, tmp_len, &label)?)
             } else {
