@@ -78,3 +78,26 @@ pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: LayerCommand,
+    }
+
+    #[test]
+    fn max_size_defaults_to_the_library_default() {
+        let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o"]).map_err(|e| e.to_string());
+        let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(max_size, cairn_images::host::import::DEFAULT_MAX_BYTES);
+        assert_eq!(max_size, 4 << 30);
+        let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o", "--max-size", "512M"]);
+        let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(max_size, 512 << 20);
+    }
+}

@@ -135,8 +135,8 @@ fn huge_extension_headers_are_refused_without_reading_them() {
         let (r, peak) = peak_of(|| import(&src, &ImportOptions::default()));
         assert!(peak < 4 << 20, "{what}: {size} bytes claimed, peak heap {peak} bytes");
         match r {
-            Err(ImportError::ExtensionTooLarge { member, what: w, size: s, max, .. }) => {
-                assert_eq!((member.as_str(), w, s, max), ("PaxHeaders/bomb", what, size as u64, 1 << 20));
+            Err(ImportError::ExtensionTooLarge { member, what: w, size: s, .. }) => {
+                assert_eq!((member.as_str(), w.to_string().as_str(), s), ("PaxHeaders/bomb", what, size as u64));
             }
             other => panic!("{what}: {}", short(&other)),
         }

@@ -87,6 +87,32 @@ use self::tarlayer::{Budget, Target, Whiteouts};
 /// what the importer may write to `$TMPDIR` for one source.
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
+/// The largest GNU long-name, GNU long-link or PAX extended header an
+/// archive may hold: 1 MiB (a path is at most 4 KiB on Linux; PAX records
+/// beyond paths are xattrs, whose values Linux caps at 64 KiB).
+pub const EXTENSION_MAX: u64 = 1 << 20;
+
+/// A tar extension header: what it is, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// GNU `L`: the next member's path.
+    GnuLongName,
+    /// GNU `K`: the next member's link target.
+    GnuLongLink,
+    /// PAX `x`: records for the next member.
+    Pax,
+}
+
+impl std::fmt::Display for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Extension::GnuLongName => "GNU long name",
+            Extension::GnuLongLink => "GNU long link",
+            Extension::Pax => "PAX extended header",
+        })
+    }
+}
+
 /// How to import a source.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -279,8 +305,8 @@ pub enum ImportError {
         reason: &'static str,
     },
     /// A GNU long-name or long-link header or a PAX extended header larger
-    /// than the cap (such a header is read into memory whole).
-    #[error("{archive}: member {member}{}: {what} of {size} bytes, over the {max} byte cap", after_member(.after))]
+    /// than [`EXTENSION_MAX`] (such a header is read into memory whole).
+    #[error("{archive}: member {member}{}: {what} of {size} bytes, over the {} byte cap", after_member(.after), EXTENSION_MAX)]
     ExtensionTooLarge {
         /// What was read.
         archive: String,
@@ -288,12 +314,10 @@ pub enum ImportError {
         member: String,
         /// The last complete member before it, if any.
         after: Option<String>,
-        /// `GNU long name`, `GNU long link`, `PAX extended header`.
-        what: &'static str,
+        /// Which kind of extension header.
+        what: Extension,
         /// The size the header claims.
         size: u64,
-        /// The cap.
-        max: u64,
     },
     /// A compressed image archive that decompresses to more than the budget
     /// ([`ImportOptions::max_bytes`]).

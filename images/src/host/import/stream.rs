@@ -13,7 +13,7 @@ use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 use sha2::{Digest as _, Sha256};
 
-use super::ImportError;
+use super::{Extension, ImportError};
 
 /// How a tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +249,7 @@ pub(super) type Decoded<'a> = Tap<Box<dyn Read + 'a>>;
 
 /// The largest GNU long-name, GNU long-link or PAX extended header read
 /// (each is held in memory whole, so it is capped before it is read).
-pub(super) const EXT_MAX: u64 = 1 << 20;
+pub(super) const EXT_MAX: u64 = super::EXTENSION_MAX;
 
 /// One tar member with the extension headers before it (GNU long name,
 /// GNU long link, PAX extended header) applied, as the `tar` crate would
@@ -479,11 +479,11 @@ impl Pending {
             return Ok(false);
         }
         let (slot, what) = if ty.is_gnu_longname() {
-            (&mut self.long_name, "GNU long name")
+            (&mut self.long_name, Extension::GnuLongName)
         } else if ty.is_gnu_longlink() {
-            (&mut self.long_link, "GNU long link")
+            (&mut self.long_link, Extension::GnuLongLink)
         } else if ty.is_pax_local_extensions() {
-            (&mut self.pax, "PAX extended header")
+            (&mut self.pax, Extension::Pax)
         } else {
             return Ok(false);
         };
@@ -503,7 +503,6 @@ impl Pending {
                 after: walk.last.clone(),
                 what,
                 size,
-                max: EXT_MAX,
             });
         }
         let mut data = Vec::with_capacity(size as usize);
