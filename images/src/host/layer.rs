@@ -6,6 +6,13 @@
 //! whiteouts so the device's overlay stacks them as Docker would), or one
 //! flattened layer. Output is all or nothing: when one layer fails, the
 //! layers this call already wrote are removed again.
+//!
+//! What a layer may hold is the same from every source: no device node but
+//! the overlayfs whiteout (a character device 0/0), and no overlayfs xattr
+//! but the opaque marker. A directory may already be in the overlay format
+//! (an upper directory), so `trusted.overlay.opaque=y` on a directory is
+//! kept from one; archives spell opaque directories `.wh..wh..opq` (see
+//! [`import`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -32,7 +32,10 @@
 //!
 //! Kept per member: numeric owner (user and group names are ignored),
 //! `mode & 0o7777`, xattrs (PAX `SCHILY.xattr.*` records), symlinks (target
-//! bytes as given), hard links, character and block devices, FIFOs.
+//! bytes as given), hard links, FIFOs (a FIFO reaches no kernel object
+//! outside the container, so it is kept, as Docker, runc and crun keep it),
+//! and character devices 0/0 (what overlayfs reads as a whiteout; opening
+//! one fails with ENXIO).
 //! Timestamps are dropped. Directories missing from the archive are
 //! created with mode 0755 and owner 0:0; a later member for such a
 //! directory sets its metadata and keeps its children. Regular file data is
@@ -57,10 +60,26 @@
 //! archives (also a tar without its end-of-archive block) and members;
 //! corrupt gzip or zstd streams; xattrs outside the `user.`, `trusted.` and
 //! `security.` namespaces (`system.*`: squashfs cannot hold them; also PAX
-//! ACL records); GNU sparse members and other member types a tar can hold
-//! but a layer cannot; total file bytes over [`ImportOptions::max_bytes`]
-//! (counted over every layer of the source, before writing them to the
-//! spool). Reading an OCI layout directory only opens `oci-layout`,
+//! ACL records); every other character device and every block device (a
+//! layer's device node would let container root open that device: the
+//! device's own boot disk, say; the overlay does not carry `nodev` through);
+//! overlayfs xattrs (`trusted.overlay.*`, and `user.overlay.*` which a
+//! `userxattr` overlay reads), so redirect, metacopy or origin data from an
+//! image is never honoured: the only one written is the importer's own
+//! `trusted.overlay.opaque=y` from `.wh..wh..opq`; GNU sparse members and
+//! other member types a tar can hold but a layer cannot; a PAX `size`
+//! record that differs from the header's size; total file bytes over
+//! [`ImportOptions::max_bytes`] (counted over every layer of the source,
+//! before writing them to the spool).
+//!
+//! Bounded: a GNU long-name or long-link header or a PAX extended header
+//! (each held in memory whole) over [`EXTENSION_MAX`] is refused from the
+//! size its header claims, before it is read, naming it and the member
+//! before it. A compressed `docker save` or OCI tar is decompressed to an
+//! anonymous temporary file (unlinked from the start, so it goes with the
+//! process) of at most [`ImportOptions::max_bytes`], counted while
+//! decompressing; the regular files of the trees are spooled under the same
+//! budget, so one source writes at most twice `max_bytes` to `$TMPDIR`. Reading an OCI layout directory only opens `oci-layout`,
 //! `index.json` and `blobs/sha256/<64 hex digits>` built from validated
 //! digests, and follows no symlink there. PAX global headers are ignored.
 
