@@ -158,7 +158,12 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
         check_dir_tree(source, &tree)?;
         return Ok(vec![(stem, None, tree)]);
     }
-    let iopts = ImportOptions { flatten: opts.flatten, platform: opts.platform.clone(), max_bytes: opts.max_bytes };
+    let iopts = ImportOptions {
+        flatten: opts.flatten,
+        platform: opts.platform.clone(),
+        max_bytes: opts.max_bytes,
+        ..ImportOptions::default()
+    };
     let layers = import::import(source, &iopts)?;
     let single = layers.len() == 1;
     Ok(layers.into_iter().map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree)).collect())

@@ -85,14 +85,24 @@ pub(super) fn normalise(path: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Index {
-    /// Read the headers of the tar file `file` (`len` bytes).
-    pub(super) fn build(file: &File, len: u64, label: &str) -> Result<Index, ImportError> {
+    /// Read the headers of the tar file `file` (`len` bytes), at most
+    /// `max_entries` of them.
+    pub(super) fn build(file: &File, len: u64, label: &str, max_entries: u64) -> Result<Index, ImportError> {
         let own = file.try_clone().map_err(|error| ImportError::Io { path: label.into(), error })?;
         let mut members = HashMap::new();
         let mut duplicate = None;
+        let mut count = 0u64;
         walk_tar(&mut Range::new(file, 0, len), label, &mut |entry, _walk| {
             let raw = entry.path_bytes();
             let shown = || String::from_utf8_lossy(&raw).into_owned();
+            count += 1;
+            if count > max_entries {
+                return Err(ImportError::TooManyEntries {
+                    archive: label.to_owned(),
+                    member: shown(),
+                    max: max_entries,
+                });
+            }
             let Some(path) = normalise(&raw) else {
                 return Err(ImportError::BadPath { archive: label.to_owned(), member: shown() });
             };

@@ -70,18 +70,22 @@
 //! other member types a tar can hold but a layer cannot; a PAX `size`
 //! record that differs from the header's size; total file bytes over
 //! [`ImportOptions::max_bytes`] (counted over every layer of the source,
-//! before writing them to the spool).
+//! before writing them to the spool). Reading an OCI layout directory only
+//! opens `oci-layout`, `index.json` and `blobs/sha256/<64 hex digits>`
+//! built from validated digests, and follows no symlink there. PAX global
+//! headers are ignored.
 //!
-//! Bounded: a GNU long-name or long-link header or a PAX extended header
-//! (each held in memory whole) over [`EXTENSION_MAX`] is refused from the
-//! size its header claims, before it is read, naming it and the member
-//! before it. A compressed `docker save` or OCI tar is decompressed to an
-//! anonymous temporary file (unlinked from the start, so it goes with the
-//! process) of at most [`ImportOptions::max_bytes`], counted while
-//! decompressing; the regular files of the trees are spooled under the same
-//! budget, so one source writes at most twice `max_bytes` to `$TMPDIR`. Reading an OCI layout directory only opens `oci-layout`,
-//! `index.json` and `blobs/sha256/<64 hex digits>` built from validated
-//! digests, and follows no symlink there. PAX global headers are ignored.
+//! Bounded, so a few KiB of gzip cannot demand GiBs of memory or disk: a GNU
+//! long-name or long-link header or a PAX extended header (each held in
+//! memory whole) over [`EXTENSION_MAX`] is refused from the size its header
+//! claims, before it is read, naming it and the member before it; a source
+//! with more than [`ImportOptions::max_entries`] members (over all its
+//! layers; each costs memory in the tree) is refused. A compressed `docker
+//! save` or OCI tar is decompressed to an anonymous temporary file (unlinked
+//! from the start, so it goes with the process) of at most
+//! [`ImportOptions::max_bytes`], counted while decompressing; the regular
+//! files of the trees are spooled under the same budget, so one source
+//! writes at most twice `max_bytes` to `$TMPDIR`.
 
 mod archive;
 mod image;
@@ -132,6 +136,10 @@ impl std::fmt::Display for Extension {
     }
 }
 
+/// The default of [`ImportOptions::max_entries`]: 1 Mi members, several
+/// times the files of a full distribution's root filesystem.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 20;
+
 /// How to import a source.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -146,11 +154,14 @@ pub struct ImportOptions {
     /// compressed image archive is decompressed into, counted while
     /// decompressing. Default [`DEFAULT_MAX_BYTES`].
     pub max_bytes: u64,
+    /// Refuse a source with more members than this (over all its layers,
+    /// and in an image archive itself). Default [`DEFAULT_MAX_ENTRIES`].
+    pub max_entries: u64,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { flatten: false, platform: None, max_bytes: DEFAULT_MAX_BYTES }
+        ImportOptions { flatten: false, platform: None, max_bytes: DEFAULT_MAX_BYTES, max_entries: DEFAULT_MAX_ENTRIES }
     }
 }
 
@@ -374,6 +385,16 @@ pub enum ImportError {
         /// The attribute.
         name: String,
     },
+    /// More members than [`ImportOptions::max_entries`].
+    #[error("{archive}: member {member}: more than {max} members")]
+    TooManyEntries {
+        /// What was read.
+        archive: String,
+        /// The member that went over.
+        member: String,
+        /// The limit.
+        max: u64,
+    },
     /// The files add up to more than [`ImportOptions::max_bytes`].
     #[error("{archive}: member {member}: the files add up to more than the {max} byte limit")]
     TooLarge {
@@ -478,7 +499,7 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     let label = source.display().to_string();
     let io_err = |error| ImportError::Io { path: source.to_owned(), error };
     let md = fs::metadata(source).map_err(io_err)?;
-    let mut budget = Budget::new(opts.max_bytes);
+    let mut budget = Budget::new(opts.max_bytes, opts.max_entries);
     if md.is_dir() {
         if !fs::symlink_metadata(source.join("oci-layout")).map(|m| m.is_file()).unwrap_or(false) {
             return Err(ImportError::NotAnArchive { archive: label });
@@ -496,14 +517,14 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     };
     let whole = || archive::Range::new(&file, 0, len);
     let index = match compression {
-        Compression::None => Some(archive::Index::build(&file, len, &label)?),
+        Compression::None => Some(archive::Index::build(&file, len, &label, opts.max_entries)?),
         Compression::Gzip | Compression::Zstd => {
             // Only an image needs random access: look at the names first,
             // decompress to a temporary file only for an image.
             if archive::looks_like_image(&mut whole(), &label)? {
                 let tmp = stream::decompress_to_temp(&mut whole(), &label, opts.max_bytes)?;
                 let tmp_len = tmp.metadata().map_err(ImportError::Spool)?.len();
-                Some(archive::Index::build(&tmp, tmp_len, &label)?)
+                Some(archive::Index::build(&tmp, tmp_len, &label, opts.max_entries)?)
             } else {
                 None
             }

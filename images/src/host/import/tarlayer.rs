@@ -35,12 +35,15 @@ pub(super) enum Whiteouts {
 pub(super) struct Budget {
     max: u64,
     used: u64,
+    /// [`super::ImportOptions::max_entries`].
+    max_entries: u64,
+    entries: u64,
 }
 
 impl Budget {
-    /// A budget of `max` bytes.
-    pub(super) fn new(max: u64) -> Self {
-        Budget { max, used: 0 }
+    /// A budget of `max` bytes and `max_entries` members.
+    pub(super) fn new(max: u64, max_entries: u64) -> Self {
+        Budget { max, used: 0, max_entries, entries: 0 }
     }
 }
 
@@ -204,6 +207,10 @@ fn add_member(
     let label = walk.label;
     let raw = entry.path_bytes();
     let member = lossy(&raw);
+    budget.entries += 1;
+    if budget.entries > budget.max_entries {
+        return Err(ImportError::TooManyEntries { archive: label.to_owned(), member, max: budget.max_entries });
+    }
     let ty = entry.entry.header().entry_type();
     let unsupported =
         |what: String| ImportError::Unsupported { archive: label.to_owned(), member: member.clone(), what };

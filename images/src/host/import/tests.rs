@@ -1036,3 +1036,25 @@ fn default_budget() {
     assert_eq!(ImportOptions::default().max_bytes, 4 << 30);
     assert_eq!(LayerOptions::default().max_bytes, DEFAULT_MAX_BYTES);
 }
+
+#[test]
+fn member_count_is_bounded() {
+    let mut b = Tb::new();
+    for i in 0..5 {
+        b.file(&format!("f{i}"), b"");
+    }
+    let tar = b.finish();
+    let e = import_bytes(&tar, &ImportOptions { max_entries: 4, ..Default::default() });
+    assert!(matches!(&e, Err(ImportError::TooManyEntries { member, max: 4, .. }) if member == "f4"), "{e:?}");
+    assert!(import_bytes(&tar, &ImportOptions { max_entries: 5, ..Default::default() }).is_ok());
+    // Counted over all layers of an image, and in the image archive itself.
+    let image = docker_save(&[tar.clone(), tar]);
+    let e = import_bytes(&image, &ImportOptions { max_entries: 9, ..Default::default() });
+    assert!(
+        matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if archive.contains("layer 2 of 2")),
+        "{e:?}"
+    );
+    let e = import_bytes(&image, &ImportOptions { max_entries: 3, ..Default::default() });
+    assert!(matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if !archive.contains("layer")), "{e:?}");
+    assert_eq!(ImportOptions::default().max_entries, 1 << 20);
+}
