@@ -252,8 +252,10 @@ pub(super) type Decoded<'a> = Tap<Box<dyn Read + 'a>>;
 pub(super) const EXT_MAX: u64 = super::EXTENSION_MAX;
 
 /// One tar member with the extension headers before it (GNU long name,
-/// GNU long link, PAX extended header) applied, as the `tar` crate would
-/// apply them, but read under [`EXT_MAX`].
+/// GNU long link, PAX extended header) applied as the `tar` crate applies
+/// them (`path`, `linkpath`, `uid`, `gid`; a record repeated in one header:
+/// the last, as POSIX and Go's `archive/tar` read it), but read under
+/// [`EXT_MAX`].
 pub(super) struct Member<'m, 'e, R: Read> {
     /// The member itself (its header and data).
     pub entry: &'m mut tar::Entry<'e, R>,
