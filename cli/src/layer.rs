@@ -21,9 +21,11 @@ pub enum LayerCommand {
     /// become overlayfs whiteouts so the device stacks them as Docker does.
     /// With --flatten an image gives one merged layer.
     ///
-    /// Owners, modes, xattrs, symlinks, hard links and device nodes are
-    /// kept; timestamps are set to 0 and entries sorted, so the same source
-    /// always gives the same bytes and digest.
+    /// Owners, modes, xattrs, symlinks, hard links and FIFOs are kept;
+    /// device nodes (other than overlay whiteouts, character devices 0:0)
+    /// and overlayfs xattrs (trusted.overlay.*) are refused. Timestamps are
+    /// set to 0 and entries sorted, so the same source always gives the
+    /// same bytes and digest.
     Build {
         /// Directory, tar archive, docker save archive or OCI layout.
         source: PathBuf,
@@ -36,9 +38,13 @@ pub enum LayerCommand {
         /// Platform of a multi-platform image, e.g. linux/arm64.
         #[arg(long)]
         platform: Option<String>,
-        /// Refuse sources whose files add up to more than this (e.g. 512M).
-        #[arg(long, value_parser = parse_size_arg)]
-        max_size: Option<u64>,
+        /// Refuse an archive or image whose files add up to more than this
+        /// (e.g. 512M); also the most a compressed image archive may
+        /// decompress to in $TMPDIR. The default, 4G, is far above any
+        /// layer an embedded device holds, and bounds what a hostile
+        /// archive can make the build write.
+        #[arg(long, value_parser = parse_size_arg, default_value = "4G")]
+        max_size: u64,
         /// Refuse a layer image larger than a layer slot of this size (e.g. 16M).
         #[arg(long, value_parser = parse_size_arg)]
         slot_size: Option<u64>,
@@ -71,4 +77,27 @@ pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
         progress.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: LayerCommand,
+    }
+
+    #[test]
+    fn max_size_defaults_to_the_library_default() {
+        let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o"]).map_err(|e| e.to_string());
+        let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(max_size, cairn_images::host::import::DEFAULT_MAX_BYTES);
+        assert_eq!(max_size, 4 << 30);
+        let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o", "--max-size", "512M"]);
+        let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };
+        assert_eq!(max_size, 512 << 20);
+    }
 }

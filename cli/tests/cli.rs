@@ -123,6 +123,23 @@ fn layers_are_reproducible_and_bad_archives_leave_nothing() {
     fails(&["layer", "build", "bad.tar.gz", "--out", "bad.squashfs"], d.path());
     assert!(!d.path().join("bad.squashfs").exists());
 
+    // A block device (the boot disk's numbers): refused, naming the member.
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Block);
+    h.set_size(0);
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_device_major(254).unwrap_or_else(|e| panic!("{e}"));
+    h.set_device_minor(0).unwrap_or_else(|e| panic!("{e}"));
+    t.append_data(&mut h, "dev/vda", &b""[..]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("dev.tar"), t.into_inner().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let err = fails(&["layer", "build", "dev.tar", "--out", "dev.squashfs"], d.path());
+    assert!(err.contains("dev.tar: member dev/vda: block device 254:0"), "{err}");
+    assert!(!d.path().join("dev.squashfs").exists());
+
     // Larger than the slot.
     write(d.path().join("big/blob"), "x"); // tiny source, tiny slot
     let err = fails(&["layer", "build", "big", "--out", "big.squashfs", "--slot-size", "1K"], d.path());

@@ -6,6 +6,13 @@
 //! whiteouts so the device's overlay stacks them as Docker would), or one
 //! flattened layer. Output is all or nothing: when one layer fails, the
 //! layers this call already wrote are removed again.
+//!
+//! What a layer may hold is the same from every source: no device node but
+//! the overlayfs whiteout (a character device 0/0), and no overlayfs xattr
+//! but the opaque marker. A directory may already be in the overlay format
+//! (an upper directory), so `trusted.overlay.opaque=y` on a directory is
+//! kept from one; archives spell opaque directories `.wh..wh..opq` (see
+//! [`import`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,19 +21,27 @@ use crate::digest::Digest;
 use crate::host::import::{self, ImportError, ImportOptions};
 use crate::host::scan::{self, ScanError};
 use crate::host::squashfs::{self, SquashfsError};
-use crate::host::tree::Tree;
+use crate::host::tree::{Forbidden, Tree};
 
 /// Options of a layer build.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LayerOptions {
     /// Merge an image's layers into one.
     pub flatten: bool,
     /// Which platform of a multi-platform image ("linux/arm64").
     pub platform: Option<String>,
-    /// Refuse a source whose files add up to more than this.
-    pub max_bytes: Option<u64>,
+    /// Refuse an archive or image source whose files add up to more than
+    /// this (also the budget for decompressing a compressed image archive
+    /// to a temporary file). Default [`import::DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
     /// Refuse a layer image larger than this (a layer slot's size).
     pub max_image_bytes: Option<u64>,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions { flatten: false, platform: None, max_bytes: import::DEFAULT_MAX_BYTES, max_image_bytes: None }
+    }
 }
 
 /// One layer image written.
@@ -56,6 +71,30 @@ pub enum LayerError {
     /// Writing an image.
     #[error(transparent)]
     Write(#[from] SquashfsError),
+    /// A directory source holding a character or block device other than
+    /// a whiteout (a character device 0/0).
+    #[error(
+        "{path}: {kind} {major}:{minor}: layers may not hold device nodes (only whiteouts, character devices 0:0)"
+    )]
+    Device {
+        /// The file.
+        path: PathBuf,
+        /// `character device` or `block device`.
+        kind: &'static str,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A directory source with an overlayfs xattr other than
+    /// `trusted.overlay.opaque=y` on a directory.
+    #[error("{path}: extended attribute {name} is overlayfs metadata and is refused (only trusted.overlay.opaque=y on a directory is kept)")]
+    OverlayXattr {
+        /// The file.
+        path: PathBuf,
+        /// The attribute.
+        name: String,
+    },
     /// The source does not exist.
     #[error("{0}: no such file or directory")]
     Missing(PathBuf),
@@ -115,12 +154,34 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "layer".to_owned());
     if source.is_dir() && !source.join("oci-layout").exists() {
-        return Ok(vec![(stem, None, scan::scan_dir(source)?)]);
+        let tree = scan::scan_dir(source)?;
+        check_dir_tree(source, &tree)?;
+        return Ok(vec![(stem, None, tree)]);
     }
-    let iopts = ImportOptions { flatten: opts.flatten, platform: opts.platform.clone(), max_bytes: opts.max_bytes };
+    let iopts = ImportOptions {
+        flatten: opts.flatten,
+        platform: opts.platform.clone(),
+        max_bytes: opts.max_bytes,
+        ..ImportOptions::default()
+    };
     let layers = import::import(source, &iopts)?;
     let single = layers.len() == 1;
     Ok(layers.into_iter().map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree)).collect())
+}
+
+/// Refuse a tree read from the directory `source` that holds what a layer
+/// may not: device nodes other than whiteouts, overlayfs xattrs other than
+/// the opaque marker (a directory may already be in the overlay format).
+fn check_dir_tree(source: &Path, tree: &Tree) -> Result<(), LayerError> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some((rel, what)) = tree.layer_violation() else { return Ok(()) };
+    let path = source.join(std::ffi::OsStr::from_bytes(&rel));
+    Err(match what {
+        Forbidden::Device { kind, major, minor } => LayerError::Device { path, kind, major, minor },
+        Forbidden::OverlayXattr(name) => {
+            LayerError::OverlayXattr { path, name: String::from_utf8_lossy(&name).into_owned() }
+        }
+    })
 }
 
 /// Build the layer images of `source`. One layer goes to the file `out`;

@@ -9,6 +9,10 @@
 //! files are not read: they become [`FileData::Host`] with the size seen
 //! now, read when the image is written. Timestamps are not recorded.
 //!
+//! This is a faithful reader: what a layer may not hold (device nodes,
+//! overlayfs xattrs) is refused by the layer builder
+//! ([`crate::host::layer`]), not here.
+//!
 //! The root directory may be given through a symlink; below it nothing is
 //! followed, and no other filesystem is skipped (mount points are read as
 //! ordinary directories).

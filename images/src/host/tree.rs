@@ -174,6 +174,54 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     Ok(out)
 }
 
+/// Whether `name` is an overlayfs xattr, one overlayfs reads from a lower
+/// layer: `trusted.overlay.*` (or `user.overlay.*` on a `userxattr`
+/// mount). Such data from a source could redirect a directory, make a file
+/// a metacopy of another, or claim an origin.
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+}
+
+/// Something a layer may not hold, found by [`Tree::layer_violation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forbidden {
+    /// A character or block device other than a whiteout (a character
+    /// device 0/0).
+    Device {
+        /// `character device` or `block device`.
+        kind: &'static str,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// An overlayfs xattr other than `trusted.overlay.opaque=y` on a
+    /// directory.
+    OverlayXattr(Vec<u8>),
+}
+
+/// What a layer may hold, as a device's overlay reads it: no device node
+/// but the whiteout (a character device 0/0), and no overlayfs xattr but
+/// the opaque marker `trusted.overlay.opaque=y` on a directory.
+pub fn layer_violation(inode: &Inode) -> Option<Forbidden> {
+    match inode.kind {
+        Kind::CharDevice { major: 0, minor: 0 } => {}
+        Kind::CharDevice { major, minor } => return Some(Forbidden::Device { kind: "character device", major, minor }),
+        Kind::BlockDevice { major, minor } => return Some(Forbidden::Device { kind: "block device", major, minor }),
+        _ => {}
+    }
+    let is_dir = matches!(inode.kind, Kind::Dir(_));
+    inode
+        .meta
+        .xattrs
+        .iter()
+        .find(|(name, value)| {
+            is_overlay_xattr(name)
+                && !(is_dir && name.as_slice() == b"trusted.overlay.opaque" && value.as_slice() == b"y")
+        })
+        .map(|(name, _)| Forbidden::OverlayXattr(name.clone()))
+}
+
 /// A whole filesystem tree. Inode [`ROOT`] is the root directory.
 #[derive(Debug)]
 pub struct Tree {
@@ -336,6 +384,28 @@ impl Tree {
         out
     }
 
+    /// The first (by path) reachable inode a layer may not hold (see
+    /// [`layer_violation`]), with its path.
+    pub fn layer_violation(&self) -> Option<(Vec<u8>, Forbidden)> {
+        let mut seen = vec![false; self.inodes.len()];
+        let mut stack: Vec<(InodeId, Vec<u8>)> = vec![(ROOT, Vec::new())];
+        while let Some((id, path)) = stack.pop() {
+            if std::mem::replace(&mut seen[id], true) {
+                continue;
+            }
+            if let Some(f) = layer_violation(&self.inodes[id]) {
+                return Some((path, f));
+            }
+            if let Kind::Dir(m) = &self.inodes[id].kind {
+                for (name, child) in m.iter().rev() {
+                    let p = if path.is_empty() { name.clone() } else { [&path[..], b"/", name].concat() };
+                    stack.push((*child, p));
+                }
+            }
+        }
+        None
+    }
+
     /// How many names each inode has (its link count, for non-directories).
     pub fn link_counts(&self) -> Vec<u32> {
         let mut n = vec![0u32; self.inodes.len()];
@@ -392,5 +462,42 @@ mod tests {
         assert!(!t.reachable().contains(&f));
         assert_eq!(t.remove(b"nope/x").unwrap(), None);
         assert!(t.mkdir_all(b"etc/cert-link/x", &d).is_err());
+    }
+
+    #[test]
+    fn layer_violations() {
+        let dev = |kind| Inode { meta: Meta::default(), kind };
+        let d = Meta { mode: 0o755, ..Meta::default() };
+        let mut t = Tree::new(d.clone());
+        t.mkdir_all(b"a/b", &d).unwrap();
+        t.insert(b"a/b/gone", dev(Kind::CharDevice { major: 0, minor: 0 })).unwrap();
+        t.insert(b"a/fifo", dev(Kind::Fifo)).unwrap();
+        let b = t.lookup(b"a/b").unwrap().unwrap();
+        t.inode_mut(b).meta.xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
+        t.inode_mut(b).meta.xattrs.insert(b"trusted.other".to_vec(), b"z".to_vec());
+        assert_eq!(t.layer_violation(), None, "whiteouts, FIFOs and opaque directories are fine");
+        let disk = t.insert(b"a/b/disk", dev(Kind::BlockDevice { major: 254, minor: 0 })).unwrap();
+        let want = Forbidden::Device { kind: "block device", major: 254, minor: 0 };
+        assert_eq!(t.layer_violation(), Some((b"a/b/disk".to_vec(), want)));
+        t.inode_mut(disk).kind = Kind::CharDevice { major: 0, minor: 1 };
+        let want = Forbidden::Device { kind: "character device", major: 0, minor: 1 };
+        assert_eq!(t.layer_violation(), Some((b"a/b/disk".to_vec(), want)));
+        t.remove(b"a/b/disk").unwrap();
+        let f = t.insert(b"a/f", file(1)).unwrap();
+        t.inode_mut(f).meta.xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
+        let want = Forbidden::OverlayXattr(b"trusted.overlay.opaque".to_vec());
+        assert_eq!(t.layer_violation(), Some((b"a/f".to_vec(), want)), "opaque only on a directory");
+        t.inode_mut(f).meta.xattrs.clear();
+        t.inode_mut(b).meta.xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"x".to_vec());
+        assert!(t.layer_violation().is_some(), "opaque only as y");
+        t.inode_mut(b).meta.xattrs.clear();
+        t.inode_mut(ROOT).meta.xattrs.insert(b"trusted.overlay.redirect".to_vec(), b"/x".to_vec());
+        assert_eq!(
+            t.layer_violation(),
+            Some((Vec::new(), Forbidden::OverlayXattr(b"trusted.overlay.redirect".to_vec())))
+        );
+        t.inode_mut(ROOT).meta.xattrs.clear();
+        t.inode_mut(f).meta.xattrs.insert(b"user.overlay.metacopy".to_vec(), Vec::new());
+        assert!(t.layer_violation().is_some());
     }
 }

@@ -85,21 +85,31 @@ pub(super) fn normalise(path: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Index {
-    /// Read the headers of the tar file `file` (`len` bytes).
-    pub(super) fn build(file: &File, len: u64, label: &str) -> Result<Index, ImportError> {
+    /// Read the headers of the tar file `file` (`len` bytes), at most
+    /// `max_entries` of them.
+    pub(super) fn build(file: &File, len: u64, label: &str, max_entries: u64) -> Result<Index, ImportError> {
         let own = file.try_clone().map_err(|error| ImportError::Io { path: label.into(), error })?;
         let mut members = HashMap::new();
         let mut duplicate = None;
+        let mut count = 0u64;
         walk_tar(&mut Range::new(file, 0, len), label, &mut |entry, _walk| {
-            let raw = entry.path_bytes().into_owned();
+            let raw = entry.path_bytes();
             let shown = || String::from_utf8_lossy(&raw).into_owned();
+            count += 1;
+            if count > max_entries {
+                return Err(ImportError::TooManyEntries {
+                    archive: label.to_owned(),
+                    member: shown(),
+                    max: max_entries,
+                });
+            }
             let Some(path) = normalise(&raw) else {
                 return Err(ImportError::BadPath { archive: label.to_owned(), member: shown() });
             };
-            let link = || entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-            let member = match entry.header().entry_type() {
+            let link = || entry.link_name_bytes().unwrap_or_default();
+            let member = match entry.entry.header().entry_type() {
                 EntryType::Regular | EntryType::Continuous => {
-                    let (offset, size) = (entry.raw_file_position(), entry.size());
+                    let (offset, size) = (entry.entry.raw_file_position(), entry.entry.size());
                     if offset.checked_add(size).is_none_or(|end| end > len) {
                         return Err(ImportError::TruncatedMember { archive: label.to_owned(), member: shown() });
                     }

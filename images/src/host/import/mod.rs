@@ -32,7 +32,10 @@
 //!
 //! Kept per member: numeric owner (user and group names are ignored),
 //! `mode & 0o7777`, xattrs (PAX `SCHILY.xattr.*` records), symlinks (target
-//! bytes as given), hard links, character and block devices, FIFOs.
+//! bytes as given), hard links, FIFOs (a FIFO reaches no kernel object
+//! outside the container, so it is kept, as Docker, runc and crun keep it),
+//! and character devices 0/0 (what overlayfs reads as a whiteout; opening
+//! one fails with ENXIO).
 //! Timestamps are dropped. Directories missing from the archive are
 //! created with mode 0755 and owner 0:0; a later member for such a
 //! directory sets its metadata and keeps its children. Regular file data is
@@ -57,12 +60,32 @@
 //! archives (also a tar without its end-of-archive block) and members;
 //! corrupt gzip or zstd streams; xattrs outside the `user.`, `trusted.` and
 //! `security.` namespaces (`system.*`: squashfs cannot hold them; also PAX
-//! ACL records); GNU sparse members and other member types a tar can hold
-//! but a layer cannot; total file bytes over [`ImportOptions::max_bytes`]
-//! (counted over every layer of the source, before writing them to the
-//! spool). Reading an OCI layout directory only opens `oci-layout`,
-//! `index.json` and `blobs/sha256/<64 hex digits>` built from validated
-//! digests, and follows no symlink there. PAX global headers are ignored.
+//! ACL records); every other character device and every block device (a
+//! layer's device node would let container root open that device: the
+//! device's own boot disk, say; the overlay does not carry `nodev` through);
+//! overlayfs xattrs (`trusted.overlay.*`, and `user.overlay.*` which a
+//! `userxattr` overlay reads), so redirect, metacopy or origin data from an
+//! image is never honoured: the only one written is the importer's own
+//! `trusted.overlay.opaque=y` from `.wh..wh..opq`; GNU sparse members and
+//! other member types a tar can hold but a layer cannot; a PAX `size`
+//! record that differs from the header's size; total file bytes over
+//! [`ImportOptions::max_bytes`] (counted over every layer of the source,
+//! before writing them to the spool). Reading an OCI layout directory only
+//! opens `oci-layout`, `index.json` and `blobs/sha256/<64 hex digits>`
+//! built from validated digests, and follows no symlink there. PAX global
+//! headers are ignored.
+//!
+//! Bounded, so a few KiB of gzip cannot demand GiBs of memory or disk: a GNU
+//! long-name or long-link header or a PAX extended header (each held in
+//! memory whole) over [`EXTENSION_MAX`] is refused from the size its header
+//! claims, before it is read, naming it and the member before it; a source
+//! with more than [`ImportOptions::max_entries`] members (over all its
+//! layers; each costs memory in the tree) is refused. A compressed `docker
+//! save` or OCI tar is decompressed to an anonymous temporary file (unlinked
+//! from the start, so it goes with the process) of at most
+//! [`ImportOptions::max_bytes`], counted while decompressing; the regular
+//! files of the trees are spooled under the same budget, so one source
+//! writes at most twice `max_bytes` to `$TMPDIR`.
 
 mod archive;
 mod image;
@@ -80,8 +103,45 @@ use crate::host::tree::Tree;
 use self::stream::{Compression, Sniffed};
 use self::tarlayer::{Budget, Target, Whiteouts};
 
+/// The default of [`ImportOptions::max_bytes`] (and of `cairn layer build
+/// --max-size`): 4 GiB. A layer is stored on the device's layer partitions
+/// (tens to hundreds of MiB on an embedded appliance), so a source holding
+/// more than 4 GiB of files is a mistake or an attack; the limit is also
+/// what the importer may write to `$TMPDIR` for one source.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+
+/// The largest GNU long-name, GNU long-link or PAX extended header an
+/// archive may hold: 1 MiB (a path is at most 4 KiB on Linux; PAX records
+/// beyond paths are xattrs, whose values Linux caps at 64 KiB).
+pub const EXTENSION_MAX: u64 = 1 << 20;
+
+/// A tar extension header: what it is, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// GNU `L`: the next member's path.
+    GnuLongName,
+    /// GNU `K`: the next member's link target.
+    GnuLongLink,
+    /// PAX `x`: records for the next member.
+    Pax,
+}
+
+impl std::fmt::Display for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Extension::GnuLongName => "GNU long name",
+            Extension::GnuLongLink => "GNU long link",
+            Extension::Pax => "PAX extended header",
+        })
+    }
+}
+
+/// The default of [`ImportOptions::max_entries`]: 1 Mi members, several
+/// times the files of a full distribution's root filesystem.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 20;
+
 /// How to import a source.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Merge an image's layers into one tree, applying its whiteouts.
     pub flatten: bool,
@@ -90,8 +150,19 @@ pub struct ImportOptions {
     /// exactly one image (attestation manifests aside).
     pub platform: Option<String>,
     /// Refuse a source whose regular files add up to more than this many
-    /// bytes (over all its layers).
-    pub max_bytes: Option<u64>,
+    /// bytes (over all its layers). It also bounds the temporary file a
+    /// compressed image archive is decompressed into, counted while
+    /// decompressing. Default [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
+    /// Refuse a source with more members than this (over all its layers,
+    /// and in an image archive itself). Default [`DEFAULT_MAX_ENTRIES`].
+    pub max_entries: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { flatten: false, platform: None, max_bytes: DEFAULT_MAX_BYTES, max_entries: DEFAULT_MAX_ENTRIES }
+    }
 }
 
 /// One tree read from a source.
@@ -263,6 +334,67 @@ pub enum ImportError {
         /// Why.
         reason: &'static str,
     },
+    /// A GNU long-name or long-link header or a PAX extended header larger
+    /// than [`EXTENSION_MAX`] (such a header is read into memory whole).
+    #[error("{archive}: member {member}{}: {what} of {size} bytes, over the {} byte cap", after_member(.after), EXTENSION_MAX)]
+    ExtensionTooLarge {
+        /// What was read.
+        archive: String,
+        /// The extension header's own name (`././@LongLink`, `PaxHeaders/...`).
+        member: String,
+        /// The last complete member before it, if any.
+        after: Option<String>,
+        /// Which kind of extension header.
+        what: Extension,
+        /// The size the header claims.
+        size: u64,
+    },
+    /// A compressed image archive that decompresses to more than the budget
+    /// ([`ImportOptions::max_bytes`]).
+    #[error("{archive}: decompresses to more than the {max} byte budget (--max-size); the temporary file was removed")]
+    TempTooLarge {
+        /// What was read.
+        archive: String,
+        /// The budget.
+        max: u64,
+    },
+    /// A character or block device other than an overlay whiteout (a
+    /// character device 0/0).
+    #[error("{archive}: member {member}: {kind} {major}:{minor}: layers may not hold device nodes (only whiteouts, character devices 0:0)")]
+    Device {
+        /// What was read.
+        archive: String,
+        /// The member.
+        member: String,
+        /// `character device` or `block device`.
+        kind: &'static str,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// An overlayfs xattr (`trusted.overlay.*`, `user.overlay.*`) in an
+    /// archive: overlayfs would honour it (redirects, metacopy, origin) in a
+    /// lower layer.
+    #[error("{archive}: member {member}: extended attribute {name} is overlayfs metadata and is refused (opaque directories are written as .wh..wh..opq)")]
+    OverlayXattr {
+        /// What was read.
+        archive: String,
+        /// The member.
+        member: String,
+        /// The attribute.
+        name: String,
+    },
+    /// More members than [`ImportOptions::max_entries`].
+    #[error("{archive}: member {member}: more than {max} members")]
+    TooManyEntries {
+        /// What was read.
+        archive: String,
+        /// The member that went over.
+        member: String,
+        /// The limit.
+        max: u64,
+    },
     /// The files add up to more than [`ImportOptions::max_bytes`].
     #[error("{archive}: member {member}: the files add up to more than the {max} byte limit")]
     TooLarge {
@@ -367,7 +499,7 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     let label = source.display().to_string();
     let io_err = |error| ImportError::Io { path: source.to_owned(), error };
     let md = fs::metadata(source).map_err(io_err)?;
-    let mut budget = Budget::new(opts.max_bytes);
+    let mut budget = Budget::new(opts.max_bytes, opts.max_entries);
     if md.is_dir() {
         if !fs::symlink_metadata(source.join("oci-layout")).map(|m| m.is_file()).unwrap_or(false) {
             return Err(ImportError::NotAnArchive { archive: label });
@@ -385,14 +517,14 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     };
     let whole = || archive::Range::new(&file, 0, len);
     let index = match compression {
-        Compression::None => Some(archive::Index::build(&file, len, &label)?),
+        Compression::None => Some(archive::Index::build(&file, len, &label, opts.max_entries)?),
         Compression::Gzip | Compression::Zstd => {
             // Only an image needs random access: look at the names first,
             // decompress to a temporary file only for an image.
             if archive::looks_like_image(&mut whole(), &label)? {
-                let tmp = stream::decompress_to_temp(&mut whole(), &label)?;
+                let tmp = stream::decompress_to_temp(&mut whole(), &label, opts.max_bytes)?;
                 let tmp_len = tmp.metadata().map_err(ImportError::Spool)?.len();
-                Some(archive::Index::build(&tmp, tmp_len, &label)?)
+                Some(archive::Index::build(&tmp, tmp_len, &label, opts.max_entries)?)
             } else {
                 None
             }

@@ -13,7 +13,7 @@ use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 use sha2::{Digest as _, Sha256};
 
-use super::ImportError;
+use super::{Extension, ImportError};
 
 /// How a tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,9 +247,94 @@ impl<R: Read> Read for Tap<R> {
 /// The decoded stream a tar archive is read from.
 pub(super) type Decoded<'a> = Tap<Box<dyn Read + 'a>>;
 
+/// The largest GNU long-name, GNU long-link or PAX extended header read
+/// (each is held in memory whole, so it is capped before it is read).
+pub(super) const EXT_MAX: u64 = super::EXTENSION_MAX;
+
+/// One tar member with the extension headers before it (GNU long name,
+/// GNU long link, PAX extended header) applied as the `tar` crate applies
+/// them (`path`, `linkpath`, `uid`, `gid`; a record repeated in one header:
+/// the last, as POSIX and Go's `archive/tar` read it), but read under
+/// [`EXT_MAX`].
+pub(super) struct Member<'m, 'e, R: Read> {
+    /// The member itself (its header and data).
+    pub entry: &'m mut tar::Entry<'e, R>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+/// A GNU long name or link without its trailing NUL.
+fn strip_nul(b: &[u8]) -> &[u8] {
+    b.strip_suffix(b"\0").unwrap_or(b)
+}
+
+impl<R: Read> Member<'_, '_, R> {
+    /// The member's path: the GNU long name, else the PAX `path`, else the
+    /// header's.
+    pub(super) fn path_bytes(&self) -> Vec<u8> {
+        if let Some(n) = &self.long_name {
+            return strip_nul(n).to_vec();
+        }
+        if let Some(p) = self.pax_value(b"path") {
+            return p.to_vec();
+        }
+        self.entry.header().path_bytes().into_owned()
+    }
+
+    /// The link target: the GNU long link, else the PAX `linkpath`, else
+    /// the header's.
+    pub(super) fn link_name_bytes(&self) -> Option<Vec<u8>> {
+        if let Some(n) = &self.long_link {
+            return Some(strip_nul(n).to_vec());
+        }
+        if let Some(p) = self.pax_value(b"linkpath") {
+            return Some(p.to_vec());
+        }
+        self.entry.header().link_name_bytes().map(|l| l.into_owned())
+    }
+
+    /// The PAX records of the member, if it has a PAX extended header.
+    pub(super) fn pax_extensions(&self) -> Option<tar::PaxExtensions<'_>> {
+        self.pax.as_deref().map(tar::PaxExtensions::new)
+    }
+
+    /// The value of the PAX record `key` (the last one if repeated).
+    fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax_extensions()?.filter_map(Result::ok).filter(|r| r.key_bytes() == key).last().map(|r| r.value_bytes())
+    }
+
+    /// A numeric PAX record (`uid`, `gid`, `size`): `Err` if it is there
+    /// but not a decimal number.
+    fn pax_number(&self, key: &[u8]) -> io::Result<Option<u64>> {
+        let Some(v) = self.pax_value(key) else { return Ok(None) };
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "PAX record is not a number"))
+    }
+
+    /// The owner: the PAX `uid`, else the header's.
+    pub(super) fn uid(&self) -> io::Result<u64> {
+        match self.pax_number(b"uid")? {
+            Some(v) => Ok(v),
+            None => self.entry.header().uid(),
+        }
+    }
+
+    /// The group: the PAX `gid`, else the header's.
+    pub(super) fn gid(&self) -> io::Result<u64> {
+        match self.pax_number(b"gid")? {
+            Some(v) => Ok(v),
+            None => self.entry.header().gid(),
+        }
+    }
+}
+
 /// What [`walk_tar`] calls for every member.
 pub(super) type Visit<'v> =
-    dyn FnMut(&mut tar::Entry<'_, &mut Decoded<'_>>, &mut Walk<'_>) -> Result<(), ImportError> + 'v;
+    dyn FnMut(&mut Member<'_, '_, &mut Decoded<'_>>, &mut Walk<'_>) -> Result<(), ImportError> + 'v;
 
 /// Context for the visitor of [`walk_tar`]: turns read errors into
 /// [`ImportError`]s.
@@ -329,11 +414,26 @@ pub(super) fn walk_tar(raw: &mut dyn Read, label: &str, visit: &mut Visit<'_>) -
         let mut walk = Walk { label, compression, status: stream.status.clone(), last: None };
         {
             let mut archive = tar::Archive::new(&mut stream);
-            let entries = archive.entries().map_err(|e| walk.archive_error(e))?;
+            // Raw: the extension headers come as members of their own, so
+            // they can be capped before they are read (the crate would read
+            // them whole, whatever size they claim).
+            let entries = archive.entries().map_err(|e| walk.archive_error(e))?.raw(true);
+            let mut pending = Pending::default();
             for entry in entries {
                 let mut entry = entry.map_err(|e| walk.archive_error(e))?;
-                visit(&mut entry, &mut walk)?;
-                walk.last = Some(String::from_utf8_lossy(&entry.path_bytes()).into_owned());
+                if pending.take_extension(&mut entry, &walk)? {
+                    continue;
+                }
+                let mut member = pending.apply(&mut entry, &walk)?;
+                visit(&mut member, &mut walk)?;
+                walk.last = Some(String::from_utf8_lossy(&member.path_bytes()).into_owned());
+            }
+            if !pending.is_empty() {
+                return Err(ImportError::Malformed {
+                    archive: label.to_owned(),
+                    after: walk.last.clone(),
+                    error: io::Error::new(io::ErrorKind::InvalidData, "extension header with no member after it"),
+                });
             }
         }
         if walk.status.eof.get() {
@@ -348,8 +448,106 @@ pub(super) fn walk_tar(raw: &mut dyn Read, label: &str, visit: &mut Visit<'_>) -
     Ok(Digests { raw: raw_digest, raw_len, tar: tar_digest })
 }
 
-/// Decompress the whole of `raw` into an anonymous temporary file.
-pub(super) fn decompress_to_temp(raw: &mut dyn Read, label: &str) -> Result<File, ImportError> {
+/// Extension headers read and not yet applied to a member.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
+    }
+
+    /// If `entry` is an extension header (GNU `L` or `K`, PAX `x`, in a GNU
+    /// or ustar header, as the `tar` crate reads them), read it (refusing
+    /// one over [`EXT_MAX`] before reading it) and return true. A GNU
+    /// sparse member is refused here: its extension blocks are not
+    /// accounted for in raw reading.
+    fn take_extension<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, walk: &Walk<'_>) -> Result<bool, ImportError> {
+        let header = entry.header();
+        let ty = header.entry_type();
+        let name = || String::from_utf8_lossy(&header.path_bytes()).into_owned();
+        if ty.is_gnu_sparse() {
+            return Err(ImportError::Unsupported {
+                archive: walk.label.to_owned(),
+                member: name(),
+                what: "a GNU sparse file".into(),
+            });
+        }
+        if header.as_gnu().is_none() && header.as_ustar().is_none() {
+            return Ok(false);
+        }
+        let (slot, what) = if ty.is_gnu_longname() {
+            (&mut self.long_name, Extension::GnuLongName)
+        } else if ty.is_gnu_longlink() {
+            (&mut self.long_link, Extension::GnuLongLink)
+        } else if ty.is_pax_local_extensions() {
+            (&mut self.pax, Extension::Pax)
+        } else {
+            return Ok(false);
+        };
+        let member = name();
+        if slot.is_some() {
+            return Err(ImportError::Malformed {
+                archive: walk.label.to_owned(),
+                after: walk.last.clone(),
+                error: io::Error::new(io::ErrorKind::InvalidData, format!("two {what}s for one member ({member})")),
+            });
+        }
+        let size = entry.size();
+        if size > EXT_MAX {
+            return Err(ImportError::ExtensionTooLarge {
+                archive: walk.label.to_owned(),
+                member,
+                after: walk.last.clone(),
+                what,
+                size,
+            });
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry.take(EXT_MAX).read_to_end(&mut data).map_err(|e| walk.member_error(e, &member))?;
+        if data.len() as u64 != size {
+            return Err(ImportError::TruncatedMember { archive: walk.label.to_owned(), member });
+        }
+        *slot = Some(data);
+        Ok(true)
+    }
+
+    /// The member `entry` with the pending extension headers applied
+    /// (leaving none pending). A PAX `size` record that differs from the
+    /// header's size is refused: raw reading steps over the header's size,
+    /// and two readings of one archive must not differ.
+    fn apply<'m, 'e, R: Read>(
+        &mut self,
+        entry: &'m mut tar::Entry<'e, R>,
+        walk: &Walk<'_>,
+    ) -> Result<Member<'m, 'e, R>, ImportError> {
+        let member =
+            Member { entry, long_name: self.long_name.take(), long_link: self.long_link.take(), pax: self.pax.take() };
+        let shown = || String::from_utf8_lossy(&member.path_bytes()).into_owned();
+        let header_size = member.entry.header().entry_size().map_err(|e| walk.archive_error(e))?;
+        match member.pax_number(b"size") {
+            Ok(None) => {}
+            Ok(Some(s)) if s == header_size => {}
+            Ok(Some(_)) | Err(_) => {
+                return Err(ImportError::Unsupported {
+                    archive: walk.label.to_owned(),
+                    member: shown(),
+                    what: "a PAX size record that differs from the header's size".into(),
+                })
+            }
+        }
+        Ok(member)
+    }
+}
+
+/// Decompress the whole of `raw` into an anonymous temporary file, at most
+/// `max` bytes of it: a stream that decompresses to more is refused as soon
+/// as it passes `max`, and the file (unlinked from the start) goes with it.
+pub(super) fn decompress_to_temp(raw: &mut dyn Read, label: &str, max: u64) -> Result<File, ImportError> {
     let io_err = |error| ImportError::Io { path: label.into(), error };
     let head = read_head(raw, 8).map_err(io_err)?;
     let compression = compression_of(&head)
@@ -359,6 +557,7 @@ pub(super) fn decompress_to_temp(raw: &mut dyn Read, label: &str) -> Result<File
         .map_err(|e| decode_error(label, compression, e, None))?;
     let mut out = io::BufWriter::new(tempfile::tempfile().map_err(ImportError::Spool)?);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
     loop {
         let n = match decoded.read(&mut buf) {
             Ok(0) => break,
@@ -366,6 +565,10 @@ pub(super) fn decompress_to_temp(raw: &mut dyn Read, label: &str) -> Result<File
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(decode_error(label, compression, e, None)),
         };
+        written = written.saturating_add(n as u64);
+        if written > max {
+            return Err(ImportError::TempTooLarge { archive: label.to_owned(), max });
+        }
         out.write_all(&buf[..n]).map_err(ImportError::Spool)?;
     }
     out.into_inner().map_err(|e| ImportError::Spool(e.into_error()))

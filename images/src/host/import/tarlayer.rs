@@ -6,9 +6,9 @@ use std::io::{self, BufWriter, Read, Write};
 
 use tar::EntryType;
 
-use super::stream::{walk_tar, Decoded, Digests, Walk};
+use super::stream::{walk_tar, Decoded, Digests, Member, Walk};
 use super::ImportError;
-use crate::host::tree::{check_name, components, FileData, Inode, InodeId, Kind, Meta, Tree, ROOT};
+use crate::host::tree::{check_name, components, is_overlay_xattr, FileData, Inode, InodeId, Kind, Meta, Tree, ROOT};
 
 /// The whiteout marker prefix of OCI (and aufs) layers.
 const WH: &[u8] = b".wh.";
@@ -33,14 +33,17 @@ pub(super) enum Whiteouts {
 /// The byte budget of a whole source ([`super::ImportOptions::max_bytes`]).
 #[derive(Debug)]
 pub(super) struct Budget {
-    max: Option<u64>,
+    max: u64,
     used: u64,
+    /// [`super::ImportOptions::max_entries`].
+    max_entries: u64,
+    entries: u64,
 }
 
 impl Budget {
-    /// A budget of `max` bytes (unlimited for `None`).
-    pub(super) fn new(max: Option<u64>) -> Self {
-        Budget { max, used: 0 }
+    /// A budget of `max` bytes and `max_entries` members.
+    pub(super) fn new(max: u64, max_entries: u64) -> Self {
+        Budget { max, used: 0, max_entries, entries: 0 }
     }
 }
 
@@ -154,11 +157,10 @@ struct Pax {
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-fn read_pax(entry: &mut tar::Entry<'_, &mut Decoded<'_>>, walk: &Walk<'_>, member: &str) -> Result<Pax, ImportError> {
+fn read_pax(entry: &Member<'_, '_, &mut Decoded<'_>>, walk: &Walk<'_>, member: &str) -> Result<Pax, ImportError> {
     let mut pax = Pax { xattrs: BTreeMap::new() };
     let label = walk.label;
-    let exts = entry.pax_extensions().map_err(|e| walk.archive_error(e))?;
-    let Some(exts) = exts else { return Ok(pax) };
+    let Some(exts) = entry.pax_extensions() else { return Ok(pax) };
     for ext in exts {
         let ext = ext.map_err(|e| walk.archive_error(e))?;
         let key = ext.key_bytes();
@@ -166,6 +168,13 @@ fn read_pax(entry: &mut tar::Entry<'_, &mut Decoded<'_>>, walk: &Walk<'_>, membe
             let allowed = [&b"user."[..], b"trusted.", b"security."]
                 .iter()
                 .any(|p| name.strip_prefix(*p).is_some_and(|rest| !rest.is_empty()));
+            if is_overlay_xattr(name) {
+                return Err(ImportError::OverlayXattr {
+                    archive: label.to_owned(),
+                    member: member.to_owned(),
+                    name: lossy(name),
+                });
+            }
             if !allowed {
                 return Err(ImportError::Xattr {
                     archive: label.to_owned(),
@@ -189,16 +198,20 @@ fn read_pax(entry: &mut tar::Entry<'_, &mut Decoded<'_>>, walk: &Walk<'_>, membe
 
 /// Add one tar member to the tree.
 fn add_member(
-    entry: &mut tar::Entry<'_, &mut Decoded<'_>>,
+    entry: &mut Member<'_, '_, &mut Decoded<'_>>,
     walk: &mut Walk<'_>,
     layer: &mut Layer,
     target: &mut Target,
     budget: &mut Budget,
 ) -> Result<(), ImportError> {
     let label = walk.label;
-    let raw = entry.path_bytes().into_owned();
+    let raw = entry.path_bytes();
     let member = lossy(&raw);
-    let ty = entry.header().entry_type();
+    budget.entries += 1;
+    if budget.entries > budget.max_entries {
+        return Err(ImportError::TooManyEntries { archive: label.to_owned(), member, max: budget.max_entries });
+    }
+    let ty = entry.entry.header().entry_type();
     let unsupported =
         |what: String| ImportError::Unsupported { archive: label.to_owned(), member: member.clone(), what };
     match ty {
@@ -217,15 +230,15 @@ fn add_member(
     let pax = read_pax(entry, walk, &member)?;
     let bad_path = || ImportError::BadPath { archive: label.to_owned(), member: member.clone() };
     let parts = components(&raw).map_err(|_| bad_path())?;
-    let header = entry.header();
+    let header = entry.entry.header();
     let owner = |v: io::Result<u64>| -> Result<u32, ImportError> {
         let v = v.map_err(|e| walk.archive_error(e))?;
         u32::try_from(v).map_err(|_| unsupported(format!("owner id {v}")))
     };
     let meta = Meta {
         mode: (header.mode().map_err(|e| walk.archive_error(e))? & 0o7777) as u16,
-        uid: owner(header.uid())?,
-        gid: owner(header.gid())?,
+        uid: owner(entry.uid())?,
+        gid: owner(entry.gid())?,
         xattrs: pax.xattrs,
     };
     let is_dir = ty == EntryType::Directory;
@@ -316,13 +329,13 @@ fn add_member(
             }
         },
         EntryType::Regular | EntryType::Continuous => {
-            let size = entry.size();
+            let size = entry.entry.size();
             budget.used = budget.used.saturating_add(size);
-            if let Some(max) = budget.max.filter(|m| budget.used > *m) {
-                return Err(ImportError::TooLarge { archive: label.to_owned(), member, max });
+            if budget.used > budget.max {
+                return Err(ImportError::TooLarge { archive: label.to_owned(), member, max: budget.max });
             }
             let offset = target.spool_len;
-            let copied = copy_data(entry, &mut target.spool, walk, &member)?;
+            let copied = copy_data(entry.entry, &mut target.spool, walk, &member)?;
             target.spool_len += copied;
             if copied != size {
                 return Err(ImportError::TruncatedMember { archive: label.to_owned(), member });
@@ -331,7 +344,7 @@ fn add_member(
             target.tree.insert(&path, Inode { meta, kind: Kind::File(data) }).map_err(tree_err)?;
         }
         EntryType::Symlink => {
-            let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+            let link = entry.link_name_bytes().unwrap_or_default();
             if link.is_empty() {
                 return Err(unsupported("an empty symlink target".into()));
             }
@@ -341,7 +354,7 @@ fn add_member(
             target.tree.insert(&path, Inode { meta, kind: Kind::Symlink(link) }).map_err(tree_err)?;
         }
         EntryType::Link => {
-            let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+            let link = entry.link_name_bytes().unwrap_or_default();
             let fail = |reason| ImportError::HardLink {
                 archive: label.to_owned(),
                 member: member.clone(),
@@ -370,11 +383,16 @@ fn add_member(
                 v.map_err(|e| walk.archive_error(e))?
                     .ok_or_else(|| unsupported("a device in a pre-POSIX tar header".into()))
             };
-            let (major, minor) = (dev(entry.header().device_major())?, dev(entry.header().device_minor())?);
-            let kind = if ty == EntryType::Char {
-                Kind::CharDevice { major, minor }
-            } else {
-                Kind::BlockDevice { major, minor }
+            let (major, minor) = (dev(entry.entry.header().device_major())?, dev(entry.entry.header().device_minor())?);
+            // A character device 0/0 is an overlayfs whiteout and opens
+            // nothing; any other device node would let the container open
+            // that device (the overlay does not carry `nodev` through).
+            let kind = match ty {
+                EntryType::Char if (major, minor) == (0, 0) => Kind::CharDevice { major, minor },
+                _ => {
+                    let kind = if ty == EntryType::Char { "character device" } else { "block device" };
+                    return Err(ImportError::Device { archive: label.to_owned(), member, kind, major, minor });
+                }
             };
             target.tree.insert(&path, Inode { meta, kind }).map_err(tree_err)?;
         }

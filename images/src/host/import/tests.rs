@@ -157,8 +157,7 @@ fn rootfs_tar() -> Vec<u8> {
     b.symlink("./bin/sh", "/bin/busybox");
     b.symlink("./bin/passwd", "../etc/passwd");
     b.hardlink("./bin/su2", "./bin/su");
-    b.device("./dev/null", EntryType::Char, 1, 3);
-    b.device("./dev/sda", EntryType::Block, 8, 0);
+    b.device("./dev/gone", EntryType::Char, 0, 0);
     b.raw(b"./run/fifo", EntryType::Fifo, 0o600, 0, b"", b"");
     b.file("usr/lib/deep/file", b"deep");
     b.raw(b"usr/lib", EntryType::Directory, 0o750, 7, b"", b"");
@@ -188,8 +187,7 @@ fn rootfs_tar_keeps_every_kind() {
     assert_eq!(node(&t, "bin/passwd").kind, Kind::Symlink(b"../etc/passwd".to_vec()));
     assert_eq!(t.lookup(b"bin/su2"), t.lookup(b"bin/su"), "a hard link is the same inode");
     assert_eq!(contents(&t, "bin/su2"), b"binary");
-    assert_eq!(node(&t, "dev/null").kind, Kind::CharDevice { major: 1, minor: 3 });
-    assert_eq!(node(&t, "dev/sda").kind, Kind::BlockDevice { major: 8, minor: 0 });
+    assert_eq!(node(&t, "dev/gone").kind, Kind::CharDevice { major: 0, minor: 0 }, "a whiteout is kept");
     assert_eq!(node(&t, "dev").meta.mode, 0o755, "missing parents are created");
     assert_eq!(node(&t, "run/fifo").kind, Kind::Fifo);
     // A later entry for an implicit directory sets its metadata, keeps children.
@@ -374,9 +372,9 @@ fn max_bytes_counts_every_file() {
     let mut b = Tb::new();
     b.file("a", &[1u8; 600]).file("b", &[2u8; 600]);
     let tar = b.finish();
-    let e = import_bytes(&tar, &ImportOptions { max_bytes: Some(1000), ..Default::default() });
+    let e = import_bytes(&tar, &ImportOptions { max_bytes: 1000, ..Default::default() });
     assert!(matches!(&e, Err(ImportError::TooLarge { member, max: 1000, .. }) if member == "b"), "{e:?}");
-    assert!(import_bytes(&tar, &ImportOptions { max_bytes: Some(1200), ..Default::default() }).is_ok());
+    assert!(import_bytes(&tar, &ImportOptions { max_bytes: 1200, ..Default::default() }).is_ok());
 }
 
 // ---- images ----
@@ -779,4 +777,284 @@ fn layer_build_is_reproducible() {
     let flat = LayerOptions { flatten: true, ..Default::default() };
     let f = ok(layer::build(&img, &dir.path().join("flat.squashfs"), &flat, &mut |_| {}));
     assert_eq!(f.len(), 1);
+}
+
+// ---- device nodes, overlay xattrs, extension headers, budgets (issue 8) ----
+
+/// A one-layer `docker save` archive holding `layer`.
+fn one_layer_image(layer: Vec<u8>) -> Vec<u8> {
+    docker_save(&[layer])
+}
+
+#[test]
+fn device_nodes_are_refused() {
+    let mut b = Tb::new();
+    b.dir("dev").device("dev/null", EntryType::Char, 1, 3);
+    let e = err_of(b);
+    assert!(
+        matches!(&e, ImportError::Device { member, kind: "character device", major: 1, minor: 3, .. } if member == "dev/null"),
+        "{e:?}"
+    );
+    let mut b = Tb::new();
+    b.device("dev/vda", EntryType::Block, 254, 0);
+    let e = err_of(b);
+    assert!(
+        matches!(&e, ImportError::Device { member, kind: "block device", major: 254, minor: 0, .. } if member == "dev/vda"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("member dev/vda: block device 254:0"), "{e}");
+    // A character device 0:1 is no whiteout.
+    let mut b = Tb::new();
+    b.device("x", EntryType::Char, 0, 1);
+    assert!(matches!(err_of(b), ImportError::Device { major: 0, minor: 1, .. }));
+    // In an image layer: the error names the layer.
+    let mut l = Tb::new();
+    l.file("a", b"a").device("disk", EntryType::Block, 8, 0);
+    for flatten in [false, true] {
+        let e = import_bytes(&one_layer_image(l.0.get_ref().clone()), &ImportOptions { flatten, ..Default::default() });
+        match e {
+            Err(ImportError::Device { archive, member, .. }) => {
+                assert!(archive.contains("layer 1 of 1"), "{archive}");
+                assert_eq!(member, "disk");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Whiteouts (0:0, from `.wh.` or as such) and FIFOs are kept.
+    let mut l = Tb::new();
+    l.device("gone", EntryType::Char, 0, 0).file(".wh.other", b"").raw(b"fifo", EntryType::Fifo, 0o600, 0, b"", b"");
+    let layers = ok(import_bytes(&one_layer_image(l.finish()), &ImportOptions::default()));
+    let t = &layers[0].tree;
+    assert_eq!(node(t, "gone").kind, Kind::CharDevice { major: 0, minor: 0 });
+    assert_eq!(node(t, "other").kind, Kind::CharDevice { major: 0, minor: 0 });
+    assert_eq!(node(t, "fifo").kind, Kind::Fifo);
+}
+
+#[test]
+fn directory_device_nodes_and_overlay_xattrs_are_refused() {
+    use crate::host::scan::tests::{is_root, set_xattr};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    if !is_root() {
+        eprintln!("skipping: mknod and trusted.* need root");
+        return;
+    }
+    let mknod = |p: &Path, mode: libc::mode_t, major: u32, minor: u32| {
+        let c = ok(CString::new(p.as_os_str().as_bytes()));
+        // SAFETY: `c` is NUL-terminated.
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) }, 0);
+    };
+    let build = |src: &Path| layer::build(src, &src.with_extension("squashfs"), &LayerOptions::default(), &mut |_| {});
+    let d = ok(tempfile::tempdir());
+    // Whiteouts and the opaque marker on a directory are the overlay format: kept.
+    let src = d.path().join("ok");
+    ok(fs::create_dir_all(src.join("sub")));
+    mknod(&src.join("gone"), libc::S_IFCHR, 0, 0);
+    ok(set_xattr(&src.join("sub"), "trusted.overlay.opaque", b"y"));
+    ok(set_xattr(&src.join("sub"), "trusted.other", b"fine"));
+    ok(build(&src));
+    // A block device.
+    let src = d.path().join("blk");
+    ok(fs::create_dir_all(src.join("dev")));
+    mknod(&src.join("dev/vda"), libc::S_IFBLK | 0o600, 254, 0);
+    let e = build(&src);
+    assert!(
+        matches!(&e, Err(layer::LayerError::Device { path, kind: "block device", major: 254, minor: 0 }) if *path == src.join("dev/vda")),
+        "{e:?}"
+    );
+    assert!(!src.with_extension("squashfs").exists());
+    // A character device.
+    let src = d.path().join("chr");
+    ok(fs::create_dir_all(&src));
+    mknod(&src.join("mem"), libc::S_IFCHR | 0o600, 1, 1);
+    let e = build(&src);
+    assert!(matches!(&e, Err(layer::LayerError::Device { kind: "character device", major: 1, minor: 1, .. })), "{e:?}");
+    // Overlay xattrs other than the opaque marker on a directory.
+    for (file, name, value) in [
+        ("dir", "trusted.overlay.redirect", &b"/etc"[..]),
+        ("file", "trusted.overlay.metacopy", b""),
+        ("file", "trusted.overlay.opaque", b"y"),
+        ("dir", "trusted.overlay.opaque", b"x"),
+        ("file", "user.overlay.origin", b"o"),
+    ] {
+        let src = d.path().join(format!("x-{name}-{file}"));
+        ok(fs::create_dir_all(src.join("dir")));
+        ok(fs::write(src.join("file"), "f"));
+        ok(set_xattr(&src.join(file), name, value));
+        let e = build(&src);
+        assert!(
+            matches!(&e, Err(layer::LayerError::OverlayXattr { path, name: n }) if *path == src.join(file) && n == name),
+            "{name} on {file}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn overlay_xattrs_in_archives_are_refused() {
+    for name in
+        ["trusted.overlay.redirect", "trusted.overlay.metacopy", "trusted.overlay.opaque", "user.overlay.origin"]
+    {
+        let key = format!("SCHILY.xattr.{name}");
+        let mut b = Tb::new();
+        b.pax(&[(key.as_str(), b"y")]).dir("d");
+        let e = err_of(b);
+        assert!(matches!(&e, ImportError::OverlayXattr { member, name: n, .. } if member == "d" && n == name), "{e:?}");
+        // In an image layer too, where the importer makes its own opaque xattrs.
+        let mut l = Tb::new();
+        l.dir("d").file("d/.wh..wh..opq", b"").pax(&[(key.as_str(), b"y")]).file("e", b"");
+        let e = import_bytes(&one_layer_image(l.finish()), &ImportOptions::default());
+        assert!(matches!(&e, Err(ImportError::OverlayXattr { member, .. }) if member == "e"), "{e:?}");
+    }
+    let mut b = Tb::new();
+    b.pax(&[("SCHILY.xattr.trusted.other", b"y")]).dir("d");
+    assert!(import_bytes(&b.finish(), &ImportOptions::default()).is_ok(), "other trusted.* are kept");
+}
+
+/// A tar holding one extension header of type `ty` with `len` bytes of
+/// data, then a file.
+fn with_extension(ty: EntryType, len: usize) -> Vec<u8> {
+    let mut data = vec![b'a'; len];
+    if ty == EntryType::XHeader {
+        // One record: "<len> comment=aaa...\n".
+        let body = len - 10 - " comment=\n".len();
+        data = format!("{len:010} comment={}\n", "a".repeat(body)).into_bytes();
+        assert_eq!(data.len(), len);
+    }
+    let mut b = Tb::new();
+    b.file("before", b"x");
+    b.raw(b"././@LongLink", ty, 0o644, 0, b"", &data);
+    b.file("after", b"y");
+    b.finish()
+}
+
+#[test]
+fn extension_headers_are_capped() {
+    for (ty, what) in [
+        (EntryType::GNULongName, "GNU long name"),
+        (EntryType::GNULongLink, "GNU long link"),
+        (EntryType::XHeader, "PAX extended header"),
+    ] {
+        let tar = with_extension(ty, (1 << 20) + 1);
+        for data in [tar.clone(), gzip(&tar)] {
+            let e = import_bytes(&data, &ImportOptions::default());
+            match e {
+                Err(e @ ImportError::ExtensionTooLarge { .. }) => {
+                    let ImportError::ExtensionTooLarge { member, after, what: w, size, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        (member.as_str(), after.as_deref(), w.to_string().as_str()),
+                        ("././@LongLink", Some("before"), what)
+                    );
+                    assert_eq!(*size, (1 << 20) + 1);
+                    assert!(
+                        e.to_string().ends_with(&format!("{what} of 1048577 bytes, over the 1048576 byte cap")),
+                        "{e}"
+                    );
+                }
+                other => panic!("{what}: {}", format!("{other:?}").chars().take(400).collect::<String>()),
+            }
+        }
+        // In an image layer, and in the image archive itself.
+        let e = import_bytes(&one_layer_image(tar.clone()), &ImportOptions::default());
+        assert!(
+            matches!(&e, Err(ImportError::ExtensionTooLarge { archive, .. }) if archive.contains("layer 1 of 1")),
+            "{e:?}"
+        );
+        let mut outer = Tb::new();
+        outer.raw(b"././@LongLink", ty, 0o644, 0, b"", &with_extension(ty, (1 << 20) + 1)[512..512 + (1 << 20) + 1]);
+        outer.file("manifest.json", b"[]");
+        let e = import_bytes(&gzip(&outer.finish()), &ImportOptions::default());
+        assert!(matches!(&e, Err(ImportError::ExtensionTooLarge { .. })), "{e:?}");
+    }
+    // At the cap: read (a long name of that length is then refused as a path).
+    let tar = with_extension(EntryType::XHeader, 1 << 20);
+    assert!(import_bytes(&tar, &ImportOptions::default()).is_ok());
+    let tar = with_extension(EntryType::GNULongName, 1 << 20);
+    assert!(matches!(import_bytes(&tar, &ImportOptions::default()), Err(ImportError::BadPath { .. })));
+}
+
+#[test]
+fn extension_headers_apply_as_the_tar_crate_would() {
+    // PAX path, linkpath, uid and gid; GNU long link.
+    let mut b = Tb::new();
+    b.file("target-file", b"t");
+    b.pax(&[("path", b"pax/name"), ("uid", b"4000000"), ("gid", b"4000001")]).file("short", b"data");
+    b.pax(&[("linkpath", b"target-file")]).symlink("lnk", "ignored");
+    let long = format!("{}/x", "l".repeat(150));
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    ok(b.0.append_link(&mut h, "long-link", &long));
+    let t = one(&b.finish());
+    let n = node(&t, "pax/name");
+    assert_eq!((n.meta.uid, n.meta.gid), (4_000_000, 4_000_001));
+    assert_eq!(contents(&t, "pax/name"), b"data");
+    assert_eq!(node(&t, "lnk").kind, Kind::Symlink(b"target-file".to_vec()));
+    assert_eq!(node(&t, "long-link").kind, Kind::Symlink(long.into_bytes()));
+    // A PAX size that differs from the header's is refused (the two
+    // readings of the archive would differ); one that agrees is fine.
+    let mut b = Tb::new();
+    b.pax(&[("size", b"1024")]).file("f", b"abc");
+    assert!(matches!(err_of(b), ImportError::Unsupported { member, .. } if member == "f"));
+    let mut b = Tb::new();
+    b.pax(&[("size", b"3")]).file("f", b"abc");
+    assert_eq!(contents(&one(&b.finish()), "f"), b"abc");
+    // An extension header with nothing after it, and two for one member.
+    let mut b = Tb::new();
+    b.file("a", b"").pax(&[("path", b"x")]);
+    assert!(matches!(err_of(b), ImportError::Malformed { .. }));
+    let mut b = Tb::new();
+    b.pax(&[("path", b"x")]).pax(&[("path", b"y")]).file("a", b"");
+    assert!(matches!(err_of(b), ImportError::Malformed { .. }));
+}
+
+#[test]
+fn compressed_image_archives_are_decompressed_under_the_budget() {
+    // A docker save archive with a 1 MiB layer of zeros: about 1 KiB of gzip.
+    let mut l = Tb::new();
+    l.file("zeros", &vec![0u8; 1 << 20]);
+    let archive = gzip(&one_layer_image(l.finish()));
+    assert!(archive.len() < 16 << 10, "{}", archive.len());
+    let e = import_bytes(&archive, &ImportOptions { max_bytes: 512 << 10, ..Default::default() });
+    assert!(matches!(&e, Err(ImportError::TempTooLarge { max, .. }) if *max == 512 << 10), "{e:?}");
+    assert!(e.err().is_some_and(|e| e.to_string().contains("524288 byte budget")));
+    let e = import_bytes(
+        &zstd(&one_layer_image(vec![0u8; 1024])),
+        &ImportOptions { max_bytes: 1000, ..Default::default() },
+    );
+    assert!(matches!(&e, Err(ImportError::TempTooLarge { max: 1000, .. })), "{e:?}");
+    // Under the budget it is read.
+    assert!(import_bytes(&archive, &ImportOptions { max_bytes: 2 << 20, ..Default::default() }).is_ok());
+}
+
+#[test]
+fn default_budget() {
+    assert_eq!(ImportOptions::default().max_bytes, 4 << 30);
+    assert_eq!(LayerOptions::default().max_bytes, DEFAULT_MAX_BYTES);
+}
+
+#[test]
+fn member_count_is_bounded() {
+    let mut b = Tb::new();
+    for i in 0..5 {
+        b.file(&format!("f{i}"), b"");
+    }
+    let tar = b.finish();
+    let e = import_bytes(&tar, &ImportOptions { max_entries: 4, ..Default::default() });
+    assert!(matches!(&e, Err(ImportError::TooManyEntries { member, max: 4, .. }) if member == "f4"), "{e:?}");
+    assert!(import_bytes(&tar, &ImportOptions { max_entries: 5, ..Default::default() }).is_ok());
+    // Counted over all layers of an image, and in the image archive itself.
+    let image = docker_save(&[tar.clone(), tar]);
+    let e = import_bytes(&image, &ImportOptions { max_entries: 9, ..Default::default() });
+    assert!(
+        matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if archive.contains("layer 2 of 2")),
+        "{e:?}"
+    );
+    let e = import_bytes(&image, &ImportOptions { max_entries: 3, ..Default::default() });
+    assert!(matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if !archive.contains("layer")), "{e:?}");
+    assert_eq!(ImportOptions::default().max_entries, 1 << 20);
 }
