@@ -30,10 +30,10 @@
 //!   32-bit-only `vm86`, `vm86old`, `stime` and `umount`.
 //!
 //! Why a deny list and not an allow list like Docker's default profile:
-//! the filter refuses what the kernel does not contain by namespaces,
-//! capabilities and cgroups (a superset of Docker's blocks), and the
-//! ENOSYS rule above gives what an allow list gives against new kernel
-//! interfaces. An allow list would add a second table that must follow
+//! the list refuses the kernel interfaces that namespaces, capabilities
+//! and cgroups do not contain (a superset of what Docker's profile
+//! blocks), and the ENOSYS rule above gives what an allow list gives
+//! against new kernel interfaces. An allow list would add a second table that must follow
 //! every libc, Go runtime and toolchain update (one that starts using a
 //! syscall the list lacks breaks an appliance in the field), for little
 //! more: the syscalls between the two lists are ones the kernel already
@@ -197,7 +197,7 @@ pub const DENIED_IOCTLS: &[(&str, u32, Gate)] =
 
 /// Whether the kept `capabilities` (bit n = capability n) open `gate`.
 fn opens(capabilities: u64, gate: Gate) -> bool {
-    gate.is_some_and(|c| capabilities & (1u64 << c) != 0)
+    gate.and_then(|c| 1u64.checked_shl(u32::from(c))).is_some_and(|bit| capabilities & bit != 0)
 }
 
 /// Lists the syscalls the `libc` crate names on this architecture (for
@@ -490,9 +490,11 @@ fn guard_program(checks: &[(u16, u32)]) -> BpfProgram {
 }
 
 /// Build the filter for the architecture this binary is compiled for: the
-/// default deny list, less what the kept `capabilities` (bit n = capability
-/// n) open (the [`Gate`]s of [`DEFAULT_DENY`] and [`DENIED_IOCTLS`]), plus `extra_deny` (EPERM); new user
-/// namespaces are refused unless `allow_userns`. A name in `extra_deny`
+/// default deny list and the denied ioctls, less what the kept
+/// `capabilities` (bit n = capability n) open (the [`Gate`]s of
+/// [`DEFAULT_DENY`] and [`DENIED_IOCTLS`]), plus `extra_deny` (EPERM);
+/// numbers from [`first_unknown`] on answer ENOSYS; new user namespaces
+/// are refused unless `allow_userns`. A name in `extra_deny`
 /// that only the other architecture has is skipped; one neither has is an
 /// error that names it.
 /// An `extra_deny` name always denies the syscall outright, even one the
