@@ -1,11 +1,22 @@
 //! The default seccomp filter every container gets, built with seccompiler
 //! for the architecture this binary is compiled for (x86_64 or aarch64).
 //!
-//! The default action is ALLOW. What the filter refuses:
+//! A deny list, with every syscall number the filter does not know closed.
+//! What the filter refuses:
 //!
 //! - every name in [`DEFAULT_DENY`] (and the container's `seccomp_deny`
 //!   additions) answers EPERM: a superset of what Docker's default profile
 //!   blocks, minus nothing;
+//! - every number above the highest this architecture's table knows
+//!   ([`first_unknown`] and up) answers ENOSYS, as on a kernel that lacks
+//!   the call: a syscall added by a newer kernel is closed until the table
+//!   names it and someone decides whether to deny it, and software that
+//!   probes for it falls back. On x86_64 this also covers the x32 ABI
+//!   (numbers with bit 30 set), as on a kernel built without x32:
+//!   otherwise `mount | 0x40000000` would slip past every rule;
+//! - `ioctl` with a request in [`DENIED_IOCTLS`] (TIOCSTI, TIOCLINUX: input
+//!   injection into, and paste from, a terminal) answers EPERM; the request
+//!   is compared on its low 32 bits, as the kernel reads it;
 //! - `personality` answers EPERM unless its argument is one of the values
 //!   Docker allows (0, PER_LINUX32, UNAME26, both, and the 0xffffffff query),
 //!   so ADDR_NO_RANDOMIZE and READ_IMPLIES_EXEC cannot be switched on;
@@ -14,19 +25,26 @@
 //!   cannot look into clone3's argument struct; on ENOSYS libc falls back to
 //!   `clone`, whose flags the filter can check). Other namespace flags need
 //!   CAP_SYS_ADMIN, which a container does not have;
-//! - on x86_64, x32-ABI syscalls (number with bit 30 set) answer ENOSYS, as
-//!   on a kernel built without x32: otherwise `mount | 0x40000000` would
-//!   slip past every rule;
 //! - a syscall of another ABI (i386 on x86_64, arm32 on aarch64) kills the
 //!   process (seccompiler's architecture check), which also covers the
 //!   32-bit-only `vm86`, `vm86old`, `stime` and `umount`.
 //!
-//! Denials are EPERM, never a kill, so software that probes a syscall falls
-//! back cleanly.
+//! Why a deny list and not an allow list like Docker's default profile:
+//! the list refuses the kernel interfaces that namespaces, capabilities
+//! and cgroups do not contain (a superset of what Docker's profile
+//! blocks), and the ENOSYS rule above gives what an allow list gives
+//! against new kernel interfaces. An allow list would add a second table that must follow
+//! every libc, Go runtime and toolchain update (one that starts using a
+//! syscall the list lacks breaks an appliance in the field), for little
+//! more: the syscalls between the two lists are ones the kernel already
+//! checks by capability, which containers do not hold.
+//!
+//! Denials are EPERM (ENOSYS for numbers the filter does not know), never
+//! a kill, so software that probes a syscall falls back cleanly.
 //!
 //! Capabilities open what they govern, as in Docker's profile: a container
-//! that keeps a capability listed in [`CAPABILITY_GATES`] (by `cap_add`) is
-//! not denied the syscalls that capability guards, so `cap_add =
+//! that keeps the capability a [`DEFAULT_DENY`] or [`DENIED_IOCTLS`] entry
+//! names (its [`Gate`], by `cap_add`) is not denied it, so `cap_add =
 //! ["SYS_TIME"]` really lets it set the clock. A name the container lists in
 //! `seccomp_deny` stays denied whatever it keeps.
 //!
@@ -56,143 +74,130 @@ pub enum SeccompError {
     Install(std::io::Error),
 }
 
-/// Syscalls the default filter answers with EPERM, on every container.
-/// Names the running architecture does not have are skipped on it (marked
-/// "x86_64 only" below); every name here exists on x86_64 or aarch64.
-pub const DEFAULT_DENY: &[&str] = &[
-    // Kernel modules and kernel replacement.
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "create_module",   // x86_64 only (obsolete, ENOSYS anyway)
-    "get_kernel_syms", // x86_64 only (obsolete)
-    "query_module",    // x86_64 only (obsolete)
-    "kexec_load",
-    "kexec_file_load",
-    "reboot",
-    // Mounts, old and new API, and leaving the root.
-    "mount",
-    "umount2",
-    "pivot_root",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "move_mount",
-    "open_tree",
-    "open_tree_attr",
-    "mount_setattr",
-    // Namespaces: joining another is never needed (new user namespaces
-    // are handled by argument, see the module docs).
-    "setns",
-    // Kernel keyrings (not namespaced).
-    "keyctl",
-    "add_key",
-    "request_key",
-    // Kernel programs, tracing, introspection of other processes.
-    "bpf",
-    "perf_event_open",
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "pidfd_getfd",
-    "kcmp",
-    "lookup_dcookie",
-    "syslog",
-    // File handles bypass path-based checks (the "shocker" escape).
-    "name_to_handle_at",
-    "open_by_handle_at",
-    // Clocks are not namespaced.
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    // Host-wide state: swap, process accounting, quotas, tty hangup.
-    "swapon",
-    "swapoff",
-    "acct",
-    "quotactl",
-    "quotactl_fd",
-    "vhangup",
-    // NUMA memory policy.
-    "mbind",
-    "set_mempolicy",
-    "set_mempolicy_home_node",
-    "get_mempolicy",
-    "move_pages",
-    // Page-fault handling from user space (a kernel-race helper) and
-    // io_uring (its operations are not seen by seccomp).
-    "userfaultfd",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    // Legacy interfaces.
-    "nfsservctl",
-    "uselib",     // x86_64 only
-    "ustat",      // x86_64 only
-    "sysfs",      // x86_64 only
-    "_sysctl",    // x86_64 only
-    "ioperm",     // x86_64 only
-    "iopl",       // x86_64 only
-    "modify_ldt", // x86_64 only
-];
+/// The capability that opens a default-denied syscall or ioctl (its bit
+/// number as in `linux/capability.h`), or None when nothing opens it.
+pub type Gate = Option<u8>;
 
-/// Default-denied syscalls that a capability governs: a container keeping
-/// the capability (bit number as in `linux/capability.h`) may call them;
-/// the kernel's own capability check then applies. Docker's default
-/// profile opens the same syscalls for the same capabilities. `kexec_*`
+/// The gates of [`DEFAULT_DENY`] and [`DENIED_IOCTLS`].
+pub mod cap {
+    use super::Gate;
+    /// Nothing opens it.
+    pub const NONE: Gate = None;
+    pub const DAC_READ_SEARCH: Gate = Some(2);
+    pub const SYS_MODULE: Gate = Some(16);
+    pub const SYS_RAWIO: Gate = Some(17);
+    pub const SYS_PTRACE: Gate = Some(19);
+    pub const SYS_PACCT: Gate = Some(20);
+    pub const SYS_ADMIN: Gate = Some(21);
+    pub const SYS_BOOT: Gate = Some(22);
+    pub const SYS_NICE: Gate = Some(23);
+    pub const SYS_TIME: Gate = Some(25);
+    pub const SYS_TTY_CONFIG: Gate = Some(26);
+    pub const SYSLOG: Gate = Some(34);
+    pub const PERFMON: Gate = Some(38);
+    pub const BPF: Gate = Some(39);
+}
+
+/// Syscalls the default filter answers with EPERM, each with the
+/// capability that opens it: a container keeping that capability may call
+/// it, and the kernel's own capability check then applies (Docker's default
+/// profile opens the same syscalls for the same capabilities). `kexec_*`
 /// stay denied even with CAP_SYS_BOOT: replacing the device's kernel is
 /// never a container's job.
-pub const CAPABILITY_GATES: &[(u8, &[&str])] = &[
-    // CAP_DAC_READ_SEARCH
-    (2, &["open_by_handle_at"]),
-    // CAP_SYS_MODULE
-    (16, &["init_module", "finit_module", "delete_module", "create_module", "query_module", "get_kernel_syms"]),
-    // CAP_SYS_RAWIO
-    (17, &["iopl", "ioperm"]),
-    // CAP_SYS_PTRACE
-    (19, &["ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"]),
-    // CAP_SYS_PACCT
-    (20, &["acct"]),
-    // CAP_SYS_ADMIN
-    (
-        21,
-        &[
-            "mount",
-            "umount2",
-            "pivot_root",
-            "fsopen",
-            "fsconfig",
-            "fsmount",
-            "fspick",
-            "move_mount",
-            "open_tree",
-            "mount_setattr",
-            "setns",
-            "quotactl",
-            "quotactl_fd",
-            "lookup_dcookie",
-            "name_to_handle_at",
-        ],
-    ),
-    // CAP_SYS_BOOT
-    (22, &["reboot"]),
-    // CAP_SYS_NICE
-    (23, &["mbind", "set_mempolicy", "set_mempolicy_home_node", "get_mempolicy", "move_pages"]),
-    // CAP_SYS_TIME
-    (25, &["settimeofday", "clock_settime", "clock_adjtime"]),
-    // CAP_SYS_TTY_CONFIG
-    (26, &["vhangup"]),
-    // CAP_SYSLOG
-    (34, &["syslog"]),
-    // CAP_PERFMON
-    (38, &["perf_event_open"]),
-    // CAP_BPF
-    (39, &["bpf"]),
+/// Names the running architecture does not have are skipped on it (marked
+/// "x86_64 only" below); every name here exists on x86_64 or aarch64.
+pub const DEFAULT_DENY: &[(&str, Gate)] = &[
+    // Kernel modules and kernel replacement.
+    ("init_module", cap::SYS_MODULE),
+    ("finit_module", cap::SYS_MODULE),
+    ("delete_module", cap::SYS_MODULE),
+    ("create_module", cap::SYS_MODULE),   // x86_64 only (obsolete, ENOSYS anyway)
+    ("get_kernel_syms", cap::SYS_MODULE), // x86_64 only (obsolete)
+    ("query_module", cap::SYS_MODULE),    // x86_64 only (obsolete)
+    ("kexec_load", cap::NONE),
+    ("kexec_file_load", cap::NONE),
+    ("reboot", cap::SYS_BOOT),
+    // Mounts, old and new API, and leaving the root.
+    ("mount", cap::SYS_ADMIN),
+    ("umount2", cap::SYS_ADMIN),
+    ("pivot_root", cap::SYS_ADMIN),
+    ("fsopen", cap::SYS_ADMIN),
+    ("fsconfig", cap::SYS_ADMIN),
+    ("fsmount", cap::SYS_ADMIN),
+    ("fspick", cap::SYS_ADMIN),
+    ("move_mount", cap::SYS_ADMIN),
+    ("open_tree", cap::SYS_ADMIN),
+    ("open_tree_attr", cap::SYS_ADMIN),
+    ("mount_setattr", cap::SYS_ADMIN),
+    // Namespaces: joining another is never needed (new user namespaces
+    // are handled by argument, see the module docs).
+    ("setns", cap::SYS_ADMIN),
+    // Kernel keyrings (not namespaced).
+    ("keyctl", cap::NONE),
+    ("add_key", cap::NONE),
+    ("request_key", cap::NONE),
+    // Kernel programs, tracing, introspection of other processes.
+    ("bpf", cap::BPF),
+    ("perf_event_open", cap::PERFMON),
+    ("ptrace", cap::SYS_PTRACE),
+    ("process_vm_readv", cap::SYS_PTRACE),
+    ("process_vm_writev", cap::SYS_PTRACE),
+    ("pidfd_getfd", cap::SYS_PTRACE),
+    ("kcmp", cap::SYS_PTRACE),
+    ("lookup_dcookie", cap::SYS_ADMIN),
+    ("syslog", cap::SYSLOG),
+    // File handles bypass path-based checks (the "shocker" escape).
+    ("name_to_handle_at", cap::SYS_ADMIN),
+    ("open_by_handle_at", cap::DAC_READ_SEARCH),
+    // Clocks are not namespaced.
+    ("settimeofday", cap::SYS_TIME),
+    ("clock_settime", cap::SYS_TIME),
+    ("clock_adjtime", cap::SYS_TIME),
+    // Host-wide state: swap, process accounting, quotas, tty hangup.
+    ("swapon", cap::NONE),
+    ("swapoff", cap::NONE),
+    ("acct", cap::SYS_PACCT),
+    ("quotactl", cap::SYS_ADMIN),
+    ("quotactl_fd", cap::SYS_ADMIN),
+    ("vhangup", cap::SYS_TTY_CONFIG),
+    // NUMA memory policy.
+    ("mbind", cap::SYS_NICE),
+    ("set_mempolicy", cap::SYS_NICE),
+    ("set_mempolicy_home_node", cap::SYS_NICE),
+    ("get_mempolicy", cap::SYS_NICE),
+    ("move_pages", cap::SYS_NICE),
+    // Page-fault handling from user space (a kernel-race helper) and
+    // io_uring (its operations are not seen by seccomp).
+    ("userfaultfd", cap::NONE),
+    ("io_uring_setup", cap::NONE),
+    ("io_uring_enter", cap::NONE),
+    ("io_uring_register", cap::NONE),
+    // Legacy interfaces.
+    ("nfsservctl", cap::NONE),
+    ("uselib", cap::NONE),      // x86_64 only
+    ("ustat", cap::NONE),       // x86_64 only
+    ("sysfs", cap::NONE),       // x86_64 only
+    ("_sysctl", cap::NONE),     // x86_64 only
+    ("ioperm", cap::SYS_RAWIO), // x86_64 only
+    ("iopl", cap::SYS_RAWIO),   // x86_64 only
+    ("modify_ldt", cap::NONE),  // x86_64 only
 ];
 
-/// Whether a kept capability opens the default-denied syscall `name`.
-fn opened_by(capabilities: u64, name: &str) -> bool {
-    CAPABILITY_GATES.iter().any(|(cap, names)| capabilities & (1u64 << cap) != 0 && names.contains(&name))
+/// `ioctl` requests the default filter answers with EPERM (compared as
+/// the kernel reads the request: its low 32 bits), each with the
+/// capability that opens it. Both let one process reach a terminal it
+/// does not own: TIOCSTI pushes bytes into a tty's input queue (typed
+/// commands in another program's shell), TIOCLINUX selects and pastes
+/// console text. Kernels since 6.2 can refuse TIOCSTI without
+/// CAP_SYS_ADMIN (`dev.tty.legacy_tiocsti = 0`), older ones allow it on
+/// the caller's controlling tty; the filter does not depend on that.
+/// Same numbers on x86_64 and aarch64.
+pub const DENIED_IOCTLS: &[(&str, u32, Gate)] =
+    &[("TIOCSTI", 0x5412, cap::SYS_ADMIN), ("TIOCLINUX", 0x541C, cap::SYS_ADMIN)];
+
+/// Whether the kept `capabilities` (bit n = capability n) open `gate`.
+fn opens(capabilities: u64, gate: Gate) -> bool {
+    gate.and_then(|c| 1u64.checked_shl(u32::from(c))).is_some_and(|bit| capabilities & bit != 0)
 }
 
 /// Lists the syscalls the `libc` crate names on this architecture (for
@@ -407,9 +412,16 @@ pub fn known_syscall(name: &str) -> bool {
 pub struct Filter {
     /// seccompiler's program: the deny list (EPERM) and the argument rules.
     deny: BpfProgram,
-    /// Hand-written: x32 syscalls and (unless user namespaces are allowed)
-    /// clone3 answer ENOSYS. None when it would check nothing.
-    guard: Option<BpfProgram>,
+    /// Hand-written: numbers above the highest the filter knows (x32
+    /// syscalls among them) and, unless user namespaces are allowed,
+    /// clone3 answer ENOSYS.
+    guard: BpfProgram,
+}
+
+/// The first syscall number above every number this architecture's table
+/// knows: this and everything above answers ENOSYS.
+pub fn first_unknown() -> u32 {
+    this_arch().map(|(_, nr)| u32::from(nr)).max().map_or(0, |m| m + 1)
 }
 
 fn build_err(e: impl std::fmt::Display) -> SeccompError {
@@ -420,6 +432,15 @@ fn build_err(e: impl std::fmt::Display) -> SeccompError {
 fn arg0_has(flag: u64) -> Result<SeccompRule, SeccompError> {
     let cond =
         SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag).map_err(build_err)?;
+    SeccompRule::new(vec![cond]).map_err(build_err)
+}
+
+/// A rule that matches when the low 32 bits of argument 1 are `value`
+/// (an `ioctl` request: the kernel reads it as an unsigned int, so bits
+/// set above those must not slip past the rule).
+fn arg1_is(value: u32) -> Result<SeccompRule, SeccompError> {
+    let cond =
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(value)).map_err(build_err)?;
     SeccompRule::new(vec![cond]).map_err(build_err)
 }
 
@@ -437,14 +458,9 @@ fn arg0_none_of(allowed: &[u32]) -> Result<SeccompRule, SeccompError> {
 /// UNAME26, UNAME26|PER_LINUX32, and the query 0xffffffff.
 const PERSONALITY_ALLOWED: [u32; 5] = [0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
-/// `__X32_SYSCALL_BIT`.
-#[cfg(target_arch = "x86_64")]
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
 // Classic BPF opcodes (linux/bpf_common.h).
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-#[cfg(target_arch = "x86_64")]
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 /// Offsets in struct seccomp_data.
@@ -457,10 +473,7 @@ fn insn(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 
 /// The ENOSYS program: for this architecture's syscalls, each of `checks`
 /// (a jump opcode and its constant) that holds answers ENOSYS.
-fn guard_program(checks: &[(u16, u32)]) -> Option<BpfProgram> {
-    if checks.is_empty() {
-        return None;
-    }
+fn guard_program(checks: &[(u16, u32)]) -> BpfProgram {
     let n = checks.len();
     let mut prog = Vec::with_capacity(n + 5);
     prog.push(insn(LD_W_ABS, DATA_ARCH, 0, 0));
@@ -473,18 +486,30 @@ fn guard_program(checks: &[(u16, u32)]) -> Option<BpfProgram> {
     }
     prog.push(insn(RET_K, libc::SECCOMP_RET_ALLOW, 0, 0));
     prog.push(insn(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0));
-    Some(prog)
+    prog
 }
 
 /// Build the filter for the architecture this binary is compiled for: the
-/// default deny list, less what the kept `capabilities` (bit n = capability
-/// n) open ([`CAPABILITY_GATES`]), plus `extra_deny` (EPERM); new user
-/// namespaces are refused unless `allow_userns`. A name in `extra_deny`
+/// default deny list and the denied ioctls, less what the kept
+/// `capabilities` (bit n = capability n) open (the [`Gate`]s of
+/// [`DEFAULT_DENY`] and [`DENIED_IOCTLS`]), plus `extra_deny` (EPERM);
+/// numbers from [`first_unknown`] on answer ENOSYS; new user namespaces
+/// are refused unless `allow_userns`. A name in `extra_deny`
 /// that only the other architecture has is skipped; one neither has is an
 /// error that names it.
 /// An `extra_deny` name always denies the syscall outright, even one the
 /// default filter checks by argument (`clone`, `unshare`, `personality`).
 pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Result<Filter, SeccompError> {
+    build_with(extra_deny, allow_userns, capabilities, first_unknown())
+}
+
+/// [`build`], with the numbers from `unknown_from` on answering ENOSYS.
+fn build_with(
+    extra_deny: &[&str],
+    allow_userns: bool,
+    capabilities: u64,
+    unknown_from: u32,
+) -> Result<Filter, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(libc::SYS_personality, vec![arg0_none_of(&PERSONALITY_ALLOWED)?]);
     if !allow_userns {
@@ -492,7 +517,16 @@ pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Resu
         rules.insert(libc::SYS_clone, vec![arg0_has(newuser)?]);
         rules.insert(libc::SYS_unshare, vec![arg0_has(newuser)?]);
     }
-    for nr in DEFAULT_DENY.iter().filter(|n| !opened_by(capabilities, n)).filter_map(|n| syscall_number(n)) {
+    let ioctls = DENIED_IOCTLS
+        .iter()
+        .filter(|(_, _, gate)| !opens(capabilities, *gate))
+        .map(|(_, request, _)| arg1_is(*request))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ioctls.is_empty() {
+        rules.insert(libc::SYS_ioctl, ioctls);
+    }
+    let denied = DEFAULT_DENY.iter().filter(|(_, gate)| !opens(capabilities, *gate));
+    for nr in denied.filter_map(|(name, _)| syscall_number(name)) {
         rules.insert(nr, Vec::new());
     }
     let mut unknown = Vec::new();
@@ -512,9 +546,8 @@ pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Resu
         .map_err(build_err)?;
     let deny = BpfProgram::try_from(filter).map_err(build_err)?;
 
-    let mut checks: Vec<(u16, u32)> = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    checks.push((JGE_K, X32_SYSCALL_BIT));
+    // Compared unsigned: covers x32 numbers (bit 30 set) on x86_64 too.
+    let mut checks = vec![(JGE_K, unknown_from)];
     if !allow_userns {
         checks.push((JEQ_K, libc::SYS_clone3 as u32));
     }
@@ -524,7 +557,7 @@ pub fn build(extra_deny: &[&str], allow_userns: bool, capabilities: u64) -> Resu
 impl Filter {
     /// BPF instructions in all of the filter's programs.
     pub fn len(&self) -> usize {
-        self.deny.len() + self.guard.as_ref().map_or(0, Vec::len)
+        self.deny.len() + self.guard.len()
     }
 
     /// Never true for a built filter (there to pair with `len`).
@@ -536,7 +569,7 @@ impl Filter {
     /// threaded). Needs CAP_SYS_ADMIN or `no_new_privs`. Allocates nothing,
     /// so it is safe between fork and exec.
     pub fn install(&self) -> Result<(), SeccompError> {
-        for prog in std::iter::once(&self.deny).chain(self.guard.as_ref()) {
+        for prog in [&self.deny, &self.guard] {
             let len = u16::try_from(prog.len())
                 .map_err(|_| SeccompError::Install(std::io::Error::from_raw_os_error(libc::E2BIG)))?;
             // seccompiler's sock_filter is #[repr(C)] with the fields of
@@ -590,7 +623,7 @@ mod tests {
         assert_eq!(syscall_number("io_pgetevents"), Some(333));
         assert_eq!(syscall_number("iopl"), Some(172));
         // x86_64 has every name on the list.
-        assert!(DEFAULT_DENY.iter().all(|n| syscall_number(n).is_some()));
+        assert!(DEFAULT_DENY.iter().all(|(n, _)| syscall_number(n).is_some()));
     }
 
     #[cfg(target_arch = "aarch64")]
@@ -599,15 +632,15 @@ mod tests {
         assert_eq!(syscall_number("keyctl"), Some(219));
         assert_eq!(syscall_number("kexec_file_load"), Some(294));
         assert_eq!(syscall_number("iopl"), None);
-        assert!(build(&["iopl", "open"], false).is_ok(), "x86_64-only names are skipped");
+        assert!(build(&["iopl", "open"], false, 0).is_ok(), "x86_64-only names are skipped");
     }
 
     #[test]
     fn every_default_name_is_a_syscall() {
-        for name in DEFAULT_DENY {
+        for (name, _) in DEFAULT_DENY {
             assert!(known_syscall(name), "{name}");
         }
-        let mut sorted = DEFAULT_DENY.to_vec();
+        let mut sorted: Vec<_> = DEFAULT_DENY.iter().map(|(n, _)| *n).collect();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), DEFAULT_DENY.len(), "a name twice");
@@ -618,9 +651,12 @@ mod tests {
         let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
         // About five instructions a denied syscall; far below BPF_MAXINSNS.
         assert!((200..1000).contains(&f.len()), "{}", f.len());
-        assert!(f.guard.is_some());
+        // LD arch, JEQ arch, LD nr, JGE first unknown, JEQ clone3, ALLOW, ENOSYS.
+        assert_eq!(f.guard.len(), 7);
+        assert_eq!((f.guard[3].code, f.guard[3].k), (JGE_K, first_unknown()));
         let open = build(&["chroot"], true, 0).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(open.guard.is_some(), cfg!(target_arch = "x86_64"), "only the x32 check is left");
+        assert_eq!(open.guard.len(), 6, "only the unknown-number check is left");
+        assert_eq!((open.guard[3].code, open.guard[3].k), (JGE_K, first_unknown()));
         match build(&["mount", "no_such_call", "vm86"], false, 0) {
             Err(e @ SeccompError::UnknownSyscalls(_)) => {
                 let msg = e.to_string();
@@ -633,7 +669,7 @@ mod tests {
 
     #[test]
     fn guard_jumps_land_on_the_returns() {
-        let p = guard_program(&[(JEQ_K, 7), (JEQ_K, 9)]).unwrap_or_default();
+        let p = guard_program(&[(JEQ_K, 7), (JEQ_K, 9)]);
         assert_eq!(p.len(), 7);
         // Arch mismatch skips to ALLOW, each match to ENOSYS.
         assert_eq!(1 + 1 + usize::from(p[1].jf), 5);
@@ -641,7 +677,6 @@ mod tests {
         assert_eq!(3 + 1 + usize::from(p[3].jt), 6);
         assert_eq!(4 + 1 + usize::from(p[4].jt), 6);
         assert_eq!(p[6].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
-        assert!(guard_program(&[]).is_none());
     }
 
     fn errno() -> i32 {
@@ -749,6 +784,13 @@ mod tests {
             if !fails(libc::syscall(0x4000_0000 | libc::SYS_mount, null, null, null, 0, null), libc::ENOSYS) {
                 return 15;
             }
+            // Numbers the filter does not know.
+            if !fails(libc::syscall(1000), libc::ENOSYS) {
+                return 16;
+            }
+            if !fails(libc::syscall(libc::c_long::from(first_unknown())), libc::ENOSYS) {
+                return 17;
+            }
         }
         0
     }
@@ -761,11 +803,9 @@ mod tests {
 
     #[test]
     fn kept_capabilities_open_what_they_govern() {
-        for (_, names) in CAPABILITY_GATES {
-            for n in *names {
-                assert!(DEFAULT_DENY.contains(n), "{n} is gated but not denied by default");
-            }
-        }
+        let gate = |name| DEFAULT_DENY.iter().find(|(n, _)| *n == name).map(|(_, g)| *g);
+        assert_eq!(gate("kexec_load"), Some(cap::NONE), "kexec stays shut whatever is kept");
+        assert_eq!(gate("clock_settime"), Some(cap::SYS_TIME));
         // CAP_SYS_TIME kept: clock_settime reaches the kernel, which
         // refuses to set CLOCK_MONOTONIC with EINVAL (nothing changes).
         let f = build(&[], false, 1 << 25).unwrap_or_else(|e| panic!("{e}"));
@@ -819,5 +859,158 @@ mod tests {
             0
         }
         assert_eq!(in_child(&f, checks), 0, "that check failed in the child");
+    }
+
+    #[test]
+    fn numbers_above_the_table_answer_enosys() {
+        let first = first_unknown();
+        // Both architectures number the newest calls alike (from 451 on).
+        assert_eq!(first, u32::from(COMMON_FIRST) + COMMON.len() as u32);
+        assert!(this_arch().all(|(_, nr)| u32::from(nr) < first));
+        // The hostile payload calls this number (FIRST_UNKNOWN in
+        // qemu-tests/payload/src/hostile.rs): change it there too.
+        assert_eq!(first, 471);
+        #[cfg(target_arch = "x86_64")]
+        assert!(first < 0x4000_0000, "x32 numbers lie above");
+
+        // The rule seen through the kernel: a filter that pretends to know
+        // nothing from cachestat (451, Linux 6.5) on answers ENOSYS for
+        // it, where the default filter lets it reach the kernel.
+        fn cachestat_errno() -> i32 {
+            // SAFETY: fd -1 and null pointers: the kernel refuses them
+            // before reading anything.
+            let rc = unsafe { libc::syscall(451, -1, 0, 0, 0) };
+            if rc == -1 {
+                errno()
+            } else {
+                0
+            }
+        }
+        fn lowered() -> i32 {
+            i32::from(cachestat_errno() != libc::ENOSYS)
+        }
+        fn default() -> i32 {
+            i32::from(cachestat_errno() == libc::ENOSYS)
+        }
+        let f = build_with(&[], false, 0, 451).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(in_child(&f, lowered), 0, "cachestat reached the kernel above the known numbers");
+        if cachestat_errno() != libc::ENOSYS {
+            let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(in_child(&f, default), 0, "a known number answered ENOSYS");
+        }
+    }
+
+    const TIOCSTI: libc::c_ulong = 0x5412;
+    const TIOCLINUX: libc::c_ulong = 0x541C;
+
+    /// In a new session: open a pty from /dev/ptmx and make its slave the
+    /// controlling terminal (where TIOCSTI needs no capability). The slave
+    /// fd, or a negative check number.
+    fn own_pty() -> libc::c_int {
+        // SAFETY: raw syscalls on fds this process opens; the ioctl
+        // arguments point at live locals.
+        unsafe {
+            if libc::setsid() < 0 {
+                return -51;
+            }
+            let master = libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            if master < 0 {
+                return -52;
+            }
+            let unlock: libc::c_int = 0;
+            if libc::ioctl(master, libc::TIOCSPTLCK as _, &unlock) != 0 {
+                return -53;
+            }
+            // TIOCGPTPEER: the slave without building its path.
+            let slave = libc::ioctl(master, 0x5441 as _, libc::O_RDWR | libc::O_NOCTTY);
+            if slave < 0 {
+                return -54;
+            }
+            if libc::ioctl(slave, libc::TIOCSCTTY as _, 0) != 0 {
+                return -55;
+            }
+            slave
+        }
+    }
+
+    /// ioctl through the raw syscall, so all 64 bits of `request` reach
+    /// the kernel (and the filter).
+    fn ioctl(fd: libc::c_int, request: libc::c_ulong, arg: *const u8) -> libc::c_long {
+        // SAFETY: `arg` points at a live local of the size `request` reads.
+        unsafe { libc::syscall(libc::SYS_ioctl, fd, request, arg) }
+    }
+
+    fn tty_checks() -> i32 {
+        let slave = own_pty();
+        if slave < 0 {
+            return -slave;
+        }
+        let c = b'x';
+        let sel = [2u8; 16]; // TIOCL_SETSEL and room for its struct
+                             // SAFETY: termios is plain old data; all-zero is a valid value.
+        let mut t: libc::termios = unsafe { core::mem::zeroed() };
+        let mut queued: libc::c_int = -1;
+        if ioctl(slave, libc::TCGETS as _, (&mut t as *mut libc::termios).cast()) != 0 {
+            return 1;
+        }
+        if ioctl(slave, libc::FIONREAD as _, (&mut queued as *mut libc::c_int).cast()) != 0 || queued != 0 {
+            return 2;
+        }
+        if !fails(ioctl(slave, TIOCSTI, &c), libc::EPERM) {
+            return 3;
+        }
+        // The kernel reads the request as 32 bits: high bits change nothing.
+        if !fails(ioctl(slave, TIOCSTI | 1 << 32, &c), libc::EPERM) {
+            return 4;
+        }
+        if !fails(ioctl(slave, TIOCLINUX, sel.as_ptr()), libc::EPERM) {
+            return 5;
+        }
+        if ioctl(slave, libc::FIONREAD as _, (&mut queued as *mut libc::c_int).cast()) != 0 || queued != 0 {
+            return 6;
+        }
+        0
+    }
+
+    #[test]
+    fn terminal_injection_ioctls_answer_eperm() {
+        let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(in_child(&f, tty_checks), 0, "that check failed in the child");
+    }
+
+    #[test]
+    fn sys_admin_opens_the_terminal_ioctls() {
+        // Kept CAP_SYS_ADMIN: the kernel decides. The test runs as root,
+        // so TIOCSTI queues the byte, and TIOCLINUX on a pty (not a
+        // virtual console) is ENOTTY.
+        fn checks() -> i32 {
+            let slave = own_pty();
+            if slave < 0 {
+                return -slave;
+            }
+            // A whole line, so canonical mode counts it as readable.
+            let c = b'\n';
+            let sel = [2u8; 16];
+            let mut queued: libc::c_int = -1;
+            if ioctl(slave, TIOCSTI, &c) != 0 {
+                return 1;
+            }
+            if ioctl(slave, libc::FIONREAD as _, (&mut queued as *mut libc::c_int).cast()) != 0 || queued != 1 {
+                return 2;
+            }
+            if !fails(ioctl(slave, TIOCLINUX, sel.as_ptr()), libc::ENOTTY) {
+                return 3;
+            }
+            0
+        }
+        let f = build(&[], false, 1 << 21).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(in_child(&f, checks), 0, "that check failed in the child");
+        // Named in seccomp_deny, ioctl is denied outright.
+        let f = build(&["ioctl"], false, 1 << 21).unwrap_or_else(|e| panic!("{e}"));
+        fn denied() -> i32 {
+            let mut queued: libc::c_int = -1;
+            i32::from(!fails(ioctl(0, libc::FIONREAD as _, (&mut queued as *mut libc::c_int).cast()), libc::EPERM))
+        }
+        assert_eq!(in_child(&f, denied), 0, "ioctl was not denied");
     }
 }

@@ -72,7 +72,7 @@ pub fn one(which: &str) -> i32 {
 }
 
 /// Every attempt, in the order `hostile` makes them.
-const ATTEMPTS: [Attempt; 24] = [
+const ATTEMPTS: [Attempt; 28] = [
     ("mount", mount),
     ("umount", umount),
     ("raw-block-open", raw_block_open),
@@ -97,6 +97,11 @@ const ATTEMPTS: [Attempt; 24] = [
     ("proc-exe-opath", proc_exe_opath),
     ("proc-sys-write", proc_sys_write),
     ("dev-mem", dev_mem),
+    // seccomp: unknown syscall numbers and terminal ioctls.
+    ("syscall-1000", syscall_1000),
+    ("syscall-first-unknown", syscall_first_unknown),
+    ("tiocsti", tiocsti),
+    ("tioclinux", tioclinux),
 ];
 
 /// mount("none", "/tmp", "tmpfs"); if it works, lazily unmount it again.
@@ -168,7 +173,10 @@ fn mknod_char() -> Outcome {
 }
 
 /// finit_module(fd of this binary, "", 0) and init_module(NULL, 0, "");
-/// errno of finit_module.
+/// errno of finit_module, or of init_module when finit_module's is EPERM and
+/// init_module's is not (so EPERM means both were refused before the kernel
+/// looked at the image: by seccomp or the CAP_SYS_MODULE check, not by the
+/// ELF parser's ENOEXEC).
 fn module_load() -> Outcome {
     let fin = sys::open(c"/bin/cairn-payload", libc::O_RDONLY)
         .or_else(|_| sys::open(c"/proc/self/exe", libc::O_RDONLY))
@@ -179,6 +187,7 @@ fn module_load() -> Outcome {
     // SAFETY: a NULL image of length 0 is rejected before anything is read.
     let init = check(unsafe { libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0, c"".as_ptr()) });
     match (fin, init) {
+        (Err(libc::EPERM), Err(e)) => blocked(e),
         (Err(e), Err(_)) => blocked(e),
         (Ok(_), _) => allowed("finit_module"),
         (_, Ok(_)) => allowed("init_module"),
@@ -600,4 +609,114 @@ fn dev_mem() -> Outcome {
         Ok(_fd) => allowed("/dev/mem_opened"),
         Err(e) => blocked(e),
     }
+}
+
+// seccomp: unknown syscall numbers and terminal ioctls.
+
+/// The first syscall number the seccomp filter does not know
+/// (`cairn_runtime::seccomp::first_unknown()`, the same on x86_64 and
+/// aarch64; a runtime unit test pins it there too).
+const FIRST_UNKNOWN: libc::c_long = 471;
+
+/// A syscall with no arguments by number; allowed if it does not fail.
+fn raw_syscall(nr: libc::c_long) -> Outcome {
+    // SAFETY: a number the filter does not know, with no arguments: ENOSYS
+    // from the filter or the kernel, nothing runs.
+    match check(unsafe { libc::syscall(nr) }) {
+        Ok(_) => allowed(&format!("syscall_{nr}")),
+        Err(e) => blocked(e),
+    }
+}
+
+/// syscall(1000).
+fn syscall_1000() -> Outcome {
+    raw_syscall(1000)
+}
+
+/// syscall(471), the number after the highest the filter knows.
+fn syscall_first_unknown() -> Outcome {
+    raw_syscall(FIRST_UNKNOWN)
+}
+
+/// TIOCSTI, TIOCLINUX, TIOCGPTPEER, TIOCSCTTY (asm-generic numbers, the
+/// same on x86_64 and aarch64).
+const TIOCSTI: libc::c_ulong = 0x5412;
+const TIOCLINUX: libc::c_ulong = 0x541C;
+const TIOCGPTPEER: libc::c_ulong = 0x5441;
+const TIOCSCTTY: libc::c_ulong = 0x540E;
+const TIOCSPTLCK: libc::c_ulong = 0x4004_5431;
+/// Exit code of a pty child whose setup (before the ioctl) failed: plus the step.
+const SETUP_FAILED: i32 = 210;
+
+/// In a forked child: setsid, open /dev/ptmx, unlock, open the slave
+/// (TIOCGPTPEER) and make it the controlling tty (TIOCSCTTY; TIOCSTI then
+/// needs no capability from the kernel), then each of `requests` with a
+/// one-byte argument ("\n"). errno of the first request that failed with
+/// anything but EPERM, else of the last; allowed if any succeeded.
+fn pty_ioctls(requests: &'static [(&'static str, libc::c_ulong)]) -> Outcome {
+    let r = child(|| {
+        // SAFETY: raw syscalls on fds this child opens; the ioctl
+        // arguments are plain integers or point at live locals.
+        unsafe {
+            if libc::setsid() < 0 {
+                return SETUP_FAILED + 1;
+            }
+            let master = libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            if master < 0 {
+                return SETUP_FAILED + 2;
+            }
+            let unlock: libc::c_int = 0;
+            if libc::syscall(libc::SYS_ioctl, master, TIOCSPTLCK, &unlock) != 0 {
+                return SETUP_FAILED + 3;
+            }
+            let flags = libc::c_long::from(libc::O_RDWR | libc::O_NOCTTY);
+            let Ok(slave) = i32::try_from(libc::syscall(libc::SYS_ioctl, master, TIOCGPTPEER, flags)) else {
+                return SETUP_FAILED + 4;
+            };
+            if slave < 0 || libc::syscall(libc::SYS_ioctl, slave, TIOCSCTTY, 0) != 0 {
+                return SETUP_FAILED + 5;
+            }
+            let byte = b'\n';
+            let mut code = 0;
+            for (i, (_, request)) in requests.iter().enumerate() {
+                if libc::syscall(libc::SYS_ioctl, slave, *request, &byte) == 0 {
+                    return ESCAPED + i as i32;
+                }
+                let e = errno_code(sys::errno());
+                if code == 0 || code == libc::EPERM {
+                    code = e;
+                }
+            }
+            code
+        }
+    });
+    match r {
+        Ok(code) if (ESCAPED..SETUP_FAILED).contains(&code) => {
+            let i = (code - ESCAPED) as usize;
+            allowed(requests.get(i).map_or("ioctl", |(name, _)| name))
+        }
+        Ok(code) if code > SETUP_FAILED => {
+            let mut o = blocked(0);
+            o.extra = format!(" detail=pty_setup_step_{}", code - SETUP_FAILED);
+            o
+        }
+        Ok(code) => blocked(code),
+        Err(d) => {
+            let mut o = blocked(0);
+            o.extra = format!(" detail={}", V(&d));
+            o
+        }
+    }
+}
+
+/// ioctl(TIOCSTI) on the container's own pty, its controlling tty, and the
+/// same request with bit 32 set (the kernel reads the request as 32 bits).
+fn tiocsti() -> Outcome {
+    pty_ioctls(&[("TIOCSTI", TIOCSTI), ("TIOCSTI|1<<32", TIOCSTI | 1 << 32)])
+}
+
+/// ioctl(TIOCLINUX) on the container's own pty (the kernel would say ENOTTY:
+/// not a virtual console).
+fn tioclinux() -> Outcome {
+    pty_ioctls(&[("TIOCLINUX", TIOCLINUX)])
 }

@@ -6,47 +6,64 @@ use anyhow::{ensure, Result};
 
 use crate::Ctx;
 
-/// Every attempt the payload makes, each of which must be blocked.
-const ATTEMPTS: [&str; 24] = [
-    "mount",
-    "umount",
-    "raw-block-open",
-    "mknod-block",
-    "mknod-char",
-    "module-load",
-    "kexec",
-    "reboot",
-    "sysrq",
-    "clock-set",
-    "sethostname",
-    "ptrace-hidden",
-    "ptrace-init",
-    "keyctl",
-    "bpf",
-    "userns",
-    "cgroup-write",
-    "chroot-escape",
-    "proc-other-container",
-    "rlimit-raise",
-    "proc-exe-write",
-    "proc-exe-opath",
-    "proc-sys-write",
-    "dev-mem",
+/// Every attempt the payload makes, each of which must be blocked, with
+/// the errno (by name, `-` for none) it must fail with: another errno means
+/// a different layer stopped it (or nothing did, and the call failed on
+/// its arguments), so the check fails.
+const ATTEMPTS: [(&str, &str); 28] = [
+    ("mount", "EPERM"),           // seccomp
+    ("umount", "EPERM"),          // seccomp
+    ("raw-block-open", "ENOENT"), // no disk node in the container's /dev
+    ("mknod-block", "EPERM"),     // no CAP_MKNOD
+    ("mknod-char", "EPERM"),      // no CAP_MKNOD
+    // seccomp or the CAP_SYS_MODULE check; ENOEXEC would mean the kernel
+    // parsed the image, i.e. nothing refused the call.
+    ("module-load", "EPERM"),
+    ("kexec", "EPERM"),                 // seccomp
+    ("reboot", "EPERM"),                // seccomp
+    ("sysrq", "EROFS"),                 // /proc/sysrq-trigger read-only
+    ("clock-set", "EPERM"),             // seccomp
+    ("sethostname", "EPERM"),           // no CAP_SYS_ADMIN
+    ("ptrace-hidden", "EPERM"),         // seccomp
+    ("ptrace-init", "EPERM"),           // seccomp
+    ("keyctl", "EPERM"),                // seccomp
+    ("bpf", "EPERM"),                   // seccomp
+    ("userns", "EPERM"),                // seccomp (CLONE_NEWUSER)
+    ("cgroup-write", "EROFS"),          // cgroupfs read-only
+    ("chroot-escape", "-"),             // chroot works, the escape does not
+    ("proc-other-container", "EACCES"), // the host paths through /proc/1/root
+    ("rlimit-raise", "EPERM"),          // no CAP_SYS_RESOURCE
+    ("proc-exe-write", "EACCES"),
+    ("proc-exe-opath", "EACCES"),
+    ("proc-sys-write", "EROFS"), // /proc/sys read-only
+    ("dev-mem", "ENOENT"),       // no /dev/mem node
+    // seccomp: unknown syscall numbers and terminal ioctls.
+    ("syscall-1000", "ENOSYS"),
+    ("syscall-first-unknown", "ENOSYS"),
+    ("tiocsti", "EPERM"),   // the kernel (before 6.2) allows it on the own controlling tty
+    ("tioclinux", "EPERM"), // the kernel says ENOTTY on a pty
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let run = super::boot_until_poweroff(ctx, "hostile")?;
     let c = &run.console;
     let mut failures = Vec::new();
-    for name in ATTEMPTS {
+    for (name, err) in ATTEMPTS {
         match c.first("attempt", &[("name", name)]) {
             None => failures.push(format!("{name}: no attempt line")),
             Some(l) if l.get("result") != Some("blocked") => failures.push(format!("{name}: {:?}", l.fields)),
+            Some(l) if l.get("err") != Some(err) => failures.push(format!("{name}: want {err}, got {:?}", l.fields)),
             Some(_) => {}
         }
     }
-    ensure!(failures.is_empty(), "attempts not blocked: {}", failures.join("; "));
+    ensure!(failures.is_empty(), "attempts not blocked as expected: {}", failures.join("; "));
     let done = c.expect("hostile-done", &[("name", "attacker")])?;
+    ensure!(
+        done.get("attempts") == Some(ATTEMPTS.len().to_string().as_str()),
+        "the payload made {:?} attempts, this list has {}",
+        done.get("attempts"),
+        ATTEMPTS.len()
+    );
     ensure!(done.get("allowed") == Some("0"), "hostile-done says {:?}", done.fields);
 
     // The neighbour ran through it all and was only stopped at shutdown.
