@@ -1,0 +1,56 @@
+//! `slow-start`: starting a container never blocks PID 1's event loop, and
+//! nothing starts once the shutdown began.
+//!
+//! `slow` sets up under 1% of a CPU while `fast` exits at once and restarts
+//! every 300 ms. While `slow` is starting, `fast` must keep being restarted
+//! on time (consecutive starts of `fast` never more than a few seconds
+//! apart: with a blocking start they are as far apart as `slow`'s set-up
+//! takes). `slow` either starts or hits the start timeout with its event.
+//! After `shutdown.start` no container starts, though `fast` is in backoff
+//! while `stubborn` holds the shutdown for its grace period.
+
+use anyhow::{ensure, Context, Result};
+
+use crate::console::Line;
+use crate::Ctx;
+
+/// Longest allowed gap between two starts of `fast` (300 ms backoff; the
+/// rest is slack for TCG on a loaded machine).
+const MAX_GAP_S: f64 = 1.5;
+
+fn t(l: &Line) -> f64 {
+    l.get("t").and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let run = super::boot_until_poweroff(ctx, "slow-start")?;
+    let c = &run.console;
+    let shutdown = c.expect("shutdown.start", &[])?;
+    // slow's start ends one way or the other, with its event.
+    let slow_end = c
+        .first("container.started", &[("name", "slow")])
+        .or_else(|| c.first("container.start-timeout", &[("name", "slow")]))
+        .context("slow neither started nor timed out")?;
+    let fast: Vec<&Line> =
+        c.all("container.started", &[("name", "fast")]).into_iter().filter(|l| l.index < shutdown.index).collect();
+    ensure!(fast.len() >= 5, "fast started only {} times before the shutdown", fast.len());
+    let first = fast.first().map_or(0.0, |l| t(l));
+    ensure!(t(slow_end) > first, "slow's start ended before fast's first start");
+    // fast was restarted while slow was starting, on time.
+    let during = fast.iter().filter(|l| t(l) > first && t(l) < t(slow_end)).count();
+    ensure!(during >= 1, "fast was not restarted while slow was starting (slow's start ended at t={})", t(slow_end));
+    for w in fast.windows(2) {
+        if let [a, b] = w {
+            let gap = t(b) - t(a);
+            ensure!(gap <= MAX_GAP_S, "fast started at t={} then only at t={} ({gap:.3}s later)", t(a), t(b));
+        }
+    }
+    // No start once the shutdown began, though fast was in backoff then.
+    if let Some(late) = c.lines.iter().find(|l| l.index > shutdown.index && l.event == "container.started") {
+        anyhow::bail!("{:?} started after shutdown.start", late.get("name"));
+    }
+    c.expect("container.stop-timeout", &[("name", "stubborn")])
+        .map(|_| ())
+        .or_else(|_| c.expect("container.killed", &[("name", "stubborn")]).map(|_| ()))?;
+    Ok(())
+}
