@@ -24,14 +24,19 @@ pub fn backoff(r: &Restart, n: u32) -> u32 {
     d.min(u64::from(r.backoff_max_ms)) as u32
 }
 
+/// A run must last longer than this (and than the backoff cap) to reset
+/// the restart count, so a small or zero cap cannot turn `max_restarts`
+/// off for a crash loop (systemd's default start-limit interval).
+pub const RESET_FLOOR_MS: u64 = 10_000;
+
 /// The restart count to decide with after a run that lasted `ran_ms`
 /// (`None`: it never got to run, e.g. its set-up failed). A run longer
-/// than the backoff cap shows the container works: its history is
-/// forgiven, so a daemon that crashes once a week restarts after the
-/// initial delay every time and is never given up on.
+/// than the backoff cap (and [`RESET_FLOOR_MS`]) shows the container
+/// works: its history is forgiven, so a daemon that crashes once a week
+/// restarts after the initial delay every time and is never given up on.
 pub fn restarts_after_run(r: &Restart, restarts: u32, ran_ms: Option<u64>) -> u32 {
     match ran_ms {
-        Some(ms) if ms > u64::from(r.backoff_max_ms) => 0,
+        Some(ms) if ms > u64::from(r.backoff_max_ms).max(RESET_FLOOR_MS) => 0,
         _ => restarts,
     }
 }
@@ -77,10 +82,16 @@ mod tests {
     #[test]
     fn a_long_run_resets_the_count() {
         let x = r(RestartPolicy::OnFailure { max_restarts: 2 });
-        assert_eq!(restarts_after_run(&x, 5, Some(1001)), 0);
-        assert_eq!(restarts_after_run(&x, 5, Some(1000)), 5, "exactly the cap is not longer than it");
-        assert_eq!(restarts_after_run(&x, 5, Some(10)), 5);
+        assert_eq!(restarts_after_run(&x, 5, Some(10_001)), 0);
+        assert_eq!(restarts_after_run(&x, 5, Some(10_000)), 5, "the floor applies to a cap below it");
+        assert_eq!(restarts_after_run(&x, 5, Some(1001)), 5);
         assert_eq!(restarts_after_run(&x, 5, None), 5, "a failed set-up is not a run");
+        let long = Restart { backoff_max_ms: 60_000, ..x };
+        assert_eq!(restarts_after_run(&long, 5, Some(60_001)), 0);
+        assert_eq!(restarts_after_run(&long, 5, Some(60_000)), 5, "exactly the cap is not longer than it");
+        // A zero cap does not forgive a crash loop.
+        let zero = Restart { backoff_initial_ms: 0, backoff_max_ms: 0, ..x };
+        assert_eq!(restarts_after_run(&zero, 5, Some(50)), 5);
     }
 
     #[test]

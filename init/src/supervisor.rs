@@ -759,7 +759,7 @@ mod tests {
     #[test]
     fn a_run_longer_than_the_backoff_cap_resets_the_restarts() {
         let mut s = supervisor(vec![unit("a", RestartPolicy::OnFailure { max_restarts: 2 })]);
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(2)).expect("uptime over 2 s");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(11)).expect("uptime over 11 s");
         s.units[0].restarts = 2;
         s.units[0].run_started = Some(long_ago);
         s.after_exit(0, Exit::Code(1));

@@ -7,7 +7,8 @@
 //! apart: with a blocking start they are as far apart as `slow`'s set-up
 //! takes). `slow` either starts or hits the start timeout with its event.
 //! After `shutdown.start` no container starts, though `fast` is in backoff
-//! while `stubborn` holds the shutdown for its grace period.
+//! while `stubborn` holds the shutdown for its grace period. Two set-up
+//! failures come back as the child's binary report (stage + errno).
 
 use anyhow::{ensure, Context, Result};
 
@@ -48,6 +49,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // No start once the shutdown began, though fast was in backoff then.
     if let Some(late) = c.lines.iter().find(|l| l.index > shutdown.index && l.event == "container.started") {
         anyhow::bail!("{:?} started after shutdown.start", late.get("name"));
+    }
+    // Set-up failures, from the child's binary report: stage and errno.
+    c.expect("container.failed", &[("name", "badcwd"), ("stage", "cwd"), ("error", "ENOENT")])?;
+    c.expect("container.failed", &[("name", "badfork"), ("stage", "fork"), ("error", "EAGAIN")])?;
+    for name in ["badcwd", "badfork"] {
+        ensure!(c.first("container.started", &[("name", name)]).is_none(), "{name} started");
     }
     c.expect("container.stop-timeout", &[("name", "stubborn")])
         .map(|_| ())
