@@ -83,6 +83,7 @@ fn main() {
         }
     };
     let mut sup = Supervisor::new(units, order, signals, control);
+    sup.set_start_timeout(std::time::Duration::from_millis(cmdline.start_timeout_ms.into()));
     let kind = sup.run();
     finish(kind);
 }

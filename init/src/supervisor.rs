@@ -8,7 +8,7 @@
 //! limits) is followed by polling the report pipe. A container is
 //! `Starting` until the pipe reaches EOF (the entrypoint was executed:
 //! `container.started`), a report arrives (`container.failed`), its init
-//! exits, or [`START_TIMEOUT`] passes (`container.start-timeout`, the cgroup
+//! exits, or the start timeout ([`START_TIMEOUT`] by default) passes (`container.start-timeout`, the cgroup
 //! is killed and it counts as a set-up failure).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -28,8 +28,9 @@ use crate::tap::Tap;
 const KILL_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a container may take from clone to executing its entrypoint
-/// before its cgroup is killed. Generous: set-up under a small `cpus`
-/// limit is slow, and mounting is slower still on a loaded device.
+/// before its cgroup is killed, unless the kernel command line says
+/// otherwise (`cairn.start_timeout_ms`). Generous: set-up under a small
+/// `cpus` limit is slow, and mounting is slower still on a loaded device.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the device does once everything is stopped.
@@ -159,12 +160,18 @@ pub struct Supervisor {
     signals: OwnedFd,
     control: Option<Listener>,
     announced_started: bool,
+    start_timeout: Duration,
 }
 
 impl Supervisor {
     /// `order` is the start order (indexes into `units`).
     pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
-        Self { units, order, shutdown: None, signals, control, announced_started: false }
+        Self { units, order, shutdown: None, signals, control, announced_started: false, start_timeout: START_TIMEOUT }
+    }
+
+    /// How long a container may take to set up before it is killed.
+    pub fn set_start_timeout(&mut self, timeout: Duration) {
+        self.start_timeout = timeout;
     }
 
     /// Run until a shutdown has stopped every container.
@@ -223,6 +230,7 @@ impl Supervisor {
 
     fn start(&mut self, i: usize) {
         let join_net = self.network_to_join(i);
+        let start_timeout = self.start_timeout;
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
@@ -238,7 +246,7 @@ impl Supervisor {
         let spec = with_restart_count(spec, u.restarts);
         match spawn(&spec, u.filter.as_ref(), &u.cgroup, join_net) {
             Ok(started) => {
-                u.state = State::Starting { pid: started.pid, deadline: Instant::now() + START_TIMEOUT };
+                u.state = State::Starting { pid: started.pid, deadline: Instant::now() + start_timeout };
                 u.report = Some(started.report);
                 event("container.starting")
                     .kv("name", &u.name)
@@ -476,6 +484,7 @@ impl Supervisor {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         let shutting_down = self.shutdown.is_some();
+        let start_timeout = self.start_timeout;
         for i in 0..self.units.len() {
             let Some(u) = self.units.get_mut(i) else {
                 continue;
@@ -492,7 +501,7 @@ impl Supervisor {
                     event("container.start-timeout")
                         .kv("name", &u.name)
                         .kv("pid", pid)
-                        .kv("timeout_ms", START_TIMEOUT.as_millis())
+                        .kv("timeout_ms", start_timeout.as_millis())
                         .emit();
                     kill_cgroup(u, pid);
                     // A set-up failure: the restart policy decides.

@@ -9,6 +9,11 @@
 //! After `shutdown.start` no container starts, though `fast` is in backoff
 //! while `stubborn` holds the shutdown for its grace period. Two set-up
 //! failures come back as the child's binary report (stage + errno).
+//!
+//! A second boot of the same disk with `cairn.start_timeout_ms=1000`
+//! (`slow` needs seconds, the others about 0.1 s): `slow` hits the start
+//! timeout, its cgroup is killed before its entrypoint runs, and the device
+//! goes on and powers off in order.
 
 use anyhow::{ensure, Context, Result};
 
@@ -24,8 +29,37 @@ fn t(l: &Line) -> f64 {
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let run = super::boot_until_poweroff(ctx, "slow-start")?;
-    let c = &run.console;
+    let app = ctx.build("slow-start")?;
+    let (disk, _) = ctx.disk(&app, "disk.img")?;
+    let run = ctx.boot(&disk, super::BOOT_TIMEOUT, &super::until_exit)?;
+    super::powered_off(&run)?;
+    unblocked(&run.console)?;
+    // Same disk, short start timeout.
+    let log = ctx.dir.join("timeout.log");
+    let cmd = crate::qemu::command(ctx.board, &ctx.art.boot, &disk, "cairn.start_timeout_ms=1000");
+    let run = crate::qemu::capture(cmd, &log, super::BOOT_TIMEOUT, &super::until_exit)?;
+    super::powered_off(&run)?;
+    timed_out(&run.console).context("boot with cairn.start_timeout_ms=1000")
+}
+
+/// `slow` was killed at the start timeout, before its entrypoint ran.
+fn timed_out(c: &crate::console::Console) -> Result<()> {
+    let timeout = c.expect("container.start-timeout", &[("name", "slow"), ("timeout_ms", "1000")])?;
+    let starting = c.expect("container.starting", &[("name", "slow")])?;
+    let waited = t(timeout) - t(starting);
+    ensure!((0.9..3.0).contains(&waited), "start-timeout came {waited:.3}s after container.starting");
+    ensure!(c.first("container.started", &[("name", "slow")]).is_none(), "slow started anyway");
+    ensure!(c.first("ignoring-term", &[("name", "slow")]).is_none(), "slow's entrypoint ran after the timeout");
+    // A set-up failure under its restart policy (never).
+    let stopped = c.expect("container.stopped", &[("name", "slow"), ("reason", "policy")])?;
+    ensure!(stopped.index > timeout.index, "slow stopped before its start timeout");
+    c.expect("container.started", &[("name", "driver")])?;
+    Ok(())
+}
+
+/// The first boot: nothing blocked the loop, nothing started after the
+/// shutdown began.
+fn unblocked(c: &crate::console::Console) -> Result<()> {
     let shutdown = c.expect("shutdown.start", &[])?;
     // slow's start ends one way or the other, with its event.
     let slow_end = c
