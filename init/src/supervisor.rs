@@ -8,8 +8,10 @@
 //! limits) is followed by polling the report pipe. A container is
 //! `Starting` until the pipe reaches EOF (the entrypoint was executed:
 //! `container.started`), a report arrives (`container.failed`), its init
-//! exits, or the start timeout ([`START_TIMEOUT`] by default) passes (`container.start-timeout`, the cgroup
-//! is killed and it counts as a set-up failure).
+//! exits, or the start timeout ([`START_TIMEOUT`] by default) passes
+//! (`container.start-timeout`: the cgroup is killed and it counts as a
+//! set-up failure). Once a shutdown began nothing is started: units
+//! waiting or in backoff are stopped, set-ups under way are killed.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
