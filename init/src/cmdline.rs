@@ -5,13 +5,15 @@
 pub struct Cmdline {
     /// How long to wait for the boot disk's partitions.
     pub disk_timeout_ms: u32,
+    /// How long a container may take to set up (clone to exec).
+    pub start_timeout_ms: u32,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self { disk_timeout_ms: 10_000, ignored: Vec::new() }
+        Self { disk_timeout_ms: 10_000, start_timeout_ms: 10_000, ignored: Vec::new() }
     }
 }
 
@@ -22,6 +24,7 @@ pub fn parse(text: &str) -> Cmdline {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
         match (key, value.parse::<u32>()) {
             ("cairn.disk_timeout_ms", Ok(v)) if v > 0 => c.disk_timeout_ms = v,
+            ("cairn.start_timeout_ms", Ok(v)) if v > 0 => c.start_timeout_ms = v,
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -34,9 +37,12 @@ mod tests {
 
     #[test]
     fn known_keys_parse_and_unknown_ones_are_kept_for_a_warning() {
-        let c = parse("console=ttyS0 cairn.disk_timeout_ms=2500 cairn.bogus=1 cairn.disk_timeout_ms=x quiet");
+        let c = parse(
+            "console=ttyS0 cairn.disk_timeout_ms=2500 cairn.bogus=1 cairn.disk_timeout_ms=x quiet cairn.start_timeout_ms=900 cairn.start_timeout_ms=0",
+        );
         assert_eq!(c.disk_timeout_ms, 2500);
-        assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x"]);
+        assert_eq!(c.start_timeout_ms, 900);
+        assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x", "cairn.start_timeout_ms=0"]);
         assert_eq!(parse(""), Cmdline::default());
     }
 }

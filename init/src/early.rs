@@ -2,7 +2,7 @@
 //! controllers delegated to container cgroups.
 
 use cairn_runtime::cgroup;
-use cairn_runtime::sys::{self, SysResult};
+use cairn_runtime::sys::{self, SysError, SysResult};
 
 const NOSUID: libc::c_ulong = libc::MS_NOSUID;
 const NODEV: libc::c_ulong = libc::MS_NODEV;
@@ -22,16 +22,33 @@ pub const MOUNTS: [EarlyMount; 7] = [
     ("cgroup2", "cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID | NODEV | NOEXEC, Some("nsdelegate")),
 ];
 
-/// Mount everything; a target that is already mounted (EBUSY) is fine.
-pub fn mount_all() -> SysResult<()> {
-    for (what, source, target, fstype, flags, data) in MOUNTS {
-        sys::mkdir_all(target, 0o755)?;
-        match sys::mount(what, Some(source), target, Some(fstype), flags, data) {
+/// Mount everything; a target that is already mounted (EBUSY) is fine. A
+/// failure does not stop the others (a missing devpts must not cost the
+/// cgroup mount): every failure is returned, named, in mount order.
+pub fn mount_all() -> Vec<(&'static str, SysError)> {
+    mount_each(
+        &MOUNTS,
+        |target| sys::mkdir_all(target, 0o755),
+        |(what, source, target, fstype, flags, data)| sys::mount(what, Some(source), target, Some(fstype), flags, data),
+    )
+}
+
+/// [`mount_all`] with the syscalls passed in (host tests).
+fn mount_each(
+    mounts: &[EarlyMount],
+    mut mkdir: impl FnMut(&str) -> SysResult<()>,
+    mut mount: impl FnMut(EarlyMount) -> SysResult<()>,
+) -> Vec<(&'static str, SysError)> {
+    let mut failed = Vec::new();
+    for &m in mounts {
+        let (what, _, target, ..) = m;
+        match mkdir(target).and_then(|()| mount(m)) {
             Err(e) if e.errno == libc::EBUSY => {}
-            r => r?,
+            Err(e) => failed.push((what, e)),
+            Ok(()) => {}
         }
     }
-    Ok(())
+    failed
 }
 
 /// Enable the controllers for children and create the parent cgroup of all
@@ -49,4 +66,33 @@ pub fn enabled_controllers() -> String {
     std::fs::read_to_string(format!("{}/cgroup.subtree_control", cgroup::ROOT))
         .map(|s| s.trim().replace(' ', ","))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(op: &'static str, errno: i32) -> SysError {
+        SysError { op, arg: String::new(), errno }
+    }
+
+    #[test]
+    fn a_failed_mount_does_not_stop_the_others() {
+        let mut mounted = Vec::new();
+        let failed = mount_each(
+            &MOUNTS,
+            |t| if t == "/dev/shm" { Err(err("mkdir", libc::EROFS)) } else { Ok(()) },
+            |(what, ..)| match what {
+                "devpts" => Err(err("mount", libc::ENODEV)),
+                "proc" => Err(err("mount", libc::EBUSY)),
+                _ => {
+                    mounted.push(what);
+                    Ok(())
+                }
+            },
+        );
+        let failed: Vec<(&str, i32)> = failed.iter().map(|(w, e)| (*w, e.errno)).collect();
+        assert_eq!(failed, [("devpts", libc::ENODEV), ("shm", libc::EROFS)]);
+        assert_eq!(mounted, ["sysfs", "devtmpfs", "run", "cgroup2"], "everything after a failure is still mounted");
+    }
 }

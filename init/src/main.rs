@@ -48,8 +48,8 @@ fn main() {
             halt_forever();
         }
     };
-    if let Err(e) = early::mount_all() {
-        event("early.mount-failed").kv("error", e).emit();
+    for (what, e) in early::mount_all() {
+        event("early.mount-failed").kv("mount", what).kv("error", e).emit();
     }
     match early::cgroups() {
         Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),
@@ -83,6 +83,7 @@ fn main() {
         }
     };
     let mut sup = Supervisor::new(units, order, signals, control);
+    sup.set_start_timeout(std::time::Duration::from_millis(cmdline.start_timeout_ms.into()));
     let kind = sup.run();
     finish(kind);
 }
@@ -107,15 +108,27 @@ fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
     (units, order)
 }
 
-/// Everything is stopped: unmount, sync, power off or reboot.
+/// How long the shutdown waits for every process to die after SIGKILL.
+const DEATH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Everything is stopped: kill what is left and wait for it (bounded),
+/// unmount (or remount read-only), sync, power off or reboot.
 fn finish(kind: ShutdownKind) -> ! {
     // SAFETY: kill(-1) from PID 1 signals every other process; nothing of
     // ours is left to protect at this point.
     unsafe { libc::kill(-1, libc::SIGKILL) };
-    // SAFETY: reaping with a valid (null) status pointer.
-    while unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-    storage::unmount_data();
-    storage::unmount_layers();
+    let (reaped, left) = reap_all(DEATH_WAIT);
+    if left {
+        // In D state (e.g. on failing media): unmounting may fail; the
+        // read-only remount below is the fallback.
+        event("shutdown.processes-left").kv("reaped", reaped).kv("waited_ms", DEATH_WAIT.as_millis()).emit();
+    }
+    release(storage::DATA_DIR, "data");
+    if let Ok(dir) = std::fs::read_dir(storage::LAYERS_DIR) {
+        for e in dir.flatten() {
+            release(&e.path().to_string_lossy(), "layer");
+        }
+    }
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     let cmd = match kind {
@@ -127,6 +140,44 @@ fn finish(kind: ShutdownKind) -> ! {
     unsafe { libc::reboot(cmd) };
     event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(cairn_runtime::sys::errno())).emit();
     halt_forever()
+}
+
+/// Reap children until none is left (ECHILD) or `bound` passes. Returns
+/// how many were reaped and whether some are left.
+fn reap_all(bound: std::time::Duration) -> (u32, bool) {
+    let deadline = std::time::Instant::now() + bound;
+    let mut reaped = 0u32;
+    loop {
+        // SAFETY: reaping with a valid (null) status pointer.
+        let pid = unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) };
+        if pid > 0 {
+            reaped += 1;
+            continue;
+        }
+        if pid < 0 && cairn_runtime::sys::errno() == libc::ECHILD {
+            return (reaped, false);
+        }
+        if std::time::Instant::now() >= deadline {
+            return (reaped, true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Unmount `path` at shutdown; if that fails (EBUSY: a process is still in
+/// it), remount it read-only so the filesystem is clean on the next boot.
+/// Every failure is an event; a path that is not mounted is not one.
+fn release(path: &str, what: &str) {
+    use cairn_runtime::sys;
+    match sys::umount(path, 0) {
+        Ok(()) => return,
+        Err(e) if e.errno == libc::EINVAL || e.errno == libc::ENOENT => return, // not mounted
+        Err(e) => event("shutdown.unmount-failed").kv("what", what).kv("path", path).kv("error", e).emit(),
+    }
+    match sys::mount("remount read-only", None, path, None, libc::MS_REMOUNT | libc::MS_RDONLY, None) {
+        Ok(()) => event("shutdown.remounted-ro").kv("what", what).kv("path", path).emit(),
+        Err(e) => event("shutdown.remount-failed").kv("what", what).kv("path", path).kv("error", e).emit(),
+    }
 }
 
 /// PID 1 must never exit: the kernel would panic.

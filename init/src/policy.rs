@@ -24,6 +24,23 @@ pub fn backoff(r: &Restart, n: u32) -> u32 {
     d.min(u64::from(r.backoff_max_ms)) as u32
 }
 
+/// A run must last longer than this (and than the backoff cap) to reset
+/// the restart count, so a small or zero cap cannot turn `max_restarts`
+/// off for a crash loop (systemd's default start-limit interval).
+pub const RESET_FLOOR_MS: u64 = 10_000;
+
+/// The restart count to decide with after a run that lasted `ran_ms`
+/// (`None`: it never got to run, e.g. its set-up failed). A run longer
+/// than the backoff cap (and [`RESET_FLOOR_MS`]) shows the container
+/// works: its history is forgiven, so a daemon that crashes once a week
+/// restarts after the initial delay every time and is never given up on.
+pub fn restarts_after_run(r: &Restart, restarts: u32, ran_ms: Option<u64>) -> u32 {
+    match ran_ms {
+        Some(ms) if ms > u64::from(r.backoff_max_ms).max(RESET_FLOOR_MS) => 0,
+        _ => restarts,
+    }
+}
+
 /// Decide after an exit, given how many restarts already happened.
 pub fn after_exit(r: &Restart, exit: Exit, restarts: u32) -> Decision {
     match r.policy {
@@ -60,6 +77,40 @@ mod tests {
         assert_eq!(after_exit(&x, Exit::Signal(9), 1), Decision::Restart { delay_ms: 200 });
         assert_eq!(after_exit(&x, Exit::Code(1), 2), Decision::GiveUp);
         assert_eq!(after_exit(&x, Exit::Code(0), 0), Decision::Stay);
+    }
+
+    #[test]
+    fn a_long_run_resets_the_count() {
+        let x = r(RestartPolicy::OnFailure { max_restarts: 2 });
+        assert_eq!(restarts_after_run(&x, 5, Some(10_001)), 0);
+        assert_eq!(restarts_after_run(&x, 5, Some(10_000)), 5, "the floor applies to a cap below it");
+        assert_eq!(restarts_after_run(&x, 5, Some(1001)), 5);
+        assert_eq!(restarts_after_run(&x, 5, None), 5, "a failed set-up is not a run");
+        let long = Restart { backoff_max_ms: 60_000, ..x };
+        assert_eq!(restarts_after_run(&long, 5, Some(60_001)), 0);
+        assert_eq!(restarts_after_run(&long, 5, Some(60_000)), 5, "exactly the cap is not longer than it");
+        // A zero cap does not forgive a crash loop.
+        let zero = Restart { backoff_initial_ms: 0, backoff_max_ms: 0, ..x };
+        assert_eq!(restarts_after_run(&zero, 5, Some(50)), 5);
+    }
+
+    #[test]
+    fn a_weekly_crash_is_never_given_up() {
+        let x = r(RestartPolicy::OnFailure { max_restarts: 2 });
+        let week_ms = 7 * 24 * 3600 * 1000;
+        let mut restarts = 0;
+        for _ in 0..100 {
+            restarts = restarts_after_run(&x, restarts, Some(week_ms));
+            assert_eq!(after_exit(&x, Exit::Code(1), restarts), Decision::Restart { delay_ms: 100 });
+            restarts += 1;
+        }
+        // Quick crashes still use up the restarts (counted since the last
+        // long run, whose restart was the first).
+        restarts = restarts_after_run(&x, restarts, Some(5));
+        assert_eq!(after_exit(&x, Exit::Code(1), restarts), Decision::Restart { delay_ms: 200 });
+        restarts += 1;
+        restarts = restarts_after_run(&x, restarts, Some(5));
+        assert_eq!(after_exit(&x, Exit::Code(1), restarts), Decision::GiveUp);
     }
 
     #[test]

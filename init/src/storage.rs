@@ -166,24 +166,3 @@ pub fn mount_data(parts: &Partitions) {
         Err(e) => event("data.unavailable").kv("device", dev).kv("error", e).emit(),
     }
 }
-
-/// Unmount the data partition (at shutdown), so ext4 is clean.
-pub fn unmount_data() {
-    match sys::umount(DATA_DIR, 0) {
-        Ok(()) => {}
-        Err(e) if e.errno == libc::EINVAL || e.errno == libc::ENOENT => {} // never mounted
-        Err(e) => event("data.unmount-failed").kv("error", e).emit(),
-    }
-}
-
-/// Unmount every layer (at shutdown).
-pub fn unmount_layers() {
-    if let Ok(dir) = std::fs::read_dir(LAYERS_DIR) {
-        for e in dir.flatten() {
-            let p = e.path().to_string_lossy().into_owned();
-            if let Err(err) = sys::umount(&p, 0) {
-                event("layer.unmount-failed").kv("path", &p).kv("error", err).emit();
-            }
-        }
-    }
-}

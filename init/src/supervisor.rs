@@ -2,12 +2,23 @@
 //! control socket, with timers for restart backoff and stop grace periods.
 //! It starts containers in dependency order, restarts them by policy, and
 //! on a shutdown request stops them in reverse order.
+//!
+//! Starting never blocks the loop: `spawn` returns once the container's
+//! init exists, and its set-up (which runs under the container's own
+//! limits) is followed by polling the report pipe. A container is
+//! `Starting` until the pipe reaches EOF (the entrypoint was executed:
+//! `container.started`), a report arrives (`container.failed`), its init
+//! exits, or the start timeout ([`START_TIMEOUT`] by default) passes
+//! (`container.start-timeout`: the cgroup is killed and it counts as a
+//! set-up failure). Once a shutdown began nothing is started: units
+//! waiting or in backoff are stopped, set-ups under way are killed.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use cairn_images::manifest::{Restart, Stop, MAX_CONTAINERS};
 use cairn_runtime::seccomp::Filter;
+use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
 use crate::control::{self, Listener, Request};
@@ -17,6 +28,12 @@ use crate::tap::Tap;
 
 /// How long to wait after `cgroup.kill` before giving up on a container.
 const KILL_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a container may take from clone to executing its entrypoint
+/// before its cgroup is killed, unless the kernel command line says
+/// otherwise (`cairn.start_timeout_ms`). Generous: set-up under a small
+/// `cpus` limit is slow, and mounting is slower still on a loaded device.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the device does once everything is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +58,9 @@ impl ShutdownKind {
 enum State {
     /// Waiting for its dependencies to start.
     Waiting,
+    /// Cloned; its init sets up until the entrypoint is executed. Killed
+    /// at `deadline`.
+    Starting { pid: libc::pid_t, deadline: Instant },
     /// Running; `pid` is its namespace init.
     Running { pid: libc::pid_t },
     /// Waiting out a restart delay.
@@ -67,6 +87,10 @@ pub struct Unit {
     console: Option<Tap>,
     /// Its seccomp filter, compiled once for every start.
     filter: Option<Filter>,
+    /// While starting: the read end of its report pipe (non-blocking).
+    report: Option<OwnedFd>,
+    /// When the current run began (its entrypoint was executed).
+    run_started: Option<Instant>,
 }
 
 impl Unit {
@@ -99,12 +123,14 @@ impl Unit {
             ever_started: false,
             oom_baseline: 0,
             console: None,
+            report: None,
+            run_started: None,
         }
     }
 
     fn pid(&self) -> Option<libc::pid_t> {
         match self.state {
-            State::Running { pid } | State::Stopping { pid, .. } => Some(pid),
+            State::Starting { pid, .. } | State::Running { pid } | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         }
     }
@@ -112,6 +138,7 @@ impl Unit {
     fn state_name(&self) -> &'static str {
         match self.state {
             State::Waiting => "waiting",
+            State::Starting { .. } => "starting",
             State::Running { .. } => "running",
             State::Backoff { .. } => "backoff",
             State::Stopping { .. } => "stopping",
@@ -135,12 +162,18 @@ pub struct Supervisor {
     signals: OwnedFd,
     control: Option<Listener>,
     announced_started: bool,
+    start_timeout: Duration,
 }
 
 impl Supervisor {
     /// `order` is the start order (indexes into `units`).
     pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
-        Self { units, order, shutdown: None, signals, control, announced_started: false }
+        Self { units, order, shutdown: None, signals, control, announced_started: false, start_timeout: START_TIMEOUT }
+    }
+
+    /// How long a container may take to set up before it is killed.
+    pub fn set_start_timeout(&mut self, timeout: Duration) {
+        self.start_timeout = timeout;
     }
 
     /// Run until a shutdown has stopped every container.
@@ -189,7 +222,8 @@ impl Supervisor {
                 self.start(i);
             }
         }
-        if !self.announced_started && self.units.iter().all(|u| u.state != State::Waiting) {
+        let settled = |u: &Unit| !matches!(u.state, State::Waiting | State::Starting { .. });
+        if !self.announced_started && self.units.iter().all(settled) {
             self.announced_started = true;
             let running = self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count();
             event("boot.containers-started").kv("running", running).kv("total", self.units.len()).emit();
@@ -198,6 +232,7 @@ impl Supervisor {
 
     fn start(&mut self, i: usize) {
         let join_net = self.network_to_join(i);
+        let start_timeout = self.start_timeout;
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
@@ -213,22 +248,19 @@ impl Supervisor {
         let spec = with_restart_count(spec, u.restarts);
         match spawn(&spec, u.filter.as_ref(), &u.cgroup, join_net) {
             Ok(started) => {
-                u.state = State::Running { pid: started.pid };
-                u.ever_started = true;
-                event("container.started").kv("name", &u.name).kv("pid", started.pid).kv("restarts", u.restarts).emit();
+                u.state = State::Starting { pid: started.pid, deadline: Instant::now() + start_timeout };
+                u.report = Some(started.report);
+                event("container.starting")
+                    .kv("name", &u.name)
+                    .kv("pid", started.pid)
+                    .kv("restarts", u.restarts)
+                    .emit();
                 if let Some((master, pty)) = started.console {
                     if let Some(mut old) = u.console.take() {
                         old.pump(&u.name);
                     }
                     event("container.console").kv("name", &u.name).kv("pty", pty).emit();
                     u.console = Some(Tap::new(master));
-                }
-                if let Some((errno, path)) = started.exec_error {
-                    event("container.exec-failed")
-                        .kv("name", &u.name)
-                        .kv("path", path)
-                        .kv("error", cairn_runtime::sys::errno_name(errno))
-                        .emit();
                 }
             }
             Err(e) => {
@@ -237,6 +269,62 @@ impl Supervisor {
             }
         }
     }
+    /// Read unit `i`'s report pipe if it is starting; with `exit`, its init
+    /// has exited. Returns true if that settled the unit for good (its
+    /// set-up failed and the failure was handled), false if it is still
+    /// starting or now runs (its exit, if any, is still to be handled).
+    fn settle_start(&mut self, i: usize, exit: Option<Exit>) -> bool {
+        let Some(u) = self.units.get_mut(i) else {
+            return false;
+        };
+        let State::Starting { pid, .. } = u.state else {
+            return false;
+        };
+        let setup = u.report.as_ref().map_or(Setup::Pending, spawning::poll_report);
+        let exec_errno = if let Setup::ExecFailed(errno) = setup { Some(errno) } else { None };
+        let failure = match setup {
+            Setup::Pending if exit.is_none() => return false,
+            Setup::Pending => Some(None),
+            Setup::Done | Setup::ExecFailed(_) => None,
+            Setup::Failed(e) => Some(Some(e)),
+        };
+        u.report = None;
+        let Some(failure) = failure else {
+            u.state = State::Running { pid };
+            u.ever_started = true;
+            u.run_started = Some(Instant::now());
+            event("container.started").kv("name", &u.name).kv("pid", pid).kv("restarts", u.restarts).emit();
+            if let Some(errno) = exec_errno {
+                let path = u.spec.as_ref().ok().and_then(|s| s.argv.first()).map(|p| p.to_string_lossy().into_owned());
+                event("container.exec-failed")
+                    .kv("name", &u.name)
+                    .kv("path", path.unwrap_or_default())
+                    .kv("error", cairn_runtime::report::ErrnoName(errno))
+                    .emit();
+            }
+            return false;
+        };
+        let failed = event("container.failed").kv("name", &u.name).kv("pid", pid);
+        match &failure {
+            Some(spawning::SpawnError::Setup(r)) => {
+                failed.kv("stage", r.stage.name()).kv("error", cairn_runtime::report::ErrnoName(r.errno)).emit()
+            }
+            Some(e) => failed.kv("error", e).emit(),
+            None => failed.kv("error", "exited during set-up without a report").emit(),
+        }
+        let exit = match exit {
+            Some(exit) => exit,
+            None => {
+                // The init exits by itself after a report; make sure
+                // nothing it started outlives it.
+                kill_cgroup(u, pid);
+                Exit::Code(spawning::SETUP_FAILED)
+            }
+        };
+        self.after_exit(i, exit);
+        true
+    }
+
     /// Host pid of the container whose network namespace unit `i` joins.
     fn network_to_join(&self, i: usize) -> Option<libc::pid_t> {
         let spec = self.units.get(i)?.spec.as_ref().ok()?;
@@ -251,10 +339,13 @@ impl Supervisor {
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
+        u.report = None;
+        let ran_ms = u.run_started.take().map(|t| t.elapsed().as_millis().min(u128::from(u64::MAX)) as u64);
         if shutting_down {
             u.state = State::Stopped;
             return;
         }
+        u.restarts = policy::restarts_after_run(&u.restart, u.restarts, ran_ms);
         match policy::after_exit(&u.restart, exit, u.restarts) {
             Decision::Restart { delay_ms } => {
                 u.state = State::Backoff { until: Instant::now() + Duration::from_millis(delay_ms.into()) };
@@ -282,6 +373,10 @@ impl Supervisor {
         let Some(exit) = Exit::from_wait_status(status) else {
             return;
         };
+        // Exited while starting: what its report pipe says comes first.
+        if self.settle_start(i, Some(exit)) {
+            return;
+        }
         if let Some(u) = self.units.get(i) {
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
             event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
@@ -308,6 +403,28 @@ impl Supervisor {
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         event("shutdown.start").kv("kind", kind.name()).kv("reason", why).kv("hostname", host.trim()).emit();
+        // Nothing starts any more: units waiting to start or to restart stay
+        // stopped, and set-ups under way are cut short.
+        let now = Instant::now();
+        for u in &mut self.units {
+            match u.state {
+                State::Waiting | State::Backoff { .. } => {
+                    event("container.stopped")
+                        .kv("name", &u.name)
+                        .kv("reason", "shutdown")
+                        .kv("was", u.state_name())
+                        .emit();
+                    u.state = State::Stopped;
+                }
+                State::Starting { pid, .. } => {
+                    event("container.killed").kv("name", &u.name).kv("reason", "shutdown during set-up").emit();
+                    kill_cgroup(u, pid);
+                    u.report = None;
+                    u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                }
+                _ => {}
+            }
+        }
         // Popped from the end: the last container started is stopped first.
         let queue = self.order.clone();
         self.shutdown = Some(ShutdownPlan { kind, queue, current: None });
@@ -342,6 +459,8 @@ impl Supervisor {
                     };
                     plan.current = Some(i);
                 }
+                // Killed when the shutdown began: wait for its exit.
+                State::Stopping { .. } => plan.current = Some(i),
                 _ => u.state = State::Stopped,
             }
         }
@@ -354,7 +473,7 @@ impl Supervisor {
             .iter()
             .filter_map(|u| match u.state {
                 State::Backoff { until } => Some(until),
-                State::Stopping { deadline, .. } => Some(deadline),
+                State::Starting { deadline, .. } | State::Stopping { deadline, .. } => Some(deadline),
                 _ => None,
             })
             .min();
@@ -366,14 +485,29 @@ impl Supervisor {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        let shutting_down = self.shutdown.is_some();
+        let start_timeout = self.start_timeout;
         for i in 0..self.units.len() {
             let Some(u) = self.units.get_mut(i) else {
                 continue;
             };
             match u.state {
+                // request_shutdown stopped every unit in backoff; never
+                // start one once the shutdown began, whatever its state.
+                State::Backoff { until } if until <= now && shutting_down => u.state = State::Stopped,
                 State::Backoff { until } if until <= now => {
                     u.restarts += 1;
                     self.start(i);
+                }
+                State::Starting { pid, deadline } if deadline <= now => {
+                    event("container.start-timeout")
+                        .kv("name", &u.name)
+                        .kv("pid", pid)
+                        .kv("timeout_ms", start_timeout.as_millis())
+                        .emit();
+                    kill_cgroup(u, pid);
+                    // A set-up failure: the restart policy decides.
+                    self.after_exit(i, Exit::Code(spawning::SETUP_FAILED));
                 }
                 State::Stopping { pid, deadline, killed } if deadline <= now => {
                     if killed {
@@ -384,10 +518,7 @@ impl Supervisor {
                         }
                     } else {
                         event("container.killed").kv("name", &u.name).kv("reason", "grace period over").emit();
-                        if let Err(e) = u.cgroup.kill_all() {
-                            event("container.kill-failed").kv("name", &u.name).kv("error", e).emit();
-                            let _ = cairn_runtime::sys::kill(pid, libc::SIGKILL);
-                        }
+                        kill_cgroup(u, pid);
                         u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
                     }
                 }
@@ -401,10 +532,15 @@ impl Supervisor {
         // Fixed capacity: no allocation in the loop. Container consoles
         // follow the two fixed entries; -1 (ignored by poll) for units
         // without one keeps unit i at fds[2 + i].
-        let mut fds = [idle; 2 + MAX_CONTAINERS];
+        let mut fds = [idle; 2 + 2 * MAX_CONTAINERS];
         let consoles = self.units.iter().map(|u| u.console.as_ref().map_or(-1, Tap::raw));
-        let all =
-            [self.signals.as_raw_fd(), self.control.as_ref().map_or(-1, Listener::raw)].into_iter().chain(consoles);
+        // Then the report pipes of starting units: unit i at fds[2 + n + i].
+        let n_units = self.units.len();
+        let reports = self.units.iter().map(|u| u.report.as_ref().map_or(-1, AsRawFd::as_raw_fd));
+        let all = [self.signals.as_raw_fd(), self.control.as_ref().map_or(-1, Listener::raw)]
+            .into_iter()
+            .chain(consoles)
+            .chain(reports);
         let mut used = 0;
         for (slot, fd) in fds.iter_mut().zip(all) {
             slot.fd = fd;
@@ -426,6 +562,12 @@ impl Supervisor {
                         event("container.console-closed").kv("name", &u.name).emit();
                     }
                 }
+            }
+        }
+        // Reports before exits: a report explains the exit that follows it.
+        for i in 0..n_units {
+            if ready(2 + n_units + i, libc::POLLIN | libc::POLLHUP | libc::POLLERR) {
+                self.settle_start(i, None);
             }
         }
         if signals {
@@ -530,6 +672,15 @@ fn with_restart_count(spec: &ContainerSpec, restarts: u32) -> ContainerSpec {
     spec
 }
 
+/// Kill every process of `u`'s cgroup (its init `pid` directly if
+/// `cgroup.kill` fails).
+fn kill_cgroup(u: &Unit, pid: libc::pid_t) {
+    if let Err(e) = u.cgroup.kill_all() {
+        event("container.kill-failed").kv("name", &u.name).kv("error", e).emit();
+        let _ = cairn_runtime::sys::kill(pid, libc::SIGKILL);
+    }
+}
+
 /// Block every signal and return a signalfd that receives them.
 pub fn signal_fd() -> Result<OwnedFd, cairn_runtime::sys::SysError> {
     // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
@@ -561,5 +712,85 @@ impl ExitFields for crate::event::Event {
             Exit::Code(c) => self.kv("code", c),
             Exit::Signal(s) => self.kv("signal", s).kv("code", 128 + s),
         }
+    }
+}
+
+// A failed test may panic (issue 9 moves this allowance to a clippy.toml).
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use cairn_images::manifest::RestartPolicy;
+
+    fn unit(name: &str, policy: RestartPolicy) -> Unit {
+        let restart = Restart { policy, backoff_initial_ms: 100, backoff_max_ms: 1000 };
+        Unit::new(name, Err("host test".into()), Vec::new(), restart, Stop { signal: 15, grace_ms: 100 })
+    }
+
+    fn supervisor(units: Vec<Unit>) -> Supervisor {
+        let order = (0..units.len()).collect();
+        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open /dev/null").into();
+        Supervisor::new(units, order, fd, None)
+    }
+
+    fn state(s: &Supervisor, i: usize) -> State {
+        s.units[i].state
+    }
+
+    #[test]
+    fn shutdown_stops_units_waiting_to_start_or_restart() {
+        let mut s = supervisor(vec![unit("a", RestartPolicy::Always), unit("b", RestartPolicy::Always)]);
+        s.units[0].state = State::Backoff { until: Instant::now() + Duration::from_secs(60) };
+        s.request_shutdown(ShutdownKind::PowerOff, "test");
+        assert_eq!(state(&s, 0), State::Stopped);
+        assert_eq!(state(&s, 1), State::Stopped, "a waiting unit never starts once the shutdown began");
+        assert_eq!(s.drive_shutdown(), Some(ShutdownKind::PowerOff));
+    }
+
+    #[test]
+    fn no_timer_starts_anything_during_shutdown() {
+        let mut s = supervisor(vec![unit("a", RestartPolicy::Always)]);
+        s.request_shutdown(ShutdownKind::Reboot, "test");
+        // A backoff that is due (however it got there) is not a start.
+        s.units[0].state = State::Backoff { until: Instant::now() };
+        s.fire_timers();
+        assert_eq!(s.units[0].restarts, 0, "fire_timers tried a restart during the shutdown");
+        assert_eq!(state(&s, 0), State::Stopped);
+    }
+
+    #[test]
+    fn an_exit_during_shutdown_is_not_restarted() {
+        let mut s = supervisor(vec![unit("a", RestartPolicy::Always)]);
+        s.units[0].state = State::Running { pid: 4242 };
+        s.request_shutdown(ShutdownKind::PowerOff, "test");
+        s.after_exit(0, Exit::Code(1));
+        assert_eq!(state(&s, 0), State::Stopped);
+    }
+
+    #[test]
+    fn a_run_longer_than_the_backoff_cap_resets_the_restarts() {
+        let mut s = supervisor(vec![unit("a", RestartPolicy::OnFailure { max_restarts: 2 })]);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(11)).expect("uptime over 11 s");
+        s.units[0].restarts = 2;
+        s.units[0].run_started = Some(long_ago);
+        s.after_exit(0, Exit::Code(1));
+        assert!(matches!(state(&s, 0), State::Backoff { .. }), "{:?}", state(&s, 0));
+        assert_eq!(s.units[0].restarts, 0);
+        // A quick exit with the restarts used up gives up.
+        s.units[0].restarts = 2;
+        s.units[0].run_started = Some(Instant::now());
+        s.after_exit(0, Exit::Code(1));
+        assert_eq!(state(&s, 0), State::Stopped);
+    }
+
+    #[test]
+    fn a_start_timeout_is_a_setup_failure_under_the_restart_policy() {
+        let mut s = supervisor(vec![unit("a", RestartPolicy::OnFailure { max_restarts: 1 })]);
+        // On the host the cgroup write fails (no such cgroup) and the
+        // fallback kill gets ESRCH: i32::MAX is above any pid_max.
+        s.units[0].state = State::Starting { pid: i32::MAX, deadline: Instant::now() };
+        s.fire_timers();
+        assert!(matches!(state(&s, 0), State::Backoff { .. }), "{:?}", state(&s, 0));
+        assert!(s.units[0].run_started.is_none());
     }
 }

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod identity;
 pub mod network;
 pub mod nsinit;
+pub mod report;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::exit::Exit;
 use crate::identity;
+use crate::report::{self, Stage};
 use crate::seccomp::Filter;
 use crate::spec::ContainerSpec;
 use crate::sys;
@@ -32,15 +33,13 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
     }
     if spec.console {
         if let Err(e) = crate::console::take_controlling_terminal() {
-            report_and_exit(&sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
+            report_and_exit(&sync, Stage::ControllingTerminal, e.errno, crate::spawn::SETUP_FAILED);
         }
     }
     // SAFETY: this process is single-threaded; fork is safe to call.
     let entry = unsafe { libc::fork() };
     if entry < 0 {
-        let _ = sys::write_all(&sync, format!("setup fork entrypoint: {}", sys::errno_name(sys::errno())).as_bytes());
-        // SAFETY: ends the process.
-        unsafe { libc::_exit(crate::spawn::SETUP_FAILED) };
+        report_and_exit(&sync, Stage::Fork, sys::errno(), crate::spawn::SETUP_FAILED);
     }
     if entry == 0 {
         exec_entrypoint(spec, &sync, filter);
@@ -131,8 +130,8 @@ fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
     }
 }
 
-fn report_and_exit(sync: &OwnedFd, msg: String, code: i32) -> ! {
-    let _ = sys::write_all(sync, msg.as_bytes());
+fn report_and_exit(sync: &OwnedFd, stage: Stage, errno: i32, code: i32) -> ! {
+    report::write(sync, stage, errno);
     // SAFETY: ends the process.
     unsafe { libc::_exit(code) }
 }
@@ -146,7 +145,7 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     // session of its own.
     if spec.console {
         if let Err(e) = crate::console::become_foreground() {
-            report_and_exit(sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
+            report_and_exit(sync, Stage::Foreground, e.errno, crate::spawn::SETUP_FAILED);
         }
     } else {
         // SAFETY: setsid takes no arguments.
@@ -164,21 +163,28 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, core::ptr::null_mut());
     }
-    let setup = identity::set_rlimits(&spec.rlimits)
-        .and_then(|()| identity::drop_bounding(spec.capabilities))
-        .and_then(|()| match filter {
-            // Installed while still privileged, so it needs no no_new_privs.
-            Some(f) => {
-                f.install().map_err(|e| sys::SysError { op: "seccomp", arg: e.to_string(), errno: libc::EINVAL })
-            }
-            None => Ok(()),
-        })
-        .and_then(|()| identity::set_ids(spec.uid, spec.gid, &spec.groups))
-        .and_then(|()| identity::set_capabilities(spec.capabilities))
-        .and_then(|()| sys::chdir(&spec.cwd))
-        .and_then(|()| if spec.no_new_privs { identity::set_no_new_privs() } else { Ok(()) });
-    if let Err(e) = setup {
-        report_and_exit(sync, format!("setup {e}"), crate::spawn::SETUP_FAILED);
+    let at = |stage: Stage| move |e: sys::SysError| (stage, e.errno);
+    let setup =
+        identity::set_rlimits(&spec.rlimits)
+            .map_err(at(Stage::Rlimits))
+            .and_then(|()| identity::drop_bounding(spec.capabilities).map_err(at(Stage::Bounding)))
+            .and_then(|()| match filter {
+                // Installed while still privileged, so it needs no no_new_privs.
+                Some(f) => f.install().map_err(|e| (Stage::Seccomp, seccomp_errno(&e))),
+                None => Ok(()),
+            })
+            .and_then(|()| identity::set_ids(spec.uid, spec.gid, &spec.groups).map_err(at(Stage::Identity)))
+            .and_then(|()| identity::set_capabilities(spec.capabilities).map_err(at(Stage::Capabilities)))
+            .and_then(|()| sys::chdir(&spec.cwd).map_err(at(Stage::Cwd)))
+            .and_then(|()| {
+                if spec.no_new_privs {
+                    identity::set_no_new_privs().map_err(at(Stage::NoNewPrivs))
+                } else {
+                    Ok(())
+                }
+            });
+    if let Err((stage, errno)) = setup {
+        report_and_exit(sync, stage, errno, crate::spawn::SETUP_FAILED);
     }
     let argv = null_terminated(&spec.argv);
     let envp = null_terminated(&spec.env);
@@ -192,11 +198,18 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
         }
         None => libc::ENOENT,
     };
-    let shown = path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { NOT_FOUND } else { NOT_EXECUTABLE };
-    report_and_exit(sync, format!("exec {errno} {shown}"), code)
+    report_and_exit(sync, Stage::Exec, errno, code)
 }
 
 fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
     v.iter().map(|c| c.as_ptr()).chain(core::iter::once(core::ptr::null())).collect()
+}
+
+/// The errno a failed seccomp install reports.
+fn seccomp_errno(e: &crate::seccomp::SeccompError) -> i32 {
+    match e {
+        crate::seccomp::SeccompError::Install(io) => io.raw_os_error().unwrap_or(libc::EINVAL),
+        _ => libc::EINVAL,
+    }
 }

@@ -2,10 +2,14 @@
 //! straight into the cgroup, then (in the child) the rootfs, the hostname
 //! and the namespace init.
 //!
-//! Parent and child share a close-on-exec pipe. The child writes a one-line
-//! report on failure (`setup <error>` or `exec <errno> <path>`); a successful
-//! exec of the entrypoint closes the last write end, so the parent's read
-//! returns EOF with nothing read.
+//! Parent and child share a close-on-exec pipe. The child writes a fixed
+//! binary record on failure (stage + errno, see [`crate::report`]); a
+//! successful exec of the entrypoint closes the last write end, so the
+//! parent reads EOF with nothing before it. [`spawn`] does not wait for
+//! that: it returns once the child exists, with the pipe's read end
+//! non-blocking in [`Started::report`], and PID 1 polls it with
+//! [`poll_report`] from its event loop (the child sets up under the
+//! container's own limits, which may make it arbitrarily slow).
 //!
 //! With a user namespace a second pipe goes the other way: the child is
 //! cloned with `CLONE_NEWUSER` along with its other namespaces (so the new
@@ -23,6 +27,7 @@ use cairn_images::manifest::Network;
 use crate::cgroup::Cgroup;
 use crate::network;
 use crate::nsinit;
+use crate::report::{self, Report, Stage};
 use crate::rootfs;
 use crate::spec::ContainerSpec;
 use crate::sys::{self, SysError};
@@ -52,7 +57,10 @@ pub enum SpawnError {
     Clone(SysError),
     /// A setup step inside the new namespaces; the container's init exits.
     #[error("setup: {0}")]
-    Setup(String),
+    Setup(Report),
+    /// The child wrote something on the report pipe that is not a record.
+    #[error("setup: {0}")]
+    Report(report::DecodeError),
     /// The seccomp filter could not be built.
     #[error("seccomp: {0}")]
     Seccomp(crate::seccomp::SeccompError),
@@ -64,14 +72,14 @@ pub enum SpawnError {
     UserNamespace(SysError),
 }
 
-/// A started container.
+/// A container whose init exists and is setting up.
 #[derive(Debug)]
 pub struct Started {
     /// Host pid of the container's namespace init.
     pub pid: libc::pid_t,
-    /// If the entrypoint could not be executed: (errno, path). The init
-    /// exits with 127 (not found) or 126 (not executable).
-    pub exec_error: Option<(i32, String)>,
+    /// Read end of the report pipe (non-blocking, close-on-exec): poll it
+    /// for input and read it with [`poll_report`].
+    pub report: OwnedFd,
     /// With `console`: the master side of the container's pseudo-terminal
     /// (non-blocking) and the slave's path on the host.
     pub console: Option<(OwnedFd, String)>,
@@ -131,6 +139,7 @@ pub fn spawn(
     cgroup.create(&spec.limits).map_err(SpawnError::Cgroup)?;
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
+    set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec);
     let pty = if spec.console { Some(crate::console::open().map_err(SpawnError::Prepare)?) } else { None };
     let go_ahead = match spec.userns {
@@ -165,7 +174,7 @@ pub fn spawn(
         if let Some(pty) = pty {
             // The pty's slave becomes stdio; both sides' own fds are closed.
             if let Err(e) = crate::console::attach_stdio(&pty.slave) {
-                let _ = sys::write_all(&wr, format!("setup {e}").as_bytes());
+                report::write(&wr, Stage::Console, e.errno);
                 // SAFETY: _exit ends this process without running anything else.
                 unsafe { libc::_exit(SETUP_FAILED) };
             }
@@ -185,22 +194,70 @@ pub fn spawn(
             Err(e) => map_error = Some(e),
         }
     }
-    // The container holds the slave now; PID 1 keeps only the master.
-    let console = pty.map(|p| (p.master, p.path));
-    let report = sys::read_to_end(&rd, 4096).unwrap_or_default();
-    let report = String::from_utf8_lossy(&report);
-    let report = report.trim();
     if let Some(e) = map_error {
+        // The child read EOF on the go-ahead pipe (closed with this
+        // function's locals) and exits with the setup failure code; PID 1
+        // reaps it like any other child.
         return Err(SpawnError::UserNamespace(e));
     }
-    if let Some(msg) = report.strip_prefix("setup ") {
-        return Err(SpawnError::Setup(msg.to_owned()));
+    // The container holds the slave now; PID 1 keeps only the master.
+    let console = pty.map(|p| (p.master, p.path));
+    Ok(Started { pid, report: rd, console })
+}
+
+/// Where a child's set-up stands, from its report pipe.
+#[derive(Debug)]
+pub enum Setup {
+    /// Nothing to read yet: still setting up.
+    Pending,
+    /// EOF with nothing before it: the entrypoint was executed.
+    Done,
+    /// The entrypoint could not be executed (errno); the init exits with
+    /// 127 (not found) or 126 (not executable). The path is `argv[0]`.
+    ExecFailed(i32),
+    /// A setup step failed; the init exits with [`SETUP_FAILED`].
+    Failed(SpawnError),
+}
+
+/// Read the report pipe of a starting child without blocking. After
+/// anything but [`Setup::Pending`] the pipe has nothing more to say.
+pub fn poll_report(fd: &OwnedFd) -> Setup {
+    let mut buf = [0u8; 2 * report::LEN];
+    // SAFETY: the pointer and length describe `buf`.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return match sys::errno() {
+            libc::EAGAIN | libc::EINTR => Setup::Pending,
+            errno => Setup::Failed(SpawnError::Prepare(SysError {
+                op: "read report",
+                arg: fd.as_raw_fd().to_string(),
+                errno,
+            })),
+        };
     }
-    let exec_error = report.strip_prefix("exec ").map(|rest| {
-        let (errno, path) = rest.split_once(' ').unwrap_or((rest, ""));
-        (errno.parse().unwrap_or(0), path.to_owned())
-    });
-    Ok(Started { pid, exec_error, console })
+    if n == 0 {
+        return Setup::Done;
+    }
+    // One record is written with one write under PIPE_BUF: it arrives whole.
+    match report::decode(buf.get(..n as usize).unwrap_or(&[])) {
+        Ok(Report { stage: Stage::Exec, errno }) => Setup::ExecFailed(errno),
+        Ok(r) => Setup::Failed(SpawnError::Setup(r)),
+        Err(e) => Setup::Failed(SpawnError::Report(e)),
+    }
+}
+
+/// Set O_NONBLOCK on `fd`.
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), SysError> {
+    // SAFETY: fcntl with integer arguments on a descriptor we own.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(SysError { op: "fcntl O_NONBLOCK", arg: fd.as_raw_fd().to_string(), errno: sys::errno() })
+    }
 }
 
 /// Detach mounts PID 1 made for a child (errors ignored: a mount that is
@@ -236,12 +293,12 @@ fn child(
         let byte = sys::read_to_end(&go, 1).unwrap_or_default();
         drop(go);
         let ready = if byte.is_empty() {
-            Err("setup user namespace: PID 1 did not write the id maps".to_owned())
+            Err((Stage::IdMaps, 0))
         } else {
-            crate::userns::become_root().map_err(|e| format!("setup user namespace: {e}"))
+            crate::userns::become_root().map_err(|e| (Stage::BecomeRoot, e.errno))
         };
-        if let Err(msg) = ready {
-            let _ = sys::write_all(&sync, msg.as_bytes());
+        if let Err((stage, errno)) = ready {
+            report::write(&sync, stage, errno);
             // SAFETY: _exit ends this process without running anything else.
             unsafe { libc::_exit(SETUP_FAILED) };
         }
@@ -256,8 +313,12 @@ fn child(
         NetSetup::Keep => Ok(()),
         NetSetup::Join(pid) => network::join(pid),
     };
-    if let Err(e) = network.and_then(|()| rootfs::apply(plan)).and_then(|()| sys::sethostname(&spec.hostname)) {
-        let _ = sys::write_all(&sync, format!("setup {e}").as_bytes());
+    let setup = network
+        .map_err(|e| (Stage::Network, e))
+        .and_then(|()| rootfs::apply(plan).map_err(|e| (Stage::Rootfs, e)))
+        .and_then(|()| sys::sethostname(&spec.hostname).map_err(|e| (Stage::Hostname, e)));
+    if let Err((stage, e)) = setup {
+        report::write(&sync, stage, e.errno);
         // SAFETY: _exit ends this process without running anything else.
         unsafe { libc::_exit(SETUP_FAILED) };
     }

@@ -15,6 +15,8 @@ mod reaping;
 mod restart;
 mod shutdown;
 mod userns;
+// Non-blocking container starts (issue 8 item 4).
+mod slow_start;
 
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "oci-layers", run: oci_layers::run },
         Scenario { name: "cli-disk", run: cli_disk::run },
         Scenario { name: "userns", run: userns::run },
+        // Non-blocking container starts (issue 8 item 4).
+        Scenario { name: "slow-start", run: slow_start::run },
     ]
 }
 
