@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use crate::Ctx;
 
 /// Every attempt the payload makes, each of which must be blocked.
-const ATTEMPTS: [&str; 24] = [
+const ATTEMPTS: [&str; 25] = [
     "mount",
     "umount",
     "raw-block-open",
@@ -32,6 +32,8 @@ const ATTEMPTS: [&str; 24] = [
     "proc-exe-opath",
     "proc-sys-write",
     "dev-mem",
+    // Filesystem reach (issue 8, rootfs).
+    "dev-console",
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -76,5 +78,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "SYS_TIME kept but clock_settime in seccomp_deny: {:?}",
         denied.fields
     );
+
+    // Filesystem reach (issue 8, rootfs): no console in the container.
+    let console = c.expect("attempt", &[("name", "dev-console")])?;
+    ensure!(console.get("errno") == Some("2"), "/dev/console: want ENOENT, got {:?}", console.fields); // ENOENT
     Ok(())
 }

@@ -15,6 +15,8 @@ mod reaping;
 mod restart;
 mod shutdown;
 mod userns;
+// Filesystem reach (issue 8, rootfs).
+mod hostile_rootfs;
 
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "oci-layers", run: oci_layers::run },
         Scenario { name: "cli-disk", run: cli_disk::run },
         Scenario { name: "userns", run: userns::run },
+        // Filesystem reach (issue 8, rootfs).
+        Scenario { name: "hostile-rootfs", run: hostile_rootfs::run },
     ]
 }
 
