@@ -447,7 +447,13 @@ impl<'a> Resolver<'a> {
 
     fn open<'p>(&self, path: &'p str, create: sys::Create) -> SysResult<Resolved<'p>> {
         match (self.root, self.rel(path)) {
-            (Some(root), Some(rel)) => Ok(Resolved { fd: Some(sys::open_in_root(root, rel, create)?), path }),
+            (Some(root), Some(rel)) => {
+                if create == sys::Create::Dirs && rel.is_empty() {
+                    // The root itself is PID 1's path, made as it is.
+                    sys::mkdir_all(root, 0o755)?;
+                }
+                Ok(Resolved { fd: Some(sys::open_in_root(root, rel, create)?), path })
+            }
             _ => {
                 if create == sys::Create::Dirs {
                     sys::mkdir_all(path, 0o755)?;
@@ -901,5 +907,32 @@ mod tests {
         let mut ro: Vec<_> = READ_ONLY.to_vec();
         ro.sort_unstable();
         assert_eq!(ro, ["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"]);
+    }
+
+    #[test]
+    fn paths_below_the_root_are_made_without_following_symlinks() {
+        let base = std::env::temp_dir().join(format!("cairn-resolver-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("rootfs");
+        let root = root.to_str().unwrap();
+        let plan = [Step::PivotRoot(root.to_owned())];
+        let at = Resolver::for_plan(&plan);
+        // The root itself is made as PID 1's path; below it, component by component.
+        assert!(at.open(root, sys::Create::Dirs).unwrap().fd.is_some());
+        let dev = format!("{root}/dev");
+        at.open(&dev, sys::Create::Dirs).unwrap();
+        std::os::unix::fs::symlink("/", format!("{root}/run")).unwrap();
+        let e = at.open(&format!("{root}/run/cairn"), sys::Create::Dirs).map(drop).unwrap_err();
+        assert_eq!((e.op, e.arg.as_str(), e.errno), ("refuse symlink", format!("{root}/run").as_str(), libc::ELOOP));
+        assert_eq!(
+            at.parent(&format!("{root}/run/x"), sys::Create::Nothing).map(drop).map_err(|e| e.errno),
+            Err(libc::ELOOP)
+        );
+        // A missing mask target is skipped, a symlinked one is not.
+        assert!(at.open_if_exists(&format!("{root}/proc/kcore")).unwrap().is_none());
+        assert!(at.open_if_exists(&format!("{root}/run/kcore")).is_err());
+        // Paths outside the root are PID 1's own and used as they are.
+        assert!(at.open("/proc/self", sys::Create::Nothing).unwrap().fd.is_none());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
