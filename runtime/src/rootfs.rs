@@ -553,12 +553,13 @@ pub fn apply(plan: &[Step]) -> SysResult<()> {
             Step::Mkdir(p) => drop(at.open(p, Create::Dirs)?),
             Step::Mount { what, source, target, fstype, flags, data } => {
                 let target = at.open(target, Create::Nothing)?;
-                // A bind's source below the root is resolved the same way.
+                // A bind's source below the root is resolved the same way
+                // (and its descriptor kept open until the mount is made).
                 let source = match (fstype, at.rel(source)) {
-                    (None, Some(_)) => at.open(source, Create::Nothing)?.arg(),
-                    _ => source.clone(),
+                    (None, Some(_)) => at.open(source, Create::Nothing)?,
+                    _ => Resolved { fd: None, path: source },
                 };
-                at.mount(what, Some(&source), &target, *fstype, *flags, data.as_deref())?
+                at.mount(what, Some(&source.arg()), &target, *fstype, *flags, data.as_deref())?
             }
             Step::CharDevice { path, major, minor, mode } => {
                 let (dir, name) = at.parent(path, Create::Nothing)?;
@@ -579,8 +580,8 @@ pub fn apply(plan: &[Step]) -> SysResult<()> {
             }
             Step::MaskFile { path, null } => {
                 if let Some(target) = at.open_if_exists(path)? {
-                    let null = at.open(null, Create::Nothing)?.arg();
-                    at.mount("mask file", Some(&null), &target, None, libc::MS_BIND, None)?
+                    let null = at.open(null, Create::Nothing)?;
+                    at.mount("mask file", Some(&null.arg()), &target, None, libc::MS_BIND, None)?
                 }
             }
             Step::MaskDir(p) => {
