@@ -82,9 +82,16 @@ impl Cgroup {
         Self { path: format!("{CONTAINERS}/{name}") }
     }
 
-    /// Create it (if needed) and write the limits.
-    pub fn create(&self, limits: &Limits) -> SysResult<()> {
+    /// Create it (if needed), write the limits and attach the device
+    /// program: the defaults plus each of `devices` (container path, host
+    /// node, mode), by the type and numbers of the host node.
+    pub fn create(&self, limits: &Limits, devices: &[(String, String, u16)]) -> SysResult<()> {
         sys::mkdir(&self.path, 0o755)?;
+        let mut rules = crate::devices::default_rules();
+        for (_, host, _) in devices {
+            rules.push(crate::devices::rule_for(host)?);
+        }
+        crate::devices::attach(&rules, &self.open_dir()?, &self.path)?;
         for (file, value) in limit_writes(limits) {
             self.write(file, &value)?;
         }

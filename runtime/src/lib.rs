@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod console;
+pub mod devices;
 pub mod exit;
 pub mod identity;
 pub mod network;

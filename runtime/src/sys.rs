@@ -276,3 +276,176 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> SysResult<()> {
         fail("kill", pid)
     }
 }
+
+/// What [`open_in_root`] does with missing directories on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Nothing: a missing component is ENOENT.
+    Nothing,
+    /// mkdir every missing component, the last one included (mkdir -p).
+    Dirs,
+}
+
+/// The errno [`open_in_root`] reports for a symlink on the way.
+pub const SYMLINK_ERRNO: i32 = libc::ELOOP;
+
+/// Open `rel` below the directory `root` as an `O_PATH` descriptor, one
+/// component at a time with `openat(O_PATH | O_NOFOLLOW)`, so that nothing
+/// a layer put there can lead out of the root: a symlink at any component
+/// is an error naming it (`refuse symlink`, ELOOP), and so are `.` and
+/// `..` components (EINVAL). `root` itself is a path PID 1 made and is
+/// opened as it is. An empty `rel` opens `root`. This is the walk runc
+/// does for mount targets since CVE-2021-30465; mounts are then made on
+/// `/proc/self/fd/N` of the result ([`fd_path`]).
+pub fn open_in_root(root: &str, rel: &str, create: Create) -> SysResult<OwnedFd> {
+    let mut dir = open(root, libc::O_PATH | libc::O_DIRECTORY)?;
+    let mut at = root.trim_end_matches('/').to_owned();
+    let mut parts = rel.split('/').filter(|p| !p.is_empty()).peekable();
+    while let Some(part) = parts.next() {
+        at.push('/');
+        at.push_str(part);
+        if part == "." || part == ".." {
+            return Err(SysError { op: "refuse relative component", arg: at, errno: libc::EINVAL });
+        }
+        let name = cstr(part)?;
+        if create == Create::Dirs {
+            // SAFETY: `dir` is an open directory descriptor and `name` a
+            // valid C string; mkdirat creates nothing if the name exists
+            // (a symlink there is caught by the open below).
+            if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } != 0 && errno() != libc::EEXIST {
+                return fail("mkdir", &at);
+            }
+        }
+        // SAFETY: as above; O_PATH | O_NOFOLLOW opens the entry itself,
+        // never what a symlink points to, and has no side effect.
+        let fd =
+            unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return fail("open in container root", &at);
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let next = unsafe { OwnedFd::from_raw_fd(fd) };
+        let kind = file_type(&next, &at)?;
+        if kind == libc::S_IFLNK {
+            return Err(SysError { op: "refuse symlink", arg: at, errno: SYMLINK_ERRNO });
+        }
+        if parts.peek().is_some() && kind != libc::S_IFDIR {
+            return Err(SysError { op: "open in container root", arg: at, errno: libc::ENOTDIR });
+        }
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// The `S_IFMT` bits of what `fd` refers to (`path` names it in errors).
+pub fn file_type(fd: &OwnedFd, path: &str) -> SysResult<libc::mode_t> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `fd` is open (O_PATH descriptors support fstat) and `st` is
+    // writable memory of the right type.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return fail("stat", path);
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// `/proc/self/fd/N` for a descriptor: the path through which mount(2)
+/// reaches exactly the file the descriptor was opened on.
+pub fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Make the entry `name` in the directory `dir` (an O_PATH descriptor from
+/// [`open_in_root`]) without following a symlink there: a character or block
+/// device (`kind` S_IFCHR/S_IFBLK with `rdev`), a symlink to `target`, or
+/// an empty regular file (`kind` S_IFREG). An existing entry of a device
+/// or link is left as it is; `path` names the entry in errors.
+pub fn make_at(
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    kind: libc::mode_t,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> SysResult<()> {
+    let n = cstr(name)?;
+    if kind == libc::S_IFREG {
+        // SAFETY: `dir` is an open directory and `n` a valid C string;
+        // O_NOFOLLOW refuses a symlink at the name (ELOOP), O_NONBLOCK keeps
+        // a FIFO there from blocking; the descriptor is closed at once.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return if errno() == libc::ELOOP {
+                Err(SysError { op: "refuse symlink", arg: path.into(), errno: SYMLINK_ERRNO })
+            } else {
+                fail("create", path)
+            };
+        }
+        // SAFETY: `fd` was just opened by us and is not used again.
+        unsafe { libc::close(fd) };
+        return Ok(());
+    }
+    // SAFETY: `dir` is an open directory and `n` a valid C string;
+    // mknodat never follows a symlink at the final name (EEXIST).
+    if unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), kind | (mode & 0o777), rdev) } == 0
+        || errno() == libc::EEXIST
+    {
+        Ok(())
+    } else {
+        fail("mknod", path)
+    }
+}
+
+/// symlinkat(2) in the directory `dir`, tolerating an existing entry.
+pub fn symlink_at(target: &str, dir: &OwnedFd, name: &str, path: &str) -> SysResult<()> {
+    let t = cstr(target)?;
+    let n = cstr(name)?;
+    // SAFETY: both are valid C strings and `dir` an open directory.
+    if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) } == 0 || errno() == libc::EEXIST {
+        Ok(())
+    } else {
+        fail("symlink", path)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_refuses_symlinks_and_dot_dot_and_creates_dirs() {
+        let root = std::env::temp_dir().join(format!("cairn-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("run")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("proc/up")).unwrap();
+        let r = root.to_str().unwrap();
+        let err = |rel: &str, c| open_in_root(r, rel, c).map(drop).map_err(|e| (e.op, e.arg, e.errno));
+        assert_eq!(err("run/cairn", Create::Dirs), Err(("refuse symlink", format!("{r}/run"), libc::ELOOP)));
+        assert_eq!(err("run", Create::Nothing), Err(("refuse symlink", format!("{r}/run"), libc::ELOOP)));
+        assert_eq!(err("proc/up/etc", Create::Nothing), Err(("refuse symlink", format!("{r}/proc/up"), libc::ELOOP)));
+        assert_eq!(err("proc/../..", Create::Nothing).map_err(|e| e.2), Err(libc::EINVAL));
+        assert_eq!(err("proc/none", Create::Nothing).map_err(|e| e.2), Err(libc::ENOENT));
+        assert_eq!(err("dev/pts", Create::Dirs), Ok(()));
+        assert!(root.join("dev/pts").is_dir());
+        assert!(!std::path::Path::new("/cairn").exists());
+        let dev = open_in_root(r, "dev", Create::Nothing).unwrap();
+        assert_eq!(file_type(&dev, "dev").unwrap(), libc::S_IFDIR);
+        make_at(&dev, "file", "dev/file", libc::S_IFREG, 0o644, 0).unwrap();
+        symlink_at("/etc/passwd", &dev, "link", "dev/link").unwrap();
+        assert_eq!(
+            make_at(&dev, "link", "dev/link", libc::S_IFREG, 0o644, 0).map_err(|e| (e.op, e.errno)),
+            Err(("refuse symlink", libc::ELOOP))
+        );
+        assert!(fd_path(&dev).starts_with("/proc/self/fd/"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

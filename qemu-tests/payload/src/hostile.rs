@@ -72,7 +72,7 @@ pub fn one(which: &str) -> i32 {
 }
 
 /// Every attempt, in the order `hostile` makes them.
-const ATTEMPTS: [Attempt; 28] = [
+const ATTEMPTS: [Attempt; 32] = [
     ("mount", mount),
     ("umount", umount),
     ("raw-block-open", raw_block_open),
@@ -102,6 +102,11 @@ const ATTEMPTS: [Attempt; 28] = [
     ("syscall-first-unknown", syscall_first_unknown),
     ("tiocsti", tiocsti),
     ("tioclinux", tioclinux),
+    // Filesystem reach (issue 8, rootfs): device nodes, console, control dir.
+    ("dev-console", dev_console),
+    ("layer-device", layer_device),
+    ("mknod-disk", mknod_disk),
+    ("control-unlink", control_unlink),
 ];
 
 /// mount("none", "/tmp", "tmpfs"); if it works, lazily unmount it again.
@@ -719,4 +724,139 @@ fn tiocsti() -> Outcome {
 /// not a virtual console).
 fn tioclinux() -> Outcome {
     pty_ioctls(&[("TIOCLINUX", TIOCLINUX)])
+}
+
+// ---- Filesystem reach (issue 8, rootfs): device nodes, the console, the
+// control directory. Nothing is ever read from or written to a device.
+
+/// open("/dev/console", O_RDWR | O_NOCTTY | O_NONBLOCK): containers do not
+/// get the console.
+fn dev_console() -> Outcome {
+    match sys::open(c"/dev/console", libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK) {
+        Ok(_fd) => allowed("/dev/console_opened"),
+        Err(e) => blocked(e),
+    }
+}
+
+/// The boot disk's numbers as the container can read them
+/// (`/sys/class/block/vda/dev`), 254:0 if not there.
+fn vda_numbers() -> (u32, u32) {
+    sys::read_trim("/sys/class/block/vda/dev")
+        .and_then(|d| {
+            let (a, b) = d.split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((254, 0))
+}
+
+/// open("/layer-disk", O_RDONLY): a block device node a layer shipped
+/// (the scenario's layer holds `b 254:0`). Closed without reading. The
+/// blocked line adds `vda=MAJ:MIN` (the disk's real numbers).
+fn layer_device() -> Outcome {
+    let (major, minor) = vda_numbers();
+    match sys::open(c"/layer-disk", libc::O_RDONLY | libc::O_NONBLOCK) {
+        Ok(_fd) => allowed("/layer-disk_opened"),
+        Err(e) => {
+            let mut o = blocked(e);
+            o.extra = format!(" vda={major}:{minor}");
+            o
+        }
+    }
+}
+
+/// With CAP_MKNOD: mknod /dev/hostile-null (c 1:3, allowed: shows mknod
+/// itself works here) and /dev/hostile-vda (b, the boot disk's numbers),
+/// then open the latter O_RDONLY. Blocked with the errno of the first that
+/// fails and `at=mknod|open null=ok|ERRNO`; both nodes are removed.
+fn mknod_disk() -> Outcome {
+    let (major, minor) = vda_numbers();
+    let make = |path: &CStr, kind, major, minor| {
+        // SAFETY: `path` is NUL-terminated; a leftover node is removed first.
+        let _ = unsafe { libc::unlink(path.as_ptr()) };
+        // SAFETY: as above; mknod reads only the path.
+        if unsafe { libc::mknod(path.as_ptr(), kind | 0o600, libc::makedev(major, minor)) } == 0 {
+            Ok(())
+        } else {
+            Err(sys::errno())
+        }
+    };
+    let null = match make(c"/dev/hostile-null", libc::S_IFCHR, 1, 3) {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let outcome = match make(c"/dev/hostile-vda", libc::S_IFBLK, major, minor) {
+        Err(e) => {
+            let mut o = blocked(e);
+            o.extra = format!(" at=mknod null={null} dev={major}:{minor}");
+            o
+        }
+        Ok(()) => match sys::open(c"/dev/hostile-vda", libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(_fd) => allowed(&format!("opened_{major}:{minor}")),
+            Err(e) => {
+                let mut o = blocked(e);
+                o.extra = format!(" at=open null={null} dev={major}:{minor}");
+                o
+            }
+        },
+    };
+    for p in [c"/dev/hostile-null", c"/dev/hostile-vda"] {
+        // SAFETY: NUL-terminated literal.
+        let _ = unsafe { libc::unlink(p.as_ptr()) };
+    }
+    outcome
+}
+
+/// In the control directory: unlink PID 1's socket, then bind a socket of
+/// our own at /run/cairn/hostile; blocked with unlink's errno, adding
+/// `bind_errno=E` and `status=ok|<step>_<errno>|<reply>` (a `status`
+/// request over the control socket afterwards: connecting still works).
+fn control_unlink() -> Outcome {
+    let path = crate::ctl::DEFAULT_PATH;
+    let unlinked = sys::cpath(path).map(|p| {
+        // SAFETY: `p` is NUL-terminated.
+        unsafe { libc::unlink(p.as_ptr()) }
+    });
+    let unlink_errno = match unlinked {
+        Ok(0) => 0,
+        Ok(_) => sys::errno(),
+        Err(e) => e,
+    };
+    let bind_errno = bind_unix(b"/run/cairn/hostile");
+    let status = match crate::ctl::exchange(path.as_bytes(), b"status") {
+        Ok(r) if r.starts_with(b"ok") => "ok".to_owned(),
+        Ok(r) => String::from_utf8_lossy(&r).split_whitespace().next().unwrap_or("empty").to_owned(),
+        Err((step, e)) => format!("{step}_{e}"),
+    };
+    let mut o = if unlink_errno == 0 { allowed("socket_unlinked") } else { blocked(unlink_errno) };
+    o.extra.push_str(&format!(" bind_errno={bind_errno} status={}", V(&status)));
+    o
+}
+
+/// bind(2) a new AF_UNIX socket at `path`: 0 if that worked (the file is
+/// removed again), else errno.
+fn bind_unix(path: &[u8]) -> i32 {
+    // SAFETY: socket takes plain integers and returns a new fd or -1.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return sys::errno();
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` within it.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc != 0 {
+        return sys::errno();
+    }
+    if let Ok(p) = sys::cpath(&String::from_utf8_lossy(path)) {
+        // SAFETY: `p` is NUL-terminated.
+        let _ = unsafe { libc::unlink(p.as_ptr()) };
+    }
+    0
 }

@@ -10,7 +10,7 @@ use crate::Ctx;
 /// the errno (by name, `-` for none) it must fail with: another errno means
 /// a different layer stopped it (or nothing did, and the call failed on
 /// its arguments), so the check fails.
-const ATTEMPTS: [(&str, &str); 28] = [
+const ATTEMPTS: [(&str, &str); 32] = [
     ("mount", "EPERM"),           // seccomp
     ("umount", "EPERM"),          // seccomp
     ("raw-block-open", "ENOENT"), // no disk node in the container's /dev
@@ -42,6 +42,12 @@ const ATTEMPTS: [(&str, &str); 28] = [
     ("syscall-first-unknown", "ENOSYS"),
     ("tiocsti", "EPERM"),   // the kernel (before 6.2) allows it on the own controlling tty
     ("tioclinux", "EPERM"), // the kernel says ENOTTY on a pty
+    // Filesystem reach (issue 8, rootfs); the attacker has no layer device,
+    // no CAP_MKNOD and no control directory (hostile-rootfs tests them).
+    ("dev-console", "ENOENT"),    // /dev/console is not bound in
+    ("layer-device", "ENOENT"),   // no such node in its layers
+    ("mknod-disk", "EPERM"),      // no CAP_MKNOD
+    ("control-unlink", "ENOENT"), // no control directory
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -93,5 +99,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "SYS_TIME kept but clock_settime in seccomp_deny: {:?}",
         denied.fields
     );
+
+    // Filesystem reach (issue 8, rootfs): no console in the container.
+    let console = c.expect("attempt", &[("name", "dev-console")])?;
+    ensure!(console.get("errno") == Some("2"), "/dev/console: want ENOENT, got {:?}", console.fields); // ENOENT
     Ok(())
 }

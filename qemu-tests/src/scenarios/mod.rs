@@ -17,6 +17,8 @@ mod shutdown;
 mod userns;
 // Non-blocking container starts (issue 8 item 4).
 mod slow_start;
+// Filesystem reach (issue 8, rootfs).
+mod hostile_rootfs;
 
 use std::time::Duration;
 
@@ -45,6 +47,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "userns", run: userns::run },
         // Non-blocking container starts (issue 8 item 4).
         Scenario { name: "slow-start", run: slow_start::run },
+        // Filesystem reach (issue 8, rootfs).
+        Scenario { name: "hostile-rootfs", run: hostile_rootfs::run },
     ]
 }
 

@@ -1,0 +1,340 @@
+//! The cgroup v2 device program: which device nodes a container may open
+//! or create, as runc, crun and youki enforce it. cgroup v2 has no
+//! `devices.allow` file; the kernel asks a `BPF_PROG_TYPE_CGROUP_DEVICE`
+//! program attached to the cgroup on every open and mknod of a device node
+//! (return 1: allowed, 0: EPERM).
+//!
+//! The instructions are generated here (pure, unit-tested against a small
+//! interpreter in the tests); [`attach`] loads them with `bpf(BPF_PROG_LOAD)`
+//! and attaches them to the container's cgroup directory with
+//! `bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE)`. Every rule allows read, write
+//! and mknod (rwm); everything not listed is refused.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::sys::{self, SysError, SysResult};
+
+/// Device type as the program sees it (`BPF_DEVCG_DEV_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Block device.
+    Block = 1,
+    /// Character device.
+    Char = 2,
+}
+
+/// One allowed device: type, major and minor (`None`: any minor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Block or character.
+    pub kind: Kind,
+    /// Major number.
+    pub major: u32,
+    /// Minor number, or any.
+    pub minor: Option<u32>,
+}
+
+/// Major numbers of devpts' pty slaves (`UNIX98_PTY_SLAVE_MAJOR` 136 and
+/// the 7 after it, `UNIX98_PTY_MAJOR_COUNT` = 8).
+pub const PTS_MAJORS: core::ops::RangeInclusive<u32> = 136..=143;
+
+/// What every container may use: null, zero, full, random, urandom, tty,
+/// ptmx and its own devpts' ptys. Not /dev/console (5:1).
+pub fn default_rules() -> Vec<Rule> {
+    let c = |major, minor| Rule { kind: Kind::Char, major, minor: Some(minor) };
+    let mut r = vec![c(1, 3), c(1, 5), c(1, 7), c(1, 8), c(1, 9), c(5, 0), c(5, 2)];
+    r.extend(PTS_MAJORS.map(|major| Rule { kind: Kind::Char, major, minor: None }));
+    r
+}
+
+/// One eBPF instruction (`struct bpf_insn`, 8 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    /// Opcode.
+    pub code: u8,
+    /// dst_reg in the low nibble, src_reg in the high one.
+    pub regs: u8,
+    /// Jump offset or memory offset.
+    pub off: i16,
+    /// Immediate.
+    pub imm: i32,
+}
+
+/// Opcodes used (classic names from linux/bpf.h).
+pub mod op {
+    /// `BPF_LDX | BPF_MEM | BPF_W`: dst = *(u32 *)(src + off).
+    pub const LDX_W: u8 = 0x61;
+    /// `BPF_ALU | BPF_AND | BPF_K`: dst = (u32)(dst & imm).
+    pub const AND32_K: u8 = 0x54;
+    /// `BPF_JMP | BPF_JNE | BPF_K`: if dst != imm, pc += off.
+    pub const JNE_K: u8 = 0x55;
+    /// `BPF_ALU64 | BPF_MOV | BPF_K`: dst = imm.
+    pub const MOV64_K: u8 = 0xb7;
+    /// `BPF_JMP | BPF_EXIT`: return r0.
+    pub const EXIT: u8 = 0x95;
+}
+
+/// Offsets in `struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }`.
+const CTX_ACCESS_TYPE: i16 = 0;
+const CTX_MAJOR: i16 = 4;
+const CTX_MINOR: i16 = 8;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R4: u8 = 4;
+const R5: u8 = 5;
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+}
+
+/// The program for `rules`: r2 = device type (low 16 bits of
+/// access_type), r4 = major, r5 = minor; one block per rule that returns 1
+/// when every field matches and jumps to the next block otherwise; 0 at
+/// the end.
+pub fn program(rules: &[Rule]) -> Vec<Insn> {
+    let mut p = vec![
+        insn(op::LDX_W, R2, R1, CTX_ACCESS_TYPE, 0),
+        insn(op::AND32_K, R2, 0, 0, 0xffff),
+        insn(op::LDX_W, R4, R1, CTX_MAJOR, 0),
+        insn(op::LDX_W, R5, R1, CTX_MINOR, 0),
+    ];
+    for r in rules {
+        // Each check skips the rest of this block: the remaining checks
+        // and the two instructions that return 1.
+        let checks: Vec<(u8, i32)> =
+            [Some((R2, r.kind as i32)), Some((R4, r.major as i32)), r.minor.map(|m| (R5, m as i32))]
+                .into_iter()
+                .flatten()
+                .collect();
+        let n = checks.len();
+        for (i, (reg, value)) in checks.into_iter().enumerate() {
+            let skip = (n - i - 1 + 2) as i16;
+            p.push(insn(op::JNE_K, reg, 0, skip, value));
+        }
+        p.push(insn(op::MOV64_K, R0, 0, 0, 1));
+        p.push(insn(op::EXIT, 0, 0, 0, 0));
+    }
+    p.push(insn(op::MOV64_K, R0, 0, 0, 0));
+    p.push(insn(op::EXIT, 0, 0, 0, 0));
+    p
+}
+
+/// The rule for the host device node `host` (its type and numbers), as a
+/// manifest device gets it.
+pub fn rule_for(host: &str) -> SysResult<Rule> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(host).map_err(|e| SysError {
+        op: "stat device for the device program",
+        arg: host.into(),
+        errno: e.raw_os_error().unwrap_or(libc::ENOENT),
+    })?;
+    let kind = if meta.file_type().is_block_device() {
+        Kind::Block
+    } else if meta.file_type().is_char_device() {
+        Kind::Char
+    } else {
+        return Err(SysError { op: "device program: not a device node", arg: host.into(), errno: libc::ENOTBLK });
+    };
+    let rdev = meta.rdev() as libc::dev_t;
+    Ok(Rule { kind, major: libc::major(rdev), minor: Some(libc::minor(rdev)) })
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD (the kernel
+/// takes a shorter attr and treats the rest as zero).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for BPF_PROG_ATTACH.
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// Load the program for `rules` and attach it to the cgroup directory
+/// `cgroup_dir` (named `name` in errors). Attached without flags, it
+/// replaces a program an earlier start attached to the same cgroup, and
+/// nothing below the cgroup can attach one of its own. The program lives
+/// as long as the cgroup; the descriptor is closed on return.
+pub fn attach(rules: &[Rule], cgroup_dir: &OwnedFd, name: &str) -> SysResult<()> {
+    let insns = program(rules);
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().zip(b"cairn_devices".iter()) {
+        *d = *s;
+    }
+    let load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: `load` is a valid bpf_attr prefix of the size passed; the
+    // instruction array and license it points to outlive the call. The
+    // kernel copies both before returning.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &load as *const ProgLoadAttr, core::mem::size_of::<ProgLoadAttr>())
+    };
+    if fd < 0 {
+        return Err(SysError { op: "bpf load device program", arg: name.into(), errno: sys::errno() });
+    }
+    // SAFETY: `fd` is a fresh descriptor the kernel just returned to us.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attach = ProgAttachAttr {
+        target_fd: cgroup_dir.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..ProgAttachAttr::default()
+    };
+    // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH of the size
+    // passed; both descriptors are open for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attach as *const ProgAttachAttr,
+            core::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(SysError { op: "bpf attach device program", arg: name.into(), errno: sys::errno() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `prog` on one access the way the kernel would: r1 points to the
+    /// context. Only the opcodes [`program`] emits are known; anything else,
+    /// a jump out of the program or a fall off its end fails the test.
+    fn run(prog: &[Insn], kind: u32, access: u32, major: u32, minor: u32) -> u64 {
+        let ctx = [(access << 16) | kind, major, minor];
+        let mut r = [0u64; 11];
+        let mut pc = 0usize;
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 10_000, "program does not end");
+            let i = prog.get(pc).unwrap_or_else(|| panic!("pc {pc} is past the end"));
+            let (dst, src) = ((i.regs & 0x0f) as usize, (i.regs >> 4) as usize);
+            pc += 1;
+            match i.code {
+                op::LDX_W => {
+                    assert_eq!(src, 1, "loads only from the context");
+                    assert!(i.off >= 0 && i.off % 4 == 0 && i.off < 12, "bad context offset {}", i.off);
+                    r[dst] = u64::from(ctx[i.off as usize / 4]);
+                }
+                op::AND32_K => r[dst] = u64::from((r[dst] as u32) & (i.imm as u32)),
+                op::JNE_K => {
+                    if r[dst] != i.imm as i64 as u64 {
+                        pc = (pc as i64 + i64::from(i.off)) as usize;
+                    }
+                }
+                op::MOV64_K => r[dst] = i.imm as i64 as u64,
+                op::EXIT => return r[0],
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    const CHR: u32 = 2;
+    const BLK: u32 = 1;
+    const RWM: [u32; 3] = [1, 2, 4];
+
+    #[test]
+    fn the_defaults_allow_the_standard_nodes_and_nothing_else() {
+        let p = program(&default_rules());
+        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, 0), (136, 7), (143, 255)] {
+            for access in RWM {
+                assert_eq!(run(&p, CHR, access, major, minor), 1, "c {major}:{minor} access {access}");
+            }
+        }
+        for (kind, major, minor) in [
+            (CHR, 5, 1),    // console
+            (CHR, 1, 1),    // mem
+            (CHR, 1, 2),    // kmem
+            (CHR, 1, 4),    // port
+            (CHR, 4, 0),    // tty0
+            (CHR, 10, 200), // tun
+            (CHR, 135, 0),
+            (CHR, 144, 0),
+            (BLK, 254, 0), // virtio disk
+            (BLK, 1, 3),   // a block device with null's numbers
+            (BLK, 136, 0),
+            (BLK, 8, 0),
+        ] {
+            for access in RWM {
+                assert_eq!(run(&p, kind, access, major, minor), 0, "type {kind} {major}:{minor}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_manifest_device_is_allowed_with_its_own_type_and_numbers() {
+        let mut rules = default_rules();
+        rules.push(Rule { kind: Kind::Block, major: 254, minor: Some(9) });
+        let p = program(&rules);
+        assert_eq!(run(&p, BLK, 2, 254, 9), 1);
+        assert_eq!(run(&p, BLK, 4, 254, 9), 1);
+        assert_eq!(run(&p, BLK, 2, 254, 0), 0, "the whole disk is another device");
+        assert_eq!(run(&p, CHR, 2, 254, 9), 0, "a char device with the same numbers is not it");
+        assert_eq!(run(&p, CHR, 2, 1, 3), 1);
+    }
+
+    #[test]
+    fn an_empty_list_refuses_everything() {
+        let p = program(&[]);
+        assert_eq!(p.len(), 6);
+        assert_eq!(run(&p, CHR, 2, 1, 3), 0);
+    }
+
+    #[test]
+    fn instructions_encode_as_the_kernel_reads_them() {
+        assert_eq!(core::mem::size_of::<Insn>(), 8);
+        let p = program(&[Rule { kind: Kind::Char, major: 1, minor: Some(3) }]);
+        // r2 = *(u32 *)(r1 + 0): dst 2 in the low nibble, src 1 in the high.
+        assert_eq!(p[0], Insn { code: 0x61, regs: 0x12, off: 0, imm: 0 });
+        // if r2 != 2 goto +4 (past the major, the minor and the return).
+        assert_eq!(p[4], Insn { code: 0x55, regs: 0x02, off: 4, imm: 2 });
+        assert_eq!(p[6], Insn { code: 0x55, regs: 0x05, off: 2, imm: 3 });
+        assert_eq!(p[p.len() - 2], Insn { code: 0xb7, regs: 0, off: 0, imm: 0 });
+        assert_eq!(p[p.len() - 1].code, 0x95);
+    }
+
+    #[test]
+    fn host_nodes_give_their_type_and_numbers() {
+        assert_eq!(rule_for("/dev/null"), Ok(Rule { kind: Kind::Char, major: 1, minor: Some(3) }));
+        assert_eq!(rule_for("/").map_err(|e| e.errno), Err(libc::ENOTBLK));
+        assert_eq!(rule_for("/nonexistent").map_err(|e| e.errno), Err(libc::ENOENT));
+    }
+}
