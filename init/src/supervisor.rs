@@ -307,7 +307,18 @@ impl Supervisor {
         let failed = event("container.failed").kv("name", &u.name).kv("pid", pid);
         match &failure {
             Some(spawning::SpawnError::Setup(r)) => {
-                failed.kv("stage", r.stage.name()).kv("error", cairn_runtime::report::ErrnoName(r.errno)).emit()
+                // A rootfs step is named by the path it works on: the
+                // plan is a pure function of the spec, the same the child ran.
+                let path = r.step.and_then(|i| {
+                    let plan = cairn_runtime::rootfs::plan(u.spec.as_ref().ok()?).ok()?;
+                    plan.get(usize::from(i)).map(|s| s.path().to_owned())
+                });
+                let failed = failed.kv("stage", r.stage.name());
+                let failed = match path {
+                    Some(p) => failed.kv("path", p),
+                    None => failed,
+                };
+                failed.kv("error", cairn_runtime::report::ErrnoName(r.errno)).emit()
             }
             Some(e) => failed.kv("error", e).emit(),
             None => failed.kv("error", "exited during set-up without a report").emit(),

@@ -3,7 +3,9 @@
 //! A container's init and its entrypoint process write at most one record,
 //! [`LEN`] bytes in one `write` (under `PIPE_BUF`, so atomic), when a setup
 //! step or the `execve` of the entrypoint fails: a magic byte, the stage as
-//! a `u8`, two zero bytes, and the errno as a little-endian `i32`. A
+//! a `u8`, the failing step of the rootfs plan as a little-endian `u16`
+//! (`0xffff` for none; PID 1 holds the same plan and names its path), and
+//! the errno as a little-endian `i32`. A
 //! successful `execve` closes the last (close-on-exec) write end, so PID 1
 //! reads EOF with nothing before it. The failing path of an exec is not in
 //! the record: it is `argv[0]`, which PID 1 already knows.
@@ -112,13 +114,19 @@ impl Stage {
 pub struct Report {
     /// What failed.
     pub stage: Stage,
+    /// With [`Stage::Rootfs`]: the index of the failed step in the plan.
+    pub step: Option<u16>,
     /// Why (errno; 0 if the step had none, e.g. the id maps not written).
     pub errno: i32,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.stage.name(), ErrnoName(self.errno))
+        write!(f, "{}", self.stage.name())?;
+        if let Some(step) = self.step {
+            write!(f, " step {step}")?;
+        }
+        write!(f, " {}", ErrnoName(self.errno))
     }
 }
 
@@ -149,28 +157,38 @@ pub enum DecodeError {
     Stage(u8),
 }
 
+/// The step field of a record without a step.
+const NO_STEP: u16 = 0xffff;
+
 /// The record for `r`.
 pub fn encode(r: Report) -> [u8; LEN] {
     let e = r.errno.to_le_bytes();
-    [MAGIC, r.stage as u8, 0, 0, e[0], e[1], e[2], e[3]]
+    let s = r.step.unwrap_or(NO_STEP).to_le_bytes();
+    [MAGIC, r.stage as u8, s[0], s[1], e[0], e[1], e[2], e[3]]
 }
 
 /// The report in `bytes` (everything read before EOF, never empty).
 pub fn decode(bytes: &[u8]) -> Result<Report, DecodeError> {
-    let [magic, stage, _, _, e0, e1, e2, e3] = *bytes else {
+    let [magic, stage, s0, s1, e0, e1, e2, e3] = *bytes else {
         return Err(DecodeError::Length(bytes.len()));
     };
     if magic != MAGIC {
         return Err(DecodeError::Magic);
     }
     let stage = Stage::from_u8(stage).ok_or(DecodeError::Stage(stage))?;
-    Ok(Report { stage, errno: i32::from_le_bytes([e0, e1, e2, e3]) })
+    let step = Some(u16::from_le_bytes([s0, s1])).filter(|s| *s != NO_STEP);
+    Ok(Report { stage, step, errno: i32::from_le_bytes([e0, e1, e2, e3]) })
 }
 
 /// In a child about to `_exit`: write the record for (`stage`, `errno`)
 /// on `fd` (errors ignored: PID 1 then sees the exit without a report).
 pub fn write(fd: &impl std::os::fd::AsRawFd, stage: Stage, errno: i32) {
-    let _ = crate::sys::write_all(fd, &encode(Report { stage, errno }));
+    write_report(fd, Report { stage, step: None, errno });
+}
+
+/// In a child about to `_exit`: write the record `r`.
+pub fn write_report(fd: &impl std::os::fd::AsRawFd, r: Report) {
+    let _ = crate::sys::write_all(fd, &encode(r));
 }
 
 #[cfg(test)]
@@ -181,7 +199,11 @@ mod tests {
     fn every_stage_round_trips_with_any_errno() {
         for stage in Stage::ALL {
             for errno in [0, libc::ENOENT, libc::EACCES, i32::MAX, -1, i32::MIN] {
-                let r = Report { stage, errno };
+                for step in [None, Some(0), Some(41), Some(0xfffe)] {
+                    let r = Report { stage, step, errno };
+                    assert_eq!(decode(&encode(r)), Ok(r));
+                }
+                let r = Report { stage, step: None, errno };
                 let bytes = encode(r);
                 assert_eq!(bytes.len(), LEN);
                 assert_eq!(decode(&bytes), Ok(r));
@@ -194,12 +216,18 @@ mod tests {
         let mut seen: Vec<u8> = Stage::ALL.iter().map(|s| *s as u8).collect();
         seen.dedup();
         assert_eq!(seen, (1..=17).collect::<Vec<u8>>());
-        assert_eq!(encode(Report { stage: Stage::Exec, errno: libc::ENOENT }), [0xC5, 17, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(
+            encode(Report { stage: Stage::Exec, step: None, errno: libc::ENOENT }),
+            [0xC5, 17, 0xff, 0xff, 2, 0, 0, 0]
+        );
+        let r = Report { stage: Stage::Rootfs, step: Some(0x0102), errno: libc::ELOOP };
+        assert_eq!(encode(r), [0xC5, 5, 0x02, 0x01, 40, 0, 0, 0]);
+        assert_eq!(r.to_string(), "rootfs step 258 ELOOP");
     }
 
     #[test]
     fn short_long_and_garbage_input_is_refused() {
-        let good = encode(Report { stage: Stage::Rootfs, errno: libc::EPERM });
+        let good = encode(Report { stage: Stage::Rootfs, step: None, errno: libc::EPERM });
         for n in 0..LEN {
             assert_eq!(decode(&good[..n]), Err(DecodeError::Length(n)));
         }
@@ -218,8 +246,8 @@ mod tests {
 
     #[test]
     fn display_names_stage_and_errno() {
-        assert_eq!(Report { stage: Stage::Exec, errno: libc::ENOENT }.to_string(), "exec ENOENT");
-        assert_eq!(Report { stage: Stage::Rootfs, errno: libc::EPERM }.to_string(), "rootfs EPERM");
-        assert_eq!(Report { stage: Stage::Fork, errno: 4095 }.to_string(), "fork errno4095");
+        assert_eq!(Report { stage: Stage::Exec, step: None, errno: libc::ENOENT }.to_string(), "exec ENOENT");
+        assert_eq!(Report { stage: Stage::Rootfs, step: None, errno: libc::EPERM }.to_string(), "rootfs EPERM");
+        assert_eq!(Report { stage: Stage::Fork, step: None, errno: 4095 }.to_string(), "fork errno4095");
     }
 }

@@ -545,9 +545,43 @@ fn shm_size(scratch: u64) -> u64 {
 /// symlink a layer put at a fixed target fails the plan with an error
 /// naming it.
 pub fn apply(plan: &[Step]) -> SysResult<()> {
-    use sys::Create;
+    apply_steps(plan).map_err(|(_, e)| e)
+}
+
+/// [`apply`], saying which step failed (its index in `plan`), so the
+/// setup report can name it: PID 1 holds the same plan.
+pub fn apply_steps(plan: &[Step]) -> Result<(), (usize, sys::SysError)> {
     let at = Resolver::for_plan(plan);
-    for step in plan {
+    for (i, step) in plan.iter().enumerate() {
+        apply_one(&at, step).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+impl Step {
+    /// The path the step works on (for events).
+    pub fn path(&self) -> &str {
+        match self {
+            Step::MakePrivate => "/",
+            Step::Mkdir(p)
+            | Step::Touch(p)
+            | Step::MaskDir(p)
+            | Step::ReadOnly(p)
+            | Step::RemountReadOnly(p)
+            | Step::PivotRoot(p)
+            | Step::Traversable(p)
+            | Step::MakeMountPrivate(p) => p,
+            Step::Mount { target, .. } => target,
+            Step::CharDevice { path, .. } | Step::Device { path, .. } | Step::MaskFile { path, .. } => path,
+            Step::Symlink { link, .. } => link,
+            Step::Chown { path, .. } => path,
+        }
+    }
+}
+
+fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
+    use sys::Create;
+    {
         match step {
             Step::MakePrivate => sys::mount("make / private", None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?,
             Step::Mkdir(p) => drop(at.open(p, Create::Dirs)?),

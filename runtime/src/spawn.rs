@@ -240,7 +240,7 @@ pub fn poll_report(fd: &OwnedFd) -> Setup {
     }
     // One record is written with one write under PIPE_BUF: it arrives whole.
     match report::decode(buf.get(..n as usize).unwrap_or(&[])) {
-        Ok(Report { stage: Stage::Exec, errno }) => Setup::ExecFailed(errno),
+        Ok(Report { stage: Stage::Exec, errno, .. }) => Setup::ExecFailed(errno),
         Ok(r) => Setup::Failed(SpawnError::Setup(r)),
         Err(e) => Setup::Failed(SpawnError::Report(e)),
     }
@@ -314,11 +314,14 @@ fn child(
         NetSetup::Join(pid) => network::join(pid),
     };
     let setup = network
-        .map_err(|e| (Stage::Network, e))
-        .and_then(|()| rootfs::apply(plan).map_err(|e| (Stage::Rootfs, e)))
-        .and_then(|()| sys::sethostname(&spec.hostname).map_err(|e| (Stage::Hostname, e)));
-    if let Err((stage, e)) = setup {
-        report::write(&sync, stage, e.errno);
+        .map_err(|e| (Stage::Network, None, e))
+        .and_then(|()| {
+            // The step's index goes into the report: PID 1 names its path.
+            rootfs::apply_steps(plan).map_err(|(i, e)| (Stage::Rootfs, u16::try_from(i).ok(), e))
+        })
+        .and_then(|()| sys::sethostname(&spec.hostname).map_err(|e| (Stage::Hostname, None, e)));
+    if let Err((stage, step, e)) = setup {
+        report::write_report(&sync, Report { stage, step, errno: e.errno });
         // SAFETY: _exit ends this process without running anything else.
         unsafe { libc::_exit(SETUP_FAILED) };
     }
