@@ -310,8 +310,10 @@ impl Default for DiskOptions {
 /// Size of each manifest slot partition.
 pub const MANIFEST_SLOT_BYTES: u64 = 1 << 20;
 
-/// Write the GPT disk: state, both manifest slots (A holds the manifest,
-/// B is empty), one layer partition per layer plus spares, and data.
+/// Write the GPT disk: state (both copies), both manifest slots (A holds the
+/// manifest, B is empty), one layer partition per layer plus spares, and
+/// data. The returned layout holds the disk GUID the device is booted with
+/// (`cairn.disk=`).
 pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Result<DiskLayout, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
@@ -334,7 +336,10 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     let mut record = vec![0u8; bootstate::RECORD_SIZE];
     let mut block = [0u8; bootstate::COPY_SIZE];
     bootstate::encode_copy(&state, &mut block).map_err(|e| AssembleError::Seal(e.to_string()))?;
+    // Both copies: one bad sector in either still leaves the device a
+    // state to boot from (equal sequence numbers: copy 0 is read first).
     record[..bootstate::COPY_SIZE].copy_from_slice(&block);
+    record[bootstate::COPY_SIZE..].copy_from_slice(&block);
 
     let mut parts = vec![
         PartitionSpec { name: "cairn-state".into(), size_bytes: 1 << 20, contents: PartitionContents::Bytes(record) },
