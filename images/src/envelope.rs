@@ -168,7 +168,7 @@ pub enum OpenError {
         /// The manifest's `compatible`.
         manifest: heapless::String<COMPATIBLE_LEN>,
         /// The device's (built into its init; empty: none).
-        device: heapless::String<COMPATIBLE_LEN>,
+        device: &'static str,
     },
 }
 
@@ -179,7 +179,7 @@ impl fmt::Display for OpenError {
             Self::Decode => write!(f, "signed payload is not a valid manifest (malformed or over a fixed capacity)"),
             Self::Invalid(e) => write!(f, "manifest invalid: {e}"),
             Self::TrailingBytes(n) => write!(f, "signed payload holds {n} bytes after the manifest"),
-            Self::Incompatible { manifest, device } if device.is_empty() => write!(
+            Self::Incompatible { manifest, device: "" } => write!(
                 f,
                 "manifest is for {manifest:?} but this cairn-init was built without a compatibility string (CAIRN_COMPATIBLE)"
             ),
@@ -205,15 +205,9 @@ pub fn open_manifest(bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, Op
 /// Accept a manifest only for this device's product: its `compatible`
 /// must equal `device` exactly; an empty `device` (an init built without a
 /// compatibility string) accepts none.
-pub fn check_compatible(m: &Manifest, device: &str) -> Result<(), OpenError> {
+pub fn check_compatible(m: &Manifest, device: &'static str) -> Result<(), OpenError> {
     if device.is_empty() || m.compatible.as_str() != device {
-        let mut d = heapless::String::new();
-        for ch in device.chars() {
-            if d.push(ch).is_err() {
-                break;
-            }
-        }
-        return Err(OpenError::Incompatible { manifest: m.compatible.clone(), device: d });
+        return Err(OpenError::Incompatible { manifest: m.compatible.clone(), device });
     }
     Ok(())
 }
@@ -310,17 +304,17 @@ mod tests {
         let env = seal(&payload, &k).unwrap_or_default();
         let refused = open_manifest(&env, &[pk]);
         assert_eq!(refused, Err(OpenError::TrailingBytes(3)));
-        assert_eq!(refused.map(|_| ()).unwrap_err().to_string(), "signed payload holds 3 bytes after the manifest");
+        assert_eq!(refused.err().map(|e| e.to_string()).unwrap_or_default(), "signed payload holds 3 bytes after the manifest");
     }
 
     #[test]
     fn a_manifest_for_another_product_is_refused_naming_both() {
         let m = manifest(&[container("app", &[])]);
         assert_eq!(check_compatible(&m, "cairn-test"), Ok(()));
-        let e = check_compatible(&m, "router-v2").map(|_| ()).unwrap_err();
-        assert_eq!(e.to_string(), "manifest is for \"cairn-test\", this device is \"router-v2\"");
-        let e = check_compatible(&m, "").map(|_| ()).unwrap_err();
-        assert!(e.to_string().contains("built without a compatibility string"), "{e}");
+        let e = check_compatible(&m, "router-v2").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(e, "manifest is for \"cairn-test\", this device is \"router-v2\"");
+        let e = check_compatible(&m, "").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("built without a compatibility string"), "{e}");
         assert!(check_compatible(&m, "cairn-tes").is_err() && check_compatible(&m, "cairn-test2").is_err());
     }
 

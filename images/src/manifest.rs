@@ -609,10 +609,10 @@ pub enum ValidationError {
     BadDevice {
         /// The container.
         container: Name,
+        /// Its index in `security.devices`.
+        index: usize,
         /// The field: "path" or "source".
         field: &'static str,
-        /// Its value.
-        value: String<PATH_LEN>,
         /// What is wrong.
         reason: &'static str,
     },
@@ -652,8 +652,8 @@ impl fmt::Display for ValidationError {
                 f,
                 "compatible must be 1 to {COMPATIBLE_LEN} characters of [A-Za-z0-9._,+-] (the product the manifest is for)"
             ),
-            BadDevice { container, field, value, reason } => {
-                write!(f, "container {container:?}: security.devices {field} {value:?}: {reason}")
+            BadDevice { container, index, field, reason } => {
+                write!(f, "container {container:?}: security.devices[{index}].{field}: {reason}")
             }
         }
     }
@@ -795,15 +795,12 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     );
     limit(l.io_max.iter().all(|io| is_valid_disk_name(&io.device)), "io_max device");
     limit(l.rlimits.iter().all(|r| r.soft <= r.hard), "rlimit soft above hard");
-    for d in &c.security.devices {
-        let mut bad = |field: &'static str, value: &String<PATH_LEN>, reason: &'static str| {
-            report(BadDevice { container: name(), field, value: value.clone(), reason })
-        };
+    for (index, d) in c.security.devices.iter().enumerate() {
         if let Err(reason) = check_device_path(&d.path) {
-            bad("path", &d.path, reason);
+            report(BadDevice { container: name(), index, field: "path", reason });
         }
         if let Err(reason) = check_device_source(&d.source) {
-            bad("source", &d.source, reason);
+            report(BadDevice { container: name(), index, field: "source", reason });
         }
     }
     let mut limit = |ok: bool, limit: &'static str| {
@@ -1091,15 +1088,15 @@ pub(crate) mod tests {
         assert_eq!(with("/dev/store", "partition:camera-store"), "");
         for sys in ["cairn-state", "cairn-data", "cairn-manifest-a", "cairn-layer-01", "cairn-x"] {
             let p = with("/dev/x", &format!("partition:{sys}"));
-            assert!(p.contains("container \"cam\": security.devices source") && p.contains("system (cairn-*)"), "{p}");
+            assert!(p.contains("container \"cam\": security.devices[0].source") && p.contains("system (cairn-*)"), "{p}");
         }
         for path in ["/tmp/x", "/dev/", "/dev/../etc/passwd", "/dev/a//b", "dev/x", "/dev/./x"] {
             let p = with(path, "/dev/null");
-            assert!(p.contains("security.devices path"), "{path}: {p}");
+            assert!(p.contains("security.devices[0].path"), "{path}: {p}");
         }
         for source in ["/sys/x", "vda", "/dev/../x", "partition:", "partition:a/b"] {
             let p = with("/dev/x", source);
-            assert!(p.contains("security.devices source"), "{source}: {p}");
+            assert!(p.contains("security.devices[0].source"), "{source}: {p}");
         }
     }
 

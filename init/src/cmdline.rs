@@ -5,13 +5,15 @@
 pub struct Cmdline {
     /// How long to wait for the boot disk's partitions.
     pub disk_timeout_ms: u32,
+    /// `cairn.disk=GUID`: the GPT disk GUID of the boot disk (on-disk order).
+    pub disk: Option<crate::partitions::Guid>,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self { disk_timeout_ms: 10_000, ignored: Vec::new() }
+        Self { disk_timeout_ms: 10_000, disk: None, ignored: Vec::new() }
     }
 }
 
@@ -20,8 +22,9 @@ pub fn parse(text: &str) -> Cmdline {
     let mut c = Cmdline::default();
     for word in text.split_whitespace().filter(|w| w.starts_with("cairn.")) {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
-        match (key, value.parse::<u32>()) {
-            ("cairn.disk_timeout_ms", Ok(v)) if v > 0 => c.disk_timeout_ms = v,
+        match (key, value.parse::<u32>(), crate::partitions::parse_guid(value)) {
+            ("cairn.disk_timeout_ms", Ok(v), _) if v > 0 => c.disk_timeout_ms = v,
+            ("cairn.disk", _, Some(g)) => c.disk = Some(g),
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -38,5 +41,8 @@ mod tests {
         assert_eq!(c.disk_timeout_ms, 2500);
         assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x"]);
         assert_eq!(parse(""), Cmdline::default());
+        let c = parse("cairn.disk=0FC63DAF-8483-4772-8E79-3D69D8477DE4 cairn.disk=nope");
+        assert_eq!(c.disk.map(|g| crate::partitions::guid_text(&g)).as_deref(), Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4"));
+        assert_eq!(c.ignored, ["cairn.disk=nope"]);
     }
 }
