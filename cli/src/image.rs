@@ -102,7 +102,12 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance { manifest: m, envelope, layers: found };
             let opts =
-                DiskOptions { layer_slot_bytes: slot_size, spare_layer_slots: spare_slots, data_bytes: data_size };
+                DiskOptions {
+                layer_slot_bytes: slot_size,
+                spare_layer_slots: spare_slots,
+                data_bytes: data_size,
+                ..DiskOptions::default()
+            };
             let layout = assemble::assemble_disk(&app, &out, opts)?;
             progress.clear();
 

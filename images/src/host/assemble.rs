@@ -299,11 +299,15 @@ pub struct DiskOptions {
     pub spare_layer_slots: usize,
     /// Size of the data partition.
     pub data_bytes: u64,
+    /// Size of an empty `app-data` partition after `cairn-data`, for
+    /// containers given it as `partition:app-data` (0: none). System
+    /// (`cairn-*`) partitions can never be given to a container.
+    pub app_data_bytes: u64,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20 }
+        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20, app_data_bytes: 0 }
     }
 }
 
@@ -377,6 +381,13 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
         size_bytes: opts.data_bytes,
         contents: PartitionContents::File(data.clone()),
     });
+    if opts.app_data_bytes > 0 {
+        parts.push(PartitionSpec {
+            name: "app-data".into(),
+            size_bytes: opts.app_data_bytes,
+            contents: PartitionContents::Empty,
+        });
+    }
     let written = gpt::write_disk(out, &parts);
     let _ = fs::remove_file(&data);
     Ok(written?)

@@ -1,6 +1,7 @@
 //! The scenarios, one file each.
 
 mod bad_signature;
+mod boot_disk;
 mod boot_demo;
 mod cli_disk;
 mod corrupt_layer;
@@ -41,6 +42,10 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "oci-layers", run: oci_layers::run },
         Scenario { name: "cli-disk", run: cli_disk::run },
         Scenario { name: "userns", run: userns::run },
+        // issue 8: boot disk, product binding, state copies (boot_disk.rs)
+        Scenario { name: "foreign-disk", run: boot_disk::foreign_disk },
+        Scenario { name: "wrong-product", run: boot_disk::wrong_product },
+        Scenario { name: "state-copy0-corrupt", run: boot_disk::state_copy0_corrupt },
     ]
 }
 
