@@ -18,9 +18,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CAIRN_ROLLBACK_FLOOR");
     let compatible = match env::var("CAIRN_COMPATIBLE") {
         Ok(c) => {
-            let ok = !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b));
+            let ok =
+                !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b));
             if !ok {
                 panic!("CAIRN_COMPATIBLE={c:?}: 1 to 64 characters of [A-Za-z0-9._,+-]");
             }

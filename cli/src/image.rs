@@ -101,8 +101,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
 
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance { manifest: m, envelope, layers: found };
-            let opts =
-                DiskOptions {
+            let opts = DiskOptions {
                 layer_slot_bytes: slot_size,
                 spare_layer_slots: spare_slots,
                 data_bytes: data_size,
@@ -112,7 +111,11 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             progress.clear();
 
             println!("disk {} ({}) for board {}", out.display(), size(layout.disk_size), board.name);
-            println!("  disk guid {} (kernel command line: cairn.disk={})", layout.disk_guid_text(), layout.disk_guid_text());
+            println!(
+                "  disk guid {} (kernel command line: cairn.disk={})",
+                layout.disk_guid_text(),
+                layout.disk_guid_text()
+            );
             for p in &layout.partitions {
                 println!("  {:>2} {:<18} {:>10}", p.index, p.name, size(p.size_bytes));
             }

@@ -118,7 +118,14 @@ impl BootState {
 /// layer placement yet (the caller fills it from the factory manifest with
 /// [`BootState::factory_layout`]). Sequence 0, so any real write wins.
 pub fn fallback(floor: u64) -> BootState {
-    BootState { seq: 0, active: Slot::A, trial: false, attempts_left: 0, rollback_floor: floor, layer_slots: Vec::new() }
+    BootState {
+        seq: 0,
+        active: Slot::A,
+        trial: false,
+        attempts_left: 0,
+        rollback_floor: floor,
+        layer_slots: Vec::new(),
+    }
 }
 
 /// Read the record, or fall back to the factory state. The error says why

@@ -304,7 +304,10 @@ mod tests {
         let env = seal(&payload, &k).unwrap_or_default();
         let refused = open_manifest(&env, &[pk]);
         assert_eq!(refused, Err(OpenError::TrailingBytes(3)));
-        assert_eq!(refused.err().map(|e| e.to_string()).unwrap_or_default(), "signed payload holds 3 bytes after the manifest");
+        assert_eq!(
+            refused.err().map(|e| e.to_string()).unwrap_or_default(),
+            "signed payload holds 3 bytes after the manifest"
+        );
     }
 
     #[test]

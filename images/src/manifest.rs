@@ -1088,7 +1088,10 @@ pub(crate) mod tests {
         assert_eq!(with("/dev/store", "partition:camera-store"), "");
         for sys in ["cairn-state", "cairn-data", "cairn-manifest-a", "cairn-layer-01", "cairn-x"] {
             let p = with("/dev/x", &format!("partition:{sys}"));
-            assert!(p.contains("container \"cam\": security.devices[0].source") && p.contains("system (cairn-*)"), "{p}");
+            assert!(
+                p.contains("container \"cam\": security.devices[0].source") && p.contains("system (cairn-*)"),
+                "{p}"
+            );
         }
         for path in ["/tmp/x", "/dev/", "/dev/../etc/passwd", "/dev/a//b", "dev/x", "/dev/./x"] {
             let p = with(path, "/dev/null");
@@ -1122,7 +1125,13 @@ pub(crate) mod tests {
             layers: std::vec::Vec<u8>,
             containers: std::vec::Vec<u8>,
         }
-        let wide = Wide { appliance: "x", version: 1, compatible: "c", layers: vec![], containers: vec![0; MAX_CONTAINERS + 1] };
+        let wide = Wide {
+            appliance: "x",
+            version: 1,
+            compatible: "c",
+            layers: vec![],
+            containers: vec![0; MAX_CONTAINERS + 1],
+        };
         let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
         assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
     }

@@ -42,7 +42,10 @@ mod tests {
         assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x"]);
         assert_eq!(parse(""), Cmdline::default());
         let c = parse("cairn.disk=0FC63DAF-8483-4772-8E79-3D69D8477DE4 cairn.disk=nope");
-        assert_eq!(c.disk.map(|g| crate::partitions::guid_text(&g)).as_deref(), Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4"));
+        assert_eq!(
+            c.disk.map(|g| crate::partitions::guid_text(&g)).as_deref(),
+            Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+        );
         assert_eq!(c.ignored, ["cairn.disk=nope"]);
     }
 }

@@ -303,7 +303,9 @@ mod tests {
         assert_eq!(parse_guid("0FC63DAF-8483-4772-8E79-3D69D8477DE4"), Some(LINUX_DATA));
         assert_eq!(parse_guid("0fc63daf-8483-4772-8e79-3d69d8477de4"), Some(LINUX_DATA));
         assert_eq!(guid_text(&LINUX_DATA), "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
-        for bad in ["", "0FC63DAF84834772", "0FC63DAF-8483-4772-8E79-3D69D8477DE", "0FC63DAF+8483-4772-8E79-3D69D8477DE4"] {
+        for bad in
+            ["", "0FC63DAF84834772", "0FC63DAF-8483-4772-8E79-3D69D8477DE", "0FC63DAF+8483-4772-8E79-3D69D8477DE4"]
+        {
             assert_eq!(parse_guid(bad), None, "{bad}");
         }
         assert_eq!(parse_guid("0FC63DAG-8483-4772-8E79-3D69D8477DE4"), None);
@@ -361,7 +363,10 @@ mod tests {
         assert_eq!(b.disk, "vda");
         assert_eq!(b.partitions.get("cairn-data").map(String::as_str), Some("/dev/vda4"));
         assert_eq!(b.partitions.len(), 4, "nothing from other disks");
-        assert_eq!(b.foreign, [("sda".to_owned(), vec!["cairn-state".into(), "cairn-manifest-a".into(), "cairn-data".into()])]);
+        assert_eq!(
+            b.foreign,
+            [("sda".to_owned(), vec!["cairn-state".into(), "cairn-manifest-a".into(), "cairn-data".into()])]
+        );
 
         let b = choose(&disks, Some(&[2; 16])).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((b.disk.as_str(), b.foreign.len()), ("sda", 1), "the GUID decides, whatever the order");

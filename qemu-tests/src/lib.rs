@@ -85,8 +85,8 @@ impl Ctx<'_> {
     pub fn disk(&self, app: &BuiltAppliance, file: &str) -> Result<(PathBuf, DiskLayout)> {
         let path = self.dir.join(file);
         let opts = DiskOptions { app_data_bytes: 4 << 20, ..DiskOptions::default() };
-        let layout = assemble::assemble_disk(app, &path, opts)
-            .with_context(|| format!("assembling {}", path.display()))?;
+        let layout =
+            assemble::assemble_disk(app, &path, opts).with_context(|| format!("assembling {}", path.display()))?;
         Ok((path, layout))
     }
 

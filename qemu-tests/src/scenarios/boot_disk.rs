@@ -40,7 +40,11 @@ fn after_boot_failed() -> impl Fn(&Console) -> bool {
 /// Refused to boot, and stayed up.
 fn refused(run: &Run, what: &str) -> Result<()> {
     no_panic(run)?;
-    ensure!(run.ending == Ending::Stopped, "{what}: QEMU {:?} before PID 1 was seen alive after boot.failed", run.ending);
+    ensure!(
+        run.ending == Ending::Stopped,
+        "{what}: QEMU {:?} before PID 1 was seen alive after boot.failed",
+        run.ending
+    );
     let c = &run.console;
     c.expect("boot.failed", &[])?;
     ensure!(c.first("manifest.verified", &[]).is_none(), "{what}: a manifest was accepted");

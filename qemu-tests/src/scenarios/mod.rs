@@ -1,8 +1,8 @@
 //! The scenarios, one file each.
 
 mod bad_signature;
-mod boot_disk;
 mod boot_demo;
+mod boot_disk;
 mod cli_disk;
 mod corrupt_layer;
 mod exit_codes;
