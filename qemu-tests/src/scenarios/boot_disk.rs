@@ -4,7 +4,9 @@
 //! - `foreign-disk`: a second disk with `cairn-*` partitions and another
 //!   signed manifest is attached. With `cairn.disk=` the device boots from
 //!   its own disk whatever the order of the disks and says it ignored the
-//!   other; without `cairn.disk=` two candidate disks are refused.
+//!   other; without `cairn.disk=` two candidate disks are refused. Its
+//!   containers asking for the boot disk or a system partition by path are
+//!   refused (`device.refused`); a non-system partition is granted.
 //! - `wrong-product`: a manifest signed by the trusted key but for another
 //!   product is refused, the event naming both strings.
 //! - `state-copy0-corrupt`: copy 0 of the boot state is corrupt: the device
@@ -52,8 +54,20 @@ fn refused(run: &Run, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The boot disk and its system partitions are never given to a container
+/// (by device number), a non-system partition of it is.
+fn devices_checked(c: &Console, disk: &str) -> Result<()> {
+    for (name, source) in [("thief", format!("/dev/{disk}")), ("thief-state", format!("/dev/{disk}1"))] {
+        let e = c.expect("device.refused", &[("container", name), ("source", &source)])?;
+        ensure!(e.get("reason").is_some_and(|r| r.contains("boot disk")), "{name}: {:?}", e.fields);
+        ensure!(c.first("container.started", &[("name", name)]).is_none(), "{name} started with {source}");
+    }
+    c.expect("container.started", &[("name", "granted")])?;
+    Ok(())
+}
+
 pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
-    let own = ctx.build("boot-demo")?;
+    let own = ctx.build("boot-disk")?;
     let (disk, own_layout) = ctx.disk(&own, "own.img")?;
     let other = ctx.build("bad-signature")?;
     let (foreign, other_layout) = ctx.disk(&other, "foreign.img")?;
@@ -68,9 +82,10 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     c.expect("partitions.found", &[("disk", "vda"), ("guid", &own_layout.disk_guid_text())])?;
     let f = c.expect("partitions.foreign", &[("disk", "vdb")])?;
     ensure!(f.get("names").is_some_and(|n| n.contains("cairn-manifest-a")), "foreign event: {:?}", f.fields);
-    c.expect("manifest.verified", &[("slot", "a"), ("appliance", "boot-demo")])?;
+    c.expect("manifest.verified", &[("slot", "a"), ("appliance", "boot-disk")])?;
     ensure!(c.first("manifest.verified", &[("appliance", "signed")]).is_none(), "the foreign manifest was used");
     c.expect("container.started", &[("name", "driver")])?;
+    devices_checked(c, "vda")?;
 
     // 2. The foreign disk first (vda), the own disk second: the GUID decides.
     let opts = BootOptions { extra_disks: &extra, extra_first: true, ..BootOptions::default() };
@@ -79,7 +94,7 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     let c = &run.console;
     c.expect("partitions.found", &[("disk", "vdb")])?;
     c.expect("partitions.foreign", &[("disk", "vda")])?;
-    c.expect("manifest.verified", &[("appliance", "boot-demo")])?;
+    c.expect("manifest.verified", &[("appliance", "boot-disk")])?;
     ensure!(c.first("manifest.verified", &[("appliance", "signed")]).is_none(), "the foreign manifest was used");
 
     // 3. No cairn.disk=: two disks hold cairn-* partitions; refused.
@@ -94,6 +109,7 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     powered_off(&run)?;
     run.console.expect("partitions.found", &[("disk", "vda"), ("guid", "any")])?;
     ensure!(run.console.first("partitions.foreign", &[]).is_none(), "a foreign disk reported with one disk");
+    devices_checked(&run.console, "vda")?;
     Ok(())
 }
 
