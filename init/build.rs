@@ -3,12 +3,39 @@
 //! `CAIRN_TRUSTED_KEYS` names a file with one hex-encoded ed25519 public key
 //! per line (the build tool sets it). Without it the init trusts no key and
 //! refuses every manifest; the build prints a warning.
+//!
+//! `CAIRN_COMPATIBLE` is the product this init boots: a manifest whose
+//! `compatible` differs is refused. Without it the init refuses every
+//! manifest (a warning again). `CAIRN_ROLLBACK_FLOOR` (default 0) is the
+//! rollback floor used when neither boot state copy is readable.
 
 use std::fmt::Write as _;
 use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CAIRN_TRUSTED_KEYS");
+    println!("cargo:rerun-if-env-changed=CAIRN_COMPATIBLE");
+    println!("cargo:rerun-if-env-changed=CAIRN_ROLLBACK_FLOOR");
+    let compatible = match env::var("CAIRN_COMPATIBLE") {
+        Ok(c) => {
+            let ok =
+                !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b));
+            if !ok {
+                panic!("CAIRN_COMPATIBLE={c:?}: 1 to 64 characters of [A-Za-z0-9._,+-]");
+            }
+            c
+        }
+        Err(_) => {
+            println!(
+                "cargo:warning=CAIRN_COMPATIBLE is not set: this cairn-init knows no product and will refuse every manifest"
+            );
+            String::new()
+        }
+    };
+    let floor: u64 = match env::var("CAIRN_ROLLBACK_FLOOR") {
+        Ok(f) => f.trim().parse().unwrap_or_else(|_| panic!("CAIRN_ROLLBACK_FLOOR={f:?} is not an integer")),
+        Err(_) => 0,
+    };
     let mut keys: Vec<[u8; 32]> = Vec::new();
     match env::var("CAIRN_TRUSTED_KEYS") {
         Ok(path) => {
@@ -38,6 +65,15 @@ fn main() {
         let _ = writeln!(out, "    {k:?},");
     }
     out.push_str("];\n");
+    let _ = writeln!(
+        out,
+        "/// The product this init boots (a manifest's `compatible` must equal it; empty: none).\n\
+         pub static COMPATIBLE: &str = {compatible:?};"
+    );
+    let _ = writeln!(
+        out,
+        "/// Rollback floor when neither boot state copy is readable.\npub const FALLBACK_ROLLBACK_FLOOR: u64 = {floor};"
+    );
     let dest = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("trusted_keys.rs");
     fs::write(dest, out).unwrap_or_else(|e| panic!("writing trusted_keys.rs: {e}"));
 }

@@ -101,12 +101,21 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
 
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance { manifest: m, envelope, layers: found };
-            let opts =
-                DiskOptions { layer_slot_bytes: slot_size, spare_layer_slots: spare_slots, data_bytes: data_size };
+            let opts = DiskOptions {
+                layer_slot_bytes: slot_size,
+                spare_layer_slots: spare_slots,
+                data_bytes: data_size,
+                ..DiskOptions::default()
+            };
             let layout = assemble::assemble_disk(&app, &out, opts)?;
             progress.clear();
 
             println!("disk {} ({}) for board {}", out.display(), size(layout.disk_size), board.name);
+            println!(
+                "  disk guid {} (kernel command line: cairn.disk={})",
+                layout.disk_guid_text(),
+                layout.disk_guid_text()
+            );
             for p in &layout.partitions {
                 println!("  {:>2} {:<18} {:>10}", p.index, p.name, size(p.size_bytes));
             }
@@ -175,7 +184,7 @@ fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board, signer: Key
 fn inspect(disk: &Path) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let layout = gpt::read_layout(disk)?;
-    println!("disk {} ({})", disk.display(), size(layout.disk_size));
+    println!("disk {} ({}) guid {}", disk.display(), size(layout.disk_size), layout.disk_guid_text());
     let mut f = std::fs::File::open(disk).with_context(|| format!("cannot read {}", disk.display()))?;
     for p in &layout.partitions {
         let mut note = String::new();

@@ -67,7 +67,14 @@ fn build(appliance: &Path, key: &Path, out: &Path, layers: Option<PathBuf>, prog
     write_atomically(out, &app.envelope)?;
     progress.clear();
     let m = &app.manifest;
-    println!("manifest {} ({} bytes) for {} version {}", out.display(), app.envelope.len(), m.appliance, m.version);
+    println!(
+        "manifest {} ({} bytes) for {} version {}, compatible {}",
+        out.display(),
+        app.envelope.len(),
+        m.appliance,
+        m.version,
+        m.compatible
+    );
     println!("signed by key {}", keys::id_of(&key));
     for l in &app.layers {
         let file = l.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no image file here)".into());
@@ -142,11 +149,12 @@ fn verify(path: &Path, pubkeys: &[PathBuf]) -> Result<()> {
     let payload = env.verify(&trusted).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let m = decode(path, payload)?;
     println!(
-        "{}: good signature by key {}; {} version {}, {} layers, {} containers",
+        "{}: good signature by key {}; {} version {} for {}, {} layers, {} containers",
         path.display(),
         env.key_id,
         m.appliance,
         m.version,
+        m.compatible,
         m.layers.len(),
         m.containers.len()
     );

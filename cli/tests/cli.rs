@@ -150,6 +150,7 @@ fn layers_are_reproducible_and_bad_archives_leave_nothing() {
 const APPLIANCE: &str = r#"
 appliance = "cli-test"
 version = 2
+compatible = "cairn-qemu-dev"
 
 [[layer]]
 name = "base"

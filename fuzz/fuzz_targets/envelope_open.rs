@@ -93,11 +93,14 @@ fuzz_target!(|data: &[u8]| {
         (Err(OpenError::Decode), Err(_)) => {}
         (Err(OpenError::Decode), Ok(_)) => panic!("payload decodes directly but not through the envelope"),
         (_, Err(_)) => panic!("payload does not decode directly but opened: {resealed:?}"),
+        (Err(OpenError::TrailingBytes(n)), Ok((_, rest))) => assert_eq!(*n, rest.len()),
+        (Err(OpenError::Incompatible { .. }), _) => panic!("open_manifest does not check compatibility"),
         (Err(OpenError::Invalid(e)), Ok((m, _))) => {
             display_len(e);
             assert_eq!(m.validate().as_ref(), Err(e));
         }
-        (Ok(m), Ok((d, _))) => {
+        (Ok(m), Ok((d, rest))) => {
+            assert!(rest.is_empty(), "opened with {} bytes after the manifest", rest.len());
             assert_eq!(m, d);
             assert_eq!(m.validate(), Ok(()));
         }

@@ -5,6 +5,10 @@
 //! sequence number one higher, so a power cut during a write leaves the other
 //! copy intact. A reader takes the valid copy with the highest sequence.
 //!
+//! The factory writes both copies. A device that finds neither valid boots
+//! the factory slot (A) with [`fallback`]: the floor built into its init,
+//! and the factory layer placement ([`factory_layer_slots`]).
+//!
 //! Copy layout (little endian): magic "CAIRNBS1" (8), payload length (4),
 //! crc32 of the payload (4), postcard payload.
 
@@ -91,9 +95,45 @@ impl BootState {
         Self { seq: 1, active: Slot::A, trial: false, attempts_left: 0, rollback_floor: 0, layer_slots }
     }
 
+    /// The factory layout: layer `i` of the manifest (in manifest order) is
+    /// on `cairn-layer-{i+1}`, as `cairn image assemble` writes it.
+    pub fn factory_layout(manifest: &crate::manifest::Manifest) -> Vec<LayerSlot, MAX_LAYER_SLOTS> {
+        manifest
+            .layers
+            .iter()
+            .zip(1u8..)
+            .map(|(l, partition)| LayerSlot { digest: l.digest, partition })
+            .take(MAX_LAYER_SLOTS)
+            .collect()
+    }
+
     /// Where a digest was written, if known.
     pub fn partition_of(&self, digest: &Digest) -> Option<u8> {
         self.layer_slots.iter().find(|s| s.digest == *digest).map(|s| s.partition)
+    }
+}
+
+/// The state a device assumes when neither copy is valid: the factory slot
+/// A, no trial, the rollback floor built into the init (`floor`), and no
+/// layer placement yet (the caller fills it from the factory manifest with
+/// [`BootState::factory_layout`]). Sequence 0, so any real write wins.
+pub fn fallback(floor: u64) -> BootState {
+    BootState {
+        seq: 0,
+        active: Slot::A,
+        trial: false,
+        attempts_left: 0,
+        rollback_floor: floor,
+        layer_slots: Vec::new(),
+    }
+}
+
+/// Read the record, or fall back to the factory state. The error says why
+/// the fallback was taken.
+pub fn read_or_fallback(region: &[u8], floor: u64) -> (BootState, Option<BootStateError>) {
+    match read_record(region) {
+        Ok((_, s)) => (s, None),
+        Err(e) => (fallback(floor), Some(e)),
     }
 }
 
@@ -258,6 +298,20 @@ mod tests {
         assert_eq!(read_record(&r), Err(BootStateError::NoValidCopy));
         assert_eq!(read_record(&[0u8; 10]), Err(BootStateError::TooShort));
         assert_eq!(read_record(&vec![0u8; RECORD_SIZE]), Err(BootStateError::NoValidCopy));
+    }
+
+    #[test]
+    fn with_no_valid_copy_the_factory_slot_boots_with_the_built_in_floor() {
+        let mut r = region(Some(&state(4)), Some(&state(5)));
+        r[COPY_SIZE + HEADER] ^= 1;
+        let (s, why) = read_or_fallback(&r, 7);
+        assert_eq!((s.seq, why), (4, None), "copy 0 alone still boots");
+        r[HEADER] ^= 1;
+        let (s, why) = read_or_fallback(&r, 7);
+        assert_eq!(why, Some(BootStateError::NoValidCopy));
+        assert_eq!((s.active, s.trial, s.rollback_floor, s.layer_slots.len()), (Slot::A, false, 7, 0));
+        let (s, why) = read_or_fallback(&[], 0);
+        assert_eq!((s.active, s.rollback_floor, why), (Slot::A, 0, Some(BootStateError::TooShort)));
     }
 
     #[test]

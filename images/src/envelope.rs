@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "CAIRNMF1"
+//! 0       8     magic "CAIRNMF2" (2: the manifest gained `compatible`)
 //! 8       8     key id: first 8 bytes of sha256(public key)
 //! 16      4     payload length N (at most MAX_PAYLOAD)
 //! 20      N     payload: the postcard-encoded Manifest
@@ -13,16 +13,18 @@
 //!
 //! The signature covers the header too, so the magic separates this use of
 //! the key from any other, and the length cannot be altered. Bytes after the
-//! signature are ignored: an envelope sits at the start of a partition.
+//! signature are ignored: an envelope sits at the start of a partition. Bytes
+//! after the manifest *inside* the signed payload are refused: the payload
+//! is exactly one manifest.
 
 use core::fmt;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::digest::Digest;
-use crate::manifest::{Manifest, ValidationError};
+use crate::manifest::{Manifest, ValidationError, COMPATIBLE_LEN};
 
 /// Envelope magic.
-pub const MAGIC: [u8; 8] = *b"CAIRNMF1";
+pub const MAGIC: [u8; 8] = *b"CAIRNMF2";
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 20;
 /// Signature length.
@@ -159,6 +161,15 @@ pub enum OpenError {
     Decode,
     /// The manifest decodes but breaks a rule.
     Invalid(ValidationError),
+    /// The signed payload holds this many bytes after the manifest.
+    TrailingBytes(usize),
+    /// The manifest is for another product.
+    Incompatible {
+        /// The manifest's `compatible`.
+        manifest: heapless::String<COMPATIBLE_LEN>,
+        /// The device's (built into its init; empty: none).
+        device: &'static str,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -167,6 +178,14 @@ impl fmt::Display for OpenError {
             Self::Envelope(e) => e.fmt(f),
             Self::Decode => write!(f, "signed payload is not a valid manifest (malformed or over a fixed capacity)"),
             Self::Invalid(e) => write!(f, "manifest invalid: {e}"),
+            Self::TrailingBytes(n) => write!(f, "signed payload holds {n} bytes after the manifest"),
+            Self::Incompatible { manifest, device: "" } => write!(
+                f,
+                "manifest is for {manifest:?} but this cairn-init was built without a compatibility string (CAIRN_COMPATIBLE)"
+            ),
+            Self::Incompatible { manifest, device } => {
+                write!(f, "manifest is for {manifest:?}, this device is {device:?}")
+            }
         }
     }
 }
@@ -175,9 +194,22 @@ impl fmt::Display for OpenError {
 pub fn open_manifest(bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, OpenError> {
     let env = Envelope::parse(bytes).map_err(OpenError::Envelope)?;
     let payload = env.verify(trusted).map_err(OpenError::Envelope)?;
-    let (m, _rest): (Manifest, _) = postcard::take_from_bytes(payload).map_err(|_| OpenError::Decode)?;
+    let (m, rest): (Manifest, _) = postcard::take_from_bytes(payload).map_err(|_| OpenError::Decode)?;
+    if !rest.is_empty() {
+        return Err(OpenError::TrailingBytes(rest.len()));
+    }
     m.validate().map_err(OpenError::Invalid)?;
     Ok(m)
+}
+
+/// Accept a manifest only for this device's product: its `compatible`
+/// must equal `device` exactly; an empty `device` (an init built without a
+/// compatibility string) accepts none.
+pub fn check_compatible(m: &Manifest, device: &'static str) -> Result<(), OpenError> {
+    if device.is_empty() || m.compatible.as_str() != device {
+        return Err(OpenError::Incompatible { manifest: m.compatible.clone(), device });
+    }
+    Ok(())
 }
 
 /// Build a signed envelope (host side).
@@ -259,6 +291,34 @@ mod tests {
         let mut huge = env.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(open_manifest(&huge, &[pk]), Err(OpenError::Envelope(EnvelopeError::PayloadTooLarge(_)))));
+    }
+
+    #[test]
+    fn trailing_bytes_inside_the_signed_payload_are_refused() {
+        let k = key(1);
+        let m = manifest(&[container("app", &[])]);
+        let mut payload = postcard::to_allocvec(&m).unwrap_or_default();
+        let pk = k.verifying_key().to_bytes();
+        assert_eq!(open_manifest(&seal(&payload, &k).unwrap_or_default(), &[pk]), Ok(m));
+        payload.extend_from_slice(b"xyz");
+        let env = seal(&payload, &k).unwrap_or_default();
+        let refused = open_manifest(&env, &[pk]);
+        assert_eq!(refused, Err(OpenError::TrailingBytes(3)));
+        assert_eq!(
+            refused.err().map(|e| e.to_string()).unwrap_or_default(),
+            "signed payload holds 3 bytes after the manifest"
+        );
+    }
+
+    #[test]
+    fn a_manifest_for_another_product_is_refused_naming_both() {
+        let m = manifest(&[container("app", &[])]);
+        assert_eq!(check_compatible(&m, "cairn-test"), Ok(()));
+        let e = check_compatible(&m, "router-v2").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(e, "manifest is for \"cairn-test\", this device is \"router-v2\"");
+        let e = check_compatible(&m, "").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("built without a compatibility string"), "{e}");
+        assert!(check_compatible(&m, "cairn-tes").is_err() && check_compatible(&m, "cairn-test2").is_err());
     }
 
     #[test]

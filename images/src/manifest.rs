@@ -46,6 +46,11 @@ pub const SYSCALL_LEN: usize = 24;
 pub const MAX_GROUPS: usize = 8;
 /// Longest cpuset list ("0-3,6").
 pub const CPUSET_LEN: usize = 32;
+/// Longest compatibility string (the product a manifest is for).
+pub const COMPATIBLE_LEN: usize = 64;
+/// Prefix of the system partitions (state, manifest slots, layers, data):
+/// a `partition:` device source may not name one.
+pub const SYSTEM_PARTITION_PREFIX: &str = "cairn-";
 /// Most ranges in one id map of a user namespace (the kernel takes up to
 /// 340; a handful is all an appliance needs).
 pub const MAX_ID_RANGES: usize = 5;
@@ -127,6 +132,9 @@ pub struct Manifest {
     pub appliance: Name,
     /// Monotonic version; the device refuses versions below its rollback floor.
     pub version: u64,
+    /// The product this manifest is for; a device refuses a manifest whose
+    /// string differs from the one built into its init.
+    pub compatible: String<COMPATIBLE_LEN>,
     /// Every layer any container uses.
     pub layers: Vec<Layer, MAX_LAYERS>,
     /// The containers, in the order the author wrote them.
@@ -594,6 +602,20 @@ pub enum ValidationError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The compatibility string is empty or uses characters other than
+    /// `[A-Za-z0-9._,+-]`.
+    BadCompatible,
+    /// A device entry breaks a rule.
+    BadDevice {
+        /// The container.
+        container: Name,
+        /// Its index in `security.devices`.
+        index: usize,
+        /// The field: "path" or "source".
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for ValidationError {
@@ -626,6 +648,13 @@ impl fmt::Display for ValidationError {
                 write!(f, "container {container:?}: security.userns.{map} {problem}")
             }
             BadUserNamespace { container, reason } => write!(f, "container {container:?}: security.userns: {reason}"),
+            BadCompatible => write!(
+                f,
+                "compatible must be 1 to {COMPATIBLE_LEN} characters of [A-Za-z0-9._,+-] (the product the manifest is for)"
+            ),
+            BadDevice { container, index, field, reason } => {
+                write!(f, "container {container:?}: security.devices[{index}].{field}: {reason}")
+            }
         }
     }
 }
@@ -678,6 +707,9 @@ impl Manifest {
         use ValidationError::*;
         if !is_valid_name(&self.appliance) {
             report(BadName(self.appliance.clone()));
+        }
+        if !is_valid_compatible(&self.compatible) {
+            report(BadCompatible);
         }
         for (i, l) in self.layers.iter().enumerate() {
             if !is_valid_name(&l.name) {
@@ -763,13 +795,19 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     );
     limit(l.io_max.iter().all(|io| is_valid_disk_name(&io.device)), "io_max device");
     limit(l.rlimits.iter().all(|r| r.soft <= r.hard), "rlimit soft above hard");
-    limit(
-        c.security
-            .devices
-            .iter()
-            .all(|d| d.path.starts_with("/dev/") && !d.path.contains("..") && !d.source.contains("..")),
-        "device path",
-    );
+    for (index, d) in c.security.devices.iter().enumerate() {
+        if let Err(reason) = check_device_path(&d.path) {
+            report(BadDevice { container: name(), index, field: "path", reason });
+        }
+        if let Err(reason) = check_device_source(&d.source) {
+            report(BadDevice { container: name(), index, field: "source", reason });
+        }
+    }
+    let mut limit = |ok: bool, limit: &'static str| {
+        if !ok {
+            report(LimitOutOfRange { container: name(), limit });
+        }
+    };
     limit(c.security.capabilities >> CAPABILITY_NAMES.len() == 0, "capabilities");
     limit(c.stop.grace_ms <= bounds::GRACE_MAX_MS, "stop grace_ms");
     let r = &c.restart;
@@ -814,6 +852,39 @@ fn userns_problems(c: &Container, u: &UserNamespace, mut report: impl FnMut(&'st
         c.security.devices.is_empty(),
         "cannot be combined with devices (a host device node stays owned by host root, unusable inside)",
     );
+}
+
+/// True for a compatibility string: 1 to [`COMPATIBLE_LEN`] characters of
+/// `[A-Za-z0-9._,+-]` (the capacity bounds the length).
+pub fn is_valid_compatible(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b))
+}
+
+/// A device node's path inside the container: under `/dev/`, no `..`
+/// component, nothing but the name after `/dev/`.
+pub fn check_device_path(path: &str) -> Result<(), &'static str> {
+    let rest = path.strip_prefix("/dev/").ok_or("must be under /dev/")?;
+    if rest.is_empty() || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("must name a node under /dev/ (no empty, . or .. components)");
+    }
+    Ok(())
+}
+
+/// A device source: `partition:NAME` for a partition of the boot disk that
+/// is not a system (`cairn-*`) partition, or a path under `/dev/`. The
+/// device also refuses a source that turns out to be the boot disk or one of
+/// its system partitions (checked by device number at start).
+pub fn check_device_source(source: &str) -> Result<(), &'static str> {
+    if let Some(part) = source.strip_prefix("partition:") {
+        if part.starts_with(SYSTEM_PARTITION_PREFIX) {
+            return Err("names a system (cairn-*) partition: state, manifest slots, layers and data are PID 1's");
+        }
+        if part.is_empty() || part.contains('/') {
+            return Err("partition:NAME needs a GPT partition name");
+        }
+        return Ok(());
+    }
+    check_device_path(source).map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)")
 }
 
 fn is_valid_disk_name(s: &str) -> bool {
@@ -870,6 +941,7 @@ pub(crate) mod tests {
         Manifest {
             appliance: s("demo"),
             version: 1,
+            compatible: s("cairn-test"),
             layers: Vec::from_iter([Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }]),
             containers: containers.iter().cloned().collect(),
         }
@@ -1000,9 +1072,46 @@ pub(crate) mod tests {
         assert!(all.contains("security.userns.gid_map maps host id 0"), "{all}");
         let mut bad = c;
         bad.security.devices =
-            Vec::from_iter([Device { path: s("/dev/data"), source: s("partition:cairn-data"), mode: 0o600 }]);
+            Vec::from_iter([Device { path: s("/dev/data"), source: s("partition:extra"), mode: 0o600 }]);
         assert!(matches!(manifest(&[bad]).validate(), Err(ValidationError::BadUserNamespace { .. })));
         assert_eq!(manifest(&[container("b", &[])]).validate(), Ok(()), "off by default");
+    }
+
+    #[test]
+    fn device_sources_may_not_name_system_partitions_and_paths_stay_in_dev() {
+        let with = |path: &str, source: &str| {
+            let mut c = container("cam", &[]);
+            c.security.devices = Vec::from_iter([Device { path: s(path), source: s(source), mode: 0o600 }]);
+            problems(&manifest(&[c])).iter().map(|e| e.to_string()).collect::<std::vec::Vec<_>>().join("\n")
+        };
+        assert_eq!(with("/dev/video0", "/dev/video0"), "");
+        assert_eq!(with("/dev/store", "partition:camera-store"), "");
+        for sys in ["cairn-state", "cairn-data", "cairn-manifest-a", "cairn-layer-01", "cairn-x"] {
+            let p = with("/dev/x", &format!("partition:{sys}"));
+            assert!(
+                p.contains("container \"cam\": security.devices[0].source") && p.contains("system (cairn-*)"),
+                "{p}"
+            );
+        }
+        for path in ["/tmp/x", "/dev/", "/dev/../etc/passwd", "/dev/a//b", "dev/x", "/dev/./x"] {
+            let p = with(path, "/dev/null");
+            assert!(p.contains("security.devices[0].path"), "{path}: {p}");
+        }
+        for source in ["/sys/x", "vda", "/dev/../x", "partition:", "partition:a/b"] {
+            let p = with("/dev/x", source);
+            assert!(p.contains("security.devices[0].source"), "{source}: {p}");
+        }
+    }
+
+    #[test]
+    fn the_compatibility_string_is_required_and_plain() {
+        let mut m = manifest(&[container("a", &[])]);
+        assert!(is_valid_compatible("cairn-qemu-dev") && is_valid_compatible("acme,cam-2.1+x_y"));
+        m.compatible = s("");
+        assert_eq!(m.validate(), Err(ValidationError::BadCompatible));
+        m.compatible = s("cam 1");
+        assert_eq!(m.validate(), Err(ValidationError::BadCompatible));
+        assert!(ValidationError::BadCompatible.to_string().starts_with("compatible "));
     }
 
     #[test]
@@ -1012,10 +1121,17 @@ pub(crate) mod tests {
         struct Wide {
             appliance: &'static str,
             version: u64,
+            compatible: &'static str,
             layers: std::vec::Vec<u8>,
             containers: std::vec::Vec<u8>,
         }
-        let wide = Wide { appliance: "x", version: 1, layers: vec![], containers: vec![0; MAX_CONTAINERS + 1] };
+        let wide = Wide {
+            appliance: "x",
+            version: 1,
+            compatible: "c",
+            layers: vec![],
+            containers: vec![0; MAX_CONTAINERS + 1],
+        };
         let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
         assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
     }

@@ -7,13 +7,15 @@ pub struct Cmdline {
     pub disk_timeout_ms: u32,
     /// How long a container may take to set up (clone to exec).
     pub start_timeout_ms: u32,
+    /// `cairn.disk=GUID`: the GPT disk GUID of the boot disk (on-disk order).
+    pub disk: Option<crate::partitions::Guid>,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self { disk_timeout_ms: 10_000, start_timeout_ms: 10_000, ignored: Vec::new() }
+        Self { disk_timeout_ms: 10_000, start_timeout_ms: 10_000, disk: None, ignored: Vec::new() }
     }
 }
 
@@ -22,9 +24,10 @@ pub fn parse(text: &str) -> Cmdline {
     let mut c = Cmdline::default();
     for word in text.split_whitespace().filter(|w| w.starts_with("cairn.")) {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
-        match (key, value.parse::<u32>()) {
-            ("cairn.disk_timeout_ms", Ok(v)) if v > 0 => c.disk_timeout_ms = v,
-            ("cairn.start_timeout_ms", Ok(v)) if v > 0 => c.start_timeout_ms = v,
+        match (key, value.parse::<u32>(), crate::partitions::parse_guid(value)) {
+            ("cairn.disk_timeout_ms", Ok(v), _) if v > 0 => c.disk_timeout_ms = v,
+            ("cairn.start_timeout_ms", Ok(v), _) if v > 0 => c.start_timeout_ms = v,
+            ("cairn.disk", _, Some(g)) => c.disk = Some(g),
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -44,5 +47,11 @@ mod tests {
         assert_eq!(c.start_timeout_ms, 900);
         assert_eq!(c.ignored, ["cairn.bogus=1", "cairn.disk_timeout_ms=x", "cairn.start_timeout_ms=0"]);
         assert_eq!(parse(""), Cmdline::default());
+        let c = parse("cairn.disk=0FC63DAF-8483-4772-8E79-3D69D8477DE4 cairn.disk=nope");
+        assert_eq!(
+            c.disk.map(|g| crate::partitions::guid_text(&g)).as_deref(),
+            Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+        );
+        assert_eq!(c.ignored, ["cairn.disk=nope"]);
     }
 }

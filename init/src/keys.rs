@@ -1,3 +1,4 @@
-//! The public keys built into this init (see build.rs).
+//! The public keys, the product's compatibility string and the fallback
+//! rollback floor built into this init (see build.rs).
 
 include!(concat!(env!("OUT_DIR"), "/trusted_keys.rs"));

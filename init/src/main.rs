@@ -17,6 +17,7 @@ mod keys;
 mod modules;
 mod partitions;
 mod policy;
+mod resolve;
 mod storage;
 mod supervisor;
 mod switch_root;
@@ -68,7 +69,7 @@ fn main() {
     let failed = modules::load_all();
     event("modules.done").kv("failed", failed).emit();
 
-    let (units, order) = match boot::boot(cmdline.disk_timeout_ms) {
+    let (units, order) = match boot::boot(&cmdline) {
         Ok(booted) => units_of(&booted),
         Err(e) => {
             event("boot.failed").kv("reason", e).emit();
@@ -92,13 +93,17 @@ fn main() {
 fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
     let m = &b.manifest;
     let order = order::start_order(m).map(|o| o.to_vec()).unwrap_or_default();
+    let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
     let units = m
         .containers
         .iter()
         .map(|c| {
-            let device = |source: &str| match source.strip_prefix("partition:") {
-                Some(name) => b.partitions.get(name).cloned(),
-                None => Some(source.to_owned()).filter(|s| s.starts_with("/dev/") && !s.contains("..")),
+            let device = |source: &str| match resolve::device_source(source, &b.partitions, &forbidden) {
+                Ok(path) => Some(path),
+                Err(reason) => {
+                    event("device.refused").kv("container", &c.name).kv("source", source).kv("reason", reason).emit();
+                    None
+                }
             };
             let spec = ContainerSpec::resolve(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(|e| e.to_string());
             let deps = c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect();

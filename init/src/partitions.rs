@@ -1,5 +1,16 @@
-//! Find partitions by their GPT name. The kernel parses the partition table
-//! and publishes each partition's name as `PARTNAME=` in its uevent file.
+//! Find the boot disk and its partitions by GPT name.
+//!
+//! Every system partition (`cairn-*`) comes from one disk, the boot disk:
+//! the disk whose GPT disk GUID the kernel command line names
+//! (`cairn.disk=GUID`), or, without that argument, the one disk that holds
+//! `cairn-*` partitions. Two candidate disks, or a `cairn-*` name twice on
+//! the boot disk, are refused, never merged; `cairn-*` partitions on other
+//! disks (a USB stick with an old signed manifest) are ignored and reported.
+//!
+//! The kernel parses the partition tables: a disk's partitions are the
+//! `/sys/class/block/<disk>/<part>` entries, each with `PARTNAME=` in its
+//! uevent file. The disk GUID is read from the GPT header at LBA 1 (the
+//! logical block size from sysfs).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,6 +20,83 @@ pub type Partitions = BTreeMap<String, String>;
 
 /// Partitions the device cannot boot without.
 pub const REQUIRED: [&str; 3] = ["cairn-state", "cairn-manifest-a", "cairn-manifest-b"];
+
+/// Prefix of the system partitions.
+pub const SYSTEM_PREFIX: &str = "cairn-";
+
+/// A GPT disk GUID in its on-disk (mixed endian) byte order.
+pub type Guid = [u8; 16];
+
+/// Byte order of the text form: the first three fields are little endian.
+const GUID_ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/// Parse `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` (any case) into on-disk order.
+pub fn parse_guid(text: &str) -> Option<Guid> {
+    let b = text.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|i| b.get(*i) != Some(&b'-')) {
+        return None;
+    }
+    let hex: Vec<u8> = b.iter().copied().filter(|c| *c != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut g = [0u8; 16];
+    for (n, pair) in hex.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        let v = u8::from_str_radix(s, 16).ok()?;
+        *g.get_mut(*GUID_ORDER.get(n)?)? = v;
+    }
+    Some(g)
+}
+
+/// A GUID as text, capitals (as `cairn image assemble` prints it).
+pub fn guid_text(g: &Guid) -> String {
+    let mut out = String::with_capacity(36);
+    for (n, i) in GUID_ORDER.iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{:02X}", g.get(*i).copied().unwrap_or(0)));
+    }
+    out
+}
+
+/// CRC-32 (IEEE), as GPT uses.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// The disk GUID from a GPT header (the start of LBA 1): signature
+/// "EFI PART", a header size of 92 bytes up to the block, and a matching
+/// header CRC. `None` for anything else.
+pub fn gpt_disk_guid(header: &[u8]) -> Option<Guid> {
+    if header.get(..8)? != b"EFI PART" {
+        return None;
+    }
+    let word = |o: usize| -> Option<u32> {
+        let b = header.get(o..o + 4)?;
+        Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]))
+    };
+    let size = word(12)? as usize;
+    if size < 92 {
+        return None;
+    }
+    let mut check = header.get(..size)?.to_vec();
+    check.get_mut(16..20)?.fill(0);
+    if crc32(&check) != word(16)? {
+        return None;
+    }
+    let mut g = [0u8; 16];
+    g.copy_from_slice(header.get(56..72)?);
+    Some(g)
+}
 
 /// Parse one uevent file: (DEVNAME, PARTNAME) when both are present.
 pub fn parse_uevent(text: &str) -> Option<(String, String)> {
@@ -24,31 +112,161 @@ pub fn parse_uevent(text: &str) -> Option<(String, String)> {
     Some((dev?, part?))
 }
 
-/// Scan /sys/class/block once.
-pub fn scan() -> Partitions {
-    let mut found = Partitions::new();
-    let Ok(dir) = std::fs::read_dir("/sys/class/block") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let uevent = entry.path().join("uevent");
-        if let Some((dev, name)) = std::fs::read_to_string(uevent).ok().as_deref().and_then(parse_uevent) {
-            // First one wins: a second disk with the same names is ignored.
-            found.entry(name).or_insert(format!("/dev/{dev}"));
-        }
-    }
-    found
+/// One whole disk as found in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Kernel name ("vda").
+    pub name: String,
+    /// GPT disk GUID, when it has a readable GPT.
+    pub guid: Option<Guid>,
+    /// Its named partitions: (GPT name, kernel name), in sysfs order.
+    pub parts: Vec<(String, String)>,
 }
 
-/// Scan until every required partition is present or the timeout passes.
-/// Returns what was found and the names still missing.
-pub fn wait_for(timeout: Duration) -> (Partitions, Vec<&'static str>) {
+impl Disk {
+    fn system_names(&self) -> Vec<String> {
+        self.parts.iter().filter(|(n, _)| n.starts_with(SYSTEM_PREFIX)).map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// The chosen boot disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootDisk {
+    /// Kernel name of the disk.
+    pub disk: String,
+    /// Its partitions by GPT name → device node.
+    pub partitions: Partitions,
+    /// Other disks holding `cairn-*` partitions (ignored): (disk, names).
+    pub foreign: Vec<(String, Vec<String>)>,
+}
+
+/// Why no boot disk was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChooseError {
+    /// No disk matches (yet): the GUID asked for, or any disk with `cairn-*`
+    /// partitions.
+    NotFound,
+    /// More than one disk qualifies (named).
+    Ambiguous(Vec<String>),
+    /// A `cairn-*` name appears twice on the boot disk.
+    Duplicate {
+        /// The disk.
+        disk: String,
+        /// The name.
+        name: String,
+    },
+}
+
+/// Choose the boot disk: the disk with GUID `want`, or without it the one
+/// disk holding `cairn-*` partitions.
+pub fn choose(disks: &[Disk], want: Option<&Guid>) -> Result<BootDisk, ChooseError> {
+    let candidates: Vec<&Disk> = match want {
+        Some(g) => disks.iter().filter(|d| d.guid.as_ref() == Some(g)).collect(),
+        None => disks.iter().filter(|d| !d.system_names().is_empty()).collect(),
+    };
+    let boot = match candidates.as_slice() {
+        [] => return Err(ChooseError::NotFound),
+        [one] => *one,
+        many => return Err(ChooseError::Ambiguous(many.iter().map(|d| d.name.clone()).collect())),
+    };
+    let mut partitions = Partitions::new();
+    for (name, dev) in &boot.parts {
+        if partitions.contains_key(name) {
+            if name.starts_with(SYSTEM_PREFIX) {
+                return Err(ChooseError::Duplicate { disk: boot.name.clone(), name: name.clone() });
+            }
+            continue; // another name twice: the first one is used
+        }
+        partitions.insert(name.clone(), format!("/dev/{dev}"));
+    }
+    let foreign = disks
+        .iter()
+        .filter(|d| d.name != boot.name)
+        .map(|d| (d.name.clone(), d.system_names()))
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
+    Ok(BootDisk { disk: boot.name.clone(), partitions, foreign })
+}
+
+/// Read the disk GUID of `/dev/<disk>`: its GPT header at LBA 1.
+fn read_disk_guid(disk: &str) -> Option<Guid> {
+    use std::os::unix::fs::FileExt;
+    let lbs: u64 = std::fs::read_to_string(format!("/sys/class/block/{disk}/queue/logical_block_size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| (512..=65536).contains(n))
+        .unwrap_or(512);
+    let f = std::fs::File::open(format!("/dev/{disk}")).ok()?;
+    let mut buf = vec![0u8; lbs as usize];
+    f.read_exact_at(&mut buf, lbs).ok()?;
+    gpt_disk_guid(&buf)
+}
+
+/// Scan sysfs once: every whole disk with its named partitions. Disks
+/// without partitions are skipped (their GUID is never read).
+pub fn scan() -> Vec<Disk> {
+    let mut disks = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return disks;
+    };
+    let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for name in names {
+        let Ok(entries) = std::fs::read_dir(format!("/sys/class/block/{name}")) else {
+            continue;
+        };
+        let mut parts: Vec<(String, String)> = entries
+            .flatten()
+            .filter(|e| e.path().join("partition").exists())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
+            .filter_map(|t| parse_uevent(&t))
+            .map(|(dev, part)| (part, dev))
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        parts.sort_by(|a, b| a.1.cmp(&b.1));
+        let guid = read_disk_guid(&name);
+        disks.push(Disk { name, guid, parts });
+    }
+    disks
+}
+
+/// Why the partitions could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// A refusal ([`ChooseError::Ambiguous`] or [`ChooseError::Duplicate`]),
+    /// or no disk at the timeout.
+    Choose(ChooseError),
+    /// The boot disk lacks these required partitions at the timeout.
+    Missing {
+        /// The disk.
+        disk: String,
+        /// Names missing.
+        missing: Vec<&'static str>,
+    },
+}
+
+/// Scan until the boot disk is chosen and holds every required partition,
+/// or the timeout passes. Ambiguity and duplicates are refused at once.
+pub fn wait_for(timeout: Duration, want: Option<&Guid>) -> Result<BootDisk, WaitError> {
     let start = Instant::now();
     loop {
-        let found = scan();
-        let missing: Vec<_> = REQUIRED.into_iter().filter(|r| !found.contains_key(*r)).collect();
-        if missing.is_empty() || start.elapsed() >= timeout {
-            return (found, missing);
+        let result = choose(&scan(), want);
+        let out_of_time = start.elapsed() >= timeout;
+        match result {
+            Ok(b) => {
+                let missing: Vec<_> = REQUIRED.into_iter().filter(|r| !b.partitions.contains_key(*r)).collect();
+                if missing.is_empty() {
+                    return Ok(b);
+                }
+                if out_of_time {
+                    return Err(WaitError::Missing { disk: b.disk, missing });
+                }
+            }
+            Err(e @ (ChooseError::Ambiguous(_) | ChooseError::Duplicate { .. })) => return Err(WaitError::Choose(e)),
+            Err(e) if out_of_time => return Err(WaitError::Choose(e)),
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -65,6 +283,7 @@ pub fn layer_partition_name(number: u8) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::panic)] // tests may index and panic
 mod tests {
     use super::*;
 
@@ -74,5 +293,110 @@ mod tests {
         assert_eq!(parse_uevent(t), Some(("vda1".into(), "cairn-state".into())));
         assert_eq!(parse_uevent("DEVNAME=vda\nDEVTYPE=disk\n"), None);
         assert_eq!(layer_partition_name(3), "cairn-layer-03");
+    }
+
+    const LINUX_DATA: Guid =
+        [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
+
+    #[test]
+    fn guids_parse_in_gpt_byte_order_and_print_back() {
+        assert_eq!(parse_guid("0FC63DAF-8483-4772-8E79-3D69D8477DE4"), Some(LINUX_DATA));
+        assert_eq!(parse_guid("0fc63daf-8483-4772-8e79-3d69d8477de4"), Some(LINUX_DATA));
+        assert_eq!(guid_text(&LINUX_DATA), "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+        for bad in
+            ["", "0FC63DAF84834772", "0FC63DAF-8483-4772-8E79-3D69D8477DE", "0FC63DAF+8483-4772-8E79-3D69D8477DE4"]
+        {
+            assert_eq!(parse_guid(bad), None, "{bad}");
+        }
+        assert_eq!(parse_guid("0FC63DAG-8483-4772-8E79-3D69D8477DE4"), None);
+    }
+
+    /// A GPT header as a real writer lays it out (92 bytes in a block).
+    fn header(guid: &Guid, block: usize) -> Vec<u8> {
+        let mut h = vec![0u8; block];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[56..72].copy_from_slice(guid);
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn the_disk_guid_comes_from_a_valid_gpt_header_only() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the IEEE check value");
+        assert_eq!(gpt_disk_guid(&header(&LINUX_DATA, 512)), Some(LINUX_DATA));
+        assert_eq!(gpt_disk_guid(&header(&LINUX_DATA, 4096)), Some(LINUX_DATA), "4K logical blocks");
+        let mut bad = header(&LINUX_DATA, 512);
+        bad[60] ^= 1;
+        assert_eq!(gpt_disk_guid(&bad), None, "CRC mismatch");
+        let mut bad = header(&LINUX_DATA, 512);
+        bad[0] = b'X';
+        assert_eq!(gpt_disk_guid(&bad), None, "signature");
+        let mut bad = header(&LINUX_DATA, 512);
+        bad[12..16].copy_from_slice(&600u32.to_le_bytes());
+        assert_eq!(gpt_disk_guid(&bad), None, "header larger than the block");
+        assert_eq!(gpt_disk_guid(&header(&LINUX_DATA, 512)[..80]), None, "short");
+        assert_eq!(gpt_disk_guid(&[]), None);
+    }
+
+    fn disk(name: &str, guid: u8, parts: &[&str]) -> Disk {
+        Disk {
+            name: name.into(),
+            guid: Some([guid; 16]),
+            parts: parts.iter().enumerate().map(|(i, p)| ((*p).to_owned(), format!("{name}{}", i + 1))).collect(),
+        }
+    }
+
+    const SYS: [&str; 4] = ["cairn-state", "cairn-manifest-a", "cairn-manifest-b", "cairn-data"];
+
+    #[test]
+    fn the_boot_disk_is_the_one_named_or_the_only_candidate() {
+        let vda = disk("vda", 1, &SYS);
+        let usb = disk("sda", 2, &["cairn-state", "cairn-manifest-a", "cairn-data"]);
+        let other = disk("vdc", 3, &["photos"]);
+        let disks = [vda.clone(), usb.clone(), other.clone()];
+
+        let b = choose(&disks, Some(&[1; 16])).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(b.disk, "vda");
+        assert_eq!(b.partitions.get("cairn-data").map(String::as_str), Some("/dev/vda4"));
+        assert_eq!(b.partitions.len(), 4, "nothing from other disks");
+        assert_eq!(
+            b.foreign,
+            [("sda".to_owned(), vec!["cairn-state".into(), "cairn-manifest-a".into(), "cairn-data".into()])]
+        );
+
+        let b = choose(&disks, Some(&[2; 16])).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((b.disk.as_str(), b.foreign.len()), ("sda", 1), "the GUID decides, whatever the order");
+
+        assert_eq!(choose(&disks, None), Err(ChooseError::Ambiguous(vec!["vda".into(), "sda".into()])));
+        assert_eq!(choose(&disks, Some(&[9; 16])), Err(ChooseError::NotFound));
+        let twin = Disk { name: "vdb".into(), ..vda.clone() };
+        assert_eq!(
+            choose(&[vda.clone(), twin], Some(&[1; 16])),
+            Err(ChooseError::Ambiguous(vec!["vda".into(), "vdb".into()])),
+            "two disks with the same GUID"
+        );
+
+        let b = choose(&[vda.clone(), other.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((b.disk.as_str(), b.foreign.len()), ("vda", 0));
+        assert!(!b.partitions.contains_key("photos"));
+        assert_eq!(choose(&[other], None), Err(ChooseError::NotFound));
+        assert_eq!(choose(&[], None), Err(ChooseError::NotFound));
+    }
+
+    #[test]
+    fn a_system_name_twice_on_the_boot_disk_is_refused() {
+        let d = disk("vda", 1, &["cairn-state", "cairn-manifest-a", "cairn-state"]);
+        assert_eq!(
+            choose(std::slice::from_ref(&d), Some(&[1; 16])),
+            Err(ChooseError::Duplicate { disk: "vda".into(), name: "cairn-state".into() })
+        );
+        assert!(matches!(choose(&[d], None), Err(ChooseError::Duplicate { .. })));
+        let d = disk("vda", 1, &["cairn-state", "photos", "photos"]);
+        let b = choose(&[d], None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(b.partitions.get("photos").map(String::as_str), Some("/dev/vda2"), "the first other one");
     }
 }

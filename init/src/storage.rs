@@ -1,11 +1,11 @@
-//! Reading partitions: the boot state record, a manifest slot, and layers
+//! Reading partitions: the boot state region, a manifest slot, and layers
 //! (verified by sha256 before they are mounted read-only).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 
-use cairn_images::bootstate::{self, BootState, BootStateError};
+use cairn_images::bootstate::BootState;
 use cairn_images::digest::{Digest, Hasher};
 use cairn_images::manifest::Layer;
 use cairn_runtime::sys;
@@ -33,14 +33,6 @@ pub enum StorageError {
         /// Cause.
         error: std::io::Error,
     },
-    /// The boot state record is unusable.
-    #[error("boot state on {path}: {error}")]
-    BootState {
-        /// Device node.
-        path: String,
-        /// Cause.
-        error: BootStateError,
-    },
 }
 
 /// Read the first `len` bytes of a named partition.
@@ -51,13 +43,6 @@ pub fn read_partition(parts: &Partitions, name: &str, len: usize) -> Result<Vec<
         .and_then(|f| f.take(len as u64).read_to_end(&mut buf))
         .map_err(|error| StorageError::Read { path: path.clone(), error })?;
     Ok(buf)
-}
-
-/// Read the boot state record.
-pub fn read_boot_state(parts: &Partitions) -> Result<BootState, StorageError> {
-    let region = read_partition(parts, "cairn-state", bootstate::RECORD_SIZE)?;
-    let path = parts.get("cairn-state").cloned().unwrap_or_default();
-    bootstate::read_record(&region).map(|(_, s)| s).map_err(|error| StorageError::BootState { path, error })
 }
 
 /// Hash the first `size` bytes of a device.

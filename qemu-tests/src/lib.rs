@@ -80,11 +80,13 @@ impl Ctx<'_> {
         self.build_signed(name, &self.art.key)
     }
 
-    /// Assemble a disk image for a built appliance.
+    /// Assemble a disk image for a built appliance (with a 4 MiB empty
+    /// `app-data` partition after `cairn-data`, for `partition:` sources).
     pub fn disk(&self, app: &BuiltAppliance, file: &str) -> Result<(PathBuf, DiskLayout)> {
         let path = self.dir.join(file);
-        let layout = assemble::assemble_disk(app, &path, DiskOptions::default())
-            .with_context(|| format!("assembling {}", path.display()))?;
+        let opts = DiskOptions { app_data_bytes: 4 << 20, ..DiskOptions::default() };
+        let layout =
+            assemble::assemble_disk(app, &path, opts).with_context(|| format!("assembling {}", path.display()))?;
         Ok((path, layout))
     }
 
@@ -93,6 +95,20 @@ impl Ctx<'_> {
         let log = disk.with_extension("log");
         let cmd = qemu::command(self.board, &self.art.boot, disk, "");
         qemu::capture(cmd, &log, timeout, stop)
+    }
+
+    /// Boot with more disks or without `cairn.disk=`; the console goes to
+    /// `log` (in the scenario directory).
+    pub fn boot_with(
+        &self,
+        disk: &Path,
+        opts: &qemu::BootOptions<'_>,
+        log: &str,
+        timeout: Duration,
+        stop: &dyn Fn(&console::Console) -> bool,
+    ) -> Result<Run> {
+        let cmd = qemu::command_with(self.board, &self.art.boot, disk, opts);
+        qemu::capture(cmd, &self.dir.join(log), timeout, stop)
     }
 }
 

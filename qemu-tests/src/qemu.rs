@@ -22,8 +22,41 @@ pub struct BootFiles {
     pub initramfs: PathBuf,
 }
 
-/// The QEMU command line for a board and disk.
+/// Disks and command line of a boot beyond the boot disk.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions<'a> {
+    /// More disks, attached after the boot disk (vdb, vdc, ...).
+    pub extra_disks: &'a [&'a Path],
+    /// Attach the extra disks before the boot disk (the boot disk is then
+    /// the last virtio disk).
+    pub extra_first: bool,
+    /// Leave `cairn.disk=` off the command line.
+    pub no_disk_guid: bool,
+    /// More kernel command line words.
+    pub cmdline: &'a str,
+}
+
+/// The `cairn.disk=GUID` word for a disk image: its GPT disk GUID.
+pub fn disk_arg(disk: &Path) -> Option<String> {
+    cairn_images::host::gpt::read_layout(disk).ok().map(|l| format!("cairn.disk={}", l.disk_guid_text()))
+}
+
+/// The QEMU command line for a board and disk. The kernel command line
+/// names the disk's GPT disk GUID (`cairn.disk=`), so the device takes its
+/// system partitions from that disk only.
 pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &str) -> Command {
+    command_with(board, files, disk, &BootOptions { cmdline: extra_cmdline, ..BootOptions::default() })
+}
+
+/// [`command`] with more disks or without `cairn.disk=`.
+pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOptions<'_>) -> Command {
+    let mut words: Vec<String> = Vec::new();
+    if !opts.no_disk_guid {
+        words.extend(disk_arg(disk));
+    }
+    if !opts.cmdline.is_empty() {
+        words.push(opts.cmdline.to_owned());
+    }
     let mut c = Command::new(&files.qemu);
     c.args(board.qemu_args)
         .args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
@@ -32,10 +65,18 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
         .arg("-initrd")
         .arg(&files.initramfs)
         .arg("-append")
-        .arg(board.cmdline(extra_cmdline))
-        .arg("-drive")
-        .arg(format!("file={},if=none,id=disk0,format=raw", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=disk0"]);
+        .arg(board.cmdline(&words.join(" ")));
+    let mut disks: Vec<&Path> = opts.extra_disks.to_vec();
+    if opts.extra_first {
+        disks.push(disk);
+    } else {
+        disks.insert(0, disk);
+    }
+    for (i, d) in disks.iter().enumerate() {
+        c.arg("-drive")
+            .arg(format!("file={},if=none,id=disk{i},format=raw", d.display()))
+            .args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
+    }
     c
 }
 

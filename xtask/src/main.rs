@@ -166,6 +166,10 @@ fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
     Ok((key, trusted))
 }
 
+/// The product string of the development init and of every appliance file
+/// in the repository (`compatible = "cairn-qemu-dev"`).
+const DEV_COMPATIBLE: &str = "cairn-qemu-dev";
+
 /// Build everything a board boots, except the disk.
 fn prepare(b: &'static Board) -> Result<Artifacts> {
     host_deps::ensure_rust_target(b.rust_target)?;
@@ -177,6 +181,7 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         .current_dir(repo_root())
         .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
         .env("CAIRN_TRUSTED_KEYS", &trusted)
+        .env("CAIRN_COMPATIBLE", DEV_COMPATIBLE)
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
@@ -245,6 +250,11 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
     if beside.is_file() {
         eprintln!("xtask: using the initramfs beside the disk: {}", beside.display());
         boot.initramfs = beside;
+    }
+    // command() reads the disk's GPT disk GUID and passes cairn.disk=GUID.
+    match qemu::disk_arg(&disk) {
+        Some(arg) => eprintln!("xtask: kernel command line gets {arg}"),
+        None => eprintln!("xtask: {} has no readable GPT: booting without cairn.disk=", disk.display()),
     }
     let mut cmd = qemu::command(b, &boot, &disk, "");
     cmd.args(["-serial", "mon:stdio"]);

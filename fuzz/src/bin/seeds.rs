@@ -181,6 +181,12 @@ fn envelope_seeds(dir: &Path, manifests: &[(String, Manifest)]) -> usize {
         assert!(matches!(envelope::open_manifest(&signed, &[pk]), Err(OpenError::Invalid(_))));
         put(&format!("signed-invalid-{name}"), &signed);
     }
+    // Signed, but bytes follow the manifest inside the payload: refused.
+    let mut trailing = postcard(m);
+    trailing.extend_from_slice(b"tail");
+    let signed = envelope::seal(&trailing, &key).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(envelope::open_manifest(&signed, &[pk]), Err(OpenError::TrailingBytes(4)));
+    put(&format!("signed-trailing-{name}"), &signed);
     let signed = envelope::seal(b"not postcard at all", &key).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(envelope::open_manifest(&signed, &[pk]), Err(OpenError::Decode));
     put("signed-garbage", &signed);

@@ -20,6 +20,9 @@ pub struct Appliance {
     pub appliance: String,
     /// Manifest version (anti-rollback counter).
     pub version: u64,
+    /// The product the manifest is for (required; the device's init is
+    /// built with the same string and refuses any other).
+    pub compatible: Option<String>,
     /// Layers, by name.
     #[serde(default, rename = "layer")]
     pub layers: Vec<LayerSource>,
@@ -358,12 +361,13 @@ fn default_cwd() -> String {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
-    /// `memory.max`, e.g. "64M".
-    pub memory: Option<Size>,
+    /// `memory.max`, e.g. "64M", or "max" (unlimited); default
+    /// [`DEFAULT_MEMORY`].
+    pub memory: Option<OrMax<Size>>,
     /// CPUs as a fraction, e.g. 0.5 = 50 ms per 100 ms.
     pub cpus: Option<f64>,
-    /// `pids.max`.
-    pub pids: Option<u32>,
+    /// `pids.max`, or "max" (unlimited); default [`DEFAULT_PIDS`].
+    pub pids: Option<OrMax<u32>>,
     /// Size cap of the writable scratch layer (default 16M).
     pub scratch: Option<Size>,
     /// `memory.high`.
@@ -380,6 +384,52 @@ pub struct LimitsSpec {
     /// rlimits by name (nofile, nproc, core, memlock, stack, fsize, as, cpu, ...).
     #[serde(default)]
     pub rlimits: BTreeMap<String, RlimitSpec>,
+}
+
+/// `memory.max` of a container whose file sets no `memory`: 256 MiB. Enough
+/// for the daemons an appliance runs (a busybox shell needs ~1 MiB, a Go or
+/// Python service tens of MiB), small enough that one runaway container
+/// cannot take the memory of a 512 MiB+ device from PID 1 and the others.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// `pids.max` of a container whose file sets no `pids`: a fork bomb stops
+/// there instead of exhausting the pid space (PID 1 must still clone).
+pub const DEFAULT_PIDS: u32 = 1024;
+
+/// A limit, or the word "max" (explicitly unlimited).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum OrMax<T> {
+    /// "max".
+    Max(MaxWord),
+    /// A value.
+    Value(T),
+}
+
+/// The word "max".
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MaxWord;
+
+impl TryFrom<String> for MaxWord {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "max" {
+            Ok(MaxWord)
+        } else {
+            Err(format!("{s:?} is not \"max\""))
+        }
+    }
+}
+
+impl<T: Copy> OrMax<T> {
+    /// The manifest value: `default` when not written, `None` for "max".
+    fn or_default(v: Option<Self>, default: T) -> Option<T> {
+        match v {
+            None => Some(default),
+            Some(OrMax::Max(_)) => None,
+            Some(OrMax::Value(x)) => Some(x),
+        }
+    }
 }
 
 /// A byte size: an integer or a string with a K/M/G suffix.
@@ -567,10 +617,19 @@ impl Appliance {
         let mut m = Manifest {
             appliance: heapless::String::new(),
             version: self.version,
+            compatible: heapless::String::new(),
             layers: heapless::Vec::new(),
             containers: heapless::Vec::new(),
         };
         fit(&mut problems, "appliance".into(), "name", m.appliance.push_str(&self.appliance).is_ok());
+        match &self.compatible {
+            None => problems.push(
+                "compatible: missing: name the product this manifest is for, e.g. compatible = \"cairn-qemu-dev\" \
+                 (the device's init is built with the same string and refuses any other; see docs/appliance.md)"
+                    .into(),
+            ),
+            Some(c) => fit(&mut problems, "compatible".into(), "string", m.compatible.push_str(c).is_ok()),
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let place = format!("{}layer[{i}] ({})", HeaderLines::place(&self.lines.layers, i), l.name);
             let Some((digest, size)) = layer_info.get(&l.name) else {
@@ -737,9 +796,9 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         uid: c.uid,
         gid: c.gid,
         limits: Limits {
-            memory_max: c.limits.memory.map(Size::bytes),
+            memory_max: OrMax::or_default(c.limits.memory, Size::Bytes(DEFAULT_MEMORY)).map(Size::bytes),
             cpu_max,
-            pids_max: c.limits.pids,
+            pids_max: OrMax::or_default(c.limits.pids, DEFAULT_PIDS),
             scratch_bytes: c.limits.scratch.map(Size::bytes).unwrap_or(16 << 20),
             memory_high: c.limits.memory_high.map(Size::bytes),
             memory_swap_max: c.limits.memory_swap.map(Size::bytes),
@@ -786,6 +845,7 @@ mod tests {
     const GOOD: &str = r#"
 appliance = "demo"
 version = 3
+compatible = "cairn-test"
 
 [[layer]]
 name = "base"
@@ -798,7 +858,7 @@ argv = ["/bin/sensor", "--fast"]
 limits = { memory = "32M", cpus = 0.25, pids = 16, rlimits = { nofile = 64, core = [0, "unlimited"] }, io = [{ device = "vda", rbps = "1M" }] }
 restart = { policy = "on-failure", max_restarts = 2 }
 stop = { signal = "SIGINT", grace_ms = 1000 }
-security = { cap_drop = ["CHOWN"], cap_add = ["NET_ADMIN"], readonly_rootfs = true, devices = [{ path = "/dev/data", source = "partition:cairn-data" }] }
+security = { cap_drop = ["CHOWN"], cap_add = ["NET_ADMIN"], readonly_rootfs = true, devices = [{ path = "/dev/data", source = "partition:camera-store" }] }
 
 
 [[container]]
@@ -865,7 +925,7 @@ depends_on = ["sensor"]
 
     fn one(extra: &str) -> Result<Manifest, String> {
         let text = format!(
-            "appliance = \"u\"\nversion = 1\n[[layer]]\nname = \"base\"\nsource = \"b\"\n\
+            "appliance = \"u\"\nversion = 1\ncompatible = \"t\"\n[[layer]]\nname = \"base\"\nsource = \"b\"\n\
              [[container]]\nname = \"c\"\nlayers = [\"base\"]\nargv = [\"/x\"]\n{extra}\n"
         );
         let mut a: Appliance = toml::from_str(&text).map_err(|e| e.to_string())?;
@@ -898,13 +958,45 @@ depends_on = ["sensor"]
         assert!(e.contains("uid 0 must be mapped"), "{e}");
         let six = "[[0,100000,1],[1,100001,1],[2,100002,1],[3,100003,1],[4,100004,1],[5,100005,1]]";
         let e = one(&format!("security.userns = {{ uid_map = {six} }}")).err().unwrap_or_default();
-        assert!(e.contains("line 6: container[0] (c): security.userns.uid_map: more than 5 ranges"), "{e}");
+        assert!(e.contains("line 7: container[0] (c): security.userns.uid_map: more than 5 ranges"), "{e}");
         let e = one("security.userns = { uid_map = [[0, 1]] }").err().unwrap_or_default();
         assert!(e.contains("line"), "{e}");
         let e = one("security.userns = { uidmap = [[0, 1, 1]] }").err().unwrap_or_default();
         assert!(e.contains("line"), "{e}");
         let e = one("network = \"host\"\nsecurity.userns = 100000").err().unwrap_or_default();
         assert!(e.contains("needs network = \"none\""), "{e}");
+    }
+
+    #[test]
+    fn memory_and_pids_default_to_safe_limits_with_max_as_the_opt_out() {
+        let m = one("").unwrap_or_else(|e| panic!("{e}"));
+        let l = &m.containers[0].limits;
+        assert_eq!((l.memory_max, l.pids_max, l.cpu_max), (Some(256 << 20), Some(1024), None));
+        let m = one("limits = { memory = \"max\", pids = \"max\" }").unwrap_or_else(|e| panic!("{e}"));
+        let l = &m.containers[0].limits;
+        assert_eq!((l.memory_max, l.pids_max), (None, None));
+        let m = one("limits = { memory = \"8M\", pids = 7 }").unwrap_or_else(|e| panic!("{e}"));
+        let l = &m.containers[0].limits;
+        assert_eq!((l.memory_max, l.pids_max), (Some(8 << 20), Some(7)));
+        assert!(one("limits = { pids = \"lots\" }").is_err());
+        assert!(one("limits = { memory = \"maximum\" }").is_err());
+    }
+
+    #[test]
+    fn compatible_is_required_and_named_when_missing() {
+        let text = GOOD.replace("compatible = \"cairn-test\"\n", "");
+        let a: Appliance = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let e = a.to_manifest(Path::new("a.toml"), &info()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("compatible: missing"), "{e}");
+        let a: Appliance = toml::from_str(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        let m = a.to_manifest(Path::new("a.toml"), &info()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.compatible.as_str(), "cairn-test");
+        let e = one("").map(|_| ()).and_then(|_| {
+            let bad = GOOD.replace("\"cairn-test\"", "\"cam era\"");
+            let a: Appliance = toml::from_str(&bad).map_err(|e| e.to_string())?;
+            a.to_manifest(Path::new("a.toml"), &info()).map(|_| ()).map_err(|e| e.to_string())
+        });
+        assert!(e.err().unwrap_or_default().contains("compatible must be"));
     }
 
     #[test]
@@ -927,17 +1019,17 @@ mod place_tests {
 
     #[test]
     fn problems_name_the_line_of_their_table() {
-        let text = "appliance = \"a\"\nversion = 1\n\n[[layer]]\nname = \"base\"\nsource = \"x\"\n\n[[container]]\n\
+        let text = "appliance = \"a\"\nversion = 1\ncompatible = \"t\"\n\n[[layer]]\nname = \"base\"\nsource = \"x\"\n\n[[container]]\n\
                     name = \"ok\"\nlayers = [\"base\"]\nargv = [\"/x\"]\n\n  [[ container ]]\nname = \"bad\"\n\
                     layers = [\"base\"]\nargv = [\"/x\"]\nsecurity = { cap_add = [\"NOPE\"] }\n";
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("a.toml");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
         let app = Appliance::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(app.lines.layers, vec![4]);
-        assert_eq!(app.lines.containers, vec![8, 13]);
+        assert_eq!(app.lines.layers, vec![5]);
+        assert_eq!(app.lines.containers, vec![9, 14]);
         let info = BTreeMap::from([("base".to_owned(), (Digest([0; 32]), 4096))]);
         let err = app.to_manifest(&path, &info).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("line 13: container[1] (bad): security.cap_add: unknown capability \"NOPE\""), "{err}");
+        assert!(err.contains("line 14: container[1] (bad): security.cap_add: unknown capability \"NOPE\""), "{err}");
     }
 }

@@ -299,19 +299,25 @@ pub struct DiskOptions {
     pub spare_layer_slots: usize,
     /// Size of the data partition.
     pub data_bytes: u64,
+    /// Size of an empty `app-data` partition after `cairn-data`, for
+    /// containers given it as `partition:app-data` (0: none). System
+    /// (`cairn-*`) partitions can never be given to a container.
+    pub app_data_bytes: u64,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20 }
+        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20, app_data_bytes: 0 }
     }
 }
 
 /// Size of each manifest slot partition.
 pub const MANIFEST_SLOT_BYTES: u64 = 1 << 20;
 
-/// Write the GPT disk: state, both manifest slots (A holds the manifest,
-/// B is empty), one layer partition per layer plus spares, and data.
+/// Write the GPT disk: state (both copies), both manifest slots (A holds the
+/// manifest, B is empty), one layer partition per layer plus spares, and
+/// data. The returned layout holds the disk GUID the device is booted with
+/// (`cairn.disk=`).
 pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Result<DiskLayout, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
@@ -334,7 +340,10 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     let mut record = vec![0u8; bootstate::RECORD_SIZE];
     let mut block = [0u8; bootstate::COPY_SIZE];
     bootstate::encode_copy(&state, &mut block).map_err(|e| AssembleError::Seal(e.to_string()))?;
+    // Both copies: one bad sector in either still leaves the device a
+    // state to boot from (equal sequence numbers: copy 0 is read first).
     record[..bootstate::COPY_SIZE].copy_from_slice(&block);
+    record[bootstate::COPY_SIZE..].copy_from_slice(&block);
 
     let mut parts = vec![
         PartitionSpec { name: "cairn-state".into(), size_bytes: 1 << 20, contents: PartitionContents::Bytes(record) },
@@ -372,6 +381,13 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
         size_bytes: opts.data_bytes,
         contents: PartitionContents::File(data.clone()),
     });
+    if opts.app_data_bytes > 0 {
+        parts.push(PartitionSpec {
+            name: "app-data".into(),
+            size_bytes: opts.app_data_bytes,
+            contents: PartitionContents::Empty,
+        });
+    }
     let written = gpt::write_disk(out, &parts);
     let _ = fs::remove_file(&data);
     Ok(written?)

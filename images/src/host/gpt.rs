@@ -7,9 +7,12 @@
 //! Every partition has the "Linux filesystem data" type.
 //!
 //! Deterministic: each unique partition GUID is derived from the partition
-//! name and the disk GUID from all the names (sha256, with the RFC 4122
-//! version 4 and variant bits set), so the same specs always give the same
-//! bytes. Names must therefore be unique.
+//! name and the disk GUID from all the names and the `Bytes` contents (the
+//! signed manifest and the state record: so disks of different appliances or
+//! versions differ), sha256 with the RFC 4122 version 4 and variant bits
+//! set; the same specs always give the same bytes. Names must be unique.
+//! The device finds its boot disk by this GUID (`cairn.disk=` on the kernel
+//! command line, [`DiskLayout::disk_guid_text`]).
 //!
 //! The file is written sparse (sized first, then written at offsets), under
 //! `<out>.partial` in the same directory, and renamed to `out` only when
@@ -83,11 +86,33 @@ pub struct PlacedPartition {
 pub struct DiskLayout {
     /// Disk size in bytes.
     pub disk_size: u64,
+    /// The disk GUID, in its on-disk (mixed endian) byte order.
+    pub disk_guid: [u8; 16],
     /// Partitions in table order (unused entries skipped).
     pub partitions: Vec<PlacedPartition>,
 }
 
+/// A GUID in its on-disk (mixed endian) byte order as text,
+/// `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` in capitals (the first three
+/// fields are stored little endian).
+pub fn guid_text(g: &[u8; 16]) -> String {
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    let mut out = String::with_capacity(36);
+    for (n, i) in order.iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{:02X}", g[*i]));
+    }
+    out
+}
+
 impl DiskLayout {
+    /// The disk GUID as the kernel command line's `cairn.disk=` takes it.
+    pub fn disk_guid_text(&self) -> String {
+        guid_text(&self.disk_guid)
+    }
+
     /// The first partition with this name.
     pub fn find(&self, name: &str) -> Option<&PlacedPartition> {
         self.partitions.iter().find(|p| p.name == name)
@@ -231,6 +256,9 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         }
         all_names.extend_from_slice(p.name.as_bytes());
         all_names.push(0);
+        if let PartitionContents::Bytes(b) = &p.contents {
+            all_names.extend_from_slice(&Sha256::digest(b));
+        }
         let placed_part = PlacedPartition {
             name: p.name.clone(),
             index: i as u32 + 1,
@@ -301,7 +329,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(DiskLayout { disk_size, partitions: placed })
+    Ok(DiskLayout { disk_size, disk_guid, partitions: placed })
 }
 
 /// Read the primary GPT of a disk image (any GPT writer's), checking the
@@ -369,7 +397,9 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             size_bytes,
         });
     }
-    Ok(DiskLayout { disk_size, partitions })
+    let mut disk_guid = [0u8; 16];
+    disk_guid.copy_from_slice(&h[56..72]);
+    Ok(DiskLayout { disk_size, disk_guid, partitions })
 }
 
 #[cfg(test)]
@@ -400,6 +430,11 @@ mod tests {
     }
 
     #[test]
+    fn guid_text_uses_the_mixed_endian_gpt_order() {
+        assert_eq!(guid_text(&LINUX_DATA), "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    }
+
+    #[test]
     fn write_then_read_round_trips_deterministically() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let content = dir.path().join("content.bin");
@@ -425,7 +460,16 @@ mod tests {
         let uni = la.find("ünïcode-näme").unwrap_or_else(|| panic!("missing"));
         assert_eq!((uni.index, uni.offset_bytes, uni.size_bytes), (3, 6 * MIB, MIB));
         assert!(la.find("nope").is_none());
+        // The disk GUID is in both headers and is what `cairn.disk=` names.
         let bytes = fs::read(&a).unwrap_or_default();
+        assert_eq!(&bytes[512 + 56..512 + 72], &la.disk_guid);
+        let text = la.disk_guid_text();
+        assert_eq!((text.len(), &text[14..15], &text[8..9]), (36, "4", "-"), "{text}");
+        // Other contents, another disk GUID.
+        let mut other = parts.clone();
+        other[0].contents = PartitionContents::Bytes(vec![8; 100]);
+        let lo = write_disk(&b, &other).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(lo.disk_guid, la.disk_guid);
         assert_eq!(bytes.len() as u64, la.disk_size);
         assert_eq!(&bytes[MIB as usize..MIB as usize + 100], &[7; 100]);
         assert_eq!(bytes[MIB as usize + 100], 0);

@@ -70,15 +70,13 @@ fn container(c: &Container) -> Table {
 
     let l = &c.limits;
     let mut limits = Table::new();
-    if let Some(m) = l.memory_max {
-        limits.insert("memory".into(), int(m));
-    }
+    // Unlimited is written as "max": a missing key would compile to the
+    // default limit, not to the same manifest.
+    limits.insert("memory".into(), l.memory_max.map_or_else(|| s("max"), int));
     if let Some(cpu) = l.cpu_max {
         limits.insert("cpus".into(), Value::Float(f64::from(cpu.quota_us) / f64::from(cpu.period_us.max(1))));
     }
-    if let Some(p) = l.pids_max {
-        limits.insert("pids".into(), int(p.into()));
-    }
+    limits.insert("pids".into(), l.pids_max.map_or_else(|| s("max"), |p| int(p.into())));
     limits.insert("scratch".into(), int(l.scratch_bytes));
     if let Some(v) = l.memory_high {
         limits.insert("memory_high".into(), int(v));
@@ -177,6 +175,7 @@ pub fn to_toml(m: &Manifest) -> String {
     let mut root = Table::new();
     root.insert("appliance".into(), s(&m.appliance));
     root.insert("version".into(), int(m.version));
+    root.insert("compatible".into(), s(&m.compatible));
     let layers: Vec<Value> = m
         .layers
         .iter()
@@ -204,6 +203,7 @@ mod tests {
     const FULL: &str = r#"
 appliance = "round-trip"
 version = 7
+compatible = "cairn-test"
 
 [[layer]]
 name = "base"
@@ -241,7 +241,7 @@ network = "container:db"
 restart = { policy = "on-failure", max_restarts = 3 }
 stop = { signal = "12", grace_ms = 100 }
 limits = { memory = "32M", cpus = 0.25, pids = 16, scratch = "4M", memory_high = "24M", memory_swap = 0, cpu_weight = 50, cpuset = "0-1", io = [{ device = "vda", rbps = "1M", wiops = 100 }], rlimits = { nofile = 64, core = [0, "unlimited"] } }
-security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_new_privs = false, readonly_rootfs = true, seccomp = true, seccomp_deny = ["ptrace"], allow_userns = true, devices = [{ path = "/dev/data", source = "partition:cairn-data", mode = 0o640 }] }
+security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_new_privs = false, readonly_rootfs = true, seccomp = true, seccomp_deny = ["ptrace"], allow_userns = true, devices = [{ path = "/dev/data", source = "partition:camera-store", mode = 0o640 }] }
 
 [[container]]
 name = "jail"
@@ -255,6 +255,7 @@ security = { userns = { uid_map = [[0, 100000, 1], [1000, 101000, 1]], gid_map =
 name = "short"
 layers = ["base"]
 argv = ["/bin/short"]
+limits = { memory = "max", pids = "max" }
 security.userns = 200000
 "#;
 
@@ -281,6 +282,9 @@ security.userns = 200000
         // Printing is stable.
         assert_eq!(printed, to_toml(&again));
         assert!(printed.contains("digest = \"sha256:1111"), "{printed}");
+        assert!(printed.contains("compatible = \"cairn-test\""), "{printed}");
+        assert!(printed.contains("memory = \"max\""), "{printed}");
+        assert_eq!(m.containers[0].limits.pids_max, Some(1024), "the default is written into the manifest");
         assert!(printed.contains("network = \"container:db\""), "{printed}");
         assert!(printed.contains("uid_map = [[0, 100000, 1], [1000, 101000, 1]]"), "{printed}");
         assert!(

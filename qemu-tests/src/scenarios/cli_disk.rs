@@ -46,6 +46,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let toml = format!(
         r#"appliance = "cli-disk"
 version = 5
+compatible = "cairn-qemu-dev"
 
 [[layer]]
 name = "base"

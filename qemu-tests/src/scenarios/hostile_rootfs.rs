@@ -37,6 +37,7 @@ fn pseudo_layer(out: &Path, empty: &Path, defs: &[&str]) -> Result<()> {
 
 const TOML: &str = r#"appliance = "hostile-rootfs"
 version = 1
+compatible = "cairn-qemu-dev"
 
 [[layer]]
 name = "tools"

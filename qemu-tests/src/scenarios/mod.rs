@@ -2,6 +2,7 @@
 
 mod bad_signature;
 mod boot_demo;
+mod boot_disk;
 mod cli_disk;
 mod corrupt_layer;
 mod exit_codes;
@@ -49,6 +50,10 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "slow-start", run: slow_start::run },
         // Filesystem reach (issue 8, rootfs).
         Scenario { name: "hostile-rootfs", run: hostile_rootfs::run },
+        // issue 8: boot disk, product binding, state copies (boot_disk.rs)
+        Scenario { name: "foreign-disk", run: boot_disk::foreign_disk },
+        Scenario { name: "wrong-product", run: boot_disk::wrong_product },
+        Scenario { name: "state-copy0-corrupt", run: boot_disk::state_copy0_corrupt },
     ]
 }
 

@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
 
     // The appliance: the payload layer below the image's layers.
-    let mut toml = String::from("appliance = \"oci-layers\"\nversion = 1\n\n");
+    let mut toml = String::from("appliance = \"oci-layers\"\nversion = 1\ncompatible = \"cairn-qemu-dev\"\n\n");
     toml.push_str("[[layer]]\nname = \"tools\"\nsource = \"build:payload\"\n\n");
     let mut names = Vec::new();
     for (i, l) in separate.iter().enumerate() {
