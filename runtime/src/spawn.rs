@@ -75,6 +75,9 @@ pub struct Started {
     /// With `console`: the master side of the container's pseudo-terminal
     /// (non-blocking) and the slave's path on the host.
     pub console: Option<(OwnedFd, String)>,
+    /// Without `console`: the read end (non-blocking) of the pipe that is
+    /// the container's stdout and stderr (see [`crate::stdio`]).
+    pub output: Option<OwnedFd>,
 }
 
 /// Kernel ABI of clone3's argument (version 2, with `cgroup`).
@@ -132,7 +135,7 @@ pub fn spawn(
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec);
-    let pty = if spec.console { Some(crate::console::open().map_err(SpawnError::Prepare)?) } else { None };
+    let stdio = crate::stdio::prepare(spec.console).map_err(SpawnError::Prepare)?;
     let go_ahead = match spec.userns {
         Some(_) => Some(sys::pipe().map_err(SpawnError::Prepare)?),
         None => None,
@@ -162,9 +165,9 @@ pub fn spawn(
             drop(go_wr);
             go_rd
         });
-        if let Some(pty) = pty {
-            // The pty's slave becomes stdio; both sides' own fds are closed.
-            if let Err(e) = crate::console::attach_stdio(&pty.slave) {
+        {
+            // The pty's slave, or /dev/null and the output pipe, become stdio.
+            if let Err(e) = stdio.attach() {
                 let _ = sys::write_all(&wr, format!("setup {e}").as_bytes());
                 // SAFETY: _exit ends this process without running anything else.
                 unsafe { libc::_exit(SETUP_FAILED) };
@@ -185,8 +188,11 @@ pub fn spawn(
             Err(e) => map_error = Some(e),
         }
     }
-    // The container holds the slave now; PID 1 keeps only the master.
-    let console = pty.map(|p| (p.master, p.path));
+    // The container holds its side now; PID 1 keeps only the master or the read end.
+    let (console, output) = match stdio.keep() {
+        crate::stdio::Kept::Pty(master, path) => (Some((master, path)), None),
+        crate::stdio::Kept::Pipe(read) => (None, Some(read)),
+    };
     let report = sys::read_to_end(&rd, 4096).unwrap_or_default();
     let report = String::from_utf8_lossy(&report);
     let report = report.trim();
@@ -200,7 +206,7 @@ pub fn spawn(
         let (errno, path) = rest.split_once(' ').unwrap_or((rest, ""));
         (errno.parse().unwrap_or(0), path.to_owned())
     });
-    Ok(Started { pid, exec_error, console })
+    Ok(Started { pid, exec_error, console, output })
 }
 
 /// Detach mounts PID 1 made for a child (errors ignored: a mount that is
