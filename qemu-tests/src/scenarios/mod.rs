@@ -3,6 +3,8 @@
 mod bad_signature;
 mod boot_demo;
 mod cli_disk;
+// console and control socket area
+mod console_abuse;
 mod corrupt_layer;
 mod exit_codes;
 mod hostile;
@@ -41,6 +43,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "oci-layers", run: oci_layers::run },
         Scenario { name: "cli-disk", run: cli_disk::run },
         Scenario { name: "userns", run: userns::run },
+        // console and control socket area
+        Scenario { name: "console-abuse", run: console_abuse::run },
     ]
 }
 
