@@ -118,9 +118,14 @@ fn with_console<T>(f: impl FnOnce(&mut Console, &mut Ring) -> T) -> T {
 /// `console.dropped lines=N` event follows when room returns.
 pub fn console_line(line: &[u8], kind: Kind) {
     with_console(|c, ring| {
+        // Container output waiting behind earlier bytes: the event loop
+        // writes when poll says the console can take more (no write per line).
+        let write_now = kind == Kind::Event || ring.is_empty();
         queue_notice(ring);
         ring.push(line, kind);
-        c.flush(ring);
+        if write_now {
+            c.flush(ring);
+        }
     });
 }
 

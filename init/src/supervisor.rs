@@ -318,7 +318,12 @@ impl Supervisor {
         let Some(exit) = Exit::from_wait_status(status) else {
             return;
         };
-        if let Some(u) = self.units.get(i) {
+        if let Some(u) = self.units.get_mut(i) {
+            // Its last lines before its exit event (it may have exited after
+            // this loop's poll, so they were not read yet).
+            if let Some(tap) = u.console.as_mut() {
+                tap.pump(&u.name);
+            }
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
             event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
             if ooms > 0 {
@@ -631,25 +636,33 @@ impl Supervisor {
         }
     }
 
-    /// Send the queued signals that are due; close connections past their deadline.
+    fn send_pending(&self, p: PendingSignal) {
+        match self.units.iter().find(|u| u.name == p.name).and_then(Unit::pid) {
+            Some(pid) => match cairn_runtime::sys::kill(pid, p.signal) {
+                Ok(()) => event("container.signalled").kv("name", &p.name).kv("signal", p.signal).emit(),
+                Err(e) => {
+                    event("container.signal-failed").kv("name", &p.name).kv("signal", p.signal).kv("error", e).emit()
+                }
+            },
+            None => event("container.signal-failed")
+                .kv("name", &p.name)
+                .kv("signal", p.signal)
+                .kv("error", "not running")
+                .emit(),
+        }
+    }
+
+    /// Send the queued signal that is due; close connections past their deadline.
     fn fire_control_timers(&mut self) {
         let now = Instant::now();
-        while self.pending_signals.front().is_some_and(|p| p.due <= now) {
-            let Some(p) = self.pending_signals.pop_front() else { break };
-            match self.units.iter().find(|u| u.name == p.name).and_then(Unit::pid) {
-                Some(pid) => match cairn_runtime::sys::kill(pid, p.signal) {
-                    Ok(()) => event("container.signalled").kv("name", &p.name).kv("signal", p.signal).emit(),
-                    Err(e) => event("container.signal-failed")
-                        .kv("name", &p.name)
-                        .kv("signal", p.signal)
-                        .kv("error", e)
-                        .emit(),
-                },
-                None => event("container.signal-failed")
-                    .kv("name", &p.name)
-                    .kv("signal", p.signal)
-                    .kv("error", "not running")
-                    .emit(),
+        // One signal per expiry: if the loop was late, the next still waits
+        // a full spacing after this one.
+        if self.pending_signals.front().is_some_and(|p| p.due <= now) {
+            if let Some(p) = self.pending_signals.pop_front() {
+                self.send_pending(p);
+            }
+            if let Some(next) = self.pending_signals.front_mut() {
+                next.due = next.due.max(now + SIGNAL_SPACING);
             }
         }
         let mut k = self.conns.len();

@@ -10,10 +10,10 @@
 //!   `event=console-flood-done mib=M lines=L eagain=K`; exit 0.
 //! - `control-abuse <idle> <target> <count>`: opens `idle` non-blocking
 //!   connections that send nothing (`event=control-idle connected=C refused=R err=N`),
-//!   sends `signal <target> 28,...` (`count` times SIGWINCH) on a fresh one and
-//!   times the reply (`event=control-signal reply=Y elapsed_ms=T`), waits
-//!   2.5 s and counts the idle ones PID 1 closed
-//!   (`event=control-idle-closed closed=K of=C`); then passes an O_PATH fd of
+//!   waits 2.5 s and counts the idle ones PID 1 closed
+//!   (`event=control-idle-closed closed=K of=C`), sends
+//!   `signal <target> 28,...` (`count` times SIGWINCH) on a fresh one and
+//!   times the reply (`event=control-signal reply=Y elapsed_ms=T`); then passes an O_PATH fd of
 //!   the socket over the abstract socket `@cairn-abuse` (network shared with
 //!   a `control-borrow` container) and sleeps forever.
 //! - `control-borrow <request>`: receives that fd, connects through
@@ -126,14 +126,6 @@ pub fn control(idle: u32, target: &str, count: u32) -> i32 {
         }
     }
     say!("event=control-idle connected={} refused={refused} err={}", held.len(), Errno(err));
-    let list = vec!["28"; count as usize].join(",");
-    let t0 = Instant::now();
-    let reply = ctl::exchange(path, format!("signal {target} {list}").as_bytes());
-    let ms = t0.elapsed().as_millis();
-    match reply {
-        Ok(r) => say!("event=control-signal reply={} elapsed_ms={ms}", V(String::from_utf8_lossy(&r).trim())),
-        Err((step, e)) => say!("event=control-signal error={step} errno={e} elapsed_ms={ms}"),
-    }
     sys::sleep_ms(2500);
     let closed = held
         .iter()
@@ -145,20 +137,29 @@ pub fn control(idle: u32, target: &str, count: u32) -> i32 {
         })
         .count();
     say!("event=control-idle-closed closed={closed} of={}", held.len());
+    let list = vec!["28"; count as usize].join(",");
+    let t0 = Instant::now();
+    let reply = ctl::exchange(path, format!("signal {target} {list}").as_bytes());
+    let ms = t0.elapsed().as_millis();
+    match reply {
+        Ok(r) => say!("event=control-signal reply={} elapsed_ms={ms}", V(String::from_utf8_lossy(&r).trim())),
+        Err((step, e)) => say!("event=control-signal error={step} errno={e} elapsed_ms={ms}"),
+    }
     drop(held);
     lend()
 }
 
 /// Serve an O_PATH fd of the control socket to whoever connects to `@cairn-abuse`.
 fn lend() -> i32 {
-    let Ok(sock) = sys::open_str("/run/cairn/control/control", libc::O_PATH) else {
+    let Ok(sock) = sys::open_str(ctl::DEFAULT_PATH, libc::O_PATH) else {
         say!("event=control-lend error=open errno={}", sys::errno());
         return 1;
     };
     let Ok(l) = socket(0) else { return 1 };
     let (a, len) = addr(ABSTRACT);
     // SAFETY: valid sockaddr_un of `len` bytes; listen on our own socket.
-    let bound = unsafe { libc::bind(l.as_raw_fd(), (&raw const a).cast(), len) == 0 && libc::listen(l.as_raw_fd(), 4) == 0 };
+    let bound =
+        unsafe { libc::bind(l.as_raw_fd(), (&raw const a).cast(), len) == 0 && libc::listen(l.as_raw_fd(), 4) == 0 };
     if !bound {
         say!("event=control-lend error=bind errno={}", sys::errno());
         return 1;
