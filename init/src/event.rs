@@ -240,12 +240,13 @@ mod tests {
 
     #[test]
     fn a_dropped_notice_is_queued_when_room_returns() {
-        let mut ring = Ring::new(256);
-        assert!(ring.push(&[b'x'; 100], Kind::Output));
-        assert!(!ring.push(&[b'y'; 100], Kind::Output), "over the output half");
+        let mut ring = Ring::new(512); // 64 per container
+        assert!(ring.push(&[b'x'; 64], Kind::Output(0)));
+        assert!(ring.push(&[b'x'; 100], Kind::Event));
+        assert!(!ring.push(&[b'y'; 10], Kind::Output(0)), "over its share");
         queue_notice(&mut ring);
-        assert_eq!(ring.front().len(), 100, "no notice while the ring is more than a quarter full");
-        ring.consume(100);
+        assert_eq!(ring.front().len(), 164, "no notice while the ring is more than a quarter full");
+        ring.consume(164);
         queue_notice(&mut ring);
         let queued = String::from_utf8_lossy(ring.front()).into_owned();
         assert!(queued.starts_with("cairn: t=") && queued.ends_with(" event=console.dropped lines=1\n"), "{queued}");

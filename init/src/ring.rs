@@ -5,10 +5,13 @@
 //! time.
 //!
 //! PID 1's own events may fill the whole ring; container output only
-//! [`Ring::output_cap`] of it, so a container flooding its stdout cannot
-//! crowd out the events about it.
+//! [`Ring::output_cap`] of it, and each container at most
+//! [`Ring::per_source_cap`], so a container flooding its stdout crowds out
+//! neither the events about it nor the other containers' lines.
 
 use std::collections::VecDeque;
+
+use cairn_images::manifest::MAX_CONTAINERS;
 
 /// Bytes the ring holds.
 pub const CAPACITY: usize = 64 * 1024;
@@ -18,8 +21,8 @@ pub const CAPACITY: usize = 64 * 1024;
 pub enum Kind {
     /// An event of PID 1.
     Event,
-    /// A line of a container's output.
-    Output,
+    /// A line of container number `.0`'s output (below `MAX_CONTAINERS`).
+    Output(usize),
 }
 
 /// Lines waiting for the console.
@@ -27,12 +30,16 @@ pub struct Ring {
     buf: VecDeque<u8>,
     cap: usize,
     dropped: u64,
+    /// Per line still (partly) in `buf`: its container and bytes left.
+    lines: VecDeque<(Option<usize>, usize)>,
+    /// Bytes in `buf` per container.
+    held: [usize; MAX_CONTAINERS],
 }
 
 impl Ring {
     /// An empty ring of `cap` bytes (allocated once).
     pub fn new(cap: usize) -> Self {
-        Self { buf: VecDeque::with_capacity(cap), cap, dropped: 0 }
+        Self { buf: VecDeque::with_capacity(cap), cap, dropped: 0, lines: VecDeque::new(), held: [0; MAX_CONTAINERS] }
     }
 
     /// How much of the ring container output may fill.
@@ -40,16 +47,38 @@ impl Ring {
         self.cap / 2
     }
 
+    /// How much of the ring one container's output may fill.
+    pub fn per_source_cap(&self) -> usize {
+        self.cap / 8
+    }
+
+    fn output_len(&self) -> usize {
+        self.held.iter().sum()
+    }
+
     /// Append one whole line (with its newline), or drop and count it.
     pub fn push(&mut self, line: &[u8], kind: Kind) -> bool {
-        let limit = match kind {
-            Kind::Event => self.cap,
-            Kind::Output => self.output_cap(),
+        let fits = match kind {
+            Kind::Event => self.buf.len() + line.len() <= self.cap,
+            Kind::Output(i) => {
+                let mine = self.held.get(i).copied().unwrap_or(usize::MAX);
+                self.buf.len() + line.len() <= self.cap
+                    && self.output_len() + line.len() <= self.output_cap()
+                    && mine.saturating_add(line.len()) <= self.per_source_cap()
+            }
         };
-        if self.buf.len() + line.len() > limit {
-            self.dropped += 1;
-            return false;
+        if !fits || line.is_empty() {
+            self.dropped += u64::from(!fits);
+            return fits;
         }
+        let source = match kind {
+            Kind::Event => None,
+            Kind::Output(i) => Some(i),
+        };
+        if let Some(h) = source.and_then(|i| self.held.get_mut(i)) {
+            *h += line.len();
+        }
+        self.lines.push_back((source, line.len()));
         self.buf.extend(line);
         true
     }
@@ -90,7 +119,20 @@ impl Ring {
 
     /// `n` bytes were written.
     pub fn consume(&mut self, n: usize) {
-        self.buf.drain(..n.min(self.buf.len()));
+        let mut n = n.min(self.buf.len());
+        self.buf.drain(..n);
+        while n > 0 {
+            let Some((source, left)) = self.lines.front_mut() else { break };
+            let take = n.min(*left);
+            *left -= take;
+            n -= take;
+            if let Some(h) = source.and_then(|i| self.held.get_mut(i)) {
+                *h = h.saturating_sub(take);
+            }
+            if *left == 0 {
+                self.lines.pop_front();
+            }
+        }
     }
 
     /// Drop everything waiting (the console is gone), counting the lines.
@@ -98,6 +140,8 @@ impl Ring {
         let lines = self.buf.iter().filter(|&&b| b == b'\n').count();
         self.dropped += lines as u64;
         self.buf.clear();
+        self.lines.clear();
+        self.held = [0; MAX_CONTAINERS];
     }
 }
 
@@ -117,19 +161,43 @@ mod tests {
 
     #[test]
     fn lines_that_do_not_fit_are_dropped_whole_and_counted() {
-        let mut r = Ring::new(40);
-        assert!(r.push(b"0123456789\n", Kind::Output)); // 11 of 20 for output
-        assert!(!r.push(b"0123456789\n", Kind::Output)); // 22 > 20: dropped
-        assert!(r.push(b"event-one\n", Kind::Event)); // 21 <= 40
-        assert!(!r.push(b"a-long-event-line-too-long\n", Kind::Event)); // 48 > 40
-        assert_eq!(r.dropped(), 2);
+        let mut r = Ring::new(96); // output 48, 12 per container
+        assert_eq!((r.output_cap(), r.per_source_cap()), (48, 12));
+        let line = b"0123456789\n";
+        assert!(r.push(line, Kind::Output(0)));
+        assert!(!r.push(line, Kind::Output(0)), "over container 0's share");
+        for i in 1..4 {
+            assert!(r.push(line, Kind::Output(i)));
+        }
+        assert!(!r.push(line, Kind::Output(4)), "over the output half");
+        let event = [b'e'; 40];
+        assert!(r.push(&event, Kind::Event), "events may use the rest");
+        assert!(!r.push(&event[..20], Kind::Event), "but not more than the ring");
+        assert_eq!(r.dropped(), 3);
         // No notice while the ring is more than a quarter full.
         assert_eq!(r.notice_due(), None);
-        assert_eq!(drain(&mut r), b"0123456789\nevent-one\n");
-        assert_eq!(r.notice_due(), Some(2));
-        r.notice_queued(2);
+        assert_eq!(drain(&mut r).len(), 84);
+        assert_eq!(r.notice_due(), Some(3));
+        r.notice_queued(3);
         assert_eq!(r.notice_due(), None);
         assert_eq!(r.dropped(), 0);
+        assert!(r.push(line, Kind::Output(0)), "room again once written");
+    }
+
+    #[test]
+    fn one_flooding_container_leaves_room_for_the_others() {
+        let mut r = Ring::new(64); // output 32, 8 per container
+        assert!(r.push(b"aaaaaa\n", Kind::Output(0)));
+        assert!(!r.push(b"a\n", Kind::Output(0)), "container 0 is at its share");
+        assert!(r.push(b"bbbbbb\n", Kind::Output(1)), "container 1 still has its own");
+        r.consume(3); // 4 of container 0's bytes are left
+        assert!(r.push(b"a\n", Kind::Output(0)), "room for what was written");
+        assert!(!r.push(b"aa\n", Kind::Output(0)));
+        r.consume(11); // the rest of its first line and container 1's line
+        assert!(r.push(b"aa\n", Kind::Output(0)));
+        assert!(!r.push(b"x\n", Kind::Output(MAX_CONTAINERS)), "unknown source");
+        assert_eq!(r.dropped(), 3);
+        assert_eq!(drain(&mut r), b"a\naa\n");
     }
 
     #[test]

@@ -255,9 +255,9 @@ impl Supervisor {
                 }
                 if let Some((master, pty)) = started.console {
                     event("container.console").kv("name", &u.name).kv("pty", pty).emit();
-                    u.console = Some(Tap::new(master));
+                    u.console = Some(Tap::new(master, i));
                 } else if let Some(output) = started.output {
-                    u.console = Some(Tap::new(output));
+                    u.console = Some(Tap::new(output, i));
                 }
                 if let Some((errno, path)) = started.exec_error {
                     event("container.exec-failed")

@@ -24,12 +24,14 @@ const READ_BUDGET: usize = 16 * 1024;
 pub struct Tap {
     fd: OwnedFd,
     pending: Vec<u8>,
+    /// The container's index, for its share of the console ring.
+    source: usize,
 }
 
 impl Tap {
     /// Copy from this descriptor (a pty master or a pipe's read end, non-blocking).
-    pub fn new(fd: OwnedFd) -> Self {
-        Self { fd, pending: Vec::with_capacity(LINE_MAX) }
+    pub fn new(fd: OwnedFd, source: usize) -> Self {
+        Self { fd, pending: Vec::with_capacity(LINE_MAX), source }
     }
 
     /// The descriptor, for poll.
@@ -49,7 +51,7 @@ impl Tap {
                 let got = buf.get(..n as usize).unwrap_or(&[]);
                 total += got.len();
                 for line in split_lines(&mut self.pending, got) {
-                    print(name, &line);
+                    print(self.source, name, &line);
                 }
                 continue;
             }
@@ -68,7 +70,7 @@ impl Tap {
     pub fn flush(&mut self, name: &str) {
         if !self.pending.is_empty() {
             let rest = core::mem::take(&mut self.pending);
-            print(name, &rest);
+            print(self.source, name, &rest);
         }
     }
 }
@@ -104,8 +106,8 @@ pub fn framed(name: &str, text: &[u8]) -> Vec<u8> {
 }
 
 /// Queue one container line for the console.
-fn print(name: &str, text: &[u8]) {
-    crate::event::console_line(&framed(name, text), crate::ring::Kind::Output);
+fn print(source: usize, name: &str, text: &[u8]) {
+    crate::event::console_line(&framed(name, text), crate::ring::Kind::Output(source));
 }
 
 #[cfg(test)]
@@ -142,7 +144,7 @@ mod tests {
         let Ok((rd, wr)) = pipe else { return };
         // SAFETY: fcntl on our own descriptor.
         unsafe { libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let mut tap = Tap::new(rd);
+        let mut tap = Tap::new(rd, 0);
         assert!(cairn_runtime::sys::write_all(&wr, b"one\ntw").is_ok());
         assert!(tap.pump("t"), "a live pipe with nothing more to read keeps the tap");
         assert_eq!(tap.pending, b"tw");
