@@ -130,11 +130,12 @@ pub fn console_line(line: &[u8], kind: Kind) {
 }
 
 fn queue_notice(ring: &mut Ring) {
-    if let Some(n) = ring.notice_due() {
+    let now = Instant::now();
+    if let Some(n) = ring.notice_due(now) {
         let mut e = event("console.dropped").kv("lines", n);
         e.line.push('\n');
         if ring.push(e.line.as_bytes(), Kind::Event) {
-            ring.notice_queued(n);
+            ring.notice_queued(n, now);
         }
     }
 }
@@ -250,7 +251,7 @@ mod tests {
         queue_notice(&mut ring);
         let queued = String::from_utf8_lossy(ring.front()).into_owned();
         assert!(queued.starts_with("cairn: t=") && queued.ends_with(" event=console.dropped lines=1\n"), "{queued}");
-        assert_eq!(ring.notice_due(), None);
+        assert_eq!(ring.notice_due(Instant::now()), None);
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! neither the events about it nor the other containers' lines.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use cairn_images::manifest::MAX_CONTAINERS;
 
 /// Bytes the ring holds.
 pub const CAPACITY: usize = 64 * 1024;
+/// Least time between two notices of dropped lines.
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who wrote a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +37,21 @@ pub struct Ring {
     lines: VecDeque<(Option<usize>, usize)>,
     /// Bytes in `buf` per container.
     held: [usize; MAX_CONTAINERS],
+    /// When the last notice was queued.
+    last_notice: Option<Instant>,
 }
 
 impl Ring {
     /// An empty ring of `cap` bytes (allocated once).
     pub fn new(cap: usize) -> Self {
-        Self { buf: VecDeque::with_capacity(cap), cap, dropped: 0, lines: VecDeque::new(), held: [0; MAX_CONTAINERS] }
+        Self {
+            buf: VecDeque::with_capacity(cap),
+            cap,
+            dropped: 0,
+            lines: VecDeque::new(),
+            held: [0; MAX_CONTAINERS],
+            last_notice: None,
+        }
     }
 
     /// How much of the ring container output may fill.
@@ -84,15 +96,18 @@ impl Ring {
     }
 
     /// If lines were dropped and room has returned (the ring is at most a
-    /// quarter full, so notices do not crowd the console themselves): how
-    /// many. The caller queues the notice with [`Ring::notice_queued`].
-    pub fn notice_due(&self) -> Option<u64> {
-        (self.dropped > 0 && self.buf.len() <= self.cap / 4).then_some(self.dropped)
+    /// quarter full) and the last notice is [`NOTICE_INTERVAL`] old (so
+    /// notices do not crowd the console themselves): how many. The caller
+    /// queues the notice with [`Ring::notice_queued`].
+    pub fn notice_due(&self, now: Instant) -> Option<u64> {
+        let quiet = self.last_notice.is_none_or(|t| now.saturating_duration_since(t) >= NOTICE_INTERVAL);
+        (self.dropped > 0 && self.buf.len() <= self.cap / 4 && quiet).then_some(self.dropped)
     }
 
     /// The notice for `n` dropped lines is in the ring: count from zero.
-    pub fn notice_queued(&mut self, n: u64) {
+    pub fn notice_queued(&mut self, n: u64, now: Instant) {
         self.dropped = self.dropped.saturating_sub(n);
+        self.last_notice = Some(now);
     }
 
     /// Lines dropped since the last notice.
@@ -175,12 +190,18 @@ mod tests {
         assert!(!r.push(&event[..20], Kind::Event), "but not more than the ring");
         assert_eq!(r.dropped(), 3);
         // No notice while the ring is more than a quarter full.
-        assert_eq!(r.notice_due(), None);
+        let t0 = Instant::now();
+        assert_eq!(r.notice_due(t0), None);
         assert_eq!(drain(&mut r).len(), 84);
-        assert_eq!(r.notice_due(), Some(3));
-        r.notice_queued(3);
-        assert_eq!(r.notice_due(), None);
+        assert_eq!(r.notice_due(t0), Some(3));
+        r.notice_queued(3, t0);
+        assert_eq!(r.notice_due(t0), None);
         assert_eq!(r.dropped(), 0);
+        // At most one notice per interval.
+        assert!(!r.push(&[b'z'; 13], Kind::Output(0)));
+        assert_eq!(r.notice_due(t0 + NOTICE_INTERVAL / 2), None);
+        assert_eq!(r.notice_due(t0 + NOTICE_INTERVAL), Some(1));
+        r.notice_queued(1, t0 + NOTICE_INTERVAL);
         assert!(r.push(line, Kind::Output(0)), "room again once written");
     }
 
