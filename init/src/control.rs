@@ -67,8 +67,8 @@ pub fn parse(text: &str) -> Result<Request, String> {
 pub const MAX_CONNECTIONS: usize = 8;
 /// How long a connection may take to send its request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
-/// Longest request read (a longer SOCK_SEQPACKET message is cut).
-const REQUEST_MAX: usize = 256;
+/// Longest request accepted (a longer one is refused whole, never cut).
+pub const REQUEST_MAX: usize = 1024;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +195,8 @@ pub struct Conn {
 pub enum Received {
     /// Its request.
     Request(String),
+    /// A request longer than [`REQUEST_MAX`] bytes (its length).
+    TooLong(usize),
     /// Nothing yet.
     Nothing,
     /// It hung up (or failed) without a request.
@@ -210,8 +212,13 @@ impl Conn {
     /// Read the request if it is there (never waits).
     pub fn receive(&self) -> Received {
         let mut buf = [0u8; REQUEST_MAX];
+        // MSG_TRUNC: the message's whole length, so a cut one is noticed.
+        let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n > REQUEST_MAX as isize {
+            return Received::TooLong(n as usize);
+        }
         if n > 0 {
             return Received::Request(String::from_utf8_lossy(buf.get(..n as usize).unwrap_or(&[])).into_owned());
         }
@@ -264,6 +271,50 @@ mod tests {
         assert!(parse("signal web 1,2 extra").is_err());
         assert!(parse("signal web 65").is_err());
         assert!(parse("signal web 1,,2").is_err());
+    }
+
+    fn conn_pair() -> Option<(Conn, OwnedFd)> {
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let [a, b] = fds;
+        // SAFETY: both are fresh descriptors we own.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) };
+        let conn = Conn { fd: a, deadline: Instant::now(), pid: 0, uid: 0, caller: Caller::Host };
+        Some((conn, b))
+    }
+
+    fn send(fd: &OwnedFd, msg: &[u8]) {
+        // SAFETY: the pointer and length describe `msg`.
+        let n = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        assert_eq!(n, msg.len() as isize);
+    }
+
+    #[test]
+    fn requests_are_read_without_waiting_and_long_ones_are_not_cut() {
+        let Some((conn, peer)) = conn_pair() else { return };
+        assert_eq!(conn.receive(), Received::Nothing);
+        send(&peer, b"status");
+        assert_eq!(conn.receive(), Received::Request("status".into()));
+        let long = vec![b'1'; REQUEST_MAX + 1];
+        send(&peer, &long);
+        assert_eq!(conn.receive(), Received::TooLong(REQUEST_MAX + 1));
+        let mut fits = b"signal web ".to_vec();
+        fits.resize(REQUEST_MAX, b'1');
+        send(&peer, &fits);
+        assert!(matches!(conn.receive(), Received::Request(t) if t.len() == REQUEST_MAX));
+        drop(peer);
+        assert_eq!(conn.receive(), Received::Closed);
+    }
+
+    #[test]
+    fn a_hundred_signals_fit_in_a_request() {
+        let list = vec!["28"; 100].join(",");
+        let text = format!("signal ticker {list}");
+        assert!(text.len() <= REQUEST_MAX);
+        assert!(matches!(parse(&text), Ok(Request::Signal { signals, .. }) if signals.len() == 100));
     }
 
     #[test]

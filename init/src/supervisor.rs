@@ -560,9 +560,18 @@ impl Supervisor {
                 Received::Closed => {
                     self.conns.swap_remove(k);
                 }
-                Received::Request(text) => {
+                received @ (Received::Request(_) | Received::TooLong(_)) => {
                     let conn = self.conns.swap_remove(k);
-                    let answer = self.answer(&conn.caller, &text);
+                    let (text, answer) = match received {
+                        Received::Request(text) => {
+                            let answer = self.answer(&conn.caller, &text);
+                            (text, answer)
+                        }
+                        Received::TooLong(n) => {
+                            (format!("({n} bytes)"), format!("error request longer than {}", control::REQUEST_MAX))
+                        }
+                        _ => continue,
+                    };
                     event("control.request")
                         .kv("caller", conn.caller.name())
                         .kv("pid", conn.pid)
