@@ -85,7 +85,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let last_signal = signalled.last().map_or(usize::MAX, |l| l.index);
     ensure!(after(flood.index) && after(last_signal) && after(refused.index), "no restart after the abuse: {times:?}");
     let power = c.expect("control.request", &[("caller", "driver"), ("request", "poweroff")])?;
-    ensure!(power.get("reply") == Some("ok") && power.index < stop.index, "poweroff request: {:?}", power.fields);
+    ensure!(
+        power.get("reply") == Some("ok") && power.index.abs_diff(stop.index) == 1,
+        "poweroff request: {:?}",
+        power.fields
+    );
     ensure!(
         c.all("shutdown.start", &[]).len() == 1 && c.all("shutdown.complete", &[]).len() == 1,
         "more than one shutdown"
