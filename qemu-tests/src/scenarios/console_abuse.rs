@@ -68,7 +68,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ensure!(last - first >= 1.9, "100 signals sent within {:.3}s: not spaced 20 ms", last - first);
     let gaps: Vec<f64> =
         signalled.windows(2).map(|w| w.get(1).map_or(0.0, |b| t(b)) - w.first().map_or(0.0, |a| t(a))).collect();
-    ensure!(gaps.iter().all(|&g| g >= 0.018), "signals closer than 20 ms: {gaps:?}");
+    ensure!(
+        gaps.iter().all(|&g| g >= 0.015),
+        "signals closer than 20 ms (event stamps: ms, taken just after each kill): {gaps:?}"
+    );
 
     // Not permitted without control = true.
     let refused = c.expect("control.request", &[("caller", "nocontrol"), ("request", "poweroff")])?;
