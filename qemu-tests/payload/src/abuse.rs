@@ -6,7 +6,7 @@
 //!   attack itself), `event=console-tcooff errno=E err=N` (TCXONC TCOOFF on
 //!   stdout), then a forged event line and a line with a raw CR, then stdout
 //!   made O_NONBLOCK (`event=console-nonblock rc=R`) and `mib` MiB of lines
-//!   written (EAGAIN waits in poll), then blocking again:
+//!   written (EAGAIN waits in poll), then blocking again and 1.5 s later:
 //!   `event=console-flood-done mib=M lines=L eagain=K`; exit 0.
 //! - `control-abuse <idle> <target> <count>`: opens `idle` non-blocking
 //!   connections that send nothing (`event=control-idle connected=C refused=R err=N`),
@@ -77,6 +77,9 @@ pub fn console(mib: u64) -> i32 {
     }
     // SAFETY: fcntl on stdout.
     unsafe { libc::fcntl(1, libc::F_SETFL, libc::fcntl(1, libc::F_GETFL) & !libc::O_NONBLOCK) };
+    // The tail of the flood may still fill this container's share of the
+    // console ring (a line that does not fit is dropped): let it drain.
+    sys::sleep_ms(1500);
     say!("event=console-flood-done mib={mib} lines={lines} eagain={eagain}");
     0
 }
