@@ -670,8 +670,10 @@ impl Supervisor {
             if let Some(p) = self.pending_signals.pop_front() {
                 self.send_pending(p);
             }
+            // Counted from after this kill, however late it was.
+            let sent = Instant::now();
             if let Some(next) = self.pending_signals.front_mut() {
-                next.due = next.due.max(now + SIGNAL_SPACING);
+                next.due = next.due.max(sent + SIGNAL_SPACING);
             }
         }
         let mut k = self.conns.len();
