@@ -165,13 +165,11 @@ pub fn spawn(
             drop(go_wr);
             go_rd
         });
-        {
-            // The pty's slave, or /dev/null and the output pipe, become stdio.
-            if let Err(e) = stdio.attach() {
-                let _ = sys::write_all(&wr, format!("setup {e}").as_bytes());
-                // SAFETY: _exit ends this process without running anything else.
-                unsafe { libc::_exit(SETUP_FAILED) };
-            }
+        // The pty's slave, or /dev/null and the output pipe, become stdio.
+        if let Err(e) = stdio.attach() {
+            let _ = sys::write_all(&wr, format!("setup {e}").as_bytes());
+            // SAFETY: _exit ends this process without running anything else.
+            unsafe { libc::_exit(SETUP_FAILED) };
         }
         child(spec, &plan, net, filter, wr, go_ahead);
     }
