@@ -18,6 +18,7 @@ mod modules;
 mod partitions;
 mod policy;
 mod resolve;
+mod ring;
 mod storage;
 mod supervisor;
 mod switch_root;
@@ -35,6 +36,9 @@ fn main() {
         eprintln!("cairn-init: must run as PID 1 (it mounts filesystems, loads modules and reboots the machine)");
         std::process::exit(1);
     }
+    // PID 1's own open of the console, as soon as /dev has it (the
+    // initramfs usually does; otherwise after the early mounts below).
+    event::open_console();
     event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
     if switch_root::on_initramfs() {
         match switch_root::switch() {
@@ -51,6 +55,9 @@ fn main() {
     };
     for (what, e) in early::mount_all() {
         event("early.mount-failed").kv("mount", what).kv("error", e).emit();
+    }
+    if !event::open_console() {
+        event("console.unavailable").kv("path", "/dev/console").kv("effect", "events go to the kernel's fd 1").emit();
     }
     match early::cgroups() {
         Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),
@@ -141,9 +148,12 @@ fn finish(kind: ShutdownKind) -> ! {
         ShutdownKind::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
     };
     event("shutdown.complete").kv("kind", format!("{kind:?}").to_lowercase()).emit();
+    // What is still queued gets a bounded chance to reach the console.
+    event::console_drain(std::time::Duration::from_secs(2));
     // SAFETY: reboot(2) with a valid command; on success it does not return.
     unsafe { libc::reboot(cmd) };
     event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(cairn_runtime::sys::errno())).emit();
+    event::console_drain(std::time::Duration::from_secs(2));
     halt_forever()
 }
 
@@ -187,6 +197,7 @@ fn release(path: &str, what: &str) {
 
 /// PID 1 must never exit: the kernel would panic.
 fn halt_forever() -> ! {
+    event::console_drain(std::time::Duration::from_secs(2));
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };

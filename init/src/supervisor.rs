@@ -13,6 +13,7 @@
 //! set-up failure). Once a shutdown began nothing is started: units
 //! waiting or in backoff are stopped, set-ups under way are killed.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -21,13 +22,19 @@ use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
-use crate::control::{self, Listener, Request};
+use crate::control::{self, Caller, Conn, Listener, Received, Request, MAX_CONNECTIONS};
 use crate::event::event;
 use crate::policy::{self, Decision};
 use crate::tap::Tap;
 
 /// How long to wait after `cgroup.kill` before giving up on a container.
 const KILL_WAIT: Duration = Duration::from_secs(3);
+/// Space between the signals of one `signal` list: a stop signal discards
+/// a pending SIGCONT, so each must be delivered before the next is sent.
+const SIGNAL_SPACING: Duration = Duration::from_millis(20);
+/// Most signals waiting to be sent at once (a request that would pass it
+/// is refused whole).
+const MAX_PENDING_SIGNALS: usize = 256;
 
 /// How long a container may take from clone to executing its entrypoint
 /// before its cgroup is killed, unless the kernel command line says
@@ -83,8 +90,11 @@ pub struct Unit {
     restarts: u32,
     ever_started: bool,
     oom_baseline: u64,
-    /// With `console`: its pty's output being copied to the console.
+    /// Its output being copied to the console: the pty's master with
+    /// `console`, else the read end of its stdout/stderr pipe.
     console: Option<Tap>,
+    /// `control = true`: it may use the control socket.
+    control: bool,
     /// Its seccomp filter, compiled once for every start.
     filter: Option<Filter>,
     /// While starting: the read end of its report pipe (non-blocking).
@@ -110,7 +120,9 @@ impl Unit {
             Ok((s, f)) => (Ok(s), f),
             Err(e) => (Err(e), None),
         };
+        let control = spec.as_ref().is_ok_and(|s| s.control);
         Self {
+            control,
             name: name.into(),
             spec,
             filter,
@@ -154,6 +166,13 @@ struct ShutdownPlan {
     current: Option<usize>,
 }
 
+/// A signal a `signal` request queued.
+struct PendingSignal {
+    due: Instant,
+    name: String,
+    signal: i32,
+}
+
 /// The supervisor.
 pub struct Supervisor {
     units: Vec<Unit>,
@@ -161,6 +180,10 @@ pub struct Supervisor {
     shutdown: Option<ShutdownPlan>,
     signals: OwnedFd,
     control: Option<Listener>,
+    /// Control connections waiting for their request.
+    conns: Vec<Conn>,
+    /// Signals of `signal` requests, in due order.
+    pending_signals: VecDeque<PendingSignal>,
     announced_started: bool,
     start_timeout: Duration,
 }
@@ -168,7 +191,17 @@ pub struct Supervisor {
 impl Supervisor {
     /// `order` is the start order (indexes into `units`).
     pub fn new(units: Vec<Unit>, order: Vec<usize>, signals: OwnedFd, control: Option<Listener>) -> Self {
-        Self { units, order, shutdown: None, signals, control, announced_started: false, start_timeout: START_TIMEOUT }
+        Self {
+            units,
+            order,
+            shutdown: None,
+            signals,
+            control,
+            conns: Vec::with_capacity(MAX_CONNECTIONS),
+            pending_signals: VecDeque::new(),
+            announced_started: false,
+            start_timeout: START_TIMEOUT,
+        }
     }
 
     /// How long a container may take to set up before it is killed.
@@ -190,9 +223,10 @@ impl Supervisor {
                 }
                 return kind;
             }
-            let timeout = self.next_timeout();
+            let timeout = earliest(self.next_timeout(), self.control_timeout());
             self.wait(timeout);
             self.fire_timers();
+            self.fire_control_timers();
         }
     }
 
@@ -255,12 +289,15 @@ impl Supervisor {
                     .kv("pid", started.pid)
                     .kv("restarts", u.restarts)
                     .emit();
+                if let Some(mut old) = u.console.take() {
+                    old.pump(&u.name);
+                    old.flush(&u.name);
+                }
                 if let Some((master, pty)) = started.console {
-                    if let Some(mut old) = u.console.take() {
-                        old.pump(&u.name);
-                    }
                     event("container.console").kv("name", &u.name).kv("pty", pty).emit();
-                    u.console = Some(Tap::new(master));
+                    u.console = Some(Tap::new(master, i));
+                } else if let Some(output) = started.output {
+                    u.console = Some(Tap::new(output, i));
                 }
             }
             Err(e) => {
@@ -388,7 +425,12 @@ impl Supervisor {
         if self.settle_start(i, Some(exit)) {
             return;
         }
-        if let Some(u) = self.units.get(i) {
+        if let Some(u) = self.units.get_mut(i) {
+            // Its last lines before its exit event (it may have exited after
+            // this loop's poll, so they were not read yet).
+            if let Some(tap) = u.console.as_mut() {
+                tap.pump(&u.name);
+            }
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
             event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
             if ooms > 0 {
@@ -539,53 +581,76 @@ impl Supervisor {
     }
 
     fn wait(&mut self, timeout_ms: i32) {
+        const SIGNALS: usize = 0;
+        const LISTENER: usize = 1;
+        const CONSOLE: usize = 2;
+        const CONNS: usize = 3;
+        const UNITS: usize = CONNS + MAX_CONNECTIONS;
+        const REPORTS: usize = UNITS + MAX_CONTAINERS;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
-        // Fixed capacity: no allocation in the loop. Container consoles
-        // follow the two fixed entries; -1 (ignored by poll) for units
-        // without one keeps unit i at fds[2 + i].
-        let mut fds = [idle; 2 + 2 * MAX_CONTAINERS];
-        let consoles = self.units.iter().map(|u| u.console.as_ref().map_or(-1, Tap::raw));
-        // Then the report pipes of starting units: unit i at fds[2 + n + i].
-        let n_units = self.units.len();
-        let reports = self.units.iter().map(|u| u.report.as_ref().map_or(-1, AsRawFd::as_raw_fd));
-        let all = [self.signals.as_raw_fd(), self.control.as_ref().map_or(-1, Listener::raw)]
-            .into_iter()
-            .chain(consoles)
-            .chain(reports);
-        let mut used = 0;
-        for (slot, fd) in fds.iter_mut().zip(all) {
-            slot.fd = fd;
-            used += 1;
+        // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
+        // fills unused slots, so unit i's output is always at fds[UNITS + i]
+        // and its report pipe (while starting) at fds[REPORTS + i].
+        let mut fds = [idle; REPORTS + MAX_CONTAINERS];
+        let mut set = |k: usize, fd: i32, events: libc::c_short| {
+            if let Some(slot) = fds.get_mut(k) {
+                slot.fd = fd;
+                slot.events = events;
+            }
+        };
+        set(SIGNALS, self.signals.as_raw_fd(), libc::POLLIN);
+        // While the table is full, new clients wait in the backlog.
+        if self.conns.len() < MAX_CONNECTIONS {
+            set(LISTENER, self.control.as_ref().map_or(-1, Listener::raw), libc::POLLIN);
         }
-        // SAFETY: `fds` is a valid array of pollfd and `used` is at most its length (zip stops there).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), used as libc::nfds_t, timeout_ms) };
+        set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
+        for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
+            set(CONNS + k, c.raw(), libc::POLLIN);
+        }
+        for (i, u) in self.units.iter().enumerate().take(MAX_CONTAINERS) {
+            set(UNITS + i, u.console.as_ref().map_or(-1, Tap::raw), libc::POLLIN);
+            set(REPORTS + i, u.report.as_ref().map_or(-1, AsRawFd::as_raw_fd), libc::POLLIN);
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the length passed.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;
         }
-        let ready = |k: usize, mask: libc::c_short| fds.get(k).is_some_and(|f| f.revents & mask != 0);
-        let (signals, control) = (ready(0, libc::POLLIN), ready(1, libc::POLLIN));
+        let ready = |k: usize, mask: libc::c_short| fds.get(k).is_some_and(|f| f.fd >= 0 && f.revents & mask != 0);
+        let hup = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+        let (signals, listener) = (ready(SIGNALS, libc::POLLIN), ready(LISTENER, libc::POLLIN));
+        if ready(CONSOLE, libc::POLLOUT | libc::POLLERR | libc::POLLHUP) {
+            crate::event::console_flush();
+        }
         // Output first, so a container's last lines come before its exit event.
         for (i, u) in self.units.iter_mut().enumerate() {
-            if ready(2 + i, libc::POLLIN | libc::POLLHUP | libc::POLLERR) {
+            if ready(UNITS + i, hup) {
                 if let Some(tap) = u.console.as_mut() {
                     if !tap.pump(&u.name) {
                         u.console = None;
-                        event("container.console-closed").kv("name", &u.name).emit();
+                        if u.spec.as_ref().is_ok_and(|s| s.console) {
+                            event("container.console-closed").kv("name", &u.name).emit();
+                        }
                     }
                 }
             }
         }
         // Reports before exits: a report explains the exit that follows it.
-        for i in 0..n_units {
-            if ready(2 + n_units + i, libc::POLLIN | libc::POLLHUP | libc::POLLERR) {
+        for i in 0..self.units.len().min(MAX_CONTAINERS) {
+            if ready(REPORTS + i, hup) {
                 self.settle_start(i, None);
             }
         }
         if signals {
             self.read_signals();
         }
-        if control {
-            self.serve_control();
+        let mut readable = [false; MAX_CONNECTIONS];
+        for (k, r) in readable.iter_mut().enumerate() {
+            *r = ready(CONNS + k, hup);
+        }
+        self.serve_connections(&readable);
+        if listener {
+            self.accept_connections();
         }
     }
 
@@ -622,11 +687,71 @@ impl Supervisor {
         }
     }
 
-    fn serve_control(&mut self) {
-        let Some((conn, text)) = self.control.as_ref().and_then(Listener::accept) else {
-            return;
-        };
-        let answer = match control::parse(&text) {
+    /// Accept what waits, up to the table's bound.
+    fn accept_connections(&mut self) {
+        let now = Instant::now();
+        while self.conns.len() < MAX_CONNECTIONS {
+            let Some(conn) = self.control.as_ref().and_then(|l| l.accept(now)) else {
+                return;
+            };
+            self.conns.push(conn);
+        }
+    }
+
+    /// Answer every connection whose request has come; drop those that hung up.
+    fn serve_connections(&mut self, readable: &[bool]) {
+        let mut k = self.conns.len();
+        while k > 0 {
+            k -= 1;
+            if !readable.get(k).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(conn) = self.conns.get(k) else { continue };
+            match conn.receive() {
+                Received::Nothing => {}
+                Received::Closed => {
+                    self.conns.swap_remove(k);
+                }
+                received @ (Received::Request(_) | Received::TooLong(_)) => {
+                    let conn = self.conns.swap_remove(k);
+                    let (text, answer) = match received {
+                        Received::Request(text) => {
+                            let answer = self.answer(&conn.caller, &text);
+                            (text, answer)
+                        }
+                        Received::TooLong(n) => {
+                            (format!("({n} bytes)"), format!("error request longer than {}", control::REQUEST_MAX))
+                        }
+                        _ => continue,
+                    };
+                    event("control.request")
+                        .kv("caller", conn.caller.name())
+                        .kv("pid", conn.pid)
+                        .kv("uid", conn.uid)
+                        .kv("request", text.trim())
+                        .kv("reply", &answer)
+                        .emit();
+                    conn.reply(&answer);
+                }
+            }
+        }
+    }
+
+    /// May this caller use the control socket? The host may; a container
+    /// only with `control = true` in its manifest entry.
+    fn permitted(&self, caller: &Caller) -> bool {
+        match caller {
+            Caller::Host => true,
+            Caller::Container(name) => self.units.iter().any(|u| u.name == *name && u.control),
+            Caller::Unknown => false,
+        }
+    }
+
+    fn answer(&mut self, caller: &Caller, text: &str) -> String {
+        if !self.permitted(caller) {
+            return "error not permitted".into();
+        }
+        match control::parse(text) {
             Err(e) => format!("error {e}"),
             Ok(Request::Status) => {
                 let mut s = String::from("ok");
@@ -645,29 +770,85 @@ impl Supervisor {
             }
             Ok(Request::Signal { name, signals }) => match self.units.iter().find(|u| u.name == name) {
                 None => format!("error no container {name}"),
-                Some(u) => match u.pid() {
-                    None => format!("error {name} is not running"),
-                    Some(pid) => {
-                        let mut reply = String::from("ok");
-                        for (n, signal) in signals.into_iter().enumerate() {
-                            // A stop signal discards a pending SIGCONT: space
-                            // the signals of a list so each is delivered.
-                            if n > 0 {
-                                std::thread::sleep(std::time::Duration::from_millis(20));
-                            }
-                            if let Err(e) = cairn_runtime::sys::kill(pid, signal) {
-                                reply = format!("error {e}");
-                                break;
-                            }
-                            event("container.signalled").kv("name", &name).kv("signal", signal).emit();
-                        }
-                        reply
+                Some(u) if u.pid().is_none() => format!("error {name} is not running"),
+                Some(_) if self.pending_signals.len() + signals.len() > MAX_PENDING_SIGNALS => {
+                    "error busy: too many signals pending".into()
+                }
+                Some(_) => {
+                    // Spaced with timers after whatever is already queued.
+                    let now = Instant::now();
+                    let mut due = self.pending_signals.back().map_or(now, |p| p.due + SIGNAL_SPACING).max(now);
+                    for signal in signals {
+                        self.pending_signals.push_back(PendingSignal { due, name: name.clone(), signal });
+                        due += SIGNAL_SPACING;
                     }
-                },
+                    "ok".into()
+                }
             },
-        };
-        event("control.request").kv("request", text.trim()).kv("reply", &answer).emit();
-        control::reply(conn, &answer);
+        }
+    }
+
+    /// When the next control deadline or queued signal is due (poll ms, -1: none).
+    fn control_timeout(&self) -> i32 {
+        let next = self.conns.iter().map(|c| c.deadline).chain(self.pending_signals.front().map(|p| p.due)).min();
+        match next {
+            None => -1,
+            Some(t) => t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32 + 1,
+        }
+    }
+
+    fn send_pending(&self, p: PendingSignal) {
+        match self.units.iter().find(|u| u.name == p.name).and_then(Unit::pid) {
+            Some(pid) => match cairn_runtime::sys::kill(pid, p.signal) {
+                Ok(()) => event("container.signalled").kv("name", &p.name).kv("signal", p.signal).emit(),
+                Err(e) => {
+                    event("container.signal-failed").kv("name", &p.name).kv("signal", p.signal).kv("error", e).emit()
+                }
+            },
+            None => event("container.signal-failed")
+                .kv("name", &p.name)
+                .kv("signal", p.signal)
+                .kv("error", "not running")
+                .emit(),
+        }
+    }
+
+    /// Send the queued signal that is due; close connections past their deadline.
+    fn fire_control_timers(&mut self) {
+        let now = Instant::now();
+        // One signal per expiry: if the loop was late, the next still waits
+        // a full spacing after this one.
+        if self.pending_signals.front().is_some_and(|p| p.due <= now) {
+            if let Some(p) = self.pending_signals.pop_front() {
+                self.send_pending(p);
+            }
+            // Counted from after this kill, however late it was.
+            let sent = Instant::now();
+            if let Some(next) = self.pending_signals.front_mut() {
+                next.due = next.due.max(sent + SIGNAL_SPACING);
+            }
+        }
+        let mut k = self.conns.len();
+        while k > 0 {
+            k -= 1;
+            if self.conns.get(k).is_some_and(|c| c.deadline <= now) {
+                let conn = self.conns.swap_remove(k);
+                event("control.timeout")
+                    .kv("caller", conn.caller.name())
+                    .kv("pid", conn.pid)
+                    .kv("uid", conn.uid)
+                    .kv("waited_ms", control::REQUEST_DEADLINE.as_millis())
+                    .emit();
+            }
+        }
+    }
+}
+
+/// The earlier of two poll timeouts (-1 is none).
+fn earliest(a: i32, b: i32) -> i32 {
+    match (a, b) {
+        (-1, t) | (t, -1) => t,
+        (a, b) => a.min(b),
     }
 }
 

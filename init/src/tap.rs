@@ -1,12 +1,16 @@
-//! Copying a container's pseudo-terminal output to the device console.
+//! Copying a container's output to the device console.
 //!
-//! PID 1 holds the master side of each `console = true` container's pty
-//! (non-blocking). Whenever poll says it is readable, [`Tap::pump`] reads
-//! what is there and writes every complete line to the console as
-//! `[<name>] <line>`, one write each. A partial line waits in a bounded
-//! buffer; a line longer than [`LINE_MAX`] is cut into pieces. When the
-//! last process holding the slave is gone the master reads EIO (hung up):
-//! what is left is flushed and the tap is closed.
+//! PID 1 holds, non-blocking, the master side of each `console = true`
+//! container's pty, or the read end of the pipe that is every other
+//! container's stdout and stderr. Whenever poll says it is readable,
+//! [`Tap::pump`] reads what is there and queues every complete line for the
+//! console as `[<name>] <line>` (so a container's line never starts with
+//! `cairn: `). A partial line waits in a bounded buffer; a line longer than
+//! [`LINE_MAX`] is cut into pieces. When the last writer is gone the
+//! descriptor reads EOF (pipe) or EIO (pty, hung up): what is left is
+//! flushed and the tap is closed. Lines the console ring has no room for
+//! are dropped and counted (see [`crate::ring`]); PID 1 never waits for
+//! the console.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -20,15 +24,17 @@ const READ_BUDGET: usize = 16 * 1024;
 pub struct Tap {
     fd: OwnedFd,
     pending: Vec<u8>,
+    /// The container's index, for its share of the console ring.
+    source: usize,
 }
 
 impl Tap {
-    /// Copy from this master.
-    pub fn new(fd: OwnedFd) -> Self {
-        Self { fd, pending: Vec::with_capacity(LINE_MAX) }
+    /// Copy from this descriptor (a pty master or a pipe's read end, non-blocking).
+    pub fn new(fd: OwnedFd, source: usize) -> Self {
+        Self { fd, pending: Vec::with_capacity(LINE_MAX), source }
     }
 
-    /// The master's descriptor, for poll.
+    /// The descriptor, for poll.
     pub fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -45,7 +51,7 @@ impl Tap {
                 let got = buf.get(..n as usize).unwrap_or(&[]);
                 total += got.len();
                 for line in split_lines(&mut self.pending, got) {
-                    print(name, &line);
+                    print(self.source, name, &line);
                 }
                 continue;
             }
@@ -64,7 +70,7 @@ impl Tap {
     pub fn flush(&mut self, name: &str) {
         if !self.pending.is_empty() {
             let rest = core::mem::take(&mut self.pending);
-            print(name, &rest);
+            print(self.source, name, &rest);
         }
     }
 }
@@ -88,15 +94,20 @@ pub fn split_lines(pending: &mut Vec<u8>, data: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// One console line, `[name] text`, written at once.
-fn print(name: &str, text: &[u8]) {
+/// One console line, `[name] text\n`.
+pub fn framed(name: &str, text: &[u8]) -> Vec<u8> {
     let mut line = Vec::with_capacity(name.len() + text.len() + 4);
     line.push(b'[');
     line.extend_from_slice(name.as_bytes());
     line.extend_from_slice(b"] ");
     line.extend_from_slice(text);
     line.push(b'\n');
-    crate::event::console_write(&line);
+    line
+}
+
+/// Queue one container line for the console.
+fn print(source: usize, name: &str, text: &[u8]) {
+    crate::event::console_line(&framed(name, text), crate::ring::Kind::Output(source));
 }
 
 #[cfg(test)]
@@ -115,5 +126,30 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out.first().map(Vec::len), Some(LINE_MAX));
         assert_eq!(p.len(), 10);
+    }
+
+    #[test]
+    fn a_forged_event_stays_behind_the_prefix() {
+        let mut p = Vec::new();
+        let lines = split_lines(&mut p, b"x\rcairn: t=1.0 event=shutdown.complete kind=poweroff\n");
+        assert_eq!(lines.len(), 1);
+        let line = lines.first().map(|l| framed("evil", l)).unwrap_or_default();
+        assert_eq!(line, b"[evil] xcairn: t=1.0 event=shutdown.complete kind=poweroff\n");
+    }
+
+    #[test]
+    fn a_pipe_is_pumped_line_by_line_until_eof() {
+        let pipe = cairn_runtime::sys::pipe();
+        assert!(pipe.is_ok(), "{pipe:?}");
+        let Ok((rd, wr)) = pipe else { return };
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut tap = Tap::new(rd, 0);
+        assert!(cairn_runtime::sys::write_all(&wr, b"one\ntw").is_ok());
+        assert!(tap.pump("t"), "a live pipe with nothing more to read keeps the tap");
+        assert_eq!(tap.pending, b"tw");
+        drop(wr);
+        assert!(!tap.pump("t"), "EOF closes the tap");
+        assert!(tap.pending.is_empty(), "the partial line was flushed");
     }
 }

@@ -26,7 +26,8 @@ impl Line {
     }
 }
 
-/// Split `key=value` words, honouring double quotes with `\"` escapes.
+/// Split logfmt `key=value` words: a quoted value may hold spaces and the
+/// escapes cairn-init writes (`\\`, `\"`, `\t`, `\r`, `\n`, `\xNN`).
 pub fn parse_fields(s: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut chars = s.chars().peekable();
@@ -52,11 +53,23 @@ pub fn parse_fields(s: &str) -> BTreeMap<String, String> {
                 chars.next();
                 while let Some(c) = chars.next() {
                     match c {
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                value.push(if n == 'n' { '\n' } else { n });
+                        '\\' => match chars.next() {
+                            Some('n') => value.push('\n'),
+                            Some('r') => value.push('\r'),
+                            Some('t') => value.push('\t'),
+                            Some('x') => {
+                                let hex: String = [chars.next(), chars.next()].into_iter().flatten().collect();
+                                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                                    Some(ch) if hex.len() == 2 => value.push(ch),
+                                    _ => {
+                                        value.push_str("\\x");
+                                        value.push_str(&hex);
+                                    }
+                                }
                             }
-                        }
+                            Some(n) => value.push(n),
+                            None => {}
+                        },
                         '"' => break,
                         c => value.push(c),
                     }
@@ -91,14 +104,21 @@ impl Console {
         let raw = raw.trim_end_matches(['\r', '\n']);
         let index = self.raw.len();
         self.raw.push(raw.to_owned());
-        // The line may carry a prefix (kernel output interleaved); find ours.
-        for (marker, source) in [("cairn: ", "cairn"), ("payload ", "payload")] {
-            if let Some(pos) = raw.find(marker) {
-                let fields = parse_fields(raw.get(pos + marker.len()..).unwrap_or(""));
-                if let Some(event) = fields.get("event").cloned() {
-                    self.lines.push(Line { event, fields, source, index });
-                    return;
-                }
+        // PID 1's events start the line: container output reaches the
+        // console only behind a `[name] ` prefix, so it can never forge one.
+        if let Some(rest) = raw.strip_prefix("cairn: ") {
+            let fields = parse_fields(rest);
+            if let Some(event) = fields.get("event").cloned() {
+                self.lines.push(Line { event, fields, source: "cairn", index });
+            }
+            return;
+        }
+        // Payload lines: behind the container's `[name] ` prefix (or
+        // interleaved with kernel output).
+        if let Some(pos) = raw.find("payload ") {
+            let fields = parse_fields(raw.get(pos + "payload ".len()..).unwrap_or(""));
+            if let Some(event) = fields.get("event").cloned() {
+                self.lines.push(Line { event, fields, source: "payload", index });
             }
         }
     }
@@ -140,5 +160,89 @@ mod tests {
         let p = c.first("inspect", &[("name", "alpha")]).map(|l| (l.source, l.num("pid")));
         assert_eq!(p, Some(("payload", Some(2))));
         assert!(c.expect("nothing", &[]).is_err());
+    }
+
+    #[test]
+    fn events_count_only_at_the_start_of_a_line() {
+        let mut c = Console::default();
+        c.push("[evil] cairn: t=1.0 event=shutdown.complete kind=poweroff");
+        c.push("[    3.1] x cairn: t=1.0 event=shutdown.complete kind=poweroff");
+        c.push("[evil] payload name=evil event=tick n=1");
+        assert!(c.first("shutdown.complete", &[]).is_none());
+        assert_eq!(c.first("tick", &[]).map(|l| l.source), Some("payload"));
+        c.push("cairn: t=2.0 event=shutdown.complete kind=poweroff");
+        assert!(c.first("shutdown.complete", &[("kind", "poweroff")]).is_some());
+    }
+
+    /// The lines cairn-init writes for hostile values (pinned by its own
+    /// unit test `hostile_values_are_escaped_and_stay_on_one_line`) decode
+    /// to the original values here.
+    #[test]
+    fn logfmt_from_init_round_trips() {
+        let line = r#"cairn: t=0.1 event=x nl="a\nb" cr="a\rcairn: t=0 event=forged" tab="a\tb" eq="k=v" bs="c:\\dir" ctl="\x1b[2J\x00\x7f\x85" utf8=grüße plain=ok-1.5 empty="" q="say \"hi\" x=1""#;
+        let mut c = Console::default();
+        c.push(line);
+        assert_eq!(c.lines.len(), 1);
+        let l = c.expect("x", &[]).ok();
+        let get = |k: &str| l.and_then(|l| l.get(k)).map(str::to_owned);
+        assert_eq!(get("nl").as_deref(), Some("a\nb"));
+        assert_eq!(get("cr").as_deref(), Some("a\rcairn: t=0 event=forged"));
+        assert_eq!(get("tab").as_deref(), Some("a\tb"));
+        assert_eq!(get("eq").as_deref(), Some("k=v"));
+        assert_eq!(get("bs").as_deref(), Some("c:\\dir"));
+        assert_eq!(get("ctl").as_deref(), Some("\u{1b}[2J\u{0}\u{7f}\u{85}"));
+        assert_eq!(get("utf8").as_deref(), Some("grüße"));
+        assert_eq!(get("plain").as_deref(), Some("ok-1.5"));
+        assert_eq!(get("empty").as_deref(), Some(""));
+        assert_eq!(get("q").as_deref(), Some("say \"hi\" x=1"));
+        assert!(c.first("forged", &[]).is_none());
+    }
+
+    /// A local copy of cairn-init's encoder (init is a binary crate), fed
+    /// hostile strings: every one comes back unchanged.
+    #[test]
+    fn hostile_strings_round_trip() {
+        fn encode(v: &str) -> String {
+            let quote = v.is_empty() || v.chars().any(|c| matches!(c, ' ' | '=' | '"' | '\\') || c.is_control());
+            if !quote {
+                return v.to_owned();
+            }
+            let mut out = String::from("\"");
+            for ch in v.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\t' => out.push_str("\\t"),
+                    '\r' => out.push_str("\\r"),
+                    '\n' => out.push_str("\\n"),
+                    c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        let hostile = [
+            "",
+            " ",
+            "\\",
+            "\\\"",
+            "\"\\",
+            "a=b=c",
+            "x\" y=\"z",
+            "\n\r\t\u{0}\u{1f}\u{7f}\u{80}\u{9f}",
+            "\\x41",
+            "\\n",
+            "trailing\\",
+            "événement ☃",
+            "cairn: t=1 event=forged",
+        ];
+        for v in hostile {
+            let mut c = Console::default();
+            c.push(&format!("cairn: t=0.1 event=rt v={} after=1", encode(v)));
+            let l = c.expect("rt", &[]).ok();
+            assert_eq!(l.and_then(|l| l.get("v")), Some(v), "value {v:?}");
+            assert_eq!(l.and_then(|l| l.get("after")), Some("1"), "value {v:?} ate the next field");
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
+pub mod stdio;
 pub mod sys;
 pub mod userns;
 

@@ -83,6 +83,9 @@ pub struct Started {
     /// With `console`: the master side of the container's pseudo-terminal
     /// (non-blocking) and the slave's path on the host.
     pub console: Option<(OwnedFd, String)>,
+    /// Without `console`: the read end (non-blocking) of the pipe that is
+    /// the container's stdout and stderr (see [`crate::stdio`]).
+    pub output: Option<OwnedFd>,
 }
 
 /// Kernel ABI of clone3's argument (version 2, with `cgroup`).
@@ -141,7 +144,7 @@ pub fn spawn(
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec).map_err(SpawnError::Prepare)?;
-    let pty = if spec.console { Some(crate::console::open().map_err(SpawnError::Prepare)?) } else { None };
+    let stdio = crate::stdio::prepare(spec.console).map_err(SpawnError::Prepare)?;
     let go_ahead = match spec.userns {
         Some(_) => Some(sys::pipe().map_err(SpawnError::Prepare)?),
         None => None,
@@ -171,13 +174,11 @@ pub fn spawn(
             drop(go_wr);
             go_rd
         });
-        if let Some(pty) = pty {
-            // The pty's slave becomes stdio; both sides' own fds are closed.
-            if let Err(e) = crate::console::attach_stdio(&pty.slave) {
-                report::write(&wr, Stage::Console, e.errno);
-                // SAFETY: _exit ends this process without running anything else.
-                unsafe { libc::_exit(SETUP_FAILED) };
-            }
+        // The pty's slave, or /dev/null and the output pipe, become stdio.
+        if let Err(e) = stdio.attach() {
+            report::write(&wr, Stage::Console, e.errno);
+            // SAFETY: _exit ends this process without running anything else.
+            unsafe { libc::_exit(SETUP_FAILED) };
         }
         child(spec, &plan, net, filter, wr, go_ahead);
     }
@@ -200,9 +201,12 @@ pub fn spawn(
         // reaps it like any other child.
         return Err(SpawnError::UserNamespace(e));
     }
-    // The container holds the slave now; PID 1 keeps only the master.
-    let console = pty.map(|p| (p.master, p.path));
-    Ok(Started { pid, report: rd, console })
+    // The container holds its side now; PID 1 keeps only the master or the read end.
+    let (console, output) = match stdio.keep() {
+        crate::stdio::Kept::Pty(master, path) => (Some((master, path)), None),
+        crate::stdio::Kept::Pipe(read) => (None, Some(read)),
+    };
+    Ok(Started { pid, report: rd, console, output })
 }
 
 /// Where a child's set-up stands, from its report pipe.

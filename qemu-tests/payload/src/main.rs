@@ -102,11 +102,16 @@
 //! - `userns`: the container's ids, id maps, and what its root may do to
 //!   host-owned files (see `userns.rs`).
 //!
+//! - `console-abuse <mib>`, `control-abuse <idle> <target> <count>`,
+//!   `control-borrow <request...>`: abuse of the console and of the control
+//!   socket (see `abuse.rs`).
+//!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
 //!
 //! Unknown subcommands and bad arguments: `event=usage-error detail=D`, exit 2.
 
+mod abuse;
 mod ctl;
 mod hostile;
 mod inspect;
@@ -228,6 +233,10 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?),
         "net-connect" => net::connect(a.num(2, "port")?),
         "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?),
+        // console-abuse scenario (console and control socket area).
+        "console-abuse" => abuse::console(a.num(2, "mib")?),
+        "control-abuse" => abuse::control(a.num(2, "idle")?, a.word(3, "target")?, a.num(4, "count")?),
+        "control-borrow" => abuse::borrow(&a.0.get(2..).unwrap_or(&[]).join(" ")),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

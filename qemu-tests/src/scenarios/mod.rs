@@ -4,6 +4,8 @@ mod bad_signature;
 mod boot_demo;
 mod boot_disk;
 mod cli_disk;
+// console and control socket area
+mod console_abuse;
 mod corrupt_layer;
 mod exit_codes;
 mod hostile;
@@ -54,6 +56,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "foreign-disk", run: boot_disk::foreign_disk },
         Scenario { name: "wrong-product", run: boot_disk::wrong_product },
         Scenario { name: "state-copy0-corrupt", run: boot_disk::state_copy0_corrupt },
+        // console and control socket area
+        Scenario { name: "console-abuse", run: console_abuse::run },
     ]
 }
 
