@@ -88,8 +88,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let last_signal = signalled.last().map_or(usize::MAX, |l| l.index);
     ensure!(after(flood.index) && after(last_signal) && after(refused.index), "no restart after the abuse: {times:?}");
     let power = c.expect("control.request", &[("caller", "driver"), ("request", "poweroff")])?;
+    // The driver's request is the one that started the shutdown: no other
+    // control request comes between them (units stopped by the shutdown
+    // itself may be reported in between).
+    let between = c.lines.iter().filter(|l| l.index > stop.index && l.index < power.index);
+    let others = between.filter(|l| l.event == "control.request").count();
     ensure!(
-        power.get("reply") == Some("ok") && power.index.abs_diff(stop.index) == 1,
+        power.get("reply") == Some("ok") && power.index > stop.index && others == 0,
         "poweroff request: {:?}",
         power.fields
     );
