@@ -40,7 +40,14 @@ fn main() {
     match env::var("CAIRN_TRUSTED_KEYS") {
         Ok(path) => {
             println!("cargo:rerun-if-changed={path}");
-            let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("CAIRN_TRUSTED_KEYS={path}: {e}"));
+            let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+                let hint = if std::path::Path::new(&path).is_relative() {
+                    " (a relative path is taken from init/, where cargo runs this build script: give an absolute path)"
+                } else {
+                    ""
+                };
+                panic!("CAIRN_TRUSTED_KEYS={path}: {e}{hint}")
+            });
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let hex = line.trim();
                 let mut key = [0u8; 32];
