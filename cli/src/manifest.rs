@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cairn_images::envelope::{self, Envelope};
-use cairn_images::host::{assemble, keys, manifest_toml};
-use cairn_images::Manifest;
+use cairn_build::{assemble, keys, manifest_toml};
+use cairn_format::envelope::{self, Envelope};
+use cairn_format::Manifest;
 use clap::Subcommand;
 
 use crate::progress::{size, Progress};

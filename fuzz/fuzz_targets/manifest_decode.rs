@@ -16,8 +16,8 @@
 #![no_main]
 
 use cairn_fuzz::display_len;
-use cairn_images::manifest::{Manifest, ValidationError, MAX_CONTAINERS};
-use cairn_images::order::{start_order, OrderError};
+use cairn_format::manifest::{Manifest, ValidationError, MAX_CONTAINERS};
+use cairn_format::order::{start_order, OrderError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_board::Board;
-use cairn_images::host::assemble::{self, BuiltAppliance, DiskOptions};
-use cairn_images::host::gpt::DiskLayout;
+use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_build::gpt::DiskLayout;
 use ed25519_dalek::SigningKey;
 
 pub use qemu::{BootFiles, Ending, Run};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
-use cairn_images::host::{assemble, keys};
+use cairn_build::{assemble, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
 const USAGE: &str = "\
