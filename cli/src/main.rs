@@ -4,6 +4,8 @@
 //! Every command is a thin front end over `cairn_format::host`, the same
 //! library calls `cargo xtask` uses.
 
+#![forbid(unsafe_code)]
+
 mod image;
 mod key;
 mod layer;

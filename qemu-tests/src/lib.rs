@@ -1,6 +1,8 @@
 //! QEMU scenarios: each boots a real kernel with a real disk image built for
 //! it, and asserts on what the device prints (and on the disk afterwards).
 
+#![forbid(unsafe_code)]
+
 pub mod console;
 pub mod oci_fixture;
 pub mod qemu;

@@ -1,6 +1,8 @@
 //! `cargo xtask`: fetch host dependencies, build, assemble images, run a
 //! board in QEMU, run the QEMU scenarios, benchmark.
 
+#![forbid(unsafe_code)]
+
 mod bench_layers;
 mod host_deps;
 mod kernel;

@@ -1,5 +1,5 @@
 //! Write the seed corpora under `fuzz/corpus/<target>/` with the host-side
-//! encoders of `cairn-images`:
+//! encoders of `cairn-format` and the appliance compiler of `cairn-build`:
 //!
 //! ```text
 //! cd fuzz && cargo run --features seeds --bin seeds
