@@ -232,6 +232,23 @@ mod tests {
         assert!(path("/dev/../etc/shadow").is_err());
     }
 
+    /// What boot moves by value (the manifest through `boot.rs`'s
+    /// `and_then` chain, one spec per container) stays small: the manifest's lists and
+    /// strings are on the heap. It was ~148 KB with fixed capacities.
+    #[test]
+    fn boot_values_are_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Manifest", size_of::<m::Manifest>()),
+            ("Container", size_of::<m::Container>()),
+            ("ContainerSpec", size_of::<ContainerSpec>()),
+        ];
+        println!("{sizes:?}");
+        for (what, size) in sizes {
+            assert!(size < 2048, "{what} is {size} bytes");
+        }
+    }
+
     #[test]
     fn a_forbidden_device_number_is_refused_whatever_its_name() {
         // Host test: /dev/null is a char device, never "the boot disk".

@@ -895,7 +895,7 @@ depends_on = ["sensor"]
         assert!(e.contains("uid 0 must be mapped"), "{e}");
         let six = "[[0,100000,1],[1,100001,1],[2,100002,1],[3,100003,1],[4,100004,1],[5,100005,1]]";
         let e = one(&format!("security.userns = {{ uid_map = {six} }}")).err().unwrap_or_default();
-        assert!(e.contains("line 7: container[0] (c): security.userns.uid_map: more than 5 ranges"), "{e}");
+        assert!(e.contains("container \"c\": security.userns.uid_map has 6 entries, the most is 5"), "{e}");
         let e = one("security.userns = { uid_map = [[0, 1]] }").err().unwrap_or_default();
         assert!(e.contains("line"), "{e}");
         let e = one("security.userns = { uidmap = [[0, 1, 1]] }").err().unwrap_or_default();
