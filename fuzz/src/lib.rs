@@ -5,6 +5,8 @@
 //! so the targets do not test the encoder with itself. `cargo run --bin
 //! seeds --features seeds` checks the two agree byte for byte.
 
+#![forbid(unsafe_code)]
+
 use cairn_format::envelope::{key_id, PublicKey, HEADER_LEN, MAGIC, MAX_PAYLOAD, SIGNATURE_LEN};
 use ed25519_dalek::{Signer, SigningKey};
 

@@ -232,6 +232,106 @@ mod tests {
         assert!(path("/dev/../etc/shadow").is_err());
     }
 
+    fn container() -> m::Container {
+        m::Container {
+            name: "cam".into(),
+            layers: vec!["base".into(), "app".into()],
+            argv: vec!["/bin/app".into(), "-v".into()],
+            env: vec!["A=1".into()],
+            cwd: "/srv".into(),
+            hostname: "cam-1".into(),
+            uid: 7,
+            gid: 8,
+            limits: m::Limits {
+                memory_max: Some(32 << 20),
+                cpu_max: Some(m::CpuMax { quota_us: 5000, period_us: 10_000 }),
+                pids_max: Some(9),
+                scratch_bytes: 1 << 20,
+                memory_high: Some(16 << 20),
+                memory_swap_max: Some(0),
+                cpu_weight: Some(50),
+                cpuset_cpus: Some("0-1".into()),
+                io_max: vec![m::IoMax { device: "vda".into(), rbps: Some(1), wbps: None, riops: None, wiops: Some(2) }],
+                rlimits: vec![m::Rlimit { resource: m::RlimitResource::Msgqueue, soft: 1, hard: 2 }],
+            },
+            restart: m::Restart { policy: m::RestartPolicy::Never, backoff_initial_ms: 1, backoff_max_ms: 2 },
+            depends_on: vec!["db".into()],
+            stop: m::Stop { signal: 2, grace_ms: 300 },
+            control: true,
+            groups: vec![20],
+            security: m::Security {
+                devices: vec![m::Device {
+                    path: "/dev/store".into(),
+                    source: DeviceSource::Partition("camera-store".into()),
+                    mode: 0o640,
+                }],
+                userns: Some(m::UserNamespace {
+                    uid_map: vec![m::IdRange { inside: 0, outside: 100_000, count: 10 }],
+                    gid_map: vec![m::IdRange { inside: 0, outside: 200_000, count: 10 }],
+                }),
+                seccomp_deny: vec!["ptrace".into()],
+                ..m::Security::default()
+            },
+            network: m::Network::Join("db".into()),
+            signal_group: true,
+            console: true,
+        }
+    }
+
+    #[test]
+    fn a_manifest_container_maps_field_for_field_into_the_runtime_spec() {
+        let p = parts();
+        let layer = |l: &str| Some(format!("/run/cairn/layers/{l}"));
+        let device = |s: &DeviceSource| source_path(s, &p).ok();
+        let s = container_spec(&container(), layer, device).unwrap();
+        assert_eq!(s.layer_dirs, ["/run/cairn/layers/base", "/run/cairn/layers/app"]);
+        assert_eq!(s.argv, [c"/bin/app", c"-v"]);
+        assert_eq!(s.env, [c"A=1"]);
+        assert_eq!((s.cwd.as_str(), s.hostname.as_str(), s.uid, s.gid), ("/srv", "cam-1", 7, 8));
+        assert_eq!(s.devices, [rt::Device { path: "/dev/store".into(), host: "/dev/vda8".into(), mode: 0o640 }]);
+        assert_eq!(s.network, rt::Network::Join("db".into()));
+        assert_eq!(s.rlimits, [rt::Rlimit { resource: rt::RlimitResource::Msgqueue, soft: 1, hard: 2 }]);
+        assert_eq!(
+            s.limits,
+            rt::Limits {
+                memory_max: Some(32 << 20),
+                cpu_max: Some(rt::CpuMax { quota_us: 5000, period_us: 10_000 }),
+                pids_max: Some(9),
+                memory_high: Some(16 << 20),
+                memory_swap_max: Some(0),
+                cpu_weight: Some(50),
+                cpuset_cpus: Some("0-1".into()),
+                io_max: vec![rt::IoMax {
+                    device: "vda".into(),
+                    rbps: Some(1),
+                    wbps: None,
+                    riops: None,
+                    wiops: Some(2)
+                }],
+            }
+        );
+        let u = s.userns.as_ref().unwrap();
+        assert_eq!((u.uid_map[0].outside, u.gid_map[0].outside), (100_000, 200_000));
+        assert_eq!((s.scratch_bytes, s.stop_signal, s.stop_grace_ms), (1 << 20, 2, 300));
+        assert!(s.control && s.signal_group && s.console && s.seccomp && !s.allow_userns);
+        assert_eq!((s.groups.as_slice(), s.seccomp_deny.as_slice()), (&[20][..], &["ptrace".to_owned()][..]));
+    }
+
+    #[test]
+    fn a_missing_layer_or_device_or_a_nul_is_a_spec_error() {
+        let p = parts();
+        let layer = |l: &str| (l == "base").then(|| "/l/base".to_owned());
+        let device = |s: &DeviceSource| source_path(s, &p).ok();
+        assert_eq!(container_spec(&container(), layer, device).err(), Some(SpecError::LayerUnavailable("app".into())));
+        let all = |_: &str| Some("/l".to_owned());
+        let mut c = container();
+        c.security.devices[0].source = DeviceSource::Partition("ghost".into());
+        assert_eq!(container_spec(&c, all, device).err(), Some(SpecError::DeviceUnavailable("partition:ghost".into())));
+        let mut c = container();
+        c.env.push("B=\0".into());
+        assert_eq!(container_spec(&c, all, device).err(), Some(SpecError::Nul("B=\\0".into())));
+    }
+
     /// What boot moves by value (the manifest through `boot.rs`'s
     /// `and_then` chain, one spec per container) stays small: the manifest's lists and
     /// strings are on the heap. It was ~148 KB with fixed capacities.

@@ -11,6 +11,8 @@
 //! or otherwise broken ones. The files are deterministic: running this again
 //! rewrites identical bytes (ed25519 signatures are deterministic).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
