@@ -2,6 +2,8 @@
 //! (xtask, the `cairn` host tool) reads to pick a Rust target, fetch a kernel,
 //! choose modules for the initramfs and start QEMU.
 
+#![forbid(unsafe_code)]
+
 mod qemu_aarch64;
 mod qemu_x86_64;
 

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cairn_images::envelope::{key_id, Envelope, KeyId};
-use cairn_images::host::assemble::{self, BuiltAppliance, DiskOptions};
-use cairn_images::host::{gpt, kmod};
+use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_build::{gpt, kmod};
+use cairn_format::envelope::{key_id, Envelope, KeyId};
 use clap::Subcommand;
 
 use crate::layer::parse_size_arg;
@@ -193,7 +193,7 @@ fn inspect(disk: &Path) -> Result<()> {
             f.seek(SeekFrom::Start(p.offset_bytes))?;
             f.read_exact(&mut buf)?;
             note = match Envelope::parse(&buf) {
-                Ok(env) => match postcard::take_from_bytes::<cairn_images::Manifest>(env.payload) {
+                Ok(env) => match postcard::take_from_bytes::<cairn_format::Manifest>(env.payload) {
                     Ok((m, _)) => format!("{} version {}, signed by {}", m.appliance, m.version, env.key_id),
                     Err(_) => format!("signed by {}, payload not decodable", env.key_id),
                 },

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use cairn_images::envelope::key_id;
-use cairn_images::host::keys;
+use cairn_build::keys;
+use cairn_format::envelope::key_id;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use cairn_images::host::appliance::parse_size;
-use cairn_images::host::layer::{self, LayerOptions, Step};
+use cairn_build::appliance::parse_size;
+use cairn_build::layer::{self, LayerOptions, Step};
 use clap::Subcommand;
 
 use crate::progress::{size, Progress};
@@ -94,7 +94,7 @@ mod tests {
     fn max_size_defaults_to_the_library_default() {
         let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o"]).map_err(|e| e.to_string());
         let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };
-        assert_eq!(max_size, cairn_images::host::import::DEFAULT_MAX_BYTES);
+        assert_eq!(max_size, cairn_build::import::DEFAULT_MAX_BYTES);
         assert_eq!(max_size, 4 << 30);
         let parsed = Cli::try_parse_from(["cairn", "build", "src", "--out", "o", "--max-size", "512M"]);
         let Ok(Cli { cmd: LayerCommand::Build { max_size, .. } }) = parsed else { panic!("{parsed:?}") };

@@ -1,8 +1,10 @@
 //! `cairn`: the host command that builds what a cairn device boots: signing
 //! keys, layer images, signed manifests and flashable disk images.
 //!
-//! Every command is a thin front end over `cairn_images::host`, the same
+//! Every command is a thin front end over `cairn_build` (and `cairn_format`), the same
 //! library calls `cargo xtask` uses.
+
+#![forbid(unsafe_code)]
 
 mod image;
 mod key;

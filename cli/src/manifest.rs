@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cairn_images::envelope::{self, Envelope};
-use cairn_images::host::{assemble, keys, manifest_toml};
-use cairn_images::Manifest;
+use cairn_build::{assemble, keys, manifest_toml};
+use cairn_format::envelope::{self, Envelope};
+use cairn_format::Manifest;
 use clap::Subcommand;
 
 use crate::progress::{size, Progress};
@@ -19,7 +19,7 @@ pub enum ManifestCommand {
     /// `layers` directory beside --out) as NAME.squashfs; layers given by
     /// `file` are hashed; layers given by `digest` are taken as they are.
     /// Everything the device would refuse (an unknown layer, a dependency
-    /// cycle, a limit out of range, a list over its fixed capacity) is
+    /// cycle, a limit out of range, a list or string over its bound) is
     /// reported, every problem with its place, and nothing is written.
     Build {
         /// The appliance file.

@@ -21,7 +21,7 @@
 #![no_main]
 
 use cairn_fuzz::display_len;
-use cairn_images::bootstate::{
+use cairn_format::bootstate::{
     decode_copy, encode_copy, next_write, read_record, BootState, BootStateError, COPY_SIZE, MAGIC, RECORD_SIZE,
 };
 use libfuzzer_sys::fuzz_target;

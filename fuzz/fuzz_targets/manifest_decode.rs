@@ -10,14 +10,14 @@
 //! - `validate` returns exactly the first problem `for_each_problem` reports,
 //!   and every problem formats;
 //! - a valid manifest has a start order: a permutation of its containers in
-//!   which every dependency starts first; `start_order` fails only with a
+//!   which every dependency starts first; `Manifest::start_order` fails only with a
 //!   cycle, which `validate` then reports.
 
 #![no_main]
 
 use cairn_fuzz::display_len;
-use cairn_images::manifest::{Manifest, ValidationError, MAX_CONTAINERS};
-use cairn_images::order::{start_order, OrderError};
+use cairn_format::manifest::{Manifest, ValidationError};
+use cairn_format::order::OrderError;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -66,11 +66,11 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Start order.
-    match start_order(&m) {
+    match m.start_order() {
         Ok(order) => {
             let n = m.containers.len();
             assert_eq!(order.len(), n);
-            let mut seen = [false; MAX_CONTAINERS];
+            let mut seen = vec![false; n];
             for (pos, &i) in order.iter().enumerate() {
                 assert!(i < n && !seen[i], "order is not a permutation: {order:?}");
                 seen[i] = true;

@@ -1,12 +1,13 @@
 //! Shared pieces of the cairn fuzz targets: the fixed test key and an
-//! envelope sealer that only uses the device build of `cairn-images`.
+//! envelope sealer that only uses `cairn-format`, as cairn-init does.
 //!
-//! The seal here is a copy of the host-side `cairn_images::envelope::seal`
-//! (which sits behind the `host` feature and cannot be linked into a target
-//! without changing the code under test). `cargo run --bin seeds --features
-//! seeds` checks the two agree byte for byte.
+//! The seal here is an independent copy of `cairn_format::envelope::seal`,
+//! so the targets do not test the encoder with itself. `cargo run --bin
+//! seeds --features seeds` checks the two agree byte for byte.
 
-use cairn_images::envelope::{key_id, PublicKey, HEADER_LEN, MAGIC, MAX_PAYLOAD, SIGNATURE_LEN};
+#![forbid(unsafe_code)]
+
+use cairn_format::envelope::{key_id, PublicKey, HEADER_LEN, MAGIC, MAX_PAYLOAD, SIGNATURE_LEN};
 use ed25519_dalek::{Signer, SigningKey};
 
 /// Seed of the fixed test signing key. Never a production key.

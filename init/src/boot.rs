@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_images::bootstate::{self, BootState, Slot};
-use cairn_images::envelope;
-use cairn_images::manifest::Manifest;
+use cairn_format::bootstate::{self, BootState, Slot};
+use cairn_format::envelope;
+use cairn_format::manifest::Manifest;
 
 use crate::cmdline::Cmdline;
 use crate::event::event;

@@ -24,8 +24,7 @@ mod supervisor;
 mod switch_root;
 mod tap;
 
-use cairn_images::order;
-use cairn_runtime::ContainerSpec;
+use cairn_format::manifest::DeviceSource;
 
 use event::event;
 use supervisor::{ShutdownKind, Supervisor, Unit};
@@ -99,20 +98,24 @@ fn main() {
 /// One supervised unit per manifest container, and the start order.
 fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
     let m = &b.manifest;
-    let order = order::start_order(m).map(|o| o.to_vec()).unwrap_or_default();
+    let order = m.start_order().unwrap_or_default();
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
     let units = m
         .containers
         .iter()
         .map(|c| {
-            let device = |source: &str| match resolve::device_source(source, &b.partitions, &forbidden) {
+            let device = |source: &DeviceSource| match resolve::device_source(source, &b.partitions, &forbidden) {
                 Ok(path) => Some(path),
                 Err(reason) => {
-                    event("device.refused").kv("container", &c.name).kv("source", source).kv("reason", reason).emit();
+                    event("device.refused")
+                        .kv("container", &c.name)
+                        .kv("source", source.to_string())
+                        .kv("reason", reason)
+                        .emit();
                     None
                 }
             };
-            let spec = ContainerSpec::resolve(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(|e| e.to_string());
+            let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(|e| e.to_string());
             let deps = c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect();
             Unit::new(&c.name, spec, deps, c.restart, c.stop)
         })

@@ -1,6 +1,6 @@
 //! Restart decisions and backoff: pure functions of the policy and history.
 
-use cairn_images::manifest::{Restart, RestartPolicy};
+use cairn_format::manifest::{Restart, RestartPolicy};
 use cairn_runtime::Exit;
 
 /// What to do after a container exits.

@@ -1,7 +1,10 @@
-//! Device sources of the manifest (`security.devices[].source`) resolved to
-//! host device nodes, in one place.
+//! A manifest container resolved into the runtime's spec: the only code
+//! that knows both the manifest (`cairn-format`) and the runtime (whose
+//! types are its own). It maps layer names to their mount directories,
+//! device sources to host nodes, and the manifest's limits, namespaces and
+//! rlimits to the runtime's plain types.
 //!
-//! Rules (the manifest validation, shared with the host tool, already
+//! Device source rules (the manifest validation, shared with the host tool, already
 //! refuses `partition:cairn-*` and paths outside `/dev/`; they are checked
 //! again here so PID 1 does not depend on it):
 //! - `partition:NAME` is a partition of the boot disk, by GPT name, and
@@ -12,9 +15,11 @@
 //!   `/dev/vda` or a `/dev/disk/by-*` alias cannot hand a container the
 //!   state, the manifest slots, the layers or the mounted data partition.
 
+use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use cairn_images::manifest::check_device_source;
+use cairn_format::manifest::{self as m, check_device_source, DeviceSource};
+use cairn_runtime::spec::{self as rt, ContainerSpec};
 
 use crate::partitions::{Partitions, SYSTEM_PREFIX};
 
@@ -46,17 +51,21 @@ fn block_rdev(path: &str) -> Option<u64> {
 }
 
 /// The name rules: the host node a source names, before looking at it.
-pub fn source_path(source: &str, parts: &Partitions) -> Result<String, String> {
+pub fn source_path(source: &DeviceSource, parts: &Partitions) -> Result<String, String> {
     check_device_source(source).map_err(str::to_owned)?;
-    match source.strip_prefix("partition:") {
-        Some(name) if name.starts_with(SYSTEM_PREFIX) => Err("names a system (cairn-*) partition".into()),
-        Some(name) => parts.get(name).cloned().ok_or_else(|| format!("no partition {name} on the boot disk")),
-        None => Ok(source.to_owned()),
+    match source {
+        DeviceSource::Partition(name) if name.starts_with(SYSTEM_PREFIX) => {
+            Err("names a system (cairn-*) partition".into())
+        }
+        DeviceSource::Partition(name) => {
+            parts.get(name).cloned().ok_or_else(|| format!("no partition {name} on the boot disk"))
+        }
+        DeviceSource::Node(path) => Ok(path.clone()),
     }
 }
 
 /// Resolve a device source to a host node, refusing system devices.
-pub fn device_source(source: &str, parts: &Partitions, forbidden: &Forbidden) -> Result<String, String> {
+pub fn device_source(source: &DeviceSource, parts: &Partitions, forbidden: &Forbidden) -> Result<String, String> {
     let path = source_path(source, parts)?;
     match block_rdev(&path) {
         Some(rdev) if forbidden.contains(rdev) => {
@@ -64,6 +73,139 @@ pub fn device_source(source: &str, parts: &Partitions, forbidden: &Forbidden) ->
         }
         _ => Ok(path),
     }
+}
+
+/// Why a manifest container cannot be turned into a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// A layer is not mounted (missing or failed verification).
+    LayerUnavailable(String),
+    /// A string holds a NUL byte.
+    Nul(String),
+    /// A device source that does not exist on this device (or is refused).
+    DeviceUnavailable(String),
+}
+
+impl core::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SpecError::LayerUnavailable(l) => write!(f, "layer {l} is not available"),
+            SpecError::Nul(s) => write!(f, "string {s:?} contains a NUL byte"),
+            SpecError::DeviceUnavailable(d) => write!(f, "device source {d} is not available"),
+        }
+    }
+}
+
+fn c_string(s: &str) -> Result<CString, SpecError> {
+    CString::new(s).map_err(|_| SpecError::Nul(s.replace('\0', "\\0")))
+}
+
+/// Resolve a manifest container; `layer_dir` maps a layer name to the
+/// directory it is mounted on, or `None` if it is unavailable; `device`
+/// maps a device source to a host device node.
+pub fn container_spec(
+    c: &m::Container,
+    layer_dir: impl Fn(&str) -> Option<String>,
+    device: impl Fn(&DeviceSource) -> Option<String>,
+) -> Result<ContainerSpec, SpecError> {
+    let devices = c
+        .security
+        .devices
+        .iter()
+        .map(|d| {
+            device(&d.source)
+                .map(|host| rt::Device { path: d.path.clone(), host, mode: d.mode })
+                .ok_or_else(|| SpecError::DeviceUnavailable(d.source.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let layer_dirs = c
+        .layers
+        .iter()
+        .map(|l| layer_dir(l).ok_or_else(|| SpecError::LayerUnavailable(l.clone())))
+        .collect::<Result<_, _>>()?;
+    Ok(ContainerSpec {
+        name: c.name.clone(),
+        layer_dirs,
+        scratch_bytes: c.limits.scratch_bytes,
+        argv: c.argv.iter().map(|a| c_string(a)).collect::<Result<_, _>>()?,
+        env: c.env.iter().map(|e| c_string(e)).collect::<Result<_, _>>()?,
+        cwd: c.cwd.clone(),
+        hostname: c.hostname.clone(),
+        uid: c.uid,
+        gid: c.gid,
+        limits: limits(&c.limits),
+        control: c.control,
+        groups: c.groups.clone(),
+        capabilities: c.security.capabilities,
+        no_new_privs: c.security.no_new_privs,
+        readonly_rootfs: c.security.readonly_rootfs,
+        seccomp: c.security.seccomp,
+        seccomp_deny: c.security.seccomp_deny.clone(),
+        allow_userns: c.security.allow_userns,
+        devices,
+        network: match &c.network {
+            m::Network::None => rt::Network::None,
+            m::Network::Host => rt::Network::Host,
+            m::Network::Join(other) => rt::Network::Join(other.clone()),
+        },
+        rlimits: c.limits.rlimits.iter().map(rlimit).collect(),
+        stop_signal: i32::from(c.stop.signal),
+        stop_grace_ms: c.stop.grace_ms,
+        signal_group: c.signal_group,
+        console: c.console,
+        userns: c
+            .security
+            .userns
+            .as_ref()
+            .map(|u| rt::UserNamespace { uid_map: ids(&u.uid_map), gid_map: ids(&u.gid_map) }),
+    })
+}
+
+fn limits(l: &m::Limits) -> rt::Limits {
+    rt::Limits {
+        memory_max: l.memory_max,
+        cpu_max: l.cpu_max.map(|c| rt::CpuMax { quota_us: c.quota_us, period_us: c.period_us }),
+        pids_max: l.pids_max,
+        memory_high: l.memory_high,
+        memory_swap_max: l.memory_swap_max,
+        cpu_weight: l.cpu_weight,
+        cpuset_cpus: l.cpuset_cpus.clone(),
+        io_max: l
+            .io_max
+            .iter()
+            .map(|io| rt::IoMax {
+                device: io.device.clone(),
+                rbps: io.rbps,
+                wbps: io.wbps,
+                riops: io.riops,
+                wiops: io.wiops,
+            })
+            .collect(),
+    }
+}
+
+fn rlimit(r: &m::Rlimit) -> rt::Rlimit {
+    use m::RlimitResource as M;
+    use rt::RlimitResource as R;
+    let resource = match r.resource {
+        M::Nofile => R::Nofile,
+        M::Nproc => R::Nproc,
+        M::Core => R::Core,
+        M::Memlock => R::Memlock,
+        M::Stack => R::Stack,
+        M::Fsize => R::Fsize,
+        M::As => R::As,
+        M::Cpu => R::Cpu,
+        M::Nice => R::Nice,
+        M::Rtprio => R::Rtprio,
+        M::Sigpending => R::Sigpending,
+        M::Msgqueue => R::Msgqueue,
+    };
+    rt::Rlimit { resource, soft: r.soft, hard: r.hard }
+}
+
+fn ids(map: &[m::IdRange]) -> Vec<rt::IdRange> {
+    map.iter().map(|r| rt::IdRange { inside: r.inside, outside: r.outside, count: r.count }).collect()
 }
 
 #[cfg(test)]
@@ -80,13 +222,131 @@ mod tests {
     #[test]
     fn sources_resolve_by_the_name_rules() {
         let p = parts();
-        assert_eq!(source_path("partition:camera-store", &p), Ok("/dev/vda8".into()));
-        assert_eq!(source_path("/dev/ttyS1", &p), Ok("/dev/ttyS1".into()));
-        assert!(source_path("partition:cairn-data", &p).is_err_and(|e| e.contains("system (cairn-*)")));
-        assert!(source_path("partition:cairn-state", &p).is_err());
-        assert!(source_path("partition:ghost", &p).is_err_and(|e| e.contains("no partition ghost")));
-        assert!(source_path("/etc/shadow", &p).is_err());
-        assert!(source_path("/dev/../etc/shadow", &p).is_err());
+        let path = |s: &str| source_path(&DeviceSource::parse(s), &p);
+        assert_eq!(path("partition:camera-store"), Ok("/dev/vda8".into()));
+        assert_eq!(path("/dev/ttyS1"), Ok("/dev/ttyS1".into()));
+        assert!(path("partition:cairn-data").is_err_and(|e| e.contains("system (cairn-*)")));
+        assert!(path("partition:cairn-state").is_err());
+        assert!(path("partition:ghost").is_err_and(|e| e.contains("no partition ghost")));
+        assert!(path("/etc/shadow").is_err());
+        assert!(path("/dev/../etc/shadow").is_err());
+    }
+
+    fn container() -> m::Container {
+        m::Container {
+            name: "cam".into(),
+            layers: vec!["base".into(), "app".into()],
+            argv: vec!["/bin/app".into(), "-v".into()],
+            env: vec!["A=1".into()],
+            cwd: "/srv".into(),
+            hostname: "cam-1".into(),
+            uid: 7,
+            gid: 8,
+            limits: m::Limits {
+                memory_max: Some(32 << 20),
+                cpu_max: Some(m::CpuMax { quota_us: 5000, period_us: 10_000 }),
+                pids_max: Some(9),
+                scratch_bytes: 1 << 20,
+                memory_high: Some(16 << 20),
+                memory_swap_max: Some(0),
+                cpu_weight: Some(50),
+                cpuset_cpus: Some("0-1".into()),
+                io_max: vec![m::IoMax { device: "vda".into(), rbps: Some(1), wbps: None, riops: None, wiops: Some(2) }],
+                rlimits: vec![m::Rlimit { resource: m::RlimitResource::Msgqueue, soft: 1, hard: 2 }],
+            },
+            restart: m::Restart { policy: m::RestartPolicy::Never, backoff_initial_ms: 1, backoff_max_ms: 2 },
+            depends_on: vec!["db".into()],
+            stop: m::Stop { signal: 2, grace_ms: 300 },
+            control: true,
+            groups: vec![20],
+            security: m::Security {
+                devices: vec![m::Device {
+                    path: "/dev/store".into(),
+                    source: DeviceSource::Partition("camera-store".into()),
+                    mode: 0o640,
+                }],
+                userns: Some(m::UserNamespace {
+                    uid_map: vec![m::IdRange { inside: 0, outside: 100_000, count: 10 }],
+                    gid_map: vec![m::IdRange { inside: 0, outside: 200_000, count: 10 }],
+                }),
+                seccomp_deny: vec!["ptrace".into()],
+                ..m::Security::default()
+            },
+            network: m::Network::Join("db".into()),
+            signal_group: true,
+            console: true,
+        }
+    }
+
+    #[test]
+    fn a_manifest_container_maps_field_for_field_into_the_runtime_spec() {
+        let p = parts();
+        let layer = |l: &str| Some(format!("/run/cairn/layers/{l}"));
+        let device = |s: &DeviceSource| source_path(s, &p).ok();
+        let s = container_spec(&container(), layer, device).unwrap();
+        assert_eq!(s.layer_dirs, ["/run/cairn/layers/base", "/run/cairn/layers/app"]);
+        assert_eq!(s.argv, [c"/bin/app", c"-v"]);
+        assert_eq!(s.env, [c"A=1"]);
+        assert_eq!((s.cwd.as_str(), s.hostname.as_str(), s.uid, s.gid), ("/srv", "cam-1", 7, 8));
+        assert_eq!(s.devices, [rt::Device { path: "/dev/store".into(), host: "/dev/vda8".into(), mode: 0o640 }]);
+        assert_eq!(s.network, rt::Network::Join("db".into()));
+        assert_eq!(s.rlimits, [rt::Rlimit { resource: rt::RlimitResource::Msgqueue, soft: 1, hard: 2 }]);
+        assert_eq!(
+            s.limits,
+            rt::Limits {
+                memory_max: Some(32 << 20),
+                cpu_max: Some(rt::CpuMax { quota_us: 5000, period_us: 10_000 }),
+                pids_max: Some(9),
+                memory_high: Some(16 << 20),
+                memory_swap_max: Some(0),
+                cpu_weight: Some(50),
+                cpuset_cpus: Some("0-1".into()),
+                io_max: vec![rt::IoMax {
+                    device: "vda".into(),
+                    rbps: Some(1),
+                    wbps: None,
+                    riops: None,
+                    wiops: Some(2)
+                }],
+            }
+        );
+        let u = s.userns.as_ref().unwrap();
+        assert_eq!((u.uid_map[0].outside, u.gid_map[0].outside), (100_000, 200_000));
+        assert_eq!((s.scratch_bytes, s.stop_signal, s.stop_grace_ms), (1 << 20, 2, 300));
+        assert!(s.control && s.signal_group && s.console && s.seccomp && !s.allow_userns);
+        assert_eq!((s.groups.as_slice(), s.seccomp_deny.as_slice()), (&[20][..], &["ptrace".to_owned()][..]));
+    }
+
+    #[test]
+    fn a_missing_layer_or_device_or_a_nul_is_a_spec_error() {
+        let p = parts();
+        let layer = |l: &str| (l == "base").then(|| "/l/base".to_owned());
+        let device = |s: &DeviceSource| source_path(s, &p).ok();
+        assert_eq!(container_spec(&container(), layer, device).err(), Some(SpecError::LayerUnavailable("app".into())));
+        let all = |_: &str| Some("/l".to_owned());
+        let mut c = container();
+        c.security.devices[0].source = DeviceSource::Partition("ghost".into());
+        assert_eq!(container_spec(&c, all, device).err(), Some(SpecError::DeviceUnavailable("partition:ghost".into())));
+        let mut c = container();
+        c.env.push("B=\0".into());
+        assert_eq!(container_spec(&c, all, device).err(), Some(SpecError::Nul("B=\\0".into())));
+    }
+
+    /// What boot moves by value (the manifest through `boot.rs`'s
+    /// `and_then` chain, one spec per container) stays small: the manifest's lists and
+    /// strings are on the heap. It was ~148 KB with fixed capacities.
+    #[test]
+    fn boot_values_are_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Manifest", size_of::<m::Manifest>()),
+            ("Container", size_of::<m::Container>()),
+            ("ContainerSpec", size_of::<ContainerSpec>()),
+        ];
+        println!("{sizes:?}");
+        for (what, size) in sizes {
+            assert!(size < 2048, "{what} is {size} bytes");
+        }
     }
 
     #[test]
@@ -94,7 +354,7 @@ mod tests {
         // Host test: /dev/null is a char device, never "the boot disk".
         let p = parts();
         let none = Forbidden::default();
-        assert_eq!(device_source("/dev/null", &p, &none), Ok("/dev/null".into()));
+        assert_eq!(device_source(&DeviceSource::parse("/dev/null"), &p, &none), Ok("/dev/null".into()));
         let f = Forbidden { rdevs: vec![42] };
         assert!(f.contains(42) && !f.contains(43));
     }

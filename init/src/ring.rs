@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use cairn_images::manifest::MAX_CONTAINERS;
+use cairn_format::manifest::MAX_CONTAINERS;
 
 /// Bytes the ring holds.
 pub const CAPACITY: usize = 64 * 1024;

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 
-use cairn_images::bootstate::BootState;
-use cairn_images::digest::{Digest, Hasher};
-use cairn_images::manifest::Layer;
+use cairn_format::bootstate::BootState;
+use cairn_format::digest::{Digest, Hasher};
+use cairn_format::manifest::Layer;
 use cairn_runtime::sys;
 
 use crate::event::event;

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use cairn_images::manifest::{Restart, Stop, MAX_CONTAINERS};
+use cairn_format::manifest::{Restart, Stop, MAX_CONTAINERS};
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
@@ -377,7 +377,7 @@ impl Supervisor {
     fn network_to_join(&self, i: usize) -> Option<libc::pid_t> {
         let spec = self.units.get(i)?.spec.as_ref().ok()?;
         match &spec.network {
-            cairn_images::manifest::Network::Join(name) => self.units.iter().find(|u| u.name == name.as_str())?.pid(),
+            cairn_runtime::spec::Network::Join(name) => self.units.iter().find(|u| u.name == name.as_str())?.pid(),
             _ => None,
         }
     }
@@ -912,7 +912,7 @@ impl ExitFields for crate::event::Event {
 #[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use cairn_images::manifest::RestartPolicy;
+    use cairn_format::manifest::RestartPolicy;
 
     fn unit(name: &str, policy: RestartPolicy) -> Unit {
         let restart = Restart { policy, backoff_initial_ms: 100, backoff_max_ms: 1000 };

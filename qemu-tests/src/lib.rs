@@ -1,6 +1,8 @@
 //! QEMU scenarios: each boots a real kernel with a real disk image built for
 //! it, and asserts on what the device prints (and on the disk afterwards).
 
+#![forbid(unsafe_code)]
+
 pub mod console;
 pub mod oci_fixture;
 pub mod qemu;
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_board::Board;
-use cairn_images::host::assemble::{self, BuiltAppliance, DiskOptions};
-use cairn_images::host::gpt::DiskLayout;
+use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_build::gpt::DiskLayout;
 use ed25519_dalek::SigningKey;
 
 pub use qemu::{BootFiles, Ending, Run};

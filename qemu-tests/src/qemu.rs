@@ -38,7 +38,7 @@ pub struct BootOptions<'a> {
 
 /// The `cairn.disk=GUID` word for a disk image: its GPT disk GUID.
 pub fn disk_arg(disk: &Path) -> Option<String> {
-    cairn_images::host::gpt::read_layout(disk).ok().map(|l| format!("cairn.disk={}", l.disk_guid_text()))
+    cairn_build::gpt::read_layout(disk).ok().map(|l| format!("cairn.disk={}", l.disk_guid_text()))
 }
 
 /// The QEMU command line for a board and disk. The kernel command line

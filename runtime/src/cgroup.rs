@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 
-use cairn_images::manifest::{CpuMax, IoMax, Limits};
+use crate::spec::{CpuMax, Device, IoMax, Limits};
 
 use crate::sys::{self, SysError, SysResult};
 
@@ -83,13 +83,13 @@ impl Cgroup {
     }
 
     /// Create it (if needed), write the limits and attach the device
-    /// program: the defaults plus each of `devices` (container path, host
-    /// node, mode), by the type and numbers of the host node.
-    pub fn create(&self, limits: &Limits, devices: &[(String, String, u16)]) -> SysResult<()> {
+    /// program: the defaults plus each of `devices`, by the type and
+    /// numbers of its host node.
+    pub fn create(&self, limits: &Limits, devices: &[Device]) -> SysResult<()> {
         sys::mkdir(&self.path, 0o755)?;
         let mut rules = crate::devices::default_rules();
-        for (_, host, _) in devices {
-            rules.push(crate::devices::rule_for(host)?);
+        for d in devices {
+            rules.push(crate::devices::rule_for(&d.host)?);
         }
         crate::devices::attach(&rules, &self.open_dir()?, &self.path)?;
         for (file, value) in limit_writes(limits) {
@@ -171,13 +171,11 @@ mod tests {
             memory_max: Some(1 << 20),
             cpu_max: None,
             pids_max: Some(3),
-            scratch_bytes: 1 << 20,
             memory_high: None,
             memory_swap_max: Some(0),
             cpu_weight: Some(50),
-            cpuset_cpus: Some("0-1".try_into().unwrap_or_default()),
-            io_max: heapless::Vec::new(),
-            rlimits: heapless::Vec::new(),
+            cpuset_cpus: Some("0-1".into()),
+            io_max: Vec::new(),
         };
         let w = limit_writes(&l);
         assert_eq!(w[0], ("memory.max", "1048576".to_string()));
@@ -188,13 +186,7 @@ mod tests {
         assert!(w.contains(&("cpuset.cpus", "0-1".to_string())));
         l.cpuset_cpus = None;
         assert!(!limit_writes(&l).iter().any(|(f, _)| *f == "cpuset.cpus"));
-        let io = IoMax {
-            device: "vda".try_into().unwrap_or_default(),
-            rbps: Some(1 << 20),
-            wbps: None,
-            riops: None,
-            wiops: Some(10),
-        };
+        let io = IoMax { device: "vda".into(), rbps: Some(1 << 20), wbps: None, riops: None, wiops: Some(10) };
         assert_eq!(io_max_line("254:0", &io), "254:0 rbps=1048576 wbps=max riops=max wiops=10");
     }
 

@@ -2,6 +2,9 @@
 
 use core::fmt;
 
+/// Exit code of a namespace init whose setup failed.
+pub const SETUP_FAILED: i32 = 125;
+
 /// The end of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

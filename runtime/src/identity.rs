@@ -4,7 +4,7 @@
 //! fully privileged, then the ids (keeping capabilities across setuid),
 //! then the permitted/effective/inheritable and ambient sets.
 
-use cairn_images::manifest::{Rlimit, RlimitResource};
+use crate::spec::{Rlimit, RlimitResource};
 
 use crate::sys::{self, SysError, SysResult};
 

@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::exit::Exit;
+use crate::exit::{Exit, SETUP_FAILED};
 use crate::identity;
 use crate::report::{self, Stage};
 use crate::seccomp::Filter;
@@ -33,13 +33,13 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
     }
     if spec.console {
         if let Err(e) = crate::console::take_controlling_terminal() {
-            report_and_exit(&sync, Stage::ControllingTerminal, e.errno, crate::spawn::SETUP_FAILED);
+            report_and_exit(&sync, Stage::ControllingTerminal, e.errno, SETUP_FAILED);
         }
     }
     // SAFETY: this process is single-threaded; fork is safe to call.
     let entry = unsafe { libc::fork() };
     if entry < 0 {
-        report_and_exit(&sync, Stage::Fork, sys::errno(), crate::spawn::SETUP_FAILED);
+        report_and_exit(&sync, Stage::Fork, sys::errno(), SETUP_FAILED);
     }
     if entry == 0 {
         exec_entrypoint(spec, &sync, filter);
@@ -145,7 +145,7 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     // session of its own.
     if spec.console {
         if let Err(e) = crate::console::become_foreground() {
-            report_and_exit(sync, Stage::Foreground, e.errno, crate::spawn::SETUP_FAILED);
+            report_and_exit(sync, Stage::Foreground, e.errno, SETUP_FAILED);
         }
     } else {
         // SAFETY: setsid takes no arguments.
@@ -184,7 +184,7 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
                 }
             });
     if let Err((stage, errno)) = setup {
-        report_and_exit(sync, stage, errno, crate::spawn::SETUP_FAILED);
+        report_and_exit(sync, stage, errno, SETUP_FAILED);
     }
     let argv = null_terminated(&spec.argv);
     let envp = null_terminated(&spec.env);

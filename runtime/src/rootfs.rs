@@ -330,8 +330,9 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
             data: None,
         },
     ]);
-    for (path, host, mode) in &spec.devices {
-        let path = format!("{root}/dev/{}", device_rel(path)?);
+    for d in &spec.devices {
+        let (host, mode) = (&d.host, &d.mode);
+        let path = format!("{root}/dev/{}", device_rel(&d.path)?);
         if userns {
             // Validation refuses devices with a user namespace; should one
             // come anyway, it is the host's node as it is, never a new one.
@@ -675,7 +676,11 @@ fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cairn_images::manifest::Limits;
+    use crate::spec::{Device, Limits};
+
+    fn dev(path: &str) -> Device {
+        Device { path: path.into(), host: "/dev/vda9".into(), mode: 0o600 }
+    }
 
     fn spec(control: bool) -> ContainerSpec {
         ContainerSpec {
@@ -688,18 +693,7 @@ mod tests {
             hostname: "web".into(),
             uid: 0,
             gid: 0,
-            limits: Limits {
-                memory_max: None,
-                cpu_max: None,
-                pids_max: None,
-                scratch_bytes: 1 << 20,
-                memory_high: None,
-                memory_swap_max: None,
-                cpu_weight: None,
-                cpuset_cpus: None,
-                io_max: heapless::Vec::new(),
-                rlimits: heapless::Vec::new(),
-            },
+            limits: Limits::default(),
             control,
             groups: vec![],
             capabilities: 0,
@@ -708,8 +702,8 @@ mod tests {
             seccomp: true,
             seccomp_deny: vec![],
             allow_userns: false,
-            devices: vec![("/dev/data".into(), "/dev/vda9".into(), 0o600)],
-            network: cairn_images::manifest::Network::None,
+            devices: vec![dev("/dev/data")],
+            network: crate::spec::Network::None,
             rlimits: vec![],
             stop_signal: 15,
             stop_grace_ms: 1000,
@@ -790,7 +784,7 @@ mod tests {
     }
 
     fn userns_spec() -> ContainerSpec {
-        use cairn_images::manifest::{IdRange, UserNamespace};
+        use crate::spec::{IdRange, UserNamespace};
         let mut s = spec(false);
         let map = |outside| [IdRange { inside: 0, outside, count: 65536 }].into_iter().collect();
         s.userns = Some(UserNamespace { uid_map: map(100_000), gid_map: map(200_000) });
@@ -882,11 +876,11 @@ mod tests {
     fn devices_outside_dev_are_refused() {
         for bad in ["/data", "/devx/a", "/dev/", "/dev/../etc/x", "/dev//x", "/dev/./x", "dev/x", "/proc/dev/x"] {
             let mut s = spec(false);
-            s.devices = vec![(bad.into(), "/dev/vda9".into(), 0o600)];
+            s.devices = vec![dev(bad)];
             assert_eq!(plan(&s).map_err(|e| (e.errno, e.arg)), Err((libc::EINVAL, bad.to_owned())), "{bad}");
         }
         let mut s = spec(false);
-        s.devices = vec![("/dev/sub/data".into(), "/dev/vda9".into(), 0o600)];
+        s.devices = vec![dev("/dev/sub/data")];
         let p = plan_ok(&s);
         assert!(p.iter().any(
             |st| matches!(st, Step::Device { path, .. } if path == "/run/cairn/containers/web/rootfs/dev/sub/data")

@@ -22,7 +22,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use cairn_images::manifest::Network;
+use crate::spec::Network;
 
 use crate::cgroup::Cgroup;
 use crate::network;
@@ -40,8 +40,7 @@ pub const NAMESPACES: u64 =
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Exit code of a namespace init whose setup failed.
-pub const SETUP_FAILED: i32 = 125;
+pub use crate::exit::SETUP_FAILED;
 
 /// Why a container did not start.
 #[derive(Debug, thiserror::Error)]

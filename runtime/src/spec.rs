@@ -1,9 +1,9 @@
-//! A container fully resolved for the runtime: host paths of its layers,
-//! C strings ready for execve.
+//! A container fully resolved for the runtime: host paths of its layers and
+//! devices, C strings ready for execve, and the plain types of its limits
+//! and namespaces. The runtime owns these types and knows nothing of the
+//! manifest; `cairn-init`'s `resolve` module builds a spec from one.
 
 use std::ffi::CString;
-
-use cairn_images::manifest::{Container, Limits, Network, Rlimit, UserNamespace};
 
 /// Base directory for per-container state on the host's /run.
 pub const STATE_DIR: &str = "/run/cairn/containers";
@@ -49,8 +49,8 @@ pub struct ContainerSpec {
     pub seccomp_deny: Vec<String>,
     /// Allow new user namespaces.
     pub allow_userns: bool,
-    /// Device nodes to create: (path in the container, host device, mode).
-    pub devices: Vec<(String, String, u16)>,
+    /// Device nodes to create.
+    pub devices: Vec<Device>,
     /// Network namespace.
     pub network: Network,
     /// Resource limits of the entrypoint.
@@ -67,86 +67,143 @@ pub struct ContainerSpec {
     pub userns: Option<UserNamespace>,
 }
 
-/// Why a manifest container cannot be turned into a spec.
+/// A device node given to a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpecError {
-    /// A layer is not mounted (missing or failed verification).
-    LayerUnavailable(String),
-    /// A string holds a NUL byte.
-    Nul(String),
-    /// A device source that does not exist on this device.
-    DeviceUnavailable(String),
+pub struct Device {
+    /// Path inside the container, under /dev.
+    pub path: String,
+    /// The host node it is made from (type and numbers read at start).
+    pub host: String,
+    /// Permission bits of the node.
+    pub mode: u16,
 }
 
-impl core::fmt::Display for SpecError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            SpecError::LayerUnavailable(l) => write!(f, "layer {l} is not available"),
-            SpecError::Nul(s) => write!(f, "string {s:?} contains a NUL byte"),
-            SpecError::DeviceUnavailable(d) => write!(f, "device source {d} is not available"),
-        }
-    }
+/// Network namespace of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A new namespace with only loopback (up).
+    None,
+    /// PID 1's own network namespace.
+    Host,
+    /// The namespace of another container, by name (PID 1 passes its pid).
+    Join(String),
 }
 
-fn c(s: &str) -> Result<CString, SpecError> {
-    CString::new(s).map_err(|_| SpecError::Nul(s.replace('\0', "\\0")))
+/// cgroup limits (`None`: the kernel's default, "max").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `memory.max` in bytes.
+    pub memory_max: Option<u64>,
+    /// `cpu.max`.
+    pub cpu_max: Option<CpuMax>,
+    /// `pids.max`.
+    pub pids_max: Option<u32>,
+    /// `memory.high` in bytes.
+    pub memory_high: Option<u64>,
+    /// `memory.swap.max` in bytes.
+    pub memory_swap_max: Option<u64>,
+    /// `cpu.weight` (1 to 10000).
+    pub cpu_weight: Option<u16>,
+    /// `cpuset.cpus`, e.g. "0-1".
+    pub cpuset_cpus: Option<String>,
+    /// `io.max` entries.
+    pub io_max: Vec<IoMax>,
+}
+
+/// CPU bandwidth: `quota_us` of CPU time in every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuMax {
+    /// Microseconds of CPU per period.
+    pub quota_us: u32,
+    /// Period length in microseconds.
+    pub period_us: u32,
+}
+
+/// One `io.max` line: a disk and its limits (`None` = max).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoMax {
+    /// Kernel name of the disk (e.g. "vda").
+    pub device: String,
+    /// Read bytes per second.
+    pub rbps: Option<u64>,
+    /// Write bytes per second.
+    pub wbps: Option<u64>,
+    /// Read operations per second.
+    pub riops: Option<u64>,
+    /// Write operations per second.
+    pub wiops: Option<u64>,
+}
+
+/// A resource limit of the entrypoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Which resource.
+    pub resource: RlimitResource,
+    /// Soft limit (`u64::MAX` = unlimited).
+    pub soft: u64,
+    /// Hard limit (`u64::MAX` = unlimited).
+    pub hard: u64,
+}
+
+/// Resources settable with setrlimit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlimitResource {
+    /// RLIMIT_NOFILE.
+    Nofile,
+    /// RLIMIT_NPROC.
+    Nproc,
+    /// RLIMIT_CORE.
+    Core,
+    /// RLIMIT_MEMLOCK.
+    Memlock,
+    /// RLIMIT_STACK.
+    Stack,
+    /// RLIMIT_FSIZE.
+    Fsize,
+    /// RLIMIT_AS.
+    As,
+    /// RLIMIT_CPU.
+    Cpu,
+    /// RLIMIT_NICE.
+    Nice,
+    /// RLIMIT_RTPRIO.
+    Rtprio,
+    /// RLIMIT_SIGPENDING.
+    Sigpending,
+    /// RLIMIT_MSGQUEUE.
+    Msgqueue,
+}
+
+/// The id maps of a container's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// User id ranges (written to `/proc/PID/uid_map`).
+    pub uid_map: Vec<IdRange>,
+    /// Group id ranges (written to `/proc/PID/gid_map`).
+    pub gid_map: Vec<IdRange>,
+}
+
+/// One line of an id map: `count` ids from `inside` (in the container) are
+/// `outside` onwards on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// First id in the container.
+    pub inside: u32,
+    /// First id on the host.
+    pub outside: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+/// The host id of container id `id` under `map` (`None`: unmapped).
+pub fn map_id(map: &[IdRange], id: u32) -> Option<u32> {
+    map.iter().find_map(|r| {
+        let off = id.checked_sub(r.inside)?;
+        (off < r.count).then(|| r.outside.checked_add(off)).flatten()
+    })
 }
 
 impl ContainerSpec {
-    /// Resolve a manifest container; `layer_dir` maps a layer name to the
-    /// directory it is mounted on, or `None` if it is unavailable;
-    /// `device` maps a device source (`/dev/...` or `partition:NAME`) to a
-    /// host device node.
-    pub fn resolve(
-        c_: &Container,
-        layer_dir: impl Fn(&str) -> Option<String>,
-        device: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SpecError> {
-        let devices = c_
-            .security
-            .devices
-            .iter()
-            .map(|d| {
-                device(&d.source)
-                    .map(|host| (d.path.as_str().to_owned(), host, d.mode))
-                    .ok_or_else(|| SpecError::DeviceUnavailable(d.source.as_str().into()))
-            })
-            .collect::<Result<_, _>>()?;
-        let layer_dirs = c_
-            .layers
-            .iter()
-            .map(|l| layer_dir(l).ok_or_else(|| SpecError::LayerUnavailable(l.as_str().into())))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            name: c_.name.as_str().into(),
-            layer_dirs,
-            scratch_bytes: c_.limits.scratch_bytes,
-            argv: c_.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
-            env: c_.env.iter().map(|e| c(e)).collect::<Result<_, _>>()?,
-            cwd: c_.cwd.as_str().into(),
-            hostname: c_.hostname.as_str().into(),
-            uid: c_.uid,
-            gid: c_.gid,
-            limits: c_.limits.clone(),
-            control: c_.control,
-            groups: c_.groups.to_vec(),
-            capabilities: c_.security.capabilities,
-            no_new_privs: c_.security.no_new_privs,
-            readonly_rootfs: c_.security.readonly_rootfs,
-            seccomp: c_.security.seccomp,
-            seccomp_deny: c_.security.seccomp_deny.iter().map(|s| s.as_str().to_owned()).collect(),
-            allow_userns: c_.security.allow_userns,
-            devices,
-            network: c_.network.clone(),
-            rlimits: c_.limits.rlimits.to_vec(),
-            stop_signal: i32::from(c_.stop.signal),
-            stop_grace_ms: c_.stop.grace_ms,
-            signal_group: c_.signal_group,
-            console: c_.console,
-            userns: c_.security.userns.clone(),
-        })
-    }
-
     /// The container's state directory on the host.
     pub fn state_dir(&self) -> String {
         format!("{STATE_DIR}/{}", self.name)

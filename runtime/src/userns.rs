@@ -10,7 +10,7 @@
 //! accepts without "deny", and supplementary groups (`groups`) need
 //! setgroups(2) to keep working inside.
 
-use cairn_images::manifest::{map_id, IdRange, UserNamespace};
+use crate::spec::{map_id, IdRange, UserNamespace};
 
 use crate::sys::{self, SysError, SysResult};
 
@@ -81,11 +81,11 @@ mod tests {
             [IdRange { inside: 0, outside: 100_000, count: 1 }, IdRange { inside: 1000, outside: 101_000, count: 10 }];
         assert_eq!(map_text(&two), "0 100000 1\n1000 101000 10\n");
         let u = UserNamespace {
-            uid_map: two.iter().copied().collect(),
+            uid_map: two.to_vec(),
             gid_map: [IdRange { inside: 0, outside: 300_000, count: 5 }].into_iter().collect(),
         };
         assert_eq!(host_root(&u), Some((100_000, 300_000)));
-        let none = UserNamespace { uid_map: heapless::Vec::new(), gid_map: heapless::Vec::new() };
+        let none = UserNamespace { uid_map: Vec::new(), gid_map: Vec::new() };
         assert_eq!(host_root(&none), None);
     }
 }

@@ -18,7 +18,7 @@
 //! of the board's meta package instead (the disk then differs from the
 //! commit's); `cargo xtask kernel-update` moves the pin forward.
 //!
-//! Module dependencies are resolved by `cairn_images::host::kmod`, the same
+//! Module dependencies are resolved by `cairn_build::kmod`, the same
 //! code `cairn image assemble` uses.
 
 use std::fs;
@@ -27,7 +27,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
-use cairn_images::host::kmod;
+use cairn_build::kmod;
 
 use crate::host_deps::{self, run};
 

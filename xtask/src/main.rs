@@ -1,6 +1,8 @@
 //! `cargo xtask`: fetch host dependencies, build, assemble images, run a
 //! board in QEMU, run the QEMU scenarios, benchmark.
 
+#![forbid(unsafe_code)]
+
 mod bench_layers;
 mod host_deps;
 mod kernel;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
-use cairn_images::host::{assemble, keys};
+use cairn_build::{assemble, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
 const USAGE: &str = "\

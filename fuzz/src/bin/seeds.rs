@@ -1,5 +1,5 @@
 //! Write the seed corpora under `fuzz/corpus/<target>/` with the host-side
-//! encoders of `cairn-images`:
+//! encoders of `cairn-format` and the appliance compiler of `cairn-build`:
 //!
 //! ```text
 //! cd fuzz && cargo run --features seeds --bin seeds
@@ -11,16 +11,18 @@
 //! or otherwise broken ones. The files are deterministic: running this again
 //! rewrites identical bytes (ed25519 signatures are deterministic).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use cairn_fuzz::{seal_into, test_public_key, test_signing_key, OTHER_KEY_SEED};
-use cairn_images::bootstate::{self, BootState, LayerSlot, Slot, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE};
-use cairn_images::envelope::{self, OpenError};
-use cairn_images::host::appliance::Appliance;
-use cairn_images::manifest::Network;
-use cairn_images::{Digest, Manifest};
+use cairn_format::bootstate::{self, BootState, LayerSlot, Slot, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE};
+use cairn_format::envelope::{self, OpenError};
+use cairn_build::appliance::Appliance;
+use cairn_format::manifest::Network;
+use cairn_format::{Digest, Manifest};
 use ed25519_dalek::SigningKey;
 
 /// Appliance files to compile, relative to the repository root.

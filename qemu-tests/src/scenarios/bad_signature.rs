@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // One flipped byte in the middle of the signed payload.
     let mut flipped = ctx.build("bad-signature")?;
     let mid =
-        cairn_images::envelope::HEADER_LEN + (flipped.envelope.len() - cairn_images::envelope::HEADER_LEN - 64) / 2;
+        cairn_format::envelope::HEADER_LEN + (flipped.envelope.len() - cairn_format::envelope::HEADER_LEN - 64) / 2;
     flipped.envelope[mid] ^= 0x01;
     check(ctx, &flipped, "flipped.img", "does not verify")?;
 
@@ -27,7 +27,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     check(ctx, &untrusted, "untrusted.img", "untrusted key")
 }
 
-fn check(ctx: &Ctx, app: &cairn_images::host::assemble::BuiltAppliance, file: &str, reason: &str) -> Result<()> {
+fn check(ctx: &Ctx, app: &cairn_build::assemble::BuiltAppliance, file: &str, reason: &str) -> Result<()> {
     let (disk, _) = ctx.disk(app, file)?;
     let seen = std::cell::Cell::new(None::<Instant>);
     let run = ctx.boot(&disk, super::BOOT_TIMEOUT, &|c| {

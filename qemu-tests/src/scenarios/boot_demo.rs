@@ -2,8 +2,8 @@
 //! hostname and a layered rootfs, and what it writes never reaches a layer.
 
 use anyhow::{ensure, Context, Result};
-use cairn_images::digest::Digest;
-use cairn_images::host::gpt;
+use cairn_build::gpt;
+use cairn_format::digest::Digest;
 use std::io::{Read, Seek, SeekFrom};
 
 use super::{powered_off, until_exit, BOOT_TIMEOUT};

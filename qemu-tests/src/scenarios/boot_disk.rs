@@ -132,7 +132,7 @@ pub fn wrong_product(ctx: &Ctx) -> Result<()> {
 /// Overwrite the magic of boot state copy `copy` (0 or 1).
 fn corrupt_copy(disk: &Path, state_offset: u64, copy: u64) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).open(disk)?;
-    f.seek(SeekFrom::Start(state_offset + copy * cairn_images::bootstate::COPY_SIZE as u64))?;
+    f.seek(SeekFrom::Start(state_offset + copy * cairn_format::bootstate::COPY_SIZE as u64))?;
     f.write_all(b"BADSECTR")?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use cairn_images::host::gpt;
+use cairn_build::gpt;
 
 use crate::qemu::{self, BootFiles};
 use crate::Ctx;

@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     // The capability sets are the documented default, nothing ambient beyond it.
     let caps = c.expect("caps", &[("name", "caps")])?;
-    let want = format!("{:016x}", cairn_images::manifest::DEFAULT_CAPABILITIES);
+    let want = format!("{:016x}", cairn_format::manifest::DEFAULT_CAPABILITIES);
     for set in ["eff", "prm", "bnd"] {
         ensure!(caps.get(set) == Some(want.as_str()), "{set} is {:?}, want {want}", caps.get(set));
     }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use cairn_images::host::assemble;
+use cairn_build::assemble;
 
 use crate::Ctx;
 

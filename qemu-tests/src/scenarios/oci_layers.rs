@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{ensure, Context, Result};
-use cairn_images::host::assemble;
-use cairn_images::host::layer::{self, LayerOptions};
+use cairn_build::assemble;
+use cairn_build::layer::{self, LayerOptions};
 
 use crate::console::Console;
 use crate::oci_fixture::{self, CHECKED};

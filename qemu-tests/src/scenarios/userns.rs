@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     want(j, "mknod", "EPERM")?;
     want(j, "nested", "EPERM")?;
     // The capability sets are reduced exactly as without a user namespace.
-    let default_plus_mknod = cairn_images::manifest::DEFAULT_CAPABILITIES | (1 << 27);
+    let default_plus_mknod = cairn_format::manifest::DEFAULT_CAPABILITIES | (1 << 27);
     want(j, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
     want(p, "cap_eff", &format!("{default_plus_mknod:016x}"))?;
 
@@ -64,6 +64,6 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     want(m, "root_owner", "1000")?;
     want(m, "tmp_write", "EACCES")?;
     // A non-root entrypoint keeps the default set (ambient), as without one.
-    want(m, "cap_eff", &format!("{:016x}", cairn_images::manifest::DEFAULT_CAPABILITIES))?;
+    want(m, "cap_eff", &format!("{:016x}", cairn_format::manifest::DEFAULT_CAPABILITIES))?;
     Ok(())
 }

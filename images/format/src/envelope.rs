@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "CAIRNMF2" (2: the manifest gained `compatible`)
+//! 0       8     magic "CAIRNMF3" (2: the manifest gained `compatible`;
+//!                                 3: alloc lists and strings, a typed
+//!                                 device source)
 //! 8       8     key id: first 8 bytes of sha256(public key)
 //! 16      4     payload length N (at most MAX_PAYLOAD)
 //! 20      N     payload: the postcard-encoded Manifest
@@ -17,20 +19,22 @@
 //! after the manifest *inside* the signed payload are refused: the payload
 //! is exactly one manifest.
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::fmt;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::digest::Digest;
-use crate::manifest::{Manifest, ValidationError, COMPATIBLE_LEN};
+use crate::manifest::{Manifest, ValidationError};
 
 /// Envelope magic.
-pub const MAGIC: [u8; 8] = *b"CAIRNMF2";
+pub const MAGIC: [u8; 8] = *b"CAIRNMF3";
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 20;
 /// Signature length.
 pub const SIGNATURE_LEN: usize = 64;
 /// Largest payload accepted.
-pub const MAX_PAYLOAD: usize = 64 * 1024;
+pub const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// Short identifier of a public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,8 +160,8 @@ impl<'a> Envelope<'a> {
 pub enum OpenError {
     /// The envelope or its signature.
     Envelope(EnvelopeError),
-    /// The signed payload is not a manifest this init understands (or a
-    /// list or string in it exceeds a fixed capacity).
+    /// The signed payload is not a manifest this init can decode (the
+    /// size rules are checked after decoding: [`OpenError::Invalid`]).
     Decode,
     /// The manifest decodes but breaks a rule.
     Invalid(ValidationError),
@@ -166,7 +170,7 @@ pub enum OpenError {
     /// The manifest is for another product.
     Incompatible {
         /// The manifest's `compatible`.
-        manifest: heapless::String<COMPATIBLE_LEN>,
+        manifest: String,
         /// The device's (built into its init; empty: none).
         device: &'static str,
     },
@@ -176,7 +180,7 @@ impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Envelope(e) => e.fmt(f),
-            Self::Decode => write!(f, "signed payload is not a valid manifest (malformed or over a fixed capacity)"),
+            Self::Decode => write!(f, "signed payload is not a manifest this init can decode"),
             Self::Invalid(e) => write!(f, "manifest invalid: {e}"),
             Self::TrailingBytes(n) => write!(f, "signed payload holds {n} bytes after the manifest"),
             Self::Incompatible { manifest, device: "" } => write!(
@@ -212,15 +216,14 @@ pub fn check_compatible(m: &Manifest, device: &'static str) -> Result<(), OpenEr
     Ok(())
 }
 
-/// Build a signed envelope (host side).
-#[cfg(feature = "host")]
-pub fn seal(payload: &[u8], key: &ed25519_dalek::SigningKey) -> Result<std::vec::Vec<u8>, EnvelopeError> {
+/// Build a signed envelope (host side; the device never signs).
+pub fn seal(payload: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, EnvelopeError> {
     use ed25519_dalek::Signer;
     if payload.len() > MAX_PAYLOAD {
         return Err(EnvelopeError::PayloadTooLarge(payload.len()));
     }
     let public = key.verifying_key().to_bytes();
-    let mut out = std::vec::Vec::with_capacity(HEADER_LEN + payload.len() + SIGNATURE_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + SIGNATURE_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&key_id(&public).0);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -231,14 +234,13 @@ pub fn seal(payload: &[u8], key: &ed25519_dalek::SigningKey) -> Result<std::vec:
 }
 
 /// Encode, validate and seal a manifest (host side).
-#[cfg(feature = "host")]
-pub fn seal_manifest(m: &Manifest, key: &ed25519_dalek::SigningKey) -> Result<std::vec::Vec<u8>, std::string::String> {
+pub fn seal_manifest(m: &Manifest, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, String> {
     m.validate().map_err(|e| e.to_string())?;
     let payload = postcard::to_allocvec(m).map_err(|e| e.to_string())?;
     seal(&payload, key).map_err(|e| e.to_string())
 }
 
-#[cfg(all(test, feature = "host"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::tests::{container, manifest};
@@ -251,7 +253,7 @@ mod tests {
     fn sealed() -> (std::vec::Vec<u8>, PublicKey) {
         let k = key(1);
         let m = manifest(&[container("app", &[])]);
-        (seal_manifest(&m, &k).unwrap_or_default(), k.verifying_key().to_bytes())
+        (seal_manifest(&m, &k).expect("seal"), k.verifying_key().to_bytes())
     }
 
     #[test]
@@ -297,15 +299,15 @@ mod tests {
     fn trailing_bytes_inside_the_signed_payload_are_refused() {
         let k = key(1);
         let m = manifest(&[container("app", &[])]);
-        let mut payload = postcard::to_allocvec(&m).unwrap_or_default();
+        let mut payload = postcard::to_allocvec(&m).expect("encode");
         let pk = k.verifying_key().to_bytes();
-        assert_eq!(open_manifest(&seal(&payload, &k).unwrap_or_default(), &[pk]), Ok(m));
+        assert_eq!(open_manifest(&seal(&payload, &k).expect("seal"), &[pk]), Ok(m));
         payload.extend_from_slice(b"xyz");
-        let env = seal(&payload, &k).unwrap_or_default();
+        let env = seal(&payload, &k).expect("seal");
         let refused = open_manifest(&env, &[pk]);
         assert_eq!(refused, Err(OpenError::TrailingBytes(3)));
         assert_eq!(
-            refused.err().map(|e| e.to_string()).unwrap_or_default(),
+            refused.clone().expect_err("refused").to_string(),
             "signed payload holds 3 bytes after the manifest"
         );
     }
@@ -314,9 +316,9 @@ mod tests {
     fn a_manifest_for_another_product_is_refused_naming_both() {
         let m = manifest(&[container("app", &[])]);
         assert_eq!(check_compatible(&m, "cairn-test"), Ok(()));
-        let e = check_compatible(&m, "router-v2").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = check_compatible(&m, "router-v2").expect_err("refused").to_string();
         assert_eq!(e, "manifest is for \"cairn-test\", this device is \"router-v2\"");
-        let e = check_compatible(&m, "").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = check_compatible(&m, "").expect_err("refused").to_string();
         assert!(e.contains("built without a compatibility string"), "{e}");
         assert!(check_compatible(&m, "cairn-tes").is_err() && check_compatible(&m, "cairn-test2").is_err());
     }
@@ -325,11 +327,11 @@ mod tests {
     fn a_validly_signed_invalid_manifest_is_refused() {
         let k = key(1);
         let mut m = manifest(&[container("app", &["ghost"])]);
-        let payload = postcard::to_allocvec(&m).unwrap_or_default();
-        let env = seal(&payload, &k).unwrap_or_default();
+        let payload = postcard::to_allocvec(&m).expect("encode");
+        let env = seal(&payload, &k).expect("seal");
         assert!(matches!(open_manifest(&env, &[k.verifying_key().to_bytes()]), Err(OpenError::Invalid(_))));
         m.containers.clear();
-        let env = seal(b"not postcard at all", &k).unwrap_or_default();
+        let env = seal(b"not postcard at all", &k).expect("seal");
         assert_eq!(open_manifest(&env, &[k.verifying_key().to_bytes()]), Err(OpenError::Decode));
     }
 }

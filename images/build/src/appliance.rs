@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::digest::Digest;
-use crate::manifest::{
-    self, capability_number, Container, CpuMax, Device, IdRange, IoMax, Layer, Limits, Manifest, Network, Restart,
-    RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
+use cairn_format::digest::Digest;
+use cairn_format::manifest::{
+    self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, Limits, Manifest, Network,
+    Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
 };
 
 /// The appliance file.
@@ -233,31 +233,23 @@ pub struct UsernsMaps {
 pub const USERNS_SHORTHAND_COUNT: u32 = 65536;
 
 impl UsernsSpec {
-    /// The manifest form; problems (capacity) are added to `p`.
-    fn compile(&self, p: &mut Vec<String>) -> UserNamespace {
-        fn ranges(
-            list: &[[u32; 3]],
-            what: &str,
-            p: &mut Vec<String>,
-        ) -> heapless::Vec<IdRange, { manifest::MAX_ID_RANGES }> {
-            let mut out = heapless::Vec::new();
-            for [inside, outside, count] in list {
-                if out.push(IdRange { inside: *inside, outside: *outside, count: *count }).is_err() {
-                    p.push(format!("security.userns.{what}: more than {} ranges", manifest::MAX_ID_RANGES));
-                    break;
-                }
-            }
-            out
+    /// The manifest form (its bounds are checked by the manifest's
+    /// validation, as on the device).
+    fn compile(&self) -> UserNamespace {
+        fn ranges(list: &[[u32; 3]]) -> Vec<IdRange> {
+            list.iter()
+                .map(|[inside, outside, count]| IdRange { inside: *inside, outside: *outside, count: *count })
+                .collect()
         }
         match self {
             UsernsSpec::Base(outside) => {
                 let r = [[0, *outside, USERNS_SHORTHAND_COUNT]];
-                UserNamespace { uid_map: ranges(&r, "uid_map", p), gid_map: ranges(&r, "gid_map", p) }
+                UserNamespace { uid_map: ranges(&r), gid_map: ranges(&r) }
             }
             UsernsSpec::Maps(m) => {
-                let uid_map = ranges(&m.uid_map, "uid_map", p);
+                let uid_map = ranges(&m.uid_map);
                 let gid_map = match &m.gid_map {
-                    Some(g) => ranges(g, "gid_map", p),
+                    Some(g) => ranges(g),
                     None => uid_map.clone(),
                 };
                 UserNamespace { uid_map, gid_map }
@@ -609,26 +601,19 @@ impl Appliance {
         layer_info: &BTreeMap<String, (Digest, u64)>,
     ) -> Result<Manifest, ApplianceError> {
         let mut problems = Vec::new();
-        fn fit(problems: &mut Vec<String>, place: String, what: &str, ok: bool) {
-            if !ok {
-                problems.push(format!("{place}: {what} exceeds a fixed capacity (see docs/appliance.md)"));
-            }
-        }
         let mut m = Manifest {
-            appliance: heapless::String::new(),
+            appliance: self.appliance.clone(),
             version: self.version,
-            compatible: heapless::String::new(),
-            layers: heapless::Vec::new(),
-            containers: heapless::Vec::new(),
+            compatible: self.compatible.clone().unwrap_or_default(),
+            layers: Vec::new(),
+            containers: Vec::new(),
         };
-        fit(&mut problems, "appliance".into(), "name", m.appliance.push_str(&self.appliance).is_ok());
-        match &self.compatible {
-            None => problems.push(
+        if self.compatible.is_none() {
+            problems.push(
                 "compatible: missing: name the product this manifest is for, e.g. compatible = \"cairn-qemu-dev\" \
                  (the device's init is built with the same string and refuses any other; see docs/appliance.md)"
                     .into(),
-            ),
-            Some(c) => fit(&mut problems, "compatible".into(), "string", m.compatible.push_str(c).is_ok()),
+            );
         }
         for (i, l) in self.layers.iter().enumerate() {
             let place = format!("{}layer[{i}] ({})", HeaderLines::place(&self.lines.layers, i), l.name);
@@ -636,19 +621,12 @@ impl Appliance {
                 problems.push(format!("{place}: layer was not built"));
                 continue;
             };
-            let mut name = heapless::String::new();
-            fit(&mut problems, place.clone(), "name", name.push_str(&l.name).is_ok());
-            fit(
-                &mut problems,
-                place,
-                "layer list",
-                m.layers.push(Layer { name, digest: *digest, size: *size }).is_ok(),
-            );
+            m.layers.push(Layer { name: l.name.clone(), digest: *digest, size: *size });
         }
         for (i, c) in self.containers.iter().enumerate() {
             let place = format!("{}container[{i}] ({})", HeaderLines::place(&self.lines.containers, i), c.name);
             match compile_container(c) {
-                Ok(mc) => fit(&mut problems, place, "container list", m.containers.push(mc).is_ok()),
+                Ok(mc) => m.containers.push(mc),
                 Err(p) => problems.extend(p.into_iter().map(|p| format!("{place}: {p}"))),
             }
         }
@@ -659,30 +637,6 @@ impl Appliance {
             Err(ApplianceError::Invalid { path: path.to_owned(), problems })
         }
     }
-}
-
-fn copy_str<const N: usize>(s: &str, what: &str, problems: &mut Vec<String>) -> heapless::String<N> {
-    let mut out = heapless::String::new();
-    if out.push_str(s).is_err() {
-        problems.push(format!("{what} {s:?} is longer than {N} bytes"));
-    }
-    out
-}
-
-fn copy_list<const L: usize, const N: usize>(
-    items: &[String],
-    what: &str,
-    problems: &mut Vec<String>,
-) -> heapless::Vec<heapless::String<N>, L> {
-    let mut out = heapless::Vec::new();
-    for s in items {
-        let v = copy_str::<N>(s, what, problems);
-        if out.push(v).is_err() {
-            problems.push(format!("more than {L} {what} entries"));
-            break;
-        }
-    }
-    out
 }
 
 fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
@@ -728,38 +682,32 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         None | Some("none") => Network::None,
         Some("host") => Network::Host,
         Some(other) => match other.strip_prefix("container:") {
-            Some(n) => Network::Join(copy_str(n, "network container", &mut p)),
+            Some(n) => Network::Join(n.to_owned()),
             None => {
                 p.push(format!("network {other:?} is not none, host or container:NAME"));
                 Network::None
             }
         },
     };
-    let mut devices = heapless::Vec::new();
-    for d in &c.security.devices {
-        let dev = Device {
-            path: copy_str(&d.path, "device path", &mut p),
-            source: copy_str(&d.source, "device source", &mut p),
-            mode: d.mode,
-        };
-        if devices.push(dev).is_err() {
-            p.push(format!("more than {} devices", manifest::MAX_DEVICES));
-        }
-    }
-    let mut io_max = heapless::Vec::new();
-    for io in &c.limits.io {
-        let entry = IoMax {
-            device: copy_str(&io.device, "io device", &mut p),
+    let devices = c
+        .security
+        .devices
+        .iter()
+        .map(|d| Device { path: d.path.clone(), source: DeviceSource::parse(&d.source), mode: d.mode })
+        .collect();
+    let io_max = c
+        .limits
+        .io
+        .iter()
+        .map(|io| IoMax {
+            device: io.device.clone(),
             rbps: io.rbps.map(Size::bytes),
             wbps: io.wbps.map(Size::bytes),
             riops: io.riops,
             wiops: io.wiops,
-        };
-        if io_max.push(entry).is_err() {
-            p.push(format!("more than {} io limits", manifest::MAX_IO_LIMITS));
-        }
-    }
-    let mut rlimits = heapless::Vec::new();
+        })
+        .collect();
+    let mut rlimits = Vec::new();
     for (name, spec) in &c.limits.rlimits {
         let Some(resource) = RlimitResource::from_name(name) else {
             p.push(format!("limits.rlimits: unknown resource {name:?}"));
@@ -770,29 +718,18 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             RlimitSpec::Pair([s, h]) => (s.value(), h.value()),
         };
         match (soft, hard) {
-            (Some(soft), Some(hard)) => {
-                if rlimits.push(Rlimit { resource, soft, hard }).is_err() {
-                    p.push(format!("more than {} rlimits", manifest::MAX_RLIMITS));
-                }
-            }
+            (Some(soft), Some(hard)) => rlimits.push(Rlimit { resource, soft, hard }),
             _ => p.push(format!("limits.rlimits.{name}: use a number or \"unlimited\"")),
         }
     }
-    let mut groups = heapless::Vec::new();
-    for g in &c.groups {
-        if groups.push(*g).is_err() {
-            p.push(format!("more than {} groups", manifest::MAX_GROUPS));
-            break;
-        }
-    }
-    let userns = c.security.userns.as_ref().map(|u| u.compile(&mut p));
+    let userns = c.security.userns.as_ref().map(UsernsSpec::compile);
     let out = Container {
-        name: copy_str(&c.name, "name", &mut p),
-        layers: copy_list(&c.layers, "layers", &mut p),
-        argv: copy_list(&c.argv, "argv", &mut p),
-        env: copy_list(&c.env, "env", &mut p),
-        cwd: copy_str(&c.cwd, "cwd", &mut p),
-        hostname: copy_str(c.hostname.as_deref().unwrap_or(&c.name), "hostname", &mut p),
+        name: c.name.clone(),
+        layers: c.layers.clone(),
+        argv: c.argv.clone(),
+        env: c.env.clone(),
+        cwd: c.cwd.clone(),
+        hostname: c.hostname.clone().unwrap_or_else(|| c.name.clone()),
         uid: c.uid,
         gid: c.gid,
         limits: Limits {
@@ -803,7 +740,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             memory_high: c.limits.memory_high.map(Size::bytes),
             memory_swap_max: c.limits.memory_swap.map(Size::bytes),
             cpu_weight: c.limits.cpu_weight,
-            cpuset_cpus: c.limits.cpuset.as_deref().map(|s| copy_str(s, "cpuset", &mut p)),
+            cpuset_cpus: c.limits.cpuset.clone(),
             io_max,
             rlimits,
         },
@@ -812,16 +749,16 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             backoff_initial_ms: c.restart.backoff_initial_ms,
             backoff_max_ms: c.restart.backoff_max_ms,
         },
-        depends_on: copy_list::<{ manifest::MAX_DEPS }, { manifest::NAME_LEN }>(&c.depends_on, "depends_on", &mut p),
+        depends_on: c.depends_on.clone(),
         stop: Stop { signal, grace_ms: c.stop.grace_ms },
         control: c.control,
-        groups,
+        groups: c.groups.clone(),
         security: Security {
             capabilities: caps,
             no_new_privs: c.security.no_new_privs,
             readonly_rootfs: c.security.readonly_rootfs,
             seccomp: c.security.seccomp,
-            seccomp_deny: copy_list(&c.security.seccomp_deny, "seccomp_deny", &mut p),
+            seccomp_deny: c.security.seccomp_deny.clone(),
             allow_userns: c.security.allow_userns,
             devices,
             userns,
@@ -840,7 +777,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::IdRange;
+    use cairn_format::manifest::IdRange;
 
     const GOOD: &str = r#"
 appliance = "demo"
@@ -958,7 +895,7 @@ depends_on = ["sensor"]
         assert!(e.contains("uid 0 must be mapped"), "{e}");
         let six = "[[0,100000,1],[1,100001,1],[2,100002,1],[3,100003,1],[4,100004,1],[5,100005,1]]";
         let e = one(&format!("security.userns = {{ uid_map = {six} }}")).err().unwrap_or_default();
-        assert!(e.contains("line 7: container[0] (c): security.userns.uid_map: more than 5 ranges"), "{e}");
+        assert!(e.contains("container \"c\": security.userns.uid_map has 6 entries, the most is 5"), "{e}");
         let e = one("security.userns = { uid_map = [[0, 1]] }").err().unwrap_or_default();
         assert!(e.contains("line"), "{e}");
         let e = one("security.userns = { uidmap = [[0, 1, 1]] }").err().unwrap_or_default();

@@ -1,12 +1,16 @@
 //! The appliance manifest: what the device runs, signed by the vendor.
 //!
-//! Every collection has a fixed capacity. Decoding a manifest whose lists or
-//! strings exceed them fails (postcard refuses to overflow a `heapless`
-//! container), and [`Manifest::validate`] checks everything else the device
-//! relies on, so the host tool and the device apply the same rules.
+//! Lists and strings are `alloc` collections, decoded from the verified
+//! payload (itself at most [`crate::envelope::MAX_PAYLOAD`] bytes). Their
+//! bounds are validation rules, not capacities: [`Manifest::validate`]
+//! checks them after decoding, with everything else the device relies on,
+//! and names the field and the bound, so the host tool and the device apply
+//! the same rules and say the same thing.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
-use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -19,17 +23,18 @@ pub const MAX_CONTAINERS: usize = 16;
 /// Most layers one container may stack.
 pub const MAX_CONTAINER_LAYERS: usize = 8;
 /// Most argv entries of an entrypoint.
-pub const MAX_ARGS: usize = 16;
+pub const MAX_ARGS: usize = 256;
 /// Most environment variables of a container.
-pub const MAX_ENV: usize = 16;
+pub const MAX_ENV: usize = 256;
 /// Most dependencies of a container.
 pub const MAX_DEPS: usize = 8;
 /// Longest name (appliance, layer, container).
 pub const NAME_LEN: usize = 32;
-/// Longest argv entry or environment entry.
-pub const ARG_LEN: usize = 128;
-/// Longest path (working directory).
-pub const PATH_LEN: usize = 128;
+/// Longest argv entry or environment entry, in bytes (an `sh -c` script,
+/// a Docker image's `PATH`).
+pub const ARG_LEN: usize = 4096;
+/// Longest path (working directory, device paths), in bytes (`PATH_MAX`).
+pub const PATH_LEN: usize = 4096;
 /// Longest hostname.
 pub const HOSTNAME_LEN: usize = 63;
 /// Most device nodes a container may be given.
@@ -49,7 +54,7 @@ pub const CPUSET_LEN: usize = 32;
 /// Longest compatibility string (the product a manifest is for).
 pub const COMPATIBLE_LEN: usize = 64;
 /// Prefix of the system partitions (state, manifest slots, layers, data):
-/// a `partition:` device source may not name one.
+/// a [`DeviceSource::Partition`] may not name one.
 pub const SYSTEM_PARTITION_PREFIX: &str = "cairn-";
 /// Most ranges in one id map of a user namespace (the kernel takes up to
 /// 340; a handful is all an appliance needs).
@@ -123,7 +128,7 @@ pub fn capability_number(name: &str) -> Option<u8> {
 }
 
 /// A short identifier: `[a-z0-9][a-z0-9-]*`.
-pub type Name = String<NAME_LEN>;
+pub type Name = String;
 
 /// The signed description of an appliance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,11 +139,11 @@ pub struct Manifest {
     pub version: u64,
     /// The product this manifest is for; a device refuses a manifest whose
     /// string differs from the one built into its init.
-    pub compatible: String<COMPATIBLE_LEN>,
+    pub compatible: String,
     /// Every layer any container uses.
-    pub layers: Vec<Layer, MAX_LAYERS>,
+    pub layers: Vec<Layer>,
     /// The containers, in the order the author wrote them.
-    pub containers: Vec<Container, MAX_CONTAINERS>,
+    pub containers: Vec<Container>,
 }
 
 /// A read-only filesystem image, named by its content.
@@ -158,15 +163,15 @@ pub struct Container {
     /// Unique name; also the cgroup name.
     pub name: Name,
     /// Layer names, lowest first; the last one is on top.
-    pub layers: Vec<Name, MAX_CONTAINER_LAYERS>,
+    pub layers: Vec<Name>,
     /// Entrypoint and its arguments; `argv[0]` is an absolute path.
-    pub argv: Vec<String<ARG_LEN>, MAX_ARGS>,
+    pub argv: Vec<String>,
     /// `KEY=value` entries.
-    pub env: Vec<String<ARG_LEN>, MAX_ENV>,
+    pub env: Vec<String>,
     /// Working directory inside the container.
-    pub cwd: String<PATH_LEN>,
+    pub cwd: String,
     /// Hostname in the container's UTS namespace.
-    pub hostname: String<HOSTNAME_LEN>,
+    pub hostname: String,
     /// User id the entrypoint runs as.
     pub uid: u32,
     /// Group id the entrypoint runs as.
@@ -176,13 +181,13 @@ pub struct Container {
     /// What to do when it exits.
     pub restart: Restart,
     /// Containers that must be started before this one.
-    pub depends_on: Vec<Name, MAX_DEPS>,
+    pub depends_on: Vec<Name>,
     /// How to stop it.
     pub stop: Stop,
     /// Whether the container may use the init's control socket.
     pub control: bool,
     /// Supplementary group ids of the entrypoint.
-    pub groups: Vec<u32, MAX_GROUPS>,
+    pub groups: Vec<u32>,
     /// Isolation settings.
     pub security: Security,
     /// Network namespace.
@@ -207,11 +212,11 @@ pub struct Security {
     /// Install the default seccomp filter.
     pub seccomp: bool,
     /// More syscalls to deny, by name.
-    pub seccomp_deny: Vec<String<SYSCALL_LEN>, MAX_SECCOMP_DENY>,
+    pub seccomp_deny: Vec<String>,
     /// Allow new user namespaces (denied by default).
     pub allow_userns: bool,
     /// Device nodes to create in the container's /dev.
-    pub devices: Vec<Device, MAX_DEVICES>,
+    pub devices: Vec<Device>,
     /// Run the container in a user namespace of its own with these id maps
     /// (`None`: the host's, so container root is host root).
     pub userns: Option<UserNamespace>,
@@ -221,9 +226,9 @@ pub struct Security {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserNamespace {
     /// User id ranges (written to `/proc/PID/uid_map`).
-    pub uid_map: Vec<IdRange, MAX_ID_RANGES>,
+    pub uid_map: Vec<IdRange>,
     /// Group id ranges (written to `/proc/PID/gid_map`).
-    pub gid_map: Vec<IdRange, MAX_ID_RANGES>,
+    pub gid_map: Vec<IdRange>,
 }
 
 /// One line of an id map: `count` ids from `inside` (in the container) are
@@ -332,12 +337,42 @@ impl Default for Security {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// Path inside the container, under /dev.
-    pub path: String<PATH_LEN>,
-    /// The host device: a path under /dev, or `partition:NAME` for a GPT
-    /// partition of the boot disk. Its type and numbers are read at start.
-    pub source: String<PATH_LEN>,
+    pub path: String,
+    /// The host device. Its type and numbers are read at start.
+    pub source: DeviceSource,
     /// Permission bits of the node.
     pub mode: u16,
+}
+
+/// Where a container's device node comes from (`partition:NAME` or a
+/// `/dev/` path in the appliance TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceSource {
+    /// A GPT partition of the boot disk, by partition name; never a system
+    /// (`cairn-*`) partition.
+    Partition(String),
+    /// A device node of the host, a path under `/dev/`.
+    Node(String),
+}
+
+impl DeviceSource {
+    /// Read the TOML spelling: `partition:NAME`, or a path.
+    pub fn parse(s: &str) -> Self {
+        match s.strip_prefix("partition:") {
+            Some(name) => Self::Partition(name.into()),
+            None => Self::Node(s.into()),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSource {
+    /// The TOML spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Partition(name) => write!(f, "partition:{name}"),
+            Self::Node(path) => f.write_str(path),
+        }
+    }
 }
 
 /// Network namespace of a container.
@@ -369,11 +404,11 @@ pub struct Limits {
     /// `cpu.weight` (1 to 10000).
     pub cpu_weight: Option<u16>,
     /// `cpuset.cpus`, e.g. "0-1".
-    pub cpuset_cpus: Option<String<CPUSET_LEN>>,
+    pub cpuset_cpus: Option<String>,
     /// `io.max` entries.
-    pub io_max: Vec<IoMax, MAX_IO_LIMITS>,
+    pub io_max: Vec<IoMax>,
     /// Resource limits (setrlimit) of the entrypoint.
-    pub rlimits: Vec<Rlimit, MAX_RLIMITS>,
+    pub rlimits: Vec<Rlimit>,
 }
 
 /// One `io.max` line: a disk and its limits (`None` = max).
@@ -534,6 +569,24 @@ pub mod bounds {
 /// A reason the manifest is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValidationError {
+    /// A string is longer than its bound.
+    TooLong {
+        /// Which field (`container "web": argv[3]`).
+        field: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A list has more entries than its bound.
+    TooMany {
+        /// Which field (`container "web": env`).
+        field: String,
+        /// Its number of entries.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
     /// A name is empty or uses characters other than `[a-z0-9-]`.
     BadName(Name),
     /// Two layers share a name.
@@ -622,6 +675,8 @@ impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ValidationError::*;
         match self {
+            TooLong { field, len, max } => write!(f, "{field} is {len} bytes long, the most is {max}"),
+            TooMany { field, len, max } => write!(f, "{field} has {len} entries, the most is {max}"),
             BadName(n) => {
                 write!(f, "name {n:?} must be [a-z0-9-], 1 to {NAME_LEN} characters, starting with a letter or digit")
             }
@@ -659,9 +714,12 @@ impl fmt::Display for ValidationError {
     }
 }
 
-/// True for `[a-z0-9][a-z0-9-]*`.
+/// True for `[a-z0-9][a-z0-9-]*`, at most [`NAME_LEN`] bytes.
 pub fn is_valid_name(s: &str) -> bool {
     let b = s.as_bytes();
+    if b.len() > NAME_LEN {
+        return false;
+    }
     match b.first() {
         Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
         _ => return false,
@@ -672,6 +730,7 @@ pub fn is_valid_name(s: &str) -> bool {
 fn is_valid_hostname(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
+        && b.len() <= HOSTNAME_LEN
         && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
         && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
@@ -686,6 +745,18 @@ impl Manifest {
     /// Find a container by name, with its index.
     pub fn container(&self, name: &str) -> Option<(usize, &Container)> {
         self.containers.iter().enumerate().find(|(_, c)| c.name.as_str() == name)
+    }
+
+    /// Container indexes in start order (dependencies first, ties in
+    /// manifest order); stop order is the reverse. Unknown dependency names
+    /// are ignored here (validation reports them).
+    pub fn start_order(&self) -> Result<order::Order, order::OrderError> {
+        let deps: Vec<Vec<usize>> = self
+            .containers
+            .iter()
+            .map(|c| c.depends_on.iter().filter_map(|d| self.container(d).map(|(j, _)| j)).collect())
+            .collect();
+        order::start_order(&deps)
     }
 
     /// Check every rule the device relies on. Returns the first problem.
@@ -705,6 +776,7 @@ impl Manifest {
     /// Report every problem, for host tools that want them all.
     pub fn for_each_problem(&self, mut report: impl FnMut(ValidationError)) {
         use ValidationError::*;
+        check_bounds(self, &mut report);
         if !is_valid_name(&self.appliance) {
             report(BadName(self.appliance.clone()));
         }
@@ -728,10 +800,65 @@ impl Manifest {
         for (i, c) in self.containers.iter().enumerate() {
             check_container(self, i, c, &mut report);
         }
-        if let Err(order::OrderError::Cycle(idx)) = order::start_order(self) {
+        if let Err(order::OrderError::Cycle(idx)) = self.start_order() {
             if let Some(c) = self.containers.get(idx) {
                 report(DependencyCycle(c.name.clone()));
             }
+        }
+    }
+}
+
+/// The size rules: every list and string within its bound. A name, a
+/// hostname or `compatible` over its bound is reported by its own rule.
+fn check_bounds(m: &Manifest, report: &mut impl FnMut(ValidationError)) {
+    let mut many = |field: &dyn Fn() -> String, len: usize, max: usize| {
+        if len > max {
+            report(ValidationError::TooMany { field: field(), len, max });
+        }
+    };
+    many(&|| "layers".into(), m.layers.len(), MAX_LAYERS);
+    many(&|| "containers".into(), m.containers.len(), MAX_CONTAINERS);
+    for c in &m.containers {
+        let at = |f: &str| format!("container {:?}: {f}", c.name);
+        let s = &c.security;
+        many(&|| at("layers"), c.layers.len(), MAX_CONTAINER_LAYERS);
+        many(&|| at("argv"), c.argv.len(), MAX_ARGS);
+        many(&|| at("env"), c.env.len(), MAX_ENV);
+        many(&|| at("depends_on"), c.depends_on.len(), MAX_DEPS);
+        many(&|| at("groups"), c.groups.len(), MAX_GROUPS);
+        many(&|| at("security.seccomp_deny"), s.seccomp_deny.len(), MAX_SECCOMP_DENY);
+        many(&|| at("security.devices"), s.devices.len(), MAX_DEVICES);
+        many(&|| at("limits.io_max"), c.limits.io_max.len(), MAX_IO_LIMITS);
+        many(&|| at("limits.rlimits"), c.limits.rlimits.len(), MAX_RLIMITS);
+        if let Some(u) = &s.userns {
+            many(&|| at("security.userns.uid_map"), u.uid_map.len(), MAX_ID_RANGES);
+            many(&|| at("security.userns.gid_map"), u.gid_map.len(), MAX_ID_RANGES);
+        }
+    }
+    let mut long = |field: &dyn Fn() -> String, len: usize, max: usize| {
+        if len > max {
+            report(ValidationError::TooLong { field: field(), len, max });
+        }
+    };
+    for c in &m.containers {
+        let at = |f: &str| format!("container {:?}: {f}", c.name);
+        for (i, a) in c.argv.iter().enumerate() {
+            long(&|| at(&format!("argv[{i}]")), a.len(), ARG_LEN);
+        }
+        for (i, e) in c.env.iter().enumerate() {
+            long(&|| at(&format!("env[{i}]")), e.len(), ARG_LEN);
+        }
+        long(&|| at("cwd"), c.cwd.len(), PATH_LEN);
+        for (i, n) in c.security.seccomp_deny.iter().enumerate() {
+            long(&|| at(&format!("security.seccomp_deny[{i}]")), n.len(), SYSCALL_LEN);
+        }
+        for (i, d) in c.security.devices.iter().enumerate() {
+            long(&|| at(&format!("security.devices[{i}].path")), d.path.len(), PATH_LEN);
+            let (DeviceSource::Partition(src) | DeviceSource::Node(src)) = &d.source;
+            long(&|| at(&format!("security.devices[{i}].source")), src.len(), PATH_LEN);
+        }
+        if let Some(cpus) = &c.limits.cpuset_cpus {
+            long(&|| at("limits.cpuset_cpus"), cpus.len(), CPUSET_LEN);
         }
     }
 }
@@ -855,9 +982,9 @@ fn userns_problems(c: &Container, u: &UserNamespace, mut report: impl FnMut(&'st
 }
 
 /// True for a compatibility string: 1 to [`COMPATIBLE_LEN`] characters of
-/// `[A-Za-z0-9._,+-]` (the capacity bounds the length).
+/// `[A-Za-z0-9._,+-]`.
 pub fn is_valid_compatible(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b))
+    !s.is_empty() && s.len() <= COMPATIBLE_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._,+-".contains(&b))
 }
 
 /// A device node's path inside the container: under `/dev/`, no `..`
@@ -870,41 +997,44 @@ pub fn check_device_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A device source: `partition:NAME` for a partition of the boot disk that
-/// is not a system (`cairn-*`) partition, or a path under `/dev/`. The
-/// device also refuses a source that turns out to be the boot disk or one of
-/// its system partitions (checked by device number at start).
-pub fn check_device_source(source: &str) -> Result<(), &'static str> {
-    if let Some(part) = source.strip_prefix("partition:") {
-        if part.starts_with(SYSTEM_PARTITION_PREFIX) {
-            return Err("names a system (cairn-*) partition: state, manifest slots, layers and data are PID 1's");
+/// A device source: a partition of the boot disk that is not a system
+/// (`cairn-*`) partition, or a path under `/dev/`. The device also refuses
+/// a source that turns out to be the boot disk or one of its system
+/// partitions (checked by device number at start).
+pub fn check_device_source(source: &DeviceSource) -> Result<(), &'static str> {
+    match source {
+        DeviceSource::Partition(part) => {
+            if part.starts_with(SYSTEM_PARTITION_PREFIX) {
+                return Err("names a system (cairn-*) partition: state, manifest slots, layers and data are PID 1's");
+            }
+            if part.is_empty() || part.contains('/') {
+                return Err("partition:NAME needs a GPT partition name");
+            }
+            Ok(())
         }
-        if part.is_empty() || part.contains('/') {
-            return Err("partition:NAME needs a GPT partition name");
-        }
-        return Ok(());
+        DeviceSource::Node(path) => check_device_path(path)
+            .map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)"),
     }
-    check_device_path(source).map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)")
 }
 
 fn is_valid_disk_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    !s.is_empty() && s.len() <= NAME_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    pub fn s<const N: usize>(v: &str) -> String<N> {
-        String::try_from(v).unwrap_or_default()
+    pub fn s(v: &str) -> String {
+        v.to_owned()
     }
 
     pub fn container(name: &str, deps: &[&str]) -> Container {
         Container {
             name: s(name),
-            layers: Vec::from_iter([s("base")]),
-            argv: Vec::from_iter([s("/bin/app")]),
-            env: Vec::from_iter([s("PATH=/bin")]),
+            layers: vec![s("base")],
+            argv: vec![s("/bin/app")],
+            env: vec![s("PATH=/bin")],
             cwd: s("/"),
             hostname: s(name),
             uid: 0,
@@ -942,8 +1072,8 @@ pub(crate) mod tests {
             appliance: s("demo"),
             version: 1,
             compatible: s("cairn-test"),
-            layers: Vec::from_iter([Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }]),
-            containers: containers.iter().cloned().collect(),
+            layers: vec![Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }],
+            containers: containers.to_vec(),
         }
     }
 
@@ -957,17 +1087,32 @@ pub(crate) mod tests {
     fn a_good_manifest_validates_and_round_trips_through_postcard() {
         let m = manifest(&[container("db", &[]), container("web", &["db"])]);
         assert_eq!(m.validate(), Ok(()));
-        let bytes = postcard::to_allocvec(&m).unwrap_or_default();
-        let back: Manifest = postcard::from_bytes(&bytes).unwrap_or_else(|_| manifest(&[]));
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        let back: Manifest = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn start_order_follows_depends_on_by_name() {
+        let m = manifest(&[
+            container("web", &["api", "db"]),
+            container("api", &["db"]),
+            container("log", &[]),
+            container("db", &[]),
+        ]);
+        let names: std::vec::Vec<&str> =
+            m.start_order().unwrap().iter().map(|i| m.containers[*i].name.as_str()).collect();
+        assert_eq!(names, ["log", "db", "api", "web"]);
+        let m = manifest(&[container("a", &["ghost"])]);
+        assert_eq!(m.start_order(), Ok(vec![0]), "unknown names are validation's to report");
     }
 
     #[test]
     fn every_problem_is_reported() {
         let mut bad = container("Web", &["nope"]);
-        bad.layers = Vec::from_iter([s("missing")]);
-        bad.argv = Vec::from_iter([s("relative")]);
-        bad.env = Vec::from_iter([s("NOEQUALS")]);
+        bad.layers = vec![s("missing")];
+        bad.argv = vec![s("relative")];
+        bad.env = vec![s("NOEQUALS")];
         bad.cwd = s("tmp");
         bad.hostname = s("-x");
         bad.limits.memory_max = Some(10);
@@ -1023,7 +1168,7 @@ pub(crate) mod tests {
     }
 
     fn userns(uid: &[IdRange], gid: &[IdRange]) -> Option<UserNamespace> {
-        Some(UserNamespace { uid_map: uid.iter().copied().collect(), gid_map: gid.iter().copied().collect() })
+        Some(UserNamespace { uid_map: uid.to_vec(), gid_map: gid.to_vec() })
     }
 
     #[test]
@@ -1058,7 +1203,7 @@ pub(crate) mod tests {
         };
         let mut bad = c.clone();
         bad.uid = 70_000;
-        bad.groups = Vec::from_iter([5, 70_001]);
+        bad.groups = vec![5, 70_001];
         bad.network = Network::Host;
         bad.control = true;
         let all = reasons(&bad);
@@ -1072,7 +1217,7 @@ pub(crate) mod tests {
         assert!(all.contains("security.userns.gid_map maps host id 0"), "{all}");
         let mut bad = c;
         bad.security.devices =
-            Vec::from_iter([Device { path: s("/dev/data"), source: s("partition:extra"), mode: 0o600 }]);
+            vec![Device { path: s("/dev/data"), source: DeviceSource::Partition(s("extra")), mode: 0o600 }];
         assert!(matches!(manifest(&[bad]).validate(), Err(ValidationError::BadUserNamespace { .. })));
         assert_eq!(manifest(&[container("b", &[])]).validate(), Ok(()), "off by default");
     }
@@ -1081,7 +1226,7 @@ pub(crate) mod tests {
     fn device_sources_may_not_name_system_partitions_and_paths_stay_in_dev() {
         let with = |path: &str, source: &str| {
             let mut c = container("cam", &[]);
-            c.security.devices = Vec::from_iter([Device { path: s(path), source: s(source), mode: 0o600 }]);
+            c.security.devices = vec![Device { path: s(path), source: DeviceSource::parse(source), mode: 0o600 }];
             problems(&manifest(&[c])).iter().map(|e| e.to_string()).collect::<std::vec::Vec<_>>().join("\n")
         };
         assert_eq!(with("/dev/video0", "/dev/video0"), "");
@@ -1115,24 +1260,40 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn decoding_past_a_capacity_fails_instead_of_truncating() {
-        // A container list longer than MAX_CONTAINERS, encoded with std types.
-        #[derive(Serialize)]
-        struct Wide {
-            appliance: &'static str,
-            version: u64,
-            compatible: &'static str,
-            layers: std::vec::Vec<u8>,
-            containers: std::vec::Vec<u8>,
-        }
-        let wide = Wide {
-            appliance: "x",
-            version: 1,
-            compatible: "c",
-            layers: vec![],
-            containers: vec![0; MAX_CONTAINERS + 1],
-        };
-        let bytes = postcard::to_allocvec(&wide).unwrap_or_default();
-        assert!(postcard::from_bytes::<Manifest>(&bytes).is_err());
+    fn a_list_or_string_over_its_bound_is_refused_naming_the_field_and_the_bound() {
+        let mut c = container("web", &[]);
+        let script = format!("echo {}", "x".repeat(4000));
+        c.argv = vec![s("/bin/sh"), s("-c"), script];
+        c.env = (0..MAX_ENV).map(|i| format!("VAR{i}=value")).collect();
+        assert_eq!(manifest(&[c.clone()]).validate(), Ok(()), "a 4 KB sh -c script and 256 variables fit");
+
+        let mut long = c.clone();
+        long.argv[2] = "x".repeat(ARG_LEN + 1);
+        let e = manifest(&[long]).validate().unwrap_err();
+        assert_eq!(
+            e,
+            ValidationError::TooLong { field: s("container \"web\": argv[2]"), len: ARG_LEN + 1, max: ARG_LEN }
+        );
+        assert_eq!(e.to_string(), "container \"web\": argv[2] is 4097 bytes long, the most is 4096");
+
+        let mut many = c.clone();
+        many.env.push(s("ONE=more"));
+        let e = manifest(&[many]).validate().unwrap_err();
+        assert_eq!(e, ValidationError::TooMany { field: s("container \"web\": env"), len: MAX_ENV + 1, max: MAX_ENV });
+        assert_eq!(e.to_string(), "container \"web\": env has 257 entries, the most is 256");
+
+        let wide =
+            manifest(&(0..=MAX_CONTAINERS).map(|i| container(&format!("c{i}"), &[])).collect::<std::vec::Vec<_>>());
+        let e = wide.validate().unwrap_err();
+        assert_eq!(
+            e,
+            ValidationError::TooMany { field: s("containers"), len: MAX_CONTAINERS + 1, max: MAX_CONTAINERS }
+        );
+
+        let mut named = manifest(&[c]);
+        named.appliance = "a".repeat(NAME_LEN + 1);
+        assert!(matches!(named.validate(), Err(ValidationError::BadName(_))));
+        named.appliance = "a".repeat(NAME_LEN);
+        assert_eq!(named.validate(), Ok(()));
     }
 }

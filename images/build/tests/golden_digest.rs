@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cairn_images::host::squashfs;
-use cairn_images::host::tree::{FileData, Inode, Kind, Meta, Tree};
+use cairn_build::squashfs;
+use cairn_build::tree::{FileData, Inode, Kind, Meta, Tree};
 
 /// The digest of the tree [`make_tree`] describes.
 const GOLDEN: &str = "947cda06dd40d23ce89fdf94cf4946a37d36041f078585f091b23efc4d3baf99";

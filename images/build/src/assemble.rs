@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 
-use crate::bootstate::{self, BootState, LayerSlot};
-use crate::digest::Digest;
-use crate::envelope;
-use crate::host::appliance::{Appliance, ApplianceError, LayerRef};
-use crate::host::cpio::{self, CpioBuilder};
-use crate::host::datafs;
-use crate::host::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
-use crate::host::layer::{self, LayerError, LayerOptions};
-use crate::manifest::Manifest;
+use crate::appliance::{Appliance, ApplianceError, LayerRef};
+use crate::cpio::{self, CpioBuilder};
+use crate::datafs;
+use crate::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
+use crate::layer::{self, LayerError, LayerOptions};
+use cairn_format::bootstate::{self, BootState, LayerSlot};
+use cairn_format::digest::Digest;
+use cairn_format::envelope;
+use cairn_format::manifest::Manifest;
 
 /// Why an appliance could not be built or assembled.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +227,7 @@ fn build_layers(
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), AssembleError> {
     use std::io::Read;
     let mut f = fs::File::open(path).map_err(io(path))?;
-    let mut h = crate::digest::Hasher::default();
+    let mut h = cairn_format::digest::Hasher::default();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {

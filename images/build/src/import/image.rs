@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
+use cairn_format::digest::Digest;
 use serde::Deserialize;
 
 use super::archive::{normalise, Index, JSON_MAX};

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use cairn_images::host::import::{import, ImportError, ImportOptions};
+use cairn_build::import::{import, ImportError, ImportOptions};
 
 /// The system allocator, counting live bytes and their peak.
 struct Counting;

@@ -11,7 +11,7 @@ use tar::EntryType;
 
 use super::stream::walk_tar;
 use super::ImportError;
-use crate::host::tree::components;
+use crate::tree::components;
 
 /// The largest JSON document (manifest, index, config) read into memory.
 pub(super) const JSON_MAX: u64 = 16 << 20;

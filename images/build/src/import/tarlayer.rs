@@ -8,7 +8,7 @@ use tar::EntryType;
 
 use super::stream::{walk_tar, Decoded, Digests, Member, Walk};
 use super::ImportError;
-use crate::host::tree::{check_name, components, is_overlay_xattr, FileData, Inode, InodeId, Kind, Meta, Tree, ROOT};
+use crate::tree::{check_name, components, is_overlay_xattr, FileData, Inode, InodeId, Kind, Meta, Tree, ROOT};
 
 /// The whiteout marker prefix of OCI (and aufs) layers.
 const WH: &[u8] = b".wh.";

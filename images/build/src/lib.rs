@@ -1,4 +1,6 @@
-//! Host-only builders: everything that produces an artifact for a device.
+//! Host-side builders: everything that produces an artifact for a device.
+//! The formats they write are `cairn-format`'s, the same code the device
+//! decodes with.
 
 pub mod appliance;
 pub mod assemble;

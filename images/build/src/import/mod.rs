@@ -98,7 +98,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::host::tree::Tree;
+use crate::tree::Tree;
 
 use self::stream::{Compression, Sniffed};
 use self::tarlayer::{Budget, Target, Whiteouts};

@@ -11,7 +11,7 @@
 //!
 //! This is a faithful reader: what a layer may not hold (device nodes,
 //! overlayfs xattrs) is refused by the layer builder
-//! ([`crate::host::layer`]), not here.
+//! ([`crate::layer`]), not here.
 //!
 //! The root directory may be given through a symlink; below it nothing is
 //! followed, and no other filesystem is skipped (mount points are read as
@@ -25,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::host::tree::{FileData, Inode, InodeId, Kind, Meta, Tree, TreeError, NAME_MAX};
+use crate::tree::{FileData, Inode, InodeId, Kind, Meta, Tree, TreeError, NAME_MAX};
 
 /// Why a directory could not be read into a tree.
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,9 @@ use sha2::{Digest as _, Sha256};
 use tar::{Builder, EntryType, Header};
 
 use super::*;
-use crate::host::layer::{self, LayerOptions};
-use crate::host::squashfs;
-use crate::host::tree::{FileData, Inode, Kind, Tree};
+use crate::layer::{self, LayerOptions};
+use crate::squashfs;
+use crate::tree::{FileData, Inode, Kind, Tree};
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -176,7 +176,7 @@ fn rootfs_tar() -> Vec<u8> {
 #[test]
 fn rootfs_tar_keeps_every_kind() {
     let t = one(&rootfs_tar());
-    assert_eq!(t.inode(crate::host::tree::ROOT).meta.mode, 0o700);
+    assert_eq!(t.inode(crate::tree::ROOT).meta.mode, 0o700);
     assert_eq!(contents(&t, "etc/passwd"), b"root:x:0:0::/root:/bin/sh\n");
     let su = node(&t, "bin/su");
     assert_eq!((su.meta.mode, su.meta.uid, su.meta.gid), (0o4755, 1000, 1000));
@@ -832,7 +832,7 @@ fn device_nodes_are_refused() {
 
 #[test]
 fn directory_device_nodes_and_overlay_xattrs_are_refused() {
-    use crate::host::scan::tests::{is_root, set_xattr};
+    use crate::scan::tests::{is_root, set_xattr};
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     if !is_root() {

@@ -1,12 +1,18 @@
-//! Formats shared by the device (`cairn-init`) and the host tools.
+//! What the device (`cairn-init`) decodes from storage, and the host tools
+//! encode: the signed manifest, the signature envelope, the boot state
+//! record, layer digests and the start order.
 //!
-//! Everything the device decodes lives here and is `no_std`-friendly in
-//! spirit: fixed capacities (`heapless`), no panics on bad input, every
-//! decode failure a value. Host-only builders sit behind the `host` feature.
+//! `no_std` + `alloc`, no features, no `unsafe`: the same code is tested on
+//! the host (`cargo test -p cairn-format`) and linked into PID 1. Nothing
+//! here panics on bad input; every decode failure is a value. The host-side
+//! builders live in `cairn-build`.
 
-#![cfg_attr(not(feature = "host"), no_std)]
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 // What the device decodes must not panic on any input.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+extern crate alloc;
 
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod bootstate;
@@ -18,9 +24,6 @@ pub mod envelope;
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;
-
-#[cfg(feature = "host")]
-pub mod host;
 
 pub use digest::Digest;
 pub use envelope::{KeyId, PublicKey};

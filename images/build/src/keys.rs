@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 
-use crate::digest::Digest;
-use crate::envelope::{key_id, KeyId, PublicKey};
+use cairn_format::digest::Digest;
+use cairn_format::envelope::{key_id, KeyId, PublicKey};
 
 /// Why a key could not be read or written.
 #[derive(Debug, thiserror::Error)]

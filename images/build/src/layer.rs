@@ -17,11 +17,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
-use crate::host::import::{self, ImportError, ImportOptions};
-use crate::host::scan::{self, ScanError};
-use crate::host::squashfs::{self, SquashfsError};
-use crate::host::tree::{Forbidden, Tree};
+use crate::import::{self, ImportError, ImportOptions};
+use crate::scan::{self, ScanError};
+use crate::squashfs::{self, SquashfsError};
+use crate::tree::{Forbidden, Tree};
+use cairn_format::digest::Digest;
 
 /// Options of a layer build.
 #[derive(Debug, Clone)]

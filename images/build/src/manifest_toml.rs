@@ -8,7 +8,7 @@
 
 use toml::{Table, Value};
 
-use crate::manifest::{Container, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
+use cairn_format::manifest::{Container, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
 
 fn s(v: &str) -> Value {
     Value::String(v.to_owned())
@@ -147,14 +147,14 @@ fn container(c: &Container) -> Table {
         .map(|d| {
             let mut e = Table::new();
             e.insert("path".into(), s(&d.path));
-            e.insert("source".into(), s(&d.source));
+            e.insert("source".into(), s(&d.source.to_string()));
             e.insert("mode".into(), int(d.mode.into()));
             Value::Table(e)
         })
         .collect();
     st.insert("devices".into(), Value::Array(devices));
     if let Some(u) = &sec.userns {
-        let map = |m: &[crate::manifest::IdRange]| {
+        let map = |m: &[cairn_format::manifest::IdRange]| {
             Value::Array(
                 m.iter()
                     .map(|r| Value::Array(vec![int(r.inside.into()), int(r.outside.into()), int(r.count.into())]))
@@ -198,7 +198,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::host::appliance::{Appliance, LayerRef};
+    use crate::appliance::{Appliance, LayerRef};
 
     const FULL: &str = r#"
 appliance = "round-trip"

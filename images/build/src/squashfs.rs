@@ -46,8 +46,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::host::scan::{self, ScanError};
-use crate::host::tree::{check_name, FileData, InodeId, Kind, Tree, ROOT};
+use crate::scan::{self, ScanError};
+use crate::tree::{check_name, FileData, InodeId, Kind, Tree, ROOT};
 
 const MAGIC: u32 = 0x7371_7368;
 const BLOCK_SIZE: usize = 128 * 1024;
@@ -830,8 +830,8 @@ fn write_image(tree: &Tree, plan: &Plan, out_path: &Path, tmp: &Path) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::scan::tests::{is_root, ok, set_xattr};
-    use crate::host::tree::{Inode, Meta};
+    use crate::scan::tests::{is_root, ok, set_xattr};
+    use crate::tree::{Inode, Meta};
     use std::collections::BTreeMap;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
     use std::process::Command;
