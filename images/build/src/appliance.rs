@@ -650,6 +650,11 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             RestartPolicy::Never
         }
     };
+    for name in &c.security.seccomp_deny {
+        if !cairn_runtime::seccomp::known_syscall(name) {
+            p.push(format!("security.seccomp_deny: {name:?} is not a syscall of x86_64 or aarch64"));
+        }
+    }
     let signal = signal_number(&c.stop.signal).unwrap_or_else(|| {
         p.push(format!("stop signal {:?} is unknown", c.stop.signal));
         0
@@ -858,6 +863,13 @@ depends_on = ["sensor"]
         assert!(all.contains("sometimes"), "{all}");
         assert!(all.contains("ghost"), "{all}");
         assert!(all.contains("nope"), "{all}");
+    }
+
+    #[test]
+    fn seccomp_names_are_checked_at_build_time() {
+        assert!(one("security = { seccomp_deny = [\"clock_settime\", \"iopl\"] }").is_ok());
+        let e = one("security = { seccomp_deny = [\"no_such_call\"] }").unwrap_err();
+        assert!(e.contains("security.seccomp_deny") && e.contains("no_such_call"), "{e}");
     }
 
     fn one(extra: &str) -> Result<Manifest, String> {
