@@ -57,11 +57,13 @@ pub enum Stage {
     NoNewPrivs = 16,
     /// execve of the entrypoint (`argv[0]`).
     Exec = 17,
+    /// Closing the descriptors inherited from PID 1 (close_range).
+    InheritedFds = 18,
 }
 
 impl Stage {
     /// Every stage, for decoding.
-    const ALL: [Stage; 17] = [
+    const ALL: [Stage; 18] = [
         Stage::Console,
         Stage::IdMaps,
         Stage::BecomeRoot,
@@ -79,6 +81,7 @@ impl Stage {
         Stage::Cwd,
         Stage::NoNewPrivs,
         Stage::Exec,
+        Stage::InheritedFds,
     ];
 
     /// Short name, for events.
@@ -101,6 +104,7 @@ impl Stage {
             Stage::Cwd => "cwd",
             Stage::NoNewPrivs => "no-new-privs",
             Stage::Exec => "exec",
+            Stage::InheritedFds => "inherited-fds",
         }
     }
 
@@ -215,7 +219,7 @@ mod tests {
     fn stage_numbers_are_distinct_and_fixed() {
         let mut seen: Vec<u8> = Stage::ALL.iter().map(|s| *s as u8).collect();
         seen.dedup();
-        assert_eq!(seen, (1..=17).collect::<Vec<u8>>());
+        assert_eq!(seen, (1..=18).collect::<Vec<u8>>());
         assert_eq!(
             encode(Report { stage: Stage::Exec, step: None, errno: libc::ENOENT }),
             [0xC5, 17, 0xff, 0xff, 2, 0, 0, 0]
@@ -238,8 +242,8 @@ mod tests {
         let mut bad = good;
         bad[1] = 0;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(0)));
-        bad[1] = 18;
-        assert_eq!(decode(&bad), Err(DecodeError::Stage(18)));
+        bad[1] = 19;
+        assert_eq!(decode(&bad), Err(DecodeError::Stage(19)));
         bad[1] = 255;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(255)));
     }

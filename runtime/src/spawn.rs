@@ -306,7 +306,13 @@ fn child(
             unsafe { libc::_exit(SETUP_FAILED) };
         }
     }
-    close_inherited_fds(sync.as_raw_fd());
+    if let Err(errno) = close_inherited_fds(sync.as_raw_fd()) {
+        // A descriptor of PID 1's left open would be reachable through
+        // /proc/1/fd: never start like that.
+        report::write(&sync, Stage::InheritedFds, errno);
+        // SAFETY: _exit ends this process without running anything else.
+        unsafe { libc::_exit(SETUP_FAILED) };
+    }
     // Not dumpable: /proc/1 of the container belongs to root and cannot be
     // ptraced or have its exe reopened by processes without CAP_SYS_PTRACE.
     // SAFETY: prctl with integer arguments only.
@@ -334,14 +340,18 @@ fn child(
 /// Close every descriptor the container's init inherited from PID 1 except
 /// stdio and the sync pipe, so nothing of the host is reachable through
 /// /proc/1/fd.
-fn close_inherited_fds(keep: i32) {
+fn close_inherited_fds(keep: i32) -> Result<(), i32> {
     let keep = keep as libc::c_uint;
-    // SAFETY: close_range only closes descriptors; none of them is used by this
-    // process after this point except 0, 1, 2 and `keep`.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+    let ranges = [(3, keep.checked_sub(1)), (keep + 1, Some(libc::c_uint::MAX))];
+    for (first, last) in ranges {
+        let Some(last) = last.filter(|l| *l >= first) else {
+            continue;
+        };
+        // SAFETY: close_range only closes descriptors; none of them is used
+        // by this process after this point except 0, 1, 2 and `keep`.
+        if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) } != 0 {
+            return Err(sys::errno());
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
     }
+    Ok(())
 }
