@@ -577,3 +577,18 @@ fn control_requests_are_checked_and_signals_spaced() {
     assert_eq!(m.answer(&Caller::Host, "poweroff", t, &mut fx), "ok");
     assert!(fx.events().iter().any(|e| e == "event=shutdown.start kind=poweroff reason=control hostname=box"));
 }
+
+#[test]
+fn a_due_backoff_during_a_shutdown_is_not_a_start() {
+    let mut m = machine(vec![unit("a", RestartPolicy::Always, &[])], &[0]);
+    let mut fx = Recorder::new();
+    let t = Instant::now();
+    m.request_shutdown(ShutdownKind::Reboot, "test", t, &mut fx);
+    // However it got there: a backoff that is due is not a start.
+    m.units[0].state = State::Backoff { until: t };
+    fx.take();
+    m.fire(t, &mut fx);
+    assert!(fx.take().is_empty());
+    assert_eq!(m.restarts(0), 0);
+    assert_eq!(m.state(0), Some(State::Stopped));
+}
