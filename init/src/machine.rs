@@ -473,7 +473,8 @@ impl Machine {
             .min()
     }
 
-    /// Fire the timers due at `now`.
+    /// Fire the unit timers due at `now` (backoff, start timeout, grace,
+    /// kill wait).
     pub fn fire(&mut self, now: Instant, fx: &mut impl Effects) {
         let shutting_down = self.shutdown.is_some();
         let start_timeout = self.start_timeout;
@@ -514,6 +515,12 @@ impl Machine {
                 _ => {}
             }
         }
+    }
+
+    /// Send the queued signal that is due at `now` (taken after [`Machine::fire`]:
+    /// a restart it made may have taken a while, and the spacing counts
+    /// from this kill).
+    pub fn fire_signals(&mut self, now: Instant, fx: &mut impl Effects) {
         // One signal per expiry: if the loop was late, the next still waits
         // a full spacing after this one.
         if self.pending.front().is_some_and(|p| p.due <= now) {

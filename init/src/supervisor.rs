@@ -249,6 +249,7 @@ impl Supervisor {
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
             self.wait(timeout);
             self.machine.fire(Instant::now(), &mut self.io);
+            self.machine.fire_signals(Instant::now(), &mut self.io);
             self.fire_control_timers();
         }
     }
