@@ -29,11 +29,24 @@ pub struct Booted {
 /// Why the device has nothing to run.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// Required partitions did not appear in time.
-    #[error("partitions missing after {timeout_ms} ms: {missing}")]
+    /// No boot disk appeared in time.
+    #[error("partitions missing after {timeout_ms} ms: the boot disk ({})", match guid {
+        Some(g) => format!("no disk with GPT disk GUID {g}"),
+        None => "no disk holds cairn-* partitions".into(),
+    })]
+    NoBootDisk {
+        /// The GPT disk GUID `cairn.disk=` asked for, if any.
+        guid: Option<String>,
+        /// The wait.
+        timeout_ms: u32,
+    },
+    /// Required partitions of the boot disk did not appear in time.
+    #[error("partitions missing after {timeout_ms} ms: {} on {disk}", missing.join(","))]
     Partitions {
-        /// Names missing.
-        missing: String,
+        /// The boot disk.
+        disk: String,
+        /// GPT names missing.
+        missing: Vec<&'static str>,
         /// The wait.
         timeout_ms: u32,
     },
@@ -180,16 +193,10 @@ fn find_partitions(cmdline: &Cmdline) -> Result<(String, Partitions), BootError>
             event("partitions.duplicate").kv("disk", &disk).kv("name", &name).emit();
             Err(BootError::DuplicatePartition { disk, name })
         }
-        Err(WaitError::Choose(ChooseError::NotFound)) => Err(BootError::Partitions {
-            missing: match want {
-                Some(_) => format!("the boot disk (no disk with GPT disk GUID {wanted})"),
-                None => "the boot disk (no disk holds cairn-* partitions)".into(),
-            },
-            timeout_ms,
-        }),
-        Err(WaitError::Missing { disk, missing }) => {
-            Err(BootError::Partitions { missing: format!("{} on {disk}", missing.join(",")), timeout_ms })
+        Err(WaitError::Choose(ChooseError::NotFound)) => {
+            Err(BootError::NoBootDisk { guid: want.map(|_| wanted), timeout_ms })
         }
+        Err(WaitError::Missing { disk, missing }) => Err(BootError::Partitions { disk, missing, timeout_ms }),
     }
 }
 
@@ -339,6 +346,18 @@ mod tests {
             "no acceptable manifest: slot b: signed payload holds 3 bytes after the manifest; \
              slot a: version 2 is below the rollback floor 9"
         );
+    }
+
+    #[test]
+    fn boot_errors_say_what_is_missing() {
+        let e = BootError::NoBootDisk { guid: None, timeout_ms: 10 };
+        assert_eq!(e.to_string(), "partitions missing after 10 ms: the boot disk (no disk holds cairn-* partitions)");
+        let e = BootError::NoBootDisk { guid: Some("ABC".into()), timeout_ms: 10 };
+        assert_eq!(e.to_string(), "partitions missing after 10 ms: the boot disk (no disk with GPT disk GUID ABC)");
+        let e = BootError::Partitions { disk: "vda".into(), missing: vec!["cairn-state", "cairn-data"], timeout_ms: 5 };
+        assert_eq!(e.to_string(), "partitions missing after 5 ms: cairn-state,cairn-data on vda");
+        let e = BootError::AmbiguousDisk { reason: "two", disks: vec!["vda".into(), "vdb".into()] };
+        assert_eq!(e.to_string(), "two: vda,vdb");
     }
 
     #[test]
