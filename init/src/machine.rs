@@ -517,19 +517,25 @@ impl Machine {
         }
     }
 
-    /// Send the queued signal that is due at `now` (taken after [`Machine::fire`]:
-    /// a restart it made may have taken a while, and the spacing counts
-    /// from this kill).
-    pub fn fire_signals(&mut self, now: Instant, fx: &mut impl Effects) {
-        // One signal per expiry: if the loop was late, the next still waits
-        // a full spacing after this one.
-        if self.pending.front().is_some_and(|p| p.due <= now) {
-            if let Some(p) = self.pending.pop_front() {
-                self.send_pending(p, fx);
-            }
-            if let Some(next) = self.pending.front_mut() {
-                next.due = next.due.max(now + SIGNAL_SPACING);
-            }
+    /// Send the queued signal that is due at `now`; true if one was sent
+    /// (then the executor calls [`Machine::signal_sent`] with the instant
+    /// after the kill and its event).
+    pub fn fire_signals(&mut self, now: Instant, fx: &mut impl Effects) -> bool {
+        if !self.pending.front().is_some_and(|p| p.due <= now) {
+            return false;
+        }
+        if let Some(p) = self.pending.pop_front() {
+            self.send_pending(p, fx);
+        }
+        true
+    }
+
+    /// A queued signal was sent; `sent` is taken after the kill. One signal
+    /// per expiry: if the loop was late, the next still waits a full
+    /// spacing after this one, counted from `sent` however late it was.
+    pub fn signal_sent(&mut self, sent: Instant) {
+        if let Some(next) = self.pending.front_mut() {
+            next.due = next.due.max(sent + SIGNAL_SPACING);
         }
     }
 

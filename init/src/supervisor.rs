@@ -249,7 +249,10 @@ impl Supervisor {
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
             self.wait(timeout);
             self.machine.fire(Instant::now(), &mut self.io);
-            self.machine.fire_signals(Instant::now(), &mut self.io);
+            if self.machine.fire_signals(Instant::now(), &mut self.io) {
+                // The spacing counts from after this kill and its event.
+                self.machine.signal_sent(Instant::now());
+            }
             self.fire_control_timers();
         }
     }

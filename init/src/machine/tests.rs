@@ -556,16 +556,19 @@ fn control_requests_are_checked_and_signals_spaced() {
     assert_eq!(m.answer(&ctl, "signal ghost 15", t, &mut fx), "error no container ghost");
     assert_eq!(m.answer(&Caller::Host, "signal x 19,18", t, &mut fx), "ok");
     assert_eq!(m.next_deadline(), Some(t));
-    m.fire_signals(t, &mut fx);
+    assert!(m.fire_signals(t, &mut fx));
     assert_eq!(
         fx.take(),
         [Act::Signal { pid: x, signal: 19 }, Act::Event("event=container.signalled name=x signal=19".into())]
     );
-    // The next one a full spacing after, even if the loop comes early.
-    assert_eq!(m.next_deadline(), Some(t + SIGNAL_SPACING));
-    m.fire_signals(t + SIGNAL_SPACING - ms(1), &mut fx);
+    // The next one a full spacing after the kill was done (3 ms late here),
+    // even if the loop comes early.
+    let sent = t + ms(3);
+    m.signal_sent(sent);
+    assert_eq!(m.next_deadline(), Some(sent + SIGNAL_SPACING));
+    assert!(!m.fire_signals(sent + SIGNAL_SPACING - ms(1), &mut fx));
     assert!(fx.take().is_empty());
-    m.fire_signals(t + SIGNAL_SPACING, &mut fx);
+    assert!(m.fire_signals(sent + SIGNAL_SPACING, &mut fx));
     assert_eq!(fx.take().first(), Some(&Act::Signal { pid: x, signal: 18 }));
     let many = vec!["9"; MAX_PENDING_SIGNALS + 1].join(",");
     assert_eq!(
