@@ -521,7 +521,7 @@ impl Machine {
     /// (then the executor calls [`Machine::signal_sent`] with the instant
     /// after the kill and its event).
     pub fn fire_signals(&mut self, now: Instant, fx: &mut impl Effects) -> bool {
-        if !self.pending.front().is_some_and(|p| p.due <= now) {
+        if self.pending.front().is_none_or(|p| p.due > now) {
             return false;
         }
         if let Some(p) = self.pending.pop_front() {
