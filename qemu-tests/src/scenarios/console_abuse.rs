@@ -88,9 +88,21 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let last_signal = signalled.last().map_or(usize::MAX, |l| l.index);
     ensure!(after(flood.index) && after(last_signal) && after(refused.index), "no restart after the abuse: {times:?}");
     let power = c.expect("control.request", &[("caller", "driver"), ("request", "poweroff")])?;
+    // The request's event comes right after the shutdown it began; only
+    // the units that shutdown stopped at once (waiting, or the crasher in
+    // its backoff) may come between.
+    let between: Vec<&str> = c
+        .lines
+        .iter()
+        .filter(|l| l.source == "cairn" && l.index > stop.index && l.index < power.index)
+        .map(|l| l.event.as_str())
+        .collect();
     ensure!(
-        power.get("reply") == Some("ok") && power.index.abs_diff(stop.index) == 1,
-        "poweroff request: {:?}",
+        power.get("reply") == Some("ok")
+            && power.index > stop.index
+            && between.iter().all(|e| *e == "container.stopped")
+            && between.len() == c.all("container.stopped", &[("reason", "shutdown")]).len(),
+        "poweroff request: {:?} (events between: {between:?})",
         power.fields
     );
     ensure!(
