@@ -131,8 +131,15 @@ impl State {
 /// What a spawn attempt gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spawned {
-    /// Its init exists (set-up under way).
-    Started(Pid),
+    /// Its init exists (set-up under way) since `at`, when the spawn
+    /// returned: a spawn can take long (a clone into a cgroup with a tiny
+    /// `cpus` share), and the start timeout counts from `at`.
+    Started {
+        /// Its namespace init.
+        pid: Pid,
+        /// When the spawn returned.
+        at: Instant,
+    },
     /// Cloning failed (the executor emitted `container.failed`): a set-up
     /// failure under the restart policy.
     Failed,
@@ -159,8 +166,8 @@ pub enum Report {
 /// Effects of the core on the world.
 pub trait Effects {
     /// Spawn unit `i` with `restarts` restarts so far, joining the network
-    /// namespace of `join` if given.
-    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>) -> Spawned;
+    /// namespace of `join` if given; `now` is the instant the core decided.
+    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>, now: Instant) -> Spawned;
     /// Unit `i` was announced as starting: copy its output from now on.
     fn attach_output(&mut self, i: usize);
     /// Unit `i`'s report pipe is of no further interest.
@@ -282,9 +289,9 @@ impl Machine {
         let join =
             self.units.get(i).and_then(|u| u.desc.join).and_then(|j| self.units.get(j)).and_then(|j| j.state.pid());
         let Some(u) = self.units.get_mut(i) else { return };
-        match fx.spawn(i, u.restarts, join) {
-            Spawned::Started(pid) => {
-                u.state = State::Starting { pid, deadline: now + self.start_timeout };
+        match fx.spawn(i, u.restarts, join, now) {
+            Spawned::Started { pid, at } => {
+                u.state = State::Starting { pid, deadline: at.max(now) + self.start_timeout };
                 fx.emit(event("container.starting").kv("name", &u.desc.name).kv("pid", pid).kv("restarts", u.restarts));
                 fx.attach_output(i);
             }

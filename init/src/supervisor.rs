@@ -101,7 +101,7 @@ struct Io {
 }
 
 impl Effects for Io {
-    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>) -> Spawned {
+    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>, _: Instant) -> Spawned {
         let Some(u) = self.units.get_mut(i) else { return Spawned::Unstartable };
         let spec = match &u.spec {
             Ok(s) => s,
@@ -120,7 +120,7 @@ impl Effects for Io {
                 } else if let Some(output) = started.output {
                     u.fresh_output = Some((Tap::new(output, i), None));
                 }
-                Spawned::Started(started.pid)
+                Spawned::Started { pid: started.pid, at: Instant::now() }
             }
             Err(e) => {
                 event("container.failed").kv("name", &u.name).kv("error", &e).emit();

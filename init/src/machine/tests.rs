@@ -32,6 +32,8 @@ struct Recorder {
     /// What spawning a unit gives (default: a new pid).
     outcome: BTreeMap<usize, Spawned>,
     next_pid: Pid,
+    /// How long each spawn takes.
+    spawn_takes: Duration,
 }
 
 impl Recorder {
@@ -57,13 +59,13 @@ impl Recorder {
 }
 
 impl Effects for Recorder {
-    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>) -> Spawned {
+    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>, now: Instant) -> Spawned {
         self.acts.push(Act::Spawn { unit: i, restarts, join });
         match self.outcome.get(&i) {
             Some(o) => *o,
             None => {
                 self.next_pid += 1;
-                Spawned::Started(self.next_pid)
+                Spawned::Started { pid: self.next_pid, at: now + self.spawn_takes }
             }
         }
     }
@@ -405,6 +407,28 @@ fn a_start_timeout_kills_the_cgroup_and_counts_as_a_setup_failure() {
     );
     // The late exit of the killed init is no longer this unit's.
     assert_eq!(m.unit_of(p), None);
+}
+
+#[test]
+fn the_start_timeout_counts_from_when_the_spawn_returned() {
+    // Two units started in one step, each spawn taking 1.2 s (a clone into
+    // a cgroup with a tiny cpu share): the second's timeout counts from
+    // its own spawn, not from the step.
+    let mut m = Machine::new(
+        vec![unit("slow", RestartPolicy::Never, &[]), unit("driver", RestartPolicy::Never, &[])],
+        vec![0, 1],
+        ms(1000),
+    );
+    let mut fx = Recorder::new();
+    fx.spawn_takes = ms(1200);
+    let t = Instant::now();
+    m.step(t, &mut fx);
+    fx.take();
+    m.fire(t + ms(2199), &mut fx);
+    assert!(fx.take().is_empty(), "timed out before 1 s after its spawn returned");
+    m.fire(t + ms(2200), &mut fx);
+    assert!(matches!(m.state(0), Some(State::Stopped)));
+    assert!(matches!(m.state(1), Some(State::Stopped)));
 }
 
 #[test]
