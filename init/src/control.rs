@@ -43,8 +43,19 @@ pub enum Request {
     },
 }
 
+/// Why a request line was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// `signal NAME LIST` with a list that is not numbers in 1..=64.
+    #[error("bad signal list {0:?}")]
+    SignalList(String),
+    /// Not a request.
+    #[error("unknown request {0:?}")]
+    Unknown(String),
+}
+
 /// Parse a request line.
-pub fn parse(text: &str) -> Result<Request, String> {
+pub fn parse(text: &str) -> Result<Request, ParseError> {
     let words: Vec<&str> = text.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => Ok(Request::Status),
@@ -54,12 +65,12 @@ pub fn parse(text: &str) -> Result<Request, String> {
             let signals: Vec<i32> =
                 list.split(',').filter_map(|s| s.parse().ok()).filter(|s| (1..=64).contains(s)).collect();
             if signals.is_empty() || signals.len() != list.split(',').count() {
-                Err(format!("bad signal list {list:?}"))
+                Err(ParseError::SignalList((*list).into()))
             } else {
                 Ok(Request::Signal { name: (*name).into(), signals })
             }
         }
-        _ => Err(format!("unknown request {text:?}")),
+        _ => Err(ParseError::Unknown(text.into())),
     }
 }
 
@@ -263,14 +274,14 @@ mod tests {
         assert_eq!(parse(" poweroff\n"), Ok(Request::PowerOff));
         assert_eq!(parse("signal web 15"), Ok(Request::Signal { name: "web".into(), signals: vec![15] }));
         assert_eq!(parse("signal web 1,2,31"), Ok(Request::Signal { name: "web".into(), signals: vec![1, 2, 31] }));
-        assert!(parse("signal web 1,x").is_err());
-        assert!(parse("signal web 0").is_err());
-        assert!(parse("signal web x").is_err());
-        assert!(parse("rm -rf /").is_err());
-        assert!(parse("").is_err());
-        assert!(parse("signal web 1,2 extra").is_err());
-        assert!(parse("signal web 65").is_err());
-        assert!(parse("signal web 1,,2").is_err());
+        assert_eq!(parse("signal web 1,x"), Err(ParseError::SignalList("1,x".into())));
+        assert_eq!(parse("signal web 0"), Err(ParseError::SignalList("0".into())));
+        assert_eq!(parse("signal web x"), Err(ParseError::SignalList("x".into())));
+        assert_eq!(parse("rm -rf /"), Err(ParseError::Unknown("rm -rf /".into())));
+        assert_eq!(parse(""), Err(ParseError::Unknown("".into())));
+        assert_eq!(parse("signal web 1,2 extra"), Err(ParseError::Unknown("signal web 1,2 extra".into())));
+        assert_eq!(parse("signal web 65"), Err(ParseError::SignalList("65".into())));
+        assert_eq!(parse("signal web 1,,2"), Err(ParseError::SignalList("1,,2".into())));
     }
 
     fn conn_pair() -> Option<(Conn, OwnedFd)> {

@@ -14,6 +14,7 @@ mod control;
 mod early;
 mod event;
 mod keys;
+mod machine;
 mod modules;
 mod partitions;
 mod policy;
@@ -24,9 +25,11 @@ mod supervisor;
 mod switch_root;
 mod tap;
 
-use cairn_format::manifest::DeviceSource;
+use cairn_format::manifest::{self, DeviceSource};
 
 use event::event;
+use machine::UnitDesc;
+use policy::{Restart, RestartPolicy};
 use supervisor::{ShutdownKind, Supervisor, Unit};
 
 fn main() {
@@ -89,14 +92,14 @@ fn main() {
             None
         }
     };
-    let mut sup = Supervisor::new(units, order, signals, control);
-    sup.set_start_timeout(std::time::Duration::from_millis(cmdline.start_timeout_ms.into()));
+    let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
+    let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
     let kind = sup.run();
     finish(kind);
 }
 
 /// One supervised unit per manifest container, and the start order.
-fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
+fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
     let m = &b.manifest;
     let order = m.start_order().unwrap_or_default();
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
@@ -115,12 +118,34 @@ fn units_of(b: &boot::Booted) -> (Vec<Unit>, Vec<usize>) {
                     None
                 }
             };
-            let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(|e| e.to_string());
-            let deps = c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect();
-            Unit::new(&c.name, spec, deps, c.restart, c.stop)
+            let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(Into::into);
+            let unit = Unit::new(&c.name, spec);
+            let desc = UnitDesc {
+                name: c.name.as_str().into(),
+                deps: c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect(),
+                join: match &c.network {
+                    manifest::Network::Join(name) => m.container(name).map(|(i, _)| i),
+                    _ => None,
+                },
+                restart: restart_of(&c.restart),
+                stop_signal: i32::from(c.stop.signal),
+                grace_ms: c.stop.grace_ms,
+                control: unit.control(),
+            };
+            (unit, desc)
         })
         .collect();
     (units, order)
+}
+
+/// The core's restart rule of a manifest entry.
+fn restart_of(r: &manifest::Restart) -> Restart {
+    let policy = match r.policy {
+        manifest::RestartPolicy::Never => RestartPolicy::Never,
+        manifest::RestartPolicy::OnFailure { max_restarts } => RestartPolicy::OnFailure { max_restarts },
+        manifest::RestartPolicy::Always => RestartPolicy::Always,
+    };
+    Restart { policy, backoff_initial_ms: r.backoff_initial_ms, backoff_max_ms: r.backoff_max_ms }
 }
 
 /// How long the shutdown waits for every process to die after SIGKILL.

@@ -1,7 +1,31 @@
 //! Restart decisions and backoff: pure functions of the policy and history.
 
-use cairn_format::manifest::{Restart, RestartPolicy};
 use cairn_runtime::Exit;
+
+/// When a container is restarted (the manifest's `restart.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Never restarted.
+    Never,
+    /// Restarted after a non-zero exit or a signal, at most `max_restarts` times.
+    OnFailure {
+        /// Restarts allowed before it is left stopped.
+        max_restarts: u32,
+    },
+    /// Always restarted.
+    Always,
+}
+
+/// Restart policy and backoff (the manifest's `restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Delay before the first restart; doubled after each one.
+    pub backoff_initial_ms: u32,
+    /// Upper bound of the delay.
+    pub backoff_max_ms: u32,
+}
 
 /// What to do after a container exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,14 +88,21 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let last_signal = signalled.last().map_or(usize::MAX, |l| l.index);
     ensure!(after(flood.index) && after(last_signal) && after(refused.index), "no restart after the abuse: {times:?}");
     let power = c.expect("control.request", &[("caller", "driver"), ("request", "poweroff")])?;
-    // The driver's request is the one that started the shutdown: no other
-    // control request comes between them (units stopped by the shutdown
-    // itself may be reported in between).
-    let between = c.lines.iter().filter(|l| l.index > stop.index && l.index < power.index);
-    let others = between.filter(|l| l.event == "control.request").count();
+    // The request's event comes right after the shutdown it began; only
+    // the units that shutdown stopped at once (waiting, or the crasher in
+    // its backoff) may come between.
+    let between: Vec<&str> = c
+        .lines
+        .iter()
+        .filter(|l| l.source == "cairn" && l.index > stop.index && l.index < power.index)
+        .map(|l| l.event.as_str())
+        .collect();
     ensure!(
-        power.get("reply") == Some("ok") && power.index > stop.index && others == 0,
-        "poweroff request: {:?}",
+        power.get("reply") == Some("ok")
+            && power.index > stop.index
+            && between.iter().all(|e| *e == "container.stopped")
+            && between.len() == c.all("container.stopped", &[("reason", "shutdown")]).len(),
+        "poweroff request: {:?} (events between: {between:?})",
         power.fields
     );
     ensure!(

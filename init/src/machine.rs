@@ -1,0 +1,621 @@
+//! The supervisor's core: a state machine over its units, with no
+//! syscalls, no descriptors and no clock of its own.
+//!
+//! Inputs are method calls, each with an explicit `now`: [`Machine::step`]
+//! (start what is ready, advance a shutdown), [`Machine::settle`] (a
+//! starting unit's report pipe said something, or its init exited),
+//! [`Machine::exited`] (a running or stopping unit's init was reaped),
+//! [`Machine::fire`] (timers that are due), [`Machine::request_shutdown`]
+//! and [`Machine::answer`] (a control request). Outputs go through
+//! [`Effects`]: spawn a unit, signal a pid, kill a cgroup, emit an event.
+//! The executor (`supervisor.rs`) implements [`Effects`] with the real
+//! syscalls; the host tests below with a recorder.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use cairn_runtime::spawn::SETUP_FAILED;
+use cairn_runtime::sys::SysError;
+use cairn_runtime::Exit;
+
+use crate::control::{self, Caller, Request};
+use crate::event::{event, Event};
+use crate::policy::{self, Decision, Restart};
+
+/// A host pid.
+pub type Pid = i32;
+
+/// How long to wait after `cgroup.kill` before giving up on a container.
+pub const KILL_WAIT: Duration = Duration::from_secs(3);
+/// Space between the signals of one `signal` list: a stop signal discards
+/// a pending SIGCONT, so each must be delivered before the next is sent.
+pub const SIGNAL_SPACING: Duration = Duration::from_millis(20);
+/// Most signals waiting to be sent at once (a request that would pass it
+/// is refused whole).
+pub const MAX_PENDING_SIGNALS: usize = 256;
+
+/// What the device does once everything is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// reboot(RB_POWER_OFF).
+    PowerOff,
+    /// reboot(RB_AUTOBOOT).
+    Reboot,
+}
+
+impl ShutdownKind {
+    fn name(self) -> &'static str {
+        match self {
+            ShutdownKind::PowerOff => "poweroff",
+            ShutdownKind::Reboot => "reboot",
+        }
+    }
+}
+
+/// What the core knows of a container, built once at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitDesc {
+    /// Its name.
+    pub name: String,
+    /// Units (indexes) that must have started before it starts.
+    pub deps: Vec<usize>,
+    /// The unit (index) whose network namespace it joins.
+    pub join: Option<usize>,
+    /// Its restart policy.
+    pub restart: Restart,
+    /// Signal sent first to stop it.
+    pub stop_signal: i32,
+    /// Time between the stop signal and killing its cgroup.
+    pub grace_ms: u32,
+    /// It may use the control socket.
+    pub control: bool,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for its dependencies to start.
+    Waiting,
+    /// Cloned; its init sets up until the entrypoint is executed. Killed
+    /// at `deadline`.
+    Starting {
+        /// Its namespace init.
+        pid: Pid,
+        /// When the set-up is cut short.
+        deadline: Instant,
+    },
+    /// Running; `pid` is its namespace init.
+    Running {
+        /// Its namespace init.
+        pid: Pid,
+    },
+    /// Waiting out a restart delay.
+    Backoff {
+        /// When it is started again.
+        until: Instant,
+    },
+    /// Stop signal sent; the cgroup is killed at `deadline`.
+    Stopping {
+        /// Its namespace init.
+        pid: Pid,
+        /// When the grace period (or the wait after the kill) ends.
+        deadline: Instant,
+        /// Its cgroup was killed already.
+        killed: bool,
+    },
+    /// Not running and not coming back.
+    Stopped,
+}
+
+impl State {
+    /// The name `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Starting { .. } => "starting",
+            State::Running { .. } => "running",
+            State::Backoff { .. } => "backoff",
+            State::Stopping { .. } => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+
+    fn pid(self) -> Option<Pid> {
+        match self {
+            State::Starting { pid, .. } | State::Running { pid } | State::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+}
+
+/// What a spawn attempt gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spawned {
+    /// Its init exists (set-up under way) since `at`, when the spawn
+    /// returned: a spawn can take long (a clone into a cgroup with a tiny
+    /// `cpus` share), and the start timeout counts from `at`.
+    Started {
+        /// Its namespace init.
+        pid: Pid,
+        /// When the spawn returned.
+        at: Instant,
+    },
+    /// Cloning failed (the executor emitted `container.failed`): a set-up
+    /// failure under the restart policy.
+    Failed,
+    /// It can never start (the executor emitted `container.failed`).
+    Unstartable,
+}
+
+/// What a starting unit's report pipe said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Nothing yet.
+    Pending,
+    /// EOF: the entrypoint was executed, or it could not be (then `path`
+    /// and errno name of the failed `execve`).
+    Done {
+        /// `(argv[0], errno name)` when `execve` failed.
+        exec_failed: Option<(String, String)>,
+    },
+    /// A set-up step failed: the fields `container.failed` carries after
+    /// its name and pid (stage, path, error).
+    Failed(Vec<(&'static str, String)>),
+}
+
+/// Effects of the core on the world.
+pub trait Effects {
+    /// Spawn unit `i` with `restarts` restarts so far, joining the network
+    /// namespace of `join` if given; `now` is the instant the core decided.
+    fn spawn(&mut self, i: usize, restarts: u32, join: Option<Pid>, now: Instant) -> Spawned;
+    /// Unit `i` was announced as starting: copy its output from now on.
+    fn attach_output(&mut self, i: usize);
+    /// Unit `i`'s report pipe is of no further interest.
+    fn close_report(&mut self, i: usize);
+    /// Send `signal` to `pid`.
+    fn signal(&mut self, pid: Pid, signal: i32) -> Result<(), SysError>;
+    /// Kill every process of unit `i`'s cgroup (`pid` directly if that fails).
+    fn kill_cgroup(&mut self, i: usize, pid: Pid);
+    /// Emit an event.
+    fn emit(&mut self, e: Event);
+    /// The device's hostname (for `shutdown.start`).
+    fn hostname(&mut self) -> String;
+}
+
+struct Unit {
+    desc: UnitDesc,
+    state: State,
+    restarts: u32,
+    ever_started: bool,
+    /// When the current run began (its entrypoint was executed).
+    run_started: Option<Instant>,
+}
+
+struct ShutdownPlan {
+    kind: ShutdownKind,
+    /// Units still to stop, next last.
+    queue: Vec<usize>,
+    current: Option<usize>,
+}
+
+/// A signal a `signal` request queued.
+struct PendingSignal {
+    due: Instant,
+    unit: usize,
+    signal: i32,
+}
+
+/// The supervisor's state.
+pub struct Machine {
+    units: Vec<Unit>,
+    order: Vec<usize>,
+    shutdown: Option<ShutdownPlan>,
+    pending: VecDeque<PendingSignal>,
+    announced_started: bool,
+    start_timeout: Duration,
+}
+
+impl Machine {
+    /// `order` is the start order (indexes into `units`).
+    pub fn new(units: Vec<UnitDesc>, order: Vec<usize>, start_timeout: Duration) -> Self {
+        let units = units
+            .into_iter()
+            .map(|desc| Unit { desc, state: State::Waiting, restarts: 0, ever_started: false, run_started: None })
+            .collect();
+        Self { units, order, shutdown: None, pending: VecDeque::new(), announced_started: false, start_timeout }
+    }
+
+    /// Unit `i`'s state.
+    pub fn state(&self, i: usize) -> Option<State> {
+        self.units.get(i).map(|u| u.state)
+    }
+
+    /// The unit whose namespace init is `pid`.
+    pub fn unit_of(&self, pid: Pid) -> Option<usize> {
+        self.units.iter().position(|u| u.state.pid() == Some(pid))
+    }
+
+    /// Restarts of unit `i` so far.
+    #[cfg(test)]
+    pub fn restarts(&self, i: usize) -> u32 {
+        self.units.get(i).map_or(0, |u| u.restarts)
+    }
+
+    /// Start what is ready, or advance the shutdown; returns the kind once
+    /// a shutdown stopped everything.
+    pub fn step(&mut self, now: Instant, fx: &mut impl Effects) -> Option<ShutdownKind> {
+        if self.shutdown.is_none() {
+            self.start_ready(now, fx);
+            None
+        } else {
+            self.drive_shutdown(now, fx)
+        }
+    }
+
+    fn start_ready(&mut self, now: Instant, fx: &mut impl Effects) {
+        for k in 0..self.order.len() {
+            let Some(&i) = self.order.get(k) else { continue };
+            let Some(u) = self.units.get(i) else { continue };
+            if u.state != State::Waiting {
+                continue;
+            }
+            let deps_started = u.desc.deps.iter().all(|d| self.units.get(*d).is_some_and(|d| d.ever_started));
+            let dep_dead = u.desc.deps.iter().find_map(|d| {
+                self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| &d.desc.name)
+            });
+            if let Some(dep) = dep_dead {
+                fx.emit(
+                    event("container.blocked")
+                        .kv("name", &u.desc.name)
+                        .kv("dependency", dep)
+                        .kv("reason", "dependency never started"),
+                );
+                if let Some(u) = self.units.get_mut(i) {
+                    u.state = State::Stopped;
+                }
+            } else if deps_started {
+                self.start(i, now, fx);
+            }
+        }
+        let settled = |u: &Unit| !matches!(u.state, State::Waiting | State::Starting { .. });
+        if !self.announced_started && self.units.iter().all(settled) {
+            self.announced_started = true;
+            let running = self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count();
+            fx.emit(event("boot.containers-started").kv("running", running).kv("total", self.units.len()));
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Instant, fx: &mut impl Effects) {
+        let join =
+            self.units.get(i).and_then(|u| u.desc.join).and_then(|j| self.units.get(j)).and_then(|j| j.state.pid());
+        let Some(u) = self.units.get_mut(i) else { return };
+        match fx.spawn(i, u.restarts, join, now) {
+            Spawned::Started { pid, at } => {
+                u.state = State::Starting { pid, deadline: at.max(now) + self.start_timeout };
+                fx.emit(event("container.starting").kv("name", &u.desc.name).kv("pid", pid).kv("restarts", u.restarts));
+                fx.attach_output(i);
+            }
+            Spawned::Failed => self.after_exit(i, Exit::Code(SETUP_FAILED), now, fx),
+            Spawned::Unstartable => u.state = State::Stopped,
+        }
+    }
+
+    /// Unit `i`'s report pipe said `report`; with `exit`, its init has
+    /// exited. Returns true if that settled the unit for good (its set-up
+    /// failed and the failure was handled), false if it is still starting
+    /// or now runs (its exit, if any, is still to be handled by [`Machine::exited`]).
+    pub fn settle(
+        &mut self,
+        i: usize,
+        report: Report,
+        exit: Option<Exit>,
+        now: Instant,
+        fx: &mut impl Effects,
+    ) -> bool {
+        let Some(u) = self.units.get_mut(i) else { return false };
+        let State::Starting { pid, .. } = u.state else { return false };
+        let fields = match report {
+            Report::Pending if exit.is_none() => return false,
+            Report::Pending => None,
+            Report::Done { exec_failed } => {
+                fx.close_report(i);
+                u.state = State::Running { pid };
+                u.ever_started = true;
+                u.run_started = Some(now);
+                fx.emit(event("container.started").kv("name", &u.desc.name).kv("pid", pid).kv("restarts", u.restarts));
+                if let Some((path, error)) = exec_failed {
+                    fx.emit(
+                        event("container.exec-failed").kv("name", &u.desc.name).kv("path", path).kv("error", error),
+                    );
+                }
+                return false;
+            }
+            Report::Failed(fields) => Some(fields),
+        };
+        fx.close_report(i);
+        let mut failed = event("container.failed").kv("name", &u.desc.name).kv("pid", pid);
+        match fields {
+            Some(fields) => {
+                for (k, v) in fields {
+                    failed = failed.kv(k, v);
+                }
+            }
+            None => failed = failed.kv("error", "exited during set-up without a report"),
+        }
+        fx.emit(failed);
+        let exit = match exit {
+            Some(exit) => exit,
+            None => {
+                // The init exits by itself after a report; make sure
+                // nothing it started outlives it.
+                fx.kill_cgroup(i, pid);
+                Exit::Code(SETUP_FAILED)
+            }
+        };
+        self.after_exit(i, exit, now, fx);
+        true
+    }
+
+    /// Unit `i`'s init exited (after `container.exited` was emitted).
+    pub fn exited(&mut self, i: usize, exit: Exit, now: Instant, fx: &mut impl Effects) {
+        if let Some(plan) = &mut self.shutdown {
+            if plan.current == Some(i) {
+                plan.current = None;
+            }
+        }
+        self.after_exit(i, exit, now, fx);
+    }
+
+    fn after_exit(&mut self, i: usize, exit: Exit, now: Instant, fx: &mut impl Effects) {
+        let shutting_down = self.shutdown.is_some();
+        let Some(u) = self.units.get_mut(i) else { return };
+        fx.close_report(i);
+        let ran_ms =
+            u.run_started.take().map(|t| now.saturating_duration_since(t).as_millis().min(u128::from(u64::MAX)) as u64);
+        if shutting_down {
+            u.state = State::Stopped;
+            return;
+        }
+        u.restarts = policy::restarts_after_run(&u.desc.restart, u.restarts, ran_ms);
+        match policy::after_exit(&u.desc.restart, exit, u.restarts) {
+            Decision::Restart { delay_ms } => {
+                u.state = State::Backoff { until: now + Duration::from_millis(delay_ms.into()) };
+                fx.emit(
+                    event("container.restart-scheduled")
+                        .kv("name", &u.desc.name)
+                        .kv("attempt", u.restarts + 1)
+                        .kv("delay_ms", delay_ms),
+                );
+            }
+            Decision::Stay => {
+                u.state = State::Stopped;
+                fx.emit(event("container.stopped").kv("name", &u.desc.name).kv("reason", "policy"));
+            }
+            Decision::GiveUp => {
+                u.state = State::Stopped;
+                fx.emit(event("container.gave-up").kv("name", &u.desc.name).kv("restarts", u.restarts));
+            }
+        }
+    }
+
+    /// Begin an orderly shutdown (idempotent).
+    pub fn request_shutdown(&mut self, kind: ShutdownKind, why: &str, now: Instant, fx: &mut impl Effects) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let host = fx.hostname();
+        fx.emit(event("shutdown.start").kv("kind", kind.name()).kv("reason", why).kv("hostname", host.trim()));
+        // Nothing starts any more: units waiting to start or to restart stay
+        // stopped, and set-ups under way are cut short.
+        for (i, u) in self.units.iter_mut().enumerate() {
+            match u.state {
+                State::Waiting | State::Backoff { .. } => {
+                    fx.emit(
+                        event("container.stopped")
+                            .kv("name", &u.desc.name)
+                            .kv("reason", "shutdown")
+                            .kv("was", u.state.name()),
+                    );
+                    u.state = State::Stopped;
+                }
+                State::Starting { pid, .. } => {
+                    fx.emit(event("container.killed").kv("name", &u.desc.name).kv("reason", "shutdown during set-up"));
+                    fx.kill_cgroup(i, pid);
+                    fx.close_report(i);
+                    u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                }
+                _ => {}
+            }
+        }
+        // Popped from the end: the last container started is stopped first.
+        let queue = self.order.clone();
+        self.shutdown = Some(ShutdownPlan { kind, queue, current: None });
+    }
+
+    fn drive_shutdown(&mut self, now: Instant, fx: &mut impl Effects) -> Option<ShutdownKind> {
+        loop {
+            let plan = self.shutdown.as_mut()?;
+            if plan.current.is_some() {
+                return None;
+            }
+            let Some(i) = plan.queue.pop() else {
+                return Some(plan.kind);
+            };
+            let Some(u) = self.units.get_mut(i) else { continue };
+            match u.state {
+                State::Running { pid } => {
+                    let sig = u.desc.stop_signal;
+                    fx.emit(
+                        event("container.stopping")
+                            .kv("name", &u.desc.name)
+                            .kv("signal", sig)
+                            .kv("grace_ms", u.desc.grace_ms),
+                    );
+                    let _ = fx.signal(pid, sig);
+                    u.state = State::Stopping {
+                        pid,
+                        deadline: now + Duration::from_millis(u.desc.grace_ms.into()),
+                        killed: false,
+                    };
+                    plan.current = Some(i);
+                }
+                // Killed when the shutdown began: wait for its exit.
+                State::Stopping { .. } => plan.current = Some(i),
+                _ => u.state = State::Stopped,
+            }
+        }
+    }
+
+    /// The next instant a timer (backoff, start timeout, grace, kill wait,
+    /// queued signal) is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.units
+            .iter()
+            .filter_map(|u| match u.state {
+                State::Backoff { until } => Some(until),
+                State::Starting { deadline, .. } | State::Stopping { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .chain(self.pending.front().map(|p| p.due))
+            .min()
+    }
+
+    /// Fire the unit timers due at `now` (backoff, start timeout, grace,
+    /// kill wait).
+    pub fn fire(&mut self, now: Instant, fx: &mut impl Effects) {
+        let shutting_down = self.shutdown.is_some();
+        let start_timeout = self.start_timeout;
+        for i in 0..self.units.len() {
+            let Some(u) = self.units.get_mut(i) else { continue };
+            match u.state {
+                // request_shutdown stopped every unit in backoff; never
+                // start one once the shutdown began, whatever its state.
+                State::Backoff { until } if until <= now && shutting_down => u.state = State::Stopped,
+                State::Backoff { until } if until <= now => {
+                    u.restarts += 1;
+                    self.start(i, now, fx);
+                }
+                State::Starting { pid, deadline } if deadline <= now => {
+                    fx.emit(
+                        event("container.start-timeout")
+                            .kv("name", &u.desc.name)
+                            .kv("pid", pid)
+                            .kv("timeout_ms", start_timeout.as_millis()),
+                    );
+                    fx.kill_cgroup(i, pid);
+                    // A set-up failure: the restart policy decides.
+                    self.after_exit(i, Exit::Code(SETUP_FAILED), now, fx);
+                }
+                State::Stopping { pid, deadline, killed } if deadline <= now => {
+                    if killed {
+                        fx.emit(event("container.stop-timeout").kv("name", &u.desc.name).kv("pid", pid));
+                        u.state = State::Stopped;
+                        if let Some(plan) = &mut self.shutdown {
+                            plan.current = None;
+                        }
+                    } else {
+                        fx.emit(event("container.killed").kv("name", &u.desc.name).kv("reason", "grace period over"));
+                        fx.kill_cgroup(i, pid);
+                        u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Send the queued signal that is due at `now`; true if one was sent
+    /// (then the executor calls [`Machine::signal_sent`] with the instant
+    /// after the kill and its event).
+    pub fn fire_signals(&mut self, now: Instant, fx: &mut impl Effects) -> bool {
+        if self.pending.front().is_none_or(|p| p.due > now) {
+            return false;
+        }
+        if let Some(p) = self.pending.pop_front() {
+            self.send_pending(p, fx);
+        }
+        true
+    }
+
+    /// A queued signal was sent; `sent` is taken after the kill. One signal
+    /// per expiry: if the loop was late, the next still waits a full
+    /// spacing after this one, counted from `sent` however late it was.
+    pub fn signal_sent(&mut self, sent: Instant) {
+        if let Some(next) = self.pending.front_mut() {
+            next.due = next.due.max(sent + SIGNAL_SPACING);
+        }
+    }
+
+    fn send_pending(&self, p: PendingSignal, fx: &mut impl Effects) {
+        let Some(u) = self.units.get(p.unit) else { return };
+        let name = &u.desc.name;
+        match u.state.pid() {
+            Some(pid) => match fx.signal(pid, p.signal) {
+                Ok(()) => fx.emit(event("container.signalled").kv("name", name).kv("signal", p.signal)),
+                Err(e) => {
+                    fx.emit(event("container.signal-failed").kv("name", name).kv("signal", p.signal).kv("error", e))
+                }
+            },
+            None => fx.emit(
+                event("container.signal-failed").kv("name", name).kv("signal", p.signal).kv("error", "not running"),
+            ),
+        }
+    }
+
+    /// May this caller use the control socket? The host may; a container
+    /// only with `control = true` in its manifest entry.
+    fn permitted(&self, caller: &Caller) -> bool {
+        match caller {
+            Caller::Host => true,
+            Caller::Container(name) => self.units.iter().any(|u| u.desc.name == *name && u.desc.control),
+            Caller::Unknown => false,
+        }
+    }
+
+    /// The reply to a control request `text` from `caller`.
+    pub fn answer(&mut self, caller: &Caller, text: &str, now: Instant, fx: &mut impl Effects) -> String {
+        if !self.permitted(caller) {
+            return "error not permitted".into();
+        }
+        match control::parse(text) {
+            Err(e) => format!("error {e}"),
+            Ok(Request::Status) => {
+                let mut s = String::from("ok");
+                for u in &self.units {
+                    s.push_str(&format!(" {}={}", u.desc.name, u.state.name()));
+                }
+                s
+            }
+            Ok(Request::PowerOff) => {
+                self.request_shutdown(ShutdownKind::PowerOff, "control", now, fx);
+                "ok".into()
+            }
+            Ok(Request::Reboot) => {
+                self.request_shutdown(ShutdownKind::Reboot, "control", now, fx);
+                "ok".into()
+            }
+            Ok(Request::Signal { name, signals }) => match self.units.iter().position(|u| u.desc.name == name) {
+                None => format!("error no container {name}"),
+                Some(i) if self.units.get(i).and_then(|u| u.state.pid()).is_none() => {
+                    format!("error {name} is not running")
+                }
+                Some(_) if self.pending.len() + signals.len() > MAX_PENDING_SIGNALS => {
+                    "error busy: too many signals pending".into()
+                }
+                Some(unit) => {
+                    // Spaced with timers after whatever is already queued.
+                    let mut due = self.pending.back().map_or(now, |p| p.due + SIGNAL_SPACING).max(now);
+                    for signal in signals {
+                        self.pending.push_back(PendingSignal { due, unit, signal });
+                        due += SIGNAL_SPACING;
+                    }
+                    "ok".into()
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests;
