@@ -22,11 +22,41 @@ pub fn run(delay_ms: u64, words: &[String]) -> i32 {
     }
     let request = words.join(" ");
     let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
-    match exchange(path.as_bytes(), request.as_bytes()) {
+    // A `poweroff` is answered, then this container is stopped at once:
+    // hold SIGTERM until the reply is printed (it is delivered after).
+    let held = hold_term();
+    let code = report(&request, &path, exchange(path.as_bytes(), request.as_bytes()));
+    release_term(held);
+    code
+}
+
+/// Block SIGTERM; returns the previous mask.
+fn hold_term() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use;
+    // sigprocmask gets valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+/// Restore the mask [`hold_term`] returned (a pending SIGTERM acts now).
+fn release_term(old: libc::sigset_t) {
+    // SAFETY: `old` is a mask sigprocmask filled in.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+}
+
+/// Print the outcome of a request; 0 if the reply starts with "ok".
+fn report(request: &str, path: &std::ffi::OsStr, outcome: Result<Vec<u8>, (&'static str, i32)>) -> i32 {
+    match outcome {
         Ok(reply) => {
             let reply = String::from_utf8_lossy(&reply);
             let reply = reply.trim();
-            say!("event=ctl request={} reply={}", V(&request), V(reply));
+            say!("event=ctl request={} reply={}", V(request), V(reply));
             if reply.starts_with("ok") {
                 0
             } else {
@@ -34,7 +64,7 @@ pub fn run(delay_ms: u64, words: &[String]) -> i32 {
             }
         }
         Err((step, errno)) => {
-            say!("event=ctl request={} error={step} errno={errno} path={}", V(&request), V(&path.to_string_lossy()));
+            say!("event=ctl request={} error={step} errno={errno} path={}", V(request), V(&path.to_string_lossy()));
             1
         }
     }
