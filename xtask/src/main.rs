@@ -87,7 +87,11 @@ fn run() -> Result<ExitCode> {
             println!("xtask: demo disk {}", disk.display());
             Ok(ExitCode::SUCCESS)
         }
-        "qemu-test" => qemu_test(a.board.as_deref(), &a.rest),
+        "qemu-test" => {
+            // Some scenarios make layers with mksquashfs (squashfs-tools).
+            host_deps::ensure_test_tools()?;
+            qemu_test(a.board.as_deref(), &a.rest)
+        }
         "test" => {
             host_deps::ensure_test_tools()?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
