@@ -50,27 +50,52 @@ fn block_rdev(path: &str) -> Option<u64> {
     m.file_type().is_block_device().then(|| m.rdev())
 }
 
-/// The name rules: the host node a source names, before looking at it.
-pub fn source_path(source: &DeviceSource, parts: &Partitions) -> Result<String, String> {
-    check_device_source(source).map_err(str::to_owned)?;
-    match source {
-        DeviceSource::Partition(name) if name.starts_with(SYSTEM_PREFIX) => {
-            Err("names a system (cairn-*) partition".into())
+/// Why a device source is refused on this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceRefusal {
+    /// It breaks a name rule shared with the host (`check_device_source`).
+    Rule(&'static str),
+    /// `partition:NAME` naming a system (`cairn-*`) partition.
+    SystemPartition,
+    /// `partition:NAME` with no such partition on the boot disk.
+    NoSuchPartition(String),
+    /// The node is, by device number, the boot disk or one of its system
+    /// partitions.
+    BootDisk(String),
+}
+
+impl core::fmt::Display for DeviceRefusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DeviceRefusal::Rule(why) => f.write_str(why),
+            DeviceRefusal::SystemPartition => f.write_str("names a system (cairn-*) partition"),
+            DeviceRefusal::NoSuchPartition(name) => write!(f, "no partition {name} on the boot disk"),
+            DeviceRefusal::BootDisk(path) => write!(f, "{path} is the boot disk or one of its system partitions"),
         }
+    }
+}
+
+/// The name rules: the host node a source names, before looking at it.
+pub fn source_path(source: &DeviceSource, parts: &Partitions) -> Result<String, DeviceRefusal> {
+    check_device_source(source).map_err(DeviceRefusal::Rule)?;
+    match source {
+        DeviceSource::Partition(name) if name.starts_with(SYSTEM_PREFIX) => Err(DeviceRefusal::SystemPartition),
         DeviceSource::Partition(name) => {
-            parts.get(name).cloned().ok_or_else(|| format!("no partition {name} on the boot disk"))
+            parts.get(name).cloned().ok_or_else(|| DeviceRefusal::NoSuchPartition(name.clone()))
         }
         DeviceSource::Node(path) => Ok(path.clone()),
     }
 }
 
 /// Resolve a device source to a host node, refusing system devices.
-pub fn device_source(source: &DeviceSource, parts: &Partitions, forbidden: &Forbidden) -> Result<String, String> {
+pub fn device_source(
+    source: &DeviceSource,
+    parts: &Partitions,
+    forbidden: &Forbidden,
+) -> Result<String, DeviceRefusal> {
     let path = source_path(source, parts)?;
     match block_rdev(&path) {
-        Some(rdev) if forbidden.contains(rdev) => {
-            Err(format!("{path} is the boot disk or one of its system partitions"))
-        }
+        Some(rdev) if forbidden.contains(rdev) => Err(DeviceRefusal::BootDisk(path)),
         _ => Ok(path),
     }
 }
@@ -225,11 +250,18 @@ mod tests {
         let path = |s: &str| source_path(&DeviceSource::parse(s), &p);
         assert_eq!(path("partition:camera-store"), Ok("/dev/vda8".into()));
         assert_eq!(path("/dev/ttyS1"), Ok("/dev/ttyS1".into()));
-        assert!(path("partition:cairn-data").is_err_and(|e| e.contains("system (cairn-*)")));
-        assert!(path("partition:cairn-state").is_err());
-        assert!(path("partition:ghost").is_err_and(|e| e.contains("no partition ghost")));
-        assert!(path("/etc/shadow").is_err());
-        assert!(path("/dev/../etc/shadow").is_err());
+        // The shared rule refuses cairn-* first; the device's own check
+        // stands behind it.
+        assert!(matches!(path("partition:cairn-data"), Err(DeviceRefusal::Rule(r)) if r.contains("system (cairn-*)")));
+        assert!(matches!(path("partition:cairn-state"), Err(DeviceRefusal::Rule(_))));
+        assert_eq!(path("partition:ghost"), Err(DeviceRefusal::NoSuchPartition("ghost".into())));
+        assert_eq!(path("partition:ghost").unwrap_err().to_string(), "no partition ghost on the boot disk");
+        assert!(matches!(path("/etc/shadow"), Err(DeviceRefusal::Rule(_))));
+        assert!(matches!(path("/dev/../etc/shadow"), Err(DeviceRefusal::Rule(_))));
+        assert_eq!(
+            DeviceRefusal::BootDisk("/dev/vda".into()).to_string(),
+            "/dev/vda is the boot disk or one of its system partitions"
+        );
     }
 
     fn container() -> m::Container {
