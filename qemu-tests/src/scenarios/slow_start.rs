@@ -20,8 +20,11 @@ use crate::console::Line;
 use crate::Ctx;
 
 /// Longest allowed gap between two starts of `fast` (300 ms backoff; the
-/// rest is slack for TCG on a loaded machine).
-const MAX_GAP_S: f64 = 1.5;
+/// rest is slack for TCG: on aarch64, with six containers setting up at
+/// once, one gap was 1.56 s). The proof that `slow`'s set-up does not
+/// block the loop is the count of restarts during it (below); the old
+/// blocking start showed none.
+const MAX_GAP_S: f64 = 2.5;
 
 fn t(l: &Line) -> f64 {
     l.get("t").and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
@@ -81,7 +84,11 @@ fn unblocked(c: &crate::console::Console) -> Result<()> {
     ensure!(t(slow_end) > first, "slow's start ended before fast's first start");
     // fast was restarted while slow was starting, on time.
     let during = fast.iter().filter(|l| t(l) > first && t(l) < t(slow_end)).count();
-    ensure!(during >= 1, "fast was not restarted while slow was starting (slow's start ended at t={})", t(slow_end));
+    ensure!(
+        during >= 2,
+        "fast was restarted {during} times while slow was starting (slow's start ended at t={})",
+        t(slow_end)
+    );
     for w in fast.windows(2) {
         if let [a, b] = w {
             let gap = t(b) - t(a);
