@@ -10,7 +10,7 @@ pub static BOARD: Board = Board {
     kernel_meta: "linux-image-cloud-arm64",
     kernel_package: "linux-image-6.1.0-57-cloud-arm64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay", "dm_mod", "dm_verity"],
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",

@@ -1,5 +1,5 @@
 //! The boot sequence after the early mounts: partitions, boot state, the
-//! signed manifest, and the verified layers.
+//! signed manifest, and the verified layers (behind dm-verity by default).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +24,8 @@ pub struct Booted {
     pub partitions: Partitions,
     /// Kernel name of the boot disk ("vda").
     pub disk: String,
+    /// The layers' dm-verity targets (empty with `layer_check = digest`).
+    pub targets: Vec<storage::LayerTarget>,
 }
 
 /// Why the device has nothing to run.
@@ -232,9 +234,9 @@ pub fn boot(cmdline: &Cmdline) -> Result<Booted, BootError> {
         // The factory slot's layers are where the factory wrote them.
         state.layer_slots = BootState::factory_layout(&manifest);
     }
-    let layer_dirs = storage::mount_layers(&manifest.layers, &state, &parts);
+    let mounted = storage::mount_layers(manifest.layer_check, &manifest.layers, &state, &parts);
     storage::mount_data(&parts);
-    Ok(Booted { manifest, layer_dirs, partitions: parts, disk })
+    Ok(Booted { manifest, layer_dirs: mounted.dirs, partitions: parts, disk, targets: mounted.targets })
 }
 
 /// The active slot's manifest, or the other slot's if the active one is

@@ -11,6 +11,7 @@
 mod boot;
 mod cmdline;
 mod control;
+mod dm;
 mod early;
 mod event;
 mod keys;
@@ -24,6 +25,7 @@ mod storage;
 mod supervisor;
 mod switch_root;
 mod tap;
+mod uevent;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -78,11 +80,14 @@ fn main() {
     let failed = modules::load_all();
     event("modules.done").kv("failed", failed).emit();
 
-    let (units, order) = match boot::boot(&cmdline) {
-        Ok(booted) => units_of(&booted),
+    let (units, order, targets) = match boot::boot(&cmdline) {
+        Ok(booted) => {
+            let (units, order) = units_of(&booted);
+            (units, order, booted.targets)
+        }
         Err(e) => {
             event("boot.failed").kv("reason", e).emit();
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new())
         }
     };
     let control = match control::Listener::bind() {
@@ -94,8 +99,18 @@ fn main() {
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
     let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
+    // Run-time dm-verity errors become `layer.corrupt` events.
+    if !targets.is_empty() {
+        match uevent::Watch::open(targets.clone()) {
+            Ok(w) => sup.watch_layers(w),
+            Err(e) => event("verity.unwatched")
+                .kv("error", e)
+                .kv("effect", "corrupt blocks still fail with EIO, unreported")
+                .emit(),
+        }
+    }
     let kind = sup.run();
-    finish(kind);
+    finish(kind, &targets);
 }
 
 /// One supervised unit per manifest container, and the start order.
@@ -153,7 +168,7 @@ const DEATH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Everything is stopped: kill what is left and wait for it (bounded),
 /// unmount (or remount read-only), sync, power off or reboot.
-fn finish(kind: ShutdownKind) -> ! {
+fn finish(kind: ShutdownKind, targets: &[storage::LayerTarget]) -> ! {
     // SAFETY: kill(-1) from PID 1 signals every other process; nothing of
     // ours is left to protect at this point.
     unsafe { libc::kill(-1, libc::SIGKILL) };
@@ -169,6 +184,7 @@ fn finish(kind: ShutdownKind) -> ! {
             release(&e.path().to_string_lossy(), "layer");
         }
     }
+    storage::remove_targets(targets);
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     let cmd = match kind {

@@ -13,7 +13,10 @@
 //! - whatever the name, a block device that is the boot disk itself or one
 //!   of its system partitions (same device number, `st_rdev`) is refused: a
 //!   `/dev/vda` or a `/dev/disk/by-*` alias cannot hand a container the
-//!   state, the manifest slots, the layers or the mounted data partition.
+//!   state, the manifest slots, the layers or the mounted data partition;
+//! - a block device whose major is device-mapper's (`/proc/devices`) is
+//!   refused: a layer's verity target (`/dev/dm-N`, `/dev/mapper/...`)
+//!   is a system device too, and cairn hands containers no dm device.
 
 use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -27,6 +30,8 @@ use crate::partitions::{Partitions, SYSTEM_PREFIX};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forbidden {
     rdevs: Vec<u64>,
+    /// Device-mapper's block major, when the kernel has it.
+    dm_major: Option<u32>,
 }
 
 impl Forbidden {
@@ -35,12 +40,18 @@ impl Forbidden {
     pub fn of_boot_disk(disk: &str, parts: &Partitions) -> Self {
         let nodes = std::iter::once(format!("/dev/{disk}"))
             .chain(parts.iter().filter(|(n, _)| n.starts_with(SYSTEM_PREFIX)).map(|(_, d)| d.clone()));
-        Self { rdevs: nodes.filter_map(|n| block_rdev(&n)).collect() }
+        Self { rdevs: nodes.filter_map(|n| block_rdev(&n)).collect(), dm_major: crate::dm::major() }
     }
 
-    /// Whether a block device number is forbidden.
-    pub fn contains(&self, rdev: u64) -> bool {
-        self.rdevs.contains(&rdev)
+    /// Why a block device number is forbidden, if it is.
+    pub fn refusal(&self, rdev: u64, path: &str) -> Option<DeviceRefusal> {
+        if self.rdevs.contains(&rdev) {
+            return Some(DeviceRefusal::BootDisk(path.to_owned()));
+        }
+        if self.dm_major.is_some_and(|m| libc::major(rdev) == m) {
+            return Some(DeviceRefusal::DeviceMapper(path.to_owned()));
+        }
+        None
     }
 }
 
@@ -62,6 +73,8 @@ pub enum DeviceRefusal {
     /// The node is, by device number, the boot disk or one of its system
     /// partitions.
     BootDisk(String),
+    /// The node is a device-mapper device (a layer's verity target).
+    DeviceMapper(String),
 }
 
 impl core::fmt::Display for DeviceRefusal {
@@ -71,6 +84,7 @@ impl core::fmt::Display for DeviceRefusal {
             DeviceRefusal::SystemPartition => f.write_str("names a system (cairn-*) partition"),
             DeviceRefusal::NoSuchPartition(name) => write!(f, "no partition {name} on the boot disk"),
             DeviceRefusal::BootDisk(path) => write!(f, "{path} is the boot disk or one of its system partitions"),
+            DeviceRefusal::DeviceMapper(path) => write!(f, "{path} is a device-mapper device (layers' verity targets)"),
         }
     }
 }
@@ -94,9 +108,9 @@ pub fn device_source(
     forbidden: &Forbidden,
 ) -> Result<String, DeviceRefusal> {
     let path = source_path(source, parts)?;
-    match block_rdev(&path) {
-        Some(rdev) if forbidden.contains(rdev) => Err(DeviceRefusal::BootDisk(path)),
-        _ => Ok(path),
+    match block_rdev(&path).and_then(|rdev| forbidden.refusal(rdev, &path)) {
+        Some(refusal) => Err(refusal),
+        None => Ok(path),
     }
 }
 
@@ -387,7 +401,23 @@ mod tests {
         let p = parts();
         let none = Forbidden::default();
         assert_eq!(device_source(&DeviceSource::parse("/dev/null"), &p, &none), Ok("/dev/null".into()));
-        let f = Forbidden { rdevs: vec![42] };
-        assert!(f.contains(42) && !f.contains(43));
+        let f = Forbidden { rdevs: vec![42], dm_major: None };
+        assert_eq!(f.refusal(42, "/dev/x"), Some(DeviceRefusal::BootDisk("/dev/x".into())));
+        assert_eq!(f.refusal(43, "/dev/x"), None);
+    }
+
+    #[test]
+    fn any_device_mapper_node_is_refused() {
+        let f = Forbidden { rdevs: vec![], dm_major: Some(254) };
+        let dm3 = libc::makedev(254, 3);
+        assert_eq!(f.refusal(dm3, "/dev/dm-3"), Some(DeviceRefusal::DeviceMapper("/dev/dm-3".into())));
+        assert_eq!(
+            f.refusal(dm3, "/dev/mapper/cairn-layer-app").unwrap().to_string(),
+            "/dev/mapper/cairn-layer-app is a device-mapper device (layers' verity targets)"
+        );
+        // Another major (virtio-blk's, say) is not dm.
+        assert_eq!(f.refusal(libc::makedev(253, 3), "/dev/vdb"), None);
+        // Without dm in the kernel nothing is refused for it.
+        assert_eq!(Forbidden::default().refusal(dm3, "/dev/dm-3"), None);
     }
 }

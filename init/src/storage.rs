@@ -1,5 +1,16 @@
-//! Reading partitions: the boot state region, a manifest slot, and layers
-//! (verified by sha256 before they are mounted read-only).
+//! Reading partitions: the boot state region, a manifest slot, and layers.
+//!
+//! Layers are checked as the manifest says (`layer_check`):
+//! - `verity` (the default): each layer partition is put behind a
+//!   read-only dm-verity target built from the signed manifest's
+//!   parameters (root hash, salt, geometry; nothing on the partition is
+//!   trusted), the target's first block is read once (an EIO there: wrong
+//!   root hash, or a corrupt superblock region; the layer is refused before
+//!   it is mounted), and `/dev/dm-N` is mounted. Every later read is
+//!   checked by the kernel; nothing is hashed at boot.
+//! - `digest`: the first `size` bytes are hashed with sha256 and compared
+//!   with the digest, then the partition is mounted directly (kernels
+//!   without dm-verity; nothing is checked after the mount).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -7,9 +18,11 @@ use std::io::Read;
 
 use cairn_format::bootstate::BootState;
 use cairn_format::digest::{Digest, Hasher};
-use cairn_format::manifest::Layer;
+use cairn_format::manifest::{Layer, LayerCheck, OnCorruption};
+use cairn_format::verity;
 use cairn_runtime::sys;
 
+use crate::dm;
 use crate::event::event;
 use crate::partitions::{self, Partitions};
 
@@ -68,10 +81,107 @@ fn digest_of(path: &str, size: u64) -> std::io::Result<Digest> {
     Ok(h.finish())
 }
 
-/// Verify and mount every layer. Returns layer name → mount directory for
-/// the layers that passed; each failure is an event naming the digest.
-pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> BTreeMap<String, String> {
-    let mut ready = BTreeMap::new();
+/// A layer behind a dm-verity target (kept for the uevent watch and the
+/// teardown at shutdown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerTarget {
+    /// Layer name.
+    pub layer: String,
+    /// Its content digest.
+    pub digest: Digest,
+    /// The dm device.
+    pub dm: dm::Device,
+}
+
+/// The mounted layers.
+#[derive(Debug, Default)]
+pub struct Mounted {
+    /// Layer name → mount directory, for the layers that passed.
+    pub dirs: BTreeMap<String, String>,
+    /// The verity targets set up (mounted or not: every one to remove).
+    pub targets: Vec<LayerTarget>,
+}
+
+/// The dm device name of a layer.
+pub fn dm_name(layer: &str) -> String {
+    format!("cairn-layer-{layer}")
+}
+
+/// The dm uuid of a layer: names its content.
+pub fn dm_uuid(digest: &Digest) -> String {
+    format!("CAIRN-VERITY-{digest}")
+}
+
+/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`.
+const BLKGETSIZE64: u64 = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
+
+/// Size of a block device in bytes.
+fn device_bytes(path: &str) -> sys::SysResult<u64> {
+    let fd = sys::open(path, libc::O_RDONLY)?;
+    let mut bytes = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer passed.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), BLKGETSIZE64 as _, &mut bytes) };
+    if rc < 0 {
+        return Err(sys::SysError { op: "ioctl BLKGETSIZE64", arg: path.into(), errno: sys::errno() });
+    }
+    Ok(bytes)
+}
+
+/// `major:minor` of a block device node.
+fn block_dev_of(path: &str) -> sys::SysResult<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| sys::SysError {
+        op: "stat",
+        arg: path.into(),
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    })?;
+    let rdev = m.rdev();
+    Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+}
+
+/// Why the partition cannot hold a layer's image and tree, if it cannot.
+pub fn too_small(partition_bytes: u64, v: &verity::Verity) -> Option<String> {
+    let need = v.partition_bytes();
+    (partition_bytes < need)
+        .then(|| format!("partition holds {partition_bytes} bytes, image and hash tree need {need}"))
+}
+
+/// Read the first block through the verity target: the kernel checks it
+/// against the root hash on the way (EIO: it does not match).
+fn read_first_block(path: &str) -> std::io::Result<()> {
+    let mut buf = vec![0u8; verity::BLOCK as usize];
+    File::open(path)?.read_exact(&mut buf)
+}
+
+/// How a layer's checked device was set up.
+enum Checked {
+    /// Mount this node (digest check passed).
+    Plain,
+    /// Mount the verity target's node.
+    Verity(dm::Device, String),
+}
+
+/// Check and mount every layer as `check` says. Each failure is an event
+/// naming the digest; the layers that failed are not mounted.
+pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, parts: &Partitions) -> Mounted {
+    let mut out = Mounted::default();
+    let control = match check {
+        LayerCheck::Digest => None,
+        LayerCheck::Verity(_) => match verity_control() {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                for layer in layers {
+                    event("layer.refused")
+                        .kv("name", &layer.name)
+                        .kv("digest", layer.digest)
+                        .kv("check", "verity")
+                        .kv("reason", &reason)
+                        .emit();
+                }
+                return out;
+            }
+        },
+    };
     for layer in layers {
         let d = layer.digest;
         let Some(number) = state.partition_of(&d) else {
@@ -87,52 +197,206 @@ pub fn mount_layers(layers: &[Layer], state: &BootState, parts: &Partitions) -> 
             event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
             continue;
         };
-        match digest_of(dev, layer.size) {
-            Ok(found) if found == d => {}
-            Ok(found) => {
-                event("layer.corrupt")
-                    .kv("name", &layer.name)
-                    .kv("digest", d)
-                    .kv("found", found)
-                    .kv("partition", &part)
-                    .emit();
-                continue;
+        let checked = match (&control, check) {
+            (Some(c), LayerCheck::Verity(on)) => match setup_verity(c, layer, dev, &part, on) {
+                Some(target) => {
+                    let node = dm::ensure_node(&target);
+                    out.targets.push(LayerTarget {
+                        layer: layer.name.as_str().to_owned(),
+                        digest: d,
+                        dm: target.clone(),
+                    });
+                    match node {
+                        Ok(node) => Checked::Verity(target, node),
+                        Err(e) => {
+                            event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit();
+                            continue;
+                        }
+                    }
+                }
+                None => continue,
+            },
+            _ => {
+                if !digest_matches(layer, dev, &part) {
+                    continue;
+                }
+                Checked::Plain
             }
-            Err(e) => {
-                event("layer.unreadable")
-                    .kv("name", &layer.name)
-                    .kv("digest", d)
-                    .kv("partition", &part)
-                    .kv("error", e)
-                    .emit();
-                continue;
-            }
-        }
+        };
+        let node = match &checked {
+            Checked::Plain => dev.as_str(),
+            Checked::Verity(_, node) => node.as_str(),
+        };
         let dir = format!("{LAYERS_DIR}/{d}");
         let mounted = sys::mkdir_all(&dir, 0o755).and_then(|()| {
             sys::mount(
                 "layer",
-                Some(dev),
+                Some(node),
                 &dir,
                 Some("squashfs"),
                 libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
                 None,
             )
         });
-        match mounted {
-            Ok(()) => {
+        match (mounted, &checked) {
+            (Ok(()), Checked::Plain) => {
                 event("layer.mounted")
                     .kv("name", &layer.name)
                     .kv("digest", d)
                     .kv("partition", &part)
                     .kv("size", layer.size)
+                    .kv("check", "digest")
                     .emit();
-                ready.insert(layer.name.as_str().to_owned(), dir);
+                out.dirs.insert(layer.name.as_str().to_owned(), dir);
             }
-            Err(e) => event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit(),
+            (Ok(()), Checked::Verity(target, _)) => {
+                event("layer.mounted")
+                    .kv("name", &layer.name)
+                    .kv("digest", d)
+                    .kv("partition", &part)
+                    .kv("size", layer.size)
+                    .kv("check", "verity")
+                    .kv("dm", target.kernel_name())
+                    .kv("root", layer.verity.root_hash)
+                    .emit();
+                out.dirs.insert(layer.name.as_str().to_owned(), dir);
+            }
+            (Err(e), _) => {
+                event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit();
+            }
         }
     }
-    ready
+    out
+}
+
+/// The control node, checked to have the `verity` target type; or why not.
+fn verity_control() -> Result<dm::Control, String> {
+    let c = dm::Control::open().map_err(|e| format!("no device-mapper (module dm-mod): {e}"))?;
+    let types = c.target_types().map_err(|e| e.to_string())?;
+    if !types.iter().any(|t| t == "verity") {
+        return Err(format!(
+            "the kernel has no dm-verity target (module dm-verity not loaded; targets: {})",
+            types.join(",")
+        ));
+    }
+    Ok(c)
+}
+
+/// Today's digest check: hash the image, compare. Failures are events.
+fn digest_matches(layer: &Layer, dev: &str, part: &str) -> bool {
+    let d = layer.digest;
+    match digest_of(dev, layer.size) {
+        Ok(found) if found == d => true,
+        Ok(found) => {
+            event("layer.corrupt")
+                .kv("name", &layer.name)
+                .kv("digest", d)
+                .kv("found", found)
+                .kv("partition", part)
+                .emit();
+            false
+        }
+        Err(e) => {
+            event("layer.unreadable")
+                .kv("name", &layer.name)
+                .kv("digest", d)
+                .kv("partition", part)
+                .kv("error", e)
+                .emit();
+            false
+        }
+    }
+}
+
+/// Put a layer partition behind a verity target and read its first block.
+/// `None` (after an event; the target removed) when it cannot be used.
+fn setup_verity(c: &dm::Control, layer: &Layer, dev: &str, part: &str, on: OnCorruption) -> Option<dm::Device> {
+    let d = layer.digest;
+    let v = &layer.verity;
+    let refuse = |reason: &str| {
+        event("layer.refused")
+            .kv("name", &layer.name)
+            .kv("digest", d)
+            .kv("partition", part)
+            .kv("check", "verity")
+            .kv("reason", reason)
+            .emit();
+    };
+    match device_bytes(dev) {
+        Ok(bytes) => {
+            if let Some(why) = too_small(bytes, v) {
+                refuse(&why);
+                return None;
+            }
+        }
+        Err(e) => {
+            refuse(&e.to_string());
+            return None;
+        }
+    }
+    let majmin = match block_dev_of(dev) {
+        Ok(m) => m,
+        Err(e) => {
+            refuse(&e.to_string());
+            return None;
+        }
+    };
+    let params = verity::table(v, &majmin, on.table_arg());
+    let target =
+        dm::Target { sectors: v.data_blocks.saturating_mul(dm::SECTORS_PER_BLOCK), kind: "verity", params: &params };
+    let name = dm_name(&layer.name);
+    let target = match c.create(&name, &dm_uuid(&d), &target) {
+        Ok(t) => t,
+        Err(e) => {
+            refuse(&e.to_string());
+            return None;
+        }
+    };
+    let checked = dm::ensure_node(&target)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
+        .and_then(|node| read_first_block(&node));
+    match checked {
+        Ok(()) => Some(target),
+        Err(e) => {
+            let mut ev = event("layer.corrupt").kv("name", &layer.name).kv("digest", d).kv("partition", part);
+            ev = ev.kv("dm", target.kernel_name()).kv("root", v.root_hash).kv("block", 0);
+            if e.raw_os_error() == Some(libc::EIO) {
+                ev = ev.kv(
+                    "reason",
+                    "first block does not match the signed root hash (wrong root hash or corrupt superblock region)",
+                );
+            } else {
+                ev = ev.kv("reason", format!("reading the first block: {e}"));
+            }
+            ev.kv("effect", "not mounted").emit();
+            if let Err(e) = c.remove(&name) {
+                event("dm.remove-failed").kv("name", &name).kv("error", e).emit();
+            }
+            None
+        }
+    }
+}
+
+/// Remove the layers' verity targets (at shutdown, after the layers were
+/// unmounted). A failure (EBUSY: still mounted) is an event; nothing waits.
+pub fn remove_targets(targets: &[LayerTarget]) {
+    if targets.is_empty() {
+        return;
+    }
+    let c = match dm::Control::open() {
+        Ok(c) => c,
+        Err(e) => {
+            event("dm.remove-failed").kv("error", e).emit();
+            return;
+        }
+    };
+    for t in targets {
+        match c.remove(&t.dm.name) {
+            Ok(()) => {}
+            Err(e) if e.errno == libc::ENXIO => {} // removed already
+            Err(e) => event("dm.remove-failed").kv("name", &t.dm.name).kv("layer", &t.layer).kv("error", e).emit(),
+        }
+    }
 }
 
 /// Mount the data partition read-write at [`DATA_DIR`]. Its absence or a
@@ -149,5 +413,26 @@ pub fn mount_data(parts: &Partitions) {
     match mounted {
         Ok(()) => event("data.mounted").kv("device", dev).kv("path", DATA_DIR).kv("fs", "ext4").emit(),
         Err(e) => event("data.unavailable").kv("device", dev).kv("error", e).emit(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_sizes() {
+        assert_eq!(dm_name("base"), "cairn-layer-base");
+        let d = Digest([0xab; 32]);
+        assert_eq!(dm_uuid(&d), format!("CAIRN-VERITY-{}", "ab".repeat(32)));
+        assert!(dm_uuid(&d).len() < 129);
+        assert_eq!(BLKGETSIZE64, 0x8008_1272);
+        let v = verity::Verity { data_blocks: 200, hash_offset: 200 * 4096, salt: [0; 32], root_hash: d };
+        assert_eq!(too_small(203 * 4096, &v), None);
+        assert_eq!(
+            too_small(203 * 4096 - 1, &v).unwrap(),
+            "partition holds 831487 bytes, image and hash tree need 831488"
+        );
     }
 }

@@ -212,6 +212,9 @@ pub struct Supervisor {
     control: Option<Listener>,
     /// Control connections waiting for their request.
     conns: Vec<Conn>,
+    /// dm-verity error uevents; `layers.corrupted` is this boot's "a layer
+    /// block failed its hash" flag (a failed trial for OTA).
+    layers: Option<crate::uevent::Watch>,
 }
 
 impl Supervisor {
@@ -231,7 +234,19 @@ impl Supervisor {
             signals,
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),
+            layers: None,
         }
+    }
+
+    /// Report dm-verity errors on the layers from the event loop.
+    pub fn watch_layers(&mut self, w: crate::uevent::Watch) {
+        self.layers = Some(w);
+    }
+
+    /// Whether a layer block failed its hash this boot.
+    #[allow(dead_code)] // read by the OTA trial logic (issue 11)
+    pub fn layer_corrupted(&self) -> bool {
+        self.layers.as_ref().is_some_and(|w| w.corrupted)
     }
 
     /// Run until a shutdown has stopped every container.
@@ -304,11 +319,12 @@ impl Supervisor {
         const CONNS: usize = 3;
         const UNITS: usize = CONNS + MAX_CONNECTIONS;
         const REPORTS: usize = UNITS + MAX_CONTAINERS;
+        const UEVENTS: usize = REPORTS + MAX_CONTAINERS;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
         // fills unused slots, so unit i's output is always at fds[UNITS + i]
         // and its report pipe (while starting) at fds[REPORTS + i].
-        let mut fds = [idle; REPORTS + MAX_CONTAINERS];
+        let mut fds = [idle; UEVENTS + 1];
         let mut set = |k: usize, fd: i32, events: libc::c_short| {
             if let Some(slot) = fds.get_mut(k) {
                 slot.fd = fd;
@@ -321,6 +337,7 @@ impl Supervisor {
             set(LISTENER, self.control.as_ref().map_or(-1, Listener::raw), libc::POLLIN);
         }
         set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
+        set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
             set(CONNS + k, c.raw(), libc::POLLIN);
         }
@@ -356,6 +373,11 @@ impl Supervisor {
         for i in 0..self.io.units.len().min(MAX_CONTAINERS) {
             if ready(REPORTS + i, hup) {
                 self.settle_start(i, None);
+            }
+        }
+        if ready(UEVENTS, libc::POLLIN) {
+            if let Some(w) = self.layers.as_mut() {
+                w.drain();
             }
         }
         if signals {

@@ -1,0 +1,287 @@
+//! Run-time corruption reports from dm-verity.
+//!
+//! When a block read through a verity target does not match its hash, the
+//! kernel (`verity_handle_err`, drivers/md/dm-verity-target.c) logs
+//! `device-mapper: verity: MAJ:MIN: data block N is corrupted` and sends a
+//! `change` uevent on the dm disk with `DM_VERITY_ERR_BLOCK_NR=<type>,<block>`
+//! (type 0: data block, 1: hash (metadata) block), for the first 100
+//! corrupted blocks of a target. PID 1 listens on a non-blocking
+//! `NETLINK_KOBJECT_UEVENT` socket from its event loop, maps the dm device
+//! to its layer and emits `layer.corrupt` once per (layer, block).
+//! The reader got EIO already (default policy); nothing else is done here:
+//! a container that fails on it fails by itself, and its restart policy
+//! applies. [`Watch::corrupted`] records that a layer went bad this boot
+//! (the OTA trial logic counts it as a failed trial).
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use cairn_runtime::sys::{self, SysError, SysResult};
+
+use crate::event::event;
+use crate::storage::LayerTarget;
+
+/// Which kind of block failed its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BlockKind {
+    /// A data block of the layer image.
+    Data,
+    /// A block of the hash tree.
+    Metadata,
+}
+
+impl BlockKind {
+    /// Its name in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::Data => "data",
+            BlockKind::Metadata => "metadata",
+        }
+    }
+}
+
+/// One verity error uevent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityError {
+    /// Kernel name of the dm disk (`dm-3`).
+    pub device: String,
+    /// Data or hash block.
+    pub kind: BlockKind,
+    /// Block number (4 KiB blocks from the start of the data, or of the
+    /// hash device for metadata).
+    pub block: u64,
+}
+
+/// Parse one uevent datagram (`ACTION@DEVPATH\0KEY=VALUE\0...`): a verity
+/// error on a block disk, or `None` for anything else.
+pub fn parse(msg: &[u8]) -> Option<VerityError> {
+    let mut fields = msg.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let head = fields.next()?;
+    if !head.starts_with(b"change@") {
+        return None;
+    }
+    let (mut err, mut dev, mut subsystem) = (None, None, None);
+    for f in fields {
+        let f = std::str::from_utf8(f).ok()?;
+        if let Some(v) = f.strip_prefix("DM_VERITY_ERR_BLOCK_NR=") {
+            err = Some(v);
+        } else if let Some(v) = f.strip_prefix("DEVNAME=") {
+            dev = Some(v);
+        } else if let Some(v) = f.strip_prefix("SUBSYSTEM=") {
+            subsystem = Some(v);
+        }
+    }
+    if subsystem != Some("block") {
+        return None;
+    }
+    let (kind, block) = err?.split_once(',')?;
+    let kind = match kind {
+        "0" => BlockKind::Data,
+        "1" => BlockKind::Metadata,
+        _ => return None,
+    };
+    let device = dev?.rsplit('/').next()?.to_owned();
+    Some(VerityError { device, kind, block: block.parse().ok()? })
+}
+
+/// At most this many distinct (layer, block) pairs are reported per boot;
+/// the kernel itself stops at 100 per target.
+pub const MAX_REPORTED: usize = 256;
+
+/// Which corruptions were reported already.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pairs: BTreeSet<(String, BlockKind, u64)>,
+    /// Reports dropped past [`MAX_REPORTED`].
+    pub dropped: u64,
+}
+
+impl Seen {
+    /// Whether this (layer, kind, block) is new and within the bound.
+    pub fn first(&mut self, layer: &str, kind: BlockKind, block: u64) -> bool {
+        let key = (layer.to_owned(), kind, block);
+        if self.pairs.contains(&key) {
+            return false;
+        }
+        if self.pairs.len() >= MAX_REPORTED {
+            self.dropped += 1;
+            return false;
+        }
+        self.pairs.insert(key)
+    }
+}
+
+/// The layer a dm device belongs to.
+pub fn layer_of<'a>(targets: &'a [LayerTarget], device: &str) -> Option<&'a LayerTarget> {
+    targets.iter().find(|t| t.dm.kernel_name() == device)
+}
+
+/// The listening socket, the layers behind verity, and what was seen.
+pub struct Watch {
+    fd: OwnedFd,
+    targets: Vec<LayerTarget>,
+    seen: Seen,
+    /// A layer block failed its hash this boot (a failed trial for OTA).
+    pub corrupted: bool,
+}
+
+impl Watch {
+    /// Listen for kernel uevents (group 1), non-blocking.
+    pub fn open(targets: Vec<LayerTarget>) -> SysResult<Self> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_KOBJECT_UEVENT,
+            )
+        };
+        if fd < 0 {
+            return Err(SysError { op: "socket", arg: "NETLINK_KOBJECT_UEVENT".into(), errno: sys::errno() });
+        }
+        // SAFETY: `fd` is a fresh descriptor that we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zero is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { core::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = 1;
+        // SAFETY: `addr` is a valid sockaddr_nl of the length passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                core::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(SysError { op: "bind", arg: "uevent group 1".into(), errno: sys::errno() });
+        }
+        Ok(Watch { fd, targets, seen: Seen::default(), corrupted: false })
+    }
+
+    /// The descriptor to poll.
+    pub fn raw(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Read every waiting uevent (never blocks) and report verity errors.
+    pub fn drain(&mut self) {
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: sockaddr_nl is plain data; zero is a valid value.
+            let mut from: libc::sockaddr_nl = unsafe { core::mem::zeroed() };
+            let mut len = core::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are valid for writes of the sizes passed.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_nl).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                match sys::errno() {
+                    libc::EINTR => continue,
+                    libc::ENOBUFS => {
+                        event("uevent.overflow").kv("effect", "some kernel uevents were lost").emit();
+                        continue;
+                    }
+                    _ => return,
+                }
+            }
+            // Only the kernel (port 0) speaks for the kernel.
+            if from.nl_pid != 0 {
+                continue;
+            }
+            let Some(msg) = buf.get(..n as usize) else { continue };
+            if let Some(e) = parse(msg) {
+                self.report(&e);
+            }
+        }
+    }
+
+    fn report(&mut self, e: &VerityError) {
+        let Some(t) = layer_of(&self.targets, &e.device) else {
+            event("verity.error").kv("dm", &e.device).kv("kind", e.kind.name()).kv("block", e.block).emit();
+            return;
+        };
+        self.corrupted = true;
+        if self.seen.first(&t.layer, e.kind, e.block) {
+            event("layer.corrupt")
+                .kv("name", &t.layer)
+                .kv("digest", t.digest)
+                .kv("dm", e.device.as_str())
+                .kv("kind", e.kind.name())
+                .kv("block", e.block)
+                .kv("effect", "readers of this block get EIO")
+                .emit();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn msg(fields: &[&str]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for f in fields {
+            m.extend_from_slice(f.as_bytes());
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn a_verity_error_uevent_names_device_kind_and_block() {
+        let m = msg(&[
+            "change@/devices/virtual/block/dm-2",
+            "ACTION=change",
+            "DEVPATH=/devices/virtual/block/dm-2",
+            "SUBSYSTEM=block",
+            "DM_VERITY_ERR_BLOCK_NR=0,37",
+            "MAJOR=254",
+            "MINOR=2",
+            "DEVNAME=dm-2",
+            "DEVTYPE=disk",
+            "SEQNUM=812",
+        ]);
+        assert_eq!(parse(&m), Some(VerityError { device: "dm-2".into(), kind: BlockKind::Data, block: 37 }));
+        let m = msg(&["change@/x", "SUBSYSTEM=block", "DEVNAME=dm-0", "DM_VERITY_ERR_BLOCK_NR=1,18446744073709551615"]);
+        assert_eq!(parse(&m).unwrap().kind, BlockKind::Metadata);
+        assert_eq!(parse(&m).unwrap().block, u64::MAX);
+    }
+
+    #[test]
+    fn other_uevents_and_malformed_ones_are_ignored() {
+        assert_eq!(parse(&msg(&["change@/d/dm-1", "SUBSYSTEM=block", "DEVNAME=dm-1", "DM_COOKIE=1"])), None);
+        assert_eq!(
+            parse(&msg(&["add@/d/dm-1", "SUBSYSTEM=block", "DEVNAME=dm-1", "DM_VERITY_ERR_BLOCK_NR=0,1"])),
+            None
+        );
+        assert_eq!(parse(&msg(&["change@/d", "SUBSYSTEM=net", "DEVNAME=dm-1", "DM_VERITY_ERR_BLOCK_NR=0,1"])), None);
+        assert_eq!(parse(&msg(&["change@/d", "SUBSYSTEM=block", "DEVNAME=dm-1", "DM_VERITY_ERR_BLOCK_NR=2,1"])), None);
+        assert_eq!(parse(&msg(&["change@/d", "SUBSYSTEM=block", "DEVNAME=dm-1", "DM_VERITY_ERR_BLOCK_NR=0,x"])), None);
+        assert_eq!(parse(&msg(&["change@/d", "SUBSYSTEM=block", "DM_VERITY_ERR_BLOCK_NR=0,1"])), None);
+        assert_eq!(parse(b"libudev\0\xfe\xed"), None);
+        assert_eq!(parse(b""), None);
+    }
+
+    #[test]
+    fn each_layer_block_is_reported_once_and_the_total_is_bounded() {
+        let mut s = Seen::default();
+        assert!(s.first("app", BlockKind::Data, 5));
+        assert!(!s.first("app", BlockKind::Data, 5));
+        assert!(s.first("app", BlockKind::Metadata, 5));
+        assert!(s.first("base", BlockKind::Data, 5));
+        for b in 0..MAX_REPORTED as u64 {
+            s.first("big", BlockKind::Data, 100 + b);
+        }
+        assert!(!s.first("big", BlockKind::Data, 1));
+        assert_eq!(s.dropped, 4);
+    }
+}
