@@ -390,13 +390,15 @@ pub fn remove_targets(targets: &[LayerTarget]) {
             return;
         }
     };
+    let mut removed = 0;
     for t in targets {
         match c.remove(&t.dm.name) {
-            Ok(()) => {}
+            Ok(()) => removed += 1,
             Err(e) if e.errno == libc::ENXIO => {} // removed already
             Err(e) => event("dm.remove-failed").kv("name", &t.dm.name).kv("layer", &t.layer).kv("error", e).emit(),
         }
     }
+    event("dm.removed").kv("count", removed).kv("of", targets.len()).emit();
 }
 
 /// Mount the data partition read-write at [`DATA_DIR`]. Its absence or a

@@ -86,6 +86,9 @@
 //!   `event=caps eff=<CapEff> prm=<CapPrm> inh=<CapInh> bnd=<CapBnd> amb=<CapAmb> nnp=<NoNewPrivs> seccomp=<Seccomp>`; exit 0.
 //! - `cat <path>...`: per file `event=cat path=P value=<content, trimmed>`
 //!   or `event=cat path=P error=ENAME errno=E`; exit 1 if any failed, else 0.
+//! - `read-file <path>...`: reads each file whole, in order:
+//!   `event=read-file path=P bytes=N` or `event=read-file path=P error=ENAME errno=E`;
+//!   exit 1 if any failed, else 0.
 //!
 //! - `exit-seq <plan>`: ends the way item number `$CAIRN_RESTART_COUNT` of
 //!   the plan (comma separated: `N` exit code, `A-B` each code in turn, `sN`
@@ -237,6 +240,8 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "console-abuse" => abuse::console(a.num(2, "mib")?),
         "control-abuse" => abuse::control(a.num(2, "idle")?, a.word(3, "target")?, a.num(4, "count")?),
         "control-borrow" => abuse::borrow(&a.0.get(2..).unwrap_or(&[]).join(" ")),
+        // verity-tamper scenario (issue 10).
+        "read-file" => resources::read_files(a.0.get(2..).unwrap_or(&[])),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

@@ -159,3 +159,19 @@ pub fn cat(paths: &[String]) -> i32 {
     }
     code
 }
+
+/// `read-file`: read each file whole; its size or the errno.
+pub fn read_files(paths: &[String]) -> i32 {
+    let mut code = 0;
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(b) => say!("event=read-file path={} bytes={}", V(path), b.len()),
+            Err(e) => {
+                let e = e.raw_os_error().unwrap_or(0);
+                say!("event=read-file path={} error={} errno={e}", V(path), Errno(e));
+                code = 1;
+            }
+        }
+    }
+    code
+}

@@ -48,6 +48,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             procs.get("count")
         );
     }
+    verity_boot(c, &app)?;
     // The write went to the scratch layer: every layer partition still
     // holds exactly the bytes the manifest names.
     let layout = gpt::read_layout(&disk)?;
@@ -60,5 +61,24 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         f.read_exact(&mut buf)?;
         ensure!(Digest::of(&buf) == l.digest, "layer {} changed on disk after the boot", l.name);
     }
+    Ok(())
+}
+
+/// verity-boot (issue 10), on this boot: every layer is behind its own
+/// dm-verity target, set up from the signed manifest (the event names the
+/// dm device and the manifest's root hash), nothing is hashed at boot, and
+/// every target is removed at shutdown.
+fn verity_boot(c: &crate::console::Console, app: &cairn_build::assemble::BuiltAppliance) -> Result<()> {
+    let mut devices = Vec::new();
+    for l in &app.manifest.layers {
+        let root = l.verity.root_hash.to_string();
+        let m = c.expect("layer.mounted", &[("name", &l.name), ("check", "verity"), ("root", &root)])?;
+        let dm = m.get("dm").unwrap_or("");
+        ensure!(dm.starts_with("dm-") && !devices.contains(&dm), "layer {}: dm device {dm:?}", l.name);
+        devices.push(dm);
+    }
+    let n = app.manifest.layers.len().to_string();
+    c.expect("dm.removed", &[("count", &n), ("of", &n)])?;
+    ensure!(c.first("layer.corrupt", &[]).is_none(), "a layer reported corrupt");
     Ok(())
 }

@@ -1,5 +1,9 @@
-//! `corrupt-layer`: one flipped byte in a layer partition: the containers
-//! that use it do not start, the event names the digest, the others run.
+//! `corrupt-layer`: one flipped byte in a layer's first 4 KiB block (its
+//! squashfs superblock: `mkfs_time`, a field squashfs itself ignores): the
+//! verity target's first block does not match the signed root hash, so the
+//! layer is refused at mount (not at first read); the containers that use
+//! it do not start, the event names the digest, the others run. (A flipped
+//! byte elsewhere is caught when it is read: `verity-tamper`.)
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -13,7 +17,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let (disk, layout) = ctx.disk(&app, "disk.img")?;
     let (n, bad) = app.layers.iter().enumerate().find(|(_, l)| l.name == "app").context("no app layer")?;
     let part = layout.find(&format!("cairn-layer-{:02}", n + 1)).context("no partition for app")?;
-    let at = part.offset_bytes + bad.size / 2;
+    // Byte 9: inside the superblock's mkfs_time (offset 8).
+    let at = part.offset_bytes + 9;
     let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk)?;
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(at))?;
@@ -27,7 +32,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     powered_off(&run)?;
     let c = &run.console;
     let digest = bad.digest.to_string();
-    c.expect("layer.corrupt", &[("name", "app"), ("digest", &digest)])?;
+    let e = c.expect("layer.corrupt", &[("name", "app"), ("digest", &digest), ("block", "0")])?;
+    ensure!(e.get("reason").is_some_and(|r| r.contains("root hash")), "reason: {:?}", e.fields);
     ensure!(c.first("layer.mounted", &[("name", "app")]).is_none(), "the corrupt layer was mounted");
     let failed = c.expect("container.failed", &[("name", "victim")])?;
     ensure!(

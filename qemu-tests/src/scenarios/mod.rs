@@ -22,6 +22,8 @@ mod userns;
 mod slow_start;
 // Filesystem reach (issue 8, rootfs).
 mod hostile_rootfs;
+// Layers behind dm-verity (issue 10).
+mod verity_tamper;
 
 use std::time::Duration;
 
@@ -58,6 +60,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "state-copy0-corrupt", run: boot_disk::state_copy0_corrupt },
         // console and control socket area
         Scenario { name: "console-abuse", run: console_abuse::run },
+        // Layers behind dm-verity (issue 10); verity-boot's checks run in boot-demo's boot.
+        Scenario { name: "verity-tamper", run: verity_tamper::run },
     ]
 }
 
