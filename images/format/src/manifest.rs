@@ -874,7 +874,7 @@ impl Manifest {
 fn verity_fits(l: &Layer) -> bool {
     let v = &l.verity;
     v.data_blocks == verity::data_blocks(l.size)
-        && v.hash_offset % verity::BLOCK == 0
+        && v.hash_offset.is_multiple_of(verity::BLOCK)
         && v.hash_offset / verity::BLOCK >= v.data_blocks
         && v.hash_offset.checked_add(verity::tree_blocks(v.data_blocks).saturating_mul(verity::BLOCK)).is_some()
 }
