@@ -66,7 +66,14 @@ pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
     progress.clear();
     for f in &files {
         let from = f.source_digest.as_deref().map(|d| format!("  (from {d})")).unwrap_or_default();
-        println!("{}  {}  {}  {}{from}", f.digest, size(f.size), f.name, f.path.display());
+        println!(
+            "{}  {}  {}  {}  verity root {}{from}",
+            f.digest,
+            size(f.size),
+            f.name,
+            f.path.display(),
+            f.verity.root_hash
+        );
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     eprintln!(

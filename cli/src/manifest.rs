@@ -78,7 +78,13 @@ fn build(appliance: &Path, key: &Path, out: &Path, layers: Option<PathBuf>, prog
     println!("signed by key {}", keys::id_of(&key));
     for l in &app.layers {
         let file = l.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no image file here)".into());
-        println!("  layer {:<16} {:?}  {:>10}  {file}", l.name, l.digest, size(l.size));
+        println!(
+            "  layer {:<16} {:?}  {:>10}  verity root {}  {file}",
+            l.name,
+            l.digest,
+            size(l.size),
+            l.verity.root_hash
+        );
     }
     for c in &m.containers {
         println!(

@@ -874,7 +874,7 @@ impl Manifest {
 fn verity_fits(l: &Layer) -> bool {
     let v = &l.verity;
     v.data_blocks == verity::data_blocks(l.size)
-        && v.hash_offset % verity::BLOCK == 0
+        && v.hash_offset.is_multiple_of(verity::BLOCK)
         && v.hash_offset / verity::BLOCK >= v.data_blocks
         && v.hash_offset.checked_add(verity::tree_blocks(v.data_blocks).saturating_mul(verity::BLOCK)).is_some()
 }
@@ -1083,8 +1083,14 @@ pub fn check_device_source(source: &DeviceSource) -> Result<(), &'static str> {
             }
             Ok(())
         }
-        DeviceSource::Node(path) => check_device_path(path)
-            .map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)"),
+        DeviceSource::Node(path) => {
+            check_device_path(path)
+                .map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)")?;
+            if path.starts_with("/dev/mapper/") || path.starts_with("/dev/dm-") {
+                return Err("names a device-mapper node: the layers' verity targets are PID 1's");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1341,6 +1347,10 @@ pub(crate) mod tests {
         for source in ["/sys/x", "vda", "/dev/../x", "partition:", "partition:a/b"] {
             let p = with("/dev/x", source);
             assert!(p.contains("security.devices[0].source"), "{source}: {p}");
+        }
+        for source in ["/dev/dm-0", "/dev/mapper/cairn-layer-base", "/dev/mapper/control"] {
+            let p = with("/dev/x", source);
+            assert!(p.contains("security.devices[0].source") && p.contains("device-mapper"), "{source}: {p}");
         }
     }
 
