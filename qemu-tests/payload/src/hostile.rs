@@ -72,7 +72,7 @@ pub fn one(which: &str) -> i32 {
 }
 
 /// Every attempt, in the order `hostile` makes them.
-const ATTEMPTS: [Attempt; 32] = [
+const ATTEMPTS: [Attempt; 33] = [
     ("mount", mount),
     ("umount", umount),
     ("raw-block-open", raw_block_open),
@@ -107,6 +107,8 @@ const ATTEMPTS: [Attempt; 32] = [
     ("layer-device", layer_device),
     ("mknod-disk", mknod_disk),
     ("control-unlink", control_unlink),
+    // Layers behind dm-verity (issue 10): no device-mapper control.
+    ("dm-control", dm_control),
 ];
 
 /// mount("none", "/tmp", "tmpfs"); if it works, lazily unmount it again.
@@ -859,4 +861,13 @@ fn bind_unix(path: &[u8]) -> i32 {
         let _ = unsafe { libc::unlink(p.as_ptr()) };
     }
     0
+}
+
+/// Open the device-mapper control node (to remove or reload a layer's
+/// verity target).
+fn dm_control() -> Outcome {
+    match sys::open(c"/dev/mapper/control", libc::O_RDWR) {
+        Ok(_fd) => allowed("/dev/mapper/control_opened"),
+        Err(e) => blocked(e),
+    }
 }

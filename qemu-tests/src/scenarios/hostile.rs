@@ -10,7 +10,7 @@ use crate::Ctx;
 /// the errno (by name, `-` for none) it must fail with: another errno means
 /// a different layer stopped it (or nothing did, and the call failed on
 /// its arguments), so the check fails.
-const ATTEMPTS: [(&str, &str); 32] = [
+const ATTEMPTS: [(&str, &str); 33] = [
     ("mount", "EPERM"),           // seccomp
     ("umount", "EPERM"),          // seccomp
     ("raw-block-open", "ENOENT"), // no disk node in the container's /dev
@@ -48,6 +48,8 @@ const ATTEMPTS: [(&str, &str); 32] = [
     ("layer-device", "ENOENT"),   // no such node in its layers
     ("mknod-disk", "EPERM"),      // no CAP_MKNOD
     ("control-unlink", "ENOENT"), // no control directory
+    // Layers behind dm-verity (issue 10).
+    ("dm-control", "ENOENT"), // no /dev/mapper/control node
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
