@@ -91,6 +91,8 @@ pub struct LayerTarget {
     pub digest: Digest,
     /// The dm device.
     pub dm: dm::Device,
+    /// What the kernel does on a corrupt block.
+    pub on_corruption: OnCorruption,
 }
 
 /// The mounted layers.
@@ -205,6 +207,7 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
                         layer: layer.name.as_str().to_owned(),
                         digest: d,
                         dm: target.clone(),
+                        on_corruption: on,
                     });
                     match node {
                         Ok(node) => Checked::Verity(target, node),

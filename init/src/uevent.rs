@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use cairn_format::manifest::OnCorruption;
 use cairn_runtime::sys::{self, SysError, SysResult};
 
 use crate::event::event;
@@ -108,6 +109,15 @@ impl Seen {
             return false;
         }
         self.pairs.insert(key)
+    }
+}
+
+/// What the kernel does about a corrupt block, for the event.
+pub fn effect(on: OnCorruption) -> &'static str {
+    match on {
+        OnCorruption::Error => "readers of this block get EIO",
+        OnCorruption::Restart => "the kernel restarts the device",
+        OnCorruption::Panic => "the kernel panics",
     }
 }
 
@@ -216,7 +226,7 @@ impl Watch {
                 .kv("dm", e.device.as_str())
                 .kv("kind", e.kind.name())
                 .kv("block", e.block)
-                .kv("effect", "readers of this block get EIO")
+                .kv("effect", effect(t.on_corruption))
                 .emit();
         }
     }

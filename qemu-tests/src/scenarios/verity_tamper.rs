@@ -5,13 +5,17 @@
 //! the file gets EIO from dm-verity, `layer.corrupt` names the layer, its
 //! dm device, the kind and the block (once, though the file is read twice),
 //! the kernel logs the block, another file of the same layer reads whole,
-//! and a container that does not use the layer is unaffected.
+//! and a container that does not use the layer is unaffected. A second
+//! boot of the same tampered layer with `on_corruption = "restart"`: the
+//! kernel restarts the device on that read.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use cairn_build::assemble;
+use cairn_format::manifest::{LayerCheck, OnCorruption};
 
 use super::{powered_off, until_exit, BOOT_TIMEOUT};
 use crate::Ctx;
@@ -36,7 +40,15 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-pub fn run(ctx: &Ctx) -> Result<()> {
+/// Build the appliance file at `path` with the blob layer, assemble
+/// `disk_file`, and flip one byte inside /blob/bad's data in the blob
+/// layer's partition. Returns the disk, the blob layer and the 4 KiB data
+/// block that holds the flipped byte.
+fn tampered_disk(
+    ctx: &Ctx,
+    path: &Path,
+    disk_file: &str,
+) -> Result<(PathBuf, assemble::BuiltAppliance, cairn_build::assemble::BuiltLayer, u64)> {
     let src = ctx.dir.join("blob-src");
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(src.join("blob"))?;
@@ -45,11 +57,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     std::fs::write(src.join("blob/good"), noise(0x5eed_0002, FILE_BYTES))?;
     let sources =
         BTreeMap::from([("payload".to_owned(), ctx.art.payload_root.clone()), ("blob".to_owned(), src.clone())]);
-    let path = crate::appliances_dir().join("verity-tamper.toml");
-    let app = assemble::build_appliance(&path, &sources, &ctx.art.key, &ctx.dir.join("layers"))
+    let app = assemble::build_appliance(path, &sources, &ctx.art.key, &ctx.dir.join("layers"))
         .with_context(|| format!("building {}", path.display()))?;
-    let (disk, layout) = ctx.disk(&app, "disk.img")?;
+    let (disk, layout) = ctx.disk(&app, disk_file)?;
     let (n, blob) = app.layers.iter().enumerate().find(|(_, l)| l.name == "blob").context("no blob layer")?;
+    let blob = blob.clone();
     let part = layout.find(&format!("cairn-layer-{:02}", n + 1)).context("no partition for blob")?;
 
     // Find the flipped byte's neighbourhood in the partition's image.
@@ -62,11 +74,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         image.windows(needle.len()).position(|w| w == needle).context("bad's bytes not found raw in the image")?;
     let at = (found + 32) as u64;
     ensure!(at >= 4096, "the flipped byte would be in the first block");
-    let block = at / 4096;
     f.seek(SeekFrom::Start(part.offset_bytes + at))?;
     f.write_all(&[image[at as usize] ^ 0x01])?;
-    drop(f);
+    Ok((disk, app, blob, at / 4096))
+}
 
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let path = crate::appliances_dir().join("verity-tamper.toml");
+    let (disk, _, blob, block) = tampered_disk(ctx, &path, "disk.img")?;
     let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
@@ -102,5 +117,36 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         c.expect("layer.mounted", &[("name", l), ("check", "verity")])?;
     }
     ensure!(c.first("dm.remove-failed", &[]).is_none(), "a verity target was not removed at shutdown");
+    restart_policy(ctx, &path)
+}
+
+/// The same tampered layer with `on_corruption = "restart"`: the first
+/// read of the block restarts the device (QEMU runs with -no-reboot, so it
+/// exits), before any shutdown.
+fn restart_policy(ctx: &Ctx, path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let base = crate::appliances_dir().join("../../images/examples/base");
+    let text = text
+        .replacen(
+            "compatible = \"cairn-qemu-dev\"\n",
+            "compatible = \"cairn-qemu-dev\"\non_corruption = \"restart\"\n",
+            1,
+        )
+        .replace("../../images/examples/base", &base.display().to_string());
+    ensure!(text.contains("on_corruption = \"restart\""), "the appliance file changed");
+    let restart = ctx.dir.join("verity-restart.toml");
+    std::fs::write(&restart, text)?;
+    let (disk, app, _, _) = tampered_disk(ctx, &restart, "restart.img")?;
+    ensure!(
+        app.manifest.layer_check == LayerCheck::Verity(OnCorruption::Restart),
+        "layer_check: {:?}",
+        app.manifest.layer_check
+    );
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    ensure!(run.ending == crate::Ending::Exited, "QEMU {:?}", run.ending);
+    let c = &run.console;
+    ensure!(c.contains("Restarting system with command 'dm-verity device corrupted'"), "no verity restart");
+    c.expect("layer.mounted", &[("name", "blob"), ("check", "verity")])?;
+    ensure!(c.first("shutdown.start", &[]).is_none(), "a shutdown before the restart");
     Ok(())
 }
