@@ -155,16 +155,9 @@ fn read_first_block(path: &str) -> std::io::Result<()> {
     File::open(path)?.read_exact(&mut buf)
 }
 
-/// How a layer's checked device was set up.
-enum Checked {
-    /// Mount this node (digest check passed).
-    Plain,
-    /// Mount the verity target's node.
-    Verity(dm::Device, String),
-}
-
 /// Check and mount every layer as `check` says. Each failure is an event
-/// naming the digest; the layers that failed are not mounted.
+/// naming the digest; the layers that failed are not mounted. Two layer
+/// names with one digest share one partition, target and mount.
 pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, parts: &Partitions) -> Mounted {
     let mut out = Mounted::default();
     let control = match check {
@@ -184,8 +177,15 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
             }
         },
     };
+    // Digest → mount directory, for layers mounted already.
+    let mut by_digest: BTreeMap<Digest, String> = BTreeMap::new();
     for layer in layers {
         let d = layer.digest;
+        if let Some(dir) = by_digest.get(&d) {
+            event("layer.mounted").kv("name", &layer.name).kv("digest", d).kv("shared", dir).emit();
+            out.dirs.insert(layer.name.as_str().to_owned(), dir.clone());
+            continue;
+        }
         let Some(number) = state.partition_of(&d) else {
             event("layer.missing")
                 .kv("name", &layer.name)
@@ -199,77 +199,65 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
             event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
             continue;
         };
-        let checked = match (&control, check) {
+        // The node to mount, and the verity target behind it if any.
+        let (node, target) = match (&control, check) {
             (Some(c), LayerCheck::Verity(on)) => match setup_verity(c, layer, dev, &part, on) {
-                Some(target) => {
-                    let node = dm::ensure_node(&target);
-                    out.targets.push(LayerTarget {
-                        layer: layer.name.as_str().to_owned(),
-                        digest: d,
-                        dm: target.clone(),
-                        on_corruption: on,
-                    });
-                    match node {
-                        Ok(node) => Checked::Verity(target, node),
-                        Err(e) => {
-                            event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit();
-                            continue;
-                        }
-                    }
-                }
+                Some((target, node)) => (node, Some(target)),
                 None => continue,
             },
             _ => {
                 if !digest_matches(layer, dev, &part) {
                     continue;
                 }
-                Checked::Plain
+                (dev.clone(), None)
             }
-        };
-        let node = match &checked {
-            Checked::Plain => dev.as_str(),
-            Checked::Verity(_, node) => node.as_str(),
         };
         let dir = format!("{LAYERS_DIR}/{d}");
         let mounted = sys::mkdir_all(&dir, 0o755).and_then(|()| {
             sys::mount(
                 "layer",
-                Some(node),
+                Some(&node),
                 &dir,
                 Some("squashfs"),
                 libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
                 None,
             )
         });
-        match (mounted, &checked) {
-            (Ok(()), Checked::Plain) => {
-                event("layer.mounted")
-                    .kv("name", &layer.name)
-                    .kv("digest", d)
-                    .kv("partition", &part)
-                    .kv("size", layer.size)
-                    .kv("check", "digest")
-                    .emit();
-                out.dirs.insert(layer.name.as_str().to_owned(), dir);
+        if let Err(e) = mounted {
+            event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit();
+            if let (Some(c), Some(t)) = (&control, &target) {
+                remove_now(c, &t.name);
             }
-            (Ok(()), Checked::Verity(target, _)) => {
-                event("layer.mounted")
-                    .kv("name", &layer.name)
-                    .kv("digest", d)
-                    .kv("partition", &part)
-                    .kv("size", layer.size)
-                    .kv("check", "verity")
-                    .kv("dm", target.kernel_name())
-                    .kv("root", layer.verity.root_hash)
-                    .emit();
-                out.dirs.insert(layer.name.as_str().to_owned(), dir);
-            }
-            (Err(e), _) => {
-                event("layer.mount-failed").kv("name", &layer.name).kv("digest", d).kv("error", e).emit();
-            }
+            continue;
         }
+        let ev = event("layer.mounted")
+            .kv("name", &layer.name)
+            .kv("digest", d)
+            .kv("partition", &part)
+            .kv("size", layer.size);
+        match (target, check) {
+            (Some(t), LayerCheck::Verity(on)) => {
+                ev.kv("check", "verity").kv("dm", t.kernel_name()).kv("root", layer.verity.root_hash).emit();
+                out.targets.push(LayerTarget {
+                    layer: layer.name.as_str().to_owned(),
+                    digest: d,
+                    dm: t,
+                    on_corruption: on,
+                });
+            }
+            _ => ev.kv("check", "digest").emit(),
+        }
+        by_digest.insert(d, dir.clone());
+        out.dirs.insert(layer.name.as_str().to_owned(), dir);
     }
     out
+}
+
+/// Remove a target that will not be mounted (an event if that fails).
+fn remove_now(c: &dm::Control, name: &str) {
+    if let Err(e) = c.remove(name) {
+        event("dm.remove-failed").kv("name", name).kv("error", e).emit();
+    }
 }
 
 /// The control node, checked to have the `verity` target type; or why not.
@@ -312,8 +300,15 @@ fn digest_matches(layer: &Layer, dev: &str, part: &str) -> bool {
 }
 
 /// Put a layer partition behind a verity target and read its first block.
-/// `None` (after an event; the target removed) when it cannot be used.
-fn setup_verity(c: &dm::Control, layer: &Layer, dev: &str, part: &str, on: OnCorruption) -> Option<dm::Device> {
+/// The target and its node; `None` (after an event; the target removed)
+/// when it cannot be used.
+fn setup_verity(
+    c: &dm::Control,
+    layer: &Layer,
+    dev: &str,
+    part: &str,
+    on: OnCorruption,
+) -> Option<(dm::Device, String)> {
     let d = layer.digest;
     let v = &layer.verity;
     let refuse = |reason: &str| {
@@ -355,29 +350,35 @@ fn setup_verity(c: &dm::Control, layer: &Layer, dev: &str, part: &str, on: OnCor
             return None;
         }
     };
-    let checked = dm::ensure_node(&target)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno))
-        .and_then(|node| read_first_block(&node));
-    match checked {
-        Ok(()) => Some(target),
+    let node = match dm::ensure_node(&target) {
+        Ok(n) => n,
         Err(e) => {
-            let mut ev = event("layer.corrupt").kv("name", &layer.name).kv("digest", d).kv("partition", part);
-            ev = ev.kv("dm", target.kernel_name()).kv("root", v.root_hash).kv("block", 0);
-            if e.raw_os_error() == Some(libc::EIO) {
-                ev = ev.kv(
-                    "reason",
-                    "first block does not match the signed root hash (wrong root hash or corrupt superblock region)",
-                );
-            } else {
-                ev = ev.kv("reason", format!("reading the first block: {e}"));
-            }
-            ev.kv("effect", "not mounted").emit();
-            if let Err(e) = c.remove(&name) {
-                event("dm.remove-failed").kv("name", &name).kv("error", e).emit();
-            }
-            None
+            refuse(&e.to_string());
+            remove_now(c, &name);
+            return None;
         }
-    }
+    };
+    let Err(e) = read_first_block(&node) else {
+        return Some((target, node));
+    };
+    let ev = event("layer.corrupt")
+        .kv("name", &layer.name)
+        .kv("digest", d)
+        .kv("partition", part)
+        .kv("dm", target.kernel_name())
+        .kv("root", v.root_hash)
+        .kv("block", 0);
+    let ev = if e.raw_os_error() == Some(libc::EIO) {
+        ev.kv(
+            "reason",
+            "first block does not match the signed root hash (wrong root hash or corrupt superblock region)",
+        )
+    } else {
+        ev.kv("reason", format!("reading the first block of {node}: {e}"))
+    };
+    ev.kv("effect", "not mounted").emit();
+    remove_now(c, &name);
+    None
 }
 
 /// Remove the layers' verity targets (at shutdown, after the layers were
