@@ -219,7 +219,11 @@ impl Watch {
             return;
         };
         self.corrupted = true;
-        if self.seen.first(&t.layer, e.kind, e.block) {
+        let first = self.seen.first(&t.layer, e.kind, e.block);
+        if !first && self.seen.dropped == 1 {
+            event("layer.corrupt-limit").kv("max", MAX_REPORTED).kv("effect", "further blocks are not reported").emit();
+        }
+        if first {
             event("layer.corrupt")
                 .kv("name", &t.layer)
                 .kv("digest", t.digest)
