@@ -199,6 +199,7 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
             event("layer.missing").kv("name", &layer.name).kv("digest", d).kv("partition", &part).emit();
             continue;
         };
+        let started = std::time::Instant::now();
         // The node to mount, and the verity target behind it if any.
         let (node, target) = match (&control, check) {
             (Some(c), LayerCheck::Verity(on)) => match setup_verity(c, layer, dev, &part, on) {
@@ -212,6 +213,7 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
                 (dev.clone(), None)
             }
         };
+        let checked = started.elapsed();
         let dir = format!("{LAYERS_DIR}/{d}");
         let mounted = sys::mkdir_all(&dir, 0o755).and_then(|()| {
             sys::mount(
@@ -234,7 +236,9 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
             .kv("name", &layer.name)
             .kv("digest", d)
             .kv("partition", &part)
-            .kv("size", layer.size);
+            .kv("size", layer.size)
+            .kv("check_ms", ms(checked))
+            .kv("mount_ms", ms(started.elapsed().saturating_sub(checked)));
         match (target, check) {
             (Some(t), LayerCheck::Verity(on)) => {
                 ev.kv("check", "verity").kv("dm", t.kernel_name()).kv("root", layer.verity.root_hash).emit();
@@ -251,6 +255,11 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
         out.dirs.insert(layer.name.as_str().to_owned(), dir);
     }
     out
+}
+
+/// Milliseconds with one decimal.
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// Remove a target that will not be mounted (an event if that fails).
