@@ -169,11 +169,11 @@ fn finish(kind: ShutdownKind) -> ! {
         }
     }
     nix::unistd::sync();
-    let mode = match kind {
-        ShutdownKind::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
-        ShutdownKind::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+    let (mode, name) = match kind {
+        ShutdownKind::PowerOff => (nix::sys::reboot::RebootMode::RB_POWER_OFF, "poweroff"),
+        ShutdownKind::Reboot => (nix::sys::reboot::RebootMode::RB_AUTOBOOT, "reboot"),
     };
-    event("shutdown.complete").kv("kind", format!("{kind:?}").to_lowercase()).emit();
+    event("shutdown.complete").kv("kind", name).emit();
     // What is still queued gets a bounded chance to reach the console.
     event::console_drain(std::time::Duration::from_secs(2));
     // On success reboot(2) does not return.

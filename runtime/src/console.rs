@@ -72,7 +72,12 @@ pub fn take_controlling_terminal() -> SysResult<()> {
 /// signal is, until just before exec), so tcsetpgrp from what is still a
 /// background group is not stopped.
 pub fn become_foreground() -> SysResult<()> {
-    use nix::unistd::{getpid, setpgid, tcsetpgrp, Pid};
+    use nix::unistd::{getpid, setpgid, Pid};
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(sys::err("setpgid", "entrypoint"))?;
-    tcsetpgrp(std::io::stdin(), getpid()).map_err(sys::err("tcsetpgrp", "console"))
+    // SAFETY: tcsetpgrp takes no pointer. Raw libc: nix's takes an owner of
+    // fd 0, and std's stdin() would set up its buffer just before exec.
+    if unsafe { libc::tcsetpgrp(0, getpid().as_raw()) } != 0 {
+        return Err(ioctl_err("tcsetpgrp", "console"));
+    }
+    Ok(())
 }

@@ -513,10 +513,13 @@ fn traversable(path: &str) -> SysResult<()> {
     if mode & 0o011 == 0o011 {
         return Ok(());
     }
-    let p = sys::cstr(path)?;
-    let mode = nix::sys::stat::Mode::from_bits_retain((mode & 0o7777 | 0o011) as libc::mode_t);
-    nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, p.as_c_str(), mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
-        .map_err(sys::err("chmod g+x,o+x", path))
+    // chmod(2) through std (nix has only fchmodat, and musl's carries a
+    // no-follow emulation this does not need).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777 | 0o011)).map_err(|e| sys::SysError {
+        op: "chmod g+x,o+x",
+        arg: path.into(),
+        errno: e.raw_os_error().unwrap_or(libc::EINVAL),
+    })
 }
 
 fn chown(path: &str, uid: u32, gid: u32) -> SysResult<()> {

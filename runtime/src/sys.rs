@@ -39,7 +39,13 @@ pub fn errno() -> i32 {
 /// Turns the [`Errno`] of a `nix` call into a [`SysError`] naming the call
 /// and its argument: `nix::…(…).map_err(sys::err("mount", target))`.
 pub fn err(op: &'static str, arg: impl fmt::Display) -> impl FnOnce(Errno) -> SysError {
-    move |e| SysError { op, arg: arg.to_string(), errno: e as i32 }
+    move |e| sys_error(op, &arg, e)
+}
+
+/// The one non-generic body behind [`err`] (keeps PID 1 small).
+#[inline(never)]
+fn sys_error(op: &'static str, arg: &dyn fmt::Display, e: Errno) -> SysError {
+    SysError { op, arg: arg.to_string(), errno: e as i32 }
 }
 
 /// `Ok` also when the call failed with `errno` (e.g. EEXIST for mkdir).
