@@ -341,10 +341,11 @@ pub fn ensure_node(dev: &Device) -> SysResult<String> {
         return Ok(path);
     }
     let p = sys::cstr(&path)?;
-    // SAFETY: `p` is a valid C string; makedev is a pure computation.
-    let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(dev.major, dev.minor)) };
-    if rc != 0 && sys::errno() != libc::EEXIST {
-        return Err(SysError { op: "mknod block", arg: path, errno: sys::errno() });
+    let dev = nix::sys::stat::makedev(dev.major.into(), dev.minor.into());
+    let mode = nix::sys::stat::Mode::from_bits_retain(0o600);
+    match nix::sys::stat::mknod(p.as_c_str(), nix::sys::stat::SFlag::S_IFBLK, mode, dev) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(sys::err("mknod block", &path)(e)),
     }
     Ok(path)
 }

@@ -14,10 +14,10 @@
 //! (the OTA trial logic counts it as a failed trial).
 
 use std::collections::BTreeSet;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use cairn_format::manifest::OnCorruption;
-use cairn_runtime::sys::{self, SysError, SysResult};
+use cairn_runtime::sys::{self, SysResult};
 
 use crate::event::event;
 use crate::storage::LayerTarget;
@@ -138,34 +138,15 @@ pub struct Watch {
 impl Watch {
     /// Listen for kernel uevents (group 1), non-blocking.
     pub fn open(targets: Vec<LayerTarget>) -> SysResult<Self> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_KOBJECT_UEVENT,
-            )
-        };
-        if fd < 0 {
-            return Err(SysError { op: "socket", arg: "NETLINK_KOBJECT_UEVENT".into(), errno: sys::errno() });
-        }
-        // SAFETY: `fd` is a fresh descriptor that we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { core::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = 1;
-        // SAFETY: `addr` is a valid sockaddr_nl of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                core::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(SysError { op: "bind", arg: "uevent group 1".into(), errno: sys::errno() });
-        }
+        use nix::sys::socket::{self as so, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+        let fd = so::socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        )
+        .map_err(sys::err("socket", "NETLINK_KOBJECT_UEVENT"))?;
+        so::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1)).map_err(sys::err("bind", "uevent group 1"))?;
         Ok(Watch { fd, targets, seen: Seen::default(), corrupted: false })
     }
 
@@ -174,41 +155,24 @@ impl Watch {
         self.fd.as_raw_fd()
     }
 
-    /// Read every waiting uevent (never blocks) and report verity errors.
+    /// Read every waiting uevent (never blocks: the socket is
+    /// non-blocking) and report verity errors.
     pub fn drain(&mut self) {
+        use nix::errno::Errno;
         let mut buf = [0u8; 8192];
         loop {
-            // SAFETY: sockaddr_nl is plain data; zero is a valid value.
-            let mut from: libc::sockaddr_nl = unsafe { core::mem::zeroed() };
-            let mut len = core::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: `buf` and `from` are valid for writes of the sizes passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_nl).cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                match sys::errno() {
-                    libc::EINTR => continue,
-                    libc::ENOBUFS => {
-                        event("uevent.overflow").kv("effect", "some kernel uevents were lost").emit();
-                        continue;
+            match nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(self.fd.as_raw_fd(), &mut buf) {
+                // Only the kernel (port 0) speaks for the kernel.
+                Ok((n, Some(from))) if from.pid() == 0 => {
+                    if let Some(e) = buf.get(..n).and_then(parse) {
+                        self.report(&e);
                     }
-                    _ => return,
                 }
-            }
-            // Only the kernel (port 0) speaks for the kernel.
-            if from.nl_pid != 0 {
-                continue;
-            }
-            let Some(msg) = buf.get(..n as usize) else { continue };
-            if let Some(e) = parse(msg) {
-                self.report(&e);
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::ENOBUFS) => {
+                    event("uevent.overflow").kv("effect", "some kernel uevents were lost").emit();
+                }
+                Err(_) => return,
             }
         }
     }
