@@ -23,9 +23,10 @@ pub enum LayerCommand {
     ///
     /// Owners, modes, xattrs, symlinks, hard links and FIFOs are kept;
     /// device nodes (other than overlay whiteouts, character devices 0:0)
-    /// and overlayfs xattrs (trusted.overlay.*) are refused. Timestamps are
-    /// set to 0 and entries sorted, so the same source always gives the
-    /// same bytes and digest.
+    /// and overlayfs xattrs (trusted.overlay.*) are refused. Archives and
+    /// images keep their modification times; a directory's are clamped to
+    /// SOURCE_DATE_EPOCH (0 when unset). Entries are sorted, so the same
+    /// source always gives the same bytes and digest.
     Build {
         /// Directory, tar archive, docker save archive or OCI layout.
         source: PathBuf,

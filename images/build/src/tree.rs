@@ -31,6 +31,11 @@ pub struct Meta {
     /// Extended attributes, full name (`user.x`, `trusted.overlay.opaque`,
     /// `security.capability`) to value.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Modification time, seconds since the epoch (squashfs keeps 32
+    /// unsigned bits: archives' times outside that range are clamped to
+    /// it; directory sources are clamped to `SOURCE_DATE_EPOCH`, see
+    /// [`crate::scan`]).
+    pub mtime: u32,
 }
 
 /// Where a regular file's bytes are.

@@ -36,8 +36,12 @@
 //! outside the container, so it is kept, as Docker, runc and crun keep it),
 //! and character devices 0/0 (what overlayfs reads as a whiteout; opening
 //! one fails with ENXIO).
-//! Timestamps are dropped. Directories missing from the archive are
-//! created with mode 0755 and owner 0:0; a later member for such a
+//! Modification times are kept (a PAX `mtime` record over the header's;
+//! whole seconds, clamped to squashfs's unsigned 32 bits): an image's
+//! times are already fixed by its digest, and Python compares a `.pyc`
+//! file's recorded source time with the source's. A whiteout has time 0.
+//! Directories missing from the archive are
+//! created with mode 0755, owner 0:0 and time 0; a later member for such a
 //! directory sets its metadata and keeps its children. Regular file data is
 //! streamed into one anonymous spool file per tree ([`Tree::spool`]), never
 //! held in memory.

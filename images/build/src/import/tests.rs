@@ -1058,3 +1058,16 @@ fn member_count_is_bounded() {
     assert!(matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if !archive.contains("layer")), "{e:?}");
     assert_eq!(ImportOptions::default().max_entries, 1 << 20);
 }
+
+#[test]
+fn pax_times_are_whole_seconds_within_u32() {
+    use super::tarlayer::pax_time;
+    assert_eq!(pax_time(b"1650000200.75"), Some(1_650_000_200));
+    assert_eq!(pax_time(b"0"), Some(0));
+    assert_eq!(pax_time(b"-12.5"), Some(0));
+    assert_eq!(pax_time(b"4294967296"), Some(u32::MAX));
+    assert_eq!(pax_time(b"99999999999999999999999"), Some(u32::MAX));
+    for bad in [&b""[..], b".5", b"1e9", b"12:00", b"1.2.3", b"-"] {
+        assert_eq!(pax_time(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
