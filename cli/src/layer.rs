@@ -6,7 +6,9 @@ use anyhow::Result;
 use cairn_build::appliance::parse_size;
 use cairn_build::layer::{self, LayerOptions, Step};
 use clap::Subcommand;
+use serde_json::json;
 
+use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
 #[derive(Debug, Subcommand)]
@@ -57,17 +59,29 @@ pub fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| format!("{s:?} is not a size (a number with an optional K, M or G suffix)"))
 }
 
-pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
-    let LayerCommand::Build { source, out, flatten, platform, max_size, slot_size } = cmd;
+pub fn run(cmd: LayerCommand, progress: &Progress, out: &Output) -> Result<()> {
+    let LayerCommand::Build { source, out: dest, flatten, platform, max_size, slot_size } = cmd;
     let opts = LayerOptions { flatten, platform, max_bytes: max_size, max_image_bytes: slot_size };
-    let files = layer::build(&source, &out, &opts, &mut |step| match step {
+    let files = layer::build(&source, &dest, &opts, &mut |step| match step {
         Step::Reading(p) => progress.step(format!("reading {}", p.display())),
         Step::Writing { name, index, count } => progress.step(format!("writing layer {}/{count} {name}", index + 1)),
     })?;
     progress.clear();
+    if out.json {
+        return out.print_json(&json!({
+            "source": source,
+            "layers": files.iter().map(|f| json!({
+                "name": f.name,
+                "path": f.path,
+                "digest": digest(&f.digest),
+                "size": f.size,
+                "source_digest": f.source_digest,
+            })).collect::<Vec<_>>(),
+        }));
+    }
     for f in &files {
         let from = f.source_digest.as_deref().map(|d| format!("  (from {d})")).unwrap_or_default();
-        println!("{}  {}  {}  {}{from}", f.digest, size(f.size), f.name, f.path.display());
+        println!("{}  {}  {}  {}{from}", digest(&f.digest), size(f.size), f.name, f.path.display());
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     eprintln!(

@@ -10,6 +10,7 @@ mod image;
 mod key;
 mod layer;
 mod manifest;
+mod output;
 mod progress;
 
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ struct Cli {
     /// No progress display (summaries and errors are still printed).
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Print the result as one JSON document on stdout (schemas in
+    /// docs/cli.md; digests as sha256:<hex>). Implies --quiet.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 const EXAMPLES: &str = "\
@@ -34,6 +39,8 @@ Examples:
   cairn layer build ./rootfs --out layers/base.squashfs
   cairn layer build app-image.tar --out layers/        # docker save or OCI layout: one file per layer
   cairn manifest build appliance.toml --key keys/release --out build/appliance.manifest --layers layers/
+  cairn manifest build appliance.toml --unsigned --out build/unsigned.manifest   # sign elsewhere:
+  cairn manifest sign build/unsigned.manifest --key keys/release --out build/appliance.manifest
   cairn manifest inspect build/appliance.manifest
   cairn manifest verify build/appliance.manifest --pubkey keys/release.pub
   cairn image assemble --board qemu-x86_64 --manifest build/appliance.manifest --layers layers/ \\
@@ -62,19 +69,14 @@ pub type FilePath = PathBuf;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let progress = progress::Progress::new(cli.quiet);
+    let progress = progress::Progress::new(cli.quiet || cli.json);
+    let out = output::Output { json: cli.json };
     let result = match cli.command {
-        Command::Key(c) => key::run(c),
-        Command::Layer(c) => layer::run(c, &progress),
-        Command::Manifest(c) => manifest::run(c, &progress),
-        Command::Image(c) => image::run(c, &progress),
-        Command::Boards => {
-            for b in cairn_board::all() {
-                let default = if b.name == cairn_board::DEFAULT_BOARD { " (default)" } else { "" };
-                println!("{}{default}: {} kernel {}, console {}", b.name, b.rust_target, b.kernel_package, b.console);
-            }
-            Ok(())
-        }
+        Command::Key(c) => key::run(c, &out),
+        Command::Layer(c) => layer::run(c, &progress, &out),
+        Command::Manifest(c) => manifest::run(c, &progress, &out),
+        Command::Image(c) => image::run(c, &progress, &out),
+        Command::Boards => boards(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,4 +86,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn boards(out: &output::Output) -> anyhow::Result<()> {
+    if out.json {
+        let boards: Vec<_> = cairn_board::all()
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "name": b.name,
+                    "default": b.name == cairn_board::DEFAULT_BOARD,
+                    "rust_target": b.rust_target,
+                    "kernel_package": b.kernel_package,
+                    "console": b.console,
+                })
+            })
+            .collect();
+        return out.print_json(&serde_json::json!({ "boards": boards }));
+    }
+    for b in cairn_board::all() {
+        let default = if b.name == cairn_board::DEFAULT_BOARD { " (default)" } else { "" };
+        println!("{}{default}: {} kernel {}, console {}", b.name, b.rust_target, b.kernel_package, b.console);
+    }
+    Ok(())
 }
