@@ -194,12 +194,18 @@ fn build_layers(
                     })?,
                     None => base.join(source),
                 };
+                // `oci-archive:FILE:TAG` and the other skopeo references.
+                let (src, select) = match crate::import::parse_reference(source) {
+                    Ok((path, select)) if select.transport.is_some() => (base.join(path), select),
+                    Ok(_) => (src, crate::import::Select::default()),
+                    Err(error) => return Err(AssembleError::Import { layer: name.to_owned(), error: error.into() }),
+                };
                 if !src.exists() {
                     return Err(AssembleError::LayerSource { layer: name.to_owned(), source_dir: src });
                 }
                 fs::create_dir_all(out_dir).map_err(io(out_dir))?;
                 let path = out_dir.join(format!("{name}.squashfs"));
-                let opts = LayerOptions { flatten: true, ..LayerOptions::default() };
+                let opts = LayerOptions { flatten: true, select, ..LayerOptions::default() };
                 let files = layer::build(&src, &path, &opts, &mut |_| {})
                     .map_err(|error| AssembleError::Import { layer: name.to_owned(), error })?;
                 written.push(path.clone());

@@ -36,11 +36,19 @@ pub struct LayerOptions {
     pub max_bytes: u64,
     /// Refuse a layer image larger than this (a layer slot's size).
     pub max_image_bytes: Option<u64>,
+    /// What a skopeo-style reference selected ([`import::parse_reference`]).
+    pub select: import::Select,
 }
 
 impl Default for LayerOptions {
     fn default() -> Self {
-        LayerOptions { flatten: false, platform: None, max_bytes: import::DEFAULT_MAX_BYTES, max_image_bytes: None }
+        LayerOptions {
+            flatten: false,
+            platform: None,
+            max_bytes: import::DEFAULT_MAX_BYTES,
+            max_image_bytes: None,
+            select: import::Select::default(),
+        }
     }
 }
 
@@ -153,7 +161,7 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
         .map(|n| n.to_string_lossy().split('.').next().unwrap_or("layer").to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "layer".to_owned());
-    if source.is_dir() && !source.join("oci-layout").exists() {
+    if source.is_dir() && !source.join("oci-layout").exists() && opts.select.transport.is_none() {
         let tree = scan::scan_dir(source)?;
         check_dir_tree(source, &tree)?;
         return Ok(vec![(stem, None, tree)]);
@@ -162,6 +170,7 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
         flatten: opts.flatten,
         platform: opts.platform.clone(),
         max_bytes: opts.max_bytes,
+        select: opts.select.clone(),
         ..ImportOptions::default()
     };
     let layers = import::import(source, &iopts)?;

@@ -541,6 +541,64 @@ fn import_layers(
     Ok(out)
 }
 
+/// The annotation naming an entry of an OCI layout's `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The entry of `index.json` whose ref name is `tag` (`oci:DIR:TAG`).
+fn by_ref_name(store: &dyn Store, manifests: &[Descriptor], tag: &str) -> Result<Descriptor, ImportError> {
+    let name = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
+    let found: Vec<&Descriptor> = manifests.iter().filter(|d| name(d).as_deref() == Some(tag)).collect();
+    match found[..] {
+        [d] => Ok(d.clone()),
+        [] => {
+            let names: Vec<String> = manifests.iter().filter_map(name).collect();
+            Err(ImportError::Image {
+                archive: store.label().to_owned(),
+                reason: format!(
+                    "no image tagged {tag:?} in index.json; it has: {}",
+                    if names.is_empty() { "no tagged image".to_owned() } else { names.join(", ") }
+                ),
+            })
+        }
+        _ => Err(ImportError::Image {
+            archive: store.label().to_owned(),
+            reason: format!("index.json tags {} entries {tag:?}", found.len()),
+        }),
+    }
+}
+
+/// The entry of a `docker save` manifest.json that `reference` names:
+/// `@N` (from 0), or one of its RepoTags (`name[:tag]`, docker.io and
+/// library/ prefixes optional, `:latest` implied).
+fn docker_entry<'e>(entries: &'e [DockerEntry], reference: &str, label: &str) -> Result<&'e DockerEntry, ImportError> {
+    let err = |reason: String| ImportError::Image { archive: label.to_owned(), reason };
+    if let Some(n) = reference.strip_prefix('@') {
+        let i: usize = n.parse().map_err(|_| err(format!("{reference:?} is not @N (an image's index from 0)")))?;
+        return entries.get(i).ok_or_else(|| err(format!("{reference}: manifest.json lists {} images", entries.len())));
+    }
+    let canonical = |r: &str| {
+        let r = r.strip_prefix("docker.io/").unwrap_or(r);
+        let r = r.strip_prefix("library/").unwrap_or(r);
+        let last = r.rsplit('/').next().unwrap_or(r);
+        if last.contains(':') || last.contains('@') {
+            r.to_owned()
+        } else {
+            format!("{r}:latest")
+        }
+    };
+    let want = canonical(reference);
+    let found: Vec<&DockerEntry> =
+        entries.iter().filter(|e| e.repo_tags.iter().flatten().any(|t| canonical(t) == want)).collect();
+    match found[..] {
+        [e] => Ok(e),
+        [] => {
+            let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+            Err(err(format!("no image tagged {reference:?} in manifest.json; it has: {}", tags.join(", "))))
+        }
+        _ => Err(err(format!("manifest.json lists {} images tagged {reference:?}", found.len()))),
+    }
+}
+
 /// Import an OCI image layout.
 pub(super) fn import_oci(
     store: &dyn Store,
@@ -555,8 +613,12 @@ pub(super) fn import_oci(
             reason: format!("index.json has media type {:?}", index.media_type.unwrap_or_default()),
         });
     }
+    let top = match &opts.select.tag {
+        Some(tag) => vec![by_ref_name(store, &index.manifests, tag)?],
+        None => index.manifests,
+    };
     let mut cands = Vec::new();
-    collect(store, &index.manifests, 0, &mut cands)?;
+    collect(store, &top, 0, &mut cands)?;
     let desc = choose(store, cands, opts.platform.as_deref())?;
     let manifest: ManifestDoc = parse(store, &desc.digest, &read_blob(store, &desc)?)?;
     if manifest.media_type.as_deref().is_some_and(|t| !MANIFEST_TYPES.contains(&t)) {
@@ -604,16 +666,21 @@ pub(super) fn import_docker(
 ) -> Result<Vec<ImportedLayer>, ImportError> {
     let store = TarStore::new(index);
     let label = index.label().to_owned();
-    let [entry] = &entries[..] else {
-        let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
-        return Err(ImportError::Image {
-            archive: label,
-            reason: format!(
-                "manifest.json lists {} images ({}); save one image per archive",
-                entries.len(),
-                tags.join(", ")
-            ),
-        });
+    let entry = match (&opts.select.tag, &entries[..]) {
+        (Some(reference), _) => docker_entry(&entries, reference, &label)?,
+        (None, [entry]) => entry,
+        (None, _) => {
+            let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+            return Err(ImportError::Image {
+                archive: label,
+                reason: format!(
+                    "manifest.json lists {} images ({}); name one: docker-archive:FILE:NAME:TAG or \
+                     docker-archive:FILE:@N",
+                    entries.len(),
+                    tags.join(", ")
+                ),
+            });
+        }
     };
     let path = |p: &str| {
         normalise(p.as_bytes()).ok_or_else(|| ImportError::BadPath { archive: label.clone(), member: p.to_owned() })
