@@ -108,7 +108,13 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             assemble::build_initramfs(&init, &modules, &initramfs)?;
 
             progress.step(format!("writing {}", out.display()));
-            let app = BuiltAppliance { manifest: m, envelope, layers: found };
+            let app = BuiltAppliance {
+                manifest: m,
+                envelope,
+                layers: found,
+                images: Default::default(),
+                origins: Vec::new(),
+            };
             let opts = DiskOptions {
                 layer_slot_bytes: slot_size,
                 spare_layer_slots: spare_slots,

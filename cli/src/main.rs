@@ -12,6 +12,7 @@ mod layer;
 mod manifest;
 mod output;
 mod progress;
+mod provenance;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

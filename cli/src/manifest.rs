@@ -212,11 +212,15 @@ fn build(
         None => (keys::unsigned_envelope(payload)?, None),
     };
     write_atomically(path, &envelope)?;
+    let record = crate::provenance::path_for(path);
+    let statement = crate::provenance::statement(appliance, &app, payload)?;
+    write_atomically(&record, &serde_json::to_vec_pretty(&statement)?)?;
     progress.clear();
     let m = &app.manifest;
     if out.json {
         return out.print_json(&json!({
             "manifest": path,
+            "provenance": record,
             "size": envelope.len(),
             "signed": key_id.is_some(),
             "key_id": key_id.map(|k| k.to_string()),
@@ -243,6 +247,7 @@ fn build(
         m.version,
         m.compatible
     );
+    println!("provenance {} (in-toto statement, SLSA provenance v1)", record.display());
     match key_id {
         Some(id) => println!("signed by key {id}"),
         None => println!("unsigned: sign it with `cairn manifest sign {} --key KEY --out FILE`", path.display()),
@@ -269,6 +274,13 @@ fn sign(input: &Path, signer: &Signer, path: &Path, out: &Output) -> Result<()> 
     let m = decode(input, env.payload)?;
     let sealed = signer.seal(env.payload)?;
     write_atomically(path, &sealed)?;
+    // The provenance record names the payload, the same signed or not: it
+    // goes along.
+    let (from, to) = (crate::provenance::path_for(input), crate::provenance::path_for(path));
+    if from != to && crate::provenance::origins(input, env.payload).is_some() {
+        let record = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        write_atomically(&to, &record)?;
+    }
     let id = envelope::key_id(&signer.public());
     if out.json {
         return out.print_json(&json!({
@@ -324,8 +336,24 @@ fn decode(path: &Path, payload: &[u8]) -> Result<Manifest> {
 fn inspect(path: &Path) -> Result<()> {
     let (key_id, m) = read_unverified(path)?;
     println!("# {}: signed by key {key_id} (signature not checked; use `cairn manifest verify`)", path.display());
-    print!("{}", manifest_toml::to_toml(&m));
+    print!("{}", annotated_toml(path, &m)?);
     Ok(())
+}
+
+/// The manifest as appliance TOML, each container's argv, env, cwd and
+/// user annotated with where it came from when the provenance record
+/// beside the manifest is there (issue 15).
+fn annotated_toml(path: &Path, m: &Manifest) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let env = Envelope::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = manifest_toml::to_toml(m);
+    Ok(match crate::provenance::notes(path, env.payload) {
+        Some(notes) => {
+            let record = crate::provenance::path_for(path);
+            format!("# value origins from {}\n{}", record.display(), manifest_toml::annotate(&text, &notes))
+        }
+        None => format!("# no provenance record for this manifest beside it: value origins not shown\n{text}"),
+    })
 }
 
 /// `inspect --json`: the appliance TOML `inspect` prints, as JSON (the
@@ -337,11 +365,15 @@ fn inspect_json(path: &Path, out: &Output) -> Result<()> {
     let text = manifest_toml::to_toml(&m);
     let value: toml::Value = toml::from_str(&text).context("inspect's TOML does not parse back (a cairn bug)")?;
     let signed = !keys::is_unsigned(&bytes);
+    let payload = Envelope::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.payload;
+    let origins = crate::provenance::origins(path, payload);
     out.print_json(&json!({
         "manifest": path,
         "signed": signed,
         "key_id": signed.then(|| key_id.to_string()),
+        "payload_digest": format!("sha256:{}", cairn_format::digest::Digest::of(payload)),
         "appliance": serde_json::to_value(value)?,
+        "origins": origins,
     }))
 }
 

@@ -119,6 +119,11 @@ pub struct BuiltAppliance {
     pub envelope: Vec<u8>,
     /// Layer images in manifest order.
     pub layers: Vec<BuiltLayer>,
+    /// The image of each layer built from one, by layer name (issue 15:
+    /// image defaults and provenance).
+    pub images: BTreeMap<String, crate::import::config::ImageInfo>,
+    /// Where each container's argv, env, cwd and user came from.
+    pub origins: Vec<crate::import::config::ContainerOrigins>,
 }
 
 /// Build every layer of the appliance at `appliance_path` into `out_dir`,
@@ -152,7 +157,9 @@ pub fn build_appliance(
         }
         stand_in.insert(l.name.clone(), (Digest([0; 32]), 1));
     }
-    if let Err(ApplianceError::Invalid { problems: p, .. }) = app.to_manifest(appliance_path, &stand_in) {
+    if let Err(ApplianceError::Invalid { problems: p, .. }) =
+        app.with_placeholders().to_manifest(appliance_path, &stand_in)
+    {
         problems.extend(p);
     }
     if !problems.is_empty() {
@@ -160,11 +167,13 @@ pub fn build_appliance(
     }
 
     let mut written: Vec<PathBuf> = Vec::new();
-    let result = build_layers(&refs, base, build_sources, out_dir, &mut written).and_then(|layers| {
+    let mut images = BTreeMap::new();
+    let result = build_layers(&refs, base, build_sources, out_dir, &mut written, &mut images).and_then(|layers| {
         let info = layers.iter().map(|l| (l.name.clone(), (l.digest, l.size))).collect();
+        let (app, origins) = app.with_image_defaults(appliance_path, &images)?;
         let manifest = app.to_manifest(appliance_path, &info)?;
         let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
-        Ok(BuiltAppliance { manifest, envelope, layers })
+        Ok(BuiltAppliance { manifest, envelope, layers, images, origins })
     });
     if result.is_err() {
         for p in &written {
@@ -182,6 +191,7 @@ fn build_layers(
     build_sources: &BTreeMap<String, PathBuf>,
     out_dir: &Path,
     written: &mut Vec<PathBuf>,
+    images: &mut BTreeMap<String, crate::import::config::ImageInfo>,
 ) -> Result<Vec<BuiltLayer>, AssembleError> {
     let mut layers = Vec::new();
     for (name, reference) in refs {
@@ -213,6 +223,9 @@ fn build_layers(
                     .into_iter()
                     .next()
                     .ok_or_else(|| AssembleError::LayerSource { layer: name.to_owned(), source_dir: src.clone() })?;
+                if let Some(image) = f.image {
+                    images.insert(name.to_owned(), image);
+                }
                 BuiltLayer { name: name.to_owned(), path: Some(path), digest: f.digest, size: f.size }
             }
             LayerRef::File(file) => {

@@ -65,6 +65,9 @@ pub struct LayerFile {
     pub size: u64,
     /// The image layer it came from (`sha256:...` of the OCI blob), if any.
     pub source_digest: Option<String>,
+    /// The image it came from: its config, provenance, and the files of
+    /// it image defaults need (read from this layer's tree).
+    pub image: Option<import::config::ImageInfo>,
 }
 
 /// Why a layer could not be built.
@@ -152,7 +155,11 @@ pub enum Step<'a> {
 
 /// The trees a source holds, with names: one for a directory or rootfs
 /// tarball (named after the source file), one per image layer otherwise.
-pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Option<String>, Tree)>, LayerError> {
+#[allow(clippy::type_complexity)]
+pub fn read_source(
+    source: &Path,
+    opts: &LayerOptions,
+) -> Result<Vec<(String, Option<String>, Tree, Option<import::config::ImageInfo>)>, LayerError> {
     if !source.exists() {
         return Err(LayerError::Missing(source.to_owned()));
     }
@@ -164,7 +171,7 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
     if source.is_dir() && !source.join("oci-layout").exists() && opts.select.transport.is_none() {
         let tree = scan::scan_dir(source)?;
         check_dir_tree(source, &tree)?;
-        return Ok(vec![(stem, None, tree)]);
+        return Ok(vec![(stem, None, tree, None)]);
     }
     let iopts = ImportOptions {
         flatten: opts.flatten,
@@ -175,7 +182,10 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
     };
     let layers = import::import(source, &iopts)?;
     let single = layers.len() == 1;
-    Ok(layers.into_iter().map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree)).collect())
+    Ok(layers
+        .into_iter()
+        .map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree, l.image))
+        .collect())
 }
 
 /// Refuse a tree read from the directory `source` that holds what a layer
@@ -226,7 +236,7 @@ pub fn build(
     }
     let mut written: Vec<LayerFile> = Vec::new();
     let result = (|| {
-        for (index, (name, source_digest, tree)) in trees.iter().enumerate() {
+        for (index, (name, source_digest, tree, image)) in trees.iter().enumerate() {
             progress(Step::Writing { name, index, count });
             let path = if into_dir { out.join(format!("{name}.squashfs")) } else { out.to_owned() };
             let img = squashfs::write_layer(tree, &path)?;
@@ -236,6 +246,10 @@ pub fn build(
                 digest: Digest(img.digest),
                 size: img.size,
                 source_digest: source_digest.clone(),
+                image: image.clone().map(|mut i| {
+                    i.inspect_tree(tree);
+                    i
+                }),
             });
             if let Some(max) = opts.max_image_bytes.filter(|m| img.size > *m) {
                 return Err(LayerError::TooLarge { name: name.clone(), size: img.size, max });

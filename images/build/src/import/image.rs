@@ -10,6 +10,7 @@ use cairn_format::digest::Digest;
 use serde::Deserialize;
 
 use super::archive::{normalise, Index, JSON_MAX};
+use super::config::{ImageConfig, ImageInfo, ImageLayerInfo};
 use super::stream::Tap;
 use super::tarlayer::{read_layer, Budget, Target, Whiteouts};
 use super::{ImportError, ImportOptions, ImportedLayer};
@@ -100,6 +101,8 @@ struct ManifestDoc {
     media_type: Option<String>,
     config: Descriptor,
     layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +115,8 @@ struct ConfigDoc {
     variant: Option<String>,
     #[serde(default)]
     rootfs: Option<RootFs>,
+    #[serde(default)]
+    config: Option<ImageConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +459,9 @@ struct LayerRef {
     digest: Option<String>,
     /// The size it must have, if known.
     size: Option<u64>,
+    /// Its descriptor's media type and annotations (OCI).
+    media_type: Option<String>,
+    annotations: BTreeMap<String, String>,
 }
 
 /// The error to report when reading layer `l` failed with `e`: a digest
@@ -474,13 +482,15 @@ fn blame_blob(store: &dyn Store, l: &LayerRef, e: ImportError) -> ImportError {
     }
 }
 
-/// Read the layers (lowest first) into trees.
+/// Read the layers (lowest first) into trees, each with `info` (the
+/// image's provenance, its layers filled in here).
 fn import_layers(
     store: &dyn Store,
     layers: &[LayerRef],
     diff_ids: &[String],
     opts: &ImportOptions,
     budget: &mut Budget,
+    mut info: ImageInfo,
 ) -> Result<Vec<ImportedLayer>, ImportError> {
     let label = store.label().to_owned();
     if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
@@ -521,22 +531,33 @@ fn import_layers(
         if l.digest.as_ref().is_some_and(|d| *d != raw_hex) {
             return Err(ImportError::BlobDigest { archive: label, blob: l.shown.clone(), actual: raw_hex });
         }
+        let diff_id = format!("sha256:{}", Digest(digests.tar));
         if let Some(expected) = diff_ids.get(i) {
-            let actual = Digest(digests.tar).to_string();
-            if *expected != format!("sha256:{actual}") {
+            if *expected != diff_id {
+                let actual = Digest(digests.tar).to_string();
                 return Err(ImportError::DiffId { archive: layer_label, expected: expected.clone(), actual });
             }
         }
+        info.layers.push(ImageLayerInfo {
+            digest: l.digest.is_some().then(|| format!("sha256:{raw_hex}")),
+            diff_id,
+            media_type: l.media_type.clone(),
+            annotations: l.annotations.clone(),
+        });
         if let Some(own) = own {
             out.push(ImportedLayer {
                 name: format!("{:0width$}-{}", i + 1, &raw_hex[..12]),
                 source_digest: Some(format!("sha256:{raw_hex}")),
                 tree: own.finish()?,
+                image: None,
             });
         }
     }
     if let Some(t) = flat {
-        out.push(ImportedLayer { name: "flat".into(), source_digest: None, tree: t.finish()? });
+        out.push(ImportedLayer { name: "flat".into(), source_digest: None, tree: t.finish()?, image: None });
+    }
+    for l in &mut out {
+        l.image = Some(info.clone());
     }
     Ok(out)
 }
@@ -643,10 +664,20 @@ pub(super) fn import_oci(
             shown: l.digest.clone(),
             digest: Some(h.to_owned()),
             size: Some(l.size),
+            media_type: l.media_type.clone(),
+            annotations: l.annotations.clone().unwrap_or_default(),
         });
     }
+    let info = ImageInfo {
+        format: "oci".into(),
+        manifest_digest: Some(desc.digest.clone()),
+        config_digest: Some(manifest.config.digest.clone()),
+        annotations: manifest.annotations.clone().unwrap_or_default(),
+        config: config.config.clone().unwrap_or_default(),
+        ..ImageInfo::default()
+    };
     let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    import_layers(store, &layers, &diff_ids, opts, budget)
+    import_layers(store, &layers, &diff_ids, opts, budget, info)
 }
 
 /// The sha256 hex a `docker save` path carries: `blobs/sha256/<hex>` or
@@ -705,8 +736,22 @@ pub(super) fn import_docker(
     let mut layers = Vec::new();
     for l in &entry.layers {
         let p = path(l)?;
-        layers.push(LayerRef { digest: hex_of_path(&p), path: p, shown: l.clone(), size: None });
+        layers.push(LayerRef {
+            digest: hex_of_path(&p),
+            path: p,
+            shown: l.clone(),
+            size: None,
+            media_type: None,
+            annotations: BTreeMap::new(),
+        });
     }
+    let info = ImageInfo {
+        format: "docker-archive".into(),
+        config_digest: hex_of_path(&config_path).map(|h| format!("sha256:{h}")),
+        repo_tags: entry.repo_tags.clone().unwrap_or_default(),
+        config: config.config.clone().unwrap_or_default(),
+        ..ImageInfo::default()
+    };
     let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    import_layers(&store, &layers, &diff_ids, opts, budget)
+    import_layers(&store, &layers, &diff_ids, opts, budget, info)
 }

@@ -92,6 +92,7 @@
 //! writes at most twice `max_bytes` to `$TMPDIR`.
 
 mod archive;
+pub mod config;
 mod image;
 mod stream;
 mod tarlayer;
@@ -267,6 +268,8 @@ pub struct ImportedLayer {
     pub source_digest: Option<String>,
     /// The files.
     pub tree: Tree,
+    /// The image it came from (its config and provenance), if any.
+    pub image: Option<config::ImageInfo>,
 }
 
 /// Why a source could not be imported. `archive` names what was being read:
@@ -655,5 +658,5 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     }
     let mut target = Target::new()?;
     tarlayer::read_layer(&mut whole(), &label, &mut target, Whiteouts::Literal, &mut budget)?;
-    Ok(vec![ImportedLayer { name: "rootfs".into(), source_digest: None, tree: target.finish()? }])
+    Ok(vec![ImportedLayer { name: "rootfs".into(), source_digest: None, tree: target.finish()?, image: None }])
 }
