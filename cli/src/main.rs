@@ -17,7 +17,7 @@ mod provenance;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Build keys, layers, signed manifests and disk images for cairn devices.
 #[derive(Debug, Parser)]
@@ -63,6 +63,23 @@ enum Command {
     Image(image::ImageCommand),
     /// The boards cairn knows.
     Boards,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: cairn completions bash > /usr/share/bash-completion/completions/cairn
+    /// zsh:  cairn completions zsh > "${fpath[1]}/_cairn"
+    /// fish: cairn completions fish > ~/.config/fish/completions/cairn.fish
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: cairn(1) and one per subcommand (cairn-manifest-build(1), ...).
+    ///
+    /// Without --out, prints cairn(1) to stdout.
+    Man {
+        /// Directory to write every page into (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// A path argument.
@@ -78,6 +95,13 @@ fn main() -> ExitCode {
         Command::Manifest(c) => manifest::run(c, &progress, &out),
         Command::Image(c) => image::run(c, &progress, &out),
         Command::Boards => boards(&out),
+        Command::Completions { shell } => {
+            // Into a buffer: clap_complete panics on a failed write.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut buf);
+            print_all(&buf)
+        }
+        Command::Man { out: dir } => man(dir.as_deref(), &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +111,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Write `bytes` to stdout; a reader that went away (`| head`) is fine.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes).and_then(|()| std::io::stdout().flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// cairn(1), or every page into `dir`.
+fn man(dir: Option<&std::path::Path>, out: &output::Output) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let Some(dir) = dir else {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        return print_all(&buf);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = Vec::new();
+    fn walk(cmd: clap::Command, name: String, pages: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub.clone(), format!("{name}-{}", sub.get_name()), pages);
+        }
+        pages.push((name, cmd));
+    }
+    walk(cmd, "cairn".into(), &mut pages);
+    let mut written = Vec::new();
+    for (name, cmd) in pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.name(name.clone())).render(&mut buf)?;
+        let path = dir.join(format!("{name}.1"));
+        manifest::write_atomically(&path, &buf)?;
+        written.push(path);
+    }
+    written.sort();
+    if out.json {
+        return out.print_json(&serde_json::json!({ "pages": written }));
+    }
+    for p in &written {
+        println!("{}", p.display());
+    }
+    Ok(())
 }
 
 fn boards(out: &output::Output) -> anyhow::Result<()> {
