@@ -100,12 +100,20 @@ pub fn run(cmd: LayerCommand, progress: &Progress, out: &Output) -> Result<()> {
                 "digest": digest(&f.digest),
                 "size": f.size,
                 "source_digest": f.source_digest,
+                "verity_root_hash": f.verity.root_hash.to_string(),
             })).collect::<Vec<_>>(),
         }));
     }
     for f in &files {
         let from = f.source_digest.as_deref().map(|d| format!("  (from {d})")).unwrap_or_default();
-        println!("{}  {}  {}  {}{from}", digest(&f.digest), size(f.size), f.name, f.path.display());
+        println!(
+            "{}  {}  {}  {}  verity root {}{from}",
+            digest(&f.digest),
+            size(f.size),
+            f.name,
+            f.path.display(),
+            f.verity.root_hash
+        );
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     eprintln!(

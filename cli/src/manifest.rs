@@ -232,6 +232,7 @@ fn build(
                 "digest": digest(&l.digest),
                 "size": l.size,
                 "path": l.path,
+                "verity_root_hash": l.verity.root_hash.to_string(),
             })).collect::<Vec<_>>(),
             "containers": m.containers.iter().map(|c| json!({
                 "name": c.name.as_str(),
@@ -254,7 +255,13 @@ fn build(
     }
     for l in &app.layers {
         let file = l.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no image file here)".into());
-        println!("  layer {:<16} {}  {:>10}  {file}", l.name, digest(&l.digest), size(l.size));
+        println!(
+            "  layer {:<16} {}  {:>10}  verity root {}  {file}",
+            l.name,
+            digest(&l.digest),
+            size(l.size),
+            l.verity.root_hash
+        );
     }
     for c in &m.containers {
         println!(

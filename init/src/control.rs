@@ -17,6 +17,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{self as sock, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
 use cairn_runtime::spec::CONTROL_DIR;
 use cairn_runtime::sys::{self, SysError, SysResult};
 
@@ -131,23 +134,13 @@ impl Listener {
     pub fn bind() -> SysResult<Self> {
         sys::mkdir_all(CONTROL_DIR, 0o700)?;
         let path = socket_path();
-        // SAFETY: plain socket(2) call.
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
         let fd =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
-        if fd < 0 {
-            return Err(SysError { op: "socket", arg: path, errno: sys::errno() });
-        }
-        // SAFETY: `fd` is a fresh descriptor that we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let (addr, len) = sockaddr(&path)?;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
-            return Err(SysError { op: "bind", arg: path, errno: sys::errno() });
-        }
-        // SAFETY: `fd` is a bound socket.
-        if unsafe { libc::listen(fd.as_raw_fd(), 8) } != 0 {
-            return Err(SysError { op: "listen", arg: path, errno: sys::errno() });
-        }
+            sock::socket(AddressFamily::Unix, SockType::SeqPacket, flags, None).map_err(sys::err("socket", &path))?;
+        let addr = sockaddr(&path)?;
+        sock::bind(fd.as_raw_fd(), &addr).map_err(sys::err("bind", &path))?;
+        let backlog = sock::Backlog::new(8).map_err(sys::err("listen", &path))?;
+        sock::listen(&fd, backlog).map_err(sys::err("listen", &path))?;
         Ok(Self { fd })
     }
 
@@ -158,33 +151,20 @@ impl Listener {
 
     /// Accept one waiting connection (non-blocking) and identify its caller.
     pub fn accept(&self, now: Instant) -> Option<Conn> {
-        // SAFETY: accept4 on our listening socket; null address is allowed.
-        let c = unsafe {
-            libc::accept4(
-                self.fd.as_raw_fd(),
-                core::ptr::null_mut(),
-                core::ptr::null_mut(),
-                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            )
-        };
-        if c < 0 {
-            return None;
-        }
-        // SAFETY: `c` is a fresh descriptor that we own.
+        let c = sock::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK).ok()?;
+        // SAFETY: `c` is a fresh descriptor that we own (nix's accept4
+        // returns it raw).
         let fd = unsafe { OwnedFd::from_raw_fd(c) };
-        let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
-        let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: `cred` is a valid ucred and `len` its size.
-        let ok = unsafe {
-            libc::getsockopt(c, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
-        } == 0;
-        let caller = if ok && cred.pid > 0 {
-            std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid))
-                .map_or(Caller::Unknown, |t| caller_from_cgroup(&t))
+        let (pid, uid) = match sock::getsockopt(&fd, sock::sockopt::PeerCredentials) {
+            Ok(cred) => (cred.pid(), cred.uid()),
+            Err(_) => (0, u32::MAX),
+        };
+        let caller = if pid > 0 {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(Caller::Unknown, |t| caller_from_cgroup(&t))
         } else {
             Caller::Unknown
         };
-        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid: cred.pid, uid: cred.uid, caller })
+        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller })
     }
 }
 
@@ -224,44 +204,32 @@ impl Conn {
     pub fn receive(&self) -> Received {
         let mut buf = [0u8; REQUEST_MAX];
         // MSG_TRUNC: the message's whole length, so a cut one is noticed.
-        let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n > REQUEST_MAX as isize {
-            return Received::TooLong(n as usize);
-        }
-        if n > 0 {
-            return Received::Request(String::from_utf8_lossy(buf.get(..n as usize).unwrap_or(&[])).into_owned());
-        }
-        let errno = sys::errno();
-        if n < 0 && (errno == libc::EAGAIN || errno == libc::EINTR) {
-            Received::Nothing
-        } else {
-            Received::Closed
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+        match sock::recv(self.fd.as_raw_fd(), &mut buf, flags) {
+            Ok(n) if n > REQUEST_MAX => Received::TooLong(n),
+            Ok(n) if n > 0 => Received::Request(String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned()),
+            Err(Errno::EAGAIN | Errno::EINTR) => Received::Nothing,
+            _ => Received::Closed,
         }
     }
 
     /// Send the reply (best effort, never waits) and close.
     pub fn reply(self, text: &str) {
-        // SAFETY: the pointer and length describe `text`.
-        unsafe {
-            libc::send(self.fd.as_raw_fd(), text.as_ptr().cast(), text.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-        };
+        let _ = sock::send(self.fd.as_raw_fd(), text.as_bytes(), MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
     }
 }
 
-fn sockaddr(path: &str) -> SysResult<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; zero is a valid starting value.
-    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if path.len() >= addr.sun_path.len() {
-        return Err(SysError { op: "socket path", arg: path.into(), errno: libc::ENAMETOOLONG });
+/// The socket's address; a path that does not fit with its NUL is refused
+/// (ENAMETOOLONG). A socket left from an earlier boot is removed.
+fn sockaddr(path: &str) -> SysResult<UnixAddr> {
+    let too_long = SysError { op: "socket path", arg: path.into(), errno: libc::ENAMETOOLONG };
+    // sun_path's size, NUL included.
+    if path.len() >= 108 {
+        return Err(too_long);
     }
-    for (dst, src) in addr.sun_path.iter_mut().zip(path.bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let addr = UnixAddr::new(path).map_err(|_| too_long)?;
     let _ = std::fs::remove_file(path);
-    Ok((addr, core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t))
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -285,22 +253,13 @@ mod tests {
     }
 
     fn conn_pair() -> Option<(Conn, OwnedFd)> {
-        let mut fds = [-1; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        let rc =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        let [a, b] = fds;
-        // SAFETY: both are fresh descriptors we own.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) };
+        let (a, b) = sock::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
         let conn = Conn { fd: a, deadline: Instant::now(), pid: 0, uid: 0, caller: Caller::Host };
         Some((conn, b))
     }
 
     fn send(fd: &OwnedFd, msg: &[u8]) {
-        // SAFETY: the pointer and length describe `msg`.
-        let n = unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        assert_eq!(n, msg.len() as isize);
+        assert_eq!(sock::send(fd.as_raw_fd(), msg, MsgFlags::empty()), Ok(msg.len()));
     }
 
     #[test]

@@ -31,10 +31,9 @@ pub fn event(name: &str) -> Event {
 
 /// Seconds since boot with millisecond precision, e.g. "1.234".
 pub fn uptime() -> String {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    format!("{}.{:03}", ts.tv_sec, ts.tv_nsec / 1_000_000)
+    use nix::time::{clock_gettime, ClockId};
+    let (s, ns) = clock_gettime(ClockId::CLOCK_BOOTTIME).map_or((0, 0), |t| (t.tv_sec(), t.tv_nsec()));
+    format!("{s}.{:03}", ns / 1_000_000)
 }
 
 /// True if a logfmt value must be quoted.
@@ -149,7 +148,9 @@ impl Console {
                 return;
             }
             let front = ring.front();
-            // SAFETY: the pointer and length describe `front`.
+            // SAFETY: the pointer and length describe `front`. Raw libc:
+            // until `open_console` the descriptor is the kernel's fd 1,
+            // which PID 1 does not own, and nix's write takes an owner.
             let n = unsafe { libc::write(self.fd, front.as_ptr().cast(), front.len()) };
             if n > 0 {
                 ring.consume(n as usize);
@@ -184,10 +185,9 @@ pub fn open_console() -> bool {
         return false;
     };
     if let Ok(null) = cairn_runtime::sys::open("/dev/null", libc::O_RDWR) {
-        for target in 0..3 {
-            // SAFETY: dup2 onto a standard descriptor; `null` is open.
-            unsafe { libc::dup2(null.as_raw_fd(), target) };
-        }
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
     guard.fd = fd.as_raw_fd();
     guard.own = Some(fd);
@@ -218,7 +218,8 @@ pub fn console_drain(limit: Duration) {
             return;
         }
         let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-        // SAFETY: `p` is one valid pollfd.
+        // SAFETY: `p` is one valid pollfd. Raw libc: the console's
+        // descriptor may be the kernel's fd 1, which nix's PollFd cannot borrow.
         unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32 + 1) };
     }
 }

@@ -33,8 +33,7 @@ use policy::{Restart, RestartPolicy};
 use supervisor::{ShutdownKind, Supervisor, Unit};
 
 fn main() {
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 {
+    if nix::unistd::getpid().as_raw() != 1 {
         eprintln!("cairn-init: must run as PID 1 (it mounts filesystems, loads modules and reboots the machine)");
         std::process::exit(1);
     }
@@ -68,8 +67,8 @@ fn main() {
     // The device's own network namespace (`network = "host"` containers share it).
     let netns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_default();
     event("boot.netns").kv("net", netns).emit();
-    // SAFETY: CAD_OFF only changes what ctrl-alt-del does: SIGINT to PID 1.
-    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
+    // CAD_OFF only changes what ctrl-alt-del does: SIGINT to PID 1.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
 
     let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     for word in &cmdline.ignored {
@@ -154,9 +153,9 @@ const DEATH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Everything is stopped: kill what is left and wait for it (bounded),
 /// unmount (or remount read-only), sync, power off or reboot.
 fn finish(kind: ShutdownKind) -> ! {
-    // SAFETY: kill(-1) from PID 1 signals every other process; nothing of
-    // ours is left to protect at this point.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    // kill(-1) from PID 1 signals every other process; nothing of ours is
+    // left to protect at this point.
+    let _ = cairn_runtime::sys::kill(-1, libc::SIGKILL);
     let (reaped, left) = reap_all(DEATH_WAIT);
     if left {
         // In D state (e.g. on failing media): unmounting may fail; the
@@ -169,18 +168,17 @@ fn finish(kind: ShutdownKind) -> ! {
             release(&e.path().to_string_lossy(), "layer");
         }
     }
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    let cmd = match kind {
-        ShutdownKind::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
-        ShutdownKind::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
+    nix::unistd::sync();
+    let (mode, name) = match kind {
+        ShutdownKind::PowerOff => (nix::sys::reboot::RebootMode::RB_POWER_OFF, "poweroff"),
+        ShutdownKind::Reboot => (nix::sys::reboot::RebootMode::RB_AUTOBOOT, "reboot"),
     };
-    event("shutdown.complete").kv("kind", format!("{kind:?}").to_lowercase()).emit();
+    event("shutdown.complete").kv("kind", name).emit();
     // What is still queued gets a bounded chance to reach the console.
     event::console_drain(std::time::Duration::from_secs(2));
-    // SAFETY: reboot(2) with a valid command; on success it does not return.
-    unsafe { libc::reboot(cmd) };
-    event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(cairn_runtime::sys::errno())).emit();
+    // On success reboot(2) does not return.
+    let Err(e) = nix::sys::reboot::reboot(mode);
+    event("shutdown.reboot-failed").kv("error", cairn_runtime::sys::errno_name(e as i32)).emit();
     event::console_drain(std::time::Duration::from_secs(2));
     halt_forever()
 }
@@ -191,7 +189,9 @@ fn reap_all(bound: std::time::Duration) -> (u32, bool) {
     let deadline = std::time::Instant::now() + bound;
     let mut reaped = 0u32;
     loop {
-        // SAFETY: reaping with a valid (null) status pointer.
+        // SAFETY: reaping with a valid (null) status pointer. Raw libc:
+        // nix's waitpid fails with EINVAL after reaping a child a realtime
+        // signal killed, which would look like a child still left.
         let pid = unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) };
         if pid > 0 {
             reaped += 1;
@@ -227,7 +227,6 @@ fn release(path: &str, what: &str) {
 fn halt_forever() -> ! {
     event::console_drain(std::time::Duration::from_secs(2));
     loop {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
+        nix::unistd::pause();
     }
 }

@@ -1,8 +1,6 @@
 //! Kernel modules from the initramfs, loaded in the order the build
 //! resolved (dependencies first), listed in `/lib/modules/load-order`.
 
-use std::os::fd::AsRawFd;
-
 use cairn_runtime::sys;
 
 use crate::event::event;
@@ -37,11 +35,9 @@ pub fn load_all() -> usize {
 fn load(path: &str) -> sys::SysResult<()> {
     let fd = sys::open(path, libc::O_RDONLY)?;
     let params = c"";
-    // SAFETY: finit_module reads the module from `fd`; `params` is a valid C string.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, fd.as_raw_fd(), params.as_ptr(), 0) };
-    if rc == 0 || sys::errno() == libc::EEXIST {
-        Ok(())
-    } else {
-        Err(sys::SysError { op: "finit_module", arg: path.into(), errno: sys::errno() })
+    let flags = nix::kmod::ModuleInitFlags::empty();
+    match nix::kmod::finit_module(&fd, params, flags) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(sys::SysError { op: "finit_module", arg: path.into(), errno: e as i32 }),
     }
 }

@@ -15,8 +15,11 @@
 //! set-up failure). Once a shutdown began nothing is started: units
 //! waiting or in backoff are stopped, set-ups under way are killed.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::resolve::SpecError;
 use cairn_format::manifest::MAX_CONTAINERS;
@@ -208,7 +211,7 @@ impl Io {
 pub struct Supervisor {
     machine: Machine,
     io: Io,
-    signals: OwnedFd,
+    signals: SignalFd,
     control: Option<Listener>,
     /// Control connections waiting for their request.
     conns: Vec<Conn>,
@@ -221,7 +224,7 @@ impl Supervisor {
         units: Vec<(Unit, UnitDesc)>,
         order: Vec<usize>,
         start_timeout: Duration,
-        signals: OwnedFd,
+        signals: SignalFd,
         control: Option<Listener>,
     ) -> Self {
         let (units, descs): (Vec<Unit>, Vec<UnitDesc>) = units.into_iter().unzip();
@@ -329,6 +332,8 @@ impl Supervisor {
             set(REPORTS + i, u.report.as_ref().map_or(-1, AsRawFd::as_raw_fd), libc::POLLIN);
         }
         // SAFETY: `fds` is a valid array of pollfd of the length passed.
+        // Raw libc: nix's PollFd borrows each descriptor and has no
+        // ignored (-1) slot, which keeps unit i at a fixed index.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;
@@ -372,17 +377,8 @@ impl Supervisor {
     }
 
     fn read_signals(&mut self) {
-        loop {
-            // SAFETY: signalfd_siginfo is plain data; zero is a valid value.
-            let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
-            let size = core::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: `info` is valid for writes of `size` bytes.
-            let n = unsafe {
-                libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size)
-            };
-            if n != size as isize {
-                return;
-            }
+        // The kernel hands out whole signalfd_siginfo records only.
+        while let Ok(Some(info)) = self.signals.read_signal() {
             match info.ssi_signo as i32 {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR => {
@@ -399,7 +395,10 @@ impl Supervisor {
     fn reap(&mut self) {
         loop {
             let mut status = 0;
-            // SAFETY: `status` is a valid out-pointer.
+            // SAFETY: `status` is a valid out-pointer. Raw libc: the raw
+            // status is what `on_exit` decodes, and nix's waitpid fails with
+            // EINVAL (the child reaped, its status lost) when a realtime
+            // signal killed it.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 return;
@@ -511,24 +510,11 @@ fn with_restart_count(spec: &ContainerSpec, restarts: u32) -> ContainerSpec {
 }
 
 /// Block every signal and return a signalfd that receives them.
-pub fn signal_fd() -> Result<OwnedFd, cairn_runtime::sys::SysError> {
-    // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
-    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `all` is a valid sigset_t; signalfd returns a new descriptor.
-    let fd = unsafe {
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
-        libc::signalfd(-1, &all, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-    };
-    if fd < 0 {
-        return Err(cairn_runtime::sys::SysError {
-            op: "signalfd",
-            arg: "all".into(),
-            errno: cairn_runtime::sys::errno(),
-        });
-    }
-    // SAFETY: `fd` is a fresh descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+pub fn signal_fd() -> Result<SignalFd, cairn_runtime::sys::SysError> {
+    let all = SigSet::all();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(cairn_runtime::sys::err("signalfd", "all"))
 }
 
 trait ExitFields {

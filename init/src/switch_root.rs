@@ -16,13 +16,12 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// True when `/` is the kernel's initramfs (ramfs or tmpfs).
 pub fn on_initramfs() -> bool {
-    // SAFETY: statfs is plain data; zero is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
-    // SAFETY: the path is a valid C string and `st` a valid out-pointer.
-    let rc = unsafe { libc::statfs(c"/".as_ptr(), &mut st) };
+    let Ok(st) = nix::sys::statfs::statfs(c"/") else {
+        return false;
+    };
     #[allow(clippy::unnecessary_cast)]
-    let t = st.f_type as i64;
-    rc == 0 && (t == RAMFS_MAGIC || t == TMPFS_MAGIC)
+    let t = st.filesystem_type().0 as i64;
+    t == RAMFS_MAGIC || t == TMPFS_MAGIC
 }
 
 /// Copy the initramfs into a tmpfs and make that the root. Returns the
@@ -34,10 +33,7 @@ pub fn switch() -> SysResult<u64> {
     remove_tree(Path::new("/"));
     sys::chdir(NEW_ROOT)?;
     sys::mount("move new root", Some("."), "/", None, libc::MS_MOVE, None)?;
-    // SAFETY: chroot with a valid C string.
-    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
-        return Err(SysError { op: "chroot", arg: NEW_ROOT.into(), errno: sys::errno() });
-    }
+    nix::unistd::chroot(c".").map_err(sys::err("chroot", NEW_ROOT))?;
     sys::chdir("/")?;
     Ok(copied)
 }

@@ -45,19 +45,17 @@ impl Tap {
         let mut buf = [0u8; 1024];
         let mut total = 0;
         while total < READ_BUDGET {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                let got = buf.get(..n as usize).unwrap_or(&[]);
-                total += got.len();
-                for line in split_lines(&mut self.pending, got) {
-                    print(self.source, name, &line);
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let got = buf.get(..n).unwrap_or(&[]);
+                    total += got.len();
+                    for line in split_lines(&mut self.pending, got) {
+                        print(self.source, name, &line);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let errno = cairn_runtime::sys::errno();
-            if n < 0 && (errno == libc::EAGAIN || errno == libc::EINTR) {
-                return true;
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return true,
+                _ => {}
             }
             // 0 or EIO: hung up; anything else: unusable.
             self.flush(name);
@@ -142,8 +140,7 @@ mod tests {
         let pipe = cairn_runtime::sys::pipe();
         assert!(pipe.is_ok(), "{pipe:?}");
         let Ok((rd, wr)) = pipe else { return };
-        // SAFETY: fcntl on our own descriptor.
-        unsafe { libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        assert_eq!(cairn_runtime::sys::set_nonblocking(&rd), Ok(()));
         let mut tap = Tap::new(rd, 0);
         assert!(cairn_runtime::sys::write_all(&wr, b"one\ntw").is_ok());
         assert!(tap.pump("t"), "a live pipe with nothing more to read keeps the tap");

@@ -146,11 +146,10 @@ impl Cgroup {
     /// Remove the (empty) cgroup directory.
     pub fn remove(&self) -> SysResult<()> {
         let p = sys::cstr(&self.path)?;
-        // SAFETY: `p` is a valid C string.
-        if unsafe { libc::rmdir(p.as_ptr()) } == 0 || sys::errno() == libc::ENOENT {
-            Ok(())
-        } else {
-            Err(SysError { op: "rmdir cgroup", arg: self.path.clone(), errno: sys::errno() })
+        // rmdir(2) is unlinkat(AT_FDCWD, path, AT_REMOVEDIR).
+        match nix::unistd::unlinkat(nix::fcntl::AT_FDCWD, p.as_c_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(SysError { op: "rmdir cgroup", arg: self.path.clone(), errno: e as i32 }),
         }
     }
 }

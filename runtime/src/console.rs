@@ -47,11 +47,10 @@ pub fn open() -> SysResult<Pty> {
 /// In the container's init, before anything else: the slave becomes fds 0,
 /// 1 and 2 (the originals are closed with every other inherited fd later).
 pub fn attach_stdio(slave: &OwnedFd) -> SysResult<()> {
-    for fd in 0..3 {
-        // SAFETY: dup2 onto a standard descriptor; `slave` is open.
-        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
-            return Err(ioctl_err("dup2 console", format!("fd {fd}")));
-        }
+    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
+    let dups: [fn(&OwnedFd) -> nix::Result<()>; 3] = [|f| dup2_stdin(f), |f| dup2_stdout(f), |f| dup2_stderr(f)];
+    for (fd, dup) in dups.into_iter().enumerate() {
+        dup(slave).map_err(|e| SysError { op: "dup2 console", arg: format!("fd {fd}"), errno: e as i32 })?;
     }
     Ok(())
 }
@@ -59,14 +58,11 @@ pub fn attach_stdio(slave: &OwnedFd) -> SysResult<()> {
 /// In the container's init: a new session whose controlling terminal is
 /// the pty on fd 0.
 pub fn take_controlling_terminal() -> SysResult<()> {
-    // SAFETY: setsid and ioctl(TIOCSCTTY, 0) take no pointers.
-    unsafe {
-        if libc::setsid() < 0 {
-            return Err(ioctl_err("setsid", "console"));
-        }
-        if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-            return Err(ioctl_err("TIOCSCTTY", "console"));
-        }
+    nix::unistd::setsid().map_err(sys::err("setsid", "console"))?;
+    // SAFETY: ioctl(TIOCSCTTY, 0) on fd 0 takes no pointer (nix has no
+    // wrapper for it).
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } != 0 {
+        return Err(ioctl_err("TIOCSCTTY", "console"));
     }
     Ok(())
 }
@@ -76,14 +72,12 @@ pub fn take_controlling_terminal() -> SysResult<()> {
 /// signal is, until just before exec), so tcsetpgrp from what is still a
 /// background group is not stopped.
 pub fn become_foreground() -> SysResult<()> {
-    // SAFETY: setpgid, getpid and tcsetpgrp take no pointers.
-    unsafe {
-        if libc::setpgid(0, 0) != 0 {
-            return Err(ioctl_err("setpgid", "entrypoint"));
-        }
-        if libc::tcsetpgrp(0, libc::getpid()) != 0 {
-            return Err(ioctl_err("tcsetpgrp", "console"));
-        }
+    use nix::unistd::{getpid, setpgid, Pid};
+    setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(sys::err("setpgid", "entrypoint"))?;
+    // SAFETY: tcsetpgrp takes no pointer. Raw libc: nix's takes an owner of
+    // fd 0, and std's stdin() would set up its buffer just before exec.
+    if unsafe { libc::tcsetpgrp(0, getpid().as_raw()) } != 0 {
+        return Err(ioctl_err("tcsetpgrp", "console"));
     }
     Ok(())
 }

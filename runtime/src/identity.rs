@@ -4,6 +4,8 @@
 //! fully privileged, then the ids (keeping capabilities across setuid),
 //! then the permitted/effective/inheritable and ambient sets.
 
+use nix::sys::resource::Resource;
+
 use crate::spec::{Rlimit, RlimitResource};
 
 use crate::sys::{self, SysError, SysResult};
@@ -29,34 +31,31 @@ fn fail(op: &'static str, arg: impl ToString) -> SysError {
     SysError { op, arg: arg.to_string(), errno: sys::errno() }
 }
 
-/// The libc resource number.
-pub fn rlimit_resource(r: RlimitResource) -> libc::c_int {
+/// The resource as nix names it.
+pub fn rlimit_resource(r: RlimitResource) -> Resource {
     use RlimitResource::*;
-    (match r {
-        Nofile => libc::RLIMIT_NOFILE,
-        Nproc => libc::RLIMIT_NPROC,
-        Core => libc::RLIMIT_CORE,
-        Memlock => libc::RLIMIT_MEMLOCK,
-        Stack => libc::RLIMIT_STACK,
-        Fsize => libc::RLIMIT_FSIZE,
-        As => libc::RLIMIT_AS,
-        Cpu => libc::RLIMIT_CPU,
-        Nice => libc::RLIMIT_NICE,
-        Rtprio => libc::RLIMIT_RTPRIO,
-        Sigpending => libc::RLIMIT_SIGPENDING,
-        Msgqueue => libc::RLIMIT_MSGQUEUE,
-    }) as libc::c_int
+    match r {
+        Nofile => Resource::RLIMIT_NOFILE,
+        Nproc => Resource::RLIMIT_NPROC,
+        Core => Resource::RLIMIT_CORE,
+        Memlock => Resource::RLIMIT_MEMLOCK,
+        Stack => Resource::RLIMIT_STACK,
+        Fsize => Resource::RLIMIT_FSIZE,
+        As => Resource::RLIMIT_AS,
+        Cpu => Resource::RLIMIT_CPU,
+        Nice => Resource::RLIMIT_NICE,
+        Rtprio => Resource::RLIMIT_RTPRIO,
+        Sigpending => Resource::RLIMIT_SIGPENDING,
+        Msgqueue => Resource::RLIMIT_MSGQUEUE,
+    }
 }
 
 /// Apply rlimits (`u64::MAX` = unlimited).
 pub fn set_rlimits(limits: &[Rlimit]) -> SysResult<()> {
     for l in limits {
         let conv = |v: u64| if v == u64::MAX { libc::RLIM_INFINITY } else { v as libc::rlim_t };
-        let r = libc::rlimit { rlim_cur: conv(l.soft), rlim_max: conv(l.hard) };
-        // SAFETY: `r` is a valid rlimit; the resource number comes from libc.
-        if unsafe { libc::setrlimit(rlimit_resource(l.resource) as _, &r) } != 0 {
-            return Err(fail("setrlimit", format!("{:?}", l.resource)));
-        }
+        nix::sys::resource::setrlimit(rlimit_resource(l.resource), conv(l.soft), conv(l.hard))
+            .map_err(|e| SysError { op: "setrlimit", arg: format!("{:?}", l.resource), errno: e as i32 })?;
     }
     Ok(())
 }
@@ -83,24 +82,18 @@ pub fn drop_bounding(keep: u64) -> SysResult<()> {
 
 /// Switch to `uid`/`gid`/`groups`, keeping permitted capabilities.
 pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> SysResult<()> {
-    let groups: Vec<libc::gid_t> = groups.to_vec();
-    // SAFETY: prctl/setgroups/setgid/setuid with valid arguments; `groups`
-    // outlives the setgroups call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-            return Err(fail("PR_SET_KEEPCAPS", 1));
-        }
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-            return Err(fail("setgroups", format!("{groups:?}")));
-        }
-        if libc::setresgid(gid, gid, gid) != 0 {
-            return Err(fail("setresgid", gid));
-        }
-        if libc::setresuid(uid, uid, uid) != 0 {
-            return Err(fail("setresuid", uid));
-        }
-    }
-    Ok(())
+    use nix::unistd::{Gid, Uid};
+    nix::sys::prctl::set_keepcaps(true).map_err(sys::err("PR_SET_KEEPCAPS", 1))?;
+    let gids: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    nix::unistd::setgroups(&gids).map_err(|e| SysError {
+        op: "setgroups",
+        arg: format!("{groups:?}"),
+        errno: e as i32,
+    })?;
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(sys::err("setresgid", gid))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(sys::err("setresuid", uid))
 }
 
 /// Set permitted, effective and inheritable to `keep`, and the ambient set
@@ -144,9 +137,5 @@ pub fn set_capabilities(keep: u64) -> SysResult<()> {
 
 /// Set no_new_privs.
 pub fn set_no_new_privs() -> SysResult<()> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(fail("PR_SET_NO_NEW_PRIVS", 1));
-    }
-    Ok(())
+    nix::sys::prctl::set_no_new_privs().map_err(sys::err("PR_SET_NO_NEW_PRIVS", 1))
 }

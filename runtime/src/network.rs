@@ -7,25 +7,23 @@ use crate::sys::{self, SysError, SysResult};
 
 /// Bring `lo` up in the current network namespace.
 pub fn loopback_up() -> SysResult<()> {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(SysError { op: "socket", arg: "lo".into(), errno: sys::errno() });
-    }
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(sys::err("socket", "lo"))?;
     // SAFETY: ifreq is plain data; zero is valid.
     let mut req: libc::ifreq = unsafe { core::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *d = *s as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq;
-    // the union field used is ifru_flags for both.
+    // the union field used is ifru_flags for both (nix has no wrapper). `fd`
+    // is closed when dropped.
     let rc = unsafe {
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
+        let mut rc = libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req);
         if rc == 0 {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req);
+            rc = libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req);
         }
-        libc::close(fd);
         rc
     };
     if rc != 0 {
@@ -38,9 +36,5 @@ pub fn loopback_up() -> SysResult<()> {
 pub fn join(pid: libc::pid_t) -> SysResult<()> {
     let path = format!("/proc/{pid}/ns/net");
     let fd = sys::open(&path, libc::O_RDONLY)?;
-    // SAFETY: setns on a namespace descriptor we own.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(SysError { op: "setns net", arg: path, errno: sys::errno() });
-    }
-    Ok(())
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(sys::err("setns net", path))
 }

@@ -10,6 +10,9 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::ForkResult;
+
 use crate::exit::{Exit, SETUP_FAILED};
 use crate::identity;
 use crate::report::{self, Stage};
@@ -24,54 +27,45 @@ pub const NOT_EXECUTABLE: i32 = 126;
 
 /// Fork the entrypoint and supervise it. Never returns.
 pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
-    let mut all = empty_sigset();
-    // SAFETY: `all` is a valid sigset_t; blocking every signal means they
-    // queue for sigtimedwait instead of being ignored by a namespace init.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_BLOCK, &all, core::ptr::null_mut());
-    }
+    // Blocking every signal means they queue for sigtimedwait instead of
+    // being ignored by a namespace init.
+    let all = SigSet::all();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
     if spec.console {
         if let Err(e) = crate::console::take_controlling_terminal() {
             report_and_exit(&sync, Stage::ControllingTerminal, e.errno, SETUP_FAILED);
         }
     }
     // SAFETY: this process is single-threaded; fork is safe to call.
-    let entry = unsafe { libc::fork() };
-    if entry < 0 {
-        report_and_exit(&sync, Stage::Fork, sys::errno(), SETUP_FAILED);
-    }
-    if entry == 0 {
-        exec_entrypoint(spec, &sync, filter);
-    }
+    let entry = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => child.as_raw(),
+        Ok(ForkResult::Child) => exec_entrypoint(spec, &sync, filter),
+        Err(e) => report_and_exit(&sync, Stage::Fork, e as i32, SETUP_FAILED),
+    };
     drop(sync);
     let target = if spec.signal_group { -entry } else { entry };
     supervise(entry, target, spec, &all)
 }
 
-fn empty_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; all-zero is a valid (empty) value that
-    // sigemptyset/sigfillset then initialise properly.
-    unsafe { core::mem::zeroed() }
-}
-
-/// Wait for a signal, at most `timeout` (forever with `None`).
-fn next_signal(all: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+/// Wait for a signal, at most `timeout` (forever with `None`). Raw libc:
+/// nix has neither sigwaitinfo nor sigtimedwait, and its `Signal` has no
+/// realtime signals, which are forwarded too.
+fn next_signal(all: &SigSet, timeout: Option<Duration>) -> Option<i32> {
     let sig = match timeout {
         None => {
             // SAFETY: `all` is a valid, initialised signal set.
-            unsafe { libc::sigwaitinfo(all, core::ptr::null_mut()) }
+            unsafe { libc::sigwaitinfo(all.as_ref(), core::ptr::null_mut()) }
         }
         Some(t) => {
             let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
             // SAFETY: `all` and `ts` are valid for the call.
-            unsafe { libc::sigtimedwait(all, core::ptr::null_mut(), &ts) }
+            unsafe { libc::sigtimedwait(all.as_ref(), core::ptr::null_mut(), &ts) }
         }
     };
     (sig > 0).then_some(sig)
 }
 
-fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all: &libc::sigset_t) -> ! {
+fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all: &SigSet) -> ! {
     let mut status = None;
     // Phase 1: the entrypoint runs; forward signals, reap orphans.
     while status.is_none() {
@@ -86,9 +80,9 @@ fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all:
     let exit = status.unwrap_or(Exit::Code(0));
     // Phase 2: the entrypoint is gone; stop what is left.
     if reap(entry).1 {
-        // SAFETY: kill(-1) from a pid namespace's init signals every other
-        // process of the namespace.
-        unsafe { libc::kill(-1, spec.stop_signal) };
+        // kill(-1) from a pid namespace's init signals every other process
+        // of the namespace.
+        let _ = sys::kill(-1, spec.stop_signal);
         let deadline = Instant::now() + Duration::from_millis(spec.stop_grace_ms.into());
         loop {
             if !reap(entry).1 {
@@ -96,18 +90,17 @@ fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all:
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                // SAFETY: as above, with SIGKILL.
-                unsafe { libc::kill(-1, libc::SIGKILL) };
+                let _ = sys::kill(-1, libc::SIGKILL);
                 // SAFETY: blocking waits with a valid (null) status pointer,
-                // until no child is left.
+                // until no child is left. Raw libc: nix's waitpid fails with
+                // EINVAL after reaping a child a realtime signal killed.
                 while unsafe { libc::waitpid(-1, core::ptr::null_mut(), 0) } > 0 {}
                 break;
             }
             let _ = next_signal(all, Some(left));
         }
     }
-    // SAFETY: ends the process.
-    unsafe { libc::_exit(exit.code()) }
+    sys::exit_now(exit.code())
 }
 
 /// Reap every child that has exited. Returns the entrypoint's end if it was
@@ -116,7 +109,9 @@ fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
     let mut result = None;
     loop {
         let mut status = 0;
-        // SAFETY: `status` is a valid out-pointer.
+        // SAFETY: `status` is a valid out-pointer. Raw libc: PID 1 needs the
+        // raw status, and nix's waitpid fails with EINVAL (the child reaped,
+        // its status lost) when a realtime signal killed it.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid == 0 {
             return (result, true);
@@ -132,8 +127,7 @@ fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
 
 fn report_and_exit(sync: &OwnedFd, stage: Stage, errno: i32, code: i32) -> ! {
     report::write(sync, stage, errno);
-    // SAFETY: ends the process.
-    unsafe { libc::_exit(code) }
+    sys::exit_now(code)
 }
 
 /// In the entrypoint's process: clean signal state, rlimits, capabilities,
@@ -148,21 +142,16 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
             report_and_exit(sync, Stage::Foreground, e.errno, SETUP_FAILED);
         }
     } else {
-        // SAFETY: setsid takes no arguments.
-        unsafe { libc::setsid() };
+        let _ = nix::unistd::setsid();
     }
-    // SAFETY: plain syscalls on this process's own state; the sigset is
-    // initialised by sigemptyset before use.
-    unsafe {
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: SIG_DFL installs no handler. Raw libc: nix's `Signal`
+            // has no realtime signals.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
-        let mut none = empty_sigset();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, core::ptr::null_mut());
     }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let at = |stage: Stage| move |e: sys::SysError| (stage, e.errno);
     let setup =
         identity::set_rlimits(&spec.rlimits)
@@ -186,24 +175,15 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     if let Err((stage, errno)) = setup {
         report_and_exit(sync, stage, errno, SETUP_FAILED);
     }
-    let argv = null_terminated(&spec.argv);
-    let envp = null_terminated(&spec.env);
     let path = spec.argv.first().map(CString::as_c_str);
     let errno = match path {
-        Some(p) => {
-            // SAFETY: argv and envp are NULL-terminated arrays of pointers to
-            // C strings owned by `spec`, alive for the call.
-            unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            sys::errno()
-        }
+        Some(p) => match nix::unistd::execve(p, &spec.argv, &spec.env) {
+            Err(e) => e as i32,
+        },
         None => libc::ENOENT,
     };
     let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { NOT_FOUND } else { NOT_EXECUTABLE };
     report_and_exit(sync, Stage::Exec, errno, code)
-}
-
-fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter().map(|c| c.as_ptr()).chain(core::iter::once(core::ptr::null())).collect()
 }
 
 /// The errno a failed seccomp install reports.

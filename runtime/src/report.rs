@@ -186,12 +186,12 @@ pub fn decode(bytes: &[u8]) -> Result<Report, DecodeError> {
 
 /// In a child about to `_exit`: write the record for (`stage`, `errno`)
 /// on `fd` (errors ignored: PID 1 then sees the exit without a report).
-pub fn write(fd: &impl std::os::fd::AsRawFd, stage: Stage, errno: i32) {
+pub fn write(fd: &impl std::os::fd::AsFd, stage: Stage, errno: i32) {
     write_report(fd, Report { stage, step: None, errno });
 }
 
 /// In a child about to `_exit`: write the record `r`.
-pub fn write_report(fd: &impl std::os::fd::AsRawFd, r: Report) {
+pub fn write_report(fd: &impl std::os::fd::AsFd, r: Report) {
     let _ = crate::sys::write_all(fd, &encode(r));
 }
 

@@ -513,21 +513,23 @@ fn traversable(path: &str) -> SysResult<()> {
     if mode & 0o011 == 0o011 {
         return Ok(());
     }
-    let p = sys::cstr(path)?;
-    // SAFETY: `p` is a valid C string.
-    if unsafe { libc::chmod(p.as_ptr(), (mode & 0o7777 | 0o011) as libc::mode_t) } != 0 {
-        return Err(sys::SysError { op: "chmod g+x,o+x", arg: path.into(), errno: sys::errno() });
-    }
-    Ok(())
+    // chmod(2) through std (nix has only fchmodat, and musl's carries a
+    // no-follow emulation this does not need).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777 | 0o011)).map_err(|e| sys::SysError {
+        op: "chmod g+x,o+x",
+        arg: path.into(),
+        errno: e.raw_os_error().unwrap_or(libc::EINVAL),
+    })
 }
 
 fn chown(path: &str, uid: u32, gid: u32) -> SysResult<()> {
     let p = sys::cstr(path)?;
-    // SAFETY: `p` is a valid C string.
-    if unsafe { libc::chown(p.as_ptr(), uid, gid) } != 0 {
-        return Err(sys::SysError { op: "chown", arg: format!("{path} to {uid}:{gid}"), errno: sys::errno() });
-    }
-    Ok(())
+    let (u, g) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
+    nix::unistd::chown(p.as_c_str(), Some(u), Some(g)).map_err(|e| sys::SysError {
+        op: "chown",
+        arg: format!("{path} to {uid}:{gid}"),
+        errno: e as i32,
+    })
 }
 
 /// overlayfs options: lowerdir lists the top layer first.

@@ -698,8 +698,7 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: errno {}", errno());
         if pid == 0 {
-            // SAFETY: prctl with plain integer arguments.
-            let code = if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            let code = if nix::sys::prctl::set_no_new_privs().is_err() {
                 99
             } else {
                 match f.install() {
@@ -708,15 +707,14 @@ mod tests {
                     Err(_) => 98,
                 }
             };
-            // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
+            // Ends the child without running the parent's destructors.
+            crate::sys::exit_now(code);
         }
-        let mut status = 0;
-        // SAFETY: waiting for our own child into a local.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(rc, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        libc::WEXITSTATUS(status)
+        use nix::sys::wait::{waitpid, WaitStatus};
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => code,
+            other => panic!("child status {other:?}"),
+        }
     }
 
     fn default_checks() -> i32 {

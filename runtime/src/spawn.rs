@@ -176,8 +176,7 @@ pub fn spawn(
         // The pty's slave, or /dev/null and the output pipe, become stdio.
         if let Err(e) = stdio.attach() {
             report::write(&wr, Stage::Console, e.errno);
-            // SAFETY: _exit ends this process without running anything else.
-            unsafe { libc::_exit(SETUP_FAILED) };
+            sys::exit_now(SETUP_FAILED);
         }
         child(spec, &plan, net, filter, wr, go_ahead);
     }
@@ -226,23 +225,14 @@ pub enum Setup {
 /// anything but [`Setup::Pending`] the pipe has nothing more to say.
 pub fn poll_report(fd: &OwnedFd) -> Setup {
     let mut buf = [0u8; 2 * report::LEN];
-    // SAFETY: the pointer and length describe `buf`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return match sys::errno() {
-            libc::EAGAIN | libc::EINTR => Setup::Pending,
-            errno => Setup::Failed(SpawnError::Prepare(SysError {
-                op: "read report",
-                arg: fd.as_raw_fd().to_string(),
-                errno,
-            })),
-        };
-    }
-    if n == 0 {
-        return Setup::Done;
-    }
+    let n = match nix::unistd::read(fd, &mut buf) {
+        Ok(0) => return Setup::Done,
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Setup::Pending,
+        Err(e) => return Setup::Failed(SpawnError::Prepare(sys::err("read report", fd.as_raw_fd())(e))),
+    };
     // One record is written with one write under PIPE_BUF: it arrives whole.
-    match report::decode(buf.get(..n as usize).unwrap_or(&[])) {
+    match report::decode(buf.get(..n).unwrap_or(&[])) {
         Ok(Report { stage: Stage::Exec, errno, .. }) => Setup::ExecFailed(errno),
         Ok(r) => Setup::Failed(SpawnError::Setup(r)),
         Err(e) => Setup::Failed(SpawnError::Report(e)),
@@ -251,16 +241,7 @@ pub fn poll_report(fd: &OwnedFd) -> Setup {
 
 /// Set O_NONBLOCK on `fd`.
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), SysError> {
-    // SAFETY: fcntl with integer arguments on a descriptor we own.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(SysError { op: "fcntl O_NONBLOCK", arg: fd.as_raw_fd().to_string(), errno: sys::errno() })
-    }
+    sys::set_nonblocking(fd).map_err(sys::err("fcntl O_NONBLOCK", fd.as_raw_fd()))
 }
 
 /// Detach mounts PID 1 made for a child (errors ignored: a mount that is
@@ -302,21 +283,18 @@ fn child(
         };
         if let Err((stage, errno)) = ready {
             report::write(&sync, stage, errno);
-            // SAFETY: _exit ends this process without running anything else.
-            unsafe { libc::_exit(SETUP_FAILED) };
+            sys::exit_now(SETUP_FAILED);
         }
     }
     if let Err(errno) = close_inherited_fds(sync.as_raw_fd()) {
         // A descriptor of PID 1's left open would be reachable through
         // /proc/1/fd: never start like that.
         report::write(&sync, Stage::InheritedFds, errno);
-        // SAFETY: _exit ends this process without running anything else.
-        unsafe { libc::_exit(SETUP_FAILED) };
+        sys::exit_now(SETUP_FAILED);
     }
     // Not dumpable: /proc/1 of the container belongs to root and cannot be
     // ptraced or have its exe reopened by processes without CAP_SYS_PTRACE.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(false);
     let network = match net {
         NetSetup::Loopback => network::loopback_up(),
         NetSetup::Keep => Ok(()),
@@ -331,8 +309,7 @@ fn child(
         .and_then(|()| sys::sethostname(&spec.hostname).map_err(|e| (Stage::Hostname, None, e)));
     if let Err((stage, step, e)) = setup {
         report::write_report(&sync, Report { stage, step, errno: e.errno });
-        // SAFETY: _exit ends this process without running anything else.
-        unsafe { libc::_exit(SETUP_FAILED) };
+        sys::exit_now(SETUP_FAILED);
     }
     nsinit::run(spec, sync, filter)
 }

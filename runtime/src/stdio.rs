@@ -7,7 +7,7 @@
 //! So a container can stop, flood or make non-blocking only its own pipe
 //! or terminal, never the device console.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crate::console::Pty;
 use crate::sys::{self, SysError, SysResult};
@@ -44,10 +44,8 @@ pub fn prepare(console: bool) -> SysResult<Stdio> {
     }
     let null = sys::open("/dev/null", libc::O_RDONLY)?;
     let (read, write) = sys::pipe()?;
-    // SAFETY: fcntl on a descriptor we own; F_SETFL takes an int.
-    if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
-        return Err(SysError { op: "fcntl O_NONBLOCK", arg: "output pipe".into(), errno: sys::errno() });
-    }
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys::err("fcntl O_NONBLOCK", "output pipe"))?;
     Ok(Stdio::Pipe { null, read, write })
 }
 
@@ -62,13 +60,13 @@ impl Stdio {
             }
             Stdio::Pipe { null, read, write } => {
                 drop(read);
-                for (from, to) in [(&null, 0), (&write, 1), (&write, 2)] {
-                    // SAFETY: dup2 onto a standard descriptor; `from` is open.
-                    if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
-                        return Err(SysError { op: "dup2 stdio", arg: format!("fd {to}"), errno: sys::errno() });
-                    }
-                }
-                Ok(())
+                use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
+                let dup = |r: nix::Result<()>, to: i32| {
+                    r.map_err(|e| SysError { op: "dup2 stdio", arg: format!("fd {to}"), errno: e as i32 })
+                };
+                dup(dup2_stdin(&null), 0)?;
+                dup(dup2_stdout(&write), 1)?;
+                dup(dup2_stderr(&write), 2)
             }
         }
     }
@@ -91,18 +89,14 @@ mod tests {
         let stdio = prepare(false);
         assert!(stdio.is_ok(), "{stdio:?}");
         let Ok(Stdio::Pipe { read, write, .. }) = stdio else { return };
-        // SAFETY: fcntl queries on descriptors we own.
-        let (fl, fd) =
-            unsafe { (libc::fcntl(read.as_raw_fd(), libc::F_GETFL), libc::fcntl(read.as_raw_fd(), libc::F_GETFD)) };
-        assert_ne!(fl & libc::O_NONBLOCK, 0);
-        assert_ne!(fd & libc::FD_CLOEXEC, 0);
+        use nix::fcntl::{fcntl, FcntlArg};
+        let (fl, fd) = (fcntl(&read, FcntlArg::F_GETFL), fcntl(&read, FcntlArg::F_GETFD));
+        assert_ne!(fl.unwrap() & libc::O_NONBLOCK, 0);
+        assert_ne!(fd.unwrap() & libc::FD_CLOEXEC, 0);
         // The write end blocks as usual (the container's own business).
-        // SAFETY: as above.
-        let wfl = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETFL) };
-        assert_eq!(wfl & libc::O_NONBLOCK, 0);
+        let wfl = fcntl(&write, FcntlArg::F_GETFL);
+        assert_eq!(wfl.unwrap() & libc::O_NONBLOCK, 0);
         let mut buf = [0u8; 4];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        assert_eq!((n, sys::errno()), (-1, libc::EAGAIN));
+        assert_eq!(nix::unistd::read(&read, &mut buf), Err(nix::errno::Errno::EAGAIN));
     }
 }

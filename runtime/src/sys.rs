@@ -3,7 +3,11 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 
 /// A failed system call: what was attempted, on what, and the errno.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +36,24 @@ pub fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn fail<T>(op: &'static str, arg: impl fmt::Display) -> SysResult<T> {
-    Err(SysError { op, arg: arg.to_string(), errno: errno() })
+/// Turns the [`Errno`] of a `nix` call into a [`SysError`] naming the call
+/// and its argument: `nix::…(…).map_err(sys::err("mount", target))`.
+pub fn err(op: &'static str, arg: impl fmt::Display) -> impl FnOnce(Errno) -> SysError {
+    move |e| sys_error(op, &arg, e)
+}
+
+/// The one non-generic body behind [`err`] (keeps PID 1 small).
+#[inline(never)]
+fn sys_error(op: &'static str, arg: &dyn fmt::Display, e: Errno) -> SysError {
+    SysError { op, arg: arg.to_string(), errno: e as i32 }
+}
+
+/// `Ok` also when the call failed with `errno` (e.g. EEXIST for mkdir).
+fn tolerate(r: nix::Result<()>, errno: Errno) -> nix::Result<()> {
+    match r {
+        Err(e) if e == errno => Ok(()),
+        r => r,
+    }
 }
 
 /// Symbolic name of common errnos, for log lines.
@@ -77,10 +97,6 @@ pub fn cstr(s: &str) -> SysResult<CString> {
     CString::new(s).map_err(|_| SysError { op: "path", arg: s.replace('\0', "\\0"), errno: libc::EINVAL })
 }
 
-fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
-    s.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
-}
-
 /// mount(2). `op` names the mount in errors.
 pub fn mount(
     op: &'static str,
@@ -94,35 +110,20 @@ pub fn mount(
     let tgt = cstr(target)?;
     let fst = fstype.map(cstr).transpose()?;
     let dat = data.map(cstr).transpose()?;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null where mount(2) allows it.
-    let rc = unsafe { libc::mount(opt_ptr(&src), tgt.as_ptr(), opt_ptr(&fst), flags, opt_ptr(&dat).cast()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        fail(op, target)
-    }
+    let flags = nix::mount::MsFlags::from_bits_retain(flags);
+    nix::mount::mount(src.as_deref(), tgt.as_c_str(), fst.as_deref(), flags, dat.as_deref()).map_err(err(op, target))
 }
 
 /// umount2(2).
 pub fn umount(target: &str, flags: libc::c_int) -> SysResult<()> {
     let t = cstr(target)?;
-    // SAFETY: `t` is a valid C string for the duration of the call.
-    if unsafe { libc::umount2(t.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        fail("umount", target)
-    }
+    nix::mount::umount2(t.as_c_str(), nix::mount::MntFlags::from_bits_retain(flags)).map_err(err("umount", target))
 }
 
 /// mkdir(2), tolerating an existing directory.
 pub fn mkdir(path: &str, mode: libc::mode_t) -> SysResult<()> {
     let p = cstr(path)?;
-    // SAFETY: `p` is a valid C string.
-    if unsafe { libc::mkdir(p.as_ptr(), mode) } == 0 || errno() == libc::EEXIST {
-        Ok(())
-    } else {
-        fail("mkdir", path)
-    }
+    tolerate(nix::unistd::mkdir(p.as_c_str(), Mode::from_bits_retain(mode)), Errno::EEXIST).map_err(err("mkdir", path))
 }
 
 /// mkdir -p.
@@ -139,141 +140,107 @@ pub fn mkdir_all(path: &str, mode: libc::mode_t) -> SysResult<()> {
 /// mknod(2) for a character device.
 pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> SysResult<()> {
     let p = cstr(path)?;
-    // SAFETY: `p` is a valid C string; makedev is a pure computation.
-    let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, libc::makedev(major, minor)) };
-    if rc == 0 || errno() == libc::EEXIST {
-        Ok(())
-    } else {
-        fail("mknod", path)
-    }
+    let dev = nix::sys::stat::makedev(major.into(), minor.into());
+    tolerate(nix::sys::stat::mknod(p.as_c_str(), SFlag::S_IFCHR, Mode::from_bits_retain(mode), dev), Errno::EEXIST)
+        .map_err(err("mknod", path))
 }
 
 /// Create an empty regular file (a bind mount target).
 pub fn touch(path: &str) -> SysResult<()> {
     let p = cstr(path)?;
-    // SAFETY: `p` is a valid C string; the returned descriptor is closed at once.
-    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        return fail("create", path);
-    }
-    // SAFETY: `fd` was just opened by us and is not used again.
-    unsafe { libc::close(fd) };
-    Ok(())
+    let flags = OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(p.as_c_str(), flags, Mode::from_bits_retain(0o644)).map(drop).map_err(err("create", path))
 }
 
 /// symlink(2), tolerating an existing link.
 pub fn symlink(target: &str, link: &str) -> SysResult<()> {
     let t = cstr(target)?;
     let l = cstr(link)?;
-    // SAFETY: both are valid C strings.
-    if unsafe { libc::symlink(t.as_ptr(), l.as_ptr()) } == 0 || errno() == libc::EEXIST {
-        Ok(())
-    } else {
-        fail("symlink", link)
-    }
+    tolerate(nix::unistd::symlinkat(t.as_c_str(), nix::fcntl::AT_FDCWD, l.as_c_str()), Errno::EEXIST)
+        .map_err(err("symlink", link))
 }
 
 /// chdir(2).
 pub fn chdir(path: &str) -> SysResult<()> {
     let p = cstr(path)?;
-    // SAFETY: `p` is a valid C string.
-    if unsafe { libc::chdir(p.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        fail("chdir", path)
-    }
+    nix::unistd::chdir(p.as_c_str()).map_err(err("chdir", path))
 }
 
 /// pivot_root(2) with new_root and put_old both ".", the idiom that needs no
 /// directory for the old root: the old root ends up stacked under the new
 /// one and is detached right after.
 pub fn pivot_root_here() -> SysResult<()> {
-    let dot = cstr(".")?;
-    // SAFETY: pivot_root has no libc wrapper; the arguments are valid C strings.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        fail("pivot_root", ".")
-    }
+    nix::unistd::pivot_root(c".", c".").map_err(err("pivot_root", "."))
 }
 
 /// sethostname(2).
 pub fn sethostname(name: &str) -> SysResult<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes.
-    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } == 0 {
-        Ok(())
-    } else {
-        fail("sethostname", name)
-    }
+    nix::unistd::sethostname(name).map_err(err("sethostname", name))
 }
 
 /// Open a path with flags.
 pub fn open(path: &str, flags: libc::c_int) -> SysResult<OwnedFd> {
     let p = cstr(path)?;
-    // SAFETY: `p` is a valid C string.
-    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        return fail("open", path);
-    }
-    // SAFETY: `fd` is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC;
+    nix::fcntl::open(p.as_c_str(), flags, Mode::from_bits_retain(0o644)).map_err(err("open", path))
 }
 
 /// A pipe whose ends are close-on-exec.
 pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return fail("pipe2", "");
-    }
-    // SAFETY: both descriptors are fresh and owned by us from here on.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(err("pipe2", ""))
 }
 
 /// write(2) of a whole buffer, retrying on EINTR and short writes.
-pub fn write_all(fd: &impl AsRawFd, mut buf: &[u8]) -> SysResult<()> {
+pub fn write_all(fd: &impl AsFd, mut buf: &[u8]) -> SysResult<()> {
+    let fd = fd.as_fd();
     while !buf.is_empty() {
-        // SAFETY: the pointer and length describe `buf`.
-        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            if errno() == libc::EINTR {
-                continue;
-            }
-            return fail("write", fd.as_raw_fd());
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = buf.get(n..).unwrap_or(&[]),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(err("write", fd.as_raw_fd())(e)),
         }
-        buf = buf.get(n as usize..).unwrap_or(&[]);
     }
     Ok(())
 }
 
 /// Read until EOF (or `max` bytes).
-pub fn read_to_end(fd: &impl AsRawFd, max: usize) -> SysResult<Vec<u8>> {
+pub fn read_to_end(fd: &impl AsFd, max: usize) -> SysResult<Vec<u8>> {
+    let fd = fd.as_fd();
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
     while out.len() < max {
-        // SAFETY: the pointer and length describe `buf`.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            if errno() == libc::EINTR {
-                continue;
-            }
-            return fail("read", fd.as_raw_fd());
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(buf.get(..n).unwrap_or(&[])),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(err("read", fd.as_raw_fd())(e)),
         }
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(buf.get(..n as usize).unwrap_or(&[]));
     }
     Ok(out)
 }
 
+/// Add O_NONBLOCK to the file status flags of `fd` (F_GETFL, then F_SETFL).
+pub fn set_nonblocking(fd: &impl AsFd) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+}
+
+/// _exit(2): end this process at once, without atexit handlers or std's
+/// buffers (what a forked or cloned child must do). nix has no wrapper.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { libc::_exit(code) }
+}
+
 /// kill(2).
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> SysResult<()> {
-    // SAFETY: kill has no memory-safety preconditions.
+    // SAFETY: kill has no memory-safety preconditions. Raw libc, not nix:
+    // nix's `Signal` has no realtime signals, and a stop signal may be one.
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
-        fail("kill", pid)
+        Err(SysError { op: "kill", arg: pid.to_string(), errno: errno() })
     }
 }
 
@@ -309,22 +276,16 @@ pub fn open_in_root(root: &str, rel: &str, create: Create) -> SysResult<OwnedFd>
         }
         let name = cstr(part)?;
         if create == Create::Dirs {
-            // SAFETY: `dir` is an open directory descriptor and `name` a
-            // valid C string; mkdirat creates nothing if the name exists
-            // (a symlink there is caught by the open below).
-            if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } != 0 && errno() != libc::EEXIST {
-                return fail("mkdir", &at);
-            }
+            // mkdirat creates nothing if the name exists (a symlink there is
+            // caught by the open below).
+            let made = nix::sys::stat::mkdirat(&dir, name.as_c_str(), Mode::from_bits_retain(0o755));
+            tolerate(made, Errno::EEXIST).map_err(err("mkdir", &at))?;
         }
-        // SAFETY: as above; O_PATH | O_NOFOLLOW opens the entry itself,
-        // never what a symlink points to, and has no side effect.
-        let fd =
-            unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return fail("open in container root", &at);
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let next = unsafe { OwnedFd::from_raw_fd(fd) };
+        // O_PATH | O_NOFOLLOW opens the entry itself, never what a symlink
+        // points to, and has no side effect.
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let next = nix::fcntl::openat(&dir, name.as_c_str(), flags, Mode::empty())
+            .map_err(err("open in container root", &at))?;
         let kind = file_type(&next, &at)?;
         if kind == libc::S_IFLNK {
             return Err(SysError { op: "refuse symlink", arg: at, errno: SYMLINK_ERRNO });
@@ -339,13 +300,8 @@ pub fn open_in_root(root: &str, rel: &str, create: Create) -> SysResult<OwnedFd>
 
 /// The `S_IFMT` bits of what `fd` refers to (`path` names it in errors).
 pub fn file_type(fd: &OwnedFd, path: &str) -> SysResult<libc::mode_t> {
-    // SAFETY: an all-zero stat is a valid value to be overwritten.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `fd` is open (O_PATH descriptors support fstat) and `st` is
-    // writable memory of the right type.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return fail("stat", path);
-    }
+    // O_PATH descriptors support fstat.
+    let st = nix::sys::stat::fstat(fd).map_err(err("stat", path))?;
     Ok(st.st_mode & libc::S_IFMT)
 }
 
@@ -370,49 +326,31 @@ pub fn make_at(
 ) -> SysResult<()> {
     let n = cstr(name)?;
     if kind == libc::S_IFREG {
-        // SAFETY: `dir` is an open directory and `n` a valid C string;
         // O_NOFOLLOW refuses a symlink at the name (ELOOP), O_NONBLOCK keeps
         // a FIFO there from blocking; the descriptor is closed at once.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                n.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
-            )
+        let flags = OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        return match nix::fcntl::openat(dir, n.as_c_str(), flags, Mode::from_bits_retain(0o644)) {
+            Ok(_) => Ok(()),
+            Err(Errno::ELOOP) => Err(SysError { op: "refuse symlink", arg: path.into(), errno: SYMLINK_ERRNO }),
+            Err(e) => Err(err("create", path)(e)),
         };
-        if fd < 0 {
-            return if errno() == libc::ELOOP {
-                Err(SysError { op: "refuse symlink", arg: path.into(), errno: SYMLINK_ERRNO })
-            } else {
-                fail("create", path)
-            };
-        }
-        // SAFETY: `fd` was just opened by us and is not used again.
-        unsafe { libc::close(fd) };
-        return Ok(());
     }
-    // SAFETY: `dir` is an open directory and `n` a valid C string;
     // mknodat never follows a symlink at the final name (EEXIST).
-    if unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), kind | (mode & 0o777), rdev) } == 0
-        || errno() == libc::EEXIST
-    {
-        Ok(())
-    } else {
-        fail("mknod", path)
-    }
+    let made = nix::sys::stat::mknodat(
+        dir,
+        n.as_c_str(),
+        SFlag::from_bits_retain(kind),
+        Mode::from_bits_retain(mode & 0o777),
+        rdev,
+    );
+    tolerate(made, Errno::EEXIST).map_err(err("mknod", path))
 }
 
 /// symlinkat(2) in the directory `dir`, tolerating an existing entry.
 pub fn symlink_at(target: &str, dir: &OwnedFd, name: &str, path: &str) -> SysResult<()> {
     let t = cstr(target)?;
     let n = cstr(name)?;
-    // SAFETY: both are valid C strings and `dir` an open directory.
-    if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) } == 0 || errno() == libc::EEXIST {
-        Ok(())
-    } else {
-        fail("symlink", path)
-    }
+    tolerate(nix::unistd::symlinkat(t.as_c_str(), dir, n.as_c_str()), Errno::EEXIST).map_err(err("symlink", path))
 }
 
 #[cfg(test)]

@@ -31,13 +31,12 @@ pub fn host_root(u: &UserNamespace) -> Option<(u32, u32)> {
 fn write_map(pid: libc::pid_t, file: &'static str, text: &str) -> SysResult<()> {
     let path = format!("/proc/{pid}/{file}");
     let fd = sys::open(&path, libc::O_WRONLY)?;
-    // SAFETY: the pointer and length describe `text`'s bytes; `fd` is open.
-    let n = unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&fd), text.as_ptr().cast(), text.len()) };
-    if n < 0 || n as usize != text.len() {
-        let errno = if n < 0 { sys::errno() } else { libc::EIO };
-        return Err(SysError { op: "write id map", arg: format!("{path} <- {:?}", text.trim_end()), errno });
-    }
-    Ok(())
+    let errno = match nix::unistd::write(&fd, text.as_bytes()) {
+        Ok(n) if n == text.len() => return Ok(()),
+        Ok(_) => libc::EIO,
+        Err(e) => e as i32,
+    };
+    Err(SysError { op: "write id map", arg: format!("{path} <- {:?}", text.trim_end()), errno })
 }
 
 /// Write `uid_map` then `gid_map` of the (blocked) child `pid`.
@@ -52,21 +51,12 @@ pub fn write_maps(pid: libc::pid_t, u: &UserNamespace) -> SysResult<()> {
 /// effective set equal the permitted one (full, in the namespace) and lets
 /// it create files in the filesystems it mounts.
 pub fn become_root() -> SysResult<()> {
-    let fail = |op: &'static str| SysError { op, arg: "0 (in the user namespace)".into(), errno: sys::errno() };
-    // SAFETY: plain credential syscalls with integer arguments; setgroups
-    // gets a zero length and a null list, which it accepts.
-    unsafe {
-        if libc::setresgid(0, 0, 0) != 0 {
-            return Err(fail("setresgid"));
-        }
-        if libc::setgroups(0, core::ptr::null()) != 0 {
-            return Err(fail("setgroups"));
-        }
-        if libc::setresuid(0, 0, 0) != 0 {
-            return Err(fail("setresuid"));
-        }
-    }
-    Ok(())
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let fail = |op: &'static str| sys::err(op, "0 (in the user namespace)");
+    let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+    setresgid(g, g, g).map_err(fail("setresgid"))?;
+    setgroups(&[]).map_err(fail("setgroups"))?;
+    setresuid(u, u, u).map_err(fail("setresuid"))
 }
 
 #[cfg(test)]

@@ -72,10 +72,16 @@ pub fn ensure_qemu(board: &Board) -> Result<PathBuf> {
 
 /// The independent tools the host tests check our output with: unsquashfs
 /// reads every layer image back, zstd makes compressed archives, mke2fs
-/// formats the data partition. Installed with apt-get when missing and we
+/// formats the data partition, veritysetup checks every layer's hash tree.
+/// Installed with apt-get when missing and we
 /// are root; otherwise the tests that need them say they skipped.
 pub fn ensure_test_tools() -> Result<()> {
-    let wanted = [("unsquashfs", "squashfs-tools"), ("zstd", "zstd"), ("mke2fs", "e2fsprogs")];
+    let wanted = [
+        ("unsquashfs", "squashfs-tools"),
+        ("zstd", "zstd"),
+        ("mke2fs", "e2fsprogs"),
+        ("veritysetup", "cryptsetup-bin"),
+    ];
     let missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| find_on_path(bin).is_none()).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_layers;
+mod bench_verity;
 mod host_deps;
 mod kernel;
 
@@ -28,6 +29,8 @@ commands:
   build [--board NAME]                  build init, payload, initramfs and the demo disk
   bench [--board NAME] [--runs N]       measure boot time to all containers started, and sizes
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
+  bench verity [--board NAME] [--runs N] manifest verified -> layers mounted, 16/128/512 MiB,
+                                        dm-verity against the whole-image sha256
   scenarios                             list the QEMU scenarios
   kernel-update [--board NAME]          pin the board(s) to the newest Debian kernel package
 
@@ -105,6 +108,12 @@ fn run() -> Result<ExitCode> {
         }
         "bench" if a.rest.first().is_some_and(|w| w == "layers") => {
             bench_layers::bench(&build_dir())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "bench" if a.rest.first().is_some_and(|w| w == "verity") => {
+            let b = board(a.board.as_deref())?;
+            let art = prepare(b)?;
+            bench_verity::bench(b, &art, &build_dir().join(b.name).join("bench-verity"), a.runs)?;
             Ok(ExitCode::SUCCESS)
         }
         "bench" => bench(board(a.board.as_deref())?, a.runs),

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use cairn_format::digest::Digest;
+
+use crate::verity::{self, LayerIdentity};
 use cairn_format::manifest::{
-    self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, Limits, Manifest, Network,
-    Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
+    self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
+    Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
 };
 
 /// The appliance file.
@@ -23,6 +25,15 @@ pub struct Appliance {
     /// The product the manifest is for (required; the device's init is
     /// built with the same string and refuses any other).
     pub compatible: Option<String>,
+    /// How the device checks layers: `"verity"` (default: every block on
+    /// read, dm-verity) or `"digest"` (the whole image hashed at boot, for
+    /// kernels without dm-verity).
+    #[serde(default)]
+    pub layer_check: Option<String>,
+    /// With `layer_check = "verity"`: what a corrupted block does: `"eio"`
+    /// (default: the read fails), `"restart"` or `"panic"` (the kernel's).
+    #[serde(default)]
+    pub on_corruption: Option<String>,
     /// Layers, by name.
     #[serde(default, rename = "layer")]
     pub layers: Vec<LayerSource>,
@@ -86,6 +97,9 @@ pub struct LayerSource {
     /// Image size in bytes, with `digest`.
     #[serde(default)]
     pub size: Option<u64>,
+    /// Root hash of its dm-verity tree (64 hex characters), with `digest`.
+    #[serde(default)]
+    pub root_hash: Option<String>,
 }
 
 /// What a layer entry refers to, once checked.
@@ -95,24 +109,28 @@ pub enum LayerRef {
     Source(String),
     /// A built image file.
     File(String),
-    /// Digest and size only.
-    Digest(Digest, u64),
+    /// Digest, size and verity root hash only.
+    Digest(LayerIdentity),
 }
 
 impl LayerSource {
     /// Which of the three forms this entry uses; an error text otherwise.
     pub fn reference(&self) -> Result<LayerRef, String> {
-        match (&self.source, &self.file, &self.digest, self.size) {
-            (Some(s), None, None, None) => Ok(LayerRef::Source(s.clone())),
-            (None, Some(f), None, None) => Ok(LayerRef::File(f.clone())),
-            (None, None, Some(d), Some(size)) => {
+        match (&self.source, &self.file, &self.digest, self.size, &self.root_hash) {
+            (Some(s), None, None, None, None) => Ok(LayerRef::Source(s.clone())),
+            (None, Some(f), None, None, None) => Ok(LayerRef::File(f.clone())),
+            (None, None, Some(d), Some(size), Some(root)) => {
                 let hex = d.strip_prefix("sha256:").unwrap_or(d);
-                Digest::from_hex(hex)
-                    .map(|d| LayerRef::Digest(d, size))
-                    .ok_or_else(|| format!("digest {d:?} is not sha256:<64 hex characters>"))
+                let digest =
+                    Digest::from_hex(hex).ok_or_else(|| format!("digest {d:?} is not sha256:<64 hex characters>"))?;
+                let root =
+                    Digest::from_hex(root).ok_or_else(|| format!("root_hash {root:?} is not 64 hex characters"))?;
+                Ok(LayerRef::Digest(verity::identity_by_digest(digest, size, root)))
             }
-            (None, None, Some(_), None) => Err("a layer given by digest needs its size too".into()),
-            _ => Err("give exactly one of source, file or digest (with size)".into()),
+            (None, None, Some(_), _, _) => {
+                Err("a layer given by digest needs its size and root_hash too (`cairn layer build` prints them)".into())
+            }
+            _ => Err("give exactly one of source, file or digest (with size and root_hash)".into()),
         }
     }
 }
@@ -604,18 +622,43 @@ impl Appliance {
         Ok(app)
     }
 
-    /// Compile into a manifest. `layer_info` gives the digest and size of
-    /// each layer by name (the caller built them). Every problem is collected.
+    /// How layers are checked, from `layer_check` and `on_corruption`.
+    fn layer_check(&self) -> Result<LayerCheck, String> {
+        let on = match self.on_corruption.as_deref() {
+            None | Some("eio") => OnCorruption::Error,
+            Some("restart") => OnCorruption::Restart,
+            Some("panic") => OnCorruption::Panic,
+            Some(o) => return Err(format!("on_corruption: {o:?} is not one of \"eio\", \"restart\", \"panic\"")),
+        };
+        match self.layer_check.as_deref() {
+            None | Some("verity") => Ok(LayerCheck::Verity(on)),
+            Some("digest") if self.on_corruption.is_some() => Err(
+                "on_corruption: only with layer_check = \"verity\" (a digest-checked layer is not checked after boot)"
+                    .into(),
+            ),
+            Some("digest") => Ok(LayerCheck::Digest),
+            Some(o) => Err(format!("layer_check: {o:?} is not one of \"verity\", \"digest\"")),
+        }
+    }
+
+    /// Compile into a manifest. `layer_info` gives the digest, size and
+    /// verity parameters of each layer by name (the caller built them).
+    /// Every problem is collected.
     pub fn to_manifest(
         &self,
         path: &Path,
-        layer_info: &BTreeMap<String, (Digest, u64)>,
+        layer_info: &BTreeMap<String, LayerIdentity>,
     ) -> Result<Manifest, ApplianceError> {
         let mut problems = Vec::new();
+        let layer_check = self.layer_check().unwrap_or_else(|p| {
+            problems.push(p);
+            LayerCheck::default()
+        });
         let mut m = Manifest {
             appliance: self.appliance.clone(),
             version: self.version,
             compatible: self.compatible.clone().unwrap_or_default(),
+            layer_check,
             layers: Vec::new(),
             containers: Vec::new(),
         };
@@ -628,11 +671,11 @@ impl Appliance {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let place = format!("{}layer[{i}] ({})", HeaderLines::place(&self.lines.layers, i), l.name);
-            let Some((digest, size)) = layer_info.get(&l.name) else {
+            let Some(id) = layer_info.get(&l.name) else {
                 problems.push(format!("{place}: layer was not built"));
                 continue;
             };
-            m.layers.push(Layer { name: l.name.clone(), digest: *digest, size: *size });
+            m.layers.push(Layer { name: l.name.clone(), digest: id.digest, size: id.size, verity: id.verity });
         }
         for (i, c) in self.containers.iter().enumerate() {
             let place = format!("{}container[{i}] ({})", HeaderLines::place(&self.lines.containers, i), c.name);
@@ -821,8 +864,8 @@ argv = ["/bin/web"]
 depends_on = ["sensor"]
 "#;
 
-    fn info() -> BTreeMap<String, (Digest, u64)> {
-        BTreeMap::from([("base".to_owned(), (Digest([1; 32]), 4096))])
+    fn info() -> BTreeMap<String, LayerIdentity> {
+        BTreeMap::from([("base".to_owned(), verity::identity_by_digest(Digest([1; 32]), 4096, Digest([2; 32])))])
     }
 
     #[test]
@@ -988,7 +1031,8 @@ mod place_tests {
         let app = Appliance::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(app.lines.layers, vec![5]);
         assert_eq!(app.lines.containers, vec![9, 14]);
-        let info = BTreeMap::from([("base".to_owned(), (Digest([0; 32]), 4096))]);
+        let info =
+            BTreeMap::from([("base".to_owned(), verity::identity_by_digest(Digest([0; 32]), 4096, Digest([0; 32])))]);
         let err = app.to_manifest(&path, &info).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("line 14: container[1] (bad): security.cap_add: unknown capability \"NOPE\""), "{err}");
     }

@@ -12,10 +12,12 @@ use crate::cpio::{self, CpioBuilder};
 use crate::datafs;
 use crate::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
 use crate::layer::{self, LayerError, LayerOptions};
+use crate::verity::{self, LayerIdentity, LayerImage, VerityError};
 use cairn_format::bootstate::{self, BootState, LayerSlot};
 use cairn_format::digest::Digest;
 use cairn_format::envelope;
 use cairn_format::manifest::Manifest;
+use cairn_format::verity::Verity;
 
 /// Why an appliance could not be built or assembled.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +65,23 @@ pub enum AssembleError {
     /// Signing.
     #[error("manifest: {0}")]
     Seal(String),
+    /// Reading a layer image or computing its hash tree.
+    #[error(transparent)]
+    Verity(#[from] VerityError),
+    /// A layer image whose hash tree root is not the manifest's.
+    #[error("layer {layer} ({path}): its verity root hash {found} is not the manifest's {expected}")]
+    RootMismatch {
+        /// Layer name.
+        layer: String,
+        /// The image file.
+        path: PathBuf,
+        /// Root hash in the manifest.
+        expected: Digest,
+        /// Root hash computed from the file.
+        found: Digest,
+    },
     /// A layer is larger than a slot.
-    #[error("layer {layer} ({size} bytes) does not fit a {slot} byte layer slot")]
+    #[error("layer {layer} ({size} bytes with its hash tree) does not fit a {slot} byte layer slot")]
     LayerTooLarge {
         /// Layer name.
         layer: String,
@@ -106,8 +123,31 @@ pub struct BuiltLayer {
     pub path: Option<PathBuf>,
     /// sha256 of the image.
     pub digest: Digest,
-    /// Image size.
+    /// Image size (the padded squashfs image, without its tree).
     pub size: u64,
+    /// Its dm-verity parameters.
+    pub verity: Verity,
+    /// Its hash tree, computed from the image (empty without an image).
+    pub tree: Vec<u8>,
+}
+
+impl BuiltLayer {
+    fn from_image(name: &str, path: PathBuf, image: LayerImage) -> Self {
+        let LayerImage { id, tree } = image;
+        BuiltLayer {
+            name: name.to_owned(),
+            path: Some(path),
+            digest: id.digest,
+            size: id.size,
+            verity: id.verity,
+            tree,
+        }
+    }
+
+    /// The bytes its partition needs: image and tree.
+    pub fn partition_bytes(&self) -> u64 {
+        self.verity.partition_bytes()
+    }
 }
 
 /// An appliance ready to be put on a disk.
@@ -155,7 +195,7 @@ pub fn build_appliance(
                 problems.push(format!("{line}layer[{i}] ({}): {e}", l.name));
             }
         }
-        stand_in.insert(l.name.clone(), (Digest([0; 32]), 1));
+        stand_in.insert(l.name.clone(), verity::identity_by_digest(Digest([0; 32]), 4096, Digest([0; 32])));
     }
     if let Err(ApplianceError::Invalid { problems: p, .. }) =
         app.with_placeholders().to_manifest(appliance_path, &stand_in)
@@ -169,7 +209,10 @@ pub fn build_appliance(
     let mut written: Vec<PathBuf> = Vec::new();
     let mut images = BTreeMap::new();
     let result = build_layers(&refs, base, build_sources, out_dir, &mut written, &mut images).and_then(|layers| {
-        let info = layers.iter().map(|l| (l.name.clone(), (l.digest, l.size))).collect();
+        let info = layers
+            .iter()
+            .map(|l| (l.name.clone(), LayerIdentity { digest: l.digest, size: l.size, verity: l.verity }))
+            .collect();
         let (app, origins) = app.with_image_defaults(appliance_path, &images)?;
         let manifest = app.to_manifest(appliance_path, &info)?;
         let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
@@ -219,50 +262,39 @@ fn build_layers(
                 let files = layer::build(&src, &path, &opts, &mut |_| {})
                     .map_err(|error| AssembleError::Import { layer: name.to_owned(), error })?;
                 written.push(path.clone());
-                let f = files
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| AssembleError::LayerSource { layer: name.to_owned(), source_dir: src.clone() })?;
+                let Some(f) = files.into_iter().next() else {
+                    return Err(AssembleError::LayerSource { layer: name.to_owned(), source_dir: src.clone() });
+                };
                 if let Some(image) = f.image {
                     images.insert(name.to_owned(), image);
                 }
-                BuiltLayer { name: name.to_owned(), path: Some(path), digest: f.digest, size: f.size }
+                let image = verity::read_image(&path).map_err(AssembleError::Verity)?;
+                BuiltLayer::from_image(name, path, image)
             }
             LayerRef::File(file) => {
                 let path = base.join(file);
-                let (digest, size) = hash_file(&path)?;
-                BuiltLayer { name: name.to_owned(), path: Some(path), digest, size }
+                let image = verity::read_image(&path).map_err(AssembleError::Verity)?;
+                BuiltLayer::from_image(name, path, image)
             }
-            LayerRef::Digest(digest, size) => {
-                BuiltLayer { name: name.to_owned(), path: None, digest: *digest, size: *size }
-            }
+            LayerRef::Digest(id) => BuiltLayer {
+                name: name.to_owned(),
+                path: None,
+                digest: id.digest,
+                size: id.size,
+                verity: id.verity,
+                tree: Vec::new(),
+            },
         };
         layers.push(built);
     }
     Ok(layers)
 }
 
-/// sha256 and size of a file, read in blocks.
-pub fn hash_file(path: &Path) -> Result<(Digest, u64), AssembleError> {
-    use std::io::Read;
-    let mut f = fs::File::open(path).map_err(io(path))?;
-    let mut h = cairn_format::digest::Hasher::default();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-        size += n as u64;
-    }
-    Ok((h.finish(), size))
-}
-
 /// Find the image of every layer `manifest` names in `dir`: `NAME.squashfs`
-/// when its digest matches, otherwise any file there with the layer's size
-/// and digest (a layer may be named differently where it was built).
+/// when its digest matches, otherwise any file there holding an image with
+/// the layer's size and digest (a layer may be named differently where it
+/// was built), with or without its hash tree. The tree is computed again
+/// and its root must be the manifest's.
 pub fn find_layers(manifest: &Manifest, dir: &Path) -> Result<Vec<BuiltLayer>, AssembleError> {
     let mut candidates: Vec<(PathBuf, u64)> = Vec::new();
     let listing = fs::read_dir(dir).map_err(io(dir))?;
@@ -275,7 +307,7 @@ pub fn find_layers(manifest: &Manifest, dir: &Path) -> Result<Vec<BuiltLayer>, A
         }
     }
     candidates.sort();
-    let mut hashed: BTreeMap<PathBuf, Digest> = BTreeMap::new();
+    let mut read: BTreeMap<PathBuf, Option<LayerImage>> = BTreeMap::new();
     let mut out = Vec::new();
     for l in &manifest.layers {
         let preferred = dir.join(format!("{}.squashfs", l.name));
@@ -283,28 +315,30 @@ pub fn find_layers(manifest: &Manifest, dir: &Path) -> Result<Vec<BuiltLayer>, A
         order.extend(candidates.iter().filter(|(p, _)| *p != preferred));
         let mut found = None;
         for (path, len) in order {
-            if *len != l.size {
+            if *len != l.size && *len != l.verity.partition_bytes() {
                 continue;
             }
-            let digest = match hashed.get(path) {
-                Some(d) => *d,
-                None => {
-                    let (d, _) = hash_file(path)?;
-                    hashed.insert(path.clone(), d);
-                    d
-                }
-            };
-            if digest == l.digest {
-                found = Some(path.clone());
+            // A file that is not a layer image is just not a candidate.
+            let image = read.entry(path.clone()).or_insert_with(|| verity::read_image(path).ok());
+            if let Some(image) = image.as_ref().filter(|i| i.id.digest == l.digest && i.id.size == l.size) {
+                found = Some((path.clone(), image.clone()));
                 break;
             }
         }
-        let path = found.ok_or_else(|| AssembleError::LayerNotFound {
+        let (path, image) = found.ok_or_else(|| AssembleError::LayerNotFound {
             layer: l.name.to_string(),
             digest: l.digest,
             dir: dir.to_owned(),
         })?;
-        out.push(BuiltLayer { name: l.name.to_string(), path: Some(path), digest: l.digest, size: l.size });
+        if image.id.verity != l.verity {
+            return Err(AssembleError::RootMismatch {
+                layer: l.name.to_string(),
+                path,
+                expected: l.verity.root_hash,
+                found: image.id.verity.root_hash,
+            });
+        }
+        out.push(BuiltLayer::from_image(&l.name, path, image));
     }
     Ok(out)
 }
@@ -344,10 +378,10 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     }
     let mut slots = heapless::Vec::new();
     for (i, l) in app.layers.iter().enumerate() {
-        if l.size > opts.layer_slot_bytes {
+        if l.partition_bytes() > opts.layer_slot_bytes {
             return Err(AssembleError::LayerTooLarge {
                 layer: l.name.clone(),
-                size: l.size,
+                size: l.partition_bytes(),
                 slot: opts.layer_slot_bytes,
             });
         }
@@ -379,7 +413,12 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     ];
     for n in 0..total_slots {
         let contents = match app.layers.get(n) {
-            Some(BuiltLayer { path: Some(path), .. }) => PartitionContents::File(path.clone()),
+            Some(l @ BuiltLayer { path: Some(path), .. }) => PartitionContents::Layer {
+                image: path.clone(),
+                size: l.size,
+                tree_offset: l.verity.hash_offset,
+                tree: l.tree.clone(),
+            },
             Some(l) => return Err(AssembleError::NoImage(l.name.clone())),
             None => PartitionContents::Empty,
         };

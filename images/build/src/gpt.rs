@@ -50,6 +50,19 @@ pub enum PartitionContents {
     Bytes(Vec<u8>),
     /// The contents of this file, at the start of the partition; the rest is zero.
     File(PathBuf),
+    /// A layer: the first `size` bytes of `image`, then `tree` at
+    /// `tree_offset` (the rest is zero).
+    Layer {
+        /// The image file (which may hold a tree of its own after `size`;
+        /// it is not copied).
+        image: PathBuf,
+        /// Bytes of the image.
+        size: u64,
+        /// Where the tree starts (at or after `size`).
+        tree_offset: u64,
+        /// The hash tree.
+        tree: Vec<u8>,
+    },
 }
 
 /// A partition to create.
@@ -215,6 +228,7 @@ fn contents_len(p: &PlacedPartition, contents: &PartitionContents) -> Result<u64
         PartitionContents::File(path) => {
             fs::metadata(path).map_err(|error| GptError::Io { path: path.clone(), error })?.len()
         }
+        PartitionContents::Layer { tree_offset, tree, .. } => tree_offset.saturating_add(tree.len() as u64),
     };
     if len > p.size_bytes {
         return Err(GptError::ContentsTooLarge { name: p.name.clone(), len, size: p.size_bytes });
@@ -319,6 +333,20 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
                             size: p.size_bytes,
                         });
                     }
+                }
+                PartitionContents::Layer { image, size, tree_offset, tree } => {
+                    let src_io = |error| GptError::Io { path: image.clone(), error };
+                    let src = File::open(image).map_err(src_io)?;
+                    f.seek(SeekFrom::Start(p.offset_bytes)).map_err(io)?;
+                    let copied = std::io::copy(&mut src.take(*size), &mut f).map_err(src_io)?;
+                    if copied != *size {
+                        let short = std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("holds {copied} of the image's {size} bytes"),
+                        );
+                        return Err(GptError::Io { path: image.clone(), error: short });
+                    }
+                    at(&mut f, p.offset_bytes + tree_offset, tree)?;
                 }
             }
         }

@@ -21,6 +21,7 @@ use crate::import::{self, ImportError, ImportOptions};
 use crate::scan::{self, ScanError};
 use crate::squashfs::{self, SquashfsError};
 use crate::tree::{Forbidden, Tree};
+use crate::verity::{self, VerityError};
 use cairn_format::digest::Digest;
 
 /// Options of a layer build.
@@ -61,8 +62,10 @@ pub struct LayerFile {
     pub path: PathBuf,
     /// sha256 of the image.
     pub digest: Digest,
-    /// Image size in bytes.
+    /// Image size in bytes (the padded squashfs image, without its tree).
     pub size: u64,
+    /// Its dm-verity hash tree, written after the image.
+    pub verity: cairn_format::verity::Verity,
     /// The image layer it came from (`sha256:...` of the OCI blob), if any.
     pub source_digest: Option<String>,
     /// The image it came from: its config, provenance, and the files of
@@ -82,6 +85,9 @@ pub enum LayerError {
     /// Writing an image.
     #[error(transparent)]
     Write(#[from] SquashfsError),
+    /// Writing its hash tree.
+    #[error(transparent)]
+    Verity(#[from] VerityError),
     /// A directory source holding a character or block device other than
     /// a whiteout (a character device 0/0).
     #[error(
@@ -118,7 +124,7 @@ pub enum LayerError {
         layers: usize,
     },
     /// A layer image larger than allowed.
-    #[error("layer {name} is {size} bytes, larger than the {max} byte limit (the layer slot size)")]
+    #[error("layer {name} is {size} bytes with its hash tree, larger than the {max} byte limit (the layer slot size)")]
     TooLarge {
         /// Layer name.
         name: String,
@@ -205,7 +211,9 @@ fn check_dir_tree(source: &Path, tree: &Tree) -> Result<(), LayerError> {
 
 /// Build the layer images of `source`. One layer goes to the file `out`;
 /// several go into the directory `out` (created if missing) as
-/// `<name>.squashfs`. Nothing is left behind on error.
+/// `<name>.squashfs`. Each file is the squashfs image followed by its
+/// dm-verity hash tree (see [`crate::verity`]). Nothing is left behind on
+/// error.
 pub fn build(
     source: &Path,
     out: &Path,
@@ -240,19 +248,29 @@ pub fn build(
             progress(Step::Writing { name, index, count });
             let path = if into_dir { out.join(format!("{name}.squashfs")) } else { out.to_owned() };
             let img = squashfs::write_layer(tree, &path)?;
+            let sealed = verity::append_tree(&path, Digest(img.digest), img.size);
+            let verity = match sealed {
+                Ok(image) => image.id.verity,
+                Err(e) => {
+                    let _ = fs::remove_file(&path);
+                    return Err(e.into());
+                }
+            };
             written.push(LayerFile {
                 name: name.clone(),
                 path: path.clone(),
                 digest: Digest(img.digest),
                 size: img.size,
+                verity,
                 source_digest: source_digest.clone(),
                 image: image.clone().map(|mut i| {
                     i.inspect_tree(tree);
                     i
                 }),
             });
-            if let Some(max) = opts.max_image_bytes.filter(|m| img.size > *m) {
-                return Err(LayerError::TooLarge { name: name.clone(), size: img.size, max });
+            let on_disk = verity.partition_bytes();
+            if let Some(max) = opts.max_image_bytes.filter(|m| on_disk > *m) {
+                return Err(LayerError::TooLarge { name: name.clone(), size: on_disk, max });
             }
         }
         Ok(())

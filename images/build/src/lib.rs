@@ -15,3 +15,4 @@ pub mod manifest_toml;
 pub mod scan;
 pub mod squashfs;
 pub mod tree;
+pub mod verity;

@@ -1,7 +1,8 @@
 //! A manifest printed back as an appliance file (`cairn manifest inspect`).
 //!
 //! The output is valid appliance TOML that compiles to the same manifest:
-//! layers appear by digest and size (`digest = "sha256:..."`), every field
+//! layers appear by digest, size and verity root hash (`digest =
+//! "sha256:..."`; the salt and tree offset follow from those), every field
 //! is written out even when it has its default value, and capabilities as
 //! `cap_drop = ["ALL"]` plus the kept set, so nothing depends on defaults
 //! that could change between cairn versions.
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 
 use toml::{Table, Value};
 
-use cairn_format::manifest::{Container, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
+use cairn_format::manifest::{Container, LayerCheck, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
 
 fn s(v: &str) -> Value {
     Value::String(v.to_owned())
@@ -178,6 +179,15 @@ pub fn to_toml(m: &Manifest) -> String {
     root.insert("appliance".into(), s(&m.appliance));
     root.insert("version".into(), int(m.version));
     root.insert("compatible".into(), s(&m.compatible));
+    match m.layer_check {
+        LayerCheck::Verity(on) => {
+            root.insert("layer_check".into(), s("verity"));
+            root.insert("on_corruption".into(), s(on.name()));
+        }
+        LayerCheck::Digest => {
+            root.insert("layer_check".into(), s("digest"));
+        }
+    }
     let layers: Vec<Value> = m
         .layers
         .iter()
@@ -186,6 +196,7 @@ pub fn to_toml(m: &Manifest) -> String {
             t.insert("name".into(), s(&l.name));
             t.insert("digest".into(), s(&format!("{:?}", l.digest)));
             t.insert("size".into(), int(l.size));
+            t.insert("root_hash".into(), s(&l.verity.root_hash.to_string()));
             Value::Table(t)
         })
         .collect();
@@ -248,11 +259,13 @@ compatible = "cairn-test"
 name = "base"
 digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 size = 4096
+root_hash = "3333333333333333333333333333333333333333333333333333333333333333"
 
 [[layer]]
 name = "app"
 digest = "2222222222222222222222222222222222222222222222222222222222222222"
 size = 8192
+root_hash = "4444444444444444444444444444444444444444444444444444444444444444"
 
 [[container]]
 name = "db"
@@ -303,8 +316,8 @@ security.userns = 200000
         let mut info = BTreeMap::new();
         for l in &app.layers {
             match l.reference() {
-                Ok(LayerRef::Digest(d, size)) => {
-                    info.insert(l.name.clone(), (d, size));
+                Ok(LayerRef::Digest(id)) => {
+                    info.insert(l.name.clone(), id);
                 }
                 other => panic!("{other:?}"),
             }
@@ -322,6 +335,9 @@ security.userns = 200000
         assert_eq!(printed, to_toml(&again));
         assert!(printed.contains("digest = \"sha256:1111"), "{printed}");
         assert!(printed.contains("compatible = \"cairn-test\""), "{printed}");
+        assert!(printed.contains("layer_check = \"verity\""), "{printed}");
+        assert!(printed.contains("on_corruption = \"eio\""), "{printed}");
+        assert!(printed.contains("root_hash = \"4444"), "{printed}");
         assert!(printed.contains("memory = \"max\""), "{printed}");
         assert_eq!(m.containers[0].limits.pids_max, Some(1024), "the default is written into the manifest");
         assert!(printed.contains("network = \"container:db\""), "{printed}");

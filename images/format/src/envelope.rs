@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "CAIRNMF3" (2: the manifest gained `compatible`;
+//! 0       8     magic "CAIRNMF4" (2: the manifest gained `compatible`;
 //!                                 3: alloc lists and strings, a typed
-//!                                 device source)
+//!                                 device source; 4: dm-verity per layer)
 //! 8       8     key id: first 8 bytes of sha256(public key)
 //! 16      4     payload length N (at most MAX_PAYLOAD)
 //! 20      N     payload: the postcard-encoded Manifest
@@ -28,7 +28,7 @@ use crate::digest::Digest;
 use crate::manifest::{Manifest, ValidationError};
 
 /// Envelope magic.
-pub const MAGIC: [u8; 8] = *b"CAIRNMF3";
+pub const MAGIC: [u8; 8] = *b"CAIRNMF4";
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 20;
 /// Signature length.

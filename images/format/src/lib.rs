@@ -24,6 +24,8 @@ pub mod envelope;
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod verity;
 
 pub use digest::Digest;
 pub use envelope::{KeyId, PublicKey};

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::order;
+use crate::verity::{self, Verity};
 
 /// Most layers one manifest may name.
 pub const MAX_LAYERS: usize = 24;
@@ -140,6 +141,8 @@ pub struct Manifest {
     /// The product this manifest is for; a device refuses a manifest whose
     /// string differs from the one built into its init.
     pub compatible: String,
+    /// How layers are checked before containers read them.
+    pub layer_check: LayerCheck,
     /// Every layer any container uses.
     pub layers: Vec<Layer>,
     /// The containers, in the order the author wrote them.
@@ -155,6 +158,58 @@ pub struct Layer {
     pub digest: Digest,
     /// Exact image size in bytes.
     pub size: u64,
+    /// Its dm-verity hash tree, on the partition after the (padded) image.
+    pub verity: Verity,
+}
+
+/// How the device checks layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerCheck {
+    /// Every block is checked against the signed root hash when it is read
+    /// (dm-verity); nothing is hashed at boot.
+    Verity(OnCorruption),
+    /// The whole image is hashed at boot and compared with the digest, then
+    /// mounted directly: for kernels without dm-verity. Nothing is checked
+    /// after the mount.
+    Digest,
+}
+
+impl Default for LayerCheck {
+    fn default() -> Self {
+        LayerCheck::Verity(OnCorruption::Error)
+    }
+}
+
+/// What the kernel does when a block does not match its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OnCorruption {
+    /// The read fails with EIO; the device keeps running and reports it.
+    #[default]
+    Error,
+    /// The kernel restarts the device.
+    Restart,
+    /// The kernel panics (and a panic=N command line reboots it).
+    Panic,
+}
+
+impl OnCorruption {
+    /// The verity target's optional argument, if any.
+    pub fn table_arg(self) -> Option<&'static str> {
+        match self {
+            OnCorruption::Error => None,
+            OnCorruption::Restart => Some("restart_on_corruption"),
+            OnCorruption::Panic => Some("panic_on_corruption"),
+        }
+    }
+
+    /// Its name in appliance files and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnCorruption::Error => "eio",
+            OnCorruption::Restart => "restart",
+            OnCorruption::Panic => "panic",
+        }
+    }
 }
 
 /// One container.
@@ -632,6 +687,8 @@ pub enum ValidationError {
     BadStopSignal(Name),
     /// Layer size zero.
     EmptyLayer(Name),
+    /// A layer whose hash tree geometry does not match its size.
+    BadVerity(Name),
     /// Joins another container's network without depending on it.
     NetworkJoin {
         /// The container.
@@ -696,6 +753,7 @@ impl fmt::Display for ValidationError {
             LimitOutOfRange { container, limit } => write!(f, "container {container:?}: {limit} is out of range"),
             BadStopSignal(c) => write!(f, "container {c:?}: stop signal must be 1 to 31"),
             EmptyLayer(l) => write!(f, "layer {l:?} has size 0"),
+            BadVerity(l) => write!(f, "layer {l:?}: its verity data blocks and hash offset do not match its size"),
             NetworkJoin { container, other } => {
                 write!(f, "container {container:?} joins the network of {other:?} and must list it in depends_on")
             }
@@ -793,6 +851,9 @@ impl Manifest {
             if l.size == 0 {
                 report(EmptyLayer(l.name.clone()));
             }
+            if !verity_fits(l) {
+                report(BadVerity(l.name.clone()));
+            }
         }
         if self.containers.is_empty() {
             report(NoContainers);
@@ -806,6 +867,16 @@ impl Manifest {
             }
         }
     }
+}
+
+/// The hash tree's geometry agrees with the image: every block of the
+/// image is covered, and the tree starts on a block boundary after it.
+fn verity_fits(l: &Layer) -> bool {
+    let v = &l.verity;
+    v.data_blocks == verity::data_blocks(l.size)
+        && v.hash_offset.is_multiple_of(verity::BLOCK)
+        && v.hash_offset / verity::BLOCK >= v.data_blocks
+        && v.hash_offset.checked_add(verity::tree_blocks(v.data_blocks).saturating_mul(verity::BLOCK)).is_some()
 }
 
 /// The size rules: every list and string within its bound. A name, a
@@ -1012,8 +1083,14 @@ pub fn check_device_source(source: &DeviceSource) -> Result<(), &'static str> {
             }
             Ok(())
         }
-        DeviceSource::Node(path) => check_device_path(path)
-            .map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)"),
+        DeviceSource::Node(path) => {
+            check_device_path(path)
+                .map_err(|_| "must be partition:NAME or a node under /dev/ (no empty, . or .. components)")?;
+            if path.starts_with("/dev/mapper/") || path.starts_with("/dev/dm-") {
+                return Err("names a device-mapper node: the layers' verity targets are PID 1's");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1067,12 +1144,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// Verity parameters that fit an image of `size` bytes.
+    pub fn test_verity(size: u64) -> crate::verity::Verity {
+        let blocks = crate::verity::data_blocks(size);
+        crate::verity::Verity {
+            data_blocks: blocks,
+            hash_offset: blocks * 4096,
+            salt: [1; 32],
+            root_hash: Digest([2; 32]),
+        }
+    }
+
+    #[test]
+    fn verity_geometry_must_match_the_size() {
+        let mut m = manifest(&[container("a", &[])]);
+        assert!(m.validate().is_ok());
+        m.layers[0].verity.data_blocks = 2;
+        assert_eq!(m.validate(), Err(ValidationError::BadVerity(s("base"))));
+        m.layers[0].verity = test_verity(4096);
+        m.layers[0].verity.hash_offset = 4095;
+        assert_eq!(m.validate(), Err(ValidationError::BadVerity(s("base"))));
+        m.layers[0].verity.hash_offset = 0;
+        assert_eq!(m.validate(), Err(ValidationError::BadVerity(s("base"))));
+    }
+
     pub fn manifest(containers: &[Container]) -> Manifest {
         Manifest {
             appliance: s("demo"),
             version: 1,
             compatible: s("cairn-test"),
-            layers: vec![Layer { name: s("base"), digest: Digest([7; 32]), size: 4096 }],
+            layer_check: LayerCheck::default(),
+            layers: vec![Layer { name: s("base"), digest: Digest([7; 32]), size: 4096, verity: test_verity(4096) }],
             containers: containers.to_vec(),
         }
     }
@@ -1245,6 +1347,10 @@ pub(crate) mod tests {
         for source in ["/sys/x", "vda", "/dev/../x", "partition:", "partition:a/b"] {
             let p = with("/dev/x", source);
             assert!(p.contains("security.devices[0].source"), "{source}: {p}");
+        }
+        for source in ["/dev/dm-0", "/dev/mapper/cairn-layer-base", "/dev/mapper/control"] {
+            let p = with("/dev/x", source);
+            assert!(p.contains("security.devices[0].source") && p.contains("device-mapper"), "{source}: {p}");
         }
     }
 
