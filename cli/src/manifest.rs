@@ -43,6 +43,10 @@ pub enum ManifestCommand {
         /// Where layers built from sources go.
         #[arg(long)]
         layers: Option<PathBuf>,
+        /// Take a multi-platform source image's platform from this board's
+        /// architecture (see `cairn boards`).
+        #[arg(long)]
+        board: Option<String>,
     },
     /// Sign a manifest envelope (one `manifest build --unsigned` wrote, or
     /// re-sign a signed one) with a key file or a signing command.
@@ -171,12 +175,13 @@ fn run_sign_command(command: &str, bytes: &[u8], public: &envelope::PublicKey, p
 
 pub fn run(cmd: ManifestCommand, progress: &Progress, out: &Output) -> Result<()> {
     match cmd {
-        ManifestCommand::Build { appliance, signer, unsigned, out: path, layers } => {
+        ManifestCommand::Build { appliance, signer, unsigned, out: path, layers, board } => {
             let signer = Signer::from_args(signer)?;
             if signer.is_none() && !unsigned {
                 bail!("say how to sign: --key KEY, --sign-command CMD --pubkey KEY.pub, or --unsigned");
             }
-            build(&appliance, signer.as_ref(), &path, layers, progress, out)
+            let platform = board.as_deref().map(crate::layer::board_platform).transpose()?;
+            build(&appliance, signer.as_ref(), &path, layers, platform, progress, out)
         }
         ManifestCommand::Sign { manifest, signer, out: path } => {
             let signer = Signer::from_args(signer)?
@@ -194,6 +199,7 @@ fn build(
     signer: Option<&Signer>,
     path: &Path,
     layers: Option<PathBuf>,
+    platform: Option<&str>,
     progress: &Progress,
     out: &Output,
 ) -> Result<()> {
@@ -202,7 +208,7 @@ fn build(
     // The library signs as it builds: give it a throw-away key and seal the
     // payload again as asked (the payload does not depend on the key).
     let scratch = keys::generate()?;
-    let app = assemble::build_appliance(appliance, &BTreeMap::new(), &scratch, &layers_dir)?;
+    let app = assemble::build_appliance_for(appliance, &BTreeMap::new(), &scratch, &layers_dir, platform)?;
     let payload = Envelope::parse(&app.envelope).map_err(|e| anyhow::anyhow!("{e}"))?.payload;
     let (envelope, key_id) = match signer {
         Some(s) => {

@@ -135,4 +135,17 @@ fn tags_and_the_board_pick_the_image() {
         cairn(&["manifest", "build", "appliance.toml", "--unsigned", "--out", "m.cairn", "--layers", "ls"], d).unwrap();
     assert_eq!(m["layers"][0]["name"], "other");
     assert_eq!(which(&d.join("ls/other.squashfs")), "other");
+    // A multi-platform tag in an appliance file: the board says which.
+    let multi =
+        std::fs::read_to_string(d.join("appliance.toml")).unwrap().replace("layout.tar:other", "layout.tar:app");
+    std::fs::write(d.join("multi.toml"), multi).unwrap();
+    let e = cairn(&["manifest", "build", "multi.toml", "--unsigned", "--out", "m2.cairn", "--layers", "l2"], d)
+        .unwrap_err();
+    assert!(e.contains("--platform"), "{e}");
+    for (board, want) in [("qemu-aarch64", "app-arm64"), ("qemu-x86_64", "app-amd64")] {
+        let args =
+            ["manifest", "build", "multi.toml", "--unsigned", "--out", "m3.cairn", "--layers", "l3", "--board", board];
+        cairn(&args, d).unwrap();
+        assert_eq!(which(&d.join("l3/other.squashfs")), want);
+    }
 }

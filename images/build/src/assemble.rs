@@ -180,6 +180,18 @@ pub fn build_appliance(
     key: &SigningKey,
     out_dir: &Path,
 ) -> Result<BuiltAppliance, AssembleError> {
+    build_appliance_for(appliance_path, build_sources, key, out_dir, None)
+}
+
+/// [`build_appliance`], taking the image of a multi-platform `source` for
+/// `platform` (`os/arch[/variant]`, e.g. a board's).
+pub fn build_appliance_for(
+    appliance_path: &Path,
+    build_sources: &BTreeMap<String, PathBuf>,
+    key: &SigningKey,
+    out_dir: &Path,
+    platform: Option<&str>,
+) -> Result<BuiltAppliance, AssembleError> {
     let app = Appliance::load(appliance_path)?;
     let base = appliance_path.parent().unwrap_or(Path::new("."));
     // Check the whole file first, with stand-in digests, so a mistake in a
@@ -208,16 +220,17 @@ pub fn build_appliance(
 
     let mut written: Vec<PathBuf> = Vec::new();
     let mut images = BTreeMap::new();
-    let result = build_layers(&refs, base, build_sources, out_dir, &mut written, &mut images).and_then(|layers| {
-        let info = layers
-            .iter()
-            .map(|l| (l.name.clone(), LayerIdentity { digest: l.digest, size: l.size, verity: l.verity }))
-            .collect();
-        let (app, origins) = app.with_image_defaults(appliance_path, &images)?;
-        let manifest = app.to_manifest(appliance_path, &info)?;
-        let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
-        Ok(BuiltAppliance { manifest, envelope, layers, images, origins })
-    });
+    let result =
+        build_layers(&refs, base, build_sources, out_dir, &mut written, &mut images, platform).and_then(|layers| {
+            let info = layers
+                .iter()
+                .map(|l| (l.name.clone(), LayerIdentity { digest: l.digest, size: l.size, verity: l.verity }))
+                .collect();
+            let (app, origins) = app.with_image_defaults(appliance_path, &images)?;
+            let manifest = app.to_manifest(appliance_path, &info)?;
+            let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
+            Ok(BuiltAppliance { manifest, envelope, layers, images, origins })
+        });
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -235,6 +248,7 @@ fn build_layers(
     out_dir: &Path,
     written: &mut Vec<PathBuf>,
     images: &mut BTreeMap<String, crate::import::config::ImageInfo>,
+    platform: Option<&str>,
 ) -> Result<Vec<BuiltLayer>, AssembleError> {
     let mut layers = Vec::new();
     for (name, reference) in refs {
@@ -258,7 +272,8 @@ fn build_layers(
                 }
                 fs::create_dir_all(out_dir).map_err(io(out_dir))?;
                 let path = out_dir.join(format!("{name}.squashfs"));
-                let opts = LayerOptions { flatten: true, select, ..LayerOptions::default() };
+                let platform = platform.map(str::to_owned);
+                let opts = LayerOptions { flatten: true, select, platform, ..LayerOptions::default() };
                 let files = layer::build(&src, &path, &opts, &mut |_| {})
                     .map_err(|error| AssembleError::Import { layer: name.to_owned(), error })?;
                 written.push(path.clone());

@@ -570,7 +570,7 @@ pub enum ImportError {
         available: Vec<String>,
     },
     /// Several images and no (or no precise enough) platform given.
-    #[error("{archive}: the image index holds several images ({}); choose one with --platform os/arch[/variant]", .available.join(", "))]
+    #[error("{archive}: the image index holds several images ({}); choose one with --platform os/arch[/variant] or --board NAME", .available.join(", "))]
     ChoosePlatform {
         /// The source.
         archive: String,
