@@ -348,7 +348,12 @@ fn decode(path: &Path, payload: &[u8]) -> Result<Manifest> {
 
 fn inspect(path: &Path) -> Result<()> {
     let (key_id, m) = read_unverified(path)?;
-    println!("# {}: signed by key {key_id} (signature not checked; use `cairn manifest verify`)", path.display());
+    let unsigned = std::fs::read(path).map(|b| keys::is_unsigned(&b)).unwrap_or(false);
+    if unsigned {
+        println!("# {}: unsigned (sign it with `cairn manifest sign`)", path.display());
+    } else {
+        println!("# {}: signed by key {key_id} (signature not checked; use `cairn manifest verify`)", path.display());
+    }
     print!("{}", annotated_toml(path, &m)?);
     Ok(())
 }

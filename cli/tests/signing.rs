@@ -119,6 +119,7 @@ fn unsigned_manifests_are_signed_apart_byte_for_byte() {
     assert_eq!(unsigned.len(), signed.len());
     // Nothing trusts an unsigned manifest.
     assert!(fails(&["manifest", "verify", "u.cairn", "--pubkey", "k.pub"], d).contains("not signed"));
+    assert!(ok(&["manifest", "inspect", "u.cairn"], d).starts_with("# u.cairn: unsigned"));
     let i = json(&["manifest", "inspect", "u.cairn"], d);
     assert_eq!((i["signed"].clone(), i["key_id"].clone()), (false.into(), serde_json::Value::Null));
 
