@@ -123,6 +123,34 @@ fn unsigned_manifests_are_signed_apart_byte_for_byte() {
     let i = json(&["manifest", "inspect", "u.cairn"], d);
     assert_eq!((i["signed"].clone(), i["key_id"].clone()), (false.into(), serde_json::Value::Null));
 
+    // Nor puts it on a disk.
+    let board = cairn_board::by_name("qemu-x86_64").unwrap();
+    let builtin: String = board.modules.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
+    std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap();
+    std::fs::write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), builtin).unwrap();
+    let mut init = vec![0u8; 64];
+    init[..4].copy_from_slice(b"\x7fELF");
+    init[18] = 62;
+    std::fs::write(d.join("init"), init).unwrap();
+    let assemble = [
+        "image",
+        "assemble",
+        "--board",
+        "qemu-x86_64",
+        "--manifest",
+        "u.cairn",
+        "--layers",
+        "layers",
+        "--init",
+        "init",
+        "--kernel",
+        "kernel",
+        "--out",
+        "disk.img",
+    ];
+    assert!(fails(&assemble, d).contains("not signed"));
+    assert!(!d.join("disk.img").exists());
+
     // Signed apart with the key file: the same bytes as signed in the build.
     let s = json(&["manifest", "sign", "u.cairn", "--key", "k", "--out", "s.cairn"], d);
     assert_eq!(s["was_signed"], false);
