@@ -101,6 +101,7 @@ pub fn run(cmd: LayerCommand, progress: &Progress, out: &Output) -> Result<()> {
                 "size": f.size,
                 "source_digest": f.source_digest,
                 "verity_root_hash": f.verity.root_hash.to_string(),
+                "image": f.image,
             })).collect::<Vec<_>>(),
         }));
     }

@@ -106,6 +106,12 @@ fn tags_and_the_board_pick_the_image() {
         cairn(&a, d).map(|_| which(&d.join(out)))
     };
     assert_eq!(build("oci:layout:other", &[], "o1.sqfs").unwrap(), "other");
+    // --json names the image each layer came from, digests as sha256:<hex>.
+    let j = cairn(&["layer", "build", "oci:layout:other", "--out", "o0.sqfs"], d).unwrap();
+    let image = &j["layers"][0]["image"];
+    assert_eq!(image["format"], "oci");
+    assert!(image["manifest_digest"].as_str().unwrap().starts_with("sha256:"), "{image}");
+    assert!(image["layers"][0]["diff_id"].as_str().unwrap().starts_with("sha256:"), "{image}");
     assert_eq!(build("oci-archive:layout.tar:other", &[], "o2.sqfs").unwrap(), "other");
     // A multi-platform tag: the board says which.
     assert_eq!(build("oci:layout:app", &["--board", "qemu-aarch64"], "a1.sqfs").unwrap(), "app-arm64");
