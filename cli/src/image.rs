@@ -7,9 +7,11 @@ use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
 use cairn_build::{gpt, kmod};
 use cairn_format::envelope::{key_id, Envelope, KeyId};
 use clap::Subcommand;
+use serde_json::json;
 
 use crate::layer::parse_size_arg;
 use crate::manifest::read_unverified;
+use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
 #[derive(Debug, Subcommand)]
@@ -65,7 +67,7 @@ pub enum ImageCommand {
     },
 }
 
-pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
+pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()> {
     match cmd {
         ImageCommand::Assemble {
             board,
@@ -84,6 +86,12 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             let initramfs = initramfs.unwrap_or_else(|| out.with_extension("initramfs"));
             let envelope = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
             let (signer, m) = read_unverified(&manifest)?;
+            if cairn_build::keys::is_unsigned(&envelope) {
+                bail!(
+                    "{}: not signed; a device refuses an unsigned manifest (sign it with `cairn manifest sign`)",
+                    manifest.display()
+                );
+            }
 
             progress.step("checking the init binary");
             let init_bytes = std::fs::read(&init).with_context(|| format!("cannot read {}", init.display()))?;
@@ -100,7 +108,13 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             assemble::build_initramfs(&init, &modules, &initramfs)?;
 
             progress.step(format!("writing {}", out.display()));
-            let app = BuiltAppliance { manifest: m, envelope, layers: found };
+            let app = BuiltAppliance {
+                manifest: m,
+                envelope,
+                layers: found,
+                images: Default::default(),
+                origins: Vec::new(),
+            };
             let opts = DiskOptions {
                 layer_slot_bytes: slot_size,
                 spare_layer_slots: spare_slots,
@@ -109,6 +123,31 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             };
             let layout = assemble::assemble_disk(&app, &out, opts)?;
             progress.clear();
+            let rd = std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
+            if output.json {
+                return output.print_json(&json!({
+                    "disk": out,
+                    "size": layout.disk_size,
+                    "board": board.name,
+                    "disk_guid": layout.disk_guid_text(),
+                    "partitions": layout.partitions.iter().map(|p| json!({
+                        "index": p.index,
+                        "name": p.name,
+                        "size": p.size_bytes,
+                    })).collect::<Vec<_>>(),
+                    "layers": app.layers.iter().map(|l| json!({
+                        "name": l.name,
+                        "digest": digest(&l.digest),
+                        "size": l.size,
+                    })).collect::<Vec<_>>(),
+                    "initramfs": {
+                        "path": initramfs,
+                        "size": rd,
+                        "kernel": version,
+                        "modules": modules.len(),
+                    },
+                }));
+            }
 
             println!("disk {} ({}) for board {}", out.display(), size(layout.disk_size), board.name);
             println!(
@@ -120,9 +159,8 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
                 println!("  {:>2} {:<18} {:>10}", p.index, p.name, size(p.size_bytes));
             }
             for l in &app.layers {
-                println!("  layer {:<16} {:?} {}", l.name, l.digest, size(l.size));
+                println!("  layer {:<16} {} {}", l.name, digest(&l.digest), size(l.size));
             }
-            let rd = std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
             println!(
                 "initramfs {} ({}): init + {} modules of kernel {version}",
                 initramfs.display(),
@@ -132,7 +170,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress) -> Result<()> {
             eprintln!("cairn: done in {:.1} s", progress.elapsed().as_secs_f64());
             Ok(())
         }
-        ImageCommand::Inspect { disk } => inspect(&disk),
+        ImageCommand::Inspect { disk } => inspect(&disk, output),
     }
 }
 
@@ -181,29 +219,57 @@ fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board, signer: Key
     Ok(())
 }
 
-fn inspect(disk: &Path) -> Result<()> {
+fn inspect(disk: &Path, output: &Output) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let layout = gpt::read_layout(disk)?;
-    println!("disk {} ({}) guid {}", disk.display(), size(layout.disk_size), layout.disk_guid_text());
     let mut f = std::fs::File::open(disk).with_context(|| format!("cannot read {}", disk.display()))?;
+    let mut parts = Vec::new();
     for p in &layout.partitions {
+        let mut slot = serde_json::Value::Null;
         let mut note = String::new();
         if p.name.starts_with("cairn-manifest-") {
             let mut buf = vec![0u8; p.size_bytes.min(1 << 20) as usize];
             f.seek(SeekFrom::Start(p.offset_bytes))?;
             f.read_exact(&mut buf)?;
-            note = match Envelope::parse(&buf) {
-                Ok(env) => match postcard::take_from_bytes::<cairn_format::Manifest>(env.payload) {
-                    Ok((m, _)) => format!("{} version {}, signed by {}", m.appliance, m.version, env.key_id),
-                    Err(_) => format!("signed by {}, payload not decodable", env.key_id),
-                },
-                Err(e) if buf.iter().all(|b| *b == 0) => {
-                    let _ = e;
-                    "empty".into()
+            let unsigned = cairn_build::keys::is_unsigned(&buf);
+            (note, slot) = match Envelope::parse(&buf) {
+                Ok(env) => {
+                    let key = (!unsigned).then(|| env.key_id.to_string());
+                    let by = key.clone().unwrap_or_else(|| "nobody (unsigned)".into());
+                    match postcard::take_from_bytes::<cairn_format::Manifest>(env.payload) {
+                        Ok((m, _)) => (
+                            format!("{} version {}, signed by {by}", m.appliance, m.version),
+                            json!({"state": "manifest", "key_id": key, "appliance": m.appliance.as_str(),
+                                   "version": m.version, "compatible": m.compatible.as_str()}),
+                        ),
+                        Err(e) => (
+                            format!("signed by {by}, payload not decodable"),
+                            json!({"state": "undecodable", "key_id": key, "error": e.to_string()}),
+                        ),
+                    }
                 }
-                Err(e) => format!("not a manifest: {e}"),
+                Err(_) if buf.iter().all(|b| *b == 0) => ("empty".into(), json!({"state": "empty"})),
+                Err(e) => (format!("not a manifest: {e}"), json!({"state": "invalid", "error": e.to_string()})),
             };
         }
+        parts.push((p, note, slot));
+    }
+    if output.json {
+        return output.print_json(&json!({
+            "disk": disk,
+            "size": layout.disk_size,
+            "disk_guid": layout.disk_guid_text(),
+            "partitions": parts.iter().map(|(p, _, slot)| {
+                let mut v = json!({"index": p.index, "name": p.name, "offset": p.offset_bytes, "size": p.size_bytes});
+                if !slot.is_null() {
+                    v["manifest"] = slot.clone();
+                }
+                v
+            }).collect::<Vec<_>>(),
+        }));
+    }
+    println!("disk {} ({}) guid {}", disk.display(), size(layout.disk_size), layout.disk_guid_text());
+    for (p, note, _) in &parts {
         println!("  {:>2} {:<18} {:>10}  {note}", p.index, p.name, size(p.size_bytes));
     }
     Ok(())

@@ -1,60 +1,170 @@
-//! `cairn key`: make and show signing keys.
+//! `cairn key`: make, show and convert signing keys.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use cairn_build::keys;
+use anyhow::{bail, Context, Result};
+use cairn_build::keys::{self, SecretFormat};
 use cairn_format::envelope::key_id;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::output::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Make a new ed25519 key pair: NAME (secret, mode 0600) and NAME.pub.
     ///
-    /// Refuses to overwrite an existing key. The public key goes into the
-    /// init binary the devices run (CAIRN_TRUSTED_KEYS at build time).
+    /// The secret key is PKCS#8 PEM (what `openssl genpkey -algorithm
+    /// ed25519` writes, and what HSM and KMS tools import) unless --format
+    /// hex. NAME.pub holds the public key as 64 hex characters: give it to
+    /// the init binary the devices run (CAIRN_TRUSTED_KEYS at build time).
+    /// Refuses to overwrite an existing key.
     Generate {
         /// Path of the secret key file; the public key is written to NAME.pub.
         #[arg(long)]
         out: PathBuf,
+        /// How the secret key file is written.
+        #[arg(long, value_enum, default_value_t = Format::Pem)]
+        format: Format,
     },
     /// Print a key's public key (hex) and its id (the id devices log).
     ///
-    /// KEY is a secret key file (its mode is checked) or a `.pub` file.
+    /// KEY is a secret key file (PKCS#8 PEM or hex; its mode is checked), a
+    /// `.pub` file (hex) or a public key PEM (`openssl pkey -pubout`).
     Show {
         /// The key file.
         key: PathBuf,
+        /// Also print the public key as PEM (SPKI, what openssl reads).
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Write a key in another format: a secret key as PKCS#8 PEM or hex
+    /// (mode 0600, never over an existing file), a public key (from a PEM,
+    /// e.g. a KMS's export, or hex) as hex, for CAIRN_TRUSTED_KEYS, or PEM.
+    Convert {
+        /// The key file to read.
+        key: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The format to write.
+        #[arg(long, value_enum)]
+        format: Format,
     },
 }
 
-pub fn run(cmd: KeyCommand) -> Result<()> {
-    match cmd {
-        KeyCommand::Generate { out } => {
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            let key = keys::generate()?;
-            keys::save(&key, &out)?;
-            let public = key.verifying_key().to_bytes();
-            println!("secret key  {} (mode 0600: keep it secret)", out.display());
-            println!("public key  {}", keys::public_path(&out).display());
-            print_public(&public);
-            Ok(())
-        }
-        KeyCommand::Show { key } => {
-            let public = if key.extension().is_some_and(|e| e == "pub") {
-                keys::load_public(&key)?
-            } else {
-                keys::load(&key)?.verifying_key().to_bytes()
-            };
-            print_public(&public);
-            Ok(())
+/// Key file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// PEM: PKCS#8 for secret keys, SPKI for public keys.
+    Pem,
+    /// 64 hex characters (the ed25519 seed, or the public key).
+    Hex,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Pem => "pem",
+            Format::Hex => "hex",
         }
     }
 }
 
+pub fn run(cmd: KeyCommand, out: &Output) -> Result<()> {
+    match cmd {
+        KeyCommand::Generate { out: path, format } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let key = keys::generate()?;
+            let secret = match format {
+                Format::Pem => SecretFormat::Pem,
+                Format::Hex => SecretFormat::Hex,
+            };
+            keys::save_as(&key, &path, secret)?;
+            let public = key.verifying_key().to_bytes();
+            let pub_path = keys::public_path(&path);
+            if out.json {
+                return out.print_json(&json!({
+                    "secret_key": path,
+                    "secret_format": format.name(),
+                    "public_key": pub_path,
+                    "public": hex(&public),
+                    "key_id": key_id(&public).to_string(),
+                }));
+            }
+            println!("secret key  {} ({}, mode 0600: keep it secret)", path.display(), format.name());
+            println!("public key  {}", pub_path.display());
+            print_public(&public);
+            Ok(())
+        }
+        KeyCommand::Show { key, pem } => {
+            let is_public = keys::is_public_file(&key)?;
+            let public = keys::load_any_public(&key)?;
+            let public_pem = keys::public_pem(&public).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            if out.json {
+                return out.print_json(&json!({
+                    "key": key,
+                    "kind": if is_public { "public" } else { "secret" },
+                    "public": hex(&public),
+                    "public_pem": public_pem,
+                    "key_id": key_id(&public).to_string(),
+                }));
+            }
+            print_public(&public);
+            if pem {
+                print!("{public_pem}");
+            }
+            Ok(())
+        }
+        KeyCommand::Convert { key, out: to, format } => convert(&key, &to, format, out),
+    }
+}
+
+fn convert(from: &Path, to: &Path, format: Format, out: &Output) -> Result<()> {
+    if to.exists() {
+        bail!("{} exists; cairn key convert never overwrites a file", to.display());
+    }
+    let is_public = keys::is_public_file(from)?;
+    let public = if is_public {
+        let public = keys::load_public(from)?;
+        let text = match format {
+            Format::Hex => keys::public_hex_line(&public),
+            Format::Pem => keys::public_pem(&public).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?,
+        };
+        std::fs::write(to, text).with_context(|| format!("cannot write {}", to.display()))?;
+        public
+    } else {
+        let key = keys::load(from)?;
+        let secret = match format {
+            Format::Pem => SecretFormat::Pem,
+            Format::Hex => SecretFormat::Hex,
+        };
+        keys::write_secret(&key, to, secret)?;
+        key.verifying_key().to_bytes()
+    };
+    let kind = if is_public { "public" } else { "secret" };
+    if out.json {
+        return out.print_json(&json!({
+            "key": from,
+            "out": to,
+            "kind": kind,
+            "format": format.name(),
+            "public": hex(&public),
+            "key_id": key_id(&public).to_string(),
+        }));
+    }
+    println!("{kind} key  {} ({})", to.display(), format.name());
+    print_public(&public);
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn print_public(public: &[u8; 32]) {
-    let hex: String = public.iter().map(|b| format!("{b:02x}")).collect();
-    println!("public {hex}");
+    println!("public {}", hex(public));
     println!("id     {}", key_id(public));
 }

@@ -2,11 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cairn_build::appliance::parse_size;
+use cairn_build::import;
 use cairn_build::layer::{self, LayerOptions, Step};
 use clap::Subcommand;
+use serde_json::json;
 
+use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
 #[derive(Debug, Subcommand)]
@@ -23,11 +26,14 @@ pub enum LayerCommand {
     ///
     /// Owners, modes, xattrs, symlinks, hard links and FIFOs are kept;
     /// device nodes (other than overlay whiteouts, character devices 0:0)
-    /// and overlayfs xattrs (trusted.overlay.*) are refused. Timestamps are
-    /// set to 0 and entries sorted, so the same source always gives the
-    /// same bytes and digest.
+    /// and overlayfs xattrs (trusted.overlay.*) are refused. Archives and
+    /// images keep their modification times; a directory's are clamped to
+    /// SOURCE_DATE_EPOCH (0 when unset). Entries are sorted, so the same
+    /// source always gives the same bytes and digest.
     Build {
-        /// Directory, tar archive, docker save archive or OCI layout.
+        /// Directory, tar archive, docker save archive or OCI layout; or a
+        /// skopeo-style reference: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+        /// docker-archive:FILE[:NAME:TAG or :@N].
         source: PathBuf,
         /// Output file (one layer) or directory (several layers).
         #[arg(long)]
@@ -38,6 +44,10 @@ pub enum LayerCommand {
         /// Platform of a multi-platform image, e.g. linux/arm64.
         #[arg(long)]
         platform: Option<String>,
+        /// Take the platform of a multi-platform image from this board's
+        /// architecture (see `cairn boards`), unless --platform is given.
+        #[arg(long)]
+        board: Option<String>,
         /// Refuse an archive or image whose files add up to more than this
         /// (e.g. 512M); also the most a compressed image archive may
         /// decompress to in $TMPDIR. The default, 4G, is far above any
@@ -51,24 +61,55 @@ pub enum LayerCommand {
     },
 }
 
+/// The OCI platform of a board's architecture.
+pub fn board_platform(name: &str) -> Result<&'static str> {
+    let board = cairn_board::by_name(name)
+        .with_context(|| format!("unknown board {name:?}; cairn knows {}", cairn_board::names().join(", ")))?;
+    import::platform_of_target(board.rust_target)
+        .with_context(|| format!("board {name}: no OCI platform for target {}", board.rust_target))
+}
+
 /// Sizes with K/M/G suffixes, as in appliance files.
 pub fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| format!("{s:?} is not a size (a number with an optional K, M or G suffix)"))
 }
 
-pub fn run(cmd: LayerCommand, progress: &Progress) -> Result<()> {
-    let LayerCommand::Build { source, out, flatten, platform, max_size, slot_size } = cmd;
-    let opts = LayerOptions { flatten, platform, max_bytes: max_size, max_image_bytes: slot_size };
-    let files = layer::build(&source, &out, &opts, &mut |step| match step {
+pub fn run(cmd: LayerCommand, progress: &Progress, out: &Output) -> Result<()> {
+    let LayerCommand::Build { source, out: dest, flatten, platform, board, max_size, slot_size } = cmd;
+    let (source, select) = match source.to_str() {
+        Some(s) => import::parse_reference(s)?,
+        None => (source, import::Select::default()),
+    };
+    let platform = match (platform, board) {
+        (Some(p), _) => Some(p),
+        (None, Some(b)) => Some(board_platform(&b)?.to_owned()),
+        (None, None) => None,
+    };
+    let opts = LayerOptions { flatten, platform, max_bytes: max_size, max_image_bytes: slot_size, select };
+    let files = layer::build(&source, &dest, &opts, &mut |step| match step {
         Step::Reading(p) => progress.step(format!("reading {}", p.display())),
         Step::Writing { name, index, count } => progress.step(format!("writing layer {}/{count} {name}", index + 1)),
     })?;
     progress.clear();
+    if out.json {
+        return out.print_json(&json!({
+            "source": source,
+            "layers": files.iter().map(|f| json!({
+                "name": f.name,
+                "path": f.path,
+                "digest": digest(&f.digest),
+                "size": f.size,
+                "source_digest": f.source_digest,
+                "verity_root_hash": f.verity.root_hash.to_string(),
+                "image": f.image,
+            })).collect::<Vec<_>>(),
+        }));
+    }
     for f in &files {
         let from = f.source_digest.as_deref().map(|d| format!("  (from {d})")).unwrap_or_default();
         println!(
             "{}  {}  {}  {}  verity root {}{from}",
-            f.digest,
+            digest(&f.digest),
             size(f.size),
             f.name,
             f.path.display(),

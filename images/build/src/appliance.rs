@@ -143,7 +143,9 @@ pub struct ContainerSpec {
     pub name: String,
     /// Layers, lowest first.
     pub layers: Vec<String>,
-    /// Entrypoint and arguments.
+    /// Entrypoint and arguments (may be left out when a layer of the
+    /// container comes from an image: its Entrypoint + Cmd).
+    #[serde(default)]
     pub argv: Vec<String>,
     /// Environment.
     #[serde(default = "default_env")]
@@ -189,6 +191,14 @@ pub struct ContainerSpec {
     /// Isolation settings.
     #[serde(default)]
     pub security: SecuritySpec,
+    /// `user[:group]`, names resolved through the image's /etc/passwd and
+    /// /etc/group at build time (instead of uid/gid).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The keys the appliance file set for this container (from
+    /// [`Appliance::load`]), so image defaults fill only the others.
+    #[serde(skip)]
+    pub explicit: std::collections::BTreeSet<String>,
 }
 
 /// Isolation settings as written.
@@ -608,6 +618,7 @@ impl Appliance {
         let mut app: Self = toml::from_str(&text)
             .map_err(|e| ApplianceError::Parse { path: path.to_owned(), message: e.to_string() })?;
         app.lines = HeaderLines::scan(&text);
+        app.mark_explicit(&text);
         Ok(app)
     }
 
@@ -1024,5 +1035,77 @@ mod place_tests {
             BTreeMap::from([("base".to_owned(), verity::identity_by_digest(Digest([0; 32]), 4096, Digest([0; 32])))]);
         let err = app.to_manifest(&path, &info).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("line 14: container[1] (bad): security.cap_add: unknown capability \"NOPE\""), "{err}");
+    }
+}
+
+// Image defaults (issue 15): a container takes Entrypoint + Cmd, Env,
+// WorkingDir and User from the image of its topmost layer built from an
+// image, unless this file sets them. See crate::import::config.
+impl Appliance {
+    /// Record which keys each `[[container]]` table of `text` sets.
+    fn mark_explicit(&mut self, text: &str) {
+        let Ok(table) = toml::from_str::<toml::Table>(text) else { return };
+        let Some(list) = table.get("container").and_then(|c| c.as_array()) else { return };
+        for (c, t) in self.containers.iter_mut().zip(list) {
+            c.explicit = t.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        }
+    }
+
+    /// Containers that may take argv from an image get a stand-in, so the
+    /// whole file can be checked before layers are built.
+    pub fn with_placeholders(&self) -> Appliance {
+        let mut app = self.clone();
+        for c in &mut app.containers {
+            if c.argv.is_empty() && !c.explicit.contains("argv") {
+                c.argv = vec!["/image-entrypoint".into()];
+            }
+            if c.user.is_some() {
+                c.uid = 0;
+                c.gid = 0;
+            }
+        }
+        app
+    }
+
+    /// This appliance with the image defaults applied: `images` gives the
+    /// image of each layer built from one (by layer name). Returns where
+    /// each container's values came from.
+    pub fn with_image_defaults(
+        &self,
+        path: &Path,
+        images: &BTreeMap<String, crate::import::config::ImageInfo>,
+    ) -> Result<(Appliance, Vec<crate::import::config::ContainerOrigins>), ApplianceError> {
+        use crate::import::config::{apply_defaults, Explicit};
+        let mut app = self.clone();
+        let mut origins = Vec::new();
+        let mut problems = Vec::new();
+        for (i, c) in app.containers.iter_mut().enumerate() {
+            let set = |k: &str| c.explicit.contains(k);
+            let explicit = Explicit {
+                argv: set("argv").then(|| c.argv.clone()),
+                env: set("env").then(|| c.env.clone()),
+                cwd: set("cwd").then(|| c.cwd.clone()),
+                user: c.user.clone(),
+                uid_gid: (set("uid") || set("gid")).then_some((c.uid, c.gid)),
+                groups: set("groups").then(|| c.groups.clone()),
+            };
+            let image = c.layers.iter().rev().find_map(|l| images.get(l).map(|info| (l.as_str(), info)));
+            match apply_defaults(&c.name, &explicit, image) {
+                Ok((eff, o)) => {
+                    (c.argv, c.env, c.cwd, c.uid, c.gid, c.groups) =
+                        (eff.argv, eff.env, eff.cwd, eff.uid, eff.gid, eff.groups);
+                    origins.push(o);
+                }
+                Err(p) => {
+                    let place = format!("{}container[{i}] ({})", HeaderLines::place(&self.lines.containers, i), c.name);
+                    problems.extend(p.into_iter().map(|p| format!("{place}: {p}")));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok((app, origins))
+        } else {
+            Err(ApplianceError::Invalid { path: path.to_owned(), problems })
+        }
     }
 }

@@ -159,6 +159,11 @@ pub struct BuiltAppliance {
     pub envelope: Vec<u8>,
     /// Layer images in manifest order.
     pub layers: Vec<BuiltLayer>,
+    /// The image of each layer built from one, by layer name (issue 15:
+    /// image defaults and provenance).
+    pub images: BTreeMap<String, crate::import::config::ImageInfo>,
+    /// Where each container's argv, env, cwd and user came from.
+    pub origins: Vec<crate::import::config::ContainerOrigins>,
 }
 
 /// Build every layer of the appliance at `appliance_path` into `out_dir`,
@@ -174,6 +179,18 @@ pub fn build_appliance(
     build_sources: &BTreeMap<String, PathBuf>,
     key: &SigningKey,
     out_dir: &Path,
+) -> Result<BuiltAppliance, AssembleError> {
+    build_appliance_for(appliance_path, build_sources, key, out_dir, None)
+}
+
+/// [`build_appliance`], taking the image of a multi-platform `source` for
+/// `platform` (`os/arch[/variant]`, e.g. a board's).
+pub fn build_appliance_for(
+    appliance_path: &Path,
+    build_sources: &BTreeMap<String, PathBuf>,
+    key: &SigningKey,
+    out_dir: &Path,
+    platform: Option<&str>,
 ) -> Result<BuiltAppliance, AssembleError> {
     let app = Appliance::load(appliance_path)?;
     let base = appliance_path.parent().unwrap_or(Path::new("."));
@@ -192,7 +209,9 @@ pub fn build_appliance(
         }
         stand_in.insert(l.name.clone(), verity::identity_by_digest(Digest([0; 32]), 4096, Digest([0; 32])));
     }
-    if let Err(ApplianceError::Invalid { problems: p, .. }) = app.to_manifest(appliance_path, &stand_in) {
+    if let Err(ApplianceError::Invalid { problems: p, .. }) =
+        app.with_placeholders().to_manifest(appliance_path, &stand_in)
+    {
         problems.extend(p);
     }
     if !problems.is_empty() {
@@ -200,15 +219,18 @@ pub fn build_appliance(
     }
 
     let mut written: Vec<PathBuf> = Vec::new();
-    let result = build_layers(&refs, base, build_sources, out_dir, &mut written).and_then(|layers| {
-        let info = layers
-            .iter()
-            .map(|l| (l.name.clone(), LayerIdentity { digest: l.digest, size: l.size, verity: l.verity }))
-            .collect();
-        let manifest = app.to_manifest(appliance_path, &info)?;
-        let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
-        Ok(BuiltAppliance { manifest, envelope, layers })
-    });
+    let mut images = BTreeMap::new();
+    let result =
+        build_layers(&refs, base, build_sources, out_dir, &mut written, &mut images, platform).and_then(|layers| {
+            let info = layers
+                .iter()
+                .map(|l| (l.name.clone(), LayerIdentity { digest: l.digest, size: l.size, verity: l.verity }))
+                .collect();
+            let (app, origins) = app.with_image_defaults(appliance_path, &images)?;
+            let manifest = app.to_manifest(appliance_path, &info)?;
+            let envelope = envelope::seal_manifest(&manifest, key).map_err(AssembleError::Seal)?;
+            Ok(BuiltAppliance { manifest, envelope, layers, images, origins })
+        });
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -225,6 +247,8 @@ fn build_layers(
     build_sources: &BTreeMap<String, PathBuf>,
     out_dir: &Path,
     written: &mut Vec<PathBuf>,
+    images: &mut BTreeMap<String, crate::import::config::ImageInfo>,
+    platform: Option<&str>,
 ) -> Result<Vec<BuiltLayer>, AssembleError> {
     let mut layers = Vec::new();
     for (name, reference) in refs {
@@ -237,17 +261,27 @@ fn build_layers(
                     })?,
                     None => base.join(source),
                 };
+                // `oci-archive:FILE:TAG` and the other skopeo references.
+                let (src, select) = match crate::import::parse_reference(source) {
+                    Ok((path, select)) if select.transport.is_some() => (base.join(path), select),
+                    Ok(_) => (src, crate::import::Select::default()),
+                    Err(error) => return Err(AssembleError::Import { layer: name.to_owned(), error: error.into() }),
+                };
                 if !src.exists() {
                     return Err(AssembleError::LayerSource { layer: name.to_owned(), source_dir: src });
                 }
                 fs::create_dir_all(out_dir).map_err(io(out_dir))?;
                 let path = out_dir.join(format!("{name}.squashfs"));
-                let opts = LayerOptions { flatten: true, ..LayerOptions::default() };
+                let platform = platform.map(str::to_owned);
+                let opts = LayerOptions { flatten: true, select, platform, ..LayerOptions::default() };
                 let files = layer::build(&src, &path, &opts, &mut |_| {})
                     .map_err(|error| AssembleError::Import { layer: name.to_owned(), error })?;
                 written.push(path.clone());
-                if files.is_empty() {
+                let Some(f) = files.into_iter().next() else {
                     return Err(AssembleError::LayerSource { layer: name.to_owned(), source_dir: src.clone() });
+                };
+                if let Some(image) = f.image {
+                    images.insert(name.to_owned(), image);
                 }
                 let image = verity::read_image(&path).map_err(AssembleError::Verity)?;
                 BuiltLayer::from_image(name, path, image)

@@ -37,11 +37,19 @@ pub struct LayerOptions {
     pub max_bytes: u64,
     /// Refuse a layer image larger than this (a layer slot's size).
     pub max_image_bytes: Option<u64>,
+    /// What a skopeo-style reference selected ([`import::parse_reference`]).
+    pub select: import::Select,
 }
 
 impl Default for LayerOptions {
     fn default() -> Self {
-        LayerOptions { flatten: false, platform: None, max_bytes: import::DEFAULT_MAX_BYTES, max_image_bytes: None }
+        LayerOptions {
+            flatten: false,
+            platform: None,
+            max_bytes: import::DEFAULT_MAX_BYTES,
+            max_image_bytes: None,
+            select: import::Select::default(),
+        }
     }
 }
 
@@ -60,6 +68,9 @@ pub struct LayerFile {
     pub verity: cairn_format::verity::Verity,
     /// The image layer it came from (`sha256:...` of the OCI blob), if any.
     pub source_digest: Option<String>,
+    /// The image it came from: its config, provenance, and the files of
+    /// it image defaults need (read from this layer's tree).
+    pub image: Option<import::config::ImageInfo>,
 }
 
 /// Why a layer could not be built.
@@ -150,7 +161,11 @@ pub enum Step<'a> {
 
 /// The trees a source holds, with names: one for a directory or rootfs
 /// tarball (named after the source file), one per image layer otherwise.
-pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Option<String>, Tree)>, LayerError> {
+#[allow(clippy::type_complexity)]
+pub fn read_source(
+    source: &Path,
+    opts: &LayerOptions,
+) -> Result<Vec<(String, Option<String>, Tree, Option<import::config::ImageInfo>)>, LayerError> {
     if !source.exists() {
         return Err(LayerError::Missing(source.to_owned()));
     }
@@ -159,20 +174,24 @@ pub fn read_source(source: &Path, opts: &LayerOptions) -> Result<Vec<(String, Op
         .map(|n| n.to_string_lossy().split('.').next().unwrap_or("layer").to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "layer".to_owned());
-    if source.is_dir() && !source.join("oci-layout").exists() {
+    if source.is_dir() && !source.join("oci-layout").exists() && opts.select.transport.is_none() {
         let tree = scan::scan_dir(source)?;
         check_dir_tree(source, &tree)?;
-        return Ok(vec![(stem, None, tree)]);
+        return Ok(vec![(stem, None, tree, None)]);
     }
     let iopts = ImportOptions {
         flatten: opts.flatten,
         platform: opts.platform.clone(),
         max_bytes: opts.max_bytes,
+        select: opts.select.clone(),
         ..ImportOptions::default()
     };
     let layers = import::import(source, &iopts)?;
     let single = layers.len() == 1;
-    Ok(layers.into_iter().map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree)).collect())
+    Ok(layers
+        .into_iter()
+        .map(|l| (if single { stem.clone() } else { l.name }, l.source_digest, l.tree, l.image))
+        .collect())
 }
 
 /// Refuse a tree read from the directory `source` that holds what a layer
@@ -225,7 +244,7 @@ pub fn build(
     }
     let mut written: Vec<LayerFile> = Vec::new();
     let result = (|| {
-        for (index, (name, source_digest, tree)) in trees.iter().enumerate() {
+        for (index, (name, source_digest, tree, image)) in trees.iter().enumerate() {
             progress(Step::Writing { name, index, count });
             let path = if into_dir { out.join(format!("{name}.squashfs")) } else { out.to_owned() };
             let img = squashfs::write_layer(tree, &path)?;
@@ -244,6 +263,10 @@ pub fn build(
                 size: img.size,
                 verity,
                 source_digest: source_digest.clone(),
+                image: image.clone().map(|mut i| {
+                    i.inspect_tree(tree);
+                    i
+                }),
             });
             let on_disk = verity.partition_bytes();
             if let Some(max) = opts.max_image_bytes.filter(|m| on_disk > *m) {

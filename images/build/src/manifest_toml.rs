@@ -7,6 +7,8 @@
 //! `cap_drop = ["ALL"]` plus the kept set, so nothing depends on defaults
 //! that could change between cairn versions.
 
+use std::collections::BTreeMap;
+
 use toml::{Table, Value};
 
 use cairn_format::manifest::{Container, LayerCheck, Manifest, Network, RestartPolicy, CAPABILITY_NAMES};
@@ -203,6 +205,43 @@ pub fn to_toml(m: &Manifest) -> String {
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot print this manifest as TOML: {e}\n"))
 }
 
+/// `text` (what [`to_toml`] wrote) with a comment after each container's
+/// `argv`, `env`, `cwd`, `uid`, `gid` and `groups` saying where the value
+/// came from: `notes` maps a container name to (key, note). Comments keep
+/// the TOML compiling to the same manifest.
+pub fn annotate(text: &str, notes: &BTreeMap<String, Vec<(&'static str, String)>>) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut i = 0;
+    while i < lines.len() {
+        // A container's own keys run from its header to the next header.
+        let end = if lines[i].trim() == "[[container]]" {
+            (i + 1..lines.len()).find(|j| lines[*j].starts_with('[')).unwrap_or(lines.len())
+        } else {
+            i + 1
+        };
+        let block = &lines[i..end];
+        let name = block
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("name = ").and_then(|v| toml::from_str::<toml::Value>(&format!("v = {v}")).ok())
+            })
+            .and_then(|v| v.get("v").and_then(|v| v.as_str()).map(str::to_owned));
+        let container_notes = name.as_ref().and_then(|n| notes.get(n));
+        for l in block {
+            out.push_str(l);
+            let key = l.split_once(" = ").map(|(k, _)| k);
+            if let Some(note) = container_notes.and_then(|ns| ns.iter().find(|(k, _)| Some(*k) == key)) {
+                out.push_str("  # ");
+                out.push_str(&note.1);
+            }
+            out.push('\n');
+        }
+        i = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -307,5 +346,23 @@ security.userns = 200000
             m.containers[0].security.userns.is_none()
                 && !printed.contains("[[0, 200000, 65536]], gid_map = [[0, 100000")
         );
+    }
+
+    #[test]
+    fn origin_comments_keep_the_toml_the_same() {
+        let text = to_toml(&compile(FULL));
+        let mut notes = BTreeMap::new();
+        notes.insert(
+            "web".to_owned(),
+            vec![("argv", "image config (layer app)".to_owned()), ("uid", "appliance file".to_owned())],
+        );
+        let annotated = annotate(&text, &notes);
+        assert!(annotated.contains("argv = [\"/bin/web\"]  # image config (layer app)\n"), "{annotated}");
+        assert!(annotated.contains("uid = 1000  # appliance file\n"), "{annotated}");
+        // db's argv is not annotated; the comments change nothing.
+        assert!(annotated.contains("argv = [\"/bin/db\", \"--serve\"]\n"), "{annotated}");
+        let a: toml::Value = toml::from_str(&annotated).unwrap_or_else(|e| panic!("{e}"));
+        let b: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a, b);
     }
 }

@@ -7,7 +7,17 @@
 //! and a non-directory reached by several names (a hard link: the same
 //! device and inode number) becomes several entries for one inode. Regular
 //! files are not read: they become [`FileData::Host`] with the size seen
-//! now, read when the image is written. Timestamps are not recorded.
+//! now, read when the image is written.
+//!
+//! Modification times are clamped, so a build stays byte-reproducible
+//! whatever times a checkout or a build step left on the files: an mtime
+//! later than the clamp becomes the clamp. The clamp is `SOURCE_DATE_EPOCH`
+//! (decimal seconds, as reproducible-builds.org defines it) when set, and
+//! otherwise 0: every time of a directory source is then 0, the bytes
+//! earlier cairn versions wrote. Times before 1970 become 0 (squashfs keeps
+//! 32 unsigned bits). Python writes hash-checked `.pyc` files when
+//! `SOURCE_DATE_EPOCH` is set, so bytecode compiled with it is valid
+//! whatever the clamp did to the sources' times.
 //!
 //! This is a faithful reader: what a layer may not hold (device nodes,
 //! overlayfs xattrs) is refused by the layer builder
@@ -52,6 +62,9 @@ pub enum ScanError {
     /// or socket.
     #[error("{0}: unknown file type")]
     UnknownType(PathBuf),
+    /// `SOURCE_DATE_EPOCH` is set but is not a decimal number of seconds.
+    #[error("SOURCE_DATE_EPOCH={0:?} is not a decimal number of seconds since 1970")]
+    SourceDateEpoch(String),
     /// The tree refused an entry (a name it does not accept).
     #[error("{path}: {error}")]
     Tree {
@@ -67,11 +80,38 @@ fn io_err(path: &Path, what: impl Into<String>) -> impl FnOnce(io::Error) -> Sca
     move |error| ScanError::Io { path: path.to_owned(), what, error }
 }
 
-/// Read the directory `path` (and everything below it) into a tree.
+/// The clamp for directory sources' modification times: `SOURCE_DATE_EPOCH`
+/// if set (and not empty), else 0. Values past 2106 become `u32::MAX`.
+pub fn mtime_clamp() -> Result<u32, ScanError> {
+    match std::env::var_os("SOURCE_DATE_EPOCH") {
+        None => Ok(0),
+        Some(v) if v.is_empty() => Ok(0),
+        Some(v) => parse_epoch(&v.to_string_lossy()),
+    }
+}
+
+/// `SOURCE_DATE_EPOCH`'s value as a clamp.
+pub fn parse_epoch(v: &str) -> Result<u32, ScanError> {
+    let t = v.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ScanError::SourceDateEpoch(v.to_owned()));
+    }
+    // All digits: only overflow can fail, and that is far past u32.
+    Ok(t.parse::<u64>().map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+/// Read the directory `path` (and everything below it) into a tree, its
+/// modification times clamped to [`mtime_clamp`].
 ///
 /// `path` itself may be a symlink to a directory; nothing below it is
 /// followed.
 pub fn scan_dir(path: &Path) -> Result<Tree, ScanError> {
+    scan_dir_clamped(path, mtime_clamp()?)
+}
+
+/// [`scan_dir`] with modification times clamped to `clamp` (`u32::MAX`
+/// keeps them as they are, as far as squashfs can hold them).
+pub fn scan_dir_clamped(path: &Path, clamp: u32) -> Result<Tree, ScanError> {
     let meta = fs::metadata(path).map_err(io_err(path, "reading metadata"))?;
     if !meta.is_dir() {
         return Err(ScanError::NotADirectory(path.to_owned()));
@@ -81,7 +121,7 @@ pub fn scan_dir(path: &Path) -> Result<Tree, ScanError> {
     } else {
         path.to_owned()
     };
-    let mut scan = Scan { tree: Tree::new(meta_of(&root, &meta)?), links: HashMap::new() };
+    let mut scan = Scan { tree: Tree::new(meta_of(&root, &meta, clamp)?), links: HashMap::new(), clamp };
     scan.dir(&root, &mut Vec::new())?;
     Ok(scan.tree)
 }
@@ -91,6 +131,8 @@ struct Scan {
     /// Non-directories with more than one link, by (device, inode), and the
     /// tree inode they became.
     links: HashMap<(u64, u64), InodeId>,
+    /// The latest modification time kept.
+    clamp: u32,
 }
 
 impl Scan {
@@ -149,7 +191,7 @@ impl Scan {
             return Err(ScanError::UnknownType(path.to_owned()));
         };
         let is_dir = matches!(kind, Kind::Dir(_));
-        let id = self.tree.insert(rel, Inode { meta: meta_of(path, &md)?, kind }).map_err(tree_err)?;
+        let id = self.tree.insert(rel, Inode { meta: meta_of(path, &md, self.clamp)?, kind }).map_err(tree_err)?;
         if is_dir {
             self.dir(path, rel)?;
         } else if md.nlink() > 1 {
@@ -159,9 +201,22 @@ impl Scan {
     }
 }
 
-/// Owner, mode and extended attributes of `path` (not following a symlink).
-fn meta_of(path: &Path, md: &fs::Metadata) -> Result<Meta, ScanError> {
-    Ok(Meta { mode: (md.mode() & 0o7777) as u16, uid: md.uid(), gid: md.gid(), xattrs: xattrs(path)? })
+/// Owner, mode, extended attributes and clamped modification time of
+/// `path` (not following a symlink).
+fn meta_of(path: &Path, md: &fs::Metadata, clamp: u32) -> Result<Meta, ScanError> {
+    Ok(Meta {
+        mode: (md.mode() & 0o7777) as u16,
+        uid: md.uid(),
+        gid: md.gid(),
+        xattrs: xattrs(path)?,
+        mtime: clamp_time(md.mtime(), clamp),
+    })
+}
+
+/// A time in seconds (possibly before 1970) as squashfs holds it, no later
+/// than `clamp`.
+pub fn clamp_time(t: i64, clamp: u32) -> u32 {
+    u32::try_from(t.max(0)).unwrap_or(u32::MAX).min(clamp)
 }
 
 /// Call `f(buf)` (an `l*xattr` call filling `buf`, returning its length or
@@ -350,6 +405,48 @@ pub(crate) mod tests {
         // Every reachable inode once: root, file, sub, again(=file), deeper,
         // third(=file), link, fifo, sock, inside (+ whiteout, disk as root).
         assert_eq!(t.reachable().len(), if is_root() { 10 } else { 8 });
+    }
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let f = ok(fs::File::open(path));
+        ok(f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)));
+    }
+
+    #[test]
+    fn modification_times_are_clamped() {
+        let d = ok(tempfile::tempdir());
+        let src = d.path().join("src");
+        ok(fs::create_dir_all(src.join("sub")));
+        ok(fs::write(src.join("old.py"), "x = 1\n"));
+        ok(fs::write(src.join("sub/new"), "n"));
+        set_mtime(&src.join("old.py"), 1_000_000_000);
+        set_mtime(&src.join("sub/new"), 2_000_000_000);
+        set_mtime(&src.join("sub"), 1_600_000_000);
+        set_mtime(&src, 1_400_000_000);
+        let times = |clamp| {
+            let t = ok(scan_dir_clamped(&src, clamp));
+            ["old.py", "sub/new", "sub"]
+                .map(|p| t.inode(lookup(&t, p)).meta.mtime)
+                .to_vec()
+                .into_iter()
+                .chain([t.inode(crate::tree::ROOT).meta.mtime])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(u32::MAX), [1_000_000_000, 2_000_000_000, 1_600_000_000, 1_400_000_000]);
+        assert_eq!(times(1_500_000_000), [1_000_000_000, 1_500_000_000, 1_500_000_000, 1_400_000_000]);
+        assert_eq!(times(0), [0, 0, 0, 0]);
+        assert_eq!(clamp_time(-5, u32::MAX), 0);
+        assert_eq!(clamp_time(i64::from(u32::MAX) + 10, u32::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn source_date_epoch_is_decimal_seconds() {
+        assert_eq!(parse_epoch("1700000000").ok(), Some(1_700_000_000));
+        assert_eq!(parse_epoch("0").ok(), Some(0));
+        assert_eq!(parse_epoch("99999999999999999999999").ok(), Some(u32::MAX));
+        for bad in ["", "-1", "1.5", "0x10", "soon"] {
+            assert!(matches!(parse_epoch(bad), Err(ScanError::SourceDateEpoch(v)) if v == bad), "{bad}");
+        }
     }
 
     fn umask() -> u16 {

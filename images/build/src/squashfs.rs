@@ -10,8 +10,10 @@
 //! hard links (one inode written once, every name pointing at it, its link
 //! count the number of names).
 //!
-//! Normalised, and nothing else: every timestamp (inodes and the
-//! superblock) is 0, and inode numbers are assigned in write order (a
+//! Every inode's modification time is the tree's ([`Meta::mtime`]: what the
+//! archive recorded, or a directory source's clamped time).
+//! Normalised, and nothing else: the superblock's mkfs time is 0, and inode
+//! numbers are assigned in write order (a
 //! directory's children by name before the directory itself; a hard-linked
 //! inode where it is first reached). So the same tree gives the same bytes
 //! for a given `miniz_oxide` version (compressed bytes may change if the
@@ -47,6 +49,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::scan::{self, ScanError};
+#[cfg(doc)]
+use crate::tree::Meta;
 use crate::tree::{check_name, FileData, InodeId, Kind, Tree, ROOT};
 
 const MAGIC: u32 = 0x7371_7368;
@@ -448,7 +452,7 @@ impl<'a> Writer<'a> {
         v.extend_from_slice(&meta.mode.to_le_bytes());
         v.extend_from_slice(&index(meta.uid).to_le_bytes());
         v.extend_from_slice(&index(meta.gid).to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes()); // mtime
+        v.extend_from_slice(&meta.mtime.to_le_bytes());
         v.extend_from_slice(&self.plan.number[id].to_le_bytes());
         v
     }
@@ -857,6 +861,7 @@ mod tests {
         mode: u16,
         uid: u32,
         gid: u32,
+        mtime: u32,
         what: What,
     }
 
@@ -875,7 +880,6 @@ mod tests {
         let mut out = BTreeMap::new();
         for node in fs.files() {
             let h = node.header;
-            assert_eq!(h.mtime, 0, "{:?}", node.fullpath);
             let what = match &node.inner {
                 InnerNode::Dir(_) => What::Dir,
                 InnerNode::File(file) => {
@@ -895,7 +899,10 @@ mod tests {
                 InnerNode::NamedPipe => What::Fifo,
                 InnerNode::Socket => What::Socket,
             };
-            out.insert(node.fullpath.clone(), Entry { mode: h.permissions, uid: h.uid, gid: h.gid, what });
+            out.insert(
+                node.fullpath.clone(),
+                Entry { mode: h.permissions, uid: h.uid, gid: h.gid, mtime: h.mtime, what },
+            );
         }
         out
     }
@@ -943,7 +950,7 @@ mod tests {
                     Kind::Fifo => What::Fifo,
                     Kind::Socket => What::Socket,
                 };
-                (p, Entry { mode: i.meta.mode, uid: i.meta.uid, gid: i.meta.gid, what })
+                (p, Entry { mode: i.meta.mode, uid: i.meta.uid, gid: i.meta.gid, mtime: i.meta.mtime, what })
             })
             .collect()
     }
@@ -963,8 +970,18 @@ mod tests {
         paths(t).into_iter().map(|(p, id)| (p, t.inode(id).meta.xattrs.clone())).collect()
     }
 
+    /// Metadata with a time that differs between modes and owners (and
+    /// uses all 32 bits for mode 0o777), so a time written to the wrong
+    /// inode or truncated shows.
     fn meta(mode: u16, uid: u32, gid: u32, xattrs: &[(&str, &[u8])]) -> Meta {
-        Meta { mode, uid, gid, xattrs: xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect() }
+        let mtime = if mode == 0o777 { u32::MAX - uid } else { 1_700_000_000 + u32::from(mode) * 7 + uid };
+        Meta {
+            mode,
+            uid,
+            gid,
+            xattrs: xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect(),
+            mtime,
+        }
     }
 
     fn node(meta: Meta, kind: Kind) -> Inode {
@@ -1129,9 +1146,9 @@ mod tests {
         let mut listed = 0;
         for line in listing.lines().filter(|l| l.len() > 11 && l.as_bytes()[10] == b' ') {
             let words: Vec<&str> = line.split_whitespace().collect();
-            // Everything after the (zero) date is the path, a symlink's
+            // Everything after the date and time is the path, a symlink's
             // with ` -> target`; the root is listed with an empty path.
-            let after = line.split_once("1970-01-01 00:00").map_or("", |(_, r)| r).trim_start();
+            let after = after_date(line).trim_start();
             let name = after.split_once(" -> ").map_or(after, |(p, _)| p);
             let path = PathBuf::from(format!("/{}", name.trim_start_matches('/')));
             let w = want.get(&path).unwrap_or_else(|| panic!("unexpected {path:?} in {listing}"));
@@ -1173,7 +1190,7 @@ mod tests {
                 What::Fifo | What::Socket => "I",
             };
             assert_eq!(words[0], kind, "{name}: {words:?}");
-            assert_eq!(words[1], "0", "{name}: mtime");
+            assert_eq!(words[1], w.mtime.to_string(), "{name}: mtime");
             assert_eq!(words[2], format!("{:o}", w.mode), "{name}");
             assert_eq!((words[3].as_str(), words[4].as_str()), (&*w.uid.to_string(), &*w.gid.to_string()), "{name}");
             match &w.what {
@@ -1216,7 +1233,7 @@ mod tests {
                 image.as_os_str(),
             ],
         );
-        let back = ok(scan::scan_dir(&dest));
+        let back = ok(scan::scan_dir_clamped(&dest, u32::MAX));
         assert_eq!(expected(&back), want);
         assert_eq!(link_groups(&back), link_groups(t));
         assert_eq!(xattr_map(&back), xattr_map(t));
@@ -1226,6 +1243,15 @@ mod tests {
                 g.iter().map(|p| ok(fs::symlink_metadata(dest.join(p.strip_prefix("/").unwrap_or(p)))).ino()).collect();
             assert_eq!(inos.len(), 1, "{g:?}");
         }
+    }
+
+    /// What follows the first `YYYY-MM-DD HH:MM` in a listing line.
+    fn after_date(line: &str) -> &str {
+        let pattern = b"dddd-dd-dd dd:dd";
+        let b = line.as_bytes();
+        (0..b.len().saturating_sub(pattern.len() - 1))
+            .find(|&i| pattern.iter().zip(&b[i..]).all(|(p, c)| if *p == b'd' { c.is_ascii_digit() } else { p == c }))
+            .map_or("", |i| &line[i + pattern.len()..])
     }
 
     /// `ls -l` permission characters of `mode`.
@@ -1363,7 +1389,8 @@ mod tests {
         } else {
             What::File(ok(fs::read(&path)))
         };
-        out.insert(key, Entry { mode: (md.mode() & 0o7777) as u16, uid: md.uid(), gid: md.gid(), what });
+        let mtime = scan::clamp_time(md.mtime(), ok(scan::mtime_clamp()));
+        out.insert(key, Entry { mode: (md.mode() & 0o7777) as u16, uid: md.uid(), gid: md.gid(), mtime, what });
     }
 
     #[test]

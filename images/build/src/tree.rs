@@ -31,6 +31,11 @@ pub struct Meta {
     /// Extended attributes, full name (`user.x`, `trusted.overlay.opaque`,
     /// `security.capability`) to value.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Modification time, seconds since the epoch (squashfs keeps 32
+    /// unsigned bits: archives' times outside that range are clamped to
+    /// it; directory sources are clamped to `SOURCE_DATE_EPOCH`, see
+    /// [`crate::scan`]).
+    pub mtime: u32,
 }
 
 /// Where a regular file's bytes are.
@@ -276,6 +281,61 @@ impl Tree {
             }
         }
         Ok(Some(at))
+    }
+
+    /// Resolve the absolute or relative `path` as the kernel would inside
+    /// the tree (every symlink followed, `..` stopping at the root, at most
+    /// 40 links): the inode reached, if any. For build-time checks
+    /// (an entrypoint on `PATH`, `/etc/passwd`), never for writing.
+    pub fn resolve(&self, path: &[u8]) -> Option<InodeId> {
+        let mut todo: Vec<Vec<u8>> = path.split(|b| *b == b'/').rev().map(<[u8]>::to_vec).collect();
+        let mut stack: Vec<InodeId> = vec![ROOT];
+        let mut links = 0;
+        while let Some(part) = todo.pop() {
+            let at = *stack.last()?;
+            match &part[..] {
+                b"" | b"." => continue,
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let Kind::Dir(m) = &self.inodes.get(at)?.kind else { return None };
+            let id = *m.get(&part)?;
+            match &self.inodes.get(id)?.kind {
+                Kind::Symlink(target) => {
+                    links += 1;
+                    if links > 40 {
+                        return None;
+                    }
+                    if target.first() == Some(&b'/') {
+                        stack.truncate(1);
+                    }
+                    todo.extend(target.split(|b| *b == b'/').rev().map(<[u8]>::to_vec));
+                }
+                _ => stack.push(id),
+            }
+        }
+        stack.last().copied()
+    }
+
+    /// The bytes of the regular file `path` resolves to (see [`Tree::resolve`]),
+    /// if it is one and is readable: at most `max` bytes.
+    pub fn read_file(&self, path: &[u8], max: u64) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let Kind::File(data) = &self.inodes.get(self.resolve(path)?)?.kind else { return None };
+        if data.len() > max {
+            return None;
+        }
+        let mut buf = vec![0u8; usize::try_from(data.len()).ok()?];
+        match data {
+            FileData::Host { path, .. } => std::fs::File::open(path).ok()?.read_exact_at(&mut buf, 0).ok()?,
+            FileData::Spool { offset, .. } => self.spool.as_ref()?.read_exact_at(&mut buf, *offset).ok()?,
+        }
+        Some(buf)
     }
 
     /// Split `path` into (parent directory id, last name). The parent must

@@ -13,10 +13,18 @@ use cairn_build::squashfs;
 use cairn_build::tree::{FileData, Inode, Kind, Meta, Tree};
 
 /// The digest of the tree [`make_tree`] describes.
-const GOLDEN: &str = "947cda06dd40d23ce89fdf94cf4946a37d36041f078585f091b23efc4d3baf99";
+///
+/// Changed on purpose when layers began keeping modification times (issue
+/// 15): the tree now carries non-zero times, so the digest pins them too.
+/// With every time 0 the tree still gives the previous digest,
+/// 947cda06dd40d23ce89fdf94cf4946a37d36041f078585f091b23efc4d3baf99: the
+/// rest of the bytes did not change.
+const GOLDEN: &str = "6e60a5970d6f2c431674b64d11f0b3aa9e14f5af5e91c250a76ab132e83e96a0";
 
+/// Fixed times, one per mode, so the digest also pins where and how inode
+/// times are written.
 fn meta(mode: u16, uid: u32) -> Meta {
-    Meta { mode, uid, gid: uid, xattrs: BTreeMap::new() }
+    Meta { mode, uid, gid: uid, xattrs: BTreeMap::new(), mtime: 1_700_000_000 + u32::from(mode) }
 }
 
 fn dir(t: &mut Tree, path: &str) {

@@ -188,14 +188,19 @@ impl Index {
     /// `manifest.json` that parses as a `docker save` manifest makes a
     /// docker archive; otherwise a top-level `oci-layout` file makes an OCI
     /// layout.
-    pub(super) fn image_kind(&self) -> Result<Option<ImageKind>, ImportError> {
+    /// With `prefer_oci` (an `oci-archive:` reference) an archive holding
+    /// both (Docker 25 and later write both) is read as the OCI layout.
+    pub(super) fn image_kind(&self, prefer_oci: bool) -> Result<Option<ImageKind>, ImportError> {
         let mut kind = None;
-        if let Some(json) = self.read_small(b"manifest.json")? {
+        let oci = matches!(self.members.get(&b"oci-layout"[..]), Some(Member::File { .. }));
+        if prefer_oci && oci {
+            kind = Some(ImageKind::Oci);
+        } else if let Some(json) = self.read_small(b"manifest.json")? {
             if let Ok(entries) = serde_json::from_slice::<Vec<super::image::DockerEntry>>(&json) {
                 kind = Some(ImageKind::Docker(entries));
             }
         }
-        if kind.is_none() && matches!(self.members.get(&b"oci-layout"[..]), Some(Member::File { .. })) {
+        if kind.is_none() && oci {
             kind = Some(ImageKind::Oci);
         }
         if kind.is_some() {

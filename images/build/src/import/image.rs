@@ -10,6 +10,7 @@ use cairn_format::digest::Digest;
 use serde::Deserialize;
 
 use super::archive::{normalise, Index, JSON_MAX};
+use super::config::{ImageConfig, ImageInfo, ImageLayerInfo};
 use super::stream::Tap;
 use super::tarlayer::{read_layer, Budget, Target, Whiteouts};
 use super::{ImportError, ImportOptions, ImportedLayer};
@@ -100,6 +101,8 @@ struct ManifestDoc {
     media_type: Option<String>,
     config: Descriptor,
     layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +115,8 @@ struct ConfigDoc {
     variant: Option<String>,
     #[serde(default)]
     rootfs: Option<RootFs>,
+    #[serde(default)]
+    config: Option<ImageConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +459,9 @@ struct LayerRef {
     digest: Option<String>,
     /// The size it must have, if known.
     size: Option<u64>,
+    /// Its descriptor's media type and annotations (OCI).
+    media_type: Option<String>,
+    annotations: BTreeMap<String, String>,
 }
 
 /// The error to report when reading layer `l` failed with `e`: a digest
@@ -474,13 +482,15 @@ fn blame_blob(store: &dyn Store, l: &LayerRef, e: ImportError) -> ImportError {
     }
 }
 
-/// Read the layers (lowest first) into trees.
+/// Read the layers (lowest first) into trees, each with `info` (the
+/// image's provenance, its layers filled in here).
 fn import_layers(
     store: &dyn Store,
     layers: &[LayerRef],
     diff_ids: &[String],
     opts: &ImportOptions,
     budget: &mut Budget,
+    mut info: ImageInfo,
 ) -> Result<Vec<ImportedLayer>, ImportError> {
     let label = store.label().to_owned();
     if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
@@ -521,24 +531,93 @@ fn import_layers(
         if l.digest.as_ref().is_some_and(|d| *d != raw_hex) {
             return Err(ImportError::BlobDigest { archive: label, blob: l.shown.clone(), actual: raw_hex });
         }
+        let diff_id = format!("sha256:{}", Digest(digests.tar));
         if let Some(expected) = diff_ids.get(i) {
-            let actual = Digest(digests.tar).to_string();
-            if *expected != format!("sha256:{actual}") {
+            if *expected != diff_id {
+                let actual = Digest(digests.tar).to_string();
                 return Err(ImportError::DiffId { archive: layer_label, expected: expected.clone(), actual });
             }
         }
+        info.layers.push(ImageLayerInfo {
+            digest: l.digest.is_some().then(|| format!("sha256:{raw_hex}")),
+            diff_id,
+            media_type: l.media_type.clone(),
+            annotations: l.annotations.clone(),
+        });
         if let Some(own) = own {
             out.push(ImportedLayer {
                 name: format!("{:0width$}-{}", i + 1, &raw_hex[..12]),
                 source_digest: Some(format!("sha256:{raw_hex}")),
                 tree: own.finish()?,
+                image: None,
             });
         }
     }
     if let Some(t) = flat {
-        out.push(ImportedLayer { name: "flat".into(), source_digest: None, tree: t.finish()? });
+        out.push(ImportedLayer { name: "flat".into(), source_digest: None, tree: t.finish()?, image: None });
+    }
+    for l in &mut out {
+        l.image = Some(info.clone());
     }
     Ok(out)
+}
+
+/// The annotation naming an entry of an OCI layout's `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The entry of `index.json` whose ref name is `tag` (`oci:DIR:TAG`).
+fn by_ref_name(store: &dyn Store, manifests: &[Descriptor], tag: &str) -> Result<Descriptor, ImportError> {
+    let name = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
+    let found: Vec<&Descriptor> = manifests.iter().filter(|d| name(d).as_deref() == Some(tag)).collect();
+    match found[..] {
+        [d] => Ok(d.clone()),
+        [] => {
+            let names: Vec<String> = manifests.iter().filter_map(name).collect();
+            Err(ImportError::Image {
+                archive: store.label().to_owned(),
+                reason: format!(
+                    "no image tagged {tag:?} in index.json; it has: {}",
+                    if names.is_empty() { "no tagged image".to_owned() } else { names.join(", ") }
+                ),
+            })
+        }
+        _ => Err(ImportError::Image {
+            archive: store.label().to_owned(),
+            reason: format!("index.json tags {} entries {tag:?}", found.len()),
+        }),
+    }
+}
+
+/// The entry of a `docker save` manifest.json that `reference` names:
+/// `@N` (from 0), or one of its RepoTags (`name[:tag]`, docker.io and
+/// library/ prefixes optional, `:latest` implied).
+fn docker_entry<'e>(entries: &'e [DockerEntry], reference: &str, label: &str) -> Result<&'e DockerEntry, ImportError> {
+    let err = |reason: String| ImportError::Image { archive: label.to_owned(), reason };
+    if let Some(n) = reference.strip_prefix('@') {
+        let i: usize = n.parse().map_err(|_| err(format!("{reference:?} is not @N (an image's index from 0)")))?;
+        return entries.get(i).ok_or_else(|| err(format!("{reference}: manifest.json lists {} images", entries.len())));
+    }
+    let canonical = |r: &str| {
+        let r = r.strip_prefix("docker.io/").unwrap_or(r);
+        let r = r.strip_prefix("library/").unwrap_or(r);
+        let last = r.rsplit('/').next().unwrap_or(r);
+        if last.contains(':') || last.contains('@') {
+            r.to_owned()
+        } else {
+            format!("{r}:latest")
+        }
+    };
+    let want = canonical(reference);
+    let found: Vec<&DockerEntry> =
+        entries.iter().filter(|e| e.repo_tags.iter().flatten().any(|t| canonical(t) == want)).collect();
+    match found[..] {
+        [e] => Ok(e),
+        [] => {
+            let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+            Err(err(format!("no image tagged {reference:?} in manifest.json; it has: {}", tags.join(", "))))
+        }
+        _ => Err(err(format!("manifest.json lists {} images tagged {reference:?}", found.len()))),
+    }
 }
 
 /// Import an OCI image layout.
@@ -555,8 +634,12 @@ pub(super) fn import_oci(
             reason: format!("index.json has media type {:?}", index.media_type.unwrap_or_default()),
         });
     }
+    let top = match &opts.select.tag {
+        Some(tag) => vec![by_ref_name(store, &index.manifests, tag)?],
+        None => index.manifests,
+    };
     let mut cands = Vec::new();
-    collect(store, &index.manifests, 0, &mut cands)?;
+    collect(store, &top, 0, &mut cands)?;
     let desc = choose(store, cands, opts.platform.as_deref())?;
     let manifest: ManifestDoc = parse(store, &desc.digest, &read_blob(store, &desc)?)?;
     if manifest.media_type.as_deref().is_some_and(|t| !MANIFEST_TYPES.contains(&t)) {
@@ -581,10 +664,20 @@ pub(super) fn import_oci(
             shown: l.digest.clone(),
             digest: Some(h.to_owned()),
             size: Some(l.size),
+            media_type: l.media_type.clone(),
+            annotations: l.annotations.clone().unwrap_or_default(),
         });
     }
+    let info = ImageInfo {
+        format: "oci".into(),
+        manifest_digest: Some(desc.digest.clone()),
+        config_digest: Some(manifest.config.digest.clone()),
+        annotations: manifest.annotations.clone().unwrap_or_default(),
+        config: config.config.clone().unwrap_or_default(),
+        ..ImageInfo::default()
+    };
     let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    import_layers(store, &layers, &diff_ids, opts, budget)
+    import_layers(store, &layers, &diff_ids, opts, budget, info)
 }
 
 /// The sha256 hex a `docker save` path carries: `blobs/sha256/<hex>` or
@@ -604,16 +697,21 @@ pub(super) fn import_docker(
 ) -> Result<Vec<ImportedLayer>, ImportError> {
     let store = TarStore::new(index);
     let label = index.label().to_owned();
-    let [entry] = &entries[..] else {
-        let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
-        return Err(ImportError::Image {
-            archive: label,
-            reason: format!(
-                "manifest.json lists {} images ({}); save one image per archive",
-                entries.len(),
-                tags.join(", ")
-            ),
-        });
+    let entry = match (&opts.select.tag, &entries[..]) {
+        (Some(reference), _) => docker_entry(&entries, reference, &label)?,
+        (None, [entry]) => entry,
+        (None, _) => {
+            let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+            return Err(ImportError::Image {
+                archive: label,
+                reason: format!(
+                    "manifest.json lists {} images ({}); name one: docker-archive:FILE:NAME:TAG or \
+                     docker-archive:FILE:@N",
+                    entries.len(),
+                    tags.join(", ")
+                ),
+            });
+        }
     };
     let path = |p: &str| {
         normalise(p.as_bytes()).ok_or_else(|| ImportError::BadPath { archive: label.clone(), member: p.to_owned() })
@@ -638,8 +736,22 @@ pub(super) fn import_docker(
     let mut layers = Vec::new();
     for l in &entry.layers {
         let p = path(l)?;
-        layers.push(LayerRef { digest: hex_of_path(&p), path: p, shown: l.clone(), size: None });
+        layers.push(LayerRef {
+            digest: hex_of_path(&p),
+            path: p,
+            shown: l.clone(),
+            size: None,
+            media_type: None,
+            annotations: BTreeMap::new(),
+        });
     }
+    let info = ImageInfo {
+        format: "docker-archive".into(),
+        config_digest: hex_of_path(&config_path).map(|h| format!("sha256:{h}")),
+        repo_tags: entry.repo_tags.clone().unwrap_or_default(),
+        config: config.config.clone().unwrap_or_default(),
+        ..ImageInfo::default()
+    };
     let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    import_layers(&store, &layers, &diff_ids, opts, budget)
+    import_layers(&store, &layers, &diff_ids, opts, budget, info)
 }

@@ -36,8 +36,12 @@
 //! outside the container, so it is kept, as Docker, runc and crun keep it),
 //! and character devices 0/0 (what overlayfs reads as a whiteout; opening
 //! one fails with ENXIO).
-//! Timestamps are dropped. Directories missing from the archive are
-//! created with mode 0755 and owner 0:0; a later member for such a
+//! Modification times are kept (a PAX `mtime` record over the header's;
+//! whole seconds, clamped to squashfs's unsigned 32 bits): an image's
+//! times are already fixed by its digest, and Python compares a `.pyc`
+//! file's recorded source time with the source's. A whiteout has time 0.
+//! Directories missing from the archive are
+//! created with mode 0755, owner 0:0 and time 0; a later member for such a
 //! directory sets its metadata and keeps its children. Regular file data is
 //! streamed into one anonymous spool file per tree ([`Tree::spool`]), never
 //! held in memory.
@@ -88,6 +92,7 @@
 //! writes at most twice `max_bytes` to `$TMPDIR`.
 
 mod archive;
+pub mod config;
 mod image;
 mod stream;
 mod tarlayer;
@@ -157,12 +162,99 @@ pub struct ImportOptions {
     /// Refuse a source with more members than this (over all its layers,
     /// and in an image archive itself). Default [`DEFAULT_MAX_ENTRIES`].
     pub max_entries: u64,
+    /// What a skopeo-style reference said: the kind of source required and
+    /// which image of it ([`parse_reference`]).
+    pub select: Select,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { flatten: false, platform: None, max_bytes: DEFAULT_MAX_BYTES, max_entries: DEFAULT_MAX_ENTRIES }
+        ImportOptions {
+            flatten: false,
+            platform: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            select: Select::default(),
+        }
     }
+}
+
+/// A skopeo transport cairn reads (local ones only: network pulls stay
+/// with skopeo, `skopeo copy docker://... oci-archive:...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `oci:DIR[:TAG]`: an OCI image layout directory.
+    Oci,
+    /// `oci-archive:FILE[:TAG]`: a tar of an OCI image layout.
+    OciArchive,
+    /// `docker-archive:FILE[:REF]`: a `docker save` archive.
+    DockerArchive,
+}
+
+impl Transport {
+    /// The transport's name, as in a reference.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Oci => "oci",
+            Transport::OciArchive => "oci-archive",
+            Transport::DockerArchive => "docker-archive",
+        }
+    }
+}
+
+/// Which image of a source to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Select {
+    /// The kind of source the reference named (`None`: a plain path, found
+    /// from its content).
+    pub transport: Option<Transport>,
+    /// `oci`, `oci-archive`: the `org.opencontainers.image.ref.name`
+    /// annotation of an entry of `index.json`. `docker-archive`: one of an
+    /// image's `RepoTags` (`name:tag`, with or without `docker.io/` and
+    /// `library/`; `:latest` when no tag), or `@N`, the N-th image (from 0)
+    /// of `manifest.json`.
+    pub tag: Option<String>,
+}
+
+/// A source as written on a command line or in an appliance file: a path,
+/// or a skopeo-style reference `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
+/// `docker-archive:FILE[:REF]`. The path ends at the first `:` after the
+/// transport (as skopeo reads them: a path with a `:` needs a plain path,
+/// or `./` does not help either); an empty TAG is refused. Anything else is a
+/// plain path (`./oci:x` is the file `oci:x`).
+pub fn parse_reference(s: &str) -> Result<(PathBuf, Select), ImportError> {
+    let transports = [Transport::Oci, Transport::OciArchive, Transport::DockerArchive];
+    let Some((t, rest)) =
+        transports.iter().find_map(|t| s.strip_prefix(t.name()).and_then(|r| r.strip_prefix(':')).map(|r| (*t, r)))
+    else {
+        return Ok((PathBuf::from(s), Select::default()));
+    };
+    let bad = |reason: &str| ImportError::Image { archive: s.to_owned(), reason: reason.to_owned() };
+    let (path, tag) = match rest.split_once(':') {
+        Some((p, tag)) => (p, Some(tag)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(bad("the reference names no path"));
+    }
+    if tag.is_some_and(|t| t.is_empty()) {
+        return Err(bad("empty tag after the path's `:`"));
+    }
+    Ok((PathBuf::from(path), Select { transport: Some(t), tag: tag.map(str::to_owned) }))
+}
+
+/// The OCI platform (`os/arch[/variant]`) of a Rust target triple, to
+/// take a multi-platform image's platform from a board.
+pub fn platform_of_target(rust_target: &str) -> Option<&'static str> {
+    let arch = rust_target.split('-').next()?;
+    Some(match arch {
+        "x86_64" => "linux/amd64",
+        "aarch64" => "linux/arm64",
+        "riscv64gc" | "riscv64" => "linux/riscv64",
+        "armv7" => "linux/arm/v7",
+        "i686" | "i586" => "linux/386",
+        _ => return None,
+    })
 }
 
 /// One tree read from a source.
@@ -176,6 +268,8 @@ pub struct ImportedLayer {
     pub source_digest: Option<String>,
     /// The files.
     pub tree: Tree,
+    /// The image it came from (its config and provenance), if any.
+    pub image: Option<config::ImageInfo>,
 }
 
 /// Why a source could not be imported. `archive` names what was being read:
@@ -476,7 +570,7 @@ pub enum ImportError {
         available: Vec<String>,
     },
     /// Several images and no (or no precise enough) platform given.
-    #[error("{archive}: the image index holds several images ({}); choose one with --platform os/arch[/variant]", .available.join(", "))]
+    #[error("{archive}: the image index holds several images ({}); choose one with --platform os/arch[/variant] or --board NAME", .available.join(", "))]
     ChoosePlatform {
         /// The source.
         archive: String,
@@ -500,9 +594,16 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
     let io_err = |error| ImportError::Io { path: source.to_owned(), error };
     let md = fs::metadata(source).map_err(io_err)?;
     let mut budget = Budget::new(opts.max_bytes, opts.max_entries);
+    let wrong_kind = |is: &str| ImportError::Image {
+        archive: source.display().to_string(),
+        reason: format!("{is}, not what {}: names", opts.select.transport.map(Transport::name).unwrap_or("")),
+    };
     if md.is_dir() {
         if !fs::symlink_metadata(source.join("oci-layout")).map(|m| m.is_file()).unwrap_or(false) {
             return Err(ImportError::NotAnArchive { archive: label });
+        }
+        if opts.select.transport.is_some_and(|t| t != Transport::Oci) {
+            return Err(wrong_kind("an OCI layout directory"));
         }
         let store = image::DirStore::new(source, &label);
         return image::import_oci(&store, opts, &mut budget);
@@ -530,19 +631,32 @@ pub fn import(source: &Path, opts: &ImportOptions) -> Result<Vec<ImportedLayer>,
             }
         }
     };
+    let t = opts.select.transport;
+    if t == Some(Transport::Oci) {
+        return Err(wrong_kind("a file"));
+    }
     if let Some(index) = index {
-        match index.image_kind()? {
+        match index.image_kind(t == Some(Transport::OciArchive))? {
             Some(archive::ImageKind::Docker(manifest)) => {
+                if t.is_some_and(|t| t != Transport::DockerArchive) {
+                    return Err(wrong_kind("a docker save archive"));
+                }
                 return image::import_docker(&index, manifest, opts, &mut budget);
             }
             Some(archive::ImageKind::Oci) => {
+                if t.is_some_and(|t| t != Transport::OciArchive) {
+                    return Err(wrong_kind("an OCI layout archive"));
+                }
                 let store = image::TarStore::new(&index);
                 return image::import_oci(&store, opts, &mut budget);
             }
             None => {}
         }
     }
+    if t.is_some() {
+        return Err(wrong_kind("a root filesystem tar, not an image"));
+    }
     let mut target = Target::new()?;
     tarlayer::read_layer(&mut whole(), &label, &mut target, Whiteouts::Literal, &mut budget)?;
-    Ok(vec![ImportedLayer { name: "rootfs".into(), source_digest: None, tree: target.finish()? }])
+    Ok(vec![ImportedLayer { name: "rootfs".into(), source_digest: None, tree: target.finish()?, image: None }])
 }

@@ -155,10 +155,13 @@ fn lossy(b: &[u8]) -> String {
 /// The PAX records of a member that matter here.
 struct Pax {
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// A PAX `mtime` record (seconds, a fraction ignored), which overrides
+    /// the header's.
+    mtime: Option<u32>,
 }
 
 fn read_pax(entry: &Member<'_, '_, &mut Decoded<'_>>, walk: &Walk<'_>, member: &str) -> Result<Pax, ImportError> {
-    let mut pax = Pax { xattrs: BTreeMap::new() };
+    let mut pax = Pax { xattrs: BTreeMap::new(), mtime: None };
     let label = walk.label;
     let Some(exts) = entry.pax_extensions() else { return Ok(pax) };
     for ext in exts {
@@ -183,6 +186,12 @@ fn read_pax(entry: &Member<'_, '_, &mut Decoded<'_>>, walk: &Walk<'_>, member: &
                 });
             }
             pax.xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
+        } else if key == b"mtime" {
+            pax.mtime = Some(pax_time(ext.value_bytes()).ok_or_else(|| ImportError::Unsupported {
+                archive: label.to_owned(),
+                member: member.to_owned(),
+                what: format!("a PAX mtime record {:?}", lossy(ext.value_bytes())),
+            })?);
         } else if key.starts_with(b"SCHILY.acl.") {
             return Err(ImportError::Xattr { archive: label.to_owned(), member: member.to_owned(), name: lossy(key) });
         } else if key.starts_with(b"GNU.sparse.") {
@@ -194,6 +203,27 @@ fn read_pax(entry: &Member<'_, '_, &mut Decoded<'_>>, walk: &Walk<'_>, member: &
         }
     }
     Ok(pax)
+}
+
+/// A PAX time (`[-]SECONDS[.FRACTION]`) as squashfs keeps it: whole
+/// seconds, before 1970 as 0, after 2106 as `u32::MAX`.
+pub(super) fn pax_time(v: &[u8]) -> Option<u32> {
+    let (neg, v) = match v.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (secs, frac) = match v.iter().position(|b| *b == b'.') {
+        Some(i) => (v.get(..i)?, v.get(i + 1..)?),
+        None => (v, &b""[..]),
+    };
+    if secs.is_empty() || !secs.iter().chain(frac).all(u8::is_ascii_digit) {
+        return None;
+    }
+    if neg {
+        return Some(0);
+    }
+    let n = secs.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+    Some(n.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
 }
 
 /// Add one tar member to the tree.
@@ -240,6 +270,10 @@ fn add_member(
         uid: owner(entry.uid())?,
         gid: owner(entry.gid())?,
         xattrs: pax.xattrs,
+        mtime: match pax.mtime {
+            Some(t) => t,
+            None => header.mtime().map_err(|e| walk.archive_error(e)).map(|t| u32::try_from(t).unwrap_or(u32::MAX))?,
+        },
     };
     let is_dir = ty == EntryType::Directory;
     let err_dup = || ImportError::Duplicate { archive: label.to_owned(), member: member.clone() };

@@ -1058,3 +1058,139 @@ fn member_count_is_bounded() {
     assert!(matches!(&e, Err(ImportError::TooManyEntries { archive, .. }) if !archive.contains("layer")), "{e:?}");
     assert_eq!(ImportOptions::default().max_entries, 1 << 20);
 }
+
+#[test]
+fn pax_times_are_whole_seconds_within_u32() {
+    use super::tarlayer::pax_time;
+    assert_eq!(pax_time(b"1650000200.75"), Some(1_650_000_200));
+    assert_eq!(pax_time(b"0"), Some(0));
+    assert_eq!(pax_time(b"-12.5"), Some(0));
+    assert_eq!(pax_time(b"4294967296"), Some(u32::MAX));
+    assert_eq!(pax_time(b"99999999999999999999999"), Some(u32::MAX));
+    for bad in [&b""[..], b".5", b"1e9", b"12:00", b"1.2.3", b"-"] {
+        assert_eq!(pax_time(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn references_parse_as_skopeo_reads_them() {
+    let r = |s: &str| ok(parse_reference(s));
+    let sel = |t: Transport, tag: Option<&str>| Select { transport: Some(t), tag: tag.map(str::to_owned) };
+    assert_eq!(r("img.tar"), (PathBuf::from("img.tar"), Select::default()));
+    assert_eq!(r("./oci:dir"), (PathBuf::from("./oci:dir"), Select::default()));
+    assert_eq!(r("oci:layout"), (PathBuf::from("layout"), sel(Transport::Oci, None)));
+    assert_eq!(r("oci:layout:v1.2"), (PathBuf::from("layout"), sel(Transport::Oci, Some("v1.2"))));
+    assert_eq!(r("oci-archive:a.tar:edge"), (PathBuf::from("a.tar"), sel(Transport::OciArchive, Some("edge"))));
+    assert_eq!(
+        r("docker-archive:s.tar:registry:5000/app:1"),
+        (PathBuf::from("s.tar"), sel(Transport::DockerArchive, Some("registry:5000/app:1")))
+    );
+    assert_eq!(r("docker-archive:s.tar:@1"), (PathBuf::from("s.tar"), sel(Transport::DockerArchive, Some("@1"))));
+    for bad in ["oci:", "oci::tag", "oci-archive:a.tar:", "docker-archive::x"] {
+        assert!(matches!(parse_reference(bad), Err(ImportError::Image { .. })), "{bad}");
+    }
+    assert_eq!(platform_of_target("x86_64-unknown-linux-musl"), Some("linux/amd64"));
+    assert_eq!(platform_of_target("aarch64-unknown-linux-musl"), Some("linux/arm64"));
+    assert_eq!(platform_of_target("mips-unknown-linux-musl"), None);
+}
+
+fn tagged(dir: &Path, content: &[u8], arch: &str, tag: Option<&str>) -> serde_json::Value {
+    let mut b = Tb::new();
+    b.file("which", content);
+    let mut d = put_image(dir, &[plain_layer(b.finish())], arch);
+    if let Some(t) = tag {
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": t});
+    }
+    d
+}
+
+fn with(transport: Transport, tag: Option<&str>) -> ImportOptions {
+    ImportOptions { select: Select { transport: Some(transport), tag: tag.map(str::to_owned) }, ..Default::default() }
+}
+
+#[test]
+fn oci_tags_pick_an_image_of_the_layout() {
+    let dir = ok(tempfile::tempdir());
+    let d = dir.path().join("layout");
+    let v1 = tagged(&d, b"v1", "amd64", Some("v1"));
+    let v2 = tagged(&d, b"v2", "amd64", Some("v2"));
+    // v3 is a multi-platform index: the tag, then the platform.
+    let a = tagged(&d, b"v3-amd64", "amd64", None);
+    let r = tagged(&d, b"v3-arm64", "arm64", None);
+    let nested =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [a, r]});
+    let (nd, ns) = put_blob(&d, &ok(serde_json::to_vec(&nested)));
+    let v3 = json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": nd, "size": ns,
+                    "annotations": {"org.opencontainers.image.ref.name": "v3"}});
+    put_index(&d, vec![v1, v2, v3]);
+    let which = |opts: &ImportOptions, src: &Path| contents(&ok(import(src, opts))[0].tree, "which");
+    assert_eq!(which(&with(Transport::Oci, Some("v2")), &d), b"v2");
+    assert_eq!(which(&with(Transport::Oci, Some("v1")), &d), b"v1");
+    let arm = ImportOptions { platform: Some("linux/arm64".into()), ..with(Transport::Oci, Some("v3")) };
+    assert_eq!(which(&arm, &d), b"v3-arm64");
+    let e = import(&d, &with(Transport::Oci, Some("v3")));
+    assert!(matches!(e, Err(ImportError::ChoosePlatform { .. })), "{e:?}");
+    // Without a tag, the three are one choice too many.
+    assert!(import(&d, &ImportOptions::default()).is_err());
+    let e = import(&d, &with(Transport::Oci, Some("v9"))).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("no image tagged \"v9\"") && e.contains("v1, v2, v3"), "{e}");
+    // The same as an archive (oci-archive:), plain and gzip.
+    let tar = tar_dir(&d);
+    let f = write(dir.path(), "layout.tar", &tar);
+    assert_eq!(which(&with(Transport::OciArchive, Some("v2")), &f), b"v2");
+    let fz = write(dir.path(), "layout.tar.gz", &gzip(&tar));
+    assert_eq!(which(&with(Transport::OciArchive, Some("v1")), &fz), b"v1");
+    // The transport must match what the source is.
+    let e = import(&f, &with(Transport::Oci, Some("v2"))).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("not what oci: names"), "{e}");
+    let e = import(&d, &with(Transport::OciArchive, None)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("not what oci-archive: names"), "{e}");
+    let e = import(&f, &with(Transport::DockerArchive, None)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("not what docker-archive: names"), "{e}");
+    let rootfs = write(dir.path(), "rootfs.tar", &rootfs_tar());
+    let e = import(&rootfs, &with(Transport::OciArchive, None)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("root filesystem tar"), "{e}");
+}
+
+/// A `docker save` of two images: `app:1` (file which = "one") and
+/// `docker.io/library/busybox:latest` ("two").
+fn docker_save_two() -> Vec<u8> {
+    let mut b = Tb::new();
+    let mut entries = Vec::new();
+    for (i, (content, tag)) in [(&b"one"[..], "app:1"), (b"two", "docker.io/library/busybox:latest")].iter().enumerate()
+    {
+        let mut l = Tb::new();
+        l.file("which", content);
+        let layer = l.finish();
+        let config = ok(serde_json::to_vec(
+            &json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha(&layer))]}}),
+        ));
+        let config_name = format!("{}.json", sha(&config));
+        let id = format!("{:064x}", i + 1);
+        b.dir(&format!("{id}/"));
+        b.file(&format!("{id}/layer.tar"), &layer);
+        b.file(&config_name, &config);
+        entries.push(json!({"Config": config_name, "RepoTags": [tag], "Layers": [format!("{id}/layer.tar")]}));
+    }
+    b.file("manifest.json", &ok(serde_json::to_vec(&serde_json::Value::Array(entries))));
+    b.finish()
+}
+
+#[test]
+fn docker_archive_references_pick_an_image() {
+    let tar = docker_save_two();
+    let which = |r: &str| contents(&ok(import_bytes(&tar, &with(Transport::DockerArchive, Some(r))))[0].tree, "which");
+    assert_eq!(which("app:1"), b"one");
+    assert_eq!(which("busybox"), b"two");
+    assert_eq!(which("busybox:latest"), b"two");
+    assert_eq!(which("library/busybox:latest"), b"two");
+    assert_eq!(which("docker.io/library/busybox"), b"two");
+    assert_eq!(which("@0"), b"one");
+    assert_eq!(which("@1"), b"two");
+    let e = import_bytes(&tar, &ImportOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("2 images") && e.contains("docker-archive:FILE:@N"), "{e}");
+    for (r, want) in [("app:2", "no image tagged"), ("@2", "lists 2 images"), ("@x", "is not @N")] {
+        let e = import_bytes(&tar, &with(Transport::DockerArchive, Some(r))).err().map(|e| e.to_string());
+        assert!(e.as_deref().unwrap_or_default().contains(want), "{r}: {e:?}");
+    }
+}
