@@ -21,6 +21,7 @@ use cairn_fuzz::{seal_into, test_public_key, test_signing_key, OTHER_KEY_SEED};
 use cairn_format::bootstate::{self, BootState, LayerSlot, Slot, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE};
 use cairn_format::envelope::{self, OpenError};
 use cairn_build::appliance::Appliance;
+use cairn_build::verity::{identity_by_digest, LayerIdentity};
 use cairn_format::manifest::Network;
 use cairn_format::{Digest, Manifest};
 use ed25519_dalek::SigningKey;
@@ -59,15 +60,19 @@ fn main() {
     println!("bootstate_record: {n} files");
 }
 
-/// Compile an appliance file into a manifest, with a made-up digest and size
+/// Compile an appliance file into a manifest, with a made-up digest, size
+/// and root hash
 /// for each layer (the layers are not built).
 fn compile(path: &Path) -> Result<Manifest, String> {
     let app = Appliance::load(path).map_err(|e| e.to_string())?;
-    let info: BTreeMap<String, (Digest, u64)> = app
+    let info: BTreeMap<String, LayerIdentity> = app
         .layers
         .iter()
         .enumerate()
-        .map(|(i, l)| (l.name.clone(), (Digest::of(l.name.as_bytes()), 4096 * (i as u64 + 1))))
+        .map(|(i, l)| {
+            let digest = Digest::of(l.name.as_bytes());
+            (l.name.clone(), identity_by_digest(digest, 4096 * (i as u64 + 1), Digest::of(&digest.0)))
+        })
         .collect();
     app.to_manifest(path, &info).map_err(|e| e.to_string())
 }
