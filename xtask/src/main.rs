@@ -11,7 +11,6 @@ mod kernel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;

@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod report;
+pub mod start;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -18,9 +19,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["boot"];
+pub const DEFAULT: &[&str] = &["start", "boot"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["boot"];
+pub const ALL: &[&str] = &["start", "boot"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -67,6 +68,14 @@ pub fn run(o: &Options) -> Result<()> {
                 "boot" => {
                     let disk = crate::demo_disk(b, &art)?;
                     r.groups.push(boot::demo(b, &art, &disk, o.runs, &log_dir)?);
+                }
+                "start" => {
+                    let (groups, info) =
+                        start::run(b, &art.boot.qemu, &art.boot.kernel, &kernel.modules, o.samples, &log_dir)?;
+                    for (k, v) in info {
+                        r.facts.push((format!("start guest {k}"), v));
+                    }
+                    r.groups.extend(groups);
                 }
                 _ => unreachable_name(w)?,
             }

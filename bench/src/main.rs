@@ -1,0 +1,517 @@
+//! `cairn-bench`: PID 1 of the bench guest (`cargo xtask bench start`).
+//!
+//! The guest is an initramfs on the boards' kernel and QEMU machine: this
+//! program as `/init`, busybox-static, Debian's `crun` and `runc` with
+//! their libraries, and the boards' modules. It leaves the initramfs for a
+//! tmpfs (so containers can pivot_root), mounts what `cairn-init` mounts
+//! (cgroup v2 with the same controllers delegated), then starts the same
+//! container N times with each contender, interleaved (A, B, C, D, A, ...):
+//!
+//! - `fork-exec`: fork + execve of the rootfs' `/bin/true` + waitpid, no
+//!   isolation: the floor;
+//! - `cairn`: `cairn_runtime::spawn` as cairn-init calls it (seccomp filter
+//!   compiled once per container, cgroup `/sys/fs/cgroup/cairn/bench`),
+//!   then the report pipe's EOF (entrypoint executed) and waitpid;
+//! - `crun`, `runc`: `crun run` / `runc run` of an OCI bundle with the
+//!   same rootfs, limits, namespaces, capabilities and seccomp deny list.
+//!
+//! Every sample is one console line `bench-sample <who> <metric> <µs>`;
+//! the host (xtask) computes the statistics. Metrics: `reaped` (start
+//! requested to the entrypoint's exit reaped, for cairn and fork-exec the
+//! container init / child; for crun and runc their `run` command's exit,
+//! which is after they reaped the container and deleted it), `exec` (cairn
+//! only: start requested to the entrypoint executed, seen as EOF on the
+//! report pipe), `cleanup` (cairn only, untimed in `reaped`: removing the
+//! cgroup afterwards, which crun and runc do inside their `run`).
+//!
+//! Kernel command line: `cairn.bench.n=N` (samples per contender, default
+//! 200), `cairn.bench.only=a,b` (contenders to run).
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use cairn_runtime::spawn::{self as spawning, Setup};
+use cairn_runtime::spec::{ContainerSpec, CpuMax, Limits, Network};
+use cairn_runtime::{sys, Cgroup};
+
+/// The rootfs every contender starts (busybox-static, `/bin/true`).
+const ROOTFS: &str = "/bench/rootfs";
+/// The OCI bundle for crun and runc (its config.json is written at start).
+const BUNDLE: &str = "/bench/bundle";
+/// The entrypoint, inside the rootfs.
+const ENTRYPOINT: &str = "/bin/true";
+
+/// The same limits for every contender.
+const MEMORY_MAX: u64 = 64 << 20;
+const PIDS_MAX: u32 = 64;
+const CPU_QUOTA_US: u32 = 100_000;
+const CPU_PERIOD_US: u32 = 100_000;
+/// cairn's writable scratch tmpfs (crun and runc write into the rootfs).
+const SCRATCH_BYTES: u64 = 16 << 20;
+
+/// Syscalls denied in the crun/runc seccomp profile: the ones cairn's
+/// default filter denies (runtime/src/seccomp.rs) that libseccomp 2.5
+/// knows by name on both architectures.
+const SECCOMP_DENY: &[&str] = &[
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
+    "lookup_dcookie",
+    "syslog",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "vhangup",
+    "mbind",
+    "set_mempolicy",
+    "get_mempolicy",
+    "move_pages",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+type Res<T> = Result<T, String>;
+
+fn main() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        eprintln!("cairn-bench: runs as PID 1 of the bench guest (cargo xtask bench start)");
+        std::process::exit(2);
+    }
+    if let Err(e) = guest() {
+        println!("bench-error setup {e}");
+    }
+    println!("bench-done");
+    // SAFETY: sync and reboot take no pointers; PID 1 powers the guest off.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // reboot only returns on failure; PID 1 must not exit.
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A monotonic timestamp in µs.
+fn now_us(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e6
+}
+
+fn guest() -> Res<()> {
+    leave_initramfs()?;
+    for (what, src, target, fstype, flags, data) in [
+        ("proc", "proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None),
+        ("sysfs", "sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None),
+        ("devtmpfs", "devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0620,ptmxmode=0666")),
+        ("shm", "shm", "/dev/shm", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=16m")),
+        ("run", "run", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=32m")),
+        ("tmp", "tmp", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777,size=32m")),
+        (
+            "cgroup2",
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("nsdelegate"),
+        ),
+    ] {
+        sys::mkdir_all(target, 0o755).map_err(err)?;
+        match sys::mount(what, Some(src), target, Some(fstype), flags, data) {
+            Err(e) if e.errno != libc::EBUSY => return Err(err(e)),
+            _ => {}
+        }
+    }
+    load_modules();
+    // What cairn-init's early::cgroups does, plus a parent for crun and runc.
+    let root = Cgroup { path: "/sys/fs/cgroup".into() };
+    root.write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
+    for parent in [cairn_runtime::cgroup::CONTAINERS, "/sys/fs/cgroup/bench"] {
+        sys::mkdir(parent, 0o755).map_err(err)?;
+        Cgroup { path: parent.into() }
+            .write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS)
+            .map_err(err)?;
+    }
+    std::fs::write(format!("{BUNDLE}/config.json"), oci_config()).map_err(err)?;
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let n: usize = arg(&cmdline, "cairn.bench.n").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let all = ["fork-exec", "cairn", "crun", "runc"];
+    let only = arg(&cmdline, "cairn.bench.only");
+    let mut contenders: Vec<&str> =
+        all.iter().copied().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *c))).collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "bench-info n={n} contenders={} kernel={} controllers={} crun={} runc={}",
+        contenders.join(","),
+        kernel.trim(),
+        std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control").unwrap_or_default().trim().replace(' ', ","),
+        version("/usr/bin/crun"),
+        version("/usr/bin/runc"),
+    );
+
+    let spec = cairn_spec()?;
+    let filter = spawning::seccomp_filter(&spec).map_err(err)?;
+    let cgroup = Cgroup::for_container(&spec.name);
+    let mut failures = [0u32; 4];
+    // One unmeasured start each first (page cache, first-use costs), then N rounds.
+    for round in 0..=n {
+        let warmup = round == 0;
+        for (ci, who) in contenders.clone().iter().enumerate() {
+            let result = match *who {
+                "fork-exec" => fork_exec(),
+                "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup),
+                "crun" => oci_run("/usr/bin/crun", &[]),
+                "runc" => oci_run("/usr/bin/runc", &[]),
+                _ => Err("unknown contender".into()),
+            };
+            match result {
+                Ok(metrics) if !warmup => {
+                    for (metric, us) in metrics {
+                        println!("bench-sample {who} {metric} {us:.0}");
+                    }
+                }
+                Ok(_) => println!("bench-warmup {who} ok"),
+                Err(e) => {
+                    println!("bench-error {who} round={round} {e}");
+                    if let Some(f) = failures.get_mut(ci) {
+                        *f += 1;
+                    }
+                }
+            }
+        }
+        // A contender that keeps failing is dropped (its errors are on the console).
+        let before = contenders.clone();
+        contenders = before
+            .iter()
+            .enumerate()
+            .filter(|(i, who)| {
+                let keep = failures.get(*i).copied().unwrap_or(0) < 3;
+                if !keep {
+                    println!("bench-error {who} dropped after 3 failures");
+                }
+                keep
+            })
+            .map(|(_, w)| *w)
+            .collect();
+        if contenders.len() != before.len() {
+            failures = [0; 4];
+        }
+    }
+    Ok(())
+}
+
+/// `key=value` from the kernel command line.
+fn arg(cmdline: &str, key: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+/// `PROGRAM --version`, first line, spaces as `_`.
+fn version(program: &str) -> String {
+    Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().replace(' ', "_")))
+        .unwrap_or_else(|| "missing".into())
+}
+
+/// The spec cairn-init would resolve for a manifest container with the
+/// defaults (see `init/src/resolve.rs` and the manifest's `Security`
+/// defaults) plus the bench limits.
+fn cairn_spec() -> Res<ContainerSpec> {
+    let c = |s: &str| CString::new(s).map_err(err);
+    Ok(ContainerSpec {
+        name: "bench".into(),
+        layer_dirs: vec![ROOTFS.into()],
+        scratch_bytes: SCRATCH_BYTES,
+        argv: vec![c(ENTRYPOINT)?],
+        env: vec![c("PATH=/bin")?],
+        cwd: "/".into(),
+        hostname: "bench".into(),
+        uid: 0,
+        gid: 0,
+        limits: Limits {
+            memory_max: Some(MEMORY_MAX),
+            cpu_max: Some(CpuMax { quota_us: CPU_QUOTA_US, period_us: CPU_PERIOD_US }),
+            pids_max: Some(PIDS_MAX),
+            ..Limits::default()
+        },
+        control: false,
+        groups: vec![],
+        capabilities: cairn_format::manifest::DEFAULT_CAPABILITIES,
+        no_new_privs: true,
+        readonly_rootfs: false,
+        seccomp: true,
+        seccomp_deny: vec![],
+        allow_userns: false,
+        devices: vec![],
+        network: Network::None,
+        rlimits: vec![],
+        stop_signal: libc::SIGTERM,
+        stop_grace_ms: 1000,
+        signal_group: false,
+        console: false,
+        userns: None,
+    })
+}
+
+/// Start the container with cairn's runtime as cairn-init does, wait for
+/// the report pipe's EOF (exec), reap the container init.
+fn cairn_start(
+    spec: &ContainerSpec,
+    filter: Option<&cairn_runtime::seccomp::Filter>,
+    cgroup: &Cgroup,
+) -> Res<Vec<(&'static str, f64)>> {
+    let t0 = Instant::now();
+    let started = cairn_runtime::spawn(spec, filter, cgroup, None).map_err(err)?;
+    let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let exec_us = loop {
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        if rc < 0 && sys::errno() == libc::EINTR {
+            continue;
+        }
+        if rc <= 0 {
+            return Err(format!("report pipe: poll rc={rc} errno={}", sys::errno()));
+        }
+        match spawning::poll_report(&started.report) {
+            Setup::Pending => continue,
+            Setup::Done => break now_us(t0),
+            Setup::ExecFailed(e) => return Err(format!("exec failed: {}", sys::errno_name(e))),
+            Setup::Failed(e) => return Err(format!("setup failed: {e}")),
+        }
+    };
+    let status = wait(started.pid)?;
+    let reaped_us = now_us(t0);
+    drop(started);
+    if status != 0 {
+        return Err(format!("container init exited with status {status:#x}"));
+    }
+    let t1 = Instant::now();
+    let mut removed = cgroup.remove();
+    for _ in 0..100 {
+        if !matches!(&removed, Err(e) if e.errno == libc::EBUSY) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        removed = cgroup.remove();
+    }
+    removed.map_err(err)?;
+    Ok(vec![("exec", exec_us), ("reaped", reaped_us), ("cleanup", now_us(t1))])
+}
+
+/// waitpid for `pid`; its raw status.
+fn wait(pid: libc::pid_t) -> Res<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(status);
+        }
+        if rc < 0 && sys::errno() != libc::EINTR {
+            return Err(format!("waitpid {pid}: {}", sys::errno_name(sys::errno())));
+        }
+    }
+}
+
+/// fork, execve `/bench/rootfs/bin/true`, waitpid: no isolation at all.
+fn fork_exec() -> Res<Vec<(&'static str, f64)>> {
+    let path = CString::new(format!("{ROOTFS}{ENTRYPOINT}")).map_err(err)?;
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let t0 = Instant::now();
+    // SAFETY: this process is single-threaded; the child only calls execve
+    // and _exit (async-signal-safe) with pointers prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; argv and envp are NULL-terminated arrays of C strings.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        return Err(format!("fork: {}", sys::errno_name(sys::errno())));
+    }
+    let status = wait(pid)?;
+    let us = now_us(t0);
+    if status != 0 {
+        return Err(format!("{ROOTFS}{ENTRYPOINT} exited with status {status:#x}"));
+    }
+    Ok(vec![("reaped", us)])
+}
+
+/// `<runtime> run --bundle BUNDLE bench`: the runtime creates, starts,
+/// waits for and deletes the container.
+fn oci_run(runtime: &str, extra: &[&str]) -> Res<Vec<(&'static str, f64)>> {
+    let t0 = Instant::now();
+    let out = Command::new(runtime)
+        .args(extra)
+        .args(["run", "--bundle", BUNDLE, "bench"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{runtime}: {e}"))?;
+    let us = now_us(t0);
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).replace('\n', " | ");
+        // Leave nothing behind for the next round.
+        let _ = Command::new(runtime).args(["delete", "-f", "bench"]).stderr(Stdio::null()).status();
+        return Err(format!("{runtime} run: {} {msg}", out.status));
+    }
+    Ok(vec![("reaped", us)])
+}
+
+/// The OCI runtime spec for crun and runc: the same rootfs, limits,
+/// namespaces, capabilities, no_new_privs and seccomp deny list as the
+/// cairn spec, and the usual masked and read-only paths.
+fn oci_config() -> String {
+    let names = cairn_format::manifest::CAPABILITY_NAMES;
+    let caps: Vec<String> = (0..64u32)
+        .filter(|b| cairn_format::manifest::DEFAULT_CAPABILITIES & (1u64 << b) != 0)
+        .filter_map(|b| names.get(b as usize).map(|n| format!("\"CAP_{n}\"")))
+        .collect();
+    let caps = caps.join(", ");
+    let q = |v: &[&str]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let masked = q(&[
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+    ]);
+    let readonly = q(&["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]);
+    let deny = q(SECCOMP_DENY);
+    format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{
+    "terminal": false,
+    "user": {{"uid": 0, "gid": 0}},
+    "args": ["{ENTRYPOINT}"],
+    "env": ["PATH=/bin"],
+    "cwd": "/",
+    "capabilities": {{"bounding": [{caps}], "effective": [{caps}], "permitted": [{caps}]}},
+    "noNewPrivileges": true
+  }},
+  "root": {{"path": "{ROOTFS}", "readonly": false}},
+  "hostname": "bench",
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}},
+    {{"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}},
+    {{"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}},
+    {{"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}},
+    {{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}}
+  ],
+  "linux": {{
+    "cgroupsPath": "/bench/bench",
+    "resources": {{
+      "memory": {{"limit": {MEMORY_MAX}}},
+      "cpu": {{"quota": {CPU_QUOTA_US}, "period": {CPU_PERIOD_US}}},
+      "pids": {{"limit": {PIDS_MAX}}}
+    }},
+    "namespaces": [{{"type": "pid"}}, {{"type": "network"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}, {{"type": "cgroup"}}],
+    "maskedPaths": [{masked}],
+    "readonlyPaths": [{readonly}],
+    "seccomp": {{
+      "defaultAction": "SCMP_ACT_ALLOW",
+      "syscalls": [{{"names": [{deny}], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}}]
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// Load `/lib/modules/load-order` (overlay for cairn's rootfs).
+fn load_modules() {
+    let list = std::fs::read_to_string("/lib/modules/load-order").unwrap_or_default();
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = format!("/lib/modules/{name}");
+        let Ok(fd) = sys::open(&path, libc::O_RDONLY) else {
+            println!("bench-error module {name} cannot be opened");
+            continue;
+        };
+        // SAFETY: finit_module reads the module from `fd`; the params are an empty C string.
+        let rc = unsafe { libc::syscall(libc::SYS_finit_module, fd.as_raw_fd(), c"".as_ptr(), 0) };
+        if rc != 0 && sys::errno() != libc::EEXIST {
+            println!("bench-error module {name} {}", sys::errno_name(sys::errno()));
+        }
+    }
+}
+
+/// The kernel's initial root (rootfs) cannot be pivoted away from: copy
+/// it into a tmpfs with busybox `cp -a`, move that over `/` and chroot
+/// (what `switch_root` and cairn-init do). The initramfs copy is not freed:
+/// the guest has memory to spare.
+fn leave_initramfs() -> Res<()> {
+    const NEW: &str = "/newroot";
+    sys::mkdir(NEW, 0o755).map_err(err)?;
+    sys::mount("new root", Some("root"), NEW, Some("tmpfs"), 0, Some("mode=0755")).map_err(err)?;
+    let entries: Vec<String> = std::fs::read_dir("/")
+        .map_err(err)?
+        .filter_map(|e| e.ok())
+        .map(|e| format!("/{}", e.file_name().to_string_lossy()))
+        .filter(|p| p != NEW)
+        .collect();
+    let status = Command::new("/bin/busybox").arg("cp").arg("-a").args(&entries).arg(NEW).status().map_err(err)?;
+    if !status.success() {
+        return Err(format!("cp -a into {NEW}: {status}"));
+    }
+    sys::chdir(NEW).map_err(err)?;
+    sys::mount("move new root", Some("."), "/", None, libc::MS_MOVE, None).map_err(err)?;
+    // SAFETY: chroot with a valid C string.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(format!("chroot: {}", sys::errno_name(sys::errno())));
+    }
+    sys::chdir("/").map_err(err)
+}
