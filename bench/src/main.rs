@@ -107,6 +107,9 @@ const SECCOMP_DENY: &[&str] = &[
 type Res<T> = Result<T, String>;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("hello") {
+        hello();
+    }
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         eprintln!("cairn-bench: runs as PID 1 of the bench guest (cargo xtask bench start)");
@@ -126,6 +129,31 @@ fn main() {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
     }
+}
+
+/// `cairn-bench hello`: the payload of the boot benchmark, as the bare
+/// `/init` (kernel command line `-- hello`) or as a container's
+/// entrypoint. Its first and only line carries CLOCK_BOOTTIME (the clock
+/// of cairn's `t=`): `bench-hello t=<seconds> pid=<pid>`. As PID 1 it then
+/// powers the guest off, else it exits 0.
+fn hello() -> ! {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime with a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let line = format!("bench-hello t={}.{:06} pid={pid}\n", ts.tv_sec, ts.tv_nsec / 1000);
+    // One write: the line reaches the console whole.
+    // SAFETY: the pointer and length describe `line`.
+    unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    if pid == 1 {
+        // SAFETY: sync and reboot take no pointers.
+        unsafe {
+            libc::sync();
+            libc::reboot(libc::RB_POWER_OFF);
+        }
+    }
+    std::process::exit(0)
 }
 
 fn err(e: impl std::fmt::Display) -> String {

@@ -19,9 +19,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["start", "boot"];
+pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -65,7 +65,8 @@ pub fn run(o: &Options) -> Result<()> {
         r.facts.push(("benchmarks".into(), which.join(", ")));
         for w in &which {
             match *w {
-                "boot" => {
+                "boot" => r.groups.extend(boot::overhead(b, &art, o.runs, &log_dir)?),
+                "boot-demo" => {
                     let disk = crate::demo_disk(b, &art)?;
                     r.groups.push(boot::demo(b, &art, &disk, o.runs, &log_dir)?);
                 }
@@ -100,6 +101,27 @@ pub fn write(r: &Report) -> Result<(PathBuf, PathBuf)> {
     std::fs::write(&md, report::render_md(r)).with_context(|| format!("writing {}", md.display()))?;
     std::fs::write(&json, report::render_json(r)).with_context(|| format!("writing {}", json.display()))?;
     Ok((md, json))
+}
+
+/// The boards' QEMU command line without a disk: the bench guests boot an
+/// initramfs alone. `extra` ends the kernel command line.
+pub fn diskless_command(
+    b: &Board,
+    qemu: &std::path::Path,
+    kernel: &std::path::Path,
+    initramfs: &std::path::Path,
+    extra: &str,
+) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args(b.qemu_args)
+        .args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(b.cmdline(extra));
+    cmd
 }
 
 /// First line of `qemu-system-* --version`.

@@ -45,7 +45,7 @@ pub fn debs(b: &Board) -> Result<Vec<Deb>> {
 }
 
 /// Build `cairn-bench` for the board (release, static musl).
-fn build_cairn_bench(b: &Board) -> Result<PathBuf> {
+pub fn build_cairn_bench(b: &Board) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::repo_root())
@@ -162,15 +162,7 @@ pub fn run(
     log_dir: &Path,
 ) -> Result<(Vec<Group>, Facts)> {
     let initramfs = build_guest(b, modules, log_dir)?;
-    let mut cmd = Command::new(qemu_bin);
-    cmd.args(b.qemu_args)
-        .args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .arg("-append")
-        .arg(b.cmdline(&format!("cairn.bench.n={n}")));
+    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}"));
     let log = log_dir.join("container-start.log");
     eprintln!("xtask: bench start: booting the bench guest, {n} samples per contender (console: {})", log.display());
     // runc takes about 2 s a start under TCG; leave room for all four.
