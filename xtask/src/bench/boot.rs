@@ -72,7 +72,7 @@ pub fn stages(events: &[(String, f64)]) -> Vec<(&'static str, f64)> {
     let mut prev = 0.0;
     for &(stage, event, last) in MILESTONES {
         let mut hits = events.iter().filter(|(e, _)| e == event).map(|(_, t)| *t);
-        let t = if last { hits.last() } else { hits.next() };
+        let t = if last { hits.next_back() } else { hits.next() };
         if let Some(t) = t {
             out.push((stage, t - prev));
             prev = t;
