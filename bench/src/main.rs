@@ -204,7 +204,7 @@ fn guest() -> Res<()> {
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let n: usize = arg(&cmdline, "cairn.bench.n").and_then(|v| v.parse().ok()).unwrap_or(200);
-    let all = ["fork-exec", "cairn", "crun", "runc"];
+    let all = ["fork-exec", "cairn", "crun", "runc", "ns-clone", "ns-clone-nonet", "cgroup"];
     let only = arg(&cmdline, "cairn.bench.only");
     let mut contenders: Vec<&str> =
         all.iter().copied().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *c))).collect();
@@ -221,7 +221,7 @@ fn guest() -> Res<()> {
     let spec = cairn_spec()?;
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
     let cgroup = Cgroup::for_container(&spec.name);
-    let mut failures = [0u32; 4];
+    let mut failures = [0u32; 8];
     // One unmeasured start each first (page cache, first-use costs), then N rounds.
     for round in 0..=n {
         let warmup = round == 0;
@@ -231,6 +231,9 @@ fn guest() -> Res<()> {
                 "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup),
                 "crun" => oci_run("/usr/bin/crun", &[]),
                 "runc" => oci_run("/usr/bin/runc", &[]),
+                "ns-clone" => ns_clone(true),
+                "ns-clone-nonet" => ns_clone(false),
+                "cgroup" => cgroup_only(&spec),
                 _ => Err("unknown contender".into()),
             };
             match result {
@@ -263,7 +266,7 @@ fn guest() -> Res<()> {
             .map(|(_, w)| *w)
             .collect();
         if contenders.len() != before.len() {
-            failures = [0; 4];
+            failures = [0; 8];
         }
     }
     Ok(())
@@ -334,6 +337,7 @@ fn cairn_start(
 ) -> Res<Vec<(&'static str, f64)>> {
     let t0 = Instant::now();
     let started = cairn_runtime::spawn(spec, filter, cgroup, None).map_err(err)?;
+    let spawned_us = now_us(t0);
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let exec_us = loop {
         // SAFETY: one valid pollfd.
@@ -367,7 +371,68 @@ fn cairn_start(
         removed = cgroup.remove();
     }
     removed.map_err(err)?;
-    Ok(vec![("exec", exec_us), ("reaped", reaped_us), ("cleanup", now_us(t1))])
+    Ok(vec![("spawned", spawned_us), ("exec", exec_us), ("reaped", reaped_us), ("cleanup", now_us(t1))])
+}
+
+/// clone_args of clone3, version 0 (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// The kernel's part of cairn's start alone: clone3 into the namespaces
+/// cairn uses (with or without a new network namespace), execve the
+/// rootfs' `true` there at once (no rootfs, no cgroup), waitpid.
+fn ns_clone(net: bool) -> Res<Vec<(&'static str, f64)>> {
+    let path = CString::new(format!("{ROOTFS}{ENTRYPOINT}")).map_err(err)?;
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let mut flags = cairn_runtime::spawn::NAMESPACES;
+    if net {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..CloneArgs::default() };
+    let t0 = Instant::now();
+    // SAFETY: clone3 without a stack is a fork into new namespaces; this
+    // process is single-threaded and the child only calls execve and _exit
+    // with pointers prepared before.
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
+    if pid == 0 {
+        // SAFETY: see above; argv and envp are NULL-terminated arrays of C strings.
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        return Err(format!("clone3: {}", sys::errno_name(sys::errno())));
+    }
+    let status = wait(pid as libc::pid_t)?;
+    let us = now_us(t0);
+    if status != 0 {
+        return Err(format!("child exited with status {status:#x}"));
+    }
+    Ok(vec![("reaped", us)])
+}
+
+/// The cgroup part of cairn's start alone: create it with the limits and
+/// the device program (`Cgroup::create`, as `spawn` does), then remove it.
+fn cgroup_only(spec: &ContainerSpec) -> Res<Vec<(&'static str, f64)>> {
+    let cg = Cgroup::for_container("bench-cgroup");
+    let t0 = Instant::now();
+    cg.create(&spec.limits, &spec.devices).map_err(err)?;
+    let created = now_us(t0);
+    cg.remove().map_err(err)?;
+    Ok(vec![("created", created), ("reaped", now_us(t0))])
 }
 
 /// waitpid for `pid`; its raw status.

@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod report;
+pub mod sizes;
 pub mod start;
 pub mod stats;
 
@@ -19,9 +20,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo"];
+pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -77,6 +78,12 @@ pub fn run(o: &Options) -> Result<()> {
                         r.facts.push((format!("start guest {k}"), v));
                     }
                     r.groups.extend(groups);
+                }
+                "sizes" => {
+                    let disk = crate::demo_disk(b, &art)?;
+                    let mut g = sizes::sizes(b, &art, &start::debs(b)?)?;
+                    g.notes.push(format!("demo disk: {}", disk.display()));
+                    r.groups.push(g);
                 }
                 _ => unreachable_name(w)?,
             }

@@ -51,6 +51,12 @@ impl Row {
 }
 
 impl Group {
+    /// Whether every row holds at most one sample (a list of values, such
+    /// as sizes: shown without the statistics columns).
+    pub fn single(&self) -> bool {
+        self.rows.iter().all(|r| r.samples.len() <= 1)
+    }
+
     /// The subject's summary, when there is a subject with samples.
     fn subject_summary(&self) -> Option<Summary> {
         let name = self.subject.as_deref()?;
@@ -123,6 +129,16 @@ pub fn render_table(r: &Report) -> String {
         let ratios = g.ratios();
         let _ = writeln!(out, "\n{} ({}): {}", g.name, g.unit, g.title);
         let width = g.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(9);
+        if g.single() {
+            for row in &g.rows {
+                let v = row.samples.first().map_or_else(|| "(none)".into(), |v| num(*v));
+                let _ = writeln!(out, "  {:<width$} {v:>12}", row.name);
+            }
+            for n in &g.notes {
+                let _ = writeln!(out, "  note: {n}");
+            }
+            continue;
+        }
         let mut head = format!("  {:<width$}", "");
         for c in COLUMNS {
             let _ = write!(head, " {c:>9}");
@@ -162,6 +178,20 @@ pub fn render_md(r: &Report) -> String {
     for g in &r.groups {
         let ratios = g.ratios();
         let _ = writeln!(out, "\n## {}\n\n{} (unit: {})\n", g.name, g.title, g.unit);
+        if g.single() {
+            let _ = writeln!(out, "| | {} |\n|---|---:|", g.unit);
+            for row in &g.rows {
+                let v = row.samples.first().map_or_else(|| "none".into(), |v| num(*v));
+                let _ = writeln!(out, "| {} | {v} |", row.name);
+            }
+            if !g.notes.is_empty() {
+                out.push('\n');
+                for n in &g.notes {
+                    let _ = writeln!(out, "- {n}");
+                }
+            }
+            continue;
+        }
         let mut head = String::from("| |");
         let mut rule = String::from("|---|");
         for c in COLUMNS {
@@ -347,6 +377,24 @@ mod tests {
         assert_eq!(count('['), count(']'));
         assert_eq!(json_str("a\u{1}\n"), "\"a\\u0001\\n\"");
         assert_eq!(json_num(f64::NAN), "null");
+    }
+
+    #[test]
+    fn single_value_groups_are_a_list() {
+        let g = Group {
+            name: "sizes".into(),
+            unit: "KiB".into(),
+            rows: vec![Row::new("cairn-init", vec![752.8]), Row::new("tini", vec![])],
+            ..Group::default()
+        };
+        assert!(g.single());
+        let r = Report { board: "b".into(), facts: vec![], groups: vec![g] };
+        let t = render_table(&r);
+        assert!(t.contains("  cairn-init        752.8"), "{t}");
+        assert!(!t.contains("p50"), "{t}");
+        let md = render_md(&r);
+        assert!(md.contains("| cairn-init | 752.8 |") && md.contains("| tini | none |"), "{md}");
+        assert!(!sample().groups[0].single());
     }
 
     #[test]
