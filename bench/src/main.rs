@@ -134,8 +134,9 @@ fn main() {
 /// `cairn-bench hello`: the payload of the boot benchmark, as the bare
 /// `/init` (kernel command line `-- hello`) or as a container's
 /// entrypoint. Its first and only line carries CLOCK_BOOTTIME (the clock
-/// of cairn's `t=`): `bench-hello t=<seconds> pid=<pid>`. As PID 1 it then
-/// powers the guest off, else it exits 0.
+/// of cairn's `t=`): `bench-hello t=<seconds> pid=<pid>`. With `stay` it
+/// then sleeps forever (the scale benchmark); else as PID 1 it powers the
+/// guest off, and otherwise exits 0.
 fn hello() -> ! {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime with a valid out-pointer.
@@ -146,6 +147,12 @@ fn hello() -> ! {
     // One write: the line reaches the console whole.
     // SAFETY: the pointer and length describe `line`.
     unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    if std::env::args().nth(2).as_deref() == Some("stay") {
+        loop {
+            // SAFETY: pause has no preconditions.
+            unsafe { libc::pause() };
+        }
+    }
     if pid == 1 {
         // SAFETY: sync and reboot take no pointers.
         unsafe {
@@ -219,6 +226,10 @@ fn guest() -> Res<()> {
     );
 
     let spec = cairn_spec()?;
+    if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("memory") {
+        let restarts = arg(&cmdline, "cairn.bench.restarts").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        return memory(&spec, restarts);
+    }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
     let cgroup = Cgroup::for_container(&spec.name);
     let mut failures = [0u32; 8];
@@ -372,6 +383,84 @@ fn cairn_start(
     }
     removed.map_err(err)?;
     Ok(vec![("spawned", spawned_us), ("exec", exec_us), ("reaped", reaped_us), ("cleanup", now_us(t1))])
+}
+
+/// `Rss`, `Pss` and USS (`Private_Clean` + `Private_Dirty`) in KiB from
+/// `/proc/PID/smaps_rollup`.
+fn smaps(pid: &str) -> Res<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|e| format!("smaps_rollup of {pid}: {e}"))?;
+    let field = |k: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(k)?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+    };
+    Ok((field("Rss:"), field("Pss:"), field("Private_Clean:") + field("Private_Dirty:")))
+}
+
+/// Print `bench-mem <who> <when> rss=.. pss=.. uss=..` (KiB).
+fn print_mem(who: &str, when: &str, pid: &str) -> Res<()> {
+    let (rss, pss, uss) = smaps(pid)?;
+    println!("bench-mem {who} {when} rss={rss} pss={pss} uss={uss}");
+    Ok(())
+}
+
+/// The memory run (`cairn.bench.mode=memory`): this process (the runtime's
+/// caller, standing in for PID 1) idle; 16 containers running `sleep`, and
+/// one namespace init's Rss/Pss/USS; then `restarts` starts of a container
+/// whose entrypoint fails at once (`/bin/false`), one after the other in the
+/// same cgroup as cairn-init restarts it, with this process measured along.
+fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
+    print_mem("parent", "idle", "self")?;
+    let filter = spawning::seccomp_filter(base).map_err(err)?;
+    let mut running = Vec::new();
+    for i in 0..16 {
+        let mut spec = base.clone();
+        spec.name = format!("stay{i:02}");
+        spec.argv = vec![CString::new("/bin/sleep").map_err(err)?, CString::new("3600").map_err(err)?];
+        let cg = Cgroup::for_container(&spec.name);
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, None).map_err(err)?;
+        running.push((started, cg));
+    }
+    // Let every one finish its set-up (report pipe EOF).
+    for (started, _) in &running {
+        let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    print_mem("parent", "16-running", "self")?;
+    if let Some((first, cg)) = running.first() {
+        print_mem("nsinit", "running", &first.pid.to_string())?;
+        if let Some(bytes) = cg.read("memory.current").and_then(|c| c.trim().parse::<u64>().ok()) {
+            println!("bench-mem container-cgroup running memory.current={}", bytes / 1024);
+        }
+    }
+    for (started, cg) in &running {
+        cg.kill_all().map_err(err)?;
+        wait(started.pid)?;
+    }
+    for (_, cg) in &running {
+        let _ = cg.remove();
+    }
+    drop(running);
+    print_mem("parent", "after-16", "self")?;
+    let mut spec = base.clone();
+    spec.name = "crashloop".into();
+    spec.argv = vec![CString::new("/bin/false").map_err(err)?];
+    let cg = Cgroup::for_container(&spec.name);
+    let t0 = Instant::now();
+    for i in 1..=restarts {
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, None).map_err(err)?;
+        let status = wait(started.pid)?;
+        drop(started);
+        if status == 0 {
+            return Err("/bin/false exited 0".into());
+        }
+        if i == 10 || i == 100 || i % 250 == 0 {
+            print_mem("parent", &format!("restarts-{i}"), "self")?;
+        }
+    }
+    println!("bench-info restarts={restarts} restart_loop_s={:.1}", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// clone_args of clone3, version 0 (64 bytes).

@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod report;
+pub mod scale;
 pub mod sizes;
 pub mod start;
 pub mod stats;
@@ -20,9 +21,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes"];
+pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -85,6 +86,8 @@ pub fn run(o: &Options) -> Result<()> {
                     g.notes.push(format!("demo disk: {}", disk.display()));
                     r.groups.push(g);
                 }
+                "scale" => r.groups.push(scale::boot(b, &art, o.runs, &log_dir)?),
+                "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
                 _ => unreachable_name(w)?,
             }
             // Keep what is measured so far even if a later benchmark fails.

@@ -119,7 +119,9 @@ pub fn build_guest(b: &Board, modules: &[PathBuf], dir: &Path) -> Result<PathBuf
     // The container rootfs: busybox alone, `true` and `sh` as links to it.
     c.file("bench/rootfs/bin/busybox", 0o755, &busybox);
     c.symlink("bench/rootfs/bin/true", "busybox");
-    c.symlink("bench/rootfs/bin/sh", "busybox");
+    for applet in ["sh", "sleep", "false"] {
+        c.symlink(&format!("bench/rootfs/bin/{applet}"), "busybox");
+    }
     for d in ["proc", "dev", "sys", "tmp", "etc", "run"] {
         c.dir(&format!("bench/rootfs/{d}"), 0o755);
     }
