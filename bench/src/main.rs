@@ -226,6 +226,9 @@ fn guest() -> Res<()> {
     );
 
     let spec = cairn_spec()?;
+    if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("observe") {
+        return observe();
+    }
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("memory") {
         let restarts = arg(&cmdline, "cairn.bench.restarts").and_then(|v| v.parse().ok()).unwrap_or(1000);
         return memory(&spec, restarts);
@@ -461,6 +464,89 @@ fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     }
     println!("bench-info restarts={restarts} restart_loop_s={:.1}", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The observer run (`cairn.bench.mode=observe`): the real cairn-init
+/// (`/scale/lower/init`) boots the disk attached to the guest as PID 1 of a
+/// new pid and mount namespace, on an overlay root (not tmpfs, so it does
+/// not copy itself out of an initramfs), while this process, outside,
+/// prints its memory and one namespace init's every 10 s:
+/// `bench-mem cairn-init t<seconds> rss=.. pss=.. uss=..`. The host counts
+/// cairn-init's events between the lines and stops the guest.
+fn observe() -> Res<()> {
+    for d in ["/scale/rw", "/scale/root"] {
+        sys::mkdir_all(d, 0o755).map_err(err)?;
+    }
+    sys::mount("scale rw", Some("scale"), "/scale/rw", Some("tmpfs"), 0, Some("mode=0755")).map_err(err)?;
+    for d in ["/scale/rw/upper", "/scale/rw/work"] {
+        sys::mkdir(d, 0o755).map_err(err)?;
+    }
+    sys::mount(
+        "scale root",
+        Some("overlay"),
+        "/scale/root",
+        Some("overlay"),
+        0,
+        Some("lowerdir=/scale/lower,upperdir=/scale/rw/upper,workdir=/scale/rw/work"),
+    )
+    .map_err(err)?;
+    let init = CString::new("/init").map_err(err)?;
+    let argv = [init.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_NEWNS | libc::CLONE_NEWPID) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a stack is a fork into new namespaces; this
+    // process is single-threaded.
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>()) };
+    if pid == 0 {
+        let r = sys::mount("private", None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+            .and_then(|()| sys::chdir("/scale/root"))
+            .and_then(|()| sys::pivot_root_here())
+            .and_then(|()| sys::umount(".", libc::MNT_DETACH))
+            .and_then(|()| sys::chdir("/"));
+        if let Err(e) = r {
+            println!("bench-error observe {e}");
+        } else {
+            // SAFETY: argv and envp are NULL-terminated arrays of C strings.
+            unsafe { libc::execve(init.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            println!("bench-error observe execve /init: {}", sys::errno_name(sys::errno()));
+        }
+        // SAFETY: _exit ends the child.
+        unsafe { libc::_exit(1) };
+    }
+    if pid < 0 {
+        return Err(format!("clone3: {}", sys::errno_name(sys::errno())));
+    }
+    let t0 = Instant::now();
+    let host_pid = pid.to_string();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        let when = format!("t{:.0}", t0.elapsed().as_secs_f64());
+        print_mem("cairn-init", &when, &host_pid)?;
+        if let Some(ns) = nsinit_of("c00") {
+            let _ = print_mem("nsinit", &when, &ns);
+        }
+    }
+}
+
+/// The host pid of container `name`'s namespace init (pid 1 in its namespace).
+fn nsinit_of(name: &str) -> Option<String> {
+    let procs = std::fs::read_to_string(format!("{}/{name}/cgroup.procs", cairn_runtime::cgroup::CONTAINERS)).ok()?;
+    procs
+        .lines()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines().find_map(|l| l.strip_prefix("NSpid:").map(|v| v.split_whitespace().last() == Some("1")))
+                })
+                .unwrap_or(false)
+        })
+        .map(str::to_owned)
 }
 
 /// clone_args of clone3, version 0 (64 bytes).

@@ -21,9 +21,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory"];
+pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -88,6 +88,7 @@ pub fn run(o: &Options) -> Result<()> {
                 }
                 "scale" => r.groups.push(scale::boot(b, &art, o.runs, &log_dir)?),
                 "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
+                "pid1" => r.groups.push(scale::observe(b, &art, &kernel.modules, 1000, &log_dir)?),
                 _ => unreachable_name(w)?,
             }
             // Keep what is measured so far even if a later benchmark fails.

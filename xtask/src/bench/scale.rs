@@ -156,6 +156,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn observed_lines_count_the_crash_starts_before_them() {
+        let lines = [
+            "bench-mem cairn-init t10 rss=700 pss=480 uss=230",
+            "cairn: t=1 event=container.starting name=crash pid=3 restarts=0",
+            "cairn: t=1 event=container.starting name=c00 pid=2 restarts=0",
+            "cairn: t=2 event=boot.containers-started running=2 total=2",
+            "cairn: t=3 event=container.starting name=crash pid=4 restarts=1",
+            "bench-mem nsinit t20 rss=540 pss=294 uss=48",
+        ];
+        let o = parse_observed(lines);
+        assert_eq!(o.len(), 2);
+        assert_eq!((o[0].who.as_str(), o[0].crash_starts, o[0].all_started), ("cairn-init", 0, false));
+        assert_eq!(o[0].kib, (700.0, 480.0, 230.0));
+        assert_eq!((o[1].who.as_str(), o[1].crash_starts, o[1].all_started), ("nsinit", 2, true));
+        assert_eq!(crashloop_toml().matches("[[container]]").count(), 17);
+    }
+
+    #[test]
     fn scale_appliances_have_n_containers() {
         let t = appliance_toml(4);
         assert_eq!(t.matches("[[container]]").count(), 4);
@@ -170,4 +188,141 @@ mod tests {
         assert_eq!(rows[0], ("parent idle rss".to_owned(), 600.0));
         assert_eq!(rows[3], ("nsinit running rss".to_owned(), 80.0));
     }
+}
+
+/// One `bench-mem` line of the observer run, with how many times the
+/// crash-looping container had been started before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// `cairn-init` or `nsinit`.
+    pub who: String,
+    /// Starts of the `crash` container (cairn-init's events) before the line.
+    pub crash_starts: usize,
+    /// Whether cairn-init had announced every container started.
+    pub all_started: bool,
+    /// (rss, pss, uss) in KiB.
+    pub kib: (f64, f64, f64),
+}
+
+/// The observer's lines in console order.
+pub fn parse_observed<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Observed> {
+    let mut out = Vec::new();
+    let (mut crash, mut all) = (0, false);
+    for line in lines {
+        if line.contains("event=container.starting") && line.contains(" name=crash ") {
+            crash += 1;
+        }
+        if line.contains("event=boot.containers-started") {
+            all = true;
+        }
+        let Some(at) = line.find("bench-mem ") else { continue };
+        let mut w = line[at..].split_whitespace().skip(1);
+        let Some(who) = w.next() else { continue };
+        let mut kib = (0.0, 0.0, 0.0);
+        for kv in w {
+            match kv.split_once('=') {
+                Some(("rss", v)) => kib.0 = v.parse().unwrap_or(0.0),
+                Some(("pss", v)) => kib.1 = v.parse().unwrap_or(0.0),
+                Some(("uss", v)) => kib.2 = v.parse().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+        out.push(Observed { who: who.to_owned(), crash_starts: crash, all_started: all, kib });
+    }
+    out
+}
+
+/// An appliance of 16 `stay` containers and one whose entrypoint exits 2
+/// at once, restarted always with a 1 ms backoff.
+pub fn crashloop_toml() -> String {
+    let mut t = appliance_toml(16).replace("bench-scale-16", "bench-crashloop");
+    t.push_str(
+        "\n[[container]]\nname = \"crash\"\nlayers = [\"bench\"]\nargv = [\"/bin/cairn-bench\", \"exit\"]\n\
+         limits = { memory = \"16M\", pids = 8 }\nrestart = { policy = \"always\", backoff_initial_ms = 1, backoff_max_ms = 1 }\n",
+    );
+    t
+}
+
+/// PID 1's memory with cairn-init itself: the bench guest runs it as PID 1
+/// of a pid namespace and watches it from outside. One boot of the 1-container
+/// appliance (idle), one of 16 containers plus a crash loop until
+/// `restarts` restarts.
+pub fn observe(
+    b: &'static Board,
+    art: &Artifacts,
+    modules: &[PathBuf],
+    restarts: usize,
+    log_dir: &Path,
+) -> Result<Group> {
+    let bench_bin = super::start::build_cairn_bench(b)?;
+    let dir = log_dir.join("observe");
+    let root = dir.join("layer");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(&bench_bin, root.join("bin/cairn-bench")).context("copying cairn-bench")?;
+    let sources = BTreeMap::from([("bench".to_owned(), root.clone())]);
+    let guest = super::start::build_guest_with(b, modules, &dir, Some(&art.init))?;
+    let files =
+        cairn_qemu_tests::BootFiles { qemu: art.boot.qemu.clone(), kernel: art.boot.kernel.clone(), initramfs: guest };
+    let mut rows = Vec::new();
+    let mut notes = vec![
+        "cairn-init runs as PID 1 of a new pid and mount namespace on an overlay root in the bench guest; cairn-bench reads /proc/PID/smaps_rollup from outside every 10 s".into(),
+        "USS = Private_Clean + Private_Dirty; the crash container's entrypoint exits 2 at once, restart always, 1 ms backoff".into(),
+    ];
+    for (name, toml_text) in [("idle-1", appliance_toml(1)), ("crashloop", crashloop_toml())] {
+        let toml = dir.join(format!("{name}.toml"));
+        std::fs::write(&toml, toml_text)?;
+        let app =
+            cairn_build::assemble::build_appliance(&toml, &sources, &art.key, &dir.join(format!("layers-{name}")))?;
+        let disk = dir.join(format!("{name}.img"));
+        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default())?;
+        let log = dir.join(format!("{name}.log"));
+        eprintln!("xtask: bench observe {name} (console: {})", log.display());
+        // The idle boot stops at the first sample; the crash loop after its
+        // `restarts`th restart (the first start is not a restart).
+        let want = if name == "crashloop" { restarts + 1 } else { 0 };
+        let cmd = qemu::command(b, &files, &disk, "cairn.bench.mode=observe");
+        let run = qemu::capture(cmd, &log, Duration::from_secs(300 + restarts as u64 / 2), &|c| {
+            let raw: Vec<&str> = c.raw.iter().map(String::as_str).collect();
+            parse_observed(raw).iter().any(|o| o.who == "cairn-init" && o.all_started && o.crash_starts >= want)
+        })?;
+        let raw: Vec<&str> = run.console.raw.iter().map(String::as_str).collect();
+        let seen = parse_observed(raw);
+        let pick = |who: &str, min_starts: usize| {
+            seen.iter().find(|o| o.who == who && o.all_started && o.crash_starts >= min_starts)
+        };
+        let mut push = |label: String, o: Option<&Observed>| {
+            if let Some(o) = o {
+                rows.push(Row::new(&format!("{label} rss"), vec![o.kib.0]));
+                rows.push(Row::new(&format!("{label} pss"), vec![o.kib.1]));
+                rows.push(Row::new(&format!("{label} uss"), vec![o.kib.2]));
+            }
+        };
+        if name == "idle-1" {
+            push("cairn-init, 1 container, idle:".into(), pick("cairn-init", 0));
+        } else {
+            push("cairn-init, 16 running:".into(), pick("cairn-init", 0));
+            push("nsinit of one:".into(), pick("nsinit", 0));
+            for n in [10, 100, 500, 1000].into_iter().filter(|n| *n <= restarts) {
+                let o = pick("cairn-init", n + 1);
+                push(format!("cairn-init after {} restarts:", o.map_or(n, |o| o.crash_starts.saturating_sub(1))), o);
+            }
+            if let Some(last) = seen.iter().rev().find(|o| o.who == "cairn-init") {
+                notes.push(format!(
+                    "crash container started {} times in {:.0} s",
+                    last.crash_starts,
+                    run.elapsed.as_secs_f64()
+                ));
+            }
+        }
+    }
+    Ok(Group {
+        name: "memory-pid1".into(),
+        title: "cairn-init's own Rss/Pss/USS (KiB), idle and with 16 containers, over a crash loop".into(),
+        unit: "KiB".into(),
+        rows,
+        subject: None,
+        notes,
+    })
 }

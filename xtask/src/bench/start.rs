@@ -103,6 +103,12 @@ fn add_libs(c: &mut CpioBuilder, tree: &Path, dir: &Path) -> Result<u64> {
 
 /// The bench guest's initramfs; returns its path.
 pub fn build_guest(b: &Board, modules: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+    build_guest_with(b, modules, dir, None)
+}
+
+/// [`build_guest`], with `cairn_init` (when given) as `/scale/lower/init`
+/// beside the modules, for the observer run.
+pub fn build_guest_with(b: &Board, modules: &[PathBuf], dir: &Path, cairn_init: Option<&Path>) -> Result<PathBuf> {
     let debs = debs(b)?;
     let deb = |name: &str| debs.iter().find(|d| d.package == name).with_context(|| format!("no package {name}"));
     let bench = build_cairn_bench(b)?;
@@ -144,8 +150,20 @@ pub fn build_guest(b: &Board, modules: &[PathBuf], dir: &Path) -> Result<PathBuf
         order.push('\n');
     }
     c.file("lib/modules/load-order", 0o644, order.as_bytes());
+    if let Some(init) = cairn_init {
+        for d in ["dev", "proc", "sys", "run", "lib/modules"] {
+            c.dir(&format!("scale/lower/{d}"), 0o755);
+        }
+        c.char_device("scale/lower/dev/console", 0o600, 5, 1);
+        c.file("scale/lower/init", 0o755, &std::fs::read(init)?);
+        for m in modules {
+            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            c.file(&format!("scale/lower/lib/modules/{name}"), 0o644, &std::fs::read(m)?);
+        }
+        c.file("scale/lower/lib/modules/load-order", 0o644, order.as_bytes());
+    }
     std::fs::create_dir_all(dir)?;
-    let out = dir.join("bench-guest.cpio.gz");
+    let out = dir.join(if cairn_init.is_some() { "observe-guest.cpio.gz" } else { "bench-guest.cpio.gz" });
     std::fs::write(&out, cpio::gzip(&c.finish())).with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }
