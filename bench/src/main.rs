@@ -229,6 +229,9 @@ fn guest() -> Res<()> {
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("observe") {
         return observe();
     }
+    if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("steps") {
+        return steps(&spec, n);
+    }
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("memory") {
         let restarts = arg(&cmdline, "cairn.bench.restarts").and_then(|v| v.parse().ok()).unwrap_or(1000);
         return memory(&spec, restarts);
@@ -547,6 +550,60 @@ fn nsinit_of(name: &str) -> Option<String> {
                 .unwrap_or(false)
         })
         .map(str::to_owned)
+}
+
+/// The steps run (`cairn.bench.mode=steps`): where the child's set-up
+/// goes. For each prefix of cairn's rootfs plan, a child cloned into the
+/// container's namespaces (as `spawn` does) times `rootfs::apply` of the
+/// prefix; step i costs prefix(i) - prefix(i-1). `rounds` times, printed
+/// as `bench-sample step <index>:<kind>:<path> <µs of the prefix>`.
+fn steps(spec: &ContainerSpec, rounds: usize) -> Res<()> {
+    sys::mkdir_all(&spec.state_dir(), 0o700).map_err(err)?;
+    let plan = cairn_runtime::rootfs::plan(spec).map_err(err)?;
+    println!("bench-info steps={} rounds={rounds}", plan.len());
+    let flags = cairn_runtime::spawn::NAMESPACES | libc::CLONE_NEWNET as u64;
+    for _ in 0..rounds {
+        for i in 0..plan.len() {
+            let prefix = plan.get(..=i).unwrap_or(&[]);
+            let (rd, wr) = sys::pipe().map_err(err)?;
+            let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..CloneArgs::default() };
+            // SAFETY: clone3 without a stack is a fork into new namespaces;
+            // this process is single-threaded.
+            let pid = unsafe {
+                libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, core::mem::size_of::<CloneArgs>())
+            };
+            if pid == 0 {
+                drop(rd);
+                let t0 = Instant::now();
+                let ok = cairn_runtime::rootfs::apply(prefix);
+                let us = now_us(t0);
+                let msg = match ok {
+                    Ok(()) => format!("{us:.0}"),
+                    Err(e) => format!("error {e}"),
+                };
+                let _ = sys::write_all(&wr, msg.as_bytes());
+                // SAFETY: _exit ends the child.
+                unsafe { libc::_exit(0) };
+            }
+            drop(wr);
+            if pid < 0 {
+                return Err(format!("clone3: {}", sys::errno_name(sys::errno())));
+            }
+            let out = sys::read_to_end(&rd, 4096).map_err(err)?;
+            wait(pid as libc::pid_t)?;
+            let out = String::from_utf8_lossy(&out);
+            let step = plan.get(i).map(|s| {
+                let kind = format!("{s:?}");
+                let kind: String = kind.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                format!("{i:02}:{kind}:{}", s.path().replace(&spec.state_dir(), "~"))
+            });
+            match out.parse::<f64>() {
+                Ok(us) => println!("bench-sample step {} {us:.0}", step.unwrap_or_default()),
+                Err(_) => println!("bench-error step {} {out}", step.unwrap_or_default()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// clone_args of clone3, version 0 (64 bytes).

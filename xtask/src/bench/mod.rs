@@ -21,9 +21,9 @@ use cairn_board::Board;
 use report::Report;
 
 /// The benchmarks run on a board when none is named.
-pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
+pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -89,6 +89,14 @@ pub fn run(o: &Options) -> Result<()> {
                 "scale" => r.groups.push(scale::boot(b, &art, o.runs, &log_dir)?),
                 "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "pid1" => r.groups.push(scale::observe(b, &art, &kernel.modules, 1000, &log_dir)?),
+                "steps" => r.groups.push(start::steps(
+                    b,
+                    &art.boot.qemu,
+                    &art.boot.kernel,
+                    &kernel.modules,
+                    o.runs.max(5),
+                    &log_dir,
+                )?),
                 _ => unreachable_name(w)?,
             }
             // Keep what is measured so far even if a later benchmark fails.

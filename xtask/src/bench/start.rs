@@ -273,6 +273,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn step_costs_are_prefix_differences() {
+        let lines = [
+            "bench-sample step 00:MakePrivate:/ 100",
+            "bench-sample step 01:Mount:~/root 400",
+            "bench-sample step 00:MakePrivate:/ 200",
+            "bench-sample step 01:Mount:~/root 600",
+            "bench-sample cairn reaped 1",
+        ];
+        let c = step_costs(&stats::parse_samples(lines));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0], ("00:MakePrivate:/".to_owned(), vec![0.1, 0.2]));
+        assert_eq!(c[1], ("01:Mount:~/root".to_owned(), vec![0.3, 0.4]));
+    }
+
+    #[test]
     fn groups_convert_to_ms_and_state_the_goals() {
         let lines = [
             "bench-sample cairn exec 1000",
@@ -290,4 +305,71 @@ mod tests {
         assert_eq!(g[1].rows[1].samples, [1.0]);
         assert_eq!(g[1].rows[3].samples, [0.1]);
     }
+}
+
+/// Per-step costs (ms) from the prefix times (µs) of the steps run: the
+/// labels sort by their index prefix; step i of round r costs
+/// prefix_i[r] - prefix_{i-1}[r].
+pub fn step_costs(samples: &stats::Samples) -> Vec<(String, Vec<f64>)> {
+    let prefixes: Vec<(&str, &Vec<f64>)> =
+        samples.iter().filter(|((who, _), _)| who == "step").map(|((_, label), v)| (label.as_str(), v)).collect();
+    let mut out = Vec::new();
+    let mut prev: Option<&Vec<f64>> = None;
+    for (label, v) in prefixes {
+        let costs = match prev {
+            Some(p) => v.iter().zip(p.iter()).map(|(a, b)| (a - b) / 1000.0).collect(),
+            None => v.iter().map(|a| a / 1000.0).collect(),
+        };
+        out.push((label.to_owned(), costs));
+        prev = Some(v);
+    }
+    out
+}
+
+/// Boot the bench guest in steps mode: where the child's rootfs set-up goes.
+pub fn steps(
+    b: &'static Board,
+    qemu_bin: &Path,
+    kernel: &Path,
+    modules: &[PathBuf],
+    rounds: usize,
+    log_dir: &Path,
+) -> Result<Group> {
+    let initramfs = build_guest(b, modules, log_dir)?;
+    let cmd = super::diskless_command(
+        b,
+        qemu_bin,
+        kernel,
+        &initramfs,
+        &format!("cairn.bench.mode=steps cairn.bench.n={rounds}"),
+    );
+    let log = log_dir.join("steps.log");
+    eprintln!("xtask: bench steps: {rounds} rounds (console: {})", log.display());
+    let run = qemu::capture(cmd, &log, Duration::from_secs(120 + 60 * rounds as u64), &|c| c.contains("bench-done"))?;
+    let raw: Vec<&str> = run.console.raw.iter().map(String::as_str).collect();
+    for l in raw.iter().filter(|l| l.contains("bench-error")) {
+        eprintln!("xtask: bench guest: {}", l.trim_end());
+    }
+    let samples = stats::parse_samples(raw.iter().copied());
+    let whole: Vec<f64> = samples
+        .iter()
+        .rfind(|((who, _), _)| who == "step")
+        .map(|(_, v)| v.iter().map(|us| us / 1000.0).collect())
+        .unwrap_or_default();
+    let costs = step_costs(&samples);
+    let total: f64 = costs.iter().filter_map(|(_, v)| summarize(v).map(|s| s.p50)).sum();
+    let mut rows = vec![Row::new("whole plan (all steps)", whole)];
+    rows.extend(costs.into_iter().map(|(label, v)| Row::new(&label, v)));
+    Ok(Group {
+        name: "container-start-rootfs-steps".into(),
+        title: "cairn's rootfs plan step by step, in a child in the container's namespaces (prefix i minus prefix i-1)".into(),
+        unit: "ms".into(),
+        rows,
+        subject: None,
+        notes: vec![
+            "per step: noisy differences of two separate runs (negative when the machine was busier for the shorter prefix); read the whole plan first".into(),
+            format!("{rounds} rounds; ~ is the container's state directory; sum of the p50s {total:.1} ms"),
+            "not in these steps: the loopback, the hostname, the namespace init's fork, capabilities, seccomp and execve".into(),
+        ],
+    })
 }
