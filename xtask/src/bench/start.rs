@@ -268,45 +268,6 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
     vec![start, detail, parts]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_costs_are_prefix_differences() {
-        let lines = [
-            "bench-sample step 00:MakePrivate:/ 100",
-            "bench-sample step 01:Mount:~/root 400",
-            "bench-sample step 00:MakePrivate:/ 200",
-            "bench-sample step 01:Mount:~/root 600",
-            "bench-sample cairn reaped 1",
-        ];
-        let c = step_costs(&stats::parse_samples(lines));
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0], ("00:MakePrivate:/".to_owned(), vec![0.1, 0.2]));
-        assert_eq!(c[1], ("01:Mount:~/root".to_owned(), vec![0.3, 0.4]));
-    }
-
-    #[test]
-    fn groups_convert_to_ms_and_state_the_goals() {
-        let lines = [
-            "bench-sample cairn exec 1000",
-            "bench-sample cairn reaped 2000",
-            "bench-sample cairn cleanup 100",
-            "bench-sample crun reaped 40000",
-            "bench-sample fork-exec reaped 1000",
-        ];
-        let g = groups(&stats::parse_samples(lines), 1);
-        assert_eq!(g[0].rows[0].samples, [2.0]);
-        assert_eq!(g[0].rows[2].samples, [40.0]);
-        assert!(g[0].rows[3].samples.is_empty(), "runc printed nothing");
-        assert!(g[0].notes.iter().any(|n| n.contains("measured 0.050x")), "{:?}", g[0].notes);
-        assert!(g[0].notes.iter().any(|n| n.contains("measured 2.0x")), "{:?}", g[0].notes);
-        assert_eq!(g[1].rows[1].samples, [1.0]);
-        assert_eq!(g[1].rows[3].samples, [0.1]);
-    }
-}
-
 /// Per-step costs (ms) from the prefix times (µs) of the steps run: the
 /// labels sort by their index prefix; step i of round r costs
 /// prefix_i[r] - prefix_{i-1}[r].
@@ -372,4 +333,43 @@ pub fn steps(
             "not in these steps: the loopback, the hostname, the namespace init's fork, capabilities, seccomp and execve".into(),
         ],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_costs_are_prefix_differences() {
+        let lines = [
+            "bench-sample step 00:MakePrivate:/ 100",
+            "bench-sample step 01:Mount:~/root 400",
+            "bench-sample step 00:MakePrivate:/ 200",
+            "bench-sample step 01:Mount:~/root 600",
+            "bench-sample cairn reaped 1",
+        ];
+        let c = step_costs(&stats::parse_samples(lines));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0], ("00:MakePrivate:/".to_owned(), vec![0.1, 0.2]));
+        assert_eq!(c[1], ("01:Mount:~/root".to_owned(), vec![0.3, 0.4]));
+    }
+
+    #[test]
+    fn groups_convert_to_ms_and_state_the_goals() {
+        let lines = [
+            "bench-sample cairn exec 1000",
+            "bench-sample cairn reaped 2000",
+            "bench-sample cairn cleanup 100",
+            "bench-sample crun reaped 40000",
+            "bench-sample fork-exec reaped 1000",
+        ];
+        let g = groups(&stats::parse_samples(lines), 1);
+        assert_eq!(g[0].rows[0].samples, [2.0]);
+        assert_eq!(g[0].rows[2].samples, [40.0]);
+        assert!(g[0].rows[3].samples.is_empty(), "runc printed nothing");
+        assert!(g[0].notes.iter().any(|n| n.contains("measured 0.050x")), "{:?}", g[0].notes);
+        assert!(g[0].notes.iter().any(|n| n.contains("measured 2.0x")), "{:?}", g[0].notes);
+        assert_eq!(g[1].rows[1].samples, [1.0]);
+        assert_eq!(g[1].rows[3].samples, [0.1]);
+    }
 }
