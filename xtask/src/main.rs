@@ -28,7 +28,8 @@ commands:
   build [--board NAME]                  build init, payload, initramfs and the demo disk
   bench [--board NAME] [--runs N] [--samples N] [BENCH..]
                                         benchmarks (both boards unless --board; BENCH: start,
-                                        boot, boot-demo, sizes, scale, memory, pid1; default all);
+                                        boot, boot-demo, sizes, scale, memory, pid1, steps;
+                                        default all but steps);
                                         table in build/bench/<board>.{md,json}, see docs/bench.md
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
   scenarios                             list the QEMU scenarios
