@@ -103,6 +103,9 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.0), Some(1.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 100.0), Some(3.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), Some(2.0));
+        // Rank 6.3 rounds up: the 7th of 7, not the 6th.
+        let seven: Vec<f64> = (1..=7).map(f64::from).collect();
+        assert_eq!(percentile(&seven, 90.0), Some(7.0));
     }
 
     #[test]
