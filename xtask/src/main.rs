@@ -29,7 +29,8 @@ commands:
   bench [--board NAME] [--runs N] [--samples N] [BENCH..]
                                         benchmarks (both boards unless --board; BENCH: start,
                                         boot, boot-demo, sizes, scale, memory, pid1, steps;
-                                        default all but steps);
+                                        default all but steps); earlier results of
+                                        other benchmarks are kept unless `fresh` is named;
                                         table in build/bench/<board>.{md,json}, see docs/bench.md
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
   scenarios                             list the QEMU scenarios
@@ -125,7 +126,9 @@ fn run() -> Result<ExitCode> {
                 Some(name) => vec![board(Some(name))?],
                 None => cairn_board::all().to_vec(),
             };
-            bench::run(&bench::Options { boards, runs: a.runs, samples: a.samples, which: a.rest })?;
+            let fresh = a.rest.iter().any(|w| w == "fresh");
+            let which = a.rest.into_iter().filter(|w| w != "fresh").collect();
+            bench::run(&bench::Options { boards, runs: a.runs, samples: a.samples, which, fresh })?;
             Ok(ExitCode::SUCCESS)
         }
         "kernel-update" => {

@@ -36,6 +36,9 @@ pub struct Options {
     pub samples: usize,
     /// Benchmark names (empty: [`DEFAULT`]).
     pub which: Vec<String>,
+    /// Start the board's report afresh instead of keeping the groups of
+    /// the last run that this one does not measure.
+    pub fresh: bool,
 }
 
 /// `build/bench`.
@@ -59,6 +62,10 @@ pub fn run(o: &Options) -> Result<()> {
         let kernel = crate::kernel::fetch_kernel(b, &crate::build_dir().join("kernels"))?;
         let log_dir = out.join(b.name);
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        let earlier = std::fs::read_to_string(out.join(format!("{}.json", b.name)))
+            .ok()
+            .and_then(|t| report::parse_json(&t))
+            .filter(|_| !o.fresh);
         let mut r = Report { board: b.name.into(), ..Report::default() };
         r.facts.push(("kernel".into(), format!("{} ({})", kernel.version, kernel.package)));
         r.facts.push(("qemu".into(), qemu_version(&art.boot.qemu)));
@@ -103,6 +110,7 @@ pub fn run(o: &Options) -> Result<()> {
             write(&r)?;
         }
         print!("{}", report::render_table(&r));
+        let r = report::merge_earlier(r, earlier);
         let (md, json) = write(&r)?;
         println!("xtask: wrote {} and {}", md.display(), json.display());
     }

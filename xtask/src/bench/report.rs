@@ -313,6 +313,54 @@ pub fn render_json(r: &Report) -> String {
     out
 }
 
+/// Read back a report written by [`render_json`] (`None` if it is not one).
+pub fn parse_json(text: &str) -> Option<Report> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    };
+    let facts =
+        v.get("facts")?.as_object()?.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
+    let groups = v
+        .get("groups")?
+        .as_array()?
+        .iter()
+        .filter_map(|g| {
+            Some(Group {
+                name: g.get("name")?.as_str()?.to_owned(),
+                title: g.get("title")?.as_str()?.to_owned(),
+                unit: g.get("unit")?.as_str()?.to_owned(),
+                subject: g.get("subject").and_then(|s| s.as_str()).map(str::to_owned),
+                notes: strings(g.get("notes")?),
+                rows: g
+                    .get("rows")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|r| {
+                        let samples =
+                            r.get("samples")?.as_array()?.iter().filter_map(serde_json::Value::as_f64).collect();
+                        Some(Row { name: r.get("name")?.as_str()?.to_owned(), samples })
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Some(Report { board: v.get("board")?.as_str()?.to_owned(), facts, groups })
+}
+
+/// This run's report with the groups of an earlier one that this run did
+/// not measure, after this run's; their names are listed in a fact.
+pub fn merge_earlier(mut now: Report, earlier: Option<Report>) -> Report {
+    let Some(old) = earlier else { return now };
+    let kept: Vec<Group> = old.groups.into_iter().filter(|g| !now.groups.iter().any(|n| n.name == g.name)).collect();
+    if !kept.is_empty() {
+        let names: Vec<&str> = kept.iter().map(|g| g.name.as_str()).collect();
+        now.facts.push(("kept from an earlier run".into(), names.join(", ")));
+        now.groups.extend(kept);
+    }
+    now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +443,36 @@ mod tests {
         let md = render_md(&r);
         assert!(md.contains("| cairn-init | 752.8 |") && md.contains("| tini | none |"), "{md}");
         assert!(!sample().groups[0].single());
+    }
+
+    #[test]
+    fn json_reads_back_and_merges() {
+        let r = sample();
+        let back = parse_json(&render_json(&r)).unwrap();
+        assert_eq!(back.board, r.board);
+        assert_eq!(back.facts, r.facts);
+        assert_eq!(back.groups.len(), 1);
+        let (a, b) = (&back.groups[0], &r.groups[0]);
+        assert_eq!(
+            (&a.name, &a.title, &a.unit, &a.subject, &a.notes),
+            (&b.name, &b.title, &b.unit, &b.subject, &b.notes)
+        );
+        assert_eq!(
+            a.rows.iter().map(|r| (&r.name, &r.samples)).collect::<Vec<_>>(),
+            b.rows.iter().map(|r| (&r.name, &r.samples)).collect::<Vec<_>>()
+        );
+        assert!(parse_json("not json").is_none());
+
+        let mut now = Report { board: "qemu-x86_64".into(), ..Report::default() };
+        now.groups.push(Group { name: "sizes".into(), ..Group::default() });
+        let merged = merge_earlier(now.clone(), Some(back.clone()));
+        assert_eq!(merged.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["sizes", "container-start"]);
+        assert!(merged.facts.contains(&("kept from an earlier run".into(), "container-start".into())));
+        // A group measured now replaces the earlier one.
+        now.groups.push(Group { name: "container-start".into(), ..Group::default() });
+        let merged = merge_earlier(now, Some(back));
+        assert_eq!(merged.groups.len(), 2);
+        assert!(merged.groups[1].rows.is_empty());
     }
 
     #[test]
