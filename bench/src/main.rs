@@ -840,3 +840,47 @@ fn leave_initramfs() -> Res<()> {
     }
     sys::chdir("/").map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_config_is_json_with_the_same_limits_and_namespaces() {
+        let v: serde_json::Value = serde_json::from_str(&oci_config()).unwrap();
+        assert_eq!(v["root"]["path"], ROOTFS);
+        assert_eq!(v["process"]["args"][0], ENTRYPOINT);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        let r = &v["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], MEMORY_MAX);
+        assert_eq!(r["pids"]["limit"], PIDS_MAX);
+        assert_eq!(r["cpu"]["quota"], CPU_QUOTA_US);
+        let ns: Vec<&str> =
+            v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount", "cgroup"]);
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let want = cairn_format::manifest::DEFAULT_CAPABILITIES.count_ones() as usize;
+        assert_eq!(caps.len(), want);
+        assert!(caps.iter().any(|c| c == "CAP_CHOWN") && !caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        let deny = v["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap();
+        assert_eq!(deny.len(), SECCOMP_DENY.len());
+    }
+
+    #[test]
+    fn cmdline_words() {
+        let c = "console=ttyS0 cairn.bench.n=50 cairn.bench.only=cairn,crun cairn.bench.nx=1";
+        assert_eq!(arg(c, "cairn.bench.n").as_deref(), Some("50"));
+        assert_eq!(arg(c, "cairn.bench.only").as_deref(), Some("cairn,crun"));
+        assert_eq!(arg(c, "cairn.bench.mode"), None);
+    }
+
+    #[test]
+    fn the_spec_is_cairn_init_defaults_with_the_bench_limits() {
+        let s = cairn_spec().unwrap();
+        assert!(s.seccomp && s.no_new_privs && !s.readonly_rootfs);
+        assert_eq!(s.network, Network::None);
+        assert_eq!(s.limits.memory_max, Some(MEMORY_MAX));
+        assert_eq!(s.limits.pids_max, Some(PIDS_MAX));
+        assert_eq!(s.layer_dirs, [ROOTFS]);
+    }
+}
