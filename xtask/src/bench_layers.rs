@@ -12,7 +12,11 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
+use crate::bench::report::{Group, Row};
 use crate::host_deps::run;
+
+/// Builds of each source (interleaved).
+const ROUNDS: usize = 3;
 
 /// Write the synthetic root filesystem under `root` and return its bytes.
 fn make_rootfs(root: &Path) -> Result<u64> {
@@ -47,8 +51,9 @@ fn make_rootfs(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Build the release `cairn`, make the sources, time one build of each.
-pub fn bench(build_dir: &Path) -> Result<()> {
+/// Build the release `cairn`, make the sources, time one build of each
+/// (interleaved over `ROUNDS` rounds: directory, tar, tar.gz, directory, ...).
+pub fn bench(build_dir: &Path) -> Result<Group> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo).args(["build", "--release", "-p", "cairn-cli"]))?;
     let cairn = crate::repo_root().join("target/release/cairn");
@@ -61,24 +66,40 @@ pub fn bench(build_dir: &Path) -> Result<()> {
     let tgz = work.join("rootfs.tar.gz");
     let mib = bytes as f64 / f64::from(1 << 20);
     println!("layers: source {mib:.1} MiB in {} files", 40 * 41);
-    for (what, src) in [("directory", &root), ("tar", &tar), ("tar.gz", &tgz)] {
-        let out = work.join(format!("{what}.squashfs"));
-        let t = Instant::now();
-        let o = Command::new(&cairn)
-            .args(["layer", "build", "--quiet"])
-            .arg(src)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .context("running cairn")?;
-        let secs = t.elapsed().as_secs_f64();
-        ensure!(o.status.success(), "cairn layer build {what}: {}", String::from_utf8_lossy(&o.stderr));
-        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        println!(
-            "layers: from a {what:<9} {secs:>6.2} s  {:>6.1} MiB/s  image {:.1} MiB",
-            mib / secs,
-            size as f64 / f64::from(1 << 20)
-        );
+    let sources = [("directory", &root), ("tar", &tar), ("tar.gz", &tgz)];
+    let mut rows: Vec<Row> = sources.iter().map(|(what, _)| Row::new(&format!("from a {what}"), Vec::new())).collect();
+    let mut notes = vec![format!("source: {mib:.1} MiB in {} files (synthetic, half compressible)", 40 * 41)];
+    for round in 0..ROUNDS {
+        for ((what, src), row) in sources.iter().zip(rows.iter_mut()) {
+            let out = work.join(format!("{what}.squashfs"));
+            let t = Instant::now();
+            let o = Command::new(&cairn)
+                .args(["layer", "build", "--quiet"])
+                .arg(src)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .context("running cairn")?;
+            let secs = t.elapsed().as_secs_f64();
+            ensure!(o.status.success(), "cairn layer build {what}: {}", String::from_utf8_lossy(&o.stderr));
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "layers: from a {what:<9} {secs:>6.2} s  {:>6.1} MiB/s  image {:.1} MiB",
+                mib / secs,
+                size as f64 / f64::from(1 << 20)
+            );
+            row.samples.push(secs);
+            if round == 0 {
+                notes.push(format!("image from a {what}: {:.1} MiB", size as f64 / f64::from(1 << 20)));
+            }
+        }
     }
-    Ok(())
+    Ok(Group {
+        name: "layer-build".into(),
+        title: "`cairn layer build` (release) of the synthetic rootfs, host wall time".into(),
+        unit: "s".into(),
+        rows,
+        subject: None,
+        notes,
+    })
 }

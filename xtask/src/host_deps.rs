@@ -120,6 +120,38 @@ pub fn ensure_apt_arch(deb_arch: &str) -> Result<()> {
     apt_update_now()
 }
 
+/// A Debian package unpacked in the cache.
+#[derive(Debug, Clone)]
+pub struct Deb {
+    /// Package name.
+    pub package: String,
+    /// The `.deb` file it came from (`crun_1.8.1-1+deb12u1_amd64.deb`): names the version.
+    pub file: String,
+    /// The unpacked tree (`dpkg-deb -x`).
+    pub tree: PathBuf,
+}
+
+/// Download (once; the cache is reused) and unpack the candidate version of
+/// each package for Debian architecture `deb_arch`, the way the boards'
+/// kernels are fetched (`apt-get download PACKAGE:ARCH`, `dpkg-deb -x`):
+/// `<cache_dir>/<arch>/<package>/tree`, complete when its marker is there.
+pub fn fetch_debs(packages: &[&str], deb_arch: &str, cache_dir: &Path) -> Result<Vec<Deb>> {
+    ensure_apt_arch(deb_arch)?;
+    let dir = cache_dir.join(deb_arch);
+    packages
+        .iter()
+        .map(|&package| {
+            let pkg_dir = dir.join(package);
+            let marker = pkg_dir.join(crate::kernel::MARKER);
+            if !marker.is_file() {
+                crate::kernel::download_and_unpack(&format!("{package}:{deb_arch}"), &dir, &pkg_dir)?;
+            }
+            let file = std::fs::read_to_string(&marker).unwrap_or_default().trim().to_owned();
+            Ok(Deb { package: package.to_owned(), file, tree: pkg_dir.join("tree") })
+        })
+        .collect()
+}
+
 /// Set once `apt-get update` has run in this process.
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 

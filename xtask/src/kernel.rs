@@ -136,7 +136,7 @@ pub fn repin(board_source: &str, package: &str, version: &str) -> Result<String>
 }
 
 /// Name of the file that marks a complete unpack.
-const MARKER: &str = "extracted";
+pub(crate) const MARKER: &str = "extracted";
 
 /// The concrete `linux-image-<version>` package the meta package depends on.
 /// Refreshes the package lists once when apt does not know the meta package
@@ -180,7 +180,7 @@ fn parse_meta_depends(text: &str, meta: &str) -> Option<String> {
 /// `pkg_dir`. Concurrent runs each work in their own directory; the first to
 /// finish wins and the others use its result.
 /// `spec` is `PACKAGE:ARCH=VERSION`.
-fn download_and_unpack(spec: &str, cache_dir: &Path, pkg_dir: &Path) -> Result<()> {
+pub(crate) fn download_and_unpack(spec: &str, cache_dir: &Path, pkg_dir: &Path) -> Result<()> {
     fs::create_dir_all(cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
     let package = spec.split(':').next().unwrap_or(spec);
     remove_stale_temp_dirs(cache_dir, package);

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod bench_layers;
 mod bench_verity;
 mod host_deps;
@@ -11,7 +12,6 @@ mod kernel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
@@ -27,7 +27,12 @@ commands:
   test                                  every test: host unit tests, then every QEMU scenario on every board
   qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (all boards unless --board)
   build [--board NAME]                  build init, payload, initramfs and the demo disk
-  bench [--board NAME] [--runs N]       measure boot time to all containers started, and sizes
+  bench [--board NAME] [--runs N] [--samples N] [BENCH..]
+                                        benchmarks (both boards unless --board; BENCH: start,
+                                        boot, boot-demo, sizes, scale, memory, pid1, steps;
+                                        default all but steps); earlier results of
+                                        other benchmarks are kept unless `fresh` is named;
+                                        table in build/bench/<board>.{md,json}, see docs/bench.md
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)
   bench verity [--board NAME] [--runs N] manifest verified -> layers mounted, 16/128/512 MiB,
                                         dm-verity against the whole-image sha256
@@ -51,19 +56,24 @@ struct Args {
     board: Option<String>,
     disk: Option<PathBuf>,
     runs: usize,
+    samples: usize,
     rest: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let command = it.next().unwrap_or_default();
-    let mut a = Args { command, board: None, disk: None, runs: 3, rest: Vec::new() };
+    let mut a = Args { command, board: None, disk: None, runs: 3, samples: 200, rest: Vec::new() };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--board" => a.board = Some(it.next().context("--board needs a name")?),
             "--disk" => a.disk = Some(PathBuf::from(it.next().context("--disk needs a path")?)),
             "--runs" => {
                 a.runs = it.next().context("--runs needs a number")?.parse().context("--runs needs a number")?
+            }
+            "--samples" => {
+                a.samples =
+                    it.next().context("--samples needs a number")?.parse().context("--samples needs a number")?
             }
             "-h" | "--help" => a.command = "help".into(),
             s if s.starts_with('-') => bail!("unknown option {s}\n\n{USAGE}"),
@@ -107,7 +117,11 @@ fn run() -> Result<ExitCode> {
             qemu_test(a.board.as_deref(), &a.rest)
         }
         "bench" if a.rest.first().is_some_and(|w| w == "layers") => {
-            bench_layers::bench(&build_dir())?;
+            let group = bench_layers::bench(&build_dir())?;
+            let r = bench::report::Report { board: "host".into(), facts: vec![], groups: vec![group] };
+            std::fs::create_dir_all(bench::out_dir())?;
+            let (md, json) = bench::write(&bench::report::Report { board: "layers".into(), ..r })?;
+            println!("xtask: wrote {} and {}", md.display(), json.display());
             Ok(ExitCode::SUCCESS)
         }
         "bench" if a.rest.first().is_some_and(|w| w == "verity") => {
@@ -116,7 +130,16 @@ fn run() -> Result<ExitCode> {
             bench_verity::bench(b, &art, &build_dir().join(b.name).join("bench-verity"), a.runs)?;
             Ok(ExitCode::SUCCESS)
         }
-        "bench" => bench(board(a.board.as_deref())?, a.runs),
+        "bench" => {
+            let boards = match a.board.as_deref() {
+                Some(name) => vec![board(Some(name))?],
+                None => cairn_board::all().to_vec(),
+            };
+            let fresh = a.rest.iter().any(|w| w == "fresh");
+            let which = a.rest.into_iter().filter(|w| w != "fresh").collect();
+            bench::run(&bench::Options { boards, runs: a.runs, samples: a.samples, which, fresh })?;
+            Ok(ExitCode::SUCCESS)
+        }
         "kernel-update" => {
             let boards = match a.board.as_deref() {
                 Some(name) => vec![board(Some(name))?],
@@ -300,36 +323,4 @@ fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode>
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-fn bench(b: &'static Board, runs: usize) -> Result<ExitCode> {
-    let art = prepare(b)?;
-    let disk = demo_disk(b, &art)?;
-    let mut guest = Vec::new();
-    for i in 0..runs.max(1) {
-        let cmd = qemu::command(b, &art.boot, &disk, "");
-        let log = build_dir().join(b.name).join(format!("bench-{i}.log"));
-        let run =
-            qemu::capture(cmd, &log, Duration::from_secs(180), &|c| c.first("boot.containers-started", &[]).is_some())?;
-        let ev = run.console.first("boot.containers-started", &[]).context("demo never started its containers")?;
-        let t_start = run.console.first("boot.start", &[]).and_then(|l| l.get("t")?.parse::<f64>().ok()).unwrap_or(0.0);
-        let t: f64 = ev.get("t").and_then(|t| t.parse().ok()).unwrap_or(0.0);
-        println!(
-            "run {i}: kernel->init {t_start:.3}s, init->containers {:.3}s, total {t:.3}s (host wall {:.1}s)",
-            t - t_start,
-            run.elapsed.as_secs_f64()
-        );
-        guest.push((t_start, t));
-    }
-    let n = guest.len() as f64;
-    let mean = |f: fn(&(f64, f64)) -> f64| guest.iter().map(f).sum::<f64>() / n;
-    println!(
-        "{}: mean over {} boots (TCG): kernel to /init {:.3}s, /init to all containers started {:.3}s, total {:.3}s",
-        b.name,
-        guest.len(),
-        mean(|g| g.0),
-        mean(|g| g.1 - g.0),
-        mean(|g| g.1)
-    );
-    Ok(ExitCode::SUCCESS)
 }
