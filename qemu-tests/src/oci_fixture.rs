@@ -141,14 +141,49 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(e.finish()?)
 }
 
+/// The image's run configuration: what a container built from the image
+/// with no `argv`, `env`, `cwd` or `uid` in its appliance entry runs with
+/// (Docker's defaults).
+pub const IMAGE_CONFIG: &str = r#"{"Entrypoint":["/bin/cairn-payload"],"Cmd":["inspect"],"Env":["PATH=/bin","CAIRN_IMAGE_ENV=from-image-config"],"WorkingDir":"/data","User":"1000:1000"}"#;
+
 /// Write the image as an OCI layout tar to `out`. The middle layer is
 /// gzip-compressed, the others plain, as images mix them.
 pub fn write_oci_archive(out: &Path, arch: &str) -> Result<()> {
+    let tars = layers().iter().map(|m| layer_tar(m)).collect::<Result<Vec<_>>>()?;
+    write_layout(out, arch, &tars, "{}")
+}
+
+/// An image whose one layer holds the payload program (`payload`, the
+/// board's `cairn-payload`) and `/data`, with [`IMAGE_CONFIG`] as its run
+/// configuration.
+pub fn write_defaults_image(out: &Path, arch: &str, payload: &[u8]) -> Result<()> {
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in ["bin/", "data/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        b.append_data(&mut h, dir, std::io::empty())?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(payload.len() as u64);
+    b.append_data(&mut h, "bin/cairn-payload", payload)?;
+    write_layout(out, arch, &[b.into_inner()?], IMAGE_CONFIG)
+}
+
+fn write_layout(out: &Path, arch: &str, tars: &[Vec<u8>], config: &str) -> Result<()> {
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
-    for (i, members) in layers().iter().enumerate() {
-        let raw = layer_tar(members)?;
+    for (i, raw) in tars.iter().enumerate() {
+        let raw = raw.clone();
         diff_ids.push(format!("\"sha256:{}\"", sha(&raw)));
         let (blob, media) = if i == 1 {
             (gzip(&raw)?, "application/vnd.oci.image.layer.v1.tar+gzip")
@@ -160,7 +195,7 @@ pub fn write_oci_archive(out: &Path, arch: &str) -> Result<()> {
         blobs.push((d, blob));
     }
     let config = format!(
-        r#"{{"architecture":"{arch}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        r#"{{"architecture":"{arch}","os":"linux","config":{config},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         diff_ids.join(",")
     )
     .into_bytes();

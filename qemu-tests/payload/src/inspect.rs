@@ -19,8 +19,9 @@ pub fn run(stay: bool) -> i32 {
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(e) => format!("error:{}", e.raw_os_error().unwrap_or(0)),
     };
+    let image_env = std::env::var("CAIRN_IMAGE_ENV").unwrap_or_else(|_| missing());
     say!(
-        "event=inspect pid={} ppid={} pid1_comm={} hostname={} layer={} base={} uid={} gid={} cwd={}",
+        "event=inspect pid={} ppid={} pid1_comm={} hostname={} layer={} base={} uid={} gid={} cwd={} image_env={}",
         sys::pid(),
         sys::ppid(),
         V(&comm),
@@ -30,6 +31,7 @@ pub fn run(stay: bool) -> i32 {
         sys::uid(),
         sys::gid(),
         V(&cwd),
+        V(&image_env),
     );
 
     match upper_write() {

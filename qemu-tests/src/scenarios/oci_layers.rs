@@ -2,7 +2,11 @@
 //! an opaque directory, owners, a hard link, a FIFO) is imported by the
 //! same library calls as `cairn layer build`, once as separate layers and
 //! once flattened. On the device, the overlay of the separate layers and
-//! the flattened layer both show exactly the tree Docker gives.
+//! the flattened layer both show exactly the tree Docker gives. A third
+//! container names an image (the payload program, `/data` and a run
+//! configuration) as its layer's `source` and gives no
+//! `argv`, `env`, `cwd` or `uid`: the image's Entrypoint + Cmd, Env,
+//! WorkingDir and User take effect, as Docker runs it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -80,6 +84,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "[[container]]\nname = \"flat\"\nlayers = [\"tools\", \"flat\"]\nargv = [{}]\nrestart = {{ policy = \"never\" }}\n",
         argv.join(", ")
     );
+    let payload = std::fs::read(ctx.art.payload_root.join("bin/cairn-payload"))?;
+    oci_fixture::write_defaults_image(&ctx.dir.join("defaults.oci.tar"), arch, &payload)?;
+    toml.push_str("[[layer]]\nname = \"img\"\nsource = \"defaults.oci.tar\"\n\n");
+    toml.push_str("[[container]]\nname = \"defaults\"\nlayers = [\"img\"]\nrestart = { policy = \"never\" }\n\n");
     toml.push_str(
         "[[container]]\nname = \"driver\"\nlayers = [\"tools\"]\nargv = [\"/bin/cairn-payload\", \"ctl\", \"--delay-ms\", \"4000\", \"poweroff\"]\ncontrol = true\nrestart = { policy = \"never\" }\n",
     );
@@ -92,6 +100,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let run = ctx.boot(&disk, super::BOOT_TIMEOUT, &super::until_exit)?;
     super::powered_off(&run)?;
     let c = &run.console;
+
+    // The image's run configuration took effect (oci_fixture::IMAGE_CONFIG).
+    let ins = c.expect("inspect", &[("name", "defaults")]).context("the image-defaults container never ran inspect")?;
+    for (k, v) in [("uid", "1000"), ("gid", "1000"), ("cwd", "/data"), ("image_env", "from-image-config")] {
+        ensure!(ins.get(k) == Some(v), "image defaults: {k} is {:?}, the image config says {v}", ins.get(k));
+    }
 
     let want = oci_fixture::expected();
     for name in ["stacked", "flat"] {
