@@ -85,6 +85,9 @@ pub fn parse(msg: &[u8]) -> Option<VerityError> {
     Some(VerityError { device, kind, block: block.parse().ok()? })
 }
 
+/// Most uevents read in one wake of the event loop.
+const DRAIN_BATCH: usize = 64;
+
 /// At most this many distinct (layer, block) pairs are reported per boot;
 /// the kernel itself stops at 100 per target.
 pub const MAX_REPORTED: usize = 256;
@@ -155,12 +158,14 @@ impl Watch {
         self.fd.as_raw_fd()
     }
 
-    /// Read every waiting uevent (never blocks: the socket is
-    /// non-blocking) and report verity errors.
+    /// Read the waiting uevents (never blocks: the socket is non-blocking),
+    /// at most [`DRAIN_BATCH`] per wake so a flood cannot hold the event
+    /// loop (poll is level-triggered: the rest is read on the next turn),
+    /// and report verity errors.
     pub fn drain(&mut self) {
         use nix::errno::Errno;
         let mut buf = [0u8; 8192];
-        loop {
+        for _ in 0..DRAIN_BATCH {
             match nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(self.fd.as_raw_fd(), &mut buf) {
                 // Only the kernel (port 0) speaks for the kernel.
                 Ok((n, Some(from))) if from.pid() == 0 => {
