@@ -15,6 +15,8 @@
 extern crate alloc;
 
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod bootentry;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod bootstate;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod digest;
