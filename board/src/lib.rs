@@ -37,6 +37,15 @@ pub struct Board {
     pub qemu_args: &'static [&'static str],
     /// Extra kernel command line arguments besides the console.
     pub kernel_cmdline: &'static str,
+    /// UEFI architecture suffix of its boot files (`x64`: `BOOTX64.EFI`,
+    /// `systemd-bootx64.efi`, `linuxx64.efi.stub`; `aa64`).
+    pub efi_arch: &'static str,
+    /// UEFI firmware QEMU boots the disk with: code, variable store template.
+    pub firmware_code: &'static str,
+    /// The firmware's variable store template (copied for every boot).
+    pub firmware_vars: &'static str,
+    /// Debian package that provides the firmware.
+    pub firmware_package: &'static str,
 }
 
 impl Board {

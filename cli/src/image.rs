@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_build::bootkit::{BootKit, BootKitError};
+use cairn_build::esp::EfiArch;
 use cairn_build::{gpt, kmod};
 use cairn_format::envelope::{key_id, Envelope, KeyId};
 use clap::Subcommand;
@@ -59,6 +61,18 @@ pub enum ImageCommand {
         /// Size of the data partition.
         #[arg(long, default_value = "16M", value_parser = parse_size_arg)]
         data_size: u64,
+        /// Where systemd-boot and systemd-stub for the board's architecture
+        /// are: the root of an unpacked Debian `systemd-boot-efi` package
+        /// (holding usr/lib/systemd/boot/efi/), `/` for the host's own.
+        #[arg(long, default_value = "/")]
+        systemd_boot: PathBuf,
+        /// Size of the EFI system partition.
+        #[arg(long, default_value = "128M", value_parser = parse_size_arg)]
+        esp_size: u64,
+        /// More kernel command line words for the boot slot (after the
+        /// board's own).
+        #[arg(long, default_value = "")]
+        cmdline: String,
     },
     /// Print a disk image's partitions and the manifests in its slots.
     Inspect {
@@ -80,6 +94,9 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             slot_size,
             spare_slots,
             data_size,
+            systemd_boot,
+            esp_size,
+            cmdline,
         } => {
             let board = cairn_board::by_name(&board)
                 .with_context(|| format!("unknown board {board:?}; cairn knows {}", cairn_board::names().join(", ")))?;
@@ -107,6 +124,24 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             progress.step(format!("writing {}", initramfs.display()));
             assemble::build_initramfs(&init, &modules, &initramfs)?;
 
+            progress.step("building the boot slot (unified kernel image)");
+            let arch = EfiArch::from_suffix(board.efi_arch)
+                .with_context(|| format!("board {} has no UEFI architecture", board.name))?;
+            let vmlinuz = kernel.join("boot").join(format!("vmlinuz-{version}"));
+            let rd_bytes =
+                std::fs::read(&initramfs).with_context(|| format!("cannot read {}", initramfs.display()))?;
+            let kit = BootKit::from_files(arch, &systemd_boot, &vmlinuz, &version, rd_bytes, &board.cmdline(&cmdline))
+                .map_err(|e| match e {
+                    BootKitError::Read { what: what @ ("systemd-boot" | "systemd-stub"), path, .. } => anyhow::anyhow!(
+                        "{what} {}: not found; install systemd-boot-efi, or for another architecture \
+                         `apt-get download systemd-boot-efi:ARCH && dpkg-deb -x systemd-boot-efi_*.deb DIR` \
+                         and pass --systemd-boot DIR",
+                        path.display()
+                    ),
+                    e => e.into(),
+                })?;
+            let esp = kit.factory_esp(&m.compatible, m.version)?;
+
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance {
                 manifest: m,
@@ -119,9 +154,10 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 layer_slot_bytes: slot_size,
                 spare_layer_slots: spare_slots,
                 data_bytes: data_size,
+                esp_bytes: esp_size,
                 ..DiskOptions::default()
             };
-            let layout = assemble::assemble_disk(&app, &out, opts)?;
+            let layout = assemble::assemble_disk(&app, &out, opts, Some(&esp))?;
             progress.clear();
             let rd = std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
             if output.json {

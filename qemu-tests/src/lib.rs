@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cairn_board::Board;
 use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
+use cairn_build::bootkit::BootKit;
+use cairn_build::esp::EspContents;
 use cairn_build::gpt::DiskLayout;
 use ed25519_dalek::SigningKey;
 
@@ -22,8 +24,10 @@ pub use qemu::{BootFiles, Ending, Run};
 
 /// What the build produced for one board.
 pub struct Artifacts {
-    /// Kernel, initramfs, QEMU.
+    /// Kernel, initramfs, firmware, QEMU.
     pub boot: BootFiles,
+    /// What the disks' boot slots are made of.
+    pub kit: BootKit,
     /// Directory holding `bin/cairn-payload` for the board (the `build:payload` layer).
     pub payload_root: PathBuf,
     /// The key the board's init trusts.
@@ -83,12 +87,19 @@ impl Ctx<'_> {
     }
 
     /// Assemble a disk image for a built appliance (with a 4 MiB empty
-    /// `app-data` partition after `cairn-data`, for `partition:` sources).
+    /// `app-data` partition after `cairn-data`, for `partition:` sources),
+    /// booting by itself: the board's boot kit in slot `a`.
     pub fn disk(&self, app: &BuiltAppliance, file: &str) -> Result<(PathBuf, DiskLayout)> {
+        let esp = self.art.kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
+        self.disk_with_esp(app, file, &esp)
+    }
+
+    /// [`Ctx::disk`] with these boot slots.
+    pub fn disk_with_esp(&self, app: &BuiltAppliance, file: &str, esp: &EspContents) -> Result<(PathBuf, DiskLayout)> {
         let path = self.dir.join(file);
         let opts = DiskOptions { app_data_bytes: 4 << 20, ..DiskOptions::default() };
-        let layout =
-            assemble::assemble_disk(app, &path, opts).with_context(|| format!("assembling {}", path.display()))?;
+        let layout = assemble::assemble_disk(app, &path, opts, Some(esp))
+            .with_context(|| format!("assembling {}", path.display()))?;
         Ok((path, layout))
     }
 

@@ -20,6 +20,9 @@ pub struct BootFiles {
     pub kernel: PathBuf,
     /// initramfs.
     pub initramfs: PathBuf,
+    /// UEFI firmware (code, variable store template): QEMU boots the disk
+    /// through it. `None`: the kernel and initramfs above, given to QEMU.
+    pub firmware: Option<(PathBuf, PathBuf)>,
 }
 
 /// Disks and command line of a boot beyond the boot disk.
@@ -32,8 +35,16 @@ pub struct BootOptions<'a> {
     pub extra_first: bool,
     /// Leave `cairn.disk=` off the command line.
     pub no_disk_guid: bool,
-    /// More kernel command line words.
+    /// More kernel command line words (direct kernel boots only: a disk
+    /// booted through the firmware has its command line in its signed
+    /// boot slot).
     pub cmdline: &'a str,
+    /// Boot the kernel and initramfs directly (`-kernel`), not the disk
+    /// through the firmware, even when there is firmware.
+    pub direct_kernel: bool,
+    /// Where the firmware's variable store copy goes (UEFI boots); by
+    /// default beside the boot disk (`DISK.vars`).
+    pub vars: Option<&'a Path>,
 }
 
 /// The `cairn.disk=GUID` word for a disk image: its GPT disk GUID.
@@ -49,23 +60,42 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
 }
 
 /// [`command`] with more disks or without `cairn.disk=`.
+///
+/// With firmware (and not `direct_kernel`), QEMU starts the UEFI firmware
+/// with a fresh copy of its variable store (no boot entries: it boots the
+/// removable-media path of the disk it is pointed at, `bootindex=0`), and
+/// the disk's own loader and boot slot do the rest. Otherwise the kernel,
+/// initramfs and command line come from `files` and the disk GUID is passed
+/// as `cairn.disk=` (unless `no_disk_guid`).
 pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOptions<'_>) -> Command {
-    let mut words: Vec<String> = Vec::new();
-    if !opts.no_disk_guid {
-        words.extend(disk_arg(disk));
-    }
-    if !opts.cmdline.is_empty() {
-        words.push(opts.cmdline.to_owned());
-    }
     let mut c = Command::new(&files.qemu);
-    c.args(board.qemu_args)
-        .args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&files.kernel)
-        .arg("-initrd")
-        .arg(&files.initramfs)
-        .arg("-append")
-        .arg(board.cmdline(&words.join(" ")));
+    c.args(board.qemu_args).args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"]);
+    match (&files.firmware, opts.direct_kernel) {
+        (Some((code, template)), false) => {
+            let vars = opts.vars.map(Path::to_owned).unwrap_or_else(|| disk.with_extension("vars"));
+            // A failed copy shows as QEMU's own error about the file.
+            let _ = std::fs::copy(template, &vars);
+            c.arg("-drive")
+                .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        }
+        _ => {
+            let mut words: Vec<String> = Vec::new();
+            if !opts.no_disk_guid {
+                words.extend(disk_arg(disk));
+            }
+            if !opts.cmdline.is_empty() {
+                words.push(opts.cmdline.to_owned());
+            }
+            c.arg("-kernel")
+                .arg(&files.kernel)
+                .arg("-initrd")
+                .arg(&files.initramfs)
+                .arg("-append")
+                .arg(board.cmdline(&words.join(" ")));
+        }
+    }
     let mut disks: Vec<&Path> = opts.extra_disks.to_vec();
     if opts.extra_first {
         disks.push(disk);
@@ -73,9 +103,10 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
         disks.insert(0, disk);
     }
     for (i, d) in disks.iter().enumerate() {
+        let boot = if *d == disk { ",bootindex=0" } else { "" };
         c.arg("-drive")
             .arg(format!("file={},if=none,id=disk{i},format=raw", d.display()))
-            .args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
+            .args(["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
     }
     c
 }

@@ -74,7 +74,7 @@ fn disk(art: &Artifacts, dir: &Path, mib: u64, check: &str) -> Result<(PathBuf, 
     let slot = app.layers.iter().map(|l| l.partition_bytes()).max().unwrap_or(0).div_ceil(1 << 20) << 20;
     let out = case.join("disk.img");
     let opts = DiskOptions { layer_slot_bytes: slot, spare_layer_slots: 0, ..DiskOptions::default() };
-    assemble::assemble_disk(&app, &out, opts)?;
+    assemble::assemble_disk(&app, &out, opts, None)?;
     let l = app.layers.iter().find(|l| l.name == "big").context("no big layer")?;
     Ok((out, l.size, l.partition_bytes() - l.size))
 }

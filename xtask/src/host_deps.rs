@@ -70,6 +70,25 @@ pub fn ensure_qemu(board: &Board) -> Result<PathBuf> {
         .with_context(|| format!("installed {} but {} is still not on PATH", board.qemu_package, board.qemu_binary))
 }
 
+/// The board's UEFI firmware (code, variable store template), installing
+/// `board.firmware_package` with apt-get when it is missing and we are root.
+pub fn ensure_firmware(board: &Board) -> Result<(PathBuf, PathBuf)> {
+    let (code, vars) = (PathBuf::from(board.firmware_code), PathBuf::from(board.firmware_vars));
+    if !(code.is_file() && vars.is_file()) {
+        if !is_root() {
+            bail!(
+                "{} is missing; install the Debian package {} (sudo apt-get install {})",
+                code.display(),
+                board.firmware_package,
+                board.firmware_package
+            );
+        }
+        apt_install(&[board.firmware_package])?;
+    }
+    anyhow::ensure!(code.is_file() && vars.is_file(), "installed {} but {} is still missing", board.firmware_package, code.display());
+    Ok((code, vars))
+}
+
 /// The independent tools the host tests check our output with: unsquashfs
 /// reads every layer image back, zstd makes compressed archives, mke2fs
 /// formats the data partition, veritysetup checks every layer's hash tree.

@@ -15,6 +15,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
+use cairn_build::bootkit::BootKit;
+use cairn_build::esp::EfiArch;
 use cairn_build::{assemble, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
@@ -249,8 +251,11 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         kernel.modules.iter().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(",")
     );
     let kernel_tree = kernel.vmlinuz.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
+    let firmware = host_deps::ensure_firmware(b)?;
+    let kit = boot_kit(b, &kernel, std::fs::read(&initramfs).context("reading the initramfs")?)?;
     Ok(Artifacts {
-        boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs },
+        boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs, firmware: Some(firmware) },
+        kit,
         payload_root,
         key,
         key_file: dev_key_path(),
@@ -259,6 +264,16 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         cli: repo_root().join("target").join("debug").join("cairn"),
         work_dir: dir.join("scenarios"),
     })
+}
+
+/// The board's boot kit: its systemd-boot and systemd-stub (Debian's
+/// `systemd-boot-efi` for the board's architecture, fetched like the
+/// kernel), the kernel, the initramfs and the command line.
+fn boot_kit(b: &Board, kernel: &kernel::Kernel, initramfs: Vec<u8>) -> Result<BootKit> {
+    let arch = EfiArch::from_suffix(b.efi_arch).with_context(|| format!("board {}: efi_arch {:?}", b.name, b.efi_arch))?;
+    let debs = host_deps::fetch_debs(&["systemd-boot-efi"], b.deb_arch, &build_dir().join("debs"))?;
+    let tree = debs.first().map(|d| d.tree.clone()).context("systemd-boot-efi")?;
+    Ok(BootKit::from_files(arch, &tree, &kernel.vmlinuz, &kernel.version, initramfs, &b.cmdline(""))?)
 }
 
 fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
@@ -270,7 +285,8 @@ fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
         eprintln!("xtask: layer {:<8} {} {} bytes", l.name, l.digest, l.size);
     }
     let disk = dir.join("disk.img");
-    assemble::assemble_disk(&app, &disk, assemble::DiskOptions::default())?;
+    let esp = art.kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
+    assemble::assemble_disk(&app, &disk, assemble::DiskOptions::default(), Some(&esp))?;
     Ok(disk)
 }
 

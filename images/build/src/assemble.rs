@@ -10,6 +10,7 @@ use ed25519_dalek::SigningKey;
 use crate::appliance::{Appliance, ApplianceError, LayerRef};
 use crate::cpio::{self, CpioBuilder};
 use crate::datafs;
+use crate::esp::{self, EspContents, EspError};
 use crate::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
 use crate::layer::{self, LayerError, LayerOptions};
 use crate::verity::{self, LayerIdentity, LayerImage, VerityError};
@@ -65,6 +66,9 @@ pub enum AssembleError {
     /// Signing.
     #[error("manifest: {0}")]
     Seal(String),
+    /// The EFI system partition.
+    #[error(transparent)]
+    Esp(#[from] EspError),
     /// Reading a layer image or computing its hash tree.
     #[error(transparent)]
     Verity(#[from] VerityError),
@@ -371,22 +375,41 @@ pub struct DiskOptions {
     /// containers given it as `partition:app-data` (0: none). System
     /// (`cairn-*`) partitions can never be given to a container.
     pub app_data_bytes: u64,
+    /// Size of the EFI system partition (when the disk has one).
+    pub esp_bytes: u64,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        Self { layer_slot_bytes: 16 << 20, spare_layer_slots: 2, data_bytes: 16 << 20, app_data_bytes: 0 }
+        Self {
+            layer_slot_bytes: 16 << 20,
+            spare_layer_slots: 2,
+            data_bytes: 16 << 20,
+            app_data_bytes: 0,
+            esp_bytes: ESP_BYTES,
+        }
     }
 }
+
+/// Default size of the EFI system partition: two slots of an arm64 kernel
+/// (an uncompressed `Image` of ~27 MiB) and room for an update to write a
+/// third image before removing one.
+pub const ESP_BYTES: u64 = 128 << 20;
 
 /// Size of each manifest slot partition.
 pub const MANIFEST_SLOT_BYTES: u64 = 1 << 20;
 
-/// Write the GPT disk: state (both copies), both manifest slots (A holds the
-/// manifest, B is empty), one layer partition per layer plus spares, and
-/// data. The returned layout holds the disk GUID the device is booted with
-/// (`cairn.disk=`).
-pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Result<DiskLayout, AssembleError> {
+/// Write the GPT disk: the EFI system partition with the boot slots (when
+/// `esp` is given: without it the disk boots only with a kernel and
+/// initramfs given from outside, e.g. QEMU's `-kernel`), state (both
+/// copies), both manifest slots (A holds the manifest, B is empty), one
+/// layer partition per layer plus spares, and data.
+pub fn assemble_disk(
+    app: &BuiltAppliance,
+    out: &Path,
+    opts: DiskOptions,
+    esp: Option<&EspContents>,
+) -> Result<DiskLayout, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
         return Err(AssembleError::TooManyLayers(total_slots));
@@ -413,7 +436,15 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
     record[..bootstate::COPY_SIZE].copy_from_slice(&block);
     record[bootstate::COPY_SIZE..].copy_from_slice(&block);
 
-    let mut parts = vec![
+    let mut parts = Vec::new();
+    if let Some(esp) = esp {
+        parts.push(PartitionSpec {
+            name: gpt::ESP_NAME.into(),
+            size_bytes: opts.esp_bytes,
+            contents: PartitionContents::Bytes(esp::build(esp, opts.esp_bytes)?),
+        });
+    }
+    parts.extend([
         PartitionSpec { name: "cairn-state".into(), size_bytes: 1 << 20, contents: PartitionContents::Bytes(record) },
         PartitionSpec {
             name: "cairn-manifest-a".into(),
@@ -425,7 +456,7 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
             size_bytes: MANIFEST_SLOT_BYTES,
             contents: PartitionContents::Empty,
         },
-    ];
+    ]);
     for n in 0..total_slots {
         let contents = match app.layers.get(n) {
             Some(l @ BuiltLayer { path: Some(path), .. }) => PartitionContents::Layer {

@@ -37,6 +37,15 @@ impl EfiArch {
         }
     }
 
+    /// The architecture named by its suffix (`x64`, `aa64`).
+    pub fn from_suffix(s: &str) -> Option<EfiArch> {
+        match s {
+            "x64" => Some(EfiArch::X64),
+            "aa64" => Some(EfiArch::Aa64),
+            _ => None,
+        }
+    }
+
     /// The suffix Debian's systemd-boot files carry (`systemd-boot<suffix>.efi`,
     /// `linux<suffix>.efi.stub`).
     pub fn suffix(self) -> &'static str {

@@ -4,10 +4,11 @@
 //! 128 entries of 128 bytes at LBA 2, the backup entries and header at the
 //! end of the disk. Partitions start 1 MiB aligned, in the order given, and
 //! are rounded up to whole MiB; the disk ends 1 MiB after the last one.
-//! Every partition has the "Linux filesystem data" type.
+//! Every partition has the "Linux filesystem data" type but `cairn-esp`,
+//! the EFI system partition, which has the "EFI System" type.
 //!
-//! Deterministic: each unique partition GUID is derived from the partition
-//! name and the disk GUID from all the names and the `Bytes` contents (the
+//! Deterministic: each unique partition GUID is derived from the disk GUID
+//! and the partition name, the disk GUID from all the names and the `Bytes` contents (the
 //! signed manifest and the state record: so disks of different appliances or
 //! versions differ), sha256 with the RFC 4122 version 4 and variant bits
 //! set; the same specs always give the same bytes. Names must be unique.
@@ -38,6 +39,12 @@ const MAX_END_LBA: u64 = (u64::MAX - MIB) / SECTOR;
 /// in its on-disk (mixed endian) byte order.
 const LINUX_DATA: [u8; 16] =
     [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
+/// "EFI System" type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B (on-disk order).
+const EFI_SYSTEM: [u8; 16] =
+    [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B];
+/// GPT name of the EFI system partition: the one partition with the
+/// "EFI System" type (firmware looks for its boot loader there).
+pub const ESP_NAME: &str = "cairn-esp";
 /// Longest partition name GPT can hold (UTF-16 code units).
 pub const MAX_NAME: usize = 36;
 
@@ -92,6 +99,8 @@ pub struct PlacedPartition {
     pub offset_bytes: u64,
     /// Size in bytes.
     pub size_bytes: u64,
+    /// Unique partition GUID, on-disk byte order.
+    pub unique_guid: [u8; 16],
 }
 
 /// All partitions of a disk.
@@ -261,8 +270,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         let first = next;
         next = first.checked_add(size / SECTOR).filter(|n| *n <= MAX_END_LBA).ok_or_else(overflow)?;
         let last = next - 1;
-        e[0..16].copy_from_slice(&LINUX_DATA);
-        e[16..32].copy_from_slice(&guid(format!("cairn-partition:{}", p.name).as_bytes()));
+        e[0..16].copy_from_slice(if p.name == ESP_NAME { &EFI_SYSTEM } else { &LINUX_DATA });
         e[32..40].copy_from_slice(&first.to_le_bytes());
         e[40..48].copy_from_slice(&last.to_le_bytes());
         for (j, u) in name16.iter().enumerate() {
@@ -280,6 +288,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
             last_lba: last,
             offset_bytes: first * SECTOR,
             size_bytes: size,
+            unique_guid: [0; 16],
         };
         contents_len(&placed_part, &p.contents)?;
         placed.push(placed_part);
@@ -289,6 +298,12 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
     let backup_entries = last_lba - ENTRY_SECTORS;
     let last_usable = backup_entries - 1;
     let disk_guid = guid(&[b"cairn-disk:".as_slice(), &all_names].concat());
+    // Unique partition GUIDs: from the disk GUID and the name, so two disks
+    // never share one (the loader names the ESP it booted from by its GUID).
+    for (p, e) in placed.iter_mut().zip(entries.chunks_exact_mut(ENTRY_SIZE)) {
+        p.unique_guid = guid(&[b"cairn-partition:".as_slice(), &disk_guid, p.name.as_bytes()].concat());
+        e[16..32].copy_from_slice(&p.unique_guid);
+    }
     let entries_crc = crc32fast::hash(&entries);
 
     // Protective MBR: one partition of type 0xEE covering the disk from LBA 1.
@@ -423,6 +438,7 @@ pub fn read_layout(path: &Path) -> Result<DiskLayout, GptError> {
             last_lba: last,
             offset_bytes,
             size_bytes,
+            unique_guid: e[16..32].try_into().unwrap_or([0; 16]),
         });
     }
     let mut disk_guid = [0u8; 16];

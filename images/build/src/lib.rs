@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod assemble;
+pub mod bootkit;
 pub mod cpio;
 pub mod datafs;
 pub mod esp;

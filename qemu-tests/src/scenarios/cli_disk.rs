@@ -116,6 +116,7 @@ restart = {{ policy = "never" }}
         qemu: ctx.art.boot.qemu.clone(),
         kernel: ctx.art.boot.kernel.clone(),
         initramfs: dir.join("out/disk.initramfs"),
+        firmware: None,
     };
     let cmd = qemu::command(ctx.board, &files, &disk, "");
     let run = qemu::capture(cmd, &dir.join("out/disk.log"), super::BOOT_TIMEOUT, &super::until_exit)?;

@@ -109,7 +109,7 @@ pub fn overhead(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path)
     let sources = std::collections::BTreeMap::from([("bench".to_owned(), root.clone())]);
     let app = cairn_build::assemble::build_appliance(&toml, &sources, &art.key, &dir.join("layers"))?;
     let disk = dir.join("disk.img");
-    cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default())?;
+    cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default(), None)?;
     let bare_initramfs = dir.join("bare.cpio.gz");
     let mut c = cairn_build::cpio::CpioBuilder::new();
     for d in ["dev", "proc", "sys"] {

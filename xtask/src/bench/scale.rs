@@ -47,7 +47,7 @@ pub fn boot(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> 
         std::fs::write(&toml, appliance_toml(n))?;
         let app = cairn_build::assemble::build_appliance(&toml, &sources, &art.key, &dir.join(format!("layers-{n}")))?;
         let disk = dir.join(format!("scale-{n}.img"));
-        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default())?;
+        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default(), None)?;
         disks.push(disk);
     }
     let mut all: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
@@ -264,7 +264,7 @@ pub fn observe(
     let sources = BTreeMap::from([("bench".to_owned(), root.clone())]);
     let guest = super::start::build_guest_with(b, modules, &dir, Some(&art.init))?;
     let files =
-        cairn_qemu_tests::BootFiles { qemu: art.boot.qemu.clone(), kernel: art.boot.kernel.clone(), initramfs: guest };
+        cairn_qemu_tests::BootFiles { qemu: art.boot.qemu.clone(), kernel: art.boot.kernel.clone(), initramfs: guest, firmware: None };
     let mut rows = Vec::new();
     let mut notes = vec![
         "cairn-init runs as PID 1 of a new pid and mount namespace on an overlay root in the bench guest; cairn-bench reads /proc/PID/smaps_rollup from outside every 10 s".into(),
@@ -276,7 +276,7 @@ pub fn observe(
         let app =
             cairn_build::assemble::build_appliance(&toml, &sources, &art.key, &dir.join(format!("layers-{name}")))?;
         let disk = dir.join(format!("{name}.img"));
-        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default())?;
+        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default(), None)?;
         let log = dir.join(format!("{name}.log"));
         eprintln!("xtask: bench observe {name} (console: {})", log.display());
         // The idle boot stops at the first sample; the crash loop after its
