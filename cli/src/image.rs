@@ -128,8 +128,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             let arch = EfiArch::from_suffix(board.efi_arch)
                 .with_context(|| format!("board {} has no UEFI architecture", board.name))?;
             let vmlinuz = kernel.join("boot").join(format!("vmlinuz-{version}"));
-            let rd_bytes =
-                std::fs::read(&initramfs).with_context(|| format!("cannot read {}", initramfs.display()))?;
+            let rd_bytes = std::fs::read(&initramfs).with_context(|| format!("cannot read {}", initramfs.display()))?;
             let kit = BootKit::from_files(arch, &systemd_boot, &vmlinuz, &version, rd_bytes, &board.cmdline(&cmdline))
                 .map_err(|e| match e {
                     BootKitError::Read { what: what @ ("systemd-boot" | "systemd-stub"), path, .. } => anyhow::anyhow!(

@@ -8,10 +8,11 @@ use cairn_format::bootstate::{self, BootState, BootStateError, Slot};
 use cairn_format::envelope::{self, OpenError};
 use cairn_format::manifest::Manifest;
 
+use crate::bootslot::{self, BootSlot, LoaderInfo};
 use crate::cmdline::Cmdline;
 use crate::event::event;
 use crate::keys::{COMPATIBLE, FALLBACK_ROLLBACK_FLOOR, TRUSTED_KEYS};
-use crate::partitions::{self, ChooseError, Partitions, WaitError};
+use crate::partitions::{self, ChooseError, Partitions, WaitError, Want};
 use crate::storage::{self, StorageError};
 
 /// A booted system: what the supervisor needs.
@@ -162,10 +163,17 @@ pub fn choose_slot<M>(
 
 /// Find the boot disk and its partitions: each refusal and each ignored
 /// foreign disk is an event.
-fn find_partitions(cmdline: &Cmdline) -> Result<(String, Partitions), BootError> {
+fn find_partitions(cmdline: &Cmdline, loader: &LoaderInfo) -> Result<(String, Partitions), BootError> {
     let timeout_ms = cmdline.disk_timeout_ms;
-    let want = cmdline.disk.as_ref();
-    let wanted = want.map_or_else(|| "any".to_owned(), partitions::guid_text);
+    let want = match (cmdline.disk, loader.esp) {
+        (Some(g), _) => Want::Disk(g),
+        (None, Some(esp)) => Want::Partition(esp),
+        (None, None) => Want::Only,
+    };
+    let wanted = match &want {
+        Want::Disk(g) => partitions::guid_text(g),
+        Want::Partition(_) | Want::Only => "any".to_owned(),
+    };
     match partitions::wait_for(Duration::from_millis(timeout_ms.into()), want) {
         Ok(b) => {
             for (disk, names) in &b.foreign {
@@ -175,18 +183,22 @@ fn find_partitions(cmdline: &Cmdline) -> Result<(String, Partitions), BootError>
                     .kv("effect", "ignored: system partitions come from the boot disk only")
                     .emit();
             }
-            event("partitions.found")
-                .kv("disk", &b.disk)
-                .kv("guid", &wanted)
-                .kv("count", b.partitions.len())
+            let mut e = event("partitions.found").kv("disk", &b.disk).kv("guid", &wanted).kv("by", want.by());
+            if let Want::Partition(esp) = &want {
+                e = e.kv("esp", partitions::guid_text(esp));
+            }
+            e.kv("count", b.partitions.len())
                 .kv("names", b.partitions.keys().cloned().collect::<Vec<_>>().join(","))
                 .emit();
             Ok((b.disk, b.partitions))
         }
         Err(WaitError::Choose(ChooseError::Ambiguous(disks))) => {
             let reason = match want {
-                Some(_) => "several disks carry the disk GUID of cairn.disk=",
-                None => "several disks hold cairn-* partitions and cairn.disk= does not name one",
+                Want::Disk(_) => "several disks carry the disk GUID of cairn.disk=",
+                Want::Partition(_) => "several disks hold the partition the boot loader started from",
+                Want::Only => {
+                    "several disks hold cairn-* partitions and neither cairn.disk= nor the boot loader names one"
+                }
             };
             event("partitions.ambiguous").kv("disks", disks.join(",")).kv("guid", &wanted).kv("reason", reason).emit();
             Err(BootError::AmbiguousDisk { reason, disks })
@@ -196,15 +208,25 @@ fn find_partitions(cmdline: &Cmdline) -> Result<(String, Partitions), BootError>
             Err(BootError::DuplicatePartition { disk, name })
         }
         Err(WaitError::Choose(ChooseError::NotFound)) => {
-            Err(BootError::NoBootDisk { guid: want.map(|_| wanted), timeout_ms })
+            Err(BootError::NoBootDisk { guid: (want != Want::Only).then_some(wanted), timeout_ms })
         }
         Err(WaitError::Missing { disk, missing }) => Err(BootError::Partitions { disk, missing, timeout_ms }),
     }
 }
 
-/// Find the partitions, read the state and manifest, mount the layers.
-pub fn boot(cmdline: &Cmdline) -> Result<Booted, BootError> {
-    let (disk, parts) = find_partitions(cmdline)?;
+/// Find the partitions and the booted slot's entry, read the state and
+/// manifest, mount the layers. The slot is known even when the boot fails
+/// after the partitions were found (a slot on trial then reboots).
+pub fn boot(cmdline: &Cmdline, loader: &LoaderInfo) -> (Option<BootSlot>, Result<Booted, BootError>) {
+    let (disk, parts) = match find_partitions(cmdline, loader) {
+        Ok(found) => found,
+        Err(e) => return (None, Err(e)),
+    };
+    let slot = bootslot::inspect(cmdline.slot, &parts, loader);
+    (slot, boot_from(disk, parts))
+}
+
+fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
     let region = storage::read_partition(&parts, "cairn-state", bootstate::RECORD_SIZE);
     let (mut state, unreadable) = match region {
         Ok(r) => {

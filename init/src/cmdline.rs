@@ -9,13 +9,26 @@ pub struct Cmdline {
     pub start_timeout_ms: u32,
     /// `cairn.disk=GUID`: the GPT disk GUID of the boot disk (on-disk order).
     pub disk: Option<crate::partitions::Guid>,
+    /// `cairn.slot=a|b`: the boot slot whose image holds this command line
+    /// (written by `cairn image assemble` into each slot's signed image).
+    pub slot: Option<cairn_format::bootstate::Slot>,
+    /// `cairn.bless_after_ms=N`: how long the containers must run without a
+    /// failure before a slot on trial is blessed.
+    pub bless_after_ms: u32,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
 
 impl Default for Cmdline {
     fn default() -> Self {
-        Self { disk_timeout_ms: 10_000, start_timeout_ms: 10_000, disk: None, ignored: Vec::new() }
+        Self {
+            disk_timeout_ms: 10_000,
+            start_timeout_ms: 10_000,
+            disk: None,
+            slot: None,
+            bless_after_ms: 30_000,
+            ignored: Vec::new(),
+        }
     }
 }
 
@@ -27,7 +40,10 @@ pub fn parse(text: &str) -> Cmdline {
         match (key, value.parse::<u32>(), crate::partitions::parse_guid(value)) {
             ("cairn.disk_timeout_ms", Ok(v), _) if v > 0 => c.disk_timeout_ms = v,
             ("cairn.start_timeout_ms", Ok(v), _) if v > 0 => c.start_timeout_ms = v,
+            ("cairn.bless_after_ms", Ok(v), _) => c.bless_after_ms = v,
             ("cairn.disk", _, Some(g)) => c.disk = Some(g),
+            ("cairn.slot", _, _) if value == "a" => c.slot = Some(cairn_format::bootstate::Slot::A),
+            ("cairn.slot", _, _) if value == "b" => c.slot = Some(cairn_format::bootstate::Slot::B),
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -53,5 +69,8 @@ mod tests {
             Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
         );
         assert_eq!(c.ignored, ["cairn.disk=nope"]);
+        let c = parse("cairn.slot=b cairn.bless_after_ms=0 cairn.slot=c");
+        assert_eq!((c.slot, c.bless_after_ms), (Some(cairn_format::bootstate::Slot::B), 0));
+        assert_eq!(c.ignored, ["cairn.slot=c"]);
     }
 }

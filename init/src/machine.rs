@@ -213,6 +213,10 @@ pub struct Machine {
     pending: VecDeque<PendingSignal>,
     announced_started: bool,
     start_timeout: Duration,
+    /// The first thing that went wrong with a container this boot (a
+    /// failed set-up, an exit other than 0, a blocked start): a slot on
+    /// trial is not blessed after it.
+    first_failure: Option<String>,
 }
 
 impl Machine {
@@ -222,7 +226,38 @@ impl Machine {
             .into_iter()
             .map(|desc| Unit { desc, state: State::Waiting, restarts: 0, ever_started: false, run_started: None })
             .collect();
-        Self { units, order, shutdown: None, pending: VecDeque::new(), announced_started: false, start_timeout }
+        Self {
+            units,
+            order,
+            shutdown: None,
+            pending: VecDeque::new(),
+            announced_started: false,
+            start_timeout,
+            first_failure: None,
+        }
+    }
+
+    /// Whether the containers are healthy: every one has settled after its
+    /// first start (`boot.containers-started`) and none has failed to set
+    /// up, exited other than with 0, or been blocked since boot.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(f) = &self.first_failure {
+            return Err(f.clone());
+        }
+        if !self.announced_started {
+            return Err("the containers have not all started".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Whether every container has settled after its first start.
+    pub fn containers_started(&self) -> bool {
+        self.announced_started
     }
 
     /// Unit `i`'s state.
@@ -264,6 +299,9 @@ impl Machine {
                 self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| &d.desc.name)
             });
             if let Some(dep) = dep_dead {
+                if self.first_failure.is_none() {
+                    self.first_failure = Some(format!("{} blocked: dependency {dep} never started", u.desc.name));
+                }
                 fx.emit(
                     event("container.blocked")
                         .kv("name", &u.desc.name)
@@ -376,6 +414,17 @@ impl Machine {
             u.state = State::Stopped;
             return;
         }
+        if exit != Exit::Code(0) {
+            let what = match exit {
+                Exit::Code(SETUP_FAILED) => format!("{} failed to set up", u.desc.name),
+                Exit::Code(c) => format!("{} exited with {c}", u.desc.name),
+                Exit::Signal(s) => format!("{} killed by signal {s}", u.desc.name),
+            };
+            if self.first_failure.is_none() {
+                self.first_failure = Some(what);
+            }
+        }
+        let Some(u) = self.units.get_mut(i) else { return };
         u.restarts = policy::restarts_after_run(&u.desc.restart, u.restarts, ran_ms);
         match policy::after_exit(&u.desc.restart, exit, u.restarts) {
             Decision::Restart { delay_ms } => {

@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod boot;
+mod bootslot;
 mod cmdline;
 mod control;
 mod dm;
@@ -79,13 +80,21 @@ fn main() {
     let failed = modules::load_all();
     event("modules.done").kv("failed", failed).emit();
 
-    let (units, order, targets) = match boot::boot(&cmdline) {
+    let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
+    let (slot, booted) = boot::boot(&cmdline, &loader);
+    let (units, order, targets) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
             (units, order, booted.targets)
         }
         Err(e) => {
-            event("boot.failed").kv("reason", e).emit();
+            event("boot.failed").kv("reason", &e).emit();
+            if let Some(s) = slot.as_ref().filter(|s| s.on_trial()) {
+                // A slot on trial that cannot boot: restart, so the loader
+                // counts the try and, once they are used up, boots the other.
+                event("boot.trial-failed").kv("slot", s.slot).kv("reason", e).kv("effect", "reboot").emit();
+                finish(ShutdownKind::Reboot, &[]);
+            }
             (Vec::new(), Vec::new(), Vec::new())
         }
     };
@@ -98,6 +107,9 @@ fn main() {
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
     let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
+    if let Some(s) = slot {
+        sup.assess_slot(s, std::time::Duration::from_millis(cmdline.bless_after_ms.into()));
+    }
     // Run-time dm-verity errors become `layer.corrupt` events.
     if !targets.is_empty() {
         match uevent::Watch::open(targets.clone()) {

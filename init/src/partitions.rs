@@ -21,6 +21,9 @@ pub type Partitions = BTreeMap<String, String>;
 /// Partitions the device cannot boot without.
 pub const REQUIRED: [&str; 3] = ["cairn-state", "cairn-manifest-a", "cairn-manifest-b"];
 
+/// The EFI system partition (boot loader and boot slot images).
+pub const ESP: &str = "cairn-esp";
+
 /// Prefix of the system partitions.
 pub const SYSTEM_PREFIX: &str = "cairn-";
 
@@ -119,6 +122,9 @@ pub struct Disk {
     pub name: String,
     /// GPT disk GUID, when it has a readable GPT.
     pub guid: Option<Guid>,
+    /// Unique GUIDs of its GPT partitions (read only when a loader named
+    /// the partition it booted from).
+    pub part_guids: Vec<Guid>,
     /// Its named partitions: (GPT name, kernel name), in sysfs order.
     pub parts: Vec<(String, String)>,
 }
@@ -157,12 +163,35 @@ pub enum ChooseError {
     },
 }
 
-/// Choose the boot disk: the disk with GUID `want`, or without it the one
-/// disk holding `cairn-*` partitions.
-pub fn choose(disks: &[Disk], want: Option<&Guid>) -> Result<BootDisk, ChooseError> {
+/// What names the boot disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// `cairn.disk=`: its GPT disk GUID.
+    Disk(Guid),
+    /// The boot loader's `LoaderDevicePartUUID`: the disk holding the EFI
+    /// system partition the firmware started the loader from.
+    Partition(Guid),
+    /// Nothing: the one disk holding `cairn-*` partitions.
+    Only,
+}
+
+impl Want {
+    /// Word for events: what chose the disk.
+    pub fn by(&self) -> &'static str {
+        match self {
+            Want::Disk(_) => "cmdline",
+            Want::Partition(_) => "loader",
+            Want::Only => "only",
+        }
+    }
+}
+
+/// Choose the boot disk (see [`Want`]).
+pub fn choose(disks: &[Disk], want: Want) -> Result<BootDisk, ChooseError> {
     let candidates: Vec<&Disk> = match want {
-        Some(g) => disks.iter().filter(|d| d.guid.as_ref() == Some(g)).collect(),
-        None => disks.iter().filter(|d| !d.system_names().is_empty()).collect(),
+        Want::Disk(g) => disks.iter().filter(|d| d.guid == Some(g)).collect(),
+        Want::Partition(g) => disks.iter().filter(|d| d.part_guids.contains(&g)).collect(),
+        Want::Only => disks.iter().filter(|d| !d.system_names().is_empty()).collect(),
     };
     let boot = match candidates.as_slice() {
         [] => return Err(ChooseError::NotFound),
@@ -188,23 +217,56 @@ pub fn choose(disks: &[Disk], want: Option<&Guid>) -> Result<BootDisk, ChooseErr
     Ok(BootDisk { disk: boot.name.clone(), partitions, foreign })
 }
 
-/// Read the disk GUID of `/dev/<disk>`: its GPT header at LBA 1.
-fn read_disk_guid(disk: &str) -> Option<Guid> {
+/// Most partition entries read from a GPT (the usual table has 128).
+const MAX_ENTRIES: u32 = 256;
+
+/// The unique partition GUIDs of a GPT partition entry array (`count`
+/// entries of `size` bytes; unused entries, all-zero type, are skipped).
+pub fn gpt_partition_guids(entries: &[u8], count: u32, size: u32) -> Vec<Guid> {
+    let size = size as usize;
+    if size < 128 {
+        return Vec::new();
+    }
+    entries
+        .chunks_exact(size)
+        .take(count.min(MAX_ENTRIES) as usize)
+        .filter(|e| e.get(..16).is_some_and(|t| t.iter().any(|b| *b != 0)))
+        .filter_map(|e| e.get(16..32).and_then(|g| g.try_into().ok()))
+        .collect()
+}
+
+/// Read the GPT of `/dev/<disk>`: its disk GUID (header at LBA 1) and,
+/// when `with_parts`, its partitions' unique GUIDs.
+fn read_gpt(disk: &str, with_parts: bool) -> (Option<Guid>, Vec<Guid>) {
     use std::os::unix::fs::FileExt;
     let lbs: u64 = std::fs::read_to_string(format!("/sys/class/block/{disk}/queue/logical_block_size"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|n| (512..=65536).contains(n))
         .unwrap_or(512);
-    let f = std::fs::File::open(format!("/dev/{disk}")).ok()?;
-    let mut buf = vec![0u8; lbs as usize];
-    f.read_exact_at(&mut buf, lbs).ok()?;
-    gpt_disk_guid(&buf)
+    let Ok(f) = std::fs::File::open(format!("/dev/{disk}")) else { return (None, Vec::new()) };
+    let mut header = vec![0u8; lbs as usize];
+    if f.read_exact_at(&mut header, lbs).is_err() {
+        return (None, Vec::new());
+    }
+    let guid = gpt_disk_guid(&header);
+    if guid.is_none() || !with_parts {
+        return (guid, Vec::new());
+    }
+    let word = |o: usize| header.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
+    let lba = header.get(72..80).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+    let (count, size) = (word(80).min(MAX_ENTRIES), word(84));
+    let mut entries = vec![0u8; (count as usize).saturating_mul(size as usize).min(MAX_ENTRIES as usize * 512)];
+    if lba == 0 || f.read_exact_at(&mut entries, lba.saturating_mul(lbs)).is_err() {
+        return (guid, Vec::new());
+    }
+    (guid, gpt_partition_guids(&entries, count, size))
 }
 
 /// Scan sysfs once: every whole disk with its named partitions. Disks
-/// without partitions are skipped (their GUID is never read).
-pub fn scan() -> Vec<Disk> {
+/// without partitions are skipped (their GUID is never read). Partition
+/// GUIDs are read when `with_parts`.
+pub fn scan(with_parts: bool) -> Vec<Disk> {
     let mut disks = Vec::new();
     let Ok(dir) = std::fs::read_dir("/sys/block") else {
         return disks;
@@ -226,8 +288,8 @@ pub fn scan() -> Vec<Disk> {
             continue;
         }
         parts.sort_by(|a, b| a.1.cmp(&b.1));
-        let guid = read_disk_guid(&name);
-        disks.push(Disk { name, guid, parts });
+        let (guid, part_guids) = read_gpt(&name, with_parts);
+        disks.push(Disk { name, guid, part_guids, parts });
     }
     disks
 }
@@ -249,10 +311,10 @@ pub enum WaitError {
 
 /// Scan until the boot disk is chosen and holds every required partition,
 /// or the timeout passes. Ambiguity and duplicates are refused at once.
-pub fn wait_for(timeout: Duration, want: Option<&Guid>) -> Result<BootDisk, WaitError> {
+pub fn wait_for(timeout: Duration, want: Want) -> Result<BootDisk, WaitError> {
     let start = Instant::now();
     loop {
-        let result = choose(&scan(), want);
+        let result = choose(&scan(matches!(want, Want::Partition(_))), want);
         let out_of_time = start.elapsed() >= timeout;
         match result {
             Ok(b) => {
@@ -297,6 +359,19 @@ mod tests {
 
     const LINUX_DATA: Guid =
         [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
+
+    #[test]
+    fn partition_guids_come_from_used_entries() {
+        let mut entries = vec![0u8; 4 * 128];
+        entries[0] = 1; // a type GUID
+        entries[16..32].copy_from_slice(&[5; 16]);
+        entries[2 * 128 + 16..2 * 128 + 32].copy_from_slice(&[6; 16]); // unused: no type
+        entries[3 * 128] = 1;
+        entries[3 * 128 + 16..3 * 128 + 32].copy_from_slice(&[7; 16]);
+        assert_eq!(gpt_partition_guids(&entries, 4, 128), vec![[5; 16], [7; 16]]);
+        assert_eq!(gpt_partition_guids(&entries, 1, 128), vec![[5; 16]]);
+        assert!(gpt_partition_guids(&entries, 4, 64).is_empty(), "entries are at least 128 bytes");
+    }
 
     #[test]
     fn guids_parse_in_gpt_byte_order_and_print_back() {
@@ -346,6 +421,7 @@ mod tests {
         Disk {
             name: name.into(),
             guid: Some([guid; 16]),
+            part_guids: vec![[guid + 100; 16], [guid + 200; 16]],
             parts: parts.iter().enumerate().map(|(i, p)| ((*p).to_owned(), format!("{name}{}", i + 1))).collect(),
         }
     }
@@ -359,7 +435,7 @@ mod tests {
         let other = disk("vdc", 3, &["photos"]);
         let disks = [vda.clone(), usb.clone(), other.clone()];
 
-        let b = choose(&disks, Some(&[1; 16])).unwrap_or_else(|e| panic!("{e:?}"));
+        let b = choose(&disks, Want::Disk([1; 16])).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(b.disk, "vda");
         assert_eq!(b.partitions.get("cairn-data").map(String::as_str), Some("/dev/vda4"));
         assert_eq!(b.partitions.len(), 4, "nothing from other disks");
@@ -368,35 +444,41 @@ mod tests {
             [("sda".to_owned(), vec!["cairn-state".into(), "cairn-manifest-a".into(), "cairn-data".into()])]
         );
 
-        let b = choose(&disks, Some(&[2; 16])).unwrap_or_else(|e| panic!("{e:?}"));
+        let b = choose(&disks, Want::Disk([2; 16])).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((b.disk.as_str(), b.foreign.len()), ("sda", 1), "the GUID decides, whatever the order");
 
-        assert_eq!(choose(&disks, None), Err(ChooseError::Ambiguous(vec!["vda".into(), "sda".into()])));
-        assert_eq!(choose(&disks, Some(&[9; 16])), Err(ChooseError::NotFound));
+        assert_eq!(choose(&disks, Want::Only), Err(ChooseError::Ambiguous(vec!["vda".into(), "sda".into()])));
+        assert_eq!(choose(&disks, Want::Disk([9; 16])), Err(ChooseError::NotFound));
         let twin = Disk { name: "vdb".into(), ..vda.clone() };
         assert_eq!(
-            choose(&[vda.clone(), twin], Some(&[1; 16])),
+            choose(&[vda.clone(), twin], Want::Disk([1; 16])),
             Err(ChooseError::Ambiguous(vec!["vda".into(), "vdb".into()])),
             "two disks with the same GUID"
         );
 
-        let b = choose(&[vda.clone(), other.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
+        let b = choose(&[vda.clone(), other.clone()], Want::Only).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((b.disk.as_str(), b.foreign.len()), ("vda", 0));
         assert!(!b.partitions.contains_key("photos"));
-        assert_eq!(choose(&[other], None), Err(ChooseError::NotFound));
-        assert_eq!(choose(&[], None), Err(ChooseError::NotFound));
+        assert_eq!(choose(&[other], Want::Only), Err(ChooseError::NotFound));
+        assert_eq!(choose(&[], Want::Only), Err(ChooseError::NotFound));
+
+        // The loader names the partition it booted from: its disk, whatever
+        // else holds cairn-* partitions.
+        let b = choose(&disks, Want::Partition([202; 16])).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((b.disk.as_str(), b.foreign.len()), ("sda", 1));
+        assert_eq!(choose(&disks, Want::Partition([7; 16])), Err(ChooseError::NotFound));
     }
 
     #[test]
     fn a_system_name_twice_on_the_boot_disk_is_refused() {
         let d = disk("vda", 1, &["cairn-state", "cairn-manifest-a", "cairn-state"]);
         assert_eq!(
-            choose(std::slice::from_ref(&d), Some(&[1; 16])),
+            choose(std::slice::from_ref(&d), Want::Disk([1; 16])),
             Err(ChooseError::Duplicate { disk: "vda".into(), name: "cairn-state".into() })
         );
-        assert!(matches!(choose(&[d], None), Err(ChooseError::Duplicate { .. })));
+        assert!(matches!(choose(&[d], Want::Only), Err(ChooseError::Duplicate { .. })));
         let d = disk("vda", 1, &["cairn-state", "photos", "photos"]);
-        let b = choose(&[d], None).unwrap_or_else(|e| panic!("{e:?}"));
+        let b = choose(&[d], Want::Only).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(b.partitions.get("photos").map(String::as_str), Some("/dev/vda2"), "the first other one");
     }
 }

@@ -218,6 +218,16 @@ pub struct Supervisor {
     /// dm-verity error uevents; `layers.corrupted` is this boot's "a layer
     /// block failed its hash" flag (a failed trial for OTA).
     layers: Option<crate::uevent::Watch>,
+    /// The boot slot on trial, and when to judge it.
+    trial: Option<Trial>,
+}
+
+/// A boot slot on trial: blessed once the containers have run `after`
+/// without a failure, else the device reboots (the loader counts the try).
+struct Trial {
+    slot: crate::bootslot::BootSlot,
+    after: Duration,
+    deadline: Option<Instant>,
 }
 
 impl Supervisor {
@@ -238,6 +248,52 @@ impl Supervisor {
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             layers: None,
+            trial: None,
+        }
+    }
+
+    /// Judge the booted slot if it is on trial: `after` this long with every
+    /// container started and none failed, bless it; else reboot.
+    pub fn assess_slot(&mut self, slot: crate::bootslot::BootSlot, after: Duration) {
+        if slot.on_trial() {
+            event("boot.trial").kv("slot", slot.slot).kv("bless_after_ms", after.as_millis()).emit();
+            self.trial = Some(Trial { slot, after, deadline: None });
+        }
+    }
+
+    fn trial_deadline(&self) -> Option<Instant> {
+        self.trial.as_ref().and_then(|t| t.deadline)
+    }
+
+    fn assess(&mut self, now: Instant) {
+        let Some(t) = self.trial.as_mut() else { return };
+        if self.machine.shutting_down() {
+            // Not judged: the next boot is counted again.
+            self.trial = None;
+            return;
+        }
+        if t.deadline.is_none() && self.machine.containers_started() {
+            t.deadline = Some(now + t.after);
+        }
+        if t.deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        let Some(mut t) = self.trial.take() else { return };
+        let corrupt = self.layers.as_ref().is_some_and(|w| w.corrupted);
+        let verdict = self.machine.health().and_then(|()| match corrupt {
+            true => Err("a layer block failed its hash".to_owned()),
+            false => Ok(()),
+        });
+        match verdict {
+            Ok(()) => {
+                if let Err(e) = crate::bootslot::bless(&mut t.slot) {
+                    event("boot.bless-failed").kv("slot", t.slot.slot).kv("error", e).emit();
+                }
+            }
+            Err(reason) => {
+                event("boot.trial-failed").kv("slot", t.slot.slot).kv("reason", reason).kv("effect", "reboot").emit();
+                self.machine.request_shutdown(ShutdownKind::Reboot, "trial failed", now, &mut self.io);
+            }
         }
     }
 
@@ -265,8 +321,9 @@ impl Supervisor {
                 return kind;
             }
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
-            self.wait(timeout);
+            self.wait(earliest(timeout, poll_timeout(self.trial_deadline())));
             self.machine.fire(Instant::now(), &mut self.io);
+            self.assess(Instant::now());
             if self.machine.fire_signals(Instant::now(), &mut self.io) {
                 // The spacing counts from after this kill and its event.
                 self.machine.signal_sent(Instant::now());

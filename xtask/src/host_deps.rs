@@ -85,7 +85,12 @@ pub fn ensure_firmware(board: &Board) -> Result<(PathBuf, PathBuf)> {
         }
         apt_install(&[board.firmware_package])?;
     }
-    anyhow::ensure!(code.is_file() && vars.is_file(), "installed {} but {} is still missing", board.firmware_package, code.display());
+    anyhow::ensure!(
+        code.is_file() && vars.is_file(),
+        "installed {} but {} is still missing",
+        board.firmware_package,
+        code.display()
+    );
     Ok((code, vars))
 }
 

@@ -270,7 +270,8 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
 /// `systemd-boot-efi` for the board's architecture, fetched like the
 /// kernel), the kernel, the initramfs and the command line.
 fn boot_kit(b: &Board, kernel: &kernel::Kernel, initramfs: Vec<u8>) -> Result<BootKit> {
-    let arch = EfiArch::from_suffix(b.efi_arch).with_context(|| format!("board {}: efi_arch {:?}", b.name, b.efi_arch))?;
+    let arch =
+        EfiArch::from_suffix(b.efi_arch).with_context(|| format!("board {}: efi_arch {:?}", b.name, b.efi_arch))?;
     let debs = host_deps::fetch_debs(&["systemd-boot-efi"], b.deb_arch, &build_dir().join("debs"))?;
     let tree = debs.first().map(|d| d.tree.clone()).context("systemd-boot-efi")?;
     Ok(BootKit::from_files(arch, &tree, &kernel.vmlinuz, &kernel.version, initramfs, &b.cmdline(""))?)

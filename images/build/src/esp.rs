@@ -106,7 +106,6 @@ pub const LABEL: &[u8; 11] = b"CAIRN-ESP  ";
 /// Volume ID (serial number): fixed, as the rest of the disk.
 pub const VOLUME_ID: u32 = 0xCA12_0E5F;
 
-
 /// The partition's bytes for a partition of `size` bytes, up to the last
 /// used cluster (the disk writer leaves the rest zero, and sparse).
 pub fn build(contents: &EspContents, size: u64) -> Result<Vec<u8>, EspError> {

@@ -79,7 +79,10 @@ fn short_exact(name: &str) -> Option<[u8; 11]> {
 fn alias(name: &str, n: usize) -> [u8; 11] {
     let (base, ext) = name.rsplit_once('.').unwrap_or((name, ""));
     let clean = |s: &str| -> Vec<u8> {
-        s.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').map(|b| b.to_ascii_uppercase()).collect()
+        s.bytes()
+            .filter(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+            .map(|b| b.to_ascii_uppercase())
+            .collect()
     };
     let tail = format!("~{n}");
     let mut base = clean(base);
@@ -112,7 +115,7 @@ fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32) -> [u8; DIR_E
 fn lfn_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; DIR_ENTRY]> {
     let mut units: Vec<u16> = name.encode_utf16().collect();
     units.push(0);
-    while units.len() % 13 != 0 {
+    while !units.len().is_multiple_of(13) {
         units.push(0xFFFF);
     }
     let sum = lfn_checksum(short);
@@ -354,8 +357,14 @@ mod tests {
     #[test]
     fn bad_trees_are_refused() {
         let d: &[u8] = b"x";
-        assert_eq!(write(&[("a/../b".into(), d)], 64 << 20, 1, b"NO NAME    "), Err(FatError::BadPath("a/../b".into())));
-        assert_eq!(write(&[("a".into(), d), ("a/b".into(), d)], 64 << 20, 1, b"NO NAME    "), Err(FatError::Conflict("a/b".into())));
+        assert_eq!(
+            write(&[("a/../b".into(), d)], 64 << 20, 1, b"NO NAME    "),
+            Err(FatError::BadPath("a/../b".into()))
+        );
+        assert_eq!(
+            write(&[("a".into(), d), ("a/b".into(), d)], 64 << 20, 1, b"NO NAME    "),
+            Err(FatError::Conflict("a/b".into()))
+        );
         assert_eq!(write(&[("a".into(), d)], 30 << 20, 1, b"NO NAME    "), Err(FatError::TooSmall(30 << 20)));
         let big = vec![1u8; 70 << 20];
         assert!(matches!(write(&[("a".into(), &big)], 64 << 20, 1, b"NO NAME    "), Err(FatError::Full { .. })));

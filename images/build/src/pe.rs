@@ -240,8 +240,7 @@ pub fn add_sections(pe: &[u8], new: &[NewSection<'_>]) -> Result<Vec<u8>, PeErro
         }
     }
     let table_end = h.section_table + h.sections.len() * SECTION_HEADER;
-    let first_raw =
-        h.sections.iter().map(|s| s.raw_offset).filter(|o| *o > 0).min().unwrap_or(h.size_of_headers);
+    let first_raw = h.sections.iter().map(|s| s.raw_offset).filter(|o| *o > 0).min().unwrap_or(h.size_of_headers);
     let limit = (h.size_of_headers.min(first_raw)) as usize;
     let free = limit.saturating_sub(table_end);
     if free < new.len() * SECTION_HEADER {
@@ -326,7 +325,10 @@ mod tests {
         let pe = tiny_pe();
         let out = add_sections(
             &pe,
-            &[NewSection { name: ".cmdline", data: b"console=ttyS0" }, NewSection { name: ".linux", data: &[7; 0x301] }],
+            &[
+                NewSection { name: ".cmdline", data: b"console=ttyS0" },
+                NewSection { name: ".linux", data: &[7; 0x301] },
+            ],
         )
         .unwrap();
         let h = headers(&out).unwrap();
@@ -341,7 +343,17 @@ mod tests {
         assert_eq!(u32_at(&out, h.optional + 56).unwrap(), 0x4000);
         assert_eq!(u32_at(&out, h.checksum_offset()).unwrap(), checksum(&out, h.checksum_offset()));
         // Deterministic.
-        assert_eq!(out, add_sections(&pe, &[NewSection { name: ".cmdline", data: b"console=ttyS0" }, NewSection { name: ".linux", data: &[7; 0x301] }]).unwrap());
+        assert_eq!(
+            out,
+            add_sections(
+                &pe,
+                &[
+                    NewSection { name: ".cmdline", data: b"console=ttyS0" },
+                    NewSection { name: ".linux", data: &[7; 0x301] }
+                ]
+            )
+            .unwrap()
+        );
     }
 
     #[test]
@@ -357,8 +369,10 @@ mod tests {
         let h = headers(&pe).unwrap();
         put_u32(&mut signed, h.data_dir_offset(SECURITY_DIR).unwrap(), 0x600);
         assert_eq!(add_sections(&signed, &[]).unwrap_err(), PeError::Signed);
-        let many: Vec<NewSection<'_>> =
-            ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o"].iter().map(|n| NewSection { name: n, data: b"" }).collect();
+        let many: Vec<NewSection<'_>> = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o"]
+            .iter()
+            .map(|n| NewSection { name: n, data: b"" })
+            .collect();
         assert!(matches!(add_sections(&pe, &many).unwrap_err(), PeError::NoRoom { wanted: 15, .. }));
     }
 

@@ -39,7 +39,7 @@ pub enum UkiError {
     #[error("the kernel is not an EFI application: {0}")]
     Kernel(PeError),
     /// A stub that is not systemd-stub.
-    #[error("the stub has no .sdmagic section: not systemd-stub")]
+    #[error("the stub does not say \"#### LoaderInfo: systemd-stub\": not systemd-stub")]
     NotSystemdStub,
     /// A command line with a NUL or newline.
     #[error("the kernel command line holds a NUL or a newline")]
@@ -63,7 +63,10 @@ pub fn os_release(product: &str, version: u64, slot: &str) -> String {
 pub fn build(p: &UkiParts<'_>) -> Result<Vec<u8>, UkiError> {
     pe::headers(p.kernel).map_err(UkiError::Kernel)?;
     let stub = pe::headers(p.stub).map_err(UkiError::Stub)?;
-    if stub.section(".sdmagic").is_none() {
+    // Its magic string (in `.sdmagic` on x64; the arm64 stub of systemd
+    // 252 has only .text and .data).
+    let magic = b"#### LoaderInfo: systemd-stub ";
+    if stub.sections.is_empty() || !p.stub.windows(magic.len()).any(|w| w == magic) {
         return Err(UkiError::NotSystemdStub);
     }
     if p.cmdline.contains(['\0', '\n']) {

@@ -180,7 +180,17 @@ mod tests {
         }
         assert_eq!(Entry::parse("CAIRN-A.EFI"), None, "the stem is case-sensitive");
         assert_eq!(Entry::parse("cairn-a.EFI").unwrap().slot, Slot::A);
-        for bad in ["cairn-c.efi", "cairn-a+.efi", "cairn-a+x.efi", "cairn-a+1-.efi", "cairn-a+-1.efi", "cairn-a", "a.efi", "cairn-a+1-2-3.efi", "cairn-a+9999999999.efi"] {
+        for bad in [
+            "cairn-c.efi",
+            "cairn-a+.efi",
+            "cairn-a+x.efi",
+            "cairn-a+1-.efi",
+            "cairn-a+-1.efi",
+            "cairn-a",
+            "a.efi",
+            "cairn-a+1-2-3.efi",
+            "cairn-a+9999999999.efi",
+        ] {
             assert_eq!(Entry::parse(bad), None, "{bad}");
         }
     }

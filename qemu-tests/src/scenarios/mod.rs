@@ -24,6 +24,8 @@ mod slow_start;
 mod hostile_rootfs;
 // Layers behind dm-verity (issue 10).
 mod verity_tamper;
+// Boot slots and boot counting (issue 11).
+mod boot_slots;
 
 use std::time::Duration;
 
@@ -62,6 +64,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "console-abuse", run: console_abuse::run },
         // Layers behind dm-verity (issue 10); verity-boot's checks run in boot-demo's boot.
         Scenario { name: "verity-tamper", run: verity_tamper::run },
+        // Boot slots and boot counting (issue 11).
+        Scenario { name: "boot-counting", run: boot_slots::counting },
+        Scenario { name: "boot-bless", run: boot_slots::bless },
     ]
 }
 

@@ -263,8 +263,12 @@ pub fn observe(
     std::fs::copy(&bench_bin, root.join("bin/cairn-bench")).context("copying cairn-bench")?;
     let sources = BTreeMap::from([("bench".to_owned(), root.clone())]);
     let guest = super::start::build_guest_with(b, modules, &dir, Some(&art.init))?;
-    let files =
-        cairn_qemu_tests::BootFiles { qemu: art.boot.qemu.clone(), kernel: art.boot.kernel.clone(), initramfs: guest, firmware: None };
+    let files = cairn_qemu_tests::BootFiles {
+        qemu: art.boot.qemu.clone(),
+        kernel: art.boot.kernel.clone(),
+        initramfs: guest,
+        firmware: None,
+    };
     let mut rows = Vec::new();
     let mut notes = vec![
         "cairn-init runs as PID 1 of a new pid and mount namespace on an overlay root in the bench guest; cairn-bench reads /proc/PID/smaps_rollup from outside every 10 s".into(),

@@ -1,0 +1,171 @@
+//! The boot slot this init was started from: which one (`cairn.slot=` in
+//! the slot image's signed command line), what the loader said (its EFI
+//! variables), the slot's entry on the EFI system partition (blessed, or on
+//! trial with tries left), and blessing it once the device is healthy.
+//!
+//! The ESP is mounted only for as long as it is read or renamed, so a
+//! power cut almost never finds it mounted; a rename on FAT is one
+//! directory entry update, and the old or the new name survives it.
+
+use cairn_format::bootentry::{self, Assessment, Entry, FindError};
+use cairn_format::bootstate::Slot;
+use cairn_runtime::sys::{self, SysError};
+
+use crate::event::event;
+use crate::partitions::{self, Guid, Partitions};
+
+/// Where the ESP is mounted while it is used.
+const ESP_DIR: &str = "/run/cairn/esp";
+/// efivarfs.
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+/// systemd's boot loader interface vendor GUID.
+const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Read a loader variable (UTF-16LE after the 4-byte attributes) as text.
+fn loader_var(name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("{EFIVARS}/{name}-{LOADER_VENDOR}")).ok()?;
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
+        .take_while(|u| *u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+/// Mount efivarfs read-only if the firmware is UEFI (`/sys/firmware/efi`).
+/// Nothing here writes a variable.
+pub fn mount_efivars() -> bool {
+    if !std::path::Path::new("/sys/firmware/efi").exists() {
+        return false;
+    }
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    match sys::mount("efivarfs", Some("efivarfs"), EFIVARS, Some("efivarfs"), flags, None) {
+        Ok(()) => true,
+        Err(e) if e.errno == libc::EBUSY => true,
+        Err(e) => {
+            event("efivars.unavailable").kv("error", e).emit();
+            false
+        }
+    }
+}
+
+/// What the boot loader says about this boot.
+#[derive(Debug, Clone, Default)]
+pub struct LoaderInfo {
+    /// `LoaderDevicePartUUID`: the ESP the loader was started from.
+    pub esp: Option<Guid>,
+    /// `LoaderEntrySelected`: the entry it started (id, counter stripped).
+    pub entry: Option<String>,
+    /// `LoaderInfo`: the loader's name and version.
+    pub loader: Option<String>,
+}
+
+/// Read the loader's variables (after [`mount_efivars`]).
+pub fn loader_info() -> LoaderInfo {
+    LoaderInfo {
+        esp: loader_var("LoaderDevicePartUUID").and_then(|t| partitions::parse_guid(t.trim())),
+        entry: loader_var("LoaderEntrySelected"),
+        loader: loader_var("LoaderInfo"),
+    }
+}
+
+/// The booted slot's entry on the ESP.
+#[derive(Debug, Clone)]
+pub struct BootSlot {
+    /// The slot.
+    pub slot: Slot,
+    /// The ESP's device node.
+    pub esp: String,
+    /// The entry's file name now.
+    pub file: String,
+    /// The entry, parsed.
+    pub entry: Entry,
+}
+
+impl BootSlot {
+    /// Whether the slot is on trial (counting tries, or out of them).
+    pub fn on_trial(&self) -> bool {
+        self.entry.assessment() != Assessment::Blessed
+    }
+}
+
+fn mount_esp(dev: &str) -> Result<(), SysError> {
+    sys::mkdir_all(ESP_DIR, 0o700)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
+    sys::mount("cairn-esp", Some(dev), ESP_DIR, Some("vfat"), flags, Some("umask=0077"))
+}
+
+fn unmount_esp() {
+    if let Err(e) = sys::umount(ESP_DIR, 0) {
+        event("esp.unmount-failed").kv("error", e).emit();
+    }
+}
+
+/// Find the booted slot's entry: one `boot.slot` event saying which slot,
+/// its state and tries left, and what the loader said.
+pub fn inspect(slot: Option<Slot>, parts: &Partitions, loader: &LoaderInfo) -> Option<BootSlot> {
+    let Some(slot) = slot else {
+        event("boot.slot")
+            .kv("slot", "none")
+            .kv("reason", "no cairn.slot= on the command line: started without a boot slot image")
+            .emit();
+        return None;
+    };
+    let fail = |reason: String| {
+        event("boot.slot").kv("slot", slot).kv("state", "unknown").kv("reason", reason).emit();
+        None
+    };
+    let Some(esp) = parts.get(crate::partitions::ESP) else {
+        return fail("the boot disk has no cairn-esp partition".into());
+    };
+    if let Err(e) = mount_esp(esp) {
+        return fail(format!("mounting {esp}: {e}"));
+    }
+    let names: Vec<String> = std::fs::read_dir(format!("{ESP_DIR}/{}", bootentry::DIR))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    unmount_esp();
+    let found = bootentry::find(names.iter().map(String::as_str), slot);
+    let (file, entry) = match found {
+        Ok((f, e)) => (f.to_owned(), e),
+        Err(FindError::Missing) => return fail(format!("no entry for slot {slot} in {}", bootentry::DIR)),
+        Err(FindError::Several(a, b)) => return fail(format!("two entries for slot {slot}: {a} and {b}")),
+    };
+    let state = entry.assessment();
+    let mut e = event("boot.slot").kv("slot", slot).kv("state", state.as_str()).kv("entry", &file);
+    if let Some(c) = entry.counter {
+        e = e.kv("tries_left", c.left).kv("tries_done", c.done);
+    }
+    if let Some(l) = &loader.entry {
+        e = e.kv("loader_entry", l);
+    }
+    if let Some(l) = &loader.loader {
+        e = e.kv("loader", l);
+    }
+    e.emit();
+    Some(BootSlot { slot, esp: esp.clone(), file, entry })
+}
+
+/// Bless the slot: rename its entry to drop the counter, and sync.
+pub fn bless(b: &mut BootSlot) -> Result<(), String> {
+    if !b.on_trial() {
+        return Ok(());
+    }
+    let blessed = Entry::blessed(b.slot);
+    let new = blessed.file_name();
+    mount_esp(&b.esp).map_err(|e| format!("mounting {}: {e}", b.esp))?;
+    let dir = format!("{ESP_DIR}/{}", bootentry::DIR);
+    let result = std::fs::rename(format!("{dir}/{}", b.file), format!("{dir}/{new}"))
+        .map_err(|e| format!("renaming {} to {new}: {e}", b.file))
+        .and_then(|()| {
+            let d = std::fs::File::open(&dir).map_err(|e| format!("opening {dir}: {e}"))?;
+            nix::unistd::syncfs(&d).map_err(|e| format!("syncfs {dir}: {e}"))
+        });
+    unmount_esp();
+    result?;
+    event("boot.blessed").kv("slot", b.slot).kv("entry", &new).kv("was", &b.file).emit();
+    b.file = new;
+    b.entry = blessed;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Boot slots on the EFI system partition (issue 11, item 2):
+//!
+//! - `boot-counting`: slot `b` is new (2 tries) and broken: its initramfs's
+//!   `/init` exits at once, so the kernel panics and the machine resets.
+//!   systemd-boot counts each attempt in the entry's name (`+1-1`, then
+//!   `+0-2`, read from the disk after every boot); with no tries left the
+//!   entry is bad and slot `a` boots, blessed, and runs the appliance.
+//! - `boot-bless`: slot `b` is new and good: the device boots it on trial,
+//!   and once its containers have run `cairn.bless_after_ms` without a
+//!   failure, blesses it (the entry loses its counter, read from the disk
+//!   after power-off); the next boot of `b` is not a trial.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use cairn_build::bootkit::BootKit;
+use cairn_build::cpio::{self, CpioBuilder};
+use cairn_build::esp::EspContents;
+use cairn_build::gpt::{self, DiskLayout};
+use cairn_format::bootentry::Entry;
+use cairn_format::bootstate::Slot;
+
+use super::{no_panic, powered_off, until_exit, BOOT_TIMEOUT};
+use crate::{Ctx, Ending};
+
+/// File names in `EFI/Linux` on the disk's ESP.
+fn entries(disk: &Path, layout: &DiskLayout) -> Result<Vec<String>> {
+    let esp = layout.find(gpt::ESP_NAME).context("no cairn-esp partition")?;
+    let mut f = std::fs::File::open(disk)?;
+    f.seek(SeekFrom::Start(esp.offset_bytes))?;
+    let mut bytes = vec![0u8; esp.size_bytes as usize];
+    f.read_exact(&mut bytes)?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(bytes), fatfs::FsOptions::new())?;
+    let dir = fs.root_dir().open_dir("EFI/Linux")?;
+    let mut names: Vec<String> =
+        dir.iter().flatten().map(|e| e.file_name()).filter(|n| n != "." && n != "..").collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The kit with a command line suffix.
+fn with_cmdline(kit: &BootKit, extra: &str) -> BootKit {
+    BootKit { cmdline: format!("{} {extra}", kit.cmdline), ..kit.clone() }
+}
+
+/// Slot `a` blessed (release 1) and slot `b` on trial (release 2).
+fn esp(ctx: &Ctx, b_kit: &BootKit, tries: u32) -> Result<EspContents> {
+    let kit = &ctx.art.kit;
+    let product = "cairn-qemu-dev";
+    Ok(EspContents {
+        arch: kit.arch,
+        loader: kit.loader.clone(),
+        slots: vec![
+            kit.slot_image(Entry::blessed(Slot::A), product, 1)?,
+            b_kit.slot_image(Entry::trial(Slot::B, tries), product, 2)?,
+        ],
+        extra: Vec::new(),
+    })
+}
+
+pub fn counting(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("boot-slots")?;
+    // Slot b's initramfs: an /init that exits at once (the payload without
+    // arguments prints its usage and exits 2): the kernel panics.
+    let mut rd = CpioBuilder::new();
+    rd.dir("dev", 0o755);
+    rd.char_device("dev/console", 0o600, 5, 1);
+    let payload = std::fs::read(ctx.art.payload_root.join("bin/cairn-payload"))?;
+    rd.file("init", 0o755, &payload);
+    let broken = BootKit { initramfs: cpio::gzip(&rd.finish()), ..ctx.art.kit.clone() };
+    let (disk, layout) = ctx.disk_with_esp(&app, "disk.img", &esp(ctx, &broken, 2)?)?;
+    ensure!(
+        entries(&disk, &layout)? == ["cairn-a.efi", "cairn-b+2.efi"],
+        "factory names: {:?}",
+        entries(&disk, &layout)?
+    );
+
+    for (attempt, after) in [(1, "cairn-b+1-1.efi"), (2, "cairn-b+0-2.efi")] {
+        let run = ctx.boot(&disk, BOOT_TIMEOUT, &|c| c.contains("Kernel panic"))?;
+        let log = format!("attempt {attempt}");
+        ensure!(run.ending != Ending::TimedOut, "{log}: timed out");
+        ensure!(run.console.contains("Kernel panic"), "{log}: slot b's kernel did not panic");
+        ensure!(run.console.first("boot.start", &[]).is_none(), "{log}: cairn-init ran from the broken slot");
+        let names = entries(&disk, &layout)?;
+        ensure!(names == ["cairn-a.efi", after], "{log}: the loader did not count the try: {names:?}");
+    }
+
+    // No tries left: slot b is bad, the loader boots slot a.
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect("boot.slot", &[("slot", "a"), ("state", "blessed"), ("entry", "cairn-a.efi")])?;
+    ensure!(c.first("boot.trial", &[]).is_none(), "a blessed slot was put on trial");
+    c.expect("container.started", &[("name", "app")])?;
+    let names = entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b+0-2.efi"], "after the fallback: {names:?}");
+    Ok(())
+}
+
+pub fn bless(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("boot-slots")?;
+    let good = with_cmdline(&ctx.art.kit, "cairn.bless_after_ms=3000");
+    let (disk, layout) = ctx.disk_with_esp(&app, "disk.img", &esp(ctx, &good, 3)?)?;
+
+    // The newer release boots first, on trial; the loader took one try.
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect(
+        "boot.slot",
+        &[("slot", "b"), ("state", "trial"), ("entry", "cairn-b+2-1.efi"), ("tries_left", "2"), ("tries_done", "1")],
+    )?;
+    c.expect("boot.trial", &[("slot", "b"), ("bless_after_ms", "3000")])?;
+    let blessed = c.expect("boot.blessed", &[("slot", "b"), ("entry", "cairn-b.efi"), ("was", "cairn-b+2-1.efi")])?;
+    let started = c.expect("boot.containers-started", &[])?;
+    let t = |l: &crate::console::Line| l.get("t").and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    let waited = t(blessed) - t(started);
+    ensure!(waited >= 2.9, "blessed {waited:.1} s after the containers started, before cairn.bless_after_ms");
+    let names = entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b.efi"], "after blessing: {names:?}");
+
+    // Blessed: the next boot is not a trial.
+    let run = ctx.boot(&disk, BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect("boot.slot", &[("slot", "b"), ("state", "blessed"), ("entry", "cairn-b.efi")])?;
+    ensure!(c.first("boot.trial", &[]).is_none(), "the blessed slot was put on trial again");
+    ensure!(c.first("boot.blessed", &[]).is_none(), "blessed twice");
+    no_panic(&run)?;
+    Ok(())
+}
