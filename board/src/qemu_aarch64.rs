@@ -1,6 +1,6 @@
 //! QEMU `virt` aarch64 machine (PL011 console, virtio-blk over PCI).
 
-use crate::Board;
+use crate::{Board, DiskBus, TestSuite};
 
 /// The 64-bit ARM board.
 pub static BOARD: Board = Board {
@@ -10,10 +10,25 @@ pub static BOARD: Board = Board {
     kernel_meta: "linux-image-cloud-arm64",
     kernel_package: "linux-image-6.1.0-57-cloud-arm64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay", "dm_mod", "dm_verity"],
+    modules: &[
+        "virtio_pci",
+        "virtio_blk",
+        "squashfs",
+        "overlay",
+        "dm_mod",
+        "dm_verity",
+        // The EFI system partition (FAT) and the firmware's variables.
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "nls_utf8",
+        "efivarfs",
+    ],
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",
     qemu_args: &["-machine", "virt", "-cpu", "max", "-m", "512", "-smp", "2"],
     kernel_cmdline: "panic=-1 quiet loglevel=4",
+    test_disks: &[DiskBus::Virtio],
+    test_suite: TestSuite::All,
 };

@@ -1,6 +1,6 @@
 //! QEMU `q35` x86_64 machine with virtio-blk over PCI.
 
-use crate::Board;
+use crate::{Board, DiskBus, TestSuite};
 
 /// The default board.
 pub static BOARD: Board = Board {
@@ -10,10 +10,25 @@ pub static BOARD: Board = Board {
     kernel_meta: "linux-image-cloud-amd64",
     kernel_package: "linux-image-6.1.0-57-cloud-amd64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &["virtio_pci", "virtio_blk", "squashfs", "overlay", "dm_mod", "dm_verity"],
+    modules: &[
+        "virtio_pci",
+        "virtio_blk",
+        "squashfs",
+        "overlay",
+        "dm_mod",
+        "dm_verity",
+        // The EFI system partition (FAT) and the firmware's variables.
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "nls_utf8",
+        "efivarfs",
+    ],
     console: "ttyS0",
     qemu_binary: "qemu-system-x86_64",
     qemu_package: "qemu-system-x86",
     qemu_args: &["-machine", "q35", "-cpu", "max", "-m", "512", "-smp", "2"],
     kernel_cmdline: "panic=-1 quiet loglevel=4",
+    test_disks: &[DiskBus::Virtio],
+    test_suite: TestSuite::All,
 };

@@ -24,6 +24,8 @@ mod slow_start;
 mod hostile_rootfs;
 // Layers behind dm-verity (issue 10).
 mod verity_tamper;
+// Boot disks beyond virtio (issue 11 item 5).
+mod nvme_ahci;
 
 use std::time::Duration;
 
@@ -62,6 +64,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "console-abuse", run: console_abuse::run },
         // Layers behind dm-verity (issue 10); verity-boot's checks run in boot-demo's boot.
         Scenario { name: "verity-tamper", run: verity_tamper::run },
+        // Boot disks beyond virtio: NVMe, AHCI, USB (issue 11 item 5).
+        Scenario { name: "nvme-ahci", run: nvme_ahci::run },
     ]
 }
 
