@@ -210,11 +210,11 @@ mod tests {
         let b = cairn_board::by_name("generic-x86_64").expect("board");
         let files = BootFiles { qemu: "qemu".into(), kernel: "k".into(), initramfs: "i".into() };
         let extra: [&Path; 1] = [Path::new("e.img")];
-        let opts = BootOptions { extra_disks: &extra, bus: DiskBus::Ahci, no_disk_guid: true, ..BootOptions::default() };
+        let opts =
+            BootOptions { extra_disks: &extra, bus: DiskBus::Ahci, no_disk_guid: true, ..BootOptions::default() };
         let c = command_with(b, &files, Path::new("boot.img"), &opts);
         let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        let devices: Vec<&str> =
-            args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].as_str()).collect();
+        let devices: Vec<&str> = args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].as_str()).collect();
         assert_eq!(
             devices,
             ["ahci,id=ahci0", "ide-hd,drive=disk0,bus=ahci0.0", "ahci,id=ahci1", "ide-hd,drive=disk1,bus=ahci1.0"]

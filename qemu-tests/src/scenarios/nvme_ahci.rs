@@ -57,13 +57,15 @@ fn module_name(file: &str) -> String {
 fn check(run: &Run, bus: DiskBus, layers: usize) -> Result<()> {
     powered_off(run)?;
     let c: &Console = &run.console;
-    let loaded: Vec<String> = c.all("module.loaded", &[]).iter().filter_map(|l| l.get("name")).map(module_name).collect();
+    let loaded: Vec<String> =
+        c.all("module.loaded", &[]).iter().filter_map(|l| l.get("name")).map(module_name).collect();
     for m in bus.drivers() {
         ensure!(loaded.iter().any(|l| l == m), "{} disks need module {m}, not loaded (loaded: {loaded:?})", bus.name());
     }
     // efivarfs refuses to load (ENODEV) on a kernel the firmware did not
     // start through EFI (QEMU's -kernel); any other failure is a bug.
-    let failed: Vec<String> = c.all("module.failed", &[]).iter().filter_map(|l| l.get("name")).map(module_name).collect();
+    let failed: Vec<String> =
+        c.all("module.failed", &[]).iter().filter_map(|l| l.get("name")).map(module_name).collect();
     ensure!(failed.iter().all(|m| m == "efivarfs"), "modules failed to load: {failed:?}");
     let found = c.expect("partitions.found", &[])?;
     ensure!(
