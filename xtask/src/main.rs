@@ -374,4 +374,16 @@ mod tests {
         assert_eq!(names(&p), [("generic-arm64", one("boot-demo"))], "--board runs what is named");
         assert!(plan(Some("pdp-11"), &[]).is_err());
     }
+
+    #[test]
+    fn boards_name_only_known_scenarios() {
+        let known: Vec<&str> = cairn_qemu_tests::all().iter().map(|s| s.name).collect();
+        for b in cairn_board::all() {
+            if let TestSuite::Only(names) = b.test_suite {
+                for n in names {
+                    assert!(known.contains(n), "{}: no scenario {n}", b.name);
+                }
+            }
+        }
+    }
 }
