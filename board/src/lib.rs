@@ -4,8 +4,67 @@
 
 #![forbid(unsafe_code)]
 
+mod generic_arm64;
+mod generic_x86_64;
 mod qemu_aarch64;
 mod qemu_x86_64;
+
+/// A disk bus QEMU can attach a board's boot disk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    /// virtio-blk over PCI (`vda`).
+    #[default]
+    Virtio,
+    /// NVMe over PCI (`nvme0n1`).
+    Nvme,
+    /// SATA behind an AHCI controller (`sda`).
+    Ahci,
+    /// USB mass storage behind an xHCI controller (`sda`).
+    Usb,
+}
+
+impl DiskBus {
+    /// Its name in scenario output and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Nvme => "nvme",
+            DiskBus::Ahci => "ahci",
+            DiskBus::Usb => "usb",
+        }
+    }
+
+    /// Modules a board must load (unless its kernel has them built in)
+    /// to boot from a disk on this bus.
+    pub fn drivers(self) -> &'static [&'static str] {
+        match self {
+            DiskBus::Virtio => &["virtio_pci", "virtio_blk"],
+            DiskBus::Nvme => &["nvme"],
+            DiskBus::Ahci => &["ahci", "sd_mod"],
+            DiskBus::Usb => &["xhci_pci", "usb_storage", "sd_mod"],
+        }
+    }
+
+    /// The kernel name of the first disk on this bus when it is the only
+    /// disk of the machine.
+    pub fn first_disk(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "vda",
+            DiskBus::Nvme => "nvme0n1",
+            DiskBus::Ahci | DiskBus::Usb => "sda",
+        }
+    }
+}
+
+/// Which QEMU scenarios `cargo xtask test` runs on a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestSuite {
+    /// Every scenario (the QEMU machine boards).
+    All,
+    /// Only these (boards for real hardware, whose QEMU runs only check
+    /// what differs from the QEMU boards).
+    Only(&'static [&'static str]),
+}
 
 /// Everything the build needs to know about one board.
 #[derive(Debug)]
@@ -46,6 +105,11 @@ pub struct Board {
     pub firmware_vars: &'static str,
     /// Debian package that provides the firmware.
     pub firmware_package: &'static str,
+    /// The buses QEMU tests the board's boot disk on (the `nvme-ahci`
+    /// scenario boots once from each).
+    pub test_disks: &'static [DiskBus],
+    /// What `cargo xtask test` runs on this board.
+    pub test_suite: TestSuite,
 }
 
 impl Board {
@@ -63,9 +127,9 @@ impl Board {
 /// The board used when none is named.
 pub const DEFAULT_BOARD: &str = "qemu-x86_64";
 
-/// Every board cairn knows.
-pub fn all() -> [&'static Board; 2] {
-    [&qemu_x86_64::BOARD, &qemu_aarch64::BOARD]
+/// Every board cairn knows: the QEMU machine boards first.
+pub fn all() -> [&'static Board; 4] {
+    [&qemu_x86_64::BOARD, &qemu_aarch64::BOARD, &generic_x86_64::BOARD, &generic_arm64::BOARD]
 }
 
 /// Look a board up by name.
@@ -104,5 +168,67 @@ mod tests {
             assert!(b.kernel_version.chars().next().is_some_and(|c| c.is_ascii_digit()), "{}", b.name);
             assert_ne!(b.kernel_meta, b.kernel_package);
         }
+    }
+
+    fn board(name: &str) -> &'static Board {
+        by_name(name).unwrap_or_else(|| panic!("no board {name}"))
+    }
+
+    #[test]
+    fn generic_boards_use_the_generic_kernels_and_test_real_buses() {
+        for (name, qemu, buses) in [
+            ("generic-x86_64", "qemu-x86_64", [DiskBus::Nvme, DiskBus::Ahci]),
+            ("generic-arm64", "qemu-aarch64", [DiskBus::Nvme, DiskBus::Usb]),
+        ] {
+            let (g, q) = (board(name), board(qemu));
+            assert_eq!((g.rust_target, g.deb_arch, g.console), (q.rust_target, q.deb_arch, q.console), "{name}");
+            assert!(!g.kernel_package.contains("cloud"), "{name}: the cloud kernel has no AHCI/USB/MMC drivers");
+            assert_eq!(g.kernel_meta, format!("linux-image-{}", g.deb_arch));
+            assert_eq!(g.test_disks, buses, "{name}");
+            assert_eq!(g.test_suite, TestSuite::Only(&["nvme-ahci"]), "{name}");
+            // Everything the QEMU board of the architecture loads, so the
+            // generic image also boots where the QEMU one does.
+            for m in q.modules {
+                assert!(g.modules.contains(m), "{name} lacks {m} that {qemu} loads");
+            }
+            for m in ["nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage", "uas", "mmc_block", "ext4", "crc32c_generic"]
+            {
+                assert!(g.modules.contains(&m), "{name} lacks {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_board_loads_the_drivers_of_its_test_buses_and_the_esp_stack() {
+        for b in all() {
+            assert!(!b.test_disks.is_empty(), "{}", b.name);
+            let mut modules = b.modules.to_vec();
+            modules.sort_unstable();
+            modules.dedup();
+            assert_eq!(modules.len(), b.modules.len(), "{}: a module listed twice", b.name);
+            for bus in b.test_disks {
+                // The cloud kernels build NVMe in; the QEMU boards test virtio only.
+                for m in bus.drivers() {
+                    assert!(b.modules.contains(m), "{}: {} disks need {m}", b.name, bus.name());
+                }
+            }
+            for m in ["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs", "squashfs", "overlay", "dm_verity"] {
+                assert!(b.modules.contains(&m), "{} lacks {m}", b.name);
+            }
+            // Virtio everywhere: every board also boots in QEMU's defaults.
+            assert!(DiskBus::Virtio.drivers().iter().all(|m| b.modules.contains(m)), "{}", b.name);
+        }
+        let full: Vec<_> = all().into_iter().filter(|b| b.test_suite == TestSuite::All).map(|b| b.name).collect();
+        assert_eq!(full, ["qemu-x86_64", "qemu-aarch64"], "the full QEMU suite runs on the QEMU boards");
+    }
+
+    #[test]
+    fn disk_buses_name_their_first_disk() {
+        assert_eq!(DiskBus::default(), DiskBus::Virtio);
+        let firsts: Vec<_> = [DiskBus::Virtio, DiskBus::Nvme, DiskBus::Ahci, DiskBus::Usb]
+            .iter()
+            .map(|b| (b.name(), b.first_disk()))
+            .collect();
+        assert_eq!(firsts, [("virtio", "vda"), ("nvme", "nvme0n1"), ("ahci", "sda"), ("usb", "sda")]);
     }
 }

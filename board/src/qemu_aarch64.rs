@@ -1,6 +1,6 @@
 //! QEMU `virt` aarch64 machine (PL011 console, virtio-blk over PCI).
 
-use crate::Board;
+use crate::{Board, DiskBus, TestSuite};
 
 /// The 64-bit ARM board.
 pub static BOARD: Board = Board {
@@ -17,11 +17,12 @@ pub static BOARD: Board = Board {
         "overlay",
         "dm_mod",
         "dm_verity",
-        "efivarfs",
+        // The EFI system partition (FAT) and the firmware's variables.
         "vfat",
         "nls_cp437",
         "nls_ascii",
         "nls_utf8",
+        "efivarfs",
     ],
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
@@ -32,4 +33,6 @@ pub static BOARD: Board = Board {
     firmware_code: "/usr/share/AAVMF/AAVMF_CODE.fd",
     firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
     firmware_package: "qemu-efi-aarch64",
+    test_disks: &[DiskBus::Virtio],
+    test_suite: TestSuite::All,
 };

@@ -1,6 +1,6 @@
 //! QEMU `q35` x86_64 machine with virtio-blk over PCI.
 
-use crate::Board;
+use crate::{Board, DiskBus, TestSuite};
 
 /// The default board.
 pub static BOARD: Board = Board {
@@ -17,11 +17,12 @@ pub static BOARD: Board = Board {
         "overlay",
         "dm_mod",
         "dm_verity",
-        "efivarfs",
+        // The EFI system partition (FAT) and the firmware's variables.
         "vfat",
         "nls_cp437",
         "nls_ascii",
         "nls_utf8",
+        "efivarfs",
     ],
     console: "ttyS0",
     qemu_binary: "qemu-system-x86_64",
@@ -32,4 +33,6 @@ pub static BOARD: Board = Board {
     firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
     firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
     firmware_package: "ovmf",
+    test_disks: &[DiskBus::Virtio],
+    test_suite: TestSuite::All,
 };

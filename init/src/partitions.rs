@@ -217,6 +217,24 @@ pub fn choose(disks: &[Disk], want: Want) -> Result<BootDisk, ChooseError> {
     Ok(BootDisk { disk: boot.name.clone(), partitions, foreign })
 }
 
+/// Where [`scan`] looks: sysfs and the device nodes (`/sys`, `/dev` on
+/// the device; a directory tree in the host tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roots {
+    /// sysfs (`/sys`): `block/<disk>` names the whole disks,
+    /// `class/block/<disk>/<part>/{partition,uevent}` their partitions.
+    pub sys: std::path::PathBuf,
+    /// The device nodes (`/dev`).
+    pub dev: std::path::PathBuf,
+}
+
+impl Roots {
+    /// The running system's `/sys` and `/dev`.
+    pub fn system() -> Self {
+        Self { sys: "/sys".into(), dev: "/dev".into() }
+    }
+}
+
 /// Most partition entries read from a GPT (the usual table has 128).
 const MAX_ENTRIES: u32 = 256;
 
@@ -235,16 +253,16 @@ pub fn gpt_partition_guids(entries: &[u8], count: u32, size: u32) -> Vec<Guid> {
         .collect()
 }
 
-/// Read the GPT of `/dev/<disk>`: its disk GUID (header at LBA 1) and,
+/// Read the GPT of `<dev>/<disk>`: its disk GUID (header at LBA 1) and,
 /// when `with_parts`, its partitions' unique GUIDs.
-fn read_gpt(disk: &str, with_parts: bool) -> (Option<Guid>, Vec<Guid>) {
+fn read_gpt(roots: &Roots, disk: &str, with_parts: bool) -> (Option<Guid>, Vec<Guid>) {
     use std::os::unix::fs::FileExt;
-    let lbs: u64 = std::fs::read_to_string(format!("/sys/class/block/{disk}/queue/logical_block_size"))
+    let lbs: u64 = std::fs::read_to_string(roots.sys.join("class/block").join(disk).join("queue/logical_block_size"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .filter(|n| (512..=65536).contains(n))
         .unwrap_or(512);
-    let Ok(f) = std::fs::File::open(format!("/dev/{disk}")) else { return (None, Vec::new()) };
+    let Ok(f) = std::fs::File::open(roots.dev.join(disk)) else { return (None, Vec::new()) };
     let mut header = vec![0u8; lbs as usize];
     if f.read_exact_at(&mut header, lbs).is_err() {
         return (None, Vec::new());
@@ -263,32 +281,50 @@ fn read_gpt(disk: &str, with_parts: bool) -> (Option<Guid>, Vec<Guid>) {
     (guid, gpt_partition_guids(&entries, count, size))
 }
 
-/// Scan sysfs once: every whole disk with its named partitions. Disks
-/// without partitions are skipped (their GUID is never read). Partition
-/// GUIDs are read when `with_parts`.
-pub fn scan(with_parts: bool) -> Vec<Disk> {
+/// A disk's named partitions whose device node exists: (GPT name, kernel
+/// name), in partition order (`sda2` before `sda10`).
+fn list_partitions(roots: &Roots, disk: &str) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(roots.sys.join("class/block").join(disk)) else {
+        return Vec::new();
+    };
+    let mut parts: Vec<(String, String)> = entries
+        .flatten()
+        .filter(|e| e.path().join("partition").exists())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
+        .filter_map(|t| parse_uevent(&t))
+        // sysfs shows a partition a moment before devtmpfs has its node.
+        .filter(|(dev, _)| roots.dev.join(dev).exists())
+        .map(|(dev, part)| (part, dev))
+        .collect();
+    // The kernel names of one disk's partitions differ only in their
+    // trailing number: shorter first is numeric order.
+    parts.sort_by(|a, b| (a.1.len(), &a.1).cmp(&(b.1.len(), &b.1)));
+    parts
+}
+
+/// Scan sysfs (under `roots`) once: every whole disk (`vda`, `nvme0n1`, `sda`, `mmcblk0`;
+/// any bus) with its named partitions. Disks without partitions are skipped
+/// (they are never opened).
+///
+/// A disk's partitions appear one by one while the kernel reads its
+/// partition table, and the kernel does that holding the disk's open lock.
+/// NVMe, SATA and USB disks are probed asynchronously, so the scan may run
+/// in the middle of it: the disk is opened (to read its GPT disk GUID)
+/// before its partitions are listed for good, and that open waits until
+/// the kernel has added them all. Partition GUIDs are read when `with_parts`.
+pub fn scan_in(roots: &Roots, with_parts: bool) -> Vec<Disk> {
     let mut disks = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+    let Ok(dir) = std::fs::read_dir(roots.sys.join("block")) else {
         return disks;
     };
     let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     for name in names {
-        let Ok(entries) = std::fs::read_dir(format!("/sys/class/block/{name}")) else {
-            continue;
-        };
-        let mut parts: Vec<(String, String)> = entries
-            .flatten()
-            .filter(|e| e.path().join("partition").exists())
-            .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
-            .filter_map(|t| parse_uevent(&t))
-            .map(|(dev, part)| (part, dev))
-            .collect();
-        if parts.is_empty() {
+        if list_partitions(roots, &name).is_empty() {
             continue;
         }
-        parts.sort_by(|a, b| a.1.cmp(&b.1));
-        let (guid, part_guids) = read_gpt(&name, with_parts);
+        let (guid, part_guids) = read_gpt(roots, &name, with_parts);
+        let parts = list_partitions(roots, &name);
         disks.push(Disk { name, guid, part_guids, parts });
     }
     disks
@@ -311,10 +347,18 @@ pub enum WaitError {
 
 /// Scan until the boot disk is chosen and holds every required partition,
 /// or the timeout passes. Ambiguity and duplicates are refused at once.
+/// A disk that appears late (USB storage enumerates a second or more after
+/// its driver loads; NVMe and SATA probe in the background) is found by a
+/// later scan: the wait is `cairn.disk_timeout_ms`.
 pub fn wait_for(timeout: Duration, want: Want) -> Result<BootDisk, WaitError> {
+    wait_in(&Roots::system(), timeout, want)
+}
+
+/// [`wait_for`] under `roots`.
+pub fn wait_in(roots: &Roots, timeout: Duration, want: Want) -> Result<BootDisk, WaitError> {
     let start = Instant::now();
     loop {
-        let result = choose(&scan(matches!(want, Want::Partition(_))), want);
+        let result = choose(&scan_in(roots, matches!(want, Want::Partition(_))), want);
         let out_of_time = start.elapsed() >= timeout;
         match result {
             Ok(b) => {
@@ -480,5 +524,156 @@ mod tests {
         let d = disk("vda", 1, &["cairn-state", "photos", "photos"]);
         let b = choose(&[d], Want::Only).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(b.partitions.get("photos").map(String::as_str), Some("/dev/vda2"), "the first other one");
+    }
+
+    /// A sysfs and /dev tree in a temporary directory, laid out as the
+    /// kernel does for disks of any bus.
+    struct Fake {
+        roots: Roots,
+    }
+
+    impl Fake {
+        fn new(tag: &str) -> Self {
+            let base = std::env::temp_dir().join(format!("cairn-partitions-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            let roots = Roots { sys: base.join("sys"), dev: base.join("dev") };
+            std::fs::create_dir_all(roots.sys.join("block")).unwrap();
+            std::fs::create_dir_all(&roots.dev).unwrap();
+            Self { roots }
+        }
+
+        /// A whole disk with a GPT header (disk GUID `guid`) at LBA 1.
+        fn disk(&self, name: &str, guid: Option<u8>, block: usize) {
+            std::fs::create_dir_all(self.roots.sys.join("block").join(name)).unwrap();
+            let class = self.roots.sys.join("class/block").join(name);
+            std::fs::create_dir_all(class.join("queue")).unwrap();
+            std::fs::write(class.join("queue/logical_block_size"), format!("{block}\n")).unwrap();
+            let mut image = vec![0u8; block];
+            image.extend(guid.map_or_else(|| vec![0u8; block], |g| header(&[g; 16], block)));
+            std::fs::write(self.roots.dev.join(name), image).unwrap();
+        }
+
+        /// Partition `part` of `disk` named `name`, with or without its node.
+        fn part(&self, disk: &str, part: &str, name: &str, node: bool) {
+            let dir = self.roots.sys.join("class/block").join(disk).join(part);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("partition"), "1\n").unwrap();
+            std::fs::write(
+                dir.join("uevent"),
+                format!("MAJOR=8\nDEVNAME={part}\nDEVTYPE=partition\nPARTNAME={name}\n"),
+            )
+            .unwrap();
+            if node {
+                self.node(part);
+            }
+        }
+
+        fn node(&self, dev: &str) {
+            std::fs::write(self.roots.dev.join(dev), b"").unwrap();
+        }
+
+        /// A disk holding the required partitions (plus `cairn-data`), its
+        /// partitions named `<disk><sep><n>`.
+        fn system_disk(&self, name: &str, sep: &str, guid: u8, block: usize) {
+            self.disk(name, Some(guid), block);
+            for (n, p) in SYS.iter().enumerate() {
+                self.part(name, &format!("{name}{sep}{}", n + 1), p, true);
+            }
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            if let Some(base) = self.roots.sys.parent() {
+                let _ = std::fs::remove_dir_all(base);
+            }
+        }
+    }
+
+    #[test]
+    fn disks_of_every_bus_are_found_by_partition_name() {
+        let f = Fake::new("buses");
+        f.system_disk("nvme0n1", "p", 1, 512);
+        f.system_disk("sda", "", 2, 4096);
+        f.system_disk("mmcblk0", "p", 3, 512);
+        // eMMC boot areas and an idle loop device: whole disks, no partitions.
+        f.disk("mmcblk0boot0", None, 512);
+        std::fs::create_dir_all(f.roots.sys.join("block/loop0")).unwrap();
+
+        let disks = scan_in(&f.roots, false);
+        let names: Vec<_> = disks.iter().map(|d| (d.name.as_str(), d.guid.map(|g| g[0]), d.parts.len())).collect();
+        assert_eq!(names, [("mmcblk0", Some(3), 4), ("nvme0n1", Some(1), 4), ("sda", Some(2), 4)]);
+        for (guid, disk, state, data) in [
+            (1, "nvme0n1", "/dev/nvme0n1p1", "/dev/nvme0n1p4"),
+            (2, "sda", "/dev/sda1", "/dev/sda4"),
+            (3, "mmcblk0", "/dev/mmcblk0p1", "/dev/mmcblk0p4"),
+        ] {
+            let b = choose(&disks, Want::Disk([guid; 16])).unwrap();
+            assert_eq!(b.disk, disk);
+            assert_eq!(b.partitions.get("cairn-state").map(String::as_str), Some(state), "{disk}");
+            assert_eq!(b.partitions.get("cairn-data").map(String::as_str), Some(data), "{disk}");
+            assert_eq!(b.foreign.len(), 2, "{disk}");
+        }
+    }
+
+    #[test]
+    fn a_partition_counts_once_its_device_node_exists() {
+        let f = Fake::new("node");
+        f.disk("sda", Some(7), 512);
+        f.part("sda", "sda1", "cairn-state", true);
+        f.part("sda", "sda2", "cairn-manifest-a", false);
+        let parts = |f: &Fake| scan_in(&f.roots, false).first().map(|d| d.parts.clone()).unwrap_or_default();
+        assert_eq!(parts(&f), [("cairn-state".to_owned(), "sda1".to_owned())], "sda2 has no node yet");
+        f.node("sda2");
+        assert_eq!(parts(&f).len(), 2);
+    }
+
+    #[test]
+    fn partitions_are_listed_in_numeric_order() {
+        let f = Fake::new("order");
+        f.disk("sda", Some(7), 512);
+        for n in [10, 2, 1, 11] {
+            f.part("sda", &format!("sda{n}"), "photos", true);
+        }
+        let disks = scan_in(&f.roots, false);
+        let devs: Vec<_> = disks[0].parts.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(devs, ["sda1", "sda2", "sda10", "sda11"]);
+        let b = choose(&disks, Want::Only).unwrap_err();
+        assert_eq!(b, ChooseError::NotFound, "no cairn-* partitions");
+        let b = choose(&disks, Want::Disk([7; 16])).unwrap();
+        assert_eq!(b.partitions.get("photos").map(String::as_str), Some("/dev/sda1"), "the first one");
+    }
+
+    #[test]
+    fn a_disk_that_appears_late_is_waited_for() {
+        let f = Fake::new("late");
+        let roots = f.roots.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let f = Fake { roots };
+            f.system_disk("sda", "", 5, 512);
+            std::mem::forget(f); // the outer Fake removes the tree
+        });
+        let start = Instant::now();
+        let b = wait_in(&f.roots, Duration::from_secs(10), Want::Disk([5; 16])).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert_eq!((b.disk.as_str(), b.partitions.len()), ("sda", 4));
+        writer.join().unwrap();
+
+        // Nothing by the timeout: refused after waiting it out.
+        let f = Fake::new("never");
+        let start = Instant::now();
+        assert_eq!(
+            wait_in(&f.roots, Duration::from_millis(100), Want::Disk([5; 16])),
+            Err(WaitError::Choose(ChooseError::NotFound))
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        // The disk came but lacks required partitions.
+        f.disk("nvme0n1", Some(5), 512);
+        f.part("nvme0n1", "nvme0n1p1", "cairn-state", true);
+        assert_eq!(
+            wait_in(&f.roots, Duration::from_millis(50), Want::Disk([5; 16])),
+            Err(WaitError::Missing { disk: "nvme0n1".into(), missing: vec!["cairn-manifest-a", "cairn-manifest-b"] })
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_board::Board;
+use cairn_board::{Board, DiskBus};
 
 use crate::console::Console;
 
@@ -45,6 +45,33 @@ pub struct BootOptions<'a> {
     /// Where the firmware's variable store copy goes (UEFI boots); by
     /// default beside the boot disk (`DISK.vars`).
     pub vars: Option<&'a Path>,
+    /// The bus every disk is attached to (virtio unless a scenario asks).
+    pub bus: DiskBus,
+}
+
+/// The QEMU arguments that attach disk image `path` as disk number `index`
+/// on `bus`: the `-drive` (raw, `id=disk<index>`) and the controller and
+/// device on that bus. Each disk gets its own controller where the bus needs
+/// one, so disks of any buses can be mixed. The firmware boots the `boot`
+/// disk first (`bootindex=0`).
+pub fn disk_device_args(bus: DiskBus, index: usize, path: &Path, boot: bool) -> Vec<String> {
+    let drive = format!("disk{index}");
+    let mut a = vec!["-drive".to_owned(), format!("file={},if=none,id={drive},format=raw", path.display())];
+    let devices = match bus {
+        DiskBus::Virtio => vec![format!("virtio-blk-pci,drive={drive}")],
+        // QEMU's NVMe controller needs a serial number (20 characters at most).
+        DiskBus::Nvme => vec![format!("nvme,serial=cairn{index},drive={drive}")],
+        DiskBus::Ahci => vec![format!("ahci,id=ahci{index}"), format!("ide-hd,drive={drive},bus=ahci{index}.0")],
+        DiskBus::Usb => {
+            vec![format!("qemu-xhci,id=xhci{index}"), format!("usb-storage,drive={drive},bus=xhci{index}.0")]
+        }
+    };
+    let last = devices.len().saturating_sub(1);
+    for (k, d) in devices.into_iter().enumerate() {
+        a.push("-device".to_owned());
+        a.push(if boot && k == last { format!("{d},bootindex=0") } else { d });
+    }
+    a
 }
 
 /// The `cairn.disk=GUID` word for a disk image: its GPT disk GUID.
@@ -103,10 +130,7 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
         disks.insert(0, disk);
     }
     for (i, d) in disks.iter().enumerate() {
-        let boot = if *d == disk { ",bootindex=0" } else { "" };
-        c.arg("-drive")
-            .arg(format!("file={},if=none,id=disk{i},format=raw", d.display()))
-            .args(["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
+        c.args(disk_device_args(opts.bus, i, d, *d == disk));
     }
     c
 }
@@ -190,4 +214,45 @@ fn finish(child: &mut Child, ending: Ending) {
         let _ = child.kill();
     }
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bus_attaches_the_drive_through_its_own_controller() {
+        let p = Path::new("/d/x.img");
+        let drive = ["-drive", "file=/d/x.img,if=none,id=disk1,format=raw"];
+        let args = |bus| disk_device_args(bus, 1, p, false);
+        assert_eq!(args(DiskBus::Virtio), [&drive[..], &["-device", "virtio-blk-pci,drive=disk1"]].concat());
+        assert_eq!(args(DiskBus::Nvme), [&drive[..], &["-device", "nvme,serial=cairn1,drive=disk1"]].concat());
+        assert_eq!(
+            args(DiskBus::Ahci),
+            [&drive[..], &["-device", "ahci,id=ahci1", "-device", "ide-hd,drive=disk1,bus=ahci1.0"]].concat()
+        );
+        assert_eq!(
+            args(DiskBus::Usb),
+            [&drive[..], &["-device", "qemu-xhci,id=xhci1", "-device", "usb-storage,drive=disk1,bus=xhci1.0"]].concat()
+        );
+    }
+
+    #[test]
+    fn command_with_puts_every_disk_on_the_bus_asked_for() {
+        let b = cairn_board::by_name("generic-x86_64").expect("board");
+        let files = BootFiles { qemu: "qemu".into(), kernel: "k".into(), initramfs: "i".into() };
+        let extra: [&Path; 1] = [Path::new("e.img")];
+        let opts =
+            BootOptions { extra_disks: &extra, bus: DiskBus::Ahci, no_disk_guid: true, ..BootOptions::default() };
+        let c = command_with(b, &files, Path::new("boot.img"), &opts);
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let devices: Vec<&str> = args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].as_str()).collect();
+        assert_eq!(
+            devices,
+            ["ahci,id=ahci0", "ide-hd,drive=disk0,bus=ahci0.0", "ahci,id=ahci1", "ide-hd,drive=disk1,bus=ahci1.0"]
+        );
+        assert!(args.contains(&"file=boot.img,if=none,id=disk0,format=raw".to_owned()), "{args:?}");
+        let c = command_with(b, &files, Path::new("boot.img"), &BootOptions::default());
+        assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0"), "virtio by default");
+    }
 }

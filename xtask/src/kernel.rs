@@ -283,12 +283,17 @@ mod tests {
             Some("linux-image-6.1.0-56-cloud-arm64")
         );
         assert_eq!(parse_meta_depends("", "linux-image-cloud-arm64"), None);
+        // The generic boards' meta packages (linux-image-amd64, -arm64).
+        let generic = "linux-image-arm64:arm64\n  Depends: linux-image-6.1.0-57-arm64:arm64\n";
+        assert_eq!(parse_meta_depends(generic, "linux-image-arm64").as_deref(), Some("linux-image-6.1.0-57-arm64"));
     }
 
     #[test]
     fn releases_versions_and_pins() {
         assert_eq!(release_of("linux-image-6.1.0-57-cloud-amd64-unsigned"), Some("6.1.0-57-cloud-amd64"));
         assert_eq!(release_of("linux-image-cloud-amd64"), None);
+        assert_eq!(release_of("linux-image-6.1.0-57-amd64-unsigned"), Some("6.1.0-57-amd64"));
+        assert_eq!(release_of("linux-image-6.1.0-57-arm64-unsigned"), Some("6.1.0-57-arm64"));
         assert_eq!(
             parse_version("Package: x\nVersion: 6.1.192-3\nArchitecture: amd64\n").as_deref(),
             Some("6.1.192-3")

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
-use cairn_board::Board;
+
 use cairn_build::bootkit::BootKit;
 use cairn_build::esp::EfiArch;
+use cairn_board::{Board, TestSuite};
 use cairn_build::{assemble, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
@@ -26,8 +27,9 @@ usage: cargo xtask <command> [options]
 commands:
   run [--board NAME] [--disk IMAGE]     build and boot the demo appliance (or IMAGE)
                                         with the serial console attached (Ctrl-A X quits)
-  test                                  every test: host unit tests, then every QEMU scenario on every board
-  qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (all boards unless --board)
+  test                                  every test: host unit tests, then every QEMU scenario on the
+                                        QEMU boards, then nvme-ahci on the generic boards
+  qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (every board's suite unless --board)
   build [--board NAME]                  build init, payload, initramfs and the demo disk
   bench [--board NAME] [--runs N] [--samples N] [BENCH..]
                                         benchmarks (both boards unless --board; BENCH: start,
@@ -41,7 +43,9 @@ commands:
   scenarios                             list the QEMU scenarios
   kernel-update [--board NAME]          pin the board(s) to the newest Debian kernel package
 
-boards: qemu-x86_64 (default), qemu-aarch64";
+boards: qemu-x86_64 (default), qemu-aarch64, generic-x86_64, generic-arm64
+  (the generic boards are for real hardware; without --board, test and qemu-test
+  run on them only the scenarios their board file names: nvme-ahci)";
 
 fn main() -> ExitCode {
     match run() {
@@ -135,7 +139,7 @@ fn run() -> Result<ExitCode> {
         "bench" => {
             let boards = match a.board.as_deref() {
                 Some(name) => vec![board(Some(name))?],
-                None => cairn_board::all().to_vec(),
+                None => cairn_board::all().into_iter().filter(|b| b.test_suite == TestSuite::All).collect(),
             };
             let fresh = a.rest.iter().any(|w| w == "fresh");
             let which = a.rest.into_iter().filter(|w| w != "fresh").collect();
@@ -317,16 +321,35 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// The scenarios to run on each board: with `--board`, the ones named (all
+/// when none); without, each board's suite (`Board::test_suite`), narrowed
+/// to the ones named. Boards left with nothing to run are left out.
+fn plan(board_name: Option<&str>, scenarios: &[String]) -> Result<Vec<(&'static Board, Vec<String>)>> {
+    if let Some(n) = board_name {
+        return Ok(vec![(board(Some(n))?, scenarios.to_vec())]);
+    }
+    Ok(cairn_board::all()
+        .into_iter()
+        .filter_map(|b| match b.test_suite {
+            TestSuite::All => Some((b, scenarios.to_vec())),
+            TestSuite::Only(only) => {
+                let names: Vec<String> = only
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .filter(|s| scenarios.is_empty() || scenarios.contains(s))
+                    .collect();
+                (!names.is_empty()).then_some((b, names))
+            }
+        })
+        .collect())
+}
+
 fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
-    let boards: Vec<&'static Board> = match board_name {
-        Some(n) => vec![board(Some(n))?],
-        None => cairn_board::all().to_vec(),
-    };
     let (mut passed, mut failed) = (0, 0);
-    for b in boards {
+    for (b, scenarios) in plan(board_name, scenarios)? {
         let art = prepare(b)?;
         let _ = std::fs::remove_dir_all(&art.work_dir);
-        cairn_qemu_tests::run(b, &art, scenarios, &mut |o| match &o.result {
+        cairn_qemu_tests::run(b, &art, &scenarios, &mut |o| match &o.result {
             Ok(()) => {
                 passed += 1;
                 println!("ok   {:<14} {:<13} {:>6.1}s", o.name, b.name, o.elapsed.as_secs_f64());
@@ -340,4 +363,45 @@ fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode>
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(plan: &[(&'static Board, Vec<String>)]) -> Vec<(&'static str, Vec<String>)> {
+        plan.iter().map(|(b, s)| (b.name, s.clone())).collect()
+    }
+
+    #[test]
+    fn the_full_suite_runs_on_the_qemu_boards_and_nvme_ahci_on_the_generic_ones() {
+        let p = plan(None, &[]).unwrap();
+        let one = |s: &str| vec![s.to_owned()];
+        assert_eq!(
+            names(&p),
+            [
+                ("qemu-x86_64", vec![]),
+                ("qemu-aarch64", vec![]),
+                ("generic-x86_64", one("nvme-ahci")),
+                ("generic-arm64", one("nvme-ahci"))
+            ]
+        );
+        let p = plan(None, &one("boot-demo")).unwrap();
+        assert_eq!(names(&p), [("qemu-x86_64", one("boot-demo")), ("qemu-aarch64", one("boot-demo"))]);
+        let p = plan(Some("generic-arm64"), &one("boot-demo")).unwrap();
+        assert_eq!(names(&p), [("generic-arm64", one("boot-demo"))], "--board runs what is named");
+        assert!(plan(Some("pdp-11"), &[]).is_err());
+    }
+
+    #[test]
+    fn boards_name_only_known_scenarios() {
+        let known: Vec<&str> = cairn_qemu_tests::all().iter().map(|s| s.name).collect();
+        for b in cairn_board::all() {
+            if let TestSuite::Only(names) = b.test_suite {
+                for n in names {
+                    assert!(known.contains(n), "{}: no scenario {n}", b.name);
+                }
+            }
+        }
+    }
 }

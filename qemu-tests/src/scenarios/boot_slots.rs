@@ -77,8 +77,9 @@ pub fn counting(ctx: &Ctx) -> Result<()> {
     );
 
     for (attempt, after) in [(1, "cairn-b+1-1.efi"), (2, "cairn-b+0-2.efi")] {
-        let run = ctx.boot(&disk, BOOT_TIMEOUT, &|c| c.contains("Kernel panic"))?;
-        let log = format!("attempt {attempt}");
+        let opts = crate::qemu::BootOptions::default();
+        let log = format!("attempt-{attempt}.log");
+        let run = ctx.boot_with(&disk, &opts, &log, BOOT_TIMEOUT, &|c| c.contains("Kernel panic"))?;
         ensure!(run.ending != Ending::TimedOut, "{log}: timed out");
         ensure!(run.console.contains("Kernel panic"), "{log}: slot b's kernel did not panic");
         ensure!(run.console.first("boot.start", &[]).is_none(), "{log}: cairn-init ran from the broken slot");

@@ -26,6 +26,8 @@ mod hostile_rootfs;
 mod verity_tamper;
 // Boot slots and boot counting (issue 11).
 mod boot_slots;
+// Boot disks beyond virtio (issue 11 item 5).
+mod nvme_ahci;
 
 use std::time::Duration;
 
@@ -67,6 +69,8 @@ pub fn all() -> Vec<Scenario> {
         // Boot slots and boot counting (issue 11).
         Scenario { name: "boot-counting", run: boot_slots::counting },
         Scenario { name: "boot-bless", run: boot_slots::bless },
+        // Boot disks beyond virtio: NVMe, AHCI, USB (issue 11 item 5).
+        Scenario { name: "nvme-ahci", run: nvme_ahci::run },
     ]
 }
 
