@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use cairn_board::Board;
-use cairn_build::{assemble, keys};
+use cairn_build::{assemble, initramfs, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
 const USAGE: &str = "\
@@ -186,26 +186,21 @@ fn dev_key_path() -> PathBuf {
     build_dir().join("keys").join("cairn-DEVELOPMENT-ONLY.key")
 }
 
-fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
+fn dev_key() -> Result<ed25519_dalek::SigningKey> {
     let path = dev_key_path();
     let (key, fresh) = keys::load_or_generate(&path)?;
     if fresh {
         eprintln!("xtask: ************************************************************");
         eprintln!("xtask: generated a DEVELOPMENT signing key: {}", path.display());
         eprintln!("xtask: images signed with it are for development only; never ship");
-        eprintln!("xtask: an init that trusts it. It is not committed (build/ is ignored).");
+        eprintln!("xtask: an initramfs that trusts it. It is not committed (build/ is ignored).");
         eprintln!("xtask: ************************************************************");
     }
-    let trusted = build_dir().join("keys").join("trusted-keys");
-    let hex: String = key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    if std::fs::read_to_string(&trusted).ok().as_deref() != Some(&format!("{hex}\n")) {
-        std::fs::write(&trusted, format!("{hex}\n")).with_context(|| format!("writing {}", trusted.display()))?;
-    }
-    Ok((key, trusted))
+    Ok(key)
 }
 
-/// The product string of the development init and of every appliance file
-/// in the repository (`compatible = "cairn-qemu-dev"`).
+/// The product string the development initramfs carries, and of every
+/// appliance file in the repository (`compatible = "cairn-qemu-dev"`).
 const DEV_COMPATIBLE: &str = "cairn-qemu-dev";
 
 /// Build everything a board boots, except the disk.
@@ -213,13 +208,11 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
     host_deps::ensure_rust_target(b.rust_target)?;
     let qemu = host_deps::ensure_qemu(b)?;
     let kernel = kernel::fetch_kernel(b, &build_dir().join("kernels"))?;
-    let (key, trusted) = dev_key()?;
+    let key = dev_key()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(repo_root())
         .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
-        .env("CAIRN_TRUSTED_KEYS", &trusted)
-        .env("CAIRN_COMPATIBLE", DEV_COMPATIBLE)
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
@@ -237,7 +230,9 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         .context("copying cairn-payload")?;
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
-    assemble::build_initramfs(&init, &kernel.modules, &initramfs)?;
+    // The init holds no key and no product: the initramfs carries them.
+    let trust = initramfs::Trust::new(vec![key.verifying_key().to_bytes()], DEV_COMPATIBLE)?;
+    initramfs::write(&init, &kernel.modules, &trust, &initramfs)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "xtask: {}: kernel {} ({}) | cairn-init {} bytes | initramfs {} bytes | modules {}",

@@ -8,6 +8,7 @@ pub mod cpio;
 pub mod datafs;
 pub mod gpt;
 pub mod import;
+pub mod initramfs;
 pub mod keys;
 pub mod kmod;
 pub mod layer;
