@@ -81,6 +81,7 @@ restart = {{ policy = "never" }}
     ensure!(verified.contains("good signature"), "verify said: {verified}");
 
     let init = ctx.art.init.to_string_lossy().into_owned();
+    let public = cairn_build::keys::public_path(&ctx.art.key_file).to_string_lossy().into_owned();
     let tree = ctx.art.kernel_tree.to_string_lossy().into_owned();
     cairn(
         ctx,
@@ -96,6 +97,10 @@ restart = {{ policy = "never" }}
             "layers",
             "--init",
             &init,
+            "--trust",
+            &public,
+            "--product",
+            "cairn-qemu-dev",
             "--kernel",
             &tree,
             "--out",
