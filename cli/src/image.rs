@@ -15,6 +15,8 @@ use crate::manifest::read_unverified;
 use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
+// Parsed once from the command line: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Assemble a GPT disk image and its initramfs for a board.
