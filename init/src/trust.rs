@@ -44,7 +44,7 @@ fn read(path: &str) -> Result<Vec<u8>, Invalid> {
     Ok(buf)
 }
 
-fn load_file<T>(path: &'static str, parse: fn(&[u8]) -> Result<T, TrustError>) -> Option<T> {
+fn load_file<T>(path: &str, parse: fn(&[u8]) -> Result<T, TrustError>) -> Option<T> {
     match read(path).and_then(|b| parse(&b).map_err(Invalid::Parse)) {
         Ok(v) => Some(v),
         Err(why) => {
@@ -57,9 +57,94 @@ fn load_file<T>(path: &'static str, parse: fn(&[u8]) -> Result<T, TrustError>) -
 /// The trust data, or `None` (after a `trust.invalid` event per bad file)
 /// when a file is missing or invalid.
 pub fn load() -> Option<Trust> {
-    let keys = load_file(TRUSTED_KEYS_PATH, trust::parse_trusted_keys);
-    let product = load_file(PRODUCT_PATH, trust::parse_product);
+    load_from(TRUSTED_KEYS_PATH, PRODUCT_PATH)
+}
+
+fn load_from(keys_path: &str, product_path: &str) -> Option<Trust> {
+    let keys = load_file(keys_path, trust::parse_trusted_keys);
+    let product = load_file(product_path, trust::parse_product);
     let (keys, product) = (keys?, product?);
     event("trust.loaded").kv("keys", keys.len()).kv("ids", trust::fingerprints(&keys)).kv("product", &product).emit();
     Some(Trust { keys, product })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("cairn-init-trust-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+        fn file(&self, name: &str, data: &[u8]) -> String {
+            let p = self.0.join(name);
+            std::fs::write(&p, data).unwrap();
+            p.display().to_string()
+        }
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).display().to_string()
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Public keys of the RFC 8032 test vectors 1 and 2.
+    const KEYS: [&str; 2] = [
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+    ];
+
+    fn key_line(i: usize) -> String {
+        format!("{}\n", KEYS[i])
+    }
+
+    fn public(i: usize) -> PublicKey {
+        trust::parse_trusted_keys(key_line(i).as_bytes()).unwrap()[0]
+    }
+
+    #[test]
+    fn both_files_load() {
+        let d = Dir::new("ok");
+        let keys = d.file("keys", key_line(0).as_bytes());
+        let product = d.file("product", b"cairn-qemu-dev\n");
+        assert_eq!(load_from(&keys, &product), Some(Trust { keys: vec![public(0)], product: "cairn-qemu-dev".into() }));
+    }
+
+    #[test]
+    fn a_missing_or_bad_file_loads_nothing() {
+        let d = Dir::new("bad");
+        let keys = d.file("keys", key_line(1).as_bytes());
+        let product = d.file("product", b"p\n");
+        assert!(load_from(&keys, &product).is_some());
+        assert_eq!(load_from(&d.path("none"), &product), None);
+        assert_eq!(load_from(&keys, &d.path("none")), None);
+        let bad = d.file("bad-product", b"two words\n");
+        assert_eq!(load_from(&keys, &bad), None);
+        let empty = d.file("empty", b"");
+        assert_eq!(load_from(&empty, &product), None);
+    }
+
+    #[test]
+    fn reads_stop_one_byte_past_the_limit() {
+        let d = Dir::new("big");
+        let big = d.file("big", &vec![b'#'; MAX_FILE_LEN * 4]);
+        let bytes = read(&big).unwrap();
+        assert_eq!(bytes.len(), MAX_FILE_LEN + 1);
+        assert_eq!(trust::parse_trusted_keys(&bytes), Err(TrustError::TooLarge(MAX_FILE_LEN + 1)));
+        let exact = d.file("exact", &vec![b'#'; MAX_FILE_LEN]);
+        assert_eq!(read(&exact).unwrap().len(), MAX_FILE_LEN);
+        match read(&d.path("none")) {
+            Err(Invalid::Read { op: "open", errno: "ENOENT" }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -40,7 +40,8 @@ pub const MAX_FILE_LEN: usize = 4096;
 /// What is wrong with a trust file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustError {
-    /// The file is longer than [`MAX_FILE_LEN`] bytes.
+    /// The file is longer than [`MAX_FILE_LEN`] bytes (the bytes seen; a
+    /// reader may stop one past the limit).
     TooLarge(usize),
     /// The file is not ASCII text.
     NotText,
@@ -77,7 +78,7 @@ pub enum TrustError {
 impl fmt::Display for TrustError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge(n) => write!(f, "{n} bytes, more than {MAX_FILE_LEN}"),
+            Self::TooLarge(_) => write!(f, "more than {MAX_FILE_LEN} bytes"),
             Self::NotText => write!(f, "not ASCII text"),
             Self::KeyLength { line, len } => write!(f, "line {line}: {len} characters; a key is 64 hex characters"),
             Self::NotHex { line } => write!(f, "line {line}: not hex"),
