@@ -26,11 +26,11 @@ pub struct Artifacts {
     pub boot: BootFiles,
     /// Directory holding `bin/cairn-payload` for the board (the `build:payload` layer).
     pub payload_root: PathBuf,
-    /// The key the board's init trusts.
+    /// The key the board's initramfs trusts (`/etc/cairn/trusted-keys`).
     pub key: SigningKey,
     /// Its secret key file (for the `cairn` command).
     pub key_file: PathBuf,
-    /// The board's cairn-init binary (trusting `key`).
+    /// The board's cairn-init binary (it holds no key: the initramfs does).
     pub init: PathBuf,
     /// The board's kernel package, unpacked (holds `lib/modules/VERSION`).
     pub kernel_tree: PathBuf,

@@ -276,8 +276,8 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
         None => demo_disk(b, &art)?,
     };
     eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
-    // `cairn image assemble` writes the initramfs (with the init that trusts
-    // the manifest's key) beside the disk; use it when it is there.
+    // `cairn image assemble` writes the initramfs (with the keys and product
+    // its --trust and --product gave) beside the disk; use it when it is there.
     let mut boot = art.boot.clone();
     let beside = disk.with_extension("initramfs");
     if beside.is_file() {
