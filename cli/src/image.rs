@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
 use cairn_build::bootkit::{BootKit, BootKitError};
 use cairn_build::esp::EfiArch;
+use cairn_build::initramfs::{self, Trust};
 use cairn_build::{gpt, kmod};
-use cairn_format::envelope::{key_id, Envelope, KeyId};
+use cairn_format::envelope::{self, key_id, Envelope, KeyId};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -16,6 +17,8 @@ use crate::manifest::read_unverified;
 use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
+// Parsed once from the command line: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Assemble a GPT disk image and its initramfs for a board.
@@ -24,12 +27,13 @@ pub enum ImageCommand {
     /// state record), cairn-manifest-a (the manifest) and -b (empty, for
     /// updates), one cairn-layer-NN per layer plus spare slots for updates,
     /// and cairn-data (formatted ext4). The initramfs (written beside the
-    /// disk unless --initramfs says otherwise) holds the init binary and
-    /// the board's kernel modules in load order.
+    /// disk unless --initramfs says otherwise) holds the init binary, the
+    /// board's kernel modules in load order, and the device's trust data:
+    /// the --trust keys and the --product string.
     ///
-    /// The init must trust the key that signed the manifest (its
-    /// CAIRN_TRUSTED_KEYS at build time) and be built for the board's
-    /// architecture: both are checked, since a device would refuse to boot.
+    /// The manifest must verify with a --trust key and be for --product,
+    /// and the init must be built for the board's architecture: all are
+    /// checked, since a device would refuse to boot.
     Assemble {
         /// Board name (see `cairn boards`).
         #[arg(long)]
@@ -43,6 +47,15 @@ pub enum ImageCommand {
         /// The cairn-init binary for the board.
         #[arg(long)]
         init: PathBuf,
+        /// A public key the device trusts (NAME.pub from `cairn key
+        /// generate`, or an SPKI PEM): written to the initramfs'
+        /// /etc/cairn/trusted-keys. Repeat for several keys (at most 16).
+        #[arg(long = "trust", required = true, value_name = "KEY.pub")]
+        trust: Vec<PathBuf>,
+        /// The product the device boots, written to the initramfs'
+        /// /etc/cairn/product: a manifest's `compatible` must equal it.
+        #[arg(long)]
+        product: String,
         /// The board's kernel, unpacked (a directory holding lib/modules/VERSION).
         #[arg(long)]
         kernel: PathBuf,
@@ -88,6 +101,8 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             manifest,
             layers,
             init,
+            trust,
+            product,
             kernel,
             out,
             initramfs,
@@ -110,9 +125,16 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 );
             }
 
+            let mut keys = Vec::new();
+            for k in &trust {
+                keys.push(cairn_build::keys::load_public(k).with_context(|| format!("--trust {}", k.display()))?);
+            }
+            let trust = Trust::new(keys, product)?;
+            check_trust(&envelope, &manifest, &trust, signer)?;
+
             progress.step("checking the init binary");
             let init_bytes = std::fs::read(&init).with_context(|| format!("cannot read {}", init.display()))?;
-            check_init(&init_bytes, &init, board, signer)?;
+            check_init(&init_bytes, &init, board)?;
 
             progress.step(format!("finding layers in {}", layers.display()));
             let found = assemble::find_layers(&m, &layers)?;
@@ -122,7 +144,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             let modules = kmod::resolve_modules(&mod_dir, &version, board.modules)?;
 
             progress.step(format!("writing {}", initramfs.display()));
-            assemble::build_initramfs(&init, &modules, &initramfs)?;
+            initramfs::write(&init, &modules, &trust, &initramfs)?;
 
             progress.step("building the boot slot (unified kernel image)");
             let arch = EfiArch::from_suffix(board.efi_arch)
@@ -180,6 +202,8 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                         "size": rd,
                         "kernel": version,
                         "modules": modules.len(),
+                        "trusted_keys": trust.keys.iter().map(|k| key_id(k).to_string()).collect::<Vec<_>>(),
+                        "product": trust.product,
                     },
                 }));
             }
@@ -197,10 +221,12 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 println!("  layer {:<16} {} {}", l.name, digest(&l.digest), size(l.size));
             }
             println!(
-                "initramfs {} ({}): init + {} modules of kernel {version}",
+                "initramfs {} ({}): init + {} modules of kernel {version}; product {}, trusting {}",
                 initramfs.display(),
                 size(rd),
-                modules.len()
+                modules.len(),
+                trust.product,
+                cairn_format::trust::fingerprints(&trust.keys)
             );
             eprintln!("cairn: done in {:.1} s", progress.elapsed().as_secs_f64());
             Ok(())
@@ -220,9 +246,19 @@ fn elf_machine(target: &str) -> Option<u16> {
     }
 }
 
-/// The init is a static ELF for the board's architecture and holds a
-/// trusted key with the manifest signer's id.
-fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board, signer: KeyId) -> Result<()> {
+/// The device would accept the manifest: it verifies with a trusted key
+/// and is for the product (the checks `cairn-init` makes at boot).
+fn check_trust(envelope: &[u8], path: &Path, trust: &Trust, signer: KeyId) -> Result<()> {
+    if !trust.keys.iter().any(|k| key_id(k) == signer) {
+        bail!("{}: signed by key {signer}, which no --trust key is; the device would refuse to boot", path.display());
+    }
+    let m = envelope::open_manifest(envelope, &trust.keys).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    envelope::check_compatible(&m, &trust.product)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (--product); the device would refuse to boot", path.display()))
+}
+
+/// The init is an ELF binary for the board's architecture.
+fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board) -> Result<()> {
     if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
         bail!("{}: not an ELF binary", path.display());
     }
@@ -237,19 +273,6 @@ fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board, signer: Key
                 board.rust_target
             );
         }
-    }
-    // Trusted keys are 32-byte arrays in the binary's read-only data.
-    let trusted = bytes.windows(32).any(|w| {
-        let mut k = [0u8; 32];
-        k.copy_from_slice(w);
-        key_id(&k) == signer
-    });
-    if !trusted {
-        bail!(
-            "{}: this init does not trust key {signer}, which signed the manifest; the device would refuse to \
-             boot. Build cairn-init with the key's .pub file in CAIRN_TRUSTED_KEYS",
-            path.display()
-        );
     }
     Ok(())
 }

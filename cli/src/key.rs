@@ -17,7 +17,7 @@ pub enum KeyCommand {
     /// The secret key is PKCS#8 PEM (what `openssl genpkey -algorithm
     /// ed25519` writes, and what HSM and KMS tools import) unless --format
     /// hex. NAME.pub holds the public key as 64 hex characters: give it to
-    /// the init binary the devices run (CAIRN_TRUSTED_KEYS at build time).
+    /// the initramfs of the devices (`cairn image assemble --trust NAME.pub`).
     /// Refuses to overwrite an existing key.
     Generate {
         /// Path of the secret key file; the public key is written to NAME.pub.
@@ -40,7 +40,7 @@ pub enum KeyCommand {
     },
     /// Write a key in another format: a secret key as PKCS#8 PEM or hex
     /// (mode 0600, never over an existing file), a public key (from a PEM,
-    /// e.g. a KMS's export, or hex) as hex, for CAIRN_TRUSTED_KEYS, or PEM.
+    /// e.g. a KMS's export, or hex) as hex, for `cairn image assemble --trust`, or PEM.
     Convert {
         /// The key file to read.
         key: PathBuf,

@@ -45,7 +45,7 @@ Examples:
   cairn manifest inspect build/appliance.manifest
   cairn manifest verify build/appliance.manifest --pubkey keys/release.pub
   cairn image assemble --board qemu-x86_64 --manifest build/appliance.manifest --layers layers/ \\
-        --init cairn-init --kernel kernel-tree/ --out disk.img";
+        --init cairn-init --trust keys/release.pub --product acme-thermostat-v1 --kernel kernel-tree/ --out disk.img";
 
 #[derive(Debug, Subcommand)]
 enum Command {

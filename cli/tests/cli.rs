@@ -248,10 +248,11 @@ fn disk_images_are_assembled_and_checked() {
     write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), &builtin);
     std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap_or_else(|e| panic!("{e}"));
     let public = std::fs::read_to_string(d.join("k.pub")).unwrap_or_default();
-    std::fs::write(d.join("init"), elf(62, &hex32(public.trim()))).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.join("init-untrusting"), elf(62, &[7; 64])).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.join("init-arm"), elf(183, &hex32(public.trim()))).unwrap_or_else(|e| panic!("{e}"));
-    let args = |init: &'static str, out: &'static str| {
+    // The init holds no key: the initramfs carries the --trust keys.
+    std::fs::write(d.join("init"), elf(62, &[7; 64])).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.join("init-arm"), elf(183, &[7; 64])).unwrap_or_else(|e| panic!("{e}"));
+    ok(&["key", "generate", "--out", "stranger"], d);
+    let args = |init: &'static str, key: &'static str, product: &'static str, out: &'static str| {
         vec![
             "image",
             "assemble",
@@ -263,26 +264,42 @@ fn disk_images_are_assembled_and_checked() {
             "layers",
             "--init",
             init,
+            "--trust",
+            key,
+            "--product",
+            product,
             "--kernel",
             "kernel",
             "--out",
             out,
         ]
     };
-    let out = ok(&args("init", "disk.img"), d);
+    let out = ok(&args("init", "k.pub", "cairn-qemu-dev", "disk.img"), d);
     for p in ["cairn-state", "cairn-manifest-a", "cairn-manifest-b", "cairn-layer-01", "cairn-layer-04", "cairn-data"] {
         assert!(out.contains(p), "{p} missing:\n{out}");
     }
-    assert!(d.join("disk.initramfs").is_file());
+    let rd = std::fs::read(d.join("disk.initramfs")).unwrap_or_else(|e| panic!("{e}"));
+    let trust = cairn_build::initramfs::read_trust(&rd)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no trust data"));
+    assert_eq!(trust.product, "cairn-qemu-dev");
+    assert_eq!(trust.keys, [<[u8; 32]>::try_from(hex32(public.trim())).unwrap_or_else(|_| panic!("key"))]);
     let shown = ok(&["image", "inspect", "disk.img"], d);
     assert!(shown.contains("cli-test version 2"), "{shown}");
     // Refused before anything is written.
-    assert!(fails(&args("init-untrusting", "u.img"), d).contains("does not trust"));
-    assert!(fails(&args("init-arm", "a.img"), d).contains("183"));
-    assert!(!d.join("u.img").exists() && !d.join("a.img").exists());
+    let e = fails(&args("init", "stranger.pub", "cairn-qemu-dev", "u.img"), d);
+    assert!(e.contains("which no --trust key is"), "{e}");
+    let e = fails(&args("init", "k.pub", "acme-router-v2", "p.img"), d);
+    assert!(e.contains("this device is \"acme-router-v2\""), "{e}");
+    let e = fails(&args("init", "k.pub", "not a product", "q.img"), d);
+    assert!(e.contains("/etc/cairn/product"), "{e}");
+    assert!(fails(&args("init-arm", "k.pub", "cairn-qemu-dev", "a.img"), d).contains("183"));
+    for f in ["u.img", "p.img", "q.img", "a.img"] {
+        assert!(!d.join(f).exists(), "{f} written");
+    }
     // A layer image missing from --layers.
     std::fs::remove_file(d.join("layers/extra.squashfs")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::rename(d.join("extra.squashfs"), d.join("elsewhere.squashfs")).unwrap_or_else(|e| panic!("{e}"));
-    assert!(fails(&args("init", "m.img"), d).contains("extra"));
+    assert!(fails(&args("init", "k.pub", "cairn-qemu-dev", "m.img"), d).contains("extra"));
     assert!(!d.join("m.img").exists());
 }

@@ -11,9 +11,12 @@ use cairn_format::manifest::Manifest;
 use crate::bootslot::{self, BootSlot, LoaderInfo};
 use crate::cmdline::Cmdline;
 use crate::event::event;
-use crate::keys::{COMPATIBLE, FALLBACK_ROLLBACK_FLOOR, TRUSTED_KEYS};
 use crate::partitions::{self, ChooseError, Partitions, WaitError, Want};
 use crate::storage::{self, StorageError};
+use crate::trust::{self, Trust};
+
+// The fallback rollback floor (build.rs: `CAIRN_ROLLBACK_FLOOR`, default 0).
+include!(concat!(env!("OUT_DIR"), "/rollback_floor.rs"));
 
 /// A booted system: what the supervisor needs.
 pub struct Booted {
@@ -86,6 +89,9 @@ pub enum Refusal {
     /// The envelope, signature, decoding, validation or product check.
     #[error("{0}")]
     Open(OpenError),
+    /// The device has no usable trust data (`trust.invalid` said why).
+    #[error("this device has no valid trust data in its initramfs (/etc/cairn/trusted-keys, /etc/cairn/product): it refuses every manifest")]
+    NoTrust,
     /// Its version is below the state's rollback floor.
     #[error("version {version} is below the rollback floor {floor}")]
     BelowFloor {
@@ -227,6 +233,7 @@ pub fn boot(cmdline: &Cmdline, loader: &LoaderInfo) -> (Option<BootSlot>, Result
 }
 
 fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
+    let trust = trust::load();
     let region = storage::read_partition(&parts, "cairn-state", bootstate::RECORD_SIZE);
     let (mut state, unreadable) = match region {
         Ok(r) => {
@@ -251,7 +258,7 @@ fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
         .kv("attempts_left", state.attempts_left)
         .kv("rollback_floor", state.rollback_floor)
         .emit();
-    let manifest = load_manifest(&parts, &state, fallback)?;
+    let manifest = load_manifest(&parts, &state, fallback, trust.as_ref())?;
     if fallback {
         // The factory slot's layers are where the factory wrote them.
         state.layer_slots = BootState::factory_layout(&manifest);
@@ -263,21 +270,19 @@ fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
 
 /// The active slot's manifest, or the other slot's if the active one is
 /// refused (in the factory fallback, slot A only). Each refusal is an event
-/// naming the reason.
-fn load_manifest(parts: &Partitions, state: &BootState, fallback: bool) -> Result<Manifest, BootError> {
-    if TRUSTED_KEYS.is_empty() {
-        event("manifest.no-trusted-keys").kv("reason", "this cairn-init was built without trusted keys").emit();
-    }
-    if COMPATIBLE.is_empty() {
-        event("manifest.no-compatible")
-            .kv("reason", "this cairn-init was built without CAIRN_COMPATIBLE and refuses every manifest")
-            .emit();
-    }
+/// naming the reason. Without trust data (`None`) every slot is refused.
+fn load_manifest(
+    parts: &Partitions,
+    state: &BootState,
+    fallback: bool,
+    trust: Option<&Trust>,
+) -> Result<Manifest, BootError> {
     let max = envelope::HEADER_LEN + envelope::MAX_PAYLOAD + envelope::SIGNATURE_LEN;
     let open = |slot: Slot| {
+        let trust = trust.ok_or(Refusal::NoTrust)?;
         let bytes = storage::read_partition(parts, slot.partition(), max).map_err(Refusal::Read)?;
-        let m = envelope::open_manifest(&bytes, TRUSTED_KEYS).map_err(Refusal::Open)?;
-        envelope::check_compatible(&m, COMPATIBLE).map_err(Refusal::Open)?;
+        let m = envelope::open_manifest(&bytes, &trust.keys).map_err(Refusal::Open)?;
+        envelope::check_compatible(&m, &trust.product).map_err(Refusal::Open)?;
         Ok(m)
     };
     let (chosen, refused) = choose_slot(state, fallback, open, |m: &Manifest| m.version);

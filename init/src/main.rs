@@ -1,10 +1,11 @@
 //! `cairn-init`: PID 1 of a cairn appliance.
 //!
-//! Boot: early mounts and cgroups, kernel command line, modules, partitions,
-//! boot state, signed manifest, verified layers; then the supervisor runs the
-//! containers until a shutdown request, and the machine powers off or
-//! reboots. PID 1 never exits and never panics: every failure is an event,
-//! and a device with nothing to run stays up, waiting for a shutdown.
+//! Boot: early mounts and cgroups, kernel command line, modules, the trust
+//! data in the initramfs, partitions, boot state, signed manifest, verified
+//! layers; then the supervisor runs the containers until a shutdown
+//! request, and the machine powers off or reboots. PID 1 never exits and
+//! never panics: every failure is an event, and a device with nothing to
+//! run stays up, waiting for a shutdown.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
@@ -15,7 +16,6 @@ mod control;
 mod dm;
 mod early;
 mod event;
-mod keys;
 mod machine;
 mod modules;
 mod partitions;
@@ -26,6 +26,7 @@ mod storage;
 mod supervisor;
 mod switch_root;
 mod tap;
+mod trust;
 mod uevent;
 
 use cairn_format::manifest::{self, DeviceSource};

@@ -28,13 +28,15 @@ pub struct Artifacts {
     pub boot: BootFiles,
     /// What the disks' boot slots are made of.
     pub kit: BootKit,
+    /// The unpacked `systemd-boot-efi` package of the board's architecture.
+    pub systemd_boot: PathBuf,
     /// Directory holding `bin/cairn-payload` for the board (the `build:payload` layer).
     pub payload_root: PathBuf,
-    /// The key the board's init trusts.
+    /// The key the board's initramfs trusts (`/etc/cairn/trusted-keys`).
     pub key: SigningKey,
     /// Its secret key file (for the `cairn` command).
     pub key_file: PathBuf,
-    /// The board's cairn-init binary (trusting `key`).
+    /// The board's cairn-init binary (it holds no key: the initramfs does).
     pub init: PathBuf,
     /// The board's kernel package, unpacked (holds `lib/modules/VERSION`).
     pub kernel_tree: PathBuf,

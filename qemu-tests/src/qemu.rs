@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn command_with_puts_every_disk_on_the_bus_asked_for() {
         let b = cairn_board::by_name("generic-x86_64").expect("board");
-        let files = BootFiles { qemu: "qemu".into(), kernel: "k".into(), initramfs: "i".into() };
+        let files = BootFiles { qemu: "qemu".into(), kernel: "k".into(), initramfs: "i".into(), firmware: None };
         let extra: [&Path; 1] = [Path::new("e.img")];
         let opts =
             BootOptions { extra_disks: &extra, bus: DiskBus::Ahci, no_disk_guid: true, ..BootOptions::default() };
@@ -249,10 +249,29 @@ mod tests {
         let devices: Vec<&str> = args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].as_str()).collect();
         assert_eq!(
             devices,
-            ["ahci,id=ahci0", "ide-hd,drive=disk0,bus=ahci0.0", "ahci,id=ahci1", "ide-hd,drive=disk1,bus=ahci1.0"]
+            [
+                "ahci,id=ahci0",
+                "ide-hd,drive=disk0,bus=ahci0.0,bootindex=0",
+                "ahci,id=ahci1",
+                "ide-hd,drive=disk1,bus=ahci1.0"
+            ]
         );
         assert!(args.contains(&"file=boot.img,if=none,id=disk0,format=raw".to_owned()), "{args:?}");
         let c = command_with(b, &files, Path::new("boot.img"), &BootOptions::default());
-        assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0"), "virtio by default");
+        assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0,bootindex=0"), "virtio by default");
+        assert!(c.get_args().any(|a| a == "-kernel"), "no firmware: the kernel is given to QEMU");
+        // With firmware, QEMU boots the disk: no kernel, a copy of the variable store.
+        let dir = std::env::temp_dir().join(format!("cairn-qemu-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (code, vars) = (dir.join("code.fd"), dir.join("vars.fd"));
+        std::fs::write(&vars, b"template").expect("vars");
+        let files = BootFiles { firmware: Some((code, vars)), ..files };
+        let disk = dir.join("boot.img");
+        let c = command_with(b, &files, &disk, &BootOptions::default());
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!args.contains(&"-kernel".to_owned()), "{args:?}");
+        assert!(args.iter().any(|a| a.starts_with("if=pflash,format=raw,unit=0,readonly=on,file=")), "{args:?}");
+        assert_eq!(std::fs::read(dir.join("boot.vars")).expect("vars copy"), b"template");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,10 +15,10 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+use cairn_board::{Board, TestSuite};
 use cairn_build::bootkit::BootKit;
 use cairn_build::esp::EfiArch;
-use cairn_board::{Board, TestSuite};
-use cairn_build::{assemble, keys};
+use cairn_build::{assemble, initramfs, keys};
 use cairn_qemu_tests::{qemu, Artifacts, BootFiles};
 
 const USAGE: &str = "\
@@ -192,26 +192,21 @@ fn dev_key_path() -> PathBuf {
     build_dir().join("keys").join("cairn-DEVELOPMENT-ONLY.key")
 }
 
-fn dev_key() -> Result<(ed25519_dalek::SigningKey, PathBuf)> {
+fn dev_key() -> Result<ed25519_dalek::SigningKey> {
     let path = dev_key_path();
     let (key, fresh) = keys::load_or_generate(&path)?;
     if fresh {
         eprintln!("xtask: ************************************************************");
         eprintln!("xtask: generated a DEVELOPMENT signing key: {}", path.display());
         eprintln!("xtask: images signed with it are for development only; never ship");
-        eprintln!("xtask: an init that trusts it. It is not committed (build/ is ignored).");
+        eprintln!("xtask: an initramfs that trusts it. It is not committed (build/ is ignored).");
         eprintln!("xtask: ************************************************************");
     }
-    let trusted = build_dir().join("keys").join("trusted-keys");
-    let hex: String = key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    if std::fs::read_to_string(&trusted).ok().as_deref() != Some(&format!("{hex}\n")) {
-        std::fs::write(&trusted, format!("{hex}\n")).with_context(|| format!("writing {}", trusted.display()))?;
-    }
-    Ok((key, trusted))
+    Ok(key)
 }
 
-/// The product string of the development init and of every appliance file
-/// in the repository (`compatible = "cairn-qemu-dev"`).
+/// The product string the development initramfs carries, and of every
+/// appliance file in the repository (`compatible = "cairn-qemu-dev"`).
 const DEV_COMPATIBLE: &str = "cairn-qemu-dev";
 
 /// Build everything a board boots, except the disk.
@@ -219,13 +214,11 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
     host_deps::ensure_rust_target(b.rust_target)?;
     let qemu = host_deps::ensure_qemu(b)?;
     let kernel = kernel::fetch_kernel(b, &build_dir().join("kernels"))?;
-    let (key, trusted) = dev_key()?;
+    let key = dev_key()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(repo_root())
         .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
-        .env("CAIRN_TRUSTED_KEYS", &trusted)
-        .env("CAIRN_COMPATIBLE", DEV_COMPATIBLE)
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
@@ -243,7 +236,9 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         .context("copying cairn-payload")?;
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
-    assemble::build_initramfs(&init, &kernel.modules, &initramfs)?;
+    // The init holds no key and no product: the initramfs carries them.
+    let trust = initramfs::Trust::new(vec![key.verifying_key().to_bytes()], DEV_COMPATIBLE)?;
+    initramfs::write(&init, &kernel.modules, &trust, &initramfs)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "xtask: {}: kernel {} ({}) | cairn-init {} bytes | initramfs {} bytes | modules {}",
@@ -256,10 +251,11 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
     );
     let kernel_tree = kernel.vmlinuz.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
     let firmware = host_deps::ensure_firmware(b)?;
-    let kit = boot_kit(b, &kernel, std::fs::read(&initramfs).context("reading the initramfs")?)?;
+    let (kit, systemd_boot) = boot_kit(b, &kernel, std::fs::read(&initramfs).context("reading the initramfs")?)?;
     Ok(Artifacts {
         boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs, firmware: Some(firmware) },
         kit,
+        systemd_boot,
         payload_root,
         key,
         key_file: dev_key_path(),
@@ -273,12 +269,13 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
 /// The board's boot kit: its systemd-boot and systemd-stub (Debian's
 /// `systemd-boot-efi` for the board's architecture, fetched like the
 /// kernel), the kernel, the initramfs and the command line.
-fn boot_kit(b: &Board, kernel: &kernel::Kernel, initramfs: Vec<u8>) -> Result<BootKit> {
+fn boot_kit(b: &Board, kernel: &kernel::Kernel, initramfs: Vec<u8>) -> Result<(BootKit, PathBuf)> {
     let arch =
         EfiArch::from_suffix(b.efi_arch).with_context(|| format!("board {}: efi_arch {:?}", b.name, b.efi_arch))?;
     let debs = host_deps::fetch_debs(&["systemd-boot-efi"], b.deb_arch, &build_dir().join("debs"))?;
     let tree = debs.first().map(|d| d.tree.clone()).context("systemd-boot-efi")?;
-    Ok(BootKit::from_files(arch, &tree, &kernel.vmlinuz, &kernel.version, initramfs, &b.cmdline(""))?)
+    let kit = BootKit::from_files(arch, &tree, &kernel.vmlinuz, &kernel.version, initramfs, &b.cmdline(""))?;
+    Ok((kit, tree))
 }
 
 fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
@@ -302,8 +299,8 @@ fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
         None => demo_disk(b, &art)?,
     };
     eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
-    // `cairn image assemble` writes the initramfs (with the init that trusts
-    // the manifest's key) beside the disk; use it when it is there.
+    // `cairn image assemble` writes the initramfs (with the keys and product
+    // its --trust and --product gave) beside the disk; use it when it is there.
     let mut boot = art.boot.clone();
     let beside = disk.with_extension("initramfs");
     if beside.is_file() {

@@ -1,5 +1,5 @@
 //! From an appliance description to the files a device boots: layer images,
-//! the signed manifest, the GPT disk, and the initramfs.
+//! the signed manifest and the GPT disk (the initramfs: `initramfs`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 
 use crate::appliance::{Appliance, ApplianceError, LayerRef};
-use crate::cpio::{self, CpioBuilder};
 use crate::datafs;
 use crate::esp::{self, EspContents, EspError};
 use crate::gpt::{self, DiskLayout, PartitionContents, PartitionSpec};
@@ -495,30 +494,4 @@ pub fn assemble_disk(
     let written = gpt::write_disk(out, &parts);
     let _ = fs::remove_file(&data);
     Ok(written?)
-}
-
-/// The initramfs: `/init` (cairn-init), the device nodes the kernel needs
-/// before devtmpfs, mount points, and the modules in load order.
-pub fn build_initramfs(init_binary: &Path, modules: &[PathBuf], out: &Path) -> Result<(), AssembleError> {
-    let mut c = CpioBuilder::new();
-    for d in ["dev", "proc", "sys", "run", "lib", "lib/modules"] {
-        c.dir(d, 0o755);
-    }
-    c.char_device("dev/console", 0o600, 5, 1);
-    c.char_device("dev/null", 0o666, 1, 3);
-    let init = fs::read(init_binary).map_err(io(init_binary))?;
-    c.file("init", 0o755, &init);
-    let mut order = String::new();
-    for m in modules {
-        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = fs::read(m).map_err(io(m))?;
-        c.file(&format!("lib/modules/{name}"), 0o644, &data);
-        order.push_str(&name);
-        order.push('\n');
-    }
-    c.file("lib/modules/load-order", 0o644, order.as_bytes());
-    let bytes = cpio::gzip(&c.finish());
-    let tmp = out.with_extension("tmp");
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::rename(&tmp, out).map_err(io(out))
 }

@@ -7,7 +7,7 @@
 //! wrote, one line of 64 hex characters (the ed25519 seed). The format is
 //! found from the content. It must be mode 0600 either way; anything else is
 //! refused, as is content of neither form. A public key file holds 64 hex
-//! characters (what `CAIRN_TRUSTED_KEYS` reads when cairn-init is built) or
+//! characters (one line of `/etc/cairn/trusted-keys` in the initramfs) or
 //! an SPKI PEM (`-----BEGIN PUBLIC KEY-----`, `openssl pkey -pubout`).
 //!
 //! An *unsigned* envelope has the envelope's layout with an all-zero key id
@@ -90,7 +90,7 @@ pub fn save(key: &SigningKey, path: &Path) -> Result<(), KeyError> {
 }
 
 /// [`save`] in the given format; the `.pub` file is hex either way (what
-/// `CAIRN_TRUSTED_KEYS` reads).
+/// `cairn image assemble --trust` reads).
 pub fn save_as(key: &SigningKey, path: &Path, format: SecretFormat) -> Result<(), KeyError> {
     write_secret(key, path, format)?;
     let pub_path = public_path(path);

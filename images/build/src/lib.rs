@@ -11,6 +11,7 @@ pub mod esp;
 pub mod fat;
 pub mod gpt;
 pub mod import;
+pub mod initramfs;
 pub mod keys;
 pub mod kmod;
 pub mod layer;

@@ -171,8 +171,8 @@ pub enum OpenError {
     Incompatible {
         /// The manifest's `compatible`.
         manifest: String,
-        /// The device's (built into its init; empty: none).
-        device: &'static str,
+        /// The device's (from its initramfs' trust data).
+        device: String,
     },
 }
 
@@ -183,10 +183,6 @@ impl fmt::Display for OpenError {
             Self::Decode => write!(f, "signed payload is not a manifest this init can decode"),
             Self::Invalid(e) => write!(f, "manifest invalid: {e}"),
             Self::TrailingBytes(n) => write!(f, "signed payload holds {n} bytes after the manifest"),
-            Self::Incompatible { manifest, device: "" } => write!(
-                f,
-                "manifest is for {manifest:?} but this cairn-init was built without a compatibility string (CAIRN_COMPATIBLE)"
-            ),
             Self::Incompatible { manifest, device } => {
                 write!(f, "manifest is for {manifest:?}, this device is {device:?}")
             }
@@ -207,11 +203,10 @@ pub fn open_manifest(bytes: &[u8], trusted: &[PublicKey]) -> Result<Manifest, Op
 }
 
 /// Accept a manifest only for this device's product: its `compatible`
-/// must equal `device` exactly; an empty `device` (an init built without a
-/// compatibility string) accepts none.
-pub fn check_compatible(m: &Manifest, device: &'static str) -> Result<(), OpenError> {
+/// must equal `device` exactly; an empty `device` accepts none.
+pub fn check_compatible(m: &Manifest, device: &str) -> Result<(), OpenError> {
     if device.is_empty() || m.compatible.as_str() != device {
-        return Err(OpenError::Incompatible { manifest: m.compatible.clone(), device });
+        return Err(OpenError::Incompatible { manifest: m.compatible.clone(), device: device.to_string() });
     }
     Ok(())
 }
@@ -319,7 +314,7 @@ mod tests {
         let e = check_compatible(&m, "router-v2").expect_err("refused").to_string();
         assert_eq!(e, "manifest is for \"cairn-test\", this device is \"router-v2\"");
         let e = check_compatible(&m, "").expect_err("refused").to_string();
-        assert!(e.contains("built without a compatibility string"), "{e}");
+        assert_eq!(e, "manifest is for \"cairn-test\", this device is \"\"");
         assert!(check_compatible(&m, "cairn-tes").is_err() && check_compatible(&m, "cairn-test2").is_err());
     }
 

@@ -1,6 +1,7 @@
 //! What the device (`cairn-init`) decodes from storage, and the host tools
 //! encode: the signed manifest, the signature envelope, the boot state
-//! record, layer digests and the start order.
+//! record, layer digests, the start order, and the trust data (keys and
+//! product) the init reads from its initramfs.
 //!
 //! `no_std` + `alloc`, no features, no `unsafe`: the same code is tested on
 //! the host (`cargo test -p cairn-format`) and linked into PID 1. Nothing
@@ -26,6 +27,8 @@ pub mod envelope;
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod trust;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod verity;
 

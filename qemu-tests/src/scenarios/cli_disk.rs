@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use cairn_build::gpt;
 
-use crate::qemu::{self, BootFiles};
+use crate::qemu;
 use crate::Ctx;
 
 /// Run `cairn ARGS` in `dir`; its stdout, or an error with its stderr.
@@ -81,7 +81,9 @@ restart = {{ policy = "never" }}
     ensure!(verified.contains("good signature"), "verify said: {verified}");
 
     let init = ctx.art.init.to_string_lossy().into_owned();
+    let public = cairn_build::keys::public_path(&ctx.art.key_file).to_string_lossy().into_owned();
     let tree = ctx.art.kernel_tree.to_string_lossy().into_owned();
+    let systemd_boot = ctx.art.systemd_boot.to_string_lossy().into_owned();
     cairn(
         ctx,
         dir,
@@ -96,8 +98,14 @@ restart = {{ policy = "never" }}
             "layers",
             "--init",
             &init,
+            "--trust",
+            &public,
+            "--product",
+            "cairn-qemu-dev",
             "--kernel",
             &tree,
+            "--systemd-boot",
+            &systemd_boot,
             "--out",
             "out/disk.img",
         ],
@@ -105,23 +113,25 @@ restart = {{ policy = "never" }}
     let disk = dir.join("out/disk.img");
     let layout = gpt::read_layout(&disk)?;
     let names: Vec<&str> = layout.partitions.iter().map(|p| p.name.as_str()).collect();
-    for want in
-        ["cairn-state", "cairn-manifest-a", "cairn-manifest-b", "cairn-layer-01", "cairn-layer-04", "cairn-data"]
-    {
+    for want in [
+        "cairn-esp",
+        "cairn-state",
+        "cairn-manifest-a",
+        "cairn-manifest-b",
+        "cairn-layer-01",
+        "cairn-layer-04",
+        "cairn-data",
+    ] {
         ensure!(names.contains(&want), "no {want} partition in {names:?}");
     }
 
-    // Boot what the command wrote: its initramfs, its disk.
-    let files = BootFiles {
-        qemu: ctx.art.boot.qemu.clone(),
-        kernel: ctx.art.boot.kernel.clone(),
-        initramfs: dir.join("out/disk.initramfs"),
-        firmware: None,
-    };
-    let cmd = qemu::command(ctx.board, &files, &disk, "");
-    let run = qemu::capture(cmd, &dir.join("out/disk.log"), super::BOOT_TIMEOUT, &super::until_exit)?;
+    // Boot what the command wrote: the disk alone, through the firmware.
+    let opts = qemu::BootOptions::default();
+    let run = ctx.boot_with(&disk, &opts, "out/disk.log", super::BOOT_TIMEOUT, &super::until_exit)?;
     super::powered_off(&run)?;
     let c = &run.console;
+    c.expect("boot.slot", &[("slot", "a"), ("state", "blessed")])?;
+    c.expect("trust.loaded", &[("product", "cairn-qemu-dev")])?;
     c.expect("manifest.verified", &[("appliance", "cli-disk"), ("version", "5")])?;
     c.expect("layer.mounted", &[("name", "base")])?;
     c.expect("layer.mounted", &[("name", "tools")])?;
