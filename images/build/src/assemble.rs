@@ -387,6 +387,16 @@ pub const MANIFEST_SLOT_BYTES: u64 = 1 << 20;
 /// data. The returned layout holds the disk GUID the device is booted with
 /// (`cairn.disk=`).
 pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Result<DiskLayout, AssembleError> {
+    assemble_disk_mapped(app, out, opts).map(|w| w.layout)
+}
+
+/// [`assemble_disk`], also returning the byte ranges written (for a
+/// `.bmap` and the compressed image, [`crate::bmap`], [`crate::zst`]).
+pub fn assemble_disk_mapped(
+    app: &BuiltAppliance,
+    out: &Path,
+    opts: DiskOptions,
+) -> Result<gpt::WrittenDisk, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
         return Err(AssembleError::TooManyLayers(total_slots));
@@ -461,7 +471,7 @@ pub fn assemble_disk(app: &BuiltAppliance, out: &Path, opts: DiskOptions) -> Res
             contents: PartitionContents::Empty,
         });
     }
-    let written = gpt::write_disk(out, &parts);
+    let written = gpt::write_disk_mapped(out, &parts);
     let _ = fs::remove_file(&data);
     Ok(written?)
 }

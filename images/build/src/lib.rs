@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod assemble;
+pub mod bmap;
 pub mod cpio;
 pub mod datafs;
 pub mod gpt;
@@ -16,3 +17,4 @@ pub mod scan;
 pub mod squashfs;
 pub mod tree;
 pub mod verity;
+pub mod zst;
