@@ -44,11 +44,17 @@ const LINUX_DATA: [u8; 16] =
     [0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4];
 /// Longest partition name GPT can hold (UTF-16 code units).
 pub const MAX_NAME: usize = 36;
+/// Bytes of zeroes written at the start of an [`PartitionContents::Empty`]
+/// partition (every partition is at least 1 MiB).
+pub const EMPTY_HEAD: usize = 64 << 10;
 
 /// What a partition starts with.
 #[derive(Debug, Clone)]
 pub enum PartitionContents {
-    /// Zeroes (nothing is written; the file stays sparse there).
+    /// Zeroes. Only the first [`EMPTY_HEAD`] bytes are written (zeroes:
+    /// the image's bytes are the same), the rest stays sparse: a `.bmap`
+    /// maps that head, so media flashed with bmaptool that held another
+    /// image keep no old manifest, layer or filesystem signature there.
     Empty,
     /// These bytes, at the start of the partition; the rest is zero.
     Bytes(Vec<u8>),
@@ -342,7 +348,7 @@ pub fn write_disk_mapped(out: &Path, parts: &[PartitionSpec]) -> Result<WrittenD
         at(&mut f, w, last_lba * SECTOR, &header(&disk_guid, last_lba, 1, last_usable, backup_entries, entries_crc))?;
         for (p, spec) in placed.iter().zip(parts) {
             match &spec.contents {
-                PartitionContents::Empty => {}
+                PartitionContents::Empty => at(&mut f, w, p.offset_bytes, &[0; EMPTY_HEAD])?,
                 PartitionContents::Bytes(b) => at(&mut f, w, p.offset_bytes, b)?,
                 PartitionContents::File(path) => {
                     let src_io = |error| GptError::Io { path: path.clone(), error };
@@ -570,6 +576,7 @@ mod tests {
                 last - entries..last,
                 last..size,
                 MIB..MIB + 100,
+                2 * MIB..2 * MIB + EMPTY_HEAD as u64,
                 file..file + 5000,
                 layer..layer + 2 * 4096,
                 layer + 3 * 4096..layer + 3 * 4096 + 64,
