@@ -247,6 +247,7 @@ pub fn write_bmap(bmap: &Bmap, out: &Path) -> Result<(), BmapError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one byte range, not a range of values
 mod tests {
     use super::*;
 

@@ -273,6 +273,7 @@ fn compress_to(image: &Path, image_size: u64, written: &[Range<u64>], tmp: &Path
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one byte range, not a range of values
 mod tests {
     use super::*;
 
