@@ -24,6 +24,8 @@ mod slow_start;
 mod hostile_rootfs;
 // Layers behind dm-verity (issue 10).
 mod verity_tamper;
+// Images people can flash (issue 11 item 6).
+mod flash_card;
 
 use std::time::Duration;
 
@@ -62,6 +64,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "console-abuse", run: console_abuse::run },
         // Layers behind dm-verity (issue 10); verity-boot's checks run in boot-demo's boot.
         Scenario { name: "verity-tamper", run: verity_tamper::run },
+        // Images people can flash (issue 11 item 6): bmaptool onto a larger, used card.
+        Scenario { name: "flash-card", run: flash_card::run },
     ]
 }
 
