@@ -111,6 +111,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     con.expect("data.mounted", &[("fs", "ext4")])?;
     let ticks = con.all("tick", &[("name", "hello")]).len();
     ensure!(ticks >= 2, "hello ticked {ticks} times");
+    // The card is the disk plus 64 MiB: not kept once the scenario passed.
+    let _ = std::fs::remove_file(&card);
     Ok(())
 }
 
