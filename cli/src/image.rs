@@ -86,6 +86,18 @@ pub enum ImageCommand {
         /// board's own).
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// Also write a block map for bmaptool beside the disk (DISK.bmap,
+        /// where `bmaptool copy` finds it): the blocks the assembler wrote
+        /// and a sha256 of each range, so flashing writes only those and
+        /// checks them. Same disk, same bytes. A stale DISK.bmap is removed
+        /// when this is not given.
+        #[arg(long)]
+        bmap: bool,
+        /// Also write the disk zstd-compressed (DISK.zst; `zstd -dc DISK.zst
+        /// | dd ...` or `bmaptool copy DISK.zst ...` writes it). Same disk,
+        /// same bytes. A stale DISK.zst is removed when this is not given.
+        #[arg(long)]
+        zstd: bool,
     },
     /// Print a disk image's partitions and the manifests in its slots.
     Inspect {
@@ -112,6 +124,8 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             systemd_boot,
             esp_size,
             cmdline,
+            bmap,
+            zstd,
         } => {
             let board = cairn_board::by_name(&board)
                 .with_context(|| format!("unknown board {board:?}; cairn knows {}", cairn_board::names().join(", ")))?;
@@ -178,7 +192,9 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 esp_bytes: esp_size,
                 ..DiskOptions::default()
             };
-            let layout = assemble::assemble_disk(&app, &out, opts, Some(&esp))?;
+            let written = assemble::assemble_disk_mapped(&app, &out, opts, Some(&esp))?;
+            let layout = written.layout.clone();
+            let flash = flash_files(&out, &written, bmap, zstd, progress)?;
             progress.clear();
             let rd = std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0);
             if output.json {
@@ -205,6 +221,16 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                         "trusted_keys": trust.keys.iter().map(|k| key_id(k).to_string()).collect::<Vec<_>>(),
                         "product": trust.product,
                     },
+                    "bmap": flash.bmap.as_ref().map(|(path, b)| json!({
+                        "path": path,
+                        "blocks": b.blocks_count(),
+                        "mapped_blocks": b.mapped_count(),
+                        "block_size": cairn_build::bmap::BLOCK_SIZE,
+                    })),
+                    "zstd": flash.zstd.as_ref().map(|(path, z)| json!({
+                        "path": path,
+                        "size": z.size,
+                    })),
                 }));
             }
 
@@ -228,11 +254,74 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 trust.product,
                 cairn_format::trust::fingerprints(&trust.keys)
             );
+            if let Some((path, b)) = &flash.bmap {
+                println!(
+                    "bmap {}: {} of {} blocks mapped ({})",
+                    path.display(),
+                    b.mapped_count(),
+                    b.blocks_count(),
+                    size(b.mapped_count() * cairn_build::bmap::BLOCK_SIZE)
+                );
+            }
+            if let Some((path, z)) = &flash.zstd {
+                println!("zstd {} ({})", path.display(), size(z.size));
+            }
             eprintln!("cairn: done in {:.1} s", progress.elapsed().as_secs_f64());
             Ok(())
         }
         ImageCommand::Inspect { disk } => inspect(&disk, output),
     }
+}
+
+/// The files written beside a disk for flashing.
+struct FlashFiles {
+    bmap: Option<(PathBuf, cairn_build::bmap::Bmap)>,
+    zstd: Option<(PathBuf, cairn_build::zst::ZstInfo)>,
+}
+
+/// `disk` with `suffix` appended to its file name (`disk.img.bmap`: where
+/// bmaptool looks for a map of `disk.img` and of `disk.img.zst`).
+fn beside(disk: &Path, suffix: &str) -> PathBuf {
+    let mut p = disk.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Write the `.bmap` and `.zst` of a disk just written, as asked; remove
+/// the ones not asked for (they describe an earlier disk: bmaptool would
+/// find the stale map and refuse the new image).
+fn flash_files(
+    disk: &Path,
+    written: &gpt::WrittenDisk,
+    bmap: bool,
+    zstd: bool,
+    progress: &Progress,
+) -> Result<FlashFiles> {
+    let size = written.layout.disk_size;
+    let mut files = FlashFiles { bmap: None, zstd: None };
+    let (bmap_path, zst_path) = (beside(disk, ".bmap"), beside(disk, ".zst"));
+    for (wanted, path) in [(bmap, &bmap_path), (zstd, &zst_path)] {
+        if !wanted {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove the stale {}", path.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    if bmap {
+        progress.step(format!("writing {}", bmap_path.display()));
+        let b = cairn_build::bmap::read_bmap(disk, size, &written.written)?;
+        cairn_build::bmap::write_bmap(&b, &bmap_path)?;
+        files.bmap = Some((bmap_path, b));
+    }
+    if zstd {
+        progress.step(format!("writing {}", zst_path.display()));
+        let z = cairn_build::zst::compress_image(disk, size, &written.written, &zst_path)?;
+        files.zstd = Some((zst_path, z));
+    }
+    Ok(files)
 }
 
 /// ELF machine numbers of the boards' architectures.

@@ -113,6 +113,8 @@ fn every_command_prints_its_documented_json() {
         "kernel",
         "--out",
         "disk.img",
+        "--bmap",
+        "--zstd",
     ];
     docs.push(("image assemble", json(&assemble, d)));
     docs.push(("image inspect", json(&["image", "inspect", "disk.img"], d)));

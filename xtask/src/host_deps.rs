@@ -96,7 +96,8 @@ pub fn ensure_firmware(board: &Board) -> Result<(PathBuf, PathBuf)> {
 
 /// The independent tools the host tests check our output with: unsquashfs
 /// reads every layer image back, zstd makes compressed archives, mke2fs
-/// formats the data partition, veritysetup checks every layer's hash tree.
+/// formats the data partition, veritysetup checks every layer's hash tree,
+/// bmaptool flashes the assembled disk from its `.bmap` and `.zst`.
 /// Installed with apt-get when missing and we
 /// are root; otherwise the tests that need them say they skipped.
 pub fn ensure_test_tools() -> Result<()> {
@@ -105,6 +106,7 @@ pub fn ensure_test_tools() -> Result<()> {
         ("zstd", "zstd"),
         ("mke2fs", "e2fsprogs"),
         ("veritysetup", "cryptsetup-bin"),
+        ("bmaptool", "bmap-tools"),
     ];
     let missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| find_on_path(bin).is_none()).map(|(_, pkg)| *pkg).collect();

@@ -409,6 +409,17 @@ pub fn assemble_disk(
     opts: DiskOptions,
     esp: Option<&EspContents>,
 ) -> Result<DiskLayout, AssembleError> {
+    assemble_disk_mapped(app, out, opts, esp).map(|w| w.layout)
+}
+
+/// [`assemble_disk`], also returning the byte ranges written (for a
+/// `.bmap` and the compressed image, [`crate::bmap`], [`crate::zst`]).
+pub fn assemble_disk_mapped(
+    app: &BuiltAppliance,
+    out: &Path,
+    opts: DiskOptions,
+    esp: Option<&EspContents>,
+) -> Result<gpt::WrittenDisk, AssembleError> {
     let total_slots = app.layers.len() + opts.spare_layer_slots;
     if total_slots > bootstate::MAX_LAYER_SLOTS || total_slots > 99 {
         return Err(AssembleError::TooManyLayers(total_slots));
@@ -491,7 +502,7 @@ pub fn assemble_disk(
             contents: PartitionContents::Empty,
         });
     }
-    let written = gpt::write_disk(out, &parts);
+    let written = gpt::write_disk_mapped(out, &parts);
     let _ = fs::remove_file(&data);
     Ok(written?)
 }

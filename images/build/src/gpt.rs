@@ -17,11 +17,15 @@
 //!
 //! The file is written sparse (sized first, then written at offsets), under
 //! `<out>.partial` in the same directory, and renamed to `out` only when
-//! complete; on error the partial file is removed.
+//! complete; on error the partial file is removed. [`write_disk_mapped`]
+//! also returns the byte ranges it wrote (the GPT structures and each
+//! partition's contents): the rest of the disk is zero, whatever the host
+//! filesystem made of it, which is what a `.bmap` lists ([`crate::bmap`]).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -47,11 +51,17 @@ const EFI_SYSTEM: [u8; 16] =
 pub const ESP_NAME: &str = "cairn-esp";
 /// Longest partition name GPT can hold (UTF-16 code units).
 pub const MAX_NAME: usize = 36;
+/// Bytes of zeroes written at the start of an [`PartitionContents::Empty`]
+/// partition (every partition is at least 1 MiB).
+pub const EMPTY_HEAD: usize = 64 << 10;
 
 /// What a partition starts with.
 #[derive(Debug, Clone)]
 pub enum PartitionContents {
-    /// Zeroes (nothing is written; the file stays sparse there).
+    /// Zeroes. Only the first [`EMPTY_HEAD`] bytes are written (zeroes:
+    /// the image's bytes are the same), the rest stays sparse: a `.bmap`
+    /// maps that head, so media flashed with bmaptool that held another
+    /// image keep no old manifest, layer or filesystem signature there.
     Empty,
     /// These bytes, at the start of the partition; the rest is zero.
     Bytes(Vec<u8>),
@@ -250,6 +260,22 @@ fn contents_len(p: &PlacedPartition, contents: &PartitionContents) -> Result<u64
 /// Everything that can be checked up front (names, sizes, contents lengths)
 /// is checked before any file is created.
 pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, GptError> {
+    write_disk_mapped(out, parts).map(|w| w.layout)
+}
+
+/// A disk as written: its layout and what was written where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenDisk {
+    /// The partitions.
+    pub layout: DiskLayout,
+    /// Every byte range written (protective MBR, both headers and entry
+    /// arrays, each partition's contents), in the order written; possibly
+    /// adjacent, never empty. Everything else on the disk is zero.
+    pub written: Vec<Range<u64>>,
+}
+
+/// [`write_disk`], also returning the byte ranges written.
+pub fn write_disk_mapped(out: &Path, parts: &[PartitionSpec]) -> Result<WrittenDisk, GptError> {
     if parts.len() > ENTRIES {
         return Err(GptError::TooManyPartitions(parts.len()));
     }
@@ -319,22 +345,26 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
 
     let tmp = partial_path(out);
     let io = |error| GptError::Io { path: tmp.clone(), error };
+    let mut written: Vec<Range<u64>> = Vec::new();
     let result = (|| -> Result<(), GptError> {
         let mut f = File::create(&tmp).map_err(io)?;
         f.set_len(disk_size).map_err(io)?;
-        let at = |f: &mut File, off: u64, data: &[u8]| -> Result<(), GptError> {
+        let w = &mut written;
+        let at = |f: &mut File, w: &mut Vec<Range<u64>>, off: u64, data: &[u8]| -> Result<(), GptError> {
             f.seek(SeekFrom::Start(off)).map_err(io)?;
-            f.write_all(data).map_err(io)
+            f.write_all(data).map_err(io)?;
+            note(w, off, data.len() as u64);
+            Ok(())
         };
-        at(&mut f, 0, &mbr)?;
-        at(&mut f, SECTOR, &header(&disk_guid, 1, last_lba, last_usable, 2, entries_crc))?;
-        at(&mut f, 2 * SECTOR, &entries)?;
-        at(&mut f, backup_entries * SECTOR, &entries)?;
-        at(&mut f, last_lba * SECTOR, &header(&disk_guid, last_lba, 1, last_usable, backup_entries, entries_crc))?;
+        at(&mut f, w, 0, &mbr)?;
+        at(&mut f, w, SECTOR, &header(&disk_guid, 1, last_lba, last_usable, 2, entries_crc))?;
+        at(&mut f, w, 2 * SECTOR, &entries)?;
+        at(&mut f, w, backup_entries * SECTOR, &entries)?;
+        at(&mut f, w, last_lba * SECTOR, &header(&disk_guid, last_lba, 1, last_usable, backup_entries, entries_crc))?;
         for (p, spec) in placed.iter().zip(parts) {
             match &spec.contents {
-                PartitionContents::Empty => {}
-                PartitionContents::Bytes(b) => at(&mut f, p.offset_bytes, b)?,
+                PartitionContents::Empty => at(&mut f, w, p.offset_bytes, &[0; EMPTY_HEAD])?,
+                PartitionContents::Bytes(b) => at(&mut f, w, p.offset_bytes, b)?,
                 PartitionContents::File(path) => {
                     let src_io = |error| GptError::Io { path: path.clone(), error };
                     let src = File::open(path).map_err(src_io)?;
@@ -348,6 +378,7 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
                             size: p.size_bytes,
                         });
                     }
+                    note(w, p.offset_bytes, copied);
                 }
                 PartitionContents::Layer { image, size, tree_offset, tree } => {
                     let src_io = |error| GptError::Io { path: image.clone(), error };
@@ -361,7 +392,8 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
                         );
                         return Err(GptError::Io { path: image.clone(), error: short });
                     }
-                    at(&mut f, p.offset_bytes + tree_offset, tree)?;
+                    note(w, p.offset_bytes, copied);
+                    at(&mut f, w, p.offset_bytes + tree_offset, tree)?;
                 }
             }
         }
@@ -372,7 +404,14 @@ pub fn write_disk(out: &Path, parts: &[PartitionSpec]) -> Result<DiskLayout, Gpt
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(DiskLayout { disk_size, disk_guid, partitions: placed })
+    Ok(WrittenDisk { layout: DiskLayout { disk_size, disk_guid, partitions: placed }, written })
+}
+
+/// Record `len` bytes written at `off` (nothing for no bytes).
+fn note(written: &mut Vec<Range<u64>>, off: u64, len: u64) {
+    if len > 0 {
+        written.push(off..off.saturating_add(len));
+    }
 }
 
 /// Read the primary GPT of a disk image (any GPT writer's), checking the
@@ -524,6 +563,48 @@ mod tests {
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn written_ranges_are_what_was_written() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (content, image) = (dir.path().join("content.bin"), dir.path().join("layer.img"));
+        fs::write(&content, vec![9u8; 5000]).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(&image, vec![5u8; 3 * 4096]).unwrap_or_else(|e| panic!("{e}"));
+        let mut parts = specs();
+        parts.push(PartitionSpec { name: "file".into(), size_bytes: 0, contents: PartitionContents::File(content) });
+        parts.push(PartitionSpec {
+            name: "layer".into(),
+            size_bytes: MIB,
+            contents: PartitionContents::Layer { image, size: 2 * 4096, tree_offset: 3 * 4096, tree: vec![6; 64] },
+        });
+        let p = dir.path().join("d.img");
+        let w = write_disk_mapped(&p, &parts).unwrap_or_else(|e| panic!("{e}"));
+        let size = w.layout.disk_size;
+        let (last, file, layer) = (size - SECTOR, 6 * MIB, 7 * MIB);
+        let entries = ENTRY_SECTORS * SECTOR;
+        assert_eq!(
+            w.written,
+            vec![
+                0..SECTOR,
+                SECTOR..2 * SECTOR,
+                2 * SECTOR..2 * SECTOR + entries,
+                last - entries..last,
+                last..size,
+                MIB..MIB + 100,
+                2 * MIB..2 * MIB + EMPTY_HEAD as u64,
+                file..file + 5000,
+                layer..layer + 2 * 4096,
+                layer + 3 * 4096..layer + 3 * 4096 + 64,
+            ]
+        );
+        // Everything outside them is zero.
+        let mut bytes = fs::read(&p).unwrap_or_default();
+        for r in &w.written {
+            bytes[r.start as usize..r.end as usize].fill(0);
+        }
+        assert!(bytes.iter().all(|b| *b == 0));
+        assert_eq!(write_disk(&p, &parts).ok(), Some(w.layout));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod assemble;
+pub mod bmap;
 pub mod bootkit;
 pub mod cpio;
 pub mod datafs;
@@ -22,3 +23,4 @@ pub mod squashfs;
 pub mod tree;
 pub mod uki;
 pub mod verity;
+pub mod zst;

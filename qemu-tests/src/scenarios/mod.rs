@@ -28,6 +28,8 @@ mod verity_tamper;
 mod boot_slots;
 // Boot disks beyond virtio (issue 11 item 5).
 mod nvme_ahci;
+// Images people can flash (issue 11 item 6).
+mod flash_card;
 
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "boot-bless", run: boot_slots::bless },
         // Boot disks beyond virtio: NVMe, AHCI, USB (issue 11 item 5).
         Scenario { name: "nvme-ahci", run: nvme_ahci::run },
+        // Images people can flash (issue 11 item 6): bmaptool onto a larger, used card.
+        Scenario { name: "flash-card", run: flash_card::run },
     ]
 }
 
