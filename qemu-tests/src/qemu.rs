@@ -97,6 +97,7 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
 pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOptions<'_>) -> Command {
     let mut c = Command::new(&files.qemu);
     c.args(board.qemu_args).args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"]);
+    let uefi = files.firmware.is_some() && !opts.direct_kernel;
     match (&files.firmware, opts.direct_kernel) {
         (Some((code, template)), false) => {
             let vars = opts.vars.map(Path::to_owned).unwrap_or_else(|| disk.with_extension("vars"));
@@ -130,7 +131,8 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
         disks.insert(0, disk);
     }
     for (i, d) in disks.iter().enumerate() {
-        c.args(disk_device_args(opts.bus, i, d, *d == disk));
+        // `-kernel` takes boot index 0 itself (its option ROM).
+        c.args(disk_device_args(opts.bus, i, d, uefi && *d == disk));
     }
     c
 }
@@ -249,16 +251,11 @@ mod tests {
         let devices: Vec<&str> = args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].as_str()).collect();
         assert_eq!(
             devices,
-            [
-                "ahci,id=ahci0",
-                "ide-hd,drive=disk0,bus=ahci0.0,bootindex=0",
-                "ahci,id=ahci1",
-                "ide-hd,drive=disk1,bus=ahci1.0"
-            ]
+            ["ahci,id=ahci0", "ide-hd,drive=disk0,bus=ahci0.0", "ahci,id=ahci1", "ide-hd,drive=disk1,bus=ahci1.0"]
         );
         assert!(args.contains(&"file=boot.img,if=none,id=disk0,format=raw".to_owned()), "{args:?}");
         let c = command_with(b, &files, Path::new("boot.img"), &BootOptions::default());
-        assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0,bootindex=0"), "virtio by default");
+        assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0"), "virtio by default, no boot index");
         assert!(c.get_args().any(|a| a == "-kernel"), "no firmware: the kernel is given to QEMU");
         // With firmware, QEMU boots the disk: no kernel, a copy of the variable store.
         let dir = std::env::temp_dir().join(format!("cairn-qemu-cmd-{}", std::process::id()));
@@ -270,6 +267,10 @@ mod tests {
         let c = command_with(b, &files, &disk, &BootOptions::default());
         let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(!args.contains(&"-kernel".to_owned()), "{args:?}");
+        assert!(
+            args.contains(&"virtio-blk-pci,drive=disk0,bootindex=0".to_owned()),
+            "the firmware boots the disk: {args:?}"
+        );
         assert!(args.iter().any(|a| a.starts_with("if=pflash,format=raw,unit=0,readonly=on,file=")), "{args:?}");
         assert_eq!(std::fs::read(dir.join("boot.vars")).expect("vars copy"), b"template");
         let _ = std::fs::remove_dir_all(&dir);

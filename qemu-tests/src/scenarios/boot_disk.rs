@@ -2,9 +2,10 @@
 //! 5, 6 and 8):
 //!
 //! - `foreign-disk`: a second disk with `cairn-*` partitions and another
-//!   signed manifest is attached. With `cairn.disk=` the device boots from
-//!   its own disk whatever the order of the disks and says it ignored the
-//!   other; without `cairn.disk=` two candidate disks are refused. Its
+//!   signed manifest is attached. Booted through the firmware, the device
+//!   takes the disk whose ESP the loader started from, whatever the order of
+//!   the disks, and says it ignored the other; started directly, `cairn.disk=`
+//!   names the disk, and without it two candidate disks are refused. Its
 //!   containers asking for the boot disk or a system partition by path are
 //!   refused (`device.refused`); a non-system partition is granted.
 //! - `wrong-product`: a manifest signed by the trusted key but for another
@@ -74,12 +75,16 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     ensure!(own_layout.disk_guid != other_layout.disk_guid, "the two disks share a disk GUID");
     let extra: [&Path; 1] = [&foreign];
 
-    // 1. cairn.disk= names the own disk (vda); the foreign one is vdb.
+    let own_esp = own_layout.find(cairn_build::gpt::ESP_NAME).map(|p| cairn_build::gpt::guid_text(&p.unique_guid));
+    let own_esp = own_esp.unwrap_or_default();
+
+    // 1. The firmware boots the own disk (vda); the loader names its ESP
+    //    (LoaderDevicePartUUID), so the foreign disk (vdb) is ignored.
     let opts = BootOptions { extra_disks: &extra, ..BootOptions::default() };
     let run = ctx.boot_with(&disk, &opts, "named.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
-    c.expect("partitions.found", &[("disk", "vda"), ("guid", &own_layout.disk_guid_text())])?;
+    c.expect("partitions.found", &[("disk", "vda"), ("by", "loader"), ("esp", &own_esp)])?;
     let f = c.expect("partitions.foreign", &[("disk", "vdb")])?;
     ensure!(f.get("names").is_some_and(|n| n.contains("cairn-manifest-a")), "foreign event: {:?}", f.fields);
     c.expect("manifest.verified", &[("slot", "a"), ("appliance", "boot-disk")])?;
@@ -87,27 +92,37 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     c.expect("container.started", &[("name", "driver")])?;
     devices_checked(c, "vda")?;
 
-    // 2. The foreign disk first (vda), the own disk second: the GUID decides.
+    // 2. The foreign disk first (vda), the own disk second (vdb) and booted
+    //    by the firmware: the loader's partition decides, not the order.
     let opts = BootOptions { extra_disks: &extra, extra_first: true, ..BootOptions::default() };
     let run = ctx.boot_with(&disk, &opts, "swapped.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
-    c.expect("partitions.found", &[("disk", "vdb")])?;
+    c.expect("partitions.found", &[("disk", "vdb"), ("by", "loader")])?;
     c.expect("partitions.foreign", &[("disk", "vda")])?;
     c.expect("manifest.verified", &[("appliance", "boot-disk")])?;
     ensure!(c.first("manifest.verified", &[("appliance", "signed")]).is_none(), "the foreign manifest was used");
 
-    // 3. No cairn.disk=: two disks hold cairn-* partitions; refused.
-    let opts = BootOptions { extra_disks: &extra, no_disk_guid: true, ..BootOptions::default() };
+    // Without a loader (the kernel started directly, as `cargo xtask run
+    // --fast` does), `cairn.disk=` names the disk, or the only candidate is it.
+    // 3. cairn.disk= names the own disk, second in line.
+    let opts = BootOptions { extra_disks: &extra, extra_first: true, direct_kernel: true, ..BootOptions::default() };
+    let run = ctx.boot_with(&disk, &opts, "cmdline.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let guid = own_layout.disk_guid_text();
+    run.console.expect("partitions.found", &[("disk", "vdb"), ("by", "cmdline"), ("guid", &guid)])?;
+
+    // 4. Neither: two disks hold cairn-* partitions; refused.
+    let opts = BootOptions { extra_disks: &extra, no_disk_guid: true, direct_kernel: true, ..BootOptions::default() };
     let run = ctx.boot_with(&disk, &opts, "unnamed.log", BOOT_TIMEOUT, &after_boot_failed())?;
     refused(&run, "two candidate disks")?;
     run.console.expect("partitions.ambiguous", &[("disks", "vda,vdb")])?;
 
-    // 4. No cairn.disk= and one disk: it is the boot disk.
-    let opts = BootOptions { no_disk_guid: true, ..BootOptions::default() };
+    // 5. Neither, and one disk: it is the boot disk.
+    let opts = BootOptions { no_disk_guid: true, direct_kernel: true, ..BootOptions::default() };
     let run = ctx.boot_with(&disk, &opts, "alone.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
-    run.console.expect("partitions.found", &[("disk", "vda"), ("guid", "any")])?;
+    run.console.expect("partitions.found", &[("disk", "vda"), ("guid", "any"), ("by", "only")])?;
     ensure!(run.console.first("partitions.foreign", &[]).is_none(), "a foreign disk reported with one disk");
     devices_checked(&run.console, "vda")?;
     Ok(())
