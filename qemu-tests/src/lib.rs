@@ -96,6 +96,15 @@ impl Ctx<'_> {
         self.disk_with_esp(app, file, &esp)
     }
 
+    /// [`Ctx::disk`] whose slot `a` has more kernel command line words (the
+    /// command line is part of the signed slot image: a disk booted through
+    /// the firmware takes none from outside).
+    pub fn disk_with_cmdline(&self, app: &BuiltAppliance, file: &str, words: &str) -> Result<(PathBuf, DiskLayout)> {
+        let kit = BootKit { cmdline: format!("{} {words}", self.art.kit.cmdline), ..self.art.kit.clone() };
+        let esp = kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
+        self.disk_with_esp(app, file, &esp)
+    }
+
     /// [`Ctx::disk`] with these boot slots.
     pub fn disk_with_esp(&self, app: &BuiltAppliance, file: &str, esp: &EspContents) -> Result<(PathBuf, DiskLayout)> {
         let path = self.dir.join(file);

@@ -25,8 +25,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  run [--board NAME] [--disk IMAGE]     build and boot the demo appliance (or IMAGE)
-                                        with the serial console attached (Ctrl-A X quits)
+  run [--board NAME] [--disk IMAGE] [--fast]
+                                        build and boot the demo appliance (or IMAGE)
+                                        with the serial console attached (Ctrl-A X quits);
+                                        the UEFI firmware boots the disk, or with --fast
+                                        QEMU starts the kernel and initramfs itself
   test                                  every test: host unit tests, then every QEMU scenario on the
                                         QEMU boards, then nvme-ahci on the generic boards
   qemu-test [--board NAME] [SCENARIO..] run QEMU scenarios (every board's suite unless --board)
@@ -64,15 +67,17 @@ struct Args {
     runs: usize,
     samples: usize,
     rest: Vec<String>,
+    fast: bool,
 }
 
 fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let command = it.next().unwrap_or_default();
-    let mut a = Args { command, board: None, disk: None, runs: 3, samples: 200, rest: Vec::new() };
+    let mut a = Args { command, board: None, disk: None, runs: 3, samples: 200, rest: Vec::new(), fast: false };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--board" => a.board = Some(it.next().context("--board needs a name")?),
+            "--fast" => a.fast = true,
             "--disk" => a.disk = Some(PathBuf::from(it.next().context("--disk needs a path")?)),
             "--runs" => {
                 a.runs = it.next().context("--runs needs a number")?.parse().context("--runs needs a number")?
@@ -98,7 +103,7 @@ fn board(name: Option<&str>) -> Result<&'static Board> {
 fn run() -> Result<ExitCode> {
     let a = parse_args()?;
     match a.command.as_str() {
-        "run" => run_demo(board(a.board.as_deref())?, a.disk.as_deref()),
+        "run" => run_demo(board(a.board.as_deref())?, a.disk.as_deref(), a.fast),
         "build" => {
             let b = board(a.board.as_deref())?;
             let art = prepare(b)?;
@@ -292,27 +297,33 @@ fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
     Ok(disk)
 }
 
-fn run_demo(b: &'static Board, disk: Option<&Path>) -> Result<ExitCode> {
+fn run_demo(b: &'static Board, disk: Option<&Path>, fast: bool) -> Result<ExitCode> {
     let art = prepare(b)?;
     let disk = match disk {
         Some(d) => d.to_path_buf(),
         None => demo_disk(b, &art)?,
     };
     eprintln!("xtask: booting {} on {} (Ctrl-A X quits QEMU)", disk.display(), b.name);
-    // `cairn image assemble` writes the initramfs (with the keys and product
-    // its --trust and --product gave) beside the disk; use it when it is there.
     let mut boot = art.boot.clone();
-    let beside = disk.with_extension("initramfs");
-    if beside.is_file() {
-        eprintln!("xtask: using the initramfs beside the disk: {}", beside.display());
-        boot.initramfs = beside;
+    if fast {
+        // The kernel and initramfs straight from QEMU, skipping the firmware
+        // and the disk's loader. `cairn image assemble` writes the
+        // initramfs (with the keys and product of its --trust and
+        // --product) beside the disk; use it when it is there.
+        let beside = disk.with_extension("initramfs");
+        if beside.is_file() {
+            eprintln!("xtask: using the initramfs beside the disk: {}", beside.display());
+            boot.initramfs = beside;
+        }
+        match qemu::disk_arg(&disk) {
+            Some(arg) => eprintln!("xtask: --fast: kernel command line gets {arg}"),
+            None => eprintln!("xtask: {} has no readable GPT: booting without cairn.disk=", disk.display()),
+        }
+    } else {
+        eprintln!("xtask: the firmware boots the disk: its loader, its slot's kernel, initramfs and command line");
     }
-    // command() reads the disk's GPT disk GUID and passes cairn.disk=GUID.
-    match qemu::disk_arg(&disk) {
-        Some(arg) => eprintln!("xtask: kernel command line gets {arg}"),
-        None => eprintln!("xtask: {} has no readable GPT: booting without cairn.disk=", disk.display()),
-    }
-    let mut cmd = qemu::command(b, &boot, &disk, "");
+    let opts = qemu::BootOptions { direct_kernel: fast, ..qemu::BootOptions::default() };
+    let mut cmd = qemu::command_with(b, &boot, &disk, &opts);
     cmd.args(["-serial", "mon:stdio"]);
     let status = cmd.status().context("starting QEMU")?;
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -10,8 +10,8 @@
 //! while `stubborn` holds the shutdown for its grace period. Two set-up
 //! failures come back as the child's binary report (stage + errno).
 //!
-//! A second boot of the same disk with `cairn.start_timeout_ms=2000`
-//! (`slow` needs seconds, the others about 0.1 s): `slow` hits the start
+//! A second boot, of the same appliance with `cairn.start_timeout_ms=2000`
+//! in its slot's command line (`slow` needs seconds, the others about 0.1 s): `slow` hits the start
 //! timeout and its cgroup is killed before its entrypoint runs.
 
 use anyhow::{ensure, Context, Result};
@@ -40,11 +40,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // 1% of a CPU) and well above an ordinary one (under 0.5 s). The boot
     // is over once `slow` is settled: with a short bound on a loaded
     // machine any container may time out, so nothing else is waited for.
-    let log = ctx.dir.join("timeout.log");
     let arg = format!("cairn.start_timeout_ms={SHORT_TIMEOUT_MS}");
-    let cmd = crate::qemu::command(ctx.board, &ctx.art.boot, &disk, &arg);
+    let (disk, _) = ctx.disk_with_cmdline(&app, "timeout.img", &arg)?;
     let settled = |c: &crate::console::Console| c.first("container.stopped", &[("name", "slow")]).is_some();
-    let run = crate::qemu::capture(cmd, &log, super::BOOT_TIMEOUT, &settled)?;
+    let run = ctx.boot(&disk, super::BOOT_TIMEOUT, &settled)?;
     super::no_panic(&run)?;
     timed_out(&run.console).with_context(|| format!("boot with {arg}"))
 }
