@@ -21,16 +21,20 @@ const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// systemd's boot loader interface vendor GUID.
 const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
-/// Read a loader variable (UTF-16LE after the 4-byte attributes) as text.
+/// Read a loader variable (UTF-16LE after the 4-byte attributes) as text:
+/// ASCII only (GUIDs, entry file names, the loader's name); `None` for
+/// anything else.
 fn loader_var(name: &str) -> Option<String> {
     let raw = std::fs::read(format!("{EFIVARS}/{name}-{LOADER_VENDOR}")).ok()?;
-    let units: Vec<u16> = raw
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]))
-        .take_while(|u| *u != 0)
-        .collect();
-    String::from_utf16(&units).ok()
+    let mut text = String::new();
+    for c in raw.get(4..)?.chunks_exact(2) {
+        match c {
+            [0, 0] => break,
+            [b, 0] if b.is_ascii() && !b.is_ascii_control() => text.push(char::from(*b)),
+            _ => return None,
+        }
+    }
+    Some(text)
 }
 
 /// Mount efivarfs read-only if the firmware is UEFI (`/sys/firmware/efi`).
@@ -156,14 +160,13 @@ pub fn bless(b: &mut BootSlot) -> Result<(), String> {
     let new = blessed.file_name();
     mount_esp(&b.esp).map_err(|e| format!("mounting {}: {e}", b.esp))?;
     let dir = format!("{ESP_DIR}/{}", bootentry::DIR);
-    let result = std::fs::rename(format!("{dir}/{}", b.file), format!("{dir}/{new}"))
-        .map_err(|e| format!("renaming {} to {new}: {e}", b.file))
-        .and_then(|()| {
-            let d = std::fs::File::open(&dir).map_err(|e| format!("opening {dir}: {e}"))?;
-            nix::unistd::syncfs(&d).map_err(|e| format!("syncfs {dir}: {e}"))
-        });
+    let (old_path, new_path) = (format!("{dir}/{}", b.file), format!("{dir}/{new}"));
+    let result = nix::fcntl::renameat(nix::fcntl::AT_FDCWD, old_path.as_str(), nix::fcntl::AT_FDCWD, new_path.as_str())
+        .map_err(sys::err("rename", &old_path))
+        .and_then(|()| sys::open(&dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC))
+        .and_then(|d| nix::unistd::syncfs(&d).map_err(sys::err("syncfs", &dir)));
     unmount_esp();
-    result?;
+    result.map_err(|e| e.to_string())?;
     event("boot.blessed").kv("slot", b.slot).kv("entry", &new).kv("was", &b.file).emit();
     b.file = new;
     b.entry = blessed;
