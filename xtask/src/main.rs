@@ -36,8 +36,9 @@ commands:
   build [--board NAME]                  build init, payload, initramfs and the demo disk
   bench [--board NAME] [--runs N] [--samples N] [BENCH..]
                                         benchmarks (both boards unless --board; BENCH: start,
-                                        boot, boot-demo, sizes, scale, memory, pid1, steps;
-                                        default all but steps); earlier results of
+                                        boot, boot-demo, sizes, scale, memory, pid1, steps,
+                                        firmware; default all but steps and firmware);
+                                        earlier results of
                                         other benchmarks are kept unless `fresh` is named;
                                         table in build/bench/<board>.{md,json}, see docs/bench.md
   bench layers                          measure `cairn layer build` (directory, tar, tar.gz)

@@ -48,6 +48,77 @@ pub fn demo(b: &'static Board, art: &Artifacts, disk: &Path, runs: usize, log_di
     })
 }
 
+/// The demo disk booted through the UEFI firmware and, for comparison,
+/// with QEMU's `-kernel` (no firmware, no loader): host wall time from QEMU's
+/// start to the firmware handing over to the disk's loader (OVMF/AAVMF
+/// print `BdsDxe: starting`), to cairn-init's `boot.start`, and to
+/// `boot.containers-started` (seconds; when the host reads each line).
+pub fn firmware(b: &'static Board, art: &Artifacts, disk: &Path, runs: usize, log_dir: &Path) -> Result<Group> {
+    use std::cell::Cell;
+    use std::time::Instant;
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut push = |name: String, v: f64| match rows.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, vs)) => vs.push(v),
+        None => rows.push((name, vec![v])),
+    };
+    for i in 0..runs.max(1) {
+        for (mode, direct) in [("uefi", false), ("direct", true)] {
+            let opts = qemu::BootOptions { direct_kernel: direct, ..qemu::BootOptions::default() };
+            let cmd = qemu::command_with(b, &art.boot, disk, &opts);
+            let log = log_dir.join(format!("firmware-{mode}-{i}.log"));
+            let start = Instant::now();
+            let marks: [Cell<Option<f64>>; 3] = Default::default();
+            let stop = |c: &cairn_qemu_tests::console::Console| {
+                let now = start.elapsed().as_secs_f64();
+                let seen = [
+                    c.contains("BdsDxe: starting"),
+                    c.first("boot.start", &[]).is_some(),
+                    c.first("boot.containers-started", &[]).is_some(),
+                ];
+                for (m, s) in marks.iter().zip(seen) {
+                    if s && m.get().is_none() {
+                        m.set(Some(now));
+                    }
+                }
+                seen[2]
+            };
+            let run = qemu::capture(cmd, &log, Duration::from_secs(240), &stop)?;
+            let [handover, init, started] = marks.map(|m| m.get());
+            let started = started.with_context(|| format!("{mode}: no boot.containers-started ({})", log.display()))?;
+            eprintln!(
+                "xtask: bench firmware {mode} run {i}: handover {handover:?} boot.start {init:?} started {started:.2}s (wall {:.1}s)",
+                run.elapsed.as_secs_f64()
+            );
+            if let Some(h) = handover {
+                push(format!("{mode}: QEMU start -> firmware hands over"), h);
+            }
+            if let Some(t) = init {
+                push(format!("{mode}: QEMU start -> boot.start"), t);
+            }
+            push(format!("{mode}: QEMU start -> containers started"), started);
+        }
+    }
+    let esp = cairn_build::gpt::read_layout(disk)
+        .ok()
+        .and_then(|l| l.find(cairn_build::gpt::ESP_NAME).map(|p| p.size_bytes))
+        .unwrap_or(0);
+    Ok(Group {
+        name: "firmware".into(),
+        title: "demo disk booted through UEFI firmware vs QEMU -kernel: host wall time from QEMU start".into(),
+        unit: "s".into(),
+        rows: rows.into_iter().map(|(n, v)| Row::new(&n, v)).collect(),
+        subject: None,
+        notes: vec![format!(
+            "ESP {} MiB: systemd-boot {} B, slot a's unified kernel image {} B (kernel {} B, initramfs {} B)",
+            esp >> 20,
+            art.kit.loader.len(),
+            art.kit.uki(cairn_format::bootstate::Slot::A, "cairn-qemu-dev", 1).map(|u| u.len()).unwrap_or(0),
+            art.kit.kernel.len(),
+            art.kit.initramfs.len()
+        )],
+    })
+}
+
 /// Milestones of a cairn boot, in order: (stage name, the event that ends
 /// it, whether its last occurrence counts). A stage lasts from the previous
 /// milestone present to its own; missing milestones are skipped.

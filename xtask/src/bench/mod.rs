@@ -23,7 +23,7 @@ use report::Report;
 /// The benchmarks run on a board when none is named.
 pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -78,6 +78,10 @@ pub fn run(o: &Options) -> Result<()> {
                 "boot-demo" => {
                     let disk = crate::demo_disk(b, &art)?;
                     r.groups.push(boot::demo(b, &art, &disk, o.runs, &log_dir)?);
+                }
+                "firmware" => {
+                    let disk = crate::demo_disk(b, &art)?;
+                    r.groups.push(boot::firmware(b, &art, &disk, o.runs, &log_dir)?);
                 }
                 "start" => {
                     let (groups, info) =
