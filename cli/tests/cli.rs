@@ -1,6 +1,8 @@
 //! The `cairn` command end to end on the host: keys, layers, manifests and
 //! disk images, and what it does with bad input.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -243,10 +245,7 @@ fn disk_images_are_assembled_and_checked() {
     signed_appliance(d);
     std::fs::copy(d.join("extra.squashfs"), d.join("layers/extra.squashfs")).unwrap_or_else(|e| panic!("{e}"));
     // A kernel tree whose board modules are all built in.
-    let board = cairn_board::by_name("qemu-x86_64").unwrap_or_else(|| panic!("no board"));
-    let builtin: String = board.modules.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
-    write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), &builtin);
-    std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap_or_else(|e| panic!("{e}"));
+    common::fake_boot_kit(d, "qemu-x86_64");
     let public = std::fs::read_to_string(d.join("k.pub")).unwrap_or_default();
     // The init holds no key: the initramfs carries the --trust keys.
     std::fs::write(d.join("init"), elf(62, &[7; 64])).unwrap_or_else(|e| panic!("{e}"));
@@ -270,6 +269,8 @@ fn disk_images_are_assembled_and_checked() {
             product,
             "--kernel",
             "kernel",
+            "--systemd-boot",
+            "sdboot",
             "--out",
             out,
         ]

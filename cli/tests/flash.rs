@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure should be loud
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -58,8 +60,8 @@ fn succeeds(tool: &Path, args: &[&str], dir: &Path) {
     );
 }
 
-/// An appliance, its signed manifest, a trusting init and a kernel tree
-/// whose board modules are all built in.
+/// An appliance, its signed manifest, an init and a boot kit (a kernel tree
+/// whose board modules are all built in).
 fn setup(d: &Path) {
     write(d.join("root/etc/hostname"), "box\n");
     write(d.join("root/bin/app"), "#!/bin/sh\necho hi\n");
@@ -71,15 +73,11 @@ fn setup(d: &Path) {
     );
     ok(&["key", "generate", "--out", "k"], d);
     ok(&["manifest", "build", "appliance.toml", "--key", "k", "--out", "m.cairn", "--layers", "layers"], d);
-    let board = cairn_board::by_name("qemu-x86_64").unwrap();
-    let builtin: String = board.modules.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
-    write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), &builtin);
-    std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap();
-    let public = std::fs::read_to_string(d.join("k.pub")).unwrap();
+    common::fake_boot_kit(d, "qemu-x86_64");
+    // The init holds no key: the initramfs carries the --trust keys.
     let mut init = vec![0u8; 64];
     init[..6].copy_from_slice(b"\x7fELF\x02\x01");
     init[18..20].copy_from_slice(&62u16.to_le_bytes());
-    init.extend((0..32).map(|i| u8::from_str_radix(&public.trim()[2 * i..2 * i + 2], 16).unwrap()));
     std::fs::write(d.join("init"), init).unwrap();
 }
 
@@ -95,8 +93,14 @@ fn assemble(d: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
         "layers",
         "--init",
         "init",
+        "--trust",
+        "k.pub",
+        "--product",
+        "cairn-qemu-dev",
         "--kernel",
         "kernel",
+        "--systemd-boot",
+        "sdboot",
         "--out",
         out,
         "--data-size",
@@ -177,12 +181,14 @@ fn bmap_and_zstd_reproduce_the_disk() {
         let o = run(&bmaptool, &["copy", "--bmap", "disk.img.bmap", "bad.img", "from-bad.img"], d);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("checksum mismatch"), "{err}");
-        // A byte changed in an unmapped block (in the empty manifest slot b
-        // at 3 MiB, after its zeroed 64 KiB head) is not looked at:
-        // bmaptool writes the disk as mapped.
+        // A byte changed in an unmapped block (in the empty manifest slot b,
+        // after its zeroed 64 KiB head) is not looked at: bmaptool writes
+        // the disk as mapped.
         let mut unmapped = disk.clone();
-        let hole = (3 << 20) + (64 << 10) + 100;
-        assert!(ranges(&bmap).iter().any(|(a, b, _)| (*a..=*b).contains(&((3 << 20) / 4096))), "slot b's head");
+        let layout = cairn_build::gpt::read_layout(&d.join("disk.img")).unwrap();
+        let slot_b = layout.find("cairn-manifest-b").unwrap().offset_bytes as usize;
+        let hole = slot_b + (64 << 10) + 100;
+        assert!(ranges(&bmap).iter().any(|(a, b, _)| (*a..=*b).contains(&(slot_b as u64 / 4096))), "slot b's head");
         assert!(!ranges(&bmap).iter().any(|(a, b, _)| (*a..=*b).contains(&(hole as u64 / 4096))));
         unmapped[hole] ^= 1;
         std::fs::write(d.join("unmapped.img"), &unmapped).unwrap();

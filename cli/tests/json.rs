@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure should be loud
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -78,10 +80,7 @@ fn every_command_prints_its_documented_json() {
          [[container]]\nname = \"app\"\nlayers = [\"base\"]\nargv = [\"/bin/app\"]\n",
     )
     .unwrap();
-    let board = cairn_board::by_name("qemu-x86_64").unwrap();
-    let builtin: String = board.modules.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
-    std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap();
-    std::fs::write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), builtin).unwrap();
+    common::fake_boot_kit(d, "qemu-x86_64");
 
     let mut docs: Vec<(&str, Value)> = Vec::new();
     let gen = json(&["key", "generate", "--out", "k"], d);
@@ -111,6 +110,8 @@ fn every_command_prints_its_documented_json() {
         "cairn-test",
         "--kernel",
         "kernel",
+        "--systemd-boot",
+        "sdboot",
         "--out",
         "disk.img",
         "--bmap",

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure should be loud
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -124,10 +126,7 @@ fn unsigned_manifests_are_signed_apart_byte_for_byte() {
     assert_eq!((i["signed"].clone(), i["key_id"].clone()), (false.into(), serde_json::Value::Null));
 
     // Nor puts it on a disk.
-    let board = cairn_board::by_name("qemu-x86_64").unwrap();
-    let builtin: String = board.modules.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
-    std::fs::create_dir_all(d.join("kernel/lib/modules/6.1.0-test/kernel")).unwrap();
-    std::fs::write(d.join("kernel/lib/modules/6.1.0-test/modules.builtin"), builtin).unwrap();
+    common::fake_boot_kit(d, "qemu-x86_64");
     let mut init = vec![0u8; 64];
     init[..4].copy_from_slice(b"\x7fELF");
     init[18] = 62;
@@ -149,6 +148,8 @@ fn unsigned_manifests_are_signed_apart_byte_for_byte() {
         "cairn-test",
         "--kernel",
         "kernel",
+        "--systemd-boot",
+        "sdboot",
         "--out",
         "disk.img",
     ];
