@@ -13,6 +13,7 @@ pub mod kmod;
 pub mod layer;
 pub mod manifest_toml;
 pub mod scan;
+pub mod secureboot;
 pub mod squashfs;
 pub mod tree;
 pub mod verity;

@@ -1,0 +1,172 @@
+//! Secure Boot formats checked by independent tools: `sbverify` (Debian
+//! sbsigntool) for Authenticode, `openssl` for keys and certificates,
+//! efitools for signature lists and authenticated variables. Each check
+//! skips (and says so) where the tool or the EFI binary is missing; `cargo
+//! xtask` installs the tools (host_deps).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use cairn_build::secureboot::authenticode::{self, SignError};
+use cairn_build::secureboot::{sign_pe, SbKey, SbKeyError};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cairn-sb-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One key for the whole test binary (RSA-2048 generation takes a while).
+fn key() -> &'static (SbKey, PathBuf) {
+    static KEY: OnceLock<(SbKey, PathBuf)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let d = tmp("key");
+        let k = SbKey::generate("cairn test Secure Boot key", 10).unwrap();
+        let paths = k.save(&d.join("test")).unwrap();
+        let loaded = SbKey::load(&paths.key, &paths.cert).unwrap();
+        (loaded, d.join("test"))
+    })
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+const EFI_DIR: &str = "/usr/lib/systemd/boot/efi";
+
+/// The EFI binaries signed in these tests: Debian's systemd-boot and stub.
+fn efi_binaries() -> Vec<PathBuf> {
+    let found: Vec<PathBuf> = ["systemd-bootx64.efi", "linuxx64.efi.stub"]
+        .iter()
+        .map(|n| Path::new(EFI_DIR).join(n))
+        .filter(|p| p.is_file())
+        .collect();
+    if found.is_empty() {
+        eprintln!("SKIP: no {EFI_DIR}/*.efi (apt-get install systemd-boot-efi)");
+    }
+    found
+}
+
+fn cert_path() -> PathBuf {
+    let mut s = key().1.clone().into_os_string();
+    s.push(".sb.crt");
+    PathBuf::from(s)
+}
+
+#[test]
+fn key_files_are_pkcs8_and_a_self_signed_x509_v3_certificate() {
+    let (k, name) = key();
+    let base = name.display().to_string();
+    let key_path = format!("{base}.sb.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key_path).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(std::fs::read(format!("{base}.sb.der")).unwrap(), k.cert_der());
+    assert_eq!(k.subject(), "CN=cairn test Secure Boot key");
+    // A second save never overwrites.
+    assert!(matches!(k.save(name), Err(SbKeyError::Exists(_))));
+    let Some(openssl) = tool("openssl") else {
+        eprintln!("SKIP openssl checks: openssl not installed");
+        return;
+    };
+    let text = Command::new(&openssl)
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(format!("{base}.sb.crt"))
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Version: 3 (0x2)"), "{text}");
+    assert!(text.contains("Signature Algorithm: sha256WithRSAEncryption"), "{text}");
+    assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+    // Self-signed: verifies against itself.
+    let v = Command::new(&openssl)
+        .args(["verify", "-CAfile"])
+        .arg(format!("{base}.sb.crt"))
+        .arg(format!("{base}.sb.crt"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // The key file is what openssl reads as an RSA key.
+    let r = Command::new(&openssl).args(["rsa", "-check", "-noout", "-in"]).arg(&key_path).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn a_key_and_another_keys_certificate_are_refused() {
+    let d = tmp("mismatch");
+    let other = SbKey::generate("other", 1).unwrap();
+    let p = other.save(&d.join("other")).unwrap();
+    let base = key().1.display().to_string();
+    let err = SbKey::load(Path::new(&format!("{base}.sb.key")), &p.cert).unwrap_err();
+    assert!(matches!(err, SbKeyError::Mismatch { .. }), "{err}");
+    assert!(matches!(SbKey::generate("a,b", 1), Err(SbKeyError::CommonName { .. })));
+    assert!(matches!(SbKey::generate("x", 0), Err(SbKeyError::Validity { years: 0, .. })));
+}
+
+#[test]
+fn signing_is_deterministic_and_refuses_signed_or_malformed_images() {
+    for efi in efi_binaries() {
+        let pe = std::fs::read(&efi).unwrap();
+        let a = sign_pe(&pe, &key().0).unwrap();
+        let b = sign_pe(&pe, &key().0).unwrap();
+        assert_eq!(a, b, "{}", efi.display());
+        assert_eq!(a.len() % 8, 0);
+        assert!(matches!(sign_pe(&a, &key().0), Err(SignError::AlreadySigned { .. })));
+        // The digest of the signed image (certificate table excluded) is the
+        // digest of the padded unsigned one.
+        let mut padded = pe.clone();
+        padded.resize(pe.len().next_multiple_of(8), 0);
+        assert_eq!(authenticode::digest(&a).unwrap(), authenticode::digest(&padded).unwrap());
+    }
+    assert_eq!(sign_pe(b"ELF", &key().0), Err(SignError::NoDosHeader));
+    let mut mz = vec![0u8; 0x100];
+    mz[..2].copy_from_slice(b"MZ");
+    mz[0x3c] = 0x80;
+    assert_eq!(sign_pe(&mz, &key().0), Err(SignError::NoPeSignature(0x80)));
+    mz[0x80..0x84].copy_from_slice(b"PE\0\0");
+    assert!(matches!(sign_pe(&mz, &key().0), Err(SignError::UnknownMagic(0))));
+    mz[0x98] = 0x0b;
+    mz[0x99] = 0x02;
+    assert!(matches!(sign_pe(&mz, &key().0), Err(SignError::Truncated { what: "NumberOfRvaAndSizes", .. })));
+}
+
+#[test]
+fn sbverify_accepts_our_signature_and_rejects_a_changed_byte() {
+    let Some(sbverify) = tool("sbverify") else {
+        eprintln!("SKIP sbverify_accepts_our_signature: sbverify not installed (apt-get install sbsigntool)");
+        return;
+    };
+    let d = tmp("sbverify");
+    for efi in efi_binaries() {
+        let pe = std::fs::read(&efi).unwrap();
+        let signed = sign_pe(&pe, &key().0).unwrap();
+        let out = d.join("signed.efi");
+        std::fs::write(&out, &signed).unwrap();
+        let ok = Command::new(&sbverify).arg("--cert").arg(cert_path()).arg(&out).output().unwrap();
+        assert!(
+            ok.status.success(),
+            "sbverify refused our signature of {}: {}{}",
+            efi.display(),
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        // One byte changed inside the first section with raw data.
+        let layout = authenticode::parse(&signed).unwrap();
+        let (start, size) = layout.sections[0];
+        let mut bad = signed.clone();
+        bad[start + size / 2] ^= 1;
+        std::fs::write(&out, &bad).unwrap();
+        let refused = Command::new(&sbverify).arg("--cert").arg(cert_path()).arg(&out).output().unwrap();
+        assert!(!refused.status.success(), "sbverify accepted {} with a changed byte", efi.display());
+        // The PE checksum is what sbsign/IMAGEHLP compute.
+        assert_eq!(
+            authenticode::pe_checksum(&signed, layout.checksum_offset),
+            u32::from_le_bytes(signed[layout.checksum_offset..layout.checksum_offset + 4].try_into().unwrap())
+        );
+    }
+}
+
