@@ -170,3 +170,47 @@ fn sbverify_accepts_our_signature_and_rejects_a_changed_byte() {
     }
 }
 
+
+#[test]
+fn signature_lists_and_auth_files_are_what_efitools_write() {
+    use cairn_build::secureboot::siglist::{x509_signature_list, CAIRN_OWNER};
+    use cairn_build::secureboot::{auth_files, EfiTime};
+    let (Some(to_esl), Some(sign), Some(to_certs)) =
+        (tool("cert-to-efi-sig-list"), tool("sign-efi-sig-list"), tool("sig-list-to-certs"))
+    else {
+        eprintln!("SKIP signature_lists_and_auth_files: efitools not installed (apt-get install efitools)");
+        return;
+    };
+    let d = tmp("efitools");
+    let base = key().1.display().to_string();
+    let esl = d.join("cert.esl");
+    let st = Command::new(&to_esl).arg("-g").arg(CAIRN_OWNER.to_string()).arg(cert_path()).arg(&esl).status().unwrap();
+    assert!(st.success());
+    let ours = x509_signature_list(CAIRN_OWNER, key().0.cert_der()).unwrap();
+    assert_eq!(std::fs::read(&esl).unwrap(), ours, "cert-to-efi-sig-list wrote another signature list");
+    // And efitools reads our list back to our certificate.
+    let ours_path = d.join("ours.esl");
+    std::fs::write(&ours_path, &ours).unwrap();
+    let st = Command::new(&to_certs).arg(&ours_path).arg(d.join("back")).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(std::fs::read(d.join("back-0.der")).unwrap(), key().0.cert_der());
+
+    let files = auth_files(&key().0, CAIRN_OWNER, EfiTime::CAIRN_DEFAULT).unwrap();
+    for (var, ours) in [("PK", &files.pk), ("KEK", &files.kek), ("db", &files.db)] {
+        let out = d.join(format!("{var}.auth"));
+        let st = Command::new(&sign)
+            .args(["-t", "2024-01-01 00:00:00", "-k"])
+            .arg(format!("{base}.sb.key"))
+            .arg("-c")
+            .arg(cert_path())
+            .arg(var)
+            .arg(&esl)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(std::fs::read(&out).unwrap() == *ours, "sign-efi-sig-list wrote another {var}.auth");
+    }
+    // Reproducible: the same key and time give the same files.
+    assert_eq!(files, auth_files(&key().0, CAIRN_OWNER, EfiTime::CAIRN_DEFAULT).unwrap());
+}
