@@ -9,9 +9,9 @@ pub mod authenticode;
 mod der_util;
 pub mod key;
 pub mod siglist;
-//pub mod varstore;
+pub mod varstore;
 
 pub use authenticode::{sign_pe, SignError};
 pub use key::{SbKey, SbKeyError, SbKeyPaths};
 pub use siglist::{auth_files, AuthError, AuthFiles, EfiTime, Guid};
-//pub use varstore::{enrolled_vars, VarStoreError};
+pub use varstore::{enrolled_vars, VarStoreError};
