@@ -103,7 +103,9 @@ fn a_key_and_another_keys_certificate_are_refused() {
     let base = key().1.display().to_string();
     let err = SbKey::load(Path::new(&format!("{base}.sb.key")), &p.cert).unwrap_err();
     assert!(matches!(err, SbKeyError::Mismatch { .. }), "{err}");
-    assert!(matches!(SbKey::generate("a,b", 1), Err(SbKeyError::CommonName { .. })));
+    assert!(matches!(SbKey::generate("", 1), Err(SbKeyError::CommonName { .. })));
+    assert!(matches!(SbKey::generate("a\nb", 1), Err(SbKeyError::CommonName { .. })));
+    assert_eq!(SbKey::generate("ACME, Inc. #1", 1).unwrap().subject(), "CN=ACME\\, Inc. #1");
     assert!(matches!(SbKey::generate("x", 0), Err(SbKeyError::Validity { years: 0, .. })));
 }
 

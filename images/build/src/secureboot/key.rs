@@ -200,10 +200,18 @@ fn self_signed(
 ) -> Result<Certificate, SbKeyError> {
     use rand_core::RngCore;
     let cn_err = |msg: String| SbKeyError::CommonName { cn: common_name.into(), msg };
-    if common_name.is_empty() || common_name.contains([',', '+', '=', '"', '\\', '<', '>', ';']) {
-        return Err(cn_err("empty, or holds one of , + = \" \\ < > ;".into()));
+    if common_name.is_empty() || common_name.len() > 64 || common_name.chars().any(char::is_control) {
+        return Err(cn_err("must be 1 to 64 characters, none of them control characters".into()));
     }
-    let subject = Name::from_str(&format!("CN={common_name}")).map_err(|e| cn_err(e.to_string()))?;
+    // RFC 4514 escaping, so "ACME, Inc." is one common name.
+    let mut escaped = String::with_capacity(common_name.len() + 4);
+    for c in common_name.chars() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' | '#') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    let subject = Name::from_str(&format!("CN={escaped}")).map_err(|e| cn_err(e.to_string()))?;
     if years == 0 || years > 100 {
         return Err(SbKeyError::Validity { years, msg: "must be 1 to 100".into() });
     }
