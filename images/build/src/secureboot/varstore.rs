@@ -40,10 +40,15 @@ pub fn virt_fw_vars() -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(VIRT_FW_VARS)).find(|p| p.is_file())
 }
 
-/// Writes `out`: the EDK2 variable store `template` (e.g.
-/// `/usr/share/OVMF/OVMF_VARS_4M.fd`, `/usr/share/AAVMF/AAVMF_VARS.fd`)
-/// with `key`'s certificate as PK, KEK and db (owner [`CAIRN_OWNER`]) and
-/// Secure Boot enabled. `out` is replaced if it exists.
+/// Writes `out`: the EDK2 variable store `template` with `key`'s
+/// certificate as PK, KEK and db (owner [`CAIRN_OWNER`]), no other PK, KEK,
+/// db or dbx entry, and Secure Boot enabled. `out` is replaced if it exists.
+///
+/// Templates: x86_64 `/usr/share/OVMF/OVMF_VARS_4M.fd` (with
+/// `OVMF_CODE_4M.secboot.fd`); aarch64 `/usr/share/AAVMF/AAVMF_VARS.ms.fd`
+/// (Debian's `AAVMF_VARS.fd` is all zeros, formatted by the firmware at its
+/// first boot, so there is no store to write into; the `.ms` one is
+/// formatted and its Microsoft keys are deleted here).
 pub fn enrolled_vars(template: &Path, key: &SbKey, out: &Path) -> Result<(), VarStoreError> {
     let tool = virt_fw_vars().ok_or(VarStoreError::ToolMissing)?;
     if let Err(source) = std::fs::metadata(template) {
@@ -58,6 +63,9 @@ pub fn enrolled_vars(template: &Path, key: &SbKey, out: &Path) -> Result<(), Var
         .arg(template)
         .arg("--output")
         .arg(out)
+        // Whatever the template holds (the `.ms.fd` ones: Microsoft's KEK
+        // and db) goes: only our certificate is trusted.
+        .args(["--delete", "PK", "--delete", "KEK", "--delete", "db", "--delete", "dbx"])
         .arg("--set-pk")
         .arg(&owner)
         .arg(&cert)
