@@ -250,7 +250,22 @@ fn x86_64() -> Machine {
 /// then a panic for lack of a root); the same kernel with one changed byte
 /// is refused by the firmware ("Access Denied"). Returns the consoles.
 fn signed_chain(m: &Machine, d: &Path) -> (String, String) {
-    let kernel = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../build/kernels"))
+    let key = &key().0;
+    let loader = sign_pe(&std::fs::read(&m.loader).unwrap(), key).unwrap();
+    let kernel = sign_pe(&std::fs::read(built_kernel(m)).unwrap(), key).unwrap();
+    let vars = d.join("vars.fd");
+    cairn_build::secureboot::enrolled_vars(Path::new(m.vars_template), key, &vars).unwrap();
+    let good = boot(m, d, "good", &vars, &esp(m, d, "good", &loader, &kernel, "", None));
+    let mut bad = kernel.clone();
+    let (start, size) = authenticode::parse(&bad).unwrap().sections[0];
+    bad[start + size / 2] ^= 1;
+    let refused = boot(m, d, "bad", &vars, &esp(m, d, "bad", &loader, &bad, "", None));
+    eprintln!("consoles in {}", d.display());
+    (good, refused)
+}
+
+fn built_kernel(m: &Machine) -> PathBuf {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../build/kernels"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(m.kernel_package))
@@ -258,53 +273,97 @@ fn signed_chain(m: &Machine, d: &Path) -> (String, String) {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
-        .expect("a built kernel in build/kernels (cargo xtask build)");
+        .expect("a built kernel in build/kernels (cargo xtask build)")
+}
+
+/// A FAT ESP: the loader at the removable-media path, one systemd-boot
+/// entry starting `kernel`, `loader_extra` appended to loader.conf, and
+/// optionally `loader/keys/auto/{PK,KEK,db}.auth`.
+fn esp(
+    m: &Machine,
+    d: &Path,
+    tag: &str,
+    loader: &[u8],
+    kernel: &[u8],
+    loader_extra: &str,
+    keys: Option<&cairn_build::secureboot::AuthFiles>,
+) -> PathBuf {
+    let esp = d.join(format!("esp-{tag}.img"));
+    let files = d.join(format!("files-{tag}"));
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("loader.efi"), loader).unwrap();
+    std::fs::write(files.join("linux.efi"), kernel).unwrap();
+    std::fs::write(files.join("loader.conf"), format!("timeout 0\ndefault cairn.conf\n{loader_extra}")).unwrap();
+    std::fs::write(files.join("cairn.conf"), "title cairn\nlinux /linux.efi\noptions console=ttyS0 console=ttyAMA0 panic=-1\n").unwrap();
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).current_dir(&files).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    let i = esp.display();
+    sh(&format!("rm -f {i} && mkfs.vfat -C {i} 65536 >/dev/null"));
+    sh(&format!("mmd -i {i} ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries"));
+    sh(&format!("mcopy -i {i} loader.efi ::/EFI/BOOT/{} && mcopy -i {i} linux.efi ::/linux.efi", m.removable));
+    sh(&format!("mcopy -i {i} loader.conf ::/loader/loader.conf && mcopy -i {i} cairn.conf ::/loader/entries/cairn.conf"));
+    if let Some(keys) = keys {
+        keys.write_to(&files.join("auto")).unwrap();
+        sh(&format!("mmd -i {i} ::/loader/keys && mcopy -s -i {i} auto ::/loader/keys/auto"));
+    }
+    esp
+}
+
+/// Boots `esp` with a copy of `vars` (or `vars` itself when tag ends in
+/// "-keep"), until a kernel panic, a refusal, or QEMU exits.
+fn boot(m: &Machine, d: &Path, tag: &str, vars: &Path, esp: &Path) -> String {
+    let run_vars = if tag.ends_with("-keep") {
+        vars.to_path_buf()
+    } else {
+        let p = d.join(format!("vars-{tag}.fd"));
+        std::fs::copy(vars, &p).unwrap();
+        p
+    };
+    let mut cmd = Command::new(m.qemu);
+    cmd.args(m.args)
+        .args(["-m", "512", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", m.code))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", run_vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", esp.display()));
+    let console = run_until(cmd, &["Kernel panic", "No bootable option", "Access Denied"], 300);
+    std::fs::write(d.join(format!("console-{tag}.txt")), &console).unwrap();
+    console
+}
+
+/// Enrollment the factory way: OVMF in setup mode (Debian's empty
+/// OVMF_VARS_4M.fd), systemd-boot 252 with `secure-boot-enroll force` and
+/// our `loader/keys/auto/{PK,KEK,db}.auth`: the first boot enrolls the keys
+/// and resets; the next boot enforces them.
+#[test]
+#[ignore]
+fn qemu_systemd_boot_enrolls_our_auth_files() {
+    use cairn_build::secureboot::siglist::CAIRN_OWNER;
+    use cairn_build::secureboot::{auth_files, EfiTime};
+    let m = x86_64();
+    let d = tmp("qemu-enroll");
     let key = &key().0;
     let loader = sign_pe(&std::fs::read(&m.loader).unwrap(), key).unwrap();
-    let kernel = sign_pe(&std::fs::read(kernel).unwrap(), key).unwrap();
-    let vars = d.join("vars.fd");
-    cairn_build::secureboot::enrolled_vars(Path::new(m.vars_template), key, &vars).unwrap();
-
-    let boot = |kernel: &[u8], tag: &str| -> String {
-        let esp = d.join(format!("esp-{tag}.img"));
-        let files = d.join(format!("files-{tag}"));
-        std::fs::create_dir_all(&files).unwrap();
-        std::fs::write(files.join("loader.efi"), &loader).unwrap();
-        std::fs::write(files.join("linux.efi"), kernel).unwrap();
-        std::fs::write(files.join("loader.conf"), "timeout 0\ndefault cairn.conf\n").unwrap();
-        std::fs::write(files.join("cairn.conf"), "title cairn\nlinux /linux.efi\noptions console=ttyS0 console=ttyAMA0 panic=-1\n")
-            .unwrap();
-        let sh = |cmd: &str| {
-            let st = Command::new("sh").arg("-c").arg(cmd).current_dir(&files).status().unwrap();
-            assert!(st.success(), "{cmd}");
-        };
-        let i = esp.display();
-        sh(&format!("rm -f {i} && mkfs.vfat -C {i} 65536 >/dev/null"));
-        sh(&format!("mmd -i {i} ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries"));
-        sh(&format!("mcopy -i {i} loader.efi ::/EFI/BOOT/{} && mcopy -i {i} linux.efi ::/linux.efi", m.removable));
-        sh(&format!("mcopy -i {i} loader.conf ::/loader/loader.conf && mcopy -i {i} cairn.conf ::/loader/entries/cairn.conf"));
-        let run_vars = d.join(format!("vars-{tag}.fd"));
-        std::fs::copy(&vars, &run_vars).unwrap();
-        let mut cmd = Command::new(m.qemu);
-        cmd.args(m.args)
-            .args(["-m", "512", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", m.code))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", run_vars.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", esp.display()));
-        let console = run_until(cmd, &["Kernel panic", "No bootable option", "Access Denied"], 300);
-        std::fs::write(d.join(format!("console-{tag}.txt")), &console).unwrap();
-        console
-    };
-    let good = boot(&kernel, "good");
+    let kernel = sign_pe(&std::fs::read(built_kernel(&m)).unwrap(), key).unwrap();
+    let keys = auth_files(key, CAIRN_OWNER, EfiTime::CAIRN_DEFAULT).unwrap();
+    let vars = d.join("vars-keep.fd");
+    std::fs::copy(m.vars_template, &vars).unwrap();
+    let image = esp(&m, &d, "enroll", &loader, &kernel, "secure-boot-enroll force\n", Some(&keys));
+    let first = boot(&m, &d, "first-keep", &vars, &image);
+    assert!(first.contains("Enrolling secure boot keys"), "systemd-boot did not enroll:\n{first}");
+    assert!(!first.contains("Failed to write"), "the firmware refused our .auth files:\n{first}");
+    let second = boot(&m, &d, "second-keep", &vars, &image);
+    assert!(second.contains("Secure Boot is enabled") && second.contains("Linux version"), "{second}");
     let mut bad = kernel.clone();
     let (start, size) = authenticode::parse(&bad).unwrap().sections[0];
     bad[start + size / 2] ^= 1;
-    let refused = boot(&bad, "bad");
+    let refused = boot(&m, &d, "bad", &vars, &esp(&m, &d, "bad", &loader, &bad, "", None));
+    assert!(refused.contains("Access Denied") && !refused.contains("Linux version"), "{refused}");
     eprintln!("consoles in {}", d.display());
-    (good, refused)
 }
 
 /// x86_64: OVMF (secboot build, SMM) with our key enrolled. Slow (two
