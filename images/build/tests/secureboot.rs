@@ -4,6 +4,8 @@
 //! skips (and says so) where the tool or the EFI binary is missing; `cargo
 //! xtask` installs the tools (host_deps).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure should be loud
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -72,11 +74,8 @@ fn key_files_are_pkcs8_and_a_self_signed_x509_v3_certificate() {
         eprintln!("SKIP openssl checks: openssl not installed");
         return;
     };
-    let text = Command::new(&openssl)
-        .args(["x509", "-noout", "-text", "-in"])
-        .arg(format!("{base}.sb.crt"))
-        .output()
-        .unwrap();
+    let text =
+        Command::new(&openssl).args(["x509", "-noout", "-text", "-in"]).arg(format!("{base}.sb.crt")).output().unwrap();
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("Version: 3 (0x2)"), "{text}");
@@ -172,7 +171,6 @@ fn sbverify_accepts_our_signature_and_rejects_a_changed_byte() {
     }
 }
 
-
 #[test]
 fn signature_lists_and_auth_files_are_what_efitools_write() {
     use cairn_build::secureboot::siglist::{x509_signature_list, CAIRN_OWNER};
@@ -215,6 +213,70 @@ fn signature_lists_and_auth_files_are_what_efitools_write() {
     }
     // Reproducible: the same key and time give the same files.
     assert_eq!(files, auth_files(&key().0, CAIRN_OWNER, EfiTime::CAIRN_DEFAULT).unwrap());
+}
+
+/// Our enrolled variable stores, read back by virt-fw-vars (PyPI
+/// virt-firmware): PK, KEK and db hold exactly our certificate, Secure Boot
+/// is on, dbx and the template's Microsoft keys are gone, every other
+/// variable of the template is kept; the same inputs give the same bytes.
+#[test]
+fn enrolled_variable_stores_read_back_with_virt_fw_vars() {
+    use cairn_build::secureboot::siglist::{x509_signature_list, CAIRN_OWNER};
+    use cairn_build::secureboot::{enrolled_vars, VarStoreError};
+    let d = tmp("varstore");
+    let templates = ["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/AAVMF/AAVMF_VARS.ms.fd"];
+    let zeroed = Path::new("/usr/share/AAVMF/AAVMF_VARS.fd");
+    if zeroed.is_file() {
+        let err = enrolled_vars(zeroed, &key().0, &d.join("z.fd")).unwrap_err();
+        assert!(matches!(err, VarStoreError::NoFirmwareVolume(_)), "{err}");
+    }
+    let Some(tool) = tool("virt-fw-vars") else {
+        eprintln!("SKIP enrolled_variable_stores_read_back: virt-fw-vars not installed (pip install virt-firmware)");
+        return;
+    };
+    let esl: String =
+        x509_signature_list(CAIRN_OWNER, key().0.cert_der()).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let read = |fd: &Path| -> std::collections::BTreeMap<String, (String, String)> {
+        let json = d.join("vars.json");
+        let o = Command::new(&tool).arg("-i").arg(fd).arg("--output-json").arg(&json).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        v["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                let s = |k: &str| x[k].as_str().map_or_else(|| x[k].to_string(), str::to_string);
+                (format!("{}/{}", s("name"), s("guid")), (s("attr"), s("data")))
+            })
+            .collect()
+    };
+    for t in templates.iter().map(Path::new).filter(|t| t.is_file()) {
+        let out = d.join("enrolled.fd");
+        enrolled_vars(t, &key().0, &out).unwrap();
+        let again = d.join("again.fd");
+        enrolled_vars(t, &key().0, &again).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap(), "not reproducible");
+        let vars = read(&out);
+        for name in [
+            "PK/8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            "KEK/8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            "db/d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+        ] {
+            assert_eq!(vars.get(name), Some(&("39".to_string(), esl.clone())), "{name} in {}", t.display());
+        }
+        assert_eq!(vars.get("SecureBootEnable/f0a30bc7-af08-4556-99c4-001009c93a44").map(|v| v.1.as_str()), Some("01"));
+        assert_eq!(vars.get("CustomMode/c076ec0c-7028-4399-a072-71ee5c448b9f").map(|v| v.1.as_str()), Some("00"));
+        assert!(!vars.keys().any(|k| k.starts_with("dbx/")), "{vars:?}");
+        let mut kept = read(t);
+        kept.retain(|k, _| {
+            !["PK/", "KEK/", "db/", "dbx/", "SecureBootEnable/", "CustomMode/"].iter().any(|p| k.starts_with(p))
+        });
+        for (k, v) in &kept {
+            assert_eq!(vars.get(k), Some(v), "{k} of {} not kept", t.display());
+        }
+        assert_eq!(vars.len(), kept.len() + 5);
+    }
 }
 
 /// One firmware + QEMU setup for [`signed_chain`].
@@ -294,7 +356,11 @@ fn esp(
     std::fs::write(files.join("loader.efi"), loader).unwrap();
     std::fs::write(files.join("linux.efi"), kernel).unwrap();
     std::fs::write(files.join("loader.conf"), format!("timeout 0\ndefault cairn.conf\n{loader_extra}")).unwrap();
-    std::fs::write(files.join("cairn.conf"), "title cairn\nlinux /linux.efi\noptions console=ttyS0 console=ttyAMA0 panic=-1\n").unwrap();
+    std::fs::write(
+        files.join("cairn.conf"),
+        "title cairn\nlinux /linux.efi\noptions console=ttyS0 console=ttyAMA0 panic=-1\n",
+    )
+    .unwrap();
     let sh = |cmd: &str| {
         let st = Command::new("sh").arg("-c").arg(cmd).current_dir(&files).status().unwrap();
         assert!(st.success(), "{cmd}");
@@ -303,7 +369,9 @@ fn esp(
     sh(&format!("rm -f {i} && mkfs.vfat -C {i} 65536 >/dev/null"));
     sh(&format!("mmd -i {i} ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries"));
     sh(&format!("mcopy -i {i} loader.efi ::/EFI/BOOT/{} && mcopy -i {i} linux.efi ::/linux.efi", m.removable));
-    sh(&format!("mcopy -i {i} loader.conf ::/loader/loader.conf && mcopy -i {i} cairn.conf ::/loader/entries/cairn.conf"));
+    sh(&format!(
+        "mcopy -i {i} loader.conf ::/loader/loader.conf && mcopy -i {i} cairn.conf ::/loader/entries/cairn.conf"
+    ));
     if let Some(keys) = keys {
         keys.write_to(&files.join("auto")).unwrap();
         sh(&format!("mmd -i {i} ::/loader/keys && mcopy -s -i {i} auto ::/loader/keys/auto"));
@@ -374,7 +442,10 @@ fn qemu_systemd_boot_enrolls_our_auth_files() {
 #[ignore]
 fn qemu_ovmf_boots_the_signed_chain_and_refuses_a_changed_kernel() {
     let (good, refused) = signed_chain(&x86_64(), &tmp("qemu-x86_64"));
-    assert!(good.contains("Secure Boot is enabled") && good.contains("Linux version"), "the signed chain did not boot:\n{good}");
+    assert!(
+        good.contains("Secure Boot is enabled") && good.contains("Linux version"),
+        "the signed chain did not boot:\n{good}"
+    );
     assert!(!refused.contains("Linux version"), "the firmware started a changed kernel:\n{refused}");
     assert!(refused.contains("Access Denied"), "{refused}");
 }
@@ -399,7 +470,10 @@ fn qemu_aavmf_boots_the_signed_chain_and_refuses_a_changed_kernel() {
         kernel_package: "cloud-arm64",
     };
     let (good, refused) = signed_chain(&m, &tmp("qemu-aarch64"));
-    assert!(good.contains("Secure Boot is enabled") && good.contains("Linux version"), "the signed chain did not boot:\n{good}");
+    assert!(
+        good.contains("Secure Boot is enabled") && good.contains("Linux version"),
+        "the signed chain did not boot:\n{good}"
+    );
     assert!(!refused.contains("Linux version"), "the firmware started a changed kernel:\n{refused}");
     assert!(refused.contains("Access Denied"), "{refused}");
 }

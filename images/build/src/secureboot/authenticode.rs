@@ -68,17 +68,19 @@ pub struct PeLayout {
 }
 
 fn u16_at(b: &[u8], off: usize, what: &'static str) -> Result<u16, SignError> {
-    b.get(off..off + 2)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_le_bytes)
-        .ok_or(SignError::Truncated { what, offset: off, len: b.len() })
+    b.get(off..off + 2).and_then(|s| s.try_into().ok()).map(u16::from_le_bytes).ok_or(SignError::Truncated {
+        what,
+        offset: off,
+        len: b.len(),
+    })
 }
 
 fn u32_at(b: &[u8], off: usize, what: &'static str) -> Result<u32, SignError> {
-    b.get(off..off + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or(SignError::Truncated { what, offset: off, len: b.len() })
+    b.get(off..off + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).ok_or(SignError::Truncated {
+        what,
+        offset: off,
+        len: b.len(),
+    })
 }
 
 /// Reads the PE headers Authenticode needs, checking every offset.

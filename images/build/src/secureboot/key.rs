@@ -116,12 +116,9 @@ impl SbKey {
             return Err(SbKeyError::KeySize { path: key_path.into(), bits });
         }
         let raw = fs::read(cert_path).map_err(|source| SbKeyError::Read { path: cert_path.into(), source })?;
-        let cert = if raw.starts_with(b"-----BEGIN") {
-            Certificate::from_pem(&raw)
-        } else {
-            Certificate::from_der(&raw)
-        }
-        .map_err(|e| SbKeyError::ParseCert { path: cert_path.into(), msg: e.to_string() })?;
+        let cert =
+            if raw.starts_with(b"-----BEGIN") { Certificate::from_pem(&raw) } else { Certificate::from_der(&raw) }
+                .map_err(|e| SbKeyError::ParseCert { path: cert_path.into(), msg: e.to_string() })?;
         let ours = RsaPublicKey::from(&key)
             .to_public_key_der()
             .map_err(|e| SbKeyError::ParseKey { path: key_path.into(), msg: e.to_string() })?;
@@ -145,8 +142,7 @@ impl SbKey {
                 return Err(SbKeyError::Exists(p.clone()));
             }
         }
-        let key_pem =
-            self.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| SbKeyError::Generate(e.to_string()))?;
+        let key_pem = self.key.to_pkcs8_pem(LineEnding::LF).map_err(|e| SbKeyError::Generate(e.to_string()))?;
         write_new(&paths.key, key_pem.as_bytes(), 0o600)?;
         write_new(&paths.cert, self.cert_pem()?.as_bytes(), 0o644)?;
         write_new(&paths.der, &self.cert_der, 0o644)?;
@@ -229,14 +225,14 @@ fn self_signed(
     // CA:TRUE) plus a key usage that allows signing: OpenSSL's PKCS#7
     // verification (sbverify) refuses a signer whose key usage lacks
     // digitalSignature.
-    let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(|e| SbKeyError::Certificate(e.to_string()))?;
-    let mut builder = CertificateBuilder::new(Profile::Manual { issuer: None }, serial, validity, subject, spki, &signer)
-        .map_err(cert_err)?;
+    let ski =
+        SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(|e| SbKeyError::Certificate(e.to_string()))?;
+    let mut builder =
+        CertificateBuilder::new(Profile::Manual { issuer: None }, serial, validity, subject, spki, &signer)
+            .map_err(cert_err)?;
     builder.add_extension(&ski).map_err(cert_err)?;
     builder.add_extension(&BasicConstraints { ca: true, path_len_constraint: None }).map_err(cert_err)?;
-    builder
-        .add_extension(&KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyCertSign))
-        .map_err(cert_err)?;
+    builder.add_extension(&KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyCertSign)).map_err(cert_err)?;
     builder.build::<rsa::pkcs1v15::Signature>().map_err(|e| SbKeyError::Certificate(e.to_string()))
 }
 

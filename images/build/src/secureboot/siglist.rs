@@ -41,7 +41,8 @@ impl std::fmt::Display for Guid {
 }
 
 /// EFI_GLOBAL_VARIABLE: the vendor of `PK` and `KEK`.
-pub const EFI_GLOBAL_VARIABLE: Guid = Guid::new(0x8be4df61, 0x93ca, 0x11d2, [0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c]);
+pub const EFI_GLOBAL_VARIABLE: Guid =
+    Guid::new(0x8be4df61, 0x93ca, 0x11d2, [0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c]);
 /// EFI_IMAGE_SECURITY_DATABASE_GUID: the vendor of `db` and `dbx`.
 pub const EFI_IMAGE_SECURITY_DATABASE: Guid =
     Guid::new(0xd719b2cb, 0x3d3a, 0x4596, [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f]);
@@ -121,7 +122,12 @@ pub fn authenticated_variable(
     data: &[u8],
     signer: &SbKey,
 ) -> Result<Vec<u8>, AuthError> {
-    if !(1..=12).contains(&time.month) || !(1..=31).contains(&time.day) || time.hour > 23 || time.minute > 59 || time.second > 59 {
+    if !(1..=12).contains(&time.month)
+        || !(1..=31).contains(&time.day)
+        || time.hour > 23
+        || time.minute > 59
+        || time.second > 59
+    {
         return Err(AuthError::Time(time));
     }
     let time_bytes = time.to_bytes();
@@ -160,7 +166,11 @@ pub struct AuthFiles {
 pub fn auth_files(key: &SbKey, owner: Guid, time: EfiTime) -> Result<AuthFiles, AuthError> {
     let esl = x509_signature_list(owner, key.cert_der())?;
     let var = |name: &str, vendor: Guid| authenticated_variable(name, vendor, AUTH_VAR_ATTRIBUTES, time, &esl, key);
-    Ok(AuthFiles { pk: var("PK", EFI_GLOBAL_VARIABLE)?, kek: var("KEK", EFI_GLOBAL_VARIABLE)?, db: var("db", EFI_IMAGE_SECURITY_DATABASE)? })
+    Ok(AuthFiles {
+        pk: var("PK", EFI_GLOBAL_VARIABLE)?,
+        kek: var("KEK", EFI_GLOBAL_VARIABLE)?,
+        db: var("db", EFI_IMAGE_SECURITY_DATABASE)?,
+    })
 }
 
 impl AuthFiles {
