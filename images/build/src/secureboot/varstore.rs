@@ -217,3 +217,65 @@ pub fn enrolled_vars(template: &Path, key: &SbKey, out: &Path) -> Result<(), Var
     let bytes = with_variables(&fd, template, &vars)?;
     std::fs::write(out, bytes).map_err(|source| VarStoreError::Write { path: out.into(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A firmware volume header + an empty authenticated variable store of `size` bytes.
+    fn empty_store(size: usize) -> Vec<u8> {
+        let mut fd = vec![0u8; 0x48];
+        fd[40..44].copy_from_slice(b"_FVH");
+        fd[48..50].copy_from_slice(&0x48u16.to_le_bytes());
+        fd.extend_from_slice(&AUTHENTICATED_VARIABLE_STORE.0);
+        fd.extend_from_slice(&(size as u32).to_le_bytes());
+        fd.extend_from_slice(&[VARIABLE_STORE_FORMATTED, VARIABLE_STORE_HEALTHY, 0, 0, 0, 0, 0, 0]);
+        fd.resize(0x48 + size, 0xff);
+        fd.extend_from_slice(b"FTW area, kept");
+        fd
+    }
+
+    #[test]
+    fn variables_round_trip_and_the_rest_of_the_volume_is_kept() {
+        let p = Path::new("t.fd");
+        let fd = empty_store(4096);
+        assert_eq!(read_variables(&fd, p).unwrap(), vec![]);
+        let vars = vec![
+            Variable::new(
+                "PK",
+                EFI_GLOBAL_VARIABLE,
+                AUTH_VAR_ATTRIBUTES,
+                EfiTime::CAIRN_DEFAULT.to_bytes(),
+                vec![7; 5],
+            ),
+            Variable::new("SecureBootEnable", SECURE_BOOT_ENABLE_DISABLE, NV_BS, [0; 16], vec![1]),
+        ];
+        let out = with_variables(&fd, p, &vars).unwrap();
+        assert_eq!(out.len(), fd.len());
+        assert!(out.ends_with(b"FTW area, kept"));
+        assert_eq!(read_variables(&out, p).unwrap(), vars);
+        assert_eq!(vars[0].name(), "PK");
+        // 60-byte header + "PK\0" (6) + 5 data bytes = 71, next variable at 72.
+        assert_eq!(out[0x64 + 72..0x64 + 74], VARIABLE_START_ID.to_le_bytes());
+        // A deleted copy is skipped.
+        let mut deleted = out.clone();
+        deleted[0x64 + 2] = 0x3c;
+        assert_eq!(read_variables(&deleted, p).unwrap(), vars[1..].to_vec());
+    }
+
+    #[test]
+    fn malformed_stores_are_refused_with_what_is_wrong() {
+        let p = Path::new("t.fd");
+        assert!(matches!(read_variables(&[0; 4096], p), Err(VarStoreError::NoFirmwareVolume(_))));
+        let mut unformatted = empty_store(4096);
+        unformatted[0x48 + 20] = 0xff;
+        assert!(matches!(read_variables(&unformatted, p), Err(VarStoreError::NoVariableStore(_))));
+        let mut past_end = empty_store(4096);
+        let big = vec![Variable::new("x", CAIRN_OWNER, NV_BS, [0; 16], vec![0; 100])];
+        past_end = with_variables(&past_end, p, &big).unwrap();
+        past_end[0x64 + 40..0x64 + 44].copy_from_slice(&100_000u32.to_le_bytes());
+        assert!(matches!(read_variables(&past_end, p), Err(VarStoreError::BadVariable { offset: 0x64, .. })));
+        let huge = vec![Variable::new("x", CAIRN_OWNER, NV_BS, [0; 16], vec![0; 5000])];
+        assert!(matches!(with_variables(&empty_store(4096), p, &huge), Err(VarStoreError::Full { .. })));
+    }
+}
