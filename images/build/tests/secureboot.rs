@@ -403,6 +403,48 @@ fn boot(m: &Machine, d: &Path, tag: &str, vars: &Path, esp: &Path) -> String {
     console
 }
 
+/// A unified kernel image (systemd-stub + .osrel, .cmdline, .linux,
+/// .initrd, made here with objcopy the way ukify of systemd 252 does),
+/// signed by us, boots; one byte of its initramfs changed and the firmware
+/// refuses the whole image: the signature covers the initramfs.
+#[test]
+#[ignore]
+fn qemu_ovmf_refuses_a_uki_with_a_changed_initramfs_byte() {
+    let m = x86_64();
+    let d = tmp("qemu-uki");
+    let key = &key().0;
+    std::fs::write(d.join("osrel"), "ID=cairn\nNAME=cairn\n").unwrap();
+    std::fs::write(d.join("cmdline"), "console=ttyS0 panic=-1").unwrap();
+    std::fs::copy(built_kernel(&m), d.join("linux")).unwrap();
+    // Not a valid cpio: the kernel says so and goes on to panic for lack
+    // of a root, after "Linux version".
+    let initrd: Vec<u8> = b"cairn-test-initramfs".iter().copied().cycle().take(64 * 1024).collect();
+    std::fs::write(d.join("initrd"), &initrd).unwrap();
+    let st = Command::new("objcopy")
+        .args(["--add-section", ".osrel=osrel", "--change-section-vma", ".osrel=0x20000"])
+        .args(["--add-section", ".cmdline=cmdline", "--change-section-vma", ".cmdline=0x30000"])
+        .args(["--add-section", ".linux=linux", "--change-section-vma", ".linux=0x2000000"])
+        .args(["--add-section", ".initrd=initrd", "--change-section-vma", ".initrd=0x3000000"])
+        .arg(Path::new(EFI_DIR).join("linuxx64.efi.stub"))
+        .arg("uki.efi")
+        .current_dir(&d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let loader = sign_pe(&std::fs::read(&m.loader).unwrap(), key).unwrap();
+    let uki = sign_pe(&std::fs::read(d.join("uki.efi")).unwrap(), key).unwrap();
+    let vars = d.join("vars.fd");
+    cairn_build::secureboot::enrolled_vars(Path::new(m.vars_template), key, &vars).unwrap();
+    let good = boot(&m, &d, "good", &vars, &esp(&m, &d, "good", &loader, &uki, "", None));
+    assert!(good.contains("Secure Boot is enabled") && good.contains("Linux version"), "{good}");
+    let at = uki.windows(initrd.len()).position(|w| w == initrd.as_slice()).expect("the initrd inside the UKI");
+    let mut bad = uki.clone();
+    bad[at + 1000] ^= 1;
+    let refused = boot(&m, &d, "bad", &vars, &esp(&m, &d, "bad", &loader, &bad, "", None));
+    assert!(refused.contains("Access Denied") && !refused.contains("Linux version"), "{refused}");
+    eprintln!("consoles in {}", d.display());
+}
+
 /// Enrollment the factory way: OVMF in setup mode (Debian's empty
 /// OVMF_VARS_4M.fd), systemd-boot 252 with `secure-boot-enroll force` and
 /// our `loader/keys/auto/{PK,KEK,db}.auth`: the first boot enrolls the keys
