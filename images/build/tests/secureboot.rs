@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cairn_build::secureboot::authenticode::{self, SignError};
-use cairn_build::secureboot::{sign_pe, SbKey, SbKeyError};
+use cairn_build::secureboot::{sign_pe, SbKey, SbKeyError, AAVMF_AARCH64, OVMF_X86_64};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cairn-sb-{}-{name}", std::process::id()));
@@ -296,11 +296,9 @@ struct Machine {
 fn x86_64() -> Machine {
     Machine {
         qemu: "qemu-system-x86_64",
-        // SMM + a secure pflash: OVMF's secboot build keeps its variables
-        // where the OS cannot write them; it does not start without.
-        args: &["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"],
-        code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        args: OVMF_X86_64.qemu_args,
+        code: OVMF_X86_64.code,
+        vars_template: OVMF_X86_64.vars_template,
         removable: "BOOTX64.EFI",
         loader: Path::new(EFI_DIR).join("systemd-bootx64.efi"),
         kernel_package: "cloud-amd64",
@@ -504,9 +502,9 @@ fn qemu_aavmf_boots_the_signed_chain_and_refuses_a_changed_kernel() {
     };
     let m = Machine {
         qemu: "qemu-system-aarch64",
-        args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
-        code: "/usr/share/AAVMF/AAVMF_CODE.fd",
-        vars_template: "/usr/share/AAVMF/AAVMF_VARS.ms.fd",
+        args: AAVMF_AARCH64.qemu_args,
+        code: AAVMF_AARCH64.code,
+        vars_template: AAVMF_AARCH64.vars_template,
         removable: "BOOTAA64.EFI",
         loader: PathBuf::from(loader),
         kernel_package: "cloud-arm64",

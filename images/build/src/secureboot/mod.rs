@@ -14,4 +14,4 @@ pub mod varstore;
 pub use authenticode::{sign_pe, SignError};
 pub use key::{SbKey, SbKeyError, SbKeyPaths};
 pub use siglist::{auth_files, AuthError, AuthFiles, EfiTime, Guid};
-pub use varstore::{enrolled_vars, VarStoreError};
+pub use varstore::{enrolled_vars, SecureBootFirmware, VarStoreError, AAVMF_AARCH64, OVMF_X86_64};

@@ -41,6 +41,36 @@ const VAR_ADDED_IN_TRANSITION: u8 = 0x3e;
 /// NON_VOLATILE | BOOTSERVICE_ACCESS.
 const NV_BS: u32 = 0x01 | 0x02;
 
+/// Debian's Secure Boot capable UEFI firmware for QEMU, and what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecureBootFirmware {
+    /// The firmware code (pflash unit 0, read-only).
+    pub code: &'static str,
+    /// The variable store template for [`enrolled_vars`] (pflash unit 1: a
+    /// writable copy per run).
+    pub vars_template: &'static str,
+    /// QEMU arguments the firmware needs (machine, SMM).
+    pub qemu_args: &'static [&'static str],
+}
+
+/// x86_64: OVMF's Secure Boot build (package `ovmf`). It needs SMM and a
+/// secure pflash (the variable store is out of the OS's reach) and refuses
+/// to start without.
+pub const OVMF_X86_64: SecureBootFirmware = SecureBootFirmware {
+    code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+    vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    qemu_args: &["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"],
+};
+
+/// aarch64: AAVMF (package `qemu-efi-aarch64`; one code image, Secure Boot
+/// enforced once PK is set). `pauth-impdef=on` makes `-cpu max` much
+/// faster under TCG.
+pub const AAVMF_AARCH64: SecureBootFirmware = SecureBootFirmware {
+    code: "/usr/share/AAVMF/AAVMF_CODE.fd",
+    vars_template: "/usr/share/AAVMF/AAVMF_VARS.ms.fd",
+    qemu_args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+};
+
 /// Why an enrolled variable store could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum VarStoreError {
