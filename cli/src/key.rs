@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cairn_build::keys::{self, SecretFormat};
+use cairn_build::secureboot::SbKey;
 use cairn_format::envelope::key_id;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
@@ -50,6 +51,25 @@ pub enum KeyCommand {
         /// The format to write.
         #[arg(long, value_enum)]
         format: Format,
+    },
+    /// Make a UEFI Secure Boot signing key: NAME.sb.key (RSA-2048, PKCS#8
+    /// PEM, mode 0600), NAME.sb.crt (self-signed X.509 v3 certificate,
+    /// sha256WithRSAEncryption, PEM) and NAME.sb.der (the same certificate
+    /// as DER).
+    ///
+    /// The certificate is what goes into the firmware's PK, KEK and db
+    /// (docs/security.md, "Secure Boot"); the key signs the boot loader and
+    /// the unified kernel images. Refuses to overwrite an existing file.
+    SecureBoot {
+        /// Path prefix of the three files.
+        name: PathBuf,
+        /// The certificate's subject common name.
+        #[arg(long, default_value = "cairn Secure Boot key")]
+        common_name: String,
+        /// How many years the certificate is valid (UEFI firmware does not
+        /// check expiry when it verifies an image, but other tools do).
+        #[arg(long, default_value_t = 20)]
+        years: u32,
     },
 }
 
@@ -119,7 +139,32 @@ pub fn run(cmd: KeyCommand, out: &Output) -> Result<()> {
             Ok(())
         }
         KeyCommand::Convert { key, out: to, format } => convert(&key, &to, format, out),
+        KeyCommand::SecureBoot { name, common_name, years } => secure_boot(&name, &common_name, years, out),
     }
+}
+
+fn secure_boot(name: &Path, common_name: &str, years: u32, out: &Output) -> Result<()> {
+    if let Some(dir) = name.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let key = SbKey::generate(common_name, years)?;
+    let paths = key.save(name)?;
+    if out.json {
+        return out.print_json(&json!({
+            "secret_key": paths.key,
+            "certificate": paths.cert,
+            "certificate_der": paths.der,
+            "subject": key.subject(),
+            "not_after": key.not_after(),
+            "sha256": key.fingerprint(),
+        }));
+    }
+    println!("secret key   {} (RSA-2048, PKCS#8 PEM, mode 0600: keep it secret)", paths.key.display());
+    println!("certificate  {} (PEM), {} (DER)", paths.cert.display(), paths.der.display());
+    println!("subject      {}", key.subject());
+    println!("not after    {}", key.not_after());
+    println!("sha256       {}", key.fingerprint());
+    Ok(())
 }
 
 fn convert(from: &Path, to: &Path, format: Format, out: &Output) -> Result<()> {

@@ -120,6 +120,10 @@ fn every_command_prints_its_documented_json() {
     docs.push(("image assemble", json(&assemble, d)));
     docs.push(("image inspect", json(&["image", "inspect", "disk.img"], d)));
     docs.push(("boards", json(&["boards"], d)));
+    docs.push((
+        "key secure-boot",
+        json(&["key", "secure-boot", "keys/sb", "--common-name", "json test", "--years", "2"], d),
+    ));
 
     let mut all = Vec::new();
     let mut text = String::new();

@@ -107,9 +107,24 @@ pub fn ensure_test_tools() -> Result<()> {
         ("mke2fs", "e2fsprogs"),
         ("veritysetup", "cryptsetup-bin"),
         ("bmaptool", "bmap-tools"),
+        // Secure Boot (cairn-build's secureboot tests): sbverify checks our
+        // Authenticode signatures, efitools our signature lists and .auth
+        // files, openssl our keys and certificates.
+        ("sbverify", "sbsigntool"),
+        ("sign-efi-sig-list", "efitools"),
+        ("openssl", "openssl"),
     ];
-    let missing: Vec<&str> =
+    let mut missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| find_on_path(bin).is_none()).map(|(_, pkg)| *pkg).collect();
+    // The EFI binaries the Secure Boot tests sign (systemd-boot and its stub).
+    if !Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").is_file() {
+        missing.push("systemd-boot-efi");
+    }
+    if is_root() {
+        if let Err(e) = ensure_virt_fw_vars() {
+            eprintln!("xtask: the variable store test will skip its check: {e:#}");
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -118,6 +133,18 @@ pub fn ensure_test_tools() -> Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// `virt-fw-vars` (PyPI `virt-firmware`, by EDK2's OVMF maintainer): the
+/// independent reader the Secure Boot tests check our enrolled OVMF/AAVMF
+/// variable stores with. Installed with pip when missing.
+pub fn ensure_virt_fw_vars() -> Result<PathBuf> {
+    if let Some(p) = find_on_path("virt-fw-vars") {
+        return Ok(p);
+    }
+    eprintln!("xtask: installing virt-firmware (virt-fw-vars) with pip");
+    run(Command::new("python3").args(["-m", "pip", "install", "-q", "virt-firmware"]))?;
+    find_on_path("virt-fw-vars").context("installed virt-firmware but virt-fw-vars is still not on PATH")
 }
 
 /// Make apt able to download packages of Debian architecture `deb_arch`

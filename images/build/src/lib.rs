@@ -19,6 +19,7 @@ pub mod layer;
 pub mod manifest_toml;
 pub mod pe;
 pub mod scan;
+pub mod secureboot;
 pub mod squashfs;
 pub mod tree;
 pub mod uki;
