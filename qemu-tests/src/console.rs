@@ -96,6 +96,25 @@ pub struct Console {
     pub raw: Vec<String>,
     /// Structured lines.
     pub lines: Vec<Line>,
+    /// The start of an event line the kernel's console output cut into
+    /// (`cairn: t=7.4 e[    7.48] device-mapper: ...`), joined with the
+    /// next line (`vent=layer.corrupt ...`).
+    cut: Option<String>,
+}
+
+/// Where a kernel message (`[   7.485253] ...`) starts inside a line, if
+/// one does after its first byte.
+fn kernel_message_at(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    (1..b.len()).find(|&i| {
+        b[i] == b'[' && {
+            let rest = &b[i + 1..];
+            let digits = rest.iter().skip_while(|c| **c == b' ').take_while(|c| c.is_ascii_digit() || **c == b'.');
+            let n = digits.count();
+            let spaces = rest.iter().take_while(|c| **c == b' ').count();
+            n >= 3 && rest.get(spaces + n) == Some(&b']') && rest[spaces..spaces + n].contains(&b'.')
+        }
+    })
 }
 
 impl Console {
@@ -104,9 +123,24 @@ impl Console {
         let raw = raw.trim_end_matches(['\r', '\n']);
         let index = self.raw.len();
         self.raw.push(raw.to_owned());
+        if let Some(start) = self.cut.take() {
+            let joined = format!("{start}{raw}");
+            let fields = parse_fields(joined.strip_prefix("cairn: ").unwrap_or(""));
+            if let Some(event) = fields.get("event").cloned() {
+                self.lines.push(Line { event, fields, source: "cairn", index });
+                return;
+            }
+        }
+        if raw.starts_with("cairn: ") {
+            if let Some(at) = kernel_message_at(raw) {
+                self.cut = raw.get(..at).map(str::to_owned);
+                return;
+            }
+        }
         // PID 1's events start the line: container output reaches the
         // console only behind a `[name] ` prefix, so it can never forge one.
         if let Some(rest) = raw.strip_prefix("cairn: ") {
+            // (An event line with no kernel message in it.)
             let fields = parse_fields(rest);
             if let Some(event) = fields.get("event").cloned() {
                 self.lines.push(Line { event, fields, source: "cairn", index });
@@ -160,6 +194,19 @@ mod tests {
         let p = c.first("inspect", &[("name", "alpha")]).map(|l| (l.source, l.num("pid")));
         assert_eq!(p, Some(("payload", Some(2))));
         assert!(c.expect("nothing", &[]).is_err());
+    }
+
+    #[test]
+    fn an_event_line_cut_by_a_kernel_message_is_joined_again() {
+        let mut c = Console::default();
+        c.push("cairn: t=7.4 e[    7.485253] device-mapper: verity: 254:7: data block 48 is corrupted");
+        c.push("vent=layer.corrupt name=blob block=48");
+        c.push("cairn: t=7.5 event=next a=[1] b=2");
+        assert!(c.expect("layer.corrupt", &[("name", "blob"), ("block", "48")]).is_ok(), "{:?}", c.lines);
+        assert!(c.expect("next", &[("a", "[1]")]).is_ok(), "a bracket that is not a kernel timestamp");
+        assert!(c.contains("data block 48 is corrupted"), "the raw line is kept");
+        assert_eq!(kernel_message_at("cairn: t=1 event=x[ 12.5] m"), Some(18));
+        assert_eq!(kernel_message_at("cairn: t=1 event=x [12] m"), None);
     }
 
     #[test]
