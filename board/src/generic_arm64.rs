@@ -76,7 +76,7 @@ pub static BOARD: Board = Board {
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",
-    qemu_args: &["-machine", "virt", "-cpu", "max", "-m", "512", "-smp", "2"],
+    qemu_args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on", "-m", "512", "-smp", "2"],
     kernel_cmdline: "panic=-1 quiet loglevel=4",
     efi_arch: "aa64",
     firmware_code: "/usr/share/AAVMF/AAVMF_CODE.fd",

@@ -7,6 +7,7 @@ use cairn_build::assemble::{self, BuiltAppliance, DiskOptions};
 use cairn_build::bootkit::{BootKit, BootKitError};
 use cairn_build::esp::EfiArch;
 use cairn_build::initramfs::{self, Trust};
+use cairn_build::secureboot::{SbKey, SbKeyPaths};
 use cairn_build::{gpt, kmod};
 use cairn_format::envelope::{self, key_id, Envelope, KeyId};
 use clap::Subcommand;
@@ -86,6 +87,13 @@ pub enum ImageCommand {
         /// board's own).
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// Sign the boot loader and the slot image for Secure Boot with the
+        /// key NAME.sb.key and certificate NAME.sb.crt (`cairn key
+        /// secure-boot NAME`). Without it the disk boots only with Secure
+        /// Boot off: anyone who can write the disk can then change the
+        /// kernel, the init, its trust data and the command line.
+        #[arg(long, value_name = "NAME")]
+        sign: Option<PathBuf>,
         /// Also write a block map for bmaptool beside the disk (DISK.bmap,
         /// where `bmaptool copy` finds it): the blocks the assembler wrote
         /// and a sha256 of each range, so flashing writes only those and
@@ -124,6 +132,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             systemd_boot,
             esp_size,
             cmdline,
+            sign,
             bmap,
             zstd,
         } => {
@@ -175,7 +184,17 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                     ),
                     e => e.into(),
                 })?;
-            let esp = kit.factory_esp(&m.compatible, m.version)?;
+            let mut esp = kit.factory_esp(&m.compatible, m.version)?;
+            let signer = match &sign {
+                Some(name) => {
+                    let paths = SbKeyPaths::for_name(name);
+                    let key = SbKey::load(&paths.key, &paths.cert)?;
+                    progress.step(format!("signing the loader and slot a for Secure Boot ({})", key.subject()));
+                    esp.sign(&key)?;
+                    Some(key)
+                }
+                None => None,
+            };
 
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance {
@@ -231,17 +250,34 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                         "path": path,
                         "size": z.size,
                     })),
+                    "esp": {
+                        "size": esp_size,
+                        "files": esp.files().iter().map(|(path, data)| json!({
+                            "path": path,
+                            "size": data.len(),
+                        })).collect::<Vec<_>>(),
+                        "cmdline": kit.slot_cmdline(cairn_format::bootstate::Slot::A),
+                        "signed_by": signer.as_ref().map(|k| k.fingerprint()),
+                    },
                 }));
             }
 
             println!("disk {} ({}) for board {}", out.display(), size(layout.disk_size), board.name);
             println!(
-                "  disk guid {} (kernel command line: cairn.disk={})",
+                "  disk guid {} (the loader names the boot disk; started without one, pass cairn.disk={})",
                 layout.disk_guid_text(),
                 layout.disk_guid_text()
             );
             for p in &layout.partitions {
                 println!("  {:>2} {:<18} {:>10}", p.index, p.name, size(p.size_bytes));
+            }
+            for (path, data) in esp.files() {
+                println!("  esp {:<28} {:>10}", path, size(data.len() as u64));
+            }
+            println!("  slot a command line: {}", kit.slot_cmdline(cairn_format::bootstate::Slot::A));
+            match &signer {
+                Some(k) => println!("  signed for Secure Boot by {} (sha256 {})", k.subject(), k.fingerprint()),
+                None => println!("  not signed for Secure Boot (--sign): the disk boots only with Secure Boot off"),
             }
             for l in &app.layers {
                 println!("  layer {:<16} {} {}", l.name, digest(&l.digest), size(l.size));

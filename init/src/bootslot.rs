@@ -20,6 +20,8 @@ const ESP_DIR: &str = "/run/cairn/esp";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// systemd's boot loader interface vendor GUID.
 const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// UEFI's global variable GUID (`SecureBoot`).
+const GLOBAL_VENDOR: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
 /// Read a loader variable (UTF-16LE after the 4-byte attributes) as text:
 /// ASCII only (GUIDs, entry file names, the loader's name); `None` for
@@ -63,6 +65,9 @@ pub struct LoaderInfo {
     pub entry: Option<String>,
     /// `LoaderInfo`: the loader's name and version.
     pub loader: Option<String>,
+    /// The firmware's `SecureBoot` variable: whether it enforced signatures
+    /// on the loader and the slot image.
+    pub secure_boot: Option<bool>,
 }
 
 /// Read the loader's variables (after [`mount_efivars`]).
@@ -71,6 +76,9 @@ pub fn loader_info() -> LoaderInfo {
         esp: loader_var("LoaderDevicePartUUID").and_then(|t| partitions::parse_guid(t.trim())),
         entry: loader_var("LoaderEntrySelected"),
         loader: loader_var("LoaderInfo"),
+        secure_boot: std::fs::read(format!("{EFIVARS}/SecureBoot-{GLOBAL_VENDOR}"))
+            .ok()
+            .and_then(|v| v.get(4).map(|b| *b == 1)),
     }
 }
 
@@ -146,6 +154,9 @@ pub fn inspect(slot: Option<Slot>, parts: &Partitions, loader: &LoaderInfo) -> O
     }
     if let Some(l) = &loader.loader {
         e = e.kv("loader", l);
+    }
+    if let Some(on) = loader.secure_boot {
+        e = e.kv("secure_boot", if on { "on" } else { "off" });
     }
     e.emit();
     Some(BootSlot { slot, esp: esp.clone(), file, entry })

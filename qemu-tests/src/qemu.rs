@@ -47,6 +47,20 @@ pub struct BootOptions<'a> {
     pub vars: Option<&'a Path>,
     /// The bus every disk is attached to (virtio unless a scenario asks).
     pub bus: DiskBus,
+    /// Boot through this firmware instead of the board's (Secure Boot).
+    pub secure: Option<SecureFirmware<'a>>,
+}
+
+/// A Secure Boot firmware run: code, a variable store with keys enrolled
+/// (used as is), and the QEMU arguments it needs (after the board's).
+#[derive(Debug, Clone, Copy)]
+pub struct SecureFirmware<'a> {
+    /// Firmware code.
+    pub code: &'a Path,
+    /// The enrolled variable store (written by the firmware).
+    pub vars: &'a Path,
+    /// More QEMU arguments (`-machine q35,smm=on`, ...).
+    pub args: &'a [&'a str],
 }
 
 /// The QEMU arguments that attach disk image `path` as disk number `index`
@@ -97,8 +111,17 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
 pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOptions<'_>) -> Command {
     let mut c = Command::new(&files.qemu);
     c.args(board.qemu_args).args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"]);
-    let uefi = files.firmware.is_some() && !opts.direct_kernel;
+    let uefi = (files.firmware.is_some() || opts.secure.is_some()) && !opts.direct_kernel;
     match (&files.firmware, opts.direct_kernel) {
+        (_, false) if opts.secure.is_some() => {
+            if let Some(sf) = opts.secure {
+                c.args(sf.args)
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", sf.code.display()))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", sf.vars.display()));
+            }
+        }
         (Some((code, template)), false) => {
             let vars = opts.vars.map(Path::to_owned).unwrap_or_else(|| disk.with_extension("vars"));
             // A failed copy shows as QEMU's own error about the file.

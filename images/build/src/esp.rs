@@ -84,6 +84,18 @@ pub struct EspContents {
 }
 
 impl EspContents {
+    /// Sign the loader and every slot image for Secure Boot (Authenticode,
+    /// [`crate::secureboot::sign_pe`]): firmware with `key`'s certificate
+    /// in `db` starts the loader, the loader (through the firmware's
+    /// checks) the slot images, and nothing else.
+    pub fn sign(&mut self, key: &crate::secureboot::SbKey) -> Result<(), crate::secureboot::SignError> {
+        self.loader = crate::secureboot::sign_pe(&self.loader, key)?;
+        for s in &mut self.slots {
+            s.uki = crate::secureboot::sign_pe(&s.uki, key)?;
+        }
+        Ok(())
+    }
+
     /// Every file, by path.
     pub fn files(&self) -> Vec<(String, &[u8])> {
         let mut files: Vec<(String, &[u8])> = vec![

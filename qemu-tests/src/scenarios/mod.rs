@@ -30,6 +30,8 @@ mod boot_slots;
 mod nvme_ahci;
 // Images people can flash (issue 11 item 6).
 mod flash_card;
+// The signed boot chain (issue 11 item 3).
+mod secure_boot;
 
 use std::time::Duration;
 
@@ -75,6 +77,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "nvme-ahci", run: nvme_ahci::run },
         // Images people can flash (issue 11 item 6): bmaptool onto a larger, used card.
         Scenario { name: "flash-card", run: flash_card::run },
+        // The signed boot chain (issue 11 item 3).
+        Scenario { name: "secure-boot", run: secure_boot::run },
     ]
 }
 
