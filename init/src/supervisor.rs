@@ -320,6 +320,9 @@ impl Supervisor {
                 }
                 return kind;
             }
+            // The trial's clock starts as soon as the containers have
+            // started, before the loop sleeps.
+            self.assess(Instant::now());
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
             self.wait(earliest(timeout, poll_timeout(self.trial_deadline())));
             self.machine.fire(Instant::now(), &mut self.io);
