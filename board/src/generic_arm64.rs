@@ -18,7 +18,7 @@ pub static BOARD: Board = Board {
     kernel_meta: "linux-image-arm64",
     kernel_package: "linux-image-6.1.0-57-arm64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &[
+    drivers: &[
         // virtio, so the board also boots in QEMU's defaults.
         "virtio_pci",
         "virtio_blk",
@@ -61,27 +61,9 @@ pub static BOARD: Board = Board {
         // in the generic kernel, built in the cloud kernel).
         "ext4",
         "crc32c_generic",
-        // Layers: squashfs behind dm-verity, under overlayfs.
-        "squashfs",
-        "overlay",
-        "dm_mod",
-        "dm_verity",
-        // The EFI system partition (FAT) and the firmware's variables.
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-        "nls_utf8",
-        "efivarfs",
     ],
-    console: "ttyAMA0",
-    qemu_binary: "qemu-system-aarch64",
-    qemu_package: "qemu-system-arm",
-    qemu_args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on", "-m", "512", "-smp", "2"],
-    kernel_cmdline: "panic=-1 quiet loglevel=4",
-    efi_arch: "aa64",
-    firmware_code: "/usr/share/AAVMF/AAVMF_CODE.fd",
-    firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
-    firmware_package: "qemu-efi-aarch64",
     test_disks: &[DiskBus::Nvme, DiskBus::Usb],
     test_suite: TestSuite::Only(&["nvme-ahci"]),
+    // The same machine, console and firmware as the QEMU board.
+    ..crate::qemu_aarch64::AARCH64
 };

@@ -13,7 +13,7 @@ pub static BOARD: Board = Board {
     kernel_meta: "linux-image-amd64",
     kernel_package: "linux-image-6.1.0-57-amd64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &[
+    drivers: &[
         // virtio, so the board also boots in QEMU's (and clouds') defaults.
         "virtio_pci",
         "virtio_blk",
@@ -36,27 +36,9 @@ pub static BOARD: Board = Board {
         // in the generic kernel, built in the cloud kernel).
         "ext4",
         "crc32c_generic",
-        // Layers: squashfs behind dm-verity, under overlayfs.
-        "squashfs",
-        "overlay",
-        "dm_mod",
-        "dm_verity",
-        // The EFI system partition (FAT) and the firmware's variables.
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-        "nls_utf8",
-        "efivarfs",
     ],
-    console: "ttyS0",
-    qemu_binary: "qemu-system-x86_64",
-    qemu_package: "qemu-system-x86",
-    qemu_args: &["-machine", "q35", "-cpu", "max", "-m", "512", "-smp", "2"],
-    kernel_cmdline: "panic=-1 quiet loglevel=4",
-    efi_arch: "x64",
-    firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
-    firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    firmware_package: "ovmf",
     test_disks: &[DiskBus::Nvme, DiskBus::Ahci],
     test_suite: TestSuite::Only(&["nvme-ahci"]),
+    // The same machine, console and firmware as the QEMU board.
+    ..crate::qemu_x86_64::X86_64
 };

@@ -83,9 +83,9 @@ pub struct Board {
     pub kernel_package: &'static str,
     /// Its exact Debian version.
     pub kernel_version: &'static str,
-    /// Kernel modules the init loads at boot, by module name. The build adds
-    /// their dependencies and writes them in load order into the initramfs.
-    pub modules: &'static [&'static str],
+    /// The board's drivers: kernel modules the init loads at boot, by
+    /// module name, before [`SYSTEM_MODULES`] ([`Board::modules`]).
+    pub drivers: &'static [&'static str],
     /// Console device the kernel and cairn-init print on.
     pub console: &'static str,
     /// QEMU system emulator binary.
@@ -112,7 +112,20 @@ pub struct Board {
     pub test_suite: TestSuite,
 }
 
+/// Modules every board loads after its drivers: the layers (squashfs
+/// behind dm-verity, under overlayfs), the EFI system partition (FAT) and
+/// the firmware's variables.
+pub const SYSTEM_MODULES: &[&str] =
+    &["squashfs", "overlay", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs"];
+
 impl Board {
+    /// Kernel modules the init loads at boot, by module name: the board's
+    /// drivers, then [`SYSTEM_MODULES`]. The build adds their dependencies
+    /// and writes them in load order into the initramfs.
+    pub fn modules(&self) -> Vec<&'static str> {
+        self.drivers.iter().chain(SYSTEM_MODULES).copied().collect()
+    }
+
     /// The full kernel command line for this board.
     pub fn cmdline(&self, extra: &str) -> String {
         let mut s = format!("console={} {}", self.console, self.kernel_cmdline);
@@ -188,12 +201,13 @@ mod tests {
             assert_eq!(g.test_suite, TestSuite::Only(&["nvme-ahci"]), "{name}");
             // Everything the QEMU board of the architecture loads, so the
             // generic image also boots where the QEMU one does.
-            for m in q.modules {
-                assert!(g.modules.contains(m), "{name} lacks {m} that {qemu} loads");
+            let (gm, qm) = (g.modules(), q.modules());
+            for m in &qm {
+                assert!(gm.contains(m), "{name} lacks {m} that {qemu} loads");
             }
             for m in ["nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage", "uas", "mmc_block", "ext4", "crc32c_generic"]
             {
-                assert!(g.modules.contains(&m), "{name} lacks {m}");
+                assert!(gm.contains(&m), "{name} lacks {m}");
             }
         }
     }
@@ -202,21 +216,22 @@ mod tests {
     fn every_board_loads_the_drivers_of_its_test_buses_and_the_esp_stack() {
         for b in all() {
             assert!(!b.test_disks.is_empty(), "{}", b.name);
-            let mut modules = b.modules.to_vec();
+            let all = b.modules();
+            let mut modules = all.clone();
             modules.sort_unstable();
             modules.dedup();
-            assert_eq!(modules.len(), b.modules.len(), "{}: a module listed twice", b.name);
+            assert_eq!(modules.len(), all.len(), "{}: a module listed twice", b.name);
             for bus in b.test_disks {
                 // The cloud kernels build NVMe in; the QEMU boards test virtio only.
                 for m in bus.drivers() {
-                    assert!(b.modules.contains(m), "{}: {} disks need {m}", b.name, bus.name());
+                    assert!(all.contains(m), "{}: {} disks need {m}", b.name, bus.name());
                 }
             }
             for m in ["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs", "squashfs", "overlay", "dm_verity"] {
-                assert!(b.modules.contains(&m), "{} lacks {m}", b.name);
+                assert!(all.contains(&m), "{} lacks {m}", b.name);
             }
             // Virtio everywhere: every board also boots in QEMU's defaults.
-            assert!(DiskBus::Virtio.drivers().iter().all(|m| b.modules.contains(m)), "{}", b.name);
+            assert!(DiskBus::Virtio.drivers().iter().all(|m| all.contains(m)), "{}", b.name);
         }
         let full: Vec<_> = all().into_iter().filter(|b| b.test_suite == TestSuite::All).map(|b| b.name).collect();
         assert_eq!(full, ["qemu-x86_64", "qemu-aarch64"], "the full QEMU suite runs on the QEMU boards");

@@ -3,27 +3,17 @@
 use crate::{Board, DiskBus, TestSuite};
 
 /// The 64-bit ARM board.
-pub static BOARD: Board = Board {
+pub static BOARD: Board = AARCH64;
+
+/// The board as a value, for the boards that share its machine.
+pub(crate) const AARCH64: Board = Board {
     name: "qemu-aarch64",
     rust_target: "aarch64-unknown-linux-musl",
     deb_arch: "arm64",
     kernel_meta: "linux-image-cloud-arm64",
     kernel_package: "linux-image-6.1.0-57-cloud-arm64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &[
-        "virtio_pci",
-        "virtio_blk",
-        "squashfs",
-        "overlay",
-        "dm_mod",
-        "dm_verity",
-        // The EFI system partition (FAT) and the firmware's variables.
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-        "nls_utf8",
-        "efivarfs",
-    ],
+    drivers: &["virtio_pci", "virtio_blk"],
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",

@@ -3,27 +3,17 @@
 use crate::{Board, DiskBus, TestSuite};
 
 /// The default board.
-pub static BOARD: Board = Board {
+pub static BOARD: Board = X86_64;
+
+/// The board as a value, for the boards that share its machine.
+pub(crate) const X86_64: Board = Board {
     name: "qemu-x86_64",
     rust_target: "x86_64-unknown-linux-musl",
     deb_arch: "amd64",
     kernel_meta: "linux-image-cloud-amd64",
     kernel_package: "linux-image-6.1.0-57-cloud-amd64-unsigned",
     kernel_version: "6.1.192-3",
-    modules: &[
-        "virtio_pci",
-        "virtio_blk",
-        "squashfs",
-        "overlay",
-        "dm_mod",
-        "dm_verity",
-        // The EFI system partition (FAT) and the firmware's variables.
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-        "nls_utf8",
-        "efivarfs",
-    ],
+    drivers: &["virtio_pci", "virtio_blk"],
     console: "ttyS0",
     qemu_binary: "qemu-system-x86_64",
     qemu_package: "qemu-system-x86",

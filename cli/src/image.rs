@@ -164,7 +164,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
 
             progress.step("resolving kernel modules");
             let (version, mod_dir) = kmod::find_module_dir(&kernel)?;
-            let modules = kmod::resolve_modules(&mod_dir, &version, board.modules)?;
+            let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
 
             progress.step(format!("writing {}", initramfs.display()));
             initramfs::write(&init, &modules, &trust, &initramfs)?;

@@ -88,7 +88,7 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
         .find(|d| d.is_dir())
         .with_context(|| format!("{package} has no lib/modules/{version} (in {})", tree.display()))?;
 
-    let modules = kmod::resolve_modules(&mod_dir, &version, board.modules)?;
+    let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
     Ok(Kernel { version, package, vmlinuz, modules })
 }
 

@@ -289,35 +289,48 @@ pub fn add_sections(pe: &[u8], new: &[NewSection<'_>]) -> Result<Vec<u8>, PeErro
     Ok(out)
 }
 
+/// A minimal PE32+ image (x86_64): DOS and PE headers and one `.text`
+/// section holding `text`, with room for 14 more section headers. What
+/// test fixtures use where systemd-boot, systemd-stub or a kernel would go.
+pub fn minimal_image(text: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 0x400];
+    if let Some(m) = b.get_mut(..2) {
+        m.copy_from_slice(b"MZ");
+    }
+    put_u32(&mut b, 0x3c, 0x80);
+    if let Some(p) = b.get_mut(0x80..0x84) {
+        p.copy_from_slice(b"PE\0\0");
+    }
+    let (coff, opt) = (0x84, 0x98);
+    put_u16(&mut b, coff, 0x8664);
+    put_u16(&mut b, coff + 2, 1);
+    put_u16(&mut b, coff + 16, 240);
+    put_u16(&mut b, opt, PE32_PLUS);
+    put_u32(&mut b, opt + 32, 0x1000);
+    put_u32(&mut b, opt + 36, 0x200);
+    put_u32(&mut b, opt + 56, 0x2000);
+    put_u32(&mut b, opt + 60, 0x400);
+    put_u32(&mut b, opt + 108, 16);
+    let sec = opt + 240;
+    if let Some(n) = b.get_mut(sec..sec + 5) {
+        n.copy_from_slice(b".text");
+    }
+    let raw = (text.len().max(1) as u32).div_ceil(0x200) * 0x200;
+    put_u32(&mut b, sec + 8, text.len() as u32);
+    put_u32(&mut b, sec + 12, 0x1000);
+    put_u32(&mut b, sec + 16, raw);
+    put_u32(&mut b, sec + 20, 0x400);
+    b.extend_from_slice(text);
+    b.resize(0x400 + raw as usize, 0);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A minimal PE32+ image: DOS header, PE header, one `.text` section.
-    pub(crate) fn tiny_pe() -> Vec<u8> {
-        let mut b = vec![0u8; 0x400];
-        b[..2].copy_from_slice(b"MZ");
-        put_u32(&mut b, 0x3c, 0x80);
-        b[0x80..0x84].copy_from_slice(b"PE\0\0");
-        let coff = 0x84;
-        put_u16(&mut b, coff, 0x8664);
-        put_u16(&mut b, coff + 2, 1);
-        put_u16(&mut b, coff + 16, 240);
-        let opt = coff + 20;
-        put_u16(&mut b, opt, PE32_PLUS);
-        put_u32(&mut b, opt + 32, 0x1000);
-        put_u32(&mut b, opt + 36, 0x200);
-        put_u32(&mut b, opt + 56, 0x2000);
-        put_u32(&mut b, opt + 60, 0x400);
-        put_u32(&mut b, opt + 108, 16);
-        let sec = opt + 240;
-        b[sec..sec + 5].copy_from_slice(b".text");
-        put_u32(&mut b, sec + 8, 0x10);
-        put_u32(&mut b, sec + 12, 0x1000);
-        put_u32(&mut b, sec + 16, 0x200);
-        put_u32(&mut b, sec + 20, 0x400);
-        b.extend_from_slice(&[0xc3; 0x200]);
-        b
+    fn tiny_pe() -> Vec<u8> {
+        minimal_image(&[0xc3; 0x10])
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn check(ctx: &Ctx, app: &cairn_build::assemble::BuiltAppliance, file: &str, rea
 fn no_trust_data(ctx: &Ctx) -> Result<()> {
     let app = ctx.build("bad-signature")?;
     let (version, dir) = kmod::find_module_dir(&ctx.art.kernel_tree)?;
-    let modules = kmod::resolve_modules(&dir, &version, ctx.board.modules)?;
+    let modules = kmod::resolve_modules(&dir, &version, &ctx.board.modules())?;
     // Slot a's image carries an initramfs without trust data.
     let kit = BootKit { initramfs: initramfs::build_without_trust(&ctx.art.init, &modules)?, ..ctx.art.kit.clone() };
     let esp = kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
