@@ -94,6 +94,11 @@ pub enum ImageCommand {
         /// kernel, the init, its trust data and the command line.
         #[arg(long, value_name = "NAME")]
         sign: Option<PathBuf>,
+        /// With --sign: also put the key's PK, KEK and db enrollment files
+        /// on the ESP (loader/keys/auto/) and have systemd-boot enroll them
+        /// at the first boot of a board whose firmware is in setup mode.
+        #[arg(long, requires = "sign")]
+        enroll_keys: bool,
         /// Also write a block map for bmaptool beside the disk (DISK.bmap,
         /// where `bmaptool copy` finds it): the blocks the assembler wrote
         /// and a sha256 of each range, so flashing writes only those and
@@ -133,6 +138,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             esp_size,
             cmdline,
             sign,
+            enroll_keys,
             bmap,
             zstd,
         } => {
@@ -191,6 +197,9 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                     let key = SbKey::load(&paths.key, &paths.cert)?;
                     progress.step(format!("signing the loader and slot a for Secure Boot ({})", key.subject()));
                     esp.sign(&key)?;
+                    if enroll_keys {
+                        esp.enroll_keys(&key)?;
+                    }
                     Some(key)
                 }
                 None => None,

@@ -61,6 +61,17 @@ impl EfiArch {
 /// (the firmware's own, other operating systems): only cairn's slots boot.
 pub const LOADER_CONF: &str = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n";
 
+/// [`LOADER_CONF`] for a factory image that enrolls its Secure Boot keys:
+/// a firmware in setup mode gets `loader/keys/auto/{db,KEK,PK}.auth`
+/// written at the first boot (systemd-boot 252's `secure-boot-enroll`).
+pub const LOADER_CONF_ENROLL: &str = concat!(
+    "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n",
+    "secure-boot-enroll force\n"
+);
+
+/// Where systemd-boot looks for the keys it enrolls by itself.
+pub const AUTO_KEYS_DIR: &str = "loader/keys/auto";
+
 /// One boot slot's image.
 #[derive(Debug, Clone)]
 pub struct SlotImage {
@@ -96,12 +107,26 @@ impl EspContents {
         Ok(())
     }
 
+    /// Put `key`'s PK, KEK and db enrollment files on the ESP and have
+    /// systemd-boot enroll them when the firmware is in setup mode (a new
+    /// board): the factory way to make a device enforce Secure Boot with
+    /// the vendor's key. A firmware already in user mode ignores them.
+    pub fn enroll_keys(&mut self, key: &crate::secureboot::SbKey) -> Result<(), crate::secureboot::AuthError> {
+        use crate::secureboot::siglist::CAIRN_OWNER;
+        use crate::secureboot::{auth_files, EfiTime};
+        let a = auth_files(key, CAIRN_OWNER, EfiTime::CAIRN_DEFAULT)?;
+        for (name, data) in [("PK", a.pk), ("KEK", a.kek), ("db", a.db)] {
+            self.extra.push((format!("{AUTO_KEYS_DIR}/{name}.auth"), data));
+        }
+        Ok(())
+    }
+
     /// Every file, by path.
     pub fn files(&self) -> Vec<(String, &[u8])> {
-        let mut files: Vec<(String, &[u8])> = vec![
-            (self.arch.boot_path().to_owned(), &self.loader),
-            ("loader/loader.conf".to_owned(), LOADER_CONF.as_bytes()),
-        ];
+        let enroll = self.extra.iter().any(|(p, _)| p.starts_with(AUTO_KEYS_DIR));
+        let conf = if enroll { LOADER_CONF_ENROLL } else { LOADER_CONF };
+        let mut files: Vec<(String, &[u8])> =
+            vec![(self.arch.boot_path().to_owned(), &self.loader), ("loader/loader.conf".to_owned(), conf.as_bytes())];
         for s in &self.slots {
             files.push((format!("{}/{}", bootentry::DIR, s.entry.file_name()), &s.uki));
         }
@@ -162,6 +187,22 @@ mod tests {
         assert_eq!(read(&img, size, "EFI/Linux/cairn-a.efi"), vec![0xa5; 300_000]);
         assert_eq!(read(&img, size, "EFI/Linux/cairn-b+3.efi"), vec![0x5b; 5000]);
         assert_eq!(build(&contents(), size).unwrap(), img);
+    }
+
+    #[test]
+    fn enrolling_keys_adds_the_auth_files_and_the_loader_setting() {
+        let key = crate::secureboot::SbKey::generate("esp test", 1).unwrap();
+        let mut c = contents();
+        assert!(!c.files().iter().any(|(p, _)| p.starts_with(AUTO_KEYS_DIR)));
+        c.enroll_keys(&key).unwrap();
+        let files = c.files();
+        let conf = files.iter().find(|(p, _)| p == "loader/loader.conf").map(|(_, d)| *d).unwrap();
+        assert!(std::str::from_utf8(conf).unwrap().ends_with("secure-boot-enroll force\n"));
+        for name in ["PK", "KEK", "db"] {
+            let path = format!("{AUTO_KEYS_DIR}/{name}.auth");
+            assert!(files.iter().any(|(p, d)| *p == path && !d.is_empty()), "{path}");
+        }
+        build(&c, 64 << 20).unwrap();
     }
 
     #[test]
