@@ -411,6 +411,51 @@ fn check_init(bytes: &[u8], path: &Path, board: &cairn_board::Board) -> Result<(
     Ok(())
 }
 
+/// The boot slot entries on an EFI system partition's bytes: a note for
+/// people and a JSON list (slot, entry, state, tries, size).
+fn boot_slots(esp: Vec<u8>) -> (String, serde_json::Value) {
+    use cairn_format::bootentry::{self, Entry};
+    let fs = match fatfs::FileSystem::new(std::io::Cursor::new(esp), fatfs::FsOptions::new()) {
+        Ok(fs) => fs,
+        Err(e) => return (format!("not a FAT file system: {e}"), json!([])),
+    };
+    let mut slots = Vec::new();
+    if let Ok(dir) = fs.root_dir().open_dir(bootentry::DIR) {
+        for e in dir.iter().flatten() {
+            let name = e.file_name();
+            let Some(entry) = Entry::parse(&name) else { continue };
+            let (left, done) = entry.counter.map_or((None, None), |c| (Some(c.left), Some(c.done)));
+            slots.push(json!({
+                "slot": entry.slot.to_string(),
+                "entry": name,
+                "state": entry.assessment().as_str(),
+                "tries_left": left,
+                "tries_done": done,
+                "size": e.len(),
+            }));
+        }
+    }
+    slots.sort_by_key(|s| s["slot"].as_str().unwrap_or_default().to_owned());
+    let note = if slots.is_empty() {
+        "no boot slot".to_owned()
+    } else {
+        let each: Vec<String> = slots
+            .iter()
+            .map(|s| {
+                let tries = s["tries_left"].as_u64().map(|l| format!(", {l} tries left")).unwrap_or_default();
+                format!(
+                    "slot {} {}{tries} ({})",
+                    s["slot"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["entry"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        each.join("; ")
+    };
+    (note, json!(slots))
+}
+
 fn inspect(disk: &Path, output: &Output) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let layout = gpt::read_layout(disk)?;
@@ -419,7 +464,12 @@ fn inspect(disk: &Path, output: &Output) -> Result<()> {
     for p in &layout.partitions {
         let mut slot = serde_json::Value::Null;
         let mut note = String::new();
-        if p.name.starts_with("cairn-manifest-") {
+        if p.name == gpt::ESP_NAME {
+            let mut buf = vec![0u8; p.size_bytes as usize];
+            f.seek(SeekFrom::Start(p.offset_bytes))?;
+            f.read_exact(&mut buf)?;
+            (note, slot) = boot_slots(buf);
+        } else if p.name.starts_with("cairn-manifest-") {
             let mut buf = vec![0u8; p.size_bytes.min(1 << 20) as usize];
             f.seek(SeekFrom::Start(p.offset_bytes))?;
             f.read_exact(&mut buf)?;
@@ -453,7 +503,9 @@ fn inspect(disk: &Path, output: &Output) -> Result<()> {
             "disk_guid": layout.disk_guid_text(),
             "partitions": parts.iter().map(|(p, _, slot)| {
                 let mut v = json!({"index": p.index, "name": p.name, "offset": p.offset_bytes, "size": p.size_bytes});
-                if !slot.is_null() {
+                if p.name == gpt::ESP_NAME {
+                    v["boot_slots"] = slot.clone();
+                } else if !slot.is_null() {
                     v["manifest"] = slot.clone();
                 }
                 v

@@ -287,6 +287,7 @@ fn disk_images_are_assembled_and_checked() {
     assert_eq!(trust.keys, [<[u8; 32]>::try_from(hex32(public.trim())).unwrap_or_else(|_| panic!("key"))]);
     let shown = ok(&["image", "inspect", "disk.img"], d);
     assert!(shown.contains("cli-test version 2"), "{shown}");
+    assert!(shown.contains("cairn-esp") && shown.contains("slot a blessed (cairn-a.efi)"), "{shown}");
     // Refused before anything is written.
     let e = fails(&args("init", "stranger.pub", "cairn-qemu-dev", "u.img"), d);
     assert!(e.contains("which no --trust key is"), "{e}");
