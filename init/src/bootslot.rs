@@ -82,6 +82,15 @@ pub fn loader_info() -> LoaderInfo {
     }
 }
 
+/// The slot the loader started, when its entry counted tries: systemd-boot
+/// 252 names the entry it started (`LoaderEntrySelected`) by its file name
+/// before its rename (`cairn-b+3.efi` for a slot on trial). Used only when
+/// the ESP cannot be read (no boot disk found).
+pub fn trial_by_loader(loader: &LoaderInfo) -> Option<Slot> {
+    let e = Entry::parse(loader.entry.as_deref()?)?;
+    (e.assessment() != Assessment::Blessed).then_some(e.slot)
+}
+
 /// The booted slot's entry on the ESP.
 #[derive(Debug, Clone)]
 pub struct BootSlot {
@@ -182,4 +191,19 @@ pub fn bless(b: &mut BootSlot) -> Result<(), String> {
     b.file = new;
     b.entry = blessed;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_names_a_trial_by_the_entry_it_started() {
+        let with = |entry: &str| LoaderInfo { entry: Some(entry.into()), ..LoaderInfo::default() };
+        assert_eq!(trial_by_loader(&with("cairn-b+3.efi")), Some(Slot::B));
+        assert_eq!(trial_by_loader(&with("cairn-a+0-3.efi")), Some(Slot::A));
+        assert_eq!(trial_by_loader(&with("cairn-a.efi")), None, "blessed");
+        assert_eq!(trial_by_loader(&with("other.efi")), None);
+        assert_eq!(trial_by_loader(&LoaderInfo::default()), None, "no loader");
+    }
 }

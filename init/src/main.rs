@@ -90,10 +90,16 @@ fn main() {
         }
         Err(e) => {
             event("boot.failed").kv("reason", &e).emit();
-            if let Some(s) = slot.as_ref().filter(|s| s.on_trial()) {
-                // A slot on trial that cannot boot: restart, so the loader
-                // counts the try and, once they are used up, boots the other.
-                event("boot.trial-failed").kv("slot", s.slot).kv("reason", e).kv("effect", "reboot").emit();
+            // A slot on trial that cannot boot: restart, so the loader
+            // counts the try and, once they are used up, boots the other.
+            // Without its ESP entry (no boot disk found) the loader's own
+            // word says whether it started a counted entry.
+            let trial = match &slot {
+                Some(s) => s.on_trial().then_some(s.slot),
+                None => bootslot::trial_by_loader(&loader),
+            };
+            if let Some(s) = trial {
+                event("boot.trial-failed").kv("slot", s).kv("reason", e).kv("effect", "reboot").emit();
                 finish(ShutdownKind::Reboot, &[]);
             }
             (Vec::new(), Vec::new(), Vec::new())
