@@ -5,6 +5,10 @@
 //!   systemd-boot counts each attempt in the entry's name (`+1-1`, then
 //!   `+0-2`, read from the disk after every boot); with no tries left the
 //!   entry is bad and slot `a` boots, blessed, and runs the appliance.
+//! - `boot-trial-fails`: slot `b` is new (1 try) and boots, but none of
+//!   its containers can start (`cairn.start_timeout_ms=1` in its command
+//!   line): cairn-init judges the trial failed and reboots; the entry has
+//!   no tries left, and the next boot is slot `a`'s.
 //! - `boot-bless`: slot `b` is new and good: the device boots it on trial,
 //!   and once its containers have run `cairn.bless_after_ms` without a
 //!   failure, blesses it (the entry loses its counter, read from the disk
@@ -129,5 +133,30 @@ pub fn bless(ctx: &Ctx) -> Result<()> {
     ensure!(c.first("boot.trial", &[]).is_none(), "the blessed slot was put on trial again");
     ensure!(c.first("boot.blessed", &[]).is_none(), "blessed twice");
     no_panic(&run)?;
+    Ok(())
+}
+
+pub fn trial_fails(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("boot-slots")?;
+    let unhealthy = with_cmdline(&ctx.art.kit, "cairn.bless_after_ms=2000 cairn.start_timeout_ms=1");
+    let (disk, layout) = ctx.disk_with_esp(&app, "disk.img", &esp(ctx, &unhealthy, 1)?)?;
+
+    let opts = crate::qemu::BootOptions::default();
+    let run = ctx.boot_with(&disk, &opts, "trial.log", BOOT_TIMEOUT, &until_exit)?;
+    no_panic(&run)?;
+    ensure!(run.ending == Ending::Exited, "slot b's failed trial did not reboot: QEMU {:?}", run.ending);
+    let c = &run.console;
+    c.expect("boot.slot", &[("slot", "b"), ("entry", "cairn-b+0-1.efi"), ("tries_left", "0")])?;
+    let failed = c.expect("boot.trial-failed", &[("slot", "b"), ("effect", "reboot")])?;
+    ensure!(failed.get("reason").is_some_and(|r| !r.is_empty()), "no reason: {:?}", failed.fields);
+    ensure!(c.first("boot.blessed", &[]).is_none(), "a failed trial was blessed");
+    c.expect("shutdown.complete", &[("kind", "reboot")])?;
+    let names = entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b+0-1.efi"], "after the failed trial: {names:?}");
+
+    let run = ctx.boot_with(&disk, &opts, "fallback.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    run.console.expect("boot.slot", &[("slot", "a"), ("state", "blessed")])?;
+    run.console.expect("container.started", &[("name", "app")])?;
     Ok(())
 }

@@ -73,6 +73,7 @@ pub fn all() -> Vec<Scenario> {
         // Boot slots and boot counting (issue 11).
         Scenario { name: "boot-counting", run: boot_slots::counting },
         Scenario { name: "boot-bless", run: boot_slots::bless },
+        Scenario { name: "boot-trial-fails", run: boot_slots::trial_fails },
         // Boot disks beyond virtio: NVMe, AHCI, USB (issue 11 item 5).
         Scenario { name: "nvme-ahci", run: nvme_ahci::run },
         // Images people can flash (issue 11 item 6): bmaptool onto a larger, used card.
