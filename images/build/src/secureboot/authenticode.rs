@@ -179,26 +179,8 @@ fn spc_indirect_data(digest: &[u8]) -> Vec<u8> {
     ])
 }
 
-/// The PE checksum (IMAGEHLP's CheckSumMappedFile): 16-bit one's-complement
-/// style sum of the file with the CheckSum field as zero, plus the length.
-pub fn pe_checksum(pe: &[u8], checksum_offset: usize) -> u32 {
-    let mut sum: u64 = 0;
-    for (i, chunk) in pe.chunks(2).enumerate() {
-        let off = i * 2;
-        if off == checksum_offset || off == checksum_offset + 2 {
-            continue;
-        }
-        let word = match chunk {
-            [a, b] => u16::from_le_bytes([*a, *b]),
-            [a] => u16::from(*a),
-            _ => 0,
-        };
-        sum += u64::from(word);
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    (sum as u32).wrapping_add(pe.len() as u32)
-}
+/// The PE checksum (IMAGEHLP's CheckSumMappedFile), as [`crate::pe::checksum`].
+pub use crate::pe::checksum as pe_checksum;
 
 /// Signs `pe` with `key`: returns the image with an Authenticode signature
 /// appended. Refuses an image that already has a certificate table.
