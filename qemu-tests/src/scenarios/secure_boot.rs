@@ -5,6 +5,11 @@
 //! AAVMF on aarch64). The device boots and says `secure_boot=on`. Then one
 //! byte of the initramfs inside slot a's image on the ESP is changed: the
 //! firmware refuses the image (`Access Denied`) and nothing of it runs.
+//!
+//! The factory way first (`--enroll-keys`): the firmware's variable store
+//! is the board's empty one (setup mode), the ESP carries the key's
+//! PK/KEK/db `.auth` files; systemd-boot enrolls them at the first boot and
+//! resets, and the second boot is verified.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -29,6 +34,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let vars = ctx.dir.join("vars.fd");
     enrolled_vars(std::path::Path::new(fw.vars_template), &key, &vars)?;
     let code = std::path::Path::new(fw.code);
+
+    // Factory enrollment: setup mode, the keys on the ESP.
+    let mut factory = ctx.art.kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
+    factory.sign(&key)?;
+    factory.enroll_keys(&key)?;
+    let (factory_disk, _) = ctx.disk_with_esp(&app, "factory.img", &factory)?;
+    let setup_vars = ctx.dir.join("setup-vars.fd");
+    std::fs::copy(ctx.board.firmware_vars, &setup_vars)?;
+    let setup = SecureFirmware { code, vars: &setup_vars, args: fw.qemu_args };
+    let opts = BootOptions { secure: Some(setup), ..BootOptions::default() };
+    let run = ctx.boot_with(&factory_disk, &opts, "enroll.log", BOOT_TIMEOUT, &until_exit)?;
+    no_panic(&run)?;
+    ensure!(run.console.contains("Enrolling secure boot keys"), "systemd-boot did not enroll the keys");
+    ensure!(!run.console.contains("Failed to write"), "the firmware refused the .auth files");
+    let run = ctx.boot_with(&factory_disk, &opts, "enrolled.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    run.console.expect("boot.slot", &[("slot", "a"), ("secure_boot", "on")])?;
+
+    // A variable store written with the key enrolled (a flashing station's way).
     let secure = SecureFirmware { code, vars: &vars, args: fw.qemu_args };
     let opts = BootOptions { secure: Some(secure), ..BootOptions::default() };
 
