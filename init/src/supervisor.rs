@@ -279,8 +279,7 @@ impl Supervisor {
             return;
         }
         let Some(mut t) = self.trial.take() else { return };
-        let corrupt = self.layers.as_ref().is_some_and(|w| w.corrupted);
-        let verdict = self.machine.health().and_then(|()| match corrupt {
+        let verdict = self.machine.health().and_then(|()| match self.layer_corrupted() {
             true => Err("a layer block failed its hash".to_owned()),
             false => Ok(()),
         });
@@ -303,7 +302,6 @@ impl Supervisor {
     }
 
     /// Whether a layer block failed its hash this boot.
-    #[allow(dead_code)] // read by the OTA trial logic (issue 11)
     pub fn layer_corrupted(&self) -> bool {
         self.layers.as_ref().is_some_and(|w| w.corrupted)
     }
