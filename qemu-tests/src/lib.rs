@@ -170,8 +170,28 @@ pub fn run(
         let start = Instant::now();
         let result = (s.run)(&ctx);
         let o = Outcome { name: s.name, result, elapsed: start.elapsed() };
+        if o.result.is_ok() && std::env::var_os("CAIRN_KEEP_SCENARIOS").is_none() {
+            keep_only_logs(&ctx.dir);
+        }
         report(&o);
         out.push(o);
     }
     Ok(out)
+}
+
+/// A passed scenario keeps its console logs and drops its disks, firmware
+/// variable stores and layers (a board's suite would otherwise hold gigabytes:
+/// an aarch64 variable store alone is 64 MiB). `CAIRN_KEEP_SCENARIOS=1` keeps
+/// everything; a failed scenario always keeps everything.
+fn keep_only_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let is_log = path.extension().is_some_and(|x| x == "log");
+        let _ = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) if !is_log => std::fs::remove_file(&path),
+            _ => Ok(()),
+        };
+    }
 }
