@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_format::bootstate::{self, BootState, BootStateError, Slot};
+use cairn_format::bootstate::{BootState, Slot, SlotStatus};
+use cairn_format::update::{self, BootKind, TrialFailure};
 use cairn_format::envelope::{self, OpenError};
 use cairn_format::manifest::Manifest;
 
@@ -12,6 +13,7 @@ use crate::bootslot::{self, BootSlot, LoaderInfo};
 use crate::cmdline::Cmdline;
 use crate::event::event;
 use crate::partitions::{self, ChooseError, Partitions, WaitError, Want};
+use crate::record::Record;
 use crate::storage::{self, StorageError};
 use crate::trust::{self, Trust};
 
@@ -30,6 +32,10 @@ pub struct Booted {
     pub disk: String,
     /// The layers' dm-verity targets (empty with `layer_check = digest`).
     pub targets: Vec<storage::LayerTarget>,
+    /// The boot state record (commit and rollback write it).
+    pub record: Record,
+    /// The manifest slot is on trial this boot.
+    pub trial: Option<TrialBoot>,
 }
 
 /// Why the device has nothing to run.
@@ -118,25 +124,23 @@ impl core::fmt::Display for Refusals {
     }
 }
 
-/// Why the boot state record was not used (the factory state was).
-#[derive(Debug, thiserror::Error)]
-enum StateUnreadable {
-    /// The state partition could not be read.
-    #[error("{0}")]
-    Read(StorageError),
-    /// Neither copy of the record is valid.
-    #[error("{0}")]
-    Record(BootStateError),
-}
-
-/// The slots to try, in order: the active one, then the other; in the
-/// factory fallback (no valid state record), slot A only.
-pub fn slots_to_try(state: &BootState, fallback: bool) -> Vec<Slot> {
+/// The slots to try, in order: this boot's plan first (a slot on trial, or
+/// the committed one), then the committed slot, then the other slot if it
+/// is good (an older version that proved itself); in the factory fallback
+/// (no valid state record), slot A only. A slot being installed, a bad
+/// one, or one merely ready never boots.
+pub fn slots_to_try(state: &BootState, planned: Slot, fallback: bool) -> Vec<Slot> {
     if fallback {
-        vec![Slot::A]
-    } else {
-        vec![state.active, state.active.other()]
+        return vec![Slot::A];
     }
+    let mut slots = vec![planned];
+    for s in [state.committed, state.committed.other()] {
+        let good = s == state.committed || state.status_of(s) == SlotStatus::Good;
+        if good && !slots.contains(&s) {
+            slots.push(s);
+        }
+    }
+    slots
 }
 
 /// The slot to boot and its manifest: the first of [`slots_to_try`] whose
@@ -145,12 +149,13 @@ pub fn slots_to_try(state: &BootState, fallback: bool) -> Vec<Slot> {
 /// and verifies a slot; `version` is a manifest's version.
 pub fn choose_slot<M>(
     state: &BootState,
+    planned: Slot,
     fallback: bool,
     mut open: impl FnMut(Slot) -> Result<M, Refusal>,
     version: impl Fn(&M) -> u64,
 ) -> (Option<(Slot, M)>, Refusals) {
     let mut refused = Vec::new();
-    for slot in slots_to_try(state, fallback) {
+    for slot in slots_to_try(state, planned, fallback) {
         let checked = open(slot).and_then(|m| {
             let v = version(&m);
             if v < state.rollback_floor {
@@ -229,21 +234,27 @@ pub fn boot(cmdline: &Cmdline, loader: &LoaderInfo) -> (Option<BootSlot>, Result
         Err(e) => return (None, Err(e)),
     };
     let slot = bootslot::inspect(cmdline.slot, &parts, loader);
-    (slot, boot_from(disk, parts))
+    // The entry the loader started: the ESP's word, else the loader's.
+    let entry = slot.as_ref().map(|s| s.slot).or_else(|| bootslot::slot_by_loader(loader));
+    (slot, boot_from(disk, parts, entry))
 }
 
-fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
+/// A manifest slot booting on trial: committed once healthy for the
+/// manifest's commit window.
+pub struct TrialBoot {
+    /// The slot.
+    pub slot: Slot,
+    /// Its manifest's version and the floor it sets on commit.
+    pub version: u64,
+    /// The floor raised to on commit.
+    pub floor: u64,
+}
+
+fn boot_from(disk: String, parts: Partitions, entry: Option<Slot>) -> Result<Booted, BootError> {
     let trust = trust::load();
-    let region = storage::read_partition(&parts, "cairn-state", bootstate::RECORD_SIZE);
-    let (mut state, unreadable) = match region {
-        Ok(r) => {
-            let (s, why) = bootstate::read_or_fallback(&r, FALLBACK_ROLLBACK_FLOOR);
-            (s, why.map(StateUnreadable::Record))
-        }
-        Err(e) => (bootstate::fallback(FALLBACK_ROLLBACK_FLOOR), Some(StateUnreadable::Read(e))),
-    };
-    let fallback = unreadable.is_some();
-    if let Some(why) = &unreadable {
+    let mut record = Record::read(&parts, FALLBACK_ROLLBACK_FLOOR);
+    let fallback = record.unreadable.is_some();
+    if let Some(why) = &record.unreadable {
         event("bootstate.unreadable")
             .kv("fallback", "factory")
             .kv("slot", Slot::A)
@@ -251,32 +262,86 @@ fn boot_from(disk: String, parts: Partitions) -> Result<Booted, BootError> {
             .kv("error", why)
             .emit();
     }
-    event("bootstate.read")
-        .kv("seq", state.seq)
-        .kv("active", state.active)
-        .kv("trial", state.trial)
-        .kv("attempts_left", state.attempts_left)
-        .kv("rollback_floor", state.rollback_floor)
-        .emit();
-    let manifest = load_manifest(&parts, &state, fallback, trust.as_ref())?;
+    let st = &record.state;
+    let mut e = event("bootstate.read")
+        .kv("seq", st.seq)
+        .kv("committed", st.committed)
+        .kv("status", format!("a:{},b:{}", st.status_of(Slot::A), st.status_of(Slot::B)))
+        .kv("rollback_floor", st.rollback_floor);
+    if let Some(t) = st.trial {
+        e = e.kv("trial", t.slot).kv("tries_left", t.tries_left);
+    }
+    e.emit();
+    let plan = if fallback {
+        update::BootPlan { slot: Slot::A, kind: BootKind::Committed, write: None }
+    } else {
+        update::plan_boot(&record.state, entry)
+    };
+    let planned = apply_plan(&mut record, plan);
+    let manifest = load_manifest(&parts, &mut record, planned, fallback, trust.as_ref())?;
+    let trial = match planned {
+        BootKind::Trial { .. } => record.state.trial.filter(|t| t.slot == manifest.1).map(|t| TrialBoot {
+            slot: t.slot,
+            version: manifest.0.version,
+            floor: manifest.0.update.floor,
+        }),
+        _ => None,
+    };
+    let manifest = manifest.0;
     if fallback {
         // The factory slot's layers are where the factory wrote them.
-        state.layer_slots = BootState::factory_layout(&manifest);
+        record.state.layer_slots = BootState::factory_layout(&manifest);
     }
-    let mounted = storage::mount_layers(manifest.layer_check, &manifest.layers, &state, &parts);
+    let mounted = storage::mount_layers(manifest.layer_check, &manifest.layers, &record.state, &parts);
     storage::mount_data(&parts);
-    Ok(Booted { manifest, layer_dirs: mounted.dirs, partitions: parts, disk, targets: mounted.targets })
+    Ok(Booted { manifest, layer_dirs: mounted.dirs, partitions: parts, disk, targets: mounted.targets, record, trial })
 }
 
-/// The active slot's manifest, or the other slot's if the active one is
-/// refused (in the factory fallback, slot A only). Each refusal is an event
-/// naming the reason. Without trust data (`None`) every slot is refused.
+/// Write what the boot plan needs written (a try spent, a trial ended)
+/// before anything is mounted, and say what this boot is. A try that cannot
+/// be recorded is not taken: the committed slot boots instead.
+fn apply_plan(record: &mut Record, plan: update::BootPlan) -> BootKind {
+    let mut kind = plan.kind;
+    if let Some(next) = plan.write {
+        if let Err(e) = record.write(next) {
+            event("bootstate.write-failed").kv("error", &e).emit();
+            if let BootKind::Trial { .. } = kind {
+                let slot = record.state.trial.map(|t| t.slot).unwrap_or(plan.slot);
+                event("update.trial-skipped")
+                    .kv("slot", slot)
+                    .kv("reason", "the try could not be recorded")
+                    .kv("booting", record.state.committed)
+                    .emit();
+                kind = BootKind::Committed;
+            }
+        }
+    }
+    match kind {
+        BootKind::Committed => {}
+        BootKind::Trial { tries_left } => {
+            event("update.trial").kv("slot", plan.slot).kv("tries_left", tries_left).kv("seq", record.state.seq).emit()
+        }
+        BootKind::TrialEnded { slot, reason } => event("update.rolled-back")
+            .kv("slot", slot)
+            .kv("reason", reason)
+            .kv("booting", record.state.committed)
+            .kv("rollback_floor", record.state.rollback_floor)
+            .emit(),
+    }
+    kind
+}
+
+/// The planned slot's manifest, or the committed slot's (or the other
+/// good slot's) if it is refused; in the factory fallback slot A only.
+/// Each refusal is an event naming the reason; a refused trial ends (its
+/// slot is marked bad). Without trust data every slot is refused.
 fn load_manifest(
     parts: &Partitions,
-    state: &BootState,
+    record: &mut Record,
+    planned: BootKind,
     fallback: bool,
     trust: Option<&Trust>,
-) -> Result<Manifest, BootError> {
+) -> Result<(Manifest, Slot), BootError> {
     let max = envelope::HEADER_LEN + envelope::MAX_PAYLOAD + envelope::SIGNATURE_LEN;
     let open = |slot: Slot| {
         let trust = trust.ok_or(Refusal::NoTrust)?;
@@ -285,11 +350,24 @@ fn load_manifest(
         envelope::check_compatible(&m, &trust.product).map_err(Refusal::Open)?;
         Ok(m)
     };
-    let (chosen, refused) = choose_slot(state, fallback, open, |m: &Manifest| m.version);
+    let st = &record.state;
+    let planned_slot = match planned {
+        BootKind::Trial { .. } => st.trial.map(|t| t.slot).unwrap_or(st.committed),
+        _ => st.committed,
+    };
+    let (chosen, refused) = choose_slot(st, planned_slot, fallback, open, |m: &Manifest| m.version);
     for (slot, why) in &refused.0 {
         event("manifest.rejected").kv("slot", slot).kv("reason", why).emit();
     }
+    if let (BootKind::Trial { .. }, Some((slot, _))) = (planned, &chosen) {
+        if *slot != planned_slot {
+            end_refused_trial(record, planned_slot);
+        }
+    }
     let Some((slot, m)) = chosen else {
+        if let BootKind::Trial { .. } = planned {
+            end_refused_trial(record, planned_slot);
+        }
         return Err(BootError::Manifest(refused));
     };
     event("manifest.verified")
@@ -300,10 +378,24 @@ fn load_manifest(
         .kv("containers", m.containers.len())
         .kv("layers", m.layers.len())
         .emit();
-    if slot != state.active {
-        event("manifest.fallback").kv("active", state.active).kv("using", slot).emit();
+    if slot != planned_slot {
+        event("manifest.fallback").kv("planned", planned_slot).kv("using", slot).emit();
     }
-    Ok(m)
+    Ok((m, slot))
+}
+
+/// The trial's manifest was refused: its slot is bad from now on.
+fn end_refused_trial(record: &mut Record, slot: Slot) {
+    let next = update::fail_trial(&record.state);
+    match record.write(next) {
+        Ok(()) => event("update.rolled-back")
+            .kv("slot", slot)
+            .kv("reason", TrialFailure::Refused)
+            .kv("booting", record.state.committed)
+            .kv("rollback_floor", record.state.rollback_floor)
+            .emit(),
+        Err(e) => event("bootstate.write-failed").kv("error", &e).emit(),
+    }
 }
 
 #[cfg(test)]
@@ -311,14 +403,18 @@ fn load_manifest(
 mod tests {
     use super::*;
 
-    fn state(active: Slot, floor: u64) -> BootState {
-        BootState { active, ..bootstate::fallback(floor) }
+    fn state(committed: Slot, floor: u64) -> BootState {
+        let mut s = BootState { committed, ..cairn_format::bootstate::fallback(floor) };
+        s.status = [SlotStatus::Empty; 2];
+        s.set_status(committed, SlotStatus::Good);
+        s
     }
 
     /// Choose with slot versions (`Err` for a slot that does not open),
     /// recording the slots read.
     fn choose(
         st: &BootState,
+        planned: Slot,
         fallback: bool,
         a: Result<u64, OpenError>,
         b: Result<u64, OpenError>,
@@ -332,32 +428,47 @@ mod tests {
             }
             .map_err(Refusal::Open)
         };
-        let (chosen, refused) = choose_slot(st, fallback, open, |v| *v);
+        let (chosen, refused) = choose_slot(st, planned, fallback, open, |v| *v);
         (chosen, refused, read)
     }
 
     #[test]
-    fn both_slots_valid_boots_the_active_one_and_reads_nothing_else() {
-        let (chosen, refused, read) = choose(&state(Slot::B, 1), false, Ok(7), Ok(8));
+    fn both_slots_valid_boots_the_committed_one_and_reads_nothing_else() {
+        let (chosen, refused, read) = choose(&state(Slot::B, 1), Slot::B, false, Ok(7), Ok(8));
         assert_eq!(chosen, Some((Slot::B, 8)));
         assert!(refused.0.is_empty());
         assert_eq!(read, [Slot::B]);
-        let (chosen, _, read) = choose(&state(Slot::A, 1), false, Ok(7), Ok(8));
+        let (chosen, _, read) = choose(&state(Slot::A, 1), Slot::A, false, Ok(7), Ok(8));
         assert_eq!(chosen, Some((Slot::A, 7)));
         assert_eq!(read, [Slot::A]);
     }
 
     #[test]
-    fn a_refused_active_slot_falls_back_to_the_other() {
-        let (chosen, refused, read) = choose(&state(Slot::A, 1), false, Err(OpenError::Decode), Ok(3));
+    fn a_refused_committed_slot_falls_back_only_to_a_good_other_slot() {
+        let mut st = state(Slot::A, 1);
+        let (chosen, _, read) = choose(&st, Slot::A, false, Err(OpenError::Decode), Ok(3));
+        assert_eq!((chosen, read), (None, vec![Slot::A]), "an empty, ready or bad slot B never boots");
+        st.set_status(Slot::B, SlotStatus::Good);
+        let (chosen, refused, read) = choose(&st, Slot::A, false, Err(OpenError::Decode), Ok(3));
         assert_eq!(chosen, Some((Slot::B, 3)));
         assert_eq!(read, [Slot::A, Slot::B]);
         assert!(matches!(refused.0.as_slice(), [(Slot::A, Refusal::Open(OpenError::Decode))]), "{refused:?}");
     }
 
     #[test]
+    fn a_refused_trial_falls_back_to_the_committed_slot() {
+        let st = state(Slot::A, 1);
+        let (chosen, refused, read) = choose(&st, Slot::B, false, Ok(1), Err(OpenError::Decode));
+        assert_eq!(chosen, Some((Slot::A, 1)));
+        assert_eq!(read, [Slot::B, Slot::A]);
+        assert_eq!(refused.0.len(), 1);
+    }
+
+    #[test]
     fn a_version_below_the_rollback_floor_is_refused_and_the_floor_itself_is_not() {
-        let (chosen, refused, _) = choose(&state(Slot::A, 5), false, Ok(4), Ok(5));
+        let mut st = state(Slot::A, 5);
+        st.set_status(Slot::B, SlotStatus::Good);
+        let (chosen, refused, _) = choose(&st, Slot::A, false, Ok(4), Ok(5));
         assert_eq!(chosen, Some((Slot::B, 5)));
         assert!(
             matches!(refused.0.as_slice(), [(Slot::A, Refusal::BelowFloor { version: 4, floor: 5 })]),
@@ -368,7 +479,9 @@ mod tests {
 
     #[test]
     fn neither_slot_acceptable_names_both_reasons() {
-        let (chosen, refused, _) = choose(&state(Slot::B, 9), false, Ok(2), Err(OpenError::TrailingBytes(3)));
+        let mut st = state(Slot::B, 9);
+        st.set_status(Slot::A, SlotStatus::Good);
+        let (chosen, refused, _) = choose(&st, Slot::B, false, Ok(2), Err(OpenError::TrailingBytes(3)));
         assert_eq!(chosen, None);
         assert_eq!(
             BootError::Manifest(refused).to_string(),
@@ -391,12 +504,12 @@ mod tests {
 
     #[test]
     fn the_factory_fallback_tries_slot_a_only() {
-        let st = bootstate::fallback(1);
-        let (chosen, refused, read) = choose(&st, true, Err(OpenError::Decode), Ok(4));
+        let st = cairn_format::bootstate::fallback(1);
+        let (chosen, refused, read) = choose(&st, Slot::A, true, Err(OpenError::Decode), Ok(4));
         assert_eq!(chosen, None, "slot B is not the factory slot");
         assert_eq!(read, [Slot::A]);
         assert_eq!(refused.0.len(), 1);
-        let (chosen, _, _) = choose(&st, true, Ok(1), Ok(4));
+        let (chosen, _, _) = choose(&st, Slot::A, true, Ok(1), Ok(4));
         assert_eq!(chosen, Some((Slot::A, 1)));
     }
 }

@@ -91,6 +91,11 @@ pub fn trial_by_loader(loader: &LoaderInfo) -> Option<Slot> {
     (e.assessment() != Assessment::Blessed).then_some(e.slot)
 }
 
+/// The slot of the entry the loader started, whatever its counter.
+pub fn slot_by_loader(loader: &LoaderInfo) -> Option<Slot> {
+    Entry::parse(loader.entry.as_deref()?).map(|e| e.slot)
+}
+
 /// The booted slot's entry on the ESP.
 #[derive(Debug, Clone)]
 pub struct BootSlot {
@@ -176,8 +181,29 @@ pub fn bless(b: &mut BootSlot) -> Result<(), String> {
     if !b.on_trial() {
         return Ok(());
     }
-    let blessed = Entry::blessed(b.slot);
-    let new = blessed.file_name();
+    let was = b.file.clone();
+    rename_entry(b, Entry::blessed(b.slot))?;
+    event("boot.blessed").kv("slot", b.slot).kv("entry", &b.file).kv("was", was).emit();
+    Ok(())
+}
+
+/// Mark the slot's entry bad (no tries left), so the loader starts it only
+/// when nothing else is left: a trial that failed after its entry was
+/// blessed, or before its tries ran out.
+pub fn mark_bad(b: &mut BootSlot) -> Result<(), String> {
+    if b.entry.assessment() == Assessment::Bad {
+        return Ok(());
+    }
+    let done = b.entry.counter.map(|c| c.done).unwrap_or(0);
+    let was = b.file.clone();
+    rename_entry(b, Entry { slot: b.slot, counter: Some(bootentry::Counter { left: 0, done }) })?;
+    event("boot.marked-bad").kv("slot", b.slot).kv("entry", &b.file).kv("was", was).emit();
+    Ok(())
+}
+
+/// Rename the slot's entry to `to`'s name, sync the ESP.
+fn rename_entry(b: &mut BootSlot, to: Entry) -> Result<(), String> {
+    let new = to.file_name();
     mount_esp(&b.esp).map_err(|e| format!("mounting {}: {e}", b.esp))?;
     let dir = format!("{ESP_DIR}/{}", bootentry::DIR);
     let (old_path, new_path) = (format!("{dir}/{}", b.file), format!("{dir}/{new}"));
@@ -187,9 +213,8 @@ pub fn bless(b: &mut BootSlot) -> Result<(), String> {
         .and_then(|d| nix::unistd::syncfs(&d).map_err(sys::err("syncfs", &dir)));
     unmount_esp();
     result.map_err(|e| e.to_string())?;
-    event("boot.blessed").kv("slot", b.slot).kv("entry", &new).kv("was", &b.file).emit();
     b.file = new;
-    b.entry = blessed;
+    b.entry = to;
     Ok(())
 }
 

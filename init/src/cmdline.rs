@@ -13,8 +13,9 @@ pub struct Cmdline {
     /// (written by `cairn image assemble` into each slot's signed image).
     pub slot: Option<cairn_format::bootstate::Slot>,
     /// `cairn.bless_after_ms=N`: how long the containers must run without a
-    /// failure before a slot on trial is blessed.
-    pub bless_after_ms: u32,
+    /// failure before a trial commits (default: the manifest's
+    /// `update.commit_after_ms`).
+    pub bless_after_ms: Option<u32>,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
@@ -26,7 +27,7 @@ impl Default for Cmdline {
             start_timeout_ms: 10_000,
             disk: None,
             slot: None,
-            bless_after_ms: 30_000,
+            bless_after_ms: None,
             ignored: Vec::new(),
         }
     }
@@ -40,7 +41,7 @@ pub fn parse(text: &str) -> Cmdline {
         match (key, value.parse::<u32>(), crate::partitions::parse_guid(value)) {
             ("cairn.disk_timeout_ms", Ok(v), _) if v > 0 => c.disk_timeout_ms = v,
             ("cairn.start_timeout_ms", Ok(v), _) if v > 0 => c.start_timeout_ms = v,
-            ("cairn.bless_after_ms", Ok(v), _) => c.bless_after_ms = v,
+            ("cairn.bless_after_ms", Ok(v), _) => c.bless_after_ms = Some(v),
             ("cairn.disk", _, Some(g)) => c.disk = Some(g),
             ("cairn.slot", _, _) if value == "a" => c.slot = Some(cairn_format::bootstate::Slot::A),
             ("cairn.slot", _, _) if value == "b" => c.slot = Some(cairn_format::bootstate::Slot::B),
@@ -70,7 +71,7 @@ mod tests {
         );
         assert_eq!(c.ignored, ["cairn.disk=nope"]);
         let c = parse("cairn.slot=b cairn.bless_after_ms=0 cairn.slot=c");
-        assert_eq!((c.slot, c.bless_after_ms), (Some(cairn_format::bootstate::Slot::B), 0));
+        assert_eq!((c.slot, c.bless_after_ms), (Some(cairn_format::bootstate::Slot::B), Some(0)));
         assert_eq!(c.ignored, ["cairn.slot=c"]);
     }
 }

@@ -69,6 +69,8 @@ pub struct UnitDesc {
     pub grace_ms: u32,
     /// It may use the control socket.
     pub control: bool,
+    /// A failure of it fails a trial (see [`Machine::health`]).
+    pub critical: bool,
 }
 
 /// Where a container is in its life.
@@ -238,8 +240,9 @@ impl Machine {
     }
 
     /// Whether the containers are healthy: every one has settled after its
-    /// first start (`boot.containers-started`) and none has failed to set
-    /// up, exited other than with 0, or been blocked since boot.
+    /// first start (`boot.containers-started`) and no critical one has
+    /// failed to set up, exited other than with 0, exited to be restarted,
+    /// or been blocked since boot.
     pub fn health(&self) -> Result<(), String> {
         if let Some(f) = &self.first_failure {
             return Err(f.clone());
@@ -299,7 +302,7 @@ impl Machine {
                 self.units.get(*d).filter(|d| d.state == State::Stopped && !d.ever_started).map(|d| &d.desc.name)
             });
             if let Some(dep) = dep_dead {
-                if self.first_failure.is_none() {
+                if self.first_failure.is_none() && u.desc.critical {
                     self.first_failure = Some(format!("{} blocked: dependency {dep} never started", u.desc.name));
                 }
                 fx.emit(
@@ -414,7 +417,10 @@ impl Machine {
             u.state = State::Stopped;
             return;
         }
-        if exit != Exit::Code(0) {
+        // A critical container fails the trial by failing, or by exiting at
+        // all when its policy restarts it (a restart is a failure too).
+        let restarts = u.desc.restart.policy == policy::RestartPolicy::Always;
+        if u.desc.critical && (exit != Exit::Code(0) || restarts) {
             let what = match exit {
                 Exit::Code(SETUP_FAILED) => format!("{} failed to set up", u.desc.name),
                 Exit::Code(c) => format!("{} exited with {c}", u.desc.name),

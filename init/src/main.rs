@@ -15,10 +15,12 @@ mod cmdline;
 mod control;
 mod dm;
 mod early;
+mod install;
 mod event;
 mod machine;
 mod modules;
 mod partitions;
+mod record;
 mod policy;
 mod resolve;
 mod ring;
@@ -83,10 +85,13 @@ fn main() {
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     let (slot, booted) = boot::boot(&cmdline, &loader);
-    let (units, order, targets) = match booted {
+    let (units, order, targets, update, window, installer) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
-            (units, order, booted.targets)
+            let window = booted.manifest.update.commit_after_ms;
+            let installer = autoinstall(&booted);
+            let update = booted.trial.map(|t| (t, booted.record));
+            (units, order, booted.targets, update, window, installer)
         }
         Err(e) => {
             event("boot.failed").kv("reason", &e).emit();
@@ -102,7 +107,7 @@ fn main() {
                 event("boot.trial-failed").kv("slot", s).kv("reason", e).kv("effect", "reboot").emit();
                 finish(ShutdownKind::Reboot, &[]);
             }
-            (Vec::new(), Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, None)
         }
     };
     let control = match control::Listener::bind() {
@@ -114,8 +119,10 @@ fn main() {
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
     let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
-    if let Some(s) = slot {
-        sup.assess_slot(s, std::time::Duration::from_millis(cmdline.bless_after_ms.into()));
+    let window = std::time::Duration::from_millis(cmdline.bless_after_ms.unwrap_or(window).into());
+    sup.judge_trial(slot, update, window);
+    if let Some(pid) = installer {
+        sup.watch_installer(pid);
     }
     // Run-time dm-verity errors become `layer.corrupt` events.
     if !targets.is_empty() {
@@ -129,6 +136,28 @@ fn main() {
     }
     let kind = sup.run();
     finish(kind, &targets);
+}
+
+/// A bundle on another disk (a USB stick): fork the installer, unless
+/// this boot is a trial (it must commit or roll back first).
+fn autoinstall(b: &boot::Booted) -> Option<libc::pid_t> {
+    let source = install::find_bundle_disk(&b.disk)?;
+    if let Some(t) = &b.trial {
+        event("update.refused")
+            .kv("source", &source)
+            .kv("reason", "trial-pending")
+            .kv("error", format!("slot {} is on trial: commit or roll back first", t.slot))
+            .emit();
+        return None;
+    }
+    let trust = trust::load();
+    let cx = install::Context {
+        trust: trust.as_ref(),
+        committed: &b.manifest,
+        record: b.record.snapshot(),
+        partitions: &b.partitions,
+    };
+    install::spawn(&source, cx)
 }
 
 /// One supervised unit per manifest container, and the start order.
@@ -164,6 +193,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 stop_signal: i32::from(c.stop.signal),
                 grace_ms: c.stop.grace_ms,
                 control: unit.control(),
+                critical: c.critical,
             };
             (unit, desc)
         })

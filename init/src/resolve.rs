@@ -304,6 +304,7 @@ mod tests {
             depends_on: vec!["db".into()],
             stop: m::Stop { signal: 2, grace_ms: 300 },
             control: true,
+            critical: true,
             groups: vec![20],
             security: m::Security {
                 devices: vec![m::Device {

@@ -218,14 +218,19 @@ pub struct Supervisor {
     /// dm-verity error uevents; `layers.corrupted` is this boot's "a layer
     /// block failed its hash" flag (a failed trial for OTA).
     layers: Option<crate::uevent::Watch>,
-    /// The boot slot on trial, and when to judge it.
+    /// This boot's trial, and when to judge it.
     trial: Option<Trial>,
+    /// The update installer's pid while it runs.
+    installer: Option<libc::pid_t>,
 }
 
-/// A boot slot on trial: blessed once the containers have run `after`
-/// without a failure, else the device reboots (the loader counts the try).
+/// This boot on trial: its boot entry (new kernel or init), its manifest
+/// slot (a staged update), or both. Once the containers have run `after`
+/// without a failure it commits (the record, then the entry); else it rolls
+/// back (the record, the entry marked bad) and reboots.
 struct Trial {
-    slot: crate::bootslot::BootSlot,
+    entry: Option<crate::bootslot::BootSlot>,
+    update: Option<(crate::boot::TrialBoot, crate::record::Record)>,
     after: Duration,
     deadline: Option<Instant>,
 }
@@ -249,16 +254,32 @@ impl Supervisor {
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             layers: None,
             trial: None,
+            installer: None,
         }
     }
 
-    /// Judge the booted slot if it is on trial: `after` this long with every
-    /// container started and none failed, bless it; else reboot.
-    pub fn assess_slot(&mut self, slot: crate::bootslot::BootSlot, after: Duration) {
-        if slot.on_trial() {
-            event("boot.trial").kv("slot", slot.slot).kv("bless_after_ms", after.as_millis()).emit();
-            self.trial = Some(Trial { slot, after, deadline: None });
+    /// Judge this boot if it is on trial: the booted entry (if it counts
+    /// tries) and the manifest slot (if `update` is a trial), once the
+    /// containers have run `after`.
+    pub fn judge_trial(
+        &mut self,
+        entry: Option<crate::bootslot::BootSlot>,
+        update: Option<(crate::boot::TrialBoot, crate::record::Record)>,
+        after: Duration,
+    ) {
+        let entry = entry.filter(|e| e.on_trial());
+        if entry.is_none() && update.is_none() {
+            return;
         }
+        let mut e = event("boot.trial").kv("bless_after_ms", after.as_millis());
+        if let Some(en) = &entry {
+            e = e.kv("entry", en.slot);
+        }
+        if let Some((t, _)) = &update {
+            e = e.kv("slot", t.slot).kv("version", t.version);
+        }
+        e.emit();
+        self.trial = Some(Trial { entry, update, after, deadline: None });
     }
 
     fn trial_deadline(&self) -> Option<Instant> {
@@ -278,19 +299,15 @@ impl Supervisor {
         if t.deadline.is_none_or(|d| now < d) {
             return;
         }
-        let Some(mut t) = self.trial.take() else { return };
+        let Some(t) = self.trial.take() else { return };
         let verdict = self.machine.health().and_then(|()| match self.layer_corrupted() {
             true => Err("a layer block failed its hash".to_owned()),
             false => Ok(()),
         });
         match verdict {
-            Ok(()) => {
-                if let Err(e) = crate::bootslot::bless(&mut t.slot) {
-                    event("boot.bless-failed").kv("slot", t.slot.slot).kv("error", e).emit();
-                }
-            }
+            Ok(()) => commit(t),
             Err(reason) => {
-                event("boot.trial-failed").kv("slot", t.slot.slot).kv("reason", reason).kv("effect", "reboot").emit();
+                roll_back(t, &reason);
                 self.machine.request_shutdown(ShutdownKind::Reboot, "trial failed", now, &mut self.io);
             }
         }
@@ -343,7 +360,28 @@ impl Supervisor {
         self.machine.settle(i, report, exit, Instant::now(), &mut self.io)
     }
 
+    /// Watch the forked update installer: a staged update reboots into
+    /// its trial.
+    pub fn watch_installer(&mut self, pid: libc::pid_t) {
+        self.installer = Some(pid);
+    }
+
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
+        if self.installer == Some(pid) {
+            self.installer = None;
+            let exit = Exit::from_wait_status(status);
+            if exit == Some(Exit::Code(0)) {
+                event("update.ready").kv("effect", "reboot into the trial").emit();
+                self.machine.request_shutdown(ShutdownKind::Reboot, "update staged", Instant::now(), &mut self.io);
+            } else {
+                let mut e = event("update.install-ended").kv("pid", pid);
+                if let Some(x) = exit {
+                    e = e.kv_exit(x);
+                }
+                e.emit();
+            }
+            return;
+        }
         let Some(i) = self.machine.unit_of(pid) else {
             return;
         };
@@ -606,6 +644,66 @@ impl ExitFields for crate::event::Event {
         match exit {
             Exit::Code(c) => self.kv("code", c),
             Exit::Signal(s) => self.kv("signal", s).kv("code", 128 + s),
+        }
+    }
+}
+
+/// The trial was healthy: commit the manifest slot (one durable write:
+/// committed, good, floor raised), then bless the boot entry. A commit that
+/// does not land leaves the trial pending: the next boot spends a try and
+/// judges again.
+fn commit(t: Trial) {
+    if let Some((trial, mut record)) = t.update {
+        let next = cairn_format::update::commit(&record.state, trial.slot, trial.version, trial.floor);
+        match next.map_err(|e| e.to_string()).and_then(|n| record.write(n).map_err(|e| e.to_string())) {
+            Ok(()) => event("update.committed")
+                .kv("slot", trial.slot)
+                .kv("version", trial.version)
+                .kv("rollback_floor", record.state.rollback_floor)
+                .kv("seq", record.state.seq)
+                .emit(),
+            Err(e) => {
+                event("update.commit-failed").kv("slot", trial.slot).kv("error", e).emit();
+                return;
+            }
+        }
+    }
+    if let Some(mut entry) = t.entry {
+        if let Err(e) = crate::bootslot::bless(&mut entry) {
+            event("boot.bless-failed").kv("slot", entry.slot).kv("error", e).emit();
+        }
+    }
+}
+
+/// The trial failed: the manifest slot is bad (one durable write; the
+/// floor is unchanged) and the boot entry it came with is marked bad, so
+/// the next boot is the committed slot's. The caller reboots.
+fn roll_back(t: Trial, reason: &str) {
+    let mut e = event("boot.trial-failed").kv("reason", reason).kv("effect", "reboot");
+    if let Some(en) = &t.entry {
+        e = e.kv("entry", en.slot);
+    }
+    if let Some((trial, _)) = &t.update {
+        e = e.kv("slot", trial.slot);
+    }
+    e.emit();
+    let Some((trial, mut record)) = t.update else {
+        // An entry alone: the loader counts its tries.
+        return;
+    };
+    let came_with_entry = record.state.trial.is_some_and(|x| x.boot_entry);
+    match record.write(cairn_format::update::fail_trial(&record.state)) {
+        Ok(()) => event("update.rolled-back")
+            .kv("slot", trial.slot)
+            .kv("reason", cairn_format::update::TrialFailure::Unhealthy)
+            .kv("booting", record.state.committed)
+            .kv("rollback_floor", record.state.rollback_floor)
+            .emit(),
+        Err(e) => event("bootstate.write-failed").kv("error", e).emit(),
+    }
+    if let Some(mut entry) = t.entry.filter(|en| came_with_entry && en.slot == trial.slot) {
+        if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
+            event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
         }
     }
 }

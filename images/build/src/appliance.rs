@@ -11,7 +11,8 @@ use cairn_format::digest::Digest;
 use crate::verity::{self, LayerIdentity};
 use cairn_format::manifest::{
     self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
-    Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UserNamespace,
+    Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UpdatePolicy,
+    UserNamespace,
 };
 
 /// The appliance file.
@@ -40,6 +41,9 @@ pub struct Appliance {
     /// Containers.
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerSpec>,
+    /// How a device tries and commits this manifest as an update.
+    #[serde(default)]
+    pub update: UpdateSpec,
     /// Line numbers of the `[[layer]]` and `[[container]]` headers (from
     /// [`Appliance::load`]), so problems can name their place.
     #[serde(skip)]
@@ -188,6 +192,10 @@ pub struct ContainerSpec {
     /// A pseudo-terminal as stdio, copied to the console with a `[name] ` prefix.
     #[serde(default)]
     pub console: bool,
+    /// An update commits only if this container keeps running through the
+    /// commit window (default: every container is critical).
+    #[serde(default = "yes")]
+    pub critical: bool,
     /// Isolation settings.
     #[serde(default)]
     pub security: SecuritySpec,
@@ -199,6 +207,31 @@ pub struct ContainerSpec {
     /// [`Appliance::load`]), so image defaults fill only the others.
     #[serde(skip)]
     pub explicit: std::collections::BTreeSet<String>,
+}
+
+/// The `[update]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// The rollback floor set when this manifest commits (default: its
+    /// version).
+    pub floor: Option<u64>,
+    /// Milliseconds every critical container must keep running before a
+    /// trial commits (default 30000).
+    pub commit_after_ms: Option<u32>,
+    /// Boots a trial gets (1 to 15, default 3).
+    pub tries: Option<u8>,
+}
+
+impl UpdateSpec {
+    fn compile(&self, version: u64) -> UpdatePolicy {
+        let d = UpdatePolicy::for_version(version);
+        UpdatePolicy {
+            floor: self.floor.unwrap_or(d.floor),
+            commit_after_ms: self.commit_after_ms.unwrap_or(d.commit_after_ms),
+            tries: self.tries.unwrap_or(d.tries),
+        }
+    }
 }
 
 /// Isolation settings as written.
@@ -661,6 +694,7 @@ impl Appliance {
             layer_check,
             layers: Vec::new(),
             containers: Vec::new(),
+            update: self.update.compile(self.version),
         };
         if self.compatible.is_none() {
             problems.push(
@@ -825,6 +859,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         network,
         signal_group: c.signal_group,
         console: c.console,
+        critical: c.critical,
     };
     if p.is_empty() {
         Ok(out)

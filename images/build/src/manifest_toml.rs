@@ -64,6 +64,7 @@ fn container(c: &Container) -> Table {
     t.insert("control".into(), Value::Boolean(c.control));
     t.insert("signal_group".into(), Value::Boolean(c.signal_group));
     t.insert("console".into(), Value::Boolean(c.console));
+    t.insert("critical".into(), Value::Boolean(c.critical));
     let network = match &c.network {
         Network::None => "none".to_owned(),
         Network::Host => "host".to_owned(),
@@ -200,6 +201,11 @@ pub fn to_toml(m: &Manifest) -> String {
             Value::Table(t)
         })
         .collect();
+    let mut update = Table::new();
+    update.insert("floor".into(), int(m.update.floor));
+    update.insert("commit_after_ms".into(), int(m.update.commit_after_ms.into()));
+    update.insert("tries".into(), int(m.update.tries.into()));
+    root.insert("update".into(), Value::Table(update));
     root.insert("layer".into(), Value::Array(layers));
     root.insert("container".into(), Value::Array(m.containers.iter().map(|c| Value::Table(container(c))).collect()));
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot print this manifest as TOML: {e}\n"))

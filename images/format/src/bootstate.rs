@@ -7,10 +7,15 @@
 //!
 //! The factory writes both copies. A device that finds neither valid boots
 //! the factory slot (A) with [`fallback`]: the floor built into its init,
-//! and the factory layer placement ([`factory_layer_slots`]).
+//! and the factory layer placement ([`BootState::factory_layout`]).
 //!
-//! Copy layout (little endian): magic "CAIRNBS1" (8), payload length (4),
-//! crc32 of the payload (4), postcard payload.
+//! Copy layout (little endian): magic "CAIRNBS2" (8), payload length (4),
+//! crc32 of the payload (4), postcard payload. A "CAIRNBS1" copy (the first
+//! record, with one `active` slot and no per-slot status) still reads: as
+//! its active slot committed and good.
+//!
+//! Every transition of the record (install, trial, commit, rollback) is a
+//! pure function in [`crate::update`].
 
 use core::fmt;
 use heapless::Vec;
@@ -23,7 +28,9 @@ pub const COPY_SIZE: usize = 4096;
 /// Both copies.
 pub const RECORD_SIZE: usize = 2 * COPY_SIZE;
 /// Copy magic.
-pub const MAGIC: [u8; 8] = *b"CAIRNBS1";
+pub const MAGIC: [u8; 8] = *b"CAIRNBS2";
+/// The first record's magic (read, never written).
+pub const MAGIC_V1: [u8; 8] = *b"CAIRNBS1";
 /// Most layer slot hints.
 pub const MAX_LAYER_SLOTS: usize = 32;
 const HEADER: usize = 16;
@@ -63,6 +70,54 @@ impl fmt::Display for Slot {
     }
 }
 
+/// What a manifest slot holds, as far as booting is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotStatus {
+    /// Nothing was ever installed.
+    Empty,
+    /// An install is writing it: it never boots.
+    Installing,
+    /// Installed and verified, not yet booted (or on trial).
+    Ready,
+    /// Booted and committed once.
+    Good,
+    /// Its trial failed: it never boots again until reinstalled.
+    Bad,
+}
+
+impl SlotStatus {
+    /// Its name in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotStatus::Empty => "empty",
+            SlotStatus::Installing => "installing",
+            SlotStatus::Ready => "ready",
+            SlotStatus::Good => "good",
+            SlotStatus::Bad => "bad",
+        }
+    }
+}
+
+impl fmt::Display for SlotStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A staged update: the slot boots on trial until it commits or its tries
+/// run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The manifest slot on trial (never the committed one).
+    pub slot: Slot,
+    /// Boots left; each is spent (written) before anything is mounted.
+    pub tries_left: u8,
+    /// The install also wrote this slot's boot entry on the ESP: a boot that
+    /// the loader started from the other entry means the new kernel or init
+    /// never got this far, and the trial has failed.
+    pub boot_entry: bool,
+}
+
 /// A hint: the layer with this digest was written to this layer partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerSlot {
@@ -77,22 +132,32 @@ pub struct LayerSlot {
 pub struct BootState {
     /// Sequence number, one higher on every write.
     pub seq: u64,
-    /// The manifest slot to boot.
-    pub active: Slot,
-    /// This boot is a trial of a freshly installed slot.
-    pub trial: bool,
-    /// Trial boots left before falling back.
-    pub attempts_left: u8,
-    /// Lowest manifest version the device accepts (anti-rollback).
+    /// The manifest slot that proved itself last: the one to fall back to.
+    /// It has no tries, so power cuts can never use it up.
+    pub committed: Slot,
+    /// A staged update on trial, if any.
+    pub trial: Option<Trial>,
+    /// Status of slot A and slot B.
+    pub status: [SlotStatus; 2],
+    /// Lowest manifest version the device accepts (anti-rollback); it rises
+    /// only when a trial commits.
     pub rollback_floor: u64,
-    /// Where each layer was written.
+    /// Where each layer was written. An entry is added only once its layer
+    /// is written and verified, and dropped before its partition is written.
     pub layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>,
 }
 
 impl BootState {
-    /// The state of a freshly flashed device.
+    /// The state of a freshly flashed device: slot A committed and good.
     pub fn factory(layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>) -> Self {
-        Self { seq: 1, active: Slot::A, trial: false, attempts_left: 0, rollback_floor: 0, layer_slots }
+        Self {
+            seq: 1,
+            committed: Slot::A,
+            trial: None,
+            status: [SlotStatus::Good, SlotStatus::Empty],
+            rollback_floor: 0,
+            layer_slots,
+        }
     }
 
     /// The factory layout: layer `i` of the manifest (in manifest order) is
@@ -111,6 +176,49 @@ impl BootState {
     pub fn partition_of(&self, digest: &Digest) -> Option<u8> {
         self.layer_slots.iter().find(|s| s.digest == *digest).map(|s| s.partition)
     }
+
+    /// A slot's status.
+    pub fn status_of(&self, slot: Slot) -> SlotStatus {
+        let [a, b] = self.status;
+        match slot {
+            Slot::A => a,
+            Slot::B => b,
+        }
+    }
+
+    /// Set a slot's status.
+    pub fn set_status(&mut self, slot: Slot, status: SlotStatus) {
+        let [a, b] = &mut self.status;
+        match slot {
+            Slot::A => *a = status,
+            Slot::B => *b = status,
+        }
+    }
+}
+
+/// The first record's payload (magic "CAIRNBS1").
+#[derive(Deserialize)]
+struct BootStateV1 {
+    seq: u64,
+    active: Slot,
+    _trial: bool,
+    _attempts_left: u8,
+    rollback_floor: u64,
+    layer_slots: Vec<LayerSlot, MAX_LAYER_SLOTS>,
+}
+
+impl From<BootStateV1> for BootState {
+    fn from(v1: BootStateV1) -> Self {
+        // No device ever wrote a v1 record: it is the factory's, whose
+        // active slot is the one that boots.
+        let mut s = BootState::factory(v1.layer_slots);
+        s.seq = v1.seq;
+        s.committed = v1.active;
+        s.status = [SlotStatus::Empty; 2];
+        s.set_status(v1.active, SlotStatus::Good);
+        s.rollback_floor = v1.rollback_floor;
+        s
+    }
 }
 
 /// The state a device assumes when neither copy is valid: the factory slot
@@ -118,14 +226,7 @@ impl BootState {
 /// layer placement yet (the caller fills it from the factory manifest with
 /// [`BootState::factory_layout`]). Sequence 0, so any real write wins.
 pub fn fallback(floor: u64) -> BootState {
-    BootState {
-        seq: 0,
-        active: Slot::A,
-        trial: false,
-        attempts_left: 0,
-        rollback_floor: floor,
-        layer_slots: Vec::new(),
-    }
+    BootState { seq: 0, rollback_floor: floor, ..BootState::factory(Vec::new()) }
 }
 
 /// Read the record, or fall back to the factory state. The error says why
@@ -184,9 +285,11 @@ pub fn encode_copy(state: &BootState, block: &mut [u8; COPY_SIZE]) -> Result<(),
 /// Decode one copy.
 pub fn decode_copy(block: &[u8]) -> Result<BootState, BootStateError> {
     let header = block.get(..HEADER).ok_or(BootStateError::TooShort)?;
-    if header.get(..8) != Some(&MAGIC[..]) {
-        return Err(BootStateError::BadMagic);
-    }
+    let v1 = match header.get(..8) {
+        Some(m) if m == MAGIC => false,
+        Some(m) if m == MAGIC_V1 => true,
+        _ => return Err(BootStateError::BadMagic),
+    };
     let word = |r: core::ops::Range<usize>| -> Result<u32, BootStateError> {
         let b = header.get(r).ok_or(BootStateError::TooShort)?;
         let mut a = [0u8; 4];
@@ -201,6 +304,9 @@ pub fn decode_copy(block: &[u8]) -> Result<BootState, BootStateError> {
     let body = block.get(HEADER..HEADER + len).ok_or(BootStateError::TooShort)?;
     if crc32fast::hash(body) != crc {
         return Err(BootStateError::BadChecksum);
+    }
+    if v1 {
+        return postcard::from_bytes::<BootStateV1>(body).map(BootState::from).map_err(|_| BootStateError::Decode);
     }
     postcard::from_bytes(body).map_err(|_| BootStateError::Decode)
 }
@@ -309,9 +415,9 @@ mod tests {
         r[HEADER] ^= 1;
         let (s, why) = read_or_fallback(&r, 7);
         assert_eq!(why, Some(BootStateError::NoValidCopy));
-        assert_eq!((s.active, s.trial, s.rollback_floor, s.layer_slots.len()), (Slot::A, false, 7, 0));
+        assert_eq!((s.committed, s.trial, s.rollback_floor, s.layer_slots.len()), (Slot::A, None, 7, 0));
         let (s, why) = read_or_fallback(&[], 0);
-        assert_eq!((s.active, s.rollback_floor, why), (Slot::A, 0, Some(BootStateError::TooShort)));
+        assert_eq!((s.committed, s.rollback_floor, why), (Slot::A, 0, Some(BootStateError::TooShort)));
     }
 
     #[test]
@@ -322,5 +428,23 @@ mod tests {
         assert_eq!(next_write(1, 10, &mut next), 0);
         assert_eq!(next.partition_of(&Digest([3; 32])), Some(1));
         assert_eq!(next.partition_of(&Digest([4; 32])), None);
+    }
+
+    #[test]
+    fn a_first_record_reads_as_its_active_slot_committed_and_good() {
+        // The v1 payload: seq, active, trial, attempts_left, floor, slots.
+        let v1 = (9u64, Slot::B, false, 0u8, 4u64, Vec::<LayerSlot, MAX_LAYER_SLOTS>::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 2 }]));
+        let body = postcard::to_allocvec(&v1).unwrap_or_default();
+        let mut block = vec![0u8; COPY_SIZE];
+        block[..8].copy_from_slice(&MAGIC_V1);
+        block[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        block[12..16].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        block[HEADER..HEADER + body.len()].copy_from_slice(&body);
+        let s = decode_copy(&block).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.seq, s.committed, s.trial, s.rollback_floor), (9, Slot::B, None, 4));
+        assert_eq!(s.status, [SlotStatus::Empty, SlotStatus::Good]);
+        assert_eq!(s.partition_of(&Digest([3; 32])), Some(2));
+        block[..8].copy_from_slice(b"CAIRNBS9");
+        assert_eq!(decode_copy(&block), Err(BootStateError::BadMagic));
     }
 }

@@ -1,6 +1,6 @@
 //! What the device (`cairn-init`) decodes from storage, and the host tools
 //! encode: the signed manifest, the signature envelope, the boot state
-//! record, layer digests, the start order, and the trust data (keys and
+//! record and its transitions (the update state machine), layer digests, the start order, and the trust data (keys and
 //! product) the init reads from its initramfs.
 //!
 //! `no_std` + `alloc`, no features, no `unsafe`: the same code is tested on
@@ -29,6 +29,8 @@ pub mod manifest;
 pub mod order;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod trust;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod update;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod verity;
 

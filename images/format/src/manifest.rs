@@ -147,6 +147,39 @@ pub struct Manifest {
     pub layers: Vec<Layer>,
     /// The containers, in the order the author wrote them.
     pub containers: Vec<Container>,
+    /// How a device judges this manifest when it arrives as an update.
+    pub update: UpdatePolicy,
+}
+
+/// How an update to this manifest is tried and committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// The rollback floor the device raises to when this manifest commits
+    /// (at most `version`; by default `version` itself, so nothing older
+    /// boots again once it proved itself).
+    pub floor: u64,
+    /// How long every critical container must keep running, with no
+    /// restart and no OOM kill, before a trial commits.
+    pub commit_after_ms: u32,
+    /// Boots a trial gets (each spent before anything is mounted) before
+    /// the device falls back to the committed manifest.
+    pub tries: u8,
+}
+
+impl UpdatePolicy {
+    /// Default commit window: 30 s of health.
+    pub const COMMIT_AFTER_MS: u32 = 30_000;
+    /// Longest commit window (one day).
+    pub const COMMIT_AFTER_MAX_MS: u32 = 86_400_000;
+    /// Default tries.
+    pub const TRIES: u8 = 3;
+    /// Most tries: the boot loader's counter holds 0 to 15.
+    pub const TRIES_MAX: u8 = 15;
+
+    /// The defaults for a manifest of `version`.
+    pub fn for_version(version: u64) -> Self {
+        Self { floor: version, commit_after_ms: Self::COMMIT_AFTER_MS, tries: Self::TRIES }
+    }
 }
 
 /// A read-only filesystem image, named by its content.
@@ -253,6 +286,9 @@ pub struct Container {
     /// terminal, the entrypoint in the foreground); PID 1 copies its output
     /// to the console line by line, prefixed with the container's name.
     pub console: bool,
+    /// An update commits only if this container runs through the commit
+    /// window (no exit, no restart, no OOM kill).
+    pub critical: bool,
 }
 
 /// Isolation settings of a container.
@@ -715,6 +751,15 @@ pub enum ValidationError {
     /// The compatibility string is empty or uses characters other than
     /// `[A-Za-z0-9._,+-]`.
     BadCompatible,
+    /// `update.floor` is above `version`: the manifest would refuse itself.
+    FloorAboveVersion {
+        /// The floor.
+        floor: u64,
+        /// The version.
+        version: u64,
+    },
+    /// `update.tries` or `update.commit_after_ms` is out of range.
+    BadUpdatePolicy(&'static str),
     /// A device entry breaks a rule.
     BadDevice {
         /// The container.
@@ -765,6 +810,10 @@ impl fmt::Display for ValidationError {
                 f,
                 "compatible must be 1 to {COMPATIBLE_LEN} characters of [A-Za-z0-9._,+-] (the product the manifest is for)"
             ),
+            FloorAboveVersion { floor, version } => {
+                write!(f, "update.floor {floor} is above version {version}: the device would refuse the manifest")
+            }
+            BadUpdatePolicy(what) => write!(f, "update.{what} is out of range"),
             BadDevice { container, index, field, reason } => {
                 write!(f, "container {container:?}: security.devices[{index}].{field}: {reason}")
             }
@@ -840,6 +889,16 @@ impl Manifest {
         }
         if !is_valid_compatible(&self.compatible) {
             report(BadCompatible);
+        }
+        let u = &self.update;
+        if u.floor > self.version {
+            report(FloorAboveVersion { floor: u.floor, version: self.version });
+        }
+        if u.tries == 0 || u.tries > UpdatePolicy::TRIES_MAX {
+            report(BadUpdatePolicy("tries (1 to 15)"));
+        }
+        if u.commit_after_ms > UpdatePolicy::COMMIT_AFTER_MAX_MS {
+            report(BadUpdatePolicy("commit_after_ms (at most one day)"));
         }
         for (i, l) in self.layers.iter().enumerate() {
             if !is_valid_name(&l.name) {
@@ -1141,6 +1200,7 @@ pub(crate) mod tests {
             network: Network::None,
             signal_group: false,
             console: false,
+            critical: true,
         }
     }
 
@@ -1176,6 +1236,7 @@ pub(crate) mod tests {
             layer_check: LayerCheck::default(),
             layers: vec![Layer { name: s("base"), digest: Digest([7; 32]), size: 4096, verity: test_verity(4096) }],
             containers: containers.to_vec(),
+            update: UpdatePolicy::for_version(1),
         }
     }
 

@@ -92,6 +92,7 @@ const T_OUT: Duration = Duration::from_secs(10);
 
 fn unit(name: &str, policy: RestartPolicy, deps: &[usize]) -> UnitDesc {
     UnitDesc {
+        critical: true,
         name: name.into(),
         deps: deps.to_vec(),
         join: None,

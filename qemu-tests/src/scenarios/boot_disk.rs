@@ -163,7 +163,7 @@ pub fn state_copy0_corrupt(ctx: &Ctx) -> Result<()> {
     powered_off(&run)?;
     let c = &run.console;
     ensure!(c.first("bootstate.unreadable", &[]).is_none(), "copy 1 was not used");
-    c.expect("bootstate.read", &[("seq", "1"), ("active", "a")])?;
+    c.expect("bootstate.read", &[("seq", "1"), ("committed", "a")])?;
     c.expect("manifest.verified", &[("slot", "a")])?;
     c.expect("container.started", &[("name", "alpha")])?;
 

@@ -116,7 +116,7 @@ pub fn bless(ctx: &Ctx) -> Result<()> {
         "boot.slot",
         &[("slot", "b"), ("state", "trial"), ("entry", "cairn-b+2-1.efi"), ("tries_left", "2"), ("tries_done", "1")],
     )?;
-    c.expect("boot.trial", &[("slot", "b"), ("bless_after_ms", "3000")])?;
+    c.expect("boot.trial", &[("entry", "b"), ("bless_after_ms", "3000")])?;
     let blessed = c.expect("boot.blessed", &[("slot", "b"), ("entry", "cairn-b.efi"), ("was", "cairn-b+2-1.efi")])?;
     let started = c.expect("boot.containers-started", &[])?;
     let t = |l: &crate::console::Line| l.get("t").and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
@@ -147,7 +147,7 @@ pub fn trial_fails(ctx: &Ctx) -> Result<()> {
     ensure!(run.ending == Ending::Exited, "slot b's failed trial did not reboot: QEMU {:?}", run.ending);
     let c = &run.console;
     c.expect("boot.slot", &[("slot", "b"), ("entry", "cairn-b+0-1.efi"), ("tries_left", "0")])?;
-    let failed = c.expect("boot.trial-failed", &[("slot", "b"), ("effect", "reboot")])?;
+    let failed = c.expect("boot.trial-failed", &[("entry", "b"), ("effect", "reboot")])?;
     ensure!(failed.get("reason").is_some_and(|r| !r.is_empty()), "no reason: {:?}", failed.fields);
     ensure!(c.first("boot.blessed", &[]).is_none(), "a failed trial was blessed");
     c.expect("shutdown.complete", &[("kind", "reboot")])?;
