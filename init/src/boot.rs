@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_format::bootstate::{BootState, Slot, SlotStatus};
-use cairn_format::update::{self, BootKind, TrialFailure};
 use cairn_format::envelope::{self, OpenError};
 use cairn_format::manifest::Manifest;
+use cairn_format::update::{self, BootKind, TrialFailure};
 
 use crate::bootslot::{self, BootSlot, LoaderInfo};
 use crate::cmdline::Cmdline;

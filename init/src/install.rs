@@ -132,8 +132,7 @@ pub fn install(source: &str, mut cx: Context<'_>) -> Result<Slot, InstallError> 
     let (manifest, _not_carried) =
         bundle::open_manifest_part(&toc, &mpart, &trust.keys).map_err(InstallError::Bundle)?;
     envelope::check_compatible(&manifest, &trust.product).map_err(InstallError::Product)?;
-    update::check_version(&cx.record.state, manifest.version, cx.committed.version)
-        .map_err(InstallError::Refused)?;
+    update::check_version(&cx.record.state, manifest.version, cx.committed.version).map_err(InstallError::Refused)?;
     let plan = plan(&cx, &toc, &manifest)?;
     let target = cx.record.state.committed.other();
     let carried: u64 = plan.write.iter().filter_map(|w| toc.layer(&w.digest)).map(|l| l.part.size).sum();

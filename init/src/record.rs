@@ -64,7 +64,12 @@ impl Record {
     /// state with the init's built-in floor, `unreadable` saying why.
     pub fn read(parts: &Partitions, floor: u64) -> Record {
         let Some(dev) = parts.get(PARTITION).cloned() else {
-            return Record { dev: None, copy: 1, state: bootstate::fallback(floor), unreadable: Some(Unreadable::Missing) };
+            return Record {
+                dev: None,
+                copy: 1,
+                state: bootstate::fallback(floor),
+                unreadable: Some(Unreadable::Missing),
+            };
         };
         let region = read_at(&dev, 0, RECORD_SIZE);
         let (copy, state, unreadable) = match region.map(|r| bootstate::read_record(&r)) {
@@ -131,11 +136,7 @@ pub fn read_at(dev: &str, offset: u64, len: usize) -> Result<Vec<u8>, SysError> 
     // aligned as well as the offset and length.
     let mut raw = vec![0u8; len + ALIGN];
     let skip = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-    let buf = raw.get_mut(skip..skip + len).ok_or(SysError {
-        op: "read",
-        arg: dev.to_owned(),
-        errno: libc::EINVAL,
-    })?;
+    let buf = raw.get_mut(skip..skip + len).ok_or(SysError { op: "read", arg: dev.to_owned(), errno: libc::EINVAL })?;
     let mut done = 0usize;
     while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
         let n = nix::sys::uio::pread(fd.as_fd(), rest, (offset + done as u64) as libc::off_t)

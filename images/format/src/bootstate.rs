@@ -433,7 +433,14 @@ mod tests {
     #[test]
     fn a_first_record_reads_as_its_active_slot_committed_and_good() {
         // The v1 payload: seq, active, trial, attempts_left, floor, slots.
-        let v1 = (9u64, Slot::B, false, 0u8, 4u64, Vec::<LayerSlot, MAX_LAYER_SLOTS>::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 2 }]));
+        let v1 = (
+            9u64,
+            Slot::B,
+            false,
+            0u8,
+            4u64,
+            Vec::<LayerSlot, MAX_LAYER_SLOTS>::from_iter([LayerSlot { digest: Digest([3; 32]), partition: 2 }]),
+        );
         let body = postcard::to_allocvec(&v1).unwrap_or_default();
         let mut block = vec![0u8; COPY_SIZE];
         block[..8].copy_from_slice(&MAGIC_V1);

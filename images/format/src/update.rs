@@ -319,9 +319,7 @@ pub fn plan_layers(
             continue;
         }
         let bytes = n.carried.ok_or(InstallRefusal::MissingLayer(n.digest))?;
-        let taken = |p: u8| {
-            protected.contains(&p) || plan.reuse.iter().chain(&plan.write).any(|s| s.partition == p)
-        };
+        let taken = |p: u8| protected.contains(&p) || plan.reuse.iter().chain(&plan.write).any(|s| s.partition == p);
         let holds_something = |p: u8| state.layer_slots.iter().any(|s| s.partition == p);
         let best = partitions
             .iter()

@@ -32,6 +32,8 @@ mod nvme_ahci;
 mod flash_card;
 // The signed boot chain (issue 11 item 3).
 mod secure_boot;
+// Over-the-air updates (issue 12).
+mod ota;
 
 use std::time::Duration;
 
@@ -80,6 +82,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "flash-card", run: flash_card::run },
         // The signed boot chain (issue 11 item 3).
         Scenario { name: "secure-boot", run: secure_boot::run },
+        // Over-the-air updates (issue 12).
+        Scenario { name: "ota-install", run: ota::install },
+        Scenario { name: "ota-rollback", run: ota::rollback },
     ]
 }
 

@@ -93,7 +93,10 @@ fn a_loader_that_fell_back_from_the_new_boot_entry_ends_the_trial() {
     let mut with_entry = stage(&s, &[d(1), d(2), d(3)], &plan, 3, true).unwrap();
     with_entry.trial = Some(Trial { slot: Slot::B, tries_left: 2, boot_entry: true });
     let p = plan_boot(&with_entry, Some(Slot::A));
-    assert_eq!(p.kind, BootKind::TrialEnded { slot: Slot::B, reason: TrialFailure::LoaderFellBack { booted: Slot::A } });
+    assert_eq!(
+        p.kind,
+        BootKind::TrialEnded { slot: Slot::B, reason: TrialFailure::LoaderFellBack { booted: Slot::A } }
+    );
     assert_eq!(p.slot, Slot::A);
     assert_eq!(plan_boot(&with_entry, Some(Slot::B)).kind, BootKind::Trial { tries_left: 1 });
     assert_eq!(plan_boot(&with_entry, None).kind, BootKind::Trial { tries_left: 1 }, "no loader to ask");
@@ -112,7 +115,11 @@ fn a_trial_of_a_slot_that_is_not_ready_never_boots() {
     on_committed.trial = Some(Trial { slot: Slot::A, tries_left: 3, boot_entry: false });
     let p = plan_boot(&on_committed, None);
     assert_eq!(p.slot, Slot::A);
-    assert_eq!(p.write.map(|w| (w.trial, w.status[0])), Some((None, SlotStatus::Good)), "the committed slot stays good");
+    assert_eq!(
+        p.write.map(|w| (w.trial, w.status[0])),
+        Some((None, SlotStatus::Good)),
+        "the committed slot stays good"
+    );
 }
 
 #[test]
@@ -150,7 +157,10 @@ fn a_layer_listed_twice_is_planned_once_and_stale_partitions_are_used_after_empt
     let mut s = factory(&[1]);
     s.layer_slots.push(LayerSlot { digest: d(5), partition: 4 }).unwrap();
     let plan = plan_layers(&s, &[d(1)], &carried(&[2, 2, 3, 4]), &parts(6, 4096)).unwrap();
-    assert_eq!(plan.write.iter().map(|w| (w.digest, w.partition)).collect::<Vec<_>>(), [(d(2), 2), (d(3), 3), (d(4), 5)]);
+    assert_eq!(
+        plan.write.iter().map(|w| (w.digest, w.partition)).collect::<Vec<_>>(),
+        [(d(2), 2), (d(3), 3), (d(4), 5)]
+    );
     // A smaller partition that fits is preferred over a larger one.
     let sized = [Partition { number: 2, bytes: 9000 }, Partition { number: 3, bytes: 1000 }];
     let plan = plan_layers(&factory(&[1]), &[d(1)], &carried(&[2]), &sized).unwrap();

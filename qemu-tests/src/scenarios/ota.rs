@@ -1,0 +1,198 @@
+//! Over-the-air updates (issue 12), from a bundle on a second disk (the USB
+//! stick case: `dd` the bundle onto any disk, reboot):
+//!
+//! - `ota-install`: a device flashed with `ota-v1` (three layers) boots
+//!   with a thin `ota-v2` bundle attached: the forked installer writes
+//!   exactly one layer and manifest slot `b`, stages a trial and reboots;
+//!   the trial spends a try before mounting, runs v2, and commits after its
+//!   window (the floor rises to 2). The committed manifest's partitions
+//!   (slot `a`, its three layers) are byte-for-byte unchanged. A third
+//!   boot with the stick still attached refuses it (`not-newer`).
+//! - `ota-rollback`: an update whose critical container fails rolls back
+//!   (slot `b` bad, the floor unchanged, v1 boots again); then an update
+//!   whose trial never gets to commit (power cut during each of its three
+//!   tries) runs out of tries and v1 boots again.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use cairn_build::assemble::BuiltAppliance;
+use cairn_build::bundle::{self, BundleInput};
+use cairn_build::gpt::DiskLayout;
+use cairn_format::bootstate::{self, BootState, Slot, SlotStatus};
+use cairn_format::digest::Digest;
+
+use super::{no_panic, powered_off, until_exit, BOOT_TIMEOUT};
+use crate::console::Console;
+use crate::qemu::BootOptions;
+use crate::{Ctx, Ending, Run};
+
+/// The bytes of one partition of a disk image.
+fn partition(disk: &Path, layout: &DiskLayout, name: &str) -> Result<Vec<u8>> {
+    let p = layout.find(name).with_context(|| format!("no {name} partition"))?;
+    let mut f = std::fs::File::open(disk)?;
+    f.seek(SeekFrom::Start(p.offset_bytes))?;
+    let mut bytes = vec![0u8; usize::try_from(p.size_bytes)?];
+    f.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The boot state record on the disk.
+fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
+    let region = partition(disk, layout, "cairn-state")?;
+    let (_, s) = bootstate::read_record(&region).map_err(|e| anyhow::anyhow!("boot state record: {e}"))?;
+    Ok(s)
+}
+
+/// A bundle of `app` for devices on `base`, padded to whole MiB so it can
+/// be attached as a disk (as on a USB stick).
+fn bundle_disk(ctx: &Ctx, app: &BuiltAppliance, base: &BuiltAppliance, file: &str) -> Result<(PathBuf, usize)> {
+    let path = ctx.dir.join(file);
+    let input = BundleInput {
+        envelope: &app.envelope,
+        manifest: &app.manifest,
+        layers: &app.layers,
+        base: Some(&base.manifest),
+        boot_image: None,
+    };
+    let built = bundle::write_bundle(&input, &ctx.art.key, &path)?;
+    let len = std::fs::metadata(&path)?.len();
+    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len.div_ceil(1 << 20) * (1 << 20))?;
+    Ok((path, built.toc.layers.len()))
+}
+
+fn boot_with_stick(ctx: &Ctx, disk: &Path, stick: Option<&Path>, log: &str) -> Result<Run> {
+    let extra: Vec<&Path> = stick.into_iter().collect();
+    let opts = BootOptions { extra_disks: &extra, ..BootOptions::default() };
+    ctx.boot_with(disk, &opts, log, BOOT_TIMEOUT, &until_exit)
+}
+
+/// The device rebooted in order (QEMU runs with -no-reboot: it exits).
+fn rebooted(run: &Run) -> Result<()> {
+    no_panic(run)?;
+    ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
+    run.console.expect("shutdown.complete", &[("kind", "reboot")])?;
+    Ok(())
+}
+
+fn slot_status(s: &BootState) -> [SlotStatus; 2] {
+    [s.status_of(Slot::A), s.status_of(Slot::B)]
+}
+
+pub fn install(ctx: &Ctx) -> Result<()> {
+    let v1 = ctx.build("ota-v1")?;
+    let v2 = ctx.build("ota-v2")?;
+    let (disk, layout) = ctx.disk(&v1, "disk.img")?;
+    let (stick, carried) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    ensure!(carried == 1, "the thin bundle carries {carried} layers, not the one that changed");
+    let kept = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"];
+    let before: Vec<Digest> =
+        kept.iter().map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b))).collect::<Result<_>>()?;
+
+    // Boot 1: v1 runs, the installer stages v2 and the device reboots.
+    let run = boot_with_stick(ctx, &disk, Some(&stick), "install.log")?;
+    rebooted(&run)?;
+    let c = &run.console;
+    c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
+    c.expect("update.verified", &[("version", "2"), ("slot", "b"), ("layers", "3"), ("reuse", "2"), ("write", "1")])?;
+    let written = c.all("update.layer-written", &[]);
+    ensure!(written.len() == 1, "{} layers written, not 1", written.len());
+    ensure!(written[0].get("layer") == Some("app"), "wrote {:?}", written[0].fields);
+    c.expect("update.manifest-written", &[("slot", "b")])?;
+    c.expect("update.staged", &[("slot", "b"), ("version", "2"), ("tries", "3")])?;
+    c.expect("update.ready", &[])?;
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::A && s.rollback_floor == 0, "staging changed the committed slot or floor: {s:?}");
+    ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
+    ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
+    let after: Vec<Digest> =
+        kept.iter().map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b))).collect::<Result<_>>()?;
+    ensure!(before == after, "a partition of the committed manifest was written");
+
+    // Boot 2: the trial spends a try first, runs v2, commits.
+    let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect("bootstate.read", &[("committed", "a"), ("trial", "b"), ("tries_left", "3")])?;
+    let trial = c.expect("update.trial", &[("slot", "b"), ("tries_left", "2")])?;
+    let first_mount = c.expect("layer.mounted", &[])?;
+    ensure!(trial.index < first_mount.index, "a layer was mounted before the try was spent");
+    c.expect("manifest.verified", &[("slot", "b"), ("version", "2")])?;
+    ensure!(c.contains("ota-version=2"), "the new layer's file was not read by the container");
+    c.expect("update.committed", &[("slot", "b"), ("version", "2"), ("rollback_floor", "2")])?;
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::B && s.trial.is_none() && s.rollback_floor == 2, "not committed: {s:?}");
+    ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Good], "statuses {:?}", s.status);
+
+    // Boot 3: committed v2; the stick is refused (not newer), nothing written.
+    let run = boot_with_stick(ctx, &disk, Some(&stick), "again.log")?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect("bootstate.read", &[("committed", "b")])?;
+    ensure!(c.first("update.trial", &[]).is_none(), "a committed slot was put on trial");
+    c.expect("manifest.verified", &[("slot", "b"), ("version", "2")])?;
+    c.expect("update.refused", &[("reason", "not-newer")])?;
+    ensure!(c.first("update.claimed", &[]).is_none(), "a refused bundle claimed a slot");
+    ensure!(state(&disk, &layout)?.seq == s.seq, "a refused bundle wrote the boot state record");
+    Ok(())
+}
+
+/// Stop once the containers have started (v1 runs until stopped).
+fn started(c: &Console) -> bool {
+    c.first("boot.containers-started", &[]).is_some()
+}
+
+/// Stop as soon as this boot's trial try is spent: a power cut.
+fn at_trial(c: &Console) -> bool {
+    c.first("update.trial", &[]).is_some()
+}
+
+pub fn rollback(ctx: &Ctx) -> Result<()> {
+    let v1 = ctx.build("ota-v1")?;
+    let bad = ctx.build("ota-bad")?;
+    let v2 = ctx.build("ota-v2")?;
+    let (disk, layout) = ctx.disk(&v1, "disk.img")?;
+    let (bad_stick, _) = bundle_disk(ctx, &bad, &v1, "bad.bundle")?;
+    let (v2_stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+
+    // An update whose critical container fails: rolled back after its window.
+    rebooted(&boot_with_stick(ctx, &disk, Some(&bad_stick), "install-bad.log")?)?;
+    let run = boot_with_stick(ctx, &disk, None, "trial-bad.log")?;
+    rebooted(&run)?;
+    let c = &run.console;
+    c.expect("update.trial", &[("slot", "b"), ("tries_left", "2")])?;
+    c.expect("boot.trial-failed", &[("slot", "b"), ("effect", "reboot")])?;
+    c.expect(
+        "update.rolled-back",
+        &[("slot", "b"), ("reason", "unhealthy"), ("booting", "a"), ("rollback_floor", "0")],
+    )?;
+    ensure!(c.first("update.committed", &[]).is_none(), "a failed trial committed");
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 0, "after rollback: {s:?}");
+    ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
+    let run = ctx.boot_with(&disk, &BootOptions::default(), "after-bad.log", BOOT_TIMEOUT, &started)?;
+    let c = &run.console;
+    ensure!(run.ending == Ending::Stopped, "after the rollback: {:?}", run.ending);
+    c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
+    ensure!(c.first("update.trial", &[]).is_none(), "the bad slot was tried again");
+
+    // An update that never gets to commit: power is cut during each try.
+    rebooted(&boot_with_stick(ctx, &disk, Some(&v2_stick), "install-v2.log")?)?;
+    for left in ["2", "1", "0"] {
+        let log = format!("cut-{left}.log");
+        let opts = BootOptions::default();
+        let run = ctx.boot_with(&disk, &opts, &log, BOOT_TIMEOUT, &at_trial)?;
+        ensure!(run.ending == Ending::Stopped, "boot {log}: {:?}", run.ending);
+        run.console.expect("update.trial", &[("slot", "b"), ("tries_left", left)])?;
+    }
+    let run = ctx.boot_with(&disk, &BootOptions::default(), "out-of-tries.log", BOOT_TIMEOUT, &started)?;
+    let c = &run.console;
+    ensure!(run.ending == Ending::Stopped, "after the tries ran out: {:?}", run.ending);
+    c.expect("update.rolled-back", &[("slot", "b"), ("reason", "out-of-tries"), ("booting", "a")])?;
+    c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 0, "after tries ran out: {s:?}");
+    ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
+    Ok(())
+}
