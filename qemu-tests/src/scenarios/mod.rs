@@ -32,6 +32,8 @@ mod nvme_ahci;
 mod flash_card;
 // The signed boot chain (issue 11 item 3).
 mod secure_boot;
+// The watchdog (issue 12 item 5).
+mod watchdog;
 
 use std::time::Duration;
 
@@ -80,6 +82,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "flash-card", run: flash_card::run },
         // The signed boot chain (issue 11 item 3).
         Scenario { name: "secure-boot", run: secure_boot::run },
+        // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
+        Scenario { name: "watchdog", run: watchdog::run },
     ]
 }
 
