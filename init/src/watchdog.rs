@@ -345,12 +345,13 @@ mod tests {
 
     #[test]
     fn the_ioctl_numbers_are_the_kernels() {
-        // linux/watchdog.h on x86_64 and arm64 (asm-generic ioctl encoding).
-        assert_eq!(nix::request_code_read!(b'W', 0, core::mem::size_of::<WatchdogInfo>()), 0x8028_5700);
-        assert_eq!(nix::request_code_read!(b'W', 2, core::mem::size_of::<libc::c_int>()), 0x8004_5702);
-        assert_eq!(nix::request_code_read!(b'W', 5, core::mem::size_of::<libc::c_int>()), 0x8004_5705);
-        assert_eq!(nix::request_code_readwrite!(b'W', 6, core::mem::size_of::<libc::c_int>()), 0xc004_5706);
-        assert_eq!(nix::request_code_read!(b'W', 7, core::mem::size_of::<libc::c_int>()), 0x8004_5707);
+        // linux/watchdog.h on x86_64 and arm64 (asm-generic ioctl encoding;
+        // the request is an int on musl, an unsigned long on glibc).
+        assert_eq!(nix::request_code_read!(b'W', 0, core::mem::size_of::<WatchdogInfo>()) as u32, 0x8028_5700);
+        assert_eq!(nix::request_code_read!(b'W', 2, core::mem::size_of::<libc::c_int>()) as u32, 0x8004_5702);
+        assert_eq!(nix::request_code_read!(b'W', 5, core::mem::size_of::<libc::c_int>()) as u32, 0x8004_5705);
+        assert_eq!(nix::request_code_readwrite!(b'W', 6, core::mem::size_of::<libc::c_int>()) as u32, 0xc004_5706);
+        assert_eq!(nix::request_code_read!(b'W', 7, core::mem::size_of::<libc::c_int>()) as u32, 0x8004_5707);
     }
 
     #[test]
