@@ -40,7 +40,10 @@ fn boots(c: &Console) -> usize {
 /// (`[   45.123456] softdog: ...`).
 fn kernel_time(c: &Console, text: &str) -> Option<f64> {
     let line = c.raw.iter().find(|l| l.contains(text))?;
-    let inner = line.get(line.find('[')? + 1..line.find(']')?)?;
+    // The timestamp just before the text (the line may start with an
+    // event the kernel's message cut into).
+    let before = line.get(..line.find(text)?)?;
+    let inner = before.get(before.rfind('[')? + 1..before.rfind(']')?)?;
     inner.trim().parse().ok()
 }
 
