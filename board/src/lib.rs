@@ -56,6 +56,31 @@ impl DiskBus {
     }
 }
 
+/// A board's watchdog: what resets the machine when PID 1 stops turning
+/// its event loop (see docs/design.md, "Watchdog").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchdog {
+    /// The kernel module that provides it (`None`: built into the kernel).
+    /// The build puts it and its dependencies into the initramfs, after
+    /// the board's drivers and [`SYSTEM_MODULES`].
+    pub module: Option<&'static str>,
+    /// Its device node (`/dev/watchdog0`; `/dev/watchdog` is the same
+    /// device under its legacy name).
+    pub device: &'static str,
+    /// The timeout cairn-init sets, in seconds: how long PID 1 may go
+    /// without petting it before the machine resets.
+    pub timeout_s: u32,
+}
+
+/// The software watchdog (`softdog`): a kernel timer, so it catches a hung
+/// PID 1 but not a hung kernel. Debian's cloud kernels build no hardware
+/// watchdog driver for QEMU's machines (no `i6300esb`, no `iTCO_wdt`); a
+/// board for specific hardware names its SoC's or chipset's driver.
+pub const SOFTDOG: Watchdog = Watchdog { module: Some("softdog"), device: "/dev/watchdog0", timeout_s: 15 };
+
+/// The device node cairn-init opens when the command line names none.
+pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog0";
+
 /// Which QEMU scenarios `cargo xtask test` runs on a board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestSuite {
@@ -110,6 +135,10 @@ pub struct Board {
     pub test_disks: &'static [DiskBus],
     /// What `cargo xtask test` runs on this board.
     pub test_suite: TestSuite,
+    /// The watchdog cairn-init arms (`None`: the board has none). Its
+    /// module joins [`Board::modules`]; its timeout (and its device, when
+    /// not [`DEFAULT_WATCHDOG_DEVICE`]) join [`Board::cmdline`].
+    pub watchdog: Option<Watchdog>,
 }
 
 /// Modules every board loads after its drivers: the layers (squashfs
@@ -123,12 +152,22 @@ impl Board {
     /// drivers, then [`SYSTEM_MODULES`]. The build adds their dependencies
     /// and writes them in load order into the initramfs.
     pub fn modules(&self) -> Vec<&'static str> {
-        self.drivers.iter().chain(SYSTEM_MODULES).copied().collect()
+        let watchdog = self.watchdog.and_then(|w| w.module);
+        self.drivers.iter().chain(SYSTEM_MODULES).copied().chain(watchdog).collect()
     }
 
-    /// The full kernel command line for this board.
+    /// The full kernel command line for this board: the console, the
+    /// board's words, its watchdog (`cairn.watchdog=SECONDS`, and
+    /// `cairn.watchdog_device=PATH` for another device than the default;
+    /// a later `cairn.watchdog=` in `extra` overrides them), then `extra`.
     pub fn cmdline(&self, extra: &str) -> String {
         let mut s = format!("console={} {}", self.console, self.kernel_cmdline);
+        if let Some(w) = self.watchdog {
+            s.push_str(&format!(" cairn.watchdog={}", w.timeout_s));
+            if w.device != DEFAULT_WATCHDOG_DEVICE {
+                s.push_str(&format!(" cairn.watchdog_device={}", w.device));
+            }
+        }
         if !extra.is_empty() {
             s.push(' ');
             s.push_str(extra);
@@ -235,6 +274,30 @@ mod tests {
         }
         let full: Vec<_> = all().into_iter().filter(|b| b.test_suite == TestSuite::All).map(|b| b.name).collect();
         assert_eq!(full, ["qemu-x86_64", "qemu-aarch64"], "the full QEMU suite runs on the QEMU boards");
+    }
+
+    #[test]
+    fn every_board_arms_a_watchdog_whose_module_is_loaded_and_named_on_the_command_line() {
+        for b in all() {
+            let w = b.watchdog.unwrap_or_else(|| panic!("{} names no watchdog", b.name));
+            assert!(w.device.starts_with("/dev/watchdog"), "{}", b.name);
+            assert!((5..=60).contains(&w.timeout_s), "{}: timeout {}", b.name, w.timeout_s);
+            if let Some(m) = w.module {
+                assert_eq!(b.modules().last(), Some(&m), "{}: the watchdog module loads last", b.name);
+            }
+            let line = b.cmdline("cairn.watchdog=off");
+            assert!(line.contains(&format!(" cairn.watchdog={} ", w.timeout_s)), "{line}");
+            assert!(line.ends_with(" cairn.watchdog=off"), "the extra words come last, so they override: {line}");
+        }
+        assert_eq!(board("qemu-x86_64").watchdog, Some(SOFTDOG));
+        let other = Board { watchdog: Some(Watchdog { device: "/dev/watchdog1", ..SOFTDOG }), ..qemu_x86_64::X86_64 };
+        assert_eq!(
+            other.cmdline(""),
+            "console=ttyS0 panic=-1 quiet loglevel=4 cairn.watchdog=15 cairn.watchdog_device=/dev/watchdog1"
+        );
+        let none = Board { watchdog: None, ..qemu_x86_64::X86_64 };
+        assert_eq!(none.cmdline("x"), "console=ttyS0 panic=-1 quiet loglevel=4 x");
+        assert!(!none.modules().contains(&"softdog"));
     }
 
     #[test]

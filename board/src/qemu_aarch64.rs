@@ -1,6 +1,6 @@
 //! QEMU `virt` aarch64 machine (PL011 console, virtio-blk over PCI).
 
-use crate::{Board, DiskBus, TestSuite};
+use crate::{Board, DiskBus, TestSuite, SOFTDOG};
 
 /// The 64-bit ARM board.
 pub static BOARD: Board = AARCH64;
@@ -25,4 +25,6 @@ pub(crate) const AARCH64: Board = Board {
     firmware_package: "qemu-efi-aarch64",
     test_disks: &[DiskBus::Virtio],
     test_suite: TestSuite::All,
+    // No hardware watchdog driver in the cloud kernel: softdog.
+    watchdog: Some(SOFTDOG),
 };

@@ -1,6 +1,6 @@
 //! QEMU `q35` x86_64 machine with virtio-blk over PCI.
 
-use crate::{Board, DiskBus, TestSuite};
+use crate::{Board, DiskBus, TestSuite, SOFTDOG};
 
 /// The default board.
 pub static BOARD: Board = X86_64;
@@ -25,4 +25,6 @@ pub(crate) const X86_64: Board = Board {
     firmware_package: "ovmf",
     test_disks: &[DiskBus::Virtio],
     test_suite: TestSuite::All,
+    // No hardware watchdog driver in the cloud kernel: softdog.
+    watchdog: Some(SOFTDOG),
 };

@@ -16,8 +16,38 @@ pub struct Cmdline {
     /// failure before a trial commits (default: the manifest's
     /// `update.commit_after_ms`).
     pub bless_after_ms: Option<u32>,
+    /// `cairn.watchdog=off|SECONDS`: the watchdog's timeout (the board's
+    /// command line names it; a later word overrides it).
+    pub watchdog: Watchdog,
+    /// `cairn.watchdog_device=/dev/...`: its device node.
+    pub watchdog_device: String,
+    /// `cairn.test.hang=supervisor` (test builds only, feature
+    /// `test-hooks`): PID 1 stops petting the watchdog and blocks forever
+    /// in its event loop.
+    #[cfg(feature = "test-hooks")]
+    pub test_hang: bool,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
+}
+
+/// What the command line says about the watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watchdog {
+    /// No `cairn.watchdog=` word: the board names no watchdog.
+    Unnamed,
+    /// `cairn.watchdog=off`.
+    Off,
+    /// `cairn.watchdog=SECONDS` (1..=65535, the range of the kernel's
+    /// softdog; a driver may round it).
+    Seconds(u32),
+}
+
+/// The default device node (`cairn_board::DEFAULT_WATCHDOG_DEVICE`).
+pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog0";
+
+/// A device node path PID 1 may open as the watchdog: under /dev, no `..`.
+fn watchdog_device(v: &str) -> bool {
+    v.strip_prefix("/dev/").is_some_and(|rest| !rest.is_empty() && !rest.split('/').any(|c| c.is_empty() || c == ".."))
 }
 
 impl Default for Cmdline {
@@ -28,6 +58,10 @@ impl Default for Cmdline {
             disk: None,
             slot: None,
             bless_after_ms: None,
+            watchdog: Watchdog::Unnamed,
+            watchdog_device: DEFAULT_WATCHDOG_DEVICE.to_owned(),
+            #[cfg(feature = "test-hooks")]
+            test_hang: false,
             ignored: Vec::new(),
         }
     }
@@ -45,6 +79,11 @@ pub fn parse(text: &str) -> Cmdline {
             ("cairn.disk", _, Some(g)) => c.disk = Some(g),
             ("cairn.slot", _, _) if value == "a" => c.slot = Some(cairn_format::bootstate::Slot::A),
             ("cairn.slot", _, _) if value == "b" => c.slot = Some(cairn_format::bootstate::Slot::B),
+            ("cairn.watchdog", _, _) if value == "off" => c.watchdog = Watchdog::Off,
+            ("cairn.watchdog", Ok(v @ 1..=65_535), _) => c.watchdog = Watchdog::Seconds(v),
+            ("cairn.watchdog_device", _, _) if watchdog_device(value) => c.watchdog_device = value.to_owned(),
+            #[cfg(feature = "test-hooks")]
+            ("cairn.test.hang", _, _) if value == "supervisor" => c.test_hang = true,
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -73,5 +112,51 @@ mod tests {
         let c = parse("cairn.slot=b cairn.bless_after_ms=0 cairn.slot=c");
         assert_eq!((c.slot, c.bless_after_ms), (Some(cairn_format::bootstate::Slot::B), Some(0)));
         assert_eq!(c.ignored, ["cairn.slot=c"]);
+    }
+
+    #[test]
+    fn the_watchdog_word_sets_or_turns_off_the_timeout_and_the_last_one_wins() {
+        assert_eq!((parse("").watchdog, parse("").watchdog_device.as_str()), (Watchdog::Unnamed, "/dev/watchdog0"));
+        assert_eq!(parse("cairn.watchdog=15").watchdog, Watchdog::Seconds(15));
+        // The board's word first, an override after it.
+        assert_eq!(parse("cairn.watchdog=15 cairn.watchdog=off").watchdog, Watchdog::Off);
+        assert_eq!(parse("cairn.watchdog=off cairn.watchdog=40").watchdog, Watchdog::Seconds(40));
+        assert_eq!(parse("cairn.watchdog=65535").watchdog, Watchdog::Seconds(65_535));
+        let c = parse("cairn.watchdog=15 cairn.watchdog=0 cairn.watchdog=65536 cairn.watchdog=-1 cairn.watchdog=OFF cairn.watchdog");
+        assert_eq!(c.watchdog, Watchdog::Seconds(15), "malformed words leave the earlier value");
+        assert_eq!(
+            c.ignored,
+            ["cairn.watchdog=0", "cairn.watchdog=65536", "cairn.watchdog=-1", "cairn.watchdog=OFF", "cairn.watchdog"]
+        );
+    }
+
+    #[test]
+    fn the_watchdog_device_must_be_a_node_under_dev() {
+        assert_eq!(parse("cairn.watchdog_device=/dev/watchdog").watchdog_device, "/dev/watchdog");
+        let bad = [
+            "cairn.watchdog_device=/tmp/x",
+            "cairn.watchdog_device=/dev/",
+            "cairn.watchdog_device=/dev/../proc/x",
+            "cairn.watchdog_device=/dev//x",
+            "cairn.watchdog_device=dev/watchdog0",
+        ];
+        let c = parse(&bad.join(" "));
+        assert_eq!(c.watchdog_device, "/dev/watchdog0");
+        assert_eq!(c.ignored, bad);
+    }
+
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn the_hang_hook_parses_in_test_builds() {
+        assert!(parse("cairn.test.hang=supervisor").test_hang);
+        let c = parse("cairn.test.hang=elsewhere");
+        assert!(!c.test_hang);
+        assert_eq!(c.ignored, ["cairn.test.hang=elsewhere"]);
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    #[test]
+    fn production_builds_know_no_hang_hook() {
+        assert_eq!(parse("cairn.test.hang=supervisor").ignored, ["cairn.test.hang=supervisor"]);
     }
 }

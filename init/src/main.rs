@@ -30,6 +30,7 @@ mod switch_root;
 mod tap;
 mod trust;
 mod uevent;
+mod watchdog;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -82,6 +83,9 @@ fn main() {
     }
     let failed = modules::load_all();
     event("modules.done").kv("failed", failed).emit();
+    // Armed from here on: petted by the boot's long waits and the
+    // supervisor's loop, left armed across reboot (docs/design.md).
+    watchdog::arm(&cmdline);
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     let (slot, booted) = boot::boot(&cmdline, &loader);
@@ -217,10 +221,12 @@ const DEATH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Everything is stopped: kill what is left and wait for it (bounded),
 /// unmount (or remount read-only), sync, power off or reboot.
 fn finish(kind: ShutdownKind, targets: &[storage::LayerTarget]) -> ! {
+    watchdog::pet();
     // kill(-1) from PID 1 signals every other process; nothing of ours is
     // left to protect at this point.
     let _ = cairn_runtime::sys::kill(-1, libc::SIGKILL);
     let (reaped, left) = reap_all(DEATH_WAIT);
+    watchdog::pet();
     if left {
         // In D state (e.g. on failing media): unmounting may fail; the
         // read-only remount below is the fallback.
@@ -234,6 +240,12 @@ fn finish(kind: ShutdownKind, targets: &[storage::LayerTarget]) -> ! {
     }
     storage::remove_targets(targets);
     nix::unistd::sync();
+    // A reboot keeps the watchdog armed: if the reboot never completes, it
+    // resets the machine. A power-off disarms it, so the device stays off.
+    match kind {
+        ShutdownKind::PowerOff => watchdog::disarm(),
+        ShutdownKind::Reboot => watchdog::pet(),
+    }
     let (mode, name) = match kind {
         ShutdownKind::PowerOff => (nix::sys::reboot::RebootMode::RB_POWER_OFF, "poweroff"),
         ShutdownKind::Reboot => (nix::sys::reboot::RebootMode::RB_AUTOBOOT, "reboot"),

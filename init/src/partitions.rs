@@ -374,6 +374,7 @@ pub fn wait_in(roots: &Roots, timeout: Duration, want: Want) -> Result<BootDisk,
             Err(e) if out_of_time => return Err(WaitError::Choose(e)),
             Err(_) => {}
         }
+        crate::watchdog::pet(); // watchdog: the wait is cairn.disk_timeout_ms long
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -71,6 +71,7 @@ fn digest_of(path: &str, size: u64) -> std::io::Result<Digest> {
         }
         total += n as u64;
         h.update(buf.get(..n).unwrap_or(&[]));
+        crate::watchdog::pet(); // watchdog: hashing a layer takes seconds
     }
     if total != size {
         return Err(std::io::Error::new(
@@ -180,6 +181,7 @@ pub fn mount_layers(check: LayerCheck, layers: &[Layer], state: &BootState, part
     // Digest → mount directory, for layers mounted already.
     let mut by_digest: BTreeMap<Digest, String> = BTreeMap::new();
     for layer in layers {
+        crate::watchdog::pet(); // watchdog: one pet per layer checked and mounted
         let d = layer.digest;
         if let Some(dir) = by_digest.get(&d) {
             event("layer.mounted").kv("name", &layer.name).kv("digest", d).kv("shared", dir).emit();
@@ -420,6 +422,7 @@ pub fn remove_targets(targets: &[LayerTarget]) {
 /// failed mount is an event, not a boot failure: containers run from their
 /// layers, and only volumes (when configured) need it.
 pub fn mount_data(parts: &Partitions) {
+    crate::watchdog::pet(); // watchdog: an ext4 journal replay may take a while
     let Some(dev) = parts.get("cairn-data") else {
         event("data.unavailable").kv("reason", "no cairn-data partition").emit();
         return;

@@ -326,6 +326,7 @@ impl Supervisor {
     /// Run until a shutdown has stopped every container.
     pub fn run(&mut self) -> ShutdownKind {
         loop {
+            crate::watchdog::turn(); // watchdog: pet once per turn
             if let Some(kind) = self.machine.step(Instant::now(), &mut self.io) {
                 for u in &mut self.io.units {
                     if let Some(mut tap) = u.console.take() {
@@ -339,6 +340,7 @@ impl Supervisor {
             // started, before the loop sleeps.
             self.assess(Instant::now());
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
+            let timeout = earliest(timeout, crate::watchdog::poll_ms()); // watchdog: wake to pet
             self.wait(earliest(timeout, poll_timeout(self.trial_deadline())));
             self.machine.fire(Instant::now(), &mut self.io);
             self.assess(Instant::now());

@@ -44,6 +44,19 @@ pub struct Artifacts {
     pub cli: PathBuf,
     /// Scratch space for this board's scenarios.
     pub work_dir: PathBuf,
+    /// The boot kit with a cairn-init built with the `test-hooks` feature
+    /// (`cairn.test.hang=`): built only when a scenario of
+    /// [`NEEDS_TEST_HOOKS`] runs. Never a device's image.
+    pub test_hooks_kit: Option<BootKit>,
+}
+
+/// The scenarios that boot the `test-hooks` build of cairn-init.
+pub const NEEDS_TEST_HOOKS: &[&str] = &["watchdog"];
+
+/// Whether running `names` (every scenario when empty) needs the
+/// `test-hooks` build.
+pub fn needs_test_hooks(names: &[String]) -> bool {
+    NEEDS_TEST_HOOKS.iter().any(|n| names.is_empty() || names.iter().any(|m| m == n))
 }
 
 /// One scenario.

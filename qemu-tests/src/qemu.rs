@@ -49,6 +49,10 @@ pub struct BootOptions<'a> {
     pub bus: DiskBus,
     /// Boot through this firmware instead of the board's (Secure Boot).
     pub secure: Option<SecureFirmware<'a>>,
+    /// A guest reset reboots the machine (the firmware boots the disk
+    /// again) instead of ending QEMU (`-no-reboot`, the default): for
+    /// watchdog resets seen in one console.
+    pub allow_reset: bool,
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -110,7 +114,10 @@ pub fn command(board: &Board, files: &BootFiles, disk: &Path, extra_cmdline: &st
 /// as `cairn.disk=` (unless `no_disk_guid`).
 pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOptions<'_>) -> Command {
     let mut c = Command::new(&files.qemu);
-    c.args(board.qemu_args).args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot"]);
+    c.args(board.qemu_args).args(["-accel", "tcg", "-nodefaults", "-display", "none"]);
+    if !opts.allow_reset {
+        c.arg("-no-reboot");
+    }
     let uefi = (files.firmware.is_some() || opts.secure.is_some()) && !opts.direct_kernel;
     match (&files.firmware, opts.direct_kernel) {
         (_, false) if opts.secure.is_some() => {
@@ -280,6 +287,10 @@ mod tests {
         let c = command_with(b, &files, Path::new("boot.img"), &BootOptions::default());
         assert!(c.get_args().any(|a| a == "virtio-blk-pci,drive=disk0"), "virtio by default, no boot index");
         assert!(c.get_args().any(|a| a == "-kernel"), "no firmware: the kernel is given to QEMU");
+        assert!(c.get_args().any(|a| a == "-no-reboot"), "a reset ends QEMU by default");
+        let c =
+            command_with(b, &files, Path::new("boot.img"), &BootOptions { allow_reset: true, ..Default::default() });
+        assert!(!c.get_args().any(|a| a == "-no-reboot"), "allow_reset: a reset reboots");
         // With firmware, QEMU boots the disk: no kernel, a copy of the variable store.
         let dir = std::env::temp_dir().join(format!("cairn-qemu-cmd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

@@ -217,11 +217,21 @@ const DEV_COMPATIBLE: &str = "cairn-qemu-dev";
 
 /// Build everything a board boots, except the disk.
 fn prepare(b: &'static Board) -> Result<Artifacts> {
+    prepare_with(b, false)
+}
+
+/// [`prepare`], and with `test_hooks` also the boot kit whose cairn-init
+/// has the `test-hooks` feature ([`Artifacts::test_hooks_kit`]).
+fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     host_deps::ensure_rust_target(b.rust_target)?;
     let qemu = host_deps::ensure_qemu(b)?;
     let kernel = kernel::fetch_kernel(b, &build_dir().join("kernels"))?;
     let key = dev_key()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The test-hooks variant first, copied aside: the normal build below
+    // then puts the production binary back in place (only cairn-init is
+    // compiled again for the feature; its dependencies are shared).
+    let hooked = test_hooks.then(|| build_test_hooks_init(b, &cargo)).transpose()?;
     let status = Command::new(&cargo)
         .current_dir(repo_root())
         .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
@@ -258,6 +268,13 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
     let kernel_tree = kernel.vmlinuz.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
     let firmware = host_deps::ensure_firmware(b)?;
     let (kit, systemd_boot) = boot_kit(b, &kernel, std::fs::read(&initramfs).context("reading the initramfs")?)?;
+    let test_hooks_kit = match hooked {
+        Some(init) => {
+            let bytes = initramfs::build(&init, &kernel.modules, &trust)?;
+            Some(BootKit { initramfs: bytes, ..kit.clone() })
+        }
+        None => None,
+    };
     Ok(Artifacts {
         boot: BootFiles { qemu, kernel: kernel.vmlinuz, initramfs, firmware: Some(firmware) },
         kit,
@@ -269,7 +286,28 @@ fn prepare(b: &'static Board) -> Result<Artifacts> {
         kernel_tree,
         cli: repo_root().join("target").join("debug").join("cairn"),
         work_dir: dir.join("scenarios"),
+        test_hooks_kit,
     })
+}
+
+/// Build cairn-init with the `test-hooks` feature and copy it to
+/// `build/<board>/test-hooks/cairn-init`, which is returned.
+fn build_test_hooks_init(b: &Board, cargo: &str) -> Result<PathBuf> {
+    let started = std::time::Instant::now();
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "--features"])
+        .arg("cairn-init/test-hooks")
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build of cairn-init with test-hooks for {} failed", b.rust_target);
+    let built = repo_root().join("target").join(b.rust_target).join("release").join("cairn-init");
+    let dir = build_dir().join(b.name).join("test-hooks");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("cairn-init");
+    std::fs::copy(&built, &copy).with_context(|| format!("copying {}", built.display()))?;
+    eprintln!("xtask: {}: cairn-init with test-hooks built in {:.1}s", b.name, started.elapsed().as_secs_f64());
+    Ok(copy)
 }
 
 /// The board's boot kit: its systemd-boot and systemd-stub (Debian's
@@ -356,7 +394,7 @@ fn plan(board_name: Option<&str>, scenarios: &[String]) -> Result<Vec<(&'static 
 fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
     let (mut passed, mut failed) = (0, 0);
     for (b, scenarios) in plan(board_name, scenarios)? {
-        let art = prepare(b)?;
+        let art = prepare_with(b, cairn_qemu_tests::needs_test_hooks(&scenarios))?;
         let _ = std::fs::remove_dir_all(&art.work_dir);
         cairn_qemu_tests::run(b, &art, &scenarios, &mut |o| match &o.result {
             Ok(()) => {

@@ -34,6 +34,8 @@ mod flash_card;
 mod secure_boot;
 // Over-the-air updates (issue 12).
 mod ota;
+// The watchdog (issue 12 item 5).
+mod watchdog;
 
 use std::time::Duration;
 
@@ -85,6 +87,8 @@ pub fn all() -> Vec<Scenario> {
         // Over-the-air updates (issue 12).
         Scenario { name: "ota-install", run: ota::install },
         Scenario { name: "ota-rollback", run: ota::rollback },
+        // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
+        Scenario { name: "watchdog", run: watchdog::run },
     ]
 }
 
