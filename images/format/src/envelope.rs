@@ -18,6 +18,11 @@
 //! signature are ignored: an envelope sits at the start of a partition. Bytes
 //! after the manifest *inside* the signed payload are refused: the payload
 //! is exactly one manifest.
+//!
+//! The same layout seals an update bundle's table of contents under the
+//! magic `CAIRNTC1` ([`crate::bundle`], [`Envelope::parse_as`],
+//! [`seal_as`]): a manifest signature is never a valid table of contents
+//! signature, nor the other way round.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -120,9 +125,17 @@ pub struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Split `bytes` into its fields, checking lengths only.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
+        Self::parse_as(bytes, &MAGIC, MAX_PAYLOAD)
+    }
+
+    /// [`Envelope::parse`] for another use of the same layout: `magic`
+    /// instead of the manifest's (so a signature made for one use is never
+    /// taken for another), and payloads of at most `max_payload` bytes
+    /// (`PayloadTooLarge` above it).
+    pub fn parse_as(bytes: &'a [u8], magic: &[u8; 8], max_payload: usize) -> Result<Self, EnvelopeError> {
         let header = bytes.get(..HEADER_LEN).ok_or(EnvelopeError::TooShort(bytes.len()))?;
-        let (magic, rest) = header.split_at(8);
-        if magic != MAGIC {
+        let (found, rest) = header.split_at(8);
+        if found != magic {
             return Err(EnvelopeError::BadMagic);
         }
         let (id, len) = rest.split_at(8);
@@ -131,7 +144,7 @@ impl<'a> Envelope<'a> {
         let mut len_bytes = [0u8; 4];
         len_bytes.copy_from_slice(len);
         let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > MAX_PAYLOAD {
+        if len > max_payload {
             return Err(EnvelopeError::PayloadTooLarge(len));
         }
         let need = HEADER_LEN + len + SIGNATURE_LEN;
@@ -213,13 +226,23 @@ pub fn check_compatible(m: &Manifest, device: &str) -> Result<(), OpenError> {
 
 /// Build a signed envelope (host side; the device never signs).
 pub fn seal(payload: &[u8], key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, EnvelopeError> {
+    seal_as(payload, key, &MAGIC, MAX_PAYLOAD)
+}
+
+/// [`seal`] under another magic and payload bound (see [`Envelope::parse_as`]).
+pub fn seal_as(
+    payload: &[u8],
+    key: &ed25519_dalek::SigningKey,
+    magic: &[u8; 8],
+    max_payload: usize,
+) -> Result<Vec<u8>, EnvelopeError> {
     use ed25519_dalek::Signer;
-    if payload.len() > MAX_PAYLOAD {
+    if payload.len() > max_payload {
         return Err(EnvelopeError::PayloadTooLarge(payload.len()));
     }
     let public = key.verifying_key().to_bytes();
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + SIGNATURE_LEN);
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&key_id(&public).0);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);

@@ -20,6 +20,8 @@ pub mod bootentry;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod bootstate;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod bundle;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod digest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod envelope;
