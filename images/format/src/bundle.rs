@@ -377,7 +377,7 @@ impl Toc {
                 }
                 _ => {}
             }
-            let end = p.offset.checked_add(p.size).unwrap_or(u64::MAX);
+            let end = p.end();
             if end > self.total_size {
                 return Err(BundleError::OutsideFile { part, end, total_size: self.total_size });
             }
@@ -697,7 +697,7 @@ mod tests {
                 "boot_image.size 134217729 exceeds 134217728",
             ),
             (
-                refused(|t| t.boot_image = Some(part(u64::MAX & !4095, 8192))),
+                refused(|t| t.boot_image = Some(part(!4095, 8192))),
                 "boot_image ends at 18446744073709551615, past total_size 28672",
             ),
         ];
