@@ -381,19 +381,7 @@ pub fn write_disk_mapped(out: &Path, parts: &[PartitionSpec]) -> Result<WrittenD
                     note(w, p.offset_bytes, copied);
                 }
                 PartitionContents::Layer { image, size, tree_offset, tree } => {
-                    let src_io = |error| GptError::Io { path: image.clone(), error };
-                    let src = File::open(image).map_err(src_io)?;
-                    f.seek(SeekFrom::Start(p.offset_bytes)).map_err(io)?;
-                    let copied = std::io::copy(&mut src.take(*size), &mut f).map_err(src_io)?;
-                    if copied != *size {
-                        let short = std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("holds {copied} of the image's {size} bytes"),
-                        );
-                        return Err(GptError::Io { path: image.clone(), error: short });
-                    }
-                    note(w, p.offset_bytes, copied);
-                    at(&mut f, w, p.offset_bytes + tree_offset, tree)?;
+                    write_layer_at(&mut f, &tmp, p.offset_bytes, image, *size, *tree_offset, tree, w)?;
                 }
             }
         }
@@ -405,6 +393,43 @@ pub fn write_disk_mapped(out: &Path, parts: &[PartitionSpec]) -> Result<WrittenD
         return Err(e);
     }
     Ok(WrittenDisk { layout: DiskLayout { disk_size, disk_guid, partitions: placed }, written })
+}
+
+/// Write a layer partition's bytes at `offset` of `f` (`out` names it in
+/// errors), whose bytes there are zero (a file extended by `set_len`):
+/// the first `size` bytes of `image`, then `tree` at `offset +
+/// tree_offset`; the padding between them is left as it is (zero). The
+/// ranges written go into `written`. A disk's layer partition and an
+/// update bundle's layer part are both written by this.
+#[allow(clippy::too_many_arguments)]
+pub fn write_layer_at(
+    f: &mut File,
+    out: &Path,
+    offset: u64,
+    image: &Path,
+    size: u64,
+    tree_offset: u64,
+    tree: &[u8],
+    written: &mut Vec<Range<u64>>,
+) -> Result<(), GptError> {
+    let io = |error| GptError::Io { path: out.to_owned(), error };
+    let src_io = |error| GptError::Io { path: image.to_owned(), error };
+    let src = File::open(image).map_err(src_io)?;
+    f.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let copied = std::io::copy(&mut src.take(size), f).map_err(src_io)?;
+    if copied != size {
+        let short = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("holds {copied} of the image's {size} bytes"),
+        );
+        return Err(GptError::Io { path: image.to_owned(), error: short });
+    }
+    note(written, offset, copied);
+    let at = offset.saturating_add(tree_offset);
+    f.seek(SeekFrom::Start(at)).map_err(io)?;
+    f.write_all(tree).map_err(io)?;
+    note(written, at, tree.len() as u64);
+    Ok(())
 }
 
 /// Record `len` bytes written at `off` (nothing for no bytes).

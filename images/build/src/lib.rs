@@ -6,6 +6,7 @@ pub mod appliance;
 pub mod assemble;
 pub mod bmap;
 pub mod bootkit;
+pub mod bundle;
 pub mod cpio;
 pub mod datafs;
 pub mod esp;
