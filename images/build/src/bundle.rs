@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_format::bundle::{self, BundleError, LayerPart, Part, PartName, Toc};
 use cairn_format::digest::{Digest, Hasher};
-use cairn_format::envelope::{KeyId, PublicKey};
+use cairn_format::envelope::{Envelope, KeyId, PublicKey};
 use cairn_format::manifest::Manifest;
 use ed25519_dalek::SigningKey;
 
@@ -200,17 +200,23 @@ fn hash_stream(r: &mut dyn Read, path: &Path, prefix: u64) -> Result<(Digest, Di
     Ok((whole.finish(), head.finish(), done))
 }
 
+/// A thin bundle's base must be for the same product and older.
+pub fn check_base(m: &Manifest, base: &Manifest) -> Result<(), BundleBuildError> {
+    if base.compatible != m.compatible {
+        return Err(BundleBuildError::BaseProduct { base: base.compatible.clone(), manifest: m.compatible.clone() });
+    }
+    if base.version >= m.version {
+        return Err(BundleBuildError::BaseNotOlder { base: base.version, version: m.version });
+    }
+    Ok(())
+}
+
 /// Write the bundle for `input` to `out`, its TOC signed with `key`.
 /// Same inputs, same bytes. Written beside `out` and renamed into place.
 pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Result<BuiltBundle, BundleBuildError> {
     let m = input.manifest;
     if let Some(b) = input.base {
-        if b.compatible != m.compatible {
-            return Err(BundleBuildError::BaseProduct { base: b.compatible.clone(), manifest: m.compatible.clone() });
-        }
-        if b.version >= m.version {
-            return Err(BundleBuildError::BaseNotOlder { base: b.version, version: m.version });
-        }
+        check_base(m, b)?;
     }
     let layers = carried(input);
     for l in &layers {
@@ -441,6 +447,10 @@ pub struct Verified {
     pub toc: Toc,
     /// Who signed the TOC.
     pub key_id: KeyId,
+    /// Bytes of the TOC envelope.
+    pub toc_len: usize,
+    /// Who signed the manifest.
+    pub manifest_key_id: KeyId,
     /// The manifest, its signature verified.
     pub manifest: Manifest,
     /// Indices of the manifest layers the bundle leaves out.
@@ -455,12 +465,17 @@ pub struct Verified {
 pub fn verify_bundle(path: &Path, trusted: &[PublicKey]) -> Result<Verified, BundleBuildError> {
     let (mut src, head, len) = Source::open(path)?;
     let toc = bundle::open_toc(&head, trusted).map_err(format(path))?;
-    let key_id = bundle::read_toc(&head).map_err(format(path))?.key_id;
+    let u = bundle::read_toc(&head).map_err(format(path))?;
+    let (key_id, toc_len) = (u.key_id, u.len);
     if let Some(len) = len {
         toc.check_len(len).map_err(format(path))?;
     }
     let envelope = read_manifest_part(&mut src, &toc)?;
     let (manifest, omitted) = bundle::open_manifest_part(&toc, &envelope, trusted).map_err(format(path))?;
+    let manifest_key_id = Envelope::parse(&envelope).map(|e| e.key_id).map_err(|_| {
+        let error = BundleError::Manifest(cairn_format::envelope::OpenError::Decode);
+        BundleBuildError::Format { path: path.to_owned(), error }
+    })?;
     let mut parts: Vec<(PartName, Part, u64, Option<&cairn_format::manifest::Layer>)> = Vec::new();
     for (i, lp) in toc.layers.iter().enumerate() {
         let layer = manifest.layers.iter().find(|l| l.digest == lp.digest);
@@ -490,7 +505,7 @@ pub fn verify_bundle(path: &Path, trusted: &[PublicKey]) -> Result<Verified, Bun
             }
         }
     }
-    Ok(Verified { toc, key_id, manifest, omitted })
+    Ok(Verified { toc, key_id, toc_len, manifest_key_id, manifest, omitted })
 }
 
 #[cfg(test)]
