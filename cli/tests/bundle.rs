@@ -59,6 +59,15 @@ argv = ["/bin/app"]
 fn setup(d: &Path) {
     std::fs::create_dir_all(d.join("base/bin")).unwrap();
     std::fs::write(d.join("base/bin/sh"), "the base layer\n".repeat(1000)).unwrap();
+    // Incompressible: the base image spans blocks, so its part has a tree.
+    let mut x = 7u32;
+    let noise: Vec<u8> = (0..40_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(d.join("base/noise"), noise).unwrap();
     for (v, text) in [(1, "app one\n"), (2, "app two\n")] {
         std::fs::create_dir_all(d.join(format!("app{v}/bin"))).unwrap();
         std::fs::write(d.join(format!("app{v}/bin/app")), text).unwrap();

@@ -539,6 +539,15 @@ argv = ["/bin/app"]
     fn build(dir: &Path, version: u64, app: &str) -> assemble::BuiltAppliance {
         fs::create_dir_all(dir.join("base/bin")).unwrap();
         fs::write(dir.join("base/bin/sh"), "base layer\n".repeat(500)).unwrap();
+        // Incompressible: the base image spans blocks, so it has a hash tree.
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..40_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 24) as u8
+            })
+            .collect();
+        fs::write(dir.join("base/noise"), noise).unwrap();
         fs::create_dir_all(dir.join("app/bin")).unwrap();
         fs::write(dir.join("app/bin/app"), app).unwrap();
         let toml = APPLIANCE.replace("VERSION", &version.to_string());
@@ -562,6 +571,7 @@ argv = ["/bin/app"]
         let out = d.path().join("b.cairn");
         let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
         assert_eq!(b.toc.layers.len(), 2);
+        assert!(!app.layers[0].tree.is_empty() && app.layers[0].size % 4096 == 0);
         assert!(b.omitted.is_empty());
         let bytes = fs::read(&out).unwrap();
         assert_eq!(bytes.len() as u64, b.toc.total_size);
