@@ -571,7 +571,7 @@ argv = ["/bin/app"]
         let out = d.path().join("b.cairn");
         let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
         assert_eq!(b.toc.layers.len(), 2);
-        assert!(!app.layers[0].tree.is_empty() && app.layers[0].size % 4096 == 0);
+        assert!(!app.layers[0].tree.is_empty() && app.layers[0].size.is_multiple_of(4096));
         assert!(b.omitted.is_empty());
         let bytes = fs::read(&out).unwrap();
         assert_eq!(bytes.len() as u64, b.toc.total_size);
