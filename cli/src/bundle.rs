@@ -11,7 +11,7 @@ use cairn_format::Manifest;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::manifest::read_unverified;
+use crate::manifest::{read_unverified, Signer, SignerArgs};
 use crate::output::{digest, Output};
 use crate::progress::{size, Progress};
 
@@ -31,10 +31,10 @@ pub enum BundleCommand {
         /// Directory holding the layer images the bundle carries.
         #[arg(long)]
         layers: PathBuf,
-        /// Secret key that signs the table of contents (PKCS#8 PEM ed25519,
-        /// or 64 hex characters); devices must trust it.
-        #[arg(long)]
-        key: PathBuf,
+        /// Who signs the table of contents (devices must trust the key):
+        /// --key, or --sign-command with --pubkey, as `manifest sign`.
+        #[command(flatten)]
+        signer: SignerArgs,
         /// The manifest devices update from (a built manifest envelope):
         /// leave out every layer it names.
         #[arg(long, value_name = "OLD.manifest")]
@@ -73,35 +73,37 @@ pub enum BundleCommand {
 
 pub fn run(cmd: BundleCommand, progress: &Progress, out: &Output) -> Result<()> {
     match cmd {
-        BundleCommand::Build { manifest, layers, key, base, boot_image, out: path, split } => build(
-            &manifest,
-            &layers,
-            &key,
-            base.as_deref(),
-            boot_image.as_deref(),
-            &path,
-            split.as_deref(),
-            progress,
-            out,
-        ),
+        BundleCommand::Build { manifest, layers, signer, base, boot_image, out: path, split } => {
+            let signer = Signer::from_args(signer)?
+                .context("say who signs the table of contents: --key KEY, or --sign-command CMD --pubkey KEY.pub")?;
+            let paths = BuildPaths {
+                manifest: &manifest,
+                layers: &layers,
+                base: base.as_deref(),
+                boot_image: boot_image.as_deref(),
+                out: &path,
+                split: split.as_deref(),
+            };
+            build(&paths, &signer, progress, out)
+        }
         BundleCommand::Inspect { bundle } => inspect(&bundle, out),
         BundleCommand::Verify { bundle, pubkeys } => verify(&bundle, &pubkeys, progress, out),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build(
-    manifest: &Path,
-    layers: &Path,
-    key: &Path,
-    base: Option<&Path>,
-    boot_image: Option<&Path>,
-    path: &Path,
-    split: Option<&Path>,
-    progress: &Progress,
-    out: &Output,
-) -> Result<()> {
-    let key = keys::load(key)?;
+/// The files `bundle build` reads and writes.
+#[derive(Clone, Copy)]
+struct BuildPaths<'a> {
+    manifest: &'a Path,
+    layers: &'a Path,
+    base: Option<&'a Path>,
+    boot_image: Option<&'a Path>,
+    out: &'a Path,
+    split: Option<&'a Path>,
+}
+
+fn build(paths: &BuildPaths<'_>, signer: &Signer, progress: &Progress, out: &Output) -> Result<()> {
+    let BuildPaths { manifest, layers, base, boot_image, out: path, split } = *paths;
     let envelope = std::fs::read(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
     let (_, m) = read_unverified(manifest)?;
     if keys::is_unsigned(&envelope) {
@@ -121,7 +123,9 @@ fn build(
     let found = assemble::find_layers(&wanted, layers)?;
     progress.step(format!("writing {}", path.display()));
     let input = BundleInput { envelope: &envelope, manifest: &m, layers: &found, base: base_m.as_ref(), boot_image };
-    let built = build_bundle::write_bundle(&input, &key, path)?;
+    let public = signer.public();
+    let mut sign = |bytes: &[u8]| signer.sign(bytes).map_err(|e| format!("{e:#}"));
+    let built = build_bundle::write_bundle_with(&input, &public, &mut sign, path)?;
     let files = match split {
         Some(dir) => {
             progress.step(format!("writing the parts into {}", dir.display()));
@@ -130,7 +134,7 @@ fn build(
         None => None,
     };
     progress.clear();
-    let key_id = envelope::key_id(&key.verifying_key().to_bytes());
+    let key_id = envelope::key_id(&public);
     let d = Described { path, toc: &built.toc, toc_len: built.toc_len, key_id, manifest: Some(&m) };
     if out.json {
         let mut v = d.json();

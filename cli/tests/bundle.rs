@@ -291,3 +291,36 @@ fn an_unsigned_manifest_is_not_bundled() {
         "cairn: error: u.manifest: not signed; a device refuses an unsigned manifest (sign it with `cairn manifest sign`)"
     );
 }
+
+#[test]
+fn a_signing_command_signs_the_table_of_contents() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    setup(d);
+    let base = ["bundle", "build", "--manifest", "v2.manifest", "--layers", "layers2"];
+    let b = json(&[&base[..], &["--key", "k", "--out", "k.bundle"]].concat(), d);
+    let bytes = std::fs::read(d.join("k.bundle")).unwrap();
+    let toc = b["toc_size"].as_u64().unwrap() as usize;
+    // A command that prints the signature the key file made, in hex: the
+    // same bundle, byte for byte.
+    let sig: String = bytes[toc - 64..toc].iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(d.join("sig.hex"), &sig).unwrap();
+    let cmd = "cat >/dev/null; cat sig.hex";
+    ok(&[&base[..], &["--sign-command", cmd, "--pubkey", "k.pub", "--out", "c.bundle"]].concat(), d);
+    assert_eq!(std::fs::read(d.join("c.bundle")).unwrap(), bytes);
+    // The signature of another key: refused, nothing written.
+    let e = fails(&[&base[..], &["--sign-command", cmd, "--pubkey", "other.pub", "--out", "o.bundle"]].concat(), d);
+    let other = key_id(d, "other");
+    assert_eq!(
+        e.trim(),
+        format!("cairn: error: o.bundle: table of contents: signature by key {other} does not verify")
+    );
+    assert!(!d.join("o.bundle").exists() && !d.join("o.bundle.partial").exists());
+    // A failing command.
+    let e = fails(&[&base[..], &["--sign-command", "exit 3", "--pubkey", "k.pub", "--out", "o.bundle"]].concat(), d);
+    assert!(e.starts_with("cairn: error: signing the table of contents: --sign-command \"exit 3\" failed"), "{e}");
+    assert!(!d.join("o.bundle").exists());
+    // Neither: said so.
+    let e = fails(&[&base[..], &["--out", "o.bundle"]].concat(), d);
+    assert!(e.contains("--key KEY, or --sign-command CMD --pubkey KEY.pub"), "{e}");
+}

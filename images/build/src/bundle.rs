@@ -55,6 +55,9 @@ pub enum BundleBuildError {
     /// A layer part whose image does not hash to the layer's digest.
     #[error(transparent)]
     LayerImage(Box<LayerImageError>),
+    /// The signer of the TOC failed.
+    #[error("signing the table of contents: {0}")]
+    Sign(String),
     /// Writing a layer part.
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -214,6 +217,23 @@ pub fn check_base(m: &Manifest, base: &Manifest) -> Result<(), BundleBuildError>
 /// Write the bundle for `input` to `out`, its TOC signed with `key`.
 /// Same inputs, same bytes. Written beside `out` and renamed into place.
 pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Result<BuiltBundle, BundleBuildError> {
+    use ed25519_dalek::Signer as _;
+    let public = key.verifying_key().to_bytes();
+    write_bundle_with(input, &public, &mut |bytes| Ok(key.sign(bytes).to_bytes()), out)
+}
+
+/// A signer of TOC bytes ([`bundle::toc_signed_bytes`]): the ed25519
+/// signature, or why there is none.
+pub type SignFn<'a> = dyn FnMut(&[u8]) -> Result<[u8; 64], String> + 'a;
+
+/// [`write_bundle`] with any signer for the key `public` (a signing
+/// command, an HSM). The signature is checked before the bundle is kept.
+pub fn write_bundle_with(
+    input: &BundleInput<'_>,
+    public: &PublicKey,
+    sign: &mut SignFn<'_>,
+    out: &Path,
+) -> Result<BuiltBundle, BundleBuildError> {
     let m = input.manifest;
     if let Some(b) = input.base {
         check_base(m, b)?;
@@ -303,7 +323,11 @@ pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Re
         if let Some(p) = &mut toc.boot_image {
             p.sha256 = hash_range(&mut f, &tmp, p.offset, p.size, 0)?.0;
         }
-        let sealed = bundle::seal_toc(&toc, key).map_err(format(out))?;
+        let mut sealed = bundle::toc_signed_bytes(&toc, public).map_err(format(out))?;
+        let signature = sign(&sealed).map_err(BundleBuildError::Sign)?;
+        sealed.extend_from_slice(&signature);
+        // What a device will check: the signature, and every bound.
+        bundle::open_toc(&sealed, &[*public]).map_err(format(out))?;
         f.seek(SeekFrom::Start(0)).map_err(io(&tmp))?;
         f.write_all(&sealed).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
@@ -633,6 +657,30 @@ argv = ["/bin/app"]
         other.compatible = "router-v2".into();
         let e = write_bundle(&input(&v2, Some(&other)), &key(), &out).unwrap_err();
         assert_eq!(e.to_string(), "the base manifest is for \"router-v2\", the manifest for \"cairn-test\"");
+    }
+
+    #[test]
+    fn a_signed_part_whose_image_is_not_the_layer_is_found() {
+        // A TOC signer who signs the sha256 of other bytes than the layer's:
+        // the device would find out at the first verity read; verify finds
+        // it now.
+        let d = tempfile::tempdir().unwrap();
+        let app = build(d.path(), 1, "v1");
+        let out = d.path().join("b.cairn");
+        let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
+        let mut bytes = fs::read(&out).unwrap();
+        let mut toc = b.toc.clone();
+        let p = toc.layers[1].part;
+        bytes[p.offset as usize + 10] ^= 1;
+        toc.layers[1].part.sha256 = Digest::of(&bytes[p.offset as usize..p.end() as usize]);
+        let sealed = bundle::seal_toc(&toc, &key()).unwrap();
+        assert_eq!(sealed.len(), b.toc_len);
+        bytes[..sealed.len()].copy_from_slice(&sealed);
+        fs::write(&out, &bytes).unwrap();
+        let pk = key().verifying_key().to_bytes();
+        let e = verify_bundle(&out, &[pk]).unwrap_err();
+        let BundleBuildError::LayerImage(e) = e else { panic!("{e}") };
+        assert_eq!((e.part, e.layer.as_str(), e.expected), (PartName::Layer(1), "app", app.layers[1].digest));
     }
 
     #[test]

@@ -526,6 +526,23 @@ pub fn seal_toc(toc: &Toc, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, B
     Ok(sealed)
 }
 
+/// The bytes a signer signs for `toc` under `public` (host side, for a
+/// signer that is not a key file: an HSM, a KMS): the TOC envelope's header
+/// and payload. The envelope is these bytes and the 64-byte signature; it
+/// must pass [`open_toc`] with `public`.
+pub fn toc_signed_bytes(toc: &Toc, public: &PublicKey) -> Result<Vec<u8>, BundleError> {
+    let payload = postcard::to_allocvec(toc).map_err(|_| BundleError::Decode)?;
+    if payload.len() > MAX_TOC_PAYLOAD {
+        return Err(BundleError::TocTooLarge(payload.len()));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + SIGNATURE_LEN);
+    out.extend_from_slice(&TOC_MAGIC);
+    out.extend_from_slice(&envelope::key_id(public).0);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
 /// Bytes of the envelope that seals `toc`.
 pub fn toc_envelope_len(toc: &Toc) -> Result<usize, BundleError> {
     let payload = postcard::to_allocvec(toc).map_err(|_| BundleError::Decode)?;
@@ -594,6 +611,15 @@ mod tests {
         assert!(e.to_string().starts_with("table of contents: signed by untrusted key "), "{e}");
         let u = read_toc(&head).unwrap();
         assert_eq!((u.toc, u.key_id), (toc, envelope::key_id(&pk(1))));
+    }
+
+    #[test]
+    fn signed_bytes_and_a_signature_are_the_sealed_toc() {
+        use ed25519_dalek::Signer as _;
+        let (_, toc) = fixture();
+        let mut env = toc_signed_bytes(&toc, &pk(1)).unwrap();
+        env.extend_from_slice(&key(1).sign(&env).to_bytes());
+        assert_eq!(env, seal_toc(&toc, &key(1)).unwrap());
     }
 
     #[test]
