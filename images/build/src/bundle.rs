@@ -622,6 +622,27 @@ argv = ["/bin/app"]
     }
 
     #[test]
+    fn a_layer_part_is_the_layer_partition_of_an_assembled_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let app = build(d.path(), 1, "v1");
+        let out = d.path().join("b.cairn");
+        let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
+        let disk = d.path().join("disk.img");
+        let opts = assemble::DiskOptions { layer_slot_bytes: 1 << 20, ..Default::default() };
+        let layout = assemble::assemble_disk(&app, &disk, opts, None).unwrap();
+        let (bundle_bytes, disk_bytes) = (fs::read(&out).unwrap(), fs::read(&disk).unwrap());
+        for (i, lp) in b.toc.layers.iter().enumerate() {
+            let name = format!("cairn-layer-{:02}", i + 1);
+            let p = layout.partitions.iter().find(|p| p.name == name).unwrap();
+            let slot = &disk_bytes[p.offset_bytes as usize..(p.offset_bytes + p.size_bytes) as usize];
+            let part = &bundle_bytes[lp.part.offset as usize..lp.part.end() as usize];
+            // The part is the partition's head; the rest of the slot is zero.
+            assert_eq!(&slot[..part.len()], part, "{name}");
+            assert!(slot[part.len()..].iter().all(|b| *b == 0), "{name}");
+        }
+    }
+
+    #[test]
     fn the_same_inputs_give_the_same_bytes() {
         let d = tempfile::tempdir().unwrap();
         let app = build(d.path(), 1, "v1");
