@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bundle;
 mod image;
 mod key;
 mod layer;
@@ -45,7 +46,9 @@ Examples:
   cairn manifest inspect build/appliance.manifest
   cairn manifest verify build/appliance.manifest --pubkey keys/release.pub
   cairn image assemble --board qemu-x86_64 --manifest build/appliance.manifest --layers layers/ \\
-        --init cairn-init --trust keys/release.pub --product acme-thermostat-v1 --kernel kernel-tree/ --out disk.img";
+        --init cairn-init --trust keys/release.pub --product acme-thermostat-v1 --kernel kernel-tree/ --out disk.img
+  cairn bundle build --manifest build/v2.manifest --layers layers/ --key keys/release --base build/v1.manifest --out v2.cairn
+  cairn bundle verify v2.cairn --pubkey keys/release.pub";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -61,6 +64,9 @@ enum Command {
     /// Disk images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Update bundles.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// The boards cairn knows.
     Boards,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Command::Layer(c) => layer::run(c, &progress, &out),
         Command::Manifest(c) => manifest::run(c, &progress, &out),
         Command::Image(c) => image::run(c, &progress, &out),
+        Command::Bundle(c) => bundle::run(c, &progress, &out),
         Command::Boards => boards(&out),
         Command::Completions { shell } => {
             // Into a buffer: clap_complete panics on a failed write.

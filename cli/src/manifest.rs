@@ -85,7 +85,7 @@ pub enum ManifestCommand {
 
 /// Who signs: a key file, or a command (an HSM's or a KMS's client).
 #[derive(Debug, clap::Args)]
-pub struct SignerArgs {
+pub(crate) struct SignerArgs {
     /// Secret signing key: PKCS#8 PEM ed25519, or 64 hex characters (mode 0600).
     #[arg(long, conflicts_with = "sign_command")]
     key: Option<PathBuf>,
@@ -101,13 +101,13 @@ pub struct SignerArgs {
 }
 
 /// A signer, ready.
-enum Signer {
+pub(crate) enum Signer {
     Key(ed25519_dalek::SigningKey),
     Command { command: String, public: envelope::PublicKey, pubkey: PathBuf },
 }
 
 impl Signer {
-    fn from_args(a: SignerArgs) -> Result<Option<Signer>> {
+    pub(crate) fn from_args(a: SignerArgs) -> Result<Option<Signer>> {
         Ok(match (a.key, a.sign_command, a.pubkey) {
             (Some(k), _, _) => Some(Signer::Key(keys::load(&k)?)),
             (None, Some(command), Some(pubkey)) => {
@@ -117,7 +117,7 @@ impl Signer {
         })
     }
 
-    fn public(&self) -> envelope::PublicKey {
+    pub(crate) fn public(&self) -> envelope::PublicKey {
         match self {
             Signer::Key(k) => k.verifying_key().to_bytes(),
             Signer::Command { public, .. } => *public,
@@ -126,16 +126,20 @@ impl Signer {
 
     /// The signed envelope of `payload`.
     fn seal(&self, payload: &[u8]) -> Result<Vec<u8>> {
-        let public = self.public();
-        let to_sign = keys::signed_bytes(payload, &public)?;
-        let signature = match self {
+        let to_sign = keys::signed_bytes(payload, &self.public())?;
+        let signature = self.sign(&to_sign)?;
+        Ok(keys::attach(&to_sign, &signature, &self.public())?)
+    }
+
+    /// The ed25519 signature of `bytes` (not checked here).
+    pub(crate) fn sign(&self, bytes: &[u8]) -> Result<[u8; 64]> {
+        Ok(match self {
             Signer::Key(k) => {
                 use ed25519_dalek::Signer as _;
-                k.sign(&to_sign).to_bytes()
+                k.sign(bytes).to_bytes()
             }
-            Signer::Command { command, pubkey, .. } => run_sign_command(command, &to_sign, &public, pubkey)?,
-        };
-        Ok(keys::attach(&to_sign, &signature, &public)?)
+            Signer::Command { command, public, pubkey } => run_sign_command(command, bytes, public, pubkey)?,
+        })
     }
 }
 

@@ -124,6 +124,10 @@ fn every_command_prints_its_documented_json() {
         "key secure-boot",
         json(&["key", "secure-boot", "keys/sb", "--common-name", "json test", "--years", "2"], d),
     ));
+    let bundle = ["bundle", "build", "--manifest", "m.cairn", "--layers", "layers", "--key", "k", "--out", "b.bundle"];
+    docs.push(("bundle build", json(&[&bundle[..], &["--split", "b.split"]].concat(), d)));
+    docs.push(("bundle inspect", json(&["bundle", "inspect", "b.bundle"], d)));
+    docs.push(("bundle verify", json(&["bundle", "verify", "b.bundle", "--pubkey", "k.pub"], d)));
 
     let mut all = Vec::new();
     let mut text = String::new();

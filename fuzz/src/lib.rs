@@ -34,10 +34,16 @@ pub fn other_public_key() -> PublicKey {
 /// Seal `payload` (at most `MAX_PAYLOAD` bytes are used) into `out` with
 /// `key`, the way the host tool does.
 pub fn seal_into(payload: &[u8], key: &SigningKey, out: &mut Vec<u8>) {
-    let payload = payload.get(..MAX_PAYLOAD).unwrap_or(payload);
+    seal_into_as(payload, key, &MAGIC, MAX_PAYLOAD, out)
+}
+
+/// [`seal_into`] under another magic and payload bound (an update
+/// bundle's table of contents: `bundle::TOC_MAGIC`, `bundle::MAX_TOC_PAYLOAD`).
+pub fn seal_into_as(payload: &[u8], key: &SigningKey, magic: &[u8; 8], max: usize, out: &mut Vec<u8>) {
+    let payload = payload.get(..max).unwrap_or(payload);
     out.clear();
     out.reserve(HEADER_LEN + payload.len() + SIGNATURE_LEN);
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&key_id(&key.verifying_key().to_bytes()).0);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);

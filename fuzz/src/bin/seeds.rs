@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_fuzz::{seal_into, test_public_key, test_signing_key, OTHER_KEY_SEED};
+use cairn_fuzz::{seal_into, seal_into_as, test_public_key, test_signing_key, OTHER_KEY_SEED};
 use cairn_format::bootstate::{self, BootState, LayerSlot, Slot, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE};
+use cairn_format::bundle::{self, LayerPart, Part, Toc};
 use cairn_format::envelope::{self, OpenError};
 use cairn_build::appliance::Appliance;
 use cairn_build::verity::{identity_by_digest, LayerIdentity};
@@ -58,6 +59,8 @@ fn main() {
     println!("envelope_open: {n} files");
     let n = bootstate_seeds(&corpus.join("bootstate_record"));
     println!("bootstate_record: {n} files");
+    let n = bundle_seeds(&corpus.join("bundle_toc"), &manifests);
+    println!("bundle_toc: {n} files");
 }
 
 /// Compile an appliance file into a manifest, with a made-up digest, size
@@ -273,5 +276,113 @@ fn bootstate_seeds(dir: &Path) -> usize {
     put("copy0-only", &region(Some(&factory), None)[..COPY_SIZE]);
     put("too-short", &region(Some(&factory), None)[..100]);
     put("blank", &[0u8; RECORD_SIZE]);
+    count
+}
+
+/// A TOC for `m` carrying the layers `carry` (indices), the parts laid out
+/// from offset 4096 as the bundle builder does (the TOC is smaller).
+fn toc_for(m: &Manifest, carry: &[usize], boot: bool) -> Toc {
+    let envelope = envelope::seal_manifest(m, &test_signing_key()).unwrap_or_else(|e| panic!("{e}"));
+    let (mut at, mut end) = (4096u64, 0u64);
+    let mut part = |size: u64, seed: &[u8]| {
+        let p = Part { offset: at, size, sha256: Digest::of(seed) };
+        end = at + size;
+        at = bundle::align_up(end).unwrap_or(u64::MAX);
+        p
+    };
+    let manifest = part(envelope.len() as u64, &envelope);
+    let layers = carry
+        .iter()
+        .filter_map(|i| m.layers.get(*i))
+        .map(|l| LayerPart { digest: l.digest, part: part(l.verity.partition_bytes(), &l.digest.0) })
+        .collect();
+    let boot_image = boot.then(|| part(20000, b"boot"));
+    Toc {
+        compatible: m.compatible.clone(),
+        version: m.version,
+        base_version: (carry.len() < m.layers.len()).then_some(m.version.saturating_sub(1)),
+        total_size: end,
+        manifest,
+        layers,
+        boot_image,
+    }
+}
+
+fn bundle_seeds(dir: &Path, manifests: &[(String, Manifest)]) -> usize {
+    let dir = fresh(dir);
+    let key = test_signing_key();
+    let pk = test_public_key();
+    let mut count = 0;
+    let mut put = |name: &str, bytes: &[u8]| {
+        write(&dir, name, bytes);
+        count += 1;
+    };
+    // Sealed without the bound checks, so invalid TOCs get signed too.
+    let raw = |t: &Toc| {
+        let payload = postcard::to_allocvec(t).unwrap_or_else(|e| panic!("{e}"));
+        envelope::seal_as(&payload, &key, &bundle::TOC_MAGIC, bundle::MAX_TOC_PAYLOAD).unwrap_or_else(|e| panic!("{e}"))
+    };
+    for (name, m) in manifests {
+        let all: Vec<usize> = (0..m.layers.len()).collect();
+        let t = toc_for(m, &all, false);
+        let head = bundle::seal_toc(&t, &key).unwrap_or_else(|e| panic!("sealing the TOC of {name}: {e}"));
+        // The fuzz targets' own sealer is the host's, byte for byte.
+        let mut mine = Vec::new();
+        let payload = postcard::to_allocvec(&t).unwrap_or_else(|e| panic!("{e}"));
+        seal_into_as(&payload, &key, &bundle::TOC_MAGIC, bundle::MAX_TOC_PAYLOAD, &mut mine);
+        assert_eq!(mine, head, "cairn_fuzz::seal_into_as differs from bundle::seal_toc");
+        assert_eq!(bundle::open_toc(&head, &[pk]), Ok(t.clone()));
+        assert_eq!(bundle::check_manifest(&t, m), Ok(vec![]));
+        put(&format!("valid-full-{name}"), &head);
+    }
+    let (name, m) = &manifests[0];
+    let thin = toc_for(m, &[m.layers.len() - 1], true);
+    let head = bundle::seal_toc(&thin, &key).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bundle::check_manifest(&thin, m).map(|v| v.len()), Ok(m.layers.len() - 1));
+    put(&format!("valid-thin-boot-{name}"), &head);
+    // A head is read whole: bytes after the TOC are the first parts.
+    let mut padded = head.clone();
+    padded.resize(8192, 0);
+    assert!(bundle::open_toc(&padded, &[pk]).is_ok());
+    put(&format!("valid-padded-{name}"), &padded);
+    // Signed, but a rule broken.
+    let all: Vec<usize> = (0..m.layers.len()).collect();
+    let t = toc_for(m, &all, true);
+    let broken: [(&str, Box<dyn Fn(&mut Toc)>); 6] = [
+        ("misaligned", Box::new(|t: &mut Toc| t.manifest.offset += 512)),
+        ("inside-toc", Box::new(|t: &mut Toc| t.manifest.offset = 0)),
+        ("overlap", Box::new(|t: &mut Toc| t.manifest.size += 8192)),
+        ("outside-file", Box::new(|t: &mut Toc| t.total_size -= 1)),
+        ("duplicate-layer", Box::new(|t: &mut Toc| {
+            if let Some(first) = t.layers.first().copied() {
+                let mut again = first;
+                again.part.offset = t.total_size;
+                t.total_size = again.part.end();
+                t.boot_image = None;
+                t.layers.push(again);
+            }
+        })),
+        ("bad-compatible", Box::new(|t: &mut Toc| t.compatible = "Not Valid!".into())),
+    ];
+    for (what, change) in broken {
+        let mut b = t.clone();
+        change(&mut b);
+        let sealed = raw(&b);
+        assert!(bundle::open_toc(&sealed, &[pk]).is_err(), "{what} opened");
+        put(&format!("signed-{what}"), &sealed);
+    }
+    let mut trailing = postcard::to_allocvec(&t).unwrap_or_else(|e| panic!("{e}"));
+    trailing.extend_from_slice(b"tail");
+    let sealed = envelope::seal_as(&trailing, &key, &bundle::TOC_MAGIC, bundle::MAX_TOC_PAYLOAD)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bundle::open_toc(&sealed, &[pk]), Err(bundle::BundleError::TrailingBytes(4)));
+    put("signed-trailing", &sealed);
+    // Signed by a key the device does not trust; a manifest envelope.
+    let other = SigningKey::from_bytes(&OTHER_KEY_SEED);
+    put("untrusted-key", &bundle::seal_toc(&t, &other).unwrap_or_else(|e| panic!("{e}")));
+    put("manifest-envelope", &envelope::seal_manifest(m, &key).unwrap_or_else(|e| panic!("{e}")));
+    let good = bundle::seal_toc(&t, &key).unwrap_or_else(|e| panic!("{e}"));
+    put("flipped-payload", &flip(&good, envelope::HEADER_LEN + 3));
+    put("truncated", &good[..good.len() - 10]);
     count
 }

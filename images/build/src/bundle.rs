@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_format::bundle::{self, BundleError, LayerPart, Part, PartName, Toc};
 use cairn_format::digest::{Digest, Hasher};
-use cairn_format::envelope::{KeyId, PublicKey};
+use cairn_format::envelope::{Envelope, KeyId, PublicKey};
 use cairn_format::manifest::Manifest;
 use ed25519_dalek::SigningKey;
 
@@ -55,6 +55,9 @@ pub enum BundleBuildError {
     /// A layer part whose image does not hash to the layer's digest.
     #[error(transparent)]
     LayerImage(Box<LayerImageError>),
+    /// The signer of the TOC failed.
+    #[error("signing the table of contents: {0}")]
+    Sign(String),
     /// Writing a layer part.
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -200,17 +203,40 @@ fn hash_stream(r: &mut dyn Read, path: &Path, prefix: u64) -> Result<(Digest, Di
     Ok((whole.finish(), head.finish(), done))
 }
 
+/// A thin bundle's base must be for the same product and older.
+pub fn check_base(m: &Manifest, base: &Manifest) -> Result<(), BundleBuildError> {
+    if base.compatible != m.compatible {
+        return Err(BundleBuildError::BaseProduct { base: base.compatible.clone(), manifest: m.compatible.clone() });
+    }
+    if base.version >= m.version {
+        return Err(BundleBuildError::BaseNotOlder { base: base.version, version: m.version });
+    }
+    Ok(())
+}
+
 /// Write the bundle for `input` to `out`, its TOC signed with `key`.
 /// Same inputs, same bytes. Written beside `out` and renamed into place.
 pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Result<BuiltBundle, BundleBuildError> {
+    use ed25519_dalek::Signer as _;
+    let public = key.verifying_key().to_bytes();
+    write_bundle_with(input, &public, &mut |bytes| Ok(key.sign(bytes).to_bytes()), out)
+}
+
+/// A signer of TOC bytes ([`bundle::toc_signed_bytes`]): the ed25519
+/// signature, or why there is none.
+pub type SignFn<'a> = dyn FnMut(&[u8]) -> Result<[u8; 64], String> + 'a;
+
+/// [`write_bundle`] with any signer for the key `public` (a signing
+/// command, an HSM). The signature is checked before the bundle is kept.
+pub fn write_bundle_with(
+    input: &BundleInput<'_>,
+    public: &PublicKey,
+    sign: &mut SignFn<'_>,
+    out: &Path,
+) -> Result<BuiltBundle, BundleBuildError> {
     let m = input.manifest;
     if let Some(b) = input.base {
-        if b.compatible != m.compatible {
-            return Err(BundleBuildError::BaseProduct { base: b.compatible.clone(), manifest: m.compatible.clone() });
-        }
-        if b.version >= m.version {
-            return Err(BundleBuildError::BaseNotOlder { base: b.version, version: m.version });
-        }
+        check_base(m, b)?;
     }
     let layers = carried(input);
     for l in &layers {
@@ -297,7 +323,11 @@ pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Re
         if let Some(p) = &mut toc.boot_image {
             p.sha256 = hash_range(&mut f, &tmp, p.offset, p.size, 0)?.0;
         }
-        let sealed = bundle::seal_toc(&toc, key).map_err(format(out))?;
+        let mut sealed = bundle::toc_signed_bytes(&toc, public).map_err(format(out))?;
+        let signature = sign(&sealed).map_err(BundleBuildError::Sign)?;
+        sealed.extend_from_slice(&signature);
+        // What a device will check: the signature, and every bound.
+        bundle::open_toc(&sealed, &[*public]).map_err(format(out))?;
         f.seek(SeekFrom::Start(0)).map_err(io(&tmp))?;
         f.write_all(&sealed).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
@@ -441,6 +471,10 @@ pub struct Verified {
     pub toc: Toc,
     /// Who signed the TOC.
     pub key_id: KeyId,
+    /// Bytes of the TOC envelope.
+    pub toc_len: usize,
+    /// Who signed the manifest.
+    pub manifest_key_id: KeyId,
     /// The manifest, its signature verified.
     pub manifest: Manifest,
     /// Indices of the manifest layers the bundle leaves out.
@@ -455,12 +489,17 @@ pub struct Verified {
 pub fn verify_bundle(path: &Path, trusted: &[PublicKey]) -> Result<Verified, BundleBuildError> {
     let (mut src, head, len) = Source::open(path)?;
     let toc = bundle::open_toc(&head, trusted).map_err(format(path))?;
-    let key_id = bundle::read_toc(&head).map_err(format(path))?.key_id;
+    let u = bundle::read_toc(&head).map_err(format(path))?;
+    let (key_id, toc_len) = (u.key_id, u.len);
     if let Some(len) = len {
         toc.check_len(len).map_err(format(path))?;
     }
     let envelope = read_manifest_part(&mut src, &toc)?;
     let (manifest, omitted) = bundle::open_manifest_part(&toc, &envelope, trusted).map_err(format(path))?;
+    let manifest_key_id = Envelope::parse(&envelope).map(|e| e.key_id).map_err(|_| {
+        let error = BundleError::Manifest(cairn_format::envelope::OpenError::Decode);
+        BundleBuildError::Format { path: path.to_owned(), error }
+    })?;
     let mut parts: Vec<(PartName, Part, u64, Option<&cairn_format::manifest::Layer>)> = Vec::new();
     for (i, lp) in toc.layers.iter().enumerate() {
         let layer = manifest.layers.iter().find(|l| l.digest == lp.digest);
@@ -490,7 +529,7 @@ pub fn verify_bundle(path: &Path, trusted: &[PublicKey]) -> Result<Verified, Bun
             }
         }
     }
-    Ok(Verified { toc, key_id, manifest, omitted })
+    Ok(Verified { toc, key_id, toc_len, manifest_key_id, manifest, omitted })
 }
 
 #[cfg(test)]
@@ -524,6 +563,15 @@ argv = ["/bin/app"]
     fn build(dir: &Path, version: u64, app: &str) -> assemble::BuiltAppliance {
         fs::create_dir_all(dir.join("base/bin")).unwrap();
         fs::write(dir.join("base/bin/sh"), "base layer\n".repeat(500)).unwrap();
+        // Incompressible: the base image spans blocks, so it has a hash tree.
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..40_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 24) as u8
+            })
+            .collect();
+        fs::write(dir.join("base/noise"), noise).unwrap();
         fs::create_dir_all(dir.join("app/bin")).unwrap();
         fs::write(dir.join("app/bin/app"), app).unwrap();
         let toml = APPLIANCE.replace("VERSION", &version.to_string());
@@ -547,6 +595,7 @@ argv = ["/bin/app"]
         let out = d.path().join("b.cairn");
         let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
         assert_eq!(b.toc.layers.len(), 2);
+        assert!(!app.layers[0].tree.is_empty() && app.layers[0].size.is_multiple_of(4096));
         assert!(b.omitted.is_empty());
         let bytes = fs::read(&out).unwrap();
         assert_eq!(bytes.len() as u64, b.toc.total_size);
@@ -570,6 +619,27 @@ argv = ["/bin/app"]
         let pk = key().verifying_key().to_bytes();
         let v = verify_bundle(&out, &[pk]).unwrap();
         assert_eq!(v.manifest, app.manifest);
+    }
+
+    #[test]
+    fn a_layer_part_is_the_layer_partition_of_an_assembled_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let app = build(d.path(), 1, "v1");
+        let out = d.path().join("b.cairn");
+        let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
+        let disk = d.path().join("disk.img");
+        let opts = assemble::DiskOptions { layer_slot_bytes: 1 << 20, ..Default::default() };
+        let layout = assemble::assemble_disk(&app, &disk, opts, None).unwrap();
+        let (bundle_bytes, disk_bytes) = (fs::read(&out).unwrap(), fs::read(&disk).unwrap());
+        for (i, lp) in b.toc.layers.iter().enumerate() {
+            let name = format!("cairn-layer-{:02}", i + 1);
+            let p = layout.partitions.iter().find(|p| p.name == name).unwrap();
+            let slot = &disk_bytes[p.offset_bytes as usize..(p.offset_bytes + p.size_bytes) as usize];
+            let part = &bundle_bytes[lp.part.offset as usize..lp.part.end() as usize];
+            // The part is the partition's head; the rest of the slot is zero.
+            assert_eq!(&slot[..part.len()], part, "{name}");
+            assert!(slot[part.len()..].iter().all(|b| *b == 0), "{name}");
+        }
     }
 
     #[test]
@@ -608,6 +678,30 @@ argv = ["/bin/app"]
         other.compatible = "router-v2".into();
         let e = write_bundle(&input(&v2, Some(&other)), &key(), &out).unwrap_err();
         assert_eq!(e.to_string(), "the base manifest is for \"router-v2\", the manifest for \"cairn-test\"");
+    }
+
+    #[test]
+    fn a_signed_part_whose_image_is_not_the_layer_is_found() {
+        // A TOC signer who signs the sha256 of other bytes than the layer's:
+        // the device would find out at the first verity read; verify finds
+        // it now.
+        let d = tempfile::tempdir().unwrap();
+        let app = build(d.path(), 1, "v1");
+        let out = d.path().join("b.cairn");
+        let b = write_bundle(&input(&app, None), &key(), &out).unwrap();
+        let mut bytes = fs::read(&out).unwrap();
+        let mut toc = b.toc.clone();
+        let p = toc.layers[1].part;
+        bytes[p.offset as usize + 10] ^= 1;
+        toc.layers[1].part.sha256 = Digest::of(&bytes[p.offset as usize..p.end() as usize]);
+        let sealed = bundle::seal_toc(&toc, &key()).unwrap();
+        assert_eq!(sealed.len(), b.toc_len);
+        bytes[..sealed.len()].copy_from_slice(&sealed);
+        fs::write(&out, &bytes).unwrap();
+        let pk = key().verifying_key().to_bytes();
+        let e = verify_bundle(&out, &[pk]).unwrap_err();
+        let BundleBuildError::LayerImage(e) = e else { panic!("{e}") };
+        assert_eq!((e.part, e.layer.as_str(), e.expected), (PartName::Layer(1), "app", app.layers[1].digest));
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! [`open_manifest_part`] (its sha256, its own signature, and that the TOC
 //! and the manifest agree: product, version, each layer part's digest and
 //! size), then streams each layer part into a free slot, hashing as it goes
-//! ([`crate::digest::Hasher`]), and compares with the TOC's sha256.
+//! ([`PartHasher`]: never past the size, then the exact size and sha256).
 //!
 //! A thin bundle (built against a base version) leaves out the layers the
 //! base already has: [`check_manifest`] returns the manifest layers the
@@ -477,6 +477,57 @@ pub fn check_digest(part: PartName, p: &Part, found: Digest) -> Result<(), Bundl
     Ok(())
 }
 
+/// A part's bytes checked as they stream by (into a slot, from a file or
+/// a connection): never more than the TOC's size, and at the end exactly
+/// that size with the TOC's sha256.
+pub struct PartHasher {
+    name: PartName,
+    part: Part,
+    seen: u64,
+    hasher: crate::digest::Hasher,
+}
+
+impl fmt::Debug for PartHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartHasher")
+            .field("name", &self.name)
+            .field("part", &self.part)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl PartHasher {
+    /// Start checking `part`.
+    pub fn new(name: PartName, part: Part) -> Self {
+        Self { name, part, seen: 0, hasher: crate::digest::Hasher::default() }
+    }
+
+    /// Bytes taken so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Take the next bytes; refused (and not hashed) past the part's size.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), BundleError> {
+        let seen = self.seen.saturating_add(bytes.len() as u64);
+        if seen > self.part.size {
+            return Err(BundleError::PartLength { part: self.name, expected: self.part.size, found: seen });
+        }
+        self.hasher.update(bytes);
+        self.seen = seen;
+        Ok(())
+    }
+
+    /// All bytes taken: the length and the sha256 must be the TOC's.
+    pub fn finish(self) -> Result<(), BundleError> {
+        if self.seen != self.part.size {
+            return Err(BundleError::PartLength { part: self.name, expected: self.part.size, found: self.seen });
+        }
+        check_digest(self.name, &self.part, self.hasher.finish())
+    }
+}
+
 /// The TOC and the manifest agree: same product and version, every layer
 /// part is a layer of the manifest with that layer's partition size.
 /// Returns the indices (in `manifest.layers`) of the layers the bundle
@@ -524,6 +575,23 @@ pub fn seal_toc(toc: &Toc, key: &ed25519_dalek::SigningKey) -> Result<Vec<u8>, B
     let sealed = envelope::seal_as(&payload, key, &TOC_MAGIC, MAX_TOC_PAYLOAD).map_err(envelope_error)?;
     toc.validate(sealed.len() as u64)?;
     Ok(sealed)
+}
+
+/// The bytes a signer signs for `toc` under `public` (host side, for a
+/// signer that is not a key file: an HSM, a KMS): the TOC envelope's header
+/// and payload. The envelope is these bytes and the 64-byte signature; it
+/// must pass [`open_toc`] with `public`.
+pub fn toc_signed_bytes(toc: &Toc, public: &PublicKey) -> Result<Vec<u8>, BundleError> {
+    let payload = postcard::to_allocvec(toc).map_err(|_| BundleError::Decode)?;
+    if payload.len() > MAX_TOC_PAYLOAD {
+        return Err(BundleError::TocTooLarge(payload.len()));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + SIGNATURE_LEN);
+    out.extend_from_slice(&TOC_MAGIC);
+    out.extend_from_slice(&envelope::key_id(public).0);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
 }
 
 /// Bytes of the envelope that seals `toc`.
@@ -594,6 +662,15 @@ mod tests {
         assert!(e.to_string().starts_with("table of contents: signed by untrusted key "), "{e}");
         let u = read_toc(&head).unwrap();
         assert_eq!((u.toc, u.key_id), (toc, envelope::key_id(&pk(1))));
+    }
+
+    #[test]
+    fn signed_bytes_and_a_signature_are_the_sealed_toc() {
+        use ed25519_dalek::Signer as _;
+        let (_, toc) = fixture();
+        let mut env = toc_signed_bytes(&toc, &pk(1)).unwrap();
+        env.extend_from_slice(&key(1).sign(&env).to_bytes());
+        assert_eq!(env, seal_toc(&toc, &key(1)).unwrap());
     }
 
     #[test]
@@ -739,6 +816,31 @@ mod tests {
         assert!(e.to_string().starts_with("layers[1]: sha256:"), "{e}");
         let e = verify_part(PartName::BootImage, &p, &data[1..]).unwrap_err();
         assert_eq!(e.to_string(), "boot_image: 10 bytes, the table of contents says 11");
+    }
+
+    #[test]
+    fn a_streamed_part_is_checked_by_length_and_sha256() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let p = Part { offset: 4096, size: data.len() as u64, sha256: Digest::of(&data) };
+        let mut h = PartHasher::new(PartName::Layer(0), p);
+        for chunk in data.chunks(999) {
+            h.update(chunk).unwrap();
+        }
+        assert_eq!(h.seen(), 10_000);
+        // One byte more is refused, and leaves the hash as it was.
+        assert_eq!(
+            h.update(b"x"),
+            Err(BundleError::PartLength { part: PartName::Layer(0), expected: 10_000, found: 10_001 })
+        );
+        assert_eq!(h.finish(), Ok(()));
+        let mut short = PartHasher::new(PartName::Layer(0), p);
+        short.update(&data[..9_999]).unwrap();
+        assert_eq!(short.finish().unwrap_err().to_string(), "layers[0]: 9999 bytes, the table of contents says 10000");
+        let mut bad = data.clone();
+        bad[5000] ^= 1;
+        let mut h = PartHasher::new(PartName::Layer(0), p);
+        h.update(&bad).unwrap();
+        assert!(matches!(h.finish(), Err(BundleError::PartDigest { .. })));
     }
 
     #[test]
