@@ -456,6 +456,39 @@ fn boot_slots(esp: Vec<u8>) -> (String, serde_json::Value) {
     (note, json!(slots))
 }
 
+/// The boot state record: what the device boots next, and why.
+fn boot_state(region: &[u8]) -> (String, serde_json::Value) {
+    use cairn_format::bootstate::{self, Slot};
+    let (_, s) = match bootstate::read_record(region) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                format!("no valid record ({e}): the device boots slot a (factory fallback)"),
+                json!({"state": "invalid", "error": e.to_string()}),
+            )
+        }
+    };
+    let trial = s.trial.map(|t| format!(", trial {} ({} tries left)", t.slot, t.tries_left)).unwrap_or_default();
+    let note = format!(
+        "committed {}, a {} b {}{trial}, floor {}, seq {}",
+        s.committed,
+        s.status_of(Slot::A),
+        s.status_of(Slot::B),
+        s.rollback_floor,
+        s.seq
+    );
+    let value = json!({
+        "state": "record",
+        "seq": s.seq,
+        "committed": s.committed.to_string(),
+        "trial": s.trial.map(|t| json!({"slot": t.slot.to_string(), "tries_left": t.tries_left, "boot_entry": t.boot_entry})),
+        "status": {"a": s.status_of(Slot::A).name(), "b": s.status_of(Slot::B).name()},
+        "rollback_floor": s.rollback_floor,
+        "layers": s.layer_slots.iter().map(|l| json!({"digest": digest(&l.digest), "partition": l.partition})).collect::<Vec<_>>(),
+    });
+    (note, value)
+}
+
 fn inspect(disk: &Path, output: &Output) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let layout = gpt::read_layout(disk)?;
@@ -469,6 +502,11 @@ fn inspect(disk: &Path, output: &Output) -> Result<()> {
             f.seek(SeekFrom::Start(p.offset_bytes))?;
             f.read_exact(&mut buf)?;
             (note, slot) = boot_slots(buf);
+        } else if p.name == "cairn-state" {
+            let mut buf = vec![0u8; (p.size_bytes as usize).min(cairn_format::bootstate::RECORD_SIZE)];
+            f.seek(SeekFrom::Start(p.offset_bytes))?;
+            f.read_exact(&mut buf)?;
+            (note, slot) = boot_state(&buf);
         } else if p.name.starts_with("cairn-manifest-") {
             let mut buf = vec![0u8; p.size_bytes.min(1 << 20) as usize];
             f.seek(SeekFrom::Start(p.offset_bytes))?;
@@ -505,6 +543,8 @@ fn inspect(disk: &Path, output: &Output) -> Result<()> {
                 let mut v = json!({"index": p.index, "name": p.name, "offset": p.offset_bytes, "size": p.size_bytes});
                 if p.name == gpt::ESP_NAME {
                     v["boot_slots"] = slot.clone();
+                } else if p.name == "cairn-state" {
+                    v["boot_state"] = slot.clone();
                 } else if !slot.is_null() {
                     v["manifest"] = slot.clone();
                 }
