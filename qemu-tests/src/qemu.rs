@@ -53,6 +53,9 @@ pub struct BootOptions<'a> {
     /// again) instead of ending QEMU (`-no-reboot`, the default): for
     /// watchdog resets seen in one console.
     pub allow_reset: bool,
+    /// More `-drive` options for the boot disk (e.g. write throttling, so a
+    /// power cut lands between two writes).
+    pub boot_drive_options: &'a str,
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -162,7 +165,14 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
     }
     for (i, d) in disks.iter().enumerate() {
         // `-kernel` takes boot index 0 itself (its option ROM).
-        c.args(disk_device_args(opts.bus, i, d, uefi && *d == disk));
+        let mut args = disk_device_args(opts.bus, i, d, uefi && *d == disk);
+        if *d == disk && !opts.boot_drive_options.is_empty() {
+            if let Some(drive) = args.iter_mut().find(|a| a.starts_with("file=")) {
+                drive.push(',');
+                drive.push_str(opts.boot_drive_options);
+            }
+        }
+        c.args(args);
     }
     c
 }

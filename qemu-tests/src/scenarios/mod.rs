@@ -87,6 +87,7 @@ pub fn all() -> Vec<Scenario> {
         // Over-the-air updates (issue 12).
         Scenario { name: "ota-install", run: ota::install },
         Scenario { name: "ota-rollback", run: ota::rollback },
+        Scenario { name: "ota-powercut", run: ota::powercut },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
     ]

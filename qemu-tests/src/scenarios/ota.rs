@@ -12,9 +12,15 @@
 //!   (slot `b` bad, the floor unchanged, v1 boots again); then an update
 //!   whose trial never gets to commit (power cut during each of its three
 //!   tries) runs out of tries and v1 boots again.
+//! - `ota-powercut`: the power is cut (QEMU killed) at each durable step of
+//!   an install and of its trial, plus a seeded random delay (printed;
+//!   `CAIRN_SEED` repeats it): after every cut the device verifies a
+//!   manifest (v1 until staged, v2 after), the committed partitions are
+//!   unchanged, and the update commits on the first boot left alone.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use cairn_build::assemble::BuiltAppliance;
@@ -194,5 +200,93 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     let s = state(&disk, &layout)?;
     ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 0, "after tries ran out: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
+    Ok(())
+}
+
+/// Where `ota-powercut` cuts the power, in order, on one disk: through every
+/// durable step of the install (each cut before `update.staged` restarts the
+/// install on the next boot), then through the trial (each cut spends a
+/// try), and the last try commits.
+const CUTS: [(&str, bool); 7] = [
+    ("update.installing", true),
+    ("update.claimed", true),
+    ("update.layer-written", true),
+    ("update.manifest-written", true),
+    ("update.staged", true),
+    ("update.trial", false),
+    ("boot.trial", false),
+];
+
+/// A seed for the cut delays: `CAIRN_SEED`, else the clock. Printed.
+fn seed() -> u64 {
+    std::env::var("CAIRN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    })
+}
+
+pub fn powercut(ctx: &Ctx) -> Result<()> {
+    let seed = seed();
+    eprintln!("ota-powercut: seed {seed} (CAIRN_SEED={seed} repeats the delays)");
+    let mut rng = seed | 1;
+    let mut next_delay = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        Duration::from_millis(rng % 300)
+    };
+    let v1 = ctx.build("ota-v1")?;
+    let v2 = ctx.build("ota-v2")?;
+    let (disk, layout) = ctx.disk(&v1, "disk.img")?;
+    let (stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    let committed_before: Vec<Digest> = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
+        .iter()
+        .map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b)))
+        .collect::<Result<_>>()?;
+    for (k, (event, installing)) in CUTS.iter().enumerate() {
+        let delay = next_delay();
+        let log = format!("cut-{k}-{event}.log");
+        let seen = std::cell::Cell::new(None::<std::time::Instant>);
+        let stop = |c: &Console| match (c.first(event, &[]), seen.get()) {
+            (None, _) => false,
+            (Some(_), None) => {
+                seen.set(Some(std::time::Instant::now()));
+                delay.is_zero()
+            }
+            (Some(_), Some(t)) => t.elapsed() >= delay,
+        };
+        let extra: Vec<&Path> = vec![&stick];
+        // Two writes a second on the boot disk: the install's writes (each
+        // followed by a flush) are far enough apart that a cut after one
+        // event lands before the next step's write.
+        let opts =
+            BootOptions { extra_disks: &extra, boot_drive_options: "throttling.iops-write=2", ..BootOptions::default() };
+        let run = ctx.boot_with(&disk, &opts, &log, BOOT_TIMEOUT, &stop)?;
+        let c = &run.console;
+        let at = format!("cut {k} at {event} + {delay:?} (seed {seed})");
+        no_panic(&run).with_context(|| at.clone())?;
+        ensure!(c.first(event, &[]).is_some(), "{at}: the boot never reached {event} ({:?})", run.ending);
+        // Every boot verifies a manifest: the committed v1 while installing,
+        // the trial's v2 after staging.
+        let want = if *installing { ("a", "1") } else { ("b", "2") };
+        c.expect("manifest.verified", &[("slot", want.0), ("version", want.1)]).with_context(|| at.clone())?;
+        let s = state(&disk, &layout)?;
+        ensure!(
+            s.committed == Slot::A && s.rollback_floor == 0 || run.console.first("update.committed", &[]).is_some(),
+            "{at}: the committed slot or floor changed without a commit: {s:?}"
+        );
+        let now: Vec<Digest> = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
+            .iter()
+            .map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b)))
+            .collect::<Result<_>>()?;
+        ensure!(now == committed_before, "{at}: a partition of the committed manifest was written");
+    }
+    // Power stays on: the last try commits.
+    let run = boot_with_stick(ctx, &disk, Some(&stick), "final.log")?;
+    powered_off(&run)?;
+    let c = &run.console;
+    c.expect("update.trial", &[("slot", "b"), ("tries_left", "0")])?;
+    c.expect("update.committed", &[("slot", "b"), ("version", "2"), ("rollback_floor", "2")])?;
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::B && s.trial.is_none() && s.rollback_floor == 2, "not committed: {s:?}");
     Ok(())
 }
