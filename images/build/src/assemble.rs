@@ -437,7 +437,9 @@ pub fn assemble_disk_mapped(
             .push(LayerSlot { digest: l.digest, partition: (i + 1) as u8 })
             .map_err(|_| AssembleError::TooManyLayers(total_slots))?;
     }
-    let state = BootState::factory(slots);
+    // The factory version has proved itself: its floor holds from the
+    // first boot, so nothing older installs on a new device either.
+    let state = BootState { rollback_floor: app.manifest.update.floor, ..BootState::factory(slots) };
     let mut record = vec![0u8; bootstate::RECORD_SIZE];
     let mut block = [0u8; bootstate::COPY_SIZE];
     bootstate::encode_copy(&state, &mut block).map_err(|e| AssembleError::Seal(e.to_string()))?;

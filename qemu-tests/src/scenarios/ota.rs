@@ -109,7 +109,7 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     c.expect("update.staged", &[("slot", "b"), ("version", "2"), ("tries", "3")])?;
     c.expect("update.ready", &[])?;
     let s = state(&disk, &layout)?;
-    ensure!(s.committed == Slot::A && s.rollback_floor == 0, "staging changed the committed slot or floor: {s:?}");
+    ensure!(s.committed == Slot::A && s.rollback_floor == 1, "staging changed the committed slot or floor: {s:?}");
     ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
     let after: Vec<Digest> =
@@ -171,11 +171,11 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     c.expect("boot.trial-failed", &[("slot", "b"), ("effect", "reboot")])?;
     c.expect(
         "update.rolled-back",
-        &[("slot", "b"), ("reason", "unhealthy"), ("booting", "a"), ("rollback_floor", "0")],
+        &[("slot", "b"), ("reason", "unhealthy"), ("booting", "a"), ("rollback_floor", "1")],
     )?;
     ensure!(c.first("update.committed", &[]).is_none(), "a failed trial committed");
     let s = state(&disk, &layout)?;
-    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 0, "after rollback: {s:?}");
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after rollback: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
     let run = ctx.boot_with(&disk, &BootOptions::default(), "after-bad.log", BOOT_TIMEOUT, &started)?;
     let c = &run.console;
@@ -198,7 +198,7 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     c.expect("update.rolled-back", &[("slot", "b"), ("reason", "out-of-tries"), ("booting", "a")])?;
     c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
     let s = state(&disk, &layout)?;
-    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 0, "after tries ran out: {s:?}");
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after tries ran out: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
     Ok(())
 }
@@ -271,7 +271,7 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
         c.expect("manifest.verified", &[("slot", want.0), ("version", want.1)]).with_context(|| at.clone())?;
         let s = state(&disk, &layout)?;
         ensure!(
-            s.committed == Slot::A && s.rollback_floor == 0 || run.console.first("update.committed", &[]).is_some(),
+            s.committed == Slot::A && s.rollback_floor == 1 || run.console.first("update.committed", &[]).is_some(),
             "{at}: the committed slot or floor changed without a commit: {s:?}"
         );
         let now: Vec<Digest> = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
