@@ -92,7 +92,9 @@ impl Ctx<'_> {
     pub fn build_signed(&self, name: &str, key: &SigningKey) -> Result<BuiltAppliance> {
         let sources = BTreeMap::from([("payload".to_owned(), self.art.payload_root.clone())]);
         let path = appliances_dir().join(format!("{name}.toml"));
-        assemble::build_appliance(&path, &sources, key, &self.dir.join("layers"))
+        // Per appliance: two appliances of a scenario (an update and its
+        // base) may name different layers alike.
+        assemble::build_appliance(&path, &sources, key, &self.dir.join(format!("layers-{name}")))
             .with_context(|| format!("building appliance {}", path.display()))
     }
 

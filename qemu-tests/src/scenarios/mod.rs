@@ -88,6 +88,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-install", run: ota::install },
         Scenario { name: "ota-rollback", run: ota::rollback },
         Scenario { name: "ota-powercut", run: ota::powercut },
+        Scenario { name: "ota-antirollback", run: ota::antirollback },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
     ]

@@ -17,6 +17,11 @@
 //!   `CAIRN_SEED` repeats it): after every cut the device verifies a
 //!   manifest (v1 until staged, v2 after), the committed partitions are
 //!   unchanged, and the update commits on the first boot left alone.
+//! - `ota-antirollback`: on a device flashed with v2 (floor 2), an older
+//!   signed bundle (`below-floor`), one for another product
+//!   (`wrong-product`), one whose TOC is signed by an untrusted key and one
+//!   with a flipped byte in its layer (both `bad-bundle`) are refused, and
+//!   every partition but `cairn-data` is byte-for-byte unchanged.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -288,5 +293,70 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
     c.expect("update.committed", &[("slot", "b"), ("version", "2"), ("rollback_floor", "2")])?;
     let s = state(&disk, &layout)?;
     ensure!(s.committed == Slot::B && s.trial.is_none() && s.rollback_floor == 2, "not committed: {s:?}");
+    Ok(())
+}
+
+/// sha256 of every partition but `cairn-data` (which the running
+/// appliance may write).
+fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Digest)>> {
+    layout
+        .partitions
+        .iter()
+        .filter(|p| p.name != "cairn-data")
+        .map(|p| partition(disk, layout, &p.name).map(|b| (p.name.clone(), Digest::of(&b))))
+        .collect()
+}
+
+/// A full bundle (no base) of `app`, TOC signed by `key`.
+fn full_bundle(ctx: &Ctx, app: &BuiltAppliance, key: &ed25519_dalek::SigningKey, file: &str) -> Result<PathBuf> {
+    let path = ctx.dir.join(file);
+    let input =
+        BundleInput { envelope: &app.envelope, manifest: &app.manifest, layers: &app.layers, base: None, boot_image: None };
+    bundle::write_bundle(&input, key, &path)?;
+    let len = std::fs::metadata(&path)?.len();
+    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len.div_ceil(1 << 20) * (1 << 20))?;
+    Ok(path)
+}
+
+pub fn antirollback(ctx: &Ctx) -> Result<()> {
+    let v1 = ctx.build("ota-v1")?;
+    let v2 = ctx.build("ota-v2")?;
+    let v3 = ctx.build("ota-v3")?;
+    let other = ctx.build("wrong-product")?;
+    // The factory image is v2: its floor (2) holds from the first boot.
+    let (disk, layout) = ctx.disk(&v2, "disk.img")?;
+    let older = full_bundle(ctx, &v1, &ctx.art.key, "older.bundle")?;
+    let foreign = full_bundle(ctx, &other, &ctx.art.key, "other-product.bundle")?;
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
+    let untrusted = full_bundle(ctx, &v3, &stranger, "untrusted.bundle")?;
+    // A newer bundle with one byte of its layer part flipped.
+    let (tampered, _) = bundle_disk(ctx, &v3, &v2, "tampered.bundle")?;
+    let toc = bundle::read_bundle(&tampered)?.toc;
+    let layer = toc.layers.first().context("the thin v3 bundle carries no layer")?;
+    let mut bytes = std::fs::read(&tampered)?;
+    let at = usize::try_from(layer.part.offset + layer.part.size / 2)?;
+    bytes[at] ^= 0x40;
+    std::fs::write(&tampered, &bytes)?;
+
+    let before = system_digests(&disk, &layout)?;
+    let cases = [
+        (&older, "below-floor", "older.log"),
+        (&foreign, "wrong-product", "other-product.log"),
+        (&untrusted, "bad-bundle", "untrusted.log"),
+        (&tampered, "bad-bundle", "tampered.log"),
+    ];
+    for (stick, reason, log) in cases {
+        let run = boot_with_stick(ctx, &disk, Some(stick.as_path()), log)?;
+        powered_off(&run).with_context(|| log.to_owned())?;
+        let c = &run.console;
+        c.expect("manifest.verified", &[("slot", "a"), ("version", "2")])?;
+        let refused = c.expect("update.refused", &[]).with_context(|| log.to_owned())?;
+        ensure!(refused.get("reason") == Some(reason), "{log}: refused {:?}, not {reason}", refused.fields);
+        ensure!(c.first("update.claimed", &[]).is_none(), "{log}: a refused bundle claimed a slot");
+        let after = system_digests(&disk, &layout)?;
+        for ((name, b), (_, a)) in before.iter().zip(&after) {
+            ensure!(a == b, "{log}: partition {name} changed");
+        }
+    }
     Ok(())
 }
