@@ -20,11 +20,11 @@
 
 use std::sync::LazyLock;
 
+use cairn_fuzz::{display_len, other_public_key, seal_into, test_public_key, test_signing_key};
 use cairn_format::envelope::{
     key_id, open_manifest, Envelope, EnvelopeError, OpenError, PublicKey, HEADER_LEN, MAGIC, MAX_PAYLOAD, SIGNATURE_LEN,
 };
 use cairn_format::Manifest;
-use cairn_fuzz::{display_len, other_public_key, seal_into, test_public_key, test_signing_key};
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 

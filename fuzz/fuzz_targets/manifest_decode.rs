@@ -15,9 +15,9 @@
 
 #![no_main]
 
+use cairn_fuzz::display_len;
 use cairn_format::manifest::{Manifest, ValidationError};
 use cairn_format::order::OrderError;
-use cairn_fuzz::display_len;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
