@@ -18,7 +18,10 @@
 //! committed slot's manifest and layer partitions are byte-identical to
 //! before; the floor is 0 until v2 commits and 2 after; and booting on from
 //! that disk finishes the update (install again if needed, trial, commit)
-//! within three boots. Every boot spends its try durably before it mounts.
+//! within three boots. Every slot marked good verifies (the init may fall
+//! back to it). Every boot spends its try durably before it mounts. Two
+//! updates are swept: v1 on A to v2 on B, then v2 to v3 on A, which
+//! overwrites a partition of v1's.
 
 use super::*;
 use crate::bootstate::{read_record, BootState, SlotStatus};
@@ -250,16 +253,58 @@ fn layer(name: &str, fill: u8, size: u64) -> (Layer, Vec<u8>) {
     (Layer { name: name.into(), digest: Digest::of(&image), size, verity }, part)
 }
 
+/// The thin bundle of `m`, carrying `carried`, signed with `key`.
+fn bundle(key: &SigningKey, m: &Manifest, carried: &[&(Layer, Vec<u8>)]) -> Vec<u8> {
+    let env = seal_manifest(m, key).unwrap();
+    let mut off = 8192u64;
+    let mpart = Part { offset: off, size: env.len() as u64, sha256: Digest::of(&env) };
+    off = align_up(off + env.len() as u64).unwrap();
+    let mut layers = vec![];
+    for (l, bytes) in carried {
+        let part = Part { offset: off, size: bytes.len() as u64, sha256: Digest::of(bytes) };
+        layers.push(LayerPart { digest: l.digest, part });
+        off = align_up(off + bytes.len() as u64).unwrap();
+    }
+    let toc = Toc {
+        compatible: PRODUCT.into(),
+        version: m.version,
+        base_version: Some(m.version - 1),
+        total_size: off,
+        manifest: mpart,
+        layers: layers.clone(),
+        boot_image: None,
+    };
+    let head = seal_toc(&toc, key).unwrap();
+    assert!(head.len() <= 8192);
+    let mut source = vec![0u8; off as usize];
+    source[..head.len()].copy_from_slice(&head);
+    source[8192..8192 + env.len()].copy_from_slice(&env);
+    for (lp, (_, bytes)) in layers.iter().zip(carried) {
+        source[lp.part.offset as usize..][..bytes.len()].copy_from_slice(bytes);
+    }
+    source
+}
+
+/// One update: the disk before it, and what must hold through it.
 struct Fixture {
     key: SigningKey,
-    v1: Manifest,
-    /// The factory disk: v1 committed on A, layers on 1-3, the bundle as
-    /// the source.
-    disk: Disk,
+    /// The disk before the install, the bundle as its source.
+    start: Disk,
     partitions: Vec<Partition>,
+    /// The committed slot before the update, and the version it installs.
+    from: Slot,
+    to: u64,
+    /// The committed slot's partitions: never written until it commits.
+    protected: Vec<Target>,
+    /// The floor before and after the commit.
+    floors: (u64, u64),
+    /// The next update's manifest and the layers its bundle carries.
+    next: Option<(Manifest, Vec<(Layer, Vec<u8>)>)>,
 }
 
 impl Fixture {
+    /// v1 (layers base, app, data on 1-3) committed on A, a bundle of v2
+    /// (base, a new app, extra) as the source.
     fn new(bug: Bug) -> Fixture {
         let key = SigningKey::from_bytes(&[1; 32]);
         let base = layer("base", 1, 8192);
@@ -267,43 +312,19 @@ impl Fixture {
         let data = layer("data", 3, 4096);
         let app2 = layer("app", 4, 12288);
         let extra = layer("extra", 5, 8192);
+        let tools = layer("tools", 6, 8192);
+        let more = layer("more", 7, 4096);
         let mut v1 = manifest(&[container("app", &[])]);
         v1.layers = vec![base.0.clone(), app1.0.clone(), data.0.clone()];
         let mut v2 = manifest(&[container("app", &[])]);
         v2.version = 2;
         v2.update = crate::manifest::UpdatePolicy::for_version(2);
         v2.layers = vec![base.0.clone(), app2.0.clone(), extra.0.clone()];
-
-        // The thin bundle: the manifest and the two layers v1 lacks.
-        let env = seal_manifest(&v2, &key).unwrap();
-        let mut off = 8192u64;
-        let mpart = Part { offset: off, size: env.len() as u64, sha256: Digest::of(&env) };
-        off = align_up(off + env.len() as u64).unwrap();
-        let mut layers = vec![];
-        for (l, bytes) in [&app2, &extra] {
-            layers.push(LayerPart {
-                digest: l.digest,
-                part: Part { offset: off, size: bytes.len() as u64, sha256: Digest::of(bytes) },
-            });
-            off = align_up(off + bytes.len() as u64).unwrap();
-        }
-        let toc = Toc {
-            compatible: PRODUCT.into(),
-            version: 2,
-            base_version: Some(1),
-            total_size: off,
-            manifest: mpart,
-            layers: layers.clone(),
-            boot_image: None,
-        };
-        let head = seal_toc(&toc, &key).unwrap();
-        assert!(head.len() <= 8192);
-        let mut source = vec![0u8; off as usize];
-        source[..head.len()].copy_from_slice(&head);
-        source[8192..8192 + env.len()].copy_from_slice(&env);
-        for (lp, (_, bytes)) in layers.iter().zip([&app2, &extra]) {
-            source[lp.part.offset as usize..][..bytes.len()].copy_from_slice(bytes);
-        }
+        let mut v3 = v2.clone();
+        v3.version = 3;
+        v3.update = crate::manifest::UpdatePolicy::for_version(3);
+        v3.layers = vec![base.0.clone(), app2.0.clone(), tools.0.clone(), more.0.clone()];
+        let source = bundle(&key, &v2, &[&app2, &extra]);
 
         // The factory: both record copies, slot A, layers on 1-3.
         let mut state = vec![0u8; RECORD_SIZE];
@@ -322,7 +343,7 @@ impl Fixture {
             }
             targets.push(p);
         }
-        let disk = Disk {
+        let start = Disk {
             current: targets.clone(),
             durable: targets,
             cache: vec![],
@@ -333,7 +354,42 @@ impl Fixture {
             record_writes: 0,
         };
         let partitions = (1..=LAYER_PARTS).map(|number| Partition { number, bytes: LAYER_BYTES as u64 }).collect();
-        Fixture { key, v1, disk, partitions }
+        let protected = vec![Target::Manifest(Slot::A), Target::Layer(1), Target::Layer(2), Target::Layer(3)];
+        Fixture {
+            key,
+            start,
+            partitions,
+            from: Slot::A,
+            to: 2,
+            protected,
+            floors: (0, 2),
+            next: Some((v3, vec![tools, more])),
+        }
+    }
+
+    /// The next update: v2 committed on B (after this fixture's update,
+    /// with no cut), a bundle of v3 (base, app kept; tools, more new) as the
+    /// source. Its layers go to the empty partition 6 and to partition 2,
+    /// which held v1's app: v2's partitions 1, 4 and 5 are protected.
+    fn second(&self) -> Fixture {
+        let mut d = self.staged();
+        settle(self, &mut d).unwrap();
+        let (v3, carried) = self.next.clone().unwrap();
+        let source = bundle(&self.key, &v3, &carried.iter().collect::<Vec<_>>());
+        d.current[index(Target::Source)] = source.clone();
+        d.durable[index(Target::Source)] = source;
+        d.ops = 0;
+        let protected = vec![Target::Manifest(Slot::B), Target::Layer(1), Target::Layer(4), Target::Layer(5)];
+        Fixture {
+            key: self.key.clone(),
+            start: d,
+            partitions: self.partitions.clone(),
+            from: Slot::B,
+            to: 3,
+            protected,
+            floors: (2, 3),
+            next: None,
+        }
     }
 
     fn keys(&self) -> [PublicKey; 1] {
@@ -341,17 +397,24 @@ impl Fixture {
     }
 
     /// Install the bundle from `d` as the device does after reading the
-    /// record at boot.
+    /// record at boot (the committed manifest read from its slot).
     fn install(&self, d: &mut Disk, record: &mut Record) -> Result<Slot, InstallError<SimError>> {
         let keys = self.keys();
-        let cx =
-            Install { keys: &keys, product: PRODUCT, committed: &self.v1, partitions: &self.partitions, chunk: BLOCK };
+        let slot = &d.current[index(Target::Manifest(record.state.committed))];
+        let committed = envelope::open_manifest(slot, &keys).unwrap();
+        let cx = Install {
+            keys: &keys,
+            product: PRODUCT,
+            committed: &committed,
+            partitions: &self.partitions,
+            chunk: BLOCK,
+        };
         install(d, &cx, record, |_| {})
     }
 
-    /// The factory disk with v2 staged (no cut).
+    /// The start disk with the update staged (no cut).
     fn staged(&self) -> Disk {
-        let mut d = self.disk.clone();
+        let mut d = self.start.clone();
         let mut rec = Record::read(&mut d).unwrap();
         self.install(&mut d, &mut rec).unwrap();
         d
@@ -436,8 +499,9 @@ fn verify_slot(fx: &Fixture, d: &Disk, state: &BootState, slot: Slot) -> Result<
     Ok(m)
 }
 
-/// Boot on from `d` with the power on: install if v1 is committed, commit a
-/// trial, until v2 is committed. Returns the boots it took.
+/// Boot on from `d` with the power on: install if the old version is
+/// committed, commit a trial, until the new one is committed. Returns the
+/// boots it took.
 fn settle(fx: &Fixture, d: &mut Disk) -> Result<usize, Stop> {
     for boots in 1..=3 {
         let b = boot(fx, d)?;
@@ -448,10 +512,10 @@ fn settle(fx: &Fixture, d: &mut Disk) -> Result<usize, Stop> {
                     .map_err(|e| Stop::Bad(format!("commit: {e}")))?;
                 record.write(d, next).map_err(cut_or("commit"))?;
             }
-            BootKind::Committed if b.manifest.version == 2 => {
+            BootKind::Committed if b.manifest.version == fx.to => {
                 let s = &record.state;
-                if s.rollback_floor != 2 || s.status_of(b.slot) != SlotStatus::Good {
-                    return Err(Stop::Bad(format!("v2 committed with {s:?}")));
+                if s.rollback_floor != fx.floors.1 || s.status_of(b.slot) != SlotStatus::Good {
+                    return Err(Stop::Bad(format!("v{} committed with {s:?}", fx.to)));
                 }
                 return Ok(boots);
             }
@@ -460,7 +524,7 @@ fn settle(fx: &Fixture, d: &mut Disk) -> Result<usize, Stop> {
             }
         }
     }
-    Err(Stop::Bad("v2 is not committed three boots after the cut".into()))
+    Err(Stop::Bad(format!("v{} is not committed three boots after the cut", fx.to)))
 }
 
 /// The invariants on the disk after a cut, then boot on to v2.
@@ -472,15 +536,15 @@ fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<(), String> 
         return Err(format!("the record went back from seq {durable} to {}: {state:?}", state.seq));
     }
     // The committed slot's partitions are never written.
-    if state.committed == Slot::A {
-        for t in [Target::Manifest(Slot::A), Target::Layer(1), Target::Layer(2), Target::Layer(3)] {
-            if d.durable[index(t)] != fx.disk.durable[index(t)] {
+    if state.committed == fx.from {
+        for t in &fx.protected {
+            if d.durable[index(*t)] != fx.start.durable[index(*t)] {
                 return Err(format!("{t} of the committed slot was written"));
             }
         }
     }
     // The floor rises only at commit.
-    let floor = if state.committed == Slot::B { 2 } else { 0 };
+    let floor = if state.committed == fx.from { fx.floors.0 } else { fx.floors.1 };
     if state.rollback_floor != floor {
         return Err(format!("floor {} with slot {} committed", state.rollback_floor, state.committed));
     }
@@ -492,6 +556,12 @@ fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<(), String> 
     }
     let mut d = d.clone();
     verify_slot(fx, &d, &state, plan.slot).map_err(|e| format!("{e:?}"))?;
+    // A slot marked good is one the device may fall back to (the init
+    // boots the other good slot when the committed one is refused): its
+    // manifest and layers are intact.
+    for slot in [Slot::A, Slot::B].into_iter().filter(|s| state.status_of(*s) == SlotStatus::Good) {
+        verify_slot(fx, &d, &state, slot).map_err(|e| format!("good slot {slot}: {e:?}"))?;
+    }
     match settle(fx, &mut d) {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("booting on: {e:?}")),
@@ -582,16 +652,21 @@ fn run_rollback(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
     record.write(d, fail_trial(&record.state)).map_err(cut_or("rollback"))
 }
 
+/// Both updates (v1 on A to v2 on B, then v2 to v3 on A): power cut
+/// during each operation of the install, of a trial boot that commits, and
+/// of one that rolls back. Returns the cut points and disks checked.
 fn all_scenarios(bug: Bug, seed: u64) -> (usize, usize) {
-    let fx = Fixture::new(bug);
-    let staged = fx.staged();
+    let first = Fixture::new(bug);
+    let second = first.second();
     let mut total = (0, 0);
-    for (i, run) in
-        [run_install as fn(&Fixture, &mut Disk) -> Result<(), Stop>, run_commit, run_rollback].into_iter().enumerate()
-    {
-        let start = if i == 0 { &fx.disk } else { &staged };
-        let (ops, disks) = sweep(&fx, start, seed.wrapping_add(i as u64), &run);
-        total = (total.0 + ops, total.1 + disks);
+    for (n, fx) in [first, second].iter().enumerate() {
+        let staged = fx.staged();
+        let runs = [run_install as fn(&Fixture, &mut Disk) -> Result<(), Stop>, run_commit, run_rollback];
+        for (i, run) in runs.into_iter().enumerate() {
+            let start = if i == 0 { &fx.start } else { &staged };
+            let (ops, disks) = sweep(fx, start, seed.wrapping_add((n * 3 + i) as u64), &run);
+            total = (total.0 + ops, total.1 + disks);
+        }
     }
     total
 }
@@ -670,10 +745,11 @@ fn the_simulator_catches_a_mount_before_the_try_is_durable() {
 #[test]
 fn the_fixture_installs_one_changed_and_one_new_layer() {
     let fx = Fixture::new(Bug::None);
-    let mut d = fx.disk.clone();
+    let mut d = fx.start.clone();
     let mut rec = Record::read(&mut d).unwrap();
     let keys = fx.keys();
-    let cx = Install { keys: &keys, product: PRODUCT, committed: &fx.v1, partitions: &fx.partitions, chunk: BLOCK };
+    let v1 = envelope::open_manifest(&d.current[index(Target::Manifest(Slot::A))], &keys).unwrap();
+    let cx = Install { keys: &keys, product: PRODUCT, committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
     let mut events = vec![];
     let r = install(&mut d, &cx, &mut rec, |p| {
         events.push(match p {
@@ -707,4 +783,15 @@ fn the_fixture_installs_one_changed_and_one_new_layer() {
     assert_eq!(d.record_writes, 2);
     assert!(d.cache.is_empty(), "everything written was flushed");
     let _ = ToString::to_string(&e);
+
+    // The second update writes the empty partition 6 and partition 2 (v1's
+    // app, no longer used), never v2's 1, 4 and 5.
+    let fx = fx.second();
+    let mut d = fx.start.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!((rec.state.committed, rec.state.rollback_floor), (Slot::B, 2));
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::A));
+    assert_eq!(rec.state.partition_of(&layer("tools", 6, 8192).0.digest), Some(6));
+    assert_eq!(rec.state.partition_of(&layer("more", 7, 4096).0.digest), Some(2));
+    assert_eq!(rec.state.partition_of(&layer("app", 2, 8192).0.digest), None, "v1's app is forgotten");
 }
