@@ -269,6 +269,13 @@ pub enum InstallError<E> {
         /// What is there.
         found: Digest,
     },
+    /// The partition ends before what was written does.
+    ReadBackShort {
+        /// The partition.
+        target: Target,
+        /// Where the read back found no more bytes.
+        offset: u64,
+    },
     /// A layer part's first `size` bytes are not the layer the manifest names.
     LayerDigest {
         /// The manifest's digest.
@@ -289,7 +296,7 @@ impl<E> InstallError<E> {
             InstallError::Product(_) => "wrong-product",
             InstallError::Refused(r) => r.name(),
             InstallError::Io(_) => "io",
-            InstallError::ReadBack { .. } => "read-back",
+            InstallError::ReadBack { .. } | InstallError::ReadBackShort { .. } => "read-back",
             InstallError::LayerDigest { .. } => "layer-digest",
             InstallError::State(_) => "state-write",
         }
@@ -309,6 +316,9 @@ impl<E: fmt::Display> fmt::Display for InstallError<E> {
             InstallError::Io(e) => write!(f, "{e}"),
             InstallError::ReadBack { target, expected, found } => {
                 write!(f, "{target}: read back sha256 {found:?}, wrote {expected:?}")
+            }
+            InstallError::ReadBackShort { target, offset } => {
+                write!(f, "{target}: read back ends at byte {offset}, before what was written")
             }
             InstallError::LayerDigest { digest, found } => {
                 write!(f, "layer part for {digest:?} holds an image with digest {found:?}")
@@ -460,7 +470,7 @@ fn digest_direct<S: Storage>(
         let n = s.read_direct(target, done, window).map_err(InstallError::Io)?;
         let keep = usize::try_from(want).unwrap_or(0).min(n);
         if keep == 0 {
-            return Err(InstallError::ReadBack { target, expected: Digest([0; 32]), found: h.finish() });
+            return Err(InstallError::ReadBackShort { target, offset: done });
         }
         h.update(window.get(..keep).unwrap_or(&[]));
         done += keep as u64;

@@ -795,3 +795,32 @@ fn the_fixture_installs_one_changed_and_one_new_layer() {
     assert_eq!(rec.state.partition_of(&layer("more", 7, 4096).0.digest), Some(2));
     assert_eq!(rec.state.partition_of(&layer("app", 2, 8192).0.digest), None, "v1's app is forgotten");
 }
+
+#[test]
+fn refusals_write_nothing_and_a_tampered_layer_leaves_the_slot_installing() {
+    let fx = Fixture::new(Bug::None);
+    // Another key: refused before any write.
+    let mut d = fx.start.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    let other = [SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes()];
+    let v1 = envelope::open_manifest(&d.current[index(Target::Manifest(Slot::A))], &fx.keys()).unwrap();
+    let cx = Install { keys: &other, product: PRODUCT, committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
+    let e = install(&mut d, &cx, &mut rec, |_| {}).unwrap_err();
+    assert_eq!((e.reason(), d.ops), ("bad-bundle", 0));
+    // Another product: refused before any write.
+    let keys = fx.keys();
+    let cx = Install { keys: &keys, product: "router-v2", committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
+    let e = install(&mut d, &cx, &mut rec, |_| {}).unwrap_err();
+    assert_eq!((e.reason(), d.ops), ("wrong-product", 0));
+    // A flipped byte in the last layer part: found by its hash once the
+    // part is written, the slot stays installing and never boots.
+    let last = d.current[index(Target::Source)].len() - 1;
+    d.current[index(Target::Source)][last] ^= 1;
+    let e = fx.install(&mut d, &mut rec).unwrap_err();
+    assert!(matches!(e, InstallError::Bundle(BundleError::PartDigest { part: PartName::Layer(1), .. })), "{e:?}");
+    assert_eq!(rec.state.status, [SlotStatus::Good, SlotStatus::Installing]);
+    assert_eq!(plan_boot(&rec.state, None).slot, Slot::A);
+    for t in &fx.protected {
+        assert!(d.current[index(*t)] == fx.start.current[index(*t)], "{t} written");
+    }
+}
