@@ -243,8 +243,11 @@ impl Storage for Disk {
     }
 }
 
+/// A layer and its partition's bytes.
+type LayerBytes = (Layer, Vec<u8>);
+
 /// A layer and its partition bytes (image, zero padding, a fake tree).
-fn layer(name: &str, fill: u8, size: u64) -> (Layer, Vec<u8>) {
+fn layer(name: &str, fill: u8, size: u64) -> LayerBytes {
     let image: Vec<u8> = (0..size).map(|i| fill ^ (i as u8).wrapping_mul(31)).collect();
     let verity = test_verity(size);
     let mut part = image.clone();
@@ -299,7 +302,7 @@ struct Fixture {
     /// The floor before and after the commit.
     floors: (u64, u64),
     /// The next update's manifest and the layers its bundle carries.
-    next: Option<(Manifest, Vec<(Layer, Vec<u8>)>)>,
+    next: Option<(Manifest, Vec<LayerBytes>)>,
 }
 
 impl Fixture {
