@@ -1,11 +1,15 @@
-//! The boot state record on the `cairn-state` partition, as the device
-//! reads and writes it: one whole copy (the older one) per write, flushed,
-//! then read back past the page cache and compared. What each write holds
-//! is decided by the pure transitions of `cairn_format::update`.
+//! The boot state record on the `cairn-state` partition, and the block
+//! devices an install writes, as `cairn_format::install::Storage`: `pread`,
+//! `pwrite`, `fdatasync` and `O_DIRECT` reads. The order of the writes
+//! (older copy, flush, read back) is the pure `install::write_record`,
+//! tested on the host against a disk that loses power at every write; what
+//! each write holds is decided by the pure transitions of
+//! `cairn_format::update`.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
-use cairn_format::bootstate::{self, BootState, BootStateError, COPY_SIZE, RECORD_SIZE};
+use cairn_format::bootstate::{self, BootState, BootStateError};
+use cairn_format::install::{self, ReadError, RecordError, Storage, Target};
 use cairn_runtime::sys::{self, SysError};
 
 use crate::partitions::Partitions;
@@ -71,11 +75,17 @@ impl Record {
                 unreadable: Some(Unreadable::Missing),
             };
         };
-        let region = read_at(&dev, 0, RECORD_SIZE);
-        let (copy, state, unreadable) = match region.map(|r| bootstate::read_record(&r)) {
-            Ok(Ok((copy, state))) => (copy, state, None),
-            Ok(Err(e)) => (1, bootstate::fallback(floor), Some(Unreadable::Record(e))),
-            Err(e) => (1, bootstate::fallback(floor), Some(Unreadable::Read(e))),
+        let mut disk = Disk::new(vec![(Target::State, dev.clone())]);
+        let (copy, state, unreadable) = match install::Record::read(&mut disk) {
+            Ok(r) => (r.copy, r.state, None),
+            Err(e) => {
+                let why = match e {
+                    ReadError::Io(DevError::Missing(_)) => Unreadable::Missing,
+                    ReadError::Io(DevError::Sys(e)) => Unreadable::Read(e),
+                    ReadError::Record(e) => Unreadable::Record(e),
+                };
+                (1, bootstate::fallback(floor), Some(why))
+            }
         };
         Record { dev: Some(dev), copy, state, unreadable }
     }
@@ -85,41 +95,134 @@ impl Record {
         Record { dev: self.dev.clone(), copy: self.copy, state: self.state.clone(), unreadable: None }
     }
 
+    /// The state partition's device, if the disk has one.
+    pub fn dev(&self) -> Option<&str> {
+        self.dev.as_deref()
+    }
+
+    /// The pure record (the copy and the state), for the installer.
+    pub fn cursor(&self) -> install::Record {
+        install::Record { copy: self.copy, state: self.state.clone() }
+    }
+
     /// Write `next` as the new state: the older copy, sequence one higher,
-    /// flushed and read back with O_DIRECT. On success `self.state` is the
-    /// written state; on failure nothing changes here (the disk holds the
-    /// old copy, or a torn one the reader refuses).
+    /// flushed and read back with O_DIRECT (`install::write_record`). On
+    /// success `self.state` is the written state; on failure nothing
+    /// changes here (the disk holds the old copy, or a torn one the reader
+    /// refuses).
     pub fn write(&mut self, next: BootState) -> Result<(), WriteError> {
-        let dev = self.dev.as_deref().ok_or(WriteError::Missing)?;
-        let mut next = next;
-        let at = bootstate::next_write(self.copy, self.state.seq, &mut next);
-        let mut block = Box::new([0u8; COPY_SIZE]);
-        bootstate::encode_copy(&next, &mut block).map_err(WriteError::Encode)?;
-        write_at(dev, at as u64, &block[..]).map_err(WriteError::Sys)?;
-        let copy = at / COPY_SIZE;
-        let back = read_at(dev, at as u64, COPY_SIZE).map_err(WriteError::Sys)?;
-        if back.as_slice() != &block[..] {
-            return Err(WriteError::ReadBack { copy });
-        }
+        let dev = self.dev.clone().ok_or(WriteError::Missing)?;
+        let mut disk = Disk::new(vec![(Target::State, dev)]);
+        let (copy, state) = install::write_record(&mut disk, self.copy, self.state.seq, next).map_err(|e| match e {
+            RecordError::Encode(e) => WriteError::Encode(e),
+            RecordError::Io(DevError::Missing(_)) => WriteError::Missing,
+            RecordError::Io(DevError::Sys(e)) => WriteError::Sys(e),
+            RecordError::ReadBack { copy } => WriteError::ReadBack { copy },
+        })?;
         self.copy = copy;
-        self.state = next;
+        self.state = state;
         Ok(())
     }
 }
 
-/// Write `data` at `offset` of `dev` and flush it to the medium.
-fn write_at(dev: &str, offset: u64, data: &[u8]) -> Result<(), SysError> {
-    let fd = sys::open(dev, libc::O_WRONLY | libc::O_CLOEXEC)?;
+/// Why a block device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The target has no device.
+    #[error("partition {0} is missing")]
+    Missing(String),
+    /// A syscall failed.
+    #[error("{0}")]
+    Sys(SysError),
+}
+
+/// Block devices by install target. Writers stay open until dropped, so a
+/// flush is an `fdatasync` of the descriptor that wrote.
+pub struct Disk {
+    devices: Vec<(Target, String)>,
+    writers: Vec<(Target, OwnedFd)>,
+}
+
+impl Disk {
+    /// The devices of each target.
+    pub fn new(devices: Vec<(Target, String)>) -> Disk {
+        Disk { devices, writers: Vec::new() }
+    }
+
+    fn dev(&self, t: Target) -> Result<&str, DevError> {
+        self.devices
+            .iter()
+            .find(|(d, _)| *d == t)
+            .map(|(_, p)| p.as_str())
+            .ok_or_else(|| DevError::Missing(t.to_string()))
+    }
+
+    fn writer(&mut self, t: Target) -> Result<(&OwnedFd, String), DevError> {
+        let dev = self.dev(t)?.to_owned();
+        if !self.writers.iter().any(|(w, _)| *w == t) {
+            let fd = sys::open(&dev, libc::O_WRONLY | libc::O_CLOEXEC).map_err(DevError::Sys)?;
+            self.writers.push((t, fd));
+        }
+        let fd = self.writers.iter().find(|(w, _)| *w == t).map(|(_, fd)| fd);
+        fd.map(|fd| (fd, dev.clone())).ok_or(DevError::Missing(dev))
+    }
+}
+
+impl Storage for Disk {
+    type Error = DevError;
+
+    fn read(&mut self, t: Target, offset: u64, buf: &mut [u8]) -> Result<usize, DevError> {
+        let dev = self.dev(t)?;
+        let fd = sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC).map_err(DevError::Sys)?;
+        read_fd_at(&fd, dev, offset, buf).map_err(DevError::Sys)
+    }
+
+    fn read_direct(&mut self, t: Target, offset: u64, buf: &mut [u8]) -> Result<usize, DevError> {
+        let dev = self.dev(t)?;
+        let data = read_at(dev, offset, buf.len()).map_err(DevError::Sys)?;
+        let n = data.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), data.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        Ok(n)
+    }
+
+    fn write(&mut self, t: Target, offset: u64, data: &[u8]) -> Result<(), DevError> {
+        let (fd, dev) = self.writer(t)?;
+        write_fd_at(fd, &dev, offset, data).map_err(DevError::Sys)
+    }
+
+    fn flush(&mut self, t: Target) -> Result<(), DevError> {
+        let (fd, dev) = self.writer(t)?;
+        nix::unistd::fdatasync(fd).map_err(sys::err("fdatasync", &dev)).map_err(DevError::Sys)
+    }
+}
+
+/// Read up to `buf.len()` bytes at `offset` (fewer at the end of `what`).
+pub fn read_fd_at(fd: &OwnedFd, what: &str, offset: u64, buf: &mut [u8]) -> Result<usize, SysError> {
     let mut done = 0usize;
-    while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
-        let n = nix::sys::uio::pwrite(fd.as_fd(), rest, (offset + done as u64) as libc::off_t)
-            .map_err(sys::err("pwrite", dev))?;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        let at = libc::off_t::try_from(offset + done as u64).unwrap_or(libc::off_t::MAX);
+        let n = nix::sys::uio::pread(fd.as_fd(), rest, at).map_err(sys::err("pread", what))?;
         if n == 0 {
-            return Err(SysError { op: "pwrite", arg: dev.to_owned(), errno: libc::EIO });
+            break;
         }
         done += n;
     }
-    nix::unistd::fdatasync(&fd).map_err(sys::err("fdatasync", dev))
+    Ok(done)
+}
+
+fn write_fd_at(fd: &OwnedFd, what: &str, offset: u64, data: &[u8]) -> Result<(), SysError> {
+    let mut done = 0usize;
+    while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+        let at = libc::off_t::try_from(offset + done as u64).unwrap_or(libc::off_t::MAX);
+        let n = nix::sys::uio::pwrite(fd.as_fd(), rest, at).map_err(sys::err("pwrite", what))?;
+        if n == 0 {
+            return Err(SysError { op: "pwrite", arg: what.into(), errno: libc::EIO });
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// Read `len` bytes (a multiple of 4096) at `offset` (aligned) of `dev`
@@ -137,14 +240,6 @@ pub fn read_at(dev: &str, offset: u64, len: usize) -> Result<Vec<u8>, SysError> 
     let mut raw = vec![0u8; len + ALIGN];
     let skip = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
     let buf = raw.get_mut(skip..skip + len).ok_or(SysError { op: "read", arg: dev.to_owned(), errno: libc::EINVAL })?;
-    let mut done = 0usize;
-    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-        let n = nix::sys::uio::pread(fd.as_fd(), rest, (offset + done as u64) as libc::off_t)
-            .map_err(sys::err("pread", dev))?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
+    let done = read_fd_at(&fd, dev, offset, buf)?;
     Ok(raw.get(skip..skip + done).map(<[u8]>::to_vec).unwrap_or_default())
 }

@@ -17,14 +17,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_fuzz::{seal_into, seal_into_as, test_public_key, test_signing_key, OTHER_KEY_SEED};
-use cairn_format::bootstate::{self, BootState, LayerSlot, Slot, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE};
-use cairn_format::bundle::{self, LayerPart, Part, Toc};
-use cairn_format::envelope::{self, OpenError};
 use cairn_build::appliance::Appliance;
 use cairn_build::verity::{identity_by_digest, LayerIdentity};
+use cairn_format::bootstate::{
+    self, BootState, LayerSlot, Slot, SlotStatus, Trial, COPY_SIZE, MAX_LAYER_SLOTS, RECORD_SIZE,
+};
+use cairn_format::bundle::{self, LayerPart, Part, Toc};
+use cairn_format::envelope::{self, OpenError};
 use cairn_format::manifest::Network;
 use cairn_format::{Digest, Manifest};
+use cairn_fuzz::{seal_into, seal_into_as, test_public_key, test_signing_key, OTHER_KEY_SEED};
 use ed25519_dalek::SigningKey;
 
 /// Appliance files to compile, relative to the repository root.
@@ -250,14 +252,13 @@ fn bootstate_seeds(dir: &Path) -> usize {
     put("newer-copy0", &region(Some(&state(9, 2)), Some(&state(8, 2))));
     put("equal-seq", &region(Some(&state(6, 1)), Some(&state(6, 2))));
     let mut trial = state(12, MAX_LAYER_SLOTS);
-    trial.active = Slot::B;
-    trial.trial = true;
-    trial.attempts_left = 3;
+    trial.status = [SlotStatus::Good, SlotStatus::Ready];
+    trial.trial = Some(Trial { slot: Slot::B, tries_left: 3, boot_entry: true });
     trial.rollback_floor = 7;
     let mut prev = trial.clone();
     prev.seq = 11;
-    prev.active = Slot::A;
-    prev.trial = false;
+    prev.status = [SlotStatus::Good, SlotStatus::Installing];
+    prev.trial = None;
     put("trial-full-slots", &region(Some(&trial), Some(&prev)));
     put("large-seq-varint", &region(Some(&state(1 << 60, 0)), None));
     // A power cut half way through writing copy 1: its tail is garbage.
@@ -276,6 +277,16 @@ fn bootstate_seeds(dir: &Path) -> usize {
     put("copy0-only", &region(Some(&factory), None)[..COPY_SIZE]);
     put("too-short", &region(Some(&factory), None)[..100]);
     put("blank", &[0u8; RECORD_SIZE]);
+    // The factory's first record (CAIRNBS1: seq, active, trial, tries,
+    // floor, layer slots), which still reads as its slot committed.
+    let v1 = (1u64, Slot::A, false, 0u8, 0u64, factory.layer_slots.iter().copied().collect::<Vec<_>>());
+    let body = postcard::to_allocvec(&v1).unwrap_or_else(|e| panic!("{e}"));
+    let mut copy = vec![0u8; COPY_SIZE];
+    copy[..8].copy_from_slice(&bootstate::MAGIC_V1);
+    copy[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    copy[12..16].copy_from_slice(&crc32(&body).to_le_bytes());
+    copy[16..16 + body.len()].copy_from_slice(&body);
+    put("factory-v1-copy0", &copy);
     count
 }
 
@@ -385,4 +396,16 @@ fn bundle_seeds(dir: &Path, manifests: &[(String, Manifest)]) -> usize {
     put("flipped-payload", &flip(&good, envelope::HEADER_LEN + 3));
     put("truncated", &good[..good.len() - 10]);
     count
+}
+
+/// crc32 (IEEE), bitwise.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }

@@ -26,6 +26,8 @@ pub mod digest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod envelope;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod install;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;

@@ -263,8 +263,11 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
         // Two writes a second on the boot disk: the install's writes (each
         // followed by a flush) are far enough apart that a cut after one
         // event lands before the next step's write.
-        let opts =
-            BootOptions { extra_disks: &extra, boot_drive_options: "throttling.iops-write=2", ..BootOptions::default() };
+        let opts = BootOptions {
+            extra_disks: &extra,
+            boot_drive_options: "throttling.iops-write=2",
+            ..BootOptions::default()
+        };
         let run = ctx.boot_with(&disk, &opts, &log, BOOT_TIMEOUT, &stop)?;
         let c = &run.console;
         let at = format!("cut {k} at {event} + {delay:?} (seed {seed})");
@@ -310,8 +313,13 @@ fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Diges
 /// A full bundle (no base) of `app`, TOC signed by `key`.
 fn full_bundle(ctx: &Ctx, app: &BuiltAppliance, key: &ed25519_dalek::SigningKey, file: &str) -> Result<PathBuf> {
     let path = ctx.dir.join(file);
-    let input =
-        BundleInput { envelope: &app.envelope, manifest: &app.manifest, layers: &app.layers, base: None, boot_image: None };
+    let input = BundleInput {
+        envelope: &app.envelope,
+        manifest: &app.manifest,
+        layers: &app.layers,
+        base: None,
+        boot_image: None,
+    };
     bundle::write_bundle(&input, key, &path)?;
     let len = std::fs::metadata(&path)?.len();
     std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len.div_ceil(1 << 20) * (1 << 20))?;
