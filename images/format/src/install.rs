@@ -348,6 +348,13 @@ pub fn install<S: Storage>(
     let plan = plan(&record.state, &committed, &toc, &manifest, cx.partitions)?;
     let target = record.state.committed.other();
     let bytes: u64 = plan.write.iter().filter_map(|w| toc.layer(&w.digest)).map(|l| l.part.size).sum();
+    // Every part to be written is read and hashed once before anything is
+    // written: a tampered or truncated bundle is refused with the device
+    // untouched. (The write pass hashes again: a source that changes
+    // between the passes is caught there, in a slot that never boots.)
+    for (ix, part, ml) in planned_parts(&plan, &toc, &manifest) {
+        copy_part(s, chunk, &part, PartName::Layer(ix), None, (ml.size, ml.digest))?;
+    }
     progress(Progress::Verified {
         manifest: &manifest,
         slot: target,
@@ -360,12 +367,9 @@ pub fn install<S: Storage>(
     let claimed = update::claim(&record.state, &plan).map_err(InstallError::Refused)?;
     record.write(s, claimed).map_err(InstallError::State)?;
     progress(Progress::Claimed { slot: target, seq: record.state.seq });
-    for w in &plan.write {
-        let Some(ix) = toc.layers.iter().position(|l| l.digest == w.digest) else { continue };
-        let Some(part) = toc.layers.get(ix).map(|l| l.part) else { continue };
-        let Some(ml) = manifest.layers.iter().find(|l| l.digest == w.digest) else { continue };
+    for ((ix, part, ml), w) in planned_parts(&plan, &toc, &manifest).into_iter().zip(&plan.write) {
         let dst = Target::Layer(w.partition);
-        copy_part(s, chunk, &part, PartName::Layer(ix), dst, (ml.size, ml.digest))?;
+        copy_part(s, chunk, &part, PartName::Layer(ix), Some(dst), (ml.size, ml.digest))?;
         progress(Progress::LayerWritten { layer: ml, partition: dst, bytes: part.size });
     }
     // The manifest slot: the envelope, zero-padded to whole blocks.
@@ -386,6 +390,21 @@ pub fn install<S: Storage>(
     record.write(s, staged).map_err(InstallError::State)?;
     progress(Progress::Staged { slot: target, version: manifest.version, tries, seq: record.state.seq });
     Ok(target)
+}
+
+/// The bundle part and manifest layer of each planned write, in plan order
+/// (`plan_layers` writes only layers the bundle carries and the manifest
+/// names, so none is skipped).
+fn planned_parts<'m>(plan: &LayerPlan, toc: &Toc, manifest: &'m Manifest) -> Vec<(usize, bundle::Part, &'m Layer)> {
+    plan.write
+        .iter()
+        .filter_map(|w| {
+            let ix = toc.layers.iter().position(|l| l.digest == w.digest)?;
+            let part = toc.layers.get(ix)?.part;
+            let ml = manifest.layers.iter().find(|l| l.digest == w.digest)?;
+            Some((ix, part, ml))
+        })
+        .collect()
 }
 
 /// Where each layer of the new manifest comes from.
@@ -416,15 +435,15 @@ fn read_source<S: Storage>(s: &mut S, offset: u64, len: usize, exact: bool) -> R
     Ok(buf)
 }
 
-/// Stream a layer part from the bundle into `dst`, hashing it (and its
-/// first `size` bytes against the manifest's digest), flush, then read it
-/// back from the medium and compare.
+/// Stream a layer part from the bundle, hashing it (and its first `size`
+/// bytes against the manifest's digest); with `dst`, write it there, flush,
+/// then read it back from the medium and compare. Without, only check.
 fn copy_part<S: Storage>(
     s: &mut S,
     chunk: usize,
     part: &bundle::Part,
     name: PartName,
-    dst: Target,
+    dst: Option<Target>,
     (size, digest): (u64, Digest),
 ) -> Result<(), InstallError<S::Error>> {
     let mut whole = Hasher::default();
@@ -436,7 +455,9 @@ fn copy_part<S: Storage>(
         whole.update(&buf);
         let keep = usize::try_from(size.saturating_sub(done)).unwrap_or(usize::MAX).min(buf.len());
         image.update(buf.get(..keep).unwrap_or(&[]));
-        s.write(dst, done, &buf).map_err(InstallError::Io)?;
+        if let Some(dst) = dst {
+            s.write(dst, done, &buf).map_err(InstallError::Io)?;
+        }
         done += n as u64;
     }
     bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
@@ -444,6 +465,7 @@ fn copy_part<S: Storage>(
     if found != digest {
         return Err(InstallError::LayerDigest { digest, found });
     }
+    let Some(dst) = dst else { return Ok(()) };
     s.flush(dst).map_err(InstallError::Io)?;
     let found = digest_direct(s, chunk, dst, part.size)?;
     if found != part.sha256 {

@@ -800,7 +800,7 @@ fn the_fixture_installs_one_changed_and_one_new_layer() {
 }
 
 #[test]
-fn refusals_write_nothing_and_a_tampered_layer_leaves_the_slot_installing() {
+fn refusals_and_a_tampered_layer_write_nothing() {
     let fx = Fixture::new(Bug::None);
     // Another key: refused before any write.
     let mut d = fx.start.clone();
@@ -815,13 +815,14 @@ fn refusals_write_nothing_and_a_tampered_layer_leaves_the_slot_installing() {
     let cx = Install { keys: &keys, product: "router-v2", committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
     let e = install(&mut d, &cx, &mut rec, |_| {}).unwrap_err();
     assert_eq!((e.reason(), d.ops), ("wrong-product", 0));
-    // A flipped byte in the last layer part: found by its hash once the
-    // part is written, the slot stays installing and never boots.
+    // A flipped byte in the last layer part: found by its hash in the
+    // check pass, before anything is written.
     let last = d.current[index(Target::Source)].len() - 1;
     d.current[index(Target::Source)][last] ^= 1;
     let e = fx.install(&mut d, &mut rec).unwrap_err();
     assert!(matches!(e, InstallError::Bundle(BundleError::PartDigest { part: PartName::Layer(1), .. })), "{e:?}");
-    assert_eq!(rec.state.status, [SlotStatus::Good, SlotStatus::Installing]);
+    assert_eq!(d.ops, 0, "a tampered layer part wrote something");
+    assert_eq!(rec.state.status, [SlotStatus::Good, SlotStatus::Empty]);
     assert_eq!(plan_boot(&rec.state, None).slot, Slot::A);
     for t in &fx.protected {
         assert!(d.current[index(*t)] == fx.start.current[index(*t)], "{t} written");
