@@ -23,11 +23,22 @@ pub struct Cmdline {
     pub watchdog_device: String,
     /// `cairn.test.hang=supervisor` (test builds only, feature
     /// `test-hooks`): PID 1 stops petting the watchdog and blocks forever
-    /// in its event loop.
+    /// in its event loop; `cairn.test.hang=trial`: the same, only on a boot
+    /// whose manifest slot is on trial.
     #[cfg(feature = "test-hooks")]
-    pub test_hang: bool,
+    pub test_hang: Option<TestHang>,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
+}
+
+/// When PID 1 hangs on purpose (test builds only).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHang {
+    /// Every boot, at the event loop's first turn.
+    Supervisor,
+    /// Only a boot whose manifest slot is on trial.
+    Trial,
 }
 
 /// What the command line says about the watchdog.
@@ -61,7 +72,7 @@ impl Default for Cmdline {
             watchdog: Watchdog::Unnamed,
             watchdog_device: DEFAULT_WATCHDOG_DEVICE.to_owned(),
             #[cfg(feature = "test-hooks")]
-            test_hang: false,
+            test_hang: None,
             ignored: Vec::new(),
         }
     }
@@ -83,7 +94,9 @@ pub fn parse(text: &str) -> Cmdline {
             ("cairn.watchdog", Ok(v @ 1..=65_535), _) => c.watchdog = Watchdog::Seconds(v),
             ("cairn.watchdog_device", _, _) if watchdog_device(value) => c.watchdog_device = value.to_owned(),
             #[cfg(feature = "test-hooks")]
-            ("cairn.test.hang", _, _) if value == "supervisor" => c.test_hang = true,
+            ("cairn.test.hang", _, _) if value == "supervisor" => c.test_hang = Some(TestHang::Supervisor),
+            #[cfg(feature = "test-hooks")]
+            ("cairn.test.hang", _, _) if value == "trial" => c.test_hang = Some(TestHang::Trial),
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -148,9 +161,10 @@ mod tests {
     #[cfg(feature = "test-hooks")]
     #[test]
     fn the_hang_hook_parses_in_test_builds() {
-        assert!(parse("cairn.test.hang=supervisor").test_hang);
+        assert_eq!(parse("cairn.test.hang=supervisor").test_hang, Some(TestHang::Supervisor));
+        assert_eq!(parse("cairn.test.hang=trial").test_hang, Some(TestHang::Trial));
         let c = parse("cairn.test.hang=elsewhere");
-        assert!(!c.test_hang);
+        assert_eq!(c.test_hang, None);
         assert_eq!(c.ignored, ["cairn.test.hang=elsewhere"]);
     }
 

@@ -123,6 +123,10 @@ fn main() {
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
     let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
+    #[cfg(feature = "test-hooks")]
+    if cmdline.test_hang == Some(cmdline::TestHang::Trial) && update.is_some() {
+        watchdog::hang_from_now();
+    }
     let window = std::time::Duration::from_millis(cmdline.bless_after_ms.unwrap_or(window).into());
     sup.judge_trial(slot, update, window);
     if let Some(pid) = installer {

@@ -143,7 +143,7 @@ fn unavailable(device: &str, reason: impl core::fmt::Display) {
 /// Every outcome is one event: `watchdog.armed` or `watchdog.unavailable`.
 pub fn arm(c: &Cmdline) {
     #[cfg(feature = "test-hooks")]
-    HANG.store(c.test_hang, Ordering::Relaxed);
+    HANG.store(c.test_hang == Some(crate::cmdline::TestHang::Supervisor), Ordering::Relaxed);
     let device = c.watchdog_device.as_str();
     let requested = match c.watchdog {
         Watchdog::Unnamed => {
@@ -302,6 +302,13 @@ fn magic_close(fd: OwnedFd, device: &str) -> (sys::SysResult<()>, String) {
         .and_then(|n| std::fs::read_to_string(format!("/sys/class/watchdog/{n}/state")).ok())
         .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned());
     (written, state)
+}
+
+/// `cairn.test.hang=trial` on a trial boot: the event loop's next turn
+/// hangs (test builds only).
+#[cfg(feature = "test-hooks")]
+pub fn hang_from_now() {
+    HANG.store(true, Ordering::Relaxed);
 }
 
 /// `cairn.test.hang=supervisor`: stop petting and block forever (every

@@ -51,7 +51,7 @@ pub struct Artifacts {
 }
 
 /// The scenarios that boot the `test-hooks` build of cairn-init.
-pub const NEEDS_TEST_HOOKS: &[&str] = &["watchdog"];
+pub const NEEDS_TEST_HOOKS: &[&str] = &["watchdog", "ota-watchdog"];
 
 /// Whether running `names` (every scenario when empty) needs the
 /// `test-hooks` build.

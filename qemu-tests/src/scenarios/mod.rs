@@ -89,6 +89,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-rollback", run: ota::rollback },
         Scenario { name: "ota-powercut", run: ota::powercut },
         Scenario { name: "ota-antirollback", run: ota::antirollback },
+        Scenario { name: "ota-watchdog", run: ota::watchdog },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
     ]

@@ -22,6 +22,8 @@
 //!   (`wrong-product`), one whose TOC is signed by an untrusted key and one
 //!   with a flipped byte in its layer (both `bad-bundle`) are refused, and
 //!   every partition but `cairn-data` is byte-for-byte unchanged.
+//! - `ota-watchdog`: a trial whose PID 1 hangs is reset by the watchdog;
+//!   the resets use up its tries and v1 boots.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -366,5 +368,53 @@ pub fn antirollback(ctx: &Ctx) -> Result<()> {
             ensure!(a == b, "{log}: partition {name} changed");
         }
     }
+    Ok(())
+}
+
+/// `ota-watchdog`: a trial whose PID 1 hangs (the test-hooks init with
+/// `cairn.test.hang=trial`, which hangs only on a trial boot): the
+/// watchdog resets the machine, each reset has spent a try, and once they
+/// are gone the committed v1 boots (and does not hang).
+pub fn watchdog(ctx: &Ctx) -> Result<()> {
+    let kit = ctx.art.test_hooks_kit.as_ref().context("no test-hooks boot kit (xtask builds it for this scenario)")?;
+    let kit = cairn_build::bootkit::BootKit {
+        cmdline: format!("{} cairn.test.hang=trial cairn.watchdog=5", kit.cmdline),
+        ..kit.clone()
+    };
+    let v1 = ctx.build("ota-v1")?;
+    let v2 = ctx.build("ota-v2")?;
+    let esp = kit.factory_esp(&v1.manifest.compatible, v1.manifest.version)?;
+    let (disk, layout) = ctx.disk_with_esp(&v1, "disk.img", &esp)?;
+    let (stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    // Boot 1: not a trial, no hang: v2 is installed and staged.
+    let run = boot_with_stick(ctx, &disk, Some(&stick), "install.log")?;
+    rebooted(&run)?;
+    ensure!(run.console.first("test.hang", &[]).is_none(), "hung outside a trial");
+    run.console.expect("update.staged", &[("slot", "b"), ("tries", "3")])?;
+    // Then resets are allowed: every trial boot hangs and is reset.
+    let opts = BootOptions { allow_reset: true, ..BootOptions::default() };
+    let after_rollback = |c: &Console| {
+        c.first("update.rolled-back", &[])
+            .is_some_and(|r| c.all("boot.containers-started", &[]).iter().any(|s| s.index > r.index))
+    };
+    let run = ctx.boot_with(&disk, &opts, "trials.log", BOOT_TIMEOUT * 2, &after_rollback)?;
+    no_panic(&run)?;
+    let c = &run.console;
+    ensure!(
+        run.ending == Ending::Stopped,
+        "the trials did not end in v1 running: {:?} after {:?}",
+        run.ending,
+        run.elapsed
+    );
+    for left in ["2", "1", "0"] {
+        c.expect("update.trial", &[("slot", "b"), ("tries_left", left)])?;
+    }
+    ensure!(c.all("test.hang", &[]).len() == 3, "{} hangs, not one per try", c.all("test.hang", &[]).len());
+    ensure!(c.all("boot.start", &[]).len() == 4, "{} boots, not 3 reset trials and v1", c.all("boot.start", &[]).len());
+    c.expect("update.rolled-back", &[("slot", "b"), ("reason", "out-of-tries"), ("booting", "a")])?;
+    ensure!(c.first("update.committed", &[]).is_none(), "a hung trial committed");
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after the resets: {s:?}");
+    ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
     Ok(())
 }
