@@ -453,19 +453,26 @@ fn copy_part<S: Storage>(
         let n = usize::try_from((part.size - done).min(chunk as u64)).unwrap_or(chunk);
         let buf = read_source(s, part.offset.saturating_add(done), n, true)?;
         whole.update(&buf);
-        let keep = usize::try_from(size.saturating_sub(done)).unwrap_or(usize::MAX).min(buf.len());
-        image.update(buf.get(..keep).unwrap_or(&[]));
-        if let Some(dst) = dst {
-            s.write(dst, done, &buf).map_err(InstallError::Io)?;
+        match dst {
+            // The check pass: the image against the manifest's digest too.
+            None => {
+                let keep = usize::try_from(size.saturating_sub(done)).unwrap_or(usize::MAX).min(buf.len());
+                image.update(buf.get(..keep).unwrap_or(&[]));
+            }
+            Some(dst) => s.write(dst, done, &buf).map_err(InstallError::Io)?,
         }
         done += n as u64;
     }
+    // The write pass needs only the whole part's hash: the same bytes as
+    // the check pass's, whose image matched the manifest.
     bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
-    let found = image.finish();
-    if found != digest {
-        return Err(InstallError::LayerDigest { digest, found });
-    }
-    let Some(dst) = dst else { return Ok(()) };
+    let Some(dst) = dst else {
+        let found = image.finish();
+        if found != digest {
+            return Err(InstallError::LayerDigest { digest, found });
+        }
+        return Ok(());
+    };
     s.flush(dst).map_err(InstallError::Io)?;
     let found = digest_direct(s, chunk, dst, part.size)?;
     if found != part.sha256 {

@@ -6,6 +6,7 @@
 //! Nothing here fails on a slow result. See docs/bench.md.
 
 pub mod boot;
+pub mod ota;
 pub mod report;
 pub mod scale;
 pub mod sizes;
@@ -23,7 +24,7 @@ use report::Report;
 /// The benchmarks run on a board when none is named.
 pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware"];
+pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -98,6 +99,7 @@ pub fn run(o: &Options) -> Result<()> {
                     r.groups.push(g);
                 }
                 "scale" => r.groups.push(scale::boot(b, &art, o.runs, &log_dir)?),
+                "ota" => r.groups.push(ota::run(b, &art, o.runs, &log_dir)?),
                 "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "pid1" => r.groups.push(scale::observe(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "steps" => r.groups.push(start::steps(

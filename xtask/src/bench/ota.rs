@@ -1,0 +1,161 @@
+//! `bench ota`: what an update costs. Bytes shipped for three kinds of
+//! change against the whole disk image, and the device's install time for
+//! a changed layer of `OTA_MIB` MiB of incompressible data (guest clock,
+//! from `update.installing` to `update.staged`: the check pass, then the
+//! write pass with its flush and read back), per MiB.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cairn_board::Board;
+use cairn_build::assemble::{self, BuiltAppliance};
+use cairn_build::bundle::{self, BundleInput};
+use cairn_qemu_tests::{qemu, Artifacts};
+
+use super::report::{Group, Row};
+
+/// Size of the changed layer's data.
+const OTA_MIB: usize = 8;
+
+/// `n` bytes of seeded xorshift noise (squashfs cannot compress it).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An appliance of version `version` whose `big` layer holds noise from
+/// `seed`, built under `dir`.
+fn appliance(art: &Artifacts, dir: &Path, version: u64, seed: u64) -> Result<BuiltAppliance> {
+    let src = dir.join(format!("big-{seed}"));
+    std::fs::create_dir_all(src.join("data"))?;
+    std::fs::write(src.join("data/blob"), noise(seed, OTA_MIB << 20))?;
+    let toml = dir.join(format!("v{version}-{seed}.toml"));
+    let base = crate::repo_root().join("images/examples/base");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"appliance = "ota-bench"
+version = {version}
+compatible = "cairn-qemu-dev"
+
+[[layer]]
+name = "base"
+source = "{base}"
+
+[[layer]]
+name = "tools"
+source = "build:payload"
+
+[[layer]]
+name = "big"
+source = "{src}"
+
+[[container]]
+name = "alpha"
+layers = ["base", "tools", "big"]
+argv = ["/bin/cairn-payload", "inspect", "stay"]
+restart = {{ policy = "never" }}
+"#,
+            base = base.display(),
+            src = src.display()
+        ),
+    )?;
+    let sources = BTreeMap::from([("payload".to_owned(), art.payload_root.clone())]);
+    Ok(assemble::build_appliance(&toml, &sources, &art.key, &dir.join(format!("layers-{version}-{seed}")))?)
+}
+
+/// Write a bundle of `app` (thin against `base` if given): its size, and
+/// the bytes its split form (static HTTP: the TOC and every blob) ships.
+fn bundle_of(art: &Artifacts, app: &BuiltAppliance, base: Option<&BuiltAppliance>, out: &Path) -> Result<(u64, u64)> {
+    let input = BundleInput {
+        envelope: &app.envelope,
+        manifest: &app.manifest,
+        layers: &app.layers,
+        base: base.map(|b| &b.manifest),
+        boot_image: None,
+    };
+    let built = bundle::write_bundle(&input, &art.key, out)?;
+    let files = bundle::write_split(out, &built.toc, &built.toc_bytes, &out.with_extension("split"))?;
+    let split = files.iter().map(|f| Ok(std::fs::metadata(f)?.len())).sum::<Result<u64>>()?;
+    Ok((std::fs::metadata(out)?.len(), split))
+}
+
+pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> Result<Group> {
+    let dir = log_dir.join("ota");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let v1 = appliance(art, &dir, 1, 1)?;
+    let v2 = appliance(art, &dir, 2, 2)?;
+    let v3 = appliance(art, &dir, 3, 2)?;
+    let disk_path = dir.join("disk.img");
+    let esp = art.kit.factory_esp(&v1.manifest.compatible, v1.manifest.version)?;
+    assemble::assemble_disk(&v1, &disk_path, assemble::DiskOptions::default(), Some(&esp))?;
+    let image = std::fs::metadata(&disk_path)?.len();
+    let (full, _) = bundle_of(art, &v2, None, &dir.join("full.bundle"))?;
+    let thin_path = dir.join("thin.bundle");
+    let (thin, thin_split) = bundle_of(art, &v2, Some(&v1), &thin_path)?;
+    let (resigned, resigned_split) = bundle_of(art, &v3, Some(&v2), &dir.join("resigned.bundle"))?;
+    let big = v2.layers.iter().find(|l| l.name == "big").map(|l| l.partition_bytes()).unwrap_or(0);
+
+    // The stick: the thin bundle, padded to whole MiB.
+    let stick = dir.join("stick.img");
+    std::fs::copy(&thin_path, &stick)?;
+    std::fs::OpenOptions::new().write(true).open(&stick)?.set_len(thin.div_ceil(1 << 20) << 20)?;
+    let mut install_ms = Vec::new();
+    let mut per_mib = Vec::new();
+    for i in 0..runs.max(1) {
+        let disk = dir.join(format!("disk-{i}.img"));
+        std::fs::copy(&disk_path, &disk)?;
+        let extra: Vec<&Path> = vec![&stick];
+        let opts = qemu::BootOptions { extra_disks: &extra, ..qemu::BootOptions::default() };
+        let cmd = qemu::command_with(b, &art.boot, &disk, &opts);
+        let log = dir.join(format!("install-{i}.log"));
+        let stop = |c: &cairn_qemu_tests::console::Console| {
+            c.first("update.staged", &[]).is_some() || c.first("update.refused", &[]).is_some()
+        };
+        let run = qemu::capture(cmd, &log, Duration::from_secs(300), &stop)?;
+        let t = |e: &str| run.console.first(e, &[]).and_then(|l| l.get("t")?.parse::<f64>().ok());
+        let (from, to) = (t("update.installing"), t("update.staged"));
+        let ms = from.zip(to).map(|(a, z)| (z - a) * 1000.0).with_context(|| format!("no install in {}", log.display()))?;
+        eprintln!("xtask: bench ota run {i}: {OTA_MIB} MiB layer installed in {ms:.0} ms");
+        install_ms.push(ms);
+        per_mib.push(ms / (big as f64 / f64::from(1u32 << 20)));
+        let _ = std::fs::remove_file(&disk);
+    }
+    let _ = std::fs::remove_file(&stick);
+    let kib = |n: u64| n as f64 / 1024.0;
+    Ok(Group {
+        name: "ota".into(),
+        title: format!(
+            "updates: bytes shipped (KiB) for each kind of change, and the install of a changed {OTA_MIB} MiB layer \
+             (guest ms from update.installing to update.staged)"
+        ),
+        unit: "KiB / ms".into(),
+        rows: vec![
+            Row::new("whole disk image (what an image-based updater ships), KiB", vec![kib(image)]),
+            Row::new("full bundle, KiB", vec![kib(full)]),
+            Row::new(&format!("one {OTA_MIB} MiB layer of three changed: thin bundle, KiB"), vec![kib(thin)]),
+            Row::new("  the same, split form (static HTTP), KiB", vec![kib(thin_split)]),
+            Row::new("  the changed layer's partition bytes, KiB", vec![kib(big)]),
+            Row::new("re-signed manifest only: thin bundle, KiB", vec![kib(resigned)]),
+            Row::new("  the same, split form, KiB", vec![kib(resigned_split)]),
+            Row::new("install time, ms", install_ms),
+            Row::new("install time per MiB written, ms", per_mib),
+        ],
+        subject: None,
+        notes: vec![format!(
+            "the install reads and hashes the layer part once before writing anything, then streams it in 1 MiB \
+             chunks (hash, write, fdatasync, O_DIRECT read back); bundle on a second virtio disk; files in {}",
+            dir.display()
+        )],
+    })
+}
