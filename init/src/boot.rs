@@ -36,6 +36,9 @@ pub struct Booted {
     pub record: Record,
     /// The manifest slot is on trial this boot.
     pub trial: Option<TrialBoot>,
+    /// The initramfs's trusted keys and product (the installer checks
+    /// bundles against them).
+    pub trust: Option<Trust>,
 }
 
 /// Why the device has nothing to run.
@@ -294,7 +297,16 @@ fn boot_from(disk: String, parts: Partitions, entry: Option<Slot>) -> Result<Boo
     }
     let mounted = storage::mount_layers(manifest.layer_check, &manifest.layers, &record.state, &parts);
     storage::mount_data(&parts);
-    Ok(Booted { manifest, layer_dirs: mounted.dirs, partitions: parts, disk, targets: mounted.targets, record, trial })
+    Ok(Booted {
+        manifest,
+        layer_dirs: mounted.dirs,
+        partitions: parts,
+        disk,
+        targets: mounted.targets,
+        record,
+        trial,
+        trust,
+    })
 }
 
 /// Write what the boot plan needs written (a try spent, a trial ended)

@@ -157,29 +157,38 @@ fn partition_bytes(dev: &str) -> Option<u64> {
     sectors.trim().parse::<u64>().ok()?.checked_mul(512)
 }
 
-/// Fork the installer for the bundle on `source`: the child installs and
-/// exits (0: staged; 1: refused or failed, said in its events); PID 1 gets
-/// the child's pid to watch. `None` (with an event) if fork fails.
-pub fn spawn(source: &str, cx: Context<'_>) -> Option<libc::pid_t> {
+/// The installer child's exit code when no disk holds a bundle.
+pub const NO_BUNDLE: i32 = 3;
+
+/// Fork the installer. The child looks for a bundle on every disk but the
+/// boot disk (PID 1 never reads a stick: a disk that stops answering hangs
+/// the child, not PID 1), refuses it while `trial` is pending, installs it,
+/// and exits: 0 staged; 1 refused or failed (said in its events);
+/// [`NO_BUNDLE`]. PID 1 gets the child's pid to watch. `None` (with an
+/// event) if fork fails.
+pub fn spawn(boot_disk: &str, trial: Option<Slot>, cx: Context<'_>) -> Option<libc::pid_t> {
     // SAFETY: PID 1 is single-threaded, so the child is a consistent copy;
     // the child never returns into PID 1's code: it ends in exit_now.
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            event("update.installing").kv("source", source).kv("pid", child.as_raw()).emit();
-            Some(child.as_raw())
-        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Some(child.as_raw()),
         Ok(nix::unistd::ForkResult::Child) => {
-            let code = match install(source, cx) {
+            let Some(source) = find_bundle_disk(boot_disk) else { sys::exit_now(NO_BUNDLE) };
+            event("update.installing").kv("source", &source).kv("pid", nix::unistd::getpid().as_raw()).emit();
+            let result = match trial {
+                Some(slot) => Err(("trial-pending", format!("slot {slot} is on trial: commit or roll back first"))),
+                None => install(&source, cx).map_err(|e| (e.reason(), e.to_string())),
+            };
+            let code = match result {
                 Ok(_) => 0,
-                Err(e) => {
-                    event("update.refused").kv("source", source).kv("reason", e.reason()).kv("error", &e).emit();
+                Err((reason, error)) => {
+                    event("update.refused").kv("source", &source).kv("reason", reason).kv("error", error).emit();
                     1
                 }
             };
             sys::exit_now(code)
         }
         Err(e) => {
-            event("update.unavailable").kv("source", source).kv("error", sys::err("fork", "installer")(e)).emit();
+            event("update.unavailable").kv("error", sys::err("fork", "installer")(e)).emit();
             None
         }
     }

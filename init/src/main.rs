@@ -146,26 +146,16 @@ fn main() {
     finish(kind, &targets);
 }
 
-/// A bundle on another disk (a USB stick): fork the installer, unless
-/// this boot is a trial (it must commit or roll back first).
+/// A bundle on another disk (a USB stick): the forked installer looks for
+/// one and installs it (a trial pending refuses it).
 fn autoinstall(b: &boot::Booted) -> Option<libc::pid_t> {
-    let source = install::find_bundle_disk(&b.disk)?;
-    if let Some(t) = &b.trial {
-        event("update.refused")
-            .kv("source", &source)
-            .kv("reason", "trial-pending")
-            .kv("error", format!("slot {} is on trial: commit or roll back first", t.slot))
-            .emit();
-        return None;
-    }
-    let trust = trust::load();
     let cx = install::Context {
-        trust: trust.as_ref(),
+        trust: b.trust.as_ref(),
         committed: &b.manifest,
         record: b.record.snapshot(),
         partitions: &b.partitions,
     };
-    install::spawn(&source, cx)
+    install::spawn(&b.disk, b.trial.as_ref().map(|t| t.slot), cx)
 }
 
 /// One supervised unit per manifest container, and the start order.

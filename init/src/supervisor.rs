@@ -375,7 +375,7 @@ impl Supervisor {
             if exit == Some(Exit::Code(0)) {
                 event("update.ready").kv("effect", "reboot into the trial").emit();
                 self.machine.request_shutdown(ShutdownKind::Reboot, "update staged", Instant::now(), &mut self.io);
-            } else {
+            } else if exit != Some(Exit::Code(crate::install::NO_BUNDLE)) {
                 let mut e = event("update.install-ended").kv("pid", pid);
                 if let Some(x) = exit {
                     e = e.kv_exit(x);

@@ -24,7 +24,8 @@ use report::Report;
 /// The benchmarks run on a board when none is named.
 pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
-pub const ALL: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota"];
+pub const ALL: &[&str] =
+    &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]

@@ -125,7 +125,8 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
         let run = qemu::capture(cmd, &log, Duration::from_secs(300), &stop)?;
         let t = |e: &str| run.console.first(e, &[]).and_then(|l| l.get("t")?.parse::<f64>().ok());
         let (from, to) = (t("update.installing"), t("update.staged"));
-        let ms = from.zip(to).map(|(a, z)| (z - a) * 1000.0).with_context(|| format!("no install in {}", log.display()))?;
+        let ms =
+            from.zip(to).map(|(a, z)| (z - a) * 1000.0).with_context(|| format!("no install in {}", log.display()))?;
         eprintln!("xtask: bench ota run {i}: {OTA_MIB} MiB layer installed in {ms:.0} ms");
         install_ms.push(ms);
         per_mib.push(ms / (big as f64 / f64::from(1u32 << 20)));
