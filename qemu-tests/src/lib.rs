@@ -92,10 +92,15 @@ impl Ctx<'_> {
     pub fn build_signed(&self, name: &str, key: &SigningKey) -> Result<BuiltAppliance> {
         let sources = BTreeMap::from([("payload".to_owned(), self.art.payload_root.clone())]);
         let path = appliances_dir().join(format!("{name}.toml"));
-        // Per appliance: two appliances of a scenario (an update and its
-        // base) may name different layers alike.
-        assemble::build_appliance(&path, &sources, key, &self.dir.join(format!("layers-{name}")))
+        assemble::build_appliance(&path, &sources, key, &self.layers_dir(name))
             .with_context(|| format!("building appliance {}", path.display()))
+    }
+
+    /// Where [`Ctx::build`] writes appliance `name`'s layers: one directory
+    /// per appliance, since two appliances of a scenario (an update and its
+    /// base) may name different layers alike.
+    pub fn layers_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("layers-{name}"))
     }
 
     /// Build a scenario appliance signed with the trusted key.

@@ -50,10 +50,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let tree = ctx.art.kernel_tree.to_string_lossy().into_owned();
     let public = cairn_build::keys::public_path(&ctx.art.key_file).to_string_lossy().into_owned();
     let systemd_boot = ctx.art.systemd_boot.to_string_lossy().into_owned();
+    let layers = ctx.layers_dir("flash-card").to_string_lossy().into_owned();
     let cli = &ctx.art.cli;
     #[rustfmt::skip]
     let args = [
-        "image", "assemble", "--board", ctx.board.name, "--manifest", "app.manifest", "--layers", "layers",
+        "image", "assemble", "--board", ctx.board.name, "--manifest", "app.manifest", "--layers", &layers,
         "--init", &init, "--kernel", &tree, "--systemd-boot", &systemd_boot, "--trust", &public,
         "--product", "cairn-qemu-dev", "--out", "disk.img", "--bmap", "--zstd", "--quiet",
     ];
