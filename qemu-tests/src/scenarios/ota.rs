@@ -99,9 +99,7 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     let (disk, layout) = ctx.disk(&v1, "disk.img")?;
     let (stick, carried) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
     ensure!(carried == 1, "the thin bundle carries {carried} layers, not the one that changed");
-    let kept = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"];
-    let before: Vec<Digest> =
-        kept.iter().map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b))).collect::<Result<_>>()?;
+    let before = system_digests(&disk, &layout)?;
 
     // Boot 1: v1 runs, the installer stages v2 and the device reboots.
     let run = boot_with_stick(ctx, &disk, Some(&stick), "install.log")?;
@@ -119,9 +117,13 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     ensure!(s.committed == Slot::A && s.rollback_floor == 1, "staging changed the committed slot or floor: {s:?}");
     ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
-    let after: Vec<Digest> =
-        kept.iter().map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b))).collect::<Result<_>>()?;
-    ensure!(before == after, "a partition of the committed manifest was written");
+    // Exactly the new layer's partition, manifest slot b and the record
+    // were written: the committed manifest's partitions, the ESP and the
+    // spare layer partition were not touched.
+    let after = system_digests(&disk, &layout)?;
+    let changed: Vec<&str> =
+        before.iter().zip(&after).filter(|((_, b), (_, a))| a != b).map(|((n, _), _)| n.as_str()).collect();
+    ensure!(changed == ["cairn-state", "cairn-manifest-b", "cairn-layer-04"], "partitions written: {changed:?}");
 
     // Boot 2: the trial spends a try first, runs v2, commits.
     let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
