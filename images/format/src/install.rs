@@ -9,11 +9,15 @@
 //!
 //! 1. read and verify everything before writing a byte: the bundle's
 //!    signed table of contents, the manifest part (hash, signature, product,
-//!    version against the floor and the committed version), the plan;
+//!    version against the floor and the committed version), the plan, and
+//!    every layer part the plan writes, read and hashed once (its sha256
+//!    against the TOC, its image against the manifest's digest);
 //! 2. claim: one record write (target slot `installing`, the map forgets
 //!    the partitions the plan writes);
-//! 3. each layer part the plan writes: streamed in chunks, hashed, flushed,
-//!    read back from the medium and hashed again;
+//! 3. each layer part the plan writes: streamed in chunks, hashed again
+//!    (the whole part: a source that changed since the check pass is
+//!    caught here, in a slot that never boots), flushed, read back from the
+//!    medium and hashed once more;
 //! 4. the manifest slot: written, flushed, read back;
 //! 5. stage: one record write (slot `ready`, trial pending).
 //!
