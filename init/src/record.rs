@@ -136,35 +136,47 @@ pub enum DevError {
     Sys(SysError),
 }
 
-/// Block devices by install target. Writers stay open until dropped, so a
-/// flush is an `fdatasync` of the descriptor that wrote.
+/// Block devices by install target. Each is opened once per way it is used
+/// (read, read with O_DIRECT, write) and stays open until dropped, so a
+/// flush is an `fdatasync` of the descriptor that wrote and an install's
+/// chunks do not reopen their device.
 pub struct Disk {
     devices: Vec<(Target, String)>,
-    writers: Vec<(Target, OwnedFd)>,
+    open: Vec<(Target, Use, OwnedFd)>,
+}
+
+/// How a descriptor was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Read,
+    Direct,
+    Write,
 }
 
 impl Disk {
     /// The devices of each target.
     pub fn new(devices: Vec<(Target, String)>) -> Disk {
-        Disk { devices, writers: Vec::new() }
+        Disk { devices, open: Vec::new() }
     }
 
-    fn dev(&self, t: Target) -> Result<&str, DevError> {
-        self.devices
+    /// `t`'s device and a descriptor opened for `how`, opened on first use.
+    fn fd(&mut self, t: Target, how: Use) -> Result<(&OwnedFd, &str), DevError> {
+        let dev = self
+            .devices
             .iter()
             .find(|(d, _)| *d == t)
             .map(|(_, p)| p.as_str())
-            .ok_or_else(|| DevError::Missing(t.to_string()))
-    }
-
-    fn writer(&mut self, t: Target) -> Result<(&OwnedFd, String), DevError> {
-        let dev = self.dev(t)?.to_owned();
-        if !self.writers.iter().any(|(w, _)| *w == t) {
-            let fd = sys::open(&dev, libc::O_WRONLY | libc::O_CLOEXEC).map_err(DevError::Sys)?;
-            self.writers.push((t, fd));
+            .ok_or_else(|| DevError::Missing(t.to_string()))?;
+        if !self.open.iter().any(|(o, u, _)| (*o, *u) == (t, how)) {
+            let fd = match how {
+                Use::Read => sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC),
+                Use::Direct => open_direct(dev),
+                Use::Write => sys::open(dev, libc::O_WRONLY | libc::O_CLOEXEC),
+            };
+            self.open.push((t, how, fd.map_err(DevError::Sys)?));
         }
-        let fd = self.writers.iter().find(|(w, _)| *w == t).map(|(_, fd)| fd);
-        fd.map(|fd| (fd, dev.clone())).ok_or(DevError::Missing(dev))
+        let fd = self.open.iter().find(|(o, u, _)| (*o, *u) == (t, how)).map(|(_, _, fd)| fd);
+        fd.map(|fd| (fd, dev)).ok_or_else(|| DevError::Missing(t.to_string()))
     }
 }
 
@@ -172,14 +184,13 @@ impl Storage for Disk {
     type Error = DevError;
 
     fn read(&mut self, t: Target, offset: u64, buf: &mut [u8]) -> Result<usize, DevError> {
-        let dev = self.dev(t)?;
-        let fd = sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC).map_err(DevError::Sys)?;
-        read_fd_at(&fd, dev, offset, buf).map_err(DevError::Sys)
+        let (fd, dev) = self.fd(t, Use::Read)?;
+        read_fd_at(fd, dev, offset, buf).map_err(DevError::Sys)
     }
 
     fn read_direct(&mut self, t: Target, offset: u64, buf: &mut [u8]) -> Result<usize, DevError> {
-        let dev = self.dev(t)?;
-        let data = read_at(dev, offset, buf.len()).map_err(DevError::Sys)?;
+        let (fd, dev) = self.fd(t, Use::Direct)?;
+        let data = read_direct_at(fd, dev, offset, buf.len()).map_err(DevError::Sys)?;
         let n = data.len().min(buf.len());
         if let (Some(dst), Some(src)) = (buf.get_mut(..n), data.get(..n)) {
             dst.copy_from_slice(src);
@@ -188,13 +199,13 @@ impl Storage for Disk {
     }
 
     fn write(&mut self, t: Target, offset: u64, data: &[u8]) -> Result<(), DevError> {
-        let (fd, dev) = self.writer(t)?;
-        write_fd_at(fd, &dev, offset, data).map_err(DevError::Sys)
+        let (fd, dev) = self.fd(t, Use::Write)?;
+        write_fd_at(fd, dev, offset, data).map_err(DevError::Sys)
     }
 
     fn flush(&mut self, t: Target) -> Result<(), DevError> {
-        let (fd, dev) = self.writer(t)?;
-        nix::unistd::fdatasync(fd).map_err(sys::err("fdatasync", &dev)).map_err(DevError::Sys)
+        let (fd, dev) = self.fd(t, Use::Write)?;
+        nix::unistd::fdatasync(fd).map_err(sys::err("fdatasync", dev)).map_err(DevError::Sys)
     }
 }
 
@@ -225,21 +236,25 @@ fn write_fd_at(fd: &OwnedFd, what: &str, offset: u64, data: &[u8]) -> Result<(),
     Ok(())
 }
 
-/// Read `len` bytes (a multiple of 4096) at `offset` (aligned) of `dev`
-/// with O_DIRECT: from the medium, not from the page cache. Falls back to a
-/// cached read where O_DIRECT is refused (EINVAL).
-pub fn read_at(dev: &str, offset: u64, len: usize) -> Result<Vec<u8>, SysError> {
+/// `dev` opened for reads from the medium, not from the page cache
+/// (O_DIRECT); a plain read-only descriptor where O_DIRECT is refused
+/// (EINVAL).
+fn open_direct(dev: &str) -> Result<OwnedFd, SysError> {
+    match sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECT) {
+        Err(e) if e.errno == libc::EINVAL => sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC),
+        r => r,
+    }
+}
+
+/// Read `len` bytes (a multiple of 4096) at `offset` (aligned) through an
+/// [`open_direct`] descriptor.
+fn read_direct_at(fd: &OwnedFd, dev: &str, offset: u64, len: usize) -> Result<Vec<u8>, SysError> {
     const ALIGN: usize = 4096;
-    let direct = sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECT);
-    let fd = match direct {
-        Err(e) if e.errno == libc::EINVAL => sys::open(dev, libc::O_RDONLY | libc::O_CLOEXEC)?,
-        r => r?,
-    };
     // An aligned window inside a larger buffer: O_DIRECT wants the memory
     // aligned as well as the offset and length.
     let mut raw = vec![0u8; len + ALIGN];
     let skip = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
     let buf = raw.get_mut(skip..skip + len).ok_or(SysError { op: "read", arg: dev.to_owned(), errno: libc::EINVAL })?;
-    let done = read_fd_at(&fd, dev, offset, buf)?;
+    let done = read_fd_at(fd, dev, offset, buf)?;
     Ok(raw.get(skip..skip + done).map(<[u8]>::to_vec).unwrap_or_default())
 }

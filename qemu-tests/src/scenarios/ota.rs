@@ -233,6 +233,15 @@ fn seed() -> u64 {
     })
 }
 
+/// sha256 of the partitions of v1, the factory (committed) manifest: its
+/// slot and its three layers.
+fn v1_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<Digest>> {
+    ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
+        .iter()
+        .map(|n| partition(disk, layout, n).map(|b| Digest::of(&b)))
+        .collect()
+}
+
 pub fn powercut(ctx: &Ctx) -> Result<()> {
     let seed = seed();
     eprintln!("ota-powercut: seed {seed} (CAIRN_SEED={seed} repeats the delays)");
@@ -247,10 +256,7 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
     let v2 = ctx.build("ota-v2")?;
     let (disk, layout) = ctx.disk(&v1, "disk.img")?;
     let (stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
-    let committed_before: Vec<Digest> = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
-        .iter()
-        .map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b)))
-        .collect::<Result<_>>()?;
+    let committed_before = v1_digests(&disk, &layout)?;
     for (k, (event, installing)) in CUTS.iter().enumerate() {
         let delay = next_delay();
         let log = format!("cut-{k}-{event}.log");
@@ -286,11 +292,10 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
             s.committed == Slot::A && s.rollback_floor == 1 || run.console.first("update.committed", &[]).is_some(),
             "{at}: the committed slot or floor changed without a commit: {s:?}"
         );
-        let now: Vec<Digest> = ["cairn-manifest-a", "cairn-layer-01", "cairn-layer-02", "cairn-layer-03"]
-            .iter()
-            .map(|n| partition(&disk, &layout, n).map(|b| Digest::of(&b)))
-            .collect::<Result<_>>()?;
-        ensure!(now == committed_before, "{at}: a partition of the committed manifest was written");
+        ensure!(
+            v1_digests(&disk, &layout)? == committed_before,
+            "{at}: a partition of the committed manifest was written"
+        );
     }
     // Power stays on: the last try commits.
     let run = boot_with_stick(ctx, &disk, Some(&stick), "final.log")?;
