@@ -36,6 +36,19 @@ pub fn ensure_rust_target(target: &str) -> Result<()> {
     Ok(())
 }
 
+/// Make sure the toolchain's own source is installed (rustup's `rust-src`
+/// component), which `-Z build-std` compiles the standard library from.
+pub fn ensure_rust_src() -> Result<()> {
+    let out = run(Command::new("rustc").args(["--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if sysroot.join("lib/rustlib/src/rust/library/Cargo.lock").is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the rust-src component with rustup (the device's standard library is built from it)");
+    run(Command::new("rustup").args(["component", "add", "rust-src"]))?;
+    Ok(())
+}
+
 /// No rustup: look for `<sysroot>/lib/rustlib/<target>`.
 fn check_sysroot_target(target: &str) -> Result<()> {
     let out = run(Command::new("rustc").args(["--print", "sysroot"]))?;

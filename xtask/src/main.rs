@@ -6,6 +6,7 @@
 mod bench;
 mod bench_layers;
 mod bench_verity;
+mod device_build;
 mod host_deps;
 mod kernel;
 
@@ -231,10 +232,8 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     // The test-hooks variant first, copied aside: the normal build below
     // then puts the production binary back in place (only cairn-init is
     // compiled again for the feature; its dependencies are shared).
-    let hooked = test_hooks.then(|| build_test_hooks_init(b, &cargo)).transpose()?;
-    let status = Command::new(&cargo)
-        .current_dir(repo_root())
-        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
+    let hooked = test_hooks.then(|| build_test_hooks_init(b)).transpose()?;
+    let status = device_build::cargo_build(b.rust_target, &["cairn-init", "cairn-payload"], &[])
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
@@ -292,16 +291,13 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
 
 /// Build cairn-init with the `test-hooks` feature and copy it to
 /// `build/<board>/test-hooks/cairn-init`, which is returned.
-fn build_test_hooks_init(b: &Board, cargo: &str) -> Result<PathBuf> {
+fn build_test_hooks_init(b: &Board) -> Result<PathBuf> {
     let started = std::time::Instant::now();
-    let status = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "--features"])
-        .arg("cairn-init/test-hooks")
+    let status = device_build::cargo_build(b.rust_target, &["cairn-init"], &["--features", "cairn-init/test-hooks"])
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build of cairn-init with test-hooks for {} failed", b.rust_target);
-    let built = repo_root().join("target").join(b.rust_target).join("release").join("cairn-init");
+    let built = device_build::built(b.rust_target, "cairn-init");
     let dir = build_dir().join(b.name).join("test-hooks");
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("cairn-init");

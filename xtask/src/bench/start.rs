@@ -4,7 +4,6 @@
 //! runtime, crun and runc, interleaved, and prints every sample.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -46,14 +45,11 @@ pub fn debs(b: &Board) -> Result<Vec<Deb>> {
 
 /// Build `cairn-bench` for the board (release, static musl).
 pub fn build_cairn_bench(b: &Board) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(crate::repo_root())
-        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-bench"])
+    let status = crate::device_build::cargo_build(b.rust_target, &["cairn-bench"], &[])
         .status()
         .context("running cargo build -p cairn-bench")?;
     ensure!(status.success(), "cargo build -p cairn-bench for {} failed", b.rust_target);
-    Ok(crate::repo_root().join("target").join(b.rust_target).join("release/cairn-bench"))
+    Ok(crate::device_build::built(b.rust_target, "cairn-bench"))
 }
 
 /// Find `name` under one of `dirs` of an unpacked package.
