@@ -22,6 +22,13 @@
 //! back to it). Every boot spends its try durably before it mounts. Two
 //! updates are swept: v1 on A to v2 on B, then v2 to v3 on A, which
 //! overwrites a partition of v1's.
+//!
+//! Resume: the install after a cut reads the install journal; no resumed
+//! part may fail its read back (the journal counts only flushed chunks),
+//! and each layer part is written again from at most one chunk before
+//! where the bytes flushed before the cut ended (bytes written are counted
+//! per partition). Journal writes are unflushed writes like any other:
+//! kept, dropped or torn at each cut.
 
 use super::*;
 use crate::bootstate::{read_record, BootState, SlotStatus};
