@@ -214,7 +214,8 @@ pub enum Progress<'a> {
         /// Bytes of the layer parts to write.
         bytes: u64,
     },
-    /// The claim is written: the slot is `installing`.
+    /// The claim is written: the slot is `installing`. Not on a resumed
+    /// install (the claim stands: [`Progress::Resumed`] instead).
     Claimed {
         /// The slot.
         slot: Slot,
