@@ -164,7 +164,8 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
         subject: None,
         notes: vec![format!(
             "the install reads and hashes the layer part once before writing anything, then streams it in 1 MiB \
-             chunks (hash, write, fdatasync, O_DIRECT read back); bundle on a second virtio disk; files in {}",
+             chunks (hash, write, fdatasync, journal entry + fdatasync; O_DIRECT read back of the part); the cut \
+             rows: QEMU killed once the install journal counts two chunks, then the next boot's resume; bundle on a second virtio disk; files in {}",
             dir.display()
         )],
     })
