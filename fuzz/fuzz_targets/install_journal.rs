@@ -113,7 +113,10 @@ fn check_region(region: &[u8]) {
     let mut cut = start;
     cut[at..at + torn].copy_from_slice(&block[..torn]);
     let seen = read(&cut);
-    assert!(seen == Some((copy, old.clone())) || seen == Some((at / COPY_SIZE, next)), "a write torn at byte {torn} left {seen:?}");
+    assert!(
+        seen == Some((copy, old.clone())) || seen == Some((at / COPY_SIZE, next)),
+        "a write torn at byte {torn} left {seen:?}"
+    );
 }
 
 fn check_round_trip(j: &Journal) {
