@@ -17,7 +17,19 @@
 //! - with a repaired digest a copy is never `BadDigest`;
 //! - the writer protocol (`next_write`): the next entry goes over the other
 //!   copy with the next sequence and is what `read` returns after it; a
-//!   write torn at any byte leaves either the old entry or the new one.
+//!   write torn at any byte leaves the old entry, the new one, or (found
+//!   by this target: `artifacts-found/install_journal/torn-write-revives-a-torn-copy`)
+//!   an entry with the new sequence that the overwritten copy already held
+//!   past the torn prefix, in a copy that did not read before: one an
+//!   earlier write tore with its first sector lost, which the new header
+//!   completes. That entry was itself written after the chunks it counts
+//!   were flushed, for the claim it names (an entry of any other claim is
+//!   discarded by the installer's record check), so it is still true; and
+//!   the read back of every part decides anyway. The writer's region is
+//!   always both whole copies (the device reads 8 KiB); a shorter input is
+//!   padded with zeros first, as a partition would be
+//!   (`artifacts-found/install_journal/short-region-copy1`: a copy cut short
+//!   in the input, whole once padded, was taken for a revival).
 
 #![no_main]
 
@@ -83,6 +95,10 @@ fn check_region(region: &[u8]) {
     assert_eq!(found, expected);
 
     // The next entry: over the other copy, next sequence, read back as is.
+    // The device's region is both whole copies: pad a short input.
+    let mut start = region.get(..SIZE).unwrap_or(region).to_vec();
+    start.resize(SIZE, 0);
+    let found = read(&start);
     let mut next = match &found {
         Some((_, j)) => j.clone(),
         None => return,
@@ -99,8 +115,6 @@ fn check_region(region: &[u8]) {
     if encode_copy(&next, &mut block).is_err() {
         return;
     }
-    let mut start = region.get(..SIZE).unwrap_or(region).to_vec();
-    start.resize(SIZE, 0);
     let mut after = start.clone();
     after[at..at + COPY_SIZE].copy_from_slice(&block);
     assert_eq!(read(&after), Some((at / COPY_SIZE, next.clone())), "the entry just written is not the one read");
@@ -110,13 +124,18 @@ fn check_region(region: &[u8]) {
         Some(&[lo, hi]) => u16::from_le_bytes([lo, hi]) as usize % (COPY_SIZE + 1),
         _ => HEADER + 1,
     };
-    let mut cut = start;
+    let mut cut = start.clone();
     cut[at..at + torn].copy_from_slice(&block[..torn]);
     let seen = read(&cut);
-    assert!(
-        seen == Some((copy, old.clone())) || seen == Some((at / COPY_SIZE, next)),
-        "a write torn at byte {torn} left {seen:?}"
-    );
+    if seen == Some((copy, old.clone())) || seen == Some((at / COPY_SIZE, next.clone())) {
+        return;
+    }
+    // A revived copy: the new header over what the copy already held.
+    let Some((c, revived)) = seen else { panic!("a write torn at byte {torn} lost the journal") };
+    assert_eq!((c, revived.seq), (at / COPY_SIZE, next.seq), "a write torn at byte {torn} left {revived:?}");
+    let before = decode_copy(&start[at..at + COPY_SIZE]);
+    assert!(before.is_err(), "a valid copy newer than the newest: {before:?}");
+    assert!(cut[at + torn..at + COPY_SIZE] == start[at + torn..at + COPY_SIZE]);
 }
 
 fn check_round_trip(j: &Journal) {

@@ -21,6 +21,12 @@
 //! it are durable. An entry is written only after an `fdatasync` of the data
 //! chunks it counts, so what it counts is on the medium.
 //!
+//! A torn write can also revive an older copy: if an earlier write of the
+//! same sequence lost only its first sector, the next write's header can
+//! complete it (the `install_journal` fuzz target found such a region).
+//! That entry was written after the chunks it counts were flushed, for the
+//! claim it names, so it is still true.
+//!
 //! The journal is a hint, never trusted for what gets staged: the installer
 //! uses it only when the record still says the same claim (same sequence,
 //! the slot `installing`, no trial) for the same bundle, and a resumed layer
