@@ -8,7 +8,11 @@
 //! The sequence (what is written, flushed and read back, in which order)
 //! is the pure `cairn_format::install::install`, tested on the host against
 //! a disk that loses power at every write; here are the block devices
-//! (`record::Disk`), the events and the fork.
+//! (`record::Disk`), the events and the fork. The install journal (how many
+//! chunks of each layer part are durable, after the record's copies on
+//! `cairn-state`) is written and read by that pure sequence through the same
+//! `Target::State` device: an install cut by a power loss resumes on the
+//! next boot (`update.resumed part=app chunks_skipped=5`).
 //!
 //! The source this step knows is a whole disk that holds a bundle (a USB
 //! stick or a second disk written with `dd`): `autoinstall` at boot.
@@ -27,7 +31,10 @@ use crate::partitions::Partitions;
 use crate::record::{self, DevError, Disk, Record};
 use crate::trust::Trust;
 
-/// Bytes moved per read and write.
+/// Bytes moved per read and write, and per install journal entry: each
+/// chunk is flushed, then counted in the journal on `cairn-state`
+/// (`cairn_format::journal`), so an install cut by a power loss resumes
+/// after the last chunk counted (`update.resumed`).
 const CHUNK: usize = 1 << 20;
 
 /// Why an install stopped. Refusals come before anything is written.
@@ -126,6 +133,17 @@ pub fn install(source: &str, cx: Context<'_>) -> Result<Slot, InstallError> {
                 .kv("bytes", bytes)
                 .emit(),
             Progress::Claimed { slot, seq } => event("update.claimed").kv("slot", slot).kv("seq", seq).emit(),
+            Progress::Resumed { layer, partition, chunks_skipped, chunks } => event("update.resumed")
+                .kv("part", &layer.name)
+                .kv("digest", layer.digest.short())
+                .kv("partition", partition)
+                .kv("chunks_skipped", chunks_skipped)
+                .kv("chunks", chunks)
+                .kv("chunk_bytes", CHUNK)
+                .emit(),
+            Progress::ResumeFailed { partition } => {
+                event("update.resume-failed").kv("partition", partition).kv("effect", "rewrite").emit()
+            }
             Progress::LayerWritten { layer, partition, bytes } => event("update.layer-written")
                 .kv("layer", &layer.name)
                 .kv("digest", layer.digest.short())

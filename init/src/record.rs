@@ -4,7 +4,9 @@
 //! (older copy, flush, read back) is the pure `install::write_record`,
 //! tested on the host against a disk that loses power at every write; what
 //! each write holds is decided by the pure transitions of
-//! `cairn_format::update`.
+//! `cairn_format::update`. The installer's journal (`cairn_format::journal`)
+//! lives on the same partition after the record's two copies (8 KiB to
+//! 16 KiB) and goes through the same `Target::State` descriptors.
 
 use std::os::fd::{AsFd, OwnedFd};
 

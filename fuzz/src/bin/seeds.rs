@@ -24,6 +24,7 @@ use cairn_format::bootstate::{
 };
 use cairn_format::bundle::{self, LayerPart, Part, Toc};
 use cairn_format::envelope::{self, OpenError};
+use cairn_format::journal;
 use cairn_format::manifest::Network;
 use cairn_format::{Digest, Manifest};
 use cairn_fuzz::{seal_into, seal_into_as, test_public_key, test_signing_key, OTHER_KEY_SEED};
@@ -63,6 +64,68 @@ fn main() {
     println!("bootstate_record: {n} files");
     let n = bundle_seeds(&corpus.join("bundle_toc"), &manifests);
     println!("bundle_toc: {n} files");
+    let n = journal_seeds(&corpus.join("install_journal"));
+    println!("install_journal: {n} files");
+}
+
+/// A journal entry with `parts` layer parts, `seq`.
+fn entry(seq: u64, parts: usize) -> journal::Journal {
+    let mut j = journal::Journal {
+        seq,
+        bundle: Digest::of(b"toc"),
+        manifest: Digest::of(b"manifest"),
+        slot: Slot::B,
+        claim_seq: 7,
+        chunk: 1 << 20,
+        parts: Default::default(),
+    };
+    for i in 0..parts {
+        let p = journal::PartProgress { digest: Digest::of(&[i as u8]), partition: 4 + i as u8, chunks: 2 * i as u32 };
+        j.parts.push(p).unwrap_or_else(|_| panic!("too many parts"));
+    }
+    j
+}
+
+fn journal_region(a: Option<&journal::Journal>, b: Option<&journal::Journal>) -> Vec<u8> {
+    let mut r = vec![0u8; journal::SIZE];
+    for (i, j) in [a, b].into_iter().enumerate() {
+        if let Some(j) = j {
+            let mut block = [0u8; COPY_SIZE];
+            journal::encode_copy(j, &mut block).unwrap_or_else(|e| panic!("{e}"));
+            r[i * COPY_SIZE..(i + 1) * COPY_SIZE].copy_from_slice(&block);
+        }
+    }
+    r
+}
+
+fn journal_seeds(dir: &Path) -> usize {
+    let dir = fresh(dir);
+    let mut count = 0;
+    let mut put = |name: &str, bytes: &[u8]| {
+        write(&dir, name, bytes);
+        count += 1;
+    };
+    put("first-entry-copy0", &journal_region(Some(&entry(1, 2)), None));
+    put("newer-copy1", &journal_region(Some(&entry(4, 2)), Some(&entry(5, 2))));
+    put("newer-copy0", &journal_region(Some(&entry(9, 1)), Some(&entry(8, 1))));
+    put("equal-seq", &journal_region(Some(&entry(6, 1)), Some(&entry(6, 3))));
+    put("full-parts", &journal_region(Some(&entry(3, journal::MAX_PARTS)), Some(&entry(2, 0))));
+    put("seq-wraps", &journal_region(Some(&entry(u64::MAX, 1)), Some(&entry(0, 1))));
+    let mut torn = journal_region(Some(&entry(4, 3)), Some(&entry(5, 3)));
+    for b in &mut torn[COPY_SIZE + 20..COPY_SIZE + 40] {
+        *b ^= 0xff;
+    }
+    put("torn-copy1", &torn);
+    let good = journal_region(Some(&entry(4, 3)), None);
+    put("flipped-payload", &flip(&good, 17));
+    put("flipped-magic", &flip(&good, 0));
+    put("flipped-version", &flip(&good, 8));
+    let mut tail = journal_region(Some(&entry(4, 3)), Some(&entry(3, 3)));
+    tail.extend_from_slice(&30u16.to_le_bytes());
+    put("torn-at-30", &tail);
+    put("copy0-only", &journal_region(Some(&entry(1, 2)), None)[..COPY_SIZE]);
+    put("blank", &[0u8; journal::SIZE]);
+    count
 }
 
 /// Compile an appliance file into a manifest, with a made-up digest, size

@@ -16,10 +16,18 @@
 //!    the partitions the plan writes);
 //! 3. each layer part the plan writes: streamed in chunks, hashed again
 //!    (the whole part: a source that changed since the check pass is
-//!    caught here, in a slot that never boots), flushed, read back from the
-//!    medium and hashed once more;
+//!    caught here, in a slot that never boots), each chunk flushed and then
+//!    counted in the install journal ([`crate::journal`]), the part read
+//!    back from the medium and hashed once more;
 //! 4. the manifest slot: written, flushed, read back;
 //! 5. stage: one record write (slot `ready`, trial pending).
+//!
+//! Resume: when the journal names this bundle and the record still holds
+//! the claim it was written for (same sequence, slot `installing`), step 2
+//! is skipped and step 3 skips the chunks the journal counts (their source
+//! bytes are still read and hashed); the read back of the whole part still
+//! decides. A resumed part whose read back differs is written again from
+//! its first chunk; nothing is staged that was not read back whole.
 //!
 //! A record write ([`write_record`]) is one whole copy written over the
 //! older copy with the next sequence number, flushed, read back from the
@@ -29,10 +37,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::bootstate::{self, BootState, BootStateError, Slot, COPY_SIZE, RECORD_SIZE};
+use crate::bootstate::{self, BootState, BootStateError, Slot, SlotStatus, COPY_SIZE, RECORD_SIZE};
 use crate::bundle::{self, BundleError, PartName, Toc};
 use crate::digest::{Digest, Hasher};
 use crate::envelope::{self, OpenError, PublicKey};
+use crate::journal::{self, Journal, JournalError, PartProgress};
 use crate::manifest::{Layer, Manifest};
 use crate::update::{self, InstallRefusal, LayerPlan, Needed, Partition};
 
@@ -205,12 +214,30 @@ pub enum Progress<'a> {
         /// Bytes of the layer parts to write.
         bytes: u64,
     },
-    /// The claim is written: the slot is `installing`.
+    /// The claim is written: the slot is `installing`. Not on a resumed
+    /// install (the claim stands: [`Progress::Resumed`] instead).
     Claimed {
         /// The slot.
         slot: Slot,
         /// The record's sequence number.
         seq: u64,
+    },
+    /// An interrupted install of this bundle resumes (the claim stands):
+    /// one per layer part, before it is written.
+    Resumed {
+        /// The manifest's layer.
+        layer: &'a Layer,
+        /// Its partition.
+        partition: Target,
+        /// Chunks the journal counts as durable: not written again.
+        chunks_skipped: u32,
+        /// The part's chunks.
+        chunks: u32,
+    },
+    /// A resumed part's read back differs: it is written again, whole.
+    ResumeFailed {
+        /// The partition.
+        partition: Target,
     },
     /// A layer part written, flushed and read back.
     LayerWritten {
@@ -289,6 +316,8 @@ pub enum InstallError<E> {
     },
     /// The boot state record could not be written.
     State(RecordError<E>),
+    /// The install journal could not be encoded.
+    Journal(JournalError),
 }
 
 impl<E> InstallError<E> {
@@ -303,6 +332,7 @@ impl<E> InstallError<E> {
             InstallError::ReadBack { .. } | InstallError::ReadBackShort { .. } => "read-back",
             InstallError::LayerDigest { .. } => "layer-digest",
             InstallError::State(_) => "state-write",
+            InstallError::Journal(_) => "journal",
         }
     }
 }
@@ -328,6 +358,7 @@ impl<E: fmt::Display> fmt::Display for InstallError<E> {
                 write!(f, "layer part for {digest:?} holds an image with digest {found:?}")
             }
             InstallError::State(e) => write!(f, "{e}"),
+            InstallError::Journal(e) => write!(f, "{e}"),
         }
     }
 }
@@ -349,15 +380,39 @@ pub fn install<S: Storage>(
     envelope::check_compatible(&manifest, cx.product).map_err(InstallError::Product)?;
     update::check_version(&record.state, manifest.version, cx.committed.version).map_err(InstallError::Refused)?;
     let committed: Vec<Digest> = cx.committed.layers.iter().map(|l| l.digest).collect();
-    let plan = plan(&record.state, &committed, &toc, &manifest, cx.partitions)?;
+    let mut plan = plan(&record.state, &committed, &toc, &manifest, cx.partitions)?;
     let target = record.state.committed.other();
     let bytes: u64 = plan.write.iter().filter_map(|w| toc.layer(&w.digest)).map(|l| l.part.size).sum();
+
+    // The journal of an interrupted install of this bundle, if the record
+    // still holds its claim: its partitions replace the plan's (re-planned
+    // from the claimed record, the choice could differ).
+    let mut region = vec![0u8; journal::SIZE];
+    let n = s.read_direct(Target::State, journal::OFFSET, &mut region).map_err(InstallError::Io)?;
+    region.truncate(n);
+    let found = journal::read(&region);
+    // The bundle is named by its signed TOC envelope (which names every
+    // part's sha256) and its manifest part.
+    let toc_len = bundle::read_toc(&head).map_or(head.len(), |u| u.len);
+    let id = (Digest::of(head.get(..toc_len).unwrap_or(&head)), toc.manifest.sha256);
+    let sizes: Vec<u64> = plan.write.iter().map(|w| toc.layer(&w.digest).map_or(u64::MAX, |l| l.part.size)).collect();
+    let resume = found
+        .as_ref()
+        .map(|(_, j)| j)
+        .filter(|j| resumable(j, record, target, id, chunk, (&plan, &sizes), cx.partitions));
+    if let Some(j) = resume {
+        for (w, p) in plan.write.iter_mut().zip(&j.parts) {
+            w.partition = p.partition;
+        }
+    }
+    let resume = resume.cloned();
+
     // Every part to be written is read and hashed once before anything is
     // written: a tampered or truncated bundle is refused with the device
     // untouched. (The write pass hashes again: a source that changes
     // between the passes is caught there, in a slot that never boots.)
     for (ix, part, ml) in planned_parts(&plan, &toc, &manifest) {
-        copy_part(s, chunk, &part, PartName::Layer(ix), None, (ml.size, ml.digest))?;
+        check_part(s, chunk, &part, PartName::Layer(ix), (ml.size, ml.digest))?;
     }
     progress(Progress::Verified {
         manifest: &manifest,
@@ -367,13 +422,52 @@ pub fn install<S: Storage>(
         bytes,
     });
 
-    // From here on the device is written: first the claim.
-    let claimed = update::claim(&record.state, &plan).map_err(InstallError::Refused)?;
-    record.write(s, claimed).map_err(InstallError::State)?;
-    progress(Progress::Claimed { slot: target, seq: record.state.seq });
-    for ((ix, part, ml), w) in planned_parts(&plan, &toc, &manifest).into_iter().zip(&plan.write) {
+    // From here on the device is written: first the claim (unless it
+    // stands), then the journal's first entry, which names it.
+    let mut jw = match resume {
+        Some(entry) => JournalWriter { cursor: found.map(|(c, j)| (c, j.seq)), entry, resumed: true },
+        None => {
+            let claimed = update::claim(&record.state, &plan).map_err(InstallError::Refused)?;
+            record.write(s, claimed).map_err(InstallError::State)?;
+            progress(Progress::Claimed { slot: target, seq: record.state.seq });
+            let mut parts = heapless::Vec::new();
+            for w in &plan.write {
+                let p = PartProgress { digest: w.digest, partition: w.partition, chunks: 0 };
+                parts.push(p).map_err(|_| InstallError::Journal(JournalError::TooLarge))?;
+            }
+            let entry = Journal {
+                seq: 0,
+                bundle: id.0,
+                manifest: id.1,
+                slot: target,
+                claim_seq: record.state.seq,
+                chunk: u32::try_from(chunk).unwrap_or(u32::MAX),
+                parts,
+            };
+            let mut jw = JournalWriter { cursor: found.map(|(c, j)| (c, j.seq)), entry, resumed: false };
+            jw.write(s)?;
+            jw
+        }
+    };
+    let resumed = jw.resumed;
+    for (i, ((ix, part, ml), w)) in planned_parts(&plan, &toc, &manifest).into_iter().zip(&plan.write).enumerate() {
         let dst = Target::Layer(w.partition);
-        copy_part(s, chunk, &part, PartName::Layer(ix), Some(dst), (ml.size, ml.digest))?;
+        let chunks = u32::try_from(part.size.div_ceil(chunk as u64)).unwrap_or(u32::MAX);
+        let skip = if resumed { jw.chunks(i).min(chunks) } else { 0 };
+        if resumed {
+            progress(Progress::Resumed { layer: ml, partition: dst, chunks_skipped: skip, chunks });
+        }
+        let name = PartName::Layer(ix);
+        if !write_part(s, chunk, &part, name, dst, skip, &mut jw, i)? {
+            // A resumed part that does not read back: write it whole (the
+            // journal first forgets its chunks, so a cut during the rewrite
+            // resumes from what this rewrite flushed).
+            progress(Progress::ResumeFailed { partition: dst });
+            jw.set(i, 0);
+            jw.write(s)?;
+            // From its first chunk, a read back that differs is an error.
+            write_part(s, chunk, &part, name, dst, 0, &mut jw, i)?;
+        }
         progress(Progress::LayerWritten { layer: ml, partition: dst, bytes: part.size });
     }
     // The manifest slot: the envelope, zero-padded to whole blocks.
@@ -389,6 +483,8 @@ pub fn install<S: Storage>(
     }
     progress(Progress::ManifestWritten { slot: target, bytes: padded.len() });
 
+    // The stage write ends the claim the journal names: once it is
+    // durable, the journal no longer agrees with the record and is ignored.
     let tries = manifest.update.tries;
     let staged = update::stage(&record.state, &committed, &plan, tries, false).map_err(InstallError::Refused)?;
     record.write(s, staged).map_err(InstallError::State)?;
@@ -396,6 +492,51 @@ pub fn install<S: Storage>(
     Ok(target)
 }
 
+/// Whether journal entry `j` can resume this install: the same bundle and
+/// chunk size, the record still holding the claim the entry names (its
+/// sequence, the target slot `installing`, no trial), the same layers to
+/// write, in order, each into a partition that exists, is large enough,
+/// is used by no entry of the record's map (the claim dropped them) and by
+/// no other part. Anything else: the journal is ignored and the install
+/// claims afresh.
+fn resumable(
+    j: &Journal,
+    record: &Record,
+    target: Slot,
+    (bundle, manifest): (Digest, Digest),
+    chunk: usize,
+    plan: (&LayerPlan, &[u64]),
+    partitions: &[Partition],
+) -> bool {
+    let (plan, sizes) = plan;
+    let st = &record.state;
+    let same_claim = j.claim_seq == st.seq
+        && j.slot == target
+        && st.trial.is_none()
+        && st.status_of(target) == SlotStatus::Installing
+        && j.bundle == bundle
+        && j.manifest == manifest
+        && usize::try_from(j.chunk).ok() == Some(chunk);
+    let same_layers =
+        j.parts.len() == plan.write.len() && j.parts.iter().zip(&plan.write).all(|(p, w)| p.digest == w.digest);
+    let places_ok = j.parts.iter().enumerate().all(|(i, p)| {
+        let size = sizes.get(i).copied().unwrap_or(u64::MAX);
+        let fits = partitions.iter().any(|q| q.number == p.partition && q.bytes >= size);
+        let unmapped = !st.layer_slots.iter().any(|m| m.partition == p.partition);
+        let alone = j.parts.iter().filter(|o| o.partition == p.partition).count() == 1;
+        fits && unmapped && alone
+    });
+    same_claim && same_layers && places_ok
+}
+
+/// The install journal as this install writes it: the entry, and the copy
+/// and sequence last written (or found).
+struct JournalWriter {
+    cursor: Option<(usize, u64)>,
+    entry: Journal,
+    /// Whether the entry came from an interrupted install.
+    resumed: bool,
+}
 /// The bundle part and manifest layer of each planned write, in plan order
 /// (`plan_layers` writes only layers the bundle carries and the manifest
 /// names, so none is skipped).
@@ -439,15 +580,40 @@ fn read_source<S: Storage>(s: &mut S, offset: u64, len: usize, exact: bool) -> R
     Ok(buf)
 }
 
-/// Stream a layer part from the bundle, hashing it (and its first `size`
-/// bytes against the manifest's digest); with `dst`, write it there, flush,
-/// then read it back from the medium and compare. Without, only check.
-fn copy_part<S: Storage>(
+impl JournalWriter {
+    /// Chunks of part `i` the entry counts.
+    fn chunks(&self, i: usize) -> u32 {
+        self.entry.parts.get(i).map_or(0, |p| p.chunks)
+    }
+
+    fn set(&mut self, i: usize, chunks: u32) {
+        if let Some(p) = self.entry.parts.get_mut(i) {
+            p.chunks = chunks;
+        }
+    }
+
+    /// Write the entry over the other copy, then flush. No read back: a
+    /// journal that lies costs a rewrite (the part's read back decides),
+    /// never a staged slot.
+    fn write<S: Storage>(&mut self, s: &mut S) -> Result<(), InstallError<S::Error>> {
+        let at = journal::next_write(self.cursor, &mut self.entry);
+        let mut block = [0u8; COPY_SIZE];
+        journal::encode_copy(&self.entry, &mut block).map_err(InstallError::Journal)?;
+        s.write(Target::State, journal::OFFSET + at as u64, &block).map_err(InstallError::Io)?;
+        s.flush(Target::State).map_err(InstallError::Io)?;
+        self.cursor = Some((at / COPY_SIZE, self.entry.seq));
+        Ok(())
+    }
+}
+
+/// The check pass: stream a layer part from the bundle, hashing it whole
+/// (against the TOC) and its first `size` bytes (against the manifest's
+/// digest). Writes nothing.
+fn check_part<S: Storage>(
     s: &mut S,
     chunk: usize,
     part: &bundle::Part,
     name: PartName,
-    dst: Option<Target>,
     (size, digest): (u64, Digest),
 ) -> Result<(), InstallError<S::Error>> {
     let mut whole = Hasher::default();
@@ -457,32 +623,60 @@ fn copy_part<S: Storage>(
         let n = usize::try_from((part.size - done).min(chunk as u64)).unwrap_or(chunk);
         let buf = read_source(s, part.offset.saturating_add(done), n, true)?;
         whole.update(&buf);
-        match dst {
-            // The check pass: the image against the manifest's digest too.
-            None => {
-                let keep = usize::try_from(size.saturating_sub(done)).unwrap_or(usize::MAX).min(buf.len());
-                image.update(buf.get(..keep).unwrap_or(&[]));
-            }
-            Some(dst) => s.write(dst, done, &buf).map_err(InstallError::Io)?,
+        let keep = usize::try_from(size.saturating_sub(done)).unwrap_or(usize::MAX).min(buf.len());
+        image.update(buf.get(..keep).unwrap_or(&[]));
+        done += n as u64;
+    }
+    bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
+    let found = image.finish();
+    if found != digest {
+        return Err(InstallError::LayerDigest { digest, found });
+    }
+    Ok(())
+}
+
+/// The write pass of part `i`: stream it from the bundle, hashing it whole
+/// (the same bytes as the check pass's, whose image matched the manifest);
+/// write each chunk from `skip` on to `dst`, flush it, then count it in
+/// the journal (so the journal never counts a chunk that is not durable);
+/// then read the part back from the medium and compare. `Ok(false)`: a
+/// resumed part (`skip > 0`) does not read back.
+#[allow(clippy::too_many_arguments)]
+fn write_part<S: Storage>(
+    s: &mut S,
+    chunk: usize,
+    part: &bundle::Part,
+    name: PartName,
+    dst: Target,
+    skip: u32,
+    jw: &mut JournalWriter,
+    i: usize,
+) -> Result<bool, InstallError<S::Error>> {
+    let mut whole = Hasher::default();
+    let mut done = 0u64;
+    let mut k = 0u32;
+    while done < part.size {
+        let n = usize::try_from((part.size - done).min(chunk as u64)).unwrap_or(chunk);
+        let buf = read_source(s, part.offset.saturating_add(done), n, true)?;
+        whole.update(&buf);
+        k = k.saturating_add(1);
+        if k > skip {
+            s.write(dst, done, &buf).map_err(InstallError::Io)?;
+            s.flush(dst).map_err(InstallError::Io)?;
+            jw.set(i, k);
+            jw.write(s)?;
         }
         done += n as u64;
     }
-    // The write pass needs only the whole part's hash: the same bytes as
-    // the check pass's, whose image matched the manifest.
     bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
-    let Some(dst) = dst else {
-        let found = image.finish();
-        if found != digest {
-            return Err(InstallError::LayerDigest { digest, found });
-        }
-        return Ok(());
-    };
-    s.flush(dst).map_err(InstallError::Io)?;
     let found = digest_direct(s, chunk, dst, part.size)?;
     if found != part.sha256 {
+        if skip > 0 {
+            return Ok(false);
+        }
         return Err(InstallError::ReadBack { target: dst, expected: part.sha256, found });
     }
-    Ok(())
+    Ok(true)
 }
 
 /// sha256 of the first `len` bytes of `target`, read from the medium in

@@ -28,6 +28,8 @@ pub mod envelope;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod install;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod journal;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;

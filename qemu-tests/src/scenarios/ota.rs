@@ -14,9 +14,13 @@
 //!   tries) runs out of tries and v1 boots again.
 //! - `ota-powercut`: the power is cut (QEMU killed) at each durable step of
 //!   an install and of its trial, plus a seeded random delay (printed;
-//!   `CAIRN_SEED` repeats it): after every cut the device verifies a
-//!   manifest (v1 until staged, v2 after), the committed partitions are
-//!   unchanged, and the update commits on the first boot left alone.
+//!   `CAIRN_SEED` repeats it), and once in the middle of the changed layer
+//!   (5 MiB of noise: the harness watches the install journal on the disk):
+//!   after every cut the device verifies a manifest (v1 until staged, v2
+//!   after), the committed partitions are unchanged, the boot after the
+//!   mid-layer cut resumes (skipping what the journal counted, rewriting at
+//!   most one chunk already on the disk), and the update commits on the
+//!   first boot left alone.
 //! - `ota-antirollback`: on a device flashed with v2 (floor 2), an older
 //!   signed bundle (`below-floor`), one for another product
 //!   (`wrong-product`), one whose TOC is signed by an untrusted key and one
@@ -213,18 +217,81 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
 }
 
 /// Where `ota-powercut` cuts the power, in order, on one disk: through every
-/// durable step of the install (each cut before `update.staged` restarts the
-/// install on the next boot), then through the trial (each cut spends a
-/// try), and the last try commits.
-const CUTS: [(&str, bool); 7] = [
+/// durable step of the install (each cut before `update.staged` resumes or
+/// restarts the install on the next boot), then through the trial (each cut
+/// spends a try), and the last try commits. [`MID_LAYER`] is no event: the
+/// power goes once the install journal on the disk counts at least two
+/// chunks of the layer, and not all of them.
+const CUTS: [(&str, bool); 8] = [
     ("update.installing", true),
     ("update.claimed", true),
+    (MID_LAYER, true),
     ("update.layer-written", true),
     ("update.manifest-written", true),
     ("update.staged", true),
     ("update.trial", false),
     ("boot.trial", false),
 ];
+
+/// The cut in the middle of the layer's write (see [`CUTS`]).
+const MID_LAYER: &str = "mid-layer";
+
+/// Noise in `ota-powercut`'s changed layer: several 1 MiB chunks, so a cut
+/// can land between two of them.
+const BIG_LAYER_BYTES: usize = 5 << 20;
+
+/// `ota-v2` whose changed `app` layer also holds [`BIG_LAYER_BYTES`] of
+/// seeded noise (squashfs cannot compress it), built in the scenario's
+/// directory.
+fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
+    let src = ctx.dir.join("app-v2-big");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(src.join("etc"))?;
+    let apps = crate::appliances_dir();
+    std::fs::copy(apps.join("ota/app-v2/etc/ota-version"), src.join("etc/ota-version"))?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..BIG_LAYER_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("etc/noise"), noise)?;
+    let toml = std::fs::read_to_string(apps.join("ota-v2.toml"))?
+        .replace("\"../../images/examples/base\"", &format!("{:?}", apps.join("../../images/examples/base")))
+        .replace("\"ota/app-v2\"", &format!("{src:?}"));
+    let path = ctx.dir.join("ota-v2-big.toml");
+    std::fs::write(&path, toml)?;
+    let sources = std::collections::BTreeMap::from([("payload".to_owned(), ctx.art.payload_root.clone())]);
+    cairn_build::assemble::build_appliance(&path, &sources, &ctx.art.key, &ctx.layers_dir("ota-v2-big"))
+        .with_context(|| format!("building {}", path.display()))
+}
+
+/// The install journal on the disk, as the device left it (after the
+/// record's copies on `cairn-state`).
+fn journal_on(disk: &Path, layout: &DiskLayout) -> Result<Option<cairn_format::journal::Journal>> {
+    let p = layout.find("cairn-state").context("no cairn-state partition")?;
+    let mut f = std::fs::File::open(disk)?;
+    f.seek(SeekFrom::Start(p.offset_bytes + cairn_format::journal::OFFSET))?;
+    let mut region = vec![0u8; cairn_format::journal::SIZE];
+    f.read_exact(&mut region)?;
+    Ok(cairn_format::journal::read(&region).map(|(_, j)| j))
+}
+
+/// Leading whole chunks of the bundle's layer part that are on its
+/// partition: what was durable when the power went.
+fn chunks_on_disk(disk: &Path, layout: &DiskLayout, stick: &Path, number: u8, chunk: usize) -> Result<usize> {
+    let toc = bundle::read_bundle(stick)?.toc;
+    let part = toc.layers.first().context("the bundle carries no layer")?.part;
+    let mut f = std::fs::File::open(stick)?;
+    f.seek(SeekFrom::Start(part.offset))?;
+    let mut want = vec![0u8; usize::try_from(part.size)?];
+    f.read_exact(&mut want)?;
+    let have = partition(disk, layout, &format!("cairn-layer-{number:02}"))?;
+    Ok(want.chunks(chunk).zip(have.chunks(chunk)).take_while(|(w, h)| h.starts_with(w)).count())
+}
 
 /// A seed for the cut delays: `CAIRN_SEED`, else the clock. Printed.
 fn seed() -> u64 {
@@ -253,21 +320,48 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
         Duration::from_millis(rng % 300)
     };
     let v1 = ctx.build("ota-v1")?;
-    let v2 = ctx.build("ota-v2")?;
+    let v2 = big_v2(ctx)?;
     let (disk, layout) = ctx.disk(&v1, "disk.img")?;
     let (stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
     let committed_before = v1_digests(&disk, &layout)?;
+    // What the journal counted when the power went mid-layer.
+    let mut mid_cut: Option<cairn_format::journal::Journal> = None;
+    let mut durable_at_cut = 0usize;
     for (k, (event, installing)) in CUTS.iter().enumerate() {
-        let delay = next_delay();
+        // After `update.manifest-written` only one throttled write (the
+        // stage, ~0.4 s later) remains: a third of the delay keeps the cut
+        // before it even when the console is quiet (the stop is polled
+        // every 200 ms).
+        let delay = if *event == "update.manifest-written" { next_delay() / 3 } else { next_delay() };
         let log = format!("cut-{k}-{event}.log");
+        if *event == MID_LAYER {
+            eprintln!("ota-powercut: cut {k} once the journal counts 2 to 4 chunks of the layer");
+        } else {
+            eprintln!("ota-powercut: cut {k} at {event} + {delay:?}");
+        }
         let seen = std::cell::Cell::new(None::<std::time::Instant>);
-        let stop = |c: &Console| match (c.first(event, &[]), seen.get()) {
-            (None, _) => false,
-            (Some(_), None) => {
-                seen.set(Some(std::time::Instant::now()));
-                delay.is_zero()
+        let counted = std::cell::RefCell::new(None);
+        let stop = |c: &Console| {
+            if *event == MID_LAYER {
+                // Polled at least every 200 ms: the journal on the disk
+                // counts at least two chunks of the layer and not all.
+                let Ok(Some(j)) = journal_on(&disk, &layout) else { return false };
+                let counted_now = j.parts.first().map_or(0, |p| p.chunks);
+                let noise_chunks = BIG_LAYER_BYTES.div_ceil(j.chunk.max(1) as usize) as u32;
+                let mid = c.first("update.staged", &[]).is_none() && (2..noise_chunks).contains(&counted_now);
+                if mid {
+                    *counted.borrow_mut() = Some(j);
+                }
+                return mid;
             }
-            (Some(_), Some(t)) => t.elapsed() >= delay,
+            match (c.first(event, &[]), seen.get()) {
+                (None, _) => false,
+                (Some(_), None) => {
+                    seen.set(Some(std::time::Instant::now()));
+                    delay.is_zero()
+                }
+                (Some(_), Some(t)) => t.elapsed() >= delay,
+            }
         };
         let extra: Vec<&Path> = vec![&stick];
         // Two writes a second on the boot disk: the install's writes (each
@@ -282,7 +376,43 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
         let c = &run.console;
         let at = format!("cut {k} at {event} + {delay:?} (seed {seed})");
         no_panic(&run).with_context(|| at.clone())?;
-        ensure!(c.first(event, &[]).is_some(), "{at}: the boot never reached {event} ({:?})", run.ending);
+        // The boot after the mid-layer cut resumes: it skips at least the
+        // chunks the journal counted when the power went, and writes again
+        // at most one chunk that was already on the disk.
+        if let Some(j) = mid_cut.take() {
+            let part = j.parts.first().context("the journal names no part")?;
+            let resumed = c.expect("update.resumed", &[("part", "app")]).with_context(|| at.clone())?;
+            let skipped: u32 = resumed.get("chunks_skipped").and_then(|v| v.parse().ok()).unwrap_or(0);
+            ensure!(
+                skipped >= part.chunks,
+                "{at}: resumed skipping {skipped} chunks, the journal counted {}",
+                part.chunks
+            );
+            eprintln!(
+                "ota-powercut: cut mid-layer with {} of {} chunks journalled, {} durable on the disk; the next boot \
+                 skipped {skipped} ({:?})",
+                part.chunks,
+                resumed.get("chunks").unwrap_or("?"),
+                durable_at_cut,
+                resumed.fields
+            );
+            ensure!(
+                durable_at_cut <= skipped as usize + 1,
+                "{at}: {durable_at_cut} chunks were on the disk, the resume skipped only {skipped}"
+            );
+        }
+        ensure!(
+            *event == MID_LAYER || c.first(event, &[]).is_some(),
+            "{at}: the boot never reached {event} ({:?})",
+            run.ending
+        );
+        if *event == MID_LAYER {
+            ensure!(run.ending == Ending::Stopped, "{at}: the layer was written before a cut could land in it");
+            let j = counted.borrow_mut().take().context("no journal at the mid-layer cut")?;
+            let p = j.parts.first().context("the journal names no part")?;
+            durable_at_cut = chunks_on_disk(&disk, &layout, &stick, p.partition, j.chunk as usize)?;
+            mid_cut = Some(j);
+        }
         // Every boot verifies a manifest: the committed v1 while installing,
         // the trial's v2 after staging.
         let want = if *installing { ("a", "1") } else { ("b", "2") };

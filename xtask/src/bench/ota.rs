@@ -2,7 +2,11 @@
 //! change against the whole disk image, and the device's install time for
 //! a changed layer of `OTA_MIB` MiB of incompressible data (guest clock,
 //! from `update.installing` to `update.staged`: the check pass, then the
-//! write pass with its flush and read back), per MiB.
+//! write pass with its flush and read back), per MiB. Then one install cut
+//! by a power loss in the middle of that layer (QEMU killed once the install
+//! journal on the disk counts at least two chunks) and the next boot's
+//! resume: chunks it skipped, and bytes it wrote again that were already on
+//! the disk.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -98,7 +102,7 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
     let v3 = appliance(art, &dir, 3, 2)?;
     let disk_path = dir.join("disk.img");
     let esp = art.kit.factory_esp(&v1.manifest.compatible, v1.manifest.version)?;
-    assemble::assemble_disk(&v1, &disk_path, assemble::DiskOptions::default(), Some(&esp))?;
+    let layout = assemble::assemble_disk(&v1, &disk_path, assemble::DiskOptions::default(), Some(&esp))?;
     let image = std::fs::metadata(&disk_path)?.len();
     let (full, _) = bundle_of(art, &v2, None, &dir.join("full.bundle"))?;
     let thin_path = dir.join("thin.bundle");
@@ -132,6 +136,7 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
         per_mib.push(ms / (big as f64 / f64::from(1u32 << 20)));
         let _ = std::fs::remove_file(&disk);
     }
+    let resume = resume_after_cut(b, art, &dir, &disk_path, &layout, &stick, &thin_path)?;
     let _ = std::fs::remove_file(&stick);
     let kib = |n: u64| n as f64 / 1024.0;
     Ok(Group {
@@ -151,12 +156,102 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
             Row::new("  the same, split form, KiB", vec![kib(resigned_split)]),
             Row::new("install time, ms", install_ms),
             Row::new("install time per MiB written, ms", per_mib),
+            Row::new("power cut mid-layer: chunks journalled at the cut", vec![resume.journalled as f64]),
+            Row::new("  chunks of the layer on the disk at the cut", vec![resume.durable as f64]),
+            Row::new("  chunks the next boot's install skipped (resumed)", vec![resume.skipped as f64]),
+            Row::new("  bytes written again that were on the disk, KiB", vec![kib(resume.extra_bytes)]),
         ],
         subject: None,
         notes: vec![format!(
             "the install reads and hashes the layer part once before writing anything, then streams it in 1 MiB \
-             chunks (hash, write, fdatasync, O_DIRECT read back); bundle on a second virtio disk; files in {}",
+             chunks (hash, write, fdatasync, journal entry + fdatasync; O_DIRECT read back of the part); the cut \
+             rows: QEMU killed once the install journal counts two chunks, then the next boot's resume; bundle on a second virtio disk; files in {}",
             dir.display()
         )],
     })
+}
+
+/// What the resume after a mid-layer power cut did.
+struct Resume {
+    journalled: u32,
+    durable: usize,
+    skipped: u32,
+    extra_bytes: u64,
+}
+
+/// Install from `stick` onto a copy of `disk`, kill QEMU once the install
+/// journal counts at least two chunks of the layer (polled every 200 ms),
+/// boot again and read what the resumed install skipped.
+fn resume_after_cut(
+    b: &'static Board,
+    art: &Artifacts,
+    dir: &Path,
+    disk: &Path,
+    layout: &cairn_build::gpt::DiskLayout,
+    stick: &Path,
+    bundle_path: &Path,
+) -> Result<Resume> {
+    use cairn_format::journal;
+    use std::io::{Read, Seek, SeekFrom};
+    let state = layout.find("cairn-state").context("no cairn-state")?.offset_bytes;
+    let copy = dir.join("resume.img");
+    std::fs::copy(disk, &copy)?;
+    let read_journal = || -> Option<journal::Journal> {
+        let mut f = std::fs::File::open(&copy).ok()?;
+        f.seek(SeekFrom::Start(state + journal::OFFSET)).ok()?;
+        let mut region = vec![0u8; journal::SIZE];
+        f.read_exact(&mut region).ok()?;
+        journal::read(&region).map(|(_, j)| j)
+    };
+    let extra: Vec<&Path> = vec![stick];
+    let opts = qemu::BootOptions { extra_disks: &extra, ..qemu::BootOptions::default() };
+    let seen = std::cell::RefCell::new(None);
+    let stop = |c: &cairn_qemu_tests::console::Console| {
+        if c.first("update.staged", &[]).is_some() {
+            return true;
+        }
+        match read_journal() {
+            Some(j) if j.parts.first().is_some_and(|p| p.chunks >= 2) => {
+                *seen.borrow_mut() = Some(j);
+                true
+            }
+            _ => false,
+        }
+    };
+    let cmd = qemu::command_with(b, &art.boot, &copy, &opts);
+    let run = qemu::capture(cmd, &dir.join("resume-cut.log"), Duration::from_secs(300), &stop)?;
+    let j = seen.into_inner().context("the install staged before the journal counted two chunks")?;
+    anyhow::ensure!(run.console.first("update.staged", &[]).is_none(), "the install finished before the cut");
+    let part = *j.parts.first().context("the journal names no part")?;
+    let chunk = j.chunk as usize;
+    // The layer part's leading chunks already on its partition.
+    let toc = bundle::read_bundle(bundle_path)?.toc;
+    let lp = toc.layers.first().context("the bundle carries no layer")?.part;
+    let mut want = vec![0u8; usize::try_from(lp.size)?];
+    let mut f = std::fs::File::open(bundle_path)?;
+    f.seek(SeekFrom::Start(lp.offset))?;
+    f.read_exact(&mut want)?;
+    let name = format!("cairn-layer-{:02}", part.partition);
+    let p = layout.find(&name).with_context(|| format!("no {name}"))?;
+    let mut have = vec![0u8; want.len()];
+    let mut f = std::fs::File::open(&copy)?;
+    f.seek(SeekFrom::Start(p.offset_bytes))?;
+    f.read_exact(&mut have)?;
+    let durable = want.chunks(chunk).zip(have.chunks(chunk)).take_while(|(w, h)| w == h).count();
+    // Power back: the install resumes.
+    let stop = |c: &cairn_qemu_tests::console::Console| {
+        c.first("update.staged", &[]).is_some() || c.first("update.refused", &[]).is_some()
+    };
+    let cmd = qemu::command_with(b, &art.boot, &copy, &opts);
+    let run = qemu::capture(cmd, &dir.join("resume.log"), Duration::from_secs(300), &stop)?;
+    let resumed = run.console.first("update.resumed", &[]).context("the install after the cut did not resume")?;
+    run.console.first("update.staged", &[]).context("the resumed install did not stage")?;
+    let skipped: u32 = resumed.get("chunks_skipped").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let extra_bytes = (durable as u64).saturating_sub(u64::from(skipped)) * chunk as u64;
+    eprintln!(
+        "xtask: bench ota resume: {} chunks journalled at the cut, {durable} on the disk, {skipped} skipped",
+        part.chunks
+    );
+    let _ = std::fs::remove_file(&copy);
+    Ok(Resume { journalled: part.chunks, durable, skipped, extra_bytes })
 }

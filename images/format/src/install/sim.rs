@@ -22,6 +22,13 @@
 //! back to it). Every boot spends its try durably before it mounts. Two
 //! updates are swept: v1 on A to v2 on B, then v2 to v3 on A, which
 //! overwrites a partition of v1's.
+//!
+//! Resume: the install after a cut reads the install journal; no resumed
+//! part may fail its read back (the journal counts only flushed chunks),
+//! and each layer part is written again from at most one chunk before
+//! where the bytes flushed before the cut ended (bytes written are counted
+//! per partition). Journal writes are unflushed writes like any other:
+//! kept, dropped or torn at each cut.
 
 use super::*;
 use crate::bootstate::{read_record, BootState, SlotStatus};
@@ -54,6 +61,10 @@ enum Bug {
     RecordInPlace,
     /// The trial mounts its slot before the try is durable.
     MountBeforeTry,
+    /// A layer partition's flush lands only after the next flush of
+    /// `cairn-state`: the journal entry counting a chunk is durable before
+    /// the chunk is (the installer journalling before its fdatasync).
+    JournalBeforeData,
 }
 
 /// splitmix64: small, seeded, reproducible.
@@ -112,6 +123,19 @@ struct Disk {
     bug: Bug,
     /// Record copies written so far.
     record_writes: usize,
+    /// Per target: where the writes made durable by a flush end (the
+    /// installer writes each partition from its start).
+    flushed_end: Vec<u64>,
+    /// Per target: bytes written since the power came back.
+    written: Vec<u64>,
+    /// Layer flushes the `JournalBeforeData` bug holds back.
+    held: Vec<usize>,
+    /// The installer's progress, one line per step, since the power came back.
+    events: Vec<String>,
+    /// Each layer part written since the power came back: target, bytes.
+    parts_written: Vec<(usize, u64)>,
+    /// Chunks resumed installs skipped since the power came back.
+    skipped: u64,
 }
 
 impl Disk {
@@ -151,7 +175,28 @@ impl Disk {
             off: false,
             bug: self.bug,
             record_writes: self.record_writes,
+            flushed_end: self.flushed_end.clone(),
+            written: vec![0; self.written.len()],
+            held: vec![],
+            events: vec![],
+            parts_written: vec![],
+            skipped: 0,
         }
+    }
+
+    /// Make the cached writes to target `i` durable.
+    fn make_durable(&mut self, i: usize) {
+        let mut keep = vec![];
+        for (j, offset, data) in self.cache.drain(..) {
+            if j == i {
+                let at = offset as usize;
+                self.durable[i][at..at + data.len()].copy_from_slice(&data);
+                self.flushed_end[i] = self.flushed_end[i].max(offset + data.len() as u64);
+            } else {
+                keep.push((j, offset, data));
+            }
+        }
+        self.cache = keep;
     }
 
     /// A mount of a booted slot: one more point where the power can go.
@@ -166,7 +211,7 @@ impl Disk {
     fn state_offset(&mut self, offset: u64, len: usize) -> u64 {
         // The bug: a single copy is written (and read back) where the
         // newest copy is, not over the older one.
-        if self.bug == Bug::RecordInPlace && len == COPY_SIZE {
+        if self.bug == Bug::RecordInPlace && len == COPY_SIZE && offset < RECORD_SIZE as u64 {
             match read_record(&self.current[index(Target::State)]) {
                 Ok((copy, _)) => (copy * COPY_SIZE) as u64,
                 Err(_) => offset,
@@ -199,7 +244,7 @@ impl Storage for Disk {
 
     fn write(&mut self, t: Target, offset: u64, data: &[u8]) -> Result<(), SimError> {
         let mut offset = offset;
-        if t == Target::State && data.len() == COPY_SIZE {
+        if t == Target::State && data.len() == COPY_SIZE && offset < RECORD_SIZE as u64 {
             self.record_writes += 1;
             offset = self.state_offset(offset, data.len());
         }
@@ -213,6 +258,7 @@ impl Storage for Disk {
         }
         self.current[i][offset as usize..end].copy_from_slice(data);
         self.cache.push((i, offset, data.to_vec()));
+        self.written[i] += data.len() as u64;
         // A write in flight when the power goes may land in part.
         if self.off {
             Err(SimError::Cut)
@@ -229,16 +275,20 @@ impl Storage for Disk {
             return Ok(());
         }
         let i = index(t);
-        let mut keep = vec![];
-        for (j, offset, data) in self.cache.drain(..) {
-            if j == i {
-                let at = offset as usize;
-                self.durable[i][at..at + data.len()].copy_from_slice(&data);
-            } else {
-                keep.push((j, offset, data));
+        if self.bug == Bug::JournalBeforeData && matches!(t, Target::Layer(_)) {
+            self.held.push(i);
+            return Ok(());
+        }
+        self.make_durable(i);
+        if t == Target::State && !self.held.is_empty() {
+            // The held layer flushes: one more operation, after the state.
+            if !self.start() || self.off {
+                return Err(SimError::Cut);
+            }
+            for i in std::mem::take(&mut self.held) {
+                self.make_durable(i);
             }
         }
-        self.cache = keep;
         Ok(())
     }
 }
@@ -330,12 +380,12 @@ impl Fixture {
         let source = bundle(&key, &v2, &[&app2, &extra]);
 
         // The factory: both record copies, slot A, layers on 1-3.
-        let mut state = vec![0u8; RECORD_SIZE];
+        let mut state = vec![0u8; RECORD_SIZE + crate::journal::SIZE];
         let factory = BootState::factory(BootState::factory_layout(&v1));
         let mut block = [0u8; COPY_SIZE];
         bootstate::encode_copy(&factory, &mut block).unwrap();
         state[..COPY_SIZE].copy_from_slice(&block);
-        state[COPY_SIZE..].copy_from_slice(&block);
+        state[COPY_SIZE..RECORD_SIZE].copy_from_slice(&block);
         let mut slot_a = seal_manifest(&v1, &key).unwrap();
         slot_a.resize(SLOT_BYTES, 0);
         let mut targets = vec![source, state, slot_a, vec![0u8; SLOT_BYTES]];
@@ -346,6 +396,7 @@ impl Fixture {
             }
             targets.push(p);
         }
+        let n = targets.len();
         let start = Disk {
             current: targets.clone(),
             durable: targets,
@@ -355,6 +406,12 @@ impl Fixture {
             off: false,
             bug,
             record_writes: 0,
+            flushed_end: vec![0; n],
+            written: vec![0; n],
+            held: vec![],
+            events: vec![],
+            parts_written: vec![],
+            skipped: 0,
         };
         let partitions = (1..=LAYER_PARTS).map(|number| Partition { number, bytes: LAYER_BYTES as u64 }).collect();
         let protected = vec![Target::Manifest(Slot::A), Target::Layer(1), Target::Layer(2), Target::Layer(3)];
@@ -412,7 +469,19 @@ impl Fixture {
             partitions: &self.partitions,
             chunk: BLOCK,
         };
-        install(d, &cx, record, |_| {})
+        let (mut events, mut parts, mut skipped) = (vec![], vec![], 0);
+        let r = install(d, &cx, record, |p| {
+            events.push(describe(&p));
+            match p {
+                Progress::LayerWritten { partition, bytes, .. } => parts.push((index(partition), bytes)),
+                Progress::Resumed { chunks_skipped, .. } => skipped += u64::from(chunks_skipped),
+                _ => {}
+            }
+        });
+        d.events.extend(events);
+        d.parts_written.extend(parts);
+        d.skipped += skipped;
+        r
     }
 
     /// The start disk with the update staged (no cut).
@@ -421,6 +490,21 @@ impl Fixture {
         let mut rec = Record::read(&mut d).unwrap();
         self.install(&mut d, &mut rec).unwrap();
         d
+    }
+}
+
+/// One line per step of an install.
+fn describe(p: &Progress<'_>) -> String {
+    match *p {
+        Progress::Verified { reuse, write, bytes, .. } => format!("verified reuse={reuse} write={write} bytes={bytes}"),
+        Progress::Claimed { slot, seq } => format!("claimed slot={slot} seq={seq}"),
+        Progress::Resumed { layer, partition, chunks_skipped, chunks } => {
+            format!("resumed {} {partition} skipped={chunks_skipped}/{chunks}", layer.name)
+        }
+        Progress::ResumeFailed { partition } => format!("resume-failed {partition}"),
+        Progress::LayerWritten { layer, partition, bytes } => format!("layer {} {partition} {bytes}", layer.name),
+        Progress::ManifestWritten { slot, bytes } => format!("manifest slot={slot} bytes={bytes}"),
+        Progress::Staged { slot, version, tries, seq } => format!("staged {slot} v{version} tries={tries} seq={seq}"),
     }
 }
 
@@ -530,8 +614,9 @@ fn settle(fx: &Fixture, d: &mut Disk) -> Result<usize, Stop> {
     Err(Stop::Bad(format!("v{} is not committed three boots after the cut", fx.to)))
 }
 
-/// The invariants on the disk after a cut, then boot on to v2.
-fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<(), String> {
+/// The invariants on the disk after a cut, then boot on to v2. Returns
+/// the chunks the install after the cut skipped (resumed).
+fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<u64, String> {
     let durable = read_record(&before.durable[index(Target::State)]).map(|(_, s)| s.seq).map_err(|e| format!("{e}"))?;
     let region = &d.durable[index(Target::State)];
     let (_, state) = read_record(region).map_err(|e| format!("the record is lost: {e}"))?;
@@ -565,28 +650,47 @@ fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<(), String> 
     for slot in [Slot::A, Slot::B].into_iter().filter(|s| state.status_of(*s) == SlotStatus::Good) {
         verify_slot(fx, &d, &state, slot).map_err(|e| format!("good slot {slot}: {e:?}"))?;
     }
-    match settle(fx, &mut d) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("booting on: {e:?}")),
+    let at_cut = d.flushed_end.clone();
+    settle(fx, &mut d).map_err(|e| format!("booting on: {e:?}"))?;
+    // The install after the cut resumed from what was durable: no resumed
+    // part fails its read back (the journal never counts a chunk that is
+    // not on the medium), and each part is written again from at most one
+    // chunk before where its durable bytes ended.
+    if let Some(e) = d.events.iter().find(|e| e.starts_with("resume-failed")) {
+        return Err(format!(
+            "a resumed part did not read back ({e}): the journal counted a chunk that was not durable"
+        ));
     }
+    for &(t, bytes) in &d.parts_written {
+        let durable = at_cut[t].min(bytes);
+        if d.written[t] > bytes - durable + BLOCK as u64 {
+            return Err(format!(
+                "the install after the cut wrote {} bytes of a {bytes}-byte part whose first {durable} were durable",
+                d.written[t]
+            ));
+        }
+    }
+    Ok(d.skipped)
 }
 
 /// One cut scenario: `run` does some work on a disk; power goes during
-/// each of its operations in turn. Returns the cut points and disks checked.
+/// each of its operations in turn. Returns the cut points, the disks
+/// checked and the chunks resumed installs skipped.
 fn sweep(
     fx: &Fixture,
     start: &Disk,
     seed: u64,
     run: &dyn Fn(&Fixture, &mut Disk) -> Result<(), Stop>,
-) -> (usize, usize) {
+) -> (usize, usize, u64) {
     let mut start = start.clone();
     start.ops = 0;
+    start.flushed_end.iter_mut().for_each(|f| *f = 0);
     let start = &start;
     let mut dry = start.clone();
     run(fx, &mut dry).unwrap_or_else(|e| panic!("seed {seed:#x}: the run without a cut fails: {e:?}"));
     let ops = dry.ops;
     let mut rng = Rng(seed);
-    let mut disks = 0;
+    let (mut disks, mut skipped) = (0, 0);
     for k in 0..ops {
         let mut d = start.clone();
         d.cut_at = Some(k);
@@ -617,12 +721,13 @@ fn sweep(
             };
             let after = d.after_cut(&mut keep);
             disks += 1;
-            if let Err(e) = check_after_cut(fx, &d, &after) {
-                panic!("seed {seed:#x}, power cut during operation {k} of {ops}, subset {variant}: {e}");
+            match check_after_cut(fx, &d, &after) {
+                Ok(n) => skipped += n,
+                Err(e) => panic!("seed {seed:#x}, power cut during operation {k} of {ops}, subset {variant}: {e}"),
             }
         }
     }
-    (ops, disks)
+    (ops, disks, skipped)
 }
 
 fn seed() -> u64 {
@@ -657,18 +762,19 @@ fn run_rollback(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
 
 /// Both updates (v1 on A to v2 on B, then v2 to v3 on A): power cut
 /// during each operation of the install, of a trial boot that commits, and
-/// of one that rolls back. Returns the cut points and disks checked.
-fn all_scenarios(bug: Bug, seed: u64) -> (usize, usize) {
+/// of one that rolls back. Returns the cut points, the disks checked and
+/// the chunks resumed installs skipped.
+fn all_scenarios(bug: Bug, seed: u64) -> (usize, usize, u64) {
     let first = Fixture::new(bug);
     let second = first.second();
-    let mut total = (0, 0);
+    let mut total = (0, 0, 0);
     for (n, fx) in [first, second].iter().enumerate() {
         let staged = fx.staged();
         let runs = [run_install as fn(&Fixture, &mut Disk) -> Result<(), Stop>, run_commit, run_rollback];
         for (i, run) in runs.into_iter().enumerate() {
             let start = if i == 0 { &fx.start } else { &staged };
-            let (ops, disks) = sweep(fx, start, seed.wrapping_add((n * 3 + i) as u64), &run);
-            total = (total.0 + ops, total.1 + disks);
+            let (ops, disks, skipped) = sweep(fx, start, seed.wrapping_add((n * 3 + i) as u64), &run);
+            total = (total.0 + ops, total.1 + disks, total.2 + skipped);
         }
     }
     total
@@ -678,9 +784,14 @@ fn all_scenarios(bug: Bug, seed: u64) -> (usize, usize) {
 fn every_power_cut_through_install_trial_commit_and_rollback_keeps_the_invariants() {
     let seed = seed();
     let t = std::time::Instant::now();
-    let (cuts, disks) = all_scenarios(Bug::None, seed);
-    std::eprintln!("seed {seed:#x}: {cuts} cut points, {disks} disks after a cut checked in {:?}", t.elapsed());
+    let (cuts, disks, skipped) = all_scenarios(Bug::None, seed);
+    std::eprintln!(
+        "seed {seed:#x}: {cuts} cut points, {disks} disks after a cut checked, {skipped} chunks skipped by resumed \
+         installs, in {:?}",
+        t.elapsed()
+    );
     assert!(cuts >= 20, "{cuts} cut points");
+    assert!(skipped > 0, "no install after a cut resumed");
 }
 
 #[test]
@@ -740,6 +851,12 @@ fn the_simulator_catches_a_record_copy_written_in_place() {
 }
 
 #[test]
+fn the_simulator_catches_a_journal_entry_durable_before_its_chunk() {
+    let e = caught(Bug::JournalBeforeData);
+    assert!(e.contains("did not read back"), "{e}");
+}
+
+#[test]
 fn the_simulator_catches_a_mount_before_the_try_is_durable() {
     let e = caught(Bug::MountBeforeTry);
     assert!(e.contains("not yet written"), "{e}");
@@ -754,19 +871,7 @@ fn the_fixture_installs_one_changed_and_one_new_layer() {
     let v1 = envelope::open_manifest(&d.current[index(Target::Manifest(Slot::A))], &keys).unwrap();
     let cx = Install { keys: &keys, product: PRODUCT, committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
     let mut events = vec![];
-    let r = install(&mut d, &cx, &mut rec, |p| {
-        events.push(match p {
-            Progress::Verified { reuse, write, bytes, .. } => {
-                format!("verified reuse={reuse} write={write} bytes={bytes}")
-            }
-            Progress::Claimed { slot, seq } => format!("claimed slot={slot} seq={seq}"),
-            Progress::LayerWritten { layer, partition, bytes } => format!("layer {} {partition} {bytes}", layer.name),
-            Progress::ManifestWritten { slot, bytes } => format!("manifest slot={slot} bytes={bytes}"),
-            Progress::Staged { slot, version, tries, seq } => {
-                format!("staged {slot} v{version} tries={tries} seq={seq}")
-            }
-        })
-    });
+    let r = install(&mut d, &cx, &mut rec, |p| events.push(describe(&p)));
     assert_eq!(r, Ok(Slot::B));
     assert_eq!(
         events,
@@ -827,4 +932,88 @@ fn refusals_and_a_tampered_layer_write_nothing() {
     for t in &fx.protected {
         assert!(d.current[index(*t)] == fx.start.current[index(*t)], "{t} written");
     }
+}
+
+/// The disk after a power cut (unflushed writes lost) once the journal
+/// counts at least two chunks of the first layer part, but not all of it.
+fn cut_mid_layer(fx: &Fixture) -> Disk {
+    for k in 0.. {
+        let mut d = fx.start.clone();
+        d.cut_at = Some(k);
+        let _ = run_install(fx, &mut d);
+        let after = d.after_cut(&mut |data: &[u8]| vec![0; data.len().div_ceil(SECTOR)]);
+        let region = &after.durable[index(Target::State)][RECORD_SIZE..];
+        if let Some((_, j)) = crate::journal::read(region) {
+            if j.parts[0].chunks >= 2 {
+                assert!(j.parts[0].chunks < 4, "the first cut past two chunks is mid-part");
+                return after;
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_resumed_install_skips_what_the_journal_counts_and_rewrites_a_part_that_does_not_read_back() {
+    let fx = Fixture::new(Bug::None);
+    let after = cut_mid_layer(&fx);
+    let mut d = after.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!(rec.state.status_of(Slot::B), SlotStatus::Installing);
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::B));
+    assert_eq!(
+        d.events[1..4],
+        [
+            "resumed app cairn-layer-04 skipped=2/4",
+            "layer app cairn-layer-04 16384",
+            "resumed extra cairn-layer-05 skipped=0/3"
+        ]
+    );
+    assert!(!d.events.iter().any(|e| e.starts_with("claimed")), "a resumed install claimed again: {:?}", d.events);
+    assert_eq!(d.written[index(Target::Layer(4))], 8192, "only the two chunks the journal does not count");
+    verify_slot(&fx, &d, &rec.state, Slot::B).unwrap();
+
+    // A skipped chunk that is not what the journal says (here: damaged on
+    // the medium): the part's read back differs, it is written whole.
+    let mut d = after.clone();
+    for v in [&mut d.durable, &mut d.current] {
+        v[index(Target::Layer(4))][100] ^= 1;
+    }
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::B));
+    assert!(d.events.iter().any(|e| e == "resume-failed cairn-layer-04"), "{:?}", d.events);
+    assert_eq!(d.written[index(Target::Layer(4))], 8192 + 16384);
+    verify_slot(&fx, &d, &rec.state, Slot::B).unwrap();
+}
+
+#[test]
+fn a_different_bundle_or_a_record_that_moved_on_discards_the_journal() {
+    let fx = Fixture::new(Bug::None);
+    let after = cut_mid_layer(&fx);
+    let keys = fx.keys();
+    // The same manifest in another bundle (it carries the unchanged base
+    // too): another TOC.
+    let src = &fx.start.current[index(Target::Source)];
+    let toc = bundle::open_toc(src, &keys).unwrap();
+    let mpart = &src[toc.manifest.offset as usize..][..toc.manifest.size as usize];
+    let (v2, _) = bundle::open_manifest_part(&toc, mpart, &keys).unwrap();
+    let carried = [layer("app", 4, 12288), layer("extra", 5, 8192), layer("base", 1, 8192)];
+    let other = bundle(&fx.key, &v2, &carried.iter().collect::<Vec<_>>());
+    let mut d = after.clone();
+    d.current[index(Target::Source)] = other.clone();
+    d.durable[index(Target::Source)] = other;
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::B));
+    assert!(d.events.iter().any(|e| e.starts_with("claimed")), "{:?}", d.events);
+    assert!(!d.events.iter().any(|e| e.starts_with("resumed")), "{:?}", d.events);
+
+    // The record written once more since the claim (same state, next seq).
+    let mut d = after.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    let same = rec.state.clone();
+    rec.write(&mut d, same).unwrap();
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::B));
+    assert!(d.events.iter().any(|e| e.starts_with("claimed")), "{:?}", d.events);
+    assert!(!d.events.iter().any(|e| e.starts_with("resumed")), "{:?}", d.events);
+    assert_eq!(d.written[index(Target::Layer(4))], 16384);
 }
