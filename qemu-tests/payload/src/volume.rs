@@ -3,9 +3,12 @@
 //! - `check-write <dir>...`: per dir, reads `<dir>/record`; if it is
 //!   missing, writes `<dir>/note` and then `<dir>/record` ("record-1") the
 //!   way a database commits (write, fsync the file, fsync the directory);
+//!   then tries to move the record out of the volume's project quota
+//!   (FS_IOC_FSGETXATTR, then FS_IOC_FSSETXATTR with project id 0):
 //!   `event=volume-check dir=D found=<content|missing|ENAME> written=<ok|skipped|ENAME>
-//!   record_owner=U:G dir_owner=U:G dir_mode=<octal>` (owners as this
-//!   container sees them, `-` if absent).
+//!   record_owner=U:G dir_owner=U:G dir_mode=<octal> project=<ok|ENAME>`
+//!   (owners as this container sees them, `-` if absent; `project=ok`
+//!   means the file left its quota).
 //! - `readonly <dir>...`: per dir, reads `<dir>/record` and tries to
 //!   create `<dir>/ro-probe`:
 //!   `event=volume-ro dir=D found=F write=<ok|ENAME> record_owner=U:G dir_owner=U:G`.
@@ -47,6 +50,28 @@ fn commit(dir: &str, name: &str, text: &str) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// FS_IOC_FSGETXATTR then FS_IOC_FSSETXATTR with project id 0.
+fn unproject(path: &str) -> String {
+    use std::os::fd::AsRawFd;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return ename(&e),
+    };
+    let mut x = [0u32; 7]; // struct fsxattr: xflags, extsize, nextents, projid, cowextsize, pad[8]
+    // SAFETY: both requests read or write one 28-byte struct fsxattr, which `x` is.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x801c_581f_u32 as _, x.as_mut_ptr()) };
+    if rc != 0 {
+        return Errno(crate::sys::errno()).to_string();
+    }
+    x[3] = 0;
+    // SAFETY: as above.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x401c_5820_u32 as _, x.as_ptr()) };
+    if rc != 0 {
+        return Errno(crate::sys::errno()).to_string();
+    }
+    "ok".into()
+}
+
 pub fn check_write(dirs: &[String]) -> i32 {
     for d in dirs {
         let record = format!("{d}/record");
@@ -62,9 +87,10 @@ pub fn check_write(dirs: &[String]) -> i32 {
         };
         let mode = std::fs::metadata(d).map(|m| format!("{:o}", m.permissions().mode() & 0o7777)).unwrap_or_default();
         say!(
-            "event=volume-check dir={d} found={found} written={written} record_owner={} dir_owner={} dir_mode={mode}",
+            "event=volume-check dir={d} found={found} written={written} record_owner={} dir_owner={} dir_mode={mode} project={}",
             owner(&record),
-            owner(d)
+            owner(d),
+            unproject(&record)
         );
     }
     0

@@ -13,6 +13,8 @@
 //! inside) writes into `jail`, and the files are its own inside
 //! (1000:1000) and the mapped ids outside (101000:101000, as `viewer`,
 //! without a user namespace, sees them; `volume.ready` names that owner).
+//! No container can move its record out of the volume's project quota
+//! (FS_IOC_FSSETXATTR: EPERM from the seccomp filter).
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -62,6 +64,10 @@ fn every_boot(c: &Console, boot: u32) -> Result<()> {
     let j = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?;
     want(j, "record_owner", "1000:1000")?;
     want(j, "dir_owner", "1000:1000")?;
+    // No container moves its file out of the volume's quota (the owner
+    // could, in the host's user namespace: the seccomp filter says no).
+    want(c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?, "project", "EPERM")?;
+    want(j, "project", "EPERM")?;
     Ok(())
 }
 
