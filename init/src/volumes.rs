@@ -309,7 +309,9 @@ fn set_project(fd: &OwnedFd, id: u32) -> SysResult<()> {
 fn tmpfs(m: &Manifest, v: &cairn_format::manifest::Volume) -> SysResult<String> {
     let dir = host_dir(VolumeKind::Tmpfs, &v.name);
     let (uid, gid) = m.volume_owner(&v.name).unwrap_or((0, 0));
-    sys::mkdir_all(&dir, 0o700)?;
+    // Search bits only: a user namespace's root binds it from here.
+    sys::mkdir_all(TMPFS_DIR, 0o711)?;
+    sys::mkdir(&dir, 0o700)?;
     let data = format!("size={},mode={:o},uid={uid},gid={gid}", v.size_bytes, v.mode);
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("tmpfs volume", Some("volume"), &dir, Some("tmpfs"), flags, Some(&data))?;
