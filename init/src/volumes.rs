@@ -370,9 +370,8 @@ mod tests {
     #[test]
     fn a_container_gets_its_ready_volumes_or_fails_naming_the_missing_one() {
         let c = crate::resolve::tests::container();
-        let spec = || {
-            crate::resolve::container_spec(&c, |l| Some(format!("/layers/{l}")), |_| Some("/dev/x".into())).unwrap()
-        };
+        let spec =
+            || crate::resolve::container_spec(&c, |l| Some(format!("/layers/{l}")), |_| Some("/dev/x".into())).unwrap();
         assert!(spec().volumes.is_empty(), "resolve leaves volumes to attach");
         let mut ready = Ready::new();
         assert_eq!(attach(spec(), &c, &ready).unwrap_err(), SpecError::VolumeUnavailable("db".into()));

@@ -763,13 +763,19 @@ mod tests {
         let root = "/run/cairn/containers/web/rootfs";
         let at = |t: &str| format!("{root}{t}");
         let mk = position(&p, |x| *x == Step::Mkdir(at("/var/lib/db")));
-        let bind = position(&p, |x| matches!(x, Step::Mount { what: "volume bind", source, target, flags, .. }
-            if source == "/run/cairn/data/volumes/data" && *target == at("/var/lib/db") && *flags == libc::MS_BIND));
+        let bind = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume bind", source, target, flags, .. }
+            if source == "/run/cairn/data/volumes/data" && *target == at("/var/lib/db") && *flags == libc::MS_BIND)
+        });
         let base = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        let rw = position(&p, |x| matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
-            if *target == at("/var/lib/db") && *flags == base));
-        let ro = position(&p, |x| matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
-            if *target == at("/srv/ro") && *flags == base | libc::MS_RDONLY));
+        let rw = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
+            if *target == at("/var/lib/db") && *flags == base)
+        });
+        let ro = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
+            if *target == at("/srv/ro") && *flags == base | libc::MS_RDONLY)
+        });
         let proc_ = position(&p, |x| matches!(x, Step::Mount { fstype: Some("proc"), .. }));
         let root_ro = position(&p, |x| matches!(x, Step::RemountReadOnly(_)));
         assert!(proc_ < mk && mk < bind && bind < rw && rw < ro && ro < root_ro);

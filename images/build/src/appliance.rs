@@ -1040,7 +1040,10 @@ depends_on = ["sensor"]
             .unwrap_or_else(|e| panic!("{e}"));
         let v = m.volume("db").unwrap_or_else(|| panic!("no volume"));
         assert_eq!((v.kind, v.size_bytes, v.mode), (VolumeKind::Persistent, 4 << 20, 0o700));
-        assert_eq!(m.containers[0].mounts, [VolumeMount { volume: "db".into(), path: "/var/db".into(), readonly: false }]);
+        assert_eq!(
+            m.containers[0].mounts,
+            [VolumeMount { volume: "db".into(), path: "/var/db".into(), readonly: false }]
+        );
         let e = one("mounts = [{ volume = \"nope\", path = \"/var/../etc\" }, { volume = \"db\", path = \"/\", readonly = true }]\n\
                      [[volume]]\nname = \"db\"\nsize = 0\n[[volume]]\nname = \"t\"\ntype = \"ramfs\"\nsize = \"1M\"")
         .unwrap_err();

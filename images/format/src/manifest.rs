@@ -1717,8 +1717,20 @@ pub(crate) mod tests {
             assert_eq!(check_mount_path(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "data", "/", "/a/", "/a//b", "/a/./b", "/a/../b", "/..", "/proc", "/sys/x", "/dev/shm", "/run/cairn",
-            "/run/cairn/control", "/a\0b",
+            "",
+            "data",
+            "/",
+            "/a/",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/proc",
+            "/sys/x",
+            "/dev/shm",
+            "/run/cairn",
+            "/run/cairn/control",
+            "/a\0b",
         ] {
             assert!(check_mount_path(bad).is_err(), "{bad:?} accepted");
         }
@@ -1744,7 +1756,10 @@ pub(crate) mod tests {
         assert_eq!(m.volume_owner("data"), Some((101_000, 101_000)));
         m.containers[1].uid = 5;
         let p = volume_problems(&m);
-        assert!(p.contains("containers \"a\" and \"b\" write it as different host owners (101000:101000 and 5:101000)"), "{p}");
+        assert!(
+            p.contains("containers \"a\" and \"b\" write it as different host owners (101000:101000 and 5:101000)"),
+            "{p}"
+        );
         m.containers[1].mounts[0].readonly = true;
         assert_eq!(m.validate(), Ok(()), "a reader may differ");
         assert_eq!(m.volume_owner("data"), Some((101_000, 101_000)), "the writer owns it");

@@ -58,7 +58,7 @@ fn unproject(path: &str) -> String {
         Err(e) => return ename(&e),
     };
     let mut x = [0u32; 7]; // struct fsxattr: xflags, extsize, nextents, projid, cowextsize, pad[8]
-    // SAFETY: both requests read or write one 28-byte struct fsxattr, which `x` is.
+                           // SAFETY: both requests read or write one 28-byte struct fsxattr, which `x` is.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x801c_581f_u32 as _, x.as_mut_ptr()) };
     if rc != 0 {
         return Errno(crate::sys::errno()).to_string();
@@ -143,10 +143,6 @@ pub fn fill(full: &str, other: &str) -> i32 {
         Ok(()) => "ok".into(),
         Err(e) => ename(&e),
     };
-    say!(
-        "event=volume-fill wrote_kib={} errno={errno} err={} other_write={other_write}",
-        total / 1024,
-        Errno(errno)
-    );
+    say!("event=volume-fill wrote_kib={} errno={errno} err={} other_write={other_write}", total / 1024, Errno(errno));
     0
 }
