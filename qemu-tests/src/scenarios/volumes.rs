@@ -14,7 +14,8 @@
 //! (1000:1000) and the mapped ids outside (101000:101000, as `viewer`,
 //! without a user namespace, sees them; `volume.ready` names that owner).
 //! No container can move its record out of the volume's project quota
-//! (FS_IOC_FSSETXATTR: EPERM from the seccomp filter).
+//! (FS_IOC_FSSETXATTR: EPERM from the seccomp filter). `jailed` also
+//! writes into a tmpfs volume of its own (`jailtmp`), owned by its mapped ids.
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -68,6 +69,12 @@ fn every_boot(c: &Console, boot: u32) -> Result<()> {
     // could, in the host's user namespace: the seccomp filter says no).
     want(c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?, "project", "EPERM")?;
     want(j, "project", "EPERM")?;
+    // A tmpfs volume under a user namespace: reachable, owned by the mapped ids.
+    let t = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jailtmp")])?;
+    want(t, "found", "missing")?;
+    want(t, "written", "ok")?;
+    want(t, "dir_owner", "1000:1000")?;
+    want(c.expect("volume.created", &[("name", "jailtmp")])?, "owner", "101000:101000")?;
     Ok(())
 }
 
@@ -90,7 +97,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         want(w, "record_owner", "1000:1000")?;
     }
     want(c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?, "dir_mode", "700")?;
-    want(c.expect("volume-check", &[("name", "jailed")])?, "written", "ok")?;
+    want(c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?, "written", "ok")?;
 
     let second = ctx.boot_with(&disk, &opts, "second.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&second)?;
@@ -106,7 +113,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     want(w, "written", "skipped")?;
     let s = c.expect("volume-check", &[("name", "writer"), ("dir", "/scratch")])?;
     want(s, "found", "missing")?;
-    let j = c.expect("volume-check", &[("name", "jailed")])?;
+    let j = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?;
     want(j, "found", "record-1")?;
     // From the host's ids (viewer has no user namespace): the mapped owner.
     let v = c.expect("volume-ro", &[("name", "viewer"), ("dir", "/jail")])?;
