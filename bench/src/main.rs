@@ -342,6 +342,7 @@ fn cairn_spec() -> Res<ContainerSpec> {
         signal_group: false,
         console: false,
         userns: None,
+        volumes: vec![],
     })
 }
 

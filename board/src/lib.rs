@@ -143,9 +143,21 @@ pub struct Board {
 
 /// Modules every board loads after its drivers: the layers (squashfs
 /// behind dm-verity, under overlayfs), the EFI system partition (FAT) and
-/// the firmware's variables.
-pub const SYSTEM_MODULES: &[&str] =
-    &["squashfs", "overlay", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs"];
+/// the firmware's variables; and the quota format of the data partition's
+/// project quotas (`quota_v2`: without it an ext4 with the `quota`
+/// feature does not mount read-write).
+pub const SYSTEM_MODULES: &[&str] = &[
+    "squashfs",
+    "overlay",
+    "dm_mod",
+    "dm_verity",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "efivarfs",
+    "quota_v2",
+];
 
 impl Board {
     /// Kernel modules the init loads at boot, by module name: the board's

@@ -173,5 +173,6 @@ fn manifest_like(t: &Toc) -> Manifest {
             .collect(),
         containers: Vec::new(),
         update: cairn_format::manifest::UpdatePolicy::for_version(t.version),
+        volumes: Vec::new(),
     }
 }

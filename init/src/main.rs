@@ -31,6 +31,8 @@ mod tap;
 mod trust;
 mod uevent;
 mod watchdog;
+// Volumes (issue 14 item 1).
+mod volumes;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -163,6 +165,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
     let m = &b.manifest;
     let order = m.start_order().unwrap_or_default();
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
+    let ready = volumes::prepare(m);
     let units = m
         .containers
         .iter()
@@ -178,7 +181,9 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                     None
                 }
             };
-            let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(Into::into);
+            let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device)
+                .and_then(|s| volumes::attach(s, c, &ready))
+                .map_err(Into::into);
             let unit = Unit::new(&c.name, spec);
             let desc = UnitDesc {
                 name: c.name.as_str().into(),

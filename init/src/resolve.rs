@@ -123,6 +123,8 @@ pub enum SpecError {
     Nul(String),
     /// A device source that does not exist on this device (or is refused).
     DeviceUnavailable(String),
+    /// A volume that could not be prepared (see `volume.failed`).
+    VolumeUnavailable(String),
 }
 
 impl core::fmt::Display for SpecError {
@@ -131,6 +133,7 @@ impl core::fmt::Display for SpecError {
             SpecError::LayerUnavailable(l) => write!(f, "layer {l} is not available"),
             SpecError::Nul(s) => write!(f, "string {s:?} contains a NUL byte"),
             SpecError::DeviceUnavailable(d) => write!(f, "device source {d} is not available"),
+            SpecError::VolumeUnavailable(v) => write!(f, "volume {v} is not available"),
         }
     }
 }
@@ -197,6 +200,7 @@ pub fn container_spec(
             .userns
             .as_ref()
             .map(|u| rt::UserNamespace { uid_map: ids(&u.uid_map), gid_map: ids(&u.gid_map) }),
+        volumes: Vec::new(), // volumes::attach
     })
 }
 
@@ -248,7 +252,7 @@ fn ids(map: &[m::IdRange]) -> Vec<rt::IdRange> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn parts() -> Partitions {
@@ -278,7 +282,7 @@ mod tests {
         );
     }
 
-    fn container() -> m::Container {
+    pub(crate) fn container() -> m::Container {
         m::Container {
             name: "cam".into(),
             layers: vec!["base".into(), "app".into()],
@@ -322,6 +326,7 @@ mod tests {
             network: m::Network::Join("db".into()),
             signal_group: true,
             console: true,
+            mounts: vec![m::VolumeMount { volume: "db".into(), path: "/var/db".into(), readonly: true }],
         }
     }
 

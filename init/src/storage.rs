@@ -420,7 +420,10 @@ pub fn remove_targets(targets: &[LayerTarget]) {
 
 /// Mount the data partition read-write at [`DATA_DIR`]. Its absence or a
 /// failed mount is an event, not a boot failure: containers run from their
-/// layers, and only volumes (when configured) need it.
+/// layers, and only volumes (when configured) need it. Mounted with
+/// `prjquota` (volume size limits are enforced project quotas); a
+/// partition made without project quotas is mounted without it
+/// (`quota=off`: volumes then have no size limit).
 pub fn mount_data(parts: &Partitions) {
     crate::watchdog::pet(); // watchdog: an ext4 journal replay may take a while
     let Some(dev) = parts.get("cairn-data") else {
@@ -428,10 +431,15 @@ pub fn mount_data(parts: &Partitions) {
         return;
     };
     let flags = libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOATIME;
-    let mounted = sys::mkdir_all(DATA_DIR, 0o755)
-        .and_then(|()| sys::mount("cairn-data", Some(dev), DATA_DIR, Some("ext4"), flags, None));
+    let mount = |data| sys::mount("cairn-data", Some(dev), DATA_DIR, Some("ext4"), flags, data);
+    let mounted = sys::mkdir_all(DATA_DIR, 0o755).and_then(|()| match mount(Some("prjquota")) {
+        Ok(()) => Ok("prjquota".to_owned()),
+        Err(q) => mount(None).map(|()| format!("off({})", sys::errno_name(q.errno))),
+    });
     match mounted {
-        Ok(()) => event("data.mounted").kv("device", dev).kv("path", DATA_DIR).kv("fs", "ext4").emit(),
+        Ok(quota) => {
+            event("data.mounted").kv("device", dev).kv("path", DATA_DIR).kv("fs", "ext4").kv("quota", quota).emit()
+        }
         Err(e) => event("data.unavailable").kv("device", dev).kv("error", e).emit(),
     }
 }

@@ -374,11 +374,41 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
             },
         ]);
     }
+    for v in &spec.volumes {
+        let target = format!("{root}/{}", volume_rel(&v.target)?);
+        let ro = if v.readonly { libc::MS_RDONLY } else { 0 };
+        p.extend([
+            Step::Mkdir(target.clone()),
+            bind("volume bind", &v.source, target.clone()),
+            // nosuid, nodev, noexec: a volume holds data; code comes from
+            // the verified layers. Read-only volumes: writes are EROFS.
+            Step::Mount {
+                what: "volume flags",
+                source: "none".into(),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REMOUNT | NOSUID | NODEV | NOEXEC | ro,
+                data: None,
+            },
+        ]);
+    }
     if spec.readonly_rootfs {
         p.push(Step::RemountReadOnly(root.clone()));
     }
     p.push(Step::PivotRoot(root));
     Ok(p)
+}
+
+/// A volume's path inside the container without its leading `/`, or an
+/// error: absolute, not the root, no empty, `.` or `..` component (the
+/// manifest validation says the same; PID 1 does not depend on it, and
+/// every component is then opened without following symlinks).
+pub fn volume_rel(path: &str) -> SysResult<&str> {
+    let rest = path.strip_prefix('/').unwrap_or("");
+    if rest.is_empty() || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(sys::SysError { op: "volume path", arg: path.into(), errno: libc::EINVAL });
+    }
+    Ok(rest)
 }
 
 fn bind(what: &'static str, source: &str, target: String) -> Step {
@@ -712,6 +742,46 @@ mod tests {
             signal_group: false,
             console: false,
             userns: None,
+            volumes: vec![],
+        }
+    }
+
+    fn vol(target: &str, readonly: bool) -> crate::spec::VolumeMount {
+        crate::spec::VolumeMount {
+            name: "data".into(),
+            source: "/run/cairn/data/volumes/data".into(),
+            target: target.into(),
+            readonly,
+        }
+    }
+
+    #[test]
+    fn volumes_are_bound_below_the_root_with_their_flags_before_the_read_only_root() {
+        let mut s = spec(true);
+        s.volumes = vec![vol("/var/lib/db", false), vol("/srv/ro", true)];
+        let p = plan_ok(&s);
+        let root = "/run/cairn/containers/web/rootfs";
+        let at = |t: &str| format!("{root}{t}");
+        let mk = position(&p, |x| *x == Step::Mkdir(at("/var/lib/db")));
+        let bind = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume bind", source, target, flags, .. }
+            if source == "/run/cairn/data/volumes/data" && *target == at("/var/lib/db") && *flags == libc::MS_BIND)
+        });
+        let base = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let rw = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
+            if *target == at("/var/lib/db") && *flags == base)
+        });
+        let ro = position(&p, |x| {
+            matches!(x, Step::Mount { what: "volume flags", target, flags, .. }
+            if *target == at("/srv/ro") && *flags == base | libc::MS_RDONLY)
+        });
+        let proc_ = position(&p, |x| matches!(x, Step::Mount { fstype: Some("proc"), .. }));
+        let root_ro = position(&p, |x| matches!(x, Step::RemountReadOnly(_)));
+        assert!(proc_ < mk && mk < bind && bind < rw && rw < ro && ro < root_ro);
+        for bad in ["relative", "/", "/a/../b", "/a//b", "/a/."] {
+            s.volumes = vec![vol(bad, false)];
+            assert_eq!(plan(&s).map(|_| ()).unwrap_err().errno, libc::EINVAL, "{bad}");
         }
     }
 

@@ -15,7 +15,8 @@
 //!   (numbers with bit 30 set), as on a kernel built without x32:
 //!   otherwise `mount | 0x40000000` would slip past every rule;
 //! - `ioctl` with a request in [`DENIED_IOCTLS`] (TIOCSTI, TIOCLINUX: input
-//!   injection into, and paste from, a terminal) answers EPERM; the request
+//!   injection into, and paste from, a terminal; FS_IOC_FSSETXATTR: a file
+//!   moved out of its volume's project quota) answers EPERM; the request
 //!   is compared on its low 32 bits, as the kernel reads it;
 //! - `personality` answers EPERM unless its argument is one of the values
 //!   Docker allows (0, PER_LINUX32, UNAME26, both, and the 0xffffffff query),
@@ -91,6 +92,7 @@ pub mod cap {
     pub const SYS_ADMIN: Gate = Some(21);
     pub const SYS_BOOT: Gate = Some(22);
     pub const SYS_NICE: Gate = Some(23);
+    pub const SYS_RESOURCE: Gate = Some(24);
     pub const SYS_TIME: Gate = Some(25);
     pub const SYS_TTY_CONFIG: Gate = Some(26);
     pub const SYSLOG: Gate = Some(34);
@@ -191,9 +193,15 @@ pub const DEFAULT_DENY: &[(&str, Gate)] = &[
 /// console text. Kernels since 6.2 can refuse TIOCSTI without
 /// CAP_SYS_ADMIN (`dev.tty.legacy_tiocsti = 0`), older ones allow it on
 /// the caller's controlling tty; the filter does not depend on that.
+/// FS_IOC_FSSETXATTR would let a file's owner (in the host's user
+/// namespace) move the file to another project id, out of its volume's
+/// quota; CAP_SYS_RESOURCE, which writes past quotas anyway, opens it.
 /// Same numbers on x86_64 and aarch64.
-pub const DENIED_IOCTLS: &[(&str, u32, Gate)] =
-    &[("TIOCSTI", 0x5412, cap::SYS_ADMIN), ("TIOCLINUX", 0x541C, cap::SYS_ADMIN)];
+pub const DENIED_IOCTLS: &[(&str, u32, Gate)] = &[
+    ("TIOCSTI", 0x5412, cap::SYS_ADMIN),
+    ("TIOCLINUX", 0x541C, cap::SYS_ADMIN),
+    ("FS_IOC_FSSETXATTR", 0x401c_5820, cap::SYS_RESOURCE),
+];
 
 /// Whether the kept `capabilities` (bit n = capability n) open `gate`.
 fn opens(capabilities: u64, gate: Gate) -> bool {
@@ -974,6 +982,20 @@ mod tests {
     fn terminal_injection_ioctls_answer_eperm() {
         let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(in_child(&f, tty_checks), 0, "that check failed in the child");
+    }
+
+    #[test]
+    fn moving_a_file_out_of_its_project_answers_eperm() {
+        fn checks() -> i32 {
+            let fd = match std::fs::File::open("/proc/self/exe") {
+                Ok(f) => f,
+                Err(_) => return 1,
+            };
+            let x = [0u8; 28]; // struct fsxattr
+            i32::from(!fails(ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), 0x401c_5820, x.as_ptr()), libc::EPERM)) * 2
+        }
+        let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(in_child(&f, checks), 0, "FS_IOC_FSSETXATTR reached the kernel");
     }
 
     #[test]

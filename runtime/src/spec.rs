@@ -65,6 +65,22 @@ pub struct ContainerSpec {
     pub console: bool,
     /// A user namespace of its own, with these id maps.
     pub userns: Option<UserNamespace>,
+    /// Volumes bound into the container.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume bound into a container: a host directory PID 1 prepared (on
+/// the data partition, or a tmpfs) at a path inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name (for errors).
+    pub name: String,
+    /// Host directory.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Bound read-only.
+    pub readonly: bool,
 }
 
 /// A device node given to a container.

@@ -12,7 +12,7 @@ use crate::verity::{self, LayerIdentity};
 use cairn_format::manifest::{
     self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
     Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UpdatePolicy,
-    UserNamespace,
+    UserNamespace, Volume, VolumeKind, VolumeMount,
 };
 
 /// The appliance file.
@@ -48,6 +48,43 @@ pub struct Appliance {
     /// [`Appliance::load`]), so problems can name their place.
     #[serde(skip)]
     pub lines: HeaderLines,
+    /// Named volumes (`[[volume]]`).
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// One `[[volume]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Its name (its directory's name on the data partition).
+    pub name: String,
+    /// Most bytes it holds: an integer or "64K", "32M", "1G".
+    pub size: Size,
+    /// "persistent" (default: on the data partition, kept) or "tmpfs"
+    /// (in memory, empty at every boot).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Permission bits of its top directory (default 0o700).
+    #[serde(default = "default_volume_mode")]
+    pub mode: u16,
+}
+
+fn default_volume_mode() -> u16 {
+    0o700
+}
+
+/// One entry of a container's `mounts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// The volume's name.
+    pub volume: String,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Read-only (default false).
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 /// Where each `[[layer]]` and `[[container]]` table starts (1-based lines).
@@ -207,6 +244,9 @@ pub struct ContainerSpec {
     /// [`Appliance::load`]), so image defaults fill only the others.
     #[serde(skip)]
     pub explicit: std::collections::BTreeSet<String>,
+    /// Volumes mounted into it.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
 }
 
 /// The `[update]` table.
@@ -695,6 +735,7 @@ impl Appliance {
             layers: Vec::new(),
             containers: Vec::new(),
             update: self.update.compile(self.version),
+            volumes: Vec::new(),
         };
         if self.compatible.is_none() {
             problems.push(
@@ -718,12 +759,29 @@ impl Appliance {
                 Err(p) => problems.extend(p.into_iter().map(|p| format!("{place}: {p}"))),
             }
         }
+        compile_volumes(self, &mut m, &mut problems);
         m.for_each_problem(|e| problems.push(e.to_string()));
         if problems.is_empty() {
             Ok(m)
         } else {
             Err(ApplianceError::Invalid { path: path.to_owned(), problems })
         }
+    }
+}
+
+/// The `[[volume]]` tables into `m.volumes` (the rules themselves are the
+/// manifest's, shared with the device).
+fn compile_volumes(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>) {
+    for (i, v) in app.volumes.iter().enumerate() {
+        let kind = match v.kind.as_deref() {
+            None | Some("persistent") => VolumeKind::Persistent,
+            Some("tmpfs") => VolumeKind::Tmpfs,
+            Some(other) => {
+                problems.push(format!("volume[{i}] ({}): type {other:?} is not \"persistent\" or \"tmpfs\"", v.name));
+                continue;
+            }
+        };
+        m.volumes.push(Volume { name: v.name.clone(), kind, size_bytes: v.size.bytes(), mode: v.mode });
     }
 }
 
@@ -860,6 +918,11 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         signal_group: c.signal_group,
         console: c.console,
         critical: c.critical,
+        mounts: c
+            .mounts
+            .iter()
+            .map(|mt| VolumeMount { volume: mt.volume.clone(), path: mt.path.clone(), readonly: mt.readonly })
+            .collect(),
     };
     if p.is_empty() {
         Ok(out)
@@ -969,6 +1032,32 @@ depends_on = ["sensor"]
         let mut a: Appliance = toml::from_str(&text).map_err(|e| e.to_string())?;
         a.lines = HeaderLines::scan(&text);
         a.to_manifest(Path::new("u.toml"), &info()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn volumes_compile_and_their_problems_are_named() {
+        let m = one("mounts = [{ volume = \"db\", path = \"/var/db\" }]\n[[volume]]\nname = \"db\"\nsize = \"4M\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v = m.volume("db").unwrap_or_else(|| panic!("no volume"));
+        assert_eq!((v.kind, v.size_bytes, v.mode), (VolumeKind::Persistent, 4 << 20, 0o700));
+        assert_eq!(
+            m.containers[0].mounts,
+            [VolumeMount { volume: "db".into(), path: "/var/db".into(), readonly: false }]
+        );
+        let e = one("mounts = [{ volume = \"nope\", path = \"/var/../etc\" }, { volume = \"db\", path = \"/\", readonly = true }]\n\
+                     [[volume]]\nname = \"db\"\nsize = 0\n[[volume]]\nname = \"t\"\ntype = \"ramfs\"\nsize = \"1M\"")
+        .unwrap_err();
+        for want in [
+            "volume[1] (t): type \"ramfs\" is not \"persistent\" or \"tmpfs\"",
+            "volume \"db\": size 0 is below the smallest, 64 KiB",
+            "container \"c\": mounts[0] (nope): unknown volume \"nope\"",
+            "container \"c\": mounts[0] (nope): path \"/var/../etc\" must be normalised",
+            "container \"c\": mounts[1] (db): path \"/\" cannot be /",
+        ] {
+            assert!(e.contains(want), "{want:?} missing from {e}");
+        }
+        let e = one("mounts = [{ volume = \"db\", path = \"/x\", mode = \"rw\" }]").unwrap_err();
+        assert!(e.contains("unknown field `mode`"), "{e}");
     }
 
     #[test]

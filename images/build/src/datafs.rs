@@ -6,6 +6,13 @@
 //! so the same size and seed give the same bytes. Inode tables and the
 //! journal are written out in full (no lazy init), so the device never
 //! spends its first boot zeroing them.
+//!
+//! The features are named one by one (`MKE2FS_CONFIG=/dev/null` leaves
+//! mke2fs without its ext4 defaults, which would make an ext2 layout with
+//! no journal): ext4's usual set, plus `quota` and `project` with the
+//! project quota inode, so each volume's size limit is a project quota
+//! the kernel enforces (see `init/src/volumes.rs`). Project ids need
+//! 256-byte inodes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +21,10 @@ use sha2::{Digest as _, Sha256};
 
 /// Volume label of the data filesystem.
 pub const LABEL: &str = "cairn-data";
+
+/// The filesystem features (see the module documentation).
+pub const FEATURES: &str = "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,\
+                            quota,project,^metadata_csum_seed";
 
 /// Why the data filesystem could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +89,9 @@ pub fn make_ext4(out: &Path, size: u64, seed: &[u8]) -> Result<(), DataFsError> 
     let output = Command::new(sbin_tool("mke2fs"))
         .env("E2FSPROGS_FAKE_TIME", "1")
         .env("MKE2FS_CONFIG", "/dev/null") // defaults only: the same on every machine
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", LABEL, "-U", &uuid, "-O", "^metadata_csum_seed"])
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-L", LABEL, "-U", &uuid, "-O", FEATURES])
         .arg("-E")
-        .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"))
+        .arg(format!("hash_seed={uuid},quotatype=prjquota,root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"))
         .arg(out)
         .output()
         .map_err(DataFsError::Spawn)?;
@@ -113,6 +124,15 @@ mod tests {
         assert_eq!(&x[1024 + 56..1024 + 58], &[0x53, 0xef]);
         assert_eq!(&x[1024 + 120..1024 + 120 + LABEL.len()], LABEL.as_bytes());
         assert!(matches!(make_ext4(&a, 1 << 20, b"s"), Err(DataFsError::TooSmall(_))));
+        // A journal, and project quotas with their inode (what volumes need).
+        let dump = Command::new(sbin_tool("dumpe2fs")).arg("-h").arg(&a).output().unwrap_or_else(|e| panic!("{e}"));
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        let features = dump.lines().find(|l| l.starts_with("Filesystem features:")).unwrap_or_default();
+        for f in ["has_journal", "extent", "quota", "project", "metadata_csum"] {
+            assert!(features.split_whitespace().any(|w| w == f), "{f} missing: {features}");
+        }
+        assert!(dump.contains("Project quota inode:"), "{dump}");
+        assert!(dump.contains("Inode size:\t          256"), "{dump}");
         assert_ne!(uuid_from(b"a"), uuid_from(b"b"));
     }
 }

@@ -171,6 +171,18 @@ fn container(c: &Container) -> Table {
         st.insert("userns".into(), Value::Table(ut));
     }
     t.insert("security".into(), Value::Table(st));
+    let mounts: Vec<Value> = c
+        .mounts
+        .iter()
+        .map(|mt| {
+            let mut e = Table::new();
+            e.insert("volume".into(), s(&mt.volume));
+            e.insert("path".into(), s(&mt.path));
+            e.insert("readonly".into(), Value::Boolean(mt.readonly));
+            Value::Table(e)
+        })
+        .collect();
+    t.insert("mounts".into(), Value::Array(mounts));
     t
 }
 
@@ -208,6 +220,19 @@ pub fn to_toml(m: &Manifest) -> String {
     root.insert("update".into(), Value::Table(update));
     root.insert("layer".into(), Value::Array(layers));
     root.insert("container".into(), Value::Array(m.containers.iter().map(|c| Value::Table(container(c))).collect()));
+    let volumes: Vec<Value> = m
+        .volumes
+        .iter()
+        .map(|v| {
+            let mut t = Table::new();
+            t.insert("name".into(), s(&v.name));
+            t.insert("type".into(), s(v.kind.name()));
+            t.insert("size".into(), int(v.size_bytes));
+            t.insert("mode".into(), int(v.mode.into()));
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("volume".into(), Value::Array(volumes));
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot print this manifest as TOML: {e}\n"))
 }
 
@@ -315,6 +340,17 @@ layers = ["base"]
 argv = ["/bin/short"]
 limits = { memory = "max", pids = "max" }
 security.userns = 200000
+mounts = [{ volume = "state", path = "/var/lib/short" }, { volume = "scratch", path = "/cache", readonly = true }]
+
+[[volume]]
+name = "state"
+size = "8M"
+
+[[volume]]
+name = "scratch"
+type = "tmpfs"
+size = 1048576
+mode = 0o1777
 "#;
 
     fn compile(text: &str) -> Manifest {
@@ -348,6 +384,9 @@ security.userns = 200000
         assert_eq!(m.containers[0].limits.pids_max, Some(1024), "the default is written into the manifest");
         assert!(printed.contains("network = \"container:db\""), "{printed}");
         assert!(printed.contains("uid_map = [[0, 100000, 1], [1000, 101000, 1]]"), "{printed}");
+        assert_eq!(m.volumes.len(), 2);
+        assert!(printed.contains("type = \"tmpfs\""), "{printed}");
+        assert!(printed.contains("readonly = true"), "{printed}");
         assert!(
             m.containers[0].security.userns.is_none()
                 && !printed.contains("[[0, 200000, 65536]], gid_map = [[0, 100000")

@@ -60,6 +60,10 @@ pub const SYSTEM_PARTITION_PREFIX: &str = "cairn-";
 /// Most ranges in one id map of a user namespace (the kernel takes up to
 /// 340; a handful is all an appliance needs).
 pub const MAX_ID_RANGES: usize = 5;
+/// Most volumes one manifest may declare.
+pub const MAX_VOLUMES: usize = 16;
+/// Most volume mounts of one container.
+pub const MAX_MOUNTS: usize = 8;
 
 /// Capabilities a container keeps unless told otherwise: Docker's default
 /// set without CAP_MKNOD and CAP_NET_RAW. Bit n is capability n.
@@ -149,6 +153,54 @@ pub struct Manifest {
     pub containers: Vec<Container>,
     /// How a device judges this manifest when it arrives as an update.
     pub update: UpdatePolicy,
+    /// Named volumes containers mount (`[[volume]]`).
+    pub volumes: Vec<Volume>,
+}
+
+/// A named volume: a directory on the data partition that outlives
+/// reboots and updates (keyed by its name), or a tmpfs; both with a size
+/// limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name (also its directory's name on the data partition).
+    pub name: Name,
+    /// Where it lives.
+    pub kind: VolumeKind,
+    /// Most bytes it may hold (a project quota, or the tmpfs size).
+    pub size_bytes: u64,
+    /// Permission bits of its top directory (no setuid/setgid).
+    pub mode: u16,
+}
+
+/// Where a volume lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeKind {
+    /// A directory on `cairn-data`: kept across reboots and updates.
+    Persistent,
+    /// A tmpfs PID 1 mounts at boot, shared by the containers that mount
+    /// it; empty at every boot.
+    Tmpfs,
+}
+
+impl VolumeKind {
+    /// Its name in appliance files and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeKind::Persistent => "persistent",
+            VolumeKind::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+/// A volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub volume: Name,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Mounted read-only (writes fail with EROFS).
+    pub readonly: bool,
 }
 
 /// How an update to this manifest is tried and committed.
@@ -289,6 +341,8 @@ pub struct Container {
     /// An update commits only if this container runs through the commit
     /// window (no exit, no restart, no OOM kill).
     pub critical: bool,
+    /// Volumes mounted into it.
+    pub mounts: Vec<VolumeMount>,
 }
 
 /// Isolation settings of a container.
@@ -655,6 +709,8 @@ pub mod bounds {
     pub const GRACE_MAX_MS: u32 = 600_000;
     /// Longest backoff (1 hour).
     pub const BACKOFF_MAX_MS: u32 = 3_600_000;
+    /// Smallest volume (64 KiB).
+    pub const VOLUME_MIN: u64 = 64 << 10;
 }
 
 /// A reason the manifest is not acceptable.
@@ -771,6 +827,9 @@ pub enum ValidationError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A volume or a container's volume mount breaks a rule (the whole
+    /// sentence, naming the volume or the container and mount).
+    BadVolume(String),
 }
 
 impl fmt::Display for ValidationError {
@@ -817,6 +876,7 @@ impl fmt::Display for ValidationError {
             BadDevice { container, index, field, reason } => {
                 write!(f, "container {container:?}: security.devices[{index}].{field}: {reason}")
             }
+            BadVolume(what) => f.write_str(what),
         }
     }
 }
@@ -923,6 +983,128 @@ impl Manifest {
         if let Err(order::OrderError::Cycle(idx)) = self.start_order() {
             if let Some(c) = self.containers.get(idx) {
                 report(DependencyCycle(c.name.clone()));
+            }
+        }
+        check_volumes(self, &mut report);
+    }
+
+    /// Find a volume by name.
+    pub fn volume(&self, name: &str) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.name.as_str() == name)
+    }
+
+    /// The host uid and gid a volume's top directory belongs to: those of
+    /// the first container (manifest order) that mounts it read-write,
+    /// else of the first that mounts it at all, mapped through its user
+    /// namespace; `None` if no container mounts it (or the ids are not
+    /// mapped, which validation refuses).
+    pub fn volume_owner(&self, volume: &str) -> Option<(u32, u32)> {
+        let mounters = || self.containers.iter().filter(move |c| c.mounts.iter().any(|m| m.volume == volume));
+        let rw = |c: &&Container| c.mounts.iter().any(|m| m.volume == volume && !m.readonly);
+        let c = mounters().find(rw).or_else(|| mounters().next())?;
+        host_ids(c)
+    }
+}
+
+/// The host uid and gid of a container's uid and gid (through its user
+/// namespace, if it has one).
+pub fn host_ids(c: &Container) -> Option<(u32, u32)> {
+    match &c.security.userns {
+        None => Some((c.uid, c.gid)),
+        Some(u) => Some((map_id(&u.uid_map, c.uid)?, map_id(&u.gid_map, c.gid)?)),
+    }
+}
+
+/// Paths a volume may not be mounted on or under: the container's own
+/// pseudo filesystems (mounted over it or refusing it) and the control
+/// socket's directory.
+pub const MOUNT_RESERVED: [&str; 4] = ["/proc", "/sys", "/dev", "/run/cairn"];
+
+/// A volume mount's path inside the container: absolute, normalised (no
+/// empty, `.` or `..` component, no trailing `/`), not `/`, not on or
+/// under [`MOUNT_RESERVED`].
+pub fn check_mount_path(path: &str) -> Result<(), &'static str> {
+    let rest = path.strip_prefix('/').ok_or("must be an absolute path")?;
+    if rest.is_empty() {
+        return Err("cannot be / (the container's root)");
+    }
+    if rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("must be normalised (no empty, . or .. components, no trailing /)");
+    }
+    if path.len() > PATH_LEN || path.contains('\0') {
+        return Err("is too long or holds a NUL byte");
+    }
+    if MOUNT_RESERVED.iter().any(|r| path_within(path, r)) {
+        return Err("is on or under /proc, /sys, /dev or /run/cairn (the container's own mounts)");
+    }
+    Ok(())
+}
+
+/// `path` is `dir` or below it (component-wise).
+fn path_within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The volume rules: names, sizes and modes of `[[volume]]`, and each
+/// container's mounts (known volume, path, no overlap, at most one mount
+/// of a volume), and that the containers writing one volume agree on its
+/// host owner.
+fn check_volumes(m: &Manifest, report: &mut impl FnMut(ValidationError)) {
+    let mut bad = |s: String| report(ValidationError::BadVolume(s));
+    if m.volumes.len() > MAX_VOLUMES {
+        bad(format!("volumes has {} entries, the most is {MAX_VOLUMES}", m.volumes.len()));
+    }
+    for (i, v) in m.volumes.iter().enumerate() {
+        if !is_valid_name(&v.name) {
+            bad(format!("volume {:?}: name must be [a-z0-9-], 1 to {NAME_LEN} characters", v.name));
+        }
+        if m.volumes.iter().take(i).any(|o| o.name == v.name) {
+            bad(format!("volume {:?} is listed twice", v.name));
+        }
+        if v.size_bytes < bounds::VOLUME_MIN {
+            bad(format!("volume {:?}: size {} is below the smallest, 64 KiB", v.name, v.size_bytes));
+        }
+        if v.mode & !0o1777 != 0 {
+            bad(format!("volume {:?}: mode {:o} may hold permission and sticky bits only", v.name, v.mode));
+        }
+    }
+    for c in &m.containers {
+        if c.mounts.len() > MAX_MOUNTS {
+            bad(format!("container {:?}: mounts has {} entries, the most is {MAX_MOUNTS}", c.name, c.mounts.len()));
+        }
+        for (i, mt) in c.mounts.iter().enumerate() {
+            let at = || format!("container {:?}: mounts[{i}] ({})", c.name, mt.volume);
+            if m.volume(&mt.volume).is_none() {
+                bad(format!("{}: unknown volume {:?}", at(), mt.volume));
+            }
+            if let Err(why) = check_mount_path(&mt.path) {
+                bad(format!("{}: path {:?} {why}", at(), mt.path));
+            }
+            for (j, o) in c.mounts.iter().enumerate().take(i) {
+                if o.volume == mt.volume {
+                    bad(format!("{}: volume {:?} is mounted twice (also mounts[{j}])", at(), mt.volume));
+                }
+                if path_within(&mt.path, &o.path) || path_within(&o.path, &mt.path) {
+                    bad(format!("{}: path {:?} overlaps mounts[{j}] at {:?}", at(), mt.path, o.path));
+                }
+            }
+        }
+    }
+    for v in &m.volumes {
+        let mut writers = m
+            .containers
+            .iter()
+            .filter(|c| c.mounts.iter().any(|mt| mt.volume == v.name && !mt.readonly))
+            .filter_map(|c| host_ids(c).map(|ids| (c, ids)));
+        if let Some((first, ids)) = writers.next() {
+            for (c, other) in writers {
+                if other != ids {
+                    bad(format!(
+                        "volume {:?}: containers {:?} and {:?} write it as different host owners ({}:{} and {}:{}); \
+                         use the same uid/gid (and user namespace maps) or mount it read-only in one",
+                        v.name, first.name, c.name, ids.0, ids.1, other.0, other.1
+                    ));
+                }
             }
         }
     }
@@ -1201,6 +1383,7 @@ pub(crate) mod tests {
             signal_group: false,
             console: false,
             critical: true,
+            mounts: Vec::new(),
         }
     }
 
@@ -1237,6 +1420,7 @@ pub(crate) mod tests {
             layers: vec![Layer { name: s("base"), digest: Digest([7; 32]), size: 4096, verity: test_verity(4096) }],
             containers: containers.to_vec(),
             update: UpdatePolicy::for_version(1),
+            volumes: Vec::new(),
         }
     }
 
@@ -1462,5 +1646,124 @@ pub(crate) mod tests {
         assert!(matches!(named.validate(), Err(ValidationError::BadName(_))));
         named.appliance = "a".repeat(NAME_LEN);
         assert_eq!(named.validate(), Ok(()));
+    }
+
+    fn vol(name: &str, kind: VolumeKind, size: u64) -> Volume {
+        Volume { name: s(name), kind, size_bytes: size, mode: 0o700 }
+    }
+
+    fn mnt(volume: &str, path: &str, readonly: bool) -> VolumeMount {
+        VolumeMount { volume: s(volume), path: s(path), readonly }
+    }
+
+    fn volume_problems(m: &Manifest) -> std::string::String {
+        problems(m).iter().map(|e| e.to_string()).collect::<std::vec::Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn volumes_and_mounts_validate_and_round_trip() {
+        let mut a = container("db", &[]);
+        a.mounts = vec![mnt("data", "/var/lib/db", false), mnt("cache", "/tmp/cache", false)];
+        let mut b = container("backup", &[]);
+        b.mounts = vec![mnt("data", "/data", true)];
+        let mut m = manifest(&[a, b]);
+        m.volumes = vec![vol("data", VolumeKind::Persistent, 8 << 20), vol("cache", VolumeKind::Tmpfs, 1 << 20)];
+        assert_eq!(m.validate(), Ok(()));
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), m);
+        assert_eq!(m.volume_owner("data"), Some((0, 0)));
+        assert_eq!(m.volume_owner("nobody-mounts-it"), None);
+    }
+
+    #[test]
+    fn bad_volumes_are_refused_with_the_reason() {
+        let mut c = container("app", &[]);
+        c.mounts = vec![
+            mnt("ghost", "/a", false),
+            mnt("data", "relative", false),
+            mnt("data", "/srv", false),
+            mnt("cache", "/srv/cache", false),
+            mnt("logs", "/proc/x", false),
+        ];
+        let mut m = manifest(&[c]);
+        m.volumes = vec![
+            vol("data", VolumeKind::Persistent, 0),
+            vol("data", VolumeKind::Persistent, 1 << 20),
+            vol("cache", VolumeKind::Tmpfs, 1 << 20),
+            vol("logs", VolumeKind::Persistent, 1 << 20),
+            vol("Bad", VolumeKind::Persistent, 1 << 20),
+        ];
+        m.volumes[3].mode = 0o4755;
+        let p = volume_problems(&m);
+        for want in [
+            "volume \"data\": size 0 is below the smallest, 64 KiB",
+            "volume \"data\" is listed twice",
+            "volume \"Bad\": name must be",
+            "volume \"logs\": mode 4755 may hold permission and sticky bits only",
+            "container \"app\": mounts[0] (ghost): unknown volume \"ghost\"",
+            "container \"app\": mounts[1] (data): path \"relative\" must be an absolute path",
+            "container \"app\": mounts[2] (data): volume \"data\" is mounted twice (also mounts[1])",
+            "container \"app\": mounts[3] (cache): path \"/srv/cache\" overlaps mounts[2] at \"/srv\"",
+            "container \"app\": mounts[4] (logs): path \"/proc/x\" is on or under /proc",
+        ] {
+            assert!(p.contains(want), "{want:?} missing from:\n{p}");
+        }
+        assert_eq!(p.lines().count(), 9, "{p}");
+    }
+
+    #[test]
+    fn mount_paths_stay_normal_and_off_the_containers_own_mounts() {
+        for ok in ["/data", "/var/lib/db", "/procfs", "/devices", "/run/cairnx", "/run/other"] {
+            assert_eq!(check_mount_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "data",
+            "/",
+            "/a/",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/proc",
+            "/sys/x",
+            "/dev/shm",
+            "/run/cairn",
+            "/run/cairn/control",
+            "/a\0b",
+        ] {
+            assert!(check_mount_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_mount_path(&format!("/{}", "x".repeat(PATH_LEN))).is_err());
+        assert!(path_within("/a/b", "/a") && path_within("/a", "/a") && !path_within("/ab", "/a"));
+    }
+
+    #[test]
+    fn writers_of_one_volume_must_agree_on_its_host_owner() {
+        let ns = |base: u32| userns(&[range(0, base, 65536)], &[range(0, base, 65536)]);
+        let mut a = container("a", &[]);
+        a.uid = 1000;
+        a.gid = 1000;
+        a.security.userns = ns(100_000);
+        a.mounts = vec![mnt("data", "/data", false)];
+        let mut b = container("b", &[]);
+        b.uid = 101_000;
+        b.gid = 101_000;
+        b.mounts = vec![mnt("data", "/data", false)];
+        let mut m = manifest(&[a.clone(), b.clone()]);
+        m.volumes = vec![vol("data", VolumeKind::Persistent, 1 << 20)];
+        assert_eq!(m.validate(), Ok(()), "1000 under 0->100000 is host 101000, as b");
+        assert_eq!(m.volume_owner("data"), Some((101_000, 101_000)));
+        m.containers[1].uid = 5;
+        let p = volume_problems(&m);
+        assert!(
+            p.contains("containers \"a\" and \"b\" write it as different host owners (101000:101000 and 5:101000)"),
+            "{p}"
+        );
+        m.containers[1].mounts[0].readonly = true;
+        assert_eq!(m.validate(), Ok(()), "a reader may differ");
+        assert_eq!(m.volume_owner("data"), Some((101_000, 101_000)), "the writer owns it");
+        m.containers.swap(0, 1);
+        assert_eq!(m.volume_owner("data"), Some((101_000, 101_000)), "whatever the order");
     }
 }

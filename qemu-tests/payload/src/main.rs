@@ -109,6 +109,9 @@
 //!   `control-borrow <request...>`: abuse of the console and of the control
 //!   socket (see `abuse.rs`).
 //!
+//! - `volume check-write|readonly|absent|fill ...`: volumes as a container
+//!   sees them (see `volume.rs`).
+//!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
 //!
@@ -130,6 +133,7 @@ mod sys;
 mod tree;
 mod tty;
 mod userns;
+mod volume;
 
 use std::str::FromStr;
 
@@ -211,6 +215,16 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "sigstate" => status::sigstate(),
         "leave-children" => signals::leave_children(a.word(2, "grace_label")?),
         "fill-tmpfs" => resources::fill_tmpfs(a.word(2, "dir")?),
+        "volume" => {
+            let rest = a.0.get(3..).unwrap_or(&[]);
+            match a.word(2, "action")? {
+                "check-write" => volume::check_write(rest),
+                "readonly" => volume::readonly(rest),
+                "absent" => volume::absent(rest),
+                "fill" => volume::fill(a.word(3, "full_dir")?, a.word(4, "other_dir")?),
+                other => return Err(format!("volume:unknown_action:{other}")),
+            }
+        }
         "read-rate" => resources::read_rate(a.word(2, "device")?, a.num(3, "mib")?),
         "open-files" => resources::open_files(a.num(2, "max")?),
         "rlimits" => resources::rlimits(),

@@ -36,6 +36,8 @@ mod secure_boot;
 mod ota;
 // The watchdog (issue 12 item 5).
 mod watchdog;
+// Volumes (issue 14 item 1).
+mod volumes;
 
 use std::time::Duration;
 
@@ -92,6 +94,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-watchdog", run: ota::watchdog },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
+        // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.
+        Scenario { name: "volumes", run: volumes::run },
     ]
 }
 

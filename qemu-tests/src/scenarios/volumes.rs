@@ -1,0 +1,128 @@
+//! `volumes` (issue 14 item 1): named volumes on the data partition, booted
+//! twice on the same disk.
+//!
+//! First boot: PID 1 creates each volume (`volume.created`), `writer`
+//! (uid 1000) writes a note and an fsync'd record into `store`, and the
+//! tmpfs volume `scratch`. Second boot: the record is there, `scratch` is
+//! empty again, no volume is created again. Every boot: `viewer`, which
+//! mounts `store` and `jail` read-only, gets EROFS; `outsider`, which
+//! mounts nothing, reaches neither the volume nor the data partition;
+//! `filler` fills its 1 MiB volume `small` and gets EDQUOT (the ext4
+//! project quota; never ENOSPC: the partition has room), then writes 1 MiB
+//! to its volume `big` without trouble; `jailed` (user namespace, uid 1000
+//! inside) writes into `jail`, and the files are its own inside
+//! (1000:1000) and the mapped ids outside (101000:101000, as `viewer`,
+//! without a user namespace, sees them; `volume.ready` names that owner).
+//! No container can move its record out of the volume's project quota
+//! (FS_IOC_FSSETXATTR: EPERM from the seccomp filter). `jailed` also
+//! writes into a tmpfs volume of its own (`jailtmp`), owned by its mapped ids.
+
+use anyhow::{ensure, Context as _, Result};
+
+use super::{powered_off, until_exit, BOOT_TIMEOUT};
+use crate::console::{Console, Line};
+use crate::Ctx;
+
+fn want(l: &Line, key: &str, v: &str) -> Result<()> {
+    ensure!(l.get(key) == Some(v), "{key} is {:?}, want {v}: {:?}", l.get(key), l.fields);
+    Ok(())
+}
+
+/// What holds on both boots.
+fn every_boot(c: &Console, boot: u32) -> Result<()> {
+    for name in ["writer", "viewer", "outsider", "filler", "jailed"] {
+        let exited = c.expect("container.exited", &[("name", name)]).with_context(|| format!("boot {boot}"))?;
+        ensure!(exited.get("code") == Some("0"), "boot {boot}: {name} exited with {:?}", exited.fields);
+    }
+    c.expect("data.mounted", &[("quota", "prjquota")])?;
+    for v in ["store", "small", "big", "jail"] {
+        c.expect("volume.ready", &[("name", v), ("kind", "persistent")]).with_context(|| format!("boot {boot}"))?;
+    }
+    let jail = c.expect("volume.ready", &[("name", "jail")])?;
+    want(jail, "owner", "101000:101000")?;
+    want(jail, "mode", "750")?;
+    want(jail, "size_bytes", "1048576")?;
+    want(c.expect("volume.ready", &[("name", "store")])?, "owner", "1000:1000")?;
+    c.expect("volume.created", &[("name", "scratch"), ("kind", "tmpfs")])?;
+    ensure!(c.first("volume.failed", &[]).is_none(), "boot {boot}: a volume failed");
+    ensure!(c.first("volume.unlimited", &[]).is_none(), "boot {boot}: a volume has no limit");
+
+    // Read-only mounts refuse writes with EROFS.
+    for dir in ["/store", "/jail"] {
+        want(c.expect("volume-ro", &[("name", "viewer"), ("dir", dir)])?, "write", "EROFS")?;
+    }
+    // A container without the volume reaches none of it.
+    for p in ["/var/lib/app", "/store", "/run/cairn/data", "/run/cairn/data/volumes/store"] {
+        want(c.expect("volume-absent", &[("name", "outsider"), ("path", p)])?, "result", "ENOENT")?;
+    }
+    // The 1 MiB volume is full with EDQUOT; the other volume does not notice.
+    let fill = c.expect("volume-fill", &[("name", "filler")])?;
+    want(fill, "err", "EDQUOT")?;
+    want(fill, "other_write", "ok")?;
+    let kib = fill.num("wrote_kib").unwrap_or(0);
+    ensure!((900..=1024).contains(&kib), "boot {boot}: wrote {kib} KiB into a 1 MiB volume");
+    // The jailed container's files: its own ids inside.
+    let j = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?;
+    want(j, "record_owner", "1000:1000")?;
+    want(j, "dir_owner", "1000:1000")?;
+    // No container moves its file out of the volume's quota (the owner
+    // could, in the host's user namespace: the seccomp filter says no).
+    want(c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?, "project", "EPERM")?;
+    want(j, "project", "EPERM")?;
+    // A tmpfs volume under a user namespace: reachable, owned by the mapped ids.
+    let t = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jailtmp")])?;
+    want(t, "found", "missing")?;
+    want(t, "written", "ok")?;
+    want(t, "dir_owner", "1000:1000")?;
+    want(c.expect("volume.created", &[("name", "jailtmp")])?, "owner", "101000:101000")?;
+    Ok(())
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("volumes")?;
+    let (disk, _) = ctx.disk(&app, "disk.img")?;
+    let opts = crate::qemu::BootOptions::default();
+
+    let first = ctx.boot_with(&disk, &opts, "first.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&first)?;
+    let c = &first.console;
+    every_boot(c, 1)?;
+    for v in ["store", "small", "big", "jail"] {
+        c.expect("volume.created", &[("name", v), ("kind", "persistent")])?;
+    }
+    for dir in ["/var/lib/app", "/scratch"] {
+        let w = c.expect("volume-check", &[("name", "writer"), ("dir", dir)])?;
+        want(w, "found", "missing")?;
+        want(w, "written", "ok")?;
+        want(w, "record_owner", "1000:1000")?;
+    }
+    want(c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?, "dir_mode", "700")?;
+    want(c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?, "written", "ok")?;
+
+    let second = ctx.boot_with(&disk, &opts, "second.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&second)?;
+    let c = &second.console;
+    every_boot(c, 2)?;
+    ensure!(
+        c.first("volume.created", &[("kind", "persistent")]).is_none(),
+        "a persistent volume was created again on the second boot"
+    );
+    // The record survived the reboot; the tmpfs volume starts empty.
+    let w = c.expect("volume-check", &[("name", "writer"), ("dir", "/var/lib/app")])?;
+    want(w, "found", "record-1")?;
+    want(w, "written", "skipped")?;
+    let s = c.expect("volume-check", &[("name", "writer"), ("dir", "/scratch")])?;
+    want(s, "found", "missing")?;
+    let j = c.expect("volume-check", &[("name", "jailed"), ("dir", "/jail")])?;
+    want(j, "found", "record-1")?;
+    // From the host's ids (viewer has no user namespace): the mapped owner.
+    let v = c.expect("volume-ro", &[("name", "viewer"), ("dir", "/jail")])?;
+    want(v, "found", "record-1")?;
+    want(v, "record_owner", "101000:101000")?;
+    want(v, "dir_owner", "101000:101000")?;
+    want(c.expect("volume-ro", &[("name", "viewer"), ("dir", "/store")])?, "found", "record-1")?;
+    // The full volume's usage is what the quota counted.
+    let used = c.expect("volume.ready", &[("name", "small")])?.num("used_bytes").unwrap_or(0);
+    ensure!(used >= 900 << 10, "small reports {used} bytes used after the first boot filled it");
+    Ok(())
+}
