@@ -9,7 +9,7 @@ use serde::Deserialize;
 use cairn_format::digest::Digest;
 
 use crate::verity::{self, LayerIdentity};
-use cairn_format::manifest::{
+use cairn_format::manifest::{Permission, DEFAULT_LOG_SIZE, 
     self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
     Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UpdatePolicy,
     UserNamespace,
@@ -168,7 +168,8 @@ pub struct ContainerSpec {
     /// Started after these.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// May use the control socket.
+    /// Legacy shorthand: the permissions `status`, `lifecycle` and
+    /// `power` (what the control socket allowed before permissions).
     #[serde(default)]
     pub control: bool,
     /// Resource limits.
@@ -203,6 +204,13 @@ pub struct ContainerSpec {
     /// /etc/group at build time (instead of uid/gid).
     #[serde(default)]
     pub user: Option<String>,
+    /// Control socket permissions: `status`, `logs`, `lifecycle`, `power`,
+    /// `exec`, `update` (default none: no socket).
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Size of its in-memory log ring (default 64K, 4K to 1M).
+    #[serde(default)]
+    pub log_size: Option<Size>,
     /// The keys the appliance file set for this container (from
     /// [`Appliance::load`]), so image defaults fill only the others.
     #[serde(skip)]
@@ -728,7 +736,21 @@ impl Appliance {
 }
 
 fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
-    let mut p = Vec::new();
+    let mut permissions: Vec<Permission> = Vec::new();
+    let legacy = if c.control { &[Permission::Status, Permission::Lifecycle, Permission::Power][..] } else { &[] };
+    let mut perm_problems = Vec::new();
+    for name in &c.permissions {
+        match Permission::from_name(name) {
+            Some(p) => permissions.push(p),
+            None => perm_problems.push(format!(
+                "permissions: unknown permission {name:?} (status, logs, lifecycle, power, exec, update)"
+            )),
+        }
+    }
+    permissions.extend_from_slice(legacy);
+    permissions.sort();
+    permissions.dedup();
+    let mut p = perm_problems;
     let policy = match c.restart.policy.as_str() {
         "never" => RestartPolicy::Never,
         "always" => RestartPolicy::Always,
@@ -844,7 +866,6 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         },
         depends_on: c.depends_on.clone(),
         stop: Stop { signal, grace_ms: c.stop.grace_ms },
-        control: c.control,
         groups: c.groups.clone(),
         security: Security {
             capabilities: caps,
@@ -860,6 +881,8 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         signal_group: c.signal_group,
         console: c.console,
         critical: c.critical,
+        permissions,
+        log_size: u32::try_from(c.log_size.map_or(u64::from(DEFAULT_LOG_SIZE), Size::bytes)).unwrap_or(u32::MAX),
     };
     if p.is_empty() {
         Ok(out)

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "CAIRNMF5" (2: the manifest gained `compatible`;
+//! 0       8     magic "CAIRNMF6" (2: the manifest gained `compatible`;
 //!                                 3: alloc lists and strings, a typed
 //!                                 device source; 4: dm-verity per layer;
-//!                                 5: the update policy, critical containers)
+//!                                 5: the update policy, critical containers;
+//!                                 6: control permissions, log size)
 //! 8       8     key id: first 8 bytes of sha256(public key)
 //! 16      4     payload length N (at most MAX_PAYLOAD)
 //! 20      N     payload: the postcard-encoded Manifest
@@ -34,7 +35,7 @@ use crate::digest::Digest;
 use crate::manifest::{Manifest, ValidationError};
 
 /// Envelope magic.
-pub const MAGIC: [u8; 8] = *b"CAIRNMF5";
+pub const MAGIC: [u8; 8] = *b"CAIRNMF6";
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 20;
 /// Signature length.
