@@ -179,7 +179,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 }
             };
             let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device).map_err(Into::into);
-            let unit = Unit::new(&c.name, spec);
+            let unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
             let desc = UnitDesc {
                 name: c.name.as_str().into(),
                 deps: c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect(),
@@ -190,7 +190,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 restart: restart_of(&c.restart),
                 stop_signal: i32::from(c.stop.signal),
                 grace_ms: c.stop.grace_ms,
-                control: unit.control(),
+                permissions: control::Permissions::of(&c.permissions),
                 critical: c.critical,
             };
             (unit, desc)

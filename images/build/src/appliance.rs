@@ -9,10 +9,10 @@ use serde::Deserialize;
 use cairn_format::digest::Digest;
 
 use crate::verity::{self, LayerIdentity};
-use cairn_format::manifest::{Permission, DEFAULT_LOG_SIZE, 
+use cairn_format::manifest::{
     self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
-    Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UpdatePolicy,
-    UserNamespace,
+    Manifest, Network, OnCorruption, Permission, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop,
+    UpdatePolicy, UserNamespace, DEFAULT_LOG_SIZE,
 };
 
 /// The appliance file.

@@ -1128,7 +1128,10 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     limit(c.security.capabilities >> CAPABILITY_NAMES.len() == 0, "capabilities");
     limit(c.stop.grace_ms <= bounds::GRACE_MAX_MS, "stop grace_ms");
     limit((MIN_LOG_SIZE..=MAX_LOG_SIZE).contains(&c.log_size), "log_size");
-    limit(c.permissions.iter().enumerate().all(|(k, p)| !c.permissions.iter().take(k).any(|q| q == p)), "permissions (one twice)");
+    limit(
+        c.permissions.iter().enumerate().all(|(k, p)| !c.permissions.iter().take(k).any(|q| q == p)),
+        "permissions (one twice)",
+    );
     let r = &c.restart;
     limit(r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS, "restart backoff");
     if !(1..=31).contains(&c.stop.signal) {
@@ -1272,11 +1275,17 @@ pub(crate) mod tests {
         c.permissions = vec![Permission::Status, Permission::Power];
         assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
         c.permissions.push(Permission::Status);
-        assert!(matches!(manifest(&[c.clone()]).validate(), Err(ValidationError::LimitOutOfRange { limit: "permissions (one twice)", .. })));
+        assert!(matches!(
+            manifest(&[c.clone()]).validate(),
+            Err(ValidationError::LimitOutOfRange { limit: "permissions (one twice)", .. })
+        ));
         c.permissions.pop();
         for bad in [0, MIN_LOG_SIZE - 1, MAX_LOG_SIZE + 1] {
             c.log_size = bad;
-            assert!(matches!(manifest(&[c.clone()]).validate(), Err(ValidationError::LimitOutOfRange { limit: "log_size", .. })));
+            assert!(matches!(
+                manifest(&[c.clone()]).validate(),
+                Err(ValidationError::LimitOutOfRange { limit: "log_size", .. })
+            ));
         }
         for p in Permission::ALL {
             assert_eq!(Permission::from_name(p.name()), Some(p));

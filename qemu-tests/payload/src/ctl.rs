@@ -11,7 +11,7 @@ use crate::{say, sys};
 /// Default socket path; `CAIRN_CONTROL` overrides it.
 pub const DEFAULT_PATH: &str = "/run/cairn/control";
 /// Largest reply read.
-const REPLY_MAX: usize = 4096;
+const REPLY_MAX: usize = 64 * 1024;
 /// Connect attempts while the socket is not there yet (100 ms apart).
 const CONNECT_TRIES: u32 = 20;
 
@@ -70,9 +70,25 @@ fn report(request: &str, path: &std::ffi::OsStr, outcome: Result<Vec<u8>, (&'sta
     }
 }
 
-/// Connect (retrying briefly while the socket is absent), send, receive.
-/// Errors name the step and carry errno.
+/// The protocol word (docs/control.md).
+pub const VERSION: &[u8] = b"cairn/1 ";
+
+/// Send `request` (with the protocol word put in front unless it starts
+/// with `cairn/`) and return the reply without the protocol word.
 pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)> {
+    let mut full = Vec::with_capacity(request.len() + VERSION.len());
+    if !request.starts_with(b"cairn/") {
+        full.extend_from_slice(VERSION);
+    }
+    full.extend_from_slice(request);
+    let (_fd, reply) = exchange_raw(path, &full)?;
+    Ok(reply.strip_prefix(VERSION).map(<[u8]>::to_vec).unwrap_or(reply))
+}
+
+/// Connect (retrying briefly while the socket is absent), send, receive
+/// the first reply; the connection is returned for a stream's next
+/// messages. Errors name the step and carry errno.
+pub fn exchange_raw(path: &[u8], request: &[u8]) -> Result<(OwnedFd, Vec<u8>), (&'static str, i32)> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -128,6 +144,12 @@ pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i
         return Err(("send", sys::errno()));
     }
 
+    let reply = recv(&fd)?;
+    Ok((fd, reply))
+}
+
+/// One message from the socket.
+pub fn recv(fd: &OwnedFd) -> Result<Vec<u8>, (&'static str, i32)> {
     let mut buf = vec![0u8; REPLY_MAX];
     loop {
         // SAFETY: `buf` is writable for its full length; recv writes at most that.
