@@ -261,6 +261,21 @@ impl CgroupStats {
     }
 }
 
+/// PID 1's own `ps` row: its resident memory now and at its peak
+/// (`VmRSS`, `VmHWM` of `/proc/self/status`, in bytes).
+pub fn init_stats(status: &str) -> CgroupStats {
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+    };
+    CgroupStats {
+        memory: kib("VmRSS").map(|k| k * 1024),
+        memory_peak: kib("VmHWM").map(|k| k * 1024),
+        ..CgroupStats::default()
+    }
+}
+
 /// One `ps` line as the core knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsRow {
@@ -620,6 +635,9 @@ mod tests {
              memory_peak=8192 cpu_us=777 pids=- oom_kills=1"
         );
         assert_eq!(format_log_line(12_045, b"hello"), "12.045 hello");
+        let st = init_stats("Name:\tinit\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n");
+        assert_eq!((st.memory, st.memory_peak), (Some(1024 * 1024), Some(2048 * 1024)));
+        assert_eq!(init_stats("VmRSS: x kB\n"), CgroupStats::default());
         assert_eq!(format_log_line(5, b"\xff"), "0.005 \u{fffd}");
         assert_eq!(framed_reply("ok"), "cairn/1 ok");
     }

@@ -580,7 +580,8 @@ impl Supervisor {
                         ),
                         _ => continue,
                     };
-                    self.respond(conn, text.trim(), answer);
+                    let text = text.trim();
+                    self.respond(conn, text.strip_prefix(control::VERSION).map_or(text, str::trim_start), answer);
                 }
             }
         }
@@ -593,7 +594,17 @@ impl Supervisor {
         let (body, stream) = match answer {
             Answer::Reply(body) => (body, None),
             Answer::Ps(rows) => {
-                let mut body = String::from("ok");
+                let mut body = String::from("ok\n");
+                let init = control::PsRow {
+                    name: "cairn-init".into(),
+                    state: "running",
+                    pid: Some(1),
+                    uptime_ms: Some(control::now_ms()),
+                    restarts: 0,
+                    last_exit: None,
+                };
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                body.push_str(&control::format_ps(&init, &control::init_stats(&status)));
                 for row in &rows {
                     let stats = self
                         .io

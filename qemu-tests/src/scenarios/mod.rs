@@ -36,6 +36,9 @@ mod secure_boot;
 mod ota;
 // The watchdog (issue 12 item 5).
 mod watchdog;
+// Operating a running appliance (issue 14).
+mod control_permissions;
+mod logs;
 
 use std::time::Duration;
 
@@ -92,6 +95,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-watchdog", run: ota::watchdog },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
+        // Operating a running appliance (issue 14): control permissions, logs.
+        Scenario { name: "control-permissions", run: control_permissions::run },
+        Scenario { name: "logs", run: logs::run },
     ]
 }
 

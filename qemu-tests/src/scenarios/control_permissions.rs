@@ -1,0 +1,100 @@
+//! `control-permissions` (issue 14 item 5): every request from a container
+//! without its permission is refused, with a `control.refused` event naming
+//! the container, the request and the permission it lacks, and has no
+//! effect; a container under a user namespace reaches the socket and is
+//! served what it is granted; a granted admin lists (`ps` with the
+//! cgroup's counters), restarts a container and powers the device off.
+
+use anyhow::{ensure, Result};
+
+use crate::Ctx;
+
+/// Request verb sent by `limited`, and the permission it lacks.
+const REFUSED: [(&str, &str, &str); 11] = [
+    ("ps", "ps", "status"),
+    ("status", "status", "status"),
+    ("events --follow", "events", "status"),
+    ("start target", "start", "lifecycle"),
+    ("stop target", "stop", "lifecycle"),
+    ("restart target", "restart", "lifecycle"),
+    ("signal target 10", "signal", "lifecycle"),
+    ("poweroff", "poweroff", "power"),
+    ("reboot", "reboot", "power"),
+    ("exec target -- true", "exec", "exec"),
+    ("update", "update", "update"),
+];
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let run = super::boot_until_poweroff(ctx, "control-permissions")?;
+    let c = &run.console;
+    let mut failures = Vec::new();
+    for (request, verb, needs) in REFUSED {
+        let refused = c.all("control.refused", &[("caller", "limited"), ("request", verb), ("needs", needs)]);
+        if refused.len() != 1 {
+            failures.push(format!("{request}: {} control.refused events", refused.len()));
+        }
+        match c.first("ctl", &[("name", "limited"), ("request", &request.replace(' ', "_"))]) {
+            Some(l) if l.get("reply") == Some("error_not_permitted") => {}
+            other => failures.push(format!("{request}: reply {:?}", other.map(|l| &l.fields))),
+        }
+    }
+    // Granted: logs.
+    match c.first("ctl", &[("name", "limited"), ("request", "logs_target")]) {
+        Some(l) if l.get("reply") == Some("ok") => {}
+        other => failures.push(format!("logs target: {:?}", other.map(|l| &l.fields))),
+    }
+    // Refusals had no effect: target ran until the admin restarted it.
+    let first_stop = c.first("container.stopping", &[("name", "target")]);
+    let admin_restart = c.first("ctl", &[("name", "admin"), ("request", "restart_target")]);
+    ensure!(admin_restart.is_some_and(|l| l.get("reply") == Some("ok")), "admin restart: {admin_restart:?}");
+    ensure!(c.all("container.signalled", &[("name", "target")]).is_empty(), "a refused signal request was carried out");
+    if let (Some(stop), Some(last_refusal)) = (first_stop, c.all("control.refused", &[("caller", "limited")]).last()) {
+        ensure!(stop.get("reason") == Some("control"), "target stopped other than by control: {:?}", stop.fields);
+        ensure!(stop.index > last_refusal.index, "target stopped before the refusals were over");
+    }
+    // Under a user namespace: connected (socket 0666) and served.
+    match c.first("ctl", &[("name", "jailed"), ("request", "status")]) {
+        Some(l) if l.get("reply").is_some_and(|r| r.starts_with("ok_")) => {}
+        other => failures.push(format!("jailed status: {:?}", other.map(|l| &l.fields))),
+    }
+    if c.first("control.refused", &[("caller", "jailed"), ("request", "stop"), ("needs", "lifecycle")]).is_none() {
+        failures.push("jailed stop: not refused".into());
+    }
+    // The admin: ps with cgroup counters, a restart, the power-off.
+    let ps = c.expect("ctl", &[("name", "admin"), ("request", "ps")])?;
+    let reply = ps.get("reply").unwrap_or("");
+    let target = reply.split("_name=").find(|r| r.starts_with("target_")).unwrap_or("");
+    let num = |k: &str| value(target, k).and_then(|v| v.parse::<u64>().ok());
+    ensure!(
+        value(target, "state") == Some("running")
+            && num("memory").is_some_and(|m| m > 0)
+            && num("memory_peak").is_some_and(|m| m >= num("memory").unwrap_or(u64::MAX))
+            && num("pids").is_some_and(|p| p >= 2)
+            && num("oom_kills") == Some(0)
+            && num("cpu_us").is_some()
+            && num("restarts") == Some(0)
+            && num("uptime_ms").is_some(),
+        "admin ps row of target: {target:?} (reply {reply:?})"
+    );
+    ensure!(reply.contains("name=cairn-init_state=running_pid=1_"), "no cairn-init row: {reply:?}");
+    let stopping = c.expect("container.stopping", &[("name", "target"), ("reason", "control")])?;
+    let started = c.all("container.started", &[("name", "target")]);
+    ensure!(
+        started.len() == 2 && started.last().is_some_and(|s| s.index > stopping.index),
+        "target not started again after the restart: {} starts",
+        started.len()
+    );
+    c.expect("shutdown.start", &[("kind", "poweroff"), ("reason", "control")])?;
+    let power = c.expect("control.request", &[("caller", "admin"), ("request", "poweroff")])?;
+    ensure!(power.get("reply") == Some("ok"), "admin poweroff: {:?}", power.fields);
+    ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
+
+/// The value of `key=` in a payload field whose spaces became `_`.
+fn value<'a>(row: &'a str, key: &str) -> Option<&'a str> {
+    let at =
+        row.match_indices(&format!("{key}=")).find(|(i, _)| *i == 0 || row.as_bytes().get(i - 1) == Some(&b'_'))?.0;
+    let v = row.get(at + key.len() + 1..)?;
+    Some(v.split('_').next().unwrap_or(v))
+}

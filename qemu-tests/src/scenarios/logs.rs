@@ -1,0 +1,47 @@
+//! `logs` (issue 14 item 3): a container writes 10 MiB as fast as it can;
+//! PID 1 keeps its newest lines in a 64 KiB ring and its own memory
+//! (VmHWM, reported in `ps`) stays far below what it was sent; `logs`
+//! returns the newest lines, ending with the container's last, and
+//! `logs --since T` only lines from T on.
+
+use anyhow::{ensure, Result};
+
+use crate::Ctx;
+
+/// PID 1's peak resident memory must stay below this (it was sent 10 MiB).
+pub const INIT_HWM_MAX: i64 = 4 * 1024 * 1024;
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let run = super::boot_until_poweroff(ctx, "logs")?;
+    let c = &run.console;
+    let done = c.expect("flood-done", &[("name", "flooder")])?;
+    ensure!(done.num("bytes").is_some_and(|b| b >= 10 << 20), "flood: {:?}", done.fields);
+    let lines = done.num("lines").unwrap_or(0);
+    let mem = c.expect("init-memory", &[("name", "watcher")])?;
+    let (rss, hwm) = (mem.num("rss").unwrap_or(-1), mem.num("hwm").unwrap_or(-1));
+    ensure!(rss > 0 && hwm >= rss && hwm < INIT_HWM_MAX, "PID 1's memory: rss={rss} hwm={hwm} (max {INIT_HWM_MAX})");
+    let logs = c.expect("logs", &[("name", "watcher")])?;
+    ensure!(logs.get("reply") == Some("cairn/1_ok"), "logs reply: {:?}", logs.fields);
+    let kept = logs.num("lines").unwrap_or(0);
+    // 64 KiB of 99-byte lines plus 40 bytes each: about 470.
+    ensure!((300..=700).contains(&kept), "{kept} lines kept: {:?}", logs.fields);
+    ensure!(
+        logs.get("last").is_some_and(|l| l.starts_with("payload_name=flooder_event=flood-done"))
+            && logs.get("before_last") == Some(format!("flood_{:08}_{}", lines - 1, "x".repeat(45)).as_str()),
+        "the ring does not end with the newest lines: {:?}",
+        logs.fields
+    );
+    let since = c.expect("logs-since", &[("name", "watcher")])?;
+    let n = since.num("lines").unwrap_or(0);
+    ensure!(
+        since.get("reply") == Some("cairn/1_ok") && since.num("older") == Some(0) && n > 0 && n < kept,
+        "logs --since: {:?} ({kept} lines in all)",
+        since.fields
+    );
+    eprintln!(
+        "logs: PID 1 rss={rss} hwm={hwm} after {} bytes; {kept} lines kept, {n} since {:?}",
+        done.num("bytes").unwrap_or(0),
+        since.get("since")
+    );
+    Ok(())
+}
