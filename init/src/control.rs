@@ -422,6 +422,7 @@ impl Listener {
             arg: path.clone(),
             errno: e.raw_os_error().unwrap_or(0),
         })?;
+        offer_client();
         let backlog = sock::Backlog::new(8).map_err(sys::err("listen", &path))?;
         sock::listen(&fd, backlog).map_err(sys::err("listen", &path))?;
         Ok(Self { fd })
@@ -545,6 +546,27 @@ impl Conn {
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOBUFS) => Sent::Full,
             Err(_) => Sent::Gone,
         }
+    }
+}
+
+/// Where the client lives in the initramfs.
+pub const CLIENT: &str = "/bin/cairn-ctl";
+
+/// Put a copy of `cairn-ctl` (read-only, executable) beside the socket, so
+/// every container granted permissions has it at `/run/cairn/cairn-ctl`
+/// without its image shipping it. Without one in the initramfs: nothing.
+fn offer_client() {
+    if std::fs::metadata(CLIENT).is_err() {
+        return;
+    }
+    let to = format!("{CONTROL_DIR}/cairn-ctl");
+    let copied = std::fs::copy(CLIENT, &to)
+        .and_then(|_| std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o555)));
+    if let Err(e) = copied {
+        crate::event::event("control.client-unavailable")
+            .kv("path", &to)
+            .kv("errno", e.raw_os_error().unwrap_or(0))
+            .emit();
     }
 }
 

@@ -167,7 +167,9 @@ pub fn recv(fd: &OwnedFd) -> Result<Vec<u8>, (&'static str, i32)> {
 
 /// `ctl-each [--delay-ms N] REQUEST...`: each argument one request (words
 /// separated by spaces), sent in order on its own connection:
-/// `event=ctl request=R reply=Y` each. Exit 0.
+/// `event=ctl request=R reply=Y` each, Y the reply's first line; each
+/// further line L as `event=ctl-line request=R line=L`. An argument
+/// `sleep:MS` pauses instead. Exit 0.
 pub fn run_each(delay_ms: u64, requests: &[String]) -> i32 {
     if delay_ms > 0 {
         sys::sleep_ms(delay_ms);
@@ -175,7 +177,23 @@ pub fn run_each(delay_ms: u64, requests: &[String]) -> i32 {
     let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
     let held = hold_term();
     for request in requests {
-        report(request, &path, exchange(path.as_bytes(), request.as_bytes()));
+        if let Some(ms) = request.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+            sys::sleep_ms(ms);
+            continue;
+        }
+        match exchange(path.as_bytes(), request.as_bytes()) {
+            Ok(reply) => {
+                let reply = String::from_utf8_lossy(&reply);
+                let mut lines = reply.lines();
+                say!("event=ctl request={} reply={}", V(request), V(lines.next().unwrap_or("").trim()));
+                for l in lines {
+                    say!("event=ctl-line request={} line={}", V(request), V(l));
+                }
+            }
+            Err(e) => {
+                report(request, &path, Err(e));
+            }
+        }
     }
     release_term(held);
     0

@@ -4,6 +4,8 @@
 //! effect; a container under a user namespace reaches the socket and is
 //! served what it is granted; a granted admin lists (`ps` with the
 //! cgroup's counters), restarts a container and powers the device off.
+//! `cairn-ctl`, which PID 1 offers at `/run/cairn/cairn-ctl` to granted
+//! containers, prints `ps` as JSON and as a table and reports a refusal.
 
 use anyhow::{ensure, Result};
 
@@ -62,8 +64,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
     // The admin: ps with cgroup counters, a restart, the power-off.
     let ps = c.expect("ctl", &[("name", "admin"), ("request", "ps")])?;
-    let reply = ps.get("reply").unwrap_or("");
-    let target = reply.split("_name=").find(|r| r.starts_with("target_")).unwrap_or("");
+    ensure!(ps.get("reply") == Some("ok"), "admin ps: {:?}", ps.fields);
+    let rows: Vec<&str> =
+        c.all("ctl-line", &[("name", "admin"), ("request", "ps")]).iter().filter_map(|l| l.get("line")).collect();
+    let reply = rows.join(" | ");
+    let target = rows.iter().find(|r| r.starts_with("name=target_")).copied().unwrap_or("");
     let num = |k: &str| value(target, k).and_then(|v| v.parse::<u64>().ok());
     ensure!(
         value(target, "state") == Some("running")
@@ -76,7 +81,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             && num("uptime_ms").is_some(),
         "admin ps row of target: {target:?} (reply {reply:?})"
     );
-    ensure!(reply.contains("name=cairn-init_state=running_pid=1_"), "no cairn-init row: {reply:?}");
+    ensure!(
+        rows.first().is_some_and(|r| r.starts_with("name=cairn-init_state=running_pid=1_")),
+        "no cairn-init row first: {reply:?}"
+    );
     let stopping = c.expect("container.stopping", &[("name", "target"), ("reason", "control")])?;
     let started = c.all("container.started", &[("name", "target")]);
     ensure!(
@@ -84,6 +92,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "target not started again after the restart: {} starts",
         started.len()
     );
+    // cairn-ctl from /run/cairn, in containers whose image lacks it.
+    let raw = |prefix: &str| c.raw.iter().find(|l| l.starts_with(prefix)).cloned();
+    match raw("[cli-json] [{") {
+        Some(l)
+            if l.contains(r#"{"name":"cairn-init","state":"running","pid":1,"#)
+                && l.contains(r#""name":"cli-json","state":"running""#) => {}
+        other => failures.push(format!("cairn-ctl --json ps: {other:?}")),
+    }
+    let table_init =
+        raw("[cli-table] cairn-init ").map(|l| l.split_whitespace().skip(1).take(3).collect::<Vec<_>>().join(" "));
+    if raw("[cli-table] NAME ").is_none() || table_init.as_deref() != Some("cairn-init running 1") {
+        failures.push("cairn-ctl ps: no table".into());
+    }
+    if raw("[cli-refused] cairn-ctl: not permitted").is_none()
+        || c.first("container.exited", &[("name", "cli-refused"), ("code", "1")]).is_none()
+        || c.first("control.refused", &[("caller", "cli-refused"), ("request", "reboot"), ("needs", "power")]).is_none()
+    {
+        failures.push("cairn-ctl reboot: not refused as expected".into());
+    }
     c.expect("shutdown.start", &[("kind", "poweroff"), ("reason", "control")])?;
     let power = c.expect("control.request", &[("caller", "admin"), ("request", "poweroff")])?;
     ensure!(power.get("reply") == Some("ok"), "admin poweroff: {:?}", power.fields);
