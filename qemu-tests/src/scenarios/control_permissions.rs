@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     match raw("[cli-json] [{") {
         Some(l)
             if l.contains(r#"{"name":"cairn-init","state":"running","pid":1,"#)
-                && l.contains(r#""name":"cli-json","state":"running""#) => {}
+                && l.contains(r#"{"name":"target","state":"running","#) => {}
         other => failures.push(format!("cairn-ctl --json ps: {other:?}")),
     }
     let table_init =
