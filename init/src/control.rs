@@ -448,7 +448,7 @@ impl Listener {
         } else {
             Caller::Unknown
         };
-        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller, stream: None })
+        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller, stream: None, kmsg: None, pending: None })
     }
 }
 
@@ -465,6 +465,10 @@ pub struct Conn {
     pub caller: Caller,
     /// What it follows, once its request made it a stream.
     pub stream: Option<Stream>,
+    /// Its own reader of the kernel's log (`logs @kernel`).
+    pub kmsg: Option<OwnedFd>,
+    /// A kernel log line read but not yet taken by the client.
+    pub pending: Option<String>,
 }
 
 /// What a streaming connection follows.
@@ -474,6 +478,23 @@ pub enum Source {
     Log(usize),
     /// PID 1's events.
     Events,
+    /// The kernel's log (`/dev/kmsg`, the connection's own descriptor;
+    /// `next` is the `--since` time in ms).
+    Kernel,
+}
+
+/// The name `logs` takes for the kernel's log (not a container name:
+/// those have no `@`).
+pub const KERNEL: &str = "@kernel";
+
+/// One `/dev/kmsg` record as a log line: its time (ms since boot, from the
+/// record's CLOCK_MONOTONIC µs) and its text (the first line; the
+/// continuation lines of key=value pairs are left out).
+pub fn parse_kmsg(record: &[u8]) -> Option<(u64, String)> {
+    let text = String::from_utf8_lossy(record);
+    let (header, msg) = text.split_once(';')?;
+    let us: u64 = header.split(',').nth(2)?.parse().ok()?;
+    Some((us / 1000, msg.split('\n').next().unwrap_or("").to_owned()))
 }
 
 /// A connection streaming lines out of a ring, by sequence number: PID 1
@@ -537,6 +558,46 @@ impl Conn {
     /// Send the reply (best effort, never waits) and close.
     pub fn reply(self, text: &str) {
         let _ = self.send(text.as_bytes());
+    }
+
+    /// Send what waits of the kernel's log, at most `budget` lines (the
+    /// kernel keeps the lines: PID 1 holds one at most). Returns how it
+    /// ended: `None` while it goes on, `Some(Taken)` when the end was sent.
+    pub fn pump_kernel(&mut self, s: &mut Stream, now: Instant, budget: usize) -> Option<Sent> {
+        let mut buf = [0u8; 1024];
+        for _ in 0..budget {
+            let line = match self.pending.take() {
+                Some(l) => l,
+                None => {
+                    let fd = self.kmsg.as_ref()?;
+                    match nix::unistd::read(fd, &mut buf) {
+                        Ok(n) => match parse_kmsg(buf.get(..n).unwrap_or(&[])) {
+                            Some((t, _)) if t < s.next => continue,
+                            Some((t, text)) => format_log_line(t, text.as_bytes()),
+                            None => continue,
+                        },
+                        // Overwritten before it was read: go on with the next.
+                        Err(Errno::EPIPE | Errno::EINTR | Errno::EINVAL) => continue,
+                        Err(_) => {
+                            // EAGAIN: the end of what the kernel has.
+                            return match self.send(framed_reply("end").as_bytes()) {
+                                Sent::Full => None,
+                                other => Some(other),
+                            };
+                        }
+                    }
+                }
+            };
+            match self.send(line.as_bytes()) {
+                Sent::Taken => s.progress = now,
+                Sent::Full => {
+                    self.pending = Some(line);
+                    return None;
+                }
+                Sent::Gone => return Some(Sent::Gone),
+            }
+        }
+        None
     }
 
     /// Send one message (never waits).
@@ -662,6 +723,12 @@ mod tests {
         assert_eq!(init_stats("VmRSS: x kB\n"), CgroupStats::default());
         assert_eq!(format_log_line(5, b"\xff"), "0.005 \u{fffd}");
         assert_eq!(framed_reply("ok"), "cairn/1 ok");
+        assert_eq!(
+            parse_kmsg(b"6,339,5140900,-;NET: Registered protocol family 10\n SUBSYSTEM=net\n"),
+            Some((5140, "NET: Registered protocol family 10".to_owned()))
+        );
+        assert_eq!(parse_kmsg(b"6,339,x,-;text"), None);
+        assert_eq!(parse_kmsg(b"no header"), None);
     }
 
     #[test]
@@ -675,7 +742,16 @@ mod tests {
 
     fn conn_pair() -> Option<(Conn, OwnedFd)> {
         let (a, b) = sock::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let conn = Conn { fd: a, deadline: Instant::now(), pid: 0, uid: 0, caller: Caller::Host, stream: None };
+        let conn = Conn {
+            fd: a,
+            deadline: Instant::now(),
+            pid: 0,
+            uid: 0,
+            caller: Caller::Host,
+            stream: None,
+            kmsg: None,
+            pending: None,
+        };
         Some((conn, b))
     }
 

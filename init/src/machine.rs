@@ -226,6 +226,11 @@ pub enum Answer {
     },
     /// Stream the events from now on.
     Events,
+    /// Stream the kernel's log from `since_ms` (not followed).
+    KernelLog {
+        /// ms since boot.
+        since_ms: u64,
+    },
 }
 
 struct ShutdownPlan {
@@ -743,6 +748,10 @@ impl Machine {
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
             Request::Exec | Request::Update => Answer::Reply(format!("error {} is not served yet", request.verb())),
+            Request::Logs { name, follow: true, .. } if name == control::KERNEL => {
+                Answer::Reply(format!("error --follow is not served for {name}"))
+            }
+            Request::Logs { name, since_ms, .. } if name == control::KERNEL => Answer::KernelLog { since_ms },
             Request::Logs { name, since_ms, follow } => match unit(&name) {
                 Some(unit) => Answer::Logs { unit, since_ms, follow },
                 None => Answer::Reply(format!("error no container {name}")),

@@ -617,12 +617,22 @@ impl Supervisor {
                 }
                 (body, None)
             }
-            Answer::Logs { .. } | Answer::Events if followers >= control::MAX_FOLLOWERS => {
+            Answer::Logs { .. } | Answer::Events | Answer::KernelLog { .. } if followers >= control::MAX_FOLLOWERS => {
                 ("error busy: too many streams".into(), None)
             }
             Answer::Logs { unit, since_ms, follow } => {
                 let next = self.io.units.get(unit).map_or(0, |u| u.log.seq_since(since_ms));
                 ("ok".into(), Some(stream(Source::Log(unit), next, follow)))
+            }
+            Answer::KernelLog { since_ms } => {
+                let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC;
+                match nix::fcntl::open("/dev/kmsg", flags, nix::sys::stat::Mode::empty()) {
+                    Ok(fd) => {
+                        conn.kmsg = Some(fd);
+                        ("ok".into(), Some(stream(Source::Kernel, since_ms, false)))
+                    }
+                    Err(e) => (format!("error /dev/kmsg: {}", cairn_runtime::report::ErrnoName(e as i32)), None),
+                }
             }
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
@@ -655,6 +665,7 @@ impl Supervisor {
         match s.source {
             Source::Log(i) => self.io.units.get(i).is_some_and(|u| u.log.next_seq() > s.next),
             Source::Events => control::with_events(|r| r.next_seq() > s.next),
+            Source::Kernel => true,
         }
     }
 
@@ -668,7 +679,13 @@ impl Supervisor {
             k -= 1;
             let Some(mut s) = self.conns.get(k).and_then(|c| c.stream) else { continue };
             let mut outcome = None;
+            if s.source == Source::Kernel {
+                outcome = self.conns.get_mut(k).and_then(|c| c.pump_kernel(&mut s, now, BUDGET));
+            }
             for _ in 0..BUDGET {
+                if s.source == Source::Kernel {
+                    break;
+                }
                 // Copied out first: an event may be emitted below.
                 let (first, line) = match s.source {
                     Source::Log(i) => match self.io.units.get(i) {
@@ -678,6 +695,7 @@ impl Supervisor {
                     Source::Events => control::with_events(|r| {
                         (r.evicted, r.get(s.next).map(|(_, l)| String::from_utf8_lossy(l).into_owned()))
                     }),
+                    Source::Kernel => (0, None),
                 };
                 let msg = if s.next < first {
                     let lost = first - s.next;

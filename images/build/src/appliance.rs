@@ -954,6 +954,30 @@ depends_on = ["sensor"]
     }
 
     #[test]
+    fn permissions_and_log_size_compile() {
+        let with =
+            |extra: &str| GOOD.replace("depends_on = [\"sensor\"]", &format!("depends_on = [\"sensor\"]\n{extra}"));
+        let compile = |text: &str| {
+            let a: Appliance = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+            a.to_manifest(Path::new("a.toml"), &info())
+        };
+        let m = compile(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.containers[1].permissions.is_empty());
+        assert_eq!(m.containers[1].log_size, DEFAULT_LOG_SIZE);
+        let m = compile(&with("permissions = [\"power\", \"logs\"]\ncontrol = true\nlog_size = \"128K\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        use Permission::*;
+        assert_eq!(m.containers[1].permissions, [Status, Logs, Lifecycle, Power]);
+        assert_eq!(m.containers[1].log_size, 128 << 10);
+        for (extra, want) in
+            [("permissions = [\"root\"]", "unknown permission \"root\""), ("log_size = 100", "log_size")]
+        {
+            let e = compile(&with(extra)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_a_place() {
         let bad = GOOD.replace("pids = 16", "pids = 16, swap = 1");
         let e = toml::from_str::<Appliance>(&bad).err().map(|e| e.to_string()).unwrap_or_default();

@@ -713,4 +713,13 @@ fn stop_start_and_restart_override_the_policy_once() {
     let rows = m.ps(t + ms(60));
     assert_eq!(rows.first().map(|r| (r.state, r.last_exit.clone())), Some(("starting", Some("signal=15".into()))));
     assert_eq!(reply(m.answer(&host, "cairn/1 stop ghost", t, &mut fx)), "error no container ghost");
+    assert_eq!(m.answer(&host, "cairn/1 logs @kernel --since 1.5", t, &mut fx), Answer::KernelLog { since_ms: 1500 });
+    assert_eq!(
+        reply(m.answer(&host, "cairn/1 logs @kernel --follow", t, &mut fx)),
+        "error --follow is not served for @kernel"
+    );
+    assert_eq!(
+        m.answer(&host, "cairn/1 logs a --follow", t, &mut fx),
+        Answer::Logs { unit: 0, since_ms: 0, follow: true }
+    );
 }

@@ -285,6 +285,13 @@ pub fn logs_check(name: &str) -> i32 {
         }
         Err((step, errno)) => say!("event=logs-since error={step} errno={errno}"),
     }
+    match stream(path, "logs @kernel") {
+        Ok((first, lines)) => {
+            let linux = lines.iter().any(|l| l.contains(" Linux version "));
+            say!("event=kernel-log reply={} lines={} linux={}", V(&first), lines.len(), u8::from(linux));
+        }
+        Err((step, errno)) => say!("event=kernel-log error={step} errno={errno}"),
+    }
     run_each(0, &["poweroff".to_owned()])
 }
 

@@ -2,7 +2,7 @@
 //! PID 1 keeps its newest lines in a 64 KiB ring and its own memory
 //! (VmHWM, reported in `ps`) stays far below what it was sent; `logs`
 //! returns the newest lines, ending with the container's last, and
-//! `logs --since T` only lines from T on.
+//! `logs --since T` only lines from T on; `logs @kernel` the kernel's log.
 
 use anyhow::{ensure, Result};
 
@@ -42,6 +42,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         since.get("reply") == Some("cairn/1_ok") && since.num("older") == Some(0) && n > 0 && n < kept,
         "logs --since: {:?} ({kept} lines in all)",
         since.fields
+    );
+    // The kernel's log, read from /dev/kmsg on request.
+    let kernel = c.expect("kernel-log", &[("name", "watcher")])?;
+    ensure!(
+        kernel.get("reply") == Some("cairn/1_ok")
+            && kernel.num("lines").is_some_and(|n| n > 10)
+            && kernel.get("linux") == Some("1"),
+        "logs @kernel: {:?}",
+        kernel.fields
     );
     eprintln!("logs: PID 1 rss={rss} hwm={hwm} after {lines} lines; {kept} kept, {n} since {:?}", since.get("since"));
     Ok(())
