@@ -111,6 +111,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     {
         failures.push("cairn-ctl reboot: not refused as expected".into());
     }
+    // events --follow: the restart's events reached the follower.
+    let followed = |event: &str| c.raw.iter().any(|l| l.starts_with("[cli-events] cairn: t=") && l.contains(event));
+    for e in ["event=container.stopping name=target signal=15", "event=control.refused caller=limited request=poweroff"]
+    {
+        if !followed(e) {
+            failures.push(format!("events --follow: no {e:?}"));
+        }
+    }
     c.expect("shutdown.start", &[("kind", "poweroff"), ("reason", "control")])?;
     let power = c.expect("control.request", &[("caller", "admin"), ("request", "poweroff")])?;
     ensure!(power.get("reply") == Some("ok"), "admin poweroff: {:?}", power.fields);
