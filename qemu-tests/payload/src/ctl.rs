@@ -317,3 +317,31 @@ pub fn flood(mib: u64) -> i32 {
     say!("event=flood-done lines={n} bytes={written}");
     0
 }
+
+/// `ctl-hold <seconds> <request>...`: sends the request (a stream), prints
+/// `event=hold reply=R`, reads nothing for `seconds`, then reads what is
+/// there until the connection ends: `event=hold-done messages=N end=<eof|errno>`.
+pub fn hold(seconds: u64, words: &[String]) -> i32 {
+    let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    let mut full = VERSION.to_vec();
+    full.extend_from_slice(words.join(" ").as_bytes());
+    let (fd, first) = match exchange_raw(path.as_bytes(), &full) {
+        Ok(x) => x,
+        Err((step, errno)) => {
+            say!("event=hold error={step} errno={errno}");
+            return 1;
+        }
+    };
+    say!("event=hold reply={}", V(&String::from_utf8_lossy(&first)));
+    sys::sleep_ms(seconds * 1000);
+    let mut messages = 0u64;
+    let end = loop {
+        match recv(&fd) {
+            Ok(m) if m.is_empty() => break "eof".to_owned(),
+            Ok(_) => messages += 1,
+            Err((_, errno)) => break errno.to_string(),
+        }
+    };
+    say!("event=hold-done messages={messages} end={end}");
+    0
+}

@@ -48,6 +48,7 @@
 //!   order: `event=ctl request=R reply=Y` each; exit 0.
 //! - `logs-check <name>`: see `ctl::logs_check` (the `logs` scenario).
 //! - `flood <mib>`: see `ctl::flood`.
+//! - `ctl-hold <seconds> <request>...`: see `ctl::hold`.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
 //! - `hostile`: as root in a hardened container, tries escapes and kernel
 //!   interfaces one by one (see `hostile.rs` for exactly what each does); per
@@ -210,6 +211,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "logs-check" => ctl::logs_check(a.0.get(2).map_or("", String::as_str)),
         "flood" => ctl::flood(a.num(2, "mib")?),
+        "ctl-hold" => ctl::hold(a.num(2, "seconds")?, a.0.get(3..).unwrap_or(&[])),
         "sleep" => signals::sleep(a.num(2, "ms")?),
         "hostile" => hostile::run(),
         "attempt" => hostile::one(a.0.get(2).map_or("", String::as_str)),

@@ -3,6 +3,7 @@
 //! (VmHWM, reported in `ps`) stays far below what it was sent; `logs`
 //! returns the newest lines, ending with the container's last, and
 //! `logs --since T` only lines from T on; `logs @kernel` the kernel's log.
+//! A follower that reads nothing is dropped after 10 s without progress.
 
 use anyhow::{ensure, Result};
 
@@ -43,6 +44,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "logs --since: {:?} ({kept} lines in all)",
         since.fields
     );
+    // A follower that reads nothing is dropped, and costs PID 1 no memory
+    // meanwhile (the check above ran while it was held or after).
+    let held = c.expect("hold", &[("name", "lazy")])?;
+    ensure!(held.get("reply") == Some("cairn/1_ok"), "lazy follow: {:?}", held.fields);
+    let dropped = c.expect("control.stream-dropped", &[("caller", "lazy")])?;
+    ensure!(dropped.get("reason") == Some("client not reading"), "{:?}", dropped.fields);
+    let done = c.expect("hold-done", &[("name", "lazy")])?;
+    ensure!(done.get("end") == Some("eof"), "the dropped stream did not end: {:?}", done.fields);
     // The kernel's log, read from /dev/kmsg on request.
     let kernel = c.expect("kernel-log", &[("name", "watcher")])?;
     ensure!(
