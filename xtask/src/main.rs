@@ -234,18 +234,9 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     let hooked = test_hooks.then(|| build_test_hooks_init(b, &cargo)).transpose()?;
     let status = Command::new(&cargo)
         .current_dir(repo_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            b.rust_target,
-            "-p",
-            "cairn-init",
-            "-p",
-            "cairn-payload",
-            "-p",
-            "cairn-ctl",
-        ])
+        .args(["build", "--release", "--target", b.rust_target, "-p", "cairn-init", "-p", "cairn-payload"])
+        // The control client: initramfs::build puts it beside the init.
+        .args(["-p", "cairn-ctl"])
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);

@@ -3,7 +3,8 @@
 //! the container, the request and the permission it lacks, and has no
 //! effect; a container under a user namespace reaches the socket and is
 //! served what it is granted; a granted admin lists (`ps` with the
-//! cgroup's counters), restarts a container and powers the device off.
+//! cgroup's counters), restarts, stops and starts a container and powers
+//! the device off.
 //! `cairn-ctl`, which PID 1 offers at `/run/cairn/cairn-ctl` to granted
 //! containers, prints `ps` as JSON and as a table and reports a refusal.
 
@@ -85,13 +86,27 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         rows.first().is_some_and(|r| r.starts_with("name=cairn-init_state=running_pid=1_")),
         "no cairn-init row first: {reply:?}"
     );
-    let stopping = c.expect("container.stopping", &[("name", "target"), ("reason", "control")])?;
+    let stopping = c.all("container.stopping", &[("name", "target"), ("reason", "control")]);
     let started = c.all("container.started", &[("name", "target")]);
     ensure!(
-        started.len() == 2 && started.last().is_some_and(|s| s.index > stopping.index),
-        "target not started again after the restart: {} starts",
-        started.len()
+        stopping.len() == 2 && started.len() == 3 && started.get(1).is_some_and(|s| s.index > stopping[0].index),
+        "target not started again after the restart: {} starts, {} stops",
+        started.len(),
+        stopping.len()
     );
+    // stop: it stays stopped (its policy is never anyway, but the event
+    // says why), then start brings it back.
+    let stopped = c.expect("container.stopped", &[("name", "target"), ("reason", "control")])?;
+    ensure!(
+        stopped.index > stopping[1].index && started.get(2).is_some_and(|s| s.index > stopped.index),
+        "stop then start of target out of order"
+    );
+    for req in ["stop_target", "start_target"] {
+        match c.first("ctl", &[("name", "admin"), ("request", req)]) {
+            Some(l) if l.get("reply") == Some("ok") => {}
+            other => failures.push(format!("admin {req}: {:?}", other.map(|l| &l.fields))),
+        }
+    }
     // cairn-ctl from /run/cairn, in containers whose image lacks it.
     let raw = |prefix: &str| c.raw.iter().find(|l| l.starts_with(prefix)).cloned();
     match raw("[cli-json] [{") {
