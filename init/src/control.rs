@@ -407,7 +407,8 @@ impl Listener {
     /// of a container that has the directory bound in may connect (under a
     /// user namespace too); what it may ask is decided per request from
     /// its cgroup, never from its uid.
-    pub fn bind() -> SysResult<Self> {
+    /// With `offer_ctl`, `cairn-ctl` is put beside it (see [`offer_client`]).
+    pub fn bind(offer_ctl: bool) -> SysResult<Self> {
         sys::mkdir_all(CONTROL_DIR, 0o755)?;
         std::fs::set_permissions(CONTROL_DIR, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .map_err(|e| SysError { op: "chmod", arg: CONTROL_DIR.into(), errno: e.raw_os_error().unwrap_or(0) })?;
@@ -422,7 +423,9 @@ impl Listener {
             arg: path.clone(),
             errno: e.raw_os_error().unwrap_or(0),
         })?;
-        offer_client();
+        if offer_ctl {
+            offer_client();
+        }
         let backlog = sock::Backlog::new(8).map_err(sys::err("listen", &path))?;
         sock::listen(&fd, backlog).map_err(sys::err("listen", &path))?;
         Ok(Self { fd })
@@ -615,7 +618,9 @@ pub const CLIENT: &str = "/bin/cairn-ctl";
 
 /// Put a copy of `cairn-ctl` (read-only, executable) beside the socket, so
 /// every container granted permissions has it at `/run/cairn/cairn-ctl`
-/// without its image shipping it. Without one in the initramfs: nothing.
+/// without its image shipping it (it costs its size in tmpfs memory, so
+/// only when some container is granted permissions). Without one in the
+/// initramfs: nothing.
 fn offer_client() {
     if std::fs::metadata(CLIENT).is_err() {
         return;

@@ -114,7 +114,9 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, None)
         }
     };
-    let control = match control::Listener::bind() {
+    // cairn-ctl is copied beside the socket only if a container can use it.
+    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0));
+    let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
             event("control.unavailable").kv("error", e).emit();
