@@ -1,17 +1,21 @@
 //! The control socket: a SOCK_SEQPACKET unix socket at
-//! `/run/cairn/control/control`. One request per connection, one reply.
-//! Containers with `control = true` see it at `/run/cairn/control`.
+//! `/run/cairn/control/control`, protocol `cairn/1` (docs/control.md).
+//! Containers granted any permission see it at `/run/cairn/control`.
 //!
-//! Requests: `status`, `poweroff`, `reboot`, `signal NAME SIGNUM[,SIGNUM...]`.
-//! Replies start with `ok` or `error`.
+//! One request per connection: `cairn/1 VERB ARGS...`. The reply is one
+//! message `cairn/1 ok[ BODY]` or `cairn/1 error REASON` (a body of
+//! several lines follows the first line after `\n`); a follow request
+//! (`events`, `logs --follow`) gets `cairn/1 ok` and then one message per
+//! line until either side hangs up.
 //!
 //! PID 1 never waits for a client: accepted connections are non-blocking
 //! and served from the supervisor's event loop. At most
 //! [`MAX_CONNECTIONS`] are open at once (while the table is full the
 //! listener is not polled; new clients wait in the kernel's backlog), and
 //! one that has not sent its request within [`REQUEST_DEADLINE`] is closed.
-//! The caller is identified by `SO_PEERCRED` when it connects: its pid's
-//! cgroup (`/proc/PID/cgroup`) names the container (`/cairn/<name>/...`);
+//! A follower whose unsent lines pass [`FOLLOW_QUEUE_MAX`] bytes is
+//! dropped. The caller is identified by `SO_PEERCRED` when it connects: its
+//! pid's cgroup (`/proc/PID/cgroup`) names the container (`/cairn/<name>/...`);
 //! a process outside every container cgroup is the host.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,19 +24,59 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{self as sock, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
+pub use cairn_format::manifest::Permission;
 use cairn_runtime::spec::CONTROL_DIR;
 use cairn_runtime::sys::{self, SysError, SysResult};
+
+/// The protocol word every request and reply starts with.
+pub const VERSION: &str = "cairn/1";
 
 /// Socket path on the host.
 pub fn socket_path() -> String {
     format!("{CONTROL_DIR}/control")
 }
 
+/// ms since boot (CLOCK_BOOTTIME, the clock of the events' `t=`).
+pub fn now_ms() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000 + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+    })
+}
+
+/// Bytes of recent events kept for `events --follow` streams.
+pub const EVENTS_SIZE: usize = 16 * 1024;
+
+/// The recent events (PID 1 is single-threaded; the lock only makes the
+/// static sound).
+static EVENTS: std::sync::Mutex<Option<crate::ring::LogRing>> = std::sync::Mutex::new(None);
+
+/// Keep an event line (without its newline) for the event streams.
+pub fn record_event(line: &str) {
+    let mut guard = EVENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    guard.get_or_insert_with(|| crate::ring::LogRing::new(EVENTS_SIZE)).push(now_ms(), line.as_bytes());
+}
+
+/// Look at the recent events (never emit an event inside `f`).
+pub fn with_events<T>(f: impl FnOnce(&crate::ring::LogRing) -> T) -> T {
+    let mut guard = EVENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(guard.get_or_insert_with(|| crate::ring::LogRing::new(EVENTS_SIZE)))
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// List containers and their states.
+    /// List containers and their states (one line).
     Status,
+    /// One line per container: state, pid, uptime, restarts, last exit and
+    /// its cgroup's counters.
+    Ps,
+    /// Start a stopped container.
+    Start(String),
+    /// Stop a container (its stop signal, then the kill); it stays stopped.
+    Stop(String),
+    /// Stop it and start it again.
+    Restart(String),
     /// Orderly power off.
     PowerOff,
     /// Orderly reboot.
@@ -44,26 +88,118 @@ pub enum Request {
         /// Signal numbers, sent in this order.
         signals: Vec<i32>,
     },
+    /// A container's log lines.
+    Logs {
+        /// Container name.
+        name: String,
+        /// Only lines read at or after this many ms since boot.
+        since_ms: u64,
+        /// Keep the connection and send new lines as they come.
+        follow: bool,
+    },
+    /// Every event from now on, one message each.
+    Events,
+    /// Reserved (needs `exec`): not served yet.
+    Exec,
+    /// Reserved (needs `update`): not served yet.
+    Update,
+}
+
+impl Request {
+    /// The permission a container needs for it.
+    pub fn needs(&self) -> Permission {
+        match self {
+            Request::Status | Request::Ps | Request::Events => Permission::Status,
+            Request::Logs { .. } => Permission::Logs,
+            Request::Start(_) | Request::Stop(_) | Request::Restart(_) | Request::Signal { .. } => {
+                Permission::Lifecycle
+            }
+            Request::PowerOff | Request::Reboot => Permission::Power,
+            Request::Exec => Permission::Exec,
+            Request::Update => Permission::Update,
+        }
+    }
+
+    /// Its verb, for events.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Ps => "ps",
+            Request::Start(_) => "start",
+            Request::Stop(_) => "stop",
+            Request::Restart(_) => "restart",
+            Request::PowerOff => "poweroff",
+            Request::Reboot => "reboot",
+            Request::Signal { .. } => "signal",
+            Request::Logs { .. } => "logs",
+            Request::Events => "events",
+            Request::Exec => "exec",
+            Request::Update => "update",
+        }
+    }
 }
 
 /// Why a request line was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// It does not start with [`VERSION`].
+    #[error("unsupported protocol (this is {VERSION})")]
+    Version,
     /// `signal NAME LIST` with a list that is not numbers in 1..=64.
     #[error("bad signal list {0:?}")]
     SignalList(String),
+    /// `--since` not seconds since boot (`12` or `12.345`).
+    #[error("bad time {0:?} (seconds since boot, e.g. 12.345)")]
+    Time(String),
     /// Not a request.
     #[error("unknown request {0:?}")]
     Unknown(String),
 }
 
-/// Parse a request line.
+/// Seconds since boot as the events print them (`12`, `12.3`, `12.345`), in ms.
+pub fn parse_time(text: &str) -> Option<u64> {
+    let (s, frac) = text.split_once('.').unwrap_or((text, ""));
+    if s.is_empty() || frac.len() > 3 || !s.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0, |ms, b| ms * 10 + u64::from(b - b'0'));
+    s.parse::<u64>().ok()?.checked_mul(1000)?.checked_add(ms)
+}
+
+/// Parse a request line (`cairn/1 VERB ARGS...`).
 pub fn parse(text: &str) -> Result<Request, ParseError> {
-    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    if words.first() != Some(&VERSION) {
+        return Err(ParseError::Version);
+    }
+    words.remove(0);
+    let rest = words.join(" ");
     match words.as_slice() {
         ["status"] => Ok(Request::Status),
+        ["ps"] => Ok(Request::Ps),
+        ["start", name] => Ok(Request::Start((*name).into())),
+        ["stop", name] => Ok(Request::Stop((*name).into())),
+        ["restart", name] => Ok(Request::Restart((*name).into())),
         ["poweroff"] => Ok(Request::PowerOff),
         ["reboot"] => Ok(Request::Reboot),
+        ["events"] | ["events", "--follow"] => Ok(Request::Events),
+        ["exec", ..] => Ok(Request::Exec),
+        ["update", ..] => Ok(Request::Update),
+        ["logs", name, opts @ ..] => {
+            let (mut since_ms, mut follow) = (0, false);
+            let mut it = opts.iter();
+            while let Some(o) = it.next() {
+                match *o {
+                    "--follow" | "-f" => follow = true,
+                    "--since" => {
+                        let t = it.next().copied().unwrap_or_default();
+                        since_ms = parse_time(t).ok_or_else(|| ParseError::Time(t.into()))?;
+                    }
+                    _ => return Err(ParseError::Unknown(rest)),
+                }
+            }
+            Ok(Request::Logs { name: (*name).into(), since_ms, follow })
+        }
         ["signal", name, list] => {
             let signals: Vec<i32> =
                 list.split(',').filter_map(|s| s.parse().ok()).filter(|s| (1..=64).contains(s)).collect();
@@ -73,12 +209,149 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
                 Ok(Request::Signal { name: (*name).into(), signals })
             }
         }
-        _ => Err(ParseError::Unknown(text.into())),
+        _ => Err(ParseError::Unknown(rest)),
     }
+}
+
+/// A set of permissions (bit [`Permission::bit`] each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Permissions(pub u8);
+
+impl Permissions {
+    /// Everything (the host).
+    pub const ALL: Permissions = Permissions(u8::MAX);
+
+    /// The set of a manifest list.
+    pub fn of(list: &[Permission]) -> Self {
+        Self(list.iter().fold(0, |m, p| m | p.bit()))
+    }
+
+    /// Whether it holds `p`.
+    pub fn has(self, p: Permission) -> bool {
+        self.0 & p.bit() != 0
+    }
+}
+
+/// What a container's cgroup says, for `ps` (absent files: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// memory.current, bytes.
+    pub memory: Option<u64>,
+    /// memory.peak, bytes.
+    pub memory_peak: Option<u64>,
+    /// cpu.stat usage_usec.
+    pub cpu_us: Option<u64>,
+    /// pids.current.
+    pub pids: Option<u64>,
+    /// memory.events oom_kill.
+    pub oom_kills: Option<u64>,
+}
+
+impl CgroupStats {
+    /// From the files' contents (`read(file)`).
+    pub fn read(mut read: impl FnMut(&str) -> Option<String>) -> Self {
+        let num = |t: Option<String>| t.and_then(|t| t.trim().parse().ok());
+        Self {
+            memory: num(read("memory.current")),
+            memory_peak: num(read("memory.peak")),
+            cpu_us: read("cpu.stat").and_then(|t| cairn_runtime::cgroup::flat_key(&t, "usage_usec")),
+            pids: num(read("pids.current")),
+            oom_kills: read("memory.events").and_then(|t| cairn_runtime::cgroup::flat_key(&t, "oom_kill")),
+        }
+    }
+}
+
+/// PID 1's own `ps` row: its resident memory now and at its peak
+/// (`VmRSS`, `VmHWM` of `/proc/self/status`, in bytes).
+pub fn init_stats(status: &str) -> CgroupStats {
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+    };
+    CgroupStats {
+        memory: kib("VmRSS").map(|k| k * 1024),
+        memory_peak: kib("VmHWM").map(|k| k * 1024),
+        ..CgroupStats::default()
+    }
+}
+
+/// One `ps` line as the core knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsRow {
+    /// Container name.
+    pub name: String,
+    /// State name.
+    pub state: &'static str,
+    /// Its namespace init (host pid), while it has one.
+    pub pid: Option<i32>,
+    /// ms since the entrypoint was executed, while running.
+    pub uptime_ms: Option<u64>,
+    /// Restarts since boot.
+    pub restarts: u32,
+    /// How the last run ended: `code=N` or `signal=N`.
+    pub last_exit: Option<String>,
+}
+
+/// One `ps` line: `name=.. state=.. pid=.. ...`; `-` for an unknown value.
+pub fn format_ps(row: &PsRow, st: &CgroupStats) -> String {
+    let mut out = String::with_capacity(160);
+    let mut kv = |k: &str, v: Option<String>| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v.as_deref().unwrap_or("-"));
+    };
+    let n = |v: Option<u64>| v.map(|v| v.to_string());
+    kv("name", Some(row.name.clone()));
+    kv("state", Some(row.state.into()));
+    kv("pid", row.pid.map(|p| p.to_string()));
+    kv("uptime_ms", n(row.uptime_ms));
+    kv("restarts", Some(row.restarts.to_string()));
+    kv("last_exit", row.last_exit.clone());
+    kv("memory", n(st.memory));
+    kv("memory_peak", n(st.memory_peak));
+    kv("cpu_us", n(st.cpu_us));
+    kv("pids", n(st.pids));
+    kv("oom_kills", n(st.oom_kills));
+    out
+}
+
+/// One log line in a reply: `T TEXT` with T seconds since boot (`12.345`),
+/// TEXT as the container wrote it (invalid UTF-8 replaced).
+pub fn format_log_line(t_ms: u64, text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push_str(&(t_ms / 1000).to_string());
+    out.push('.');
+    let ms = t_ms % 1000;
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+    out.push(' ');
+    out.push_str(&text);
+    out
+}
+
+/// A whole reply message from a body (`ok ...` or `error ...`).
+pub fn framed_reply(body: &str) -> String {
+    let mut out = String::with_capacity(VERSION.len() + 1 + body.len());
+    out.push_str(VERSION);
+    out.push(' ');
+    out.push_str(body);
+    out
 }
 
 /// Most connections open at once.
 pub const MAX_CONNECTIONS: usize = 8;
+/// Most of them following a stream (the rest stay for requests).
+pub const MAX_FOLLOWERS: usize = 4;
+/// A streaming connection that took nothing for this long while lines
+/// wait for it is dropped (its slot is worth more than its stream).
+pub const FOLLOW_STALL: Duration = Duration::from_secs(10);
+
 /// How long a connection may take to send its request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 /// Longest request accepted (a longer one is refused whole, never cut).
@@ -130,15 +403,29 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Create and bind the socket (mode 0600, owner root).
-    pub fn bind() -> SysResult<Self> {
-        sys::mkdir_all(CONTROL_DIR, 0o700)?;
+    /// Create and bind the socket. Mode 0666 in a 0755 directory: any uid
+    /// of a container that has the directory bound in may connect (under a
+    /// user namespace too); what it may ask is decided per request from
+    /// its cgroup, never from its uid.
+    /// With `offer_ctl`, `cairn-ctl` is put beside it (see [`offer_client`]).
+    pub fn bind(offer_ctl: bool) -> SysResult<Self> {
+        sys::mkdir_all(CONTROL_DIR, 0o755)?;
+        std::fs::set_permissions(CONTROL_DIR, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| SysError { op: "chmod", arg: CONTROL_DIR.into(), errno: e.raw_os_error().unwrap_or(0) })?;
         let path = socket_path();
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
         let fd =
             sock::socket(AddressFamily::Unix, SockType::SeqPacket, flags, None).map_err(sys::err("socket", &path))?;
         let addr = sockaddr(&path)?;
         sock::bind(fd.as_raw_fd(), &addr).map_err(sys::err("bind", &path))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).map_err(|e| SysError {
+            op: "chmod",
+            arg: path.clone(),
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        if offer_ctl {
+            offer_client();
+        }
         let backlog = sock::Backlog::new(8).map_err(sys::err("listen", &path))?;
         sock::listen(&fd, backlog).map_err(sys::err("listen", &path))?;
         Ok(Self { fd })
@@ -164,7 +451,7 @@ impl Listener {
         } else {
             Caller::Unknown
         };
-        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller })
+        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller, stream: None, kmsg: None, pending: None })
     }
 }
 
@@ -179,6 +466,64 @@ pub struct Conn {
     pub uid: libc::uid_t,
     /// Who that is.
     pub caller: Caller,
+    /// What it follows, once its request made it a stream.
+    pub stream: Option<Stream>,
+    /// Its own reader of the kernel's log (`logs @kernel`).
+    pub kmsg: Option<OwnedFd>,
+    /// A kernel log line read but not yet taken by the client.
+    pub pending: Option<String>,
+}
+
+/// What a streaming connection follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A unit's log.
+    Log(usize),
+    /// PID 1's events.
+    Events,
+    /// The kernel's log (`/dev/kmsg`, the connection's own descriptor;
+    /// `next` is the `--since` time in ms).
+    Kernel,
+}
+
+/// The name `logs` takes for the kernel's log (not a container name:
+/// those have no `@`).
+pub const KERNEL: &str = "@kernel";
+
+/// One `/dev/kmsg` record as a log line: its time (ms since boot, from the
+/// record's CLOCK_MONOTONIC µs) and its text (the first line; the
+/// continuation lines of key=value pairs are left out).
+pub fn parse_kmsg(record: &[u8]) -> Option<(u64, String)> {
+    let text = String::from_utf8_lossy(record);
+    let (header, msg) = text.split_once(';')?;
+    let us: u64 = header.split(',').nth(2)?.parse().ok()?;
+    Some((us / 1000, msg.split('\n').next().unwrap_or("").to_owned()))
+}
+
+/// A connection streaming lines out of a ring, by sequence number: PID 1
+/// keeps nothing for it but this cursor, so a client that does not read
+/// costs no memory; lines evicted before it took them are counted as lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    /// The ring.
+    pub source: Source,
+    /// The next line to send.
+    pub next: u64,
+    /// Keep going at the end (else `cairn/1 end` and close).
+    pub follow: bool,
+    /// When it last took a message (or started).
+    pub progress: Instant,
+}
+
+/// What sending to a stream gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Taken.
+    Taken,
+    /// Its socket is full: try again when it is writable.
+    Full,
+    /// It is gone (or broken).
+    Gone,
 }
 
 /// What a readable connection had.
@@ -215,7 +560,79 @@ impl Conn {
 
     /// Send the reply (best effort, never waits) and close.
     pub fn reply(self, text: &str) {
-        let _ = sock::send(self.fd.as_raw_fd(), text.as_bytes(), MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
+        let _ = self.send(text.as_bytes());
+    }
+
+    /// Send what waits of the kernel's log, at most `budget` lines (the
+    /// kernel keeps the lines: PID 1 holds one at most). Returns how it
+    /// ended: `None` while it goes on, `Some(Taken)` when the end was sent.
+    pub fn pump_kernel(&mut self, s: &mut Stream, now: Instant, budget: usize) -> Option<Sent> {
+        let mut buf = [0u8; 1024];
+        for _ in 0..budget {
+            let line = match self.pending.take() {
+                Some(l) => l,
+                None => {
+                    let fd = self.kmsg.as_ref()?;
+                    match nix::unistd::read(fd, &mut buf) {
+                        Ok(n) => match parse_kmsg(buf.get(..n).unwrap_or(&[])) {
+                            Some((t, _)) if t < s.next => continue,
+                            Some((t, text)) => format_log_line(t, text.as_bytes()),
+                            None => continue,
+                        },
+                        // Overwritten before it was read: go on with the next.
+                        Err(Errno::EPIPE | Errno::EINTR | Errno::EINVAL) => continue,
+                        Err(_) => {
+                            // EAGAIN: the end of what the kernel has.
+                            return match self.send(framed_reply("end").as_bytes()) {
+                                Sent::Full => None,
+                                other => Some(other),
+                            };
+                        }
+                    }
+                }
+            };
+            match self.send(line.as_bytes()) {
+                Sent::Taken => s.progress = now,
+                Sent::Full => {
+                    self.pending = Some(line);
+                    return None;
+                }
+                Sent::Gone => return Some(Sent::Gone),
+            }
+        }
+        None
+    }
+
+    /// Send one message (never waits).
+    pub fn send(&self, msg: &[u8]) -> Sent {
+        match sock::send(self.fd.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => Sent::Taken,
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOBUFS) => Sent::Full,
+            Err(_) => Sent::Gone,
+        }
+    }
+}
+
+/// Where the client lives in the initramfs.
+pub const CLIENT: &str = "/bin/cairn-ctl";
+
+/// Put a copy of `cairn-ctl` (read-only, executable) beside the socket, so
+/// every container granted permissions has it at `/run/cairn/cairn-ctl`
+/// without its image shipping it (it costs its size in tmpfs memory, so
+/// only when some container is granted permissions). Without one in the
+/// initramfs: nothing.
+fn offer_client() {
+    if std::fs::metadata(CLIENT).is_err() {
+        return;
+    }
+    let to = format!("{CONTROL_DIR}/cairn-ctl");
+    let copied = std::fs::copy(CLIENT, &to)
+        .and_then(|_| std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o555)));
+    if let Err(e) = copied {
+        crate::event::event("control.client-unavailable")
+            .kv("path", &to)
+            .kv("errno", e.raw_os_error().unwrap_or(0))
+            .emit();
     }
 }
 
@@ -236,25 +653,110 @@ fn sockaddr(path: &str) -> SysResult<UnixAddr> {
 mod tests {
     use super::*;
 
+    fn p(text: &str) -> Result<Request, ParseError> {
+        parse(&format!("cairn/1 {text}"))
+    }
+
     #[test]
     fn requests_parse() {
-        assert_eq!(parse("status"), Ok(Request::Status));
-        assert_eq!(parse(" poweroff\n"), Ok(Request::PowerOff));
-        assert_eq!(parse("signal web 15"), Ok(Request::Signal { name: "web".into(), signals: vec![15] }));
-        assert_eq!(parse("signal web 1,2,31"), Ok(Request::Signal { name: "web".into(), signals: vec![1, 2, 31] }));
-        assert_eq!(parse("signal web 1,x"), Err(ParseError::SignalList("1,x".into())));
-        assert_eq!(parse("signal web 0"), Err(ParseError::SignalList("0".into())));
-        assert_eq!(parse("signal web x"), Err(ParseError::SignalList("x".into())));
-        assert_eq!(parse("rm -rf /"), Err(ParseError::Unknown("rm -rf /".into())));
-        assert_eq!(parse(""), Err(ParseError::Unknown("".into())));
-        assert_eq!(parse("signal web 1,2 extra"), Err(ParseError::Unknown("signal web 1,2 extra".into())));
-        assert_eq!(parse("signal web 65"), Err(ParseError::SignalList("65".into())));
-        assert_eq!(parse("signal web 1,,2"), Err(ParseError::SignalList("1,,2".into())));
+        assert_eq!(p("status"), Ok(Request::Status));
+        assert_eq!(p(" poweroff\n"), Ok(Request::PowerOff));
+        assert_eq!(p("signal web 15"), Ok(Request::Signal { name: "web".into(), signals: vec![15] }));
+        assert_eq!(p("signal web 1,2,31"), Ok(Request::Signal { name: "web".into(), signals: vec![1, 2, 31] }));
+        assert_eq!(p("signal web 1,x"), Err(ParseError::SignalList("1,x".into())));
+        assert_eq!(p("signal web 0"), Err(ParseError::SignalList("0".into())));
+        assert_eq!(p("signal web x"), Err(ParseError::SignalList("x".into())));
+        assert_eq!(p("rm -rf /"), Err(ParseError::Unknown("rm -rf /".into())));
+        assert_eq!(p(""), Err(ParseError::Unknown("".into())));
+        assert_eq!(p("signal web 1,2 extra"), Err(ParseError::Unknown("signal web 1,2 extra".into())));
+        assert_eq!(p("signal web 65"), Err(ParseError::SignalList("65".into())));
+        assert_eq!(p("signal web 1,,2"), Err(ParseError::SignalList("1,,2".into())));
+        assert_eq!(p("ps"), Ok(Request::Ps));
+        assert_eq!(p("restart web"), Ok(Request::Restart("web".into())));
+        assert_eq!(p("stop web"), Ok(Request::Stop("web".into())));
+        assert_eq!(p("start web"), Ok(Request::Start("web".into())));
+        assert_eq!(p("events --follow"), Ok(Request::Events));
+        assert_eq!(p("logs web"), Ok(Request::Logs { name: "web".into(), since_ms: 0, follow: false }));
+        assert_eq!(
+            p("logs web --since 12.5 --follow"),
+            Ok(Request::Logs { name: "web".into(), since_ms: 12_500, follow: true })
+        );
+        assert_eq!(p("logs web --since x"), Err(ParseError::Time("x".into())));
+        assert_eq!(p("logs web --since"), Err(ParseError::Time("".into())));
+        assert_eq!(p("logs web --tail"), Err(ParseError::Unknown("logs web --tail".into())));
+        assert_eq!(parse("status"), Err(ParseError::Version));
+        assert_eq!(parse("cairn/2 status"), Err(ParseError::Version));
+        assert_eq!(parse(""), Err(ParseError::Version));
+    }
+
+    #[test]
+    fn times_are_seconds_since_boot() {
+        assert_eq!(parse_time("12"), Some(12_000));
+        assert_eq!(parse_time("12.3"), Some(12_300));
+        assert_eq!(parse_time("0.045"), Some(45));
+        for bad in ["", ".5", "1.2345", "-1", "1e3", "1.x", "99999999999999999999"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ps_and_log_lines_format() {
+        let row = PsRow {
+            name: "web".into(),
+            state: "running",
+            pid: Some(42),
+            uptime_ms: Some(1500),
+            restarts: 2,
+            last_exit: Some("code=1".into()),
+        };
+        let files = |f: &str| match f {
+            "memory.current" => Some("4096\n".to_owned()),
+            "memory.peak" => Some("8192\n".to_owned()),
+            "cpu.stat" => Some("usage_usec 777\nuser_usec 700\n".to_owned()),
+            "memory.events" => Some("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_owned()),
+            _ => None,
+        };
+        let st = CgroupStats::read(files);
+        assert_eq!(
+            format_ps(&row, &st),
+            "name=web state=running pid=42 uptime_ms=1500 restarts=2 last_exit=code=1 memory=4096 \
+             memory_peak=8192 cpu_us=777 pids=- oom_kills=1"
+        );
+        assert_eq!(format_log_line(12_045, b"hello"), "12.045 hello");
+        let st = init_stats("Name:\tinit\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n");
+        assert_eq!((st.memory, st.memory_peak), (Some(1024 * 1024), Some(2048 * 1024)));
+        assert_eq!(init_stats("VmRSS: x kB\n"), CgroupStats::default());
+        assert_eq!(format_log_line(5, b"\xff"), "0.005 \u{fffd}");
+        assert_eq!(framed_reply("ok"), "cairn/1 ok");
+        assert_eq!(
+            parse_kmsg(b"6,339,5140900,-;NET: Registered protocol family 10\n SUBSYSTEM=net\n"),
+            Some((5140, "NET: Registered protocol family 10".to_owned()))
+        );
+        assert_eq!(parse_kmsg(b"6,339,x,-;text"), None);
+        assert_eq!(parse_kmsg(b"no header"), None);
+    }
+
+    #[test]
+    fn permission_sets() {
+        let s = Permissions::of(&[Permission::Status, Permission::Power]);
+        assert!(s.has(Permission::Status) && s.has(Permission::Power));
+        assert!(!s.has(Permission::Logs) && !s.has(Permission::Exec) && !s.has(Permission::Lifecycle));
+        assert!(Permission::ALL.iter().all(|p| Permissions::ALL.has(*p)));
+        assert!(Permission::ALL.iter().all(|p| !Permissions::default().has(*p)));
     }
 
     fn conn_pair() -> Option<(Conn, OwnedFd)> {
         let (a, b) = sock::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let conn = Conn { fd: a, deadline: Instant::now(), pid: 0, uid: 0, caller: Caller::Host };
+        let conn = Conn {
+            fd: a,
+            deadline: Instant::now(),
+            pid: 0,
+            uid: 0,
+            caller: Caller::Host,
+            stream: None,
+            kmsg: None,
+            pending: None,
+        };
         Some((conn, b))
     }
 
@@ -271,7 +773,7 @@ mod tests {
         let long = vec![b'1'; REQUEST_MAX + 1];
         send(&peer, &long);
         assert_eq!(conn.receive(), Received::TooLong(REQUEST_MAX + 1));
-        let mut fits = b"signal web ".to_vec();
+        let mut fits = b"cairn/1 signal web ".to_vec();
         fits.resize(REQUEST_MAX, b'1');
         send(&peer, &fits);
         assert!(matches!(conn.receive(), Received::Request(t) if t.len() == REQUEST_MAX));
@@ -282,7 +784,7 @@ mod tests {
     #[test]
     fn a_hundred_signals_fit_in_a_request() {
         let list = vec!["28"; 100].join(",");
-        let text = format!("signal ticker {list}");
+        let text = format!("cairn/1 signal ticker {list}");
         assert!(text.len() <= REQUEST_MAX);
         assert!(matches!(parse(&text), Ok(Request::Signal { signals, .. }) if signals.len() == 100));
     }

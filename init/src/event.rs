@@ -85,6 +85,7 @@ impl Event {
 
     /// Queue it for the console as one line.
     pub fn emit(mut self) {
+        crate::control::record_event(&self.line); // control: events --follow
         self.line.push('\n');
         console_line(self.line.as_bytes(), Kind::Event);
     }

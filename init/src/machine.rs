@@ -18,7 +18,7 @@ use cairn_runtime::spawn::SETUP_FAILED;
 use cairn_runtime::sys::SysError;
 use cairn_runtime::Exit;
 
-use crate::control::{self, Caller, Request};
+use crate::control::{self, Caller, Permissions, PsRow, Request};
 use crate::event::{event, Event};
 use crate::policy::{self, Decision, Restart};
 
@@ -67,8 +67,8 @@ pub struct UnitDesc {
     pub stop_signal: i32,
     /// Time between the stop signal and killing its cgroup.
     pub grace_ms: u32,
-    /// It may use the control socket.
-    pub control: bool,
+    /// What it may ask over the control socket.
+    pub permissions: Permissions,
     /// A failure of it fails a trial (see [`Machine::health`]).
     pub critical: bool,
 }
@@ -191,6 +191,46 @@ struct Unit {
     ever_started: bool,
     /// When the current run began (its entrypoint was executed).
     run_started: Option<Instant>,
+    /// How its last run ended.
+    last_exit: Option<Exit>,
+    /// What a control request asked of its next exit.
+    want: Want,
+}
+
+/// What a control request asked of a unit's next exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The restart policy decides.
+    Policy,
+    /// `stop`: it stays stopped.
+    Stop,
+    /// `restart`: it starts again at once.
+    Restart,
+}
+
+/// What the executor does with a control request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Reply with this body (`ok ...` or `error ...`) and close.
+    Reply(String),
+    /// Reply with these `ps` rows (the executor adds the cgroup counters).
+    Ps(Vec<PsRow>),
+    /// Stream unit `.0`'s log lines read at or after `since_ms`.
+    Logs {
+        /// The unit.
+        unit: usize,
+        /// ms since boot.
+        since_ms: u64,
+        /// Keep following.
+        follow: bool,
+    },
+    /// Stream the events from now on.
+    Events,
+    /// Stream the kernel's log from `since_ms` (not followed).
+    KernelLog {
+        /// ms since boot.
+        since_ms: u64,
+    },
 }
 
 struct ShutdownPlan {
@@ -226,7 +266,15 @@ impl Machine {
     pub fn new(units: Vec<UnitDesc>, order: Vec<usize>, start_timeout: Duration) -> Self {
         let units = units
             .into_iter()
-            .map(|desc| Unit { desc, state: State::Waiting, restarts: 0, ever_started: false, run_started: None })
+            .map(|desc| Unit {
+                desc,
+                state: State::Waiting,
+                restarts: 0,
+                ever_started: false,
+                run_started: None,
+                last_exit: None,
+                want: Want::Policy,
+            })
             .collect();
         Self {
             units,
@@ -413,9 +461,23 @@ impl Machine {
         fx.close_report(i);
         let ran_ms =
             u.run_started.take().map(|t| now.saturating_duration_since(t).as_millis().min(u128::from(u64::MAX)) as u64);
+        u.last_exit = Some(exit);
         if shutting_down {
             u.state = State::Stopped;
             return;
+        }
+        match std::mem::replace(&mut u.want, Want::Policy) {
+            Want::Policy => {}
+            Want::Stop => {
+                u.state = State::Stopped;
+                fx.emit(event("container.stopped").kv("name", &u.desc.name).kv("reason", "control"));
+                return;
+            }
+            Want::Restart => {
+                // Started by the next step, as at boot.
+                u.state = State::Waiting;
+                return;
+            }
         }
         // A critical container fails the trial by failing, or by exiting at
         // all when its policy restarts it (a restart is a failure too).
@@ -564,7 +626,8 @@ impl Machine {
                 State::Stopping { pid, deadline, killed } if deadline <= now => {
                     if killed {
                         fx.emit(event("container.stop-timeout").kv("name", &u.desc.name).kv("pid", pid));
-                        u.state = State::Stopped;
+                        let again = std::mem::replace(&mut u.want, Want::Policy) == Want::Restart;
+                        u.state = if again && !shutting_down { State::Waiting } else { State::Stopped };
                         if let Some(plan) = &mut self.shutdown {
                             plan.current = None;
                         }
@@ -617,45 +680,112 @@ impl Machine {
         }
     }
 
-    /// May this caller use the control socket? The host may; a container
-    /// only with `control = true` in its manifest entry.
-    fn permitted(&self, caller: &Caller) -> bool {
+    /// What this caller may ask: the host everything, a container what its
+    /// manifest entry grants, anyone else nothing.
+    pub fn permissions(&self, caller: &Caller) -> Permissions {
         match caller {
-            Caller::Host => true,
-            Caller::Container(name) => self.units.iter().any(|u| u.desc.name == *name && u.desc.control),
-            Caller::Unknown => false,
+            Caller::Host => Permissions::ALL,
+            Caller::Container(name) => {
+                self.units.iter().find(|u| u.desc.name == *name).map_or(Permissions(0), |u| u.desc.permissions)
+            }
+            Caller::Unknown => Permissions(0),
         }
     }
 
-    /// The reply to a control request `text` from `caller`.
-    pub fn answer(&mut self, caller: &Caller, text: &str, now: Instant, fx: &mut impl Effects) -> String {
-        if !self.permitted(caller) {
-            return "error not permitted".into();
+    /// The `ps` rows at `now`.
+    pub fn ps(&self, now: Instant) -> Vec<PsRow> {
+        self.units
+            .iter()
+            .map(|u| PsRow {
+                name: u.desc.name.clone(),
+                state: u.state.name(),
+                pid: u.state.pid(),
+                uptime_ms: match u.state {
+                    State::Running { .. } => u
+                        .run_started
+                        .map(|t| now.saturating_duration_since(t).as_millis().min(u128::from(u64::MAX)) as u64),
+                    _ => None,
+                },
+                restarts: u.restarts,
+                last_exit: u.last_exit.map(|e| match e {
+                    Exit::Code(c) => format!("code={c}"),
+                    Exit::Signal(s) => format!("signal={s}"),
+                }),
+            })
+            .collect()
+    }
+
+    /// The answer to a control request `text` from `caller`. A request the
+    /// caller has no permission for is refused (`control.refused`).
+    pub fn answer(&mut self, caller: &Caller, text: &str, now: Instant, fx: &mut impl Effects) -> Answer {
+        let request = match control::parse(text) {
+            Ok(r) => r,
+            Err(e) => return Answer::Reply(format!("error {e}")),
+        };
+        let needs = request.needs();
+        if !self.permissions(caller).has(needs) {
+            fx.emit(
+                event("control.refused")
+                    .kv("caller", caller.name())
+                    .kv("request", request.verb())
+                    .kv("needs", needs.name()),
+            );
+            return Answer::Reply("error not permitted".into());
         }
-        match control::parse(text) {
-            Err(e) => format!("error {e}"),
-            Ok(Request::Status) => {
+        let unit = |name: &str| self.units.iter().position(|u| u.desc.name == name);
+        let reply = |t: &str| Answer::Reply(t.into());
+        match request {
+            Request::Status => {
                 let mut s = String::from("ok");
                 for u in &self.units {
-                    s.push_str(&format!(" {}={}", u.desc.name, u.state.name()));
+                    s.push(' ');
+                    s.push_str(&u.desc.name);
+                    s.push('=');
+                    s.push_str(u.state.name());
                 }
-                s
+                Answer::Reply(s)
             }
-            Ok(Request::PowerOff) => {
+            Request::Ps => Answer::Ps(self.ps(now)),
+            Request::Events => Answer::Events,
+            Request::Exec | Request::Update => Answer::Reply(format!("error {} is not served yet", request.verb())),
+            Request::Logs { name, follow: true, .. } if name == control::KERNEL => {
+                Answer::Reply(format!("error --follow is not served for {name}"))
+            }
+            Request::Logs { name, since_ms, .. } if name == control::KERNEL => Answer::KernelLog { since_ms },
+            Request::Logs { name, since_ms, follow } => match unit(&name) {
+                Some(unit) => Answer::Logs { unit, since_ms, follow },
+                None => Answer::Reply(format!("error no container {name}")),
+            },
+            Request::PowerOff => {
                 self.request_shutdown(ShutdownKind::PowerOff, "control", now, fx);
-                "ok".into()
+                reply("ok")
             }
-            Ok(Request::Reboot) => {
+            Request::Reboot => {
                 self.request_shutdown(ShutdownKind::Reboot, "control", now, fx);
-                "ok".into()
+                reply("ok")
             }
-            Ok(Request::Signal { name, signals }) => match self.units.iter().position(|u| u.desc.name == name) {
-                None => format!("error no container {name}"),
+            _ if self.shutdown.is_some() => reply("error shutting down"),
+            Request::Start(name) | Request::Stop(name) | Request::Restart(name) if unit(&name).is_none() => {
+                Answer::Reply(format!("error no container {name}"))
+            }
+            Request::Start(name) => {
+                let Some(u) = unit(&name).and_then(|i| self.units.get_mut(i)) else { return reply("error") };
+                if u.state != State::Stopped {
+                    return Answer::Reply(format!("error {name} is {}", u.state.name()));
+                }
+                u.state = State::Waiting;
+                u.want = Want::Policy;
+                reply("ok")
+            }
+            Request::Stop(name) => self.stop_unit(&name, Want::Stop, now, fx),
+            Request::Restart(name) => self.stop_unit(&name, Want::Restart, now, fx),
+            Request::Signal { name, signals } => match unit(&name) {
+                None => Answer::Reply(format!("error no container {name}")),
                 Some(i) if self.units.get(i).and_then(|u| u.state.pid()).is_none() => {
-                    format!("error {name} is not running")
+                    Answer::Reply(format!("error {name} is not running"))
                 }
                 Some(_) if self.pending.len() + signals.len() > MAX_PENDING_SIGNALS => {
-                    "error busy: too many signals pending".into()
+                    reply("error busy: too many signals pending")
                 }
                 Some(unit) => {
                     // Spaced with timers after whatever is already queued.
@@ -664,10 +794,54 @@ impl Machine {
                         self.pending.push_back(PendingSignal { due, unit, signal });
                         due += SIGNAL_SPACING;
                     }
-                    "ok".into()
+                    reply("ok")
                 }
             },
         }
+    }
+
+    /// `stop` (want Stop) or `restart` (want Restart) of a unit.
+    fn stop_unit(&mut self, name: &str, want: Want, now: Instant, fx: &mut impl Effects) -> Answer {
+        let Some(i) = self.units.iter().position(|u| u.desc.name == name) else {
+            return Answer::Reply(format!("error no container {name}"));
+        };
+        let Some(u) = self.units.get_mut(i) else { return Answer::Reply("error".into()) };
+        match u.state {
+            State::Running { pid } => {
+                u.want = want;
+                let sig = u.desc.stop_signal;
+                fx.emit(
+                    event("container.stopping")
+                        .kv("name", &u.desc.name)
+                        .kv("signal", sig)
+                        .kv("grace_ms", u.desc.grace_ms)
+                        .kv("reason", "control"),
+                );
+                let _ = fx.signal(pid, sig);
+                u.state = State::Stopping {
+                    pid,
+                    deadline: now + Duration::from_millis(u.desc.grace_ms.into()),
+                    killed: false,
+                };
+            }
+            State::Starting { pid, .. } => {
+                u.want = want;
+                fx.emit(event("container.killed").kv("name", &u.desc.name).kv("reason", "control during set-up"));
+                fx.kill_cgroup(i, pid);
+                fx.close_report(i);
+                u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+            }
+            State::Stopping { .. } => u.want = want,
+            State::Waiting | State::Backoff { .. } | State::Stopped => {
+                if want == Want::Restart {
+                    u.state = State::Waiting;
+                } else if u.state != State::Stopped {
+                    u.state = State::Stopped;
+                    fx.emit(event("container.stopped").kv("name", &u.desc.name).kv("reason", "control"));
+                }
+            }
+        }
+        Answer::Reply("ok".into())
     }
 }
 

@@ -116,7 +116,9 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, None)
         }
     };
-    let control = match control::Listener::bind() {
+    // cairn-ctl is copied beside the socket only if a container can use it.
+    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0));
+    let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
             event("control.unavailable").kv("error", e).emit();
@@ -184,7 +186,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
             let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device)
                 .and_then(|s| volumes::attach(s, c, &ready))
                 .map_err(Into::into);
-            let unit = Unit::new(&c.name, spec);
+            let unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
             let desc = UnitDesc {
                 name: c.name.as_str().into(),
                 deps: c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect(),
@@ -195,7 +197,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 restart: restart_of(&c.restart),
                 stop_signal: i32::from(c.stop.signal),
                 grace_ms: c.stop.grace_ms,
-                control: unit.control(),
+                permissions: control::Permissions::of(&c.permissions),
                 critical: c.critical,
             };
             (unit, desc)

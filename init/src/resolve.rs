@@ -176,7 +176,7 @@ pub fn container_spec(
         uid: c.uid,
         gid: c.gid,
         limits: limits(&c.limits),
-        control: c.control,
+        control: !c.permissions.is_empty(),
         groups: c.groups.clone(),
         capabilities: c.security.capabilities,
         no_new_privs: c.security.no_new_privs,
@@ -307,8 +307,9 @@ pub(crate) mod tests {
             restart: m::Restart { policy: m::RestartPolicy::Never, backoff_initial_ms: 1, backoff_max_ms: 2 },
             depends_on: vec!["db".into()],
             stop: m::Stop { signal: 2, grace_ms: 300 },
-            control: true,
             critical: true,
+            permissions: vec![m::Permission::Status],
+            log_size: m::DEFAULT_LOG_SIZE,
             groups: vec![20],
             security: m::Security {
                 devices: vec![m::Device {

@@ -160,9 +160,104 @@ impl Ring {
     }
 }
 
+/// Bytes a log line costs beyond its text (its timestamp and bookkeeping),
+/// counted against the ring's size so the bound is on memory, not text.
+pub const LOG_LINE_OVERHEAD: usize = 40;
+
+/// One container's log: its newest output lines with the time each was
+/// read (ms since boot), at most `cap` bytes counting
+/// [`LOG_LINE_OVERHEAD`] per line. Appending evicts the oldest lines; a
+/// single line never exceeds `cap` (it is cut by the tap long before).
+pub struct LogRing {
+    lines: VecDeque<(u64, Box<[u8]>)>,
+    used: usize,
+    cap: usize,
+    /// Lines evicted so far.
+    pub evicted: u64,
+}
+
+impl LogRing {
+    /// An empty log of `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self { lines: VecDeque::new(), used: 0, cap, evicted: 0 }
+    }
+
+    /// Bytes in use (text plus overhead), never above the cap.
+    #[cfg(test)]
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Append a line read at `t_ms`, evicting the oldest lines to make room.
+    pub fn push(&mut self, t_ms: u64, line: &[u8]) {
+        let cost = line.len() + LOG_LINE_OVERHEAD;
+        if cost > self.cap {
+            return;
+        }
+        while self.used + cost > self.cap {
+            match self.lines.pop_front() {
+                Some((_, old)) => {
+                    self.used -= old.len() + LOG_LINE_OVERHEAD;
+                    self.evicted += 1;
+                }
+                None => break,
+            }
+        }
+        self.lines.push_back((t_ms, line.into()));
+        self.used += cost;
+    }
+
+    /// The lines read at or after `since_ms`, oldest first.
+    #[cfg(test)]
+    pub fn since(&self, since_ms: u64) -> impl Iterator<Item = &(u64, Box<[u8]>)> {
+        self.lines.range(self.seq_since(since_ms).saturating_sub(self.evicted) as usize..)
+    }
+
+    /// Sequence number of the first line read at or after `since_ms` (each
+    /// line pushed gets the next number; the oldest kept is `evicted`).
+    pub fn seq_since(&self, since_ms: u64) -> u64 {
+        // Lines are appended in time order.
+        self.evicted + self.lines.partition_point(|(t, _)| *t < since_ms) as u64
+    }
+
+    /// Sequence number the next line pushed will get.
+    pub fn next_seq(&self) -> u64 {
+        self.evicted + self.lines.len() as u64
+    }
+
+    /// Line number `seq`, if it is still kept.
+    pub fn get(&self, seq: u64) -> Option<&(u64, Box<[u8]>)> {
+        let k = usize::try_from(seq.checked_sub(self.evicted)?).ok()?;
+        self.lines.get(k)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_lines_within_its_bound() {
+        let mut log = LogRing::new(4096);
+        for k in 0..10_000u64 {
+            log.push(k, format!("line {k}").as_bytes());
+            assert!(log.used() <= 4096);
+        }
+        let kept: Vec<_> = log.since(0).cloned().collect();
+        let last = kept.last().map(|(t, l)| (*t, l.to_vec()));
+        assert_eq!(last, Some((9999, b"line 9999".to_vec())));
+        assert!(kept.len() > 50, "{}", kept.len());
+        assert_eq!(log.evicted + kept.len() as u64, 10_000);
+        assert_eq!(log.since(9998).count(), 2);
+        assert_eq!(log.since(10_000).count(), 0);
+        assert_eq!(log.next_seq(), 10_000);
+        assert_eq!(log.get(9999).map(|(t, _)| *t), Some(9999));
+        assert!(log.get(log.evicted - 1).is_none() && log.get(10_000).is_none());
+        assert_eq!(log.seq_since(9998), 9998);
+        // A line bigger than the whole log is not kept (and evicts nothing).
+        log.push(10_000, &[b'x'; 5000]);
+        assert_eq!(log.since(0).count(), kept.len());
+    }
 
     fn drain(r: &mut Ring) -> Vec<u8> {
         let mut out = Vec::new();

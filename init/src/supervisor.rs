@@ -28,10 +28,11 @@ use cairn_runtime::spawn::{self as spawning, Setup, SpawnError};
 use cairn_runtime::sys::SysError;
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
-use crate::control::{self, Conn, Listener, Received, MAX_CONNECTIONS};
+use crate::control::{self, Conn, Listener, Received, Sent, Source, Stream, MAX_CONNECTIONS};
 use crate::event::{event, Event};
 pub use crate::machine::ShutdownKind;
-use crate::machine::{Effects, Machine, Pid, Report, Spawned, UnitDesc};
+use crate::machine::{Answer, Effects, Machine, Pid, Report, Spawned, UnitDesc};
+use crate::ring::LogRing;
 use crate::tap::Tap;
 
 /// Why a unit can never start.
@@ -67,6 +68,8 @@ pub struct Unit {
     filter: Option<Filter>,
     /// While starting: the read end of its report pipe (non-blocking).
     report: Option<OwnedFd>,
+    /// Its newest output lines (kept across restarts).
+    log: LogRing,
 }
 
 impl Unit {
@@ -89,12 +92,14 @@ impl Unit {
             console: None,
             fresh_output: None,
             report: None,
+            log: LogRing::new(cairn_format::manifest::DEFAULT_LOG_SIZE as usize),
         }
     }
 
-    /// Whether it may use the control socket.
-    pub fn control(&self) -> bool {
-        self.spec.as_ref().is_ok_and(|s| s.control)
+    /// Keep `bytes` of its output in memory (its manifest's `log_size`).
+    pub fn with_log_size(mut self, bytes: u32) -> Self {
+        self.log = LogRing::new(bytes as usize);
+        self
     }
 }
 
@@ -135,8 +140,8 @@ impl Effects for Io {
     fn attach_output(&mut self, i: usize) {
         let Some(u) = self.units.get_mut(i) else { return };
         if let Some(mut old) = u.console.take() {
-            old.pump(&u.name);
-            old.flush(&u.name);
+            old.pump(&u.name, &mut u.log);
+            old.flush(&u.name, &mut u.log);
         }
         match u.fresh_output.take() {
             Some((tap, Some(pty))) => {
@@ -330,8 +335,8 @@ impl Supervisor {
             if let Some(kind) = self.machine.step(Instant::now(), &mut self.io) {
                 for u in &mut self.io.units {
                     if let Some(mut tap) = u.console.take() {
-                        tap.pump(&u.name);
-                        tap.flush(&u.name);
+                        tap.pump(&u.name, &mut u.log);
+                        tap.flush(&u.name, &mut u.log);
                     }
                 }
                 return kind;
@@ -349,6 +354,7 @@ impl Supervisor {
                 self.machine.signal_sent(Instant::now());
             }
             self.fire_control_timers();
+            self.pump_streams();
         }
     }
 
@@ -398,7 +404,7 @@ impl Supervisor {
             // Its last lines before its exit event (it may have exited after
             // this loop's poll, so they were not read yet).
             if let Some(tap) = u.console.as_mut() {
-                tap.pump(&u.name);
+                tap.pump(&u.name, &mut u.log);
             }
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
             event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
@@ -440,7 +446,14 @@ impl Supervisor {
         set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
         set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
-            set(CONNS + k, c.raw(), libc::POLLIN);
+            // A stream waits for room only when lines wait for it; POLLHUP
+            // (its client gone) is reported whatever is asked.
+            let events = match c.stream {
+                Some(s) if self.behind(&s) => libc::POLLOUT,
+                Some(_) => 0,
+                None => libc::POLLIN,
+            };
+            set(CONNS + k, c.raw(), events);
         }
         for (i, u) in self.io.units.iter().enumerate().take(MAX_CONTAINERS) {
             set(UNITS + i, u.console.as_ref().map_or(-1, Tap::raw), libc::POLLIN);
@@ -463,7 +476,7 @@ impl Supervisor {
         for (i, u) in self.io.units.iter_mut().enumerate() {
             if ready(UNITS + i, hup) {
                 if let Some(tap) = u.console.as_mut() {
-                    if !tap.pump(&u.name) {
+                    if !tap.pump(&u.name, &mut u.log) {
                         u.console = None;
                         if u.spec.as_ref().is_ok_and(|s| s.console) {
                             event("container.console-closed").kv("name", &u.name).emit();
@@ -552,6 +565,8 @@ impl Supervisor {
                 Received::Closed => {
                     self.conns.swap_remove(k);
                 }
+                // A stream's client has nothing more to say.
+                Received::Request(_) | Received::TooLong(_) if conn.stream.is_some() => {}
                 received @ (Received::Request(_) | Received::TooLong(_)) => {
                     let conn = self.conns.swap_remove(k);
                     let (text, answer) = match received {
@@ -559,27 +574,185 @@ impl Supervisor {
                             let answer = self.machine.answer(&conn.caller, &text, Instant::now(), &mut self.io);
                             (text, answer)
                         }
-                        Received::TooLong(n) => {
-                            (format!("({n} bytes)"), format!("error request longer than {}", control::REQUEST_MAX))
-                        }
+                        Received::TooLong(n) => (
+                            format!("({n} bytes)"),
+                            Answer::Reply(format!("error request longer than {}", control::REQUEST_MAX)),
+                        ),
                         _ => continue,
                     };
-                    event("control.request")
-                        .kv("caller", conn.caller.name())
-                        .kv("pid", conn.pid)
-                        .kv("uid", conn.uid)
-                        .kv("request", text.trim())
-                        .kv("reply", &answer)
-                        .emit();
-                    conn.reply(&answer);
+                    let text = text.trim();
+                    self.respond(conn, text.strip_prefix(control::VERSION).map_or(text, str::trim_start), answer);
                 }
+            }
+        }
+    }
+
+    /// Send the answer (or start the stream) and say so in an event.
+    fn respond(&mut self, mut conn: Conn, text: &str, answer: Answer) {
+        let followers = self.conns.iter().filter(|c| c.stream.is_some()).count();
+        let stream = |source, next, follow| Stream { source, next, follow, progress: Instant::now() };
+        let (body, stream) = match answer {
+            Answer::Reply(body) => (body, None),
+            Answer::Ps(rows) => {
+                let mut body = String::from("ok\n");
+                let init = control::PsRow {
+                    name: "cairn-init".into(),
+                    state: "running",
+                    pid: Some(1),
+                    uptime_ms: Some(control::now_ms()),
+                    restarts: 0,
+                    last_exit: None,
+                };
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                body.push_str(&control::format_ps(&init, &control::init_stats(&status)));
+                for row in &rows {
+                    let stats = self
+                        .io
+                        .units
+                        .iter()
+                        .find(|u| u.name == row.name)
+                        .map(|u| control::CgroupStats::read(|f| u.cgroup.read(f)));
+                    body.push('\n');
+                    body.push_str(&control::format_ps(row, &stats.unwrap_or_default()));
+                }
+                (body, None)
+            }
+            Answer::Logs { .. } | Answer::Events | Answer::KernelLog { .. } if followers >= control::MAX_FOLLOWERS => {
+                ("error busy: too many streams".into(), None)
+            }
+            Answer::Logs { unit, since_ms, follow } => {
+                let next = self.io.units.get(unit).map_or(0, |u| u.log.seq_since(since_ms));
+                ("ok".into(), Some(stream(Source::Log(unit), next, follow)))
+            }
+            Answer::KernelLog { since_ms } => {
+                let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC;
+                match nix::fcntl::open("/dev/kmsg", flags, nix::sys::stat::Mode::empty()) {
+                    Ok(fd) => {
+                        conn.kmsg = Some(fd);
+                        ("ok".into(), Some(stream(Source::Kernel, since_ms, false)))
+                    }
+                    Err(e) => (format!("error /dev/kmsg: {}", cairn_runtime::report::ErrnoName(e as i32)), None),
+                }
+            }
+            Answer::Events => {
+                ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
+            }
+        };
+        let first_line = body.lines().next().unwrap_or_default();
+        event("control.request")
+            .kv("caller", conn.caller.name())
+            .kv("pid", conn.pid)
+            .kv("uid", conn.uid)
+            .kv("request", text)
+            .kv("reply", first_line)
+            .emit();
+        let reply = control::framed_reply(&body);
+        match stream {
+            Some(s) if conn.send(reply.as_bytes()) == Sent::Taken => {
+                conn.stream = Some(s);
+                self.conns.push(conn);
+            }
+            Some(_) => {}
+            None => conn.reply(&reply),
+        }
+    }
+
+    /// Whether lines (or, not following, its end) wait for this stream.
+    fn behind(&self, s: &Stream) -> bool {
+        if !s.follow {
+            return true;
+        }
+        match s.source {
+            Source::Log(i) => self.io.units.get(i).is_some_and(|u| u.log.next_seq() > s.next),
+            Source::Events => control::with_events(|r| r.next_seq() > s.next),
+            Source::Kernel => true,
+        }
+    }
+
+    /// Send each stream what waits for it, as far as its socket takes it
+    /// (bounded per turn); close finished ones, drop gone or stalled ones.
+    fn pump_streams(&mut self) {
+        const BUDGET: usize = 256;
+        let now = Instant::now();
+        let mut k = self.conns.len();
+        while k > 0 {
+            k -= 1;
+            let Some(mut s) = self.conns.get(k).and_then(|c| c.stream) else { continue };
+            let mut outcome = None;
+            if s.source == Source::Kernel {
+                outcome = self.conns.get_mut(k).and_then(|c| c.pump_kernel(&mut s, now, BUDGET));
+            }
+            for _ in 0..BUDGET {
+                if s.source == Source::Kernel {
+                    break;
+                }
+                // Copied out first: an event may be emitted below.
+                let (first, line) = match s.source {
+                    Source::Log(i) => match self.io.units.get(i) {
+                        Some(u) => (u.log.evicted, u.log.get(s.next).map(|(t, l)| control::format_log_line(*t, l))),
+                        None => (0, None),
+                    },
+                    Source::Events => control::with_events(|r| {
+                        (r.evicted, r.get(s.next).map(|(_, l)| String::from_utf8_lossy(l).into_owned()))
+                    }),
+                    Source::Kernel => (0, None),
+                };
+                let msg = if s.next < first {
+                    let lost = first - s.next;
+                    s.next = first;
+                    control::framed_reply(&format!("lost {lost}"))
+                } else if let Some(line) = line {
+                    s.next += 1;
+                    line
+                } else if s.follow {
+                    break;
+                } else {
+                    let end = self.conns.get(k).map_or(Sent::Gone, |c| c.send(control::framed_reply("end").as_bytes()));
+                    if end != Sent::Full {
+                        outcome = Some(end);
+                    }
+                    break;
+                };
+                let Some(conn) = self.conns.get(k) else { break };
+                match conn.send(msg.as_bytes()) {
+                    Sent::Taken => s.progress = now,
+                    Sent::Full => {
+                        // Not sent: the same line next time.
+                        if !msg.starts_with(control::VERSION) {
+                            s.next -= 1;
+                        }
+                        break;
+                    }
+                    Sent::Gone => {
+                        outcome = Some(Sent::Gone);
+                        break;
+                    }
+                }
+            }
+            let stalled = self.behind(&s) && now.saturating_duration_since(s.progress) >= control::FOLLOW_STALL;
+            if outcome.is_some() || stalled {
+                let conn = self.conns.swap_remove(k);
+                if stalled {
+                    event("control.stream-dropped")
+                        .kv("caller", conn.caller.name())
+                        .kv("reason", "client not reading")
+                        .kv("stalled_ms", control::FOLLOW_STALL.as_millis())
+                        .emit();
+                }
+            } else if let Some(c) = self.conns.get_mut(k) {
+                c.stream = Some(s);
             }
         }
     }
 
     /// When the next control connection deadline is due (poll ms, -1: none).
     fn control_timeout(&self) -> i32 {
-        poll_timeout(self.conns.iter().map(|c| c.deadline).min())
+        let due = |c: &Conn| match c.stream {
+            None => Some(c.deadline),
+            Some(s) if self.behind(&s) => Some(s.progress + control::FOLLOW_STALL),
+            Some(_) => None,
+        };
+        poll_timeout(self.conns.iter().filter_map(due).min())
     }
 
     /// Close connections past their deadline.
@@ -588,7 +761,7 @@ impl Supervisor {
         let mut k = self.conns.len();
         while k > 0 {
             k -= 1;
-            if self.conns.get(k).is_some_and(|c| c.deadline <= now) {
+            if self.conns.get(k).is_some_and(|c| c.stream.is_none() && c.deadline <= now) {
                 let conn = self.conns.swap_remove(k);
                 event("control.timeout")
                     .kv("caller", conn.caller.name())

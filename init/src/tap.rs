@@ -10,9 +10,13 @@
 //! descriptor reads EOF (pipe) or EIO (pty, hung up): what is left is
 //! flushed and the tap is closed. Lines the console ring has no room for
 //! are dropped and counted (see [`crate::ring`]); PID 1 never waits for
-//! the console.
+//! the console. Every line is also kept, with the time it was read, in
+//! the container's log ring ([`LogRing`], for `logs` requests), which
+//! evicts its oldest lines: memory stays bounded however fast it writes.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::ring::LogRing;
 
 /// Longest line kept before it is written out in pieces.
 pub const LINE_MAX: usize = 512;
@@ -41,7 +45,7 @@ impl Tap {
 
     /// Read what is available and print the complete lines. Returns false
     /// when the terminal is hung up (or broken): the caller drops the tap.
-    pub fn pump(&mut self, name: &str) -> bool {
+    pub fn pump(&mut self, name: &str, log: &mut LogRing) -> bool {
         let mut buf = [0u8; 1024];
         let mut total = 0;
         while total < READ_BUDGET {
@@ -49,7 +53,9 @@ impl Tap {
                 Ok(n) if n > 0 => {
                     let got = buf.get(..n).unwrap_or(&[]);
                     total += got.len();
+                    let t = crate::control::now_ms();
                     for line in split_lines(&mut self.pending, got) {
+                        log.push(t, &line);
                         print(self.source, name, &line);
                     }
                     continue;
@@ -58,16 +64,17 @@ impl Tap {
                 _ => {}
             }
             // 0 or EIO: hung up; anything else: unusable.
-            self.flush(name);
+            self.flush(name, log);
             return false;
         }
         true
     }
 
     /// Print a partial line left in the buffer.
-    pub fn flush(&mut self, name: &str) {
+    pub fn flush(&mut self, name: &str, log: &mut LogRing) {
         if !self.pending.is_empty() {
             let rest = core::mem::take(&mut self.pending);
+            log.push(crate::control::now_ms(), &rest);
             print(self.source, name, &rest);
         }
     }
@@ -142,11 +149,14 @@ mod tests {
         let Ok((rd, wr)) = pipe else { return };
         assert_eq!(cairn_runtime::sys::set_nonblocking(&rd), Ok(()));
         let mut tap = Tap::new(rd, 0);
+        let mut log = LogRing::new(4096);
         assert!(cairn_runtime::sys::write_all(&wr, b"one\ntw").is_ok());
-        assert!(tap.pump("t"), "a live pipe with nothing more to read keeps the tap");
+        assert!(tap.pump("t", &mut log), "a live pipe with nothing more to read keeps the tap");
         assert_eq!(tap.pending, b"tw");
         drop(wr);
-        assert!(!tap.pump("t"), "EOF closes the tap");
+        assert!(!tap.pump("t", &mut log), "EOF closes the tap");
         assert!(tap.pending.is_empty(), "the partial line was flushed");
+        let lines: Vec<Vec<u8>> = (0..log.next_seq()).filter_map(|k| log.get(k).map(|(_, l)| l.to_vec())).collect();
+        assert_eq!(lines, [b"one".to_vec(), b"tw".to_vec()], "both lines are in the log");
     }
 }

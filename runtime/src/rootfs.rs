@@ -363,13 +363,14 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
                 data: None,
             },
             // Read-only: connect(2) still works on a socket in it, but
-            // unlinking PID 1's socket or binding another is EROFS.
+            // unlinking PID 1's socket or binding another is EROFS. Not
+            // noexec: PID 1 puts its client `cairn-ctl` there.
             Step::Mount {
                 what: "control socket read-only",
                 source: "none".into(),
                 target: format!("{root}/run/cairn"),
                 fstype: None,
-                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV,
                 data: None,
             },
         ]);

@@ -233,7 +233,7 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     // then puts the production binary back in place (only cairn-init is
     // compiled again for the feature; its dependencies are shared).
     let hooked = test_hooks.then(|| build_test_hooks_init(b)).transpose()?;
-    let status = device_build::cargo_build(b.rust_target, &["cairn-init", "cairn-payload"], &[])
+    let status = device_build::cargo_build(b.rust_target, &["cairn-init", "cairn-payload", "cairn-ctl"], &[])
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);

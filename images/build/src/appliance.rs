@@ -11,8 +11,8 @@ use cairn_format::digest::Digest;
 use crate::verity::{self, LayerIdentity};
 use cairn_format::manifest::{
     self, capability_number, Container, CpuMax, Device, DeviceSource, IdRange, IoMax, Layer, LayerCheck, Limits,
-    Manifest, Network, OnCorruption, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop, UpdatePolicy,
-    UserNamespace, Volume, VolumeKind, VolumeMount,
+    Manifest, Network, OnCorruption, Permission, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop,
+    UpdatePolicy, UserNamespace, Volume, VolumeKind, VolumeMount, DEFAULT_LOG_SIZE,
 };
 
 /// The appliance file.
@@ -205,7 +205,8 @@ pub struct ContainerSpec {
     /// Started after these.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// May use the control socket.
+    /// Legacy shorthand: the permissions `status`, `lifecycle` and
+    /// `power` (what the control socket allowed before permissions).
     #[serde(default)]
     pub control: bool,
     /// Resource limits.
@@ -240,6 +241,13 @@ pub struct ContainerSpec {
     /// /etc/group at build time (instead of uid/gid).
     #[serde(default)]
     pub user: Option<String>,
+    /// Control socket permissions: `status`, `logs`, `lifecycle`, `power`,
+    /// `exec`, `update` (default none: no socket).
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Size of its in-memory log ring (default 64K, 4K to 1M).
+    #[serde(default)]
+    pub log_size: Option<Size>,
     /// The keys the appliance file set for this container (from
     /// [`Appliance::load`]), so image defaults fill only the others.
     #[serde(skip)]
@@ -786,7 +794,21 @@ fn compile_volumes(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>
 }
 
 fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
-    let mut p = Vec::new();
+    let mut permissions: Vec<Permission> = Vec::new();
+    let legacy = if c.control { &[Permission::Status, Permission::Lifecycle, Permission::Power][..] } else { &[] };
+    let mut perm_problems = Vec::new();
+    for name in &c.permissions {
+        match Permission::from_name(name) {
+            Some(p) => permissions.push(p),
+            None => perm_problems.push(format!(
+                "permissions: unknown permission {name:?} (status, logs, lifecycle, power, exec, update)"
+            )),
+        }
+    }
+    permissions.extend_from_slice(legacy);
+    permissions.sort();
+    permissions.dedup();
+    let mut p = perm_problems;
     let policy = match c.restart.policy.as_str() {
         "never" => RestartPolicy::Never,
         "always" => RestartPolicy::Always,
@@ -902,7 +924,6 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         },
         depends_on: c.depends_on.clone(),
         stop: Stop { signal, grace_ms: c.stop.grace_ms },
-        control: c.control,
         groups: c.groups.clone(),
         security: Security {
             capabilities: caps,
@@ -923,6 +944,8 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             .iter()
             .map(|mt| VolumeMount { volume: mt.volume.clone(), path: mt.path.clone(), readonly: mt.readonly })
             .collect(),
+        permissions,
+        log_size: u32::try_from(c.log_size.map_or(u64::from(DEFAULT_LOG_SIZE), Size::bytes)).unwrap_or(u32::MAX),
     };
     if p.is_empty() {
         Ok(out)
@@ -991,6 +1014,30 @@ depends_on = ["sensor"]
             .any(|r| r.resource == RlimitResource::Core && r.soft == 0 && r.hard == u64::MAX));
         assert_eq!(s.limits.io_max[0].rbps, Some(1 << 20));
         assert_eq!(m.containers[1].network, Network::None);
+    }
+
+    #[test]
+    fn permissions_and_log_size_compile() {
+        let with =
+            |extra: &str| GOOD.replace("depends_on = [\"sensor\"]", &format!("depends_on = [\"sensor\"]\n{extra}"));
+        let compile = |text: &str| {
+            let a: Appliance = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+            a.to_manifest(Path::new("a.toml"), &info())
+        };
+        let m = compile(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.containers[1].permissions.is_empty());
+        assert_eq!(m.containers[1].log_size, DEFAULT_LOG_SIZE);
+        let m = compile(&with("permissions = [\"power\", \"logs\"]\ncontrol = true\nlog_size = \"128K\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        use Permission::*;
+        assert_eq!(m.containers[1].permissions, [Status, Logs, Lifecycle, Power]);
+        assert_eq!(m.containers[1].log_size, 128 << 10);
+        for (extra, want) in
+            [("permissions = [\"root\"]", "unknown permission \"root\""), ("log_size = 100", "log_size")]
+        {
+            let e = compile(&with(extra)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The initramfs of a boot slot: `/init` (cairn-init), the device nodes the
+//! The initramfs of a boot slot: `/init` (cairn-init), `/bin/cairn-ctl`
+//! (when built beside cairn-init), the device nodes the
 //! kernel needs before devtmpfs, mount points, the modules in load order,
 //! and the device's trust data (`/etc/cairn/trusted-keys`,
 //! `/etc/cairn/product`; formats in `cairn_format::trust`).
@@ -106,6 +107,12 @@ fn archive(init_binary: &Path, modules: &[PathBuf], trust: Option<&Trust>) -> Re
     c.char_device("dev/null", 0o666, 1, 3);
     let init = fs::read(init_binary).map_err(io(init_binary))?;
     c.file("init", 0o755, &init);
+    // The control client, when it was built beside the init (xtask builds
+    // both): PID 1 offers it to the containers granted control permissions.
+    if let Some(ctl) = init_binary.parent().map(|d| d.join("cairn-ctl")).filter(|p| p.is_file()) {
+        c.dir("bin", 0o755);
+        c.file("bin/cairn-ctl", 0o755, &fs::read(&ctl).map_err(io(&ctl))?);
+    }
     let mut order = String::new();
     for m in modules {
         let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

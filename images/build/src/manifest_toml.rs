@@ -61,7 +61,8 @@ fn container(c: &Container) -> Table {
     t.insert("gid".into(), int(c.gid.into()));
     t.insert("groups".into(), Value::Array(c.groups.iter().map(|g| int((*g).into())).collect()));
     t.insert("depends_on".into(), strings(c.depends_on.iter().map(|d| d.as_str())));
-    t.insert("control".into(), Value::Boolean(c.control));
+    t.insert("permissions".into(), strings(c.permissions.iter().map(|p| p.name())));
+    t.insert("log_size".into(), int(c.log_size.into()));
     t.insert("signal_group".into(), Value::Boolean(c.signal_group));
     t.insert("console".into(), Value::Boolean(c.console));
     t.insert("critical".into(), Value::Boolean(c.critical));

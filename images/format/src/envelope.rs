@@ -8,7 +8,8 @@
 //!                                 3: alloc lists and strings, a typed
 //!                                 device source; 4: dm-verity per layer;
 //!                                 5: the update policy, critical containers;
-//!                                 6: volumes and container mounts)
+//!                                 6: volumes and container mounts,
+//!                                 control permissions, log size)
 //! 8       8     key id: first 8 bytes of sha256(public key)
 //! 16      4     payload length N (at most MAX_PAYLOAD)
 //! 20      N     payload: the postcard-encoded Manifest

@@ -324,8 +324,6 @@ pub struct Container {
     pub depends_on: Vec<Name>,
     /// How to stop it.
     pub stop: Stop,
-    /// Whether the container may use the init's control socket.
-    pub control: bool,
     /// Supplementary group ids of the entrypoint.
     pub groups: Vec<u32>,
     /// Isolation settings.
@@ -343,7 +341,69 @@ pub struct Container {
     pub critical: bool,
     /// Volumes mounted into it.
     pub mounts: Vec<VolumeMount>,
+    /// What it may ask PID 1 over the control socket (none: no socket).
+    pub permissions: Vec<Permission>,
+    /// Bytes of its stdout/stderr PID 1 keeps in memory (the log ring).
+    pub log_size: u32,
 }
+
+/// A right on the control socket (see docs/control.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Permission {
+    /// `status`, `ps`, `events`.
+    Status,
+    /// `logs`.
+    Logs,
+    /// `start`, `stop`, `restart`, `signal`.
+    Lifecycle,
+    /// `poweroff`, `reboot`.
+    Power,
+    /// `exec` (reserved: no request uses it yet).
+    Exec,
+    /// `update` (reserved: no request uses it yet).
+    Update,
+}
+
+impl Permission {
+    /// Every permission, in bit order.
+    pub const ALL: [Permission; 6] = [
+        Permission::Status,
+        Permission::Logs,
+        Permission::Lifecycle,
+        Permission::Power,
+        Permission::Exec,
+        Permission::Update,
+    ];
+
+    /// Its name in appliance files, events and replies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Status => "status",
+            Permission::Logs => "logs",
+            Permission::Lifecycle => "lifecycle",
+            Permission::Power => "power",
+            Permission::Exec => "exec",
+            Permission::Update => "update",
+        }
+    }
+
+    /// The permission called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Its bit in a permission mask.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Default size of a container's log ring.
+pub const DEFAULT_LOG_SIZE: u32 = 64 * 1024;
+/// Smallest log ring.
+pub const MIN_LOG_SIZE: u32 = 4 * 1024;
+/// Largest log ring.
+pub const MAX_LOG_SIZE: u32 = 1024 * 1024;
 
 /// Isolation settings of a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1249,6 +1309,11 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
     };
     limit(c.security.capabilities >> CAPABILITY_NAMES.len() == 0, "capabilities");
     limit(c.stop.grace_ms <= bounds::GRACE_MAX_MS, "stop grace_ms");
+    limit((MIN_LOG_SIZE..=MAX_LOG_SIZE).contains(&c.log_size), "log_size");
+    limit(
+        c.permissions.iter().enumerate().all(|(k, p)| !c.permissions.iter().take(k).any(|q| q == p)),
+        "permissions (one twice)",
+    );
     let r = &c.restart;
     limit(r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS, "restart backoff");
     if !(1..=31).contains(&c.stop.signal) {
@@ -1286,7 +1351,6 @@ fn userns_problems(c: &Container, u: &UserNamespace, mut report: impl FnMut(&'st
         c.network == Network::None,
         "needs network = \"none\" (sysfs and the network of the host or of another container belong to the host's user namespace)",
     );
-    check(!c.control, "cannot be combined with control = true (the control socket is host root's, mode 0600)");
     check(
         c.security.devices.is_empty(),
         "cannot be combined with devices (a host device node stays owned by host root, unusable inside)",
@@ -1376,7 +1440,6 @@ pub(crate) mod tests {
             },
             depends_on: deps.iter().map(|d| s(d)).collect(),
             stop: Stop { signal: 15, grace_ms: 2000 },
-            control: false,
             groups: Vec::new(),
             security: Security::default(),
             network: Network::None,
@@ -1384,7 +1447,33 @@ pub(crate) mod tests {
             console: false,
             critical: true,
             mounts: Vec::new(),
+            permissions: Vec::new(),
+            log_size: DEFAULT_LOG_SIZE,
         }
+    }
+
+    #[test]
+    fn permissions_and_log_size_are_checked() {
+        let mut c = container("web", &[]);
+        c.permissions = vec![Permission::Status, Permission::Power];
+        assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
+        c.permissions.push(Permission::Status);
+        assert!(matches!(
+            manifest(&[c.clone()]).validate(),
+            Err(ValidationError::LimitOutOfRange { limit: "permissions (one twice)", .. })
+        ));
+        c.permissions.pop();
+        for bad in [0, MIN_LOG_SIZE - 1, MAX_LOG_SIZE + 1] {
+            c.log_size = bad;
+            assert!(matches!(
+                manifest(&[c.clone()]).validate(),
+                Err(ValidationError::LimitOutOfRange { limit: "log_size", .. })
+            ));
+        }
+        for p in Permission::ALL {
+            assert_eq!(Permission::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Permission::from_name("root"), None);
     }
 
     /// Verity parameters that fit an image of `size` bytes.
@@ -1552,11 +1641,13 @@ pub(crate) mod tests {
         bad.uid = 70_000;
         bad.groups = vec![5, 70_001];
         bad.network = Network::Host;
-        bad.control = true;
+        // Permissions are checked per request, from any uid: allowed.
+        bad.permissions = vec![Permission::Status];
         let all = reasons(&bad);
-        for want in ["container's uid is not in uid_map", "supplementary group", "network", "control"] {
+        for want in ["container's uid is not in uid_map", "supplementary group", "network"] {
             assert!(all.contains(want), "{want} missing from {all}");
         }
+        assert!(!all.contains("permission"), "{all}");
         let mut bad = c.clone();
         bad.security.userns = userns(&[range(1, 100_000, 10)], &[range(0, 0, 10), range(5, 200_000, 1)]);
         let all = reasons(&bad);

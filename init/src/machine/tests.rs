@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::control::Permission;
 use crate::policy::RestartPolicy;
 
 /// What the core asked for, in order.
@@ -99,7 +100,7 @@ fn unit(name: &str, policy: RestartPolicy, deps: &[usize]) -> UnitDesc {
         restart: Restart { policy, backoff_initial_ms: 100, backoff_max_ms: 400 },
         stop_signal: 15,
         grace_ms: 500,
-        control: false,
+        permissions: Permissions(0),
     }
 }
 
@@ -567,19 +568,20 @@ fn a_unit_killed_at_shutdown_during_setup_is_waited_for_then_given_up_on() {
 #[test]
 fn control_requests_are_checked_and_signals_spaced() {
     let mut ctl = unit("ctl", RestartPolicy::Never, &[]);
-    ctl.control = true;
+    ctl.permissions = Permissions::of(&[Permission::Status, Permission::Lifecycle, Permission::Power]);
     let mut m = machine(vec![ctl, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
     let mut fx = Recorder::new();
     let t = Instant::now();
     all_running(&mut m, &mut fx, t);
     let x = pid(&m, 1);
     let other = Caller::Container("x".into());
-    assert_eq!(m.answer(&other, "status", t, &mut fx), "error not permitted");
-    assert_eq!(m.answer(&Caller::Unknown, "status", t, &mut fx), "error not permitted");
+    assert_eq!(reply(m.answer(&other, "cairn/1 status", t, &mut fx)), "error not permitted");
+    assert_eq!(reply(m.answer(&Caller::Unknown, "cairn/1 status", t, &mut fx)), "error not permitted");
+    fx.take();
     let ctl = Caller::Container("ctl".into());
-    assert_eq!(m.answer(&ctl, "status", t, &mut fx), "ok ctl=running x=running");
-    assert_eq!(m.answer(&ctl, "signal ghost 15", t, &mut fx), "error no container ghost");
-    assert_eq!(m.answer(&Caller::Host, "signal x 19,18", t, &mut fx), "ok");
+    assert_eq!(reply(m.answer(&ctl, "cairn/1 status", t, &mut fx)), "ok ctl=running x=running");
+    assert_eq!(reply(m.answer(&ctl, "cairn/1 signal ghost 15", t, &mut fx)), "error no container ghost");
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 signal x 19,18", t, &mut fx)), "ok");
     assert_eq!(m.next_deadline(), Some(t));
     assert!(m.fire_signals(t, &mut fx));
     assert_eq!(
@@ -597,12 +599,12 @@ fn control_requests_are_checked_and_signals_spaced() {
     assert_eq!(fx.take().first(), Some(&Act::Signal { pid: x, signal: 18 }));
     let many = vec!["9"; MAX_PENDING_SIGNALS + 1].join(",");
     assert_eq!(
-        m.answer(&Caller::Host, &format!("signal x {many}"), t, &mut fx),
+        reply(m.answer(&Caller::Host, &format!("cairn/1 signal x {many}"), t, &mut fx)),
         "error busy: too many signals pending"
     );
     m.exited(1, Exit::Code(0), t, &mut fx);
-    assert_eq!(m.answer(&Caller::Host, "signal x 15", t, &mut fx), "error x is not running");
-    assert_eq!(m.answer(&Caller::Host, "poweroff", t, &mut fx), "ok");
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 signal x 15", t, &mut fx)), "error x is not running");
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 poweroff", t, &mut fx)), "ok");
     assert!(fx.events().iter().any(|e| e == "event=shutdown.start kind=poweroff reason=control hostname=box"));
 }
 
@@ -619,4 +621,105 @@ fn a_due_backoff_during_a_shutdown_is_not_a_start() {
     assert!(fx.take().is_empty());
     assert_eq!(m.restarts(0), 0);
     assert_eq!(m.state(0), Some(State::Stopped));
+}
+
+fn reply(a: Answer) -> String {
+    match a {
+        Answer::Reply(r) => r,
+        other => panic!("not a plain reply: {other:?}"),
+    }
+}
+
+#[test]
+fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
+    let mut web = unit("web", RestartPolicy::Never, &[]);
+    web.permissions = Permissions::of(&[Permission::Status]);
+    let mut m = machine(vec![web, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
+    let mut fx = Recorder::new();
+    let t = Instant::now();
+    all_running(&mut m, &mut fx, t);
+    let web = Caller::Container("web".into());
+    let none = Caller::Container("x".into());
+    let cases = [
+        ("ps", "status"),
+        ("status", "status"),
+        ("events --follow", "status"),
+        ("logs web", "logs"),
+        ("start x", "lifecycle"),
+        ("stop x", "lifecycle"),
+        ("restart x", "lifecycle"),
+        ("signal x 15", "lifecycle"),
+        ("poweroff", "power"),
+        ("reboot", "power"),
+        ("exec x -- sh", "exec"),
+        ("update", "update"),
+    ];
+    for (req, needs) in cases {
+        let verb = req.split(' ').next().unwrap();
+        for caller in [&none, &Caller::Unknown] {
+            assert_eq!(reply(m.answer(caller, &format!("cairn/1 {req}"), t, &mut fx)), "error not permitted", "{req}");
+            assert_eq!(
+                fx.events(),
+                [format!("event=control.refused caller={} request={verb} needs={needs}", caller.name())]
+            );
+        }
+        let granted = m.answer(&web, &format!("cairn/1 {req}"), t, &mut fx);
+        assert_eq!(granted != Answer::Reply("error not permitted".into()), needs == "status", "{req}: {granted:?}");
+        fx.take();
+    }
+    assert!(matches!(m.answer(&web, "cairn/1 ps", t, &mut fx), Answer::Ps(rows) if rows.len() == 2));
+    assert_eq!(m.answer(&web, "cairn/1 events", t, &mut fx), Answer::Events);
+    // No version word: refused as a protocol error, before any permission.
+    assert_eq!(reply(m.answer(&none, "status", t, &mut fx)), "error unsupported protocol (this is cairn/1)");
+    assert!(fx.events().is_empty());
+    assert_eq!(m.state(1).map(State::name), Some("running"), "nothing refused had an effect");
+    assert!(!m.shutting_down());
+}
+
+#[test]
+fn stop_start_and_restart_override_the_policy_once() {
+    let mut m = machine(vec![unit("a", RestartPolicy::Always, &[])], &[0]);
+    let mut fx = Recorder::new();
+    let t = Instant::now();
+    all_running(&mut m, &mut fx, t);
+    let a = pid(&m, 0);
+    let host = Caller::Host;
+    assert_eq!(reply(m.answer(&host, "cairn/1 stop a", t, &mut fx)), "ok");
+    assert_eq!(
+        fx.take(),
+        [
+            Act::Event("event=container.stopping name=a signal=15 grace_ms=500 reason=control".into()),
+            Act::Signal { pid: a, signal: 15 }
+        ]
+    );
+    m.exited(0, Exit::Signal(15), t + ms(10), &mut fx);
+    assert_eq!(fx.events(), ["event=container.stopped name=a reason=control"]);
+    assert_eq!(m.state(0), Some(State::Stopped), "always, yet stopped: the operator asked");
+    assert_eq!(reply(m.answer(&host, "cairn/1 stop a", t, &mut fx)), "ok");
+    assert_eq!(reply(m.answer(&host, "cairn/1 start a", t, &mut fx)), "ok");
+    m.step(t + ms(20), &mut fx);
+    assert!(matches!(m.state(0), Some(State::Starting { .. })));
+    assert_eq!(reply(m.answer(&host, "cairn/1 start a", t, &mut fx)), "error a is starting");
+    assert!(!m.settle(0, Report::Done { exec_failed: None }, None, t + ms(30), &mut fx));
+    let a = pid(&m, 0);
+    fx.take();
+    assert_eq!(reply(m.answer(&host, "cairn/1 restart a", t + ms(40), &mut fx)), "ok");
+    m.exited(0, Exit::Signal(15), t + ms(50), &mut fx);
+    assert_eq!(m.state(0), Some(State::Waiting));
+    fx.take();
+    m.step(t + ms(50), &mut fx);
+    assert!(matches!(fx.take().first(), Some(Act::Spawn { unit: 0, .. })), "started again at once");
+    assert_ne!(m.state(0).and_then(State::pid), Some(a));
+    let rows = m.ps(t + ms(60));
+    assert_eq!(rows.first().map(|r| (r.state, r.last_exit.clone())), Some(("starting", Some("signal=15".into()))));
+    assert_eq!(reply(m.answer(&host, "cairn/1 stop ghost", t, &mut fx)), "error no container ghost");
+    assert_eq!(m.answer(&host, "cairn/1 logs @kernel --since 1.5", t, &mut fx), Answer::KernelLog { since_ms: 1500 });
+    assert_eq!(
+        reply(m.answer(&host, "cairn/1 logs @kernel --follow", t, &mut fx)),
+        "error --follow is not served for @kernel"
+    );
+    assert_eq!(
+        m.answer(&host, "cairn/1 logs a --follow", t, &mut fx),
+        Answer::Logs { unit: 0, since_ms: 0, follow: true }
+    );
 }

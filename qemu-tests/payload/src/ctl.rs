@@ -11,7 +11,7 @@ use crate::{say, sys};
 /// Default socket path; `CAIRN_CONTROL` overrides it.
 pub const DEFAULT_PATH: &str = "/run/cairn/control";
 /// Largest reply read.
-const REPLY_MAX: usize = 4096;
+const REPLY_MAX: usize = 64 * 1024;
 /// Connect attempts while the socket is not there yet (100 ms apart).
 const CONNECT_TRIES: u32 = 20;
 
@@ -70,9 +70,25 @@ fn report(request: &str, path: &std::ffi::OsStr, outcome: Result<Vec<u8>, (&'sta
     }
 }
 
-/// Connect (retrying briefly while the socket is absent), send, receive.
-/// Errors name the step and carry errno.
+/// The protocol word (docs/control.md).
+pub const VERSION: &[u8] = b"cairn/1 ";
+
+/// Send `request` (with the protocol word put in front unless it starts
+/// with `cairn/`) and return the reply without the protocol word.
 pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i32)> {
+    let mut full = Vec::with_capacity(request.len() + VERSION.len());
+    if !request.starts_with(b"cairn/") {
+        full.extend_from_slice(VERSION);
+    }
+    full.extend_from_slice(request);
+    let (_fd, reply) = exchange_raw(path, &full)?;
+    Ok(reply.strip_prefix(VERSION).map(<[u8]>::to_vec).unwrap_or(reply))
+}
+
+/// Connect (retrying briefly while the socket is absent), send, receive
+/// the first reply; the connection is returned for a stream's next
+/// messages. Errors name the step and carry errno.
+pub fn exchange_raw(path: &[u8], request: &[u8]) -> Result<(OwnedFd, Vec<u8>), (&'static str, i32)> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -128,6 +144,12 @@ pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i
         return Err(("send", sys::errno()));
     }
 
+    let reply = recv(&fd)?;
+    Ok((fd, reply))
+}
+
+/// One message from the socket.
+pub fn recv(fd: &OwnedFd) -> Result<Vec<u8>, (&'static str, i32)> {
     let mut buf = vec![0u8; REPLY_MAX];
     loop {
         // SAFETY: `buf` is writable for its full length; recv writes at most that.
@@ -141,4 +163,185 @@ pub fn exchange(path: &[u8], request: &[u8]) -> Result<Vec<u8>, (&'static str, i
             return Err(("recv", e));
         }
     }
+}
+
+/// `ctl-each [--delay-ms N] REQUEST...`: each argument one request (words
+/// separated by spaces), sent in order on its own connection:
+/// `event=ctl request=R reply=Y` each, Y the reply's first line; each
+/// further line L as `event=ctl-line request=R line=L`. An argument
+/// `sleep:MS` pauses instead. Exit 0.
+pub fn run_each(delay_ms: u64, requests: &[String]) -> i32 {
+    if delay_ms > 0 {
+        sys::sleep_ms(delay_ms);
+    }
+    let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    let held = hold_term();
+    for request in requests {
+        if let Some(ms) = request.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+            sys::sleep_ms(ms);
+            continue;
+        }
+        match exchange(path.as_bytes(), request.as_bytes()) {
+            Ok(reply) => {
+                let reply = String::from_utf8_lossy(&reply);
+                let mut lines = reply.lines();
+                say!("event=ctl request={} reply={}", V(request), V(lines.next().unwrap_or("").trim()));
+                for l in lines {
+                    say!("event=ctl-line request={} line={}", V(request), V(l));
+                }
+            }
+            Err(e) => {
+                report(request, &path, Err(e));
+            }
+        }
+    }
+    release_term(held);
+    0
+}
+
+/// Every message of a stream request until `cairn/1 end` (or the
+/// connection ends): the first reply, then the lines.
+fn stream(path: &[u8], request: &str) -> Result<(String, Vec<String>), (&'static str, i32)> {
+    let mut full = VERSION.to_vec();
+    full.extend_from_slice(request.as_bytes());
+    let (fd, first) = exchange_raw(path, &full)?;
+    let mut lines = Vec::new();
+    loop {
+        let m = recv(&fd)?;
+        if m.is_empty() || m == b"cairn/1 end" {
+            break;
+        }
+        lines.push(String::from_utf8_lossy(&m).into_owned());
+    }
+    Ok((String::from_utf8_lossy(&first).into_owned(), lines))
+}
+
+/// A field `key=value` of a `ps` line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// `logs-check NAME`: waits (up to 120 s) until `ps` shows NAME stopped,
+/// then prints PID 1's memory from `ps`
+/// (`event=init-memory rss=B hwm=B`), reads `logs NAME` whole
+/// (`event=logs lines=N lost=K first_t=T last=L before_last=L2`), then
+/// `logs NAME --since T` with T the time of the middle line
+/// (`event=logs-since since=T lines=M older=O`, O lines older than T) and
+/// asks for `poweroff`. Exit 0, or 1 on a failed request.
+pub fn logs_check(name: &str) -> i32 {
+    let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    let path = path.as_bytes();
+    let mut ps = String::new();
+    for _ in 0..600 {
+        match exchange(path, b"ps") {
+            Ok(r) => ps = String::from_utf8_lossy(&r).into_owned(),
+            Err((step, errno)) => {
+                say!("event=logs-check error={step} errno={errno}");
+                return 1;
+            }
+        }
+        let stopped = ps.lines().any(|l| field(l, "name") == Some(name) && field(l, "state") == Some("stopped"));
+        if stopped {
+            break;
+        }
+        sys::sleep_ms(200);
+    }
+    let init = ps.lines().find(|l| field(l, "name") == Some("cairn-init")).unwrap_or("");
+    say!(
+        "event=init-memory rss={} hwm={}",
+        V(field(init, "memory").unwrap_or("-")),
+        V(field(init, "memory_peak").unwrap_or("-"))
+    );
+    let (first, lines) = match stream(path, &format!("logs {name}")) {
+        Ok(x) => x,
+        Err((step, errno)) => {
+            say!("event=logs error={step} errno={errno}");
+            return 1;
+        }
+    };
+    let lost: u64 =
+        lines.iter().filter_map(|l| l.strip_prefix("cairn/1 lost ")).filter_map(|n| n.parse::<u64>().ok()).sum();
+    let text: Vec<&String> = lines.iter().filter(|l| !l.starts_with("cairn/1 ")).collect();
+    let t_of = |l: &str| l.split(' ').next().unwrap_or("").to_owned();
+    let strip = |l: &str| l.split_once(' ').map_or(String::new(), |(_, r)| r.chars().take(60).collect());
+    say!(
+        "event=logs reply={} lines={} lost={lost} first_t={} last={} before_last={}",
+        V(&first),
+        text.len(),
+        V(&text.first().map(|l| t_of(l)).unwrap_or_default()),
+        V(&text.last().map(|l| strip(l)).unwrap_or_default()),
+        V(&text.len().checked_sub(2).and_then(|k| text.get(k)).map(|l| strip(l)).unwrap_or_default())
+    );
+    let since = text.get(text.len() / 2).map(|l| t_of(l)).unwrap_or_default();
+    let ms = |t: &str| -> u64 {
+        let (s, f) = t.split_once('.').unwrap_or((t, "0"));
+        s.parse::<u64>().unwrap_or(0) * 1000 + f.parse::<u64>().unwrap_or(0)
+    };
+    match stream(path, &format!("logs {name} --since {since}")) {
+        Ok((first, lines)) => {
+            let text: Vec<&String> = lines.iter().filter(|l| !l.starts_with("cairn/1 ")).collect();
+            let older = text.iter().filter(|l| ms(&t_of(l)) < ms(&since)).count();
+            say!("event=logs-since reply={} since={} lines={} older={older}", V(&first), V(&since), text.len());
+        }
+        Err((step, errno)) => say!("event=logs-since error={step} errno={errno}"),
+    }
+    match stream(path, "logs @kernel") {
+        Ok((first, lines)) => {
+            let linux = lines.iter().any(|l| l.contains(" Linux version "));
+            say!("event=kernel-log reply={} lines={} linux={}", V(&first), lines.len(), u8::from(linux));
+        }
+        Err((step, errno)) => say!("event=kernel-log error={step} errno={errno}"),
+    }
+    run_each(0, &["poweroff".to_owned()])
+}
+
+/// `flood <mib>`: writes `mib` MiB of 100-byte lines `flood N xxx...` to
+/// stdout as fast as it can (64 KiB writes), then
+/// `event=flood-done lines=N bytes=B`; exit 0.
+pub fn flood(mib: u64) -> i32 {
+    let total = mib * 1024 * 1024;
+    let (mut written, mut n) = (0u64, 0u64);
+    let mut buf = Vec::with_capacity(64 * 1024 + 128);
+    while written < total {
+        buf.clear();
+        while buf.len() < 64 * 1024 {
+            let mut line = format!("flood {n:08} ");
+            line.extend(std::iter::repeat_n('x', 99 - line.len()));
+            line.push('\n');
+            buf.extend_from_slice(line.as_bytes());
+            n += 1;
+        }
+        sys::write_all(1, &buf);
+        written += buf.len() as u64;
+    }
+    say!("event=flood-done lines={n} bytes={written}");
+    0
+}
+
+/// `ctl-hold <seconds> <request>...`: sends the request (a stream), prints
+/// `event=hold reply=R`, reads nothing for `seconds`, then reads what is
+/// there until the connection ends: `event=hold-done messages=N end=<eof|errno>`.
+pub fn hold(seconds: u64, words: &[String]) -> i32 {
+    let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    let mut full = VERSION.to_vec();
+    full.extend_from_slice(words.join(" ").as_bytes());
+    let (fd, first) = match exchange_raw(path.as_bytes(), &full) {
+        Ok(x) => x,
+        Err((step, errno)) => {
+            say!("event=hold error={step} errno={errno}");
+            return 1;
+        }
+    };
+    say!("event=hold reply={}", V(&String::from_utf8_lossy(&first)));
+    sys::sleep_ms(seconds * 1000);
+    let mut messages = 0u64;
+    let end = loop {
+        match recv(&fd) {
+            Ok(m) if m.is_empty() => break "eof".to_owned(),
+            Ok(_) => messages += 1,
+            Err((_, errno)) => break errno.to_string(),
+        }
+    };
+    say!("event=hold-done messages={messages} end={end}");
+    0
 }

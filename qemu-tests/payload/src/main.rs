@@ -44,6 +44,11 @@
 //!   (default `/run/cairn/control`), reads one reply (at most 4096 bytes):
 //!   `event=ctl request=R reply=Y`; exit 0 if the reply starts with `ok`,
 //!   else 1. On failure `event=ctl request=R error=<socket|connect|send|recv|path> errno=E path=P`, exit 1.
+//! - `ctl-each [--delay-ms N] <request>...`: each argument one request, in
+//!   order: `event=ctl request=R reply=Y` each; exit 0.
+//! - `logs-check <name>`: see `ctl::logs_check` (the `logs` scenario).
+//! - `flood <mib>`: see `ctl::flood`.
+//! - `ctl-hold <seconds> <request>...`: see `ctl::hold`.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
 //! - `hostile`: as root in a hardened container, tries escapes and kernel
 //!   interfaces one by one (see `hostile.rs` for exactly what each does); per
@@ -203,6 +208,14 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
             }
             ctl::run(delay, words)
         }
+        "ctl-each" => {
+            let (delay, first) =
+                if a.0.get(2).is_some_and(|s| s == "--delay-ms") { (a.num(3, "delay_ms")?, 4) } else { (0, 2) };
+            ctl::run_each(delay, a.0.get(first..).unwrap_or(&[]))
+        }
+        "logs-check" => ctl::logs_check(a.0.get(2).map_or("", String::as_str)),
+        "flood" => ctl::flood(a.num(2, "mib")?),
+        "ctl-hold" => ctl::hold(a.num(2, "seconds")?, a.0.get(3..).unwrap_or(&[])),
         "sleep" => signals::sleep(a.num(2, "ms")?),
         "hostile" => hostile::run(),
         "attempt" => hostile::one(a.0.get(2).map_or("", String::as_str)),

@@ -38,6 +38,9 @@ mod ota;
 mod watchdog;
 // Volumes (issue 14 item 1).
 mod volumes;
+// Operating a running appliance (issue 14).
+mod control_permissions;
+mod logs;
 
 use std::time::Duration;
 
@@ -96,6 +99,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.
         Scenario { name: "volumes", run: volumes::run },
+        // Operating a running appliance (issue 14): control permissions, logs.
+        Scenario { name: "control-permissions", run: control_permissions::run },
+        Scenario { name: "logs", run: logs::run },
     ]
 }
 

@@ -1,0 +1,278 @@
+//! `cairn-ctl`'s pure part: command line to request line, reply to output
+//! (for people, or JSON with `--json`). The protocol is `cairn/1`
+//! (docs/control.md).
+
+/// The protocol word.
+pub const VERSION: &str = "cairn/1";
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The request line, protocol word included.
+    pub request: String,
+    /// Print JSON.
+    pub json: bool,
+    /// A stream (`logs`, `events`): print every message until the end.
+    pub stream: bool,
+    /// The request is `ps` (a table).
+    pub ps: bool,
+    /// Socket path.
+    pub socket: String,
+}
+
+/// Default socket path inside a container; `CAIRN_CONTROL` overrides it.
+pub const DEFAULT_SOCKET: &str = "/run/cairn/control";
+/// The socket path on the host.
+pub const HOST_SOCKET: &str = "/run/cairn/control/control";
+
+/// Usage text.
+pub const USAGE: &str = "usage: cairn-ctl [--json] [--socket PATH] COMMAND
+commands:
+  status | ps
+  start NAME | stop NAME | restart NAME
+  signal NAME SIG[,SIG...]
+  poweroff | reboot
+  logs NAME [--since SECONDS] [--follow]
+  events [--follow]";
+
+/// Parse `args` (without the program name).
+pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
+    let mut json = false;
+    let mut socket = socket_env;
+    let mut words: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" if words.is_empty() => json = true,
+            "--socket" if words.is_empty() => socket = Some(it.next().ok_or("--socket needs a path")?.clone()),
+            "-h" | "--help" => return Err(USAGE.into()),
+            w => words.push(w),
+        }
+    }
+    let ok = match words.as_slice() {
+        ["status" | "ps" | "poweroff" | "reboot"] => true,
+        ["start" | "stop" | "restart", _] => true,
+        ["signal", _, _] => true,
+        ["events"] | ["events", "--follow"] => true,
+        ["logs", _, rest @ ..] => logs_options_ok(rest),
+        _ => false,
+    };
+    if !ok {
+        return Err(USAGE.into());
+    }
+    let first = words.first().copied().unwrap_or_default();
+    let socket = socket.unwrap_or_else(|| {
+        if std::path::Path::new(HOST_SOCKET).exists() {
+            HOST_SOCKET.into()
+        } else {
+            DEFAULT_SOCKET.into()
+        }
+    });
+    Ok(Command {
+        request: format!("{VERSION} {}", words.join(" ")),
+        json,
+        stream: matches!(first, "logs" | "events"),
+        ps: first == "ps",
+        socket,
+    })
+}
+
+fn logs_options_ok(rest: &[&str]) -> bool {
+    let mut it = rest.iter();
+    while let Some(o) = it.next() {
+        match *o {
+            "--follow" | "-f" => {}
+            "--since" => {
+                if it.next().is_none() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A reply split: `Ok(body)` after `cairn/1 ok`, `Err(reason)` after
+/// `cairn/1 error`.
+pub fn split_reply(reply: &str) -> Result<&str, String> {
+    let rest = reply.strip_prefix(VERSION).map(str::trim_start).ok_or_else(|| format!("bad reply {reply:?}"))?;
+    if let Some(body) = rest.strip_prefix("ok") {
+        Ok(body.strip_prefix(['\n', ' ']).unwrap_or(body))
+    } else if let Some(reason) = rest.strip_prefix("error") {
+        Err(reason.trim().into())
+    } else {
+        Err(format!("bad reply {reply:?}"))
+    }
+}
+
+/// `key=value` fields of a line (values without spaces).
+pub fn fields(line: &str) -> Vec<(&str, &str)> {
+    line.split(' ').filter_map(|kv| kv.split_once('=')).collect()
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON value for a `ps` field: numbers as numbers, `-` as null.
+fn json_value(key: &str, v: &str) -> String {
+    if v == "-" {
+        "null".into()
+    } else if key != "name" && key != "state" && key != "last_exit" && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.into()
+    } else {
+        json_string(v)
+    }
+}
+
+/// `ps` body as a JSON array of objects.
+pub fn ps_json(body: &str) -> String {
+    let rows: Vec<String> = body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<String> =
+                fields(l).iter().map(|(k, v)| format!("{}:{}", json_string(k), json_value(k, v))).collect();
+            format!("{{{}}}", f.join(","))
+        })
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
+/// Bytes for people: `512B`, `12.3K`, `4.0M`.
+pub fn human_bytes(v: &str) -> String {
+    let Ok(n) = v.parse::<u64>() else { return v.into() };
+    match n {
+        0..1024 => format!("{n}B"),
+        1024..1_048_576 => format!("{:.1}K", n as f64 / 1024.0),
+        _ => format!("{:.1}M", n as f64 / 1_048_576.0),
+    }
+}
+
+/// `ps` body as a table for people.
+pub fn ps_table(body: &str) -> String {
+    let cols = [
+        ("NAME", "name"),
+        ("STATE", "state"),
+        ("PID", "pid"),
+        ("UPTIME", "uptime_ms"),
+        ("RESTARTS", "restarts"),
+        ("LAST EXIT", "last_exit"),
+        ("MEM", "memory"),
+        ("PEAK", "memory_peak"),
+        ("CPU", "cpu_us"),
+        ("PIDS", "pids"),
+        ("OOM", "oom_kills"),
+    ];
+    let rows: Vec<Vec<String>> = body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f = fields(l);
+            cols.iter()
+                .map(|(_, key)| {
+                    let v = f.iter().find(|(k, _)| k == key).map_or("-", |(_, v)| v);
+                    match *key {
+                        "memory" | "memory_peak" => human_bytes(v),
+                        "uptime_ms" => v.parse::<u64>().map_or(v.into(), |ms| format!("{}s", ms / 1000)),
+                        "cpu_us" => v.parse::<u64>().map_or(v.into(), |us| format!("{:.2}s", us as f64 / 1e6)),
+                        _ => v.into(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = cols.iter().map(|(h, _)| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(cols.iter().map(|(h, _)| *h).collect())];
+    for r in &rows {
+        out.push(line(r.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+/// One stream message for output: a log or event line as it is, JSON as
+/// `{"line": ...}`; `cairn/1 lost N` as a note.
+pub fn stream_line(msg: &str, json: bool) -> String {
+    match (msg.strip_prefix("cairn/1 lost "), json) {
+        (Some(n), false) => format!("-- {n} lines lost --"),
+        (Some(n), true) => format!("{{\"lost\":{}}}", n.parse::<u64>().unwrap_or(0)),
+        (None, false) => msg.into(),
+        (None, true) => format!("{{\"line\":{}}}", json_string(msg)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split(' ').filter(|w| !w.is_empty()).map(String::from).collect()
+    }
+
+    #[test]
+    fn command_lines_become_requests() {
+        let c = parse_args(&args("--json ps"), Some("/s".into())).unwrap();
+        assert_eq!(
+            (c.request.as_str(), c.json, c.ps, c.stream, c.socket.as_str()),
+            ("cairn/1 ps", true, true, false, "/s")
+        );
+        let c = parse_args(&args("logs web --since 12.5 --follow"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 logs web --since 12.5 --follow");
+        assert!(c.stream);
+        let c = parse_args(&args("--socket /x restart web"), None).unwrap();
+        assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
+        for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {
+            assert!(parse_args(&args(bad), None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replies_split_and_render() {
+        assert_eq!(split_reply("cairn/1 ok"), Ok(""));
+        assert_eq!(split_reply("cairn/1 ok a=b"), Ok("a=b"));
+        assert_eq!(split_reply("cairn/1 ok\nx=1\ny=2"), Ok("x=1\ny=2"));
+        assert_eq!(split_reply("cairn/1 error not permitted"), Err("not permitted".into()));
+        assert!(split_reply("ok").is_err());
+        let body = "name=web state=running pid=42 uptime_ms=61000 restarts=1 last_exit=code=1 memory=4096 memory_peak=2097152 cpu_us=1500000 pids=3 oom_kills=-";
+        assert_eq!(
+            ps_json(body),
+            r#"[{"name":"web","state":"running","pid":42,"uptime_ms":61000,"restarts":1,"last_exit":"code=1","memory":4096,"memory_peak":2097152,"cpu_us":1500000,"pids":3,"oom_kills":null}]"#
+        );
+        let t = ps_table(body);
+        let mut lines = t.lines();
+        assert!(lines.next().unwrap().starts_with("NAME  STATE    PID  UPTIME  RESTARTS  LAST EXIT  MEM"));
+        assert_eq!(
+            lines.next().unwrap(),
+            "web   running  42   61s     1         code=1     4.0K  2.0M  1.50s  3     -"
+        );
+        assert_eq!(stream_line("12.000 hi \"x\"", true), r#"{"line":"12.000 hi \"x\""}"#);
+        assert_eq!(stream_line("cairn/1 lost 3", false), "-- 3 lines lost --");
+        assert_eq!(json_string("a\u{1}"), "\"a\\u0001\"");
+    }
+}

@@ -1,0 +1,124 @@
+//! `cairn-ctl`: a small static client of cairn-init's control socket.
+//! Output for people by default, `--json` for scripts. Exit 0 on `ok`, 1
+//! on an error reply, 2 on a usage or connection problem.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_line, Command};
+
+/// Largest message read.
+const MESSAGE_MAX: usize = 64 * 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match parse_args(&args, std::env::var("CAIRN_CONTROL").ok()) {
+        Ok(c) => c,
+        Err(usage) => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(run(&cmd));
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn run(cmd: &Command) -> i32 {
+    let fd = match connect(&cmd.socket) {
+        Ok(fd) => fd,
+        Err((step, e)) => {
+            eprintln!("cairn-ctl: {step} {}: {}", cmd.socket, std::io::Error::from_raw_os_error(e));
+            return 2;
+        }
+    };
+    // SAFETY: `request` is a live slice; send reads at most its length.
+    let sent =
+        unsafe { libc::send(fd.as_raw_fd(), cmd.request.as_ptr().cast(), cmd.request.len(), libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        eprintln!("cairn-ctl: send: {}", std::io::Error::last_os_error());
+        return 2;
+    }
+    let Some(reply) = recv(&fd) else {
+        eprintln!("cairn-ctl: no reply");
+        return 2;
+    };
+    let body = match split_reply(&reply) {
+        Ok(body) => body,
+        Err(reason) => {
+            if cmd.json {
+                println!("{{\"error\":{}}}", cairn_ctl::json_string(&reason));
+            } else {
+                eprintln!("cairn-ctl: {reason}");
+            }
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if cmd.stream {
+        while let Some(msg) = recv(&fd) {
+            if msg.is_empty() || msg == "cairn/1 end" {
+                break;
+            }
+            if writeln!(out, "{}", stream_line(&msg, cmd.json)).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+        return 0;
+    }
+    let text = match (cmd.ps, cmd.json) {
+        (true, true) => ps_json(body),
+        (true, false) => ps_table(body),
+        (false, true) => format!("{{\"ok\":{}}}", cairn_ctl::json_string(body)),
+        (false, false) => body.to_owned(),
+    };
+    if !text.is_empty() {
+        let _ = writeln!(out, "{text}");
+    }
+    0
+}
+
+fn connect(path: &str) -> Result<OwnedFd, (&'static str, i32)> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(("path", libc::ENAMETOOLONG));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: socket takes plain integers and returns a new fd or -1.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(("socket", errno()));
+    }
+    // SAFETY: `raw` is a freshly created fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` covers the
+    // family and the NUL-terminated path inside it.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(("connect", errno()));
+    }
+    Ok(fd)
+}
+
+/// One message (None on error or hang-up).
+fn recv(fd: &OwnedFd) -> Option<String> {
+    let mut buf = vec![0u8; MESSAGE_MAX];
+    loop {
+        // SAFETY: `buf` is writable for its full length; recv writes at most that.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            buf.truncate(n.unsigned_abs());
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        if errno() != libc::EINTR {
+            return None;
+        }
+    }
+}
