@@ -231,7 +231,8 @@ pub fn capture(mut cmd: Command, log: &Path, timeout: Duration, stop: &dyn Fn(&C
         if left.is_zero() {
             break Ending::TimedOut;
         }
-        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+        // A stop that waits on a delay is asked again at least every 50 ms.
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
             Ok(line) => {
                 let _ = logf.write_all(line.as_bytes());
                 console.push(&line);

@@ -328,11 +328,13 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
     let mut mid_cut: Option<cairn_format::journal::Journal> = None;
     let mut durable_at_cut = 0usize;
     for (k, (event, installing)) in CUTS.iter().enumerate() {
-        // After `update.manifest-written` only one throttled write (the
-        // stage, ~0.4 s later) remains: a third of the delay keeps the cut
-        // before it even when the console is quiet (the stop is polled
-        // every 200 ms).
-        let delay = if *event == "update.manifest-written" { next_delay() / 3 } else { next_delay() };
+        // After `update.layer-written` the manifest follows within
+        // milliseconds and then only one throttled write (the stage, ~0.4 s
+        // later) remains: a third of the delay keeps these two cuts before
+        // it (the stop is asked at least every 50 ms). A cut after the stage
+        // would leave the next boot nothing of the install to reach.
+        let close_to_stage = matches!(*event, "update.layer-written" | "update.manifest-written");
+        let delay = if close_to_stage { next_delay() / 3 } else { next_delay() };
         let log = format!("cut-{k}-{event}.log");
         if *event == MID_LAYER {
             eprintln!("ota-powercut: cut {k} once the journal counts 2 to 4 chunks of the layer");
@@ -343,7 +345,7 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
         let counted = std::cell::RefCell::new(None);
         let stop = |c: &Console| {
             if *event == MID_LAYER {
-                // Polled at least every 200 ms: the journal on the disk
+                // Polled at least every 50 ms: the journal on the disk
                 // counts at least two chunks of the layer and not all.
                 let Ok(Some(j)) = journal_on(&disk, &layout) else { return false };
                 let counted_now = j.parts.first().map_or(0, |p| p.chunks);
@@ -405,6 +407,10 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
             *event == MID_LAYER || c.first(event, &[]).is_some(),
             "{at}: the boot never reached {event} ({:?})",
             run.ending
+        );
+        ensure!(
+            !close_to_stage || c.first("update.staged", &[]).is_none(),
+            "{at}: the power went after update.staged, not before it: the next boot has nothing of the install to reach"
         );
         if *event == MID_LAYER {
             ensure!(run.ending == Ending::Stopped, "{at}: the layer was written before a cut could land in it");
