@@ -18,6 +18,8 @@ pub struct Command {
     pub ps: bool,
     /// Socket path.
     pub socket: String,
+    /// `update FILE`: the file whose descriptor goes with the request.
+    pub pass: Option<String>,
 }
 
 /// Default socket path inside a container; `CAIRN_CONTROL` overrides it.
@@ -33,7 +35,8 @@ commands:
   signal NAME SIG[,SIG...]
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
-  events [--follow]";
+  events [--follow]
+  update BUNDLE    (a file or block device; its descriptor is passed)";
 
 /// Parse `args` (without the program name).
 pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
@@ -55,6 +58,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["signal", _, _] => true,
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
+        ["update", _] => true,
         _ => false,
     };
     if !ok {
@@ -68,12 +72,18 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
             DEFAULT_SOCKET.into()
         }
     });
+    // The bundle is not named in the request: its descriptor goes with it.
+    let (request_words, pass) = match words.as_slice() {
+        ["update", file] => (&words[..1], Some((*file).to_owned())),
+        _ => (&words[..], None),
+    };
     Ok(Command {
-        request: format!("{VERSION} {}", words.join(" ")),
+        request: format!("{VERSION} {}", request_words.join(" ")),
         json,
-        stream: matches!(first, "logs" | "events"),
+        stream: matches!(first, "logs" | "events" | "update"),
         ps: first == "ps",
         socket,
+        pass,
     })
 }
 
@@ -215,6 +225,20 @@ pub fn ps_table(body: &str) -> String {
     out.join("\n")
 }
 
+/// How a stream ends: `cairn/1 end[ BODY]` (`Ok(BODY)`) or, from the
+/// update installer, `cairn/1 error REASON` (`Err(REASON)`); `None` for a
+/// line of the stream.
+pub fn stream_end(msg: &str) -> Option<Result<&str, &str>> {
+    let rest = msg.strip_prefix(VERSION)?.strip_prefix(' ')?;
+    if rest == "end" {
+        return Some(Ok(""));
+    }
+    if let Some(body) = rest.strip_prefix("end ") {
+        return Some(Ok(body));
+    }
+    rest.strip_prefix("error ").map(Err)
+}
+
 /// One stream message for output: a log or event line as it is, JSON as
 /// `{"line": ...}`; `cairn/1 lost N` as a note.
 pub fn stream_line(msg: &str, json: bool) -> String {
@@ -274,5 +298,22 @@ mod tests {
         assert_eq!(stream_line("12.000 hi \"x\"", true), r#"{"line":"12.000 hi \"x\""}"#);
         assert_eq!(stream_line("cairn/1 lost 3", false), "-- 3 lines lost --");
         assert_eq!(json_string("a\u{1}"), "\"a\\u0001\"");
+        assert_eq!(stream_end("cairn/1 end"), Some(Ok("")));
+        assert_eq!(stream_end("cairn/1 end staged slot=b effect=reboot"), Some(Ok("staged slot=b effect=reboot")));
+        assert_eq!(stream_end("cairn/1 error not-newer: version 1"), Some(Err("not-newer: version 1")));
+        assert_eq!(stream_end("12.000 cairn/1 end"), None);
+        assert_eq!(stream_end("cairn/1 endless"), None);
+    }
+
+    #[test]
+    fn update_passes_the_file_not_its_name() {
+        let c = parse_args(&args("update /data/v2.bundle"), Some("/s".into())).unwrap();
+        assert_eq!(
+            (c.request.as_str(), c.pass.as_deref(), c.stream),
+            ("cairn/1 update", Some("/data/v2.bundle"), true)
+        );
+        for bad in ["update", "update a b"] {
+            assert!(parse_args(&args(bad), None).is_err(), "{bad}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_line, Command};
+use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_end, stream_line, Command};
 
 /// Largest message read.
 const MESSAGE_MAX: usize = 64 * 1024;
@@ -34,10 +34,14 @@ fn run(cmd: &Command) -> i32 {
             return 2;
         }
     };
-    // SAFETY: `request` is a live slice; send reads at most its length.
-    let sent =
-        unsafe { libc::send(fd.as_raw_fd(), cmd.request.as_ptr().cast(), cmd.request.len(), libc::MSG_NOSIGNAL) };
-    if sent < 0 {
+    let passed = match cmd.pass.as_deref().map(open_passed).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cairn-ctl: open {}: {e}", cmd.pass.as_deref().unwrap_or_default());
+            return 2;
+        }
+    };
+    if send_request(&fd, &cmd.request, passed.as_ref()) < 0 {
         eprintln!("cairn-ctl: send: {}", std::io::Error::last_os_error());
         return 2;
     }
@@ -58,15 +62,37 @@ fn run(cmd: &Command) -> i32 {
     };
     let mut out = std::io::stdout().lock();
     if cmd.stream {
+        if cmd.pass.is_some() && !body.is_empty() {
+            let _ = writeln!(out, "{}", stream_line(body, cmd.json)).and_then(|()| out.flush());
+        }
         while let Some(msg) = recv(&fd) {
-            if msg.is_empty() || msg == "cairn/1 end" {
+            if msg.is_empty() {
                 break;
+            }
+            match stream_end(&msg) {
+                Some(Ok(end)) => {
+                    if !end.is_empty() {
+                        let _ = writeln!(out, "{}", stream_line(end, cmd.json));
+                    }
+                    return 0;
+                }
+                Some(Err(reason)) => {
+                    if cmd.json {
+                        println!("{{\"error\":{}}}", cairn_ctl::json_string(reason));
+                    } else {
+                        eprintln!("cairn-ctl: {reason}");
+                    }
+                    return 1;
+                }
+                None => {}
             }
             if writeln!(out, "{}", stream_line(&msg, cmd.json)).and_then(|()| out.flush()).is_err() {
                 break;
             }
         }
-        return 0;
+        // Streams end with `cairn/1 end`; an update that hangs up without
+        // one did not finish (its installer died).
+        return i32::from(cmd.pass.is_some());
     }
     let text = match (cmd.ps, cmd.json) {
         (true, true) => ps_json(body),
@@ -78,6 +104,47 @@ fn run(cmd: &Command) -> i32 {
         let _ = writeln!(out, "{text}");
     }
     0
+}
+
+/// The file `update` passes, opened read-only.
+fn open_passed(path: &str) -> std::io::Result<OwnedFd> {
+    Ok(std::fs::File::open(path)?.into())
+}
+
+/// Send the request, with `passed`'s descriptor (`SCM_RIGHTS`) if any.
+/// Returns what `sendmsg` returned.
+fn send_request(fd: &OwnedFd, request: &str, passed: Option<&OwnedFd>) -> isize {
+    let mut iov = libc::iovec { iov_base: request.as_ptr().cast_mut().cast(), iov_len: request.len() };
+    // Room for one descriptor's control message, aligned as cmsghdr wants.
+    let mut space = [0u64; 4];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(p) = passed {
+        let raw = p.as_raw_fd();
+        // SAFETY: CMSG_SPACE computes a size from a constant.
+        let len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = len.min(std::mem::size_of_val(&space)) as _;
+        // SAFETY: msg_control points at `space`, large enough for one
+        // cmsghdr with one int (CMSG_SPACE above); CMSG_FIRSTHDR returns
+        // a pointer inside it, and CMSG_DATA one past its header.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                (&raw const raw).cast::<u8>(),
+                libc::CMSG_DATA(c),
+                std::mem::size_of::<i32>(),
+            );
+        }
+    }
+    // SAFETY: `msg` points at `iov` (the live request) and, if set, at
+    // `space`; both outlive the call.
+    unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) }
 }
 
 fn connect(path: &str) -> Result<OwnedFd, (&'static str, i32)> {

@@ -231,6 +231,9 @@ pub enum Answer {
         /// ms since boot.
         since_ms: u64,
     },
+    /// Fork the installer on the bundle the request carries; it answers on
+    /// the connection itself.
+    Update,
 }
 
 struct ShutdownPlan {
@@ -747,7 +750,8 @@ impl Machine {
             }
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
-            Request::Exec | Request::Update => Answer::Reply(format!("error {} is not served yet", request.verb())),
+            Request::Exec => Answer::Reply(format!("error {} is not served yet", request.verb())),
+            Request::Update => Answer::Update,
             Request::Logs { name, follow: true, .. } if name == control::KERNEL => {
                 Answer::Reply(format!("error --follow is not served for {name}"))
             }

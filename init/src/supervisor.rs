@@ -227,6 +227,9 @@ pub struct Supervisor {
     trial: Option<Trial>,
     /// The update installer's pid while it runs.
     installer: Option<libc::pid_t>,
+    /// What an `update` request's installer needs (a boot that verified a
+    /// manifest).
+    updater: Option<crate::install::Updater>,
 }
 
 /// This boot on trial: its boot entry (new kernel or init), its manifest
@@ -260,6 +263,7 @@ impl Supervisor {
             layers: None,
             trial: None,
             installer: None,
+            updater: None,
         }
     }
 
@@ -366,6 +370,11 @@ impl Supervisor {
         }
         let report = self.io.report(i);
         self.machine.settle(i, report, exit, Instant::now(), &mut self.io)
+    }
+
+    /// Serve `update` requests with this.
+    pub fn offer_updates(&mut self, u: crate::install::Updater) {
+        self.updater = Some(u);
     }
 
     /// Watch the forked update installer: a staged update reboots into
@@ -559,15 +568,15 @@ impl Supervisor {
             if !readable.get(k).copied().unwrap_or(false) {
                 continue;
             }
-            let Some(conn) = self.conns.get(k) else { continue };
+            let Some(conn) = self.conns.get_mut(k) else { continue };
             match conn.receive() {
                 Received::Nothing => {}
                 Received::Closed => {
                     self.conns.swap_remove(k);
                 }
                 // A stream's client has nothing more to say.
-                Received::Request(_) | Received::TooLong(_) if conn.stream.is_some() => {}
-                received @ (Received::Request(_) | Received::TooLong(_)) => {
+                Received::Request(_) | Received::TooLong(_) | Received::TooManyFds if conn.stream.is_some() => {}
+                received @ (Received::Request(_) | Received::TooLong(_) | Received::TooManyFds) => {
                     let conn = self.conns.swap_remove(k);
                     let (text, answer) = match received {
                         Received::Request(text) => {
@@ -577,6 +586,10 @@ impl Supervisor {
                         Received::TooLong(n) => (
                             format!("({n} bytes)"),
                             Answer::Reply(format!("error request longer than {}", control::REQUEST_MAX)),
+                        ),
+                        Received::TooManyFds => (
+                            "(descriptors)".into(),
+                            Answer::Reply(format!("error more than {} descriptors", control::REQUEST_FDS)),
                         ),
                         _ => continue,
                     };
@@ -637,15 +650,16 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
+            Answer::Update => match self.start_requested_install(&mut conn) {
+                // The installer answers on the connection from here on.
+                Ok(body) => {
+                    Self::said(&conn, text, &body);
+                    return;
+                }
+                Err(body) => (body, None),
+            },
         };
-        let first_line = body.lines().next().unwrap_or_default();
-        event("control.request")
-            .kv("caller", conn.caller.name())
-            .kv("pid", conn.pid)
-            .kv("uid", conn.uid)
-            .kv("request", text)
-            .kv("reply", first_line)
-            .emit();
+        Self::said(&conn, text, &body);
         let reply = control::framed_reply(&body);
         match stream {
             Some(s) if conn.send(reply.as_bytes()) == Sent::Taken => {
@@ -655,6 +669,36 @@ impl Supervisor {
             Some(_) => {}
             None => conn.reply(&reply),
         }
+    }
+
+    /// The `control.request` event: who asked what, the reply's first line.
+    fn said(conn: &Conn, text: &str, body: &str) {
+        event("control.request")
+            .kv("caller", conn.caller.name())
+            .kv("pid", conn.pid)
+            .kv("uid", conn.uid)
+            .kv("request", text)
+            .kv("reply", body.lines().next().unwrap_or_default())
+            .emit();
+    }
+
+    /// Fork the installer on the bundle `conn`'s request carried: it takes
+    /// the connection and answers on it. Refused while an install runs, on
+    /// a device that was not booted from a verified manifest, or without
+    /// exactly one descriptor.
+    fn start_requested_install(&mut self, conn: &mut Conn) -> Result<String, String> {
+        if let Some(pid) = self.installer {
+            return Err(format!("error busy: an install is running (pid {pid})"));
+        }
+        let updater = self.updater.as_ref().ok_or("error unavailable: this boot has no verified manifest")?;
+        let source = match (conn.fds.pop(), conn.fds.is_empty()) {
+            (Some(fd), true) => fd,
+            _ => return Err("error update takes the bundle as one descriptor (cairn-ctl update FILE)".into()),
+        };
+        let client = conn.try_clone_fd().map_err(|e| format!("error {e}"))?;
+        let pid = crate::install::spawn_request(updater, source, client).map_err(|e| format!("error {e}"))?;
+        self.installer = Some(pid);
+        Ok(format!("ok installing pid={pid}"))
     }
 
     /// Whether lines (or, not following, its end) wait for this stream.

@@ -50,6 +50,8 @@
 //! - `flood <mib>`: see `ctl::flood`.
 //! - `ctl-hold <seconds> <request>...`: see `ctl::hold`.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
+//! - `after <ms> <program> <args>...`: sleeps, then execs the program (its
+//!   exit is the container's); `event=after-failed errno=E` if it cannot.
 //! - `hostile`: as root in a hardened container, tries escapes and kernel
 //!   interfaces one by one (see `hostile.rs` for exactly what each does); per
 //!   attempt `event=attempt name=N result=<blocked|ALLOWED> errno=E err=ENAME`
@@ -217,6 +219,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "flood" => ctl::flood(a.num(2, "mib")?),
         "ctl-hold" => ctl::hold(a.num(2, "seconds")?, a.0.get(3..).unwrap_or(&[])),
         "sleep" => signals::sleep(a.num(2, "ms")?),
+        "after" => signals::after(a.num(2, "ms")?, a.0.get(3..).unwrap_or(&[])),
         "hostile" => hostile::run(),
         "attempt" => hostile::one(a.0.get(2).map_or("", String::as_str)),
         "userns" => userns::run(),

@@ -95,6 +95,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-powercut", run: ota::powercut },
         Scenario { name: "ota-antirollback", run: ota::antirollback },
         Scenario { name: "ota-watchdog", run: ota::watchdog },
+        // An update requested over the control socket (issue 12 item 2).
+        Scenario { name: "ota-request", run: ota::request },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.
