@@ -2,6 +2,8 @@
 //! (for people, or JSON with `--json`). The protocol is `cairn/1`
 //! (docs/control.md).
 
+pub mod client;
+
 /// The protocol word.
 pub const VERSION: &str = "cairn/1";
 

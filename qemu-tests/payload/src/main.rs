@@ -108,6 +108,9 @@
 //!   line discipline (see `tty.rs`).
 //! - `net-info`, `net-serve <port> <hold_ms>`, `net-connect <port>`,
 //!   `net-probe <port> <ms>`: network namespace probes (see `net.rs`).
+//! - `net-up <iface> <ipv4> <prefix>`: address the interface and bring it
+//!   up (ioctls; needs CAP_NET_ADMIN in its network namespace):
+//!   `event=net-up iface=I addr=A/P` or `event=net-up-failed step=S errno=E`.
 //!
 //! - `userns`: the container's ids, id maps, and what its root may do to
 //!   host-owned files (see `userns.rs`).
@@ -263,6 +266,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "tty-check" => tty::check(),
         "net-info" => net::info(),
+        "net-up" => net::up(a.word(2, "iface")?, a.word(3, "addr")?, a.num(4, "prefix")?),
         "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?),
         "net-connect" => net::connect(a.num(2, "port")?),
         "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?),

@@ -34,6 +34,7 @@ mod flash_card;
 mod secure_boot;
 // Over-the-air updates (issue 12).
 mod ota;
+mod ota_network;
 // The watchdog (issue 12 item 5).
 mod watchdog;
 // Volumes (issue 14 item 1).
@@ -97,6 +98,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-watchdog", run: ota::watchdog },
         // An update requested over the control socket (issue 12 item 2).
         Scenario { name: "ota-request", run: ota::request },
+        // The update agent over HTTP, with dropped connections (issue 12 item 6).
+        Scenario { name: "ota-network", run: ota_network::run },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.

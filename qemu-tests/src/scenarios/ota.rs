@@ -56,7 +56,7 @@ fn partition(disk: &Path, layout: &DiskLayout, name: &str) -> Result<Vec<u8>> {
 }
 
 /// The boot state record on the disk.
-fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
+pub(super) fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
     let region = partition(disk, layout, "cairn-state")?;
     let (_, s) = bootstate::read_record(&region).map_err(|e| anyhow::anyhow!("boot state record: {e}"))?;
     Ok(s)
@@ -64,7 +64,12 @@ fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
 
 /// A bundle of `app` for devices on `base`, padded to whole MiB so it can
 /// be attached as a disk (as on a USB stick).
-fn bundle_disk(ctx: &Ctx, app: &BuiltAppliance, base: &BuiltAppliance, file: &str) -> Result<(PathBuf, usize)> {
+pub(super) fn bundle_disk(
+    ctx: &Ctx,
+    app: &BuiltAppliance,
+    base: &BuiltAppliance,
+    file: &str,
+) -> Result<(PathBuf, usize)> {
     let path = ctx.dir.join(file);
     let input = BundleInput {
         envelope: &app.envelope,
@@ -86,7 +91,7 @@ fn boot_with_stick(ctx: &Ctx, disk: &Path, stick: Option<&Path>, log: &str) -> R
 }
 
 /// The device rebooted in order (QEMU runs with -no-reboot: it exits).
-fn rebooted(run: &Run) -> Result<()> {
+pub(super) fn rebooted(run: &Run) -> Result<()> {
     no_panic(run)?;
     ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
     run.console.expect("shutdown.complete", &[("kind", "reboot")])?;
@@ -121,7 +126,7 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     ensure!(s.committed == Slot::A && s.rollback_floor == 1, "staging changed the committed slot or floor: {s:?}");
     ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
-    only_staging_written(&before, &system_digests(&disk, &layout)?)?;
+    only_staging_written(&before, &system_digests(&disk, &layout)?, "cairn-layer-04")?;
 
     // Boot 2: the trial spends a try first, runs v2, commits.
     let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
@@ -217,7 +222,7 @@ pub fn request(ctx: &Ctx) -> Result<()> {
     ensure!(told("staged slot=b effect=reboot"), "the agent's cairn-ctl did not print the end");
     let e = c.expect("container.exited", &[("name", "agent")])?;
     ensure!(e.get("code") == Some("0"), "the agent's cairn-ctl exited {:?}", e.fields);
-    only_staging_written(&before, &system_digests(&disk, &layout)?)?;
+    only_staging_written(&before, &system_digests(&disk, &layout)?, "cairn-layer-04")?;
 
     // The trial runs v2 and commits.
     let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
@@ -309,12 +314,12 @@ const MID_LAYER: &str = "mid-layer";
 
 /// Noise in `ota-powercut`'s changed layer: several 1 MiB chunks, so a cut
 /// can land between two of them.
-const BIG_LAYER_BYTES: usize = 5 << 20;
+pub(super) const BIG_LAYER_BYTES: usize = 5 << 20;
 
 /// `ota-v2` whose changed `app` layer also holds [`BIG_LAYER_BYTES`] of
 /// seeded noise (squashfs cannot compress it), built in the scenario's
 /// directory.
-fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
+pub(super) fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
     let src = ctx.dir.join("app-v2-big");
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(src.join("etc"))?;
@@ -335,7 +340,7 @@ fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
         .replace("\"ota/app-v2\"", &format!("{src:?}"));
     let path = ctx.dir.join("ota-v2-big.toml");
     std::fs::write(&path, toml)?;
-    let sources = std::collections::BTreeMap::from([("payload".to_owned(), ctx.art.payload_root.clone())]);
+    let sources = ctx.art.build_sources();
     cairn_build::assemble::build_appliance(&path, &sources, &ctx.art.key, &ctx.layers_dir("ota-v2-big"))
         .with_context(|| format!("building {}", path.display()))
 }
@@ -517,7 +522,7 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
 
 /// sha256 of every partition but `cairn-data` (which the running
 /// appliance may write).
-fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Digest)>> {
+pub(super) fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Digest)>> {
     layout
         .partitions
         .iter()
@@ -526,13 +531,14 @@ fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Diges
         .collect()
 }
 
-/// Between two [`system_digests`], exactly the new layer's partition,
-/// manifest slot b and the record were written: the committed manifest's
-/// partitions, the ESP and the spare layer partition were not touched.
-fn only_staging_written(before: &[(String, Digest)], after: &[(String, Digest)]) -> Result<()> {
+/// Between two [`system_digests`], exactly the new layer's partition
+/// (`layer`: the first spare, `cairn-layer-04` after v1's three), manifest
+/// slot b and the record were written: the committed manifest's
+/// partitions, the ESP and the other spare were not touched.
+pub(super) fn only_staging_written(before: &[(String, Digest)], after: &[(String, Digest)], layer: &str) -> Result<()> {
     let changed: Vec<&str> =
         before.iter().zip(after).filter(|((_, b), (_, a))| a != b).map(|((n, _), _)| n.as_str()).collect();
-    ensure!(changed == ["cairn-state", "cairn-manifest-b", "cairn-layer-04"], "partitions written: {changed:?}");
+    ensure!(changed == ["cairn-state", "cairn-manifest-b", layer], "partitions written: {changed:?}");
     Ok(())
 }
 
