@@ -19,6 +19,7 @@ mod event;
 mod install;
 mod machine;
 mod modules;
+mod netwatch;
 mod partitions;
 mod policy;
 mod record;
@@ -144,6 +145,11 @@ fn main() {
     }
     if let Some(pid) = installer {
         sup.watch_installer(pid);
+    }
+    // The device's addresses, as a host-network container sets them.
+    match netwatch::Watch::open() {
+        Ok(w) => sup.watch_addresses(w),
+        Err(e) => event("net.unwatched").kv("error", e).emit(),
     }
     // Run-time dm-verity errors become `layer.corrupt` events.
     if !targets.is_empty() {

@@ -223,6 +223,8 @@ pub struct Supervisor {
     /// dm-verity error uevents; `layers.corrupted` is this boot's "a layer
     /// block failed its hash" flag (a failed trial for OTA).
     layers: Option<crate::uevent::Watch>,
+    /// The device's address changes (`net.address`).
+    addresses: Option<crate::netwatch::Watch>,
     /// This boot's trial, and when to judge it.
     trial: Option<Trial>,
     /// The update installer's pid while it runs.
@@ -261,6 +263,7 @@ impl Supervisor {
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             layers: None,
+            addresses: None,
             trial: None,
             installer: None,
             updater: None,
@@ -320,6 +323,11 @@ impl Supervisor {
                 self.machine.request_shutdown(ShutdownKind::Reboot, "trial failed", now, &mut self.io);
             }
         }
+    }
+
+    /// Report the device's address changes from the event loop.
+    pub fn watch_addresses(&mut self, w: crate::netwatch::Watch) {
+        self.addresses = Some(w);
     }
 
     /// Report dm-verity errors on the layers from the event loop.
@@ -436,11 +444,12 @@ impl Supervisor {
         const UNITS: usize = CONNS + MAX_CONNECTIONS;
         const REPORTS: usize = UNITS + MAX_CONTAINERS;
         const UEVENTS: usize = REPORTS + MAX_CONTAINERS;
+        const ADDRESSES: usize = UEVENTS + 1;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
         // fills unused slots, so unit i's output is always at fds[UNITS + i]
         // and its report pipe (while starting) at fds[REPORTS + i].
-        let mut fds = [idle; UEVENTS + 1];
+        let mut fds = [idle; ADDRESSES + 1];
         let mut set = |k: usize, fd: i32, events: libc::c_short| {
             if let Some(slot) = fds.get_mut(k) {
                 slot.fd = fd;
@@ -454,6 +463,7 @@ impl Supervisor {
         }
         set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
         set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
+        set(ADDRESSES, self.addresses.as_ref().map_or(-1, crate::netwatch::Watch::raw), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
             // A stream waits for room only when lines wait for it; POLLHUP
             // (its client gone) is reported whatever is asked.
@@ -502,6 +512,11 @@ impl Supervisor {
         }
         if ready(UEVENTS, libc::POLLIN) {
             if let Some(w) = self.layers.as_mut() {
+                w.drain();
+            }
+        }
+        if ready(ADDRESSES, libc::POLLIN) {
+            if let Some(w) = self.addresses.as_ref() {
                 w.drain();
             }
         }

@@ -36,6 +36,9 @@ pub struct Artifacts {
     /// Directory holding `bin/cairn-agent`, the update agent (the
     /// `build:agent` layer).
     pub agent_root: PathBuf,
+    /// Directory holding Debian's static busybox and the uplink applets
+    /// (the `build:busybox` layer).
+    pub busybox_root: PathBuf,
     /// The key the board's initramfs trusts (`/etc/cairn/trusted-keys`).
     pub key: SigningKey,
     /// Its secret key file (for the `cairn` command).
@@ -97,6 +100,7 @@ impl Artifacts {
         BTreeMap::from([
             ("payload".to_owned(), self.payload_root.clone()),
             ("agent".to_owned(), self.agent_root.clone()),
+            ("busybox".to_owned(), self.busybox_root.clone()),
         ])
     }
 }

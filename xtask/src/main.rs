@@ -252,6 +252,7 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     let agent_root = dir.join("agent-root");
     std::fs::create_dir_all(agent_root.join("bin"))?;
     std::fs::copy(out.join("cairn-agent"), agent_root.join("bin/cairn-agent")).context("copying cairn-agent")?;
+    let busybox_root = busybox_root(b, &dir)?;
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
     // The init holds no key and no product: the initramfs carries them.
@@ -283,6 +284,7 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
         systemd_boot,
         payload_root,
         agent_root,
+        busybox_root,
         key,
         key_file: dev_key_path(),
         init,
@@ -308,6 +310,23 @@ fn build_test_hooks_init(b: &Board) -> Result<PathBuf> {
     std::fs::copy(&built, &copy).with_context(|| format!("copying {}", built.display()))?;
     eprintln!("xtask: {}: cairn-init with test-hooks built in {:.1}s", b.name, started.elapsed().as_secs_f64());
     Ok(copy)
+}
+
+/// Debian's `busybox-static` for the board's architecture (fetched like the
+/// kernel) as a layer tree: `bin/busybox` and the applets the uplink
+/// pattern uses (`sh`, `udhcpc`, `ip`) as links to it (the `build:busybox`
+/// layer; docs/appliance.md, "The device's uplink").
+fn busybox_root(b: &Board, dir: &Path) -> Result<PathBuf> {
+    let debs = host_deps::fetch_debs(&["busybox-static"], b.deb_arch, &build_dir().join("debs"))?;
+    let tree = debs.first().map(|d| d.tree.clone()).context("busybox-static")?;
+    let root = dir.join("busybox-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy(tree.join("bin/busybox"), root.join("bin/busybox")).context("copying busybox")?;
+    for applet in ["sh", "udhcpc", "ip"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(root)
 }
 
 /// The board's boot kit: its systemd-boot and systemd-stub (Debian's
