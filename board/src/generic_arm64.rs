@@ -22,6 +22,7 @@ pub static BOARD: Board = Board {
         // virtio, so the board also boots in QEMU's defaults.
         "virtio_pci",
         "virtio_blk",
+        "virtio_net",
         // NVMe.
         "nvme",
         // SATA: AHCI on PCI and on the SoC (platform AHCI).

@@ -17,6 +17,7 @@ pub static BOARD: Board = Board {
         // virtio, so the board also boots in QEMU's (and clouds') defaults.
         "virtio_pci",
         "virtio_blk",
+        "virtio_net",
         // NVMe.
         "nvme",
         // SATA behind AHCI.
