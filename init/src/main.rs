@@ -33,6 +33,8 @@ mod uevent;
 mod watchdog;
 // Volumes (issue 14 item 1).
 mod volumes;
+// Health checks (issue 14 item 2).
+mod health;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -199,6 +201,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 grace_ms: c.stop.grace_ms,
                 permissions: control::Permissions::of(&c.permissions),
                 critical: c.critical,
+                health: c.health.as_ref().map(health::Config::of),
             };
             (unit, desc)
         })
