@@ -1508,7 +1508,8 @@ pub(crate) mod tests {
         };
         c.health = Some(ok.clone());
         assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
-        let bad: [(fn(&mut HealthCheck), &str); 5] = [
+        type Spoil = (fn(&mut HealthCheck), &'static str);
+        let bad: [Spoil; 5] = [
             (|h| h.interval_ms = HEALTH_INTERVAL_MIN_MS - 1, "health interval_ms"),
             (|h| h.interval_ms = HEALTH_TIME_MAX_MS + 1, "health interval_ms"),
             (|h| h.timeout_ms = HEALTH_TIME_MAX_MS + 1, "health timeout_ms"),

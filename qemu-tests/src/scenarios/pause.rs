@@ -35,10 +35,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let thaw = r - THAW_SLACK_MS;
     let during: Vec<i64> = counts.iter().map(at).filter(|t| *t > p && *t < thaw).collect();
     ensure!(during.is_empty(), "counted while paused ({p}..{thaw} ms): {during:?}");
-    let before =
-        counts.iter().filter(|l| at(l) <= p).last().ok_or_else(|| anyhow::anyhow!("no count before the pause"))?;
+    let before = counts.iter().rfind(|l| at(l) <= p).ok_or_else(|| anyhow::anyhow!("no count before the pause"))?;
     let after = counts.iter().find(|l| at(l) > p).ok_or_else(|| anyhow::anyhow!("no count after the resume"))?;
-    ensure!(at(&after) >= thaw, "counted at {} ms, paused {p}..{r} ms", at(&after));
+    ensure!(at(after) >= thaw, "counted at {} ms, paused {p}..{r} ms", at(after));
     ensure!(
         after.num("n") == before.num("n").map(|n| n + 1),
         "not continued: n={:?} before, n={:?} after",
