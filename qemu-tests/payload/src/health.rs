@@ -16,11 +16,12 @@ pub fn now_ms() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1000 + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000
 }
 
-/// `heartbeat <every_ms> <for_ms>`: sends `heartbeat` on the control socket
-/// every `every_ms` for `for_ms` (`event=heartbeat-first reply=Y` after the
-/// first), then stops: `event=heartbeat-stopped beats=N failed=F t_ms=T`
-/// and waits for SIGTERM (`event=stopping label=heartbeat`, exit 0).
-pub fn heartbeat(every_ms: u64, for_ms: u64) -> i32 {
+/// `heartbeat <every_ms> <for_ms> [delay_ms]`: after `delay_ms` (default
+/// 0), sends `heartbeat` on the control socket every `every_ms` for
+/// `for_ms` (`event=heartbeat-first ok=0|1 t_ms=T` after the first), then
+/// stops: `event=heartbeat-stopped beats=N failed=F t_ms=T` and waits for
+/// SIGTERM (`event=stopping label=heartbeat`, exit 0).
+pub fn heartbeat(every_ms: u64, for_ms: u64, delay_ms: u64) -> i32 {
     let wait = match sys::catch_term() {
         Ok(w) => w,
         Err(e) => {
@@ -28,6 +29,7 @@ pub fn heartbeat(every_ms: u64, for_ms: u64) -> i32 {
             return 1;
         }
     };
+    sys::sleep_ms(delay_ms);
     let path = std::env::var("CAIRN_CONTROL").unwrap_or_else(|_| ctl::DEFAULT_PATH.into());
     let start = now_ms();
     let (mut beats, mut failed) = (0u32, 0u32);
@@ -44,7 +46,7 @@ pub fn heartbeat(every_ms: u64, for_ms: u64) -> i32 {
             }
         }
         if beats + failed == 1 {
-            say!("event=heartbeat-first ok={beats}");
+            say!("event=heartbeat-first ok={beats} t_ms={}", now_ms());
         }
         sys::sleep_ms(every_ms);
     }

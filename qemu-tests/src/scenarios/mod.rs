@@ -45,6 +45,7 @@ mod logs;
 mod health;
 mod oom_live;
 mod pause;
+mod health_gate;
 
 use std::time::Duration;
 
@@ -110,6 +111,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "health", run: health::run },
         Scenario { name: "oom-live", run: oom_live::run },
         Scenario { name: "pause", run: pause::run },
+        Scenario { name: "health-gate", run: health_gate::run },
     ]
 }
 
