@@ -43,9 +43,9 @@ mod control_permissions;
 mod logs;
 // Health checks, live OOM events, pause/resume (issue 14 item 2).
 mod health;
+mod health_gate;
 mod oom_live;
 mod pause;
-mod health_gate;
 
 use std::time::Duration;
 
