@@ -1022,3 +1022,24 @@ fn roll_back(t: Trial, reason: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::inotify_wds;
+
+    #[test]
+    fn inotify_events_name_their_watches() {
+        let mut buf = Vec::new();
+        for (wd, name) in [(3i32, &b""[..]), (7, &b"memory.events\0\0\0"[..]), (3, &b""[..])] {
+            buf.extend_from_slice(&wd.to_ne_bytes());
+            buf.extend_from_slice(&libc::IN_MODIFY.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(name);
+        }
+        assert_eq!(inotify_wds(&buf), [3, 7, 3]);
+        // A cut record is not read past its end.
+        assert_eq!(inotify_wds(buf.get(..20).unwrap_or(&[])), [3]);
+        assert_eq!(inotify_wds(&[]), Vec::<i32>::new());
+    }
+}

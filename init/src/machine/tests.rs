@@ -870,3 +870,22 @@ fn pause_freezes_resume_thaws_and_stop_thaws_first() {
     );
     assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 pause web", t0, &mut fx)), "error web is stopping");
 }
+
+#[test]
+fn a_container_that_dies_frozen_is_thawed_before_it_can_start_again() {
+    let mut m = machine(vec![unit("web", RestartPolicy::Always, &[])], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    fx.frozen_units.push(0);
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 pause web", t0, &mut fx)), "ok");
+    assert!(fx.events().iter().any(|e| e.starts_with("event=container.paused name=web")));
+    // Its cgroup killed (an OOM kill of the group, say) while frozen.
+    m.exited(0, Exit::Signal(9), t0 + ms(10), &mut fx);
+    let acts = fx.take();
+    assert_eq!(acts.first(), Some(&Act::Freeze { unit: 0, frozen: false }), "{acts:?}");
+    assert_eq!(m.ps(t0)[0].state, "backoff");
+    m.fire(t0 + ms(200), &mut fx);
+    m.settle(0, Report::Done { exec_failed: None }, None, t0 + ms(210), &mut fx);
+    assert_eq!(m.ps(t0 + ms(210))[0].state, "running");
+}
