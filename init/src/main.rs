@@ -118,8 +118,9 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, None)
         }
     };
-    // cairn-ctl is copied beside the socket only if a container can use it.
-    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0));
+    // cairn-ctl is copied beside the socket only if a container can use it
+    // (a permission, or a health check to heartbeat for).
+    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0) || d.health.is_some());
     let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
