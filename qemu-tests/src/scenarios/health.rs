@@ -4,7 +4,8 @@
 //! it is stopped and restarted by its on-failure policy although it exits
 //! with 0 (unhealthy counts as a failure); the second run goes the same
 //! way and is given up on. A container without a health check is refused
-//! its heartbeat; `ps` shows the health.
+//! its heartbeat; `cairn-ctl heartbeat` works for a container with a
+//! health check and no permissions; `ps` shows the health.
 
 use anyhow::{ensure, Result};
 
@@ -72,6 +73,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         c.first("control.request", &[("caller", "beater"), ("request", "heartbeat")]).is_none(),
         "an accepted heartbeat was logged"
     );
+    // cairn-ctl, offered for a health check alone (no permissions).
+    c.expect("container.health", &[("name", "cli-beat"), ("from", "starting"), ("to", "healthy")])?;
+    let exited = c.expect("container.exited", &[("name", "cli-beat")])?;
+    ensure!(exited.get("code") == Some("0"), "cairn-ctl heartbeat: {:?}", exited.fields);
     // ps shows the health (and `-` for a container without a check).
     let rows: Vec<&str> =
         c.all("ctl-line", &[("name", "watcher"), ("request", "ps")]).iter().filter_map(|l| l.get("line")).collect();
