@@ -34,6 +34,8 @@ pub const USAGE: &str = "usage: cairn-ctl [--json] [--socket PATH] COMMAND
 commands:
   status | ps
   start NAME | stop NAME | restart NAME
+  pause NAME | resume NAME
+  heartbeat                 (a container's own health check)
   signal NAME SIG[,SIG...]
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
@@ -57,6 +59,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     let ok = match words.as_slice() {
         ["status" | "ps" | "poweroff" | "reboot"] => true,
         ["start" | "stop" | "restart", _] => true,
+        ["pause" | "resume", _] | ["heartbeat"] => true,
         ["signal", _, _] => true,
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
@@ -146,7 +149,12 @@ pub fn json_string(s: &str) -> String {
 fn json_value(key: &str, v: &str) -> String {
     if v == "-" {
         "null".into()
-    } else if key != "name" && key != "state" && key != "last_exit" && v.bytes().all(|b| b.is_ascii_digit()) {
+    } else if key != "name"
+        && key != "state"
+        && key != "last_exit"
+        && key != "health"
+        && v.bytes().all(|b| b.is_ascii_digit())
+    {
         v.into()
     } else {
         json_string(v)
@@ -191,6 +199,7 @@ pub fn ps_table(body: &str) -> String {
         ("CPU", "cpu_us"),
         ("PIDS", "pids"),
         ("OOM", "oom_kills"),
+        ("HEALTH", "health"),
     ];
     let rows: Vec<Vec<String>> = body
         .lines()
@@ -271,6 +280,9 @@ mod tests {
         let c = parse_args(&args("logs web --since 12.5 --follow"), Some("/s".into())).unwrap();
         assert_eq!(c.request, "cairn/1 logs web --since 12.5 --follow");
         assert!(c.stream);
+        let c = parse_args(&args("pause web"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 pause web");
+        assert_eq!(parse_args(&args("heartbeat"), Some("/s".into())).unwrap().request, "cairn/1 heartbeat");
         let c = parse_args(&args("--socket /x restart web"), None).unwrap();
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
         for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {
@@ -285,17 +297,17 @@ mod tests {
         assert_eq!(split_reply("cairn/1 ok\nx=1\ny=2"), Ok("x=1\ny=2"));
         assert_eq!(split_reply("cairn/1 error not permitted"), Err("not permitted".into()));
         assert!(split_reply("ok").is_err());
-        let body = "name=web state=running pid=42 uptime_ms=61000 restarts=1 last_exit=code=1 memory=4096 memory_peak=2097152 cpu_us=1500000 pids=3 oom_kills=-";
+        let body = "name=web state=running pid=42 uptime_ms=61000 restarts=1 last_exit=code=1 memory=4096 memory_peak=2097152 cpu_us=1500000 pids=3 oom_kills=- health=healthy";
         assert_eq!(
             ps_json(body),
-            r#"[{"name":"web","state":"running","pid":42,"uptime_ms":61000,"restarts":1,"last_exit":"code=1","memory":4096,"memory_peak":2097152,"cpu_us":1500000,"pids":3,"oom_kills":null}]"#
+            r#"[{"name":"web","state":"running","pid":42,"uptime_ms":61000,"restarts":1,"last_exit":"code=1","memory":4096,"memory_peak":2097152,"cpu_us":1500000,"pids":3,"oom_kills":null,"health":"healthy"}]"#
         );
         let t = ps_table(body);
         let mut lines = t.lines();
         assert!(lines.next().unwrap().starts_with("NAME  STATE    PID  UPTIME  RESTARTS  LAST EXIT  MEM"));
         assert_eq!(
             lines.next().unwrap(),
-            "web   running  42   61s     1         code=1     4.0K  2.0M  1.50s  3     -"
+            "web   running  42   61s     1         code=1     4.0K  2.0M  1.50s  3     -    healthy"
         );
         assert_eq!(stream_line("12.000 hi \"x\"", true), r#"{"line":"12.000 hi \"x\""}"#);
         assert_eq!(stream_line("cairn/1 lost 3", false), "-- 3 lines lost --");

@@ -105,6 +105,13 @@ pub enum Request {
     /// `SCM_RIGHTS`): the installer is forked and reports on the
     /// connection itself.
     Update,
+    /// The caller's own health check succeeds (needs no permission, only
+    /// a health check; see [`crate::health`]).
+    Heartbeat,
+    /// Freeze a container's cgroup.
+    Pause(String),
+    /// Thaw it.
+    Resume(String),
 }
 
 impl Request {
@@ -119,6 +126,10 @@ impl Request {
             Request::PowerOff | Request::Reboot => Permission::Power,
             Request::Exec => Permission::Exec,
             Request::Update => Permission::Update,
+            Request::Pause(_) | Request::Resume(_) => Permission::Lifecycle,
+            // Never looked up: `Machine::answer` serves a heartbeat before
+            // permissions (it needs a health check, not a permission).
+            Request::Heartbeat => Permission::Status,
         }
     }
 
@@ -137,6 +148,9 @@ impl Request {
             Request::Events => "events",
             Request::Exec => "exec",
             Request::Update => "update",
+            Request::Heartbeat => "heartbeat",
+            Request::Pause(_) => "pause",
+            Request::Resume(_) => "resume",
         }
     }
 }
@@ -187,6 +201,9 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["events"] | ["events", "--follow"] => Ok(Request::Events),
         ["exec", ..] => Ok(Request::Exec),
         ["update"] => Ok(Request::Update),
+        ["heartbeat"] => Ok(Request::Heartbeat),
+        ["pause", name] => Ok(Request::Pause((*name).into())),
+        ["resume", name] => Ok(Request::Resume((*name).into())),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
             let mut it = opts.iter();
@@ -293,6 +310,8 @@ pub struct PsRow {
     pub restarts: u32,
     /// How the last run ended: `code=N` or `signal=N`.
     pub last_exit: Option<String>,
+    /// Its health check's state (`None`: it has no health check).
+    pub health: Option<&'static str>,
 }
 
 /// One `ps` line: `name=.. state=.. pid=.. ...`; `-` for an unknown value.
@@ -318,6 +337,7 @@ pub fn format_ps(row: &PsRow, st: &CgroupStats) -> String {
     kv("cpu_us", n(st.cpu_us));
     kv("pids", n(st.pids));
     kv("oom_kills", n(st.oom_kills));
+    kv("health", row.health.map(str::to_owned));
     out
 }
 
@@ -733,6 +753,13 @@ mod tests {
         assert_eq!(p("stop web"), Ok(Request::Stop("web".into())));
         assert_eq!(p("start web"), Ok(Request::Start("web".into())));
         assert_eq!(p("events --follow"), Ok(Request::Events));
+        assert_eq!(p("heartbeat"), Ok(Request::Heartbeat));
+        assert_eq!(p("heartbeat web"), Err(ParseError::Unknown("heartbeat web".into())));
+        assert_eq!(p("pause web"), Ok(Request::Pause("web".into())));
+        assert_eq!(p("resume web"), Ok(Request::Resume("web".into())));
+        assert_eq!(p("pause"), Err(ParseError::Unknown("pause".into())));
+        assert_eq!(Request::Pause("web".into()).needs(), Permission::Lifecycle);
+        assert_eq!(Request::Resume("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(p("logs web"), Ok(Request::Logs { name: "web".into(), since_ms: 0, follow: false }));
         assert_eq!(
             p("logs web --since 12.5 --follow"),
@@ -765,6 +792,7 @@ mod tests {
             uptime_ms: Some(1500),
             restarts: 2,
             last_exit: Some("code=1".into()),
+            health: Some("healthy"),
         };
         let files = |f: &str| match f {
             "memory.current" => Some("4096\n".to_owned()),
@@ -777,7 +805,7 @@ mod tests {
         assert_eq!(
             format_ps(&row, &st),
             "name=web state=running pid=42 uptime_ms=1500 restarts=2 last_exit=code=1 memory=4096 \
-             memory_peak=8192 cpu_us=777 pids=- oom_kills=1"
+             memory_peak=8192 cpu_us=777 pids=- oom_kills=1 health=healthy"
         );
         assert_eq!(format_log_line(12_045, b"hello"), "12.045 hello");
         let st = init_stats("Name:\tinit\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n");

@@ -20,6 +20,7 @@ use cairn_runtime::Exit;
 
 use crate::control::{self, Caller, Permissions, PsRow, Request};
 use crate::event::{event, Event};
+use crate::health::{self, Check, Health};
 use crate::policy::{self, Decision, Restart};
 
 /// A host pid.
@@ -33,6 +34,11 @@ pub const SIGNAL_SPACING: Duration = Duration::from_millis(20);
 /// Most signals waiting to be sent at once (a request that would pass it
 /// is refused whole).
 pub const MAX_PENDING_SIGNALS: usize = 256;
+/// First wait between looks at `cgroup.events` while a pause or resume
+/// takes effect; doubled up to [`FREEZE_POLL_MAX`].
+pub const FREEZE_POLL: Duration = Duration::from_millis(10);
+/// Longest wait between those looks.
+pub const FREEZE_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// What the device does once everything is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,27 @@ pub struct UnitDesc {
     pub permissions: Permissions,
     /// A failure of it fails a trial (see [`Machine::health`]).
     pub critical: bool,
+    /// Its health check's timing, if it has one.
+    pub health: Option<health::Config>,
+}
+
+/// Where a container is with the cgroup freezer (`pause`/`resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    /// Not frozen.
+    Thawed,
+    /// `cgroup.freeze` 1 written at `since`; `cgroup.events` is looked at
+    /// again at `poll`, `wait` after the last look.
+    Freezing {
+        /// When it was asked.
+        since: Instant,
+        /// Next look.
+        poll: Instant,
+        /// Wait before the look after it.
+        wait: Duration,
+    },
+    /// `cgroup.events` says frozen.
+    Frozen,
 }
 
 /// Where a container is in its life.
@@ -178,6 +205,10 @@ pub trait Effects {
     fn signal(&mut self, pid: Pid, signal: i32) -> Result<(), SysError>;
     /// Kill every process of unit `i`'s cgroup (`pid` directly if that fails).
     fn kill_cgroup(&mut self, i: usize, pid: Pid);
+    /// Write unit `i`'s `cgroup.freeze` (1: freeze, 0: thaw).
+    fn freeze(&mut self, i: usize, frozen: bool) -> Result<(), SysError>;
+    /// Whether unit `i`'s cgroup is frozen (`cgroup.events` frozen; `None`: unreadable).
+    fn frozen(&mut self, i: usize) -> Option<bool>;
     /// Emit an event.
     fn emit(&mut self, e: Event);
     /// The device's hostname (for `shutdown.start`).
@@ -195,6 +226,10 @@ struct Unit {
     last_exit: Option<Exit>,
     /// What a control request asked of its next exit.
     want: Want,
+    /// Its health check.
+    health: Option<Check>,
+    /// The freezer.
+    freeze: Freeze,
 }
 
 /// What a control request asked of a unit's next exit.
@@ -206,6 +241,9 @@ enum Want {
     Stop,
     /// `restart`: it starts again at once.
     Restart,
+    /// Stopped for being unhealthy: the restart policy decides as after a
+    /// failure.
+    Unhealthy,
 }
 
 /// What the executor does with a control request.
@@ -270,13 +308,15 @@ impl Machine {
         let units = units
             .into_iter()
             .map(|desc| Unit {
-                desc,
                 state: State::Waiting,
                 restarts: 0,
                 ever_started: false,
                 run_started: None,
                 last_exit: None,
                 want: Want::Policy,
+                health: desc.health.map(Check::new),
+                freeze: Freeze::Thawed,
+                desc,
             })
             .collect();
         Self {
@@ -420,6 +460,9 @@ impl Machine {
                         event("container.exec-failed").kv("name", &u.desc.name).kv("path", path).kv("error", error),
                     );
                 }
+                if let Some(change) = u.health.as_mut().and_then(|h| h.start(now)) {
+                    fx.emit(health_event(&u.desc.name, change));
+                }
                 return false;
             }
             Report::Failed(fields) => Some(fields),
@@ -465,12 +508,28 @@ impl Machine {
         let ran_ms =
             u.run_started.take().map(|t| now.saturating_duration_since(t).as_millis().min(u128::from(u64::MAX)) as u64);
         u.last_exit = Some(exit);
+        if let Some(h) = u.health.as_mut() {
+            h.stop();
+        }
+        if u.freeze != Freeze::Thawed {
+            // Killed while frozen (cgroup.kill and SIGKILL act on frozen
+            // tasks): its next run must not start frozen.
+            u.freeze = Freeze::Thawed;
+            if let Err(e) = fx.freeze(i, false) {
+                fx.emit(event("container.resume-failed").kv("name", &u.desc.name).kv("error", e));
+            }
+        }
         if shutting_down {
             u.state = State::Stopped;
             return;
         }
+        let mut decide_exit = exit;
         match std::mem::replace(&mut u.want, Want::Policy) {
             Want::Policy => {}
+            // Unhealthy counts as a failure even if its stop signal made it
+            // exit with 0.
+            Want::Unhealthy if exit.success() => decide_exit = Exit::Signal(u.desc.stop_signal),
+            Want::Unhealthy => {}
             Want::Stop => {
                 u.state = State::Stopped;
                 fx.emit(event("container.stopped").kv("name", &u.desc.name).kv("reason", "control"));
@@ -497,7 +556,7 @@ impl Machine {
         }
         let Some(u) = self.units.get_mut(i) else { return };
         u.restarts = policy::restarts_after_run(&u.desc.restart, u.restarts, ran_ms);
-        match policy::after_exit(&u.desc.restart, exit, u.restarts) {
+        match policy::after_exit(&u.desc.restart, decide_exit, u.restarts) {
             Decision::Restart { delay_ms } => {
                 u.state = State::Backoff { until: now + Duration::from_millis(delay_ms.into()) };
                 fx.emit(
@@ -564,6 +623,7 @@ impl Machine {
             let Some(u) = self.units.get_mut(i) else { continue };
             match u.state {
                 State::Running { pid } => {
+                    thaw_to_stop(i, u, fx);
                     let sig = u.desc.stop_signal;
                     fx.emit(
                         event("container.stopping")
@@ -597,6 +657,11 @@ impl Machine {
                 _ => None,
             })
             .chain(self.pending.front().map(|p| p.due))
+            .chain(self.units.iter().filter_map(|u| match (u.state, u.freeze) {
+                (State::Running { .. }, Freeze::Freezing { poll, .. }) => Some(poll),
+                (State::Running { .. }, _) => u.health.as_ref().and_then(Check::deadline),
+                _ => None,
+            }))
             .min()
     }
 
@@ -625,6 +690,9 @@ impl Machine {
                     fx.kill_cgroup(i, pid);
                     // A set-up failure: the restart policy decides.
                     self.after_exit(i, Exit::Code(SETUP_FAILED), now, fx);
+                }
+                State::Running { pid } => {
+                    self.fire_running(i, pid, now, fx);
                 }
                 State::Stopping { pid, deadline, killed } if deadline <= now => {
                     if killed {
@@ -701,7 +769,11 @@ impl Machine {
             .iter()
             .map(|u| PsRow {
                 name: u.desc.name.clone(),
-                state: u.state.name(),
+                state: match (u.state, u.freeze) {
+                    (State::Running { .. }, Freeze::Freezing { .. } | Freeze::Frozen) => "paused",
+                    (state, _) => state.name(),
+                },
+                health: u.health.as_ref().map(|h| h.state().map_or("none", Health::name)),
                 pid: u.state.pid(),
                 uptime_ms: match u.state {
                     State::Running { .. } => u
@@ -725,6 +797,9 @@ impl Machine {
             Ok(r) => r,
             Err(e) => return Answer::Reply(format!("error {e}")),
         };
+        if request == Request::Heartbeat {
+            return self.heartbeat(caller, now, fx);
+        }
         let needs = request.needs();
         if !self.permissions(caller).has(needs) {
             fx.emit(
@@ -783,6 +858,9 @@ impl Machine {
             }
             Request::Stop(name) => self.stop_unit(&name, Want::Stop, now, fx),
             Request::Restart(name) => self.stop_unit(&name, Want::Restart, now, fx),
+            Request::Pause(name) => self.pause(&name, now, fx),
+            Request::Resume(name) => self.resume(&name, now, fx),
+            Request::Heartbeat => reply("error"),
             Request::Signal { name, signals } => match unit(&name) {
                 None => Answer::Reply(format!("error no container {name}")),
                 Some(i) if self.units.get(i).and_then(|u| u.state.pid()).is_none() => {
@@ -804,6 +882,131 @@ impl Machine {
         }
     }
 
+    /// A running unit's timers: its health check, its pause taking effect.
+    fn fire_running(&mut self, i: usize, pid: Pid, now: Instant, fx: &mut impl Effects) {
+        let Some(u) = self.units.get_mut(i) else { return };
+        if let Freeze::Freezing { since, poll, wait } = u.freeze {
+            if poll <= now {
+                if fx.frozen(i) == Some(true) {
+                    u.freeze = Freeze::Frozen;
+                    let waited = now.saturating_duration_since(since).as_millis();
+                    fx.emit(event("container.paused").kv("name", &u.desc.name).kv("pid", pid).kv("waited_ms", waited));
+                } else {
+                    let wait = (wait * 2).min(FREEZE_POLL_MAX);
+                    u.freeze = Freeze::Freezing { since, poll: now + wait, wait };
+                }
+            }
+        }
+        if u.freeze != Freeze::Thawed {
+            return;
+        }
+        let Some(change) = u.health.as_mut().and_then(|h| h.fire(now)) else { return };
+        fx.emit(health_event(&u.desc.name, change));
+        if change.to == Health::Unhealthy {
+            if self.first_failure.is_none() {
+                self.first_failure = Some(format!("{} unhealthy", u.desc.name));
+            }
+            let name = u.desc.name.clone();
+            // As if it had failed: stopped, then its restart policy decides.
+            self.stop_unit(&name, Want::Unhealthy, now, fx);
+        }
+    }
+
+    /// A `heartbeat` from `caller`: the caller's own health check succeeds.
+    /// It needs no permission, only a health check of its own.
+    fn heartbeat(&mut self, caller: &Caller, now: Instant, fx: &mut impl Effects) -> Answer {
+        let unit = match caller {
+            Caller::Container(name) => self.units.iter_mut().find(|u| u.desc.name == *name),
+            _ => None,
+        };
+        let Some(u) = unit.filter(|u| u.health.is_some()) else {
+            fx.emit(
+                event("control.refused").kv("caller", caller.name()).kv("request", "heartbeat").kv("needs", "health"),
+            );
+            return Answer::Reply("error not permitted".into());
+        };
+        if !matches!(u.state, State::Running { .. }) {
+            return Answer::Reply(format!("error {} is {}", u.desc.name, u.state.name()));
+        }
+        if let Some(change) = u.health.as_mut().and_then(|h| h.success(now)) {
+            fx.emit(health_event(&u.desc.name, change));
+        }
+        Answer::Reply("ok".into())
+    }
+
+    /// `pause NAME`: freeze its cgroup; `container.paused` once
+    /// `cgroup.events` says frozen.
+    fn pause(&mut self, name: &str, now: Instant, fx: &mut impl Effects) -> Answer {
+        let Some(i) = self.units.iter().position(|u| u.desc.name == name) else {
+            return Answer::Reply(format!("error no container {name}"));
+        };
+        let Some(u) = self.units.get_mut(i) else { return Answer::Reply("error".into()) };
+        if !matches!(u.state, State::Running { .. }) {
+            return Answer::Reply(format!("error {name} is {}", u.state.name()));
+        }
+        if u.freeze != Freeze::Thawed {
+            return Answer::Reply(format!("error {name} is paused"));
+        }
+        if let Err(e) = fx.freeze(i, true) {
+            fx.emit(event("container.pause-failed").kv("name", name).kv("error", &e));
+            return Answer::Reply(format!("error {e}"));
+        }
+        u.freeze = Freeze::Freezing { since: now, poll: now, wait: FREEZE_POLL / 2 };
+        if let Some(h) = u.health.as_mut() {
+            h.pause();
+        }
+        // The first look at once: an idle cgroup is frozen by the write.
+        let pid = u.state.pid().unwrap_or(0);
+        self.fire_running(i, pid, now, fx);
+        Answer::Reply("ok".into())
+    }
+
+    /// `resume NAME`: thaw its cgroup (thawing takes effect at once).
+    fn resume(&mut self, name: &str, now: Instant, fx: &mut impl Effects) -> Answer {
+        let Some(i) = self.units.iter().position(|u| u.desc.name == name) else {
+            return Answer::Reply(format!("error no container {name}"));
+        };
+        let Some(u) = self.units.get_mut(i) else { return Answer::Reply("error".into()) };
+        if !matches!(u.state, State::Running { .. }) || u.freeze == Freeze::Thawed {
+            return Answer::Reply(format!("error {name} is not paused"));
+        }
+        if let Err(e) = fx.freeze(i, false) {
+            fx.emit(event("container.resume-failed").kv("name", name).kv("error", &e));
+            return Answer::Reply(format!("error {e}"));
+        }
+        u.freeze = Freeze::Thawed;
+        if let Some(h) = u.health.as_mut() {
+            h.resume(now);
+        }
+        fx.emit(event("container.resumed").kv("name", name).kv("reason", "control"));
+        Answer::Reply("ok".into())
+    }
+
+    /// Whether every unit with a health check is healthy (the OTA commit
+    /// gate); `Err` names the first that is not, and its health.
+    pub fn all_healthy(&self) -> Result<(), String> {
+        for u in &self.units {
+            if let Some(h) = &u.health {
+                let state = h.state();
+                if state != Some(Health::Healthy) {
+                    let what = state.map_or("not started", Health::name);
+                    return Err(format!("{} is {what}", u.desc.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest any health check takes to give a verdict after a start.
+    pub fn health_verdict_within(&self) -> Duration {
+        self.units
+            .iter()
+            .filter_map(|u| u.health.as_ref())
+            .map(|h| h.config().verdict_within())
+            .max()
+            .unwrap_or_default()
+    }
+
     /// `stop` (want Stop) or `restart` (want Restart) of a unit.
     fn stop_unit(&mut self, name: &str, want: Want, now: Instant, fx: &mut impl Effects) -> Answer {
         let Some(i) = self.units.iter().position(|u| u.desc.name == name) else {
@@ -813,13 +1016,15 @@ impl Machine {
         match u.state {
             State::Running { pid } => {
                 u.want = want;
+                thaw_to_stop(i, u, fx);
                 let sig = u.desc.stop_signal;
+                let reason = if want == Want::Unhealthy { "unhealthy" } else { "control" };
                 fx.emit(
                     event("container.stopping")
                         .kv("name", &u.desc.name)
                         .kv("signal", sig)
                         .kv("grace_ms", u.desc.grace_ms)
-                        .kv("reason", "control"),
+                        .kv("reason", reason),
                 );
                 let _ = fx.signal(pid, sig);
                 u.state = State::Stopping {
@@ -847,6 +1052,29 @@ impl Machine {
         }
         Answer::Reply("ok".into())
     }
+}
+
+/// A paused unit is thawed before its stop signal: a frozen process would
+/// only see the signal once thawed (SIGKILL and `cgroup.kill` act on
+/// frozen tasks, but the stop signal must be handled).
+fn thaw_to_stop(i: usize, u: &mut Unit, fx: &mut impl Effects) {
+    if u.freeze == Freeze::Thawed {
+        return;
+    }
+    u.freeze = Freeze::Thawed;
+    match fx.freeze(i, false) {
+        Ok(()) => fx.emit(event("container.resumed").kv("name", &u.desc.name).kv("reason", "stop")),
+        Err(e) => fx.emit(event("container.resume-failed").kv("name", &u.desc.name).kv("error", e)),
+    }
+}
+
+/// `container.health name= from= to= failures=`.
+fn health_event(name: &str, change: health::Change) -> Event {
+    event("container.health")
+        .kv("name", name)
+        .kv("from", change.from.map_or("none", Health::name))
+        .kv("to", change.to.name())
+        .kv("failures", change.failures)
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ mod uevent;
 mod watchdog;
 // Volumes (issue 14 item 1).
 mod volumes;
+// Health checks (issue 14 item 2).
+mod health;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -123,8 +125,9 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None))
         }
     };
-    // cairn-ctl is copied beside the socket only if a container can use it.
-    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0));
+    // cairn-ctl is copied beside the socket only if a container can use it
+    // (a permission, or a health check to heartbeat for).
+    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0) || d.health.is_some());
     let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -214,6 +217,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 grace_ms: c.stop.grace_ms,
                 permissions: control::Permissions::of(&c.permissions),
                 critical: c.critical,
+                health: c.health.as_ref().map(health::Config::of),
             };
             (unit, desc)
         })

@@ -652,7 +652,14 @@ mod tests {
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             let f = Fake { roots };
-            f.system_disk("sda", "", 5, 512);
+            // Partitions first, the disk (its GUID) last: the disk matches
+            // only once whole, so a scan between two of this thread's
+            // writes cannot see it with some of its partitions (the test
+            // is about the wait, not about a half-written fake).
+            for (n, p) in SYS.iter().enumerate() {
+                f.part("sda", &format!("sda{}", n + 1), p, true);
+            }
+            f.disk("sda", Some(5), 512);
             std::mem::forget(f); // the outer Fake removes the tree
         });
         let start = Instant::now();

@@ -176,7 +176,8 @@ pub fn container_spec(
         uid: c.uid,
         gid: c.gid,
         limits: limits(&c.limits),
-        control: !c.permissions.is_empty(),
+        // A health check is proved on the socket (a heartbeat).
+        control: !c.permissions.is_empty() || c.health.is_some(),
         groups: c.groups.clone(),
         capabilities: c.security.capabilities,
         no_new_privs: c.security.no_new_privs,
@@ -310,6 +311,7 @@ pub(crate) mod tests {
             critical: true,
             permissions: vec![m::Permission::Status],
             log_size: m::DEFAULT_LOG_SIZE,
+            health: None,
             groups: vec![20],
             security: m::Security {
                 devices: vec![m::Device {

@@ -15,7 +15,7 @@
 //! set-up failure). Once a shutdown began nothing is started: units
 //! waiting or in backoff are stopped, set-ups under way are killed.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -59,6 +59,10 @@ pub struct Unit {
     spec: Result<ContainerSpec, UnitError>,
     cgroup: Cgroup,
     oom_baseline: u64,
+    /// OOM kills of its cgroup already reported (`container.oom`).
+    oom_seen: u64,
+    /// Its `memory.events` watch (-1: none).
+    oom_wd: i32,
     /// Its output being copied to the console: the pty's master with
     /// `console`, else the read end of its stdout/stderr pipe.
     console: Option<Tap>,
@@ -89,6 +93,8 @@ impl Unit {
             filter,
             cgroup: Cgroup::for_container(name),
             oom_baseline: 0,
+            oom_seen: 0,
+            oom_wd: -1,
             console: None,
             fresh_output: None,
             report: None,
@@ -106,6 +112,8 @@ impl Unit {
 /// Everything the core's effects act on.
 struct Io {
     units: Vec<Unit>,
+    /// inotify on the containers' `memory.events` (live OOM events).
+    oom: Option<OwnedFd>,
 }
 
 impl Effects for Io {
@@ -119,9 +127,15 @@ impl Effects for Io {
             }
         };
         u.oom_baseline = u.cgroup.oom_kills();
+        u.oom_seen = u.oom_baseline;
         let spec = with_restart_count(spec, restarts);
         match spawn(&spec, u.filter.as_ref(), &u.cgroup, join) {
             Ok(started) => {
+                // The cgroup exists now (it is kept across runs: the same
+                // file, the same watch).
+                if let Some(fd) = self.oom.as_ref() {
+                    u.oom_wd = watch_memory_events(fd, &u.cgroup, &u.name);
+                }
                 u.report = Some(started.report);
                 if let Some((master, pty)) = started.console {
                     u.fresh_output = Some((Tap::new(master, i), Some(pty)));
@@ -172,6 +186,17 @@ impl Effects for Io {
         }
     }
 
+    fn freeze(&mut self, i: usize, frozen: bool) -> Result<(), SysError> {
+        match self.units.get(i) {
+            Some(u) => u.cgroup.freeze(frozen),
+            None => Ok(()),
+        }
+    }
+
+    fn frozen(&mut self, i: usize) -> Option<bool> {
+        self.units.get(i).and_then(|u| u.cgroup.frozen())
+    }
+
     fn emit(&mut self, e: Event) {
         e.emit();
     }
@@ -181,7 +206,93 @@ impl Effects for Io {
     }
 }
 
+/// Watch `memory.events` of `cgroup` for changes (the kernel notifies
+/// every change of the file); the watch descriptor, -1 if it failed.
+fn watch_memory_events(fd: &OwnedFd, cgroup: &Cgroup, name: &str) -> i32 {
+    let path = format!("{}/memory.events", cgroup.path);
+    let Ok(c) = std::ffi::CString::new(path.clone()) else { return -1 };
+    // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY) };
+    if wd < 0 {
+        let errno = cairn_runtime::sys::errno();
+        event("container.oom-unwatched")
+            .kv("name", name)
+            .kv("error", SysError { op: "inotify_add_watch", arg: path, errno })
+            .kv("effect", "OOM kills reported at exit only")
+            .emit();
+    }
+    wd
+}
+
+/// An inotify descriptor for the live OOM events (non-blocking).
+fn oom_inotify() -> Option<OwnedFd> {
+    // SAFETY: inotify_init1 takes flags only; the descriptor it returns is
+    // owned by nothing else.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        let errno = cairn_runtime::sys::errno();
+        event("oom.unwatched")
+            .kv("error", SysError { op: "inotify_init1", arg: String::new(), errno })
+            .kv("effect", "OOM kills reported at exit only")
+            .emit();
+        return None;
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned here alone.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The watch descriptors in a buffer of inotify events.
+fn inotify_wds(buf: &[u8]) -> Vec<i32> {
+    const HEADER: usize = 16; // wd, mask, cookie, len
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(h) = buf.get(at..at + HEADER) {
+        let word = |k: usize| h.get(k..k + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_ne_bytes);
+        let (Some(wd), Some(len)) = (word(0), word(12)) else { break };
+        out.push(wd as i32);
+        at += HEADER + len as usize;
+    }
+    out
+}
+
+impl Unit {
+    /// Report OOM kills of its cgroup not reported yet (`container.oom`,
+    /// `kills` counted since its start).
+    fn report_ooms(&mut self) {
+        let total = self.cgroup.oom_kills();
+        if total <= self.oom_seen {
+            return;
+        }
+        event("container.oom")
+            .kv("name", &self.name)
+            .kv("kills", total.saturating_sub(self.oom_baseline))
+            .kv("new", total - self.oom_seen)
+            .kv("memory_max", self.cgroup.read("memory.max").unwrap_or_default().trim())
+            .emit();
+        self.oom_seen = total;
+    }
+}
+
 impl Io {
+    /// Drain the inotify descriptor; report new OOM kills of the units
+    /// whose `memory.events` changed.
+    fn drain_oom(&mut self) {
+        let Some(fd) = self.oom.as_ref() else { return };
+        let mut buf = [0u8; 1024];
+        let mut changed = Vec::new();
+        for _ in 0..16 {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(n) if n > 0 => changed.extend(inotify_wds(buf.get(..n).unwrap_or(&[]))),
+                _ => break,
+            }
+        }
+        for u in &mut self.units {
+            if u.oom_wd >= 0 && changed.contains(&u.oom_wd) {
+                u.report_ooms();
+            }
+        }
+    }
+
     /// What unit `i`'s report pipe says now (nothing if it has none).
     fn report(&self, i: usize) -> Report {
         let Some(u) = self.units.get(i) else { return Report::Pending };
@@ -243,6 +354,10 @@ struct Trial {
     update: Option<(crate::boot::TrialBoot, crate::record::Record)>,
     after: Duration,
     deadline: Option<Instant>,
+    /// The window passed with a health check not yet healthy: the verdict
+    /// waits until this deadline for it (its health check's own verdict
+    /// bound), then rolls back.
+    health_wait: bool,
 }
 
 impl Supervisor {
@@ -258,7 +373,7 @@ impl Supervisor {
         let (units, descs): (Vec<Unit>, Vec<UnitDesc>) = units.into_iter().unzip();
         Self {
             machine: Machine::new(descs, order, start_timeout),
-            io: Io { units },
+            io: Io { units, oom: oom_inotify() },
             signals,
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),
@@ -291,7 +406,7 @@ impl Supervisor {
             e = e.kv("slot", t.slot).kv("version", t.version);
         }
         e.emit();
-        self.trial = Some(Trial { entry, update, after, deadline: None });
+        self.trial = Some(Trial { entry, update, after, deadline: None, health_wait: false });
     }
 
     fn trial_deadline(&self) -> Option<Instant> {
@@ -299,6 +414,7 @@ impl Supervisor {
     }
 
     fn assess(&mut self, now: Instant) {
+        let corrupted = self.layer_corrupted();
         let Some(t) = self.trial.as_mut() else { return };
         if self.machine.shutting_down() {
             // Not judged: the next boot is counted again.
@@ -308,14 +424,32 @@ impl Supervisor {
         if t.deadline.is_none() && self.machine.containers_started() {
             t.deadline = Some(now + t.after);
         }
-        if t.deadline.is_none_or(|d| now < d) {
+        let due = t.deadline.is_some_and(|d| now >= d);
+        // While the gate waits for health: judged as soon as it is healthy
+        // (or something failed).
+        let settled = t.health_wait && (self.machine.all_healthy().is_ok() || self.machine.health().is_err());
+        if !due && !settled {
             return;
         }
-        let Some(t) = self.trial.take() else { return };
-        let verdict = self.machine.health().and_then(|()| match self.layer_corrupted() {
+        let verdict = self.machine.health().and_then(|()| match corrupted {
             true => Err("a layer block failed its hash".to_owned()),
             false => Ok(()),
         });
+        // The health gate: every container with a health check is healthy.
+        // One still `starting` is waited for, as long as its check needs to
+        // give a verdict; an unhealthy one failed `health()` above.
+        let verdict = match (verdict, self.machine.all_healthy()) {
+            (Ok(()), Err(why)) if !t.health_wait => {
+                t.health_wait = true;
+                let wait = self.machine.health_verdict_within();
+                t.deadline = Some(now + wait);
+                event("boot.trial-waiting").kv("reason", why).kv("wait_ms", wait.as_millis()).emit();
+                return;
+            }
+            (Ok(()), Err(why)) => Err(why),
+            (v, _) => v,
+        };
+        let Some(t) = self.trial.take() else { return };
         match verdict {
             Ok(()) => commit(t),
             Err(reason) => {
@@ -423,15 +557,10 @@ impl Supervisor {
             if let Some(tap) = u.console.as_mut() {
                 tap.pump(&u.name, &mut u.log);
             }
+            // Kills not reported live yet come first.
+            u.report_ooms();
             let ooms = u.cgroup.oom_kills().saturating_sub(u.oom_baseline);
             event("container.exited").kv("name", &u.name).kv("pid", pid).kv_exit(exit).kv("oom_kills", ooms).emit();
-            if ooms > 0 {
-                event("container.oom")
-                    .kv("name", &u.name)
-                    .kv("kills", ooms)
-                    .kv("memory_max", u.cgroup.read("memory.max").unwrap_or_default().trim())
-                    .emit();
-            }
         }
         self.machine.exited(i, exit, Instant::now(), &mut self.io);
     }
@@ -445,11 +574,12 @@ impl Supervisor {
         const REPORTS: usize = UNITS + MAX_CONTAINERS;
         const UEVENTS: usize = REPORTS + MAX_CONTAINERS;
         const ADDRESSES: usize = UEVENTS + 1;
+        const OOM: usize = ADDRESSES + 1;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
         // fills unused slots, so unit i's output is always at fds[UNITS + i]
         // and its report pipe (while starting) at fds[REPORTS + i].
-        let mut fds = [idle; ADDRESSES + 1];
+        let mut fds = [idle; OOM + 1];
         let mut set = |k: usize, fd: i32, events: libc::c_short| {
             if let Some(slot) = fds.get_mut(k) {
                 slot.fd = fd;
@@ -464,6 +594,7 @@ impl Supervisor {
         set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
         set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
         set(ADDRESSES, self.addresses.as_ref().map_or(-1, crate::netwatch::Watch::raw), libc::POLLIN);
+        set(OOM, self.io.oom.as_ref().map_or(-1, AsRawFd::as_raw_fd), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
             // A stream waits for room only when lines wait for it; POLLHUP
             // (its client gone) is reported whatever is asked.
@@ -509,6 +640,9 @@ impl Supervisor {
             if ready(REPORTS + i, hup) {
                 self.settle_start(i, None);
             }
+        }
+        if ready(OOM, libc::POLLIN) {
+            self.io.drain_oom();
         }
         if ready(UEVENTS, libc::POLLIN) {
             if let Some(w) = self.layers.as_mut() {
@@ -630,6 +764,7 @@ impl Supervisor {
                     uptime_ms: Some(control::now_ms()),
                     restarts: 0,
                     last_exit: None,
+                    health: None,
                 };
                 let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
                 body.push_str(&control::format_ps(&init, &control::init_stats(&status)));
@@ -674,7 +809,12 @@ impl Supervisor {
                 Err(body) => (body, None),
             },
         };
-        Self::said(&conn, text, &body);
+        // A heartbeat comes every interval: only its changes of health and
+        // its refusals are events, not every accepted one.
+        let quiet = text == "heartbeat" && body.lines().next() == Some("ok");
+        if !quiet {
+            Self::said(&conn, text, &body);
+        }
         let reply = control::framed_reply(&body);
         match stream {
             Some(s) if conn.send(reply.as_bytes()) == Sent::Taken => {
@@ -939,5 +1079,26 @@ fn roll_back(t: Trial, reason: &str) {
         if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
             event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inotify_wds;
+
+    #[test]
+    fn inotify_events_name_their_watches() {
+        let mut buf = Vec::new();
+        for (wd, name) in [(3i32, &b""[..]), (7, &b"memory.events\0\0\0"[..]), (3, &b""[..])] {
+            buf.extend_from_slice(&wd.to_ne_bytes());
+            buf.extend_from_slice(&libc::IN_MODIFY.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(name);
+        }
+        assert_eq!(inotify_wds(&buf), [3, 7, 3]);
+        // A cut record is not read past its end.
+        assert_eq!(inotify_wds(buf.get(..20).unwrap_or(&[])), [3]);
+        assert_eq!(inotify_wds(&[]), Vec::<i32>::new());
     }
 }

@@ -133,6 +133,17 @@ impl Cgroup {
         self.read("memory.events").and_then(|t| flat_key(&t, "oom_kill")).unwrap_or(0)
     }
 
+    /// Freeze (`true`) or thaw every process in it (`cgroup.freeze`). The
+    /// write returns at once; freezing is done when [`Cgroup::frozen`] says so.
+    pub fn freeze(&self, frozen: bool) -> SysResult<()> {
+        self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
+    /// Whether it is frozen (`cgroup.events` frozen 1); `None`: unreadable.
+    pub fn frozen(&self) -> Option<bool> {
+        self.read("cgroup.events").and_then(|t| flat_key(&t, "frozen")).map(|v| v == 1)
+    }
+
     /// Kill every process in it (`cgroup.kill`).
     pub fn kill_all(&self) -> SysResult<()> {
         self.write("cgroup.kill", "1")

@@ -14,6 +14,7 @@ use cairn_format::manifest::{
     Manifest, Network, OnCorruption, Permission, Restart, RestartPolicy, Rlimit, RlimitResource, Security, Stop,
     UpdatePolicy, UserNamespace, Volume, VolumeKind, VolumeMount, DEFAULT_LOG_SIZE,
 };
+use cairn_format::manifest::{HealthCheck, HealthProbe};
 
 /// The appliance file.
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +256,51 @@ pub struct ContainerSpec {
     /// Volumes mounted into it.
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// Its health check (`health = { interval_ms = .., ... }`).
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+}
+
+/// A container's `health` table (Docker's HEALTHCHECK timing; docs/appliance.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// `"heartbeat"` (default; the only kind so far: the command form
+    /// needs exec).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Time between checks (default 10000).
+    pub interval_ms: Option<u32>,
+    /// How late a check may be (default 5000).
+    pub timeout_ms: Option<u32>,
+    /// Failures in a row that make it unhealthy (default 3).
+    pub retries: Option<u32>,
+    /// Grace after each start (default 0).
+    pub start_period_ms: Option<u32>,
+}
+
+/// Default health check interval, ms.
+pub const HEALTH_INTERVAL_MS: u32 = 10_000;
+/// Default health check timeout, ms.
+pub const HEALTH_TIMEOUT_MS: u32 = 5_000;
+/// Default health check retries.
+pub const HEALTH_RETRIES: u32 = 3;
+
+impl HealthSpec {
+    fn compile(&self) -> Result<HealthCheck, String> {
+        let probe = match self.kind.as_deref() {
+            None | Some("heartbeat") => HealthProbe::Heartbeat,
+            Some("command") => return Err("health: type \"command\" needs exec, which is not built yet".into()),
+            Some(other) => return Err(format!("health: type {other:?} is not \"heartbeat\"")),
+        };
+        Ok(HealthCheck {
+            probe,
+            interval_ms: self.interval_ms.unwrap_or(HEALTH_INTERVAL_MS),
+            timeout_ms: self.timeout_ms.unwrap_or(HEALTH_TIMEOUT_MS),
+            retries: self.retries.unwrap_or(HEALTH_RETRIES),
+            start_period_ms: self.start_period_ms.unwrap_or(0),
+        })
+    }
 }
 
 /// The `[update]` table.
@@ -809,6 +855,13 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
     permissions.sort();
     permissions.dedup();
     let mut p = perm_problems;
+    let health = match c.health.as_ref().map(HealthSpec::compile).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            p.push(e);
+            None
+        }
+    };
     let policy = match c.restart.policy.as_str() {
         "never" => RestartPolicy::Never,
         "always" => RestartPolicy::Always,
@@ -946,6 +999,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             .collect(),
         permissions,
         log_size: u32::try_from(c.log_size.map_or(u64::from(DEFAULT_LOG_SIZE), Size::bytes)).unwrap_or(u32::MAX),
+        health,
     };
     if p.is_empty() {
         Ok(out)
@@ -1038,6 +1092,41 @@ depends_on = ["sensor"]
             let e = compile(&with(extra)).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn health_checks_compile() {
+        let with =
+            |extra: &str| GOOD.replace("depends_on = [\"sensor\"]", &format!("depends_on = [\"sensor\"]\n{extra}"));
+        let compile = |text: &str| {
+            let a: Appliance = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+            a.to_manifest(Path::new("a.toml"), &info())
+        };
+        let m = compile(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.containers[1].health, None);
+        let m = compile(&with("health = { interval_ms = 1000, retries = 2, start_period_ms = 3000 }"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m.containers[1].health,
+            Some(HealthCheck {
+                probe: HealthProbe::Heartbeat,
+                interval_ms: 1000,
+                timeout_ms: HEALTH_TIMEOUT_MS,
+                retries: 2,
+                start_period_ms: 3000
+            })
+        );
+        for (extra, want) in [
+            ("health = { type = \"command\" }", "needs exec"),
+            ("health = { type = \"tcp\" }", "is not \"heartbeat\""),
+            ("health = { retries = 0 }", "health retries"),
+            ("health = { interval_ms = 10 }", "health interval_ms"),
+        ] {
+            let e = compile(&with(extra)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let a: Result<Appliance, _> = toml::from_str(&with("health = { heartbeat_ms = 1 }"));
+        assert!(a.is_err());
     }
 
     #[test]

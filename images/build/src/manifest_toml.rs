@@ -63,6 +63,18 @@ fn container(c: &Container) -> Table {
     t.insert("depends_on".into(), strings(c.depends_on.iter().map(|d| d.as_str())));
     t.insert("permissions".into(), strings(c.permissions.iter().map(|p| p.name())));
     t.insert("log_size".into(), int(c.log_size.into()));
+    if let Some(h) = &c.health {
+        let mut health = Table::new();
+        let kind = match h.probe {
+            cairn_format::manifest::HealthProbe::Heartbeat => "heartbeat",
+        };
+        health.insert("type".into(), s(kind));
+        health.insert("interval_ms".into(), int(h.interval_ms.into()));
+        health.insert("timeout_ms".into(), int(h.timeout_ms.into()));
+        health.insert("retries".into(), int(h.retries.into()));
+        health.insert("start_period_ms".into(), int(h.start_period_ms.into()));
+        t.insert("health".into(), Value::Table(health));
+    }
     t.insert("signal_group".into(), Value::Boolean(c.signal_group));
     t.insert("console".into(), Value::Boolean(c.console));
     t.insert("critical".into(), Value::Boolean(c.critical));
@@ -323,6 +335,7 @@ signal_group = true
 console = true
 network = "container:db"
 restart = { policy = "on-failure", max_restarts = 3 }
+health = { interval_ms = 2000, timeout_ms = 500, retries = 4, start_period_ms = 9000 }
 stop = { signal = "12", grace_ms = 100 }
 limits = { memory = "32M", cpus = 0.25, pids = 16, scratch = "4M", memory_high = "24M", memory_swap = 0, cpu_weight = 50, cpuset = "0-1", io = [{ device = "vda", rbps = "1M", wiops = 100 }], rlimits = { nofile = 64, core = [0, "unlimited"] } }
 security = { cap_drop = ["ALL"], cap_add = ["NET_BIND_SERVICE", "SYS_TIME"], no_new_privs = false, readonly_rootfs = true, seccomp = true, seccomp_deny = ["ptrace"], allow_userns = true, devices = [{ path = "/dev/data", source = "partition:camera-store", mode = 0o640 }] }

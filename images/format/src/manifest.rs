@@ -345,6 +345,37 @@ pub struct Container {
     pub permissions: Vec<Permission>,
     /// Bytes of its stdout/stderr PID 1 keeps in memory (the log ring).
     pub log_size: u32,
+    /// Its health check, if it has one (see docs/appliance.md).
+    pub health: Option<HealthCheck>,
+}
+
+/// A container's health check, with Docker's HEALTHCHECK timing: a check
+/// is due every `interval_ms`; one that has not succeeded `timeout_ms`
+/// after it was due is a failure; `retries` failures in a row make the
+/// container unhealthy; failures within `start_period_ms` of its start do
+/// not count (a success there makes it healthy at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What proves the container healthy.
+    pub probe: HealthProbe,
+    /// Time between checks, ms.
+    pub interval_ms: u32,
+    /// How late a check may be before it counts as failed, ms.
+    pub timeout_ms: u32,
+    /// Failures in a row that make it unhealthy.
+    pub retries: u32,
+    /// Grace after each start during which failures do not count, ms.
+    pub start_period_ms: u32,
+}
+
+/// How a container proves its health. A command run inside the container
+/// (Docker's `CMD` form) needs the exec path and is not defined yet: it
+/// will be a new variant here (appended, so existing manifests still decode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthProbe {
+    /// The container sends `heartbeat` on the control socket at least once
+    /// per interval.
+    Heartbeat,
 }
 
 /// A right on the control socket (see docs/control.md).
@@ -404,6 +435,12 @@ pub const DEFAULT_LOG_SIZE: u32 = 64 * 1024;
 pub const MIN_LOG_SIZE: u32 = 4 * 1024;
 /// Largest log ring.
 pub const MAX_LOG_SIZE: u32 = 1024 * 1024;
+/// Shortest health check interval, ms.
+pub const HEALTH_INTERVAL_MIN_MS: u32 = 100;
+/// Longest health check interval, timeout or start period, ms (one hour).
+pub const HEALTH_TIME_MAX_MS: u32 = 3_600_000;
+/// Most failures in a row a health check may allow.
+pub const HEALTH_RETRIES_MAX: u32 = 100;
 
 /// Isolation settings of a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1314,6 +1351,12 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
         c.permissions.iter().enumerate().all(|(k, p)| !c.permissions.iter().take(k).any(|q| q == p)),
         "permissions (one twice)",
     );
+    if let Some(h) = &c.health {
+        limit((HEALTH_INTERVAL_MIN_MS..=HEALTH_TIME_MAX_MS).contains(&h.interval_ms), "health interval_ms");
+        limit(h.timeout_ms <= HEALTH_TIME_MAX_MS, "health timeout_ms");
+        limit(h.start_period_ms <= HEALTH_TIME_MAX_MS, "health start_period_ms");
+        limit((1..=HEALTH_RETRIES_MAX).contains(&h.retries), "health retries");
+    }
     let r = &c.restart;
     limit(r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS, "restart backoff");
     if !(1..=31).contains(&c.stop.signal) {
@@ -1449,6 +1492,38 @@ pub(crate) mod tests {
             mounts: Vec::new(),
             permissions: Vec::new(),
             log_size: DEFAULT_LOG_SIZE,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn health_checks_are_checked() {
+        let mut c = container("web", &[]);
+        let ok = HealthCheck {
+            probe: HealthProbe::Heartbeat,
+            interval_ms: 1000,
+            timeout_ms: 0,
+            retries: 1,
+            start_period_ms: 0,
+        };
+        c.health = Some(ok.clone());
+        assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
+        type Spoil = (fn(&mut HealthCheck), &'static str);
+        let bad: [Spoil; 5] = [
+            (|h| h.interval_ms = HEALTH_INTERVAL_MIN_MS - 1, "health interval_ms"),
+            (|h| h.interval_ms = HEALTH_TIME_MAX_MS + 1, "health interval_ms"),
+            (|h| h.timeout_ms = HEALTH_TIME_MAX_MS + 1, "health timeout_ms"),
+            (|h| h.retries = 0, "health retries"),
+            (|h| h.start_period_ms = HEALTH_TIME_MAX_MS + 1, "health start_period_ms"),
+        ];
+        for (spoil, what) in bad {
+            let mut h = ok.clone();
+            spoil(&mut h);
+            c.health = Some(h);
+            assert!(
+                matches!(manifest(&[c.clone()]).validate(), Err(ValidationError::LimitOutOfRange { limit, .. }) if limit == what),
+                "{what}"
+            );
         }
     }
 

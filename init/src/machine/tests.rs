@@ -25,6 +25,10 @@ enum Act {
     },
     /// The event line from `event=` on.
     Event(String),
+    Freeze {
+        unit: usize,
+        frozen: bool,
+    },
 }
 
 #[derive(Default)]
@@ -35,6 +39,8 @@ struct Recorder {
     next_pid: Pid,
     /// How long each spawn takes.
     spawn_takes: Duration,
+    /// Units whose cgroup.events says frozen.
+    frozen_units: Vec<usize>,
 }
 
 impl Recorder {
@@ -79,6 +85,13 @@ impl Effects for Recorder {
     fn kill_cgroup(&mut self, i: usize, pid: Pid) {
         self.acts.push(Act::KillCgroup { unit: i, pid });
     }
+    fn freeze(&mut self, i: usize, frozen: bool) -> Result<(), SysError> {
+        self.acts.push(Act::Freeze { unit: i, frozen });
+        Ok(())
+    }
+    fn frozen(&mut self, i: usize) -> Option<bool> {
+        Some(self.frozen_units.contains(&i))
+    }
     fn emit(&mut self, e: Event) {
         let line = e.line();
         let from = line.find("event=").expect("an event line");
@@ -101,6 +114,7 @@ fn unit(name: &str, policy: RestartPolicy, deps: &[usize]) -> UnitDesc {
         stop_signal: 15,
         grace_ms: 500,
         permissions: Permissions(0),
+        health: None,
     }
 }
 
@@ -722,4 +736,156 @@ fn stop_start_and_restart_override_the_policy_once() {
         m.answer(&host, "cairn/1 logs a --follow", t, &mut fx),
         Answer::Logs { unit: 0, since_ms: 0, follow: true }
     );
+}
+
+fn checked(name: &str, policy: RestartPolicy, interval: u64, retries: u32) -> UnitDesc {
+    UnitDesc {
+        health: Some(health::Config { interval: ms(interval), timeout: ms(0), retries, start_period: ms(0) }),
+        ..unit(name, policy, &[])
+    }
+}
+
+fn health_events(fx: &mut Recorder) -> Vec<String> {
+    fx.events().into_iter().filter(|e| e.starts_with("event=container.health ")).collect()
+}
+
+#[test]
+fn an_unhealthy_container_is_restarted_as_if_it_had_failed() {
+    let mut m = machine(vec![checked("web", RestartPolicy::OnFailure { max_restarts: 3 }, 1000, 2)], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    m.step(t0, &mut fx);
+    m.settle(0, Report::Done { exec_failed: None }, None, t0, &mut fx);
+    assert_eq!(health_events(&mut fx), ["event=container.health name=web from=none to=starting failures=0"]);
+    let web = Caller::Container("web".into());
+    assert_eq!(reply(m.answer(&web, "cairn/1 heartbeat", t0 + ms(100), &mut fx)), "ok");
+    assert_eq!(health_events(&mut fx), ["event=container.health name=web from=starting to=healthy failures=0"]);
+    assert_eq!(m.ps(t0)[0].health, Some("healthy"));
+    assert_eq!(m.all_healthy(), Ok(()));
+    // Beats keep it healthy; then silence.
+    let mut t = t0 + ms(100);
+    for _ in 0..5 {
+        t += ms(900);
+        m.fire(t, &mut fx);
+        assert_eq!(reply(m.answer(&web, "cairn/1 heartbeat", t, &mut fx)), "ok");
+    }
+    assert!(fx.events().is_empty());
+    assert_eq!(m.next_deadline(), Some(t + ms(1000)));
+    m.fire(t + ms(1000), &mut fx);
+    assert!(fx.events().is_empty(), "one failure of two");
+    m.fire(t + ms(2000), &mut fx);
+    let pid0 = pid(&m, 0);
+    assert_eq!(
+        fx.take(),
+        [
+            Act::Event("event=container.health name=web from=healthy to=unhealthy failures=2".into()),
+            Act::Event("event=container.stopping name=web signal=15 grace_ms=500 reason=unhealthy".into()),
+            Act::Signal { pid: pid0, signal: 15 },
+        ]
+    );
+    assert_eq!(m.health(), Err("web unhealthy".into()));
+    assert_eq!(m.all_healthy(), Err("web is unhealthy".into()));
+    // It exits with 0 on its stop signal: on-failure restarts it anyway.
+    m.exited(0, Exit::Code(0), t + ms(2100), &mut fx);
+    assert_eq!(fx.events(), ["event=container.restart-scheduled name=web attempt=1 delay_ms=100"]);
+    m.fire(t + ms(2200), &mut fx);
+    m.settle(0, Report::Done { exec_failed: None }, None, t + ms(2300), &mut fx);
+    assert_eq!(health_events(&mut fx), ["event=container.health name=web from=unhealthy to=starting failures=0"]);
+    assert_eq!(m.restarts(0), 1);
+}
+
+#[test]
+fn only_a_container_with_a_health_check_may_heartbeat_and_only_for_itself() {
+    let mut m =
+        machine(vec![checked("web", RestartPolicy::Never, 1000, 1), unit("plain", RestartPolicy::Never, &[])], &[0, 1]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    for caller in [Caller::Container("plain".into()), Caller::Host, Caller::Unknown] {
+        assert_eq!(reply(m.answer(&caller, "cairn/1 heartbeat", t0, &mut fx)), "error not permitted");
+        assert_eq!(
+            fx.events(),
+            [format!("event=control.refused caller={} request=heartbeat needs=health", caller.name())]
+        );
+    }
+    // A heartbeat names nobody: no way to beat for another.
+    let web = Caller::Container("web".into());
+    assert_eq!(
+        reply(m.answer(&web, "cairn/1 heartbeat plain", t0, &mut fx)),
+        "error unknown request \"heartbeat plain\""
+    );
+    assert_eq!(m.all_healthy(), Err("web is starting".into()));
+    assert_eq!(m.ps(t0)[1].health, None);
+}
+
+#[test]
+fn pause_freezes_resume_thaws_and_stop_thaws_first() {
+    let mut d = checked("web", RestartPolicy::Never, 1000, 1);
+    d.permissions = Permissions::of(&[Permission::Lifecycle]);
+    let mut m = machine(vec![d], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    let web = Caller::Container("web".into());
+    assert_eq!(
+        reply(m.answer(&Caller::Container("x".into()), "cairn/1 pause web", t0, &mut fx)),
+        "error not permitted"
+    );
+    fx.take();
+    // Not frozen at once: polled until cgroup.events says so.
+    assert_eq!(reply(m.answer(&web, "cairn/1 pause web", t0, &mut fx)), "ok");
+    assert_eq!(fx.take(), [Act::Freeze { unit: 0, frozen: true }]);
+    assert_eq!(m.ps(t0)[0].state, "paused");
+    assert_eq!(reply(m.answer(&web, "cairn/1 pause web", t0, &mut fx)), "error web is paused");
+    let poll = m.next_deadline().unwrap();
+    assert!(poll <= t0 + FREEZE_POLL);
+    fx.frozen_units.push(0);
+    m.fire(poll, &mut fx);
+    let waited = poll.duration_since(t0).as_millis();
+    assert_eq!(fx.events(), [format!("event=container.paused name=web pid={} waited_ms={waited}", pid(&m, 0))]);
+    // Frozen: no heartbeat can come, none is missed.
+    assert_eq!(m.next_deadline(), None);
+    m.fire(t0 + ms(60_000), &mut fx);
+    assert!(fx.take().is_empty());
+    assert_eq!(reply(m.answer(&web, "cairn/1 resume web", t0 + ms(60_000), &mut fx)), "ok");
+    assert_eq!(
+        fx.take(),
+        [Act::Freeze { unit: 0, frozen: false }, Act::Event("event=container.resumed name=web reason=control".into())]
+    );
+    assert_eq!(m.next_deadline(), Some(t0 + ms(61_000)));
+    assert_eq!(reply(m.answer(&web, "cairn/1 resume web", t0, &mut fx)), "error web is not paused");
+    // Paused again, then stopped: thawed before its stop signal.
+    m.answer(&web, "cairn/1 pause web", t0 + ms(60_100), &mut fx);
+    fx.take();
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 stop web", t0 + ms(60_200), &mut fx)), "ok");
+    let p = pid(&m, 0);
+    assert_eq!(
+        fx.take(),
+        [
+            Act::Freeze { unit: 0, frozen: false },
+            Act::Event("event=container.resumed name=web reason=stop".into()),
+            Act::Event("event=container.stopping name=web signal=15 grace_ms=500 reason=control".into()),
+            Act::Signal { pid: p, signal: 15 },
+        ]
+    );
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 pause web", t0, &mut fx)), "error web is stopping");
+}
+
+#[test]
+fn a_container_that_dies_frozen_is_thawed_before_it_can_start_again() {
+    let mut m = machine(vec![unit("web", RestartPolicy::Always, &[])], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    fx.frozen_units.push(0);
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 pause web", t0, &mut fx)), "ok");
+    assert!(fx.events().iter().any(|e| e.starts_with("event=container.paused name=web")));
+    // Its cgroup killed (an OOM kill of the group, say) while frozen.
+    m.exited(0, Exit::Signal(9), t0 + ms(10), &mut fx);
+    let acts = fx.take();
+    assert_eq!(acts.first(), Some(&Act::Freeze { unit: 0, frozen: false }), "{acts:?}");
+    assert_eq!(m.ps(t0)[0].state, "backoff");
+    m.fire(t0 + ms(200), &mut fx);
+    m.settle(0, Report::Done { exec_failed: None }, None, t0 + ms(210), &mut fx);
+    assert_eq!(m.ps(t0 + ms(210))[0].state, "running");
 }

@@ -122,6 +122,9 @@
 //! - `volume check-write|readonly|absent|fill ...`: volumes as a container
 //!   sees them (see `volume.rs`).
 //!
+//! - `heartbeat <every_ms> <for_ms> [delay_ms]`, `oom-child <mib>`, `count <period_ms>`:
+//!   health checks, live OOM events and the freezer (see `health.rs`).
+//!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
 //!
@@ -129,6 +132,7 @@
 
 mod abuse;
 mod ctl;
+mod health;
 mod hostile;
 mod inspect;
 mod limits;
@@ -276,6 +280,13 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "control-borrow" => abuse::borrow(&a.0.get(2..).unwrap_or(&[]).join(" ")),
         // verity-tamper scenario (issue 10).
         "read-file" => resources::read_files(a.0.get(2..).unwrap_or(&[])),
+        // health, oom-live and pause scenarios (issue 14 item 2, pause/resume).
+        "heartbeat" => {
+            let delay = if a.0.len() > 4 { a.num(4, "delay_ms")? } else { 0 };
+            health::heartbeat(a.num(2, "every_ms")?, a.num(3, "for_ms")?, delay)
+        }
+        "oom-child" => health::oom_child(a.num(2, "mib")?),
+        "count" => health::count(a.num(2, "period_ms")?),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

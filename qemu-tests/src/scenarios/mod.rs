@@ -44,6 +44,11 @@ mod volumes;
 // Operating a running appliance (issue 14).
 mod control_permissions;
 mod logs;
+// Health checks, live OOM events, pause/resume (issue 14 item 2).
+mod health;
+mod health_gate;
+mod oom_live;
+mod pause;
 
 use std::time::Duration;
 
@@ -111,6 +116,11 @@ pub fn all() -> Vec<Scenario> {
         // Operating a running appliance (issue 14): control permissions, logs.
         Scenario { name: "control-permissions", run: control_permissions::run },
         Scenario { name: "logs", run: logs::run },
+        // Health checks, live OOM events, pause/resume (issue 14 item 2).
+        Scenario { name: "health", run: health::run },
+        Scenario { name: "oom-live", run: oom_live::run },
+        Scenario { name: "pause", run: pause::run },
+        Scenario { name: "health-gate", run: health_gate::run },
     ]
 }
 

@@ -1,0 +1,88 @@
+//! `health` (issue 14 item 2): a container heartbeats on the control
+//! socket for 4 s, then stops; its health check (1 s interval, 0.5 s
+//! timeout, 2 retries) reports `starting` → `healthy` → `unhealthy`, and
+//! it is stopped and restarted by its on-failure policy although it exits
+//! with 0 (unhealthy counts as a failure); the second run goes the same
+//! way and is given up on. A container without a health check is refused
+//! its heartbeat; `cairn-ctl heartbeat` works for a container with a
+//! health check and no permissions; `ps` shows the health.
+
+use anyhow::{ensure, Result};
+
+use crate::console::Line;
+use crate::Ctx;
+
+/// An event's `t=` in ms since boot.
+pub fn t_ms(l: &Line) -> i64 {
+    l.get("t").and_then(|t| t.parse::<f64>().ok()).map_or(-1, |t| (t * 1000.0).round() as i64)
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let run = super::boot_until_poweroff(ctx, "health")?;
+    let c = &run.console;
+    // The whole story, in order.
+    let want: [(&str, &[(&str, &str)]); 14] = [
+        ("container.started", &[("restarts", "0")]),
+        ("container.health", &[("from", "none"), ("to", "starting")]),
+        ("container.health", &[("from", "starting"), ("to", "healthy")]),
+        ("container.health", &[("from", "healthy"), ("to", "unhealthy"), ("failures", "2")]),
+        ("container.stopping", &[("reason", "unhealthy")]),
+        ("container.exited", &[("code", "0")]),
+        ("container.restart-scheduled", &[("attempt", "1")]),
+        ("container.started", &[("restarts", "1")]),
+        ("container.health", &[("from", "unhealthy"), ("to", "starting")]),
+        ("container.health", &[("from", "starting"), ("to", "healthy")]),
+        ("container.health", &[("from", "healthy"), ("to", "unhealthy"), ("failures", "2")]),
+        ("container.stopping", &[("reason", "unhealthy")]),
+        ("container.exited", &[("code", "0")]),
+        ("container.gave-up", &[]),
+    ];
+    let mut at = 0;
+    let mut seen = Vec::new();
+    for (event, with) in want {
+        let mut fields = vec![("name", "beater")];
+        fields.extend_from_slice(with);
+        let next = c.all(event, &fields).into_iter().find(|l| l.index > at);
+        let Some(l) = next else {
+            anyhow::bail!("after {seen:?}: no {event} {with:?}");
+        };
+        at = l.index;
+        seen.push(format!("{event}@{}", t_ms(l)));
+    }
+    // Nothing else changed its health (no flapping).
+    let changes = c.all("container.health", &[("name", "beater")]);
+    ensure!(changes.len() == 6, "{} health changes: {seen:?}", changes.len());
+    // Unhealthy only after the heartbeats stopped: two missed checks
+    // (1.5 s and 2.5 s after the last beat, which is at most 0.3 s
+    // before `heartbeat-stopped`), with slack for a slow TCG guest.
+    let stopped = c.all("heartbeat-stopped", &[("name", "beater")]);
+    let unhealthy = c.all("container.health", &[("name", "beater"), ("to", "unhealthy")]);
+    ensure!(stopped.len() == 2 && unhealthy.len() == 2, "{} stops, {} unhealthy", stopped.len(), unhealthy.len());
+    for (s, u) in stopped.iter().zip(&unhealthy) {
+        let after = t_ms(u) - s.num("t_ms").unwrap_or(i64::MAX);
+        ensure!((1500..=4000).contains(&after), "unhealthy {after} ms after the heartbeats stopped");
+        ensure!(s.get("failed") == Some("0") && s.num("beats").is_some_and(|b| b >= 5), "heartbeats: {:?}", s.fields);
+    }
+    // No permission needed, but a health check: plain is refused.
+    let refused = c.expect("control.refused", &[("caller", "plain"), ("request", "heartbeat")])?;
+    ensure!(refused.get("needs") == Some("health"), "{:?}", refused.fields);
+    let ctl = c.expect("ctl", &[("name", "plain"), ("request", "heartbeat")])?;
+    ensure!(ctl.get("reply") == Some("error_not_permitted"), "{:?}", ctl.fields);
+    // Accepted heartbeats are not logged one by one.
+    ensure!(
+        c.first("control.request", &[("caller", "beater"), ("request", "heartbeat")]).is_none(),
+        "an accepted heartbeat was logged"
+    );
+    // cairn-ctl, offered for a health check alone (no permissions).
+    c.expect("container.health", &[("name", "cli-beat"), ("from", "starting"), ("to", "healthy")])?;
+    let exited = c.expect("container.exited", &[("name", "cli-beat")])?;
+    ensure!(exited.get("code") == Some("0"), "cairn-ctl heartbeat: {:?}", exited.fields);
+    // ps shows the health (and `-` for a container without a check).
+    let rows: Vec<&str> =
+        c.all("ctl-line", &[("name", "watcher"), ("request", "ps")]).iter().filter_map(|l| l.get("line")).collect();
+    let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("name={name}_"))).copied().unwrap_or("");
+    ensure!(row("beater").ends_with("_health=healthy"), "ps: {rows:?}");
+    ensure!(row("plain").ends_with("_health=-"), "ps: {rows:?}");
+    eprintln!("health: {}", seen.join(" "));
+    Ok(())
+}
