@@ -18,6 +18,9 @@ pub struct Command {
     pub ps: bool,
     /// Socket path.
     pub socket: String,
+    /// `exec`: after `ok`, pass stdin/stdout/stderr and exit with the
+    /// command's code.
+    pub exec: bool,
 }
 
 /// Default socket path inside a container; `CAIRN_CONTROL` overrides it.
@@ -33,7 +36,8 @@ commands:
   signal NAME SIG[,SIG...]
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
-  events [--follow]";
+  events [--follow]
+  exec NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run)";
 
 /// Parse `args` (without the program name).
 pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
@@ -41,8 +45,14 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     let mut socket = socket_env;
     let mut words: Vec<&str> = Vec::new();
     let mut it = args.iter();
+    let mut argv: Vec<String> = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
+            // Everything after `exec NAME --` is the command, as it is.
+            "--" if words.first() == Some(&"exec") && words.len() == 2 => {
+                words.push("--");
+                argv.extend(it.by_ref().map(|a| encode_arg(a)));
+            }
             "--json" if words.is_empty() => json = true,
             "--socket" if words.is_empty() => socket = Some(it.next().ok_or("--socket needs a path")?.clone()),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -55,6 +65,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["signal", _, _] => true,
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
+        ["exec", _, "--"] => !argv.is_empty(),
         _ => false,
     };
     if !ok {
@@ -68,13 +79,40 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
             DEFAULT_SOCKET.into()
         }
     });
+    let mut request = format!("{VERSION} {}", words.join(" "));
+    for a in &argv {
+        request.push(' ');
+        request.push_str(a);
+    }
     Ok(Command {
-        request: format!("{VERSION} {}", words.join(" ")),
+        request,
+        exec: first == "exec",
         json,
         stream: matches!(first, "logs" | "events"),
         ps: first == "ps",
         socket,
     })
+}
+
+/// One `exec` argument on the wire: `%XX` for `%` and any byte outside
+/// `!`..`~` (spaces, controls, non-ASCII).
+pub fn encode_arg(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    for b in arg.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The end of an `exec`: `exit CODE[ WHY]` as (code, why).
+pub fn exec_exit(body: &str) -> Option<(i32, &str)> {
+    let rest = body.strip_prefix("exit ")?;
+    let (code, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((code.parse().ok()?, why))
 }
 
 fn logs_options_ok(rest: &[&str]) -> bool {
@@ -247,6 +285,16 @@ mod tests {
         assert!(c.stream);
         let c = parse_args(&args("--socket /x restart web"), None).unwrap();
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
+        let c = parse_args(&args("exec web -- /bin/sh -c x%y --json -h"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web -- /bin/sh -c x%25y --json -h");
+        assert!(c.exec && !c.stream);
+        assert_eq!(encode_arg("a b\u{e9}"), "a%20b%C3%A9");
+        assert_eq!(exec_exit("exit 7"), Some((7, "")));
+        assert_eq!(exec_exit("exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
+        assert_eq!(exec_exit("ok"), None);
+        for bad in ["exec web --", "exec web sh", "exec -- sh", "exec"] {
+            assert!(parse_args(&args(bad), None).is_err(), "{bad}");
+        }
         for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {
             assert!(parse_args(&args(bad), None).is_err(), "{bad}");
         }

@@ -43,8 +43,11 @@ fn run(cmd: &Command) -> i32 {
     }
     let Some(reply) = recv(&fd) else {
         eprintln!("cairn-ctl: no reply");
-        return 2;
+        return if cmd.exec { EXEC_FAILED } else { 2 };
     };
+    if cmd.exec {
+        return exec(&fd, &reply);
+    }
     let body = match split_reply(&reply) {
         Ok(body) => body,
         Err(reason) => {
@@ -78,6 +81,76 @@ fn run(cmd: &Command) -> i32 {
         let _ = writeln!(out, "{text}");
     }
     0
+}
+
+/// `exec`'s code when the command could not be run (as `docker run`).
+const EXEC_FAILED: i32 = 125;
+
+/// After `exec`'s first reply: pass stdin, stdout, stderr (the command
+/// writes to them itself), then wait for `exit CODE` and exit with it.
+fn exec(fd: &OwnedFd, reply: &str) -> i32 {
+    if let Err(reason) = split_reply(reply) {
+        eprintln!("cairn-ctl: {reason}");
+        return EXEC_FAILED;
+    }
+    if let Err(e) = send_stdio(fd) {
+        eprintln!("cairn-ctl: sending stdio: {e}");
+        return EXEC_FAILED;
+    }
+    let Some(end) = recv(fd).filter(|m| !m.is_empty()) else {
+        eprintln!("cairn-ctl: connection closed before the command's end");
+        return EXEC_FAILED;
+    };
+    match split_reply(&end).map(cairn_ctl::exec_exit) {
+        Ok(Some((code, why))) => {
+            if !why.is_empty() {
+                eprintln!("cairn-ctl: {why}");
+            }
+            code
+        }
+        Ok(None) => {
+            eprintln!("cairn-ctl: unexpected reply {end:?}");
+            EXEC_FAILED
+        }
+        Err(reason) => {
+            eprintln!("cairn-ctl: {reason}");
+            EXEC_FAILED
+        }
+    }
+}
+
+/// One message `stdio` carrying descriptors 0, 1, 2 (SCM_RIGHTS).
+fn send_stdio(fd: &OwnedFd) -> std::io::Result<()> {
+    let fds: [libc::c_int; 3] = [0, 1, 2];
+    let payload = b"stdio";
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&fds) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `control`, which has room for one header
+    // and three descriptors (CMSG_SPACE above); CMSG_FIRSTHDR is non-null
+    // for a control buffer that large, and CMSG_DATA lies inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&fds) as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), std::mem::size_of_val(&fds));
+    }
+    // SAFETY: `msg` and everything it points at are live for the call.
+    if unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn connect(path: &str) -> Result<OwnedFd, (&'static str, i32)> {

@@ -637,6 +637,7 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
+            Answer::Exec { unit, pid, argv } => (self.exec(&conn, unit, pid, &argv), None),
         };
         let first_line = body.lines().next().unwrap_or_default();
         event("control.request")
@@ -655,6 +656,14 @@ impl Supervisor {
             Some(_) => {}
             None => conn.reply(&reply),
         }
+    }
+
+    /// `exec`: fork the helper that serves it (crate::exec).
+    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>]) -> String {
+        let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
+        let Ok(spec) = &u.spec else { return "error it cannot start".into() };
+        let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
+        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv)
     }
 
     /// Whether lines (or, not following, its end) wait for this stream.
@@ -810,7 +819,7 @@ pub fn signal_fd() -> Result<SignalFd, cairn_runtime::sys::SysError> {
         .map_err(cairn_runtime::sys::err("signalfd", "all"))
 }
 
-trait ExitFields {
+pub(crate) trait ExitFields {
     fn kv_exit(self, exit: Exit) -> Self;
 }
 

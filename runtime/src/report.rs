@@ -59,11 +59,14 @@ pub enum Stage {
     Exec = 17,
     /// Closing the descriptors inherited from PID 1 (close_range).
     InheritedFds = 18,
+    /// `cairn-ctl exec`: joining the container (its cgroup, a namespace
+    /// by its index in `exec::NAMESPACES`, or its root: the step).
+    Join = 19,
 }
 
 impl Stage {
     /// Every stage, for decoding.
-    const ALL: [Stage; 18] = [
+    const ALL: [Stage; 19] = [
         Stage::Console,
         Stage::IdMaps,
         Stage::BecomeRoot,
@@ -82,6 +85,7 @@ impl Stage {
         Stage::NoNewPrivs,
         Stage::Exec,
         Stage::InheritedFds,
+        Stage::Join,
     ];
 
     /// Short name, for events.
@@ -105,6 +109,7 @@ impl Stage {
             Stage::NoNewPrivs => "no-new-privs",
             Stage::Exec => "exec",
             Stage::InheritedFds => "inherited-fds",
+            Stage::Join => "join",
         }
     }
 
