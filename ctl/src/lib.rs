@@ -108,9 +108,9 @@ pub fn encode_arg(arg: &str) -> String {
     out
 }
 
-/// The end of an `exec`: `exit CODE[ WHY]` as (code, why).
-pub fn exec_exit(body: &str) -> Option<(i32, &str)> {
-    let rest = body.strip_prefix("exit ")?;
+/// The end of an `exec`: `cairn/1 exit CODE[ WHY]` as (code, why).
+pub fn exec_exit(msg: &str) -> Option<(i32, &str)> {
+    let rest = msg.strip_prefix(VERSION)?.strip_prefix(" exit ")?;
     let (code, why) = rest.split_once(' ').unwrap_or((rest, ""));
     Some((code.parse().ok()?, why))
 }
@@ -289,9 +289,10 @@ mod tests {
         assert_eq!(c.request, "cairn/1 exec web -- /bin/sh -c x%25y --json -h");
         assert!(c.exec && !c.stream);
         assert_eq!(encode_arg("a b\u{e9}"), "a%20b%C3%A9");
-        assert_eq!(exec_exit("exit 7"), Some((7, "")));
-        assert_eq!(exec_exit("exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
-        assert_eq!(exec_exit("ok"), None);
+        assert_eq!(exec_exit("cairn/1 exit 7"), Some((7, "")));
+        assert_eq!(exec_exit("cairn/1 exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
+        assert_eq!(exec_exit("cairn/1 ok"), None);
+        assert_eq!(exec_exit("cairn/1 error container stopped"), None);
         for bad in ["exec web --", "exec web sh", "exec -- sh", "exec"] {
             assert!(parse_args(&args(bad), None).is_err(), "{bad}");
         }

@@ -101,22 +101,17 @@ fn exec(fd: &OwnedFd, reply: &str) -> i32 {
         eprintln!("cairn-ctl: connection closed before the command's end");
         return EXEC_FAILED;
     };
-    match split_reply(&end).map(cairn_ctl::exec_exit) {
-        Ok(Some((code, why))) => {
-            if !why.is_empty() {
-                eprintln!("cairn-ctl: {why}");
-            }
-            code
+    if let Some((code, why)) = cairn_ctl::exec_exit(&end) {
+        if !why.is_empty() {
+            eprintln!("cairn-ctl: {why}");
         }
-        Ok(None) => {
-            eprintln!("cairn-ctl: unexpected reply {end:?}");
-            EXEC_FAILED
-        }
-        Err(reason) => {
-            eprintln!("cairn-ctl: {reason}");
-            EXEC_FAILED
-        }
+        return code;
     }
+    match split_reply(&end) {
+        Err(reason) => eprintln!("cairn-ctl: {reason}"),
+        Ok(_) => eprintln!("cairn-ctl: unexpected reply {end:?}"),
+    }
+    EXEC_FAILED
 }
 
 /// One message `stdio` carrying descriptors 0, 1, 2 (SCM_RIGHTS).

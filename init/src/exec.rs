@@ -112,9 +112,7 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> 
     let started = match exec::start(target.spec, target.filter, target.cgroup, target.pid, argv, &stdio) {
         Ok(s) => s,
         Err(e) => {
-            console.emit(
-                event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e),
-            );
+            console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e));
             reply(&format!("error {e}"));
             return 1;
         }
@@ -124,14 +122,13 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> 
         .kv("caller", caller)
         .kv("target", target.name)
         .kv("argv0", &argv0)
-        .kv("pid", started.pid)
-        .kv("ns_pid", started.ns_pid);
+        .kv("pid", started.ns_pid);
     if let Some(r) = started.failed {
         e = e.kv("failed", r);
     }
     console.emit(e);
     let end = started.wait(conn);
-    let e = event("container.exec-exited").kv("target", target.name).kv("pid", started.pid);
+    let e = event("container.exec-exited").kv("target", target.name).kv("pid", started.ns_pid);
     match end {
         Waited::Exited(x) => {
             console.emit(e.kv_exit(x));
@@ -151,17 +148,15 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> 
 /// The client's stdin, stdout, stderr: one message `stdio` with three
 /// descriptors, within [`STDIO_DEADLINE`].
 fn receive_stdio(conn: BorrowedFd<'_>) -> Option<[OwnedFd; 3]> {
-    let tv = libc::timeval { tv_sec: STDIO_DEADLINE.as_secs() as _, tv_usec: 0 };
-    // SAFETY: setsockopt with a timeval of its size.
-    unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    // The connection is non-blocking (PID 1 accepted it): wait with poll.
+    let mut p = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = i32::try_from(STDIO_DEADLINE.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    while unsafe { libc::poll(&mut p, 1, ms) } < 0 {
+        if sys::errno() != libc::EINTR {
+            return None;
+        }
+    }
     let mut buf = [0u8; 16];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);

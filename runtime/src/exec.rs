@@ -4,10 +4,12 @@
 //! itself). The helper forks a joiner, which moves itself into the
 //! container's cgroup, then `setns`es into the namespaces of the
 //! container's init in nsenter's order (user first, so the others are
-//! joined with its capabilities; mount last), and forks the command's
-//! process. The joiner exits at once, so the command's process is
-//! reparented to the container's init, which reaps it like any orphan.
-//! The command's process waits for the helper's go-ahead, takes the
+//! joined with its capabilities; mount last). The joiner stays in the
+//! host's pid namespace (`setns` moves only its children), and an orphan
+//! goes to the init of its dead parent's pid namespace: so it forks a
+//! middle process, in the container's, which forks the command's process
+//! and exits. The command's process is reparented to the container's init,
+//! which reaps it like any orphan. The command's process waits for the helper's go-ahead, takes the
 //! container's root (the init's `/proc/PID/root`, as `nsenter --root`),
 //! its stdio (the client's descriptors), then does exactly what the
 //! entrypoint does before execve ([`crate::nsinit::setup_and_exec`]):
@@ -98,9 +100,8 @@ pub fn offer_status(dir: &OwnedFd, pid: libc::pid_t, status: i32) {
 /// A command started in a container.
 #[derive(Debug)]
 pub struct Started {
-    /// Its host pid.
-    pub pid: libc::pid_t,
-    /// Its pid in the container.
+    /// Its pid in the container (the middle process that forked it knows
+    /// no other).
     pub ns_pid: libc::pid_t,
     /// Read end of its FIFO (non-blocking).
     fifo: OwnedFd,
@@ -201,11 +202,7 @@ pub fn start(
             Err(_) => sysfail(SysError { op: "exec joiner", arg: format!("status {status:#x}"), errno: libc::ECHILD }),
         });
     };
-    let pid = i32::from_ne_bytes(pid_bytes);
-    let ns_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| ns_pid_of(&s))
-        .ok_or_else(|| sysfail(SysError { op: "NSpid", arg: pid.to_string(), errno: libc::ESRCH }))?;
+    let ns_pid = i32::from_ne_bytes(pid_bytes);
     let fifo_path = format!("{dir}/{ns_pid}");
     let _ = std::fs::remove_file(&fifo_path);
     nix::unistd::mkfifo(fifo_path.as_str(), nix::sys::stat::Mode::from_bits_retain(0o600))
@@ -216,7 +213,7 @@ pub fn start(
     // SAFETY: `c` is a valid C string; chmod changes only the mode.
     unsafe { libc::chmod(c.as_ptr(), 0o622) };
     let fifo = sys::open(&fifo_path, libc::O_RDONLY | libc::O_NONBLOCK).map_err(sysfail)?;
-    let mut started = Started { pid, ns_pid, fifo, fifo_path, init, failed: None };
+    let mut started = Started { ns_pid, fifo, fifo_path, init, failed: None };
     // The go-ahead: it may run (and end) from now on.
     sys::write_all(&go_wr, b"1").map_err(sysfail)?;
     drop(go_wr);
@@ -224,11 +221,6 @@ pub fn start(
     let bytes = sys::read_to_end(&report_rd, 64).map_err(sysfail)?;
     started.failed = report::decode(&bytes).ok();
     Ok(started)
-}
-
-/// Its pid in the innermost pid namespace (`NSpid:` of /proc/PID/status).
-pub fn ns_pid_of(status: &str) -> Option<libc::pid_t> {
-    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 
 /// In the joiner: the container's cgroup, then its namespaces. Exits on failure.
@@ -258,8 +250,11 @@ struct ForkedCommand<'a> {
     report: OwnedFd,
 }
 
-/// In the joiner, inside the namespaces: fork the command's process, tell
-/// the helper its pid, exit (so the container's init adopts it).
+/// In the joiner, inside the namespaces. A process is reparented to the
+/// init of the pid namespace of the parent that died, so the joiner (still
+/// in the host's) forks a middle process (in the container's), which forks
+/// the command's process, tells the helper its pid there and exits: the
+/// container's init adopts it.
 fn fork_command(
     spec: &ContainerSpec,
     filter: Option<&Filter>,
@@ -267,17 +262,26 @@ fn fork_command(
     cmd: ForkedCommand<'_>,
     pid_wr: OwnedFd,
 ) -> ! {
-    // SAFETY: single-threaded (a fork of a single-threaded process).
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => {
-            report::write_report(&cmd.report, Report { stage: Stage::Fork, step: None, errno: e as i32 });
-            sys::exit_now(SETUP_FAILED)
+    let fork_or_exit = |report: &OwnedFd| {
+        // SAFETY: single-threaded (a fork of a single-threaded process).
+        match unsafe { nix::unistd::fork() } {
+            Ok(r) => r,
+            Err(e) => {
+                report::write_report(report, Report { stage: Stage::Fork, step: None, errno: e as i32 });
+                sys::exit_now(SETUP_FAILED)
+            }
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
+    };
+    if let nix::unistd::ForkResult::Parent { .. } = fork_or_exit(&cmd.report) {
+        // The joiner: the middle process goes on alone.
+        sys::exit_now(0)
+    }
+    match fork_or_exit(&cmd.report) {
+        nix::unistd::ForkResult::Parent { child } => {
             let _ = sys::write_all(&pid_wr, &child.as_raw().to_ne_bytes());
             sys::exit_now(0)
         }
-        Ok(nix::unistd::ForkResult::Child) => {
+        nix::unistd::ForkResult::Child => {
             drop(pid_wr);
             command(spec, filter, argv, cmd)
         }
@@ -375,14 +379,6 @@ impl Drop for Started {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ns_pid_is_the_innermost() {
-        assert_eq!(ns_pid_of("Name:\tx\nNSpid:\t812\t7\n"), Some(7));
-        assert_eq!(ns_pid_of("NSpid:\t812\n"), Some(812));
-        assert_eq!(ns_pid_of("Name:\tx\n"), None);
-        assert_eq!(ns_pid_of("NSpid:\t\n"), None);
-    }
 
     #[test]
     fn user_first_mount_last() {

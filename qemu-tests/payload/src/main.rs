@@ -117,6 +117,10 @@
 //! - `volume check-write|readonly|absent|fill ...`: volumes as a container
 //!   sees them (see `volume.rs`).
 //!
+//! - `whoami <label> [stay]`, `after <ms> <prog> <args...>`: what the
+//!   `exec` scenario compares between an entrypoint and a command run with
+//!   `cairn-ctl exec`, and a delayed execv (see `exec.rs`).
+//!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
 //!
@@ -124,6 +128,7 @@
 
 mod abuse;
 mod ctl;
+mod exec;
 mod hostile;
 mod inspect;
 mod limits;
@@ -269,6 +274,8 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "control-borrow" => abuse::borrow(&a.0.get(2..).unwrap_or(&[]).join(" ")),
         // verity-tamper scenario (issue 10).
         "read-file" => resources::read_files(a.0.get(2..).unwrap_or(&[])),
+        "whoami" => exec::whoami(a.word(2, "label")?, a.0.get(3).is_some_and(|s| s == "stay")),
+        "after" => exec::after(a.num(2, "ms")?, a.0.get(3..).unwrap_or(&[])),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

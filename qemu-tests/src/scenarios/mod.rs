@@ -40,6 +40,7 @@ mod watchdog;
 mod volumes;
 // Operating a running appliance (issue 14).
 mod control_permissions;
+mod exec;
 mod logs;
 
 use std::time::Duration;
@@ -102,6 +103,8 @@ pub fn all() -> Vec<Scenario> {
         // Operating a running appliance (issue 14): control permissions, logs.
         Scenario { name: "control-permissions", run: control_permissions::run },
         Scenario { name: "logs", run: logs::run },
+        // Exec into a running container (issue 14 item 4).
+        Scenario { name: "exec", run: exec::run },
     ]
 }
 

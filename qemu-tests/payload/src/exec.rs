@@ -1,0 +1,76 @@
+//! `whoami` and `after`: what the `exec` scenario compares between a
+//! container's entrypoint and a command `cairn-ctl exec` ran in it.
+
+use std::ffi::CString;
+
+use crate::out::V;
+use crate::{say, sys};
+
+/// `whoami LABEL [stay]`: identity, capabilities, seccomp, namespaces,
+/// root, cwd and cgroup as this process sees them; then pause if `stay`.
+pub fn whoami(label: &str, stay: bool) -> i32 {
+    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| sys::status_field(&st, k).unwrap_or_else(|| "missing".into());
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}")).map_or_else(
+            |e| format!("error:{}", e.raw_os_error().unwrap_or(0)),
+            |p| p.to_string_lossy().trim_start_matches(n).trim_matches(|c| c == ':' || c == '[' || c == ']').to_owned(),
+        )
+    };
+    let root = std::fs::metadata("/").map_or_else(
+        |e| format!("error:{}", e.raw_os_error().unwrap_or(0)),
+        |m| format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)),
+    );
+    let cwd = std::env::current_dir().map_or_else(|_| "error".into(), |p| p.to_string_lossy().into_owned());
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("missing").to_owned();
+    say!(
+        "event=whoami label={} ppid={} uid={} gid={} groups={} eff={} prm={} bnd={} amb={} nnp={} seccomp={} \
+         filters={} pidns={} mntns={} netns={} utsns={} ipcns={} cgroupns={} userns={} root={} cwd={} cgroup={} \
+         pid1_comm={}",
+        V(label),
+        sys::ppid(),
+        sys::uid(),
+        sys::gid(),
+        V(&get("Groups")),
+        V(&get("CapEff")),
+        V(&get("CapPrm")),
+        V(&get("CapBnd")),
+        V(&get("CapAmb")),
+        V(&get("NoNewPrivs")),
+        V(&get("Seccomp")),
+        V(&get("Seccomp_filters")),
+        ns("pid"),
+        ns("mnt"),
+        ns("net"),
+        ns("uts"),
+        ns("ipc"),
+        ns("cgroup"),
+        ns("user"),
+        V(&root),
+        V(&cwd),
+        V(&cgroup),
+        V(&sys::read_trim("/proc/1/comm").unwrap_or_else(|| "missing".into())),
+    );
+    if stay {
+        sys::pause_forever();
+    }
+    0
+}
+
+/// `after MS PROG ARG...`: sleep, then execv PROG (its exit code becomes
+/// the container's).
+pub fn after(ms: u64, argv: &[String]) -> i32 {
+    sys::sleep_ms(ms);
+    let Ok(argv) = argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<Vec<_>, _>>() else {
+        return 2;
+    };
+    let Some(prog) = argv.first() else { return 2 };
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: `prog` and every pointer in `ptrs` are live NUL-terminated
+    // strings, and `ptrs` ends with NULL.
+    unsafe { libc::execv(prog.as_ptr(), ptrs.as_ptr()) };
+    say!("event=after-failed prog={} errno={}", V(&prog.to_string_lossy()), sys::errno());
+    127
+}
