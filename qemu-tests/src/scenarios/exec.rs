@@ -14,7 +14,8 @@ use anyhow::{ensure, Result};
 use crate::Ctx;
 
 /// Fields of `whoami` that must be the entrypoint's.
-const SAME: [&str; 21] = [
+const SAME: [&str; 22] = [
+    "name",
     "uid",
     "gid",
     "groups",
@@ -42,9 +43,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let run = super::boot_until_poweroff(ctx, "exec")?;
     let c = &run.console;
     let mut failures = Vec::new();
-    for (host, caller) in [("target-host", "execer"), ("jailed", "exec-jailed")] {
+    for (host, caller, label) in [("target-host", "execer", "exec-target"), ("jailed", "exec-jailed", "exec-jailed")] {
         let entry = c.expect("whoami", &[("name", host), ("label", "entry")])?;
-        let Some(exec) = c.first("whoami", &[("name", host), ("label", "exec")]) else {
+        let Some(exec) = c.first("whoami", &[("label", label)]) else {
             failures.push(format!("{caller}: no whoami from the exec'd command in {host}"));
             continue;
         };
