@@ -10,48 +10,37 @@ use crate::{say, sys};
 /// root, cwd and cgroup as this process sees them; then pause if `stay`.
 pub fn whoami(label: &str, stay: bool) -> i32 {
     let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| sys::status_field(&st, k).unwrap_or_else(|| "missing".into());
-    let ns = |n: &str| {
-        std::fs::read_link(format!("/proc/self/ns/{n}")).map_or_else(
+    let mut fields = String::new();
+    let mut add = |k: &str, v: &str| fields.push_str(&format!(" {k}={}", V(v)));
+    for (k, status) in [
+        ("groups", "Groups"),
+        ("eff", "CapEff"),
+        ("prm", "CapPrm"),
+        ("bnd", "CapBnd"),
+        ("amb", "CapAmb"),
+        ("nnp", "NoNewPrivs"),
+        ("seccomp", "Seccomp"),
+        ("filters", "Seccomp_filters"),
+    ] {
+        add(k, &sys::status_field(&st, status).unwrap_or_else(|| "missing".into()));
+    }
+    for n in ["pid", "mnt", "net", "uts", "ipc", "cgroup", "user"] {
+        let id = std::fs::read_link(format!("/proc/self/ns/{n}")).map_or_else(
             |e| format!("error:{}", e.raw_os_error().unwrap_or(0)),
             |p| p.to_string_lossy().trim_start_matches(n).trim_matches(|c| c == ':' || c == '[' || c == ']').to_owned(),
-        )
-    };
+        );
+        add(&format!("{n}ns"), &id);
+    }
     let root = std::fs::metadata("/").map_or_else(
         |e| format!("error:{}", e.raw_os_error().unwrap_or(0)),
         |m| format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)),
     );
-    let cwd = std::env::current_dir().map_or_else(|_| "error".into(), |p| p.to_string_lossy().into_owned());
+    add("root", &root);
+    add("cwd", &std::env::current_dir().map_or_else(|_| "error".into(), |p| p.to_string_lossy().into_owned()));
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("missing").to_owned();
-    say!(
-        "event=whoami label={} ppid={} uid={} gid={} groups={} eff={} prm={} bnd={} amb={} nnp={} seccomp={} \
-         filters={} pidns={} mntns={} netns={} utsns={} ipcns={} cgroupns={} userns={} root={} cwd={} cgroup={} \
-         pid1_comm={}",
-        V(label),
-        sys::ppid(),
-        sys::uid(),
-        sys::gid(),
-        V(&get("Groups")),
-        V(&get("CapEff")),
-        V(&get("CapPrm")),
-        V(&get("CapBnd")),
-        V(&get("CapAmb")),
-        V(&get("NoNewPrivs")),
-        V(&get("Seccomp")),
-        V(&get("Seccomp_filters")),
-        ns("pid"),
-        ns("mnt"),
-        ns("net"),
-        ns("uts"),
-        ns("ipc"),
-        ns("cgroup"),
-        ns("user"),
-        V(&root),
-        V(&cwd),
-        V(&cgroup),
-        V(&sys::read_trim("/proc/1/comm").unwrap_or_else(|| "missing".into())),
-    );
+    add("cgroup", cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("missing"));
+    add("pid1_comm", &sys::read_trim("/proc/1/comm").unwrap_or_else(|| "missing".into()));
+    say!("event=whoami label={} ppid={} uid={} gid={}{fields}", V(label), sys::ppid(), sys::uid(), sys::gid());
     if stay {
         sys::pause_forever();
     }
