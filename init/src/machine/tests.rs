@@ -723,3 +723,28 @@ fn stop_start_and_restart_override_the_policy_once() {
         Answer::Logs { unit: 0, since_ms: 0, follow: true }
     );
 }
+
+#[test]
+fn exec_goes_to_a_running_container_only() {
+    let mut web = unit("web", RestartPolicy::Never, &[]);
+    web.permissions = Permissions::of(&[Permission::Exec]);
+    let mut m = machine(vec![web, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
+    let mut fx = Recorder::new();
+    let t = Instant::now();
+    all_running(&mut m, &mut fx, t);
+    let web = Caller::Container("web".into());
+    let x = pid(&m, 1);
+    assert_eq!(
+        m.answer(&web, "cairn/1 exec x -- /bin/echo a%20b", t, &mut fx),
+        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()] }
+    );
+    assert_eq!(reply(m.answer(&web, "cairn/1 exec ghost -- sh", t, &mut fx)), "error no container ghost");
+    assert_eq!(
+        reply(m.answer(&web, "cairn/1 exec x -- a%00", t, &mut fx)),
+        "error bad exec argument (percent-encoded bytes, no NUL)"
+    );
+    m.exited(1, Exit::Code(0), t, &mut fx);
+    assert_eq!(reply(m.answer(&web, "cairn/1 exec x -- sh", t, &mut fx)), "error x is not running");
+    // `exec` grants nothing else.
+    assert_eq!(reply(m.answer(&web, "cairn/1 status", t, &mut fx)), "error not permitted");
+}
