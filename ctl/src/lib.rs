@@ -21,6 +21,8 @@ pub struct Command {
     /// `exec`: after `ok`, pass stdin/stdout/stderr and exit with the
     /// command's code.
     pub exec: bool,
+    /// `exec -t`: give the command a pseudo-terminal and relay it.
+    pub tty: bool,
 }
 
 /// Default socket path inside a container; `CAIRN_CONTROL` overrides it.
@@ -37,7 +39,8 @@ commands:
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
   events [--follow]
-  exec NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run)";
+  exec [-t] NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run;
+                                    -t: a pseudo-terminal, relayed)";
 
 /// Parse `args` (without the program name).
 pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
@@ -49,7 +52,9 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     while let Some(a) = it.next() {
         match a.as_str() {
             // Everything after `exec NAME --` is the command, as it is.
-            "--" if words.first() == Some(&"exec") && words.len() == 2 => {
+            "--" if words.first() == Some(&"exec")
+                && (words.len() == 2 || (words.len() == 3 && matches!(words.get(1), Some(&("-t" | "--tty"))))) =>
+            {
                 words.push("--");
                 argv.extend(it.by_ref().map(|a| encode_arg(a)));
             }
@@ -65,7 +70,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["signal", _, _] => true,
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
-        ["exec", _, "--"] => !argv.is_empty(),
+        ["exec", _, "--"] | ["exec", "-t" | "--tty", _, "--"] => !argv.is_empty(),
         _ => false,
     };
     if !ok {
@@ -79,7 +84,11 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
             DEFAULT_SOCKET.into()
         }
     });
-    let mut request = format!("{VERSION} {}", words.join(" "));
+    let tty = matches!(words.as_slice(), ["exec", "-t" | "--tty", ..]);
+    let mut request = match words.as_slice() {
+        ["exec", _, name, "--"] => format!("{VERSION} exec {name} --tty --"),
+        _ => format!("{VERSION} {}", words.join(" ")),
+    };
     for a in &argv {
         request.push(' ');
         request.push_str(a);
@@ -87,6 +96,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     Ok(Command {
         request,
         exec: first == "exec",
+        tty,
         json,
         stream: matches!(first, "logs" | "events"),
         ps: first == "ps",
@@ -287,13 +297,16 @@ mod tests {
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
         let c = parse_args(&args("exec web -- /bin/sh -c x%y --json -h"), Some("/s".into())).unwrap();
         assert_eq!(c.request, "cairn/1 exec web -- /bin/sh -c x%25y --json -h");
-        assert!(c.exec && !c.stream);
+        assert!(c.exec && !c.stream && !c.tty);
+        let c = parse_args(&args("exec -t web -- sh"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web --tty -- sh");
+        assert!(c.exec && c.tty);
         assert_eq!(encode_arg("a b\u{e9}"), "a%20b%C3%A9");
         assert_eq!(exec_exit("cairn/1 exit 7"), Some((7, "")));
         assert_eq!(exec_exit("cairn/1 exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
         assert_eq!(exec_exit("cairn/1 ok"), None);
         assert_eq!(exec_exit("cairn/1 error container stopped"), None);
-        for bad in ["exec web --", "exec web sh", "exec -- sh", "exec"] {
+        for bad in ["exec web --", "exec web sh", "exec -- sh", "exec", "exec -t web", "exec -x web -- sh"] {
             assert!(parse_args(&args(bad), None).is_err(), "{bad}");
         }
         for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {

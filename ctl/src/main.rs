@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+mod pty;
+
 use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_line, Command};
 
 /// Largest message read.
@@ -46,7 +48,7 @@ fn run(cmd: &Command) -> i32 {
         return if cmd.exec { EXEC_FAILED } else { 2 };
     };
     if cmd.exec {
-        return exec(&fd, &reply);
+        return exec(&fd, &reply, cmd.tty);
     }
     let body = match split_reply(&reply) {
         Ok(body) => body,
@@ -88,14 +90,33 @@ const EXEC_FAILED: i32 = 125;
 
 /// After `exec`'s first reply: pass stdin, stdout, stderr (the command
 /// writes to them itself), then wait for `exit CODE` and exit with it.
-fn exec(fd: &OwnedFd, reply: &str) -> i32 {
+fn exec(fd: &OwnedFd, reply: &str, tty: bool) -> i32 {
     if let Err(reason) = split_reply(reply) {
         eprintln!("cairn-ctl: {reason}");
         return EXEC_FAILED;
     }
-    if let Err(e) = send_stdio(fd) {
+    let pty = if tty {
+        match pty::open() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("cairn-ctl: opening a pseudo-terminal: {e}");
+                return EXEC_FAILED;
+            }
+        }
+    } else {
+        None
+    };
+    let stdio = pty.as_ref().map_or([0, 1, 2], |(_, slave)| [slave.as_raw_fd(); 3]);
+    if let Err(e) = send_stdio(fd, stdio) {
         eprintln!("cairn-ctl: sending stdio: {e}");
         return EXEC_FAILED;
+    }
+    if let Some((master, slave)) = pty {
+        // The command holds the slave now; ours would keep the master open.
+        drop(slave);
+        let raw = pty::Raw::stdin();
+        pty::relay(&master, fd);
+        drop(raw);
     }
     let Some(end) = recv(fd).filter(|m| !m.is_empty()) else {
         eprintln!("cairn-ctl: connection closed before the command's end");
@@ -114,9 +135,8 @@ fn exec(fd: &OwnedFd, reply: &str) -> i32 {
     EXEC_FAILED
 }
 
-/// One message `stdio` carrying descriptors 0, 1, 2 (SCM_RIGHTS).
-fn send_stdio(fd: &OwnedFd) -> std::io::Result<()> {
-    let fds: [libc::c_int; 3] = [0, 1, 2];
+/// One message `stdio` carrying `fds` (SCM_RIGHTS): the command's 0, 1, 2.
+fn send_stdio(fd: &OwnedFd, fds: [libc::c_int; 3]) -> std::io::Result<()> {
     let payload = b"stdio";
     let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
     // SAFETY: CMSG_SPACE only computes a size.

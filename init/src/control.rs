@@ -106,6 +106,9 @@ pub enum Request {
         name: String,
         /// The command and its arguments, decoded.
         argv: Vec<Vec<u8>>,
+        /// `--tty`: the client passes a pseudo-terminal's slave, which
+        /// becomes the command's controlling terminal.
+        tty: bool,
     },
     /// Reserved (needs `update`): not served yet.
     Update,
@@ -192,10 +195,17 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["poweroff"] => Ok(Request::PowerOff),
         ["reboot"] => Ok(Request::Reboot),
         ["events"] | ["events", "--follow"] => Ok(Request::Events),
-        ["exec", name, "--", args @ ..] if !args.is_empty() => Ok(Request::Exec {
-            name: (*name).into(),
-            argv: args.iter().map(|a| crate::exec::decode_arg(a)).collect::<Option<_>>().ok_or(ParseError::Argument)?,
-        }),
+        ["exec", name, "--", args @ ..] | ["exec", name, "--tty", "--", args @ ..] if !args.is_empty() => {
+            Ok(Request::Exec {
+                name: (*name).into(),
+                argv: args
+                    .iter()
+                    .map(|a| crate::exec::decode_arg(a))
+                    .collect::<Option<_>>()
+                    .ok_or(ParseError::Argument)?,
+                tty: words.get(2) == Some(&"--tty"),
+            })
+        }
         ["update", ..] => Ok(Request::Update),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
@@ -698,8 +708,17 @@ mod tests {
         assert_eq!(p("logs web --tail"), Err(ParseError::Unknown("logs web --tail".into())));
         assert_eq!(
             p("exec web -- /bin/echo a%20b %25"),
-            Ok(Request::Exec { name: "web".into(), argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec(), b"%".to_vec()] })
+            Ok(Request::Exec {
+                name: "web".into(),
+                argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec(), b"%".to_vec()],
+                tty: false
+            })
         );
+        assert_eq!(
+            p("exec web --tty -- sh"),
+            Ok(Request::Exec { name: "web".into(), argv: vec![b"sh".to_vec()], tty: true })
+        );
+        assert_eq!(p("exec web --tty sh"), Err(ParseError::Unknown("exec web --tty sh".into())));
         assert_eq!(p("exec web -- a%00"), Err(ParseError::Argument));
         assert_eq!(p("exec web -- a%2"), Err(ParseError::Argument));
         assert_eq!(p("exec web --"), Err(ParseError::Unknown("exec web --".into())));

@@ -63,14 +63,14 @@ pub struct Target<'a> {
 
 /// In PID 1: fork the helper for `conn`. Returns the reply's body for PID 1
 /// to send (`ok`, then the helper takes over the connection), or the error.
-pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u8>]) -> String {
+pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u8>], tty: bool) -> String {
     let Ok(argv) = argv.iter().map(|a| CString::new(a.as_slice())).collect::<Result<Vec<_>, _>>() else {
         return "error bad argument".into();
     };
     // SAFETY: PID 1 is single-threaded; the child only runs `helper` and exits.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => "ok".into(),
-        Ok(nix::unistd::ForkResult::Child) => sys::exit_now(helper(conn.raw(), caller, target, &argv)),
+        Ok(nix::unistd::ForkResult::Child) => sys::exit_now(helper(conn.raw(), caller, target, &argv, tty)),
         Err(e) => format!("error fork: {}", sys::errno_name(e as i32)),
     }
 }
@@ -88,7 +88,7 @@ impl Console {
     }
 }
 
-fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> i32 {
+fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty: bool) -> i32 {
     // Nothing of PID 1's but the connection: a stream PID 1 closes must
     // reach its end, and the command must not inherit the rest.
     if sys::close_all_but(&[conn_fd]).is_err() {
@@ -109,7 +109,7 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> 
         reply("error no stdio descriptors");
         return 1;
     };
-    let started = match exec::start(target.spec, target.filter, target.cgroup, target.pid, argv, &stdio) {
+    let started = match exec::start(target.spec, target.filter, target.cgroup, target.pid, argv, &stdio, tty) {
         Ok(s) => s,
         Err(e) => {
             console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e));
@@ -122,6 +122,7 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString]) -> 
         .kv("caller", caller)
         .kv("target", target.name)
         .kv("argv0", &argv0)
+        .kv("tty", u8::from(tty))
         .kv("pid", started.ns_pid);
     if let Some(r) = started.failed {
         e = e.kv("failed", r);

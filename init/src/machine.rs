@@ -239,6 +239,8 @@ pub enum Answer {
         pid: Pid,
         /// The command.
         argv: Vec<Vec<u8>>,
+        /// Make its stdin its controlling terminal.
+        tty: bool,
     },
 }
 
@@ -757,10 +759,10 @@ impl Machine {
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
             Request::Update => Answer::Reply(format!("error {} is not served yet", request.verb())),
-            Request::Exec { name, argv } => match unit(&name) {
+            Request::Exec { name, argv, tty } => match unit(&name) {
                 None => Answer::Reply(format!("error no container {name}")),
                 Some(unit) => match self.units.get(unit).map(|u| u.state) {
-                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv },
+                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, tty },
                     _ => Answer::Reply(format!("error {name} is not running")),
                 },
             },

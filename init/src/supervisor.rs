@@ -637,7 +637,7 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
-            Answer::Exec { unit, pid, argv } => (self.exec(&conn, unit, pid, &argv), None),
+            Answer::Exec { unit, pid, argv, tty } => (self.exec(&conn, unit, pid, &argv, tty), None),
         };
         let first_line = body.lines().next().unwrap_or_default();
         event("control.request")
@@ -659,11 +659,11 @@ impl Supervisor {
     }
 
     /// `exec`: fork the helper that serves it (crate::exec).
-    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>]) -> String {
+    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>], tty: bool) -> String {
         let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
         let Ok(spec) = &u.spec else { return "error it cannot start".into() };
         let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
-        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv)
+        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, tty)
     }
 
     /// Whether lines (or, not following, its end) wait for this stream.

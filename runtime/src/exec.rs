@@ -56,6 +56,8 @@ pub const STEP_CGROUP: u16 = 7;
 pub const STEP_ROOT: u16 = 8;
 /// [`Stage::Join`]'s step for the stdio descriptors.
 pub const STEP_STDIO: u16 = 9;
+/// [`Stage::Join`]'s step for taking the terminal (`--tty`).
+pub const STEP_TTY: u16 = 10;
 
 /// Why an exec did not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +143,10 @@ fn same_ns(a: &str, b: &str) -> bool {
 /// Run `argv` in the container whose init is `init_pid` (host pid), with
 /// `stdio` as its descriptors 0, 1, 2. Returns once it has executed its
 /// command, or failed to (its status comes in both cases: see
-/// [`Started::failed`]). Must be called from a single-threaded process.
+/// [`Started::failed`]). With `tty`, its stdin (a pseudo-terminal's slave)
+/// becomes its controlling terminal. Must be called from a single-threaded
+/// process.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     spec: &ContainerSpec,
     filter: Option<&Filter>,
@@ -149,6 +154,7 @@ pub fn start(
     init_pid: libc::pid_t,
     argv: &[CString],
     stdio: &[OwnedFd; 3],
+    tty: bool,
 ) -> Result<Started, ExecError> {
     let sysfail = ExecError::Sys;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -184,7 +190,7 @@ pub fn start(
         Ok(nix::unistd::ForkResult::Child) => {
             drop((report_rd, go_wr, pid_rd));
             join(&procs, &namespaces, &report_wr);
-            let cmd = ForkedCommand { root: &root, stdio, go: go_rd, report: report_wr };
+            let cmd = ForkedCommand { root: &root, stdio, tty, go: go_rd, report: report_wr };
             fork_command(spec, filter, argv, cmd, pid_wr)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
@@ -246,6 +252,7 @@ fn join(procs: &OwnedFd, namespaces: &[Ns], report_wr: &OwnedFd) {
 struct ForkedCommand<'a> {
     root: &'a OwnedFd,
     stdio: &'a [OwnedFd; 3],
+    tty: bool,
     go: OwnedFd,
     report: OwnedFd,
 }
@@ -319,6 +326,11 @@ fn command(spec: &ContainerSpec, filter: Option<&Filter>, argv: &[CString], cmd:
         fail(STEP_STDIO, sys::errno());
     }
     let _ = nix::unistd::setsid();
+    // SAFETY: TIOCSCTTY with 0 takes no pointer; it fails unless fd 0 is a
+    // terminal that is nobody's controlling terminal.
+    if cmd.tty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        fail(STEP_TTY, sys::errno());
+    }
     crate::nsinit::setup_and_exec(spec, argv, true, &cmd.report, filter)
 }
 

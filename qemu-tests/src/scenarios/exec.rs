@@ -6,7 +6,8 @@
 //! the target's namespace init (pid 1), which reaps it; its exit code (7),
 //! a signal's (128 + 9), a missing program's (127) come back as
 //! `cairn-ctl`'s; a bare name is looked up in the target's PATH; under a
-//! user namespace too. A container without `exec` is refused
+//! user namespace too. With `-t` the command's stdio and controlling
+//! terminal is a pseudo-terminal's slave, relayed by `cairn-ctl`. A container without `exec` is refused
 //! (`control.refused` naming it; `cairn-ctl` exits 125).
 
 use anyhow::{ensure, Result};
@@ -93,6 +94,29 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     match c.first("control.exec", &[("caller", "execer"), ("target", "target"), ("argv0", "/bin/cairn-payload")]) {
         Some(l) if l.num("pid").is_some_and(|p| p > 1) => {}
         other => failures.push(format!("control.exec of execer: {:?}", other.map(|l| &l.fields))),
+    }
+    // -t: the slave of a pseudo-terminal cairn-ctl opened is the command's
+    // stdio and controlling terminal; it leads its session and is the
+    // foreground group. Pushing ^C into it (TIOCSTI) is EPERM: the target's
+    // seccomp filter denies it without SYS_ADMIN, in the exec'd command too.
+    // (Lines come through the terminal: they end in \r.)
+    let v = |l: &crate::console::Line, k: &str| l.get(k).map(|v| v.trim_end_matches('\r').to_owned());
+    match c.first("tty", &[("name", "target-host")]) {
+        Some(l)
+            if v(l, "stdio").as_deref() == Some("111")
+                && v(l, "tty_nr").is_some_and(|t| t != "0")
+                && v(l, "sid").is_some()
+                && v(l, "sid") == v(l, "pid")
+                && v(l, "fg") == v(l, "pgrp") => {}
+        other => failures.push(format!("exec -t: {:?}", other.map(|l| &l.fields))),
+    }
+    match c.first("tty-sigint", &[("name", "target-host")]) {
+        Some(l) if v(l, "sti").as_deref() == Some("EPERM") && v(l, "sigints").as_deref() == Some("0") => {}
+        other => failures.push(format!("exec -t ^C: {:?}", other.map(|l| &l.fields))),
+    }
+    match c.first("container.exited", &[("name", "exec-tty")]) {
+        Some(l) if l.get("code") == Some("0") => {}
+        other => failures.push(format!("exec-tty: ended {:?}", other.map(|l| &l.fields))),
     }
     // Refused without the permission, with nothing run.
     if c.first("control.refused", &[("caller", "noexec"), ("request", "exec"), ("needs", "exec")]).is_none() {
