@@ -27,6 +27,27 @@ use crate::supervisor::ExitFields;
 /// How long the helper waits for the client's descriptors.
 pub const STDIO_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Most helpers alive at once (they live outside every container's
+/// cgroup, as long as their command runs): past it `error busy`.
+pub const MAX_HELPERS: usize = 8;
+
+/// The helpers alive (PID 1 is single-threaded; the lock only makes the
+/// static sound).
+static HELPERS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+fn helpers<T>(f: impl FnOnce(&mut Vec<libc::pid_t>) -> T) -> T {
+    f(&mut HELPERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// In PID 1, for every child it reaps: whether it was a helper (now gone).
+pub fn reaped(pid: libc::pid_t) -> bool {
+    helpers(|h| {
+        let before = h.len();
+        h.retain(|p| *p != pid);
+        h.len() != before
+    })
+}
+
 /// One request argument: bytes with `%XX` for any byte outside `!`..`~`
 /// and for `%` itself. None if malformed or it holds a NUL.
 pub fn decode_arg(text: &str) -> Option<Vec<u8>> {
@@ -67,9 +88,15 @@ pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u
     let Ok(argv) = argv.iter().map(|a| CString::new(a.as_slice())).collect::<Result<Vec<_>, _>>() else {
         return "error bad argument".into();
     };
+    if helpers(|h| h.len()) >= MAX_HELPERS {
+        return format!("error busy: {MAX_HELPERS} execs running");
+    }
     // SAFETY: PID 1 is single-threaded; the child only runs `helper` and exits.
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => "ok".into(),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            helpers(|h| h.push(child.as_raw()));
+            "ok".into()
+        }
         Ok(nix::unistd::ForkResult::Child) => sys::exit_now(helper(conn.raw(), caller, target, &argv, tty)),
         Err(e) => format!("error fork: {}", sys::errno_name(e as i32)),
     }
@@ -188,6 +215,13 @@ fn receive_stdio(conn: BorrowedFd<'_>) -> Option<[OwnedFd; 3]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helpers_are_forgotten_when_reaped() {
+        helpers(|h| h.push(4242));
+        assert!(reaped(4242));
+        assert!(!reaped(4242));
+    }
 
     #[test]
     fn arguments_are_percent_decoded() {

@@ -375,6 +375,9 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
+        if crate::exec::reaped(pid) {
+            return;
+        }
         if self.installer == Some(pid) {
             self.installer = None;
             let exit = Exit::from_wait_status(status);

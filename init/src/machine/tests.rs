@@ -630,15 +630,20 @@ fn reply(a: Answer) -> String {
     }
 }
 
-#[test]
-fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
+/// Units `web` (granted `perms`) and `x`, both running; `web` as a caller.
+fn web_granted(perms: &[Permission]) -> (Machine, Recorder, Instant, Caller) {
     let mut web = unit("web", RestartPolicy::Never, &[]);
-    web.permissions = Permissions::of(&[Permission::Status]);
+    web.permissions = Permissions::of(perms);
     let mut m = machine(vec![web, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
     let mut fx = Recorder::new();
     let t = Instant::now();
     all_running(&mut m, &mut fx, t);
-    let web = Caller::Container("web".into());
+    (m, fx, t, Caller::Container("web".into()))
+}
+
+#[test]
+fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
+    let (mut m, mut fx, t, web) = web_granted(&[Permission::Status]);
     let none = Caller::Container("x".into());
     let cases = [
         ("ps", "status"),
@@ -726,13 +731,7 @@ fn stop_start_and_restart_override_the_policy_once() {
 
 #[test]
 fn exec_goes_to_a_running_container_only() {
-    let mut web = unit("web", RestartPolicy::Never, &[]);
-    web.permissions = Permissions::of(&[Permission::Exec]);
-    let mut m = machine(vec![web, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
-    let mut fx = Recorder::new();
-    let t = Instant::now();
-    all_running(&mut m, &mut fx, t);
-    let web = Caller::Container("web".into());
+    let (mut m, mut fx, t, web) = web_granted(&[Permission::Exec]);
     let x = pid(&m, 1);
     assert_eq!(
         m.answer(&web, "cairn/1 exec x -- /bin/echo a%20b", t, &mut fx),
