@@ -224,7 +224,7 @@ mod tests {
     fn stage_numbers_are_distinct_and_fixed() {
         let mut seen: Vec<u8> = Stage::ALL.iter().map(|s| *s as u8).collect();
         seen.dedup();
-        assert_eq!(seen, (1..=18).collect::<Vec<u8>>());
+        assert_eq!(seen, (1..=19).collect::<Vec<u8>>());
         assert_eq!(
             encode(Report { stage: Stage::Exec, step: None, errno: libc::ENOENT }),
             [0xC5, 17, 0xff, 0xff, 2, 0, 0, 0]
@@ -232,6 +232,8 @@ mod tests {
         let r = Report { stage: Stage::Rootfs, step: Some(0x0102), errno: libc::ELOOP };
         assert_eq!(encode(r), [0xC5, 5, 0x02, 0x01, 40, 0, 0, 0]);
         assert_eq!(r.to_string(), "rootfs step 258 ELOOP");
+        let j = Report { stage: Stage::Join, step: Some(7), errno: libc::EBUSY };
+        assert_eq!(j.to_string(), "join step 7 EBUSY");
     }
 
     #[test]
@@ -247,8 +249,8 @@ mod tests {
         let mut bad = good;
         bad[1] = 0;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(0)));
-        bad[1] = 19;
-        assert_eq!(decode(&bad), Err(DecodeError::Stage(19)));
+        bad[1] = 20;
+        assert_eq!(decode(&bad), Err(DecodeError::Stage(20)));
         bad[1] = 255;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(255)));
     }
