@@ -174,7 +174,7 @@ pub fn start(
     }
     let root = sys::open(&format!("/proc/{init_pid}/root"), libc::O_RDONLY | libc::O_DIRECTORY).map_err(sysfail)?;
     let procs = sys::open(&format!("{}/cgroup.procs", cgroup.path), libc::O_WRONLY).map_err(sysfail)?;
-    // The init must still be the one the pidfd names (not a reused pid).
+    // An init that has ended already (not yet reaped by PID 1): give up now.
     if poll_one(init.as_fd(), 0) {
         return Err(sysfail(SysError { op: "container init", arg: init_pid.to_string(), errno: libc::ESRCH }));
     }
