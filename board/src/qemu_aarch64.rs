@@ -13,7 +13,7 @@ pub(crate) const AARCH64: Board = Board {
     kernel_meta: "linux-image-cloud-arm64",
     kernel_package: "linux-image-6.1.0-57-cloud-arm64-unsigned",
     kernel_version: "6.1.192-3",
-    drivers: &["virtio_pci", "virtio_blk"],
+    drivers: &["virtio_pci", "virtio_blk", "virtio_net"],
     console: "ttyAMA0",
     qemu_binary: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",

@@ -13,7 +13,7 @@ pub(crate) const X86_64: Board = Board {
     kernel_meta: "linux-image-cloud-amd64",
     kernel_package: "linux-image-6.1.0-57-cloud-amd64-unsigned",
     kernel_version: "6.1.192-3",
-    drivers: &["virtio_pci", "virtio_blk"],
+    drivers: &["virtio_pci", "virtio_blk", "virtio_net"],
     console: "ttyS0",
     qemu_binary: "qemu-system-x86_64",
     qemu_package: "qemu-system-x86",

@@ -2,6 +2,8 @@
 //! (for people, or JSON with `--json`). The protocol is `cairn/1`
 //! (docs/control.md).
 
+pub mod client;
+
 /// The protocol word.
 pub const VERSION: &str = "cairn/1";
 
@@ -18,6 +20,8 @@ pub struct Command {
     pub ps: bool,
     /// Socket path.
     pub socket: String,
+    /// `update FILE`: the file whose descriptor goes with the request.
+    pub pass: Option<String>,
     /// `exec`: after `ok`, pass stdin/stdout/stderr and exit with the
     /// command's code.
     pub exec: bool,
@@ -39,6 +43,7 @@ commands:
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
   events [--follow]
+  update BUNDLE    (a file or block device; its descriptor is passed)
   exec [-t] NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run;
                                     -t: a pseudo-terminal, relayed)";
 
@@ -70,6 +75,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["signal", _, _] => true,
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
+        ["update", _] => true,
         ["exec", _, "--"] | ["exec", "-t" | "--tty", _, "--"] => !argv.is_empty(),
         _ => false,
     };
@@ -84,10 +90,15 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
             DEFAULT_SOCKET.into()
         }
     });
+    // The bundle is not named in the request: its descriptor goes with it.
+    let (request_words, pass) = match words.as_slice() {
+        ["update", file] => (&words[..1], Some((*file).to_owned())),
+        _ => (&words[..], None),
+    };
     let tty = matches!(words.as_slice(), ["exec", "-t" | "--tty", ..]);
     let mut request = match words.as_slice() {
         ["exec", _, name, "--"] => format!("{VERSION} exec {name} --tty --"),
-        _ => format!("{VERSION} {}", words.join(" ")),
+        _ => format!("{VERSION} {}", request_words.join(" ")),
     };
     for a in &argv {
         request.push(' ');
@@ -98,9 +109,10 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         exec: first == "exec",
         tty,
         json,
-        stream: matches!(first, "logs" | "events"),
+        stream: matches!(first, "logs" | "events" | "update"),
         ps: first == "ps",
         socket,
+        pass,
     })
 }
 
@@ -263,6 +275,20 @@ pub fn ps_table(body: &str) -> String {
     out.join("\n")
 }
 
+/// How a stream ends: `cairn/1 end[ BODY]` (`Ok(BODY)`) or, from the
+/// update installer, `cairn/1 error REASON` (`Err(REASON)`); `None` for a
+/// line of the stream.
+pub fn stream_end(msg: &str) -> Option<Result<&str, &str>> {
+    let rest = msg.strip_prefix(VERSION)?.strip_prefix(' ')?;
+    if rest == "end" {
+        return Some(Ok(""));
+    }
+    if let Some(body) = rest.strip_prefix("end ") {
+        return Some(Ok(body));
+    }
+    rest.strip_prefix("error ").map(Err)
+}
+
 /// One stream message for output: a log or event line as it is, JSON as
 /// `{"line": ...}`; `cairn/1 lost N` as a note.
 pub fn stream_line(msg: &str, json: bool) -> String {
@@ -336,5 +362,22 @@ mod tests {
         assert_eq!(stream_line("12.000 hi \"x\"", true), r#"{"line":"12.000 hi \"x\""}"#);
         assert_eq!(stream_line("cairn/1 lost 3", false), "-- 3 lines lost --");
         assert_eq!(json_string("a\u{1}"), "\"a\\u0001\"");
+        assert_eq!(stream_end("cairn/1 end"), Some(Ok("")));
+        assert_eq!(stream_end("cairn/1 end staged slot=b effect=reboot"), Some(Ok("staged slot=b effect=reboot")));
+        assert_eq!(stream_end("cairn/1 error not-newer: version 1"), Some(Err("not-newer: version 1")));
+        assert_eq!(stream_end("12.000 cairn/1 end"), None);
+        assert_eq!(stream_end("cairn/1 endless"), None);
+    }
+
+    #[test]
+    fn update_passes_the_file_not_its_name() {
+        let c = parse_args(&args("update /data/v2.bundle"), Some("/s".into())).unwrap();
+        assert_eq!(
+            (c.request.as_str(), c.pass.as_deref(), c.stream),
+            ("cairn/1 update", Some("/data/v2.bundle"), true)
+        );
+        for bad in ["update", "update a b"] {
+            assert!(parse_args(&args(bad), None).is_err(), "{bad}");
+        }
     }
 }

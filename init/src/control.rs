@@ -110,7 +110,9 @@ pub enum Request {
         /// becomes the command's controlling terminal.
         tty: bool,
     },
-    /// Reserved (needs `update`): not served yet.
+    /// Install the bundle the request carries (its descriptor, passed with
+    /// `SCM_RIGHTS`): the installer is forked and reports on the
+    /// connection itself.
     Update,
 }
 
@@ -206,7 +208,7 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
                 tty: words.get(2) == Some(&"--tty"),
             })
         }
-        ["update", ..] => Ok(Request::Update),
+        ["update"] => Ok(Request::Update),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
             let mut it = opts.iter();
@@ -473,7 +475,17 @@ impl Listener {
         } else {
             Caller::Unknown
         };
-        Some(Conn { fd, deadline: now + REQUEST_DEADLINE, pid, uid, caller, stream: None, kmsg: None, pending: None })
+        Some(Conn {
+            fd,
+            deadline: now + REQUEST_DEADLINE,
+            pid,
+            uid,
+            caller,
+            stream: None,
+            kmsg: None,
+            pending: None,
+            fds: Vec::new(),
+        })
     }
 }
 
@@ -494,7 +506,14 @@ pub struct Conn {
     pub kmsg: Option<OwnedFd>,
     /// A kernel log line read but not yet taken by the client.
     pub pending: Option<String>,
+    /// Descriptors the request carried (`SCM_RIGHTS`, at most
+    /// [`REQUEST_FDS`]): `update`'s bundle.
+    pub fds: Vec<OwnedFd>,
 }
+
+/// Most descriptors a request may carry; a request with more is refused
+/// (the kernel closes those that did not fit).
+pub const REQUEST_FDS: usize = 3;
 
 /// What a streaming connection follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -555,6 +574,8 @@ pub enum Received {
     Request(String),
     /// A request longer than [`REQUEST_MAX`] bytes (its length).
     TooLong(usize),
+    /// A request carrying more than [`REQUEST_FDS`] descriptors.
+    TooManyFds,
     /// Nothing yet.
     Nothing,
     /// It hung up (or failed) without a request.
@@ -567,17 +588,53 @@ impl Conn {
         self.fd.as_raw_fd()
     }
 
-    /// Read the request if it is there (never waits).
-    pub fn receive(&self) -> Received {
+    /// Read the request if it is there (never waits). Descriptors it
+    /// carries are kept in [`Conn::fds`] (close-on-exec).
+    pub fn receive(&mut self) -> Received {
         let mut buf = [0u8; REQUEST_MAX];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; REQUEST_FDS]);
         // MSG_TRUNC: the message's whole length, so a cut one is noticed.
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
-        match sock::recv(self.fd.as_raw_fd(), &mut buf, flags) {
-            Ok(n) if n > REQUEST_MAX => Received::TooLong(n),
-            Ok(n) if n > 0 => Received::Request(String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned()),
-            Err(Errno::EAGAIN | Errno::EINTR) => Received::Nothing,
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
+        let (n, fds, cut) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match sock::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+                Ok(m) => {
+                    let mut fds = Vec::new();
+                    for c in m.cmsgs().into_iter().flatten() {
+                        if let sock::ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel installed these descriptors
+                            // in this process for this message; nothing
+                            // else owns them.
+                            fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+                        }
+                    }
+                    (m.bytes, fds, m.flags.contains(MsgFlags::MSG_CTRUNC))
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => return Received::Nothing,
+                Err(_) => return Received::Closed,
+            }
+        };
+        // The buffer is rounded up to its alignment: it may hold more than
+        // asked, so the count is checked too (extra ones close here).
+        if cut || fds.len() > REQUEST_FDS {
+            return Received::TooManyFds;
+        }
+        self.fds = fds;
+        match n {
+            n if n > REQUEST_MAX => Received::TooLong(n),
+            n if n > 0 => Received::Request(String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned()),
             _ => Received::Closed,
         }
+    }
+
+    /// A second descriptor of the connection (the forked installer reports
+    /// on it; PID 1 closes its own).
+    pub fn try_clone_fd(&self) -> SysResult<OwnedFd> {
+        self.fd.try_clone().map_err(|e| SysError {
+            op: "dup",
+            arg: "control connection".into(),
+            errno: e.raw_os_error().unwrap_or(0),
+        })
     }
 
     /// Send the reply (best effort, never waits) and close.
@@ -795,6 +852,7 @@ mod tests {
             stream: None,
             kmsg: None,
             pending: None,
+            fds: Vec::new(),
         };
         Some((conn, b))
     }
@@ -805,7 +863,7 @@ mod tests {
 
     #[test]
     fn requests_are_read_without_waiting_and_long_ones_are_not_cut() {
-        let Some((conn, peer)) = conn_pair() else { return };
+        let Some((mut conn, peer)) = conn_pair() else { return };
         assert_eq!(conn.receive(), Received::Nothing);
         send(&peer, b"status");
         assert_eq!(conn.receive(), Received::Request("status".into()));
@@ -818,6 +876,33 @@ mod tests {
         assert!(matches!(conn.receive(), Received::Request(t) if t.len() == REQUEST_MAX));
         drop(peer);
         assert_eq!(conn.receive(), Received::Closed);
+    }
+
+    fn send_fds(fd: &OwnedFd, msg: &[u8], fds: &[std::os::fd::RawFd]) {
+        let iov = [std::io::IoSlice::new(msg)];
+        let cmsg = [sock::ControlMessage::ScmRights(fds)];
+        assert_eq!(sock::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None), Ok(msg.len()));
+    }
+
+    #[test]
+    fn descriptors_come_with_their_request_and_too_many_refuse_it() {
+        let Some((mut conn, peer)) = conn_pair() else { return };
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        send_fds(&peer, b"cairn/1 update", &[file.as_raw_fd()]);
+        assert_eq!(conn.receive(), Received::Request("cairn/1 update".into()));
+        assert_eq!(conn.fds.len(), 1);
+        // The descriptor is the file that was sent, and close-on-exec.
+        let passed = conn.fds.first().unwrap();
+        let (a, b) = (nix::sys::stat::fstat(passed).unwrap(), nix::sys::stat::fstat(&file).unwrap());
+        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
+        let flags = nix::fcntl::fcntl(passed, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        let raw = file.as_raw_fd();
+        send_fds(&peer, b"cairn/1 update", &[raw; REQUEST_FDS + 1]);
+        assert_eq!(conn.receive(), Received::TooManyFds);
+        send(&peer, b"status");
+        assert_eq!(conn.receive(), Received::Request("status".into()));
+        assert!(conn.fds.is_empty(), "a request without descriptors kept the last ones");
     }
 
     #[test]

@@ -78,7 +78,6 @@ impl Event {
     }
 
     /// The finished line (without newline).
-    #[cfg(test)]
     pub fn line(&self) -> &str {
         &self.line
     }

@@ -14,9 +14,17 @@
 //! `Target::State` device: an install cut by a power loss resumes on the
 //! next boot (`update.resumed part=app chunks_skipped=5`).
 //!
-//! The source this step knows is a whole disk that holds a bundle (a USB
-//! stick or a second disk written with `dd`): `autoinstall` at boot.
+//! A bundle comes from one of two sources:
+//! - a whole disk that holds one (a USB stick or a second disk written with
+//!   `dd`): `autoinstall` at boot ([`spawn`]);
+//! - a descriptor a container with the `update` permission passes with its
+//!   `update` request (`cairn-ctl update FILE`: a file its update agent
+//!   downloaded, or a device it was given): [`spawn_request`]. That child
+//!   reads the boot state record again (a trial may have committed since
+//!   boot), tells the client each step on the request's connection and
+//!   ends it with `cairn/1 end staged ...` or `cairn/1 error ...`.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use cairn_format::bootstate::Slot;
@@ -93,13 +101,30 @@ pub struct Context<'a> {
     pub partitions: &'a Partitions,
 }
 
-/// Install the bundle on `source`. Each step is an event; the result is the
-/// staged slot.
-pub fn install(source: &str, cx: Context<'_>) -> Result<Slot, InstallError> {
+/// Where the bundle is read from.
+pub enum Source {
+    /// A block device holding it from its first byte (`/dev/vdb`).
+    Disk(String),
+    /// A descriptor passed with an `update` request: a regular file or a
+    /// block device, read with `pread`.
+    Passed(OwnedFd),
+}
+
+/// Install the bundle from `source`. Each step is an event (and, with
+/// `tell`, a message to the requesting client); the result is the staged
+/// slot.
+pub fn install(source: Source, cx: Context<'_>, tell: Option<&Client>) -> Result<Slot, InstallError> {
     let started = Instant::now();
     let trust = cx.trust.ok_or(InstallError::NoTrust)?;
     let state_dev = cx.record.dev().ok_or(InstallError::NoState)?;
-    let mut devices = vec![(Target::Source, source.to_owned()), (Target::State, state_dev.to_owned())];
+    let mut devices = vec![(Target::State, state_dev.to_owned())];
+    let passed = match source {
+        Source::Disk(dev) => {
+            devices.push((Target::Source, dev));
+            None
+        }
+        Source::Passed(fd) => Some(fd),
+    };
     let mut layers = Vec::new();
     for (name, dev) in cx.partitions {
         if let Some(slot) = [Slot::A, Slot::B].into_iter().find(|s| s.partition() == name) {
@@ -112,6 +137,9 @@ pub fn install(source: &str, cx: Context<'_>) -> Result<Slot, InstallError> {
         }
     }
     let mut disk = Disk::new(devices);
+    if let Some(fd) = passed {
+        disk.adopt(Target::Source, "bundle (passed by the request)", fd);
+    }
     let pcx = pure::Install {
         keys: &trust.keys,
         product: &trust.product,
@@ -122,7 +150,7 @@ pub fn install(source: &str, cx: Context<'_>) -> Result<Slot, InstallError> {
     let mut rec = cx.record.cursor();
     let mut t = Instant::now();
     let report = |p: Progress<'_>| {
-        match p {
+        let e = match p {
             Progress::Verified { manifest, slot, reuse, write, bytes } => event("update.verified")
                 .kv("version", manifest.version)
                 .kv("product", &manifest.compatible)
@@ -130,38 +158,38 @@ pub fn install(source: &str, cx: Context<'_>) -> Result<Slot, InstallError> {
                 .kv("layers", manifest.layers.len())
                 .kv("reuse", reuse)
                 .kv("write", write)
-                .kv("bytes", bytes)
-                .emit(),
-            Progress::Claimed { slot, seq } => event("update.claimed").kv("slot", slot).kv("seq", seq).emit(),
+                .kv("bytes", bytes),
+            Progress::Claimed { slot, seq } => event("update.claimed").kv("slot", slot).kv("seq", seq),
             Progress::Resumed { layer, partition, chunks_skipped, chunks } => event("update.resumed")
                 .kv("part", &layer.name)
                 .kv("digest", layer.digest.short())
                 .kv("partition", partition)
                 .kv("chunks_skipped", chunks_skipped)
                 .kv("chunks", chunks)
-                .kv("chunk_bytes", CHUNK)
-                .emit(),
+                .kv("chunk_bytes", CHUNK),
             Progress::ResumeFailed { partition } => {
-                event("update.resume-failed").kv("partition", partition).kv("effect", "rewrite").emit()
+                event("update.resume-failed").kv("partition", partition).kv("effect", "rewrite")
             }
             Progress::LayerWritten { layer, partition, bytes } => event("update.layer-written")
                 .kv("layer", &layer.name)
                 .kv("digest", layer.digest.short())
                 .kv("partition", partition)
                 .kv("bytes", bytes)
-                .kv("ms", t.elapsed().as_millis())
-                .emit(),
+                .kv("ms", t.elapsed().as_millis()),
             Progress::ManifestWritten { slot, bytes } => {
-                event("update.manifest-written").kv("slot", slot).kv("bytes", bytes).emit()
+                event("update.manifest-written").kv("slot", slot).kv("bytes", bytes)
             }
             Progress::Staged { slot, version, tries, seq } => event("update.staged")
                 .kv("slot", slot)
                 .kv("version", version)
                 .kv("tries", tries)
                 .kv("seq", seq)
-                .kv("ms", started.elapsed().as_millis())
-                .emit(),
+                .kv("ms", started.elapsed().as_millis()),
+        };
+        if let Some(c) = tell {
+            c.say(e.line());
         }
+        e.emit();
         // A layer's time runs from the step before it.
         t = Instant::now();
     };
@@ -193,8 +221,8 @@ pub fn spawn(boot_disk: &str, trial: Option<Slot>, cx: Context<'_>) -> Option<li
             let Some(source) = find_bundle_disk(boot_disk) else { sys::exit_now(NO_BUNDLE) };
             event("update.installing").kv("source", &source).kv("pid", nix::unistd::getpid().as_raw()).emit();
             let result = match trial {
-                Some(slot) => Err(("trial-pending", format!("slot {slot} is on trial: commit or roll back first"))),
-                None => install(&source, cx).map_err(|e| (e.reason(), e.to_string())),
+                Some(slot) => Err(trial_pending(slot)),
+                None => install(Source::Disk(source.clone()), cx, None).map_err(|e| (e.reason(), e.to_string())),
             };
             let code = match result {
                 Ok(_) => 0,
@@ -209,5 +237,90 @@ pub fn spawn(boot_disk: &str, trial: Option<Slot>, cx: Context<'_>) -> Option<li
             event("update.unavailable").kv("error", sys::err("fork", "installer")(e)).emit();
             None
         }
+    }
+}
+
+fn trial_pending(slot: Slot) -> (&'static str, String) {
+    ("trial-pending", format!("slot {slot} is on trial: commit or roll back first"))
+}
+
+/// What a requested install needs from the boot, kept by the supervisor.
+pub struct Updater {
+    /// The initramfs's trusted keys and product.
+    pub trust: Option<Trust>,
+    /// The booted manifest: the committed one whenever no trial is pending
+    /// (a request during a trial is refused).
+    pub committed: Manifest,
+    /// The boot disk's partitions.
+    pub partitions: Partitions,
+    /// The floor to assume when the record cannot be read.
+    pub fallback_floor: u64,
+}
+
+/// The requesting client, told each step (best effort: a client that does
+/// not read misses messages, it never stalls the install).
+pub struct Client(OwnedFd);
+
+impl Client {
+    /// Send one message.
+    pub fn say(&self, text: &str) {
+        let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        let _ = nix::sys::socket::send(self.0.as_raw_fd(), text.as_bytes(), flags);
+    }
+}
+
+/// Why a passed descriptor is not read as a bundle: it must be a regular
+/// file or a block device (a pipe or a socket cannot be read at an offset,
+/// and a character device could be anything).
+fn check_passed(fd: &OwnedFd) -> Result<(), (&'static str, String)> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| ("bad-source", format!("fstat of the passed descriptor: {e}")))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFREG || kind == libc::S_IFBLK {
+        Ok(())
+    } else {
+        Err(("bad-source", format!("the passed descriptor is not a file or a block device (mode {:o})", st.st_mode)))
+    }
+}
+
+/// Fork the installer for an `update` request: `source` is the descriptor
+/// the request carried, `client` its connection. The child tells the
+/// client `cairn/1 ok installing pid=N`, then each step's event line, then
+/// `cairn/1 end staged slot=S version=V` (exit 0: PID 1 reboots into the
+/// trial) or `cairn/1 error REASON: WHY` (exit 1). The boot state record is
+/// read again in the child: a trial pending refuses the bundle.
+pub fn spawn_request(u: &Updater, source: OwnedFd, client: OwnedFd) -> Result<libc::pid_t, sys::SysError> {
+    // SAFETY: PID 1 is single-threaded, so the child is a consistent copy;
+    // the child never returns into PID 1's code: it ends in exit_now.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let client = Client(client);
+            let pid = nix::unistd::getpid().as_raw();
+            client.say(&format!("cairn/1 ok installing pid={pid}"));
+            event("update.installing").kv("source", "request").kv("pid", pid).emit();
+            let record = Record::read(&u.partitions, u.fallback_floor);
+            let result = match (&record.state.trial, check_passed(&source)) {
+                (Some(t), _) => Err(trial_pending(t.slot)),
+                (None, Err(e)) => Err(e),
+                (None, Ok(())) => {
+                    let cx =
+                        Context { trust: u.trust.as_ref(), committed: &u.committed, record, partitions: &u.partitions };
+                    install(Source::Passed(source), cx, Some(&client)).map_err(|e| (e.reason(), e.to_string()))
+                }
+            };
+            let code = match result {
+                Ok(slot) => {
+                    client.say(&format!("cairn/1 end staged slot={slot} effect=reboot"));
+                    0
+                }
+                Err((reason, error)) => {
+                    event("update.refused").kv("source", "request").kv("reason", reason).kv("error", &error).emit();
+                    client.say(&format!("cairn/1 error {reason}: {error}"));
+                    1
+                }
+            };
+            sys::exit_now(code)
+        }
+        Err(e) => Err(sys::err("fork", "installer")(e)),
     }
 }

@@ -242,6 +242,9 @@ pub enum Answer {
         /// Make its stdin its controlling terminal.
         tty: bool,
     },
+    /// Fork the installer on the bundle the request carries; it answers on
+    /// the connection itself.
+    Update,
 }
 
 struct ShutdownPlan {
@@ -758,7 +761,7 @@ impl Machine {
             }
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
-            Request::Update => Answer::Reply(format!("error {} is not served yet", request.verb())),
+            Request::Update => Answer::Update,
             Request::Exec { name, argv, tty } => match unit(&name) {
                 None => Answer::Reply(format!("error no container {name}")),
                 Some(unit) => match self.units.get(unit).map(|u| u.state) {

@@ -20,6 +20,7 @@ mod exec;
 mod install;
 mod machine;
 mod modules;
+mod netwatch;
 mod partitions;
 mod policy;
 mod record;
@@ -92,13 +93,19 @@ fn main() {
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     let (slot, booted) = boot::boot(&cmdline, &loader);
-    let (units, order, targets, update, window, installer) = match booted {
+    let (units, order, targets, update, window, (installer, updater)) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
             let window = booted.manifest.update.commit_after_ms;
             let installer = autoinstall(&booted);
+            let updater = install::Updater {
+                trust: booted.trust,
+                committed: booted.manifest,
+                partitions: booted.partitions,
+                fallback_floor: boot::FALLBACK_ROLLBACK_FLOOR,
+            };
             let update = booted.trial.map(|t| (t, booted.record));
-            (units, order, booted.targets, update, window, installer)
+            (units, order, booted.targets, update, window, (installer, Some(updater)))
         }
         Err(e) => {
             event("boot.failed").kv("reason", &e).emit();
@@ -114,7 +121,7 @@ fn main() {
                 event("boot.trial-failed").kv("slot", s).kv("reason", e).kv("effect", "reboot").emit();
                 finish(ShutdownKind::Reboot, &[]);
             }
-            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, None)
+            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None))
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it.
@@ -134,8 +141,16 @@ fn main() {
     }
     let window = std::time::Duration::from_millis(cmdline.bless_after_ms.unwrap_or(window).into());
     sup.judge_trial(slot, update, window);
+    if let Some(u) = updater {
+        sup.offer_updates(u);
+    }
     if let Some(pid) = installer {
         sup.watch_installer(pid);
+    }
+    // The device's addresses, as a host-network container sets them.
+    match netwatch::Watch::open() {
+        Ok(w) => sup.watch_addresses(w),
+        Err(e) => event("net.unwatched").kv("error", e).emit(),
     }
     // Run-time dm-verity errors become `layer.corrupt` events.
     if !targets.is_empty() {

@@ -161,6 +161,13 @@ impl Disk {
         Disk { devices, open: Vec::new() }
     }
 
+    /// Read `t` through `fd`, an open descriptor (a bundle passed by a
+    /// request); `label` names it in errors. Only plain reads use it.
+    pub fn adopt(&mut self, t: Target, label: &str, fd: OwnedFd) {
+        self.devices.push((t, label.to_owned()));
+        self.open.push((t, Use::Read, fd));
+    }
+
     /// `t`'s device and a descriptor opened for `how`, opened on first use.
     fn fd(&mut self, t: Target, how: Use) -> Result<(&OwnedFd, &str), DevError> {
         let dev = self

@@ -223,10 +223,15 @@ pub struct Supervisor {
     /// dm-verity error uevents; `layers.corrupted` is this boot's "a layer
     /// block failed its hash" flag (a failed trial for OTA).
     layers: Option<crate::uevent::Watch>,
+    /// The device's address changes (`net.address`).
+    addresses: Option<crate::netwatch::Watch>,
     /// This boot's trial, and when to judge it.
     trial: Option<Trial>,
     /// The update installer's pid while it runs.
     installer: Option<libc::pid_t>,
+    /// What an `update` request's installer needs (a boot that verified a
+    /// manifest).
+    updater: Option<crate::install::Updater>,
 }
 
 /// This boot on trial: its boot entry (new kernel or init), its manifest
@@ -258,8 +263,10 @@ impl Supervisor {
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),
             layers: None,
+            addresses: None,
             trial: None,
             installer: None,
+            updater: None,
         }
     }
 
@@ -318,6 +325,11 @@ impl Supervisor {
         }
     }
 
+    /// Report the device's address changes from the event loop.
+    pub fn watch_addresses(&mut self, w: crate::netwatch::Watch) {
+        self.addresses = Some(w);
+    }
+
     /// Report dm-verity errors on the layers from the event loop.
     pub fn watch_layers(&mut self, w: crate::uevent::Watch) {
         self.layers = Some(w);
@@ -366,6 +378,11 @@ impl Supervisor {
         }
         let report = self.io.report(i);
         self.machine.settle(i, report, exit, Instant::now(), &mut self.io)
+    }
+
+    /// Serve `update` requests with this.
+    pub fn offer_updates(&mut self, u: crate::install::Updater) {
+        self.updater = Some(u);
     }
 
     /// Watch the forked update installer: a staged update reboots into
@@ -430,11 +447,12 @@ impl Supervisor {
         const UNITS: usize = CONNS + MAX_CONNECTIONS;
         const REPORTS: usize = UNITS + MAX_CONTAINERS;
         const UEVENTS: usize = REPORTS + MAX_CONTAINERS;
+        const ADDRESSES: usize = UEVENTS + 1;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
         // fills unused slots, so unit i's output is always at fds[UNITS + i]
         // and its report pipe (while starting) at fds[REPORTS + i].
-        let mut fds = [idle; UEVENTS + 1];
+        let mut fds = [idle; ADDRESSES + 1];
         let mut set = |k: usize, fd: i32, events: libc::c_short| {
             if let Some(slot) = fds.get_mut(k) {
                 slot.fd = fd;
@@ -448,6 +466,7 @@ impl Supervisor {
         }
         set(CONSOLE, crate::event::console_waiting().unwrap_or(-1), libc::POLLOUT);
         set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
+        set(ADDRESSES, self.addresses.as_ref().map_or(-1, crate::netwatch::Watch::raw), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
             // A stream waits for room only when lines wait for it; POLLHUP
             // (its client gone) is reported whatever is asked.
@@ -496,6 +515,11 @@ impl Supervisor {
         }
         if ready(UEVENTS, libc::POLLIN) {
             if let Some(w) = self.layers.as_mut() {
+                w.drain();
+            }
+        }
+        if ready(ADDRESSES, libc::POLLIN) {
+            if let Some(w) = self.addresses.as_ref() {
                 w.drain();
             }
         }
@@ -562,15 +586,15 @@ impl Supervisor {
             if !readable.get(k).copied().unwrap_or(false) {
                 continue;
             }
-            let Some(conn) = self.conns.get(k) else { continue };
+            let Some(conn) = self.conns.get_mut(k) else { continue };
             match conn.receive() {
                 Received::Nothing => {}
                 Received::Closed => {
                     self.conns.swap_remove(k);
                 }
                 // A stream's client has nothing more to say.
-                Received::Request(_) | Received::TooLong(_) if conn.stream.is_some() => {}
-                received @ (Received::Request(_) | Received::TooLong(_)) => {
+                Received::Request(_) | Received::TooLong(_) | Received::TooManyFds if conn.stream.is_some() => {}
+                received @ (Received::Request(_) | Received::TooLong(_) | Received::TooManyFds) => {
                     let conn = self.conns.swap_remove(k);
                     let (text, answer) = match received {
                         Received::Request(text) => {
@@ -580,6 +604,10 @@ impl Supervisor {
                         Received::TooLong(n) => (
                             format!("({n} bytes)"),
                             Answer::Reply(format!("error request longer than {}", control::REQUEST_MAX)),
+                        ),
+                        Received::TooManyFds => (
+                            "(descriptors)".into(),
+                            Answer::Reply(format!("error more than {} descriptors", control::REQUEST_FDS)),
                         ),
                         _ => continue,
                     };
@@ -641,15 +669,16 @@ impl Supervisor {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
             Answer::Exec { unit, pid, argv, tty } => (self.exec(&conn, unit, pid, &argv, tty), None),
+            Answer::Update => match self.start_requested_install(&mut conn) {
+                // The installer answers on the connection from here on.
+                Ok(body) => {
+                    Self::said(&conn, text, &body);
+                    return;
+                }
+                Err(body) => (body, None),
+            },
         };
-        let first_line = body.lines().next().unwrap_or_default();
-        event("control.request")
-            .kv("caller", conn.caller.name())
-            .kv("pid", conn.pid)
-            .kv("uid", conn.uid)
-            .kv("request", text)
-            .kv("reply", first_line)
-            .emit();
+        Self::said(&conn, text, &body);
         let reply = control::framed_reply(&body);
         match stream {
             Some(s) if conn.send(reply.as_bytes()) == Sent::Taken => {
@@ -667,6 +696,36 @@ impl Supervisor {
         let Ok(spec) = &u.spec else { return "error it cannot start".into() };
         let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
         crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, tty)
+    }
+
+    /// The `control.request` event: who asked what, the reply's first line.
+    fn said(conn: &Conn, text: &str, body: &str) {
+        event("control.request")
+            .kv("caller", conn.caller.name())
+            .kv("pid", conn.pid)
+            .kv("uid", conn.uid)
+            .kv("request", text)
+            .kv("reply", body.lines().next().unwrap_or_default())
+            .emit();
+    }
+
+    /// Fork the installer on the bundle `conn`'s request carried: it takes
+    /// the connection and answers on it. Refused while an install runs, on
+    /// a device that was not booted from a verified manifest, or without
+    /// exactly one descriptor.
+    fn start_requested_install(&mut self, conn: &mut Conn) -> Result<String, String> {
+        if let Some(pid) = self.installer {
+            return Err(format!("error busy: an install is running (pid {pid})"));
+        }
+        let updater = self.updater.as_ref().ok_or("error unavailable: this boot has no verified manifest")?;
+        let source = match (conn.fds.pop(), conn.fds.is_empty()) {
+            (Some(fd), true) => fd,
+            _ => return Err("error update takes the bundle as one descriptor (cairn-ctl update FILE)".into()),
+        };
+        let client = conn.try_clone_fd().map_err(|e| format!("error {e}"))?;
+        let pid = crate::install::spawn_request(updater, source, client).map_err(|e| format!("error {e}"))?;
+        self.installer = Some(pid);
+        Ok(format!("ok installing pid={pid}"))
     }
 
     /// Whether lines (or, not following, its end) wait for this stream.

@@ -172,6 +172,11 @@ impl Console {
         self.first(event, with).ok_or_else(|| anyhow::anyhow!("no `{event}` line with {with:?}"))
     }
 
+    /// Every raw line, in order (`Line::index` points into it).
+    pub fn raw_lines(&self) -> &[String] {
+        &self.raw
+    }
+
     /// True if any raw line contains `text`.
     pub fn contains(&self, text: &str) -> bool {
         self.raw.iter().any(|l| l.contains(text))

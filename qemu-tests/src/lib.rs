@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod console;
+pub mod http;
 pub mod oci_fixture;
 pub mod qemu;
 mod scenarios;
@@ -32,6 +33,12 @@ pub struct Artifacts {
     pub systemd_boot: PathBuf,
     /// Directory holding `bin/cairn-payload` for the board (the `build:payload` layer).
     pub payload_root: PathBuf,
+    /// Directory holding `bin/cairn-agent`, the update agent (the
+    /// `build:agent` layer).
+    pub agent_root: PathBuf,
+    /// Directory holding Debian's static busybox and the uplink applets
+    /// (the `build:busybox` layer).
+    pub busybox_root: PathBuf,
     /// The key the board's initramfs trusts (`/etc/cairn/trusted-keys`).
     pub key: SigningKey,
     /// Its secret key file (for the `cairn` command).
@@ -87,10 +94,21 @@ pub fn appliances_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("appliances")
 }
 
+impl Artifacts {
+    /// What appliance files name as `build:NAME` layer sources.
+    pub fn build_sources(&self) -> BTreeMap<String, PathBuf> {
+        BTreeMap::from([
+            ("payload".to_owned(), self.payload_root.clone()),
+            ("agent".to_owned(), self.agent_root.clone()),
+            ("busybox".to_owned(), self.busybox_root.clone()),
+        ])
+    }
+}
+
 impl Ctx<'_> {
     /// Build a scenario appliance (`appliances/NAME.toml`), signed with `key`.
     pub fn build_signed(&self, name: &str, key: &SigningKey) -> Result<BuiltAppliance> {
-        let sources = BTreeMap::from([("payload".to_owned(), self.art.payload_root.clone())]);
+        let sources = self.art.build_sources();
         let path = appliances_dir().join(format!("{name}.toml"));
         assemble::build_appliance(&path, &sources, key, &self.layers_dir(name))
             .with_context(|| format!("building appliance {}", path.display()))

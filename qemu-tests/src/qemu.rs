@@ -56,6 +56,9 @@ pub struct BootOptions<'a> {
     /// More `-drive` options for the boot disk (e.g. write throttling, so a
     /// power cut lands between two writes).
     pub boot_drive_options: &'a str,
+    /// A virtio NIC on QEMU's user-mode network: the guest reaches the
+    /// host's loopback as 10.0.2.2 (and nothing else the tests use).
+    pub net: bool,
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -173,6 +176,10 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
             }
         }
         c.args(args);
+    }
+    if opts.net {
+        // No option ROM: the firmware boots the disk, never the network.
+        c.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]);
     }
     c
 }

@@ -6,7 +6,6 @@
 //! (size, check) disk boots once per round, rounds interleaved, so drift
 //! hits every contender alike. Also reports the hash tree's size on disk.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,7 +68,7 @@ fn disk(art: &Artifacts, dir: &Path, mib: u64, check: &str) -> Result<(PathBuf, 
             big.display()
         ),
     )?;
-    let sources = BTreeMap::from([("payload".to_owned(), art.payload_root.clone())]);
+    let sources = art.build_sources();
     let app = assemble::build_appliance(&toml, &sources, &art.key, &case.join("layers"))?;
     let slot = app.layers.iter().map(|l| l.partition_bytes()).max().unwrap_or(0).div_ceil(1 << 20) << 20;
     let out = case.join("disk.img");

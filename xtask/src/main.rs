@@ -10,7 +10,6 @@ mod device_build;
 mod host_deps;
 mod kernel;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -233,9 +232,10 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     // then puts the production binary back in place (only cairn-init is
     // compiled again for the feature; its dependencies are shared).
     let hooked = test_hooks.then(|| build_test_hooks_init(b)).transpose()?;
-    let status = device_build::cargo_build(b.rust_target, &["cairn-init", "cairn-payload", "cairn-ctl"], &[])
-        .status()
-        .context("running cargo build")?;
+    let status =
+        device_build::cargo_build(b.rust_target, &["cairn-init", "cairn-payload", "cairn-ctl", "cairn-agent"], &[])
+            .status()
+            .context("running cargo build")?;
     anyhow::ensure!(status.success(), "cargo build for {} failed", b.rust_target);
     let status = Command::new(&cargo)
         .current_dir(repo_root())
@@ -249,6 +249,10 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     std::fs::create_dir_all(payload_root.join("bin"))?;
     std::fs::copy(out.join("cairn-payload"), payload_root.join("bin/cairn-payload"))
         .context("copying cairn-payload")?;
+    let agent_root = dir.join("agent-root");
+    std::fs::create_dir_all(agent_root.join("bin"))?;
+    std::fs::copy(out.join("cairn-agent"), agent_root.join("bin/cairn-agent")).context("copying cairn-agent")?;
+    let busybox_root = busybox_root(b, &dir)?;
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
     // The init holds no key and no product: the initramfs carries them.
@@ -279,6 +283,8 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
         kit,
         systemd_boot,
         payload_root,
+        agent_root,
+        busybox_root,
         key,
         key_file: dev_key_path(),
         init,
@@ -306,6 +312,23 @@ fn build_test_hooks_init(b: &Board) -> Result<PathBuf> {
     Ok(copy)
 }
 
+/// Debian's `busybox-static` for the board's architecture (fetched like the
+/// kernel) as a layer tree: `bin/busybox` and the applets the uplink
+/// pattern uses (`sh`, `udhcpc`, `ip`) as links to it (the `build:busybox`
+/// layer; docs/appliance.md, "The device's uplink").
+fn busybox_root(b: &Board, dir: &Path) -> Result<PathBuf> {
+    let debs = host_deps::fetch_debs(&["busybox-static"], b.deb_arch, &build_dir().join("debs"))?;
+    let tree = debs.first().map(|d| d.tree.clone()).context("busybox-static")?;
+    let root = dir.join("busybox-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy(tree.join("bin/busybox"), root.join("bin/busybox")).context("copying busybox")?;
+    for applet in ["sh", "udhcpc", "ip"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(root)
+}
+
 /// The board's boot kit: its systemd-boot and systemd-stub (Debian's
 /// `systemd-boot-efi` for the board's architecture, fetched like the
 /// kernel), the kernel, the initramfs and the command line.
@@ -320,7 +343,7 @@ fn boot_kit(b: &Board, kernel: &kernel::Kernel, initramfs: Vec<u8>) -> Result<(B
 
 fn demo_disk(b: &Board, art: &Artifacts) -> Result<PathBuf> {
     let dir = build_dir().join(b.name).join("demo");
-    let sources = BTreeMap::from([("payload".to_owned(), art.payload_root.clone())]);
+    let sources = art.build_sources();
     let toml = repo_root().join("images/examples/demo/appliance.toml");
     let app = assemble::build_appliance(&toml, &sources, &art.key, &dir.join("layers"))?;
     for l in &app.layers {

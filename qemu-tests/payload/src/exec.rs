@@ -1,7 +1,5 @@
-//! `whoami` and `after`: what the `exec` scenario compares between a
+//! `whoami`: what the `exec` scenario compares between a
 //! container's entrypoint and a command `cairn-ctl exec` ran in it.
-
-use std::ffi::CString;
 
 use crate::out::V;
 use crate::{say, sys};
@@ -45,21 +43,4 @@ pub fn whoami(label: &str, stay: bool) -> i32 {
         sys::pause_forever();
     }
     0
-}
-
-/// `after MS PROG ARG...`: sleep, then execv PROG (its exit code becomes
-/// the container's).
-pub fn after(ms: u64, argv: &[String]) -> i32 {
-    sys::sleep_ms(ms);
-    let Ok(argv) = argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<Vec<_>, _>>() else {
-        return 2;
-    };
-    let Some(prog) = argv.first() else { return 2 };
-    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: `prog` and every pointer in `ptrs` are live NUL-terminated
-    // strings, and `ptrs` ends with NULL.
-    unsafe { libc::execv(prog.as_ptr(), ptrs.as_ptr()) };
-    say!("event=after-failed prog={} errno={}", V(&prog.to_string_lossy()), sys::errno());
-    127
 }

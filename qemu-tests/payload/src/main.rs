@@ -50,6 +50,8 @@
 //! - `flood <mib>`: see `ctl::flood`.
 //! - `ctl-hold <seconds> <request>...`: see `ctl::hold`.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
+//! - `after <ms> <program> <args>...`: sleeps, then execs the program (its
+//!   exit is the container's); `event=after-failed errno=E` if it cannot.
 //! - `hostile`: as root in a hardened container, tries escapes and kernel
 //!   interfaces one by one (see `hostile.rs` for exactly what each does); per
 //!   attempt `event=attempt name=N result=<blocked|ALLOWED> errno=E err=ENAME`
@@ -106,6 +108,9 @@
 //!   line discipline (see `tty.rs`).
 //! - `net-info`, `net-serve <port> <hold_ms>`, `net-connect <port>`,
 //!   `net-probe <port> <ms>`: network namespace probes (see `net.rs`).
+//! - `net-up <iface> <ipv4> <prefix>`: address the interface and bring it
+//!   up (ioctls; needs CAP_NET_ADMIN in its network namespace):
+//!   `event=net-up iface=I addr=A/P` or `event=net-up-failed step=S errno=E`.
 //!
 //! - `userns`: the container's ids, id maps, and what its root may do to
 //!   host-owned files (see `userns.rs`).
@@ -117,9 +122,8 @@
 //! - `volume check-write|readonly|absent|fill ...`: volumes as a container
 //!   sees them (see `volume.rs`).
 //!
-//! - `whoami <label> [stay]`, `after <ms> <prog> <args...>`: what the
-//!   `exec` scenario compares between an entrypoint and a command run with
-//!   `cairn-ctl exec`, and a delayed execv (see `exec.rs`).
+//! - `whoami <label> [stay]`: what the `exec` scenario compares between an
+//!   entrypoint and a command run with `cairn-ctl exec` (see `exec.rs`).
 //!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
@@ -222,6 +226,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "flood" => ctl::flood(a.num(2, "mib")?),
         "ctl-hold" => ctl::hold(a.num(2, "seconds")?, a.0.get(3..).unwrap_or(&[])),
         "sleep" => signals::sleep(a.num(2, "ms")?),
+        "after" => signals::after(a.num(2, "ms")?, a.0.get(3..).unwrap_or(&[])),
         "hostile" => hostile::run(),
         "attempt" => hostile::one(a.0.get(2).map_or("", String::as_str)),
         "userns" => userns::run(),
@@ -265,6 +270,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "tty-check" => tty::check(),
         "net-info" => net::info(),
+        "net-up" => net::up(a.word(2, "iface")?, a.word(3, "addr")?, a.num(4, "prefix")?),
         "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?),
         "net-connect" => net::connect(a.num(2, "port")?),
         "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?),
@@ -275,7 +281,6 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         // verity-tamper scenario (issue 10).
         "read-file" => resources::read_files(a.0.get(2..).unwrap_or(&[])),
         "whoami" => exec::whoami(a.word(2, "label")?, a.0.get(3).is_some_and(|s| s == "stay")),
-        "after" => exec::after(a.num(2, "ms")?, a.0.get(3..).unwrap_or(&[])),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

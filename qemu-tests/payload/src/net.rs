@@ -154,3 +154,76 @@ pub fn probe(port: u16, ms: u64) -> i32 {
     );
     0
 }
+
+/// An `ifreq` for `iface` with `data` at the union (offset 16).
+fn ifreq(iface: &str, data: &[u8]) -> [u8; 40] {
+    let mut r = [0u8; 40];
+    let name = iface.as_bytes();
+    let n = name.len().min(15);
+    r[..n].copy_from_slice(&name[..n]);
+    let d = data.len().min(24);
+    r[16..16 + d].copy_from_slice(&data[..d]);
+    r
+}
+
+/// A `sockaddr_in` for `a` (port 0).
+fn sockaddr_in(a: Ipv4Addr) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    s[4..8].copy_from_slice(&a.octets());
+    s
+}
+
+/// `net-up IFACE ADDR PREFIX`: the address, its netmask, then IFF_UP. The
+/// interface may still be probing when the container starts: ENODEV is
+/// retried for 5 s.
+pub fn up(iface: &str, addr: &str, prefix: u32) -> i32 {
+    let Ok(a) = addr.parse::<Ipv4Addr>() else {
+        say!("event=net-up-failed step=parse errno=0");
+        return 1;
+    };
+    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix.min(32)).unwrap_or(0));
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        say!("event=net-up-failed step=socket errno={}", sys::errno());
+        return 1;
+    }
+    let ioctl = |req: libc::Ioctl, r: &mut [u8; 40]| {
+        // SAFETY: `r` is a 40-byte ifreq, the size the kernel reads and
+        // writes for these requests.
+        unsafe { libc::ioctl(fd, req, r.as_mut_ptr()) }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let steps: [(&str, libc::Ioctl, [u8; 16]); 2] = [
+        ("address", libc::SIOCSIFADDR as libc::Ioctl, sockaddr_in(a)),
+        ("netmask", libc::SIOCSIFNETMASK as libc::Ioctl, sockaddr_in(mask)),
+    ];
+    for (step, req, data) in steps {
+        loop {
+            let mut r = ifreq(iface, &data);
+            if ioctl(req, &mut r) == 0 {
+                break;
+            }
+            let e = sys::errno();
+            if e != libc::ENODEV || Instant::now() > deadline {
+                say!("event=net-up-failed step={step} errno={e}");
+                return 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut r = ifreq(iface, &[]);
+    if ioctl(libc::SIOCGIFFLAGS as libc::Ioctl, &mut r) != 0 {
+        say!("event=net-up-failed step=get-flags errno={}", sys::errno());
+        return 1;
+    }
+    let flags = i16::from_ne_bytes([r[16], r[17]]) | libc::IFF_UP as i16;
+    r[16..18].copy_from_slice(&flags.to_ne_bytes());
+    if ioctl(libc::SIOCSIFFLAGS as libc::Ioctl, &mut r) != 0 {
+        say!("event=net-up-failed step=up errno={}", sys::errno());
+        return 1;
+    }
+    say!("event=net-up iface={iface} addr={a}/{prefix}");
+    0
+}

@@ -53,6 +53,19 @@ pub fn sleep(ms: u64) -> i32 {
     0
 }
 
+/// Sleep `ms`, then exec `argv` (it does not return unless the exec fails).
+pub fn after(ms: u64, argv: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    sys::sleep_ms(ms);
+    let Some((prog, args)) = argv.split_first() else {
+        say!("event=after-failed errno=0");
+        return 1;
+    };
+    let e = std::process::Command::new(prog).args(args).exec();
+    say!("event=after-failed errno={}", e.raw_os_error().unwrap_or(0));
+    1
+}
+
 /// The catchable signals 1..=31: all but SIGKILL, SIGSTOP and SIGCHLD.
 const CATCHABLE: [i32; 28] = [
     libc::SIGHUP,

@@ -34,6 +34,9 @@ mod flash_card;
 mod secure_boot;
 // Over-the-air updates (issue 12).
 mod ota;
+mod ota_network;
+// The device's uplink (issue 16 item 4).
+mod net_uplink;
 // The watchdog (issue 12 item 5).
 mod watchdog;
 // Volumes (issue 14 item 1).
@@ -96,6 +99,12 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-powercut", run: ota::powercut },
         Scenario { name: "ota-antirollback", run: ota::antirollback },
         Scenario { name: "ota-watchdog", run: ota::watchdog },
+        // An update requested over the control socket (issue 12 item 2).
+        Scenario { name: "ota-request", run: ota::request },
+        // The update agent over HTTP, with dropped connections (issue 12 item 6).
+        Scenario { name: "ota-network", run: ota_network::run },
+        // The device's uplink by DHCP from a container (issue 16 item 4).
+        Scenario { name: "net-uplink", run: net_uplink::run },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.

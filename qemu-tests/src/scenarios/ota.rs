@@ -56,7 +56,7 @@ fn partition(disk: &Path, layout: &DiskLayout, name: &str) -> Result<Vec<u8>> {
 }
 
 /// The boot state record on the disk.
-fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
+pub(super) fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
     let region = partition(disk, layout, "cairn-state")?;
     let (_, s) = bootstate::read_record(&region).map_err(|e| anyhow::anyhow!("boot state record: {e}"))?;
     Ok(s)
@@ -64,7 +64,12 @@ fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
 
 /// A bundle of `app` for devices on `base`, padded to whole MiB so it can
 /// be attached as a disk (as on a USB stick).
-fn bundle_disk(ctx: &Ctx, app: &BuiltAppliance, base: &BuiltAppliance, file: &str) -> Result<(PathBuf, usize)> {
+pub(super) fn bundle_disk(
+    ctx: &Ctx,
+    app: &BuiltAppliance,
+    base: &BuiltAppliance,
+    file: &str,
+) -> Result<(PathBuf, usize)> {
     let path = ctx.dir.join(file);
     let input = BundleInput {
         envelope: &app.envelope,
@@ -86,7 +91,7 @@ fn boot_with_stick(ctx: &Ctx, disk: &Path, stick: Option<&Path>, log: &str) -> R
 }
 
 /// The device rebooted in order (QEMU runs with -no-reboot: it exits).
-fn rebooted(run: &Run) -> Result<()> {
+pub(super) fn rebooted(run: &Run) -> Result<()> {
     no_panic(run)?;
     ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
     run.console.expect("shutdown.complete", &[("kind", "reboot")])?;
@@ -121,13 +126,7 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     ensure!(s.committed == Slot::A && s.rollback_floor == 1, "staging changed the committed slot or floor: {s:?}");
     ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
-    // Exactly the new layer's partition, manifest slot b and the record
-    // were written: the committed manifest's partitions, the ESP and the
-    // spare layer partition were not touched.
-    let after = system_digests(&disk, &layout)?;
-    let changed: Vec<&str> =
-        before.iter().zip(&after).filter(|((_, b), (_, a))| a != b).map(|((n, _), _)| n.as_str()).collect();
-    ensure!(changed == ["cairn-state", "cairn-manifest-b", "cairn-layer-04"], "partitions written: {changed:?}");
+    only_staging_written(&before, &system_digests(&disk, &layout)?, "cairn-layer-04")?;
 
     // Boot 2: the trial spends a try first, runs v2, commits.
     let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
@@ -154,6 +153,83 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     c.expect("update.refused", &[("reason", "not-newer")])?;
     ensure!(c.first("update.claimed", &[]).is_none(), "a refused bundle claimed a slot");
     ensure!(state(&disk, &layout)?.seq == s.seq, "a refused bundle wrote the boot state record");
+    Ok(())
+}
+
+/// `bundle` as the first partition (MBR, from 1 MiB) of a disk: the boot's
+/// autoinstall does not take it (it looks at the start of whole disks), a
+/// container given the partition as a device can pass it.
+fn bundle_partition_disk(ctx: &Ctx, bundle: &Path, file: &str) -> Result<PathBuf> {
+    const START: u64 = 1 << 20;
+    let body = std::fs::read(bundle)?;
+    let sectors = u32::try_from(body.len() as u64 / 512).context("bundle too large for an MBR partition")?;
+    let mut head = vec![0u8; START as usize];
+    let entry = [
+        &[0x00, 0xfe, 0xff, 0xff, 0xda, 0xfe, 0xff, 0xff][..],
+        &u32::try_from(START / 512)?.to_le_bytes(),
+        &sectors.to_le_bytes(),
+    ]
+    .concat();
+    head[446..462].copy_from_slice(&entry);
+    head[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let path = ctx.dir.join(file);
+    std::fs::write(&path, [head, body].concat())?;
+    Ok(path)
+}
+
+/// `ota-request`: a container granted `update` passes the bundle (a
+/// partition it was given as a device) with `cairn-ctl update`; one with
+/// only `status` and one passing a file that is no bundle are refused
+/// before anything is written; the installer tells the agent each step;
+/// the trial commits on the next boot.
+pub fn request(ctx: &Ctx) -> Result<()> {
+    let v1 = ctx.build("ota-request")?;
+    let v2 = ctx.build("ota-v2")?;
+    let (disk, layout) = ctx.disk(&v1, "disk.img")?;
+    let (bundle, carried) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    ensure!(carried == 1, "the thin bundle carries {carried} layers, not the one that changed");
+    let stick = bundle_partition_disk(ctx, &bundle, "stick.img")?;
+    let before = system_digests(&disk, &layout)?;
+
+    let run = boot_with_stick(ctx, &disk, Some(&stick), "request.log")?;
+    rebooted(&run)?;
+    let c = &run.console;
+    ensure!(c.first("update.installing", &[("source", "/dev/vdb")]).is_none(), "autoinstall took the partitioned disk");
+    c.expect("control.refused", &[("caller", "nosy"), ("request", "update"), ("needs", "update")])?;
+    // junk's request is served and its installer refuses the file.
+    let junk = c.expect("control.request", &[("caller", "junk"), ("request", "update")])?;
+    ensure!(junk.get("reply").is_some_and(|r| r.starts_with("ok installing pid=")), "junk: {:?}", junk.fields);
+    let refused = c.expect("update.refused", &[("source", "request")])?;
+    ensure!(refused.get("reason") == Some("bad-bundle"), "junk's file refused with {:?}", refused.fields);
+    ensure!(
+        run.console.raw_lines().iter().any(|l| l.starts_with("[junk] cairn-ctl: bad-bundle: ")),
+        "junk's cairn-ctl did not print the refusal"
+    );
+    // The agent's request installs.
+    let agent = c.expect("control.request", &[("caller", "agent"), ("request", "update")])?;
+    let claimed = c.expect("update.claimed", &[("slot", "b")])?;
+    ensure!(refused.index < agent.index && agent.index < claimed.index, "the refusal did not come before the claim");
+    c.expect("update.verified", &[("version", "2"), ("slot", "b"), ("layers", "3"), ("reuse", "2"), ("write", "1")])?;
+    c.expect("update.staged", &[("slot", "b"), ("version", "2"), ("tries", "3")])?;
+    c.expect("update.ready", &[])?;
+    // The agent was told each step and the end.
+    let told = |what: &str| run.console.raw_lines().iter().any(|l| l.starts_with("[agent] ") && l.contains(what));
+    for step in
+        ["event=update.verified ", "event=update.claimed ", "event=update.layer-written ", "event=update.staged "]
+    {
+        ensure!(told(step), "the agent was not told {step}");
+    }
+    ensure!(told("staged slot=b effect=reboot"), "the agent's cairn-ctl did not print the end");
+    let e = c.expect("container.exited", &[("name", "agent")])?;
+    ensure!(e.get("code") == Some("0"), "the agent's cairn-ctl exited {:?}", e.fields);
+    only_staging_written(&before, &system_digests(&disk, &layout)?, "cairn-layer-04")?;
+
+    // The trial runs v2 and commits.
+    let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
+    powered_off(&run)?;
+    run.console.expect("update.committed", &[("slot", "b"), ("version", "2"), ("rollback_floor", "2")])?;
+    let s = state(&disk, &layout)?;
+    ensure!(s.committed == Slot::B && s.trial.is_none() && s.rollback_floor == 2, "not committed: {s:?}");
     Ok(())
 }
 
@@ -238,12 +314,12 @@ const MID_LAYER: &str = "mid-layer";
 
 /// Noise in `ota-powercut`'s changed layer: several 1 MiB chunks, so a cut
 /// can land between two of them.
-const BIG_LAYER_BYTES: usize = 5 << 20;
+pub(super) const BIG_LAYER_BYTES: usize = 5 << 20;
 
 /// `ota-v2` whose changed `app` layer also holds [`BIG_LAYER_BYTES`] of
 /// seeded noise (squashfs cannot compress it), built in the scenario's
 /// directory.
-fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
+pub(super) fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
     let src = ctx.dir.join("app-v2-big");
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(src.join("etc"))?;
@@ -264,7 +340,7 @@ fn big_v2(ctx: &Ctx) -> Result<BuiltAppliance> {
         .replace("\"ota/app-v2\"", &format!("{src:?}"));
     let path = ctx.dir.join("ota-v2-big.toml");
     std::fs::write(&path, toml)?;
-    let sources = std::collections::BTreeMap::from([("payload".to_owned(), ctx.art.payload_root.clone())]);
+    let sources = ctx.art.build_sources();
     cairn_build::assemble::build_appliance(&path, &sources, &ctx.art.key, &ctx.layers_dir("ota-v2-big"))
         .with_context(|| format!("building {}", path.display()))
 }
@@ -446,13 +522,24 @@ pub fn powercut(ctx: &Ctx) -> Result<()> {
 
 /// sha256 of every partition but `cairn-data` (which the running
 /// appliance may write).
-fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Digest)>> {
+pub(super) fn system_digests(disk: &Path, layout: &DiskLayout) -> Result<Vec<(String, Digest)>> {
     layout
         .partitions
         .iter()
         .filter(|p| p.name != "cairn-data")
         .map(|p| partition(disk, layout, &p.name).map(|b| (p.name.clone(), Digest::of(&b))))
         .collect()
+}
+
+/// Between two [`system_digests`], exactly the new layer's partition
+/// (`layer`: the first spare, `cairn-layer-04` after v1's three), manifest
+/// slot b and the record were written: the committed manifest's
+/// partitions, the ESP and the other spare were not touched.
+pub(super) fn only_staging_written(before: &[(String, Digest)], after: &[(String, Digest)], layer: &str) -> Result<()> {
+    let changed: Vec<&str> =
+        before.iter().zip(after).filter(|((_, b), (_, a))| a != b).map(|((n, _), _)| n.as_str()).collect();
+    ensure!(changed == ["cairn-state", "cairn-manifest-b", layer], "partitions written: {changed:?}");
+    Ok(())
 }
 
 /// A full bundle (no base) of `app`, TOC signed by `key`.

@@ -8,7 +8,6 @@
 //! resume: chunks it skipped, and bytes it wrote again that were already on
 //! the disk.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -73,7 +72,7 @@ restart = {{ policy = "never" }}
             src = src.display()
         ),
     )?;
-    let sources = BTreeMap::from([("payload".to_owned(), art.payload_root.clone())]);
+    let sources = art.build_sources();
     Ok(assemble::build_appliance(&toml, &sources, &art.key, &dir.join(format!("layers-{version}-{seed}")))?)
 }
 
