@@ -19,35 +19,47 @@ pub fn open_passed(path: &str) -> std::io::Result<OwnedFd> {
 /// Send the request, with `passed`'s descriptor (`SCM_RIGHTS`) if any.
 /// Returns what `sendmsg` returned.
 pub fn send_request(fd: &OwnedFd, request: &str, passed: Option<&OwnedFd>) -> isize {
-    let mut iov = libc::iovec { iov_base: request.as_ptr().cast_mut().cast(), iov_len: request.len() };
-    // Room for one descriptor's control message, aligned as cmsghdr wants.
-    let mut space = [0u64; 4];
+    let raw: Vec<i32> = passed.iter().map(|p| p.as_raw_fd()).collect();
+    send_with(fd, request.as_bytes(), &raw)
+}
+
+/// Most descriptors one message carries (`exec`'s stdin, stdout, stderr).
+pub const PASS_MAX: usize = 3;
+
+/// Send one message with `fds` (`SCM_RIGHTS`, at most [`PASS_MAX`]; none:
+/// no control message). Returns what `sendmsg` returned.
+pub fn send_with(fd: &OwnedFd, message: &[u8], fds: &[i32]) -> isize {
+    let mut iov = libc::iovec { iov_base: message.as_ptr().cast_mut().cast(), iov_len: message.len() };
+    // Room for one control message of PASS_MAX descriptors, aligned as
+    // cmsghdr wants.
+    let mut space = [0u64; 5];
+    let fds = fds.get(..fds.len().min(PASS_MAX)).unwrap_or(&[]);
+    let bytes = std::mem::size_of_val(fds);
     // SAFETY: msghdr is plain old data; all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
-    if let Some(p) = passed {
-        let raw = p.as_raw_fd();
-        // SAFETY: CMSG_SPACE computes a size from a constant.
-        let len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    if !fds.is_empty() {
+        // SAFETY: CMSG_SPACE computes a size from its argument.
+        let len = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
         msg.msg_control = space.as_mut_ptr().cast();
         msg.msg_controllen = len.min(std::mem::size_of_val(&space)) as _;
         // SAFETY: msg_control points at `space`, large enough for one
-        // cmsghdr with one int (CMSG_SPACE above); CMSG_FIRSTHDR returns
-        // a pointer inside it, and CMSG_DATA one past its header.
+        // cmsghdr with PASS_MAX ints (CMSG_SPACE(12) is 32 bytes on 64-bit
+        // targets, `space` 40); CMSG_FIRSTHDR returns a pointer inside it,
+        // and CMSG_DATA one past its header.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            if c.is_null() {
+                return -1;
+            }
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                (&raw const raw).cast::<u8>(),
-                libc::CMSG_DATA(c),
-                std::mem::size_of::<i32>(),
-            );
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
         }
     }
-    // SAFETY: `msg` points at `iov` (the live request) and, if set, at
+    // SAFETY: `msg` points at `iov` (the live message) and, if set, at
     // `space`; both outlive the call.
     unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) }
 }

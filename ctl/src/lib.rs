@@ -22,6 +22,11 @@ pub struct Command {
     pub socket: String,
     /// `update FILE`: the file whose descriptor goes with the request.
     pub pass: Option<String>,
+    /// `exec`: after `ok`, pass stdin/stdout/stderr and exit with the
+    /// command's code.
+    pub exec: bool,
+    /// `exec -t`: give the command a pseudo-terminal and relay it.
+    pub tty: bool,
 }
 
 /// Default socket path inside a container; `CAIRN_CONTROL` overrides it.
@@ -40,7 +45,9 @@ commands:
   poweroff | reboot
   logs NAME [--since SECONDS] [--follow]
   events [--follow]
-  update BUNDLE    (a file or block device; its descriptor is passed)";
+  update BUNDLE    (a file or block device; its descriptor is passed)
+  exec [-t] NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run;
+                                    -t: a pseudo-terminal, relayed)";
 
 /// Parse `args` (without the program name).
 pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
@@ -48,8 +55,16 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     let mut socket = socket_env;
     let mut words: Vec<&str> = Vec::new();
     let mut it = args.iter();
+    let mut argv: Vec<String> = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
+            // Everything after `exec NAME --` is the command, as it is.
+            "--" if words.first() == Some(&"exec")
+                && (words.len() == 2 || (words.len() == 3 && matches!(words.get(1), Some(&("-t" | "--tty"))))) =>
+            {
+                words.push("--");
+                argv.extend(it.by_ref().map(|a| encode_arg(a)));
+            }
             "--json" if words.is_empty() => json = true,
             "--socket" if words.is_empty() => socket = Some(it.next().ok_or("--socket needs a path")?.clone()),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -64,6 +79,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
         ["update", _] => true,
+        ["exec", _, "--"] | ["exec", "-t" | "--tty", _, "--"] => !argv.is_empty(),
         _ => false,
     };
     if !ok {
@@ -82,14 +98,46 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["update", file] => (&words[..1], Some((*file).to_owned())),
         _ => (&words[..], None),
     };
+    let tty = matches!(words.as_slice(), ["exec", "-t" | "--tty", ..]);
+    let mut request = match words.as_slice() {
+        ["exec", _, name, "--"] => format!("{VERSION} exec {name} --tty --"),
+        _ => format!("{VERSION} {}", request_words.join(" ")),
+    };
+    for a in &argv {
+        request.push(' ');
+        request.push_str(a);
+    }
     Ok(Command {
-        request: format!("{VERSION} {}", request_words.join(" ")),
+        request,
+        exec: first == "exec",
+        tty,
         json,
         stream: matches!(first, "logs" | "events" | "update"),
         ps: first == "ps",
         socket,
         pass,
     })
+}
+
+/// One `exec` argument on the wire: `%XX` for `%` and any byte outside
+/// `!`..`~` (spaces, controls, non-ASCII).
+pub fn encode_arg(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    for b in arg.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The end of an `exec`: `cairn/1 exit CODE[ WHY]` as (code, why).
+pub fn exec_exit(msg: &str) -> Option<(i32, &str)> {
+    let rest = msg.strip_prefix(VERSION)?.strip_prefix(" exit ")?;
+    let (code, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((code.parse().ok()?, why))
 }
 
 fn logs_options_ok(rest: &[&str]) -> bool {
@@ -285,6 +333,20 @@ mod tests {
         assert_eq!(parse_args(&args("heartbeat"), Some("/s".into())).unwrap().request, "cairn/1 heartbeat");
         let c = parse_args(&args("--socket /x restart web"), None).unwrap();
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
+        let c = parse_args(&args("exec web -- /bin/sh -c x%y --json -h"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web -- /bin/sh -c x%25y --json -h");
+        assert!(c.exec && !c.stream && !c.tty);
+        let c = parse_args(&args("exec -t web -- sh"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web --tty -- sh");
+        assert!(c.exec && c.tty);
+        assert_eq!(encode_arg("a b\u{e9}"), "a%20b%C3%A9");
+        assert_eq!(exec_exit("cairn/1 exit 7"), Some((7, "")));
+        assert_eq!(exec_exit("cairn/1 exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
+        assert_eq!(exec_exit("cairn/1 ok"), None);
+        assert_eq!(exec_exit("cairn/1 error container stopped"), None);
+        for bad in ["exec web --", "exec web sh", "exec -- sh", "exec", "exec -t web", "exec -x web -- sh"] {
+            assert!(parse_args(&args(bad), None).is_err(), "{bad}");
+        }
         for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {
             assert!(parse_args(&args(bad), None).is_err(), "{bad}");
         }

@@ -3,8 +3,11 @@
 //! on an error reply, 2 on a usage or connection problem.
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use cairn_ctl::client::{connect, open_passed, recv, send_request};
+mod pty;
+
+use cairn_ctl::client::{connect, open_passed, recv, send_request, send_with};
 use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_end, stream_line, Command};
 
 fn main() {
@@ -40,8 +43,11 @@ fn run(cmd: &Command) -> i32 {
     }
     let Some(reply) = recv(&fd) else {
         eprintln!("cairn-ctl: no reply");
-        return 2;
+        return if cmd.exec { EXEC_FAILED } else { 2 };
     };
+    if cmd.exec {
+        return exec(&fd, &reply, cmd.tty);
+    }
     let body = match split_reply(&reply) {
         Ok(body) => body,
         Err(reason) => {
@@ -97,4 +103,55 @@ fn run(cmd: &Command) -> i32 {
         let _ = writeln!(out, "{text}");
     }
     0
+}
+
+/// `exec`'s code when the command could not be run (as `docker run`).
+const EXEC_FAILED: i32 = 125;
+
+/// After `exec`'s first reply: pass stdin, stdout, stderr (the command
+/// writes to them itself) or, with `tty`, a pseudo-terminal's slave that
+/// this process relays; then wait for `exit CODE` and exit with it.
+fn exec(fd: &OwnedFd, reply: &str, tty: bool) -> i32 {
+    if let Err(reason) = split_reply(reply) {
+        eprintln!("cairn-ctl: {reason}");
+        return EXEC_FAILED;
+    }
+    let pty = if tty {
+        match pty::open() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("cairn-ctl: opening a pseudo-terminal: {e}");
+                return EXEC_FAILED;
+            }
+        }
+    } else {
+        None
+    };
+    let stdio = pty.as_ref().map_or([0, 1, 2], |(_, slave)| [slave.as_raw_fd(); 3]);
+    if send_with(fd, b"stdio", &stdio) < 0 {
+        eprintln!("cairn-ctl: sending stdio: {}", std::io::Error::last_os_error());
+        return EXEC_FAILED;
+    }
+    if let Some((master, slave)) = pty {
+        // The command holds the slave now; ours would keep the master open.
+        drop(slave);
+        let raw = pty::Raw::stdin();
+        pty::relay(&master, fd);
+        drop(raw);
+    }
+    let Some(end) = recv(fd).filter(|m| !m.is_empty()) else {
+        eprintln!("cairn-ctl: connection closed before the command's end");
+        return EXEC_FAILED;
+    };
+    if let Some((code, why)) = cairn_ctl::exec_exit(&end) {
+        if !why.is_empty() {
+            eprintln!("cairn-ctl: {why}");
+        }
+        return code;
+    }
+    match split_reply(&end) {
+        Err(reason) => eprintln!("cairn-ctl: {reason}"),
+        Ok(_) => eprintln!("cairn-ctl: unexpected reply {end:?}"),
+    }
+    EXEC_FAILED
 }

@@ -99,8 +99,17 @@ pub enum Request {
     },
     /// Every event from now on, one message each.
     Events,
-    /// Reserved (needs `exec`): not served yet.
-    Exec,
+    /// Run a command in a running container (`exec NAME -- ARG...`, each
+    /// argument percent-encoded; see [`crate::exec`]).
+    Exec {
+        /// Container name.
+        name: String,
+        /// The command and its arguments, decoded.
+        argv: Vec<Vec<u8>>,
+        /// `--tty`: the client passes a pseudo-terminal's slave, which
+        /// becomes the command's controlling terminal.
+        tty: bool,
+    },
     /// Install the bundle the request carries (its descriptor, passed with
     /// `SCM_RIGHTS`): the installer is forked and reports on the
     /// connection itself.
@@ -124,7 +133,7 @@ impl Request {
                 Permission::Lifecycle
             }
             Request::PowerOff | Request::Reboot => Permission::Power,
-            Request::Exec => Permission::Exec,
+            Request::Exec { .. } => Permission::Exec,
             Request::Update => Permission::Update,
             Request::Pause(_) | Request::Resume(_) => Permission::Lifecycle,
             // Never looked up: `Machine::answer` serves a heartbeat before
@@ -146,7 +155,7 @@ impl Request {
             Request::Signal { .. } => "signal",
             Request::Logs { .. } => "logs",
             Request::Events => "events",
-            Request::Exec => "exec",
+            Request::Exec { .. } => "exec",
             Request::Update => "update",
             Request::Heartbeat => "heartbeat",
             Request::Pause(_) => "pause",
@@ -167,6 +176,9 @@ pub enum ParseError {
     /// `--since` not seconds since boot (`12` or `12.345`).
     #[error("bad time {0:?} (seconds since boot, e.g. 12.345)")]
     Time(String),
+    /// An `exec` argument that is not percent-encoded bytes (or holds a NUL).
+    #[error("bad exec argument (percent-encoded bytes, no NUL)")]
+    Argument,
     /// Not a request.
     #[error("unknown request {0:?}")]
     Unknown(String),
@@ -199,7 +211,17 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["poweroff"] => Ok(Request::PowerOff),
         ["reboot"] => Ok(Request::Reboot),
         ["events"] | ["events", "--follow"] => Ok(Request::Events),
-        ["exec", ..] => Ok(Request::Exec),
+        ["exec", name, "--", args @ ..] | ["exec", name, "--tty", "--", args @ ..] if !args.is_empty() => {
+            Ok(Request::Exec {
+                name: (*name).into(),
+                argv: args
+                    .iter()
+                    .map(|a| crate::exec::decode_arg(a))
+                    .collect::<Option<_>>()
+                    .ok_or(ParseError::Argument)?,
+                tty: words.get(2) == Some(&"--tty"),
+            })
+        }
         ["update"] => Ok(Request::Update),
         ["heartbeat"] => Ok(Request::Heartbeat),
         ["pause", name] => Ok(Request::Pause((*name).into())),
@@ -768,6 +790,23 @@ mod tests {
         assert_eq!(p("logs web --since x"), Err(ParseError::Time("x".into())));
         assert_eq!(p("logs web --since"), Err(ParseError::Time("".into())));
         assert_eq!(p("logs web --tail"), Err(ParseError::Unknown("logs web --tail".into())));
+        assert_eq!(
+            p("exec web -- /bin/echo a%20b %25"),
+            Ok(Request::Exec {
+                name: "web".into(),
+                argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec(), b"%".to_vec()],
+                tty: false
+            })
+        );
+        assert_eq!(
+            p("exec web --tty -- sh"),
+            Ok(Request::Exec { name: "web".into(), argv: vec![b"sh".to_vec()], tty: true })
+        );
+        assert_eq!(p("exec web --tty sh"), Err(ParseError::Unknown("exec web --tty sh".into())));
+        assert_eq!(p("exec web -- a%00"), Err(ParseError::Argument));
+        assert_eq!(p("exec web -- a%2"), Err(ParseError::Argument));
+        assert_eq!(p("exec web --"), Err(ParseError::Unknown("exec web --".into())));
+        assert_eq!(p("exec web sh"), Err(ParseError::Unknown("exec web sh".into())));
         assert_eq!(parse("status"), Err(ParseError::Version));
         assert_eq!(parse("cairn/2 status"), Err(ParseError::Version));
         assert_eq!(parse(""), Err(ParseError::Version));

@@ -82,6 +82,12 @@ impl Event {
         &self.line
     }
 
+    /// The finished line (without newline), for a process that is not PID 1
+    /// (an exec helper) to write itself.
+    pub fn into_line(self) -> String {
+        self.line
+    }
+
     /// Queue it for the console as one line.
     pub fn emit(mut self) {
         crate::control::record_event(&self.line); // control: events --follow

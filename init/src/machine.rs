@@ -269,6 +269,17 @@ pub enum Answer {
         /// ms since boot.
         since_ms: u64,
     },
+    /// Run `argv` in unit `unit`, whose init is `pid` (crate::exec).
+    Exec {
+        /// The unit.
+        unit: usize,
+        /// Its namespace init.
+        pid: Pid,
+        /// The command.
+        argv: Vec<Vec<u8>>,
+        /// Make its stdin its controlling terminal.
+        tty: bool,
+    },
     /// Fork the installer on the bundle the request carries; it answers on
     /// the connection itself.
     Update,
@@ -825,8 +836,14 @@ impl Machine {
             }
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
-            Request::Exec => Answer::Reply(format!("error {} is not served yet", request.verb())),
             Request::Update => Answer::Update,
+            Request::Exec { name, argv, tty } => match unit(&name) {
+                None => Answer::Reply(format!("error no container {name}")),
+                Some(unit) => match self.units.get(unit).map(|u| u.state) {
+                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, tty },
+                    _ => Answer::Reply(format!("error {name} is not running")),
+                },
+            },
             Request::Logs { name, follow: true, .. } if name == control::KERNEL => {
                 Answer::Reply(format!("error --follow is not served for {name}"))
             }

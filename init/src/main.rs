@@ -16,6 +16,7 @@ mod control;
 mod dm;
 mod early;
 mod event;
+mod exec;
 mod install;
 mod machine;
 mod modules;

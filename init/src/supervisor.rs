@@ -526,6 +526,9 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
+        if crate::exec::reaped(pid) {
+            return;
+        }
         if self.installer == Some(pid) {
             self.installer = None;
             let exit = Exit::from_wait_status(status);
@@ -800,6 +803,7 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
+            Answer::Exec { unit, pid, argv, tty } => (self.exec(&conn, unit, pid, &argv, tty), None),
             Answer::Update => match self.start_requested_install(&mut conn) {
                 // The installer answers on the connection from here on.
                 Ok(body) => {
@@ -824,6 +828,14 @@ impl Supervisor {
             Some(_) => {}
             None => conn.reply(&reply),
         }
+    }
+
+    /// `exec`: fork the helper that serves it (crate::exec).
+    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>], tty: bool) -> String {
+        let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
+        let Ok(spec) = &u.spec else { return "error it cannot start".into() };
+        let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
+        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, tty)
     }
 
     /// The `control.request` event: who asked what, the reply's first line.
@@ -1009,7 +1021,7 @@ pub fn signal_fd() -> Result<SignalFd, cairn_runtime::sys::SysError> {
         .map_err(cairn_runtime::sys::err("signalfd", "all"))
 }
 
-trait ExitFields {
+pub(crate) trait ExitFields {
     fn kv_exit(self, exit: Exit) -> Self;
 }
 

@@ -16,6 +16,7 @@
 pub mod cgroup;
 mod console;
 mod devices;
+pub mod exec;
 mod exit;
 mod identity;
 mod network;

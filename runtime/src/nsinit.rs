@@ -26,7 +26,10 @@ pub const NOT_FOUND: i32 = 127;
 pub const NOT_EXECUTABLE: i32 = 126;
 
 /// Fork the entrypoint and supervise it. Never returns.
-pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
+///
+/// `exits` is the container's exec directory (see `crate::exec`): the
+/// status of every other child it reaps is offered there.
+pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>, exits: Option<OwnedFd>) -> ! {
     // Blocking every signal means they queue for sigtimedwait instead of
     // being ignored by a namespace init.
     let all = SigSet::all();
@@ -44,7 +47,7 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>) -> ! {
     };
     drop(sync);
     let target = if spec.signal_group { -entry } else { entry };
-    supervise(entry, target, spec, &all)
+    supervise(entry, target, spec, &all, exits.as_ref())
 }
 
 /// Wait for a signal, at most `timeout` (forever with `None`). Raw libc:
@@ -65,12 +68,18 @@ fn next_signal(all: &SigSet, timeout: Option<Duration>) -> Option<i32> {
     (sig > 0).then_some(sig)
 }
 
-fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all: &SigSet) -> ! {
+fn supervise(
+    entry: libc::pid_t,
+    target: libc::pid_t,
+    spec: &ContainerSpec,
+    all: &SigSet,
+    exits: Option<&OwnedFd>,
+) -> ! {
     let mut status = None;
     // Phase 1: the entrypoint runs; forward signals, reap orphans.
     while status.is_none() {
         match next_signal(all, None) {
-            Some(libc::SIGCHLD) => status = reap(entry).0,
+            Some(libc::SIGCHLD) => status = reap(entry, exits).0,
             Some(sig) => {
                 let _ = sys::kill(target, sig);
             }
@@ -79,13 +88,13 @@ fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all:
     }
     let exit = status.unwrap_or(Exit::Code(0));
     // Phase 2: the entrypoint is gone; stop what is left.
-    if reap(entry).1 {
+    if reap(entry, exits).1 {
         // kill(-1) from a pid namespace's init signals every other process
         // of the namespace.
         let _ = sys::kill(-1, spec.stop_signal);
         let deadline = Instant::now() + Duration::from_millis(spec.stop_grace_ms.into());
         loop {
-            if !reap(entry).1 {
+            if !reap(entry, exits).1 {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -105,7 +114,7 @@ fn supervise(entry: libc::pid_t, target: libc::pid_t, spec: &ContainerSpec, all:
 
 /// Reap every child that has exited. Returns the entrypoint's end if it was
 /// among them, and whether any child is still running.
-fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
+fn reap(entry: libc::pid_t, exits: Option<&OwnedFd>) -> (Option<Exit>, bool) {
     let mut result = None;
     loop {
         let mut status = 0;
@@ -121,6 +130,8 @@ fn reap(entry: libc::pid_t) -> (Option<Exit>, bool) {
         }
         if pid == entry {
             result = Exit::from_wait_status(status);
+        } else if let Some(dir) = exits {
+            crate::exec::offer_status(dir, pid, status);
         }
     }
 }
@@ -144,6 +155,21 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     } else {
         let _ = nix::unistd::setsid();
     }
+    setup_and_exec(spec, &spec.argv, false, sync, filter)
+}
+
+/// Shared by the entrypoint and `cairn-ctl exec` (crate::exec): clean
+/// signal state, rlimits, bounding set, seccomp, identity, capabilities,
+/// cwd, no_new_privs, then execve of `argv` (`argv[0]` as given, or with
+/// `search` looked up in the spec's `PATH` when it has no `/`). A failure is written to
+/// `sync` and the process exits (127 not found, 126 not executable).
+pub(crate) fn setup_and_exec(
+    spec: &ContainerSpec,
+    argv: &[CString],
+    search: bool,
+    sync: &OwnedFd,
+    filter: Option<&Filter>,
+) -> ! {
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             // SAFETY: SIG_DFL installs no handler. Raw libc: nix's `Signal`
@@ -175,15 +201,34 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     if let Err((stage, errno)) = setup {
         report_and_exit(sync, stage, errno, SETUP_FAILED);
     }
-    let path = spec.argv.first().map(CString::as_c_str);
-    let errno = match path {
-        Some(p) => match nix::unistd::execve(p, &spec.argv, &spec.env) {
-            Err(e) => e as i32,
-        },
-        None => libc::ENOENT,
-    };
+    let mut errno = libc::ENOENT;
+    let name = argv.first().map(CString::as_bytes).unwrap_or_default();
+    let paths = if search { candidates(name, &spec.env) } else { CString::new(name).into_iter().collect() };
+    for path in paths {
+        let Err(e) = nix::unistd::execve(&path, argv, &spec.env);
+        // Like execvp: a later directory may have it; EACCES is kept.
+        if errno != libc::EACCES || e == nix::errno::Errno::EACCES {
+            errno = e as i32;
+        }
+    }
     let code = if errno == libc::ENOENT || errno == libc::ENOTDIR { NOT_FOUND } else { NOT_EXECUTABLE };
     report_and_exit(sync, Stage::Exec, errno, code)
+}
+
+/// The paths to try for `name`: itself when it has a `/` (or is empty),
+/// else each directory of `PATH` in `env` (a default without one).
+fn candidates(name: &[u8], env: &[CString]) -> Vec<CString> {
+    if name.is_empty() || name.contains(&b'/') {
+        return CString::new(name).into_iter().collect();
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.as_bytes().strip_prefix(b"PATH="))
+        .unwrap_or(b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(|b| *b == b':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| CString::new([d, b"/", name].concat()).ok())
+        .collect()
 }
 
 /// The errno a failed seccomp install reports.

@@ -59,11 +59,14 @@ pub enum Stage {
     Exec = 17,
     /// Closing the descriptors inherited from PID 1 (close_range).
     InheritedFds = 18,
+    /// `cairn-ctl exec`: joining the container (its cgroup, a namespace
+    /// by its index in `exec::NAMESPACES`, or its root: the step).
+    Join = 19,
 }
 
 impl Stage {
     /// Every stage, for decoding.
-    const ALL: [Stage; 18] = [
+    const ALL: [Stage; 19] = [
         Stage::Console,
         Stage::IdMaps,
         Stage::BecomeRoot,
@@ -82,6 +85,7 @@ impl Stage {
         Stage::NoNewPrivs,
         Stage::Exec,
         Stage::InheritedFds,
+        Stage::Join,
     ];
 
     /// Short name, for events.
@@ -105,6 +109,7 @@ impl Stage {
             Stage::NoNewPrivs => "no-new-privs",
             Stage::Exec => "exec",
             Stage::InheritedFds => "inherited-fds",
+            Stage::Join => "join",
         }
     }
 
@@ -219,7 +224,7 @@ mod tests {
     fn stage_numbers_are_distinct_and_fixed() {
         let mut seen: Vec<u8> = Stage::ALL.iter().map(|s| *s as u8).collect();
         seen.dedup();
-        assert_eq!(seen, (1..=18).collect::<Vec<u8>>());
+        assert_eq!(seen, (1..=19).collect::<Vec<u8>>());
         assert_eq!(
             encode(Report { stage: Stage::Exec, step: None, errno: libc::ENOENT }),
             [0xC5, 17, 0xff, 0xff, 2, 0, 0, 0]
@@ -227,6 +232,8 @@ mod tests {
         let r = Report { stage: Stage::Rootfs, step: Some(0x0102), errno: libc::ELOOP };
         assert_eq!(encode(r), [0xC5, 5, 0x02, 0x01, 40, 0, 0, 0]);
         assert_eq!(r.to_string(), "rootfs step 258 ELOOP");
+        let j = Report { stage: Stage::Join, step: Some(7), errno: libc::EBUSY };
+        assert_eq!(j.to_string(), "join step 7 EBUSY");
     }
 
     #[test]
@@ -242,8 +249,8 @@ mod tests {
         let mut bad = good;
         bad[1] = 0;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(0)));
-        bad[1] = 19;
-        assert_eq!(decode(&bad), Err(DecodeError::Stage(19)));
+        bad[1] = 20;
+        assert_eq!(decode(&bad), Err(DecodeError::Stage(20)));
         bad[1] = 255;
         assert_eq!(decode(&bad), Err(DecodeError::Stage(255)));
     }

@@ -148,6 +148,9 @@ pub fn spawn(
         Some(_) => Some(sys::pipe().map_err(SpawnError::Prepare)?),
         None => None,
     };
+    // Where `cairn-ctl exec` waits for statuses: the container's init keeps
+    // this directory open (crate::exec).
+    let exits = crate::exec::exits_dir(spec).map_err(SpawnError::Prepare)?;
     let host_mounts = rootfs::host_mounts(spec);
     if let Err(e) = rootfs::apply(&rootfs::host_plan(spec)) {
         detach(&host_mounts);
@@ -178,9 +181,10 @@ pub fn spawn(
             report::write(&wr, Stage::Console, e.errno);
             sys::exit_now(SETUP_FAILED);
         }
-        child(spec, &plan, net, filter, wr, go_ahead);
+        child(spec, &plan, net, filter, wr, go_ahead, exits);
     }
     drop(wr);
+    drop(exits);
     let pid = pid as libc::pid_t;
     // The child's mount namespace holds its own copies now.
     detach(&host_mounts);
@@ -271,6 +275,7 @@ fn child(
     filter: Option<&crate::seccomp::Filter>,
     sync: OwnedFd,
     go_ahead: Option<OwnedFd>,
+    exits: OwnedFd,
 ) -> ! {
     if let Some(go) = go_ahead {
         // Nothing may happen in the new user namespace before its maps exist.
@@ -286,7 +291,7 @@ fn child(
             sys::exit_now(SETUP_FAILED);
         }
     }
-    if let Err(errno) = close_inherited_fds(sync.as_raw_fd()) {
+    if let Err(errno) = sys::close_all_but(&[sync.as_raw_fd(), exits.as_raw_fd()]) {
         // A descriptor of PID 1's left open would be reachable through
         // /proc/1/fd: never start like that.
         report::write(&sync, Stage::InheritedFds, errno);
@@ -311,24 +316,5 @@ fn child(
         report::write_report(&sync, Report { stage, step, errno: e.errno });
         sys::exit_now(SETUP_FAILED);
     }
-    nsinit::run(spec, sync, filter)
-}
-
-/// Close every descriptor the container's init inherited from PID 1 except
-/// stdio and the sync pipe, so nothing of the host is reachable through
-/// /proc/1/fd.
-fn close_inherited_fds(keep: i32) -> Result<(), i32> {
-    let keep = keep as libc::c_uint;
-    let ranges = [(3, keep.checked_sub(1)), (keep + 1, Some(libc::c_uint::MAX))];
-    for (first, last) in ranges {
-        let Some(last) = last.filter(|l| *l >= first) else {
-            continue;
-        };
-        // SAFETY: close_range only closes descriptors; none of them is used
-        // by this process after this point except 0, 1, 2 and `keep`.
-        if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) } != 0 {
-            return Err(sys::errno());
-        }
-    }
-    Ok(())
+    nsinit::run(spec, sync, filter, Some(exits))
 }

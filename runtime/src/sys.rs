@@ -353,6 +353,27 @@ pub fn symlink_at(target: &str, dir: &OwnedFd, name: &str, path: &str) -> SysRes
     tolerate(nix::unistd::symlinkat(t.as_c_str(), dir, n.as_c_str()), Errno::EEXIST).map_err(err("symlink", path))
 }
 
+/// Close every descriptor but stdio and `keep`: what a container's init (or
+/// an exec helper) inherited from PID 1, so nothing of the host stays
+/// reachable (e.g. through the init's /proc/1/fd). Returns the errno.
+pub fn close_all_but(keep: &[i32]) -> Result<(), i32> {
+    let mut keep: Vec<libc::c_uint> =
+        keep.iter().filter_map(|k| libc::c_uint::try_from(*k).ok()).filter(|k| *k >= 3).collect();
+    keep.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for last in keep.iter().map(|k| k.checked_sub(1)).chain([Some(libc::c_uint::MAX)]) {
+        if let Some(last) = last.filter(|l| *l >= first) {
+            // SAFETY: close_range only closes descriptors; none of them is
+            // used by the caller after this point except 0, 1, 2 and `keep`.
+            if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) } != 0 {
+                return Err(errno());
+            }
+        }
+        first = last.map_or(libc::c_uint::MAX, |l| l.saturating_add(2));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

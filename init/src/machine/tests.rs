@@ -644,15 +644,20 @@ fn reply(a: Answer) -> String {
     }
 }
 
-#[test]
-fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
+/// Units `web` (granted `perms`) and `x`, both running; `web` as a caller.
+fn web_granted(perms: &[Permission]) -> (Machine, Recorder, Instant, Caller) {
     let mut web = unit("web", RestartPolicy::Never, &[]);
-    web.permissions = Permissions::of(&[Permission::Status]);
+    web.permissions = Permissions::of(perms);
     let mut m = machine(vec![web, unit("x", RestartPolicy::Never, &[])], &[0, 1]);
     let mut fx = Recorder::new();
     let t = Instant::now();
     all_running(&mut m, &mut fx, t);
-    let web = Caller::Container("web".into());
+    (m, fx, t, Caller::Container("web".into()))
+}
+
+#[test]
+fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
+    let (mut m, mut fx, t, web) = web_granted(&[Permission::Status]);
     let none = Caller::Container("x".into());
     let cases = [
         ("ps", "status"),
@@ -888,4 +893,24 @@ fn a_container_that_dies_frozen_is_thawed_before_it_can_start_again() {
     m.fire(t0 + ms(200), &mut fx);
     m.settle(0, Report::Done { exec_failed: None }, None, t0 + ms(210), &mut fx);
     assert_eq!(m.ps(t0 + ms(210))[0].state, "running");
+}
+
+#[test]
+fn exec_goes_to_a_running_container_only() {
+    let (mut m, mut fx, t, web) = web_granted(&[Permission::Exec]);
+    let x = pid(&m, 1);
+    assert_eq!(
+        m.answer(&web, "cairn/1 exec x -- /bin/echo a%20b", t, &mut fx),
+        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()], tty: false }
+    );
+    assert!(matches!(m.answer(&web, "cairn/1 exec x --tty -- sh", t, &mut fx), Answer::Exec { tty: true, .. }));
+    assert_eq!(reply(m.answer(&web, "cairn/1 exec ghost -- sh", t, &mut fx)), "error no container ghost");
+    assert_eq!(
+        reply(m.answer(&web, "cairn/1 exec x -- a%00", t, &mut fx)),
+        "error bad exec argument (percent-encoded bytes, no NUL)"
+    );
+    m.exited(1, Exit::Code(0), t, &mut fx);
+    assert_eq!(reply(m.answer(&web, "cairn/1 exec x -- sh", t, &mut fx)), "error x is not running");
+    // `exec` grants nothing else.
+    assert_eq!(reply(m.answer(&web, "cairn/1 status", t, &mut fx)), "error not permitted");
 }

@@ -124,6 +124,8 @@
 //!
 //! - `heartbeat <every_ms> <for_ms> [delay_ms]`, `oom-child <mib>`, `count <period_ms>`:
 //!   health checks, live OOM events and the freezer (see `health.rs`).
+//! - `whoami <label> [stay]`: what the `exec` scenario compares between an
+//!   entrypoint and a command run with `cairn-ctl exec` (see `exec.rs`).
 //!
 //! errno names (`err=`, `error=`) are the symbolic names (`EPERM`, ...),
 //! `E<n>` for one not in the table.
@@ -132,6 +134,7 @@
 
 mod abuse;
 mod ctl;
+mod exec;
 mod health;
 mod hostile;
 mod inspect;
@@ -287,6 +290,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "oom-child" => health::oom_child(a.num(2, "mib")?),
         "count" => health::count(a.num(2, "period_ms")?),
+        "whoami" => exec::whoami(a.word(2, "label")?, a.0.get(3).is_some_and(|s| s == "stay")),
         other => return Err(format!("unknown_subcommand:{other}")),
     };
     Ok(code)

@@ -43,6 +43,7 @@ mod watchdog;
 mod volumes;
 // Operating a running appliance (issue 14).
 mod control_permissions;
+mod exec;
 mod logs;
 // Health checks, live OOM events, pause/resume (issue 14 item 2).
 mod health;
@@ -121,6 +122,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "oom-live", run: oom_live::run },
         Scenario { name: "pause", run: pause::run },
         Scenario { name: "health-gate", run: health_gate::run },
+        // Exec into a running container (issue 14 item 4).
+        Scenario { name: "exec", run: exec::run },
     ]
 }
 

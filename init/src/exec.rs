@@ -1,0 +1,235 @@
+//! `exec NAME -- ARG...` on the control socket (docs/control.md).
+//!
+//! PID 1 only checks the request (permission, a running container), forks
+//! a helper and replies `ok`; everything else happens in the helper, which
+//! may wait as long as the command runs: it receives the client's stdin,
+//! stdout and stderr (one message with `SCM_RIGHTS`, within
+//! [`STDIO_DEADLINE`]), starts the command inside the container
+//! ([`cairn_runtime::exec`]), and sends `cairn/1 exit CODE` when the
+//! container's init has reaped it. The command writes to the client's
+//! descriptors itself: PID 1 relays nothing. The helper keeps none of PID
+//! 1's descriptors but the connection; its events go straight to the
+//! console (PID 1 does not see them: they are not in `events --follow`).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use cairn_runtime::exec::{self, Waited};
+use cairn_runtime::seccomp::Filter;
+use cairn_runtime::sys;
+use cairn_runtime::{Cgroup, ContainerSpec};
+
+use crate::control::{framed_reply, Conn};
+use crate::event::event;
+use crate::supervisor::ExitFields;
+
+/// How long the helper waits for the client's descriptors.
+pub const STDIO_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Most helpers alive at once (they live outside every container's
+/// cgroup, as long as their command runs): past it `error busy`.
+pub const MAX_HELPERS: usize = 8;
+
+/// The helpers alive (PID 1 is single-threaded; the lock only makes the
+/// static sound).
+static HELPERS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+fn helpers<T>(f: impl FnOnce(&mut Vec<libc::pid_t>) -> T) -> T {
+    f(&mut HELPERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// In PID 1, for every child it reaps: whether it was a helper (now gone).
+pub fn reaped(pid: libc::pid_t) -> bool {
+    helpers(|h| {
+        let before = h.len();
+        h.retain(|p| *p != pid);
+        h.len() != before
+    })
+}
+
+/// One request argument: bytes with `%XX` for any byte outside `!`..`~`
+/// and for `%` itself. None if malformed or it holds a NUL.
+pub fn decode_arg(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        let b = if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+        } else {
+            b
+        };
+        if b == 0 {
+            return None;
+        }
+        out.push(b);
+    }
+    Some(out)
+}
+
+/// What the helper needs of the container.
+pub struct Target<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its spec (what its entrypoint runs as).
+    pub spec: &'a ContainerSpec,
+    /// Its seccomp filter.
+    pub filter: Option<&'a Filter>,
+    /// Its cgroup.
+    pub cgroup: &'a Cgroup,
+    /// Its namespace init (host pid).
+    pub pid: libc::pid_t,
+}
+
+/// In PID 1: fork the helper for `conn`. Returns the reply's body for PID 1
+/// to send (`ok`, then the helper takes over the connection), or the error.
+pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u8>], tty: bool) -> String {
+    let Ok(argv) = argv.iter().map(|a| CString::new(a.as_slice())).collect::<Result<Vec<_>, _>>() else {
+        return "error bad argument".into();
+    };
+    if helpers(|h| h.len()) >= MAX_HELPERS {
+        return format!("error busy: {MAX_HELPERS} execs running");
+    }
+    // SAFETY: PID 1 is single-threaded; the child only runs `helper` and exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            helpers(|h| h.push(child.as_raw()));
+            "ok".into()
+        }
+        Ok(nix::unistd::ForkResult::Child) => sys::exit_now(helper(conn.raw(), caller, target, &argv, tty)),
+        Err(e) => format!("error fork: {}", sys::errno_name(e as i32)),
+    }
+}
+
+/// The helper's events: straight to the console, one write each.
+struct Console(Option<OwnedFd>);
+
+impl Console {
+    fn emit(&self, e: crate::event::Event) {
+        if let Some(fd) = &self.0 {
+            let mut line = e.into_line();
+            line.push('\n');
+            let _ = nix::unistd::write(fd, line.as_bytes());
+        }
+    }
+}
+
+fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty: bool) -> i32 {
+    // Nothing of PID 1's but the connection: a stream PID 1 closes must
+    // reach its end, and the command must not inherit the rest.
+    if sys::close_all_but(&[conn_fd]).is_err() {
+        return 1;
+    }
+    let console = Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok());
+    // SAFETY: `conn_fd` is the connection's descriptor, open in this copy
+    // of PID 1 and closed only when the helper exits.
+    let conn = unsafe { BorrowedFd::borrow_raw(conn_fd) };
+    let reply = |body: &str| {
+        let msg = framed_reply(body);
+        // SAFETY: `msg` is a live buffer of its length.
+        unsafe { libc::send(conn_fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+    };
+    let argv0 = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some(stdio) = receive_stdio(conn) else {
+        console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("why", "no stdio"));
+        reply("error no stdio descriptors");
+        return 1;
+    };
+    let started = match exec::start(target.spec, target.filter, target.cgroup, target.pid, argv, &stdio, tty) {
+        Ok(s) => s,
+        Err(e) => {
+            console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e));
+            reply(&format!("error {e}"));
+            return 1;
+        }
+    };
+    drop(stdio);
+    let mut e = event("control.exec")
+        .kv("caller", caller)
+        .kv("target", target.name)
+        .kv("argv0", &argv0)
+        .kv("tty", u8::from(tty))
+        .kv("pid", started.ns_pid);
+    if let Some(r) = started.failed {
+        e = e.kv("failed", r);
+    }
+    console.emit(e);
+    let end = started.wait(conn);
+    let e = event("container.exec-exited").kv("target", target.name).kv("pid", started.ns_pid);
+    match end {
+        Waited::Exited(x) => {
+            console.emit(e.kv_exit(x));
+            let failed = started.failed.map(|r| format!(" {r}")).unwrap_or_default();
+            reply(&format!("exit {}{failed}", x.code()));
+        }
+        Waited::ContainerGone => {
+            console.emit(e.kv("lost", "container stopped"));
+            reply("error container stopped");
+        }
+        // The command goes on; its status is the container init's alone.
+        Waited::Hangup => console.emit(e.kv("lost", "client gone")),
+    }
+    0
+}
+
+/// The client's stdin, stdout, stderr: one message `stdio` with three
+/// descriptors, within [`STDIO_DEADLINE`].
+fn receive_stdio(conn: BorrowedFd<'_>) -> Option<[OwnedFd; 3]> {
+    // The connection is non-blocking (PID 1 accepted it): wait with poll.
+    let mut p = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = i32::try_from(STDIO_DEADLINE.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    while unsafe { libc::poll(&mut p, 1, ms) } < 0 {
+        if sys::errno() != libc::EINTR {
+            return None;
+        }
+    }
+    let mut buf = [0u8; 16];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+    let msg = loop {
+        match nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.ok()?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: descriptors the kernel just installed in this process.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    if msg.bytes != 5 || buf.get(..5) != Some(b"stdio".as_slice()) {
+        return None;
+    }
+    <[OwnedFd; 3]>::try_from(fds).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_are_forgotten_when_reaped() {
+        helpers(|h| h.push(4242));
+        assert!(reaped(4242));
+        assert!(!reaped(4242));
+    }
+
+    #[test]
+    fn arguments_are_percent_decoded() {
+        assert_eq!(decode_arg("a%20b"), Some(b"a b".to_vec()));
+        assert_eq!(decode_arg("%ff%25"), Some(vec![0xff, b'%']));
+        assert_eq!(decode_arg("plain"), Some(b"plain".to_vec()));
+        for bad in ["%", "%2", "%zz", "%00", "a%0"] {
+            assert_eq!(decode_arg(bad), None, "{bad}");
+        }
+    }
+}

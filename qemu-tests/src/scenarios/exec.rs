@@ -1,0 +1,134 @@
+//! `exec` (issue 14 item 4): `cairn-ctl exec` into a running container,
+//! from containers granted `exec`. The command sees what the target's
+//! entrypoint sees: every namespace (its hostname on its output line), the
+//! root and cwd, the cgroup, uid/gid/groups, capability sets (CapEff equal
+//! to the entrypoint's), no_new_privs and the seccomp filter; its parent is
+//! the target's namespace init (pid 1), which reaps it; its exit code (7),
+//! a signal's (128 + 9), a missing program's (127) come back as
+//! `cairn-ctl`'s; a bare name is looked up in the target's PATH; under a
+//! user namespace too. With `-t` the command's stdio and controlling
+//! terminal is a pseudo-terminal's slave, relayed by `cairn-ctl`. A container without `exec` is refused
+//! (`control.refused` naming it; `cairn-ctl` exits 125).
+
+use anyhow::{ensure, Result};
+
+use crate::Ctx;
+
+/// Fields of `whoami` that must be the entrypoint's.
+const SAME: [&str; 22] = [
+    "name",
+    "uid",
+    "gid",
+    "groups",
+    "eff",
+    "prm",
+    "bnd",
+    "amb",
+    "nnp",
+    "seccomp",
+    "filters",
+    "pidns",
+    "mntns",
+    "netns",
+    "utsns",
+    "ipcns",
+    "cgroupns",
+    "userns",
+    "root",
+    "cwd",
+    "cgroup",
+    "pid1_comm",
+];
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let run = super::boot_until_poweroff(ctx, "exec")?;
+    let c = &run.console;
+    let mut failures = Vec::new();
+    for (host, caller, label) in [("target-host", "execer", "exec-target"), ("jailed", "exec-jailed", "exec-jailed")] {
+        let entry = c.expect("whoami", &[("name", host), ("label", "entry")])?;
+        let Some(exec) = c.first("whoami", &[("label", label)]) else {
+            failures.push(format!("{caller}: no whoami from the exec'd command in {host}"));
+            continue;
+        };
+        for k in SAME {
+            if entry.get(k) != exec.get(k) || entry.get(k).is_none() {
+                failures.push(format!(
+                    "{caller}: {k} {:?} in the exec'd command, {:?} in the entrypoint",
+                    exec.get(k),
+                    entry.get(k)
+                ));
+            }
+        }
+        if exec.get("ppid") != Some("1") {
+            failures.push(format!("{caller}: parent {:?}, not the namespace init", exec.get("ppid")));
+        }
+        match c.first("container.exited", &[("name", caller)]) {
+            Some(l) if l.get("code") == Some("0") => {}
+            other => failures.push(format!("{caller}: ended {:?}", other.map(|l| &l.fields))),
+        }
+    }
+    // The target is not trivially like anyone: its settings show.
+    let entry = c.expect("whoami", &[("name", "target-host"), ("label", "entry")])?;
+    ensure!(
+        entry.get("uid") == Some("1000")
+            && entry.get("groups") == Some("2000")
+            && entry.get("cwd") == Some("/etc")
+            && entry.get("seccomp") == Some("2")
+            && entry.get("nnp") == Some("1")
+            && entry.get("eff") == Some("0000000000000420"),
+        "target's entrypoint: {:?}",
+        entry.fields
+    );
+    let jailed = c.expect("whoami", &[("name", "jailed"), ("label", "entry")])?;
+    ensure!(jailed.get("uid") == Some("0"), "jailed's entrypoint: {:?}", jailed.fields);
+    // Exit codes: the command's, 128 + a signal, 127 for a missing program.
+    for (caller, code) in [("exec-code", "7"), ("exec-signal", "137"), ("exec-missing", "127")] {
+        match c.first("container.exited", &[("name", caller)]) {
+            Some(l) if l.get("code") == Some(code) => {}
+            other => failures.push(format!("{caller}: wanted code {code}, ended {:?}", other.map(|l| &l.fields))),
+        }
+        if c.first("container.exec-exited", &[("target", "target"), ("code", code)]).is_none() {
+            failures.push(format!("{caller}: no container.exec-exited code={code}"));
+        }
+    }
+    match c.first("control.exec", &[("caller", "execer"), ("target", "target"), ("argv0", "/bin/cairn-payload")]) {
+        Some(l) if l.num("pid").is_some_and(|p| p > 1) => {}
+        other => failures.push(format!("control.exec of execer: {:?}", other.map(|l| &l.fields))),
+    }
+    // -t: the slave of a pseudo-terminal cairn-ctl opened is the command's
+    // stdio and controlling terminal; it leads its session and is the
+    // foreground group. Pushing ^C into it (TIOCSTI) is EPERM: the target's
+    // seccomp filter denies it without SYS_ADMIN, in the exec'd command too.
+    // (Lines come through the terminal: they end in \r.)
+    let v = |l: &crate::console::Line, k: &str| l.get(k).map(|v| v.trim_end_matches('\r').to_owned());
+    match c.first("tty", &[("name", "target-host")]) {
+        Some(l)
+            if v(l, "stdio").as_deref() == Some("111")
+                && v(l, "tty_nr").is_some_and(|t| t != "0")
+                && v(l, "sid").is_some()
+                && v(l, "sid") == v(l, "pid")
+                && v(l, "fg") == v(l, "pgrp") => {}
+        other => failures.push(format!("exec -t: {:?}", other.map(|l| &l.fields))),
+    }
+    match c.first("tty-sigint", &[("name", "target-host")]) {
+        Some(l) if v(l, "sti").as_deref() == Some("EPERM") && v(l, "sigints").as_deref() == Some("0") => {}
+        other => failures.push(format!("exec -t ^C: {:?}", other.map(|l| &l.fields))),
+    }
+    match c.first("container.exited", &[("name", "exec-tty")]) {
+        Some(l) if l.get("code") == Some("0") => {}
+        other => failures.push(format!("exec-tty: ended {:?}", other.map(|l| &l.fields))),
+    }
+    // Refused without the permission, with nothing run.
+    if c.first("control.refused", &[("caller", "noexec"), ("request", "exec"), ("needs", "exec")]).is_none() {
+        failures.push("noexec: no control.refused".into());
+    }
+    if c.first("control.exec", &[("caller", "noexec")]).is_some() {
+        failures.push("noexec: its command ran".into());
+    }
+    match c.first("container.exited", &[("name", "noexec")]) {
+        Some(l) if l.get("code") == Some("125") => {}
+        other => failures.push(format!("noexec: wanted code 125, ended {:?}", other.map(|l| &l.fields))),
+    }
+    ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
