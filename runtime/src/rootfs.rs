@@ -79,6 +79,9 @@ pub enum Step {
     },
     /// Create an empty file (a bind target).
     Touch(String),
+    /// Create an empty file unless one is there (a bind target over a file
+    /// the image may have, like `/etc/hosts`).
+    EnsureFile(String),
     /// Create a device node like the host device `host` (same type and
     /// numbers) at `path`.
     Device {
@@ -375,6 +378,23 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
             },
         ]);
     }
+    if spec.hosts.is_some() {
+        let target = format!("{root}/etc/hosts");
+        p.extend([
+            Step::Mkdir(format!("{root}/etc")),
+            Step::EnsureFile(target.clone()),
+            bind("hosts bind", &format!("{state}/hosts"), target.clone()),
+            // PID 1 writes it: the container reads it.
+            Step::Mount {
+                what: "hosts read-only",
+                source: "none".into(),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+                data: None,
+            },
+        ]);
+    }
     for v in &spec.volumes {
         let target = format!("{root}/{}", volume_rel(&v.target)?);
         let ro = if v.readonly { libc::MS_RDONLY } else { 0 };
@@ -599,6 +619,7 @@ impl Step {
             Step::MakePrivate => "/",
             Step::Mkdir(p)
             | Step::Touch(p)
+            | Step::EnsureFile(p)
             | Step::MaskDir(p)
             | Step::ReadOnly(p)
             | Step::RemountReadOnly(p)
@@ -640,6 +661,12 @@ fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
             Step::Touch(p) => {
                 let (dir, name) = at.parent(p, Create::Nothing)?;
                 sys::make_at(&dir, name, p, libc::S_IFREG, 0o644, 0)?
+            }
+            Step::EnsureFile(p) => {
+                if at.open_if_exists(p)?.is_none() {
+                    let (dir, name) = at.parent(p, Create::Nothing)?;
+                    sys::make_at(&dir, name, p, libc::S_IFREG, 0o644, 0)?
+                }
             }
             Step::Device { path, host, mode } => {
                 let (kind, rdev) = device_like(host)?;
@@ -744,6 +771,8 @@ mod tests {
             console: false,
             userns: None,
             volumes: vec![],
+            networks: Vec::new(),
+            hosts: None,
         }
     }
 
