@@ -197,6 +197,13 @@ pub fn host_plan(spec: &ContainerSpec) -> Vec<Step> {
     p.push(Step::MakeMountPrivate(scratch.clone()));
     p.push(Step::Chown { path: format!("{scratch}/upper"), uid, gid });
     p.push(overlay_mount(spec, &scratch, &root));
+    if spec.hosts.is_some() {
+        // The mount point of /etc/hosts: the image's /etc belongs to a
+        // host id the user namespace does not map, so its root could not
+        // create the file there.
+        p.push(Step::Mkdir(format!("{root}/etc")));
+        p.push(Step::EnsureFile(format!("{root}/etc/hosts")));
+    }
     p.push(Step::MakeMountPrivate(root));
     p
 }

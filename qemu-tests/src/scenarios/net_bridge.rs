@@ -4,7 +4,8 @@
 //! naming the containers it shares a network with. Two containers on
 //! `backend` talk TCP by name; one on `frontend` cannot reach backend's
 //! addresses (no route: ENETUNREACH, pinned); one with no network has
-//! loopback only; one on both sees `eth0` and `eth1`.
+//! loopback only; one on both sees `eth0` and `eth1`; one under a user
+//! namespace configures its own `eth0`.
 
 use anyhow::{ensure, Result};
 
@@ -56,7 +57,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut ifaces: Vec<&str> = both.get("ifaces").unwrap_or("").split(',').collect();
     ifaces.sort_unstable();
     ensure!(ifaces == ["eth0", "eth1", "lo"], "a container on two networks sees {ifaces:?}");
-    for name in ["db", "app", "web", "iso", "netinfo"] {
+    let jailed = c.expect("net-info", &[("name", "jailed")])?;
+    ensure!(jailed.get("ifaces") == Some("lo,eth0"), "under a user namespace: {:?}", jailed.get("ifaces"));
+    for name in ["db", "app", "web", "iso", "netinfo", "jailed"] {
         let e = c.expect("container.exited", &[("name", name)])?;
         ensure!(e.get("code") == Some("0"), "{name} exited {:?}", e.fields);
     }
