@@ -343,6 +343,8 @@ fn cairn_spec() -> Res<ContainerSpec> {
         console: false,
         userns: None,
         volumes: vec![],
+        networks: Vec::new(),
+        hosts: None,
     })
 }
 

@@ -145,7 +145,8 @@ pub struct Board {
 /// behind dm-verity, under overlayfs), the EFI system partition (FAT) and
 /// the firmware's variables; and the quota format of the data partition's
 /// project quotas (`quota_v2`: without it an ext4 with the `quota`
-/// feature does not mount read-write).
+/// feature does not mount read-write); and bridge and veth for container
+/// networks.
 pub const SYSTEM_MODULES: &[&str] = &[
     "squashfs",
     "overlay",
@@ -157,6 +158,9 @@ pub const SYSTEM_MODULES: &[&str] = &[
     "nls_utf8",
     "efivarfs",
     "quota_v2",
+    // Container networks: bridges and veth pairs.
+    "bridge",
+    "veth",
 ];
 
 impl Board {

@@ -174,5 +174,6 @@ fn manifest_like(t: &Toc) -> Manifest {
         containers: Vec::new(),
         update: cairn_format::manifest::UpdatePolicy::for_version(t.version),
         volumes: Vec::new(),
+        networks: Vec::new(),
     }
 }

@@ -21,6 +21,7 @@ mod install;
 mod machine;
 mod modules;
 mod netwatch;
+mod networks;
 mod partitions;
 mod policy;
 mod record;
@@ -187,6 +188,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
     let order = m.start_order().unwrap_or_default();
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
     let ready = volumes::prepare(m);
+    let bridges = networks::prepare(m);
     let units = m
         .containers
         .iter()
@@ -204,6 +206,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
             };
             let spec = resolve::container_spec(c, |l| b.layer_dirs.get(l).cloned(), device)
                 .and_then(|s| volumes::attach(s, c, &ready))
+                .and_then(|s| networks::attach(s, m, c, &bridges))
                 .map_err(Into::into);
             let unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
             let desc = UnitDesc {

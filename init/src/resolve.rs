@@ -125,6 +125,8 @@ pub enum SpecError {
     DeviceUnavailable(String),
     /// A volume that could not be prepared (see `volume.failed`).
     VolumeUnavailable(String),
+    /// A network whose bridge could not be made (see `network.failed`).
+    NetworkUnavailable(String),
 }
 
 impl core::fmt::Display for SpecError {
@@ -134,6 +136,7 @@ impl core::fmt::Display for SpecError {
             SpecError::Nul(s) => write!(f, "string {s:?} contains a NUL byte"),
             SpecError::DeviceUnavailable(d) => write!(f, "device source {d} is not available"),
             SpecError::VolumeUnavailable(v) => write!(f, "volume {v} is not available"),
+            SpecError::NetworkUnavailable(n) => write!(f, "network {n} is not available"),
         }
     }
 }
@@ -201,7 +204,9 @@ pub fn container_spec(
             .userns
             .as_ref()
             .map(|u| rt::UserNamespace { uid_map: ids(&u.uid_map), gid_map: ids(&u.gid_map) }),
-        volumes: Vec::new(), // volumes::attach
+        volumes: Vec::new(),  // volumes::attach
+        networks: Vec::new(), // networks::attach
+        hosts: None,
     })
 }
 
@@ -312,6 +317,7 @@ pub(crate) mod tests {
             permissions: vec![m::Permission::Status],
             log_size: m::DEFAULT_LOG_SIZE,
             health: None,
+            networks: Vec::new(),
             groups: vec![20],
             security: m::Security {
                 devices: vec![m::Device {

@@ -398,6 +398,7 @@ mod tests {
             containers: Vec::new(),
             update: cairn_format::manifest::UpdatePolicy::for_version(1),
             volumes: Vec::new(),
+            networks: Vec::new(),
         }
     }
 }

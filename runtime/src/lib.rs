@@ -13,12 +13,14 @@
 // Runs inside PID 1 and every container's init: no panics.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+mod bridge;
 pub mod cgroup;
 mod console;
 mod devices;
 pub mod exec;
 mod exit;
 mod identity;
+pub mod netlink;
 mod network;
 mod nsinit;
 pub mod report;

@@ -79,6 +79,9 @@ pub enum Step {
     },
     /// Create an empty file (a bind target).
     Touch(String),
+    /// Create an empty file unless one is there (a bind target over a file
+    /// the image may have, like `/etc/hosts`).
+    EnsureFile(String),
     /// Create a device node like the host device `host` (same type and
     /// numbers) at `path`.
     Device {
@@ -194,6 +197,13 @@ pub fn host_plan(spec: &ContainerSpec) -> Vec<Step> {
     p.push(Step::MakeMountPrivate(scratch.clone()));
     p.push(Step::Chown { path: format!("{scratch}/upper"), uid, gid });
     p.push(overlay_mount(spec, &scratch, &root));
+    if spec.hosts.is_some() {
+        // The mount point of /etc/hosts: the image's /etc belongs to a
+        // host id the user namespace does not map, so its root could not
+        // create the file there.
+        p.push(Step::Mkdir(format!("{root}/etc")));
+        p.push(Step::EnsureFile(format!("{root}/etc/hosts")));
+    }
     p.push(Step::MakeMountPrivate(root));
     p
 }
@@ -371,6 +381,23 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
                 target: format!("{root}/run/cairn"),
                 fstype: None,
                 flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV,
+                data: None,
+            },
+        ]);
+    }
+    if spec.hosts.is_some() {
+        let target = format!("{root}/etc/hosts");
+        p.extend([
+            Step::Mkdir(format!("{root}/etc")),
+            Step::EnsureFile(target.clone()),
+            bind("hosts bind", &format!("{state}/hosts"), target.clone()),
+            // PID 1 writes it: the container reads it.
+            Step::Mount {
+                what: "hosts read-only",
+                source: "none".into(),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
                 data: None,
             },
         ]);
@@ -599,6 +626,7 @@ impl Step {
             Step::MakePrivate => "/",
             Step::Mkdir(p)
             | Step::Touch(p)
+            | Step::EnsureFile(p)
             | Step::MaskDir(p)
             | Step::ReadOnly(p)
             | Step::RemountReadOnly(p)
@@ -640,6 +668,12 @@ fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
             Step::Touch(p) => {
                 let (dir, name) = at.parent(p, Create::Nothing)?;
                 sys::make_at(&dir, name, p, libc::S_IFREG, 0o644, 0)?
+            }
+            Step::EnsureFile(p) => {
+                if at.open_if_exists(p)?.is_none() {
+                    let (dir, name) = at.parent(p, Create::Nothing)?;
+                    sys::make_at(&dir, name, p, libc::S_IFREG, 0o644, 0)?
+                }
             }
             Step::Device { path, host, mode } => {
                 let (kind, rdev) = device_like(host)?;
@@ -744,6 +778,8 @@ mod tests {
             console: false,
             userns: None,
             volumes: vec![],
+            networks: Vec::new(),
+            hosts: None,
         }
     }
 

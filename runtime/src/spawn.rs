@@ -69,6 +69,10 @@ pub enum SpawnError {
     /// Mounting its rootfs for a user namespace, or writing the id maps.
     #[error("user namespace: {0}")]
     UserNamespace(SysError),
+    /// Creating its veth pairs or enslaving them to their bridges, or
+    /// writing its /etc/hosts.
+    #[error("network: {0}")]
+    Network(SysError),
 }
 
 /// A container whose init exists and is setting up.
@@ -144,13 +148,20 @@ pub fn spawn(
     set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec).map_err(SpawnError::Prepare)?;
     let stdio = crate::stdio::prepare(spec.console).map_err(SpawnError::Prepare)?;
-    let go_ahead = match spec.userns {
-        Some(_) => Some(sys::pipe().map_err(SpawnError::Prepare)?),
-        None => None,
+    // The child waits for PID 1's side first: its id maps, its veth pairs.
+    let go_ahead = match spec.userns.is_some() || !spec.networks.is_empty() {
+        true => Some(sys::pipe().map_err(SpawnError::Prepare)?),
+        false => None,
     };
     // Where `cairn-ctl exec` waits for statuses: the container's init keeps
     // this directory open (crate::exec).
     let exits = crate::exec::exits_dir(spec).map_err(SpawnError::Prepare)?;
+    if let Some(h) = &spec.hosts {
+        let path = format!("{}/hosts", spec.state_dir());
+        std::fs::write(&path, h).map_err(|e| {
+            SpawnError::Network(SysError { op: "write", arg: path, errno: e.raw_os_error().unwrap_or(0) })
+        })?;
+    }
     let host_mounts = rootfs::host_mounts(spec);
     if let Err(e) = rootfs::apply(&rootfs::host_plan(spec)) {
         detach(&host_mounts);
@@ -188,20 +199,19 @@ pub fn spawn(
     let pid = pid as libc::pid_t;
     // The child's mount namespace holds its own copies now.
     detach(&host_mounts);
-    let mut map_error = None;
-    if let (Some(u), Some((go_rd, go_wr))) = (&spec.userns, go_ahead) {
+    if let Some((go_rd, go_wr)) = go_ahead {
         drop(go_rd);
-        match crate::userns::write_maps(pid, u) {
-            // If the byte cannot be written the child reads EOF and exits.
-            Ok(()) => map_error = sys::write_all(&go_wr, b"1").err(),
-            Err(e) => map_error = Some(e),
+        let ready = match &spec.userns {
+            Some(u) => crate::userns::write_maps(pid, u).map_err(SpawnError::UserNamespace),
+            None => Ok(()),
         }
-    }
-    if let Some(e) = map_error {
-        // The child read EOF on the go-ahead pipe (closed with this
-        // function's locals) and exits with the setup failure code; PID 1
-        // reaps it like any other child.
-        return Err(SpawnError::UserNamespace(e));
+        .and_then(|()| crate::bridge::attach(pid, &spec.networks).map_err(SpawnError::Network))
+        // If the byte cannot be written the child reads EOF and exits.
+        .and_then(|()| sys::write_all(&go_wr, b"1").map_err(SpawnError::Prepare));
+        // On an error the child reads EOF on the go-ahead pipe (closed
+        // with this function's locals) and exits with the setup failure
+        // code; PID 1 reaps it like any other child.
+        ready?;
     }
     // The container holds its side now; PID 1 keeps only the master or the read end.
     let (console, output) = match stdio.keep() {
@@ -278,13 +288,15 @@ fn child(
     exits: OwnedFd,
 ) -> ! {
     if let Some(go) = go_ahead {
-        // Nothing may happen in the new user namespace before its maps exist.
+        // Nothing may happen in the new user namespace before its maps
+        // exist, nor on its network before its veth pairs do.
         let byte = sys::read_to_end(&go, 1).unwrap_or_default();
         drop(go);
-        let ready = if byte.is_empty() {
-            Err((Stage::IdMaps, 0))
-        } else {
-            crate::userns::become_root().map_err(|e| (Stage::BecomeRoot, e.errno))
+        let ready = match (byte.is_empty(), spec.userns.is_some()) {
+            (true, true) => Err((Stage::IdMaps, 0)),
+            (true, false) => Err((Stage::Network, 0)),
+            (false, true) => crate::userns::become_root().map_err(|e| (Stage::BecomeRoot, e.errno)),
+            (false, false) => Ok(()),
         };
         if let Err((stage, errno)) = ready {
             report::write(&sync, stage, errno);
@@ -301,7 +313,8 @@ fn child(
     // ptraced or have its exe reopened by processes without CAP_SYS_PTRACE.
     let _ = nix::sys::prctl::set_dumpable(false);
     let network = match net {
-        NetSetup::Loopback => network::loopback_up(),
+        NetSetup::Loopback => network::loopback_up()
+            .and_then(|()| spec.networks.iter().try_for_each(|a| network::configure(&a.iface, a.address, a.prefix))),
         NetSetup::Keep => Ok(()),
         NetSetup::Join(pid) => network::join(pid),
     };

@@ -67,6 +67,25 @@ pub struct ContainerSpec {
     pub userns: Option<UserNamespace>,
     /// Volumes bound into the container.
     pub volumes: Vec<VolumeMount>,
+    /// Bridged networks it joins (with `Network::None`): one veth pair
+    /// each, its end inside named `iface`.
+    pub networks: Vec<NetAttach>,
+    /// The `/etc/hosts` bound (read-only) into it, if any.
+    pub hosts: Option<String>,
+}
+
+/// A container on a bridge: a veth pair, the host end enslaved to
+/// `bridge`, the other end `iface` inside at `address/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetAttach {
+    /// The bridge on the device.
+    pub bridge: String,
+    /// The interface inside the container (`eth0`, ...).
+    pub iface: String,
+    /// Its IPv4 address.
+    pub address: [u8; 4],
+    /// The subnet's prefix length.
+    pub prefix: u8,
 }
 
 /// A volume bound into a container: a host directory PID 1 prepared (on

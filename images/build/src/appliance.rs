@@ -15,6 +15,7 @@ use cairn_format::manifest::{
     UpdatePolicy, UserNamespace, Volume, VolumeKind, VolumeMount, DEFAULT_LOG_SIZE,
 };
 use cairn_format::manifest::{HealthCheck, HealthProbe};
+use cairn_format::network;
 
 /// The appliance file.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,35 @@ pub struct Appliance {
     /// Named volumes (`[[volume]]`).
     #[serde(default, rename = "volume")]
     pub volumes: Vec<VolumeSpec>,
+    /// Container networks (`[[network]]`).
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkSpec>,
+}
+
+/// One `[[network]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Its name.
+    pub name: String,
+    /// `A.B.C.D/N`.
+    pub subnet: String,
+}
+
+/// One entry of a container's `networks`: a name, or a table with a pinned
+/// address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum JoinSpec {
+    /// `"backend"`: the next free address.
+    Name(String),
+    /// `{ name = "backend", address = "10.89.1.10" }`.
+    Pinned {
+        /// The network.
+        name: String,
+        /// The address.
+        address: String,
+    },
 }
 
 /// One `[[volume]]` table.
@@ -256,6 +286,9 @@ pub struct ContainerSpec {
     /// Volumes mounted into it.
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// Networks it joins (`eth0`, `eth1`, ... in this order).
+    #[serde(default)]
+    pub networks: Vec<JoinSpec>,
     /// Its health check (`health = { interval_ms = .., ... }`).
     #[serde(default)]
     pub health: Option<HealthSpec>,
@@ -790,6 +823,7 @@ impl Appliance {
             containers: Vec::new(),
             update: self.update.compile(self.version),
             volumes: Vec::new(),
+            networks: Vec::new(),
         };
         if self.compatible.is_none() {
             problems.push(
@@ -814,6 +848,7 @@ impl Appliance {
             }
         }
         compile_volumes(self, &mut m, &mut problems);
+        compile_networks(self, &mut m, &mut problems);
         m.for_each_problem(|e| problems.push(e.to_string()));
         if problems.is_empty() {
             Ok(m)
@@ -836,6 +871,47 @@ fn compile_volumes(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>
             }
         };
         m.volumes.push(Volume { name: v.name.clone(), kind, size_bytes: v.size.bytes(), mode: v.mode });
+    }
+}
+
+/// The `[[network]]` tables into `m.networks`, and each container's
+/// addresses: pinned ones as written, the others planned
+/// ([`network::assign`]); the rules are the manifest's.
+fn compile_networks(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>) {
+    for (i, n) in app.networks.iter().enumerate() {
+        match network::Subnet::parse(&n.subnet) {
+            Some(subnet) => m.networks.push(network::NetworkDef { name: n.name.clone(), subnet }),
+            None => problems.push(format!("network[{i}] ({}): subnet {:?} is not A.B.C.D/N", n.name, n.subnet)),
+        }
+    }
+    let mut requests = Vec::with_capacity(app.containers.len());
+    for c in &app.containers {
+        let mut reqs = Vec::with_capacity(c.networks.len());
+        for j in &c.networks {
+            let (network, address) = match j {
+                JoinSpec::Name(n) => (n.clone(), None),
+                JoinSpec::Pinned { name, address } => match network::parse_addr(address) {
+                    Some(a) => (name.clone(), Some(a)),
+                    None => {
+                        problems.push(format!("container {:?}: address {address:?} is not an IPv4 address", c.name));
+                        continue;
+                    }
+                },
+            };
+            reqs.push(network::Request { network, address });
+        }
+        requests.push((c.name.clone(), reqs));
+    }
+    match network::assign(&m.networks, &requests) {
+        Ok(plan) => {
+            // By name: a container that did not compile is not in `m`.
+            for ((name, _), attachments) in requests.iter().zip(plan) {
+                if let Some(c) = m.containers.iter_mut().find(|c| c.name == *name) {
+                    c.networks = attachments;
+                }
+            }
+        }
+        Err(e) => problems.push(e),
     }
 }
 
@@ -999,6 +1075,7 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
             .collect(),
         permissions,
         log_size: u32::try_from(c.log_size.map_or(u64::from(DEFAULT_LOG_SIZE), Size::bytes)).unwrap_or(u32::MAX),
+        networks: Vec::new(),
         health,
     };
     if p.is_empty() {
@@ -1168,6 +1245,26 @@ depends_on = ["sensor"]
         let mut a: Appliance = toml::from_str(&text).map_err(|e| e.to_string())?;
         a.lines = HeaderLines::scan(&text);
         a.to_manifest(Path::new("u.toml"), &info()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn networks_compile_with_planned_and_pinned_addresses() {
+        let m = one("networks = [\"back\", { name = \"front\", address = \"10.89.2.9\" }]\n\
+             [[container]]\nname = \"d\"\nlayers = [\"base\"]\nargv = [\"/x\"]\nnetworks = [\"back\"]\n\
+             [[network]]\nname = \"back\"\nsubnet = \"10.89.1.0/24\"\n\
+             [[network]]\nname = \"front\"\nsubnet = \"10.89.2.0/24\"")
+        .unwrap_or_else(|e| panic!("{e}"));
+        let addrs = |i: usize| -> Vec<(String, String)> {
+            m.containers[i].networks.iter().map(|a| (a.network.clone(), network::addr_text(a.address))).collect()
+        };
+        assert_eq!(addrs(0), [("back".into(), "10.89.1.2".into()), ("front".into(), "10.89.2.9".into())]);
+        assert_eq!(addrs(1), [("back".into(), "10.89.1.3".into())]);
+        let e = one("networks = [{ name = \"back\", address = \"10.89.1\" }, \"nowhere\"]\n\
+                     [[network]]\nname = \"back\"\nsubnet = \"10.89.1.0/33\"")
+        .unwrap_err();
+        assert!(e.contains("address \"10.89.1\" is not an IPv4 address"), "{e}");
+        assert!(e.contains("subnet \"10.89.1.0/33\" is not A.B.C.D/N"), "{e}");
+        assert!(e.contains("network \"nowhere\" is not defined"), "{e}");
     }
 
     #[test]

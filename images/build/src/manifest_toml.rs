@@ -196,6 +196,19 @@ fn container(c: &Container) -> Table {
         })
         .collect();
     t.insert("mounts".into(), Value::Array(mounts));
+    // Each at the address the build fixed (pinned, so it compiles back to
+    // the same manifest).
+    let networks: Vec<Value> = c
+        .networks
+        .iter()
+        .map(|a| {
+            let mut e = Table::new();
+            e.insert("name".into(), s(&a.network));
+            e.insert("address".into(), s(&cairn_format::network::addr_text(a.address)));
+            Value::Table(e)
+        })
+        .collect();
+    t.insert("networks".into(), Value::Array(networks));
     t
 }
 
@@ -246,6 +259,17 @@ pub fn to_toml(m: &Manifest) -> String {
         })
         .collect();
     root.insert("volume".into(), Value::Array(volumes));
+    let networks: Vec<Value> = m
+        .networks
+        .iter()
+        .map(|n| {
+            let mut t = Table::new();
+            t.insert("name".into(), s(&n.name));
+            t.insert("subnet".into(), s(&n.subnet.to_string()));
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("network".into(), Value::Array(networks));
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot print this manifest as TOML: {e}\n"))
 }
 
@@ -355,6 +379,15 @@ argv = ["/bin/short"]
 limits = { memory = "max", pids = "max" }
 security.userns = 200000
 mounts = [{ volume = "state", path = "/var/lib/short" }, { volume = "scratch", path = "/cache", readonly = true }]
+networks = ["back", { name = "front", address = "10.89.2.7" }]
+
+[[network]]
+name = "back"
+subnet = "10.89.1.0/24"
+
+[[network]]
+name = "front"
+subnet = "10.89.2.0/24"
 
 [[volume]]
 name = "state"
@@ -401,6 +434,8 @@ mode = 0o1777
         assert_eq!(m.volumes.len(), 2);
         assert!(printed.contains("type = \"tmpfs\""), "{printed}");
         assert!(printed.contains("readonly = true"), "{printed}");
+        assert!(printed.contains("address = \"10.89.1.2\""), "{printed}");
+        assert!(printed.contains("subnet = \"10.89.2.0/24\""), "{printed}");
         assert!(
             m.containers[0].security.userns.is_none()
                 && !printed.contains("[[0, 200000, 65536]], gid_map = [[0, 100000")

@@ -32,6 +32,8 @@ pub mod journal;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod manifest;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
+pub mod network;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod order;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing))]
 pub mod trust;

@@ -155,6 +155,8 @@ pub struct Manifest {
     pub update: UpdatePolicy,
     /// Named volumes containers mount (`[[volume]]`).
     pub volumes: Vec<Volume>,
+    /// Networks containers join (`[[network]]`, see [`crate::network`]).
+    pub networks: Vec<crate::network::NetworkDef>,
 }
 
 /// A named volume: a directory on the data partition that outlives
@@ -345,6 +347,9 @@ pub struct Container {
     pub permissions: Vec<Permission>,
     /// Bytes of its stdout/stderr PID 1 keeps in memory (the log ring).
     pub log_size: u32,
+    /// The networks it joins (`eth0`, `eth1`, ... in this order), each at
+    /// the address the build fixed.
+    pub networks: Vec<crate::network::Attachment>,
     /// Its health check, if it has one (see docs/appliance.md).
     pub health: Option<HealthCheck>,
 }
@@ -927,6 +932,9 @@ pub enum ValidationError {
     /// A volume or a container's volume mount breaks a rule (the whole
     /// sentence, naming the volume or the container and mount).
     BadVolume(String),
+    /// A network or a container's attachment breaks a rule (the whole
+    /// sentence).
+    BadNetwork(String),
 }
 
 impl fmt::Display for ValidationError {
@@ -973,7 +981,7 @@ impl fmt::Display for ValidationError {
             BadDevice { container, index, field, reason } => {
                 write!(f, "container {container:?}: security.devices[{index}].{field}: {reason}")
             }
-            BadVolume(what) => f.write_str(what),
+            BadVolume(what) | BadNetwork(what) => f.write_str(what),
         }
     }
 }
@@ -1083,6 +1091,7 @@ impl Manifest {
             }
         }
         check_volumes(self, &mut report);
+        crate::network::check(self, |s| report(BadNetwork(s)));
     }
 
     /// Find a volume by name.
@@ -1492,6 +1501,7 @@ pub(crate) mod tests {
             mounts: Vec::new(),
             permissions: Vec::new(),
             log_size: DEFAULT_LOG_SIZE,
+            networks: Vec::new(),
             health: None,
         }
     }
@@ -1585,6 +1595,7 @@ pub(crate) mod tests {
             containers: containers.to_vec(),
             update: UpdatePolicy::for_version(1),
             volumes: Vec::new(),
+            networks: Vec::new(),
         }
     }
 

@@ -106,8 +106,9 @@
 //!   like `ctl` (`event=await-stopped ...` first).
 //! - `tty-check`: the terminal as the entrypoint sees it and ^C through the
 //!   line discipline (see `tty.rs`).
-//! - `net-info`, `net-serve <port> <hold_ms>`, `net-connect <port>`,
-//!   `net-probe <port> <ms>`: network namespace probes (see `net.rs`).
+//! - `net-info`, `net-serve <port> <hold_ms> [any]`, `net-connect <port> [host]`,
+//!   `net-probe <port> <ms> [host]`: network namespace probes (see `net.rs`;
+//!   127.0.0.1 unless `any` (0.0.0.0) or a host, resolved by /etc/hosts).
 //! - `net-up <iface> <ipv4> <prefix>`: address the interface and bring it
 //!   up (ioctls; needs CAP_NET_ADMIN in its network namespace):
 //!   `event=net-up iface=I addr=A/P` or `event=net-up-failed step=S errno=E`.
@@ -274,9 +275,9 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "tty-check" => tty::check(),
         "net-info" => net::info(),
         "net-up" => net::up(a.word(2, "iface")?, a.word(3, "addr")?, a.num(4, "prefix")?),
-        "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?),
-        "net-connect" => net::connect(a.num(2, "port")?),
-        "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?),
+        "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?, a.0.get(4).is_some_and(|w| w == "any")),
+        "net-connect" => net::connect(a.num(2, "port")?, a.0.get(3).map(String::as_str)),
+        "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?, a.0.get(4).map(String::as_str)),
         // console-abuse scenario (console and control socket area).
         "console-abuse" => abuse::console(a.num(2, "mib")?),
         "control-abuse" => abuse::control(a.num(2, "idle")?, a.word(3, "target")?, a.num(4, "count")?),

@@ -57,13 +57,24 @@ fn local(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
 }
 
+/// `host:port` resolved (`/etc/hosts` for a container name), else
+/// 127.0.0.1:port for no host.
+fn target(host: Option<&str>, port: u16) -> std::io::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    match host {
+        None => Ok(local(port).into()),
+        Some(h) => (h, port).to_socket_addrs()?.next().ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT)),
+    }
+}
+
 /// `net-serve <port> <hold_ms>`: listen on 127.0.0.1:port
 /// (`event=net-listening port=P netns=N`), accept one connection (at most
 /// 60 s), read its message and answer `pong`
 /// (`event=net-accepted msg=M`), keep listening hold_ms more, then
 /// `event=net-serve-done`; exit 0. Failures: `event=net-serve error=STEP errno=E`, exit 1.
-pub fn serve(port: u16, hold_ms: u64) -> i32 {
-    let listener = match TcpListener::bind(local(port)) {
+pub fn serve(port: u16, hold_ms: u64, any: bool) -> i32 {
+    let at = if any { SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port) } else { local(port) };
+    let listener = match TcpListener::bind(at) {
         Ok(l) => l,
         Err(e) => {
             say!("event=net-serve error=bind errno={}", errno_of(&e));
@@ -101,12 +112,12 @@ pub fn serve(port: u16, hold_ms: u64) -> i32 {
 /// for up to 30 s, send `ping`, read the answer:
 /// `event=net-connect result=ok reply=R attempts=N netns=NS`, exit 0; or
 /// `event=net-connect result=<ENAME> attempts=N netns=NS`, exit 1.
-pub fn connect(port: u16) -> i32 {
+pub fn connect(port: u16, host: Option<&str>) -> i32 {
     let mut attempts = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         attempts += 1;
-        match TcpStream::connect(local(port)) {
+        match target(host, port).and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2))) {
             Ok(mut s) => {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let _ = s.write_all(b"ping");
@@ -128,13 +139,13 @@ pub fn connect(port: u16) -> i32 {
 /// `net-probe <port> <ms>`: try to connect to 127.0.0.1:port every 100 ms
 /// for ms milliseconds; then
 /// `event=net-probe attempts=N connected=C refused=R last=<ENAME|ok> netns=NS`; exit 0.
-pub fn probe(port: u16, ms: u64) -> i32 {
+pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
     let (mut attempts, mut connected, mut refused) = (0, 0, 0);
     let mut last = String::from("-");
     let deadline = Instant::now() + Duration::from_millis(ms);
     while attempts == 0 || Instant::now() < deadline {
         attempts += 1;
-        match TcpStream::connect(local(port)) {
+        match target(host, port).and_then(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500))) {
             Ok(_) => {
                 connected += 1;
                 last = "ok".into();

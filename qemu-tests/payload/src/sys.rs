@@ -237,6 +237,8 @@ impl std::fmt::Display for Errno {
             libc::EOPNOTSUPP => "EOPNOTSUPP",
             libc::EADDRINUSE => "EADDRINUSE",
             libc::ECONNREFUSED => "ECONNREFUSED",
+            libc::ENETUNREACH => "ENETUNREACH",
+            libc::EHOSTUNREACH => "EHOSTUNREACH",
             libc::ETIMEDOUT => "ETIMEDOUT",
             libc::EDQUOT => "EDQUOT",
             libc::ENOKEY => "ENOKEY",

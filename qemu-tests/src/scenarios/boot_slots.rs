@@ -29,7 +29,7 @@ use super::{no_panic, powered_off, until_exit, BOOT_TIMEOUT};
 use crate::{Ctx, Ending};
 
 /// File names in `EFI/Linux` on the disk's ESP.
-fn entries(disk: &Path, layout: &DiskLayout) -> Result<Vec<String>> {
+pub(super) fn entries(disk: &Path, layout: &DiskLayout) -> Result<Vec<String>> {
     let esp = layout.find(gpt::ESP_NAME).context("no cairn-esp partition")?;
     let mut f = std::fs::File::open(disk)?;
     f.seek(SeekFrom::Start(esp.offset_bytes))?;
@@ -44,12 +44,12 @@ fn entries(disk: &Path, layout: &DiskLayout) -> Result<Vec<String>> {
 }
 
 /// The kit with a command line suffix.
-fn with_cmdline(kit: &BootKit, extra: &str) -> BootKit {
+pub(super) fn with_cmdline(kit: &BootKit, extra: &str) -> BootKit {
     BootKit { cmdline: format!("{} {extra}", kit.cmdline), ..kit.clone() }
 }
 
 /// Slot `a` blessed (release 1) and slot `b` on trial (release 2).
-fn esp(ctx: &Ctx, b_kit: &BootKit, tries: u32) -> Result<EspContents> {
+pub(super) fn esp(ctx: &Ctx, b_kit: &BootKit, tries: u32) -> Result<EspContents> {
     let kit = &ctx.art.kit;
     let product = "cairn-qemu-dev";
     Ok(EspContents {

@@ -10,49 +10,18 @@
 //!   the window (8 s): `boot.trial-failed reason="beater unhealthy"`, a
 //!   reboot, no blessing; the entry's one try is spent.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
-
-use anyhow::{ensure, Context, Result};
-use cairn_build::bootkit::BootKit;
+use anyhow::{ensure, Result};
 use cairn_build::esp::EspContents;
-use cairn_build::gpt::{self, DiskLayout};
-use cairn_format::bootentry::Entry;
 use cairn_format::bootstate::Slot;
 
+use super::boot_slots::{self, entries};
 use super::health::t_ms;
 use super::{no_panic, powered_off, until_exit, BOOT_TIMEOUT};
 use crate::{Ctx, Ending};
 
-/// File names in `EFI/Linux` on the disk's ESP.
-fn entries(disk: &Path, layout: &DiskLayout) -> Result<Vec<String>> {
-    let esp = layout.find(gpt::ESP_NAME).context("no cairn-esp partition")?;
-    let mut f = std::fs::File::open(disk)?;
-    f.seek(SeekFrom::Start(esp.offset_bytes))?;
-    let mut bytes = vec![0u8; esp.size_bytes as usize];
-    f.read_exact(&mut bytes)?;
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(bytes), fatfs::FsOptions::new())?;
-    let dir = fs.root_dir().open_dir("EFI/Linux")?;
-    let mut names: Vec<String> =
-        dir.iter().flatten().map(|e| e.file_name()).filter(|n| n != "." && n != "..").collect();
-    names.sort();
-    Ok(names)
-}
-
 /// Slot `a` blessed, slot `b` on trial with `tries` and `cmdline` added.
 fn esp(ctx: &Ctx, cmdline: &str, tries: u32) -> Result<EspContents> {
-    let kit = &ctx.art.kit;
-    let b_kit = BootKit { cmdline: format!("{} {cmdline}", kit.cmdline), ..kit.clone() };
-    let product = "cairn-qemu-dev";
-    Ok(EspContents {
-        arch: kit.arch,
-        loader: kit.loader.clone(),
-        slots: vec![
-            kit.slot_image(Entry::blessed(Slot::A), product, 1)?,
-            b_kit.slot_image(Entry::trial(Slot::B, tries), product, 2)?,
-        ],
-        extra: Vec::new(),
-    })
+    boot_slots::esp(ctx, &boot_slots::with_cmdline(&ctx.art.kit, cmdline), tries)
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {

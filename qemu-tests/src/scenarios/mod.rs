@@ -37,6 +37,8 @@ mod ota;
 mod ota_network;
 // The device's uplink (issue 16 item 4).
 mod net_uplink;
+// Container networks (issue 16 items 1 and 2).
+mod net_bridge;
 // The watchdog (issue 12 item 5).
 mod watchdog;
 // Volumes (issue 14 item 1).
@@ -110,6 +112,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "ota-network", run: ota_network::run },
         // The device's uplink by DHCP from a container (issue 16 item 4).
         Scenario { name: "net-uplink", run: net_uplink::run },
+        // Container networks: bridges, veth pairs, names, isolation (issue 16).
+        Scenario { name: "net-bridge", run: net_bridge::run },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.
