@@ -12,7 +12,6 @@
 
 use anyhow::{ensure, Result};
 use cairn_build::esp::EspContents;
-use cairn_format::bootstate::Slot;
 
 use super::boot_slots::{self, entries};
 use super::health::t_ms;
