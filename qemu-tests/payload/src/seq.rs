@@ -75,7 +75,8 @@ pub fn exit_seq(spec: &str) -> Result<i32, String> {
 /// `await-stopped <name,name...> <request...>`: ask `status` every 200 ms
 /// until each named container is `stopped` (at most 120 s), print
 /// `event=await-stopped names=N polls=P timeout=<0|1>`, then send the
-/// request like `ctl`.
+/// request like `ctl`; with `exec PROGRAM ARGS...` instead of a request,
+/// exec that.
 pub fn await_stopped(names: &str, request: &[String]) -> i32 {
     let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
     let mut polls = 0;
@@ -93,6 +94,14 @@ pub fn await_stopped(names: &str, request: &[String]) -> i32 {
         sys::sleep_ms(200);
     }
     say!("event=await-stopped names={} polls={polls} timeout={timeout}", V(&names.join(",")));
+    if let [exec, prog, args @ ..] = request {
+        if exec == "exec" {
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(prog).args(args).exec();
+            say!("event=await-stopped-exec-failed errno={}", e.raw_os_error().unwrap_or(0));
+            return 1;
+        }
+    }
     ctl::run(0, request)
 }
 

@@ -39,6 +39,7 @@ mod ota_network;
 mod net_uplink;
 // Container networks (issue 16 items 1 and 2).
 mod net_bridge;
+mod net_churn;
 // The watchdog (issue 12 item 5).
 mod watchdog;
 // Volumes (issue 14 item 1).
@@ -114,6 +115,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "net-uplink", run: net_uplink::run },
         // Container networks: bridges, veth pairs, names, isolation (issue 16).
         Scenario { name: "net-bridge", run: net_bridge::run },
+        Scenario { name: "net-churn", run: net_churn::run },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.
