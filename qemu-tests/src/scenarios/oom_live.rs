@@ -16,17 +16,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ensure!(ended.get("signal") == Some("9"), "the child was not killed by SIGKILL: {:?}", ended.fields);
     let oom = c.expect("container.oom", &[("name", "hog")])?;
     ensure!(oom.get("kills") == Some("1") && oom.get("new") == Some("1"), "{:?}", oom.fields);
-    // Within a second of the kill: the kernel's own line for it, else the
-    // child's reaping by the entrypoint. The kernel counts the kill in
-    // memory.events before it prints the line, and its printk time is
-    // local_clock (sched_clock), not the events' CLOCK_BOOTTIME: under TCG
-    // the two drift by some ms, so the event may seem up to 100 ms early
-    // (seen: -14 ms).
+    // The kernel's own line says it was a memory cgroup OOM kill.
     let kernel = c.raw.iter().find_map(|l| kernel_kill_ms(l));
-    let killed = kernel.unwrap_or(ended.num("t_ms").unwrap_or(i64::MIN));
-    let late = t_ms(oom) - killed;
-    let bound = if kernel.is_some() { -100..=1000 } else { -1000..=1000 };
-    ensure!(bound.contains(&late), "container.oom {late} ms after the kill (kernel line: {kernel:?})");
+    ensure!(kernel.is_some(), "no memory cgroup OOM kill line from the kernel");
+    // Within a second of the kill, timed against the entrypoint's reaping
+    // of the child (same clock as the events, CLOCK_BOOTTIME; the reap
+    // follows the kill at once). Not against the kernel line: its printk
+    // time is local_clock, which under TCG runs ahead of CLOCK_BOOTTIME by
+    // up to 150 ms on aarch64 (seen). The kernel counts the kill in
+    // memory.events before the child is reaped, so the event may come
+    // first (seen: -22 to -41 ms).
+    let reaped = ended.num("t_ms").unwrap_or(i64::MIN);
+    let late = t_ms(oom) - reaped;
+    ensure!((-500..=1000).contains(&late), "container.oom {late} ms after the child's reaping");
     // While the entrypoint runs: before it says it survived, and before its exit.
     let survived = c.expect("oom-survived", &[("name", "hog")])?;
     let exited = c.expect("container.exited", &[("name", "hog")])?;
