@@ -12,7 +12,7 @@
 //! heartbeat comes at least every `interval + timeout`; the first
 //! heartbeat due is `interval` after the start. The command form (a
 //! command run inside the container every interval, its exit status the
-//! result) needs the exec path and is not built: it would call
+//! result) is not built yet (the exec path it needs, `cairn_runtime::exec`, is): it would call
 //! [`Check::success`] / [`Check::failure`] from the command's exit instead
 //! of the timer counting a missed heartbeat as a failure.
 
