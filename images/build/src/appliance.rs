@@ -323,7 +323,11 @@ impl HealthSpec {
     fn compile(&self) -> Result<HealthCheck, String> {
         let probe = match self.kind.as_deref() {
             None | Some("heartbeat") => HealthProbe::Heartbeat,
-            Some("command") => return Err("health: type \"command\" needs exec probes, which are not built yet (heartbeat only)".into()),
+            Some("command") => {
+                return Err(
+                    "health: type \"command\" needs exec probes, which are not built yet (heartbeat only)".into()
+                )
+            }
             Some(other) => return Err(format!("health: type {other:?} is not \"heartbeat\"")),
         };
         Ok(HealthCheck {
