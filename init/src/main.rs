@@ -54,7 +54,12 @@ fn main() {
     // PID 1's own open of the console, as soon as /dev has it (the
     // initramfs usually does; otherwise after the early mounts below).
     event::open_console();
-    event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
+    let start = event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH);
+    // The test-hooks build says so: a scenario that installs it as an
+    // update's new init sees which init runs.
+    #[cfg(feature = "test-hooks")]
+    let start = start.kv("test_hooks", "on");
+    start.emit();
     if switch_root::on_initramfs() {
         match switch_root::switch() {
             Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
@@ -100,15 +105,20 @@ fn main() {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
             let window = booted.manifest.update.commit_after_ms;
-            let installer = autoinstall(&booted);
+            let installer = autoinstall(&booted, slot.clone());
             let updater = install::Updater {
                 trust: booted.trust,
                 committed: booted.manifest,
                 partitions: booted.partitions,
                 fallback_floor: boot::FALLBACK_ROLLBACK_FLOOR,
+                entry: slot.clone(),
             };
             let update = booted.trial.map(|t| (t, booted.record));
             (units, order, booted.targets, update, window, (installer, Some(updater)))
+        }
+        Err(e @ boot::BootError::EntryNamed(_)) => {
+            event("boot.restart").kv("reason", &e).emit();
+            finish(ShutdownKind::Reboot, &[]);
         }
         Err(e) => {
             event("boot.failed").kv("reason", &e).emit();
@@ -172,12 +182,13 @@ fn main() {
 
 /// A bundle on another disk (a USB stick): the forked installer looks for
 /// one and installs it (a trial pending refuses it).
-fn autoinstall(b: &boot::Booted) -> Option<libc::pid_t> {
+fn autoinstall(b: &boot::Booted, entry: Option<bootslot::BootSlot>) -> Option<libc::pid_t> {
     let cx = install::Context {
         trust: b.trust.as_ref(),
         committed: &b.manifest,
         record: b.record.snapshot(),
         partitions: &b.partitions,
+        entry,
     };
     install::spawn(&b.disk, b.trial.as_ref().map(|t| t.slot), cx)
 }

@@ -1077,7 +1077,18 @@ fn roll_back(t: Trial, reason: &str) {
         // An entry alone: the loader counts its tries.
         return;
     };
-    let came_with_entry = record.state.trial.is_some_and(|x| x.boot_entry);
+    // The entry the trial came with is marked bad before the record ends
+    // the trial: cut between the two, the loader starts the old entry and
+    // the next boot ends the trial as a fall-back. The other order could
+    // leave the failed image counting tries with no trial to judge it, and
+    // blessed once the old manifest runs fine on it (the power-cut
+    // simulator's `RollbackRecordFirst`).
+    let came_with = record.state.trial.and_then(|x| x.boot_entry);
+    if let Some(mut entry) = t.entry.filter(|en| came_with == Some(en.slot)) {
+        if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
+            event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
+        }
+    }
     match record.write(cairn_format::update::fail_trial(&record.state)) {
         Ok(()) => event("update.rolled-back")
             .kv("slot", trial.slot)
@@ -1086,11 +1097,6 @@ fn roll_back(t: Trial, reason: &str) {
             .kv("rollback_floor", record.state.rollback_floor)
             .emit(),
         Err(e) => event("bootstate.write-failed").kv("error", e).emit(),
-    }
-    if let Some(mut entry) = t.entry.filter(|en| came_with_entry && en.slot == trial.slot) {
-        if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
-            event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
-        }
     }
 }
 
