@@ -46,6 +46,7 @@ commands:
   logs NAME [--since SECONDS] [--follow]
   events [--follow]
   update BUNDLE    (a file or block device; its descriptor is passed)
+  volume prune     (delete the data of volumes the manifest no longer names)
   exec [-t] NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run;
                                     -t: a pseudo-terminal, relayed)";
 
@@ -79,6 +80,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
         ["update", _] => true,
+        ["volume", "prune"] => true,
         ["exec", _, "--"] | ["exec", "-t" | "--tty", _, "--"] => !argv.is_empty(),
         _ => false,
     };
@@ -331,6 +333,10 @@ mod tests {
         let c = parse_args(&args("pause web"), Some("/s".into())).unwrap();
         assert_eq!(c.request, "cairn/1 pause web");
         assert_eq!(parse_args(&args("heartbeat"), Some("/s".into())).unwrap().request, "cairn/1 heartbeat");
+        assert_eq!(parse_args(&args("volume prune"), Some("/s".into())).unwrap().request, "cairn/1 volume prune");
+        for bad in ["volume", "volume ls", "volume prune db"] {
+            assert!(parse_args(&args(bad), Some("/s".into())).is_err(), "{bad}");
+        }
         let c = parse_args(&args("--socket /x restart web"), None).unwrap();
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
         let c = parse_args(&args("exec web -- /bin/sh -c x%y --json -h"), Some("/s".into())).unwrap();

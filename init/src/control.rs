@@ -121,6 +121,10 @@ pub enum Request {
     Pause(String),
     /// Thaw it.
     Resume(String),
+    /// Delete the data of every persistent volume on the data partition
+    /// that the manifest does not name (a forked helper does it and
+    /// answers on the connection; see [`crate::volumes::prunable`]).
+    VolumePrune,
 }
 
 impl Request {
@@ -136,6 +140,7 @@ impl Request {
             Request::Exec { .. } => Permission::Exec,
             Request::Update => Permission::Update,
             Request::Pause(_) | Request::Resume(_) => Permission::Lifecycle,
+            Request::VolumePrune => Permission::Volumes,
             // Never looked up: `Machine::answer` serves a heartbeat before
             // permissions (it needs a health check, not a permission).
             Request::Heartbeat => Permission::Status,
@@ -160,6 +165,7 @@ impl Request {
             Request::Heartbeat => "heartbeat",
             Request::Pause(_) => "pause",
             Request::Resume(_) => "resume",
+            Request::VolumePrune => "volume-prune",
         }
     }
 }
@@ -226,6 +232,7 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["heartbeat"] => Ok(Request::Heartbeat),
         ["pause", name] => Ok(Request::Pause((*name).into())),
         ["resume", name] => Ok(Request::Resume((*name).into())),
+        ["volume", "prune"] => Ok(Request::VolumePrune),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
             let mut it = opts.iter();
@@ -780,6 +787,10 @@ mod tests {
         assert_eq!(p("pause web"), Ok(Request::Pause("web".into())));
         assert_eq!(p("resume web"), Ok(Request::Resume("web".into())));
         assert_eq!(p("pause"), Err(ParseError::Unknown("pause".into())));
+        assert_eq!(p("volume prune"), Ok(Request::VolumePrune));
+        assert_eq!(Request::VolumePrune.needs(), Permission::Volumes);
+        assert_eq!(p("volume prune db"), Err(ParseError::Unknown("volume prune db".into())));
+        assert_eq!(p("volume"), Err(ParseError::Unknown("volume".into())));
         assert_eq!(Request::Pause("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(Request::Resume("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(p("logs web"), Ok(Request::Logs { name: "web".into(), since_ms: 0, follow: false }));

@@ -102,11 +102,18 @@ pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u
     }
 }
 
-/// The helper's events: straight to the console, one write each.
-struct Console(Option<OwnedFd>);
+/// A helper's events: straight to the console, one write each (PID 1
+/// does not see them: they are not in `events --follow`).
+pub struct Console(Option<OwnedFd>);
 
 impl Console {
-    fn emit(&self, e: crate::event::Event) {
+    /// The console, if it opens (non-blocking: a helper never waits on it).
+    pub fn open() -> Self {
+        Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok())
+    }
+
+    /// Write one event line.
+    pub fn emit(&self, e: crate::event::Event) {
         if let Some(fd) = &self.0 {
             let mut line = e.into_line();
             line.push('\n');
@@ -121,7 +128,7 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
     if sys::close_all_but(&[conn_fd]).is_err() {
         return 1;
     }
-    let console = Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok());
+    let console = Console::open();
     // SAFETY: `conn_fd` is the connection's descriptor, open in this copy
     // of PID 1 and closed only when the helper exits.
     let conn = unsafe { BorrowedFd::borrow_raw(conn_fd) };
@@ -168,7 +175,8 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
             reply("error container stopped");
         }
         // The command goes on; its status is the container init's alone.
-        Waited::Hangup => console.emit(e.kv("lost", "client gone")),
+        // (No deadline was given: a timeout cannot come.)
+        Waited::Hangup | Waited::TimedOut => console.emit(e.kv("lost", "client gone")),
     }
     0
 }
