@@ -165,7 +165,10 @@ fn prune(
     let run = ctx.boot_with(&disk, opts, "prune.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
-    want(c.expect("volume.unused", &[])?, "names", "big,jail,small")?;
+    let unused = c.expect("volume.unused", &[])?;
+    let mut names: Vec<&str> = unused.get("names").unwrap_or_default().split(',').collect();
+    names.sort_unstable();
+    ensure!(names == ["big", "jail", "small"], "unused: {:?}", unused.fields);
     // Refused without the permission.
     want(c.expect("control.refused", &[("caller", "nosy"), ("request", "volume-prune")])?, "needs", "volumes")?;
     want(c.expect("ctl", &[("name", "nosy")])?, "reply", "error_not_permitted")?;
