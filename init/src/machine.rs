@@ -286,8 +286,8 @@ pub enum Answer {
         pid: Pid,
         /// The command.
         argv: Vec<Vec<u8>>,
-        /// Make its stdin its controlling terminal.
-        tty: bool,
+        /// `--tty`, `--env`, `--user`.
+        opts: crate::exec::Options,
     },
     /// Fork the installer on the bundle the request carries; it answers on
     /// the connection itself.
@@ -858,10 +858,10 @@ impl Machine {
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
             Request::Update => Answer::Update,
-            Request::Exec { name, argv, tty } => match unit(&name) {
+            Request::Exec { name, argv, opts } => match unit(&name) {
                 None => Answer::Reply(format!("error no container {name}")),
                 Some(unit) => match self.units.get(unit).map(|u| u.state) {
-                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, tty },
+                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, opts },
                     _ => Answer::Reply(format!("error {name} is not running")),
                 },
             },

@@ -875,7 +875,7 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
-            Answer::Exec { unit, pid, argv, tty } => (self.exec(&conn, unit, pid, &argv, tty), None),
+            Answer::Exec { unit, pid, argv, opts } => (self.exec(&conn, unit, pid, &argv, &opts), None),
             Answer::VolumePrune => match self.start_prune(&conn) {
                 // The helper answers on the connection from here on.
                 Ok(body) => {
@@ -911,11 +911,18 @@ impl Supervisor {
     }
 
     /// `exec`: fork the helper that serves it (crate::exec).
-    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>], tty: bool) -> String {
+    fn exec(
+        &self,
+        conn: &Conn,
+        unit: usize,
+        pid: libc::pid_t,
+        argv: &[Vec<u8>],
+        opts: &crate::exec::Options,
+    ) -> String {
         let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
         let Ok(spec) = &u.spec else { return "error it cannot start".into() };
         let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
-        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, tty)
+        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, opts)
     }
 
     /// `volume prune`: pick the volumes to delete (never one the manifest

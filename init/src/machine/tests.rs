@@ -1070,9 +1070,12 @@ fn exec_goes_to_a_running_container_only() {
     let x = pid(&m, 1);
     assert_eq!(
         m.answer(&web, "cairn/1 exec x -- /bin/echo a%20b", t, &mut fx),
-        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()], tty: false }
+        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()], opts: Default::default() }
     );
-    assert!(matches!(m.answer(&web, "cairn/1 exec x --tty -- sh", t, &mut fx), Answer::Exec { tty: true, .. }));
+    assert!(matches!(
+        m.answer(&web, "cairn/1 exec x --tty -- sh", t, &mut fx),
+        Answer::Exec { opts: crate::exec::Options { tty: true, .. }, .. }
+    ));
     assert_eq!(reply(m.answer(&web, "cairn/1 exec ghost -- sh", t, &mut fx)), "error no container ghost");
     assert_eq!(
         reply(m.answer(&web, "cairn/1 exec x -- a%00", t, &mut fx)),
