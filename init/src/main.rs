@@ -130,8 +130,10 @@ fn main() {
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it
-    // (a permission, or a health check to heartbeat for).
-    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0) || d.health.is_some());
+    // (a permission, or a heartbeat health check).
+    let offer = units.iter().any(|(_, d)| {
+        d.permissions != control::Permissions(0) || d.health.is_some_and(|h| h.form == health::Form::Heartbeat)
+    });
     let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {

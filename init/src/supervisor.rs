@@ -934,6 +934,11 @@ impl Supervisor {
         if let Some(pid) = self.pruner {
             return Err(format!("error busy: a prune is running (pid {pid})"));
         }
+        // A trial may roll back to a manifest that still names a volume
+        // this one does not: nothing is pruned until the trial is judged.
+        if self.trial.is_some() {
+            return Err("error busy: this boot is on trial (prune once it is committed)".into());
+        }
         let m = self
             .updater
             .as_ref()
