@@ -402,9 +402,9 @@ pub enum Permission {
     Lifecycle,
     /// `poweroff`, `reboot`.
     Power,
-    /// `exec` (reserved: no request uses it yet).
+    /// `exec`.
     Exec,
-    /// `update` (reserved: no request uses it yet).
+    /// `update`.
     Update,
     /// `volume prune`: delete the data of volumes the manifest no longer
     /// names (appended: existing manifests decode as before).

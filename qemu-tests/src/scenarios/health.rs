@@ -6,6 +6,14 @@
 //! way and is given up on. A container without a health check is refused
 //! its heartbeat; `cairn-ctl heartbeat` works for a container with a
 //! health check and no permissions; `ps` shows the health.
+//!
+//! Checks by command: `probed-ok`'s probe always exits 0 (healthy, never a
+//! failure); `probed-sick`'s passes while a file exists (4 s), then exits
+//! 1: unhealthy, restarted by its policy, the same again, given up on;
+//! `probed-hang`'s sleeps past its 1.5 s timeout three times in a row:
+//! each is killed (`reason=timeout`; a census of the container's pid
+//! namespace falls back to its count before the probe every time, so
+//! nothing is left behind), then the container is unhealthy and stopped.
 
 use anyhow::{ensure, Result};
 
@@ -142,14 +150,15 @@ fn commands(c: &Console, rows: &[&str]) -> Result<()> {
     let unhealthy = c.all("container.health", &[("name", "probed-sick"), ("to", "unhealthy")]);
     for (r, u) in removed.iter().zip(&unhealthy) {
         let after = t_ms(u) - r.num("t_ms").unwrap_or(i64::MAX);
-        ensure!((1000..=5000).contains(&after), "probed-sick unhealthy {after} ms after its file went");
+        // (Slack for a slow emulated board, where a probe takes a while.)
+        ensure!((1000..=8000).contains(&after), "probed-sick unhealthy {after} ms after its file went");
     }
     eprintln!("health: probed-sick {}", seen.join(" "));
     // Hangs: killed at the timeout, three times in a row, then unhealthy
     // and stopped (policy never).
     let hang: [(&str, &[(&str, &str)]); 8] = [
         ("container.health", &[("from", "none"), ("to", "starting")]),
-        ("container.probe-failed", &[("reason", "timeout"), ("timeout_ms", "500")]),
+        ("container.probe-failed", &[("reason", "timeout"), ("timeout_ms", "1500")]),
         ("container.probe-failed", &[("reason", "timeout")]),
         ("container.probe-failed", &[("reason", "timeout")]),
         ("container.health", &[("from", "starting"), ("to", "unhealthy"), ("failures", "3")]),
