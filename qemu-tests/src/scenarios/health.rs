@@ -91,7 +91,6 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("name={name}_"))).copied().unwrap_or("");
     ensure!(row("beater").ends_with("_health=healthy"), "ps: {rows:?}");
     ensure!(row("plain").ends_with("_health=-"), "ps: {rows:?}");
-    ensure!(row("probed-hang").ends_with("_health=starting"), "ps: {rows:?}");
     eprintln!("health: {}", seen.join(" "));
     commands(c, &rows)?;
     Ok(())
@@ -116,7 +115,10 @@ fn story(c: &Console, name: &str, want: &[(&str, &[(&str, &str)])]) -> Result<Ve
 
 /// Health checks by command.
 fn commands(c: &Console, rows: &[&str]) -> Result<()> {
-    let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("name={name}_"))).copied().unwrap_or("");
+    // The second `ps` (the rows of the first come first).
+    let row = |name: &str| rows.iter().rfind(|r| r.starts_with(&format!("name={name}_"))).copied().unwrap_or("");
+    ensure!(rows.iter().filter(|r| r.starts_with("name=probed-ok_")).count() == 2, "ps: {rows:?}");
+    ensure!(row("probed-hang").ends_with("_health=starting"), "ps: {rows:?}");
     // Passes every time: healthy, and nothing failed.
     c.expect("container.health", &[("name", "probed-ok"), ("from", "starting"), ("to", "healthy")])?;
     ensure!(c.all("container.health", &[("name", "probed-ok")]).len() == 2, "probed-ok flapped");
