@@ -38,6 +38,8 @@ mod watchdog;
 mod volumes;
 // Health checks (issue 14 item 2).
 mod health;
+// Health checks by command: the probe's helper.
+mod probe;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -138,8 +140,10 @@ fn main() {
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it
-    // (a permission, or a health check to heartbeat for).
-    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0) || d.health.is_some());
+    // (a permission, or a heartbeat health check).
+    let offer = units.iter().any(|(_, d)| {
+        d.permissions != control::Permissions(0) || d.health.is_some_and(|h| h.form == health::Form::Heartbeat)
+    });
     let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -219,7 +223,10 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 .and_then(|s| volumes::attach(s, c, &ready))
                 .and_then(|s| networks::attach(s, m, c, &bridges))
                 .map_err(Into::into);
-            let unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
+            let mut unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
+            if let Some(h @ manifest::HealthCheck { probe: manifest::HealthProbe::Command(argv), .. }) = &c.health {
+                unit = unit.with_probe(argv, std::time::Duration::from_millis(h.timeout_ms.into()));
+            }
             let desc = UnitDesc {
                 name: c.name.as_str().into(),
                 deps: c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect(),
