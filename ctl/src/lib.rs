@@ -50,7 +50,8 @@ commands:
   exec [-t] [-e KEY=VAL]... [-u UID[:GID]] NAME -- CMD [ARG...]
                    (exits with CMD's code; 125 if it could not run; -t: a
                     pseudo-terminal, relayed; -e: an environment entry; -u:
-                    run as these ids, GID the entrypoint's if not given)";
+                    run as these ids, GID the entrypoint's if not given)
+  shell            (one command per line from stdin: the development console)";
 
 /// `exec`'s options and container name (the words between `exec` and `--`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -278,6 +279,49 @@ pub fn human_bytes(v: &str) -> String {
     }
 }
 
+/// One line of `cairn-ctl shell` as words: split at blanks; `'...'` and
+/// `"..."` quote (no escapes inside single quotes), `\` escapes the next
+/// character outside them.
+pub fn split_line(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated '".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => w.push(chars.next().ok_or("a \\ at the end of the line")?),
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated \"".into()),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next().ok_or("a \\ at the end of the line")?),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 /// `ps` body as a table for people.
 pub fn ps_table(body: &str) -> String {
     let cols = [
@@ -439,6 +483,17 @@ mod tests {
         );
         assert_eq!(stream_line("12.000 hi \"x\"", true), r#"{"line":"12.000 hi \"x\""}"#);
         assert_eq!(stream_line("cairn/1 lost 3", false), "-- 3 lines lost --");
+        let w = |l: &str| split_line(l).unwrap();
+        assert_eq!(w("  ps \n"), ["ps"]);
+        assert_eq!(
+            w("exec app -- sh -c 'echo a  b' \"x y\"z a\\ b"),
+            ["exec", "app", "--", "sh", "-c", "echo a  b", "x yz", "a b"]
+        );
+        assert_eq!(w("''"), [""]);
+        assert_eq!(w(""), Vec::<String>::new());
+        assert!(split_line("logs 'app").is_err());
+        assert!(split_line("logs \"app").is_err());
+        assert!(split_line("logs app\\").is_err());
         assert_eq!(json_string("a\u{1}"), "\"a\\u0001\"");
         assert_eq!(stream_end("cairn/1 end"), Some(Ok("")));
         assert_eq!(stream_end("cairn/1 end staged slot=b effect=reboot"), Some(Ok("staged slot=b effect=reboot")));

@@ -12,6 +12,9 @@ use cairn_ctl::{parse_args, ps_json, ps_table, split_reply, stream_end, stream_l
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "shell") && args.len() == 1 {
+        std::process::exit(shell());
+    }
     let cmd = match parse_args(&args, std::env::var("CAIRN_CONTROL").ok()) {
         Ok(c) => c,
         Err(usage) => {
@@ -20,6 +23,54 @@ fn main() {
         }
     };
     std::process::exit(run(&cmd));
+}
+
+/// `cairn-ctl shell`: one command per line from stdin (the development
+/// console, `cairn.console=ctl`), each run as `cairn-ctl WORDS...`; a
+/// command that fails prints its code and the shell goes on. Ends at
+/// `exit` or end of input.
+fn shell() -> i32 {
+    println!("cairn-ctl shell: one command per line ('help' lists them, 'exit' ends)");
+    let stdin = std::io::stdin();
+    loop {
+        print!("cairn> ");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        match stdin.read_line(&mut line) {
+            Ok(0) => return 0,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cairn-ctl: reading the console: {e}");
+                return 2;
+            }
+        }
+        let words = match cairn_ctl::split_line(&line) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("cairn-ctl: {e}");
+                continue;
+            }
+        };
+        match words.first().map(String::as_str) {
+            None => continue,
+            Some("exit" | "quit") => return 0,
+            Some("help") => {
+                println!("{}", cairn_ctl::USAGE);
+                continue;
+            }
+            Some(_) => {}
+        }
+        let code = match parse_args(&words, std::env::var("CAIRN_CONTROL").ok()) {
+            Ok(cmd) => run(&cmd),
+            Err(usage) => {
+                eprintln!("{usage}");
+                2
+            }
+        };
+        if code != 0 {
+            println!("[exit {code}]");
+        }
+    }
 }
 
 fn run(cmd: &Command) -> i32 {

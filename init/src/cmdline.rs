@@ -29,6 +29,9 @@ pub struct Cmdline {
     /// names the new boot entry (a power cut lands there).
     #[cfg(feature = "test-hooks")]
     pub test_hang: Option<TestHang>,
+    /// `cairn.console=ctl`: a `cairn-ctl shell` session on the console
+    /// (honoured by development builds only: `crate::console`).
+    pub console_ctl: bool,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
     pub ignored: Vec<String>,
 }
@@ -77,6 +80,7 @@ impl Default for Cmdline {
             watchdog_device: DEFAULT_WATCHDOG_DEVICE.to_owned(),
             #[cfg(feature = "test-hooks")]
             test_hang: None,
+            console_ctl: false,
             ignored: Vec::new(),
         }
     }
@@ -97,6 +101,7 @@ pub fn parse(text: &str) -> Cmdline {
             ("cairn.watchdog", _, _) if value == "off" => c.watchdog = Watchdog::Off,
             ("cairn.watchdog", Ok(v @ 1..=65_535), _) => c.watchdog = Watchdog::Seconds(v),
             ("cairn.watchdog_device", _, _) if watchdog_device(value) => c.watchdog_device = value.to_owned(),
+            ("cairn.console", _, _) if value == "ctl" => c.console_ctl = true,
             #[cfg(feature = "test-hooks")]
             ("cairn.test.hang", _, _) if value == "supervisor" => c.test_hang = Some(TestHang::Supervisor),
             #[cfg(feature = "test-hooks")]

@@ -12,6 +12,7 @@
 mod boot;
 mod bootslot;
 mod cmdline;
+mod console;
 mod control;
 mod dm;
 mod early;
@@ -164,6 +165,9 @@ fn main() {
     }
     if let Some(pid) = installer {
         sup.watch_installer(pid);
+    }
+    if console::allowed(cmdline.console_ctl) {
+        sup.open_console();
     }
     // The device's addresses, as a host-network container sets them.
     match netwatch::Watch::open() {

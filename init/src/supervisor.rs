@@ -401,6 +401,8 @@ pub struct Supervisor {
     trial: Option<Trial>,
     /// The update installer's pid while it runs.
     installer: Option<libc::pid_t>,
+    /// The development console's session (`cairn.console=ctl`).
+    console: Option<crate::console::Session>,
     /// What an `update` request's installer needs (a boot that verified a
     /// manifest).
     updater: Option<crate::install::Updater>,
@@ -444,6 +446,7 @@ impl Supervisor {
             addresses: None,
             trial: None,
             installer: None,
+            console: None,
             updater: None,
             pruner: None,
         }
@@ -556,6 +559,7 @@ impl Supervisor {
             self.assess(Instant::now());
             let timeout = earliest(poll_timeout(self.machine.next_deadline()), self.control_timeout());
             let timeout = earliest(timeout, crate::watchdog::poll_ms()); // watchdog: wake to pet
+            let timeout = earliest(timeout, poll_timeout(self.console.as_ref().and_then(|c| c.due)));
             self.wait(earliest(timeout, poll_timeout(self.trial_deadline())));
             self.machine.fire(Instant::now(), &mut self.io);
             self.assess(Instant::now());
@@ -565,6 +569,9 @@ impl Supervisor {
             }
             self.fire_control_timers();
             self.pump_streams();
+            if let Some(c) = self.console.as_mut().filter(|_| !self.machine.shutting_down()) {
+                c.tend(Instant::now());
+            }
         }
     }
 
@@ -583,6 +590,12 @@ impl Supervisor {
         self.updater = Some(u);
     }
 
+    /// Keep a `cairn-ctl shell` session on the console (a development
+    /// build's `cairn.console=ctl`): started now, again after it ends.
+    pub fn open_console(&mut self) {
+        self.console = Some(crate::console::Session::new());
+    }
+
     /// Watch the forked update installer: a staged update reboots into
     /// its trial.
     pub fn watch_installer(&mut self, pid: libc::pid_t) {
@@ -591,6 +604,9 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
         if crate::exec::reaped(pid) {
+            return;
+        }
+        if self.console.as_mut().is_some_and(|c| c.reaped(pid, Instant::now())) {
             return;
         }
         if self.pruner == Some(pid) {

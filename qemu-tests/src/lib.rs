@@ -170,7 +170,7 @@ impl Ctx<'_> {
         stop: &dyn Fn(&console::Console) -> bool,
     ) -> Result<Run> {
         let cmd = qemu::command_with(self.board, &self.art.boot, disk, opts);
-        qemu::capture(cmd, &self.dir.join(log), timeout, stop)
+        qemu::capture_typing(cmd, &self.dir.join(log), timeout, stop, opts.typing)
     }
 }
 

@@ -59,6 +59,10 @@ pub struct BootOptions<'a> {
     /// A virtio NIC on QEMU's user-mode network: the guest reaches the
     /// host's loopback as 10.0.2.2 (and nothing else the tests use).
     pub net: bool,
+    /// Typed on the serial console, in order: each `(after, text)` sends
+    /// `text` once a console line contains `after` (the development
+    /// console's session, say).
+    pub typing: &'a [(&'a str, &'a str)],
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -209,13 +213,24 @@ pub struct Run {
 /// Boot with the console captured. Stops when QEMU exits, when `stop`
 /// returns true for the console so far, or at `timeout`. The raw console is
 /// written to `log`.
-pub fn capture(mut cmd: Command, log: &Path, timeout: Duration, stop: &dyn Fn(&Console) -> bool) -> Result<Run> {
-    cmd.args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub fn capture(cmd: Command, log: &Path, timeout: Duration, stop: &dyn Fn(&Console) -> bool) -> Result<Run> {
+    capture_typing(cmd, log, timeout, stop, &[])
+}
+
+/// [`capture`], typing on the console as [`BootOptions::typing`] says.
+pub fn capture_typing(
+    mut cmd: Command,
+    log: &Path,
+    timeout: Duration,
+    stop: &dyn Fn(&Console) -> bool,
+    typing: &[(&str, &str)],
+) -> Result<Run> {
+    let input = if typing.is_empty() { Stdio::null() } else { Stdio::piped() };
+    cmd.args(["-serial", "stdio", "-monitor", "none"]).stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut keyboard = child.stdin.take();
+    let mut typed = 0;
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().context("qemu stdout")?;
     let err = child.stderr.take().context("qemu stderr")?;
@@ -242,6 +257,12 @@ pub fn capture(mut cmd: Command, log: &Path, timeout: Duration, stop: &dyn Fn(&C
         match rx.recv_timeout(left.min(Duration::from_millis(50))) {
             Ok(line) => {
                 let _ = logf.write_all(line.as_bytes());
+                if let (Some((after, text)), Some(k)) = (typing.get(typed), keyboard.as_mut()) {
+                    if line.contains(after) {
+                        typed += 1;
+                        let _ = k.write_all(text.as_bytes()).and_then(|()| k.flush());
+                    }
+                }
                 console.push(&line);
                 if stop(&console) {
                     break Ending::Stopped;

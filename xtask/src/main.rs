@@ -256,7 +256,11 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
     let initramfs = dir.join("initramfs.cpio.gz");
     let init = out.join("cairn-init");
     // The init holds no key and no product: the initramfs carries them.
-    let trust = initramfs::Trust::new(vec![key.verifying_key().to_bytes()], DEV_COMPATIBLE)?;
+    // A development build: it honours `cairn.console=ctl`.
+    let trust = initramfs::Trust {
+        development: true,
+        ..initramfs::Trust::new(vec![key.verifying_key().to_bytes()], DEV_COMPATIBLE)?
+    };
     initramfs::write(&init, &kernel.modules, &trust, &initramfs)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(

@@ -18,7 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cairn_format::envelope::PublicKey;
-use cairn_format::trust::{self, TrustError, PRODUCT_PATH, TRUSTED_KEYS_PATH};
+use cairn_format::trust::{self, TrustError, DEVELOPMENT_PATH, PRODUCT_PATH, TRUSTED_KEYS_PATH};
 
 use crate::cpio::{self, CpioBuilder};
 
@@ -31,12 +31,15 @@ pub struct Trust {
     /// The product's compatibility string: a manifest's `compatible` must
     /// equal it.
     pub product: String,
+    /// A development build ([`DEVELOPMENT_PATH`]): the device honours
+    /// development switches (`cairn.console=ctl`). Never for a product.
+    pub development: bool,
 }
 
 impl Trust {
     /// Trust data, checked by the rules the device reads it with.
     pub fn new(keys: Vec<PublicKey>, product: impl Into<String>) -> Result<Self, InitramfsError> {
-        let t = Self { keys, product: product.into() };
+        let t = Self { keys, product: product.into(), development: false };
         t.files()?;
         Ok(t)
     }
@@ -127,6 +130,10 @@ fn archive(init_binary: &Path, modules: &[PathBuf], trust: Option<&Trust>) -> Re
         c.dir("etc/cairn", 0o755);
         c.file(TRUSTED_KEYS_PATH, 0o644, keys.as_bytes());
         c.file(PRODUCT_PATH, 0o644, product.as_bytes());
+        if trust.is_some_and(|t| t.development) {
+            let text = "a development build: cairn.console=ctl is honoured; never ship it\n";
+            c.file(DEVELOPMENT_PATH, 0o644, text.as_bytes());
+        }
     }
     Ok(cpio::gzip(&c.finish()))
 }
@@ -180,7 +187,7 @@ pub fn read_trust(initramfs: &[u8]) -> Result<Option<Trust>, InitramfsError> {
     };
     let keys = trust::parse_trusted_keys(keys).map_err(|e| InitramfsError::Trust(TRUSTED_KEYS_PATH, e))?;
     let product = trust::parse_product(product).map_err(|e| InitramfsError::Trust(PRODUCT_PATH, e))?;
-    Ok(Some(Trust { keys, product }))
+    Ok(Some(Trust { keys, product, development: at(DEVELOPMENT_PATH).is_some() }))
 }
 
 #[cfg(test)]
@@ -211,7 +218,12 @@ mod tests {
         assert_eq!(f["etc/cairn/product"], b"cairn-qemu-dev\n");
         let keys = String::from_utf8(f["etc/cairn/trusted-keys"].clone()).unwrap();
         assert_eq!(keys.lines().count(), 2);
-        assert_eq!(read_trust(&bytes).unwrap(), Some(trust));
+        assert_eq!(read_trust(&bytes).unwrap(), Some(trust.clone()));
+        assert!(!f.contains_key("etc/cairn/development"), "a product build is no development build");
+        let dev = Trust { development: true, ..trust };
+        let bytes = build(&init, &modules, &dev).unwrap();
+        assert!(files(&bytes).unwrap().contains_key("etc/cairn/development"));
+        assert_eq!(read_trust(&bytes).unwrap(), Some(dev));
     }
 
     #[test]
@@ -252,7 +264,7 @@ mod tests {
         // A struct built by hand is checked when written.
         let d = tempfile::tempdir().unwrap();
         let (init, modules) = inputs(d.path());
-        let bad = Trust { keys: vec![key(1)], product: String::new() };
+        let bad = Trust { keys: vec![key(1)], product: String::new(), development: false };
         assert!(matches!(build(&init, &modules, &bad), Err(InitramfsError::Trust(PRODUCT_PATH, _))));
     }
 

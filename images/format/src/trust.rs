@@ -32,6 +32,11 @@ use crate::manifest::is_valid_compatible;
 pub const TRUSTED_KEYS_PATH: &str = "/etc/cairn/trusted-keys";
 /// Where the product's compatibility string is, in the initramfs.
 pub const PRODUCT_PATH: &str = "/etc/cairn/product";
+/// Present only in a development build's initramfs: the device then
+/// honours switches production images refuse (`cairn.console=ctl`). Its
+/// integrity is the slot's, like the trust data's: with Secure Boot, a
+/// production image cannot gain it without the vendor's signature.
+pub const DEVELOPMENT_PATH: &str = "/etc/cairn/development";
 /// Most keys a device trusts.
 pub const MAX_TRUSTED_KEYS: usize = 16;
 /// Largest trust file read (a full key file with comments fits).

@@ -4,6 +4,7 @@ mod bad_signature;
 mod boot_demo;
 mod boot_disk;
 mod cli_disk;
+mod dev_console;
 // console and control socket area
 mod console_abuse;
 mod corrupt_layer;
@@ -130,6 +131,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "health-gate", run: health_gate::run },
         // Exec into a running container (issue 14 item 4).
         Scenario { name: "exec", run: exec::run },
+        // The development console (issue 14 item 6).
+        Scenario { name: "dev-console", run: dev_console::run },
     ]
 }
 
