@@ -154,7 +154,11 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) {
                     refused += 1;
                 }
-                last = errno_of(&e).to_string();
+                // connect_timeout's own timeout carries no errno.
+                last = match e.kind() {
+                    std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => "ETIMEDOUT".into(),
+                    _ => errno_of(&e).to_string(),
+                };
             }
         }
         sys::sleep_ms(100);
@@ -164,6 +168,49 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
         V(&netns())
     );
     0
+}
+
+/// `net-get <host> <port> <ms>`: `GET /` over HTTP/1.0 from host:port
+/// (an address), retrying every 200 ms for up to ms milliseconds (the
+/// device's uplink may come up after this container):
+/// `event=net-get result=ok status=<code> bytes=<body bytes> attempts=N`,
+/// exit 0; or `event=net-get result=<ENAME> attempts=N`, exit 1.
+pub fn get(host: &str, port: u16, ms: u64) -> i32 {
+    let Ok(ip) = host.parse::<Ipv4Addr>() else {
+        say!("event=net-get result=bad-host attempts=0");
+        return 1;
+    };
+    let at = SocketAddrV4::new(ip, port).into();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let got = TcpStream::connect_timeout(&at, Duration::from_millis(1000)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
+            let mut all = Vec::new();
+            s.read_to_end(&mut all)?;
+            Ok(all)
+        });
+        match got {
+            Ok(all) => {
+                let text = String::from_utf8_lossy(&all);
+                let status = text.split_whitespace().nth(1).unwrap_or("-").to_string();
+                let body = text.find("\r\n\r\n").map_or(0, |i| all.len() - i - 4);
+                say!("event=net-get result=ok status={} bytes={body} attempts={attempts}", V(&status));
+                return 0;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                let name = match e.kind() {
+                    std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => "ETIMEDOUT".to_string(),
+                    _ => errno_of(&e).to_string(),
+                };
+                say!("event=net-get result={name} attempts={attempts}");
+                return 1;
+            }
+            Err(_) => sys::sleep_ms(200),
+        }
+    }
 }
 
 /// An `ifreq` for `iface` with `data` at the union (offset 16).

@@ -178,7 +178,10 @@ pub fn run(
     log_dir: &Path,
 ) -> Result<(Vec<Group>, Facts)> {
     let initramfs = build_guest(b, modules, log_dir)?;
-    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}"));
+    // CAIRN_BENCH_ONLY=a,b runs only those contenders (e.g.
+    // `cairn,cairn-bridge,cairn-egress` for the cost of a bridge).
+    let only = std::env::var("CAIRN_BENCH_ONLY").map(|o| format!(" cairn.bench.only={o}")).unwrap_or_default();
+    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}{only}"));
     let log = log_dir.join("container-start.log");
     eprintln!("xtask: bench start: booting the bench guest, {n} samples per contender (console: {})", log.display());
     // runc takes about 2 s a start under TCG; leave room for all four.
