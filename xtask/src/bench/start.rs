@@ -264,7 +264,27 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
             "cgroup rows: Cgroup::create with the bench limits and the default device program, as spawn() does".into(),
         ],
     };
-    vec![start, detail, parts]
+    let mut out = vec![start, detail, parts];
+    // Joining a bridge (run with CAIRN_BENCH_ONLY=cairn,cairn-bridge,cairn-egress).
+    if !ms("cairn-bridge", "exec").is_empty() {
+        out.push(Group {
+            name: "container-start-bridge".into(),
+            title: "start requested -> entrypoint executed: no network, on a bridge, on a network with egress".into(),
+            unit: "ms".into(),
+            rows: vec![
+                Row::new("cairn (network none)", ms("cairn", "exec")),
+                Row::new("cairn-bridge", ms("cairn-bridge", "exec")),
+                Row::new("cairn-egress", ms("cairn-egress", "exec")),
+            ],
+            subject: None,
+            notes: vec![
+                "cairn-bridge: a veth pair into cairn-br0 made by the runtime, eth0 addressed by the child".into(),
+                "cairn-egress: the same plus the child's default route through the bridge's 10.89.3.1 (rtnetlink)"
+                    .into(),
+            ],
+        });
+    }
+    out
 }
 
 /// Per-step costs (ms) from the prefix times (µs) of the steps run: the
