@@ -210,3 +210,77 @@ pub fn attach(mut spec: ContainerSpec, m: &Manifest, c: &Container, ready: &Read
     }
     Ok(spec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_format::manifest as m;
+    use cairn_format::network::{Attachment, NetworkDef, Publish, Subnet};
+
+    fn manifest() -> Manifest {
+        let net = |name: &str, subnet: &str, egress| NetworkDef {
+            name: name.into(),
+            subnet: Subnet::parse(subnet).unwrap_or_else(|| panic!("{subnet}")),
+            egress,
+        };
+        let mut c = crate::resolve::tests::container();
+        c.network = m::Network::None;
+        c.networks = vec![
+            Attachment { network: "inner".into(), address: [10, 89, 1, 2] },
+            Attachment { network: "out".into(), address: [10, 89, 3, 5] },
+            Attachment { network: "out2".into(), address: [10, 89, 4, 6] },
+        ];
+        c.publish = vec![Publish::parse("8443:443/tcp").unwrap(), Publish::parse("53:5353/udp").unwrap()];
+        m::Manifest {
+            appliance: "t".into(),
+            version: 1,
+            compatible: "t".into(),
+            layer_check: Default::default(),
+            layers: Vec::new(),
+            containers: vec![c],
+            update: m::UpdatePolicy::for_version(1),
+            volumes: Vec::new(),
+            networks: vec![
+                net("inner", "10.89.1.0/24", false),
+                net("out", "10.89.3.0/24", true),
+                net("out2", "10.89.4.0/24", true),
+            ],
+        }
+    }
+
+    #[test]
+    fn published_ports_and_the_default_route_go_through_the_first_network_with_egress() {
+        let m = manifest();
+        network::check(&m, |p| panic!("{p}"));
+        let (nets, published) = plan(&m);
+        let bridges: Vec<(&str, bool)> = nets.iter().map(|n| (n.bridge.as_str(), n.egress)).collect();
+        assert_eq!(bridges, [("cairn-br0", false), ("cairn-br1", true), ("cairn-br2", true)]);
+        assert_eq!((nets[1].subnet, nets[1].prefix), ([10, 89, 3, 0], 24));
+        assert_eq!(
+            published,
+            [
+                nftables::Published { proto: 6, host_port: 8443, addr: [10, 89, 3, 5], port: 443 },
+                nftables::Published { proto: 17, host_port: 53, addr: [10, 89, 3, 5], port: 5353 },
+            ]
+        );
+
+        let c = &m.containers[0];
+        let spec =
+            crate::resolve::container_spec(c, |l| Some(format!("/l/{l}")), |_| Some("/dev/null".into())).unwrap();
+        let ready: Ready = m.networks.iter().map(|n| n.name.clone()).collect();
+        let spec = attach(spec, &m, c, &ready).unwrap();
+        let got: Vec<(&str, &str, Option<[u8; 4]>)> =
+            spec.networks.iter().map(|a| (a.bridge.as_str(), a.iface.as_str(), a.gateway)).collect();
+        assert_eq!(
+            got,
+            [("cairn-br0", "eth0", None), ("cairn-br1", "eth1", Some([10, 89, 3, 1])), ("cairn-br2", "eth2", None)],
+            "one default route, through the first network with egress"
+        );
+        // A network whose bridge (or firewall) failed keeps the container out.
+        let mut partial = ready.clone();
+        partial.remove("out");
+        let spec =
+            crate::resolve::container_spec(c, |l| Some(format!("/l/{l}")), |_| Some("/dev/null".into())).unwrap();
+        assert_eq!(attach(spec, &m, c, &partial).err(), Some(SpecError::NetworkUnavailable("out".into())));
+    }
+}
