@@ -59,10 +59,11 @@ pub struct BootOptions<'a> {
     /// A virtio NIC on QEMU's user-mode network: the guest reaches the
     /// host's loopback as 10.0.2.2 (and nothing else the tests use).
     pub net: bool,
-    /// With `net`: `(HOST, GUEST)` TCP ports forwarded from the host's
-    /// 127.0.0.1:HOST (bound to loopback only) to the guest's GUEST port
-    /// (QEMU's `hostfwd`; the guest sees the connection come from 10.0.2.2).
-    pub hostfwd: &'a [(u16, u16)],
+    /// With `net`: `(PROTO, HOST, GUEST)` ports (`"tcp"` or `"udp"`)
+    /// forwarded from the host's 127.0.0.1:HOST (bound to loopback only)
+    /// to the guest's GUEST port (QEMU's `hostfwd`; the guest sees the
+    /// traffic come from 10.0.2.2).
+    pub hostfwd: &'a [(&'a str, u16, u16)],
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -184,8 +185,8 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
     if opts.net {
         // No option ROM: the firmware boots the disk, never the network.
         let mut netdev = String::from("user,id=net0");
-        for (host, guest) in opts.hostfwd {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        for (proto, host, guest) in opts.hostfwd {
+            netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{host}-:{guest}"));
         }
         c.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
     }

@@ -213,6 +213,35 @@ pub fn get(host: &str, port: u16, ms: u64) -> i32 {
     }
 }
 
+/// `net-udp <port> <ms>`: bind UDP 0.0.0.0:port
+/// (`event=net-udp-listening port=P`), wait up to ms for one datagram,
+/// answer `pong` to its sender: `event=net-udp-got msg=M`, exit 0; or
+/// `event=net-udp-got result=<ENAME>`, exit 1.
+pub fn udp(port: u16, ms: u64) -> i32 {
+    let sock = match std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("event=net-udp-got result={}", errno_of(&e));
+            return 1;
+        }
+    };
+    say!("event=net-udp-listening port={port}");
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(ms.max(1))));
+    let mut buf = [0u8; 64];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            let _ = sock.send_to(b"pong", from);
+            let msg = String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned();
+            say!("event=net-udp-got msg={}", V(msg.trim()));
+            0
+        }
+        Err(e) => {
+            say!("event=net-udp-got result={}", errno_of(&e));
+            1
+        }
+    }
+}
+
 /// An `ifreq` for `iface` with `data` at the union (offset 16).
 fn ifreq(iface: &str, data: &[u8]) -> [u8; 40] {
     let mut r = [0u8; 40];

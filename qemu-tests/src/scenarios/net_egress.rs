@@ -4,7 +4,7 @@
 //! server (127.0.0.1 on the host, 10.0.2.2 from the guest) through the
 //! device's masquerade; the harness connects to 127.0.0.1:P (QEMU's
 //! `hostfwd`, bound to loopback) and reaches web through the device's
-//! published port 18080 (DNAT). What must not work, each probed while its
+//! published TCP port 18080 (DNAT), and dns through UDP 15353. What must not work, each probed while its
 //! target listens: a container on an internal network reaching out (no
 //! route: ENETUNREACH), a container on another network with egress
 //! reaching web (forward drop: ETIMEDOUT), and containers reaching the
@@ -13,7 +13,7 @@
 //! reaches through the uplink.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,27 @@ use crate::Ctx;
 /// A free port of 127.0.0.1 (bound, read, released).
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free UDP port of 127.0.0.1.
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Send `hello` to 127.0.0.1:`port` over UDP until an answer comes (up
+/// to 30 s: a datagram sent before the guest is ready is lost).
+fn exchange_udp(port: u16) -> String {
+    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else { return "no socket".into() };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 16];
+    while Instant::now() < deadline {
+        let _ = sock.send_to(b"hello", ("127.0.0.1", port));
+        if let Ok(n) = sock.recv(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    "no answer".into()
 }
 
 /// Connect to 127.0.0.1:`port`, send `hello`, read the answer; retried
@@ -58,7 +79,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let body = ctx.dir.join("hello.txt");
     std::fs::write(&body, b"hello from the harness\n")?;
     let server = Server::start(body, Vec::new())?;
-    let (web_port, dev_port) = (free_port()?, free_port()?);
+    let (web_port, dev_port, dns_port) = (free_port()?, free_port()?, free_udp_port()?);
     let apps = crate::appliances_dir();
     let toml = std::fs::read_to_string(apps.join("net-egress.toml"))?
         .replace("\"../../images/examples/base\"", &format!("{:?}", apps.join("../../images/examples/base")))
@@ -80,13 +101,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let started: Mutex<Vec<&'static str>> = Mutex::default();
     let watch = |c: &Console| {
         let up = c.first("net-up", &[("iface", "eth0")]).is_some();
-        for (name, port) in [("web", web_port), ("devsvc", dev_port)] {
+        for (name, port, udp) in [("web", web_port, false), ("devsvc", dev_port, false), ("dns", dns_port, true)] {
             let Ok(mut s) = started.lock() else { continue };
-            if up && !s.contains(&name) && c.first("net-listening", &[("name", name)]).is_some() {
+            let listening = if udp { "net-udp-listening" } else { "net-listening" };
+            if up && !s.contains(&name) && c.first(listening, &[("name", name)]).is_some() {
                 s.push(name);
                 let r = replies.clone();
                 std::thread::spawn(move || {
-                    let reply = exchange(port);
+                    let reply = if udp { exchange_udp(port) } else { exchange(port) };
                     if let Ok(mut v) = r.lock() {
                         v.push((name, reply));
                     }
@@ -95,7 +117,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
         false
     };
-    let fwd = [(web_port, 18080), (dev_port, 7070)];
+    let fwd = [("tcp", web_port, 18080), ("tcp", dev_port, 7070), ("udp", dns_port, 15353)];
     let opts = BootOptions { net: true, hostfwd: &fwd, ..BootOptions::default() };
     let run = ctx.boot_with(&disk, &opts, "console.log", BOOT_TIMEOUT, &watch)?;
     powered_off(&run)?;
@@ -103,13 +125,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     // The firewall, only the egress networks with the device's address.
     let fw = c.expect("network.firewall", &[("table", "cairn")])?;
-    ensure!(fw.get("published") == Some("1"), "{:?}", fw.fields);
+    ensure!(fw.get("published") == Some("2"), "{:?}", fw.fields);
     eprintln!("net-egress: firewall {:?}", fw.fields);
     c.expect("network.ready", &[("name", "out"), ("bridge", "cairn-br0"), ("egress", "10.89.3.1/24")])?;
     c.expect("network.ready", &[("name", "other"), ("bridge", "cairn-br1"), ("egress", "10.89.4.1/24")])?;
     let inner = c.expect("network.ready", &[("name", "inner"), ("bridge", "cairn-br2")])?;
     ensure!(inner.get("egress").is_none(), "an internal network got an address: {:?}", inner.fields);
     c.expect("network.publish", &[("container", "web"), ("port", "18080/tcp"), ("to", "10.89.3.10:8080")])?;
+    c.expect("network.publish", &[("container", "dns"), ("port", "15353/udp")])?;
     for m in ["nf_tables.ko", "nf_nat.ko", "nft_masq.ko"] {
         c.expect("module.loaded", &[("name", m)])?;
     }
@@ -125,6 +148,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let reply = |name: &str| replies.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone());
     ensure!(reply("web").as_deref() == Some("pong"), "harness -> 18080 -> web: {:?}", reply("web"));
     c.expect("net-accepted", &[("name", "web"), ("msg", "hello")])?;
+    ensure!(reply("dns").as_deref() == Some("pong"), "harness -> udp 15353 -> dns: {:?}", reply("dns"));
+    c.expect("net-udp-got", &[("name", "dns"), ("msg", "hello")])?;
     // The device's own service answers the harness over the uplink.
     ensure!(reply("devsvc").as_deref() == Some("pong"), "harness -> device:7070: {:?}", reply("devsvc"));
     c.expect("net-accepted", &[("name", "devsvc"), ("msg", "hello")])?;
@@ -152,7 +177,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     probe("neighbour", "ETIMEDOUT", "web")?;
     probe("nosy", "ETIMEDOUT", "devsvc")?;
     probe("nosy-uplink", "ETIMEDOUT", "devsvc")?;
-    for name in ["fetch", "web", "devsvc", "sealed", "neighbour", "nosy", "nosy-uplink"] {
+    for name in ["fetch", "web", "dns", "devsvc", "sealed", "neighbour", "nosy", "nosy-uplink"] {
         let e = c.expect("container.exited", &[("name", name)])?;
         ensure!(e.get("code") == Some("0"), "{name} exited {:?}", e.fields);
     }
