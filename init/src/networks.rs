@@ -140,7 +140,11 @@ fn firewall(m: &Manifest) -> Result<(), FirewallError> {
     let (nets, published) = plan(m);
     let batch = nftables::ruleset(&nets, &published);
     let messages = batch.len();
-    Nft::open().and_then(|n| n.apply(batch)).map_err(FirewallError::Rules)?;
+    let nft = Nft::open().map_err(FirewallError::Rules)?;
+    nft.apply(batch).map_err(FirewallError::Rules)?;
+    // The table is owned by this socket (nobody else may change it) and
+    // would go with it: it stays open.
+    nft.keep_forever();
     // Forwarding only once the forward chain drops what is not allowed.
     let path = "/proc/sys/net/ipv4/ip_forward";
     std::fs::write(path, b"1").map_err(|e| {

@@ -43,6 +43,11 @@ const NESTED: u16 = 0x8000;
 pub const FAMILY_IP: u8 = 2;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+/// NFT_TABLE_F_OWNER: the table belongs to the socket that made it; no
+/// other socket may change or delete it, and it goes when that socket
+/// closes.
+const NFT_TABLE_F_OWNER: u32 = 0x2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -274,9 +279,15 @@ impl Batch {
         self.seqs.push(seq);
     }
 
-    /// `nft create table ip NAME` (refused if it exists).
-    pub fn table(&mut self, name: &str) {
-        self.push(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, |b| b.str(NFTA_TABLE_NAME, name));
+    /// `nft create table ip NAME` (refused if it exists), owned by the
+    /// socket that sends it if `owned` (`flags owner`).
+    pub fn table(&mut self, name: &str, owned: bool) {
+        self.push(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, |b| {
+            b.str(NFTA_TABLE_NAME, name);
+            if owned {
+                b.be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+            }
+        });
     }
 
     /// `nft add chain ip TABLE NAME { type KIND hook HOOK priority PRIO;
@@ -472,7 +483,10 @@ pub struct Published {
 pub fn ruleset(nets: &[Net], published: &[Published]) -> Batch {
     let t = TABLE;
     let mut b = Batch::new();
-    b.table(t);
+    // Owned by PID 1's socket, which stays open for the device's life: a
+    // `network = "host"` container with CAP_NET_ADMIN cannot change or
+    // delete it (EPERM).
+    b.table(t, true);
     b.chain(t, "input", "filter", Hook::Input, 0, Verdict::Accept);
     b.chain(t, "forward", "filter", Hook::Forward, 0, Verdict::Drop);
     b.chain(t, "prerouting", "nat", Hook::Prerouting, -100, Verdict::Accept);
@@ -574,6 +588,12 @@ impl Nft {
         Ok(Nft { fd: unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
     }
 
+    /// Keep the socket open for the rest of PID 1's life: a table made
+    /// `owned` through it lives as long as it does.
+    pub fn keep_forever(self) {
+        std::mem::forget(self.fd);
+    }
+
     /// Send `batch` and read its answers. The kernel handles a batch
     /// inside the send (nfnetlink runs in the sender's context), so every
     /// answer is queued before send returns: they are read without
@@ -648,7 +668,7 @@ mod tests {
     #[test]
     fn a_batch_is_begin_messages_end() {
         let mut b = Batch::new();
-        b.table("cairn");
+        b.table("cairn", false);
         let (bytes, n) = b.finish();
         assert_eq!(n, 1);
         let m = messages(&bytes);
@@ -665,6 +685,11 @@ mod tests {
         assert_eq!(u32_at(&bytes, 20), 16 + 4 + 12);
         assert_eq!(&bytes[20 + 20..20 + 32], &[10, 0, 1, 0, b'c', b'a', b'i', b'r', b'n', 0, 0, 0]);
         assert_eq!((m[2].0, m[2].1, m[2].2, m[2].3), (17, NLM_F_REQUEST, 2, [0, 0, 0, 10]));
+        // Owned: NFTA_TABLE_FLAGS = NFT_TABLE_F_OWNER, big-endian.
+        let mut b = Batch::new();
+        b.table("cairn", true);
+        let (bytes, _) = b.finish();
+        assert_eq!(attrs(&messages(&bytes)[1].4), [(1, b"cairn\0".to_vec()), (2, be(2))]);
     }
 
     #[test]
@@ -716,6 +741,7 @@ mod tests {
         let published = [Published { proto: 6, host_port: 18080, addr: [10, 89, 3, 2], port: 8080 }];
         let (bytes, n) = ruleset(&nets, &published).finish();
         let m = messages(&bytes);
+        assert_eq!(attrs(&m[1].4)[1], (2, be(2)), "the table is PID 1's own");
         // Begin, table, 4 chains, 2 input + 3 forward + 1 prerouting + 1
         // postrouting rules, end; every message inside acknowledged.
         assert_eq!((m.len(), n), (14, 12));

@@ -242,6 +242,62 @@ pub fn udp(port: u16, ms: u64) -> i32 {
     }
 }
 
+/// One nfnetlink message: header, nfgenmsg (family, version 0, resource
+/// id big-endian), attributes.
+fn nfnl(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&(1 | flags).to_ne_bytes()); // NLM_F_REQUEST
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, 0]);
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m.extend_from_slice(attrs);
+    m
+}
+
+/// `nft-delete <table>`: `nft delete table ip TABLE` over nfnetlink, as a
+/// container with CAP_NET_ADMIN in the device's namespace could:
+/// `event=nft-delete table=T result=<ok|ENAME>`; exit 0.
+pub fn nft_delete(table: &str) -> i32 {
+    // NFTA_TABLE_NAME, NUL-terminated, padded to 4.
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    let mut attr = ((4 + name.len()) as u16).to_ne_bytes().to_vec();
+    attr.extend_from_slice(&1u16.to_ne_bytes());
+    attr.extend_from_slice(&name);
+    attr.resize(attr.len().next_multiple_of(4), 0);
+    let mut batch = nfnl(16, 0, 0, 0, 10, &[]); // NFNL_MSG_BATCH_BEGIN, subsystem nf_tables
+    batch.extend(nfnl((10 << 8) | 2, 4, 1, 2, 0, &attr)); // NFT_MSG_DELTABLE, ack, ip
+    batch.extend(nfnl(17, 0, 2, 0, 10, &[])); // NFNL_MSG_BATCH_END
+                                              // SAFETY: socket/send/recv/close take integers and buffers we own.
+    let result = unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER);
+        if fd < 0 {
+            Errno(sys::errno()).to_string()
+        } else {
+            let sent = libc::send(fd, batch.as_ptr().cast(), batch.len(), 0);
+            let mut buf = [0u8; 512];
+            let n = if sent < 0 { -1 } else { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let e = sys::errno();
+            libc::close(fd);
+            match n {
+                n if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == 2 => {
+                    match -i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]) {
+                        0 => "ok".to_string(),
+                        err => Errno(err).to_string(),
+                    }
+                }
+                n if n < 0 => Errno(e).to_string(),
+                _ => "no-answer".to_string(),
+            }
+        }
+    };
+    say!("event=nft-delete table={} result={result}", V(table));
+    0
+}
+
 /// An `ifreq` for `iface` with `data` at the union (offset 16).
 fn ifreq(iface: &str, data: &[u8]) -> [u8; 40] {
     let mut r = [0u8; 40];

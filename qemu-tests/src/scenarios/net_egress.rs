@@ -10,7 +10,8 @@
 //! reaching web (forward drop: ETIMEDOUT), and containers reaching the
 //! device's own service through the device's side of their bridge or its
 //! uplink address (input drop: ETIMEDOUT), which the harness itself
-//! reaches through the uplink.
+//! reaches through the uplink; and a host-network container with
+//! CAP_NET_ADMIN deleting table `cairn` (EPERM: PID 1's socket owns it).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -153,6 +154,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // The device's own service answers the harness over the uplink.
     ensure!(reply("devsvc").as_deref() == Some("pong"), "harness -> device:7070: {:?}", reply("devsvc"));
     c.expect("net-accepted", &[("name", "devsvc"), ("msg", "hello")])?;
+
+    // The table is PID 1's: not even CAP_NET_ADMIN in its namespace may
+    // delete it.
+    let meddled = c.expect("nft-delete", &[("name", "meddler"), ("table", "cairn")])?;
+    ensure!(meddled.get("result") == Some("EPERM"), "a container deleted the firewall: {:?}", meddled.fields);
 
     // What must not work, each while its target listened.
     let probe = |name: &str, last: &str, target: &str| -> Result<()> {
