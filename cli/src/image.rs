@@ -111,6 +111,13 @@ pub enum ImageCommand {
         /// same bytes. A stale DISK.zst is removed when this is not given.
         #[arg(long)]
         zstd: bool,
+        /// Also write this build's boot image for an update bundle (`cairn
+        /// bundle build --boot-image FILE`): the same kernel, initramfs and
+        /// command line as slot a's, without `cairn.slot=` (a device writes
+        /// it into whichever boot entry it did not start from), signed like
+        /// slot a with --sign.
+        #[arg(long, value_name = "FILE")]
+        update_image: Option<PathBuf>,
     },
     /// Print a disk image's partitions and the manifests in its slots.
     Inspect {
@@ -141,6 +148,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             enroll_keys,
             bmap,
             zstd,
+            update_image,
         } => {
             let board = cairn_board::by_name(&board)
                 .with_context(|| format!("unknown board {board:?}; cairn knows {}", cairn_board::names().join(", ")))?;
@@ -205,6 +213,18 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                 }
                 None => None,
             };
+            let update_image = match &update_image {
+                Some(path) => {
+                    progress.step(format!("writing the update's boot image {}", path.display()));
+                    let mut image = kit.update_image(&m.compatible, m.version)?;
+                    if let Some(key) = &signer {
+                        image = cairn_build::secureboot::sign_pe(&image, key)?;
+                    }
+                    std::fs::write(path, &image).with_context(|| format!("cannot write {}", path.display()))?;
+                    Some((path.clone(), image.len()))
+                }
+                None => None,
+            };
 
             progress.step(format!("writing {}", out.display()));
             let app = BuiltAppliance {
@@ -260,6 +280,10 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
                         "path": path,
                         "size": z.size,
                     })),
+                    "update_image": update_image.as_ref().map(|(path, size)| json!({
+                        "path": path,
+                        "size": size,
+                    })),
                     "esp": {
                         "size": esp_size,
                         "files": esp.files().iter().map(|(path, data)| json!({
@@ -311,6 +335,13 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             }
             if let Some((path, z)) = &flash.zstd {
                 println!("zstd {} ({})", path.display(), size(z.size));
+            }
+            if let Some((path, n)) = &update_image {
+                println!(
+                    "update boot image {} ({}), for `cairn bundle build --boot-image`",
+                    path.display(),
+                    size(*n as u64)
+                );
             }
             eprintln!("cairn: done in {:.1} s", progress.elapsed().as_secs_f64());
             Ok(())
@@ -482,7 +513,7 @@ fn boot_state(region: &[u8]) -> (String, serde_json::Value) {
         "state": "record",
         "seq": s.seq,
         "committed": s.committed.to_string(),
-        "trial": s.trial.map(|t| json!({"slot": t.slot.to_string(), "tries_left": t.tries_left, "boot_entry": t.boot_entry})),
+        "trial": s.trial.map(|t| json!({"slot": t.slot.to_string(), "tries_left": t.tries_left, "boot_entry": t.boot_entry.map(|e| e.to_string())})),
         "status": {"a": s.status_of(Slot::A).name(), "b": s.status_of(Slot::B).name()},
         "rollback_floor": s.rollback_floor,
         "layers": s.layer_slots.iter().map(|l| json!({"digest": digest(&l.digest), "partition": l.partition})).collect::<Vec<_>>(),

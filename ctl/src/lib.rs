@@ -46,8 +46,35 @@ commands:
   logs NAME [--since SECONDS] [--follow]
   events [--follow]
   update BUNDLE    (a file or block device; its descriptor is passed)
-  exec [-t] NAME -- CMD [ARG...]   (exits with CMD's code; 125 if it could not run;
-                                    -t: a pseudo-terminal, relayed)";
+  volume prune     (delete the data of volumes the manifest no longer names)
+  exec [-t] [-e KEY=VAL]... [-u UID[:GID]] NAME -- CMD [ARG...]
+                   (exits with CMD's code; 125 if it could not run; -t: a
+                    pseudo-terminal, relayed; -e: an environment entry; -u:
+                    run as these ids, GID the entrypoint's if not given)";
+
+/// `exec`'s options and container name (the words between `exec` and `--`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ExecHead<'a> {
+    tty: bool,
+    env: Vec<&'a str>,
+    user: Option<&'a str>,
+    name: &'a str,
+}
+
+fn exec_head<'a>(words: &[&'a str]) -> Option<ExecHead<'a>> {
+    let mut h = ExecHead::default();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match *w {
+            "-t" | "--tty" if !h.tty => h.tty = true,
+            "-e" | "--env" => h.env.push(it.next()?),
+            "-u" | "--user" if h.user.is_none() => h.user = Some(it.next()?),
+            name if h.name.is_empty() && !name.starts_with('-') => h.name = name,
+            _ => return None,
+        }
+    }
+    (!h.name.is_empty()).then_some(h)
+}
 
 /// Parse `args` (without the program name).
 pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command, String> {
@@ -59,9 +86,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
     while let Some(a) = it.next() {
         match a.as_str() {
             // Everything after `exec NAME --` is the command, as it is.
-            "--" if words.first() == Some(&"exec")
-                && (words.len() == 2 || (words.len() == 3 && matches!(words.get(1), Some(&("-t" | "--tty"))))) =>
-            {
+            "--" if words.first() == Some(&"exec") && exec_head(words.get(1..).unwrap_or_default()).is_some() => {
                 words.push("--");
                 argv.extend(it.by_ref().map(|a| encode_arg(a)));
             }
@@ -79,7 +104,8 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["events"] | ["events", "--follow"] => true,
         ["logs", _, rest @ ..] => logs_options_ok(rest),
         ["update", _] => true,
-        ["exec", _, "--"] | ["exec", "-t" | "--tty", _, "--"] => !argv.is_empty(),
+        ["volume", "prune"] => true,
+        ["exec", .., "--"] => !argv.is_empty(),
         _ => false,
     };
     if !ok {
@@ -98,10 +124,29 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["update", file] => (&words[..1], Some((*file).to_owned())),
         _ => (&words[..], None),
     };
-    let tty = matches!(words.as_slice(), ["exec", "-t" | "--tty", ..]);
-    let mut request = match words.as_slice() {
-        ["exec", _, name, "--"] => format!("{VERSION} exec {name} --tty --"),
-        _ => format!("{VERSION} {}", request_words.join(" ")),
+    let head = match words.as_slice() {
+        ["exec", head @ .., "--"] => exec_head(head),
+        _ => None,
+    };
+    let tty = head.as_ref().is_some_and(|h| h.tty);
+    let mut request = match head {
+        Some(h) => {
+            let mut r = format!("{VERSION} exec {}", h.name);
+            if h.tty {
+                r.push_str(" --tty");
+            }
+            for e in h.env {
+                r.push_str(" --env ");
+                r.push_str(&encode_arg(e));
+            }
+            if let Some(u) = h.user {
+                r.push_str(" --user ");
+                r.push_str(&encode_arg(u));
+            }
+            r.push_str(" --");
+            r
+        }
+        None => format!("{VERSION} {}", request_words.join(" ")),
     };
     for a in &argv {
         request.push(' ');
@@ -331,6 +376,10 @@ mod tests {
         let c = parse_args(&args("pause web"), Some("/s".into())).unwrap();
         assert_eq!(c.request, "cairn/1 pause web");
         assert_eq!(parse_args(&args("heartbeat"), Some("/s".into())).unwrap().request, "cairn/1 heartbeat");
+        assert_eq!(parse_args(&args("volume prune"), Some("/s".into())).unwrap().request, "cairn/1 volume prune");
+        for bad in ["volume", "volume ls", "volume prune db"] {
+            assert!(parse_args(&args(bad), Some("/s".into())).is_err(), "{bad}");
+        }
         let c = parse_args(&args("--socket /x restart web"), None).unwrap();
         assert_eq!((c.request.as_str(), c.socket.as_str()), ("cairn/1 restart web", "/x"));
         let c = parse_args(&args("exec web -- /bin/sh -c x%y --json -h"), Some("/s".into())).unwrap();
@@ -339,12 +388,29 @@ mod tests {
         let c = parse_args(&args("exec -t web -- sh"), Some("/s".into())).unwrap();
         assert_eq!(c.request, "cairn/1 exec web --tty -- sh");
         assert!(c.exec && c.tty);
+        let c = parse_args(&args("exec -e A=1 -u 1000:50 -e B=x%y -t web -- sh -u 0"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web --tty --env A=1 --env B=x%25y --user 1000:50 -- sh -u 0");
+        assert!(c.exec && c.tty);
+        let c = parse_args(&args("exec --user 7 web -- id"), Some("/s".into())).unwrap();
+        assert_eq!(c.request, "cairn/1 exec web --user 7 -- id");
+        assert!(!c.tty);
         assert_eq!(encode_arg("a b\u{e9}"), "a%20b%C3%A9");
         assert_eq!(exec_exit("cairn/1 exit 7"), Some((7, "")));
         assert_eq!(exec_exit("cairn/1 exit 127 exec ENOENT"), Some((127, "exec ENOENT")));
         assert_eq!(exec_exit("cairn/1 ok"), None);
         assert_eq!(exec_exit("cairn/1 error container stopped"), None);
-        for bad in ["exec web --", "exec web sh", "exec -- sh", "exec", "exec -t web", "exec -x web -- sh"] {
+        for bad in [
+            "exec web --",
+            "exec web sh",
+            "exec -- sh",
+            "exec",
+            "exec -t web",
+            "exec -x web -- sh",
+            "exec -e web -- sh",
+            "exec -u 1 -u 2 web -- sh",
+            "exec web other -- sh",
+            "exec -t -t web -- sh",
+        ] {
             assert!(parse_args(&args(bad), None).is_err(), "{bad}");
         }
         for bad in ["", "rm -rf /", "logs", "logs web --tail", "logs web --since", "start", "signal web", "--socket"] {

@@ -173,6 +173,17 @@ fn check_transitions(state: &BootState, pick: u8) -> BootState {
     if let Some(w) = &plan.write {
         assert_eq!((w.rollback_floor, w.committed), (state.rollback_floor, state.committed), "a boot moved the floor");
     }
+    // Booted from a boot entry: a trial that wrote the other entry ends,
+    // and only an entry the trial wrote is ever finished after a cut.
+    for booted in [Slot::A, Slot::B] {
+        let p = update::plan_boot(state, Some(booted));
+        if let Some(t) = state.trial.filter(|t| t.boot_entry.is_some_and(|e| e != booted)) {
+            assert_eq!(p.slot, state.committed, "a trial whose image the loader did not start booted");
+            assert!(matches!(p.kind, BootKind::TrialEnded { .. }), "{t:?} booted from {booted}: {:?}", p.kind);
+        }
+        let finish = update::entry_to_finish(state, Some(booted), |_| true);
+        assert_eq!(finish, state.trial.and_then(|t| t.boot_entry).filter(|e| *e != booted));
+    }
     let failed = update::fail_trial(state);
     assert_eq!((failed.trial, failed.rollback_floor, failed.committed), (None, state.rollback_floor, state.committed));
     let slot = if pick & 1 == 0 { Slot::A } else { Slot::B };
@@ -216,6 +227,12 @@ impl Storage for Mem {
     }
     fn flush(&mut self, _: Target) -> Result<(), ()> {
         Ok(())
+    }
+    fn begin_entry(&mut self, _: Slot) -> Result<(), ()> {
+        panic!("the record writer wrote a boot entry")
+    }
+    fn finish_entry(&mut self, _: Slot, _: u8) -> Result<(), ()> {
+        panic!("the record writer named a boot entry")
     }
 }
 

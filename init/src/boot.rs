@@ -87,6 +87,11 @@ pub enum BootError {
     /// Neither manifest slot holds an acceptable manifest.
     #[error("no acceptable manifest: {0}")]
     Manifest(Refusals),
+    /// The staged trial's boot image had not been given its entry name
+    /// (a power cut right after the stage write): it has now, and the
+    /// device restarts so the loader starts it. Not a failure.
+    #[error("boot entry {0}'s staged image was named after a power cut: restarting into it")]
+    EntryNamed(Slot),
 }
 
 /// Why one slot's manifest was refused.
@@ -236,10 +241,33 @@ pub fn boot(cmdline: &Cmdline, loader: &LoaderInfo) -> (Option<BootSlot>, Result
         Ok(found) => found,
         Err(e) => return (None, Err(e)),
     };
-    let slot = bootslot::inspect(cmdline.slot, &parts, loader);
+    let slot = bootslot::inspect(bootslot::booted_slot(cmdline.slot, loader), &parts, loader);
     // The entry the loader started: the ESP's word, else the loader's.
     let entry = slot.as_ref().map(|s| s.slot).or_else(|| bootslot::slot_by_loader(loader));
-    (slot, boot_from(disk, parts, entry))
+    let booted = boot_from(disk, parts, entry, slot.as_ref());
+    (slot, booted)
+}
+
+/// A staged trial whose boot image is still under its pending name (the
+/// power went between the stage write and the rename): name it now, so
+/// the loader starts it on the restart, instead of failing the trial as a
+/// loader that fell back. `Some` when the device must restart.
+fn finish_staged_entry(record: &Record, entry: Option<&BootSlot>) -> Option<BootError> {
+    let b = entry?;
+    let e = update::entry_to_finish(&record.state, Some(b.slot), |s| b.pending.contains(&s))?;
+    let tries = record.state.trial.map_or(0, |t| t.tries_left);
+    match bootslot::finish_pending(&b.esp, e, tries) {
+        Ok(file) => {
+            event("update.boot-entry").kv("entry", e).kv("file", file).kv("after", "power-cut").emit();
+            Some(BootError::EntryNamed(e))
+        }
+        Err(why) => {
+            // The trial then ends as a loader that fell back: the committed
+            // system keeps running.
+            event("update.boot-entry-failed").kv("entry", e).kv("error", why).emit();
+            None
+        }
+    }
 }
 
 /// A manifest slot booting on trial: committed once healthy for the
@@ -253,7 +281,12 @@ pub struct TrialBoot {
     pub floor: u64,
 }
 
-fn boot_from(disk: String, parts: Partitions, entry: Option<Slot>) -> Result<Booted, BootError> {
+fn boot_from(
+    disk: String,
+    parts: Partitions,
+    entry: Option<Slot>,
+    boot_slot: Option<&BootSlot>,
+) -> Result<Booted, BootError> {
     let trust = trust::load();
     let mut record = Record::read(&parts, FALLBACK_ROLLBACK_FLOOR);
     let fallback = record.unreadable.is_some();
@@ -275,6 +308,9 @@ fn boot_from(disk: String, parts: Partitions, entry: Option<Slot>) -> Result<Boo
         e = e.kv("trial", t.slot).kv("tries_left", t.tries_left);
     }
     e.emit();
+    if let Some(restart) = finish_staged_entry(&record, boot_slot).filter(|_| !fallback) {
+        return Err(restart);
+    }
     let plan = if fallback {
         update::BootPlan { slot: Slot::A, kind: BootKind::Committed, write: None }
     } else {

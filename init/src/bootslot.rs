@@ -6,6 +6,12 @@
 //! The ESP is mounted only for as long as it is read or renamed, so a
 //! power cut almost never finds it mounted; a rename on FAT is one
 //! directory entry update, and the old or the new name survives it.
+//!
+//! The installer writes a bundle's boot image here too ([`EntryWriter`]):
+//! into the entry this boot did not start from, under a name the loader
+//! ignores until the trial is staged, then renamed to `cairn-X+N.efi`. A
+//! boot that finds a staged trial's image still unnamed names it
+//! ([`finish_pending`]) and restarts.
 
 use cairn_format::bootentry::{self, Assessment, Entry, FindError};
 use cairn_format::bootstate::Slot;
@@ -16,6 +22,9 @@ use crate::partitions::{self, Guid, Partitions};
 
 /// Where the ESP is mounted while it is used.
 const ESP_DIR: &str = "/run/cairn/esp";
+/// Where the installer child mounts it: apart from PID 1's, so neither
+/// unmounts the other's.
+const UPDATE_DIR: &str = "/run/cairn/esp-update";
 /// efivarfs.
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// systemd's boot loader interface vendor GUID.
@@ -82,6 +91,14 @@ pub fn loader_info() -> LoaderInfo {
     }
 }
 
+/// The entry this boot came from: the loader's word (`LoaderEntrySelected`)
+/// first, since an image written by an update is the same whichever entry
+/// it lands in, else the slot image's own `cairn.slot=` (a factory image
+/// started without systemd-boot's variables).
+pub fn booted_slot(cmdline_slot: Option<Slot>, loader: &LoaderInfo) -> Option<Slot> {
+    slot_by_loader(loader).or(cmdline_slot)
+}
+
 /// The slot the loader started, when its entry counted tries: systemd-boot
 /// 252 names the entry it started (`LoaderEntrySelected`) by its file name
 /// before its rename (`cairn-b+3.efi` for a slot on trial). Used only when
@@ -107,6 +124,8 @@ pub struct BootSlot {
     pub file: String,
     /// The entry, parsed.
     pub entry: Entry,
+    /// Entries whose new image an install left under its pending name.
+    pub pending: Vec<Slot>,
 }
 
 impl BootSlot {
@@ -117,15 +136,39 @@ impl BootSlot {
 }
 
 fn mount_esp(dev: &str) -> Result<(), SysError> {
-    sys::mkdir_all(ESP_DIR, 0o700)?;
+    mount_esp_at(dev, ESP_DIR)
+}
+
+fn mount_esp_at(dev: &str, dir: &str) -> Result<(), SysError> {
+    sys::mkdir_all(dir, 0o700)?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
-    sys::mount("cairn-esp", Some(dev), ESP_DIR, Some("vfat"), flags, Some("umask=0077"))
+    sys::mount("cairn-esp", Some(dev), dir, Some("vfat"), flags, Some("umask=0077"))
 }
 
 fn unmount_esp() {
-    if let Err(e) = sys::umount(ESP_DIR, 0) {
+    unmount_esp_at(ESP_DIR);
+}
+
+fn unmount_esp_at(dir: &str) {
+    if let Err(e) = sys::umount(dir, 0) {
         event("esp.unmount-failed").kv("error", e).emit();
     }
+}
+
+/// The file names in the ESP's entry directory (mounted at `dir`).
+fn entry_names(dir: &str) -> Vec<String> {
+    entry_names_in(&format!("{dir}/{}", bootentry::DIR))
+}
+
+/// The entries among `names` whose pending image is there.
+fn pending_of(names: &[String]) -> Vec<Slot> {
+    [Slot::A, Slot::B].into_iter().filter(|s| names.iter().any(|n| *n == bootentry::pending_name(*s))).collect()
+}
+
+/// `syncfs` of the file system holding `dir`.
+fn sync_dir(dir: &str) -> Result<(), SysError> {
+    let d = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    nix::unistd::syncfs(&d).map_err(sys::err("syncfs", dir))
 }
 
 /// Find the booted slot's entry: one `boot.slot` event saying which slot,
@@ -148,9 +191,7 @@ pub fn inspect(slot: Option<Slot>, parts: &Partitions, loader: &LoaderInfo) -> O
     if let Err(e) = mount_esp(esp) {
         return fail(format!("mounting {esp}: {e}"));
     }
-    let names: Vec<String> = std::fs::read_dir(format!("{ESP_DIR}/{}", bootentry::DIR))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let names = entry_names(ESP_DIR);
     unmount_esp();
     let found = bootentry::find(names.iter().map(String::as_str), slot);
     let (file, entry) = match found {
@@ -173,7 +214,108 @@ pub fn inspect(slot: Option<Slot>, parts: &Partitions, loader: &LoaderInfo) -> O
         e = e.kv("secure_boot", if on { "on" } else { "off" });
     }
     e.emit();
-    Some(BootSlot { slot, esp: esp.clone(), file, entry })
+    let pending = pending_of(&names);
+    Some(BootSlot { slot, esp: esp.clone(), file, entry, pending })
+}
+
+/// The booted entry as it is named now (blessed since boot, say), read
+/// again without an event: for an installer forked long after the boot.
+pub fn reread(b: &BootSlot) -> Result<BootSlot, String> {
+    mount_esp_at(&b.esp, UPDATE_DIR).map_err(|e| format!("mounting {}: {e}", b.esp))?;
+    let names = entry_names(UPDATE_DIR);
+    unmount_esp_at(UPDATE_DIR);
+    let (file, entry) = bootentry::find(names.iter().map(String::as_str), b.slot)
+        .map(|(f, e)| (f.to_owned(), e))
+        .map_err(|e| format!("entry {}: {e:?}", b.slot))?;
+    Ok(BootSlot { slot: b.slot, esp: b.esp.clone(), file, entry, pending: pending_of(&names) })
+}
+
+/// Name the staged image of entry `slot` (left under its pending name by a
+/// power cut after the stage write): `cairn-X+tries.efi`, synced. Any
+/// other file of that entry is removed first (the install removed it before
+/// writing; a cut may have kept it).
+pub fn finish_pending(esp: &str, slot: Slot, tries: u8) -> Result<String, String> {
+    mount_esp(esp).map_err(|e| format!("mounting {esp}: {e}"))?;
+    let result = name_image(ESP_DIR, slot, tries);
+    unmount_esp();
+    result.map_err(|e| e.to_string())
+}
+
+/// Remove entry `slot`'s files (any counter), then rename its pending
+/// image to the entry name with `tries`, and sync: the file name.
+fn name_image(dir: &str, slot: Slot, tries: u8) -> Result<String, SysError> {
+    let entries = format!("{dir}/{}", bootentry::DIR);
+    remove_entry_files(&entries, slot)?;
+    let name = Entry::trial(slot, u32::from(tries)).file_name();
+    let (from, to) = (format!("{entries}/{}", bootentry::pending_name(slot)), format!("{entries}/{name}"));
+    nix::fcntl::renameat(nix::fcntl::AT_FDCWD, from.as_str(), nix::fcntl::AT_FDCWD, to.as_str())
+        .map_err(sys::err("rename", &from))?;
+    sync_dir(&entries)?;
+    Ok(name)
+}
+
+/// Remove every file of entry `slot` in `entries` (its name with any
+/// counter), never another entry's.
+fn remove_entry_files(entries: &str, slot: Slot) -> Result<(), SysError> {
+    for n in entry_names_in(entries) {
+        if Entry::parse(&n).is_some_and(|e| e.slot == slot) {
+            let path = format!("{entries}/{n}");
+            std::fs::remove_file(&path).map_err(|e| sys::SysError {
+                op: "unlink",
+                arg: path.clone(),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The file names in `entries`.
+fn entry_names_in(entries: &str) -> Vec<String> {
+    std::fs::read_dir(entries)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The installer's hold on the ESP while it writes a boot image: mounted
+/// at its own directory from [`EntryWriter::begin`] until dropped.
+pub struct EntryWriter {
+    mounted: bool,
+}
+
+impl EntryWriter {
+    /// Mount the ESP (`esp`, its device), remove entry `slot`'s files and
+    /// any pending image of it, and create that pending image empty: its
+    /// path, to write. Never called for the booted entry (the pure install
+    /// picks the other one).
+    pub fn begin(esp: &str, slot: Slot) -> Result<(EntryWriter, String), SysError> {
+        mount_esp_at(esp, UPDATE_DIR)?;
+        let w = EntryWriter { mounted: true };
+        let entries = format!("{UPDATE_DIR}/{}", bootentry::DIR);
+        remove_entry_files(&entries, slot)?;
+        let path = format!("{entries}/{}", bootentry::pending_name(slot));
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        drop(sys::open(&path, flags)?);
+        sync_dir(&entries)?;
+        Ok((w, path))
+    }
+
+    /// Name the written image entry `slot` on trial with `tries`, sync,
+    /// unmount: the entry's file name.
+    pub fn finish(mut self, slot: Slot, tries: u8) -> Result<String, SysError> {
+        let name = name_image(UPDATE_DIR, slot, tries)?;
+        self.mounted = false;
+        unmount_esp_at(UPDATE_DIR);
+        Ok(name)
+    }
+}
+
+impl Drop for EntryWriter {
+    fn drop(&mut self) {
+        if self.mounted {
+            unmount_esp_at(UPDATE_DIR);
+        }
+    }
 }
 
 /// Bless the slot: rename its entry to drop the counter, and sync.

@@ -24,7 +24,9 @@ pub struct Cmdline {
     /// `cairn.test.hang=supervisor` (test builds only, feature
     /// `test-hooks`): PID 1 stops petting the watchdog and blocks forever
     /// in its event loop; `cairn.test.hang=trial`: the same, only on a boot
-    /// whose manifest slot is on trial.
+    /// whose manifest slot is on trial; `cairn.test.hang=entry-name`: the
+    /// installer child (not PID 1) stops after the stage write, before it
+    /// names the new boot entry (a power cut lands there).
     #[cfg(feature = "test-hooks")]
     pub test_hang: Option<TestHang>,
     /// Unknown or malformed `cairn.*` words, reported as warnings.
@@ -39,6 +41,8 @@ pub enum TestHang {
     Supervisor,
     /// Only a boot whose manifest slot is on trial.
     Trial,
+    /// The installer, between the stage write and naming the boot entry.
+    EntryName,
 }
 
 /// What the command line says about the watchdog.
@@ -97,6 +101,8 @@ pub fn parse(text: &str) -> Cmdline {
             ("cairn.test.hang", _, _) if value == "supervisor" => c.test_hang = Some(TestHang::Supervisor),
             #[cfg(feature = "test-hooks")]
             ("cairn.test.hang", _, _) if value == "trial" => c.test_hang = Some(TestHang::Trial),
+            #[cfg(feature = "test-hooks")]
+            ("cairn.test.hang", _, _) if value == "entry-name" => c.test_hang = Some(TestHang::EntryName),
             _ => c.ignored.push(word.to_owned()),
         }
     }
@@ -163,6 +169,7 @@ mod tests {
     fn the_hang_hook_parses_in_test_builds() {
         assert_eq!(parse("cairn.test.hang=supervisor").test_hang, Some(TestHang::Supervisor));
         assert_eq!(parse("cairn.test.hang=trial").test_hang, Some(TestHang::Trial));
+        assert_eq!(parse("cairn.test.hang=entry-name").test_hang, Some(TestHang::EntryName));
         let c = parse("cairn.test.hang=elsewhere");
         assert_eq!(c.test_hang, None);
         assert_eq!(c.ignored, ["cairn.test.hang=elsewhere"]);

@@ -99,16 +99,16 @@ pub enum Request {
     },
     /// Every event from now on, one message each.
     Events,
-    /// Run a command in a running container (`exec NAME -- ARG...`, each
-    /// argument percent-encoded; see [`crate::exec`]).
+    /// Run a command in a running container (`exec NAME [--tty] [--env
+    /// KEY=VALUE]... [--user UID[:GID]] -- ARG...`, each argument and
+    /// environment entry percent-encoded; see [`crate::exec`]).
     Exec {
         /// Container name.
         name: String,
         /// The command and its arguments, decoded.
         argv: Vec<Vec<u8>>,
-        /// `--tty`: the client passes a pseudo-terminal's slave, which
-        /// becomes the command's controlling terminal.
-        tty: bool,
+        /// `--tty`, `--env`, `--user`.
+        opts: crate::exec::Options,
     },
     /// Install the bundle the request carries (its descriptor, passed with
     /// `SCM_RIGHTS`): the installer is forked and reports on the
@@ -121,6 +121,10 @@ pub enum Request {
     Pause(String),
     /// Thaw it.
     Resume(String),
+    /// Delete the data of every persistent volume on the data partition
+    /// that the manifest does not name (a forked helper does it and
+    /// answers on the connection; see [`crate::volumes::prunable`]).
+    VolumePrune,
 }
 
 impl Request {
@@ -136,6 +140,7 @@ impl Request {
             Request::Exec { .. } => Permission::Exec,
             Request::Update => Permission::Update,
             Request::Pause(_) | Request::Resume(_) => Permission::Lifecycle,
+            Request::VolumePrune => Permission::Volumes,
             // Never looked up: `Machine::answer` serves a heartbeat before
             // permissions (it needs a health check, not a permission).
             Request::Heartbeat => Permission::Status,
@@ -160,6 +165,7 @@ impl Request {
             Request::Heartbeat => "heartbeat",
             Request::Pause(_) => "pause",
             Request::Resume(_) => "resume",
+            Request::VolumePrune => "volume-prune",
         }
     }
 }
@@ -179,6 +185,9 @@ pub enum ParseError {
     /// An `exec` argument that is not percent-encoded bytes (or holds a NUL).
     #[error("bad exec argument (percent-encoded bytes, no NUL)")]
     Argument,
+    /// `exec --user` not `UID` or `UID:GID` (numbers).
+    #[error("bad user {0:?} (UID or UID:GID, numbers)")]
+    User(String),
     /// Not a request.
     #[error("unknown request {0:?}")]
     Unknown(String),
@@ -202,6 +211,7 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
     }
     words.remove(0);
     let rest = words.join(" ");
+    let rest_line = || rest.clone();
     match words.as_slice() {
         ["status"] => Ok(Request::Status),
         ["ps"] => Ok(Request::Ps),
@@ -211,21 +221,41 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["poweroff"] => Ok(Request::PowerOff),
         ["reboot"] => Ok(Request::Reboot),
         ["events"] | ["events", "--follow"] => Ok(Request::Events),
-        ["exec", name, "--", args @ ..] | ["exec", name, "--tty", "--", args @ ..] if !args.is_empty() => {
-            Ok(Request::Exec {
-                name: (*name).into(),
-                argv: args
-                    .iter()
-                    .map(|a| crate::exec::decode_arg(a))
-                    .collect::<Option<_>>()
-                    .ok_or(ParseError::Argument)?,
-                tty: words.get(2) == Some(&"--tty"),
-            })
+        ["exec", name, rest @ ..] => {
+            let split = rest.iter().position(|w| *w == "--").ok_or_else(|| ParseError::Unknown(rest_line()))?;
+            let (opts, args) = (rest.get(..split).unwrap_or_default(), rest.get(split + 1..).unwrap_or_default());
+            if args.is_empty() {
+                return Err(ParseError::Unknown(rest_line()));
+            }
+            let decode = |a: &&str| crate::exec::decode_arg(a);
+            let mut o = crate::exec::Options::default();
+            let mut k = 0;
+            while let Some(w) = opts.get(k) {
+                let value = opts.get(k + 1);
+                k += match (*w, value) {
+                    ("--tty", _) if !o.tty => {
+                        o.tty = true;
+                        1
+                    }
+                    ("--env", Some(e)) => {
+                        o.env.push(decode(e).ok_or(ParseError::Argument)?);
+                        2
+                    }
+                    ("--user", Some(u)) if o.user.is_none() => {
+                        o.user = Some(crate::exec::parse_user(u).ok_or_else(|| ParseError::User((*u).into()))?);
+                        2
+                    }
+                    _ => return Err(ParseError::Unknown(rest_line())),
+                };
+            }
+            let argv = args.iter().map(decode).collect::<Option<_>>().ok_or(ParseError::Argument)?;
+            Ok(Request::Exec { name: (*name).into(), argv, opts: o })
         }
         ["update"] => Ok(Request::Update),
         ["heartbeat"] => Ok(Request::Heartbeat),
         ["pause", name] => Ok(Request::Pause((*name).into())),
         ["resume", name] => Ok(Request::Resume((*name).into())),
+        ["volume", "prune"] => Ok(Request::VolumePrune),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
             let mut it = opts.iter();
@@ -780,6 +810,10 @@ mod tests {
         assert_eq!(p("pause web"), Ok(Request::Pause("web".into())));
         assert_eq!(p("resume web"), Ok(Request::Resume("web".into())));
         assert_eq!(p("pause"), Err(ParseError::Unknown("pause".into())));
+        assert_eq!(p("volume prune"), Ok(Request::VolumePrune));
+        assert_eq!(Request::VolumePrune.needs(), Permission::Volumes);
+        assert_eq!(p("volume prune db"), Err(ParseError::Unknown("volume prune db".into())));
+        assert_eq!(p("volume"), Err(ParseError::Unknown("volume".into())));
         assert_eq!(Request::Pause("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(Request::Resume("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(p("logs web"), Ok(Request::Logs { name: "web".into(), since_ms: 0, follow: false }));
@@ -795,13 +829,50 @@ mod tests {
             Ok(Request::Exec {
                 name: "web".into(),
                 argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec(), b"%".to_vec()],
-                tty: false
+                opts: Default::default()
             })
         );
         assert_eq!(
             p("exec web --tty -- sh"),
-            Ok(Request::Exec { name: "web".into(), argv: vec![b"sh".to_vec()], tty: true })
+            Ok(Request::Exec {
+                name: "web".into(),
+                argv: vec![b"sh".to_vec()],
+                opts: crate::exec::Options { tty: true, ..Default::default() }
+            })
         );
+        // Options in any order before `--`; environment entries decoded.
+        assert_eq!(
+            p("exec web --env A=1 --user 1000:50 --tty --env B=two%20words -- sh"),
+            Ok(Request::Exec {
+                name: "web".into(),
+                argv: vec![b"sh".to_vec()],
+                opts: crate::exec::Options {
+                    tty: true,
+                    env: vec![b"A=1".to_vec(), b"B=two words".to_vec()],
+                    user: Some((1000, Some(50)))
+                }
+            })
+        );
+        assert_eq!(
+            p("exec web --user 7 -- --env"),
+            Ok(Request::Exec {
+                name: "web".into(),
+                argv: vec![b"--env".to_vec()],
+                opts: crate::exec::Options { user: Some((7, None)), ..Default::default() }
+            })
+        );
+        assert_eq!(p("exec web --user root -- sh"), Err(ParseError::User("root".into())));
+        assert_eq!(p("exec web --user 1: -- sh"), Err(ParseError::User("1:".into())));
+        assert_eq!(p("exec web --user -1 -- sh"), Err(ParseError::User("-1".into())));
+        assert_eq!(p("exec web --env A=%00 -- sh"), Err(ParseError::Argument));
+        for bad in [
+            "exec web --env -- sh",
+            "exec web --user 1 --user 2 -- sh",
+            "exec web --tty --tty -- sh",
+            "exec web -x -- sh",
+        ] {
+            assert_eq!(p(bad), Err(ParseError::Unknown(bad.into())), "{bad}");
+        }
         assert_eq!(p("exec web --tty sh"), Err(ParseError::Unknown("exec web --tty sh".into())));
         assert_eq!(p("exec web -- a%00"), Err(ParseError::Argument));
         assert_eq!(p("exec web -- a%2"), Err(ParseError::Argument));

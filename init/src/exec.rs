@@ -68,7 +68,93 @@ pub fn decode_arg(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Most `--env` entries of one exec.
+pub const MAX_ENV: usize = 64;
+
+/// An `exec` request's options beyond its command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--tty`: the client passes a pseudo-terminal's slave, which becomes
+    /// the command's controlling terminal.
+    pub tty: bool,
+    /// `--env KEY=VALUE` entries, decoded, in order: each replaces the
+    /// entrypoint's (or an earlier) entry of the same KEY, or is added.
+    pub env: Vec<Vec<u8>>,
+    /// `--user UID[:GID]`: run as these ids (in the container's user
+    /// namespace) instead of the entrypoint's, with no supplementary
+    /// groups; GID defaults to the entrypoint's gid.
+    pub user: Option<(u32, Option<u32>)>,
+}
+
+/// Why an exec's options were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// Not `KEY=VALUE` with a KEY.
+    #[error("bad environment entry {0:?} (KEY=VALUE)")]
+    Env(String),
+    /// Past [`MAX_ENV`].
+    #[error("more than {MAX_ENV} environment entries")]
+    TooManyEnv,
+    /// A uid the container's user namespace does not map (or -1).
+    #[error("uid {0} is not mapped in the container's user namespace")]
+    Uid(u32),
+    /// A gid the container's user namespace does not map (or -1).
+    #[error("gid {0} is not mapped in the container's user namespace")]
+    Gid(u32),
+}
+
+/// `UID` or `UID:GID`, numbers only (PID 1 reads no passwd file).
+pub fn parse_user(text: &str) -> Option<(u32, Option<u32>)> {
+    let num = |t: &str| if t.bytes().all(|b| b.is_ascii_digit()) { t.parse::<u32>().ok() } else { None };
+    match text.split_once(':') {
+        None => Some((num(text)?, None)),
+        Some((u, g)) => Some((num(u)?, Some(num(g)?))),
+    }
+}
+
+impl Options {
+    /// The spec the command runs with: the entrypoint's, with these
+    /// options applied (`None`: none given, the entrypoint's as it is).
+    pub fn apply(&self, spec: &ContainerSpec) -> Result<Option<ContainerSpec>, OptionError> {
+        if self.env.is_empty() && self.user.is_none() {
+            return Ok(None);
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(OptionError::TooManyEnv);
+        }
+        let mut out = spec.clone();
+        for e in &self.env {
+            let key_len = e.iter().position(|b| *b == b'=').filter(|k| *k > 0);
+            let (Some(k), Ok(entry)) = (key_len, CString::new(e.as_slice())) else {
+                return Err(OptionError::Env(String::from_utf8_lossy(e).into_owned()));
+            };
+            let key = e.get(..=k).unwrap_or_default();
+            out.env.retain(|have| !have.as_bytes().starts_with(key));
+            out.env.push(entry);
+        }
+        if let Some((uid, gid)) = self.user {
+            let gid = gid.unwrap_or(spec.gid);
+            // -1 is "unchanged" to setresuid: never an id to run as.
+            let mapped = |map: Option<&[cairn_runtime::spec::IdRange]>, id: u32| {
+                id != u32::MAX && map.is_none_or(|m| cairn_runtime::spec::map_id(m, id).is_some())
+            };
+            let userns = spec.userns.as_ref();
+            if !mapped(userns.map(|u| u.uid_map.as_slice()), uid) {
+                return Err(OptionError::Uid(uid));
+            }
+            if !mapped(userns.map(|u| u.gid_map.as_slice()), gid) {
+                return Err(OptionError::Gid(gid));
+            }
+            out.uid = uid;
+            out.gid = gid;
+            out.groups.clear();
+        }
+        Ok(Some(out))
+    }
+}
+
 /// What the helper needs of the container.
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     /// Its name.
     pub name: &'a str,
@@ -84,10 +170,16 @@ pub struct Target<'a> {
 
 /// In PID 1: fork the helper for `conn`. Returns the reply's body for PID 1
 /// to send (`ok`, then the helper takes over the connection), or the error.
-pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u8>], tty: bool) -> String {
+pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u8>], opts: &Options) -> String {
     let Ok(argv) = argv.iter().map(|a| CString::new(a.as_slice())).collect::<Result<Vec<_>, _>>() else {
         return "error bad argument".into();
     };
+    let changed = match opts.apply(target.spec) {
+        Ok(s) => s,
+        Err(e) => return format!("error {e}"),
+    };
+    let target = &Target { spec: changed.as_ref().unwrap_or(target.spec), ..*target };
+    let tty = opts.tty;
     if helpers(|h| h.len()) >= MAX_HELPERS {
         return format!("error busy: {MAX_HELPERS} execs running");
     }
@@ -102,11 +194,18 @@ pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u
     }
 }
 
-/// The helper's events: straight to the console, one write each.
-struct Console(Option<OwnedFd>);
+/// A helper's events: straight to the console, one write each (PID 1
+/// does not see them: they are not in `events --follow`).
+pub struct Console(Option<OwnedFd>);
 
 impl Console {
-    fn emit(&self, e: crate::event::Event) {
+    /// The console, if it opens (non-blocking: a helper never waits on it).
+    pub fn open() -> Self {
+        Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok())
+    }
+
+    /// Write one event line.
+    pub fn emit(&self, e: crate::event::Event) {
         if let Some(fd) = &self.0 {
             let mut line = e.into_line();
             line.push('\n');
@@ -121,7 +220,7 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
     if sys::close_all_but(&[conn_fd]).is_err() {
         return 1;
     }
-    let console = Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok());
+    let console = Console::open();
     // SAFETY: `conn_fd` is the connection's descriptor, open in this copy
     // of PID 1 and closed only when the helper exits.
     let conn = unsafe { BorrowedFd::borrow_raw(conn_fd) };
@@ -168,7 +267,8 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
             reply("error container stopped");
         }
         // The command goes on; its status is the container init's alone.
-        Waited::Hangup => console.emit(e.kv("lost", "client gone")),
+        // (No deadline was given: a timeout cannot come.)
+        Waited::Hangup | Waited::TimedOut => console.emit(e.kv("lost", "client gone")),
     }
     0
 }
@@ -213,6 +313,7 @@ fn receive_stdio(conn: BorrowedFd<'_>) -> Option<[OwnedFd; 3]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -221,6 +322,62 @@ mod tests {
         helpers(|h| h.push(4242));
         assert!(reaped(4242));
         assert!(!reaped(4242));
+    }
+
+    fn spec(userns: bool) -> ContainerSpec {
+        let mut s = crate::resolve::container_spec(
+            &crate::resolve::tests::container(),
+            |l| Some(format!("/layers/{l}")),
+            |_| Some("/dev/x".into()),
+        )
+        .unwrap();
+        s.env = vec![CString::new("PATH=/bin").unwrap(), CString::new("MODE=a").unwrap()];
+        s.uid = 1000;
+        s.gid = 1000;
+        s.groups = vec![20];
+        s.userns = userns.then(|| cairn_runtime::spec::UserNamespace {
+            uid_map: vec![cairn_runtime::spec::IdRange { inside: 0, outside: 100_000, count: 65536 }],
+            gid_map: vec![cairn_runtime::spec::IdRange { inside: 0, outside: 100_000, count: 1000 }],
+        });
+        s
+    }
+
+    #[test]
+    fn options_change_only_what_they_name_and_ids_must_be_mapped() {
+        let s = spec(false);
+        assert!(matches!(Options { tty: true, ..Options::default() }.apply(&s), Ok(None)));
+        let env = |e: &[&str]| Options { env: e.iter().map(|e| e.as_bytes().to_vec()).collect(), ..Options::default() };
+        let got = env(&["MODE=b", "NEW=x y", "MODE=c"]).apply(&s).unwrap().unwrap();
+        let names: Vec<&str> = got.env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert_eq!(names, ["PATH=/bin", "NEW=x y", "MODE=c"]);
+        assert_eq!((got.uid, got.gid, got.groups.as_slice()), (1000, 1000, &[20][..]));
+        for bad in ["NOEQUALS", "=x"] {
+            assert_eq!(env(&[bad]).apply(&s).err(), Some(OptionError::Env(bad.into())));
+        }
+        let many: Vec<String> = (0..=MAX_ENV).map(|k| format!("K{k}=v")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(env(&many).apply(&s).err(), Some(OptionError::TooManyEnv));
+        // A user: its ids, no supplementary groups; GID defaults to the entrypoint's.
+        let user = |u: u32, g: Option<u32>| Options { user: Some((u, g)), ..Options::default() };
+        let got = user(0, None).apply(&s).unwrap().unwrap();
+        assert_eq!((got.uid, got.gid, got.groups.len()), (0, 1000, 0));
+        assert_eq!(user(u32::MAX, None).apply(&s).err(), Some(OptionError::Uid(u32::MAX)));
+        // Under a user namespace: only mapped ids.
+        let s = spec(true);
+        assert_eq!(user(65535, Some(999)).apply(&s).unwrap().map(|x| (x.uid, x.gid)), Some((65535, 999)));
+        assert_eq!(user(65536, None).apply(&s).err(), Some(OptionError::Uid(65536)));
+        // The entrypoint's gid 1000 is past the gid map's 1000 ids.
+        assert_eq!(user(5, None).apply(&s).err(), Some(OptionError::Gid(1000)));
+        assert_eq!(user(5, Some(1000)).apply(&s).err(), Some(OptionError::Gid(1000)));
+    }
+
+    #[test]
+    fn users_are_numbers() {
+        assert_eq!(parse_user("1000"), Some((1000, None)));
+        assert_eq!(parse_user("0:0"), Some((0, Some(0))));
+        for bad in ["", ":", "1:", ":1", "root", "-1", "+1", "1:2:3", "4294967296"] {
+            assert_eq!(parse_user(bad), None, "{bad}");
+        }
     }
 
     #[test]

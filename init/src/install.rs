@@ -34,6 +34,7 @@ use cairn_format::manifest::Manifest;
 use cairn_format::update::Partition;
 use cairn_runtime::sys;
 
+use crate::bootslot::BootSlot;
 use crate::event::event;
 use crate::partitions::Partitions;
 use crate::record::{self, DevError, Disk, Record};
@@ -99,6 +100,9 @@ pub struct Context<'a> {
     pub record: Record,
     /// The boot disk's partitions.
     pub partitions: &'a Partitions,
+    /// The boot entry this boot came from, as named on the ESP now: a
+    /// bundle's boot image goes into the other one.
+    pub entry: Option<BootSlot>,
 }
 
 /// Where the bundle is read from.
@@ -136,7 +140,8 @@ pub fn install(source: Source, cx: Context<'_>, tell: Option<&Client>) -> Result
             layers.push(Partition { number, bytes });
         }
     }
-    let mut disk = Disk::new(devices);
+    let esp = cx.entry.as_ref().map(|b| b.esp.clone());
+    let mut disk = Disk::new(devices).with_esp(esp);
     if let Some(fd) = passed {
         disk.adopt(Target::Source, "bundle (passed by the request)", fd);
     }
@@ -146,6 +151,7 @@ pub fn install(source: Source, cx: Context<'_>, tell: Option<&Client>) -> Result
         committed: cx.committed,
         partitions: &layers,
         chunk: CHUNK,
+        booted_entry: cx.entry.as_ref().map(|b| b.entry),
     };
     let mut rec = cx.record.cursor();
     let mut t = Instant::now();
@@ -179,6 +185,13 @@ pub fn install(source: Source, cx: Context<'_>, tell: Option<&Client>) -> Result
             Progress::ManifestWritten { slot, bytes } => {
                 event("update.manifest-written").kv("slot", slot).kv("bytes", bytes)
             }
+            Progress::BootImageWritten { entry, bytes } => event("update.boot-image-written")
+                .kv("entry", entry)
+                .kv("bytes", bytes)
+                .kv("ms", t.elapsed().as_millis()),
+            Progress::EntryNamed { entry, tries } => event("update.boot-entry")
+                .kv("entry", entry)
+                .kv("file", cairn_format::bootentry::Entry::trial(entry, u32::from(tries)).file_name()),
             Progress::Staged { slot, version, tries, seq } => event("update.staged")
                 .kv("slot", slot)
                 .kv("version", version)
@@ -255,6 +268,9 @@ pub struct Updater {
     pub partitions: Partitions,
     /// The floor to assume when the record cannot be read.
     pub fallback_floor: u64,
+    /// The boot entry this boot came from (read again before an install:
+    /// it may have been blessed since).
+    pub entry: Option<BootSlot>,
 }
 
 /// The requesting client, told each step (best effort: a client that does
@@ -303,8 +319,20 @@ pub fn spawn_request(u: &Updater, source: OwnedFd, client: OwnedFd) -> Result<li
                 (Some(t), _) => Err(trial_pending(t.slot)),
                 (None, Err(e)) => Err(e),
                 (None, Ok(())) => {
-                    let cx =
-                        Context { trust: u.trust.as_ref(), committed: &u.committed, record, partitions: &u.partitions };
+                    let entry = u.entry.as_ref().and_then(|b| match crate::bootslot::reread(b) {
+                        Ok(now) => Some(now),
+                        Err(e) => {
+                            event("boot.slot-unreadable").kv("error", e).emit();
+                            None
+                        }
+                    });
+                    let cx = Context {
+                        trust: u.trust.as_ref(),
+                        committed: &u.committed,
+                        record,
+                        partitions: &u.partitions,
+                        entry,
+                    };
                     install(Source::Passed(source), cx, Some(&client)).map_err(|e| (e.reason(), e.to_string()))
                 }
             };

@@ -20,7 +20,7 @@ use cairn_runtime::Exit;
 
 use crate::control::{self, Caller, Permissions, PsRow, Request};
 use crate::event::{event, Event};
-use crate::health::{self, Check, Health};
+use crate::health::{self, Check, Form, Health, Tick};
 use crate::policy::{self, Decision, Restart};
 
 /// A host pid.
@@ -209,6 +209,15 @@ pub trait Effects {
     fn freeze(&mut self, i: usize, frozen: bool) -> Result<(), SysError>;
     /// Whether unit `i`'s cgroup is frozen (`cgroup.events` frozen; `None`: unreadable).
     fn frozen(&mut self, i: usize) -> Option<bool>;
+    /// Start unit `i`'s health probe (the command form) in the container
+    /// whose init is `pid`, without waiting for it: its outcome comes
+    /// later through [`Machine::probe_ended`]. False if it could not be
+    /// started (the executor emitted why): a failed check.
+    fn start_probe(&mut self, i: usize, pid: Pid) -> bool;
+    /// Kill unit `i`'s probe in flight and forget it (its outcome, if one
+    /// still comes, is not reported); `helper_too`: its helper as well,
+    /// which did not report in time.
+    fn kill_probe(&mut self, i: usize, helper_too: bool);
     /// Emit an event.
     fn emit(&mut self, e: Event);
     /// The device's hostname (for `shutdown.start`).
@@ -277,12 +286,15 @@ pub enum Answer {
         pid: Pid,
         /// The command.
         argv: Vec<Vec<u8>>,
-        /// Make its stdin its controlling terminal.
-        tty: bool,
+        /// `--tty`, `--env`, `--user`.
+        opts: crate::exec::Options,
     },
     /// Fork the installer on the bundle the request carries; it answers on
     /// the connection itself.
     Update,
+    /// Fork the helper that deletes the volumes the manifest does not name
+    /// (crate::volumes::prune); it answers on the connection itself.
+    VolumePrune,
 }
 
 struct ShutdownPlan {
@@ -519,6 +531,7 @@ impl Machine {
         let ran_ms =
             u.run_started.take().map(|t| now.saturating_duration_since(t).as_millis().min(u128::from(u64::MAX)) as u64);
         u.last_exit = Some(exit);
+        kill_probe(i, u, fx);
         if let Some(h) = u.health.as_mut() {
             h.stop();
         }
@@ -613,6 +626,14 @@ impl Machine {
                     fx.kill_cgroup(i, pid);
                     fx.close_report(i);
                     u.state = State::Stopping { pid, deadline: now + KILL_WAIT, killed: true };
+                }
+                State::Running { .. } => {
+                    // No probe starts once the shutdown began (and a check
+                    // paused is one whose timer never fires).
+                    kill_probe(i, u, fx);
+                    if let Some(h) = u.health.as_mut() {
+                        h.pause();
+                    }
                 }
                 _ => {}
             }
@@ -837,10 +858,10 @@ impl Machine {
             Request::Ps => Answer::Ps(self.ps(now)),
             Request::Events => Answer::Events,
             Request::Update => Answer::Update,
-            Request::Exec { name, argv, tty } => match unit(&name) {
+            Request::Exec { name, argv, opts } => match unit(&name) {
                 None => Answer::Reply(format!("error no container {name}")),
                 Some(unit) => match self.units.get(unit).map(|u| u.state) {
-                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, tty },
+                    Some(State::Running { pid }) => Answer::Exec { unit, pid, argv, opts },
                     _ => Answer::Reply(format!("error {name} is not running")),
                 },
             },
@@ -876,6 +897,7 @@ impl Machine {
             Request::Stop(name) => self.stop_unit(&name, Want::Stop, now, fx),
             Request::Restart(name) => self.stop_unit(&name, Want::Restart, now, fx),
             Request::Pause(name) => self.pause(&name, now, fx),
+            Request::VolumePrune => Answer::VolumePrune,
             Request::Resume(name) => self.resume(&name, now, fx),
             Request::Heartbeat => reply("error"),
             Request::Signal { name, signals } => match unit(&name) {
@@ -917,7 +939,53 @@ impl Machine {
         if u.freeze != Freeze::Thawed {
             return;
         }
-        let Some(change) = u.health.as_mut().and_then(|h| h.fire(now)) else { return };
+        let Some(h) = u.health.as_mut() else { return };
+        let change = match h.tick(now) {
+            Tick::Idle => None,
+            Tick::Changed(change) => Some(change),
+            Tick::StartProbe => {
+                let started = fx.start_probe(i, pid);
+                h.probe_started(now);
+                // Could not start: a failed check at once.
+                if started {
+                    None
+                } else {
+                    h.probe_ended(false, now)
+                }
+            }
+            Tick::Overdue(change) => {
+                fx.emit(
+                    event("container.probe-failed")
+                        .kv("name", &u.desc.name)
+                        .kv("reason", "overdue")
+                        .kv("after_ms", (h.config().timeout + health::PROBE_GRACE).as_millis()),
+                );
+                fx.kill_probe(i, true);
+                change
+            }
+        };
+        if let Some(change) = change {
+            self.health_changed(i, change, now, fx);
+        }
+    }
+
+    /// Unit `i`'s health probe ended (`passed`: exit status 0), as the
+    /// executor heard from its helper (which emitted `container.probe-failed`
+    /// if it did not pass). Nothing if it was killed meanwhile.
+    pub fn probe_ended(&mut self, i: usize, passed: bool, now: Instant, fx: &mut impl Effects) {
+        let Some(u) = self.units.get_mut(i) else { return };
+        if !matches!(u.state, State::Running { .. }) {
+            return;
+        }
+        if let Some(change) = u.health.as_mut().and_then(|h| h.probe_ended(passed, now)) {
+            self.health_changed(i, change, now, fx);
+        }
+    }
+
+    /// Unit `i`'s health changed: the event; an unhealthy container is
+    /// stopped, then its restart policy decides as after a failure.
+    fn health_changed(&mut self, i: usize, change: health::Change, now: Instant, fx: &mut impl Effects) {
+        let Some(u) = self.units.get_mut(i) else { return };
         fx.emit(health_event(&u.desc.name, change));
         if change.to == Health::Unhealthy {
             if self.first_failure.is_none() {
@@ -936,7 +1004,8 @@ impl Machine {
             Caller::Container(name) => self.units.iter_mut().find(|u| u.desc.name == *name),
             _ => None,
         };
-        let Some(u) = unit.filter(|u| u.health.is_some()) else {
+        // A check by command is proved by its command alone.
+        let Some(u) = unit.filter(|u| u.health.as_ref().is_some_and(|h| h.config().form == Form::Heartbeat)) else {
             fx.emit(
                 event("control.refused").kv("caller", caller.name()).kv("request", "heartbeat").kv("needs", "health"),
             );
@@ -969,6 +1038,9 @@ impl Machine {
             return Answer::Reply(format!("error {e}"));
         }
         u.freeze = Freeze::Freezing { since: now, poll: now, wait: FREEZE_POLL / 2 };
+        // A probe would freeze with the container and time out: killed,
+        // not counted.
+        kill_probe(i, u, fx);
         if let Some(h) = u.health.as_mut() {
             h.pause();
         }
@@ -1033,6 +1105,7 @@ impl Machine {
         match u.state {
             State::Running { pid } => {
                 u.want = want;
+                kill_probe(i, u, fx);
                 thaw_to_stop(i, u, fx);
                 let sig = u.desc.stop_signal;
                 let reason = if want == Want::Unhealthy { "unhealthy" } else { "control" };
@@ -1068,6 +1141,14 @@ impl Machine {
             }
         }
         Answer::Reply("ok".into())
+    }
+}
+
+/// Kill unit `i`'s health probe if one is in flight: its container stops,
+/// pauses or the device shuts down.
+fn kill_probe(i: usize, u: &mut Unit, fx: &mut impl Effects) {
+    if u.health.as_mut().is_some_and(Check::forget_probe) {
+        fx.kill_probe(i, false);
     }
 }
 

@@ -38,6 +38,8 @@ mod watchdog;
 mod volumes;
 // Health checks (issue 14 item 2).
 mod health;
+// Health checks by command: the probe's helper.
+mod probe;
 
 use cairn_format::manifest::{self, DeviceSource};
 
@@ -54,7 +56,12 @@ fn main() {
     // PID 1's own open of the console, as soon as /dev has it (the
     // initramfs usually does; otherwise after the early mounts below).
     event::open_console();
-    event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH).emit();
+    let start = event("boot.start").kv("version", env!("CARGO_PKG_VERSION")).kv("arch", std::env::consts::ARCH);
+    // The test-hooks build says so: a scenario that installs it as an
+    // update's new init sees which init runs.
+    #[cfg(feature = "test-hooks")]
+    let start = start.kv("test_hooks", "on");
+    start.emit();
     if switch_root::on_initramfs() {
         match switch_root::switch() {
             Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
@@ -100,15 +107,20 @@ fn main() {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
             let window = booted.manifest.update.commit_after_ms;
-            let installer = autoinstall(&booted);
+            let installer = autoinstall(&booted, slot.clone());
             let updater = install::Updater {
                 trust: booted.trust,
                 committed: booted.manifest,
                 partitions: booted.partitions,
                 fallback_floor: boot::FALLBACK_ROLLBACK_FLOOR,
+                entry: slot.clone(),
             };
             let update = booted.trial.map(|t| (t, booted.record));
             (units, order, booted.targets, update, window, (installer, Some(updater)))
+        }
+        Err(e @ boot::BootError::EntryNamed(_)) => {
+            event("boot.restart").kv("reason", &e).emit();
+            finish(ShutdownKind::Reboot, &[]);
         }
         Err(e) => {
             event("boot.failed").kv("reason", &e).emit();
@@ -128,8 +140,10 @@ fn main() {
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it
-    // (a permission, or a health check to heartbeat for).
-    let offer = units.iter().any(|(_, d)| d.permissions != control::Permissions(0) || d.health.is_some());
+    // (a permission, or a heartbeat health check).
+    let offer = units.iter().any(|(_, d)| {
+        d.permissions != control::Permissions(0) || d.health.is_some_and(|h| h.form == health::Form::Heartbeat)
+    });
     let control = match control::Listener::bind(offer) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -172,12 +186,13 @@ fn main() {
 
 /// A bundle on another disk (a USB stick): the forked installer looks for
 /// one and installs it (a trial pending refuses it).
-fn autoinstall(b: &boot::Booted) -> Option<libc::pid_t> {
+fn autoinstall(b: &boot::Booted, entry: Option<bootslot::BootSlot>) -> Option<libc::pid_t> {
     let cx = install::Context {
         trust: b.trust.as_ref(),
         committed: &b.manifest,
         record: b.record.snapshot(),
         partitions: &b.partitions,
+        entry,
     };
     install::spawn(&b.disk, b.trial.as_ref().map(|t| t.slot), cx)
 }
@@ -208,7 +223,10 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 .and_then(|s| volumes::attach(s, c, &ready))
                 .and_then(|s| networks::attach(s, m, c, &bridges))
                 .map_err(Into::into);
-            let unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
+            let mut unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
+            if let Some(h @ manifest::HealthCheck { probe: manifest::HealthProbe::Command(argv), .. }) = &c.health {
+                unit = unit.with_probe(argv, std::time::Duration::from_millis(h.timeout_ms.into()));
+            }
             let desc = UnitDesc {
                 name: c.name.as_str().into(),
                 deps: c.depends_on.iter().filter_map(|d| m.container(d).map(|(i, _)| i)).collect(),

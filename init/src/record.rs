@@ -10,7 +10,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use cairn_format::bootstate::{self, BootState, BootStateError};
+use cairn_format::bootstate::{self, BootState, BootStateError, Slot};
 use cairn_format::install::{self, ReadError, RecordError, Storage, Target};
 use cairn_runtime::sys::{self, SysError};
 
@@ -145,6 +145,10 @@ pub enum DevError {
 pub struct Disk {
     devices: Vec<(Target, String)>,
     open: Vec<(Target, Use, OwnedFd)>,
+    /// The ESP's device, for a bundle's boot image.
+    esp: Option<String>,
+    /// The ESP mounted while a boot image is written.
+    entry: Option<crate::bootslot::EntryWriter>,
 }
 
 /// How a descriptor was opened.
@@ -158,7 +162,13 @@ enum Use {
 impl Disk {
     /// The devices of each target.
     pub fn new(devices: Vec<(Target, String)>) -> Disk {
-        Disk { devices, open: Vec::new() }
+        Disk { devices, open: Vec::new(), esp: None, entry: None }
+    }
+
+    /// The ESP (its device) a bundle's boot image is written to.
+    pub fn with_esp(mut self, esp: Option<String>) -> Disk {
+        self.esp = esp;
+        self
     }
 
     /// Read `t` through `fd`, an open descriptor (a bundle passed by a
@@ -214,7 +224,47 @@ impl Storage for Disk {
 
     fn flush(&mut self, t: Target) -> Result<(), DevError> {
         let (fd, dev) = self.fd(t, Use::Write)?;
-        nix::unistd::fdatasync(fd).map_err(sys::err("fdatasync", dev)).map_err(DevError::Sys)
+        nix::unistd::fdatasync(fd).map_err(sys::err("fdatasync", dev)).map_err(DevError::Sys)?;
+        if let Target::BootImage(_) = t {
+            // A new file: its directory entry and the FAT chain too.
+            nix::unistd::syncfs(fd).map_err(sys::err("syncfs", dev)).map_err(DevError::Sys)?;
+        }
+        Ok(())
+    }
+
+    fn begin_entry(&mut self, slot: Slot) -> Result<(), DevError> {
+        let esp = self.esp.clone().ok_or_else(|| DevError::Missing(crate::partitions::ESP.into()))?;
+        let t = Target::BootImage(slot);
+        self.open.retain(|(o, _, _)| *o != t);
+        self.devices.retain(|(o, _)| *o != t);
+        self.entry = None;
+        let (writer, path) = crate::bootslot::EntryWriter::begin(&esp, slot).map_err(DevError::Sys)?;
+        self.entry = Some(writer);
+        self.devices.push((t, path));
+        Ok(())
+    }
+
+    fn finish_entry(&mut self, slot: Slot, tries: u8) -> Result<(), DevError> {
+        #[cfg(feature = "test-hooks")]
+        hang_before_naming();
+        let t = Target::BootImage(slot);
+        self.open.retain(|(o, _, _)| *o != t);
+        let writer = self.entry.take().ok_or_else(|| DevError::Missing(t.to_string()))?;
+        writer.finish(slot, tries).map(drop).map_err(DevError::Sys)
+    }
+}
+
+/// `cairn.test.hang=entry-name` (test builds): the installer stops for
+/// good between the stage write and naming the boot entry, so the harness
+/// can cut the power exactly there.
+#[cfg(feature = "test-hooks")]
+fn hang_before_naming() {
+    let words = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if crate::cmdline::parse(&words).test_hang == Some(crate::cmdline::TestHang::EntryName) {
+        crate::event::event("test.hang").kv("where", "installer").kv("before", "naming the boot entry").emit();
+        loop {
+            nix::unistd::pause();
+        }
     }
 }
 

@@ -179,8 +179,10 @@ pub fn container_spec(
         uid: c.uid,
         gid: c.gid,
         limits: limits(&c.limits),
-        // A health check is proved on the socket (a heartbeat).
-        control: !c.permissions.is_empty() || c.health.is_some(),
+        // A heartbeat check is proved on the socket (a check by command
+        // is run by PID 1 and needs none).
+        control: !c.permissions.is_empty()
+            || c.health.as_ref().is_some_and(|h| h.probe == cairn_format::manifest::HealthProbe::Heartbeat),
         groups: c.groups.clone(),
         capabilities: c.security.capabilities,
         no_new_privs: c.security.no_new_privs,
@@ -377,6 +379,19 @@ pub(crate) mod tests {
         assert_eq!((s.scratch_bytes, s.stop_signal, s.stop_grace_ms), (1 << 20, 2, 300));
         assert!(s.control && s.signal_group && s.console && s.seccomp && !s.allow_userns);
         assert_eq!((s.groups.as_slice(), s.seccomp_deny.as_slice()), (&[20][..], &["ptrace".to_owned()][..]));
+        // The socket: for a permission or a heartbeat, not for a check by
+        // command (PID 1 runs it).
+        let check =
+            |probe| m::HealthCheck { probe, interval_ms: 1000, timeout_ms: 500, retries: 1, start_period_ms: 0 };
+        for (permissions, probe, control) in [
+            (vec![], None, false),
+            (vec![], Some(m::HealthProbe::Heartbeat), true),
+            (vec![], Some(m::HealthProbe::Command(vec!["/bin/check".into()])), false),
+            (vec![m::Permission::Status], Some(m::HealthProbe::Command(vec!["/bin/check".into()])), true),
+        ] {
+            let c = m::Container { permissions, health: probe.map(check), ..container() };
+            assert_eq!(container_spec(&c, layer, device).unwrap().control, control, "{:?}", c.health);
+        }
     }
 
     #[test]

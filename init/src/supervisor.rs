@@ -74,6 +74,10 @@ pub struct Unit {
     report: Option<OwnedFd>,
     /// Its newest output lines (kept across restarts).
     log: LogRing,
+    /// Its health check's command and timeout (the command form).
+    probe: Option<(Vec<std::ffi::CString>, Duration)>,
+    /// Its probe in flight.
+    probing: Option<crate::probe::Running>,
 }
 
 impl Unit {
@@ -99,7 +103,18 @@ impl Unit {
             fresh_output: None,
             report: None,
             log: LogRing::new(cairn_format::manifest::DEFAULT_LOG_SIZE as usize),
+            probe: None,
+            probing: None,
         }
+    }
+
+    /// Check its health with this command (argv), killed after `timeout`.
+    /// An argument with a NUL (the manifest's validation refuses it) drops
+    /// the command: every check then fails to start, and says why.
+    pub fn with_probe(mut self, argv: &[String], timeout: Duration) -> Self {
+        let argv = argv.iter().map(|a| std::ffi::CString::new(a.as_str())).collect::<Result<Vec<_>, _>>();
+        self.probe = Some((argv.unwrap_or_default(), timeout));
+        self
     }
 
     /// Keep `bytes` of its output in memory (its manifest's `log_size`).
@@ -197,6 +212,35 @@ impl Effects for Io {
         self.units.get(i).and_then(|u| u.cgroup.frozen())
     }
 
+    fn start_probe(&mut self, i: usize, pid: Pid) -> bool {
+        let Some(u) = self.units.get_mut(i) else { return false };
+        let why = match (&u.spec, &u.probe) {
+            (Ok(spec), Some((argv, timeout))) if !argv.is_empty() => {
+                let target =
+                    crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
+                match crate::probe::start(&target, argv, *timeout) {
+                    Ok(running) => {
+                        u.probing = Some(running);
+                        return true;
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            _ => "no command".to_string(),
+        };
+        event("container.probe-failed").kv("name", &u.name).kv("reason", "not started").kv("error", why).emit();
+        false
+    }
+
+    fn kill_probe(&mut self, i: usize, helper_too: bool) {
+        let Some(u) = self.units.get_mut(i) else { return };
+        if let Some(running) = u.probing.take() {
+            if let Err(e) = crate::probe::kill(&u.cgroup, running, helper_too) {
+                event("container.probe-kill-failed").kv("name", &u.name).kv("error", e).emit();
+            }
+        }
+    }
+
     fn emit(&mut self, e: Event) {
         e.emit();
     }
@@ -274,6 +318,23 @@ impl Unit {
 }
 
 impl Io {
+    /// If `pid` was a unit's probe helper: which unit, and whether its
+    /// probe passed (`container.probe-failed` says why not).
+    fn probe_reaped(&mut self, pid: libc::pid_t) -> Option<(usize, bool)> {
+        let i = self.units.iter().position(|u| u.probing.as_ref().is_some_and(|r| r.helper == pid))?;
+        let u = self.units.get_mut(i)?;
+        let outcome = u.probing.take()?.outcome();
+        if !outcome.passed() {
+            let timeout = u.probe.as_ref().map_or(Duration::ZERO, |p| p.1);
+            let mut e = event("container.probe-failed").kv("name", &u.name);
+            for (k, v) in outcome.fields(timeout) {
+                e = e.kv(k, v);
+            }
+            e.emit();
+        }
+        Some((i, outcome.passed()))
+    }
+
     /// Drain the inotify descriptor; report new OOM kills of the units
     /// whose `memory.events` changed.
     fn drain_oom(&mut self) {
@@ -343,6 +404,8 @@ pub struct Supervisor {
     /// What an `update` request's installer needs (a boot that verified a
     /// manifest).
     updater: Option<crate::install::Updater>,
+    /// The `volume prune` helper's pid while it runs.
+    pruner: Option<libc::pid_t>,
 }
 
 /// This boot on trial: its boot entry (new kernel or init), its manifest
@@ -382,6 +445,7 @@ impl Supervisor {
             trial: None,
             installer: None,
             updater: None,
+            pruner: None,
         }
     }
 
@@ -527,6 +591,14 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
         if crate::exec::reaped(pid) {
+            return;
+        }
+        if self.pruner == Some(pid) {
+            self.pruner = None;
+            return;
+        }
+        if let Some((i, passed)) = self.io.probe_reaped(pid) {
+            self.machine.probe_ended(i, passed, Instant::now(), &mut self.io);
             return;
         }
         if self.installer == Some(pid) {
@@ -803,7 +875,15 @@ impl Supervisor {
             Answer::Events => {
                 ("ok".into(), Some(stream(Source::Events, control::with_events(LogRing::next_seq), true)))
             }
-            Answer::Exec { unit, pid, argv, tty } => (self.exec(&conn, unit, pid, &argv, tty), None),
+            Answer::Exec { unit, pid, argv, opts } => (self.exec(&conn, unit, pid, &argv, &opts), None),
+            Answer::VolumePrune => match self.start_prune(&conn) {
+                // The helper answers on the connection from here on.
+                Ok(body) => {
+                    Self::said(&conn, text, &body);
+                    return;
+                }
+                Err(body) => (body, None),
+            },
             Answer::Update => match self.start_requested_install(&mut conn) {
                 // The installer answers on the connection from here on.
                 Ok(body) => {
@@ -831,11 +911,75 @@ impl Supervisor {
     }
 
     /// `exec`: fork the helper that serves it (crate::exec).
-    fn exec(&self, conn: &Conn, unit: usize, pid: libc::pid_t, argv: &[Vec<u8>], tty: bool) -> String {
+    fn exec(
+        &self,
+        conn: &Conn,
+        unit: usize,
+        pid: libc::pid_t,
+        argv: &[Vec<u8>],
+        opts: &crate::exec::Options,
+    ) -> String {
         let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
         let Ok(spec) = &u.spec else { return "error it cannot start".into() };
         let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
-        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, tty)
+        crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, opts)
+    }
+
+    /// `volume prune`: pick the volumes to delete (never one the manifest
+    /// names or a container mounts) and fork the helper that deletes them
+    /// and answers on `conn` (the data of a volume can be large: PID 1
+    /// never waits for the deletion). `Ok`: what the `control.request`
+    /// event says; `Err`: the reply to send now.
+    fn start_prune(&mut self, conn: &Conn) -> Result<String, String> {
+        if let Some(pid) = self.pruner {
+            return Err(format!("error busy: a prune is running (pid {pid})"));
+        }
+        // A trial may roll back to a manifest that still names a volume
+        // this one does not: nothing is pruned until the trial is judged.
+        if self.trial.is_some() {
+            return Err("error busy: this boot is on trial (prune once it is committed)".into());
+        }
+        let m = self
+            .updater
+            .as_ref()
+            .map(|u| &u.committed)
+            .ok_or("error unavailable: this boot has no verified manifest")?;
+        if !crate::volumes::data_ready() {
+            return Err("error unavailable: the data partition is not mounted".into());
+        }
+        let mounted: Vec<&str> = self
+            .io
+            .units
+            .iter()
+            .filter_map(|u| u.spec.as_ref().ok())
+            .flat_map(|s| s.volumes.iter().map(|v| v.source.as_str()))
+            .collect();
+        let names = crate::volumes::prunable(&crate::volumes::present_names(), m, &mounted);
+        if names.is_empty() {
+            return Err("ok nothing to prune".into());
+        }
+        // SAFETY: PID 1 is single-threaded; the child only prunes, answers
+        // and exits.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                self.pruner = Some(child.as_raw());
+                Ok(format!("pruning {} (pid {child})", names.join(",")))
+            }
+            Ok(nix::unistd::ForkResult::Child) => {
+                let fd = conn.raw();
+                if cairn_runtime::sys::close_all_but(&[fd]).is_err() {
+                    cairn_runtime::sys::exit_now(1);
+                }
+                let console = crate::exec::Console::open();
+                let body = crate::volumes::prune(&names, |e| console.emit(e));
+                let msg = control::framed_reply(&body);
+                // SAFETY: `msg` is a live buffer of its length; `fd` is the
+                // connection, open in this process.
+                unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+                cairn_runtime::sys::exit_now(0)
+            }
+            Err(e) => Err(format!("error fork: {}", cairn_runtime::sys::errno_name(e as i32))),
+        }
     }
 
     /// The `control.request` event: who asked what, the reply's first line.
@@ -1077,7 +1221,18 @@ fn roll_back(t: Trial, reason: &str) {
         // An entry alone: the loader counts its tries.
         return;
     };
-    let came_with_entry = record.state.trial.is_some_and(|x| x.boot_entry);
+    // The entry the trial came with is marked bad before the record ends
+    // the trial: cut between the two, the loader starts the old entry and
+    // the next boot ends the trial as a fall-back. The other order could
+    // leave the failed image counting tries with no trial to judge it, and
+    // blessed once the old manifest runs fine on it (the power-cut
+    // simulator's `RollbackRecordFirst`).
+    let came_with = record.state.trial.and_then(|x| x.boot_entry);
+    if let Some(mut entry) = t.entry.filter(|en| came_with == Some(en.slot)) {
+        if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
+            event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
+        }
+    }
     match record.write(cairn_format::update::fail_trial(&record.state)) {
         Ok(()) => event("update.rolled-back")
             .kv("slot", trial.slot)
@@ -1086,11 +1241,6 @@ fn roll_back(t: Trial, reason: &str) {
             .kv("rollback_floor", record.state.rollback_floor)
             .emit(),
         Err(e) => event("bootstate.write-failed").kv("error", e).emit(),
-    }
-    if let Some(mut entry) = t.entry.filter(|en| came_with_entry && en.slot == trial.slot) {
-        if let Err(e) = crate::bootslot::mark_bad(&mut entry) {
-            event("boot.mark-bad-failed").kv("slot", entry.slot).kv("error", e).emit();
-        }
     }
 }
 

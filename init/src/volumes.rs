@@ -13,8 +13,12 @@
 //! lives on the directory itself: a volume keeps its id for life, and a new
 //! volume takes the highest id found plus one.
 //!
-//! A volume no manifest names any more is kept (pruning is for the control
-//! API); `volume.unused` lists them at every boot.
+//! A volume no manifest names any more is kept; `volume.unused` lists them
+//! at every boot, and `cairn-ctl volume prune` (the `volumes` permission)
+//! deletes them: PID 1 picks them ([`prunable`]) and forks a helper that
+//! renames each out of the way (`.pruning-NAME`, so a power cut mid-way
+//! leaves no half-deleted volume under its name; the next prune finishes
+//! it), deletes it and answers on the connection.
 //!
 //! A tmpfs volume is a tmpfs PID 1 mounts at `/run/cairn/volumes/NAME`
 //! (size, mode and owner as configured), shared by the containers that
@@ -129,6 +133,93 @@ pub fn unused(present: &[String], m: &Manifest) -> Vec<String> {
         .filter(|p| !m.volumes.iter().any(|v| v.kind == VolumeKind::Persistent && v.name == **p))
         .cloned()
         .collect()
+}
+
+/// The volume directories `volume prune` deletes: those on the disk
+/// (`present`) that are not a persistent volume of the manifest and not
+/// the source of any mount of a container (`mounted`, host paths: a
+/// second guard, should a spec ever name one the manifest does not).
+/// Leftovers of an interrupted prune (`.pruning-NAME`) are included.
+/// Sorted by name.
+pub fn prunable(present: &[String], m: &Manifest, mounted: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = unused(present, m)
+        .into_iter()
+        .filter(|name| !name.is_empty() && name != "." && name != ".." && !name.contains('/'))
+        .filter(|name| !mounted.contains(&host_dir(VolumeKind::Persistent, name).as_str()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Prefix of a volume directory being deleted.
+pub const PRUNING: &str = ".pruning-";
+
+/// The name a volume directory is renamed to before it is deleted.
+pub fn pruning_name(name: &str) -> String {
+    if name.starts_with(PRUNING) {
+        name.to_owned()
+    } else {
+        format!("{PRUNING}{name}")
+    }
+}
+
+/// The names of the volume directories on the disk.
+pub fn present_names() -> Vec<String> {
+    present().into_iter().map(|(n, _)| n).collect()
+}
+
+/// Whether the data partition holds volumes this boot.
+pub fn data_ready() -> bool {
+    data_mounted()
+}
+
+/// In a helper forked for `volume prune`: delete these volume
+/// directories (names in [`VOLUMES_DIR`]). Returns the reply's body; each
+/// deletion is a `volume.pruned` event (or `volume.prune-failed`), written
+/// with `emit` (the helper's console).
+pub fn prune(names: &[String], mut emit: impl FnMut(crate::event::Event)) -> String {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for name in names {
+        let dir = host_dir(VolumeKind::Persistent, name);
+        // Its usage, from its project quota (before it goes).
+        let used = open_dir(&dir).and_then(|fd| get_xattr(&fd)).ok().and_then(|x| {
+            let mut q = DqBlk::default();
+            (x.projid != 0 && quotactl(prj(Q_GETQUOTA), x.projid, &mut q).is_ok()).then_some(q.curspace)
+        });
+        let away = host_dir(VolumeKind::Persistent, &pruning_name(name));
+        let result = std::fs::rename(&dir, &away)
+            .map_err(|e| ("rename", e))
+            // The rename durable before the deletion begins.
+            .and_then(|()| {
+                open_dir(VOLUMES_DIR)
+                    .map_err(|e| e.errno)
+                    .and_then(|fd| nix::unistd::fsync(&fd).map_err(|e| e as i32))
+                    .map_err(|errno| ("fsync", std::io::Error::from_raw_os_error(errno)))
+            })
+            // Never follows a symlink, never leaves the directory tree.
+            .and_then(|()| std::fs::remove_dir_all(&away).map_err(|e| ("remove", e)));
+        match result {
+            Ok(()) => {
+                let mut e = event("volume.pruned").kv("name", name);
+                if let Some(b) = used {
+                    e = e.kv("freed_bytes", b);
+                }
+                emit(e);
+                done.push(name.as_str());
+            }
+            Err((op, err)) => {
+                let errno = sys::errno_name(err.raw_os_error().unwrap_or(libc::EIO));
+                emit(event("volume.prune-failed").kv("name", name).kv("op", op).kv("error", errno));
+                failed.push(format!("{name} ({op}: {errno})"));
+            }
+        }
+    }
+    match (done.is_empty(), failed.is_empty()) {
+        (true, true) => "ok nothing to prune".into(),
+        (_, true) => format!("ok pruned {}", done.join(",")),
+        (_, false) => format!("error pruned [{}], failed {}", done.join(","), failed.join(", ")),
+    }
 }
 
 /// The host directory of a volume.
@@ -363,6 +454,13 @@ mod tests {
         ];
         let present = vec!["db".to_owned(), "tmp".to_owned(), "gone".to_owned()];
         assert_eq!(unused(&present, &m), ["tmp", "gone"]);
+        // Prune: never a volume of the manifest, nor a mounted one, and
+        // an interrupted prune's leftover goes too.
+        let present = vec!["db".to_owned(), "gone".to_owned(), "held".to_owned(), ".pruning-old".to_owned()];
+        assert_eq!(prunable(&present, &m, &["/run/cairn/data/volumes/held"]), [".pruning-old", "gone"]);
+        assert_eq!(prunable(&present, &m, &[]), [".pruning-old", "gone", "held"]);
+        assert_eq!(pruning_name("gone"), ".pruning-gone");
+        assert_eq!(pruning_name(".pruning-old"), ".pruning-old");
         assert_eq!(host_dir(VolumeKind::Persistent, "db"), "/run/cairn/data/volumes/db");
         assert_eq!(host_dir(VolumeKind::Tmpfs, "tmp"), "/run/cairn/volumes/tmp");
     }

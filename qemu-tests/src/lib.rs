@@ -58,7 +58,7 @@ pub struct Artifacts {
 }
 
 /// The scenarios that boot the `test-hooks` build of cairn-init.
-pub const NEEDS_TEST_HOOKS: &[&str] = &["watchdog", "ota-watchdog"];
+pub const NEEDS_TEST_HOOKS: &[&str] = &["watchdog", "ota-watchdog", "ota-install"];
 
 /// Whether running `names` (every scenario when empty) needs the
 /// `test-hooks` build.

@@ -125,6 +125,8 @@ pub enum Waited {
     ContainerGone,
     /// `hangup` became readable (the client is gone or spoke).
     Hangup,
+    /// The deadline given to [`Started::wait_until`] passed first.
+    TimedOut,
 }
 
 /// One open namespace to join.
@@ -345,6 +347,12 @@ impl Started {
     /// Wait for its status (blocking: the helper's whole job), the
     /// container's end, or `hangup` becoming readable.
     pub fn wait(&self, hangup: BorrowedFd<'_>) -> Waited {
+        self.wait_until(hangup, None)
+    }
+
+    /// [`Started::wait`], or [`Waited::TimedOut`] once `deadline` passed
+    /// (the command still runs: killing it is the caller's choice).
+    pub fn wait_until(&self, hangup: BorrowedFd<'_>, deadline: Option<std::time::Instant>) -> Waited {
         loop {
             if let Some(exit) = self.read_status() {
                 return Waited::Exited(exit);
@@ -354,8 +362,19 @@ impl Started {
                 libc::pollfd { fd: self.init.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: hangup.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
+            let timeout_ms = match deadline {
+                None => -1,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    None => return Waited::TimedOut,
+                    // Rounded up: never wake just before the deadline.
+                    Some(left) => i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX),
+                },
+            };
             // SAFETY: three valid pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout_ms) };
+            if n == 0 {
+                continue;
+            }
             if n < 0 && sys::errno() == libc::EINTR {
                 continue;
             }

@@ -417,23 +417,56 @@ fn plan(board_name: Option<&str>, scenarios: &[String]) -> Result<Vec<(&'static 
         .collect())
 }
 
+/// Boards whose suites run at once: `CAIRN_TEST_JOBS`, else the host's
+/// cores, at most 2. Each QEMU guest has one vCPU, one TCG thread: two
+/// boards on two cores take the time of the slower one, not the sum.
+fn test_jobs() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    std::env::var("CAIRN_TEST_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(cores.min(2)).max(1)
+}
+
 fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
-    let (mut passed, mut failed) = (0, 0);
+    // Every board is built first (cargo and the downloads, one at a time),
+    // then the suites run, `test_jobs` boards at once, the longest first.
+    let mut prepared = Vec::new();
     for (b, scenarios) in plan(board_name, scenarios)? {
         let art = prepare_with(b, cairn_qemu_tests::needs_test_hooks(&scenarios))?;
         let _ = std::fs::remove_dir_all(&art.work_dir);
-        cairn_qemu_tests::run(b, &art, &scenarios, &mut |o| match &o.result {
-            Ok(()) => {
-                passed += 1;
-                println!("ok   {:<14} {:<13} {:>6.1}s", o.name, b.name, o.elapsed.as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAIL {:<14} {:<13} {:>6.1}s  {e:#}", o.name, b.name, o.elapsed.as_secs_f64());
-                println!("     console log: {}", art.work_dir.join(o.name).display());
-            }
-        })?;
+        prepared.push((b, art, scenarios));
     }
+    let jobs = test_jobs();
+    if prepared.len() > 1 && jobs > 1 {
+        println!("xtask: running {} boards' suites, {jobs} at once (CAIRN_TEST_JOBS)", prepared.len());
+    }
+    let queue = std::sync::Mutex::new(prepared.iter().collect::<std::collections::VecDeque<_>>());
+    let (passed, failed) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+    let worker = || -> Result<()> {
+        loop {
+            let next = queue.lock().map_err(|_| anyhow::anyhow!("a suite panicked"))?.pop_front();
+            let Some((b, art, scenarios)) = next else { return Ok(()) };
+            cairn_qemu_tests::run(b, art, scenarios, &mut |o| match &o.result {
+                Ok(()) => {
+                    passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    println!("ok   {:<14} {:<13} {:>6.1}s", o.name, b.name, o.elapsed.as_secs_f64());
+                }
+                Err(e) => {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    println!(
+                        "FAIL {:<14} {:<13} {:>6.1}s  {e:#}\n     console log: {}",
+                        o.name,
+                        b.name,
+                        o.elapsed.as_secs_f64(),
+                        art.work_dir.join(o.name).display()
+                    );
+                }
+            })?;
+        }
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs.min(prepared.len()).max(1)).map(|_| s.spawn(worker)).collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a suite panicked"))?)
+    })?;
+    let (passed, failed) = (passed.into_inner(), failed.into_inner());
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

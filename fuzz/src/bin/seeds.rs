@@ -316,7 +316,7 @@ fn bootstate_seeds(dir: &Path) -> usize {
     put("equal-seq", &region(Some(&state(6, 1)), Some(&state(6, 2))));
     let mut trial = state(12, MAX_LAYER_SLOTS);
     trial.status = [SlotStatus::Good, SlotStatus::Ready];
-    trial.trial = Some(Trial { slot: Slot::B, tries_left: 3, boot_entry: true });
+    trial.trial = Some(Trial { slot: Slot::B, tries_left: 3, boot_entry: Some(Slot::B) });
     trial.rollback_floor = 7;
     let mut prev = trial.clone();
     prev.seq = 11;

@@ -304,10 +304,13 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
-    /// `"heartbeat"` (default; the only kind so far: the command form
-    /// needs exec).
+    /// `"heartbeat"` (default) or `"command"` (then `command` is the
+    /// probe run inside the container).
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
+    /// The command form's probe: argv, `argv[0]` an absolute path.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     /// Time between checks (default 10000).
     pub interval_ms: Option<u32>,
     /// How late a check may be (default 5000).
@@ -327,14 +330,16 @@ pub const HEALTH_RETRIES: u32 = 3;
 
 impl HealthSpec {
     fn compile(&self) -> Result<HealthCheck, String> {
-        let probe = match self.kind.as_deref() {
-            None | Some("heartbeat") => HealthProbe::Heartbeat,
-            Some("command") => {
-                return Err(
-                    "health: type \"command\" needs exec probes, which are not built yet (heartbeat only)".into()
-                )
+        let probe = match (self.kind.as_deref(), &self.command) {
+            (None | Some("heartbeat"), None) => HealthProbe::Heartbeat,
+            (None | Some("heartbeat"), Some(_)) => {
+                return Err("health: `command` needs type = \"command\" (a heartbeat runs nothing)".into())
             }
-            Some(other) => return Err(format!("health: type {other:?} is not \"heartbeat\"")),
+            (Some("command"), Some(argv)) => HealthProbe::Command(argv.clone()),
+            (Some("command"), None) => {
+                return Err("health: type \"command\" needs `command = [\"/abs/path\", ...]`".into())
+            }
+            (Some(other), _) => return Err(format!("health: type {other:?} is not \"heartbeat\" or \"command\"")),
         };
         Ok(HealthCheck {
             probe,
@@ -1214,8 +1219,23 @@ depends_on = ["sensor"]
                 start_period_ms: 3000
             })
         );
+        let m = compile(&with("health = { type = \"command\", command = [\"/bin/check\", \"-q\"], timeout_ms = 800 }"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m.containers[1].health,
+            Some(HealthCheck {
+                probe: HealthProbe::Command(vec!["/bin/check".into(), "-q".into()]),
+                interval_ms: HEALTH_INTERVAL_MS,
+                timeout_ms: 800,
+                retries: HEALTH_RETRIES,
+                start_period_ms: 0
+            })
+        );
         for (extra, want) in [
-            ("health = { type = \"command\" }", "needs exec"),
+            ("health = { type = \"command\" }", "needs `command"),
+            ("health = { command = [\"/bin/check\"] }", "needs type = \"command\""),
+            ("health = { type = \"command\", command = [\"check\"] }", "health command"),
+            ("health = { type = \"command\", command = [\"/bin/check\"], timeout_ms = 0 }", "health timeout_ms"),
             ("health = { type = \"tcp\" }", "is not \"heartbeat\""),
             ("health = { retries = 0 }", "health retries"),
             ("health = { interval_ms = 10 }", "health interval_ms"),

@@ -4,6 +4,9 @@
 //!
 //! The factory disk holds slot `a`, blessed. A slot written later (by an
 //! update, or a test) gets a boot counter ([`cairn_format::bootentry`]).
+//! An update's image ([`BootKit::update_image`]) names no slot: the device
+//! writes it into whichever entry it did not boot from, and the init learns
+//! its entry from the loader.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,9 @@ pub enum BootKitError {
         /// Cause.
         error: UkiError,
     },
+    /// Building an update's image.
+    #[error("the update's boot image: {0}")]
+    UpdateUki(UkiError),
 }
 
 /// Everything a boot slot is made of.
@@ -102,17 +108,31 @@ impl BootKit {
 
     /// The unified kernel image of `slot`, for release `version` of `product`.
     pub fn uki(&self, slot: Slot, product: &str, version: u64) -> Result<Vec<u8>, BootKitError> {
-        let cmdline = self.slot_cmdline(slot);
         let os_release = uki::os_release(product, version, &slot.to_string());
-        let parts = UkiParts {
+        self.image(&self.slot_cmdline(slot), &os_release).map_err(|error| BootKitError::Uki { slot, error })
+    }
+
+    /// A unified kernel image of the kit with this command line and
+    /// os-release.
+    fn image(&self, cmdline: &str, os_release: &str) -> Result<Vec<u8>, UkiError> {
+        uki::build(&UkiParts {
             stub: &self.stub,
             kernel: &self.kernel,
             initramfs: &self.initramfs,
-            cmdline: &cmdline,
-            os_release: &os_release,
+            cmdline,
+            os_release,
             uname: &self.uname,
-        };
-        uki::build(&parts).map_err(|error| BootKitError::Uki { slot, error })
+        })
+    }
+
+    /// The boot image an update bundle carries (`cairn bundle build
+    /// --boot-image`): the kit's command line without `cairn.slot=`, since
+    /// the device picks the entry it goes into, and `IMAGE_VERSION` the
+    /// manifest's version, so systemd-boot sorts it before the entry the
+    /// device runs now.
+    pub fn update_image(&self, product: &str, version: u64) -> Result<Vec<u8>, BootKitError> {
+        let os_release = uki::os_release(product, version, "update");
+        self.image(self.cmdline.trim(), &os_release).map_err(BootKitError::UpdateUki)
     }
 
     /// The slot image for `entry`.

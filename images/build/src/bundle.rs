@@ -58,6 +58,14 @@ pub enum BundleBuildError {
     /// The signer of the TOC failed.
     #[error("signing the table of contents: {0}")]
     Sign(String),
+    /// The boot image is not one a device should write into a boot entry.
+    #[error("boot image {path}: {reason}")]
+    BootImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing a layer part.
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -222,6 +230,47 @@ pub fn write_bundle(input: &BundleInput<'_>, key: &SigningKey, out: &Path) -> Re
     write_bundle_with(input, &public, &mut |bytes| Ok(key.sign(bytes).to_bytes()), out)
 }
 
+/// Whether `image` is an update's boot image for manifest `m` (`cairn image
+/// assemble --update-image`): a PE whose os-release names the manifest's
+/// product and version (systemd-boot sorts the new entry first by that
+/// version; one that sorted after the running entry would never be tried,
+/// and the trial would fail) and whose command line names no boot slot
+/// (the device picks the entry).
+pub fn check_boot_image(image: &[u8], m: &Manifest) -> Result<(), String> {
+    crate::pe::headers(image).map_err(|e| format!("not a PE image: {e}"))?;
+    let text = |name: &str| -> Result<String, String> {
+        let data = crate::pe::section_data(image, name)
+            .map_err(|e| format!("section {name}: {e}"))?
+            .ok_or_else(|| format!("no {name} section: not a unified kernel image"))?;
+        Ok(String::from_utf8_lossy(data).trim_end_matches('\0').to_owned())
+    };
+    let osrel = text(".osrel")?;
+    let field =
+        |key: &str| osrel.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim_matches('"'));
+    let version = m.version.to_string();
+    if field("IMAGE_VERSION") != Some(version.as_str()) {
+        return Err(format!(
+            "its os-release says IMAGE_VERSION={}, the manifest is version {version}",
+            field("IMAGE_VERSION").unwrap_or("(none)")
+        ));
+    }
+    if field("IMAGE_ID") != Some(m.compatible.as_str()) {
+        return Err(format!(
+            "its os-release says IMAGE_ID={}, the manifest is for {}",
+            field("IMAGE_ID").unwrap_or("(none)"),
+            m.compatible
+        ));
+    }
+    let cmdline = text(".cmdline")?;
+    if cmdline.split_whitespace().any(|w| w.starts_with("cairn.slot=")) {
+        return Err(
+            "its command line names a boot slot (cairn.slot=): build it with `cairn image assemble --update-image`"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// A signer of TOC bytes ([`bundle::toc_signed_bytes`]): the ed25519
 /// signature, or why there is none.
 pub type SignFn<'a> = dyn FnMut(&[u8]) -> Result<[u8; 64], String> + 'a;
@@ -237,6 +286,10 @@ pub fn write_bundle_with(
     let m = input.manifest;
     if let Some(b) = input.base {
         check_base(m, b)?;
+    }
+    if let Some(path) = input.boot_image {
+        let image = fs::read(path).map_err(io(path))?;
+        check_boot_image(&image, m).map_err(|reason| BundleBuildError::BootImage { path: path.to_owned(), reason })?;
     }
     let layers = carried(input);
     for l in &layers {
@@ -704,13 +757,51 @@ argv = ["/bin/app"]
         assert_eq!((e.part, e.layer.as_str(), e.expected), (PartName::Layer(1), "app", app.layers[1].digest));
     }
 
+    /// A stand-in for a unified kernel image: a minimal PE with the
+    /// sections the bundle checks.
+    fn update_image(m: &Manifest, cmdline: &str) -> Vec<u8> {
+        let osrel = crate::uki::os_release(&m.compatible, m.version, "update");
+        let sections = [
+            crate::pe::NewSection { name: ".osrel", data: osrel.as_bytes() },
+            crate::pe::NewSection { name: ".cmdline", data: cmdline.as_bytes() },
+        ];
+        crate::pe::add_sections(&crate::pe::minimal_image(b"\xc3"), &sections).unwrap()
+    }
+
+    #[test]
+    fn a_boot_image_must_be_this_manifests_and_name_no_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let app = build(d.path(), 1, "v1");
+        let m = &app.manifest;
+        assert_eq!(check_boot_image(&update_image(m, "console=ttyS0 quiet"), m), Ok(()));
+        let slotted = check_boot_image(&update_image(m, "console=ttyS0 cairn.slot=b"), m).unwrap_err();
+        assert!(slotted.contains("cairn.slot="), "{slotted}");
+        let mut older = m.clone();
+        older.version += 1;
+        let e = check_boot_image(&update_image(m, ""), &older).unwrap_err();
+        assert!(e.contains("IMAGE_VERSION=1"), "{e}");
+        let mut other = m.clone();
+        other.compatible = "router-v2".into();
+        let e = check_boot_image(&update_image(m, ""), &other).unwrap_err();
+        assert!(e.contains("the manifest is for router-v2"), "{e}");
+        let e = check_boot_image(b"MZ not really a PE", m).unwrap_err();
+        assert!(e.starts_with("not a PE image"), "{e}");
+        // And `write_bundle` refuses one.
+        let boot = d.path().join("boot.efi");
+        fs::write(&boot, update_image(m, "cairn.slot=a")).unwrap();
+        let mut i = input(&app, None);
+        i.boot_image = Some(&boot);
+        let e = write_bundle(&i, &key(), &d.path().join("b.cairn")).unwrap_err();
+        assert!(matches!(e, BundleBuildError::BootImage { .. }), "{e}");
+    }
+
     #[test]
     fn a_split_bundle_holds_the_same_parts_by_digest_and_verifies() {
         let d = tempfile::tempdir().unwrap();
         let app = build(d.path(), 1, "v1");
         let out = d.path().join("b.cairn");
         let boot = d.path().join("boot.efi");
-        fs::write(&boot, b"MZ not really a PE".repeat(100)).unwrap();
+        fs::write(&boot, update_image(&app.manifest, "console=ttyS0")).unwrap();
         let mut i = input(&app, None);
         i.boot_image = Some(&boot);
         let b = write_bundle(&i, &key(), &out).unwrap();

@@ -65,10 +65,15 @@ fn container(c: &Container) -> Table {
     t.insert("log_size".into(), int(c.log_size.into()));
     if let Some(h) = &c.health {
         let mut health = Table::new();
-        let kind = match h.probe {
-            cairn_format::manifest::HealthProbe::Heartbeat => "heartbeat",
-        };
-        health.insert("type".into(), s(kind));
+        match &h.probe {
+            cairn_format::manifest::HealthProbe::Heartbeat => {
+                health.insert("type".into(), s("heartbeat"));
+            }
+            cairn_format::manifest::HealthProbe::Command(argv) => {
+                health.insert("type".into(), s("command"));
+                health.insert("command".into(), strings(argv.iter().map(|a| a.as_str())));
+            }
+        }
         health.insert("interval_ms".into(), int(h.interval_ms.into()));
         health.insert("timeout_ms".into(), int(h.timeout_ms.into()));
         health.insert("retries".into(), int(h.retries.into()));
@@ -376,6 +381,7 @@ layers = ["base"]
 argv = ["/bin/jail"]
 uid = 1000
 groups = [1000]
+health = { type = "command", command = ["/bin/jail", "--check", "two words"], timeout_ms = 700 }
 security = { userns = { uid_map = [[0, 100000, 1], [1000, 101000, 1]], gid_map = [[0, 100000, 65536]] } }
 
 [[container]]

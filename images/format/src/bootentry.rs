@@ -25,6 +25,14 @@ pub const SUFFIX: &str = ".efi";
 /// Tries a newly written slot gets.
 pub const DEFAULT_TRIES: u32 = 3;
 
+/// The name an installer writes a slot's new image under, in [`DIR`],
+/// until the trial it belongs to is staged: it starts with a dot and does
+/// not end in `.efi`, so neither systemd-boot nor [`find`] takes it for an
+/// entry (a power cut before the stage leaves nothing the loader starts).
+pub fn pending_name(slot: Slot) -> String {
+    format!(".{PREFIX}{slot}.new")
+}
+
 /// A boot entry's file name, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {

@@ -112,10 +112,14 @@ pub struct Trial {
     pub slot: Slot,
     /// Boots left; each is spent (written) before anything is mounted.
     pub tries_left: u8,
-    /// The install also wrote this slot's boot entry on the ESP: a boot that
-    /// the loader started from the other entry means the new kernel or init
-    /// never got this far, and the trial has failed.
-    pub boot_entry: bool,
+    /// The boot entry on the ESP the install wrote the bundle's boot image
+    /// into (new kernel or init), if it carried one. Entry letters and
+    /// manifest letters are two A/B pairs: the entry is the one the
+    /// committed system did not boot from, whatever the manifest slot. A
+    /// trial boot the loader started from another entry means the new
+    /// image never got this far, and the trial has failed. (Encoded as the
+    /// `bool` it replaces when `None`: no earlier install wrote `true`.)
+    pub boot_entry: Option<Slot>,
 }
 
 /// A hint: the layer with this digest was written to this layer partition.

@@ -59,6 +59,9 @@ pub enum Target {
     Manifest(Slot),
     /// `cairn-layer-NN`.
     Layer(u8),
+    /// The new image of a boot entry on the ESP, under its pending name
+    /// (`bootentry::pending_name`) until [`Storage::finish_entry`].
+    BootImage(Slot),
 }
 
 impl fmt::Display for Target {
@@ -68,6 +71,9 @@ impl fmt::Display for Target {
             Target::State => f.write_str("cairn-state"),
             Target::Manifest(s) => f.write_str(s.partition()),
             Target::Layer(n) => write!(f, "cairn-layer-{n:02}"),
+            Target::BootImage(s) => {
+                write!(f, "cairn-esp:{}/{}", crate::bootentry::DIR, crate::bootentry::pending_name(*s))
+            }
         }
     }
 }
@@ -85,8 +91,17 @@ pub trait Storage {
     fn read_direct(&mut self, target: Target, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error>;
     /// Write `data` at `offset`: not durable until [`Storage::flush`].
     fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), Self::Error>;
-    /// Make every write to `target` durable (`fdatasync`).
+    /// Make every write to `target` durable (`fdatasync`; for a boot
+    /// image also its directory entry).
     fn flush(&mut self, target: Target) -> Result<(), Self::Error>;
+    /// Start boot entry `slot`'s new image: remove that entry's file
+    /// (whatever its counter) and any image an earlier install left, then
+    /// create [`Target::BootImage`] empty. Never called for the entry the
+    /// running system started from.
+    fn begin_entry(&mut self, slot: Slot) -> Result<(), Self::Error>;
+    /// Give the written image its entry name, on trial with `tries` (one
+    /// rename), durably. Called only once the trial is staged.
+    fn finish_entry(&mut self, slot: Slot, tries: u8) -> Result<(), Self::Error>;
 }
 
 /// Why a record write did not land.
@@ -196,6 +211,10 @@ pub struct Install<'a> {
     /// Bytes moved per read and write (rounded down to a multiple of
     /// [`BLOCK`], at least one block).
     pub chunk: usize,
+    /// The boot entry the loader started this boot from, as it is named on
+    /// the ESP now (`None` without a boot loader): a bundle's boot image
+    /// goes into the other entry, and only if this one is blessed.
+    pub booted_entry: Option<crate::bootentry::Entry>,
 }
 
 /// Each step of an install, for the caller's events.
@@ -247,6 +266,21 @@ pub enum Progress<'a> {
         partition: Target,
         /// Bytes written.
         bytes: u64,
+    },
+    /// The bundle's boot image written under its pending name, flushed and
+    /// read back.
+    BootImageWritten {
+        /// The boot entry it is for.
+        entry: Slot,
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// After the stage: the boot image has its entry name, on trial.
+    EntryNamed {
+        /// The boot entry.
+        entry: Slot,
+        /// Its tries (the loader counts them down).
+        tries: u8,
     },
     /// The manifest slot written, flushed and read back.
     ManifestWritten {
@@ -412,8 +446,18 @@ pub fn install<S: Storage>(
     // untouched. (The write pass hashes again: a source that changes
     // between the passes is caught there, in a slot that never boots.)
     for (ix, part, ml) in planned_parts(&plan, &toc, &manifest) {
-        check_part(s, chunk, &part, PartName::Layer(ix), (ml.size, ml.digest))?;
+        check_part(s, chunk, &part, PartName::Layer(ix), Some((ml.size, ml.digest)))?;
     }
+    // A boot image goes into the entry this boot did not start from, which
+    // must be free to overwrite; it is checked whole like a layer part.
+    let boot_image = match toc.boot_image {
+        Some(part) => {
+            let entry = update::boot_entry_target(cx.booted_entry).map_err(InstallError::Refused)?;
+            check_part(s, chunk, &part, PartName::BootImage, None)?;
+            Some((entry, part))
+        }
+        None => None,
+    };
     progress(Progress::Verified {
         manifest: &manifest,
         slot: target,
@@ -458,7 +502,7 @@ pub fn install<S: Storage>(
             progress(Progress::Resumed { layer: ml, partition: dst, chunks_skipped: skip, chunks });
         }
         let name = PartName::Layer(ix);
-        if !write_part(s, chunk, &part, name, dst, skip, &mut jw, i)? {
+        if !write_part(s, chunk, &part, name, dst, skip, Some((&mut jw, i)))? {
             // A resumed part that does not read back: write it whole (the
             // journal first forgets its chunks, so a cut during the rewrite
             // resumes from what this rewrite flushed).
@@ -466,7 +510,7 @@ pub fn install<S: Storage>(
             jw.set(i, 0);
             jw.write(s)?;
             // From its first chunk, a read back that differs is an error.
-            write_part(s, chunk, &part, name, dst, 0, &mut jw, i)?;
+            write_part(s, chunk, &part, name, dst, 0, Some((&mut jw, i)))?;
         }
         progress(Progress::LayerWritten { layer: ml, partition: dst, bytes: part.size });
     }
@@ -483,12 +527,30 @@ pub fn install<S: Storage>(
     }
     progress(Progress::ManifestWritten { slot: target, bytes: padded.len() });
 
+    // The boot image, under a name the loader ignores: it is not journalled
+    // (an install cut here writes it again whole; it is read back before
+    // the stage like everything else).
+    if let Some((entry, part)) = boot_image {
+        let dst = Target::BootImage(entry);
+        s.begin_entry(entry).map_err(InstallError::Io)?;
+        write_part(s, chunk, &part, PartName::BootImage, dst, 0, None)?;
+        progress(Progress::BootImageWritten { entry, bytes: part.size });
+    }
+
     // The stage write ends the claim the journal names: once it is
     // durable, the journal no longer agrees with the record and is ignored.
     let tries = manifest.update.tries;
-    let staged = update::stage(&record.state, &committed, &plan, tries, false).map_err(InstallError::Refused)?;
+    let entry = boot_image.map(|(e, _)| e);
+    let staged = update::stage(&record.state, &committed, &plan, tries, entry).map_err(InstallError::Refused)?;
     record.write(s, staged).map_err(InstallError::State)?;
     progress(Progress::Staged { slot: target, version: manifest.version, tries, seq: record.state.seq });
+    // Only now may the loader start the new image: a cut before this
+    // rename leaves a staged trial whose image is still unnamed, which the
+    // next boot names (`update::entry_to_finish`) before anything else.
+    if let Some(entry) = entry {
+        s.finish_entry(entry, tries).map_err(InstallError::Io)?;
+        progress(Progress::EntryNamed { entry, tries });
+    }
     Ok(target)
 }
 
@@ -606,16 +668,17 @@ impl JournalWriter {
     }
 }
 
-/// The check pass: stream a layer part from the bundle, hashing it whole
-/// (against the TOC) and its first `size` bytes (against the manifest's
-/// digest). Writes nothing.
+/// The check pass: stream a part from the bundle, hashing it whole
+/// (against the TOC) and, for a layer, its first `size` bytes (against the
+/// manifest's digest). Writes nothing.
 fn check_part<S: Storage>(
     s: &mut S,
     chunk: usize,
     part: &bundle::Part,
     name: PartName,
-    (size, digest): (u64, Digest),
+    layer: Option<(u64, Digest)>,
 ) -> Result<(), InstallError<S::Error>> {
+    let (size, digest) = layer.unwrap_or((0, Digest::of(&[])));
     let mut whole = Hasher::default();
     let mut image = Hasher::default();
     let mut done = 0u64;
@@ -629,19 +692,20 @@ fn check_part<S: Storage>(
     }
     bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
     let found = image.finish();
-    if found != digest {
+    if layer.is_some() && found != digest {
         return Err(InstallError::LayerDigest { digest, found });
     }
     Ok(())
 }
 
-/// The write pass of part `i`: stream it from the bundle, hashing it whole
+/// The write pass of a part: stream it from the bundle, hashing it whole
 /// (the same bytes as the check pass's, whose image matched the manifest);
-/// write each chunk from `skip` on to `dst`, flush it, then count it in
-/// the journal (so the journal never counts a chunk that is not durable);
-/// then read the part back from the medium and compare. `Ok(false)`: a
-/// resumed part (`skip > 0`) does not read back.
-#[allow(clippy::too_many_arguments)]
+/// write each chunk from `skip` on to `dst`; with a journal (its writer
+/// and the part's index in it), flush each chunk, then count it in the
+/// journal (so the journal never counts a chunk that is not durable),
+/// without one flush once at the end; then read the part back from the
+/// medium and compare. `Ok(false)`: a resumed part (`skip > 0`) does not
+/// read back.
 fn write_part<S: Storage>(
     s: &mut S,
     chunk: usize,
@@ -649,8 +713,7 @@ fn write_part<S: Storage>(
     name: PartName,
     dst: Target,
     skip: u32,
-    jw: &mut JournalWriter,
-    i: usize,
+    mut journal: Option<(&mut JournalWriter, usize)>,
 ) -> Result<bool, InstallError<S::Error>> {
     let mut whole = Hasher::default();
     let mut done = 0u64;
@@ -662,11 +725,16 @@ fn write_part<S: Storage>(
         k = k.saturating_add(1);
         if k > skip {
             s.write(dst, done, &buf).map_err(InstallError::Io)?;
-            s.flush(dst).map_err(InstallError::Io)?;
-            jw.set(i, k);
-            jw.write(s)?;
+            if let Some((jw, i)) = journal.as_mut() {
+                s.flush(dst).map_err(InstallError::Io)?;
+                jw.set(*i, k);
+                jw.write(s)?;
+            }
         }
         done += n as u64;
+    }
+    if journal.is_none() {
+        s.flush(dst).map_err(InstallError::Io)?;
     }
     bundle::check_digest(name, part, whole.finish()).map_err(InstallError::Bundle)?;
     let found = digest_direct(s, chunk, dst, part.size)?;

@@ -375,15 +375,23 @@ pub struct HealthCheck {
     pub start_period_ms: u32,
 }
 
-/// How a container proves its health. A command run inside the container
-/// (Docker's `CMD` form) needs the exec path and is not defined yet: it
-/// will be a new variant here (appended, so existing manifests still decode).
+/// How a container proves its health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HealthProbe {
     /// The container sends `heartbeat` on the control socket at least once
     /// per interval.
     Heartbeat,
+    /// PID 1 runs this command inside the container every interval (as
+    /// `cairn-ctl exec` would, with the entrypoint's identity and
+    /// filters): exit status 0 is a success; any other status, or still
+    /// running `timeout_ms` after it started (it is killed), a failure.
+    /// `argv[0]` is an absolute path. Appended after `Heartbeat`, so a
+    /// manifest without it decodes as before.
+    Command(Vec<String>),
 }
+
+/// Most argv entries of a health check command.
+pub const HEALTH_ARGS_MAX: usize = 32;
 
 /// A right on the control socket (see docs/control.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -396,21 +404,25 @@ pub enum Permission {
     Lifecycle,
     /// `poweroff`, `reboot`.
     Power,
-    /// `exec` (reserved: no request uses it yet).
+    /// `exec`.
     Exec,
-    /// `update` (reserved: no request uses it yet).
+    /// `update`.
     Update,
+    /// `volume prune`: delete the data of volumes the manifest no longer
+    /// names (appended: existing manifests decode as before).
+    Volumes,
 }
 
 impl Permission {
     /// Every permission, in bit order.
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::Status,
         Permission::Logs,
         Permission::Lifecycle,
         Permission::Power,
         Permission::Exec,
         Permission::Update,
+        Permission::Volumes,
     ];
 
     /// Its name in appliance files, events and replies.
@@ -422,6 +434,7 @@ impl Permission {
             Permission::Power => "power",
             Permission::Exec => "exec",
             Permission::Update => "update",
+            Permission::Volumes => "volumes",
         }
     }
 
@@ -1367,6 +1380,16 @@ fn check_container(m: &Manifest, i: usize, c: &Container, report: &mut impl FnMu
         limit(h.timeout_ms <= HEALTH_TIME_MAX_MS, "health timeout_ms");
         limit(h.start_period_ms <= HEALTH_TIME_MAX_MS, "health start_period_ms");
         limit((1..=HEALTH_RETRIES_MAX).contains(&h.retries), "health retries");
+        if let HealthProbe::Command(argv) = &h.probe {
+            // A probe given no time at all could only ever fail.
+            limit(h.timeout_ms >= HEALTH_INTERVAL_MIN_MS, "health timeout_ms");
+            limit(
+                (1..=HEALTH_ARGS_MAX).contains(&argv.len())
+                    && argv.first().is_some_and(|a| a.starts_with('/'))
+                    && argv.iter().all(|a| a.len() <= ARG_LEN && !a.contains('\0')),
+                "health command",
+            );
+        }
     }
     let r = &c.restart;
     limit(r.backoff_initial_ms <= r.backoff_max_ms && r.backoff_max_ms <= bounds::BACKOFF_MAX_MS, "restart backoff");
@@ -1532,6 +1555,31 @@ pub(crate) mod tests {
         for (spoil, what) in bad {
             let mut h = ok.clone();
             spoil(&mut h);
+            c.health = Some(h);
+            assert!(
+                matches!(manifest(&[c.clone()]).validate(), Err(ValidationError::LimitOutOfRange { limit, .. }) if limit == what),
+                "{what}"
+            );
+        }
+        // The command form: an absolute argv[0], a few bounded arguments,
+        // and time to run.
+        let cmd = |argv: &[&str], timeout_ms: u32| HealthCheck {
+            probe: HealthProbe::Command(argv.iter().map(|a| s(a)).collect()),
+            timeout_ms,
+            ..ok.clone()
+        };
+        c.health = Some(cmd(&["/bin/check", "--quick"], 500));
+        assert_eq!(manifest(&[c.clone()]).validate(), Ok(()));
+        let many = vec!["/bin/check"; HEALTH_ARGS_MAX + 1];
+        let long = "x".repeat(ARG_LEN + 1);
+        for (h, what) in [
+            (cmd(&["/bin/check"], HEALTH_INTERVAL_MIN_MS - 1), "health timeout_ms"),
+            (cmd(&[], 500), "health command"),
+            (cmd(&["check"], 500), "health command"),
+            (cmd(&many, 500), "health command"),
+            (cmd(&["/bin/check", &long], 500), "health command"),
+            (cmd(&["/bin/check", "a\0b"], 500), "health command"),
+        ] {
             c.health = Some(h);
             assert!(
                 matches!(manifest(&[c.clone()]).validate(), Err(ValidationError::LimitOutOfRange { limit, .. }) if limit == what),

@@ -13,11 +13,17 @@
 //! - the rollback floor rises only at [`commit`];
 //! - an install never writes the committed slot nor a layer partition the
 //!   committed manifest uses ([`plan_layers`]), and is refused while a trial
-//!   is pending ([`claim`]).
+//!   is pending ([`claim`]);
+//! - an install writes a boot image only into the boot entry the running
+//!   system did not start from, and only when that one is blessed
+//!   ([`boot_entry_target`]); the image gets its entry name only after the
+//!   stage write, so the loader never starts it without a trial that
+//!   expects it ([`entry_to_finish`] completes that rename after a cut).
 
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::bootentry::{Assessment, Entry};
 use crate::bootstate::{BootState, LayerSlot, Slot, SlotStatus, Trial, MAX_LAYER_SLOTS};
 use crate::digest::Digest;
 
@@ -111,7 +117,7 @@ pub fn plan_boot(state: &BootState, booted_entry: Option<Slot>) -> BootPlan {
         return ended(TrialFailure::Refused);
     }
     match booted_entry {
-        Some(booted) if trial.boot_entry && booted != trial.slot => {
+        Some(booted) if trial.boot_entry.is_some_and(|e| e != booted) => {
             return ended(TrialFailure::LoaderFellBack { booted });
         }
         _ => {}
@@ -210,6 +216,14 @@ pub enum InstallRefusal {
     },
     /// The layer map would overflow.
     TooManyLayers,
+    /// The bundle carries a boot image, but this boot did not come from a
+    /// boot entry (no boot loader said which): there is no entry known to
+    /// be free to write it into.
+    NoBootEntry,
+    /// The bundle carries a boot image, but the entry this boot came from
+    /// is itself unproven (on trial, or bad): the other entry may be the
+    /// only one known to boot, and is never overwritten.
+    BootEntryUnproven(Slot),
 }
 
 impl InstallRefusal {
@@ -222,6 +236,8 @@ impl InstallRefusal {
             InstallRefusal::MissingLayer(_) => "missing-layer",
             InstallRefusal::NoFreePartition { .. } => "no-free-partition",
             InstallRefusal::TooManyLayers => "too-many-layers",
+            InstallRefusal::NoBootEntry => "no-boot-entry",
+            InstallRefusal::BootEntryUnproven(_) => "boot-entry-unproven",
         }
     }
 }
@@ -244,6 +260,14 @@ impl fmt::Display for InstallRefusal {
                 "no free layer partition holds layer {digest:?} ({bytes} bytes) without touching the committed manifest's"
             ),
             InstallRefusal::TooManyLayers => write!(f, "the layer map would exceed {MAX_LAYER_SLOTS} entries"),
+            InstallRefusal::NoBootEntry => write!(
+                f,
+                "the bundle carries a boot image, but this boot did not start from a boot entry (no boot loader named one)"
+            ),
+            InstallRefusal::BootEntryUnproven(s) => write!(
+                f,
+                "the bundle carries a boot image, but boot entry {s}, which this boot started from, is not blessed yet"
+            ),
         }
     }
 }
@@ -347,13 +371,14 @@ pub fn claim(state: &BootState, plan: &LayerPlan) -> Result<BootState, InstallRe
 /// The last durable write of an install, once every layer and the manifest
 /// are written and read back: the target slot is ready and on trial with
 /// `tries`, and the map holds exactly the committed and the new manifest's
-/// layers. `boot_entry` says the install also wrote the slot's boot entry.
+/// layers. `boot_entry` is the boot entry the install wrote the bundle's
+/// boot image into, if it carried one.
 pub fn stage(
     state: &BootState,
     committed: &[Digest],
     plan: &LayerPlan,
     tries: u8,
-    boot_entry: bool,
+    boot_entry: Option<Slot>,
 ) -> Result<BootState, InstallRefusal> {
     let target = state.committed.other();
     let mut next = state.clone();
@@ -367,6 +392,30 @@ pub fn stage(
         }
     }
     Ok(next)
+}
+
+/// The boot entry an install writes a bundle's boot image into: the one
+/// this boot did not start from (`booted`, the entry the loader started,
+/// as its name is on the ESP now). Refused when the loader named no entry,
+/// or when the booted entry is not blessed: then the other one may be the
+/// last entry known to boot.
+pub fn boot_entry_target(booted: Option<Entry>) -> Result<Slot, InstallRefusal> {
+    let booted = booted.ok_or(InstallRefusal::NoBootEntry)?;
+    match booted.assessment() {
+        Assessment::Blessed => Ok(booted.slot.other()),
+        Assessment::Trial { .. } | Assessment::Bad => Err(InstallRefusal::BootEntryUnproven(booted.slot)),
+    }
+}
+
+/// The boot entry whose image an install wrote and staged, but which did
+/// not get its entry name before the power went (the rename comes after
+/// the stage write): the init renames it and reboots, instead of failing
+/// the trial for the loader "falling back". `pending` says whether the ESP
+/// holds the unnamed image of an entry; `booted` is the entry the loader
+/// started, when known.
+pub fn entry_to_finish(state: &BootState, booted: Option<Slot>, pending: impl Fn(Slot) -> bool) -> Option<Slot> {
+    let entry = state.trial?.boot_entry?;
+    (booted != Some(entry) && pending(entry)).then_some(entry)
 }
 
 #[cfg(test)]

@@ -29,6 +29,14 @@ enum Act {
         unit: usize,
         frozen: bool,
     },
+    StartProbe {
+        unit: usize,
+        pid: Pid,
+    },
+    KillProbe {
+        unit: usize,
+        helper_too: bool,
+    },
 }
 
 #[derive(Default)]
@@ -41,6 +49,8 @@ struct Recorder {
     spawn_takes: Duration,
     /// Units whose cgroup.events says frozen.
     frozen_units: Vec<usize>,
+    /// Starting a probe fails.
+    probe_fails: bool,
 }
 
 impl Recorder {
@@ -99,6 +109,13 @@ impl Effects for Recorder {
     }
     fn hostname(&mut self) -> String {
         "box\n".into()
+    }
+    fn start_probe(&mut self, i: usize, pid: Pid) -> bool {
+        self.acts.push(Act::StartProbe { unit: i, pid });
+        !self.probe_fails
+    }
+    fn kill_probe(&mut self, i: usize, helper_too: bool) {
+        self.acts.push(Act::KillProbe { unit: i, helper_too });
     }
 }
 
@@ -693,6 +710,18 @@ fn every_request_needs_its_permission_and_a_refusal_names_the_caller() {
     assert!(fx.events().is_empty());
     assert_eq!(m.state(1).map(State::name), Some("running"), "nothing refused had an effect");
     assert!(!m.shutting_down());
+    // Deleting volumes' data needs `volumes`, which nothing else grants.
+    for caller in [&none, &web] {
+        assert_eq!(reply(m.answer(caller, "cairn/1 volume prune", t, &mut fx)), "error not permitted");
+        let refused = format!("event=control.refused caller={} request=volume-prune needs=volumes", caller.name());
+        assert_eq!(fx.events(), [refused]);
+    }
+    let (mut m, mut fx, t, web) =
+        web_granted(&[Permission::Status, Permission::Logs, Permission::Lifecycle, Permission::Volumes]);
+    assert_eq!(m.answer(&web, "cairn/1 volume prune", t, &mut fx), Answer::VolumePrune);
+    assert_eq!(m.answer(&Caller::Host, "cairn/1 volume prune", t, &mut fx), Answer::VolumePrune);
+    m.request_shutdown(ShutdownKind::PowerOff, "test", t, &mut fx);
+    assert_eq!(reply(m.answer(&web, "cairn/1 volume prune", t, &mut fx)), "error shutting down");
 }
 
 #[test]
@@ -745,7 +774,13 @@ fn stop_start_and_restart_override_the_policy_once() {
 
 fn checked(name: &str, policy: RestartPolicy, interval: u64, retries: u32) -> UnitDesc {
     UnitDesc {
-        health: Some(health::Config { interval: ms(interval), timeout: ms(0), retries, start_period: ms(0) }),
+        health: Some(health::Config {
+            interval: ms(interval),
+            timeout: ms(0),
+            retries,
+            start_period: ms(0),
+            form: health::Form::Heartbeat,
+        }),
         ..unit(name, policy, &[])
     }
 }
@@ -797,6 +832,140 @@ fn an_unhealthy_container_is_restarted_as_if_it_had_failed() {
     m.settle(0, Report::Done { exec_failed: None }, None, t + ms(2300), &mut fx);
     assert_eq!(health_events(&mut fx), ["event=container.health name=web from=unhealthy to=starting failures=0"]);
     assert_eq!(m.restarts(0), 1);
+}
+
+fn probed(name: &str, policy: RestartPolicy, interval: u64, retries: u32) -> UnitDesc {
+    UnitDesc {
+        health: Some(health::Config {
+            interval: ms(interval),
+            timeout: ms(500),
+            retries,
+            start_period: ms(0),
+            form: health::Form::Command,
+        }),
+        ..unit(name, policy, &[])
+    }
+}
+
+#[test]
+fn a_command_check_starts_one_probe_per_interval_and_its_failures_restart_the_container() {
+    let mut m = machine(vec![probed("web", RestartPolicy::OnFailure { max_restarts: 1 }, 1000, 2)], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    let web = pid(&m, 0);
+    // Not a heartbeat check: a heartbeat from it is refused.
+    let caller = Caller::Container("web".into());
+    assert_eq!(reply(m.answer(&caller, "cairn/1 heartbeat", t0, &mut fx)), "error not permitted");
+    fx.take();
+    assert_eq!(m.next_deadline(), Some(t0 + ms(1000)));
+    m.fire(t0 + ms(1000), &mut fx);
+    assert_eq!(fx.take(), [Act::StartProbe { unit: 0, pid: web }]);
+    // In flight: the loop may wake as often as it likes, no second probe.
+    for k in [1001, 1200, 1499, 2000] {
+        m.fire(t0 + ms(k), &mut fx);
+    }
+    assert!(fx.take().is_empty());
+    m.probe_ended(0, true, t0 + ms(1100), &mut fx);
+    assert_eq!(health_events(&mut fx), ["event=container.health name=web from=starting to=healthy failures=0"]);
+    // Passing probes change nothing; the next is an interval after each.
+    m.fire(t0 + ms(2100), &mut fx);
+    assert_eq!(fx.take(), [Act::StartProbe { unit: 0, pid: web }]);
+    m.probe_ended(0, true, t0 + ms(2150), &mut fx);
+    assert!(fx.take().is_empty());
+    // Two failures in a row: unhealthy, stopped (nothing in flight to kill).
+    m.fire(t0 + ms(3150), &mut fx);
+    m.probe_ended(0, false, t0 + ms(3200), &mut fx);
+    m.fire(t0 + ms(4200), &mut fx);
+    m.probe_ended(0, false, t0 + ms(4300), &mut fx);
+    assert_eq!(
+        fx.take(),
+        [
+            Act::StartProbe { unit: 0, pid: web },
+            Act::StartProbe { unit: 0, pid: web },
+            Act::Event("event=container.health name=web from=healthy to=unhealthy failures=2".into()),
+            Act::Event("event=container.stopping name=web signal=15 grace_ms=500 reason=unhealthy".into()),
+            Act::Signal { pid: web, signal: 15 },
+        ]
+    );
+    // While it stops no probe starts; it is restarted by its policy.
+    m.fire(t0 + ms(4400), &mut fx);
+    assert!(fx.take().is_empty());
+    m.exited(0, Exit::Code(0), t0 + ms(4500), &mut fx);
+    assert_eq!(fx.events(), ["event=container.restart-scheduled name=web attempt=1 delay_ms=100"]);
+}
+
+#[test]
+fn a_probe_in_flight_is_killed_when_its_container_stops_pauses_or_is_overdue() {
+    let mut d = probed("web", RestartPolicy::Never, 1000, 1);
+    d.permissions = Permissions::of(&[Permission::Lifecycle]);
+    let mut m = machine(vec![d], &[0]);
+    let mut fx = Recorder::new();
+    let t0 = Instant::now();
+    all_running(&mut m, &mut fx, t0);
+    let web = pid(&m, 0);
+    // Paused: killed, not counted; the next a full interval after the resume.
+    m.fire(t0 + ms(1000), &mut fx);
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 pause web", t0 + ms(1100), &mut fx)), "ok");
+    let acts = fx.take();
+    assert_eq!(
+        acts.get(..2),
+        Some(&[Act::StartProbe { unit: 0, pid: web }, Act::Freeze { unit: 0, frozen: true }][..])
+    );
+    assert!(acts.contains(&Act::KillProbe { unit: 0, helper_too: false }), "{acts:?}");
+    m.probe_ended(0, false, t0 + ms(1200), &mut fx);
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 resume web", t0 + ms(5000), &mut fx)), "ok");
+    fx.take();
+    assert_eq!(m.ps(t0)[0].health, Some("starting"));
+    assert_eq!(m.next_deadline(), Some(t0 + ms(6000)));
+    // Overdue (the helper never reported): its helper killed too, a failure.
+    m.fire(t0 + ms(6000), &mut fx);
+    let overdue = t0 + ms(6500) + health::PROBE_GRACE;
+    assert_eq!(m.next_deadline(), Some(overdue));
+    m.fire(overdue, &mut fx);
+    assert_eq!(
+        fx.take(),
+        [
+            Act::StartProbe { unit: 0, pid: web },
+            Act::Event("event=container.probe-failed name=web reason=overdue after_ms=2500".into()),
+            Act::KillProbe { unit: 0, helper_too: true },
+            Act::Event("event=container.health name=web from=starting to=unhealthy failures=1".into()),
+            Act::Event("event=container.stopping name=web signal=15 grace_ms=500 reason=unhealthy".into()),
+            Act::Signal { pid: web, signal: 15 },
+        ]
+    );
+    // Its late outcome counts for nothing.
+    m.probe_ended(0, true, overdue + ms(1), &mut fx);
+    assert!(fx.take().is_empty());
+    // Stopped with a probe in flight: killed at the stop.
+    let mut d = probed("web", RestartPolicy::Never, 1000, 3);
+    d.permissions = Permissions::of(&[Permission::Lifecycle]);
+    let mut m = machine(vec![d], &[0]);
+    all_running(&mut m, &mut fx, t0);
+    m.fire(t0 + ms(1000), &mut fx);
+    assert_eq!(reply(m.answer(&Caller::Host, "cairn/1 stop web", t0 + ms(1100), &mut fx)), "ok");
+    let acts = fx.take();
+    assert_eq!(acts.get(1), Some(&Act::KillProbe { unit: 0, helper_too: false }), "{acts:?}");
+    // So is one in flight when its init exits, and one at a shutdown.
+    for shutdown in [false, true] {
+        let mut m = machine(vec![probed("web", RestartPolicy::Never, 1000, 3)], &[0]);
+        all_running(&mut m, &mut fx, t0);
+        m.fire(t0 + ms(1000), &mut fx);
+        fx.take();
+        if shutdown {
+            m.request_shutdown(ShutdownKind::PowerOff, "test", t0 + ms(1100), &mut fx);
+            assert_eq!(m.next_deadline(), None, "no probe timer while shutting down");
+        } else {
+            m.exited(0, Exit::Code(0), t0 + ms(1100), &mut fx);
+        }
+        assert!(fx.take().contains(&Act::KillProbe { unit: 0, helper_too: false }));
+    }
+    // A probe that cannot start is a failed check at once.
+    let mut m = machine(vec![probed("web", RestartPolicy::Never, 1000, 1)], &[0]);
+    all_running(&mut m, &mut fx, t0);
+    fx.probe_fails = true;
+    m.fire(t0 + ms(1000), &mut fx);
+    assert_eq!(health_events(&mut fx), ["event=container.health name=web from=starting to=unhealthy failures=1"]);
 }
 
 #[test]
@@ -901,9 +1070,12 @@ fn exec_goes_to_a_running_container_only() {
     let x = pid(&m, 1);
     assert_eq!(
         m.answer(&web, "cairn/1 exec x -- /bin/echo a%20b", t, &mut fx),
-        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()], tty: false }
+        Answer::Exec { unit: 1, pid: x, argv: vec![b"/bin/echo".to_vec(), b"a b".to_vec()], opts: Default::default() }
     );
-    assert!(matches!(m.answer(&web, "cairn/1 exec x --tty -- sh", t, &mut fx), Answer::Exec { tty: true, .. }));
+    assert!(matches!(
+        m.answer(&web, "cairn/1 exec x --tty -- sh", t, &mut fx),
+        Answer::Exec { opts: crate::exec::Options { tty: true, .. }, .. }
+    ));
     assert_eq!(reply(m.answer(&web, "cairn/1 exec ghost -- sh", t, &mut fx)), "error no container ghost");
     assert_eq!(
         reply(m.answer(&web, "cairn/1 exec x -- a%00", t, &mut fx)),

@@ -38,6 +38,8 @@ pub fn whoami(label: &str, stay: bool) -> i32 {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     add("cgroup", cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("missing"));
     add("pid1_comm", &sys::read_trim("/proc/1/comm").unwrap_or_else(|| "missing".into()));
+    // What `cairn-ctl exec -e CAIRN_PROBE=...` set, if anything.
+    add("probe_env", &std::env::var("CAIRN_PROBE").unwrap_or_else(|_| "unset".into()));
     say!("event=whoami label={} ppid={} uid={} gid={}{fields}", V(label), sys::ppid(), sys::uid(), sys::gid());
     if stay {
         sys::pause_forever();

@@ -89,3 +89,54 @@ pub fn count(period_ms: u64) -> ! {
         sys::sleep_ms(period_ms);
     }
 }
+
+/// `exists <path>`: exit 0 if `path` exists, 1 if not (a health check
+/// command; silent: a probe's output goes to /dev/null anyway).
+pub fn exists(path: &str) -> i32 {
+    i32::from(std::fs::symlink_metadata(path).is_err())
+}
+
+/// `health-file <path> <for_ms>`: create `path` (`event=health-file
+/// state=created t_ms=T`), remove it after `for_ms` (`state=removed`),
+/// then wait for SIGTERM (`event=stopping label=health-file`, exit 0).
+pub fn health_file(path: &str, for_ms: u64) -> i32 {
+    let wait = match sys::catch_term() {
+        Ok(w) => w,
+        Err(e) => {
+            say!("event=error step=sigaction errno={e}");
+            return 1;
+        }
+    };
+    if let Err(e) = std::fs::write(path, b"ok\n") {
+        say!("event=error step=create errno={}", e.raw_os_error().unwrap_or(0));
+        return 1;
+    }
+    say!("event=health-file state=created t_ms={}", now_ms());
+    sys::sleep_ms(for_ms);
+    let _ = std::fs::remove_file(path);
+    say!("event=health-file state=removed t_ms={}", now_ms());
+    sys::wait_term(&wait);
+    say!("event=stopping label=health-file");
+    0
+}
+
+/// `census <label>`: every 20 ms, count the processes of this pid
+/// namespace; print `event=census label=L n=N t_ms=T` whenever the count
+/// changes (the first count too). Runs until killed.
+pub fn census(label: &str) -> i32 {
+    let mut last = None;
+    loop {
+        match crate::procs::count_pids() {
+            Ok(n) if last != Some(n) => {
+                say!("event=census label={} n={n} t_ms={}", V(label), now_ms());
+                last = Some(n);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                say!("event=error step=census errno={e}");
+                return 1;
+            }
+        }
+        sys::sleep_ms(20);
+    }
+}

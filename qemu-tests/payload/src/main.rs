@@ -294,6 +294,9 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         }
         "oom-child" => health::oom_child(a.num(2, "mib")?),
         "count" => health::count(a.num(2, "period_ms")?),
+        "exists" => health::exists(a.word(2, "path")?),
+        "health-file" => health::health_file(a.word(2, "path")?, a.num(3, "for_ms")?),
+        "census" => health::census(a.word(2, "label")?),
         "whoami" => exec::whoami(a.word(2, "label")?, a.0.get(3).is_some_and(|s| s == "stay")),
         other => return Err(format!("unknown_subcommand:{other}")),
     };

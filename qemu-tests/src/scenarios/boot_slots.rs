@@ -63,16 +63,21 @@ pub(super) fn esp(ctx: &Ctx, b_kit: &BootKit, tries: u32) -> Result<EspContents>
     })
 }
 
-pub fn counting(ctx: &Ctx) -> Result<()> {
-    let app = ctx.build("boot-slots")?;
-    // Slot b's initramfs: an /init that exits at once (the payload without
-    // arguments prints its usage and exits 2): the kernel panics.
+/// The kit with an initramfs whose `/init` exits at once (the payload
+/// without arguments prints its usage and exits 2): the kernel panics.
+pub(super) fn panicking_kit(ctx: &Ctx) -> Result<BootKit> {
     let mut rd = CpioBuilder::new();
     rd.dir("dev", 0o755);
     rd.char_device("dev/console", 0o600, 5, 1);
     let payload = std::fs::read(ctx.art.payload_root.join("bin/cairn-payload"))?;
     rd.file("init", 0o755, &payload);
-    let broken = BootKit { initramfs: cpio::gzip(&rd.finish()), ..ctx.art.kit.clone() };
+    Ok(BootKit { initramfs: cpio::gzip(&rd.finish()), ..ctx.art.kit.clone() })
+}
+
+pub fn counting(ctx: &Ctx) -> Result<()> {
+    let app = ctx.build("boot-slots")?;
+    // Slot b's kernel panics.
+    let broken = panicking_kit(ctx)?;
     let (disk, layout) = ctx.disk_with_esp(&app, "disk.img", &esp(ctx, &broken, 2)?)?;
     ensure!(
         entries(&disk, &layout)? == ["cairn-a.efi", "cairn-b+2.efi"],

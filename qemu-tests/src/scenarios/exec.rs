@@ -8,7 +8,10 @@
 //! `cairn-ctl`'s; a bare name is looked up in the target's PATH; under a
 //! user namespace too. With `-t` the command's stdio and controlling
 //! terminal is a pseudo-terminal's slave, relayed by `cairn-ctl`. A container without `exec` is refused
-//! (`control.refused` naming it; `cairn-ctl` exits 125).
+//! (`control.refused` naming it; `cairn-ctl` exits 125). `-u UID:GID` runs
+//! the command as those ids with no supplementary groups, `-e KEY=VAL`
+//! adds to its environment, everything else stays the entrypoint's; under
+//! a user namespace a uid outside its map is refused (125, nothing runs).
 
 use anyhow::{ensure, Result};
 
@@ -117,6 +120,44 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     match c.first("container.exited", &[("name", "exec-tty")]) {
         Some(l) if l.get("code") == Some("0") => {}
         other => failures.push(format!("exec-tty: ended {:?}", other.map(|l| &l.fields))),
+    }
+    // -u and -e: those ids, that variable; namespaces and cgroup the same.
+    let entry = c.expect("whoami", &[("name", "target-host"), ("label", "entry")])?;
+    ensure!(entry.get("probe_env") == Some("unset"), "target's entrypoint: {:?}", entry.fields);
+    match c.first("whoami", &[("label", "exec-user")]) {
+        Some(l)
+            if l.get("uid") == Some("4242")
+                && l.get("gid") == Some("4343")
+                && l.get("groups") == Some("-")
+                && l.get("probe_env") == Some("two_words")
+                && ["pidns", "mntns", "cgroup", "root", "seccomp"].iter().all(|k| l.get(k) == entry.get(k)) => {}
+        other => failures.push(format!("exec -u -e: {:?}", other.map(|l| &l.fields))),
+    }
+    let jailed = c.expect("whoami", &[("name", "jailed"), ("label", "entry")])?;
+    match c.first("whoami", &[("label", "exec-jailed-user")]) {
+        Some(l)
+            if l.get("uid") == Some("1234") && l.get("gid") == Some("0") && l.get("userns") == jailed.get("userns") => {
+        }
+        other => failures.push(format!("exec -u under a user namespace: {:?}", other.map(|l| &l.fields))),
+    }
+    for caller in ["exec-user", "exec-jailed-user"] {
+        match c.first("container.exited", &[("name", caller)]) {
+            Some(l) if l.get("code") == Some("0") => {}
+            other => failures.push(format!("{caller}: ended {:?}", other.map(|l| &l.fields))),
+        }
+    }
+    match c.first("control.request", &[("caller", "exec-unmapped")]) {
+        Some(l) if l.get("reply") == Some("error uid 70000 is not mapped in the container's user namespace") => {}
+        other => failures.push(format!("exec -u unmapped: {:?}", other.map(|l| &l.fields))),
+    }
+    if c.first("whoami", &[("label", "exec-unmapped")]).is_some()
+        || c.first("control.exec", &[("caller", "exec-unmapped")]).is_some()
+    {
+        failures.push("exec -u unmapped: its command ran".into());
+    }
+    match c.first("container.exited", &[("name", "exec-unmapped")]) {
+        Some(l) if l.get("code") == Some("125") => {}
+        other => failures.push(format!("exec-unmapped: wanted code 125, ended {:?}", other.map(|l| &l.fields))),
     }
     // Refused without the permission, with nothing run.
     if c.first("control.refused", &[("caller", "noexec"), ("request", "exec"), ("needs", "exec")]).is_none() {

@@ -1,17 +1,30 @@
 //! Over-the-air updates (issue 12), from a bundle on a second disk (the USB
 //! stick case: `dd` the bundle onto any disk, reboot):
 //!
-//! - `ota-install`: a device flashed with `ota-v1` (three layers) boots
-//!   with a thin `ota-v2` bundle attached: the forked installer writes
-//!   exactly one layer and manifest slot `b`, stages a trial and reboots;
-//!   the trial spends a try before mounting, runs v2, and commits after its
-//!   window (the floor rises to 2). The committed manifest's partitions
-//!   (slot `a`, its three layers) are byte-for-byte unchanged. A third
-//!   boot with the stick still attached refuses it (`not-newer`).
-//! - `ota-rollback`: an update whose critical container fails rolls back
-//!   (slot `b` bad, the floor unchanged, v1 boots again); then an update
-//!   whose trial never gets to commit (power cut during each of its three
-//!   tries) runs out of tries and v1 boots again.
+//! - `ota-install`: a device flashed with `ota-v1` (three layers; its
+//!   factory image runs the `test-hooks` build of cairn-init) boots with a
+//!   thin `ota-v2` bundle attached that also carries a new boot image (the
+//!   release init, a marker on its command line): the forked installer
+//!   writes exactly one layer, manifest slot `b` and the image into boot
+//!   entry `b` (the one the device did not start from) under a name the
+//!   loader ignores, stages the trial, and stops right there
+//!   (`cairn.test.hang=entry-name`): the power is cut. The next boot, from
+//!   entry `a`, names the staged image `cairn-b+3.efi` and restarts without
+//!   spending a try; the loader starts the new entry, the trial spends a
+//!   try before mounting, runs v2 on the new init, and commits after its
+//!   window (the floor rises to 2, entry `b` blessed). The committed
+//!   manifest's partitions (slot `a`, its three layers) and entry `a` are
+//!   byte-for-byte unchanged. A last boot, from the new entry, with the
+//!   stick still attached refuses it (`not-newer`).
+//! - `ota-rollback`: an update whose critical container fails (it also
+//!   carries a boot image, a good one) rolls back: boot entry `b` is marked
+//!   bad, manifest slot `b` is bad, the floor unchanged, v1 boots again
+//!   from entry `a`. Then an update whose new kernel never reaches the init
+//!   (its image panics): systemd-boot counts its three tries in the entry's
+//!   name, falls back to entry `a`, and the init ends the trial
+//!   (`loader-fell-back`) without the record's tries ever being spent.
+//!   (Tries running out on the record's side are `ota-watchdog`'s and
+//!   `ota-powercut`'s.)
 //! - `ota-powercut`: the power is cut (QEMU killed) at each durable step of
 //!   an install and of its trial, plus a seeded random delay (printed;
 //!   `CAIRN_SEED` repeats it), and once in the middle of the changed layer
@@ -55,6 +68,16 @@ fn partition(disk: &Path, layout: &DiskLayout, name: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A file of the disk's ESP, in `EFI/Linux`.
+fn esp_file(disk: &Path, layout: &DiskLayout, name: &str) -> Result<Vec<u8>> {
+    let esp = partition(disk, layout, cairn_build::gpt::ESP_NAME)?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(esp), fatfs::FsOptions::new())?;
+    let mut f = fs.root_dir().open_file(&format!("EFI/Linux/{name}"))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The boot state record on the disk.
 pub(super) fn state(disk: &Path, layout: &DiskLayout) -> Result<BootState> {
     let region = partition(disk, layout, "cairn-state")?;
@@ -70,13 +93,24 @@ pub(super) fn bundle_disk(
     base: &BuiltAppliance,
     file: &str,
 ) -> Result<(PathBuf, usize)> {
+    bundle_disk_with(ctx, app, base, file, None)
+}
+
+/// [`bundle_disk`], carrying `boot_image` if given.
+fn bundle_disk_with(
+    ctx: &Ctx,
+    app: &BuiltAppliance,
+    base: &BuiltAppliance,
+    file: &str,
+    boot_image: Option<&Path>,
+) -> Result<(PathBuf, usize)> {
     let path = ctx.dir.join(file);
     let input = BundleInput {
         envelope: &app.envelope,
         manifest: &app.manifest,
         layers: &app.layers,
         base: Some(&base.manifest),
-        boot_image: None,
+        boot_image,
     };
     let built = bundle::write_bundle(&input, &ctx.art.key, &path)?;
     let len = std::fs::metadata(&path)?.len();
@@ -105,33 +139,87 @@ fn slot_status(s: &BootState) -> [SlotStatus; 2] {
 pub fn install(ctx: &Ctx) -> Result<()> {
     let v1 = ctx.build("ota-v1")?;
     let v2 = ctx.build("ota-v2")?;
-    let (disk, layout) = ctx.disk(&v1, "disk.img")?;
-    let (stick, carried) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    // The factory image runs the test-hooks init, told to stop the
+    // installer before it names the new entry; v2's image is the release
+    // init with a marker word, so the boots can tell which image runs.
+    let hooks =
+        ctx.art.test_hooks_kit.as_ref().context("no test-hooks boot kit (xtask builds it for this scenario)")?;
+    let factory = super::boot_slots::with_cmdline(hooks, "cairn.test.hang=entry-name")
+        .factory_esp(&v1.manifest.compatible, v1.manifest.version)?;
+    let (disk, layout) = ctx.disk_with_esp(&v1, "disk.img", &factory)?;
+    let image = super::boot_slots::with_cmdline(&ctx.art.kit, "cairn.update-marker=v2")
+        .update_image(&v2.manifest.compatible, v2.manifest.version)?;
+    let image_path = ctx.dir.join("v2.efi");
+    std::fs::write(&image_path, &image)?;
+    let (stick, carried) = bundle_disk_with(ctx, &v2, &v1, "v2.bundle", Some(&image_path))?;
     ensure!(carried == 1, "the thin bundle carries {carried} layers, not the one that changed");
     let before = system_digests(&disk, &layout)?;
+    let entry_a = esp_file(&disk, &layout, "cairn-a.efi")?;
 
-    // Boot 1: v1 runs, the installer stages v2 and the device reboots.
-    let run = boot_with_stick(ctx, &disk, Some(&stick), "install.log")?;
-    rebooted(&run)?;
+    // Boot 1: v1 runs, the installer stages v2; the power goes before the
+    // new entry is named.
+    let opts = BootOptions { extra_disks: &[&stick], ..BootOptions::default() };
+    let hung = |c: &Console| c.first("test.hang", &[]).is_some();
+    let run = ctx.boot_with(&disk, &opts, "install.log", BOOT_TIMEOUT, &hung)?;
+    no_panic(&run)?;
+    ensure!(run.ending == Ending::Stopped, "the installer did not stop before naming: {:?}", run.ending);
     let c = &run.console;
+    c.expect("boot.start", &[("test_hooks", "on")])?;
     c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
     c.expect("update.verified", &[("version", "2"), ("slot", "b"), ("layers", "3"), ("reuse", "2"), ("write", "1")])?;
     let written = c.all("update.layer-written", &[]);
     ensure!(written.len() == 1, "{} layers written, not 1", written.len());
     ensure!(written[0].get("layer") == Some("app"), "wrote {:?}", written[0].fields);
     c.expect("update.manifest-written", &[("slot", "b")])?;
-    c.expect("update.staged", &[("slot", "b"), ("version", "2"), ("tries", "3")])?;
-    c.expect("update.ready", &[])?;
+    let image_written =
+        c.expect("update.boot-image-written", &[("entry", "b"), ("bytes", &image.len().to_string())])?;
+    let staged = c.expect("update.staged", &[("slot", "b"), ("version", "2"), ("tries", "3")])?;
+    let hang = c.expect("test.hang", &[("where", "installer")])?;
+    ensure!(
+        image_written.index < staged.index && staged.index < hang.index,
+        "the image must be written before the stage, and the stage come before the hang"
+    );
+    ensure!(c.first("update.boot-entry", &[]).is_none(), "the entry was named before the cut");
     let s = state(&disk, &layout)?;
     ensure!(s.committed == Slot::A && s.rollback_floor == 1, "staging changed the committed slot or floor: {s:?}");
     ensure!(s.trial.map(|t| (t.slot, t.tries_left)) == Some((Slot::B, 3)), "no trial staged: {s:?}");
+    ensure!(s.trial.and_then(|t| t.boot_entry) == Some(Slot::B), "the trial does not name its boot entry: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Ready], "statuses {:?}", s.status);
-    only_staging_written(&before, &system_digests(&disk, &layout)?, "cairn-layer-04")?;
+    let after = system_digests(&disk, &layout)?;
+    let esp_at = before.iter().position(|(n, _)| n == "cairn-esp").context("no cairn-esp")?;
+    ensure!(after[esp_at] != before[esp_at], "the ESP was not written");
+    let (mut before_rest, mut after_rest) = (before.clone(), after.clone());
+    before_rest.remove(esp_at);
+    after_rest.remove(esp_at);
+    only_staging_written(&before_rest, &after_rest, "cairn-layer-04")?;
+    let names = super::boot_slots::entries(&disk, &layout)?;
+    ensure!(names == [".cairn-b.new", "cairn-a.efi"], "entries after the install: {names:?}");
+    ensure!(esp_file(&disk, &layout, ".cairn-b.new")? == image, "the pending image is not the bundle's");
+    ensure!(esp_file(&disk, &layout, "cairn-a.efi")? == entry_a, "entry a (the running one) changed");
 
-    // Boot 2: the trial spends a try first, runs v2, commits.
+    // Boot 2: from entry a; the staged image is named and the device
+    // restarts, without spending the trial's try.
+    let run = boot_with_stick(ctx, &disk, None, "name.log")?;
+    rebooted(&run)?;
+    let c = &run.console;
+    c.expect("boot.slot", &[("slot", "a"), ("state", "blessed")])?;
+    c.expect("update.boot-entry", &[("entry", "b"), ("file", "cairn-b+3.efi"), ("after", "power-cut")])?;
+    ensure!(c.first("update.trial", &[]).is_none(), "a try was spent naming the entry");
+    ensure!(c.first("layer.mounted", &[]).is_none(), "layers were mounted before the restart");
+    ensure!(state(&disk, &layout)? == s, "naming the entry wrote the boot state record");
+    let names = super::boot_slots::entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b+3.efi"], "entries after naming: {names:?}");
+    ensure!(esp_file(&disk, &layout, "cairn-b+3.efi")? == image, "entry b is not the bundle's image");
+
+    // Boot 3: the loader starts the new entry; the trial spends a try
+    // first, runs v2 on the new init, commits and blesses the entry.
     let run = boot_with_stick(ctx, &disk, None, "trial.log")?;
     powered_off(&run)?;
     let c = &run.console;
+    let start = c.expect("boot.start", &[])?;
+    ensure!(start.get("test_hooks").is_none(), "the trial still runs the factory image's init");
+    c.expect("cmdline.ignored", &[("word", "cairn.update-marker=v2")])?;
+    c.expect("boot.slot", &[("slot", "b"), ("state", "trial")])?;
     c.expect("bootstate.read", &[("committed", "a"), ("trial", "b"), ("tries_left", "3")])?;
     let trial = c.expect("update.trial", &[("slot", "b"), ("tries_left", "2")])?;
     let first_mount = c.expect("layer.mounted", &[])?;
@@ -139,14 +227,20 @@ pub fn install(ctx: &Ctx) -> Result<()> {
     c.expect("manifest.verified", &[("slot", "b"), ("version", "2")])?;
     ensure!(c.contains("ota-version=2"), "the new layer's file was not read by the container");
     c.expect("update.committed", &[("slot", "b"), ("version", "2"), ("rollback_floor", "2")])?;
+    c.expect("boot.blessed", &[("slot", "b"), ("entry", "cairn-b.efi")])?;
     let s = state(&disk, &layout)?;
     ensure!(s.committed == Slot::B && s.trial.is_none() && s.rollback_floor == 2, "not committed: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Good], "statuses {:?}", s.status);
+    let names = super::boot_slots::entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b.efi"], "entries after the commit: {names:?}");
 
-    // Boot 3: committed v2; the stick is refused (not newer), nothing written.
+    // Boot 4: committed v2, from the new entry (blessed and newer); the
+    // stick is refused (not newer), nothing written.
     let run = boot_with_stick(ctx, &disk, Some(&stick), "again.log")?;
     powered_off(&run)?;
     let c = &run.console;
+    ensure!(c.expect("boot.start", &[])?.get("test_hooks").is_none(), "the factory image's init runs again");
+    c.expect("boot.slot", &[("slot", "b"), ("state", "blessed")])?;
     c.expect("bootstate.read", &[("committed", "b")])?;
     ensure!(c.first("update.trial", &[]).is_none(), "a committed slot was put on trial");
     c.expect("manifest.verified", &[("slot", "b"), ("version", "2")])?;
@@ -238,30 +332,38 @@ fn started(c: &Console) -> bool {
     c.first("boot.containers-started", &[]).is_some()
 }
 
-/// Stop as soon as this boot's trial try is spent: a power cut.
-fn at_trial(c: &Console) -> bool {
-    c.first("update.trial", &[]).is_some()
-}
-
 pub fn rollback(ctx: &Ctx) -> Result<()> {
     let v1 = ctx.build("ota-v1")?;
     let bad = ctx.build("ota-bad")?;
     let v2 = ctx.build("ota-v2")?;
     let (disk, layout) = ctx.disk(&v1, "disk.img")?;
-    let (bad_stick, _) = bundle_disk(ctx, &bad, &v1, "bad.bundle")?;
-    let (v2_stick, _) = bundle_disk(ctx, &v2, &v1, "v2.bundle")?;
+    let product = &v1.manifest.compatible;
+    let good_image = ctx.dir.join("bad.efi");
+    std::fs::write(&good_image, ctx.art.kit.update_image(product, bad.manifest.version)?)?;
+    let (bad_stick, _) = bundle_disk_with(ctx, &bad, &v1, "bad.bundle", Some(&good_image))?;
+    let panicking = ctx.dir.join("panics.efi");
+    std::fs::write(&panicking, super::boot_slots::panicking_kit(ctx)?.update_image(product, v2.manifest.version)?)?;
+    let (v2_stick, _) = bundle_disk_with(ctx, &v2, &v1, "v2.bundle", Some(&panicking))?;
 
-    // An update whose critical container fails: rolled back after its window.
+    // An update whose critical container fails: rolled back after its
+    // window, its boot entry marked bad before the record ends the trial.
     rebooted(&boot_with_stick(ctx, &disk, Some(&bad_stick), "install-bad.log")?)?;
+    let names = super::boot_slots::entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b+3.efi"], "entries after the install: {names:?}");
     let run = boot_with_stick(ctx, &disk, None, "trial-bad.log")?;
     rebooted(&run)?;
     let c = &run.console;
+    c.expect("boot.slot", &[("slot", "b"), ("state", "trial")])?;
     c.expect("update.trial", &[("slot", "b"), ("tries_left", "2")])?;
     c.expect("boot.trial-failed", &[("slot", "b"), ("effect", "reboot")])?;
-    c.expect(
+    let marked = c.expect("boot.marked-bad", &[("slot", "b"), ("entry", "cairn-b+0-1.efi")])?;
+    let rolled = c.expect(
         "update.rolled-back",
         &[("slot", "b"), ("reason", "unhealthy"), ("booting", "a"), ("rollback_floor", "1")],
     )?;
+    ensure!(marked.index < rolled.index, "the record ended the trial before its entry was marked bad");
+    let names = super::boot_slots::entries(&disk, &layout)?;
+    ensure!(names == ["cairn-a.efi", "cairn-b+0-1.efi"], "entries after the rollback: {names:?}");
     ensure!(c.first("update.committed", &[]).is_none(), "a failed trial committed");
     let s = state(&disk, &layout)?;
     ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after rollback: {s:?}");
@@ -270,24 +372,29 @@ pub fn rollback(ctx: &Ctx) -> Result<()> {
     let c = &run.console;
     ensure!(run.ending == Ending::Stopped, "after the rollback: {:?}", run.ending);
     c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
+    c.expect("boot.slot", &[("slot", "a"), ("state", "blessed")])?;
     ensure!(c.first("update.trial", &[]).is_none(), "the bad slot was tried again");
 
-    // An update that never gets to commit: power is cut during each try.
+    // An update whose new kernel never reaches the init: the loader counts
+    // its tries, then starts entry a; the init ends the trial.
     rebooted(&boot_with_stick(ctx, &disk, Some(&v2_stick), "install-v2.log")?)?;
-    for left in ["2", "1", "0"] {
-        let log = format!("cut-{left}.log");
-        let opts = BootOptions::default();
-        let run = ctx.boot_with(&disk, &opts, &log, BOOT_TIMEOUT, &at_trial)?;
-        ensure!(run.ending == Ending::Stopped, "boot {log}: {:?}", run.ending);
-        run.console.expect("update.trial", &[("slot", "b"), ("tries_left", left)])?;
+    for (attempt, after) in [(1, "cairn-b+2-1.efi"), (2, "cairn-b+1-2.efi"), (3, "cairn-b+0-3.efi")] {
+        let log = format!("panic-{attempt}.log");
+        let run = ctx.boot_with(&disk, &BootOptions::default(), &log, BOOT_TIMEOUT, &|c| c.contains("Kernel panic"))?;
+        ensure!(run.console.contains("Kernel panic"), "{log}: the new kernel did not panic");
+        ensure!(run.console.first("boot.start", &[]).is_none(), "{log}: cairn-init ran from the broken image");
+        let names = super::boot_slots::entries(&disk, &layout)?;
+        ensure!(names == ["cairn-a.efi", after], "{log}: the loader did not count the try: {names:?}");
     }
-    let run = ctx.boot_with(&disk, &BootOptions::default(), "out-of-tries.log", BOOT_TIMEOUT, &started)?;
+    let run = ctx.boot_with(&disk, &BootOptions::default(), "fell-back.log", BOOT_TIMEOUT, &started)?;
     let c = &run.console;
-    ensure!(run.ending == Ending::Stopped, "after the tries ran out: {:?}", run.ending);
-    c.expect("update.rolled-back", &[("slot", "b"), ("reason", "out-of-tries"), ("booting", "a")])?;
+    ensure!(run.ending == Ending::Stopped, "after the loader fell back: {:?}", run.ending);
+    c.expect("boot.slot", &[("slot", "a"), ("state", "blessed")])?;
+    c.expect("bootstate.read", &[("trial", "b"), ("tries_left", "3")])?;
+    c.expect("update.rolled-back", &[("slot", "b"), ("reason", "loader-fell-back"), ("booting", "a")])?;
     c.expect("manifest.verified", &[("slot", "a"), ("version", "1")])?;
     let s = state(&disk, &layout)?;
-    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after tries ran out: {s:?}");
+    ensure!(s.committed == Slot::A && s.trial.is_none() && s.rollback_floor == 1, "after the fall-back: {s:?}");
     ensure!(slot_status(&s) == [SlotStatus::Good, SlotStatus::Bad], "statuses {:?}", s.status);
     Ok(())
 }

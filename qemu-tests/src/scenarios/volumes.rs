@@ -16,6 +16,14 @@
 //! No container can move its record out of the volume's project quota
 //! (FS_IOC_FSSETXATTR: EPERM from the seccomp filter). `jailed` also
 //! writes into a tmpfs volume of its own (`jailtmp`), owned by its mapped ids.
+//!
+//! Third boot (`volumes-prune`, on a new disk holding the same data
+//! partition): its manifest names only `store`, so `big`, `small` and
+//! `jail` are unused (`volume.unused`). A container without the `volumes`
+//! permission is refused `volume prune`; one with it prunes: the three
+//! are deleted (`volume.pruned`, with what they held), `store` is not
+//! (`keeper`, which mounts it, finds its record after the prune), and a
+//! second prune, and `cairn-ctl volume prune` after it, find nothing.
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -80,7 +88,7 @@ fn every_boot(c: &Console, boot: u32) -> Result<()> {
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let app = ctx.build("volumes")?;
-    let (disk, _) = ctx.disk(&app, "disk.img")?;
+    let (disk, layout) = ctx.disk(&app, "disk.img")?;
     let opts = crate::qemu::BootOptions::default();
 
     let first = ctx.boot_with(&disk, &opts, "first.log", BOOT_TIMEOUT, &until_exit)?;
@@ -124,5 +132,62 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // The full volume's usage is what the quota counted.
     let used = c.expect("volume.ready", &[("name", "small")])?.num("used_bytes").unwrap_or(0);
     ensure!(used >= 900 << 10, "small reports {used} bytes used after the first boot filled it");
+    prune(ctx, &disk, &layout, &opts)
+}
+
+/// The third boot: `volume prune` with a manifest that names only `store`.
+fn prune(
+    ctx: &Ctx,
+    old: &std::path::Path,
+    old_layout: &cairn_build::gpt::DiskLayout,
+    opts: &crate::qemu::BootOptions,
+) -> Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let app = ctx.build("volumes-prune")?;
+    let (disk, layout) = ctx.disk(&app, "prune.img")?;
+    let data = |l: &cairn_build::gpt::DiskLayout| {
+        l.partitions.iter().find(|p| p.name == "cairn-data").map(|p| (p.offset_bytes, p.size_bytes))
+    };
+    let (Some((from, size)), Some((to, room))) = (data(old_layout), data(&layout)) else {
+        anyhow::bail!("no cairn-data partition");
+    };
+    ensure!(size == room, "data partitions differ: {size} and {room} bytes");
+    // The data partition the first two boots wrote, onto the new disk.
+    let mut src = std::fs::File::open(old)?;
+    let mut dst = std::fs::OpenOptions::new().write(true).open(&disk)?;
+    src.seek(SeekFrom::Start(from))?;
+    dst.seek(SeekFrom::Start(to))?;
+    let copied = std::io::copy(&mut (&mut src).take(size), &mut dst)?;
+    ensure!(copied == size, "copied {copied} of {size} bytes");
+    dst.flush()?;
+    drop(dst);
+
+    let run = ctx.boot_with(&disk, opts, "prune.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    let unused = c.expect("volume.unused", &[])?;
+    let mut names: Vec<&str> = unused.get("names").unwrap_or_default().split(',').collect();
+    names.sort_unstable();
+    ensure!(names == ["big", "jail", "small"], "unused: {:?}", unused.fields);
+    // Refused without the permission.
+    want(c.expect("control.refused", &[("caller", "nosy"), ("request", "volume-prune")])?, "needs", "volumes")?;
+    want(c.expect("ctl", &[("name", "nosy")])?, "reply", "error_not_permitted")?;
+    // Pruned: the three unused volumes, and only them.
+    let replies: Vec<&str> = c.all("ctl", &[("name", "pruner")]).iter().filter_map(|l| l.get("reply")).collect();
+    ensure!(replies == ["ok_pruned_big,jail,small", "ok_nothing_to_prune"], "pruner: {replies:?}");
+    for (v, least) in [("big", 1 << 20), ("small", 900 << 10), ("jail", 1)] {
+        let p = c.expect("volume.pruned", &[("name", v)])?;
+        let freed = p.num("freed_bytes").unwrap_or(0);
+        ensure!(freed >= least, "{v}: freed {freed} bytes");
+    }
+    ensure!(c.all("volume.pruned", &[]).len() == 3, "pruned more than the unused volumes");
+    ensure!(c.first("volume.prune-failed", &[]).is_none(), "a prune failed");
+    // The volume in use kept its data through the prune.
+    let k = c.expect("volume-check", &[("name", "keeper"), ("dir", "/var/lib/app")])?;
+    want(k, "found", "record-1")?;
+    want(c.expect("container.exited", &[("name", "keeper")])?, "code", "0")?;
+    // cairn-ctl: nothing left, exit 0.
+    want(c.expect("control.request", &[("caller", "ctl-pruner")])?, "reply", "ok nothing to prune")?;
+    want(c.expect("container.exited", &[("name", "ctl-pruner")])?, "code", "0")?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `bench ota`: what an update costs. Bytes shipped for three kinds of
-//! change against the whole disk image, and the device's install time for
+//! `bench ota`: what an update costs. Bytes shipped for each kind of
+//! change (a changed layer, one 4 KiB file in it, a re-signed manifest, a
+//! new kernel and init) against the whole disk image, and the device's install time for
 //! a changed layer of `OTA_MIB` MiB of incompressible data (guest clock,
 //! from `update.installing` to `update.staged`: the check pass, then the
 //! write pass with its flush and read back), per MiB. Then one install cut
@@ -36,11 +37,12 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 }
 
 /// An appliance of version `version` whose `big` layer holds noise from
-/// `seed`, built under `dir`.
-fn appliance(art: &Artifacts, dir: &Path, version: u64, seed: u64) -> Result<BuiltAppliance> {
-    let src = dir.join(format!("big-{seed}"));
+/// `seed` and a 4 KiB file of `small`, built under `dir`.
+fn appliance(art: &Artifacts, dir: &Path, version: u64, seed: u64, small: u8) -> Result<BuiltAppliance> {
+    let src = dir.join(format!("big-{seed}-{small}"));
     std::fs::create_dir_all(src.join("data"))?;
     std::fs::write(src.join("data/blob"), noise(seed, OTA_MIB << 20))?;
+    std::fs::write(src.join("data/conf"), [small; 4096])?;
     let toml = dir.join(format!("v{version}-{seed}.toml"));
     let base = crate::repo_root().join("images/examples/base");
     std::fs::write(
@@ -79,12 +81,23 @@ restart = {{ policy = "never" }}
 /// Write a bundle of `app` (thin against `base` if given): its size, and
 /// the bytes its split form (static HTTP: the TOC and every blob) ships.
 fn bundle_of(art: &Artifacts, app: &BuiltAppliance, base: Option<&BuiltAppliance>, out: &Path) -> Result<(u64, u64)> {
+    bundle_with(art, app, base, None, out)
+}
+
+/// [`bundle_of`], carrying `boot_image` if given.
+fn bundle_with(
+    art: &Artifacts,
+    app: &BuiltAppliance,
+    base: Option<&BuiltAppliance>,
+    boot_image: Option<&Path>,
+    out: &Path,
+) -> Result<(u64, u64)> {
     let input = BundleInput {
         envelope: &app.envelope,
         manifest: &app.manifest,
         layers: &app.layers,
         base: base.map(|b| &b.manifest),
-        boot_image: None,
+        boot_image,
     };
     let built = bundle::write_bundle(&input, &art.key, out)?;
     let files = bundle::write_split(out, &built.toc, &built.toc_bytes, &out.with_extension("split"))?;
@@ -96,9 +109,11 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
     let dir = log_dir.join("ota");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let v1 = appliance(art, &dir, 1, 1)?;
-    let v2 = appliance(art, &dir, 2, 2)?;
-    let v3 = appliance(art, &dir, 3, 2)?;
+    let v1 = appliance(art, &dir, 1, 1, 0)?;
+    let v2 = appliance(art, &dir, 2, 2, 0)?;
+    let v3 = appliance(art, &dir, 3, 2, 0)?;
+    // v2 with one 4 KiB file of the big layer changed.
+    let v4 = appliance(art, &dir, 4, 2, 1)?;
     let disk_path = dir.join("disk.img");
     let esp = art.kit.factory_esp(&v1.manifest.compatible, v1.manifest.version)?;
     let layout = assemble::assemble_disk(&v1, &disk_path, assemble::DiskOptions::default(), Some(&esp))?;
@@ -107,7 +122,14 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
     let thin_path = dir.join("thin.bundle");
     let (thin, thin_split) = bundle_of(art, &v2, Some(&v1), &thin_path)?;
     let (resigned, resigned_split) = bundle_of(art, &v3, Some(&v2), &dir.join("resigned.bundle"))?;
+    // A new kernel and init (a boot image), no layer changed.
+    let boot_image = dir.join("v3.efi");
+    std::fs::write(&boot_image, art.kit.update_image(&v3.manifest.compatible, v3.manifest.version)?)?;
+    let image_bytes = std::fs::metadata(&boot_image)?.len();
+    let (with_image, with_image_split) =
+        bundle_with(art, &v3, Some(&v2), Some(&boot_image), &dir.join("boot-image.bundle"))?;
     let big = v2.layers.iter().find(|l| l.name == "big").map(|l| l.partition_bytes()).unwrap_or(0);
+    let (one_file, _) = bundle_of(art, &v4, Some(&v2), &dir.join("one-file.bundle"))?;
 
     // The stick: the thin bundle, padded to whole MiB.
     let stick = dir.join("stick.img");
@@ -151,8 +173,15 @@ pub fn run(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> R
             Row::new(&format!("one {OTA_MIB} MiB layer of three changed: thin bundle, KiB"), vec![kib(thin)]),
             Row::new("  the same, split form (static HTTP), KiB", vec![kib(thin_split)]),
             Row::new("  the changed layer's partition bytes, KiB", vec![kib(big)]),
+            Row::new(
+                "one 4 KiB file of that layer changed: thin bundle (the whole layer; no chunk deltas), KiB",
+                vec![kib(one_file)],
+            ),
             Row::new("re-signed manifest only: thin bundle, KiB", vec![kib(resigned)]),
             Row::new("  the same, split form, KiB", vec![kib(resigned_split)]),
+            Row::new("new kernel and init (boot image), no layer changed: thin bundle, KiB", vec![kib(with_image)]),
+            Row::new("  the same, split form, KiB", vec![kib(with_image_split)]),
+            Row::new("  the boot image (unified kernel image) itself, KiB", vec![kib(image_bytes)]),
             Row::new("install time, ms", install_ms),
             Row::new("install time per MiB written, ms", per_mib),
             Row::new("power cut mid-layer: chunks journalled at the cut", vec![resume.journalled as f64]),

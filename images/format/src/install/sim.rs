@@ -23,6 +23,15 @@
 //! updates are swept: v1 on A to v2 on B, then v2 to v3 on A, which
 //! overwrites a partition of v1's.
 //!
+//! Boot entries: with a boot image in the bundle, the ESP's two entries are
+//! modelled too (a name each: absent, pending, or an entry with its
+//! counter, or blessed; an image; the release it sorts by), and a loader
+//! that starts the entry systemd-boot would (tries left first, then the
+//! newest release) and counts its try. After every cut the entry the
+//! running system boots from is unchanged, an entry with tries exists only
+//! while a trial (or a commit not yet blessed) expects it, and booting on
+//! ends with the new entry blessed.
+//!
 //! Resume: the install after a cut reads the install journal; no resumed
 //! part may fail its read back (the journal counts only flushed chunks),
 //! and each layer part is written again from at most one chunk before
@@ -45,6 +54,7 @@ const SECTOR: usize = 512;
 const LAYER_PARTS: u8 = 6;
 const LAYER_BYTES: usize = 32 << 10;
 const SLOT_BYTES: usize = 16 << 10;
+const IMAGE_BYTES: usize = 12 << 10;
 const PRODUCT: &str = "cairn-test";
 /// Random subsets of the unflushed writes tried at each cut.
 const RANDOM_SUBSETS: usize = 24;
@@ -65,6 +75,22 @@ enum Bug {
     /// `cairn-state`: the journal entry counting a chunk is durable before
     /// the chunk is (the installer journalling before its fdatasync).
     JournalBeforeData,
+    /// The boot image is written straight under its entry name, on trial,
+    /// instead of a pending name renamed after the stage.
+    ImageNamedAtOnce,
+    /// A failed trial writes the record before it marks its entry bad.
+    RollbackRecordFirst,
+}
+
+/// A boot entry's name on the ESP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryName {
+    /// No file.
+    Absent,
+    /// The installer's pending name: not an entry.
+    Pending,
+    /// `cairn-X+N.efi` with `Some(N)` tries left, `cairn-X.efi` blessed.
+    Named(Option<u8>),
 }
 
 /// splitmix64: small, seeded, reproducible.
@@ -104,6 +130,7 @@ fn index(t: Target) -> usize {
         Target::Manifest(Slot::A) => 2,
         Target::Manifest(Slot::B) => 3,
         Target::Layer(n) => 3 + n as usize,
+        Target::BootImage(s) => 4 + LAYER_PARTS as usize + s as usize,
     }
 }
 
@@ -136,6 +163,15 @@ struct Disk {
     parts_written: Vec<(usize, u64)>,
     /// Chunks resumed installs skipped since the power came back.
     skipped: u64,
+    /// The ESP's entries: each one's name and release (the image bytes are
+    /// targets like the partitions). Name changes are durable when done
+    /// (the device syncs the ESP after each).
+    names: [EntryName; 2],
+    releases: [u64; 2],
+    /// The entry the loader last started.
+    booted: Option<Slot>,
+    /// The release an install in progress writes.
+    installing: u64,
 }
 
 impl Disk {
@@ -181,7 +217,53 @@ impl Disk {
             events: vec![],
             parts_written: vec![],
             skipped: 0,
+            names: self.names,
+            releases: self.releases,
+            booted: self.booted,
+            installing: 0,
         }
+    }
+
+    /// Entry `slot` as its name says.
+    fn entry(&self, slot: Slot) -> Option<crate::bootentry::Entry> {
+        match self.names[slot as usize] {
+            EntryName::Named(None) => Some(crate::bootentry::Entry::blessed(slot)),
+            EntryName::Named(Some(t)) => Some(crate::bootentry::Entry::trial(slot, u32::from(t))),
+            EntryName::Absent | EntryName::Pending => None,
+        }
+    }
+
+    /// Rename an entry (an operation: the power may go while it lands;
+    /// it lands).
+    fn rename(&mut self, slot: Slot, name: EntryName) -> Result<(), SimError> {
+        if !self.start() {
+            return Err(SimError::Cut);
+        }
+        self.names[slot as usize] = name;
+        if self.off {
+            Err(SimError::Cut)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The loader: start the entry systemd-boot would (tries left before
+    /// none left, then the newest release), counting its try first.
+    fn load(&mut self) -> Result<Slot, Stop> {
+        let pick = [Slot::A, Slot::B]
+            .into_iter()
+            .filter(|s| matches!(self.names[*s as usize], EntryName::Named(_)))
+            .min_by_key(|s| {
+                (self.names[*s as usize] == EntryName::Named(Some(0)), u64::MAX - self.releases[*s as usize])
+            })
+            .ok_or_else(|| Stop::Bad("the ESP holds no boot entry".into()))?;
+        if let EntryName::Named(Some(t)) = self.names[pick as usize] {
+            if t > 0 {
+                self.rename(pick, EntryName::Named(Some(t - 1))).map_err(cut_or("the loader's count"))?;
+            }
+        }
+        self.booted = Some(pick);
+        Ok(pick)
     }
 
     /// Make the cached writes to target `i` durable.
@@ -291,6 +373,25 @@ impl Storage for Disk {
         }
         Ok(())
     }
+
+    fn begin_entry(&mut self, slot: Slot) -> Result<(), SimError> {
+        let name = if self.bug == Bug::ImageNamedAtOnce { EntryName::Named(Some(3)) } else { EntryName::Pending };
+        self.releases[slot as usize] = self.installing;
+        // Unlink and create: the image is empty from here on.
+        let i = index(Target::BootImage(slot));
+        self.cache.retain(|(t, _, _)| *t != i);
+        self.current[i].fill(0);
+        self.durable[i].fill(0);
+        self.rename(slot, name)
+    }
+
+    fn finish_entry(&mut self, slot: Slot, tries: u8) -> Result<(), SimError> {
+        match self.names[slot as usize] {
+            EntryName::Pending => self.rename(slot, EntryName::Named(Some(tries))),
+            _ if self.bug == Bug::ImageNamedAtOnce => Ok(()),
+            _ => Err(SimError::OutOfRange(Target::BootImage(slot), 0, 0)),
+        }
+    }
 }
 
 /// A layer and its partition's bytes.
@@ -307,7 +408,7 @@ fn layer(name: &str, fill: u8, size: u64) -> LayerBytes {
 }
 
 /// The thin bundle of `m`, carrying `carried`, signed with `key`.
-fn bundle(key: &SigningKey, m: &Manifest, carried: &[&(Layer, Vec<u8>)]) -> Vec<u8> {
+fn bundle(key: &SigningKey, m: &Manifest, carried: &[&(Layer, Vec<u8>)], image: Option<&[u8]>) -> Vec<u8> {
     let env = seal_manifest(m, key).unwrap();
     let mut off = 8192u64;
     let mpart = Part { offset: off, size: env.len() as u64, sha256: Digest::of(&env) };
@@ -327,6 +428,12 @@ fn bundle(key: &SigningKey, m: &Manifest, carried: &[&(Layer, Vec<u8>)]) -> Vec<
         layers: layers.clone(),
         boot_image: None,
     };
+    let mut toc = toc;
+    if let Some(image) = image {
+        toc.boot_image = Some(Part { offset: off, size: image.len() as u64, sha256: Digest::of(image) });
+        off = align_up(off + image.len() as u64).unwrap();
+        toc.total_size = off;
+    }
     let head = seal_toc(&toc, key).unwrap();
     assert!(head.len() <= 8192);
     let mut source = vec![0u8; off as usize];
@@ -335,7 +442,15 @@ fn bundle(key: &SigningKey, m: &Manifest, carried: &[&(Layer, Vec<u8>)]) -> Vec<
     for (lp, (_, bytes)) in layers.iter().zip(carried) {
         source[lp.part.offset as usize..][..bytes.len()].copy_from_slice(bytes);
     }
+    if let (Some(p), Some(image)) = (toc.boot_image, image) {
+        source[p.offset as usize..][..image.len()].copy_from_slice(image);
+    }
     source
+}
+
+/// The boot image of release `version`.
+fn image_of(version: u64) -> Vec<u8> {
+    (0..IMAGE_BYTES - 1000).map(|i| (i as u8).wrapping_mul(7) ^ version as u8).collect()
 }
 
 /// One update: the disk before it, and what must hold through it.
@@ -353,12 +468,23 @@ struct Fixture {
     floors: (u64, u64),
     /// The next update's manifest and the layers its bundle carries.
     next: Option<(Manifest, Vec<LayerBytes>)>,
+    /// Whether the bundles carry a boot image.
+    images: bool,
+    /// The boot entry the committed system starts from (never written),
+    /// and the one the update's image goes to.
+    entries: (Slot, Slot),
 }
 
 impl Fixture {
     /// v1 (layers base, app, data on 1-3) committed on A, a bundle of v2
     /// (base, a new app, extra) as the source.
     fn new(bug: Bug) -> Fixture {
+        Fixture::with(bug, false)
+    }
+
+    /// [`Fixture::new`], the bundles carrying a boot image: the factory
+    /// ESP holds entry A blessed (release 1), the image goes to entry B.
+    fn with(bug: Bug, images: bool) -> Fixture {
         let key = SigningKey::from_bytes(&[1; 32]);
         let base = layer("base", 1, 8192);
         let app1 = layer("app", 2, 8192);
@@ -377,7 +503,7 @@ impl Fixture {
         v3.version = 3;
         v3.update = crate::manifest::UpdatePolicy::for_version(3);
         v3.layers = vec![base.0.clone(), app2.0.clone(), tools.0.clone(), more.0.clone()];
-        let source = bundle(&key, &v2, &[&app2, &extra]);
+        let source = bundle(&key, &v2, &[&app2, &extra], images.then(|| image_of(2)).as_deref());
 
         // The factory: both record copies, slot A, layers on 1-3.
         let mut state = vec![0u8; RECORD_SIZE + crate::journal::SIZE];
@@ -396,6 +522,8 @@ impl Fixture {
             }
             targets.push(p);
         }
+        targets.push(image_of(1));
+        targets.push(vec![0u8; IMAGE_BYTES]);
         let n = targets.len();
         let start = Disk {
             current: targets.clone(),
@@ -412,6 +540,10 @@ impl Fixture {
             events: vec![],
             parts_written: vec![],
             skipped: 0,
+            names: [EntryName::Named(None), EntryName::Absent],
+            releases: [1, 0],
+            booted: Some(Slot::A),
+            installing: 0,
         };
         let partitions = (1..=LAYER_PARTS).map(|number| Partition { number, bytes: LAYER_BYTES as u64 }).collect();
         let protected = vec![Target::Manifest(Slot::A), Target::Layer(1), Target::Layer(2), Target::Layer(3)];
@@ -424,6 +556,8 @@ impl Fixture {
             protected,
             floors: (0, 2),
             next: Some((v3, vec![tools, more])),
+            images,
+            entries: (Slot::A, Slot::B),
         }
     }
 
@@ -435,7 +569,8 @@ impl Fixture {
         let mut d = self.staged();
         settle(self, &mut d).unwrap();
         let (v3, carried) = self.next.clone().unwrap();
-        let source = bundle(&self.key, &v3, &carried.iter().collect::<Vec<_>>());
+        let image = self.images.then(|| image_of(3));
+        let source = bundle(&self.key, &v3, &carried.iter().collect::<Vec<_>>(), image.as_deref());
         d.current[index(Target::Source)] = source.clone();
         d.durable[index(Target::Source)] = source;
         d.ops = 0;
@@ -449,6 +584,9 @@ impl Fixture {
             protected,
             floors: (2, 3),
             next: None,
+            images: self.images,
+            // v2's image was blessed on B: v3's overwrites A.
+            entries: if self.images { (Slot::B, Slot::A) } else { (Slot::A, Slot::B) },
         }
     }
 
@@ -468,7 +606,9 @@ impl Fixture {
             committed: &committed,
             partitions: &self.partitions,
             chunk: BLOCK,
+            booted_entry: d.booted.and_then(|b| d.entry(b)),
         };
+        d.installing = self.to;
         let (mut events, mut parts, mut skipped) = (vec![], vec![], 0);
         let r = install(d, &cx, record, |p| {
             events.push(describe(&p));
@@ -505,6 +645,8 @@ fn describe(p: &Progress<'_>) -> String {
         Progress::LayerWritten { layer, partition, bytes } => format!("layer {} {partition} {bytes}", layer.name),
         Progress::ManifestWritten { slot, bytes } => format!("manifest slot={slot} bytes={bytes}"),
         Progress::Staged { slot, version, tries, seq } => format!("staged {slot} v{version} tries={tries} seq={seq}"),
+        Progress::BootImageWritten { entry, bytes } => format!("boot-image entry={entry} bytes={bytes}"),
+        Progress::EntryNamed { entry, tries } => format!("entry-named {entry} tries={tries}"),
     }
 }
 
@@ -532,14 +674,25 @@ struct Booted {
     kind: BootKind,
     manifest: Manifest,
     record: Record,
+    /// The boot entry the loader started.
+    entry: Slot,
 }
 
-/// Boot as `cairn-init` does: read the record, plan, write what the plan
-/// writes (a try spent, a trial ended), then mount: the slot's manifest
+/// Boot as the loader and `cairn-init` do: the loader starts an entry
+/// (counting its try); the init reads the record, names a staged entry
+/// left unnamed and restarts (`None`), or plans, writes what the plan
+/// writes (a try spent, a trial ended), then mounts: the slot's manifest
 /// must open and each of its layers be on its partition.
-fn boot(fx: &Fixture, d: &mut Disk) -> Result<Booted, Stop> {
+fn boot(fx: &Fixture, d: &mut Disk) -> Result<Option<Booted>, Stop> {
+    let entry = d.load()?;
     let mut record = Record::read(d).map_err(|e| Stop::Bad(format!("the record is lost: {e:?}")))?;
-    let plan = plan_boot(&record.state, None);
+    let pending = |s: Slot| d.names[s as usize] == EntryName::Pending;
+    if let Some(e) = crate::update::entry_to_finish(&record.state, Some(entry), pending) {
+        let tries = record.state.trial.map_or(0, |t| t.tries_left);
+        d.rename(e, EntryName::Named(Some(tries))).map_err(cut_or("naming the staged entry"))?;
+        return Ok(None);
+    }
+    let plan = plan_boot(&record.state, Some(entry));
     let mount_first = d.bug == Bug::MountBeforeTry && matches!(plan.kind, BootKind::Trial { .. });
     if mount_first {
         mount(d, plan.kind)?;
@@ -551,7 +704,35 @@ fn boot(fx: &Fixture, d: &mut Disk) -> Result<Booted, Stop> {
         mount(d, plan.kind)?;
     }
     let manifest = verify_slot(fx, d, &record.state, plan.slot)?;
-    Ok(Booted { slot: plan.slot, kind: plan.kind, manifest, record })
+    Ok(Some(Booted { slot: plan.slot, kind: plan.kind, manifest, record, entry }))
+}
+
+/// A boot that must come up (not restart to name an entry).
+fn boot_up(fx: &Fixture, d: &mut Disk) -> Result<Booted, Stop> {
+    boot(fx, d)?.ok_or_else(|| Stop::Bad("the boot restarted to name an entry".into()))
+}
+
+/// Commit the trial `b` booted: the record, then bless its entry if the
+/// trial wrote it (as the init does).
+fn commit_trial(d: &mut Disk, b: Booted) -> Result<(), Stop> {
+    let mut record = b.record;
+    let with_entry = record.state.trial.and_then(|t| t.boot_entry) == Some(b.entry);
+    let next = commit(&record.state, b.slot, b.manifest.version, b.manifest.update.floor)
+        .map_err(|e| Stop::Bad(format!("commit: {e}")))?;
+    record.write(d, next).map_err(cut_or("commit"))?;
+    if with_entry {
+        d.rename(b.entry, EntryName::Named(None)).map_err(cut_or("bless"))?;
+    }
+    Ok(())
+}
+
+/// A boot whose entry is counting but which no trial of the record
+/// expects (a commit that landed before its bless): the init blesses it.
+fn bless_entry_only(d: &mut Disk, b: &Booted) -> Result<(), Stop> {
+    if let EntryName::Named(Some(_)) = d.names[b.entry as usize] {
+        d.rename(b.entry, EntryName::Named(None)).map_err(cut_or("bless"))?;
+    }
+    Ok(())
 }
 
 /// Mount the booted slot: one more point where the power can go. Tries
@@ -591,22 +772,27 @@ fn verify_slot(fx: &Fixture, d: &Disk, state: &BootState, slot: Slot) -> Result<
 /// boots it took.
 fn settle(fx: &Fixture, d: &mut Disk) -> Result<usize, Stop> {
     for boots in 1..=3 {
-        let b = boot(fx, d)?;
-        let mut record = b.record;
+        let Some(b) = boot(fx, d)? else { continue };
         match b.kind {
-            BootKind::Trial { .. } => {
-                let next = commit(&record.state, b.slot, b.manifest.version, b.manifest.update.floor)
-                    .map_err(|e| Stop::Bad(format!("commit: {e}")))?;
-                record.write(d, next).map_err(cut_or("commit"))?;
-            }
+            BootKind::Trial { .. } => commit_trial(d, b)?,
             BootKind::Committed if b.manifest.version == fx.to => {
-                let s = &record.state;
+                bless_entry_only(d, &b)?;
+                let s = &b.record.state;
                 if s.rollback_floor != fx.floors.1 || s.status_of(b.slot) != SlotStatus::Good {
                     return Err(Stop::Bad(format!("v{} committed with {s:?}", fx.to)));
+                }
+                let (kept, target) = fx.entries;
+                if fx.images && (b.entry != target || d.names.map(|n| n == EntryName::Named(None)) != [true, true]) {
+                    return Err(Stop::Bad(format!(
+                        "v{} committed, booted from entry {} with entries {:?}: not the new entry blessed beside entry {kept}",
+                        fx.to, b.entry, d.names
+                    )));
                 }
                 return Ok(boots);
             }
             BootKind::Committed | BootKind::TrialEnded { .. } => {
+                bless_entry_only(d, &b)?;
+                let mut record = b.record;
                 fx.install(d, &mut record).map_err(cut_or("install after the cut"))?;
             }
         }
@@ -635,6 +821,23 @@ fn check_after_cut(fx: &Fixture, before: &Disk, d: &Disk) -> Result<u64, String>
     let floor = if state.committed == fx.from { fx.floors.0 } else { fx.floors.1 };
     if state.rollback_floor != floor {
         return Err(format!("floor {} with slot {} committed", state.rollback_floor, state.committed));
+    }
+    // The boot entry the committed system starts from is never written,
+    // and the loader starts the new image only while a trial (or a commit
+    // not yet blessed) expects it.
+    if fx.images {
+        let (kept, target) = fx.entries;
+        let ki = index(Target::BootImage(kept));
+        if d.names[kept as usize] != EntryName::Named(None) || d.durable[ki] != fx.start.durable[ki] {
+            return Err(format!("entry {kept}, the running system's, was written: {:?}", d.names));
+        }
+        let expected = state.trial.and_then(|t| t.boot_entry) == Some(target) || state.committed != fx.from;
+        if matches!(d.names[target as usize], EntryName::Named(Some(t)) if t > 0) && !expected {
+            return Err(format!(
+                "the loader would start entry {target}'s new image while no trial expects it: {:?}, {state:?}",
+                d.names
+            ));
+        }
     }
     // Only the committed slot or a ready trial boots, and it verifies.
     let plan = plan_boot(&state, None);
@@ -746,18 +949,32 @@ fn run_install(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
 
 /// A trial boot that commits.
 fn run_commit(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
-    let b = boot(fx, d)?;
-    let mut record = b.record;
-    let next = commit(&record.state, b.slot, b.manifest.version, b.manifest.update.floor)
-        .map_err(|e| Stop::Bad(format!("{e}")))?;
-    record.write(d, next).map_err(cut_or("commit"))
+    let b = boot_up(fx, d)?;
+    commit_trial(d, b)
 }
 
-/// A trial boot that fails (unhealthy) and rolls back.
+/// A trial boot that fails (unhealthy) and rolls back: the entry it came
+/// with is marked bad first, then the record ends the trial (as the init
+/// does: a cut between them leaves a trial whose entry the loader no
+/// longer starts, which the next boot ends as a fall-back).
 fn run_rollback(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
-    let b = boot(fx, d)?;
+    let b = boot_up(fx, d)?;
     let mut record = b.record;
-    record.write(d, fail_trial(&record.state)).map_err(cut_or("rollback"))
+    let with_entry = record.state.trial.and_then(|t| t.boot_entry) == Some(b.entry);
+    let mark_bad = |d: &mut Disk| -> Result<(), Stop> {
+        if with_entry {
+            d.rename(b.entry, EntryName::Named(Some(0))).map_err(cut_or("mark bad"))?;
+        }
+        Ok(())
+    };
+    if d.bug != Bug::RollbackRecordFirst {
+        mark_bad(d)?;
+    }
+    record.write(d, fail_trial(&record.state)).map_err(cut_or("rollback"))?;
+    if d.bug == Bug::RollbackRecordFirst {
+        mark_bad(d)?;
+    }
+    Ok(())
 }
 
 /// Both updates (v1 on A to v2 on B, then v2 to v3 on A): power cut
@@ -765,7 +982,11 @@ fn run_rollback(fx: &Fixture, d: &mut Disk) -> Result<(), Stop> {
 /// of one that rolls back. Returns the cut points, the disks checked and
 /// the chunks resumed installs skipped.
 fn all_scenarios(bug: Bug, seed: u64) -> (usize, usize, u64) {
-    let first = Fixture::new(bug);
+    all_scenarios_of(Fixture::new(bug), seed)
+}
+
+/// [`all_scenarios`] from `first`.
+fn all_scenarios_of(first: Fixture, seed: u64) -> (usize, usize, u64) {
     let second = first.second();
     let mut total = (0, 0, 0);
     for (n, fx) in [first, second].iter().enumerate() {
@@ -795,6 +1016,73 @@ fn every_power_cut_through_install_trial_commit_and_rollback_keeps_the_invariant
 }
 
 #[test]
+fn every_power_cut_through_an_update_with_a_boot_image_keeps_the_entries_safe() {
+    let seed = seed();
+    let t = std::time::Instant::now();
+    let (cuts, disks, _) = all_scenarios_of(Fixture::with(Bug::None, true), seed);
+    std::eprintln!("seed {seed:#x}, with boot images: {cuts} cut points, {disks} disks checked, in {:?}", t.elapsed());
+    assert!(cuts >= 20, "{cuts} cut points");
+}
+
+#[test]
+fn an_update_with_a_boot_image_writes_the_other_entry_and_names_it_after_the_stage() {
+    let fx = Fixture::with(Bug::None, true);
+    let mut d = fx.start.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::B));
+    let tail: Vec<&str> = d.events.iter().rev().take(4).rev().map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        [
+            "manifest slot=b bytes=4096",
+            "boot-image entry=b bytes=11288",
+            "staged b v2 tries=3 seq=3",
+            "entry-named b tries=3"
+        ]
+    );
+    assert_eq!(d.names, [EntryName::Named(None), EntryName::Named(Some(3))]);
+    assert_eq!(&d.durable[index(Target::BootImage(Slot::B))][..IMAGE_BYTES - 1000], &image_of(2)[..]);
+    assert_eq!(rec.state.trial.and_then(|t| t.boot_entry), Some(Slot::B));
+    // Booting on: the loader starts the new entry, the trial commits and
+    // blesses it.
+    assert_eq!(settle(&fx, &mut d).unwrap(), 2);
+    assert_eq!((d.booted, d.names), (Some(Slot::B), [EntryName::Named(None); 2]));
+    // The next update writes entry A (the one not booted), never B.
+    let fx = fx.second();
+    assert_eq!(fx.entries, (Slot::B, Slot::A));
+    let mut d = fx.start.clone();
+    let mut rec = Record::read(&mut d).unwrap();
+    assert_eq!(fx.install(&mut d, &mut rec), Ok(Slot::A));
+    assert_eq!(d.names, [EntryName::Named(Some(3)), EntryName::Named(None)]);
+    assert_eq!(rec.state.trial.map(|t| (t.slot, t.boot_entry)), Some((Slot::A, Some(Slot::A))));
+}
+
+#[test]
+fn a_boot_image_is_refused_beside_an_unproven_entry_before_anything_is_written() {
+    let fx = Fixture::with(Bug::None, true);
+    let mut d = fx.start.clone();
+    d.names[0] = EntryName::Named(Some(2));
+    let mut rec = Record::read(&mut d).unwrap();
+    let e = fx.install(&mut d, &mut rec).unwrap_err();
+    assert_eq!((e.reason(), d.ops), ("boot-entry-unproven", 0));
+    d.booted = None;
+    let e = fx.install(&mut d, &mut rec).unwrap_err();
+    assert_eq!((e.reason(), d.ops), ("no-boot-entry", 0));
+}
+
+#[test]
+fn the_simulator_catches_an_image_named_before_its_trial_is_staged() {
+    let e = caught_from(Bug::ImageNamedAtOnce, true);
+    assert!(e.contains("while no trial expects it"), "{e}");
+}
+
+#[test]
+fn the_simulator_catches_a_rollback_that_writes_the_record_before_marking_its_entry_bad() {
+    let e = caught_from(Bug::RollbackRecordFirst, true);
+    assert!(e.contains("while no trial expects it"), "{e}");
+}
+
+#[test]
 fn power_cuts_after_every_trial_mount_end_the_trial_and_never_the_committed_slot() {
     let fx = Fixture::new(Bug::None);
     let mut d = fx.staged();
@@ -810,7 +1098,7 @@ fn power_cuts_after_every_trial_mount_end_the_trial_and_never_the_committed_slot
         );
         let mut probe = d.clone();
         probe.cut_at = None;
-        kinds.push(boot(&fx, &mut probe).map(|b| b.kind).unwrap());
+        kinds.push(boot_up(&fx, &mut probe).map(|b| b.kind).unwrap());
         assert!(matches!(boot(&fx, &mut d), Err(Stop::Cut)));
         d = d.after_cut(&mut |data: &[u8]| vec![0; data.len().div_ceil(SECTOR)]);
     }
@@ -833,7 +1121,12 @@ fn power_cuts_after_every_trial_mount_end_the_trial_and_never_the_committed_slot
 
 /// A broken installer or disk fails the sweep.
 fn caught(bug: Bug) -> String {
-    let r = std::panic::catch_unwind(|| all_scenarios(bug, seed()));
+    caught_from(bug, false)
+}
+
+/// [`caught`], from [`Fixture::with`] `images`.
+fn caught_from(bug: Bug, images: bool) -> String {
+    let r = std::panic::catch_unwind(|| all_scenarios_of(Fixture::with(bug, images), seed()));
     let e = r.expect_err("the simulator missed the bug");
     e.downcast_ref::<String>().cloned().unwrap_or_default()
 }
@@ -869,7 +1162,14 @@ fn the_fixture_installs_one_changed_and_one_new_layer() {
     let mut rec = Record::read(&mut d).unwrap();
     let keys = fx.keys();
     let v1 = envelope::open_manifest(&d.current[index(Target::Manifest(Slot::A))], &keys).unwrap();
-    let cx = Install { keys: &keys, product: PRODUCT, committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
+    let cx = Install {
+        keys: &keys,
+        product: PRODUCT,
+        committed: &v1,
+        partitions: &fx.partitions,
+        chunk: BLOCK,
+        booted_entry: None,
+    };
     let mut events = vec![];
     let r = install(&mut d, &cx, &mut rec, |p| events.push(describe(&p)));
     assert_eq!(r, Ok(Slot::B));
@@ -912,12 +1212,26 @@ fn refusals_and_a_tampered_layer_write_nothing() {
     let mut rec = Record::read(&mut d).unwrap();
     let other = [SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes()];
     let v1 = envelope::open_manifest(&d.current[index(Target::Manifest(Slot::A))], &fx.keys()).unwrap();
-    let cx = Install { keys: &other, product: PRODUCT, committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
+    let cx = Install {
+        keys: &other,
+        product: PRODUCT,
+        committed: &v1,
+        partitions: &fx.partitions,
+        chunk: BLOCK,
+        booted_entry: None,
+    };
     let e = install(&mut d, &cx, &mut rec, |_| {}).unwrap_err();
     assert_eq!((e.reason(), d.ops), ("bad-bundle", 0));
     // Another product: refused before any write.
     let keys = fx.keys();
-    let cx = Install { keys: &keys, product: "router-v2", committed: &v1, partitions: &fx.partitions, chunk: BLOCK };
+    let cx = Install {
+        keys: &keys,
+        product: "router-v2",
+        committed: &v1,
+        partitions: &fx.partitions,
+        chunk: BLOCK,
+        booted_entry: None,
+    };
     let e = install(&mut d, &cx, &mut rec, |_| {}).unwrap_err();
     assert_eq!((e.reason(), d.ops), ("wrong-product", 0));
     // A flipped byte in the last layer part: found by its hash in the
@@ -998,7 +1312,7 @@ fn a_different_bundle_or_a_record_that_moved_on_discards_the_journal() {
     let mpart = &src[toc.manifest.offset as usize..][..toc.manifest.size as usize];
     let (v2, _) = bundle::open_manifest_part(&toc, mpart, &keys).unwrap();
     let carried = [layer("app", 4, 12288), layer("extra", 5, 8192), layer("base", 1, 8192)];
-    let other = bundle(&fx.key, &v2, &carried.iter().collect::<Vec<_>>());
+    let other = bundle(&fx.key, &v2, &carried.iter().collect::<Vec<_>>(), None);
     let mut d = after.clone();
     d.current[index(Target::Source)] = other.clone();
     d.durable[index(Target::Source)] = other;

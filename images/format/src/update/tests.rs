@@ -23,7 +23,7 @@ fn staged() -> (BootState, LayerPlan) {
     let s = factory(&[1, 2, 3]);
     let plan = plan_layers(&s, &[d(1), d(2), d(3)], &carried(&[1, 2, 4]), &parts(6, 4096)).unwrap();
     let s = claim(&s, &plan).unwrap();
-    let s = stage(&s, &[d(1), d(2), d(3)], &plan, 3, false).unwrap();
+    let s = stage(&s, &[d(1), d(2), d(3)], &plan, 3, None).unwrap();
     (s, plan)
 }
 
@@ -40,7 +40,7 @@ fn an_install_reuses_what_the_device_holds_and_writes_only_free_partitions() {
     assert_eq!(plan.reuse, [LayerSlot { digest: d(1), partition: 1 }, LayerSlot { digest: d(2), partition: 2 }]);
     assert_eq!(plan.write, [LayerSlot { digest: d(4), partition: 4 }], "the first empty partition");
     assert_eq!(s.status, [SlotStatus::Good, SlotStatus::Ready]);
-    assert_eq!(s.trial, Some(Trial { slot: Slot::B, tries_left: 3, boot_entry: false }));
+    assert_eq!(s.trial, Some(Trial { slot: Slot::B, tries_left: 3, boot_entry: None }));
     assert_eq!(s.partition_of(&d(3)), Some(3), "the committed manifest's layers stay mapped");
     assert_eq!(s.partition_of(&d(4)), Some(4));
 }
@@ -58,7 +58,7 @@ fn a_trial_spends_its_try_before_it_boots_then_commits_and_raises_the_floor() {
     assert_eq!(plan_boot(&c, None), BootPlan { slot: Slot::B, kind: BootKind::Committed, write: None });
     let mut higher = c.clone();
     higher.rollback_floor = 9;
-    higher.trial = Some(Trial { slot: Slot::A, tries_left: 1, boot_entry: false });
+    higher.trial = Some(Trial { slot: Slot::A, tries_left: 1, boot_entry: None });
     assert_eq!(commit(&higher, Slot::A, 8, 3).map(|s| s.rollback_floor), Ok(9), "the floor never falls");
 }
 
@@ -90,8 +90,8 @@ fn a_trial_out_of_tries_boots_the_committed_slot_and_marks_its_own_bad() {
 #[test]
 fn a_loader_that_fell_back_from_the_new_boot_entry_ends_the_trial() {
     let (s, plan) = staged();
-    let mut with_entry = stage(&s, &[d(1), d(2), d(3)], &plan, 3, true).unwrap();
-    with_entry.trial = Some(Trial { slot: Slot::B, tries_left: 2, boot_entry: true });
+    let mut with_entry = stage(&s, &[d(1), d(2), d(3)], &plan, 3, Some(Slot::B)).unwrap();
+    with_entry.trial = Some(Trial { slot: Slot::B, tries_left: 2, boot_entry: Some(Slot::B) });
     let p = plan_boot(&with_entry, Some(Slot::A));
     assert_eq!(
         p.kind,
@@ -104,6 +104,46 @@ fn a_loader_that_fell_back_from_the_new_boot_entry_ends_the_trial() {
 }
 
 #[test]
+fn the_trial_entry_is_its_own_letter_not_the_manifest_slot() {
+    // Manifest b committed from entry a (an earlier manifest-only update);
+    // the next install targets manifest a but writes its image into entry b.
+    let (s, plan) = staged();
+    let with_entry = stage(&s, &[d(1), d(2), d(3)], &plan, 3, Some(Slot::A)).unwrap();
+    assert_eq!(with_entry.trial.map(|t| (t.slot, t.boot_entry)), Some((Slot::B, Some(Slot::A))));
+    assert_eq!(plan_boot(&with_entry, Some(Slot::A)).kind, BootKind::Trial { tries_left: 2 });
+    assert_eq!(
+        plan_boot(&with_entry, Some(Slot::B)).kind,
+        BootKind::TrialEnded { slot: Slot::B, reason: TrialFailure::LoaderFellBack { booted: Slot::B } }
+    );
+}
+
+#[test]
+fn a_boot_image_goes_only_into_the_entry_not_booted_and_only_beside_a_blessed_one() {
+    use crate::bootentry::Entry;
+    assert_eq!(boot_entry_target(Some(Entry::blessed(Slot::A))), Ok(Slot::B));
+    assert_eq!(boot_entry_target(Some(Entry::blessed(Slot::B))), Ok(Slot::A));
+    assert_eq!(boot_entry_target(None), Err(InstallRefusal::NoBootEntry));
+    assert_eq!(boot_entry_target(Some(Entry::trial(Slot::B, 2))), Err(InstallRefusal::BootEntryUnproven(Slot::B)));
+    let bad = Entry { slot: Slot::A, counter: Some(crate::bootentry::Counter { left: 0, done: 3 }) };
+    assert_eq!(boot_entry_target(Some(bad)), Err(InstallRefusal::BootEntryUnproven(Slot::A)));
+    assert_eq!(InstallRefusal::BootEntryUnproven(Slot::A).name(), "boot-entry-unproven");
+}
+
+#[test]
+fn an_image_staged_but_not_yet_named_is_finished_not_failed() {
+    let (s, plan) = staged();
+    let with_entry = stage(&s, &[d(1), d(2), d(3)], &plan, 3, Some(Slot::B)).unwrap();
+    let pending_b = |e: Slot| e == Slot::B;
+    assert_eq!(entry_to_finish(&with_entry, Some(Slot::A), pending_b), Some(Slot::B));
+    assert_eq!(entry_to_finish(&with_entry, None, pending_b), Some(Slot::B), "no loader to ask");
+    assert_eq!(entry_to_finish(&with_entry, Some(Slot::A), |_| false), None, "named already: the loader fell back");
+    assert_eq!(entry_to_finish(&with_entry, Some(Slot::B), pending_b), None, "the loader started it");
+    let without = stage(&s, &[d(1), d(2), d(3)], &plan, 3, None).unwrap();
+    assert_eq!(entry_to_finish(&without, Some(Slot::A), pending_b), None, "no image in this trial");
+    assert_eq!(entry_to_finish(&s, Some(Slot::A), pending_b), None, "no trial");
+}
+
+#[test]
 fn a_trial_of_a_slot_that_is_not_ready_never_boots() {
     let (mut s, _) = staged();
     for bad in [SlotStatus::Installing, SlotStatus::Bad, SlotStatus::Empty, SlotStatus::Good] {
@@ -112,7 +152,7 @@ fn a_trial_of_a_slot_that_is_not_ready_never_boots() {
         assert_eq!((p.slot, p.kind), (Slot::A, BootKind::TrialEnded { slot: Slot::B, reason: TrialFailure::Refused }));
     }
     let mut on_committed = factory(&[1]);
-    on_committed.trial = Some(Trial { slot: Slot::A, tries_left: 3, boot_entry: false });
+    on_committed.trial = Some(Trial { slot: Slot::A, tries_left: 3, boot_entry: None });
     let p = plan_boot(&on_committed, None);
     assert_eq!(p.slot, Slot::A);
     assert_eq!(
@@ -228,7 +268,7 @@ fn every_sequence_of_transitions_keeps_the_invariants() {
                     }
                     let claimed = claim(&s, &plan).unwrap();
                     assert_eq!(plan_boot(&claimed, None).slot, s.committed);
-                    s = stage(&claimed, &manifests[committed_ix], &plan, 1 + rng.next(3) as u8, false).unwrap();
+                    s = stage(&claimed, &manifests[committed_ix], &plan, 1 + rng.next(3) as u8, None).unwrap();
                     manifests[1 - committed_ix] = new;
                     versions[1 - committed_ix] = v;
                 }
