@@ -251,12 +251,18 @@ fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
-/// A batch of nf_tables messages, each asking for an acknowledgement.
+/// A batch of nf_tables messages. Only the last one asks for an
+/// acknowledgement: the kernel answers every failing message with its
+/// error anyway, and queues the answers until the batch is done, so one
+/// ack means all went in, and the answers never outgrow the socket's
+/// receive buffer however many rules there are.
 #[derive(Debug)]
 pub struct Batch {
     buf: Vec<u8>,
-    /// Sequence numbers of the messages inside (each is acknowledged).
+    /// Sequence numbers of the messages inside.
     seqs: Vec<u32>,
+    /// Where the last message starts in `buf`.
+    last: Option<usize>,
 }
 
 impl Default for Batch {
@@ -269,12 +275,13 @@ impl Batch {
     /// `NFNL_MSG_BATCH_BEGIN` (sequence 0).
     pub fn new() -> Batch {
         let buf = message(NFNL_MSG_BATCH_BEGIN, 0, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
-        Batch { buf, seqs: Vec::new() }
+        Batch { buf, seqs: Vec::new(), last: None }
     }
 
     fn push(&mut self, msg: u16, flags: u16, attrs: impl FnOnce(&mut Buf)) {
         let seq = self.seqs.len() as u32 + 1;
-        let m = message(nft_type(msg), NLM_F_ACK | flags, seq, FAMILY_IP, 0, attrs);
+        let m = message(nft_type(msg), flags, seq, FAMILY_IP, 0, attrs);
+        self.last = Some(self.buf.len());
         self.buf.extend_from_slice(&m);
         self.seqs.push(seq);
     }
@@ -318,7 +325,7 @@ impl Batch {
         });
     }
 
-    /// How many messages the batch holds (each answered by an ack).
+    /// How many messages the batch holds.
     pub fn len(&self) -> usize {
         self.seqs.len()
     }
@@ -328,12 +335,19 @@ impl Batch {
         self.seqs.is_empty()
     }
 
-    /// `NFNL_MSG_BATCH_END`: the bytes to send.
+    /// `NFNL_MSG_BATCH_END`, and NLM_F_ACK on the last message: the bytes
+    /// to send and the acks to expect (1, or 0 for an empty batch).
     pub fn finish(mut self) -> (Vec<u8>, usize) {
         let seq = self.seqs.len() as u32 + 1;
+        if let Some(flags) = self.last.and_then(|at| self.buf.get_mut(at + 6..at + 8)) {
+            let mut two = [0u8; 2];
+            two.copy_from_slice(flags);
+            flags.copy_from_slice(&(u16::from_ne_bytes(two) | NLM_F_ACK).to_ne_bytes());
+        }
         let end = message(NFNL_MSG_BATCH_END, 0, seq, 0, NFNL_SUBSYS_NFTABLES, |_| {});
         self.buf.extend_from_slice(&end);
-        (self.buf, self.seqs.len())
+        let acks = usize::from(self.last.is_some());
+        (self.buf, acks)
     }
 }
 
@@ -558,8 +572,8 @@ pub fn answers(buf: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
-/// Judge a batch's answers: the first error, or success once every one of
-/// its `expected` messages was acknowledged.
+/// Judge a batch's answers: the first error, or success once the
+/// `expected` acks (the last message's) are in.
 pub fn verdict(answers: &[(u32, i32)], expected: usize) -> Result<(), (u32, i32)> {
     if let Some(e) = answers.iter().find(|(_, e)| *e != 0) {
         return Err(*e);
@@ -598,7 +612,8 @@ impl Nft {
     /// inside the send (nfnetlink runs in the sender's context), so every
     /// answer is queued before send returns: they are read without
     /// waiting, and this never blocks. An error names the message's
-    /// sequence number in the batch (1 = the first after BATCH_BEGIN).
+    /// sequence number in the batch (1 = the first after BATCH_BEGIN; 0 =
+    /// the batch as a whole, e.g. its commit).
     pub fn apply(&self, batch: Batch) -> SysResult<()> {
         let (bytes, expected) = batch.finish();
         let fail = |seq: u32, errno| SysError { op: "nf_tables batch", arg: format!("message {seq}"), errno };
@@ -743,8 +758,12 @@ mod tests {
         let m = messages(&bytes);
         assert_eq!(attrs(&m[1].4)[1], (2, be(2)), "the table is PID 1's own");
         // Begin, table, 4 chains, 2 input + 3 forward + 1 prerouting + 1
-        // postrouting rules, end; every message inside acknowledged.
-        assert_eq!((m.len(), n), (14, 12));
+        // postrouting rules, end; one ack asked for.
+        assert_eq!((m.len(), n), (14, 1));
+        let acked: Vec<u32> = m.iter().filter(|x| x.1 & NLM_F_ACK != 0).map(|x| x.2).collect();
+        assert_eq!(acked, [12], "only the last message asks for an ack");
+        let seqs: Vec<u32> = m.iter().map(|x| x.2).collect();
+        assert_eq!(seqs, (0..14).collect::<Vec<u32>>(), "sequence numbers count the messages");
         let chains: Vec<String> = m[2..6]
             .iter()
             .map(|c| String::from_utf8(attrs(&c.4)[1].1.clone()).unwrap().trim_end_matches('\0').to_string())
@@ -752,9 +771,10 @@ mod tests {
         assert_eq!(chains, ["input", "forward", "prerouting", "postrouting"]);
         let policies: Vec<Vec<u8>> = m[2..6].iter().map(|c| attrs(&c.4)[3].1.clone()).collect();
         assert_eq!(policies, [be(1), be(0), be(1), be(1)], "only forward drops by default");
-        for r in &m[6..13] {
-            assert_eq!((r.0, r.1), (0x0a06, 0x1 | 0x4 | 0x400 | 0x800));
+        for r in &m[6..12] {
+            assert_eq!((r.0, r.1), (0x0a06, 0x1 | 0x400 | 0x800));
         }
+        assert_eq!((m[12].0, m[12].1), (0x0a06, 0x1 | 0x4 | 0x400 | 0x800));
         let names = |i: usize| -> Vec<String> { rule_exprs(&m[i].4).into_iter().map(|(n, _)| n).collect() };
 
         // input: iifname "cairn-br*" ct state established,related accept.
@@ -835,8 +855,9 @@ mod tests {
         let nets = [Net { bridge: "cairn-br0".into(), subnet: [10, 89, 1, 0], prefix: 24, egress: false }];
         let (bytes, n) = ruleset(&nets, &[]).finish();
         // Table, 4 chains, the 2 input rules and the 2 forward rules only.
-        assert_eq!(n, 9);
+        assert_eq!(n, 1);
         assert_eq!(messages(&bytes).len(), 11);
+        assert_eq!(Batch::new().finish().1, 0, "an empty batch expects no ack");
     }
 
     #[test]
