@@ -211,7 +211,8 @@ fn guest() -> Res<()> {
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let n: usize = arg(&cmdline, "cairn.bench.n").and_then(|v| v.parse().ok()).unwrap_or(200);
-    let all = ["fork-exec", "cairn", "crun", "runc", "ns-clone", "ns-clone-nonet", "cgroup"];
+    let all =
+        ["fork-exec", "cairn", "crun", "runc", "ns-clone", "ns-clone-nonet", "cgroup", "cairn-bridge", "cairn-egress"];
     let only = arg(&cmdline, "cairn.bench.only");
     let mut contenders: Vec<&str> =
         all.iter().copied().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *c))).collect();
@@ -238,6 +239,25 @@ fn guest() -> Res<()> {
     }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
     let cgroup = Cgroup::for_container(&spec.name);
+    // The same container on a bridge (a veth pair per start, eth0 at an
+    // address), and on a network with egress (plus its default route).
+    let (bridged, routed) = if contenders.iter().any(|c| c.starts_with("cairn-")) {
+        bridge_up().map_err(err)?;
+        let attach = |gateway| cairn_runtime::spec::NetAttach {
+            bridge: "cairn-br0".into(),
+            iface: "eth0".into(),
+            address: [10, 89, 3, 2],
+            prefix: 24,
+            gateway,
+        };
+        let mut b = spec.clone();
+        b.networks = vec![attach(None)];
+        let mut r = spec.clone();
+        r.networks = vec![attach(Some([10, 89, 3, 1]))];
+        (b, r)
+    } else {
+        (spec.clone(), spec.clone())
+    };
     let mut failures = [0u32; 8];
     // One unmeasured start each first (page cache, first-use costs), then N rounds.
     for round in 0..=n {
@@ -246,6 +266,8 @@ fn guest() -> Res<()> {
             let result = match *who {
                 "fork-exec" => fork_exec(),
                 "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup),
+                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &cgroup),
+                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &cgroup),
                 "crun" => oci_run("/usr/bin/crun", &[]),
                 "runc" => oci_run("/usr/bin/runc", &[]),
                 "ns-clone" => ns_clone(true),
@@ -287,6 +309,17 @@ fn guest() -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Bridge `cairn-br0` up with the device's address 10.89.3.1/24, as
+/// cairn-init makes a network with egress (no firewall: it costs nothing
+/// per start).
+fn bridge_up() -> cairn_runtime::sys::SysResult<()> {
+    use cairn_runtime::netlink::{self, Rtnl};
+    let rtnl = Rtnl::open()?;
+    rtnl.call("cairn-br0", &netlink::new_bridge("cairn-br0"))?;
+    netlink::disable_ipv6("cairn-br0")?;
+    cairn_runtime::network::configure("cairn-br0", [10, 89, 3, 1], 24)
 }
 
 /// `key=value` from the kernel command line.

@@ -163,7 +163,23 @@ pub const SYSTEM_MODULES: &[&str] = &[
     "veth",
 ];
 
+/// Modules every board carries for the firewall of container networks
+/// (nf_tables, connection tracking, NAT: masquerade for egress, DNAT for
+/// published ports, `fib daddr type local` to match the device's own
+/// addresses). The build resolves their dependencies (nfnetlink,
+/// nf_conntrack, nf_nat, nf_defrag_ipv4/6, libcrc32c) and lists them apart
+/// in the initramfs: the init loads them only for a manifest with a network
+/// with egress or a published port, so other appliances pay no boot time
+/// for them (only initramfs bytes).
+pub const NETFILTER_MODULES: &[&str] = &["nf_tables", "nft_ct", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4"];
+
 impl Board {
+    /// Kernel modules the init loads only when the manifest needs the
+    /// firewall ([`NETFILTER_MODULES`]).
+    pub fn netfilter_modules(&self) -> &'static [&'static str] {
+        NETFILTER_MODULES
+    }
+
     /// Kernel modules the init loads at boot, by module name: the board's
     /// drivers, then [`SYSTEM_MODULES`]. The build adds their dependencies
     /// and writes them in load order into the initramfs.
@@ -259,6 +275,10 @@ mod tests {
             let (gm, qm) = (g.modules(), q.modules());
             for m in &qm {
                 assert!(gm.contains(m), "{name} lacks {m} that {qemu} loads");
+            }
+            for m in q.netfilter_modules() {
+                assert!(g.netfilter_modules().contains(m), "{name} lacks {m} that {qemu} loads for the firewall");
+                assert!(!gm.contains(m), "{name} loads {m} at every boot, not only for the firewall");
             }
             for m in ["nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage", "uas", "mmc_block", "ext4", "crc32c_generic"]
             {

@@ -179,9 +179,10 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             progress.step("resolving kernel modules");
             let (version, mod_dir) = kmod::find_module_dir(&kernel)?;
             let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
+            let netfilter = kmod::resolve_later(&mod_dir, &version, &modules, board.netfilter_modules())?;
 
             progress.step(format!("writing {}", initramfs.display()));
-            initramfs::write(&init, &modules, &trust, &initramfs)?;
+            initramfs::write_with_netfilter(&init, &modules, &netfilter, &trust, &initramfs)?;
 
             progress.step("building the boot slot (unified kernel image)");
             let arch = EfiArch::from_suffix(board.efi_arch)

@@ -7,6 +7,10 @@ use crate::event::event;
 
 /// The list the build writes: one file name per line, relative to /lib/modules.
 pub const LOAD_ORDER: &str = "/lib/modules/load-order";
+/// Modules loaded only when the manifest needs netfilter (a network with
+/// egress, a published port): nf_tables, conntrack, NAT and their
+/// dependencies, in load order, none of them also in [`LOAD_ORDER`].
+pub const NETFILTER_ORDER: &str = "/lib/modules/load-order-netfilter";
 
 /// Load every listed module. Returns how many failed; each failure is an
 /// event. A module already loaded (EEXIST) counts as loaded; one whose
@@ -14,10 +18,16 @@ pub const LOAD_ORDER: &str = "/lib/modules/load-order";
 /// firmware, a controller the board does not have) is `module.skipped`,
 /// not a failure.
 pub fn load_all() -> usize {
-    let list = match std::fs::read_to_string(LOAD_ORDER) {
+    load_list(LOAD_ORDER)
+}
+
+/// Load every module listed in `order` (see [`load_all`]); a list that is
+/// not there is `modules.none` and no failure.
+pub fn load_list(order: &str) -> usize {
+    let list = match std::fs::read_to_string(order) {
         Ok(l) => l,
         Err(e) => {
-            event("modules.none").kv("path", LOAD_ORDER).kv("error", e).emit();
+            event("modules.none").kv("path", order).kv("error", e).emit();
             return 0;
         }
     };

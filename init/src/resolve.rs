@@ -319,6 +319,7 @@ pub(crate) mod tests {
             permissions: vec![m::Permission::Status],
             log_size: m::DEFAULT_LOG_SIZE,
             health: None,
+            publish: Vec::new(),
             networks: Vec::new(),
             groups: vec![20],
             security: m::Security {

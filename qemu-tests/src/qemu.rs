@@ -63,6 +63,11 @@ pub struct BootOptions<'a> {
     /// `text` once a console line contains `after` (the development
     /// console's session, say).
     pub typing: &'a [(&'a str, &'a str)],
+    /// With `net`: `(PROTO, HOST, GUEST)` ports (`"tcp"` or `"udp"`)
+    /// forwarded from the host's 127.0.0.1:HOST (bound to loopback only)
+    /// to the guest's GUEST port (QEMU's `hostfwd`; the guest sees the
+    /// traffic come from 10.0.2.2).
+    pub hostfwd: &'a [(&'a str, u16, u16)],
 }
 
 /// A Secure Boot firmware run: code, a variable store with keys enrolled
@@ -183,7 +188,11 @@ pub fn command_with(board: &Board, files: &BootFiles, disk: &Path, opts: &BootOp
     }
     if opts.net {
         // No option ROM: the firmware boots the disk, never the network.
-        c.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]);
+        let mut netdev = String::from("user,id=net0");
+        for (proto, host, guest) in opts.hostfwd {
+            netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{host}-:{guest}"));
+        }
+        c.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
     }
     c
 }

@@ -9,6 +9,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::sys::{self, SysError, SysResult};
 
 const RTM_NEWLINK: u16 = 16;
+const RTM_NEWROUTE: u16 = 24;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_BOOT: u8 = 3;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RTN_UNICAST: u8 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -41,6 +48,17 @@ impl Msg {
         let mut m = Msg(b);
         m.ifinfo(index, ifflags, change);
         m
+    }
+
+    /// A header of `kind` with no family header yet.
+    fn bare(kind: u16, flags: u16) -> Msg {
+        let mut b = Vec::with_capacity(64);
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
+        b.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        b.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel
+        Msg(b)
     }
 
     fn ifinfo(&mut self, index: i32, ifflags: u32, change: u32) {
@@ -125,6 +143,19 @@ pub fn new_veth(host: &str, peer: &str, pid: i32) -> Vec<u8> {
 pub fn enslave_up(index: i32, master: i32) -> Vec<u8> {
     let mut m = Msg::new(0, index, IFF_UP, IFF_UP);
     m.attr(IFLA_MASTER, &master.to_ne_bytes());
+    m.done()
+}
+
+/// `ip route add default via GATEWAY dev INDEX`: an `rtmsg` (IPv4, no
+/// destination prefix: the default route; main table, static, universe
+/// scope, unicast) with the gateway and the output interface.
+pub fn new_default_route(gateway: [u8; 4], index: i32) -> Vec<u8> {
+    let mut m = Msg::bare(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
+    // family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    m.0.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST]);
+    m.0.extend_from_slice(&0u32.to_ne_bytes());
+    m.attr(RTA_GATEWAY, &gateway);
+    m.attr(RTA_OIF, &index.to_ne_bytes());
     m.done()
 }
 
@@ -241,6 +272,21 @@ mod tests {
         assert_eq!((u16_at(tail, 0), u16_at(tail, 2), &tail[4..9]), (9, IFLA_IFNAME, &b"eth0\0"[..]));
         assert_eq!((u16_at(tail, 12), u16_at(tail, 14)), (8, IFLA_NET_NS_PID));
         assert_eq!(i32::from_ne_bytes([tail[16], tail[17], tail[18], tail[19]]), 42);
+    }
+
+    #[test]
+    fn a_default_route_names_its_gateway_and_interface() {
+        let m = new_default_route([10, 89, 3, 1], 5);
+        assert_eq!(m.len(), 16 + 12 + 8 + 8);
+        assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
+        assert_eq!(u16_at(&m, 4), RTM_NEWROUTE);
+        assert_eq!(u16_at(&m, 6), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+        // rtmsg: AF_INET, /0, main table, RTPROT_BOOT, universe, unicast, no flags.
+        assert_eq!(&m[16..28], &[2, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0]);
+        assert_eq!((u16_at(&m, 28), u16_at(&m, 30)), (8, RTA_GATEWAY));
+        assert_eq!(&m[32..36], &[10, 89, 3, 1]);
+        assert_eq!((u16_at(&m, 36), u16_at(&m, 38)), (8, RTA_OIF));
+        assert_eq!(i32::from_ne_bytes([m[40], m[41], m[42], m[43]]), 5);
     }
 
     #[test]

@@ -79,3 +79,14 @@ pub fn configure(iface: &str, address: [u8; 4], prefix: u8) -> SysResult<()> {
     }
     set_up(&fd, iface)
 }
+
+/// The default route through the attachment that has a gateway (a
+/// network with egress), if any: rtnetlink in the container's own
+/// namespace, with its own CAP_NET_ADMIN (before it is dropped).
+pub fn default_route(networks: &[crate::spec::NetAttach]) -> SysResult<()> {
+    let Some((iface, gw)) = networks.iter().find_map(|a| Some((a.iface.as_str(), a.gateway?))) else {
+        return Ok(());
+    };
+    let rtnl = crate::netlink::Rtnl::open()?;
+    rtnl.call(iface, &crate::netlink::new_default_route(gw, crate::netlink::index(iface)?))
+}

@@ -314,7 +314,8 @@ fn child(
     let _ = nix::sys::prctl::set_dumpable(false);
     let network = match net {
         NetSetup::Loopback => network::loopback_up()
-            .and_then(|()| spec.networks.iter().try_for_each(|a| network::configure(&a.iface, a.address, a.prefix))),
+            .and_then(|()| spec.networks.iter().try_for_each(|a| network::configure(&a.iface, a.address, a.prefix)))
+            .and_then(|()| network::default_route(&spec.networks)),
         NetSetup::Keep => Ok(()),
         NetSetup::Join(pid) => network::join(pid),
     };

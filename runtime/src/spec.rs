@@ -86,6 +86,9 @@ pub struct NetAttach {
     pub address: [u8; 4],
     /// The subnet's prefix length.
     pub prefix: u8,
+    /// The default route's gateway (the device's side of a network with
+    /// egress), on at most one attachment.
+    pub gateway: Option<[u8; 4]>,
 }
 
 /// A volume bound into a container: a host directory PID 1 prepared (on

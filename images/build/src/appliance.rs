@@ -66,6 +66,9 @@ pub struct NetworkSpec {
     pub name: String,
     /// `A.B.C.D/N`.
     pub subnet: String,
+    /// Egress through the device (NAT); default internal.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 /// One entry of a container's `networks`: a name, or a table with a pinned
@@ -289,6 +292,9 @@ pub struct ContainerSpec {
     /// Networks it joins (`eth0`, `eth1`, ... in this order).
     #[serde(default)]
     pub networks: Vec<JoinSpec>,
+    /// Ports of the device forwarded to it: `"HOST:PORT/tcp"` (or `/udp`).
+    #[serde(default)]
+    pub publish: Vec<String>,
     /// Its health check (`health = { interval_ms = .., ... }`).
     #[serde(default)]
     pub health: Option<HealthSpec>,
@@ -889,7 +895,7 @@ fn compile_volumes(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>
 fn compile_networks(app: &Appliance, m: &mut Manifest, problems: &mut Vec<String>) {
     for (i, n) in app.networks.iter().enumerate() {
         match network::Subnet::parse(&n.subnet) {
-            Some(subnet) => m.networks.push(network::NetworkDef { name: n.name.clone(), subnet }),
+            Some(subnet) => m.networks.push(network::NetworkDef { name: n.name.clone(), subnet, egress: n.egress }),
             None => problems.push(format!("network[{i}] ({}): subnet {:?} is not A.B.C.D/N", n.name, n.subnet)),
         }
     }
@@ -1086,6 +1092,17 @@ fn compile_container(c: &ContainerSpec) -> Result<Container, Vec<String>> {
         log_size: u32::try_from(c.log_size.map_or(u64::from(DEFAULT_LOG_SIZE), Size::bytes)).unwrap_or(u32::MAX),
         networks: Vec::new(),
         health,
+        publish: c
+            .publish
+            .iter()
+            .filter_map(|s| {
+                let got = network::Publish::parse(s);
+                if got.is_none() {
+                    p.push(format!("publish {s:?} is not HOSTPORT:PORT, /tcp or /udp, ports 1 to 65535"));
+                }
+                got
+            })
+            .collect(),
     };
     if p.is_empty() {
         Ok(out)
@@ -1289,6 +1306,29 @@ depends_on = ["sensor"]
         assert!(e.contains("address \"10.89.1\" is not an IPv4 address"), "{e}");
         assert!(e.contains("subnet \"10.89.1.0/33\" is not A.B.C.D/N"), "{e}");
         assert!(e.contains("network \"nowhere\" is not defined"), "{e}");
+    }
+
+    #[test]
+    fn egress_and_published_ports_compile_and_are_checked() {
+        let m = one("networks = [\"out\"]\npublish = [\"8080:80/tcp\", \"5353:53/udp\"]\n\
+             [[network]]\nname = \"out\"\nsubnet = \"10.89.3.0/24\"\negress = true")
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.networks[0].egress);
+        let got: Vec<String> = m.containers[0].publish.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["8080:80/tcp", "5353:53/udp"]);
+        let e = one("networks = [\"back\"]\npublish = [\"8080:80/sctp\", \"99999:1\", \"1:2\"]\n\
+                     [[network]]\nname = \"back\"\nsubnet = \"10.89.1.0/24\"")
+        .unwrap_err();
+        assert!(e.contains("publish \"8080:80/sctp\" is not"), "{e}");
+        assert!(e.contains("publish \"99999:1\" is not"), "{e}");
+        let e = one("networks = [\"back\"]\npublish = [\"1:2\"]\n\
+                     [[network]]\nname = \"back\"\nsubnet = \"10.89.1.0/24\"")
+        .unwrap_err();
+        assert!(e.contains("no network with egress"), "an internal network cannot publish: {e}");
+        let e = one("publish = [\"1:2\"]").unwrap_err();
+        assert!(e.contains("no network with egress"), "no network at all: {e}");
+        let e = one("[[network]]\nname = \"n\"\nsubnet = \"10.1.0.0/16\"\negress = \"yes\"").unwrap_err();
+        assert!(e.contains("egress"), "{e}");
     }
 
     #[test]

@@ -78,13 +78,36 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
 /// The initramfs bytes (gzip'd newc cpio) for `init_binary`, `modules`
 /// (loaded in this order) and `trust`.
 pub fn build(init_binary: &Path, modules: &[PathBuf], trust: &Trust) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, Some(trust))
+    archive(init_binary, modules, &[], Some(trust))
+}
+
+/// [`build`] with the netfilter modules too: in the initramfs, listed in
+/// `lib/modules/load-order-netfilter`, which the init loads only for a
+/// manifest with a network with egress or a published port.
+pub fn build_with_netfilter(
+    init_binary: &Path,
+    modules: &[PathBuf],
+    netfilter: &[PathBuf],
+    trust: &Trust,
+) -> Result<Vec<u8>, InitramfsError> {
+    archive(init_binary, modules, netfilter, Some(trust))
+}
+
+/// [`build_with_netfilter`], written to `out` as [`write`] does.
+pub fn write_with_netfilter(
+    init_binary: &Path,
+    modules: &[PathBuf],
+    netfilter: &[PathBuf],
+    trust: &Trust,
+    out: &Path,
+) -> Result<(), InitramfsError> {
+    write_bytes(&build_with_netfilter(init_binary, modules, netfilter, trust)?, out)
 }
 
 /// An initramfs without trust data: its device refuses every manifest
 /// (`trust.invalid`). For tests of that refusal; never for a device.
 pub fn build_without_trust(init_binary: &Path, modules: &[PathBuf]) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, None)
+    archive(init_binary, modules, &[], None)
 }
 
 /// [`build`], written to `out` (through a temporary file beside it, so
@@ -100,7 +123,12 @@ pub fn write_bytes(bytes: &[u8], out: &Path) -> Result<(), InitramfsError> {
     fs::rename(&tmp, out).map_err(io(out))
 }
 
-fn archive(init_binary: &Path, modules: &[PathBuf], trust: Option<&Trust>) -> Result<Vec<u8>, InitramfsError> {
+fn archive(
+    init_binary: &Path,
+    modules: &[PathBuf],
+    netfilter: &[PathBuf],
+    trust: Option<&Trust>,
+) -> Result<Vec<u8>, InitramfsError> {
     let trust_files = trust.map(Trust::files).transpose()?;
     let mut c = CpioBuilder::new();
     for d in ["dev", "proc", "sys", "run", "lib", "lib/modules"] {
@@ -116,15 +144,20 @@ fn archive(init_binary: &Path, modules: &[PathBuf], trust: Option<&Trust>) -> Re
         c.dir("bin", 0o755);
         c.file("bin/cairn-ctl", 0o755, &fs::read(&ctl).map_err(io(&ctl))?);
     }
-    let mut order = String::new();
-    for m in modules {
-        let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = fs::read(m).map_err(io(m))?;
-        c.file(&format!("lib/modules/{name}"), 0o644, &data);
-        order.push_str(&name);
-        order.push('\n');
+    for (list, set) in [("load-order", modules), ("load-order-netfilter", netfilter)] {
+        if set.is_empty() && list != "load-order" {
+            continue;
+        }
+        let mut order = String::new();
+        for m in set {
+            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let data = fs::read(m).map_err(io(m))?;
+            c.file(&format!("lib/modules/{name}"), 0o644, &data);
+            order.push_str(&name);
+            order.push('\n');
+        }
+        c.file(&format!("lib/modules/{list}"), 0o644, order.as_bytes());
     }
-    c.file("lib/modules/load-order", 0o644, order.as_bytes());
     if let Some((keys, product)) = trust_files {
         c.dir("etc", 0o755);
         c.dir("etc/cairn", 0o755);
@@ -220,10 +253,18 @@ mod tests {
         assert_eq!(keys.lines().count(), 2);
         assert_eq!(read_trust(&bytes).unwrap(), Some(trust.clone()));
         assert!(!f.contains_key("etc/cairn/development"), "a product build is no development build");
-        let dev = Trust { development: true, ..trust };
+        let dev = Trust { development: true, ..trust.clone() };
         let bytes = build(&init, &modules, &dev).unwrap();
         assert!(files(&bytes).unwrap().contains_key("etc/cairn/development"));
         assert_eq!(read_trust(&bytes).unwrap(), Some(dev));
+        assert!(!f.contains_key("lib/modules/load-order-netfilter"), "no netfilter list without its modules");
+        // The netfilter modules: in the archive, in a list of their own.
+        fs::write(d.path().join("nf_tables.ko"), b"mod3").unwrap();
+        let nf = [d.path().join("nf_tables.ko")];
+        let f = files(&build_with_netfilter(&init, &modules, &nf, &trust).unwrap()).unwrap();
+        assert_eq!(f["lib/modules/load-order"], b"virtio_blk.ko\ndm-verity.ko\n");
+        assert_eq!(f["lib/modules/load-order-netfilter"], b"nf_tables.ko\n");
+        assert_eq!(f["lib/modules/nf_tables.ko"], b"mod3");
     }
 
     #[test]

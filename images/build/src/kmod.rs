@@ -119,6 +119,13 @@ pub fn resolve_modules(mod_dir: &Path, version: &str, wanted: &[&str]) -> Result
         .collect()
 }
 
+/// The `.ko` files that `wanted` needs (itself and its dependencies, in
+/// load order) that are not already in `loaded` (the boot modules): the
+/// modules loaded later, on demand, after those.
+pub fn resolve_later(mod_dir: &Path, version: &str, loaded: &[PathBuf], wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    Ok(resolve_modules(mod_dir, version, wanted)?.into_iter().filter(|p| !loaded.contains(p)).collect())
+}
+
 /// The modules one kernel ships, by normalised name.
 struct ModuleIndex {
     /// Loadable `.ko` files (more than one per name is an error on use).
@@ -427,6 +434,30 @@ mod tests {
         let g = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])]);
         let err = load_order(&names(&["a"]), |n| Ok(g[n].clone())).err().map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("kernel module dependency cycle: a -> b -> c -> a"));
+    }
+
+    #[test]
+    fn modules_loaded_later_skip_what_boot_loaded() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let dir = d.path().join("kernel");
+        fs::create_dir_all(&dir)?;
+        for (name, deps) in
+            [("libcrc32c", ""), ("bridge", "libcrc32c"), ("nf_conntrack", "libcrc32c"), ("nf_nat", "nf_conntrack")]
+        {
+            fs::write(
+                dir.join(format!("{name}.ko")),
+                synthetic_ko(format!("depends={deps}\0name={name}\0").as_bytes()),
+            )?;
+        }
+        fs::write(d.path().join("modules.builtin"), "")?;
+        let boot = resolve_modules(d.path(), "6.1.0", &["bridge"])?;
+        let later = resolve_later(d.path(), "6.1.0", &boot, &["nf_nat"])?;
+        let stem = |v: &[PathBuf]| -> Vec<String> {
+            v.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(stem(&boot), ["libcrc32c", "bridge"]);
+        assert_eq!(stem(&later), ["nf_conntrack", "nf_nat"], "libcrc32c is loaded at boot already");
+        Ok(())
     }
 
     #[test]

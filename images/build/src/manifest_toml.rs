@@ -214,6 +214,9 @@ fn container(c: &Container) -> Table {
         })
         .collect();
     t.insert("networks".into(), Value::Array(networks));
+    if !c.publish.is_empty() {
+        t.insert("publish".into(), Value::Array(c.publish.iter().map(|p| s(&p.to_string())).collect()));
+    }
     t
 }
 
@@ -271,6 +274,9 @@ pub fn to_toml(m: &Manifest) -> String {
             let mut t = Table::new();
             t.insert("name".into(), s(&n.name));
             t.insert("subnet".into(), s(&n.subnet.to_string()));
+            if n.egress {
+                t.insert("egress".into(), Value::Boolean(true));
+            }
             Value::Table(t)
         })
         .collect();
@@ -386,6 +392,7 @@ limits = { memory = "max", pids = "max" }
 security.userns = 200000
 mounts = [{ volume = "state", path = "/var/lib/short" }, { volume = "scratch", path = "/cache", readonly = true }]
 networks = ["back", { name = "front", address = "10.89.2.7" }]
+publish = ["8443:443/tcp", "5353:53/udp"]
 
 [[network]]
 name = "back"
@@ -394,6 +401,7 @@ subnet = "10.89.1.0/24"
 [[network]]
 name = "front"
 subnet = "10.89.2.0/24"
+egress = true
 
 [[volume]]
 name = "state"
@@ -430,6 +438,10 @@ mode = 0o1777
         assert_eq!(printed, to_toml(&again));
         assert!(printed.contains("digest = \"sha256:1111"), "{printed}");
         assert!(printed.contains("compatible = \"cairn-test\""), "{printed}");
+        assert!(
+            m.networks[1].egress && m.containers.iter().any(|c| c.publish.len() == 2),
+            "the fixture has egress and publish"
+        );
         assert!(printed.contains("layer_check = \"verity\""), "{printed}");
         assert!(printed.contains("on_corruption = \"eio\""), "{printed}");
         assert!(printed.contains("root_hash = \"4444"), "{printed}");

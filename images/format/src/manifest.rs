@@ -352,6 +352,8 @@ pub struct Container {
     pub networks: Vec<crate::network::Attachment>,
     /// Its health check, if it has one (see docs/appliance.md).
     pub health: Option<HealthCheck>,
+    /// Ports of the device forwarded to it (on its first network with egress).
+    pub publish: Vec<crate::network::Publish>,
 }
 
 /// A container's health check, with Docker's HEALTHCHECK timing: a check
@@ -1526,6 +1528,7 @@ pub(crate) mod tests {
             log_size: DEFAULT_LOG_SIZE,
             networks: Vec::new(),
             health: None,
+            publish: Vec::new(),
         }
     }
 

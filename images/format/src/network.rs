@@ -4,11 +4,13 @@
 //! keep (shared by the build and the device), the build's address plan,
 //! and each container's `/etc/hosts`.
 //!
-//! A network is internal: the bridge has no address on the device, so a
-//! container on it reaches the other containers on it and nothing else
-//! (not the device's own services, not another network, not outside).
-//! The first host address of every subnet (`.1`) is kept for the device's
-//! side of a network with egress.
+//! A network is internal by default: the bridge has no address on the
+//! device, so a container on it reaches the other containers on it and
+//! nothing else (not the device's own services, not another network, not
+//! outside). A network with `egress` has the first host address of its
+//! subnet (`.1`, kept on every network) on the device's side: its
+//! containers route through it and the device masquerades them; ports a
+//! container publishes are forwarded to it from the device's own addresses.
 
 use alloc::format;
 use alloc::string::String;
@@ -24,6 +26,8 @@ pub const MAX_NETWORKS: usize = 8;
 pub const MAX_ATTACHMENTS: usize = 4;
 /// Shortest and longest prefix of a subnet.
 pub const PREFIX_RANGE: (u8, u8) = (8, 29);
+/// Most ports one container publishes.
+pub const MAX_PUBLISH: usize = 16;
 
 /// An IPv4 subnet: its first address (host bits zero) and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +68,12 @@ impl Subnet {
     pub fn host(self, n: u32) -> Option<[u8; 4]> {
         let size = (!self.mask()).checked_add(1)?;
         (n < size).then(|| (self.base().wrapping_add(n)).to_be_bytes())
+    }
+
+    /// The device's side of a network with egress (`.1`), the containers'
+    /// default gateway.
+    pub fn gateway(self) -> [u8; 4] {
+        self.base().wrapping_add(1).to_be_bytes()
     }
 
     /// The addresses a container may have: not the network or broadcast
@@ -109,6 +119,92 @@ pub struct NetworkDef {
     pub name: Name,
     /// Its subnet.
     pub subnet: Subnet,
+    /// Egress through the device: `.1` on the bridge, a default route in
+    /// each container, masquerade out of the device's other interfaces.
+    pub egress: bool,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// Its IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    /// Its name in the appliance file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port (`publish = ["8080:80/tcp"]`): traffic to the
+/// device's own addresses on `host_port` goes to the container's `port`
+/// (on its first network with egress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The port on the device.
+    pub host_port: u16,
+    /// The port in the container.
+    pub port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+}
+
+impl Publish {
+    /// Parse `HOST:PORT/tcp`, `HOST:PORT/udp` or `HOST:PORT` (TCP). Ports
+    /// are 1 to 65535, decimal, no sign or leading zeros.
+    pub fn parse(s: &str) -> Option<Publish> {
+        let (ports, proto) = match s.split_once('/') {
+            None => (s, Proto::Tcp),
+            Some((p, "tcp")) => (p, Proto::Tcp),
+            Some((p, "udp")) => (p, Proto::Udp),
+            Some(_) => return None,
+        };
+        let (host, inner) = ports.split_once(':')?;
+        Some(Publish { host_port: parse_port(host)?, port: parse_port(inner)?, proto })
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|p| *p != 0)
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.port, self.proto.as_str())
+    }
+}
+
+/// Where `c`'s published ports go: its address on its first network with
+/// egress (and that network's index), `None` without one.
+pub fn publish_target(m: &Manifest, c: &Container) -> Option<(usize, [u8; 4])> {
+    c.networks.iter().find_map(|a| {
+        let i = m.networks.iter().position(|n| n.name == a.network && n.egress)?;
+        Some((i, a.address))
+    })
+}
+
+/// Whether the device needs netfilter for this manifest: a network with
+/// egress or a published port (internal networks need none).
+pub fn needs_firewall(m: &Manifest) -> bool {
+    m.networks.iter().any(|n| n.egress) || m.containers.iter().any(|c| !c.publish.is_empty())
 }
 
 /// A container on a network, at an address the build fixed.
@@ -195,6 +291,44 @@ pub fn check(m: &Manifest, mut bad: impl FnMut(String)) {
                 ));
             }
         }
+        check_publish(m, ci, c, &mut bad);
+    }
+}
+
+/// A container's published ports: at most [`MAX_PUBLISH`], a network with
+/// egress to reach it through, each host port (per protocol) once on the
+/// device.
+fn check_publish(m: &Manifest, ci: usize, c: &Container, bad: &mut impl FnMut(String)) {
+    if c.publish.is_empty() {
+        return;
+    }
+    if c.publish.len() > MAX_PUBLISH {
+        bad(format!("container {:?}: publishes {} ports, the most is {MAX_PUBLISH}", c.name, c.publish.len()));
+    }
+    if publish_target(m, c).is_none() {
+        bad(format!(
+            "container {:?}: publishes ports but is on no network with egress (the device forwards published ports \
+             only to containers it routes for)",
+            c.name
+        ));
+    }
+    for (k, p) in c.publish.iter().enumerate() {
+        if p.host_port == 0 || p.port == 0 {
+            bad(format!("container {:?}: publish {p}: ports are 1 to 65535", c.name));
+        }
+        let same = |o: &Publish| o.host_port == p.host_port && o.proto == p.proto;
+        if c.publish.iter().take(k).any(same) {
+            bad(format!("container {:?}: publishes {} port {} twice", c.name, p.proto.as_str(), p.host_port));
+        }
+        if let Some(o) = m.containers.iter().take(ci).find(|o| o.publish.iter().any(same)) {
+            bad(format!(
+                "container {:?}: {} port {} of the device is published by container {:?} already",
+                c.name,
+                p.proto.as_str(),
+                p.host_port,
+                o.name
+            ));
+        }
     }
 }
 
@@ -271,7 +405,7 @@ mod tests {
     use crate::manifest::ValidationError;
 
     fn net(name: &str, subnet: &str) -> NetworkDef {
-        NetworkDef { name: s(name), subnet: Subnet::parse(subnet).unwrap() }
+        NetworkDef { name: s(name), subnet: Subnet::parse(subnet).unwrap(), egress: false }
     }
 
     fn on(c: &mut Container, network: &str, a: &str) {
@@ -354,6 +488,72 @@ mod tests {
             },
             "the most is 8",
         );
+    }
+
+    #[test]
+    fn published_ports_parse_and_are_checked() {
+        let p = Publish::parse("8443:443/tcp").unwrap();
+        assert_eq!((p.host_port, p.port, p.proto), (8443, 443, Proto::Tcp));
+        assert_eq!(p.to_string(), "8443:443/tcp");
+        assert_eq!(Publish::parse("53:5353/udp").map(|p| p.proto), Some(Proto::Udp));
+        assert_eq!(Publish::parse("80:8080"), Some(Publish { host_port: 80, port: 8080, proto: Proto::Tcp }));
+        assert_eq!(Publish::parse("65535:1/udp").map(|p| (p.host_port, p.port)), Some((65535, 1)));
+        for bad in ["0:80", "80:0", "65536:80", "80", "80:80/sctp", "080:80", "+80:80", ":80", "80:", "80:80/", "a:b"] {
+            assert_eq!(Publish::parse(bad), None, "{bad}");
+        }
+
+        let mut a = container("a", &[]);
+        let mut b = container("b", &[]);
+        on(&mut a, "out", "10.89.3.2");
+        on(&mut b, "back", "10.89.1.3");
+        on(&mut b, "out", "10.89.3.3");
+        a.publish = vec![Publish::parse("8080:80").unwrap(), Publish::parse("8080:80/udp").unwrap()];
+        b.publish = vec![Publish::parse("9000:9000").unwrap()];
+        let mut m = manifest(&[a, b]);
+        m.networks = vec![net("back", "10.89.1.0/24"), net("out", "10.89.3.0/24")];
+        m.networks[1].egress = true;
+        assert_eq!(problems(&m), Vec::<String>::new());
+        assert!(needs_firewall(&m));
+        // b's first network is internal: its ports go to its address on `out`.
+        assert_eq!(publish_target(&m, &m.containers[1]), Some((1, [10, 89, 3, 3])));
+
+        let one = |f: &dyn Fn(&mut Manifest), want: &str| {
+            let mut m = m.clone();
+            f(&mut m);
+            let got = problems(&m);
+            assert!(got.len() == 1 && got[0].contains(want), "want {want:?}, got {got:?}");
+        };
+        one(&|m| m.containers[1].publish[0].host_port = 8080, "published by container \"a\" already");
+        one(&|m| m.containers[0].publish[1].proto = Proto::Tcp, "publishes tcp port 8080 twice");
+        one(&|m| m.containers[1].publish[0].port = 0, "ports are 1 to 65535");
+        one(
+            &|m| {
+                m.networks[1].egress = false;
+                m.containers[1].publish.clear();
+            },
+            "no network with egress",
+        );
+        one(&|m| m.containers[0].networks.clear(), "no network with egress");
+        one(
+            &|m| {
+                m.containers[1].publish =
+                    (1..=17).map(|p| Publish { host_port: p, port: p, proto: Proto::Tcp }).collect()
+            },
+            "the most is 16",
+        );
+        // The same port of the device over the other protocol is another port.
+        let mut udp = m.clone();
+        udp.containers[1].publish[0] = Publish::parse("8080:80/udp").unwrap();
+        assert_eq!(problems(&udp).len(), 1, "udp 8080 is a's");
+        udp.containers[1].publish[0] = Publish::parse("8081:80/udp").unwrap();
+        assert_eq!(problems(&udp), Vec::<String>::new());
+
+        // Internal networks alone need no netfilter.
+        let mut internal = m.clone();
+        internal.networks[1].egress = false;
+        internal.containers.iter_mut().for_each(|c| c.publish.clear());
+        assert!(!needs_firewall(&internal));
+        assert_eq!(Subnet::parse("10.89.3.0/24").unwrap().gateway(), [10, 89, 3, 1]);
     }
 
     #[test]

@@ -278,6 +278,9 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?, a.0.get(4).is_some_and(|w| w == "any")),
         "net-connect" => net::connect(a.num(2, "port")?, a.0.get(3).map(String::as_str)),
         "net-probe" => net::probe(a.num(2, "port")?, a.num(3, "ms")?, a.0.get(4).map(String::as_str)),
+        "net-get" => net::get(a.word(2, "host")?, a.num(3, "port")?, a.num(4, "ms")?),
+        "net-udp" => net::udp(a.num(2, "port")?, a.num(3, "ms")?),
+        "nft-delete" => net::nft_delete(a.word(2, "table")?),
         // console-abuse scenario (console and control socket area).
         "console-abuse" => abuse::console(a.num(2, "mib")?),
         "control-abuse" => abuse::control(a.num(2, "idle")?, a.word(3, "target")?, a.num(4, "count")?),

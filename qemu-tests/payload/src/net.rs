@@ -154,7 +154,11 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) {
                     refused += 1;
                 }
-                last = errno_of(&e).to_string();
+                // connect_timeout's own timeout carries no errno.
+                last = match e.kind() {
+                    std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => "ETIMEDOUT".into(),
+                    _ => errno_of(&e).to_string(),
+                };
             }
         }
         sys::sleep_ms(100);
@@ -163,6 +167,134 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
         "event=net-probe attempts={attempts} connected={connected} refused={refused} last={last} netns={}",
         V(&netns())
     );
+    0
+}
+
+/// `net-get <host> <port> <ms>`: `GET /` over HTTP/1.0 from host:port
+/// (an address), retrying every 200 ms for up to ms milliseconds (the
+/// device's uplink may come up after this container):
+/// `event=net-get result=ok status=<code> bytes=<body bytes> attempts=N`,
+/// exit 0; or `event=net-get result=<ENAME> attempts=N`, exit 1.
+pub fn get(host: &str, port: u16, ms: u64) -> i32 {
+    let Ok(ip) = host.parse::<Ipv4Addr>() else {
+        say!("event=net-get result=bad-host attempts=0");
+        return 1;
+    };
+    let at = SocketAddrV4::new(ip, port).into();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let got = TcpStream::connect_timeout(&at, Duration::from_millis(1000)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
+            let mut all = Vec::new();
+            s.read_to_end(&mut all)?;
+            Ok(all)
+        });
+        match got {
+            Ok(all) => {
+                let text = String::from_utf8_lossy(&all);
+                let status = text.split_whitespace().nth(1).unwrap_or("-").to_string();
+                let body = text.find("\r\n\r\n").map_or(0, |i| all.len() - i - 4);
+                say!("event=net-get result=ok status={} bytes={body} attempts={attempts}", V(&status));
+                return 0;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                let name = match e.kind() {
+                    std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => "ETIMEDOUT".to_string(),
+                    _ => errno_of(&e).to_string(),
+                };
+                say!("event=net-get result={name} attempts={attempts}");
+                return 1;
+            }
+            Err(_) => sys::sleep_ms(200),
+        }
+    }
+}
+
+/// `net-udp <port> <ms>`: bind UDP 0.0.0.0:port
+/// (`event=net-udp-listening port=P`), wait up to ms for one datagram,
+/// answer `pong` to its sender: `event=net-udp-got msg=M`, exit 0; or
+/// `event=net-udp-got result=<ENAME>`, exit 1.
+pub fn udp(port: u16, ms: u64) -> i32 {
+    let sock = match std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("event=net-udp-got result={}", errno_of(&e));
+            return 1;
+        }
+    };
+    say!("event=net-udp-listening port={port}");
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(ms.max(1))));
+    let mut buf = [0u8; 64];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            let _ = sock.send_to(b"pong", from);
+            let msg = String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned();
+            say!("event=net-udp-got msg={}", V(msg.trim()));
+            0
+        }
+        Err(e) => {
+            say!("event=net-udp-got result={}", errno_of(&e));
+            1
+        }
+    }
+}
+
+/// One nfnetlink message: header, nfgenmsg (family, version 0, resource
+/// id big-endian), attributes.
+fn nfnl(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&(1 | flags).to_ne_bytes()); // NLM_F_REQUEST
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, 0]);
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m.extend_from_slice(attrs);
+    m
+}
+
+/// `nft-delete <table>`: `nft delete table ip TABLE` over nfnetlink, as a
+/// container with CAP_NET_ADMIN in the device's namespace could:
+/// `event=nft-delete table=T result=<ok|ENAME>`; exit 0.
+pub fn nft_delete(table: &str) -> i32 {
+    // NFTA_TABLE_NAME, NUL-terminated, padded to 4.
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    let mut attr = ((4 + name.len()) as u16).to_ne_bytes().to_vec();
+    attr.extend_from_slice(&1u16.to_ne_bytes());
+    attr.extend_from_slice(&name);
+    attr.resize(attr.len().next_multiple_of(4), 0);
+    let mut batch = nfnl(16, 0, 0, 0, 10, &[]); // NFNL_MSG_BATCH_BEGIN, subsystem nf_tables
+    batch.extend(nfnl((10 << 8) | 2, 4, 1, 2, 0, &attr)); // NFT_MSG_DELTABLE, ack, ip
+    batch.extend(nfnl(17, 0, 2, 0, 10, &[])); // NFNL_MSG_BATCH_END
+                                              // SAFETY: socket/send/recv/close take integers and buffers we own.
+    let result = unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER);
+        if fd < 0 {
+            Errno(sys::errno()).to_string()
+        } else {
+            let sent = libc::send(fd, batch.as_ptr().cast(), batch.len(), 0);
+            let mut buf = [0u8; 512];
+            let n = if sent < 0 { -1 } else { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let e = sys::errno();
+            libc::close(fd);
+            match n {
+                n if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == 2 => {
+                    match -i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]) {
+                        0 => "ok".to_string(),
+                        err => Errno(err).to_string(),
+                    }
+                }
+                n if n < 0 => Errno(e).to_string(),
+                _ => "no-answer".to_string(),
+            }
+        }
+    };
+    say!("event=nft-delete table={} result={result}", V(table));
     0
 }
 

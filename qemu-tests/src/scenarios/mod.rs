@@ -41,6 +41,7 @@ mod net_uplink;
 // Container networks (issue 16 items 1 and 2).
 mod net_bridge;
 mod net_churn;
+mod net_egress;
 // The watchdog (issue 12 item 5).
 mod watchdog;
 // Volumes (issue 14 item 1).
@@ -117,6 +118,8 @@ pub fn all() -> Vec<Scenario> {
         // Container networks: bridges, veth pairs, names, isolation (issue 16).
         Scenario { name: "net-bridge", run: net_bridge::run },
         Scenario { name: "net-churn", run: net_churn::run },
+        // Egress (NAT), a published port (DNAT), the firewall (issue 16 item 3).
+        Scenario { name: "net-egress", run: net_egress::run },
         // The watchdog (issue 12 item 5): armed, petted, reset on a hang, disarmed at power-off.
         Scenario { name: "watchdog", run: watchdog::run },
         // Volumes (issue 14 item 1): persistent and tmpfs volumes, limits, read-only, user namespaces.

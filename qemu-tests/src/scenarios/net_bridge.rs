@@ -51,6 +51,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "the device got an address on a container network: {:?}",
         device_side.map(|l| &l.fields)
     );
+    // Internal networks only: no firewall, and its modules stay unloaded.
+    ensure!(c.first("network.firewall", &[]).is_none(), "a firewall for internal networks");
+    ensure!(c.first("module.loaded", &[("name", "nf_tables.ko")]).is_none(), "nf_tables loaded without a firewall");
     let iso = c.expect("net-info", &[("name", "iso")])?;
     ensure!(iso.get("ifaces") == Some("lo"), "network = none sees {:?}", iso.get("ifaces"));
     let both = c.expect("net-info", &[("name", "netinfo")])?;

@@ -178,7 +178,10 @@ pub fn run(
     log_dir: &Path,
 ) -> Result<(Vec<Group>, Facts)> {
     let initramfs = build_guest(b, modules, log_dir)?;
-    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}"));
+    // CAIRN_BENCH_ONLY=a,b runs only those contenders (e.g.
+    // `cairn,cairn-bridge,cairn-egress` for the cost of a bridge).
+    let only = std::env::var("CAIRN_BENCH_ONLY").map(|o| format!(" cairn.bench.only={o}")).unwrap_or_default();
+    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}{only}"));
     let log = log_dir.join("container-start.log");
     eprintln!("xtask: bench start: booting the bench guest, {n} samples per contender (console: {})", log.display());
     // runc takes about 2 s a start under TCG; leave room for all four.
@@ -261,7 +264,27 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
             "cgroup rows: Cgroup::create with the bench limits and the default device program, as spawn() does".into(),
         ],
     };
-    vec![start, detail, parts]
+    let mut out = vec![start, detail, parts];
+    // Joining a bridge (run with CAIRN_BENCH_ONLY=cairn,cairn-bridge,cairn-egress).
+    if !ms("cairn-bridge", "exec").is_empty() {
+        out.push(Group {
+            name: "container-start-bridge".into(),
+            title: "start requested -> entrypoint executed: no network, on a bridge, on a network with egress".into(),
+            unit: "ms".into(),
+            rows: vec![
+                Row::new("cairn (network none)", ms("cairn", "exec")),
+                Row::new("cairn-bridge", ms("cairn-bridge", "exec")),
+                Row::new("cairn-egress", ms("cairn-egress", "exec")),
+            ],
+            subject: None,
+            notes: vec![
+                "cairn-bridge: a veth pair into cairn-br0 made by the runtime, eth0 addressed by the child".into(),
+                "cairn-egress: the same plus the child's default route through the bridge's 10.89.3.1 (rtnetlink)"
+                    .into(),
+            ],
+        });
+    }
+    out
 }
 
 /// Per-step costs (ms) from the prefix times (µs) of the steps run: the
