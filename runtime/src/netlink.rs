@@ -29,12 +29,68 @@ const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
 /// NLA_F_NESTED.
-const NESTED: u16 = 0x8000;
+pub(crate) const NESTED: u16 = 0x8000;
 const IFF_UP: u32 = 1;
 
 /// A message being built: attributes are appended, nests closed with
 /// their length patched.
+/// Netlink attributes (`struct nlattr`: length, type, data, padded to 4
+/// bytes) appended to a message being built; rtnetlink's and nf_tables'
+/// builders share them.
+pub(crate) trait Attrs {
+    /// The message's bytes so far.
+    fn bytes(&mut self) -> &mut Vec<u8>;
+
+    /// Pad to the next 4-byte boundary.
+    fn pad(&mut self) {
+        let b = self.bytes();
+        while !b.len().is_multiple_of(4) {
+            b.push(0);
+        }
+    }
+
+    /// One attribute.
+    fn attr(&mut self, kind: u16, data: &[u8]) {
+        let b = self.bytes();
+        b.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(data);
+        self.pad();
+    }
+
+    /// A NUL-terminated string attribute.
+    fn name(&mut self, kind: u16, s: &str) {
+        let mut d = s.as_bytes().to_vec();
+        d.push(0);
+        self.attr(kind, &d);
+    }
+
+    /// Open a nest; returns where its length goes.
+    fn open(&mut self, kind: u16) -> usize {
+        let b = self.bytes();
+        let at = b.len();
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&(kind | NESTED).to_ne_bytes());
+        at
+    }
+
+    /// Close the nest opened at `at`: its length.
+    fn close(&mut self, at: usize) {
+        let b = self.bytes();
+        let len = (b.len() - at) as u16;
+        if let Some(slot) = b.get_mut(at..at + 2) {
+            slot.copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+}
+
 struct Msg(Vec<u8>);
+
+impl Attrs for Msg {
+    fn bytes(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
 
 impl Msg {
     /// The header (length patched by [`Msg::done`]) and an `ifinfomsg`.
@@ -66,40 +122,6 @@ impl Msg {
         self.0.extend_from_slice(&index.to_ne_bytes());
         self.0.extend_from_slice(&ifflags.to_ne_bytes());
         self.0.extend_from_slice(&change.to_ne_bytes());
-    }
-
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) {
-        self.0.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn name(&mut self, kind: u16, s: &str) {
-        let mut d = s.as_bytes().to_vec();
-        d.push(0);
-        self.attr(kind, &d);
-    }
-
-    /// Open a nest; returns where its length goes.
-    fn open(&mut self, kind: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&(kind | NESTED).to_ne_bytes());
-        at
-    }
-
-    fn close(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        if let Some(slot) = self.0.get_mut(at..at + 2) {
-            slot.copy_from_slice(&len.to_ne_bytes());
-        }
     }
 
     fn done(mut self) -> Vec<u8> {

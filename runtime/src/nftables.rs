@@ -23,6 +23,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::netlink::Attrs;
 use crate::sys::{self, SysError, SysResult};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -37,8 +38,6 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-/// NLA_F_NESTED.
-const NESTED: u16 = 0x8000;
 /// NFPROTO_IPV4: the `ip` family.
 pub const FAMILY_IP: u8 = 2;
 
@@ -182,42 +181,19 @@ pub enum Expr {
 /// An attribute writer over a message being built.
 struct Buf(Vec<u8>);
 
+impl Attrs for Buf {
+    fn bytes(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
 impl Buf {
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) {
-        self.0.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(data);
-        self.pad();
-    }
-
     fn str(&mut self, kind: u16, s: &str) {
-        let mut d = s.as_bytes().to_vec();
-        d.push(0);
-        self.attr(kind, &d);
+        self.name(kind, s);
     }
 
     fn be32(&mut self, kind: u16, v: u32) {
         self.attr(kind, &v.to_be_bytes());
-    }
-
-    fn open(&mut self, kind: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&(kind | NESTED).to_ne_bytes());
-        at
-    }
-
-    fn close(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        if let Some(slot) = self.0.get_mut(at..at + 2) {
-            slot.copy_from_slice(&len.to_ne_bytes());
-        }
     }
 
     /// `NFTA_DATA_VALUE` inside a nest of `kind`.
@@ -636,6 +612,7 @@ impl Nft {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{Attrs as _, NESTED};
 
     fn u16_at(b: &[u8], at: usize) -> u16 {
         u16::from_ne_bytes([b[at], b[at + 1]])
