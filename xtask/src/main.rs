@@ -422,8 +422,8 @@ fn plan(board_name: Option<&str>, scenarios: &[String]) -> Result<Vec<(&'static 
 }
 
 /// Boards whose suites run at once: `CAIRN_TEST_JOBS`, else the host's
-/// cores, at most 2. Each QEMU guest has one vCPU, one TCG thread: two
-/// boards on two cores take the time of the slower one, not the sum.
+/// cores, at most 2. A TCG guest keeps about one core busy: two
+/// boards on two cores take about the time of the slower one, not the sum.
 fn test_jobs() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     std::env::var("CAIRN_TEST_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(cores.min(2)).max(1)
