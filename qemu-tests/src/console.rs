@@ -125,36 +125,45 @@ impl Console {
         self.raw.push(raw.to_owned());
         if let Some(start) = self.cut.take() {
             let joined = format!("{start}{raw}");
-            let fields = parse_fields(joined.strip_prefix("cairn: ").unwrap_or(""));
-            if let Some(event) = fields.get("event").cloned() {
-                self.lines.push(Line { event, fields, source: "cairn", index });
+            if self.parse(&joined, index) {
                 return;
             }
         }
-        if raw.starts_with("cairn: ") {
+        // An event line (PID 1's, or a payload's behind its prefix) that a
+        // kernel message cut: its rest comes on the next line.
+        if raw.starts_with("cairn: ") || raw.contains("payload ") {
             if let Some(at) = kernel_message_at(raw) {
                 self.cut = raw.get(..at).map(str::to_owned);
                 return;
             }
         }
+        self.parse(raw, index);
+    }
+
+    /// Record `line` if it is an event line: whether it was.
+    fn parse(&mut self, line: &str, index: usize) -> bool {
         // PID 1's events start the line: container output reaches the
         // console only behind a `[name] ` prefix, so it can never forge one.
-        if let Some(rest) = raw.strip_prefix("cairn: ") {
-            // (An event line with no kernel message in it.)
+        if let Some(rest) = line.strip_prefix("cairn: ") {
             let fields = parse_fields(rest);
-            if let Some(event) = fields.get("event").cloned() {
-                self.lines.push(Line { event, fields, source: "cairn", index });
-            }
-            return;
+            return match fields.get("event").cloned() {
+                Some(event) => {
+                    self.lines.push(Line { event, fields, source: "cairn", index });
+                    true
+                }
+                None => false,
+            };
         }
         // Payload lines: behind the container's `[name] ` prefix (or
         // interleaved with kernel output).
-        if let Some(pos) = raw.find("payload ") {
-            let fields = parse_fields(raw.get(pos + "payload ".len()..).unwrap_or(""));
+        if let Some(pos) = line.find("payload ") {
+            let fields = parse_fields(line.get(pos + "payload ".len()..).unwrap_or(""));
             if let Some(event) = fields.get("event").cloned() {
                 self.lines.push(Line { event, fields, source: "payload", index });
+                return true;
             }
         }
+        false
     }
 
     /// Lines with this event name whose fields include all of `with`.
@@ -212,6 +221,17 @@ mod tests {
         assert!(c.contains("data block 48 is corrupted"), "the raw line is kept");
         assert_eq!(kernel_message_at("cairn: t=1 event=x[ 12.5] m"), Some(18));
         assert_eq!(kernel_message_at("cairn: t=1 event=x [12] m"), None);
+        // A payload's line cut the same way (its newline comes after the
+        // kernel's message, alone).
+        let mut c = Console::default();
+        c.push(
+            "[reader] payload name=reader event=read-file path=/bad error=EIO errno=5[    4.402663] SQUASHFS error: x",
+        );
+        c.push("");
+        c.push("[reader] payload name=reader event=read-file path=/good bytes=4");
+        let bad = c.expect("read-file", &[("path", "/bad")]).unwrap();
+        assert_eq!((bad.get("errno"), bad.fields.len()), (Some("5"), 5), "{:?}", bad.fields);
+        assert!(c.expect("read-file", &[("path", "/good"), ("bytes", "4")]).is_ok());
     }
 
     #[test]
