@@ -277,7 +277,41 @@ pub struct Updater {
 /// not read misses messages, it never stalls the install).
 pub struct Client(OwnedFd);
 
+/// Longest the installer waits, after `end staged`, for the requesting
+/// client to hang up before it exits (and PID 1 reboots).
+const HANG_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Client {
+    /// Wait until the client closes its end of the connection, or `limit`.
+    /// Anything it still sends is read and dropped.
+    pub fn wait_hang_up(&self, limit: std::time::Duration) {
+        let until = Instant::now() + limit;
+        let mut buf = [0u8; 256];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if ms == 0 {
+                return;
+            }
+            let mut p = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, for the call's duration.
+            let n = unsafe { libc::poll(&mut p, 1, i32::from(ms)) };
+            match if n < 0 { Err(nix::errno::Errno::last()) } else { Ok(n) } {
+                Ok(0) => return,
+                Ok(_) => {
+                    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+                    match nix::sys::socket::recv(self.0.as_raw_fd(), &mut buf, flags) {
+                        Ok(0) => return,
+                        Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => return,
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Send one message.
     pub fn say(&self, text: &str) {
         let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
@@ -339,6 +373,11 @@ pub fn spawn_request(u: &Updater, source: OwnedFd, client: OwnedFd) -> Result<li
             let code = match result {
                 Ok(slot) => {
                     client.say(&format!("cairn/1 end staged slot={slot} effect=reboot"));
+                    // PID 1 reboots once this child exits: give the client
+                    // its answer's worth of time to read it and hang up
+                    // (an agent then deletes its bundle), never more than
+                    // `HANG_UP_WAIT`.
+                    client.wait_hang_up(HANG_UP_WAIT);
                     0
                 }
                 Err((reason, error)) => {
