@@ -82,14 +82,12 @@ impl Event {
         &self.line
     }
 
-    /// The finished line (without newline), for a process that is not PID 1
-    /// (an exec helper) to write itself.
-    pub fn into_line(self) -> String {
-        self.line
-    }
-
     /// Queue it for the console as one line.
     pub fn emit(mut self) {
+        // In a forked helper: to PID 1, which writes and records it.
+        if crate::helper_events::send(&self.line) {
+            return;
+        }
         crate::control::record_event(&self.line); // control: events --follow
         self.line.push('\n');
         console_line(self.line.as_bytes(), Kind::Event);
@@ -199,6 +197,17 @@ pub fn open_console() -> bool {
     guard.own = Some(fd);
     guard.broken = false;
     true
+}
+
+/// In a child PID 1 just forked: drop the lines PID 1 had queued (PID 1
+/// writes them; the child's copy would write them twice).
+pub fn forget_queued() {
+    with_console(|_, ring| *ring = Ring::new(CAPACITY));
+}
+
+/// The descriptor events are written to.
+pub fn console_fd() -> i32 {
+    with_console(|c, _| c.fd)
 }
 
 /// The console's descriptor if bytes are waiting for it (poll it for POLLOUT).

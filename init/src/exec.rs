@@ -8,8 +8,9 @@
 //! ([`cairn_runtime::exec`]), and sends `cairn/1 exit CODE` when the
 //! container's init has reaped it. The command writes to the client's
 //! descriptors itself: PID 1 relays nothing. The helper keeps none of PID
-//! 1's descriptors but the connection; its events go straight to the
-//! console (PID 1 does not see them: they are not in `events --follow`).
+//! 1's descriptors but the connection and the events channel: its events
+//! reach the console and `events --follow` through PID 1
+//! ([`crate::helper_events`]).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -194,33 +195,14 @@ pub fn fork_helper(conn: &Conn, caller: &str, target: &Target<'_>, argv: &[Vec<u
     }
 }
 
-/// A helper's events: straight to the console, one write each (PID 1
-/// does not see them: they are not in `events --follow`).
-pub struct Console(Option<OwnedFd>);
-
-impl Console {
-    /// The console, if it opens (non-blocking: a helper never waits on it).
-    pub fn open() -> Self {
-        Console(sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY | libc::O_NONBLOCK).ok())
-    }
-
-    /// Write one event line.
-    pub fn emit(&self, e: crate::event::Event) {
-        if let Some(fd) = &self.0 {
-            let mut line = e.into_line();
-            line.push('\n');
-            let _ = nix::unistd::write(fd, line.as_bytes());
-        }
-    }
-}
-
 fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty: bool) -> i32 {
-    // Nothing of PID 1's but the connection: a stream PID 1 closes must
-    // reach its end, and the command must not inherit the rest.
-    if sys::close_all_but(&[conn_fd]).is_err() {
+    // Nothing of PID 1's but the connection and the events channel: a
+    // stream PID 1 closes must reach its end, and the command must not
+    // inherit the rest.
+    let events = crate::helper_events::become_helper();
+    if sys::close_all_but(&[conn_fd, events]).is_err() {
         return 1;
     }
-    let console = Console::open();
     // SAFETY: `conn_fd` is the connection's descriptor, open in this copy
     // of PID 1 and closed only when the helper exits.
     let conn = unsafe { BorrowedFd::borrow_raw(conn_fd) };
@@ -231,14 +213,14 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
     };
     let argv0 = argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
     let Some(stdio) = receive_stdio(conn) else {
-        console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("why", "no stdio"));
+        event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("why", "no stdio").emit();
         reply("error no stdio descriptors");
         return 1;
     };
     let started = match exec::start(target.spec, target.filter, target.cgroup, target.pid, argv, &stdio, tty) {
         Ok(s) => s,
         Err(e) => {
-            console.emit(event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e));
+            event("control.exec-failed").kv("caller", caller).kv("target", target.name).kv("error", &e).emit();
             reply(&format!("error {e}"));
             return 1;
         }
@@ -253,22 +235,22 @@ fn helper(conn_fd: i32, caller: &str, target: &Target<'_>, argv: &[CString], tty
     if let Some(r) = started.failed {
         e = e.kv("failed", r);
     }
-    console.emit(e);
+    e.emit();
     let end = started.wait(conn);
     let e = event("container.exec-exited").kv("target", target.name).kv("pid", started.ns_pid);
     match end {
         Waited::Exited(x) => {
-            console.emit(e.kv_exit(x));
+            e.kv_exit(x).emit();
             let failed = started.failed.map(|r| format!(" {r}")).unwrap_or_default();
             reply(&format!("exit {}{failed}", x.code()));
         }
         Waited::ContainerGone => {
-            console.emit(e.kv("lost", "container stopped"));
+            e.kv("lost", "container stopped").emit();
             reply("error container stopped");
         }
         // The command goes on; its status is the container init's alone.
         // (No deadline was given: a timeout cannot come.)
-        Waited::Hangup | Waited::TimedOut => console.emit(e.kv("lost", "client gone")),
+        Waited::Hangup | Waited::TimedOut => e.kv("lost", "client gone").emit(),
     }
     0
 }

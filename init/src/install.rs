@@ -231,6 +231,7 @@ pub fn spawn(boot_disk: &str, trial: Option<Slot>, cx: Context<'_>) -> Option<li
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Some(child.as_raw()),
         Ok(nix::unistd::ForkResult::Child) => {
+            crate::helper_events::become_helper();
             let Some(source) = find_bundle_disk(boot_disk) else { sys::exit_now(NO_BUNDLE) };
             event("update.installing").kv("source", &source).kv("pid", nix::unistd::getpid().as_raw()).emit();
             let result = match trial {
@@ -344,6 +345,7 @@ pub fn spawn_request(u: &Updater, source: OwnedFd, client: OwnedFd) -> Result<li
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(nix::unistd::ForkResult::Child) => {
+            crate::helper_events::become_helper();
             let client = Client(client);
             let pid = nix::unistd::getpid().as_raw();
             client.say(&format!("cairn/1 ok installing pid={pid}"));

@@ -18,6 +18,7 @@ mod dm;
 mod early;
 mod event;
 mod exec;
+mod helper_events;
 mod install;
 mod machine;
 mod modules;
@@ -81,6 +82,9 @@ fn main() {
     }
     if !event::open_console() {
         event("console.unavailable").kv("path", "/dev/console").kv("effect", "events go to the kernel's fd 1").emit();
+    }
+    if !helper_events::open() {
+        event("helper-events.unavailable").kv("effect", "helpers write the console themselves").emit();
     }
     match early::cgroups() {
         Ok(()) => event("cgroups.ready").kv("controllers", early::enabled_controllers()).emit(),

@@ -666,11 +666,12 @@ impl Supervisor {
         const UEVENTS: usize = REPORTS + MAX_CONTAINERS;
         const ADDRESSES: usize = UEVENTS + 1;
         const OOM: usize = ADDRESSES + 1;
+        const HELPERS: usize = OOM + 1;
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         // Fixed capacity: no allocation in the loop. -1 (ignored by poll)
         // fills unused slots, so unit i's output is always at fds[UNITS + i]
         // and its report pipe (while starting) at fds[REPORTS + i].
-        let mut fds = [idle; OOM + 1];
+        let mut fds = [idle; HELPERS + 1];
         let mut set = |k: usize, fd: i32, events: libc::c_short| {
             if let Some(slot) = fds.get_mut(k) {
                 slot.fd = fd;
@@ -686,6 +687,7 @@ impl Supervisor {
         set(UEVENTS, self.layers.as_ref().map_or(-1, crate::uevent::Watch::raw), libc::POLLIN);
         set(ADDRESSES, self.addresses.as_ref().map_or(-1, crate::netwatch::Watch::raw), libc::POLLIN);
         set(OOM, self.io.oom.as_ref().map_or(-1, AsRawFd::as_raw_fd), libc::POLLIN);
+        set(HELPERS, crate::helper_events::fd().unwrap_or(-1), libc::POLLIN);
         for (k, c) in self.conns.iter().enumerate().take(MAX_CONNECTIONS) {
             // A stream waits for room only when lines wait for it; POLLHUP
             // (its client gone) is reported whatever is asked.
@@ -732,6 +734,9 @@ impl Supervisor {
                 self.settle_start(i, None);
             }
         }
+        if ready(HELPERS, libc::POLLIN) {
+            crate::helper_events::drain();
+        }
         if ready(OOM, libc::POLLIN) {
             self.io.drain_oom();
         }
@@ -775,6 +780,9 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
+        // A helper's last events (written before it exited) come before
+        // what its exit makes PID 1 say.
+        crate::helper_events::drain();
         loop {
             let mut status = 0;
             // SAFETY: `status` is a valid out-pointer. Raw libc: the raw
@@ -983,11 +991,11 @@ impl Supervisor {
             }
             Ok(nix::unistd::ForkResult::Child) => {
                 let fd = conn.raw();
-                if cairn_runtime::sys::close_all_but(&[fd]).is_err() {
+                let events = crate::helper_events::become_helper();
+                if cairn_runtime::sys::close_all_but(&[fd, events]).is_err() {
                     cairn_runtime::sys::exit_now(1);
                 }
-                let console = crate::exec::Console::open();
-                let body = crate::volumes::prune(&names, |e| console.emit(e));
+                let body = crate::volumes::prune(&names, crate::event::Event::emit);
                 let msg = control::framed_reply(&body);
                 // SAFETY: `msg` is a live buffer of its length; `fd` is the
                 // connection, open in this process.

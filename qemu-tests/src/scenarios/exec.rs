@@ -12,6 +12,7 @@
 //! the command as those ids with no supplementary groups, `-e KEY=VAL`
 //! adds to its environment, everything else stays the entrypoint's; under
 //! a user namespace a uid outside its map is refused (125, nothing runs).
+//! The helpers' events reach `events --follow` through PID 1.
 
 use anyhow::{ensure, Result};
 
@@ -169,6 +170,21 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     match c.first("container.exited", &[("name", "noexec")]) {
         Some(l) if l.get("code") == Some("125") => {}
         other => failures.push(format!("noexec: wanted code 125, ended {:?}", other.map(|l| &l.fields))),
+    }
+    // The helpers' events come through PID 1: `events --follow` has them
+    // (execer's exec once).
+    let followed =
+        |needle: &str| c.raw.iter().filter(|l| l.starts_with("[follower] cairn: t=") && l.contains(needle)).count();
+    for needle in [
+        "event=control.exec caller=execer target=target argv0=/bin/cairn-payload",
+        "event=container.exec-exited target=target",
+    ] {
+        if followed(needle) == 0 {
+            failures.push(format!("events --follow: no {needle:?}"));
+        }
+    }
+    if followed("event=control.exec caller=execer ") != 1 {
+        failures.push("events --follow: control.exec of execer not once".into());
     }
     ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     Ok(())
