@@ -378,6 +378,7 @@ fn cairn_spec() -> Res<ContainerSpec> {
         volumes: vec![],
         networks: Vec::new(),
         hosts: None,
+        resolv_conf: None,
     })
 }
 

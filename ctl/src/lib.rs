@@ -47,6 +47,9 @@ commands:
   events [--follow]
   update BUNDLE    (a file or block device; its descriptor is passed)
   volume prune     (delete the data of volumes the manifest no longer names)
+  dns [--search DOMAIN]... [ADDR]...
+                   (the name servers of containers on networks with egress;
+                    none: clear them)
   exec [-t] [-e KEY=VAL]... [-u UID[:GID]] NAME -- CMD [ARG...]
                    (exits with CMD's code; 125 if it could not run; -t: a
                     pseudo-terminal, relayed; -e: an environment entry; -u:
@@ -106,6 +109,7 @@ pub fn parse_args(args: &[String], socket_env: Option<String>) -> Result<Command
         ["logs", _, rest @ ..] => logs_options_ok(rest),
         ["update", _] => true,
         ["volume", "prune"] => true,
+        ["dns", ..] => true,
         ["exec", .., "--"] => !argv.is_empty(),
         _ => false,
     };
@@ -421,6 +425,9 @@ mod tests {
         assert_eq!(c.request, "cairn/1 pause web");
         assert_eq!(parse_args(&args("heartbeat"), Some("/s".into())).unwrap().request, "cairn/1 heartbeat");
         assert_eq!(parse_args(&args("volume prune"), Some("/s".into())).unwrap().request, "cairn/1 volume prune");
+        let c = parse_args(&args("dns --search lan 10.0.2.3"), Some("/s".into())).unwrap();
+        assert_eq!((c.request.as_str(), c.stream), ("cairn/1 dns --search lan 10.0.2.3", false));
+        assert_eq!(parse_args(&args("dns"), Some("/s".into())).unwrap().request, "cairn/1 dns");
         for bad in ["volume", "volume ls", "volume prune db"] {
             assert!(parse_args(&args(bad), Some("/s".into())).is_err(), "{bad}");
         }

@@ -125,6 +125,9 @@ pub enum Request {
     /// that the manifest does not name (a forked helper does it and
     /// answers on the connection; see [`crate::volumes::prunable`]).
     VolumePrune,
+    /// Set the name servers of the containers on networks with egress
+    /// (`dns [--search DOMAIN]... [ADDR]...`; see [`crate::dns`]).
+    Dns(crate::dns::Servers),
 }
 
 impl Request {
@@ -141,6 +144,7 @@ impl Request {
             Request::Update => Permission::Update,
             Request::Pause(_) | Request::Resume(_) => Permission::Lifecycle,
             Request::VolumePrune => Permission::Volumes,
+            Request::Dns(_) => Permission::Network,
             // Never looked up: `Machine::answer` serves a heartbeat before
             // permissions (it needs a health check, not a permission).
             Request::Heartbeat => Permission::Status,
@@ -166,6 +170,7 @@ impl Request {
             Request::Pause(_) => "pause",
             Request::Resume(_) => "resume",
             Request::VolumePrune => "volume-prune",
+            Request::Dns(_) => "dns",
         }
     }
 }
@@ -188,6 +193,9 @@ pub enum ParseError {
     /// `exec --user` not `UID` or `UID:GID` (numbers).
     #[error("bad user {0:?} (UID or UID:GID, numbers)")]
     User(String),
+    /// `dns` with arguments that are not servers and search domains.
+    #[error("{0}")]
+    Dns(#[from] crate::dns::DnsError),
     /// Not a request.
     #[error("unknown request {0:?}")]
     Unknown(String),
@@ -256,6 +264,7 @@ pub fn parse(text: &str) -> Result<Request, ParseError> {
         ["pause", name] => Ok(Request::Pause((*name).into())),
         ["resume", name] => Ok(Request::Resume((*name).into())),
         ["volume", "prune"] => Ok(Request::VolumePrune),
+        ["dns", args @ ..] => Ok(Request::Dns(crate::dns::Servers::parse(args)?)),
         ["logs", name, opts @ ..] => {
             let (mut since_ms, mut follow) = (0, false);
             let mut it = opts.iter();
@@ -814,6 +823,11 @@ mod tests {
         assert_eq!(Request::VolumePrune.needs(), Permission::Volumes);
         assert_eq!(p("volume prune db"), Err(ParseError::Unknown("volume prune db".into())));
         assert_eq!(p("volume"), Err(ParseError::Unknown("volume".into())));
+        let servers = crate::dns::Servers { servers: vec![[10, 0, 2, 3]], search: vec!["lan".into()] };
+        assert_eq!(p("dns --search lan 10.0.2.3"), Ok(Request::Dns(servers)));
+        assert_eq!(p("dns"), Ok(Request::Dns(crate::dns::Servers::default())));
+        assert_eq!(Request::Dns(crate::dns::Servers::default()).needs(), Permission::Network);
+        assert_eq!(p("dns 10.0.2"), Err(ParseError::Dns(crate::dns::DnsError::Server("10.0.2".into()))));
         assert_eq!(Request::Pause("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(Request::Resume("web".into()).needs(), Permission::Lifecycle);
         assert_eq!(p("logs web"), Ok(Request::Logs { name: "web".into(), since_ms: 0, follow: false }));

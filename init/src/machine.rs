@@ -295,6 +295,8 @@ pub enum Answer {
     /// Fork the helper that deletes the volumes the manifest does not name
     /// (crate::volumes::prune); it answers on the connection itself.
     VolumePrune,
+    /// Set the name servers of containers on networks with egress.
+    Dns(crate::dns::Servers),
 }
 
 struct ShutdownPlan {
@@ -898,6 +900,7 @@ impl Machine {
             Request::Restart(name) => self.stop_unit(&name, Want::Restart, now, fx),
             Request::Pause(name) => self.pause(&name, now, fx),
             Request::VolumePrune => Answer::VolumePrune,
+            Request::Dns(servers) => Answer::Dns(servers),
             Request::Resume(name) => self.resume(&name, now, fx),
             Request::Heartbeat => reply("error"),
             Request::Signal { name, signals } => match unit(&name) {

@@ -15,6 +15,7 @@ mod cmdline;
 mod console;
 mod control;
 mod dm;
+mod dns;
 mod early;
 mod event;
 mod exec;

@@ -74,6 +74,13 @@ pub fn prepare(m: &Manifest) -> Ready {
             Err(e) => event("network.failed").kv("name", &n.name).kv("bridge", &bridge).kv("error", e).emit(),
         }
     }
+    // The name servers' file, for the containers that reach out (without
+    // it their start fails at its bind, naming it).
+    if m.containers.iter().any(|c| network::has_egress(m, c)) {
+        if let Err(e) = crate::dns::install() {
+            event("network.dns-failed").kv("path", crate::dns::RESOLV_CONF).kv("error", e).emit();
+        }
+    }
     ready
 }
 
@@ -183,7 +190,8 @@ fn bridge_up(rtnl: &Rtnl, bridge: &str, gateway: Option<([u8; 4], u8)>) -> SysRe
 }
 
 /// Add `c`'s networks to its spec: `eth0`, `eth1`, ... on their bridges at
-/// the manifest's addresses, and its `/etc/hosts`.
+/// the manifest's addresses, its `/etc/hosts`, and with egress the
+/// device's name servers (crate::dns).
 pub fn attach(mut spec: ContainerSpec, m: &Manifest, c: &Container, ready: &Ready) -> Result<ContainerSpec, SpecError> {
     let mut routed = false;
     for (k, a) in c.networks.iter().enumerate() {
@@ -211,6 +219,9 @@ pub fn attach(mut spec: ContainerSpec, m: &Manifest, c: &Container, ready: &Read
     }
     if !c.networks.is_empty() {
         spec.hosts = Some(network::hosts(m, c));
+    }
+    if network::has_egress(m, c) {
+        spec.resolv_conf = Some(crate::dns::RESOLV_CONF.into());
     }
     Ok(spec)
 }
@@ -280,6 +291,17 @@ mod tests {
             [("cairn-br0", "eth0", None), ("cairn-br1", "eth1", Some([10, 89, 3, 1])), ("cairn-br2", "eth2", None)],
             "one default route, through the first network with egress"
         );
+        assert_eq!(spec.resolv_conf.as_deref(), Some(crate::dns::RESOLV_CONF), "egress: the device's name servers");
+        // On internal networks only: its image's resolv.conf.
+        let mut inner = m.clone();
+        inner.containers[0].networks.truncate(1);
+        inner.containers[0].publish.clear();
+        let c = &inner.containers[0];
+        let spec =
+            crate::resolve::container_spec(c, |l| Some(format!("/l/{l}")), |_| Some("/dev/null".into())).unwrap();
+        let spec = attach(spec, &inner, c, &ready).unwrap();
+        assert!(spec.hosts.is_some() && spec.resolv_conf.is_none());
+        let c = &m.containers[0];
         // A network whose bridge (or firewall) failed keeps the container out.
         let mut partial = ready.clone();
         partial.remove("out");

@@ -209,6 +209,7 @@ pub fn container_spec(
         volumes: Vec::new(),  // volumes::attach
         networks: Vec::new(), // networks::attach
         hosts: None,
+        resolv_conf: None,
     })
 }
 

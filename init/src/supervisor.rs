@@ -908,6 +908,7 @@ impl Supervisor {
                 }
                 Err(body) => (body, None),
             },
+            Answer::Dns(servers) => (Self::set_dns(&conn, &servers), None),
             Answer::Update => match self.start_requested_install(&mut conn) {
                 // The installer answers on the connection from here on.
                 Ok(body) => {
@@ -1003,6 +1004,19 @@ impl Supervisor {
                 cairn_runtime::sys::exit_now(0)
             }
             Err(e) => Err(format!("error fork: {}", cairn_runtime::sys::errno_name(e as i32))),
+        }
+    }
+
+    /// `dns`: rewrite the containers' resolv.conf (crate::dns).
+    fn set_dns(conn: &Conn, servers: &crate::dns::Servers) -> String {
+        match crate::dns::set(servers) {
+            None => "error unavailable: no container is on a network with egress".into(),
+            Some(Err(e)) => format!("error {e}"),
+            Some(Ok(())) => {
+                let (list, search) = (servers.servers_text(), servers.search_text());
+                event("network.dns").kv("caller", conn.caller.name()).kv("servers", &list).kv("search", &search).emit();
+                format!("ok servers={list} search={search}")
+            }
         }
     }
 

@@ -197,12 +197,14 @@ pub fn host_plan(spec: &ContainerSpec) -> Vec<Step> {
     p.push(Step::MakeMountPrivate(scratch.clone()));
     p.push(Step::Chown { path: format!("{scratch}/upper"), uid, gid });
     p.push(overlay_mount(spec, &scratch, &root));
-    if spec.hosts.is_some() {
-        // The mount point of /etc/hosts: the image's /etc belongs to a
-        // host id the user namespace does not map, so its root could not
-        // create the file there.
-        p.push(Step::Mkdir(format!("{root}/etc")));
-        p.push(Step::EnsureFile(format!("{root}/etc/hosts")));
+    // The mount points of /etc/hosts and /etc/resolv.conf: the image's
+    // /etc belongs to a host id the user namespace does not map, so its
+    // root could not create the files there.
+    for (file, bound) in [("hosts", spec.hosts.is_some()), ("resolv.conf", spec.resolv_conf.is_some())] {
+        if bound {
+            p.push(Step::Mkdir(format!("{root}/etc")));
+            p.push(Step::EnsureFile(format!("{root}/etc/{file}")));
+        }
     }
     p.push(Step::MakeMountPrivate(root));
     p
@@ -385,15 +387,20 @@ pub fn plan(spec: &ContainerSpec) -> SysResult<Vec<Step>> {
             },
         ]);
     }
-    if spec.hosts.is_some() {
-        let target = format!("{root}/etc/hosts");
+    let hosts = spec.hosts.as_ref().map(|_| ("hosts", format!("{state}/hosts"), "hosts bind", "hosts read-only"));
+    let resolv = spec
+        .resolv_conf
+        .as_ref()
+        .map(|source| ("resolv.conf", source.clone(), "resolv.conf bind", "resolv.conf read-only"));
+    for (file, source, bind_what, read_only_what) in [hosts, resolv].into_iter().flatten() {
+        let target = format!("{root}/etc/{file}");
         p.extend([
             Step::Mkdir(format!("{root}/etc")),
             Step::EnsureFile(target.clone()),
-            bind("hosts bind", &format!("{state}/hosts"), target.clone()),
+            bind(bind_what, &source, target.clone()),
             // PID 1 writes it: the container reads it.
             Step::Mount {
-                what: "hosts read-only",
+                what: read_only_what,
                 source: "none".into(),
                 target,
                 fstype: None,
@@ -780,6 +787,7 @@ mod tests {
             volumes: vec![],
             networks: Vec::new(),
             hosts: None,
+            resolv_conf: None,
         }
     }
 
@@ -790,6 +798,39 @@ mod tests {
             target: target.into(),
             readonly,
         }
+    }
+
+    #[test]
+    fn hosts_and_resolv_conf_are_bound_read_only_before_the_read_only_root() {
+        let mut s = spec(false);
+        s.hosts = Some("127.0.0.1\tlocalhost\n".into());
+        s.resolv_conf = Some("/run/cairn/net/resolv.conf".into());
+        let p = plan_ok(&s);
+        let root = "/run/cairn/containers/web/rootfs";
+        for (file, source) in
+            [("hosts", "/run/cairn/containers/web/hosts"), ("resolv.conf", "/run/cairn/net/resolv.conf")]
+        {
+            let target = format!("{root}/etc/{file}");
+            let ensure = position(&p, |x| *x == Step::EnsureFile(target.clone()));
+            let bind = position(&p, |x| {
+                matches!(x, Step::Mount { source: src, target: t, flags, .. }
+                if src == source && *t == target && *flags == libc::MS_BIND)
+            });
+            let ro = position(&p, |x| {
+                matches!(x, Step::Mount { target: t, flags, .. }
+                if *t == target && flags & libc::MS_REMOUNT != 0 && flags & libc::MS_RDONLY != 0)
+            });
+            assert!(ensure < bind && bind < ro, "{file}");
+        }
+        // Neither without its setting; user namespaces make the mount
+        // points on the host side.
+        s.resolv_conf = None;
+        let p = plan_ok(&s);
+        assert!(!p.iter().any(|x| matches!(x, Step::Mount { target, .. } if target.ends_with("/etc/resolv.conf"))));
+        s.resolv_conf = Some("/run/cairn/net/resolv.conf".into());
+        let ids = vec![crate::spec::IdRange { inside: 0, outside: 100_000, count: 65536 }];
+        s.userns = Some(crate::spec::UserNamespace { uid_map: ids.clone(), gid_map: ids });
+        assert!(host_plan(&s).contains(&Step::EnsureFile(format!("{root}/etc/resolv.conf"))));
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct ContainerSpec {
     pub networks: Vec<NetAttach>,
     /// The `/etc/hosts` bound (read-only) into it, if any.
     pub hosts: Option<String>,
+    /// A file on the device bound (read-only) at its `/etc/resolv.conf`:
+    /// PID 1 rewrites it in place when the name servers change, and every
+    /// container bound to it reads the new ones at its next lookup.
+    pub resolv_conf: Option<String>,
 }
 
 /// A container on a bridge: a veth pair, the host end enslaved to

@@ -411,11 +411,14 @@ pub enum Permission {
     /// `volume prune`: delete the data of volumes the manifest no longer
     /// names (appended: existing manifests decode as before).
     Volumes,
+    /// `dns`: set the name servers of every container on a network with
+    /// egress (appended, as `Volumes`).
+    Network,
 }
 
 impl Permission {
     /// Every permission, in bit order.
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::Status,
         Permission::Logs,
         Permission::Lifecycle,
@@ -423,6 +426,7 @@ impl Permission {
         Permission::Exec,
         Permission::Update,
         Permission::Volumes,
+        Permission::Network,
     ];
 
     /// Its name in appliance files, events and replies.
@@ -435,6 +439,7 @@ impl Permission {
             Permission::Exec => "exec",
             Permission::Update => "update",
             Permission::Volumes => "volumes",
+            Permission::Network => "network",
         }
     }
 

@@ -201,6 +201,12 @@ pub fn publish_target(m: &Manifest, c: &Container) -> Option<(usize, [u8; 4])> {
     })
 }
 
+/// Whether `c` is on a network with egress (it gets a default route, and
+/// the device's name servers at `/etc/resolv.conf`).
+pub fn has_egress(m: &Manifest, c: &Container) -> bool {
+    publish_target(m, c).is_some()
+}
+
 /// Whether the device needs netfilter for this manifest: a network with
 /// egress or a published port (internal networks need none).
 pub fn needs_firewall(m: &Manifest) -> bool {

@@ -281,6 +281,9 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
         "net-get" => net::get(a.word(2, "host")?, a.num(3, "port")?, a.num(4, "ms")?),
         "net-udp" => net::udp(a.num(2, "port")?, a.num(3, "ms")?),
         "nft-delete" => net::nft_delete(a.word(2, "table")?),
+        "dns-serve" => net::dns_serve(a.word(2, "answer")?, a.num(3, "ms")?),
+        "resolve" => net::resolve(a.0.get(2..).unwrap_or(&[])),
+        "wait-file" => net::wait_file(a.word(2, "path")?, a.word(3, "text")?, a.num(4, "ms")?),
         // console-abuse scenario (console and control socket area).
         "console-abuse" => abuse::console(a.num(2, "mib")?),
         "control-abuse" => abuse::control(a.num(2, "idle")?, a.word(3, "target")?, a.num(4, "count")?),

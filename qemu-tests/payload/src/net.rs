@@ -370,3 +370,117 @@ pub fn up(iface: &str, addr: &str, prefix: u32) -> i32 {
     say!("event=net-up iface={iface} addr={a}/{prefix}");
     0
 }
+
+/// `dns-serve ADDR MS`: a name server on UDP port 53 for `MS` ms that
+/// answers every A query with `ADDR` and every other query with no record
+/// (what a resolver asks for AAAA gets an empty answer, not an error).
+/// Each query is an event: `dns-query name= qtype=`.
+pub fn dns_serve(answer: &str, ms: u64) -> i32 {
+    let Ok(answer) = answer.parse::<Ipv4Addr>() else {
+        say!("event=dns-serve error=bad_address");
+        return 2;
+    };
+    let sock = match std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53)) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("event=dns-serve result={}", errno_of(&e));
+            return 1;
+        }
+    };
+    say!("event=dns-serving answer={answer}");
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut buf = [0u8; 512];
+    while let Some(left) = end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        let _ = sock.set_read_timeout(Some(left));
+        let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+        let Some((name, qtype, question_end)) = dns_question(buf.get(..n).unwrap_or_default()) else {
+            say!("event=dns-query error=malformed bytes={n}");
+            continue;
+        };
+        say!("event=dns-query qname={} qtype={qtype}", V(&name));
+        let mut reply = buf.get(..question_end).unwrap_or_default().to_vec();
+        let a = qtype == 1;
+        // QR, the query's opcode and RD, RA; one question; one answer for A.
+        let flags = 0x8080 | (u16::from_be_bytes([buf[2], buf[3]]) & 0x7900);
+        reply[2..4].copy_from_slice(&flags.to_be_bytes());
+        reply[4..12].copy_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+        if a {
+            // The name by pointer to the question, A, IN, TTL 60, 4 bytes.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&answer.octets());
+        }
+        let _ = sock.send_to(&reply, from);
+    }
+    0
+}
+
+/// The one question of a DNS query: its name (dotted), type, and where it
+/// ends.
+fn dns_question(msg: &[u8]) -> Option<(String, u16, usize)> {
+    if msg.len() < 12 || msg.get(4..6) != Some(&[0, 1]) {
+        return None;
+    }
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*msg.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(msg.get(at..at + len)?).into_owned());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+    msg.get(at + 3)?;
+    Some((labels.join("."), qtype, at + 4))
+}
+
+/// `resolve NAME...`: each name through the C library's resolver (musl's
+/// getaddrinfo: /etc/hosts, then the servers of /etc/resolv.conf), and
+/// the servers that file names.
+pub fn resolve(names: &[String]) -> i32 {
+    use std::net::ToSocketAddrs;
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<&str> = conf.lines().filter_map(|l| l.strip_prefix("nameserver ")).map(str::trim).collect();
+    let servers = if servers.is_empty() { "-".to_owned() } else { servers.join(",") };
+    let mut failed = 0;
+    for name in names {
+        match (name.as_str(), 0).to_socket_addrs() {
+            Ok(addrs) => {
+                let mut v: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                v.dedup();
+                say!("event=resolved host={} addrs={} servers={servers}", V(name), v.join(","));
+            }
+            Err(e) => {
+                failed += 1;
+                say!("event=resolved host={} error={} servers={servers}", V(name), V(&e.to_string()));
+            }
+        }
+    }
+    i32::from(failed > 0)
+}
+
+/// `wait-file PATH TEXT MS`: read `PATH` every 50 ms until it holds
+/// `TEXT` (`event=file-holds`, exit 0) or `MS` ms passed (`event=file-lacks`
+/// with its last contents' lines, exit 1).
+pub fn wait_file(path: &str, text: &str, ms: u64) -> i32 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut reads = 0u32;
+    loop {
+        reads += 1;
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now.contains(text) {
+            say!("event=file-holds path={} text={} reads={reads}", V(path), V(text));
+            return 0;
+        }
+        if Instant::now() >= end {
+            say!("event=file-lacks path={} text={} last={}", V(path), V(text), V(&now.replace('\n', "|")));
+            return 1;
+        }
+        sys::sleep_ms(50);
+    }
+}

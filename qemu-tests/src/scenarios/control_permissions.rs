@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 use crate::Ctx;
 
 /// Request verb sent by `limited`, and the permission it lacks.
-const REFUSED: [(&str, &str, &str); 11] = [
+const REFUSED: [(&str, &str, &str); 12] = [
     ("ps", "ps", "status"),
     ("status", "status", "status"),
     ("events --follow", "events", "status"),
@@ -25,6 +25,7 @@ const REFUSED: [(&str, &str, &str); 11] = [
     ("reboot", "reboot", "power"),
     ("exec target -- true", "exec", "exec"),
     ("update", "update", "update"),
+    ("dns 10.0.2.3", "dns", "network"),
 ];
 
 pub fn run(ctx: &Ctx) -> Result<()> {
