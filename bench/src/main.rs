@@ -106,9 +106,19 @@ const SECCOMP_DENY: &[&str] = &[
 
 type Res<T> = Result<T, String>;
 
+mod net;
+
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("hello") {
-        hello();
+    let args: Vec<String> = std::env::args().collect();
+    let word = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match word(1) {
+        "hello" => hello(),
+        // The network benchmark's two ends, inside its containers (net.rs).
+        "tcp-sink" => std::process::exit(net::sink(word(2).parse().unwrap_or(0))),
+        "tcp-source" => {
+            std::process::exit(net::source(word(2), word(3).parse().unwrap_or(0), word(4).parse().unwrap_or(0)))
+        }
+        _ => {}
     }
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
@@ -232,6 +242,10 @@ fn guest() -> Res<()> {
     }
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("steps") {
         return steps(&spec, n);
+    }
+    if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("net") {
+        let mib = arg(&cmdline, "cairn.bench.mib").and_then(|v| v.parse().ok()).unwrap_or(32);
+        return net::run(&spec, n, mib);
     }
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("memory") {
         let restarts = arg(&cmdline, "cairn.bench.restarts").and_then(|v| v.parse().ok()).unwrap_or(1000);

@@ -6,6 +6,7 @@
 //! Nothing here fails on a slow result. See docs/bench.md.
 
 pub mod boot;
+pub mod net;
 pub mod ota;
 pub mod report;
 pub mod scale;
@@ -25,7 +26,7 @@ use report::Report;
 pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
 pub const ALL: &[&str] =
-    &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota"];
+    &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota", "net"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -74,6 +75,13 @@ pub fn run(o: &Options) -> Result<()> {
         r.facts.push(("machine".into(), format!("{} -accel tcg", b.qemu_args.join(" "))));
         r.facts.push(("host".into(), host_summary()));
         r.facts.push(("benchmarks".into(), which.join(", ")));
+        let guest = start::Guest {
+            b,
+            qemu_bin: &art.boot.qemu,
+            kernel: &art.boot.kernel,
+            modules: &kernel.modules,
+            log_dir: &log_dir,
+        };
         for w in &which {
             match *w {
                 "boot" => r.groups.extend(boot::overhead(b, &art, o.runs, &log_dir)?),
@@ -86,8 +94,7 @@ pub fn run(o: &Options) -> Result<()> {
                     r.groups.push(boot::firmware(b, &art, &disk, o.runs, &log_dir)?);
                 }
                 "start" => {
-                    let (groups, info) =
-                        start::run(b, &art.boot.qemu, &art.boot.kernel, &kernel.modules, o.samples, &log_dir)?;
+                    let (groups, info) = start::run(&guest, o.samples)?;
                     for (k, v) in info {
                         r.facts.push((format!("start guest {k}"), v));
                     }
@@ -101,16 +108,10 @@ pub fn run(o: &Options) -> Result<()> {
                 }
                 "scale" => r.groups.push(scale::boot(b, &art, o.runs, &log_dir)?),
                 "ota" => r.groups.push(ota::run(b, &art, o.runs, &log_dir)?),
+                "net" => r.groups.push(net::run(&guest, o.samples)?),
                 "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "pid1" => r.groups.push(scale::observe(b, &art, &kernel.modules, 1000, &log_dir)?),
-                "steps" => r.groups.push(start::steps(
-                    b,
-                    &art.boot.qemu,
-                    &art.boot.kernel,
-                    &kernel.modules,
-                    o.runs.max(5),
-                    &log_dir,
-                )?),
+                "steps" => r.groups.push(start::steps(&guest, o.runs.max(5))?),
                 _ => unreachable_name(w)?,
             }
             // Keep what is measured so far even if a later benchmark fails.

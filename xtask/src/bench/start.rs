@@ -169,37 +169,16 @@ pub type Facts = Vec<(String, String)>;
 
 /// Boot the bench guest once with `n` samples per contender; the groups
 /// and the guest's `bench-info` facts.
-pub fn run(
-    b: &'static Board,
-    qemu_bin: &Path,
-    kernel: &Path,
-    modules: &[PathBuf],
-    n: usize,
-    log_dir: &Path,
-) -> Result<(Vec<Group>, Facts)> {
-    let initramfs = build_guest(b, modules, log_dir)?;
+pub fn run(guest: &Guest<'_>, n: usize) -> Result<(Vec<Group>, Facts)> {
     // CAIRN_BENCH_ONLY=a,b runs only those contenders (e.g.
     // `cairn,cairn-bridge,cairn-egress` for the cost of a bridge).
     let only = std::env::var("CAIRN_BENCH_ONLY").map(|o| format!(" cairn.bench.only={o}")).unwrap_or_default();
-    let cmd = super::diskless_command(b, qemu_bin, kernel, &initramfs, &format!("cairn.bench.n={n}{only}"));
-    let log = log_dir.join("container-start.log");
-    eprintln!("xtask: bench start: booting the bench guest, {n} samples per contender (console: {})", log.display());
+    eprintln!("xtask: bench start: booting the bench guest, {n} samples per contender");
     // runc takes about 2 s a start under TCG; leave room for all four.
     let timeout = Duration::from_secs(120 + 10 * n as u64);
-    let run = qemu::capture(cmd, &log, timeout, &|c| c.contains("bench-done"))?;
-    let raw: Vec<&str> = run.console.raw.iter().map(String::as_str).collect();
-    for l in raw.iter().filter(|l| l.contains("bench-error")) {
-        eprintln!("xtask: bench guest: {}", l.trim_end());
-    }
-    ensure!(
-        raw.iter().any(|l| l.contains("bench-done")),
-        "the bench guest did not finish ({:?} after {:.0}s); console: {}",
-        run.ending,
-        run.elapsed.as_secs_f64(),
-        log.display()
-    );
-    let samples = stats::parse_samples(raw.iter().copied());
-    let info = stats::parse_info(raw.iter().copied(), "bench-info");
+    let raw = guest.boot(&format!("cairn.bench.n={n}{only}"), "container-start.log", timeout)?;
+    let samples = stats::parse_samples(raw.iter().map(String::as_str));
+    let info = stats::parse_info(raw.iter().map(String::as_str), "bench-info");
     Ok((groups(&samples, n), info))
 }
 
@@ -306,31 +285,50 @@ pub fn step_costs(samples: &stats::Samples) -> Vec<(String, Vec<f64>)> {
     out
 }
 
-/// Boot the bench guest in steps mode: where the child's rootfs set-up goes.
-pub fn steps(
-    b: &'static Board,
-    qemu_bin: &Path,
-    kernel: &Path,
-    modules: &[PathBuf],
-    rounds: usize,
-    log_dir: &Path,
-) -> Result<Group> {
-    let initramfs = build_guest(b, modules, log_dir)?;
-    let cmd = super::diskless_command(
-        b,
-        qemu_bin,
-        kernel,
-        &initramfs,
-        &format!("cairn.bench.mode=steps cairn.bench.n={rounds}"),
-    );
-    let log = log_dir.join("steps.log");
-    eprintln!("xtask: bench steps: {rounds} rounds (console: {})", log.display());
-    let run = qemu::capture(cmd, &log, Duration::from_secs(120 + 60 * rounds as u64), &|c| c.contains("bench-done"))?;
-    let raw: Vec<&str> = run.console.raw.iter().map(String::as_str).collect();
-    for l in raw.iter().filter(|l| l.contains("bench-error")) {
-        eprintln!("xtask: bench guest: {}", l.trim_end());
+/// The bench guest of a board, booted in one of `cairn-bench`'s modes.
+pub struct Guest<'a> {
+    /// The board.
+    pub b: &'static Board,
+    /// Its QEMU.
+    pub qemu_bin: &'a Path,
+    /// Its kernel.
+    pub kernel: &'a Path,
+    /// The kernel's modules for the guest.
+    pub modules: &'a [PathBuf],
+    /// Where the guest and its console log go.
+    pub log_dir: &'a Path,
+}
+
+impl Guest<'_> {
+    /// Boot with `cmdline` added until `bench-done` (or `timeout`); the
+    /// console's lines, its `bench-error`s printed. Fails if it did not
+    /// finish.
+    pub fn boot(&self, cmdline: &str, log_name: &str, timeout: Duration) -> Result<Vec<String>> {
+        let initramfs = build_guest(self.b, self.modules, self.log_dir)?;
+        let cmd = super::diskless_command(self.b, self.qemu_bin, self.kernel, &initramfs, cmdline);
+        let log = self.log_dir.join(log_name);
+        eprintln!("xtask: bench guest console: {}", log.display());
+        let run = qemu::capture(cmd, &log, timeout, &|c| c.contains("bench-done"))?;
+        for l in run.console.raw.iter().filter(|l| l.contains("bench-error")) {
+            eprintln!("xtask: bench guest: {}", l.trim_end());
+        }
+        ensure!(
+            run.console.raw.iter().any(|l| l.contains("bench-done")),
+            "the bench guest did not finish ({:?} after {:.0}s); console: {}",
+            run.ending,
+            run.elapsed.as_secs_f64(),
+            log.display()
+        );
+        Ok(run.console.raw)
     }
-    let samples = stats::parse_samples(raw.iter().copied());
+}
+
+/// Boot the bench guest in steps mode: where the child's rootfs set-up goes.
+pub fn steps(guest: &Guest<'_>, rounds: usize) -> Result<Group> {
+    eprintln!("xtask: bench steps: {rounds} rounds");
+    let timeout = Duration::from_secs(120 + 60 * rounds as u64);
+    let raw = guest.boot(&format!("cairn.bench.mode=steps cairn.bench.n={rounds}"), "steps.log", timeout)?;
+    let samples = stats::parse_samples(raw.iter().map(String::as_str));
     let whole: Vec<f64> = samples
         .iter()
         .rfind(|((who, _), _)| who == "step")
