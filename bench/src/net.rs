@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::spec::{ContainerSpec, NetAttach, Network};
 use cairn_runtime::{sys, Cgroup};
@@ -150,10 +151,12 @@ pub fn run(base: &ContainerSpec, n: usize, mib: u64) -> Res<()> {
     // The device's loopback, as cairn-init leaves it (host networking).
     cairn_runtime::network::loopback_up().map_err(err)?;
     let paths = paths(base, mib)?;
+    // The filter cairn-init would load for these containers.
+    let filter = spawning::seccomp_filter(base).map_err(err)?;
     println!("bench-info n={n} mib={mib} paths={}", paths.iter().map(|p| p.name).collect::<Vec<_>>().join(","));
     for round in 0..=n {
         for p in &paths {
-            match transfer(p) {
+            match transfer(p, filter.as_ref()) {
                 Ok((bytes, us)) if round > 0 => {
                     let mibps = bytes as f64 / f64::from(1u32 << 20) / (us as f64 / 1e6);
                     println!("bench-sample {} mibps {mibps:.1}", p.name);
@@ -173,9 +176,9 @@ struct Running {
     cgroup: Cgroup,
 }
 
-fn start(spec: &ContainerSpec) -> Res<Running> {
+fn start(spec: &ContainerSpec, filter: Option<&Filter>) -> Res<Running> {
     let cgroup = Cgroup::for_container(&spec.name);
-    let started = cairn_runtime::spawn(spec, None, &cgroup, None).map_err(err)?;
+    let started = cairn_runtime::spawn(spec, filter, &cgroup, None).map_err(err)?;
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.
@@ -245,15 +248,15 @@ fn finish(r: &Running, out: &mut String) -> Res<i32> {
 }
 
 /// One transfer on path `p`: (bytes, µs) as the sink measured them.
-fn transfer(p: &Path) -> Res<(u64, u64)> {
-    let sink = start(&p.sink)?;
+fn transfer(p: &Path, filter: Option<&Filter>) -> Res<(u64, u64)> {
+    let sink = start(&p.sink, filter)?;
     let mut out = String::new();
     if let Err(e) = read_until(&sink, &mut out, "listening", 10_000) {
         let _ = sys::kill(sink.pid, libc::SIGKILL);
         let _ = finish(&sink, &mut out);
         return Err(format!("sink: {e}"));
     }
-    let source = match start(&p.source) {
+    let source = match start(&p.source, filter) {
         Ok(s) => s,
         Err(e) => {
             let _ = sys::kill(sink.pid, libc::SIGKILL);
