@@ -107,6 +107,7 @@ const SECCOMP_DENY: &[&str] = &[
 type Res<T> = Result<T, String>;
 
 mod net;
+mod trace;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -209,13 +210,11 @@ fn guest() -> Res<()> {
     }
     load_modules();
     // What cairn-init's early::cgroups does, plus a parent for crun and runc.
-    let root = Cgroup { path: "/sys/fs/cgroup".into() };
+    let root = Cgroup::at("/sys/fs/cgroup");
     root.write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
     for parent in [cairn_runtime::cgroup::CONTAINERS, "/sys/fs/cgroup/bench"] {
         sys::mkdir(parent, 0o755).map_err(err)?;
-        Cgroup { path: parent.into() }
-            .write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS)
-            .map_err(err)?;
+        Cgroup::at(parent).write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
     }
     std::fs::write(format!("{BUNDLE}/config.json"), oci_config()).map_err(err)?;
 
@@ -252,7 +251,10 @@ fn guest() -> Res<()> {
         return memory(&spec, restarts);
     }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
-    let cgroup = Cgroup::for_container(&spec.name);
+    let mut cgroup = Cgroup::for_container(&spec.name);
+    if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("trace") {
+        return trace::run(&spec, filter.as_ref(), &mut cgroup, n);
+    }
     // The same container on a bridge (a veth pair per start, eth0 at an
     // address), and on a network with egress (plus its default route).
     let (bridged, routed) = if contenders.iter().any(|c| c.starts_with("cairn-")) {
@@ -279,9 +281,9 @@ fn guest() -> Res<()> {
         for (ci, who) in contenders.clone().iter().enumerate() {
             let result = match *who {
                 "fork-exec" => fork_exec(),
-                "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup),
-                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &cgroup),
-                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &cgroup),
+                "cairn" => cairn_start(&spec, filter.as_ref(), &mut cgroup),
+                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &mut cgroup),
+                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &mut cgroup),
                 "crun" => oci_run("/usr/bin/crun", &[]),
                 "runc" => oci_run("/usr/bin/runc", &[]),
                 "ns-clone" => ns_clone(true),
@@ -401,7 +403,7 @@ fn cairn_spec() -> Res<ContainerSpec> {
 fn cairn_start(
     spec: &ContainerSpec,
     filter: Option<&cairn_runtime::seccomp::Filter>,
-    cgroup: &Cgroup,
+    cgroup: &mut Cgroup,
 ) -> Res<Vec<(&'static str, f64)>> {
     let t0 = Instant::now();
     let started = cairn_runtime::spawn(spec, filter, cgroup, None).map_err(err)?;
@@ -473,8 +475,8 @@ fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
         let mut spec = base.clone();
         spec.name = format!("stay{i:02}");
         spec.argv = vec![CString::new("/bin/sleep").map_err(err)?, CString::new("3600").map_err(err)?];
-        let cg = Cgroup::for_container(&spec.name);
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, None).map_err(err)?;
+        let mut cg = Cgroup::for_container(&spec.name);
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &mut cg, None).map_err(err)?;
         running.push((started, cg));
     }
     // Let every one finish its set-up (report pipe EOF).
@@ -503,10 +505,10 @@ fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     let mut spec = base.clone();
     spec.name = "crashloop".into();
     spec.argv = vec![CString::new("/bin/false").map_err(err)?];
-    let cg = Cgroup::for_container(&spec.name);
+    let mut cg = Cgroup::for_container(&spec.name);
     let t0 = Instant::now();
     for i in 1..=restarts {
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, None).map_err(err)?;
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &mut cg, None).map_err(err)?;
         let status = wait(started.pid)?;
         drop(started);
         if status == 0 {
@@ -710,7 +712,9 @@ fn ns_clone(net: bool) -> Res<Vec<(&'static str, f64)>> {
 /// The cgroup part of cairn's start alone: create it with the limits and
 /// the device program (`Cgroup::create`, as `spawn` does), then remove it.
 fn cgroup_only(spec: &ContainerSpec) -> Res<Vec<(&'static str, f64)>> {
-    let cg = Cgroup::for_container("bench-cgroup");
+    // A new value each time: the device program is loaded every time, as
+    // at a container's first start.
+    let mut cg = Cgroup::for_container("bench-cgroup");
     let t0 = Instant::now();
     cg.create(&spec.limits, &spec.devices).map_err(err)?;
     let created = now_us(t0);

@@ -177,8 +177,8 @@ struct Running {
 }
 
 fn start(spec: &ContainerSpec, filter: Option<&Filter>) -> Res<Running> {
-    let cgroup = Cgroup::for_container(&spec.name);
-    let started = cairn_runtime::spawn(spec, filter, &cgroup, None).map_err(err)?;
+    let mut cgroup = Cgroup::for_container(&spec.name);
+    let started = cairn_runtime::spawn(spec, filter, &mut cgroup, None).map_err(err)?;
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.

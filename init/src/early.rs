@@ -54,10 +54,10 @@ fn mount_each(
 /// Enable the controllers for children and create the parent cgroup of all
 /// containers (with the same controllers enabled below it).
 pub fn cgroups() -> SysResult<()> {
-    let root = cgroup::Cgroup { path: cgroup::ROOT.into() };
+    let root = cgroup::Cgroup::at(cgroup::ROOT);
     root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
     sys::mkdir(cgroup::CONTAINERS, 0o755)?;
-    let parent = cgroup::Cgroup { path: cgroup::CONTAINERS.into() };
+    let parent = cgroup::Cgroup::at(cgroup::CONTAINERS);
     parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
 }
 

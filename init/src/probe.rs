@@ -93,7 +93,7 @@ impl Outcome {
 
 /// The cgroup a container's probes run in.
 pub fn cgroup_of(container: &Cgroup) -> Cgroup {
-    Cgroup { path: format!("{}/probe", container.path) }
+    Cgroup::at(&format!("{}/probe", container.path))
 }
 
 /// A probe in flight, as PID 1 sees it.

@@ -144,7 +144,7 @@ impl Effects for Io {
         u.oom_baseline = u.cgroup.oom_kills();
         u.oom_seen = u.oom_baseline;
         let spec = with_restart_count(spec, restarts);
-        match spawn(&spec, u.filter.as_ref(), &u.cgroup, join) {
+        match spawn(&spec, u.filter.as_ref(), &mut u.cgroup, join) {
             Ok(started) => {
                 // The cgroup exists now (it is kept across runs: the same
                 // file, the same watch).

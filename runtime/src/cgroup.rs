@@ -74,24 +74,39 @@ pub fn flat_key(text: &str, key: &str) -> Option<u64> {
 pub struct Cgroup {
     /// Absolute directory.
     pub path: String,
+    /// The device program of the last [`Cgroup::create`], kept loaded: the
+    /// next start attaches it again without loading it, unless the rules
+    /// changed (a device node with new numbers).
+    program: Option<crate::devices::Program>,
 }
 
 impl Cgroup {
+    /// The cgroup at `path` (absolute).
+    pub fn at(path: &str) -> Self {
+        Self { path: path.into(), program: None }
+    }
+
     /// Path of the cgroup for a container name.
     pub fn for_container(name: &str) -> Self {
-        Self { path: format!("{CONTAINERS}/{name}") }
+        Self::at(&format!("{CONTAINERS}/{name}"))
     }
 
     /// Create it (if needed), write the limits and attach the device
     /// program: the defaults plus each of `devices`, by the type and
-    /// numbers of its host node.
-    pub fn create(&self, limits: &Limits, devices: &[Device]) -> SysResult<()> {
+    /// numbers of its host node. The program is loaded at the first start
+    /// and kept for the next ones.
+    pub fn create(&mut self, limits: &Limits, devices: &[Device]) -> SysResult<()> {
         sys::mkdir(&self.path, 0o755)?;
         let mut rules = crate::devices::default_rules();
         for d in devices {
             rules.push(crate::devices::rule_for(&d.host)?);
         }
-        crate::devices::attach(&rules, &self.open_dir()?, &self.path)?;
+        let program = match self.program.take() {
+            Some(p) if p.rules() == rules.as_slice() => p,
+            _ => crate::devices::Program::load(&rules, &self.path)?,
+        };
+        program.attach(&self.open_dir()?, &self.path)?;
+        self.program = Some(program);
         for (file, value) in limit_writes(limits) {
             self.write(file, &value)?;
         }

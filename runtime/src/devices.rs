@@ -5,9 +5,9 @@
 //! (return 1: allowed, 0: EPERM).
 //!
 //! The instructions are generated here (pure, unit-tested against a small
-//! interpreter in the tests); [`attach`] loads them with `bpf(BPF_PROG_LOAD)`
-//! and attaches them to the container's cgroup directory with
-//! `bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE)`. Every rule allows read, write
+//! interpreter in the tests); [`Program::load`] loads them with
+//! `bpf(BPF_PROG_LOAD)` and [`Program::attach`] attaches them to the
+//! container's cgroup directory with `bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE)`. Every rule allows read, write
 //! and mknod (rwm); everything not listed is refused.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -177,57 +177,87 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-/// Load the program for `rules` and attach it to the cgroup directory
-/// `cgroup_dir` (named `name` in errors). Attached without flags, it
-/// replaces a program an earlier start attached to the same cgroup, and
-/// nothing below the cgroup can attach one of its own. The program lives
-/// as long as the cgroup; the descriptor is closed on return.
-pub fn attach(rules: &[Rule], cgroup_dir: &OwnedFd, name: &str) -> SysResult<()> {
-    let insns = program(rules);
-    let license = c"GPL";
-    let mut prog_name = [0u8; 16];
-    for (d, s) in prog_name.iter_mut().zip(b"cairn_devices".iter()) {
-        *d = *s;
+/// A device program loaded into the kernel, kept to be attached to any
+/// number of cgroups (or to one cgroup again at every start): loading runs
+/// the verifier and the JIT, a cost worth paying once per container rather
+/// than at every start.
+#[derive(Debug)]
+pub struct Program {
+    /// The rules it was made from.
+    rules: Vec<Rule>,
+    /// The program's descriptor (the kernel's is close-on-exec).
+    fd: OwnedFd,
+}
+
+impl Program {
+    /// Load the program for `rules` (`name`: what errors name).
+    pub fn load(rules: &[Rule], name: &str) -> SysResult<Self> {
+        let insns = program(rules);
+        let license = c"GPL";
+        let mut prog_name = [0u8; 16];
+        for (d, s) in prog_name.iter_mut().zip(b"cairn_devices".iter()) {
+            *d = *s;
+        }
+        let load = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name,
+            ..ProgLoadAttr::default()
+        };
+        // SAFETY: `load` is a valid bpf_attr prefix of the size passed; the
+        // instruction array and license it points to outlive the call. The
+        // kernel copies both before returning.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &load as *const ProgLoadAttr,
+                core::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        if fd < 0 {
+            return Err(SysError { op: "bpf load device program", arg: name.into(), errno: sys::errno() });
+        }
+        // SAFETY: `fd` is a fresh descriptor the kernel just returned to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { rules: rules.to_vec(), fd })
     }
-    let load = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: `load` is a valid bpf_attr prefix of the size passed; the
-    // instruction array and license it points to outlive the call. The
-    // kernel copies both before returning.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &load as *const ProgLoadAttr, core::mem::size_of::<ProgLoadAttr>())
-    };
-    if fd < 0 {
-        return Err(SysError { op: "bpf load device program", arg: name.into(), errno: sys::errno() });
+
+    /// The rules it enforces.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
-    // SAFETY: `fd` is a fresh descriptor the kernel just returned to us.
-    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attach = ProgAttachAttr {
-        target_fd: cgroup_dir.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        ..ProgAttachAttr::default()
-    };
-    // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH of the size
-    // passed; both descriptors are open for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_ATTACH,
-            &attach as *const ProgAttachAttr,
-            core::mem::size_of::<ProgAttachAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(SysError { op: "bpf attach device program", arg: name.into(), errno: sys::errno() });
+
+    /// Attach it to the cgroup directory `cgroup_dir` (named `name` in
+    /// errors). Attached without flags, it replaces the program an earlier
+    /// start attached to the same cgroup (this one, or one for other
+    /// rules), and nothing below the cgroup can attach one of its own. The
+    /// cgroup holds its own reference: the program stays attached when
+    /// this value is dropped.
+    pub fn attach(&self, cgroup_dir: &OwnedFd, name: &str) -> SysResult<()> {
+        let attach = ProgAttachAttr {
+            target_fd: cgroup_dir.as_raw_fd() as u32,
+            attach_bpf_fd: self.fd.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            ..ProgAttachAttr::default()
+        };
+        // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH of the
+        // size passed; both descriptors are open for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_ATTACH,
+                &attach as *const ProgAttachAttr,
+                core::mem::size_of::<ProgAttachAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(SysError { op: "bpf attach device program", arg: name.into(), errno: sys::errno() });
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

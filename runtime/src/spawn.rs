@@ -126,7 +126,7 @@ pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Fil
 pub fn spawn(
     spec: &ContainerSpec,
     filter: Option<&crate::seccomp::Filter>,
-    cgroup: &Cgroup,
+    cgroup: &mut Cgroup,
     join_net: Option<libc::pid_t>,
 ) -> Result<Started, SpawnError> {
     let mut flags = NAMESPACES | CLONE_INTO_CGROUP;

@@ -5,7 +5,8 @@
 //! targets (`run -> /`, `dev -> /`). Pinned outcomes:
 //! - the layer's device node does not open: EACCES (the overlay is nodev);
 //! - with CAP_MKNOD kept, mknod of the boot disk's numbers in /dev: EPERM
-//!   from the cgroup device program, while mknod of c 1:3 works;
+//!   from the cgroup device program, while mknod of c 1:3 works, at the
+//!   first start and at every restart (the program is loaded once);
 //! - /dev/console does not exist: ENOENT;
 //! - in the read-only control directory, unlink of PID 1's socket and bind
 //!   of another: EROFS; a `status` request still gets `ok`;
@@ -66,7 +67,8 @@ name = "mknoder"
 layers = ["tools"]
 argv = ["/bin/cairn-payload", "attempt", "mknod-disk"]
 security = { cap_add = ["MKNOD"] }
-restart = { policy = "never" }
+# Restarted: later starts attach the device program loaded at the first.
+restart = { policy = "always", backoff_initial_ms = 500, backoff_max_ms = 2000 }
 
 [[container]]
 name = "no-console"
@@ -141,6 +143,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         if !ok {
             failures.push(format!("{name}: want errno {errno} {extra:?}, got {:?}", l.fields));
         }
+    }
+    // Every run of mknoder, not only the first: the program PID 1 keeps
+    // loaded is attached again at each restart.
+    let runs = c.all("one-attempt", &[("name", "mknoder")]);
+    let blocked = runs.iter().filter(|l| l.get("result") == Some("blocked") && l.get("errno") == Some("1")).count();
+    if runs.len() < 3 || blocked != runs.len() {
+        failures.push(format!("mknoder: {blocked} of {} runs blocked with EPERM (want at least 3, all)", runs.len()));
     }
     for (name, link) in [("run-link", "/rootfs/run"), ("dev-link", "/rootfs/dev")] {
         match c.first("container.failed", &[("name", name)]) {

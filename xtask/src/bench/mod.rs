@@ -26,7 +26,7 @@ use report::Report;
 pub const DEFAULT: &[&str] = &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1"];
 /// Every benchmark name `cargo xtask bench NAME..` accepts per board.
 pub const ALL: &[&str] =
-    &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "firmware", "ota", "net"];
+    &["start", "boot", "boot-demo", "sizes", "scale", "memory", "pid1", "steps", "trace", "firmware", "ota", "net"];
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug)]
@@ -112,6 +112,7 @@ pub fn run(o: &Options) -> Result<()> {
                 "memory" => r.groups.push(scale::memory(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "pid1" => r.groups.push(scale::observe(b, &art, &kernel.modules, 1000, &log_dir)?),
                 "steps" => r.groups.push(start::steps(&guest, o.runs.max(5))?),
+                "trace" => r.groups.push(start::trace(&guest, o.samples.min(50))?),
                 _ => unreachable_name(w)?,
             }
             // Keep what is measured so far even if a later benchmark fails.

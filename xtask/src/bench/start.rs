@@ -352,6 +352,67 @@ pub fn steps(guest: &Guest<'_>, rounds: usize) -> Result<Group> {
     })
 }
 
+/// Syscalls of a phase get a row when their p50 is at least this (ms);
+/// all of them are in the guest's console log.
+const TRACE_SHOWN_MS: f64 = 0.3;
+
+/// Boot the bench guest in trace mode: where one cairn start spends its
+/// time, phase by phase and syscall by syscall, from the kernel's trace.
+pub fn trace(guest: &Guest<'_>, rounds: usize) -> Result<Group> {
+    eprintln!("xtask: bench trace: {rounds} traced starts");
+    let timeout = Duration::from_secs(180 + 5 * rounds as u64);
+    let raw = guest.boot(&format!("cairn.bench.mode=trace cairn.bench.n={rounds}"), "trace.log", timeout)?;
+    let samples = stats::parse_samples(raw.iter().map(String::as_str));
+    Ok(trace_group(&samples, rounds, &guest.log_dir.join("trace.log")))
+}
+
+/// The trace group from the guest's samples: the traced and untraced
+/// totals, each phase, and within it the syscalls worth a row.
+pub fn trace_group(samples: &stats::Samples, rounds: usize, log: &Path) -> Group {
+    let ms = |v: &Vec<f64>| v.iter().map(|us| us / 1000.0).collect::<Vec<f64>>();
+    let get = |who: &str, label: &str| samples.get(&(who.to_owned(), label.to_owned())).map(ms).unwrap_or_default();
+    let mut rows = vec![
+        Row::new("untraced: start → reaped", get("untraced", "reaped")),
+        Row::new("traced: start → reaped", get("trace-phase", "0:total")),
+    ];
+    let phases = samples.iter().filter(|((who, label), _)| who == "trace-phase" && label != "0:total");
+    for ((_, phase), v) in phases {
+        rows.push(Row::new(phase, ms(v)));
+        let prefix = format!("{phase}:");
+        let mut calls: Vec<(String, Vec<f64>, f64)> = samples
+            .iter()
+            .filter(|((who, label), _)| who == "trace-sys" && label.starts_with(&prefix))
+            .map(|((_, label), v)| {
+                let v = ms(v);
+                // Absent from a round: zero in that round.
+                let mut padded = v.clone();
+                padded.resize(padded.len().max(rounds), 0.0);
+                let p50 = summarize(&padded).map_or(0.0, |s| s.p50);
+                (label.get(prefix.len()..).unwrap_or_default().to_owned(), v, p50)
+            })
+            .collect();
+        calls.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (call, v, p50) in calls {
+            if p50 >= TRACE_SHOWN_MS {
+                rows.push(Row::new(&format!("  {phase} · {call}"), v));
+            }
+        }
+    }
+    Group {
+        name: "container-start-trace".into(),
+        title: "one cairn start cut into its critical path's phases from the kernel's trace (tracefs: syscalls, fork, exec, exit)".into(),
+        unit: "ms".into(),
+        rows,
+        subject: None,
+        notes: vec![
+            "phases: 1 caller (start requested → clone3: state dir, cgroup, pipes, plan), 2 clone3 (→ the init's first instruction), 3 init (→ it forks the entrypoint: loopback, rootfs, hostname), 4 entry (→ exec: signals, rlimits, bounding set, seccomp, ids, capabilities, no_new_privs, execve), 5 payload (→ its exit), 6 reap (→ the init's exit), 7 teardown (→ the caller's wait4 returns)".into(),
+            format!("per phase, the time its critical process spent in each syscall (rows from {TRACE_SHOWN_MS} ms p50); (user): the rest of the phase: its own instructions, page faults, waiting for a CPU"),
+            "tracing costs time: compare the traced and untraced totals, measured alternately in the same guest".into(),
+            format!("{rounds} traced starts; the first one's events: {} (bench-trace lines)", log.display()),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +449,34 @@ mod tests {
         assert!(g[0].notes.iter().any(|n| n.contains("measured 2.0x")), "{:?}", g[0].notes);
         assert_eq!(g[1].rows[1].samples, [1.0]);
         assert_eq!(g[1].rows[3].samples, [0.1]);
+    }
+
+    #[test]
+    fn trace_rows_are_phases_then_their_big_syscalls() {
+        let lines = [
+            "bench-sample untraced reaped 100000",
+            "bench-sample trace-phase 0:total 140000",
+            "bench-sample trace-phase 1:caller 30000",
+            "bench-sample trace-phase 3:init 60000",
+            "bench-sample trace-sys 3:init:mount 25000",
+            "bench-sample trace-sys 3:init:pivot_root 200",
+            "bench-sample trace-sys 3:init:(user) 34800",
+            "bench-sample trace-sys 1:caller:bpf 9000",
+        ];
+        let g = trace_group(&stats::parse_samples(lines), 1, Path::new("x"));
+        let names: Vec<&str> = g.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "untraced: start → reaped",
+                "traced: start → reaped",
+                "1:caller",
+                "  1:caller · bpf",
+                "3:init",
+                "  3:init · (user)",
+                "  3:init · mount",
+            ]
+        );
+        assert_eq!(g.rows[6].samples, [25.0]);
     }
 }
