@@ -145,8 +145,7 @@ pub struct Board {
 /// behind dm-verity, under overlayfs), the EFI system partition (FAT) and
 /// the firmware's variables; and the quota format of the data partition's
 /// project quotas (`quota_v2`: without it an ext4 with the `quota`
-/// feature does not mount read-write); and bridge and veth for container
-/// networks.
+/// feature does not mount read-write).
 pub const SYSTEM_MODULES: &[&str] = &[
     "squashfs",
     "overlay",
@@ -158,10 +157,14 @@ pub const SYSTEM_MODULES: &[&str] = &[
     "nls_utf8",
     "efivarfs",
     "quota_v2",
-    // Container networks: bridges and veth pairs.
-    "bridge",
-    "veth",
 ];
+
+/// Modules every board carries for container networks: bridges and veth
+/// pairs (with their dependencies llc and stp). The init loads them only
+/// for a manifest with a `[[network]]`: `bridge` alone takes over 100 ms
+/// to load under emulation, which a boot without container networks
+/// should not pay.
+pub const NETWORK_MODULES: &[&str] = &["bridge", "veth"];
 
 /// Modules every board carries for the firewall of container networks
 /// (nf_tables, connection tracking, NAT: masquerade for egress, DNAT for
@@ -174,6 +177,12 @@ pub const SYSTEM_MODULES: &[&str] = &[
 pub const NETFILTER_MODULES: &[&str] = &["nf_tables", "nft_ct", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4"];
 
 impl Board {
+    /// Kernel modules the init loads only when the manifest has container
+    /// networks ([`NETWORK_MODULES`]).
+    pub fn network_modules(&self) -> &'static [&'static str] {
+        NETWORK_MODULES
+    }
+
     /// Kernel modules the init loads only when the manifest needs the
     /// firewall ([`NETFILTER_MODULES`]).
     pub fn netfilter_modules(&self) -> &'static [&'static str] {
@@ -279,6 +288,10 @@ mod tests {
             for m in q.netfilter_modules() {
                 assert!(g.netfilter_modules().contains(m), "{name} lacks {m} that {qemu} loads for the firewall");
                 assert!(!gm.contains(m), "{name} loads {m} at every boot, not only for the firewall");
+            }
+            for m in q.network_modules() {
+                assert!(g.network_modules().contains(m), "{name} lacks {m} that {qemu} loads for networks");
+                assert!(!gm.contains(m), "{name} loads {m} at every boot, not only for container networks");
             }
             for m in ["nvme", "ahci", "sd_mod", "xhci_pci", "usb_storage", "uas", "mmc_block", "ext4", "crc32c_generic"]
             {

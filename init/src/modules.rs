@@ -7,6 +7,10 @@ use crate::event::event;
 
 /// The list the build writes: one file name per line, relative to /lib/modules.
 pub const LOAD_ORDER: &str = "/lib/modules/load-order";
+/// Modules loaded only when the manifest has container networks: bridge,
+/// veth and their dependencies, in load order, none of them also in
+/// [`LOAD_ORDER`].
+pub const NETWORKS_ORDER: &str = "/lib/modules/load-order-networks";
 /// Modules loaded only when the manifest needs netfilter (a network with
 /// egress, a published port): nf_tables, conntrack, NAT and their
 /// dependencies, in load order, none of them also in [`LOAD_ORDER`].

@@ -1,5 +1,6 @@
 //! Container networks on the device (`[[network]]`, see
-//! `cairn_format::network`): PID 1 creates one bridge per network at boot
+//! `cairn_format::network`): PID 1 loads the bridge and veth modules (only
+//! for a manifest with networks) and creates one bridge per network at boot
 //! (`cairn-br0`, ... in manifest order), up and without an address (an
 //! internal network: its containers reach each other, not the device), and
 //! gives each container's spec its attachments and its `/etc/hosts`. The
@@ -36,6 +37,13 @@ pub type Ready = BTreeSet<String>;
 pub fn prepare(m: &Manifest) -> Ready {
     let mut ready = Ready::new();
     if m.networks.is_empty() {
+        return ready;
+    }
+    // Bridges and veth pairs: loaded only now (they are not boot modules).
+    let failed = crate::modules::load_list(crate::modules::NETWORKS_ORDER);
+    if failed > 0 {
+        let error = format!("{failed} network modules did not load");
+        event("network.failed").kv("name", "*").kv("error", error).emit();
         return ready;
     }
     let firewall = match network::needs_firewall(m) {

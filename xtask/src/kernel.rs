@@ -43,9 +43,9 @@ pub struct Kernel {
     /// `.ko` files in load order: every dependency before its dependents,
     /// each module once.
     pub modules: Vec<PathBuf>,
-    /// The netfilter modules not among `modules`, in load order (loaded
-    /// only for a manifest that needs the firewall).
-    pub netfilter_modules: Vec<PathBuf>,
+    /// The modules not among `modules` that the init loads only for a
+    /// manifest that needs them (container networks, the firewall).
+    pub on_demand: kmod::OnDemand,
 }
 
 /// Resolve, download (once; later calls reuse the cache) and unpack the
@@ -92,8 +92,9 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
         .with_context(|| format!("{package} has no lib/modules/{version} (in {})", tree.display()))?;
 
     let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
-    let netfilter_modules = kmod::resolve_later(&mod_dir, &version, &modules, board.netfilter_modules())?;
-    Ok(Kernel { version, package, vmlinuz, modules, netfilter_modules })
+    let on_demand =
+        kmod::OnDemand::resolve(&mod_dir, &version, &modules, board.network_modules(), board.netfilter_modules())?;
+    Ok(Kernel { version, package, vmlinuz, modules, on_demand })
 }
 
 /// `linux-image-6.1.0-57-cloud-amd64-unsigned` -> `6.1.0-57-cloud-amd64`.

@@ -261,7 +261,7 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
         development: true,
         ..initramfs::Trust::new(vec![key.verifying_key().to_bytes()], DEV_COMPATIBLE)?
     };
-    initramfs::write_with_netfilter(&init, &kernel.modules, &kernel.netfilter_modules, &trust, &initramfs)?;
+    initramfs::write_with_on_demand(&init, &kernel.modules, &kernel.on_demand, &trust, &initramfs)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "xtask: {}: kernel {} ({}) | cairn-init {} bytes | initramfs {} bytes | modules {} | on demand {}",
@@ -271,20 +271,14 @@ fn prepare_with(b: &'static Board, test_hooks: bool) -> Result<Artifacts> {
         size(&init),
         size(&initramfs),
         kernel.modules.iter().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(","),
-        kernel
-            .netfilter_modules
-            .iter()
-            .filter_map(|m| m.file_stem())
-            .map(|s| s.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(",")
+        kernel.on_demand.all().filter_map(|m| m.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(",")
     );
     let kernel_tree = kernel.vmlinuz.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
     let firmware = host_deps::ensure_firmware(b)?;
     let (kit, systemd_boot) = boot_kit(b, &kernel, std::fs::read(&initramfs).context("reading the initramfs")?)?;
     let test_hooks_kit = match hooked {
         Some(init) => {
-            let bytes = initramfs::build_with_netfilter(&init, &kernel.modules, &kernel.netfilter_modules, &trust)?;
+            let bytes = initramfs::build_with_on_demand(&init, &kernel.modules, &kernel.on_demand, &trust)?;
             Some(BootKit { initramfs: bytes, ..kit.clone() })
         }
         None => None,

@@ -21,6 +21,7 @@ use cairn_format::envelope::PublicKey;
 use cairn_format::trust::{self, TrustError, DEVELOPMENT_PATH, PRODUCT_PATH, TRUSTED_KEYS_PATH};
 
 use crate::cpio::{self, CpioBuilder};
+use crate::kmod::OnDemand;
 
 /// What a device trusts: written into its initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,36 +79,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
 /// The initramfs bytes (gzip'd newc cpio) for `init_binary`, `modules`
 /// (loaded in this order) and `trust`.
 pub fn build(init_binary: &Path, modules: &[PathBuf], trust: &Trust) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, &[], Some(trust))
+    archive(init_binary, modules, &OnDemand::default(), Some(trust))
 }
 
-/// [`build`] with the netfilter modules too: in the initramfs, listed in
-/// `lib/modules/load-order-netfilter`, which the init loads only for a
-/// manifest with a network with egress or a published port.
-pub fn build_with_netfilter(
+/// [`build`] with the modules loaded on demand too: in the initramfs,
+/// listed in `lib/modules/load-order-networks` (which the init loads only
+/// for a manifest with container networks) and
+/// `lib/modules/load-order-netfilter` (only for a network with egress or a
+/// published port).
+pub fn build_with_on_demand(
     init_binary: &Path,
     modules: &[PathBuf],
-    netfilter: &[PathBuf],
+    on_demand: &OnDemand,
     trust: &Trust,
 ) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, netfilter, Some(trust))
+    archive(init_binary, modules, on_demand, Some(trust))
 }
 
-/// [`build_with_netfilter`], written to `out` as [`write`] does.
-pub fn write_with_netfilter(
+/// [`build_with_on_demand`], written to `out` as [`write`] does.
+pub fn write_with_on_demand(
     init_binary: &Path,
     modules: &[PathBuf],
-    netfilter: &[PathBuf],
+    on_demand: &OnDemand,
     trust: &Trust,
     out: &Path,
 ) -> Result<(), InitramfsError> {
-    write_bytes(&build_with_netfilter(init_binary, modules, netfilter, trust)?, out)
+    write_bytes(&build_with_on_demand(init_binary, modules, on_demand, trust)?, out)
 }
 
 /// An initramfs without trust data: its device refuses every manifest
 /// (`trust.invalid`). For tests of that refusal; never for a device.
 pub fn build_without_trust(init_binary: &Path, modules: &[PathBuf]) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, &[], None)
+    archive(init_binary, modules, &OnDemand::default(), None)
 }
 
 /// [`build`], written to `out` (through a temporary file beside it, so
@@ -126,7 +129,7 @@ pub fn write_bytes(bytes: &[u8], out: &Path) -> Result<(), InitramfsError> {
 fn archive(
     init_binary: &Path,
     modules: &[PathBuf],
-    netfilter: &[PathBuf],
+    on_demand: &OnDemand,
     trust: Option<&Trust>,
 ) -> Result<Vec<u8>, InitramfsError> {
     let trust_files = trust.map(Trust::files).transpose()?;
@@ -144,7 +147,12 @@ fn archive(
         c.dir("bin", 0o755);
         c.file("bin/cairn-ctl", 0o755, &fs::read(&ctl).map_err(io(&ctl))?);
     }
-    for (list, set) in [("load-order", modules), ("load-order-netfilter", netfilter)] {
+    let lists = [
+        ("load-order", modules),
+        ("load-order-networks", on_demand.networks.as_slice()),
+        ("load-order-netfilter", on_demand.netfilter.as_slice()),
+    ];
+    for (list, set) in lists {
         if set.is_empty() && list != "load-order" {
             continue;
         }
@@ -258,13 +266,18 @@ mod tests {
         assert!(files(&bytes).unwrap().contains_key("etc/cairn/development"));
         assert_eq!(read_trust(&bytes).unwrap(), Some(dev));
         assert!(!f.contains_key("lib/modules/load-order-netfilter"), "no netfilter list without its modules");
-        // The netfilter modules: in the archive, in a list of their own.
+        assert!(!f.contains_key("lib/modules/load-order-networks"), "no networks list without its modules");
+        // The modules loaded on demand: in the archive, in lists of their own.
         fs::write(d.path().join("nf_tables.ko"), b"mod3").unwrap();
-        let nf = [d.path().join("nf_tables.ko")];
-        let f = files(&build_with_netfilter(&init, &modules, &nf, &trust).unwrap()).unwrap();
+        fs::write(d.path().join("bridge.ko"), b"mod4").unwrap();
+        let on_demand =
+            OnDemand { networks: vec![d.path().join("bridge.ko")], netfilter: vec![d.path().join("nf_tables.ko")] };
+        let f = files(&build_with_on_demand(&init, &modules, &on_demand, &trust).unwrap()).unwrap();
         assert_eq!(f["lib/modules/load-order"], b"virtio_blk.ko\ndm-verity.ko\n");
         assert_eq!(f["lib/modules/load-order-netfilter"], b"nf_tables.ko\n");
+        assert_eq!(f["lib/modules/load-order-networks"], b"bridge.ko\n");
         assert_eq!(f["lib/modules/nf_tables.ko"], b"mod3");
+        assert_eq!(f["lib/modules/bridge.ko"], b"mod4");
     }
 
     #[test]

@@ -126,6 +126,41 @@ pub fn resolve_later(mod_dir: &Path, version: &str, loaded: &[PathBuf], wanted: 
     Ok(resolve_modules(mod_dir, version, wanted)?.into_iter().filter(|p| !loaded.contains(p)).collect())
 }
 
+/// Modules the init loads only for a manifest that needs them, each group
+/// in load order, none of them among the boot modules or in the other
+/// group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnDemand {
+    /// Bridges and veth pairs: for a manifest with container networks
+    /// (`lib/modules/load-order-networks`).
+    pub networks: Vec<PathBuf>,
+    /// The firewall: for a network with egress or a published port
+    /// (`lib/modules/load-order-netfilter`).
+    pub netfilter: Vec<PathBuf>,
+}
+
+impl OnDemand {
+    /// Resolve the two groups by module name against the boot modules
+    /// `loaded` (see [`resolve_later`]).
+    pub fn resolve(
+        mod_dir: &Path,
+        version: &str,
+        loaded: &[PathBuf],
+        networks: &[&str],
+        netfilter: &[&str],
+    ) -> Result<Self> {
+        let networks = resolve_later(mod_dir, version, loaded, networks)?;
+        let before: Vec<PathBuf> = loaded.iter().chain(&networks).cloned().collect();
+        let netfilter = resolve_later(mod_dir, version, &before, netfilter)?;
+        Ok(Self { networks, netfilter })
+    }
+
+    /// Every module of both groups, networks first.
+    pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        self.networks.iter().chain(&self.netfilter)
+    }
+}
+
 /// The modules one kernel ships, by normalised name.
 struct ModuleIndex {
     /// Loadable `.ko` files (more than one per name is an error on use).

@@ -17,6 +17,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let c = &run.console;
     // The data partition was formatted by the image builder and mounts.
     c.expect("data.mounted", &[("fs", "ext4"), ("path", "/run/cairn/data")])?;
+    // No container networks: their modules are never loaded.
+    for m in ["bridge.ko", "veth.ko", "nf_tables.ko"] {
+        ensure!(c.first("module.loaded", &[("name", m)]).is_none(), "{m} loaded without container networks");
+    }
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }

@@ -51,6 +51,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "the device got an address on a container network: {:?}",
         device_side.map(|l| &l.fields)
     );
+    // The bridge modules: loaded on demand, after the boot modules.
+    let done = c.expect("modules.done", &[])?;
+    for m in ["bridge.ko", "veth.ko"] {
+        let l = c.expect("module.loaded", &[("name", m)])?;
+        ensure!(l.index > done.index, "{m} loaded with the boot modules, not on demand");
+    }
     // Internal networks only: no firewall, and its modules stay unloaded.
     ensure!(c.first("network.firewall", &[]).is_none(), "a firewall for internal networks");
     ensure!(c.first("module.loaded", &[("name", "nf_tables.ko")]).is_none(), "nf_tables loaded without a firewall");

@@ -75,11 +75,14 @@ pub fn run(o: &Options) -> Result<()> {
         r.facts.push(("machine".into(), format!("{} -accel tcg", b.qemu_args.join(" "))));
         r.facts.push(("host".into(), host_summary()));
         r.facts.push(("benchmarks".into(), which.join(", ")));
+        // The bench guest loads the container networks' modules at boot
+        // too (`cairn-bridge`, `net`); cairn-init loads them on demand.
+        let guest_modules: Vec<PathBuf> = kernel.modules.iter().chain(&kernel.on_demand.networks).cloned().collect();
         let guest = start::Guest {
             b,
             qemu_bin: &art.boot.qemu,
             kernel: &art.boot.kernel,
-            modules: &kernel.modules,
+            modules: &guest_modules,
             log_dir: &log_dir,
         };
         for w in &which {
