@@ -32,6 +32,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use cairn_runtime::devices::Programs;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::spec::{ContainerSpec, CpuMax, Limits, Network};
 use cairn_runtime::{sys, Cgroup};
@@ -251,9 +252,11 @@ fn guest() -> Res<()> {
         return memory(&spec, restarts);
     }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
-    let mut cgroup = Cgroup::for_container(&spec.name);
+    let cgroup = Cgroup::for_container(&spec.name);
+    // Device programs load once per rule set, as in cairn-init.
+    let mut programs = Programs::new();
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("trace") {
-        return trace::run(&spec, filter.as_ref(), &mut cgroup, n);
+        return trace::run(&spec, filter.as_ref(), &cgroup, &mut programs, n);
     }
     // The same container on a bridge (a veth pair per start, eth0 at an
     // address), and on a network with egress (plus its default route).
@@ -281,9 +284,9 @@ fn guest() -> Res<()> {
         for (ci, who) in contenders.clone().iter().enumerate() {
             let result = match *who {
                 "fork-exec" => fork_exec(),
-                "cairn" => cairn_start(&spec, filter.as_ref(), &mut cgroup),
-                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &mut cgroup),
-                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &mut cgroup),
+                "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup, &mut programs),
+                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &cgroup, &mut programs),
+                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &cgroup, &mut programs),
                 "crun" => oci_run("/usr/bin/crun", &[]),
                 "runc" => oci_run("/usr/bin/runc", &[]),
                 "ns-clone" => ns_clone(true),
@@ -403,10 +406,11 @@ fn cairn_spec() -> Res<ContainerSpec> {
 fn cairn_start(
     spec: &ContainerSpec,
     filter: Option<&cairn_runtime::seccomp::Filter>,
-    cgroup: &mut Cgroup,
+    cgroup: &Cgroup,
+    programs: &mut Programs,
 ) -> Res<Vec<(&'static str, f64)>> {
     let t0 = Instant::now();
-    let started = cairn_runtime::spawn(spec, filter, cgroup, None).map_err(err)?;
+    let started = cairn_runtime::spawn(spec, filter, cgroup, programs, None).map_err(err)?;
     let spawned_us = now_us(t0);
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let exec_us = loop {
@@ -470,13 +474,14 @@ fn print_mem(who: &str, when: &str, pid: &str) -> Res<()> {
 fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     print_mem("parent", "idle", "self")?;
     let filter = spawning::seccomp_filter(base).map_err(err)?;
+    let mut programs = Programs::new();
     let mut running = Vec::new();
     for i in 0..16 {
         let mut spec = base.clone();
         spec.name = format!("stay{i:02}");
         spec.argv = vec![CString::new("/bin/sleep").map_err(err)?, CString::new("3600").map_err(err)?];
-        let mut cg = Cgroup::for_container(&spec.name);
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &mut cg, None).map_err(err)?;
+        let cg = Cgroup::for_container(&spec.name);
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut programs, None).map_err(err)?;
         running.push((started, cg));
     }
     // Let every one finish its set-up (report pipe EOF).
@@ -505,10 +510,10 @@ fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     let mut spec = base.clone();
     spec.name = "crashloop".into();
     spec.argv = vec![CString::new("/bin/false").map_err(err)?];
-    let mut cg = Cgroup::for_container(&spec.name);
+    let cg = Cgroup::for_container(&spec.name);
     let t0 = Instant::now();
     for i in 1..=restarts {
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &mut cg, None).map_err(err)?;
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut programs, None).map_err(err)?;
         let status = wait(started.pid)?;
         drop(started);
         if status == 0 {
@@ -712,11 +717,11 @@ fn ns_clone(net: bool) -> Res<Vec<(&'static str, f64)>> {
 /// The cgroup part of cairn's start alone: create it with the limits and
 /// the device program (`Cgroup::create`, as `spawn` does), then remove it.
 fn cgroup_only(spec: &ContainerSpec) -> Res<Vec<(&'static str, f64)>> {
-    // A new value each time: the device program is loaded every time, as
-    // at a container's first start.
-    let mut cg = Cgroup::for_container("bench-cgroup");
+    // A new cache each time: the device program is loaded every time, as
+    // at the first start of the first container.
+    let cg = Cgroup::for_container("bench-cgroup");
     let t0 = Instant::now();
-    cg.create(&spec.limits, &spec.devices).map_err(err)?;
+    cg.create(&spec.limits, &spec.devices, &mut Programs::new()).map_err(err)?;
     let created = now_us(t0);
     cg.remove().map_err(err)?;
     Ok(vec![("created", created), ("reaped", now_us(t0))])

@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use cairn_runtime::devices::Programs;
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::spec::{ContainerSpec, NetAttach, Network};
@@ -177,8 +178,8 @@ struct Running {
 }
 
 fn start(spec: &ContainerSpec, filter: Option<&Filter>) -> Res<Running> {
-    let mut cgroup = Cgroup::for_container(&spec.name);
-    let started = cairn_runtime::spawn(spec, filter, &mut cgroup, None).map_err(err)?;
+    let cgroup = Cgroup::for_container(&spec.name);
+    let started = cairn_runtime::spawn(spec, filter, &cgroup, &mut Programs::new(), None).map_err(err)?;
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.

@@ -223,19 +223,20 @@ fn set_up() -> Result<(), String> {
 pub fn run(
     spec: &cairn_runtime::spec::ContainerSpec,
     filter: Option<&cairn_runtime::seccomp::Filter>,
-    cgroup: &mut cairn_runtime::Cgroup,
+    cgroup: &cairn_runtime::Cgroup,
+    programs: &mut cairn_runtime::devices::Programs,
     rounds: usize,
 ) -> Result<(), String> {
     set_up()?;
     let me = std::process::id();
     println!("bench-info trace-rounds={rounds} trace-clock=global");
     // One start unmeasured first (page cache, first-use costs).
-    crate::cairn_start(spec, filter, cgroup)?;
+    crate::cairn_start(spec, filter, cgroup, programs)?;
     for round in 0..rounds {
         control("trace", "")?;
         control("tracing_on", "1")?;
         control("trace_marker", "start")?;
-        let traced = crate::cairn_start(spec, filter, cgroup);
+        let traced = crate::cairn_start(spec, filter, cgroup, programs);
         control("trace_marker", "end")?;
         control("tracing_on", "0")?;
         let text = std::fs::read_to_string(format!("{TRACEFS}/trace")).map_err(|e| format!("trace: {e}"))?;
@@ -263,7 +264,7 @@ pub fn run(
                 println!("bench-trace {}", line.trim());
             }
         }
-        match crate::cairn_start(spec, filter, cgroup) {
+        match crate::cairn_start(spec, filter, cgroup, programs) {
             Ok(metrics) => {
                 for (metric, us) in metrics {
                     println!("bench-sample untraced {metric} {us:.0}");

@@ -23,6 +23,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::resolve::SpecError;
 use cairn_format::manifest::MAX_CONTAINERS;
+use cairn_runtime::devices::Programs;
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup, SpawnError};
 use cairn_runtime::sys::SysError;
@@ -129,6 +130,9 @@ struct Io {
     units: Vec<Unit>,
     /// inotify on the containers' `memory.events` (live OOM events).
     oom: Option<OwnedFd>,
+    /// Device programs loaded so far, shared by every container with the
+    /// same rules (most have the defaults).
+    programs: Programs,
 }
 
 impl Effects for Io {
@@ -144,7 +148,7 @@ impl Effects for Io {
         u.oom_baseline = u.cgroup.oom_kills();
         u.oom_seen = u.oom_baseline;
         let spec = with_restart_count(spec, restarts);
-        match spawn(&spec, u.filter.as_ref(), &mut u.cgroup, join) {
+        match spawn(&spec, u.filter.as_ref(), &u.cgroup, &mut self.programs, join) {
             Ok(started) => {
                 // The cgroup exists now (it is kept across runs: the same
                 // file, the same watch).
@@ -438,7 +442,7 @@ impl Supervisor {
         let (units, descs): (Vec<Unit>, Vec<UnitDesc>) = units.into_iter().unzip();
         Self {
             machine: Machine::new(descs, order, start_timeout),
-            io: Io { units, oom: oom_inotify() },
+            io: Io { units, oom: oom_inotify(), programs: Programs::new() },
             signals,
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),

@@ -74,16 +74,12 @@ pub fn flat_key(text: &str, key: &str) -> Option<u64> {
 pub struct Cgroup {
     /// Absolute directory.
     pub path: String,
-    /// The device program of the last [`Cgroup::create`], kept loaded: the
-    /// next start attaches it again without loading it, unless the rules
-    /// changed (a device node with new numbers).
-    program: Option<crate::devices::Program>,
 }
 
 impl Cgroup {
     /// The cgroup at `path` (absolute).
     pub fn at(path: &str) -> Self {
-        Self { path: path.into(), program: None }
+        Self { path: path.into() }
     }
 
     /// Path of the cgroup for a container name.
@@ -93,20 +89,20 @@ impl Cgroup {
 
     /// Create it (if needed), write the limits and attach the device
     /// program: the defaults plus each of `devices`, by the type and
-    /// numbers of its host node. The program is loaded at the first start
-    /// and kept for the next ones.
-    pub fn create(&mut self, limits: &Limits, devices: &[Device]) -> SysResult<()> {
+    /// numbers of its host node, from `programs` (loaded there the first
+    /// time these rules are asked for).
+    pub fn create(
+        &self,
+        limits: &Limits,
+        devices: &[Device],
+        programs: &mut crate::devices::Programs,
+    ) -> SysResult<()> {
         sys::mkdir(&self.path, 0o755)?;
         let mut rules = crate::devices::default_rules();
         for d in devices {
             rules.push(crate::devices::rule_for(&d.host)?);
         }
-        let program = match self.program.take() {
-            Some(p) if p.rules() == rules.as_slice() => p,
-            _ => crate::devices::Program::load(&rules, &self.path)?,
-        };
-        program.attach(&self.open_dir()?, &self.path)?;
-        self.program = Some(program);
+        programs.get(&rules, &self.path)?.attach(&self.open_dir()?, &self.path)?;
         for (file, value) in limit_writes(limits) {
             self.write(file, &value)?;
         }

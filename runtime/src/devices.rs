@@ -177,10 +177,8 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-/// A device program loaded into the kernel, kept to be attached to any
-/// number of cgroups (or to one cgroup again at every start): loading runs
-/// the verifier and the JIT, a cost worth paying once per container rather
-/// than at every start.
+/// A device program loaded into the kernel, to be attached to any number
+/// of cgroups (or to one cgroup again at every start).
 #[derive(Debug)]
 pub struct Program {
     /// The rules it was made from.
@@ -257,6 +255,56 @@ impl Program {
             return Err(SysError { op: "bpf attach device program", arg: name.into(), errno: sys::errno() });
         }
         Ok(())
+    }
+}
+
+/// Device programs loaded so far, by their rules: loading runs the
+/// verifier and the JIT (10 to 20 ms under emulation), a cost paid once per
+/// rule set, not at every start of every container. Most containers have
+/// the default rules and share one program.
+#[derive(Debug, Default)]
+pub struct Programs {
+    /// Oldest first.
+    loaded: Vec<Program>,
+}
+
+impl Programs {
+    /// At most this many are kept loaded (the oldest goes first): a device
+    /// node that comes back with new numbers makes a new rule set, and the
+    /// old ones must not pile up. A manifest has at most 16 containers.
+    pub const KEPT: usize = 32;
+
+    /// No program loaded yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The program for `rules`, loaded now if it is not yet (`name` is
+    /// what a load error names). Dropping one from the cache does not
+    /// detach it from a cgroup: the cgroup holds its own reference.
+    pub fn get(&mut self, rules: &[Rule], name: &str) -> SysResult<&Program> {
+        let at = match self.loaded.iter().position(|p| p.rules() == rules) {
+            Some(i) => i,
+            None => {
+                let program = Program::load(rules, name)?;
+                if self.loaded.len() >= Self::KEPT {
+                    self.loaded.remove(0);
+                }
+                self.loaded.push(program);
+                self.loaded.len() - 1
+            }
+        };
+        self.loaded.get(at).ok_or(SysError { op: "device program cache", arg: name.into(), errno: libc::ENOENT })
+    }
+
+    /// How many are loaded.
+    pub fn len(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty()
     }
 }
 
@@ -366,5 +414,29 @@ mod tests {
         assert_eq!(rule_for("/dev/null"), Ok(Rule { kind: Kind::Char, major: 1, minor: Some(3) }));
         assert_eq!(rule_for("/").map_err(|e| e.errno), Err(libc::ENOTBLK));
         assert_eq!(rule_for("/nonexistent").map_err(|e| e.errno), Err(libc::ENOENT));
+    }
+
+    /// Loads real programs (root; skipped where bpf(2) is refused).
+    #[test]
+    fn programs_load_once_per_rule_set_and_keep_at_most_kept() {
+        let mut p = Programs::new();
+        let defaults = default_rules();
+        match p.get(&defaults, "test") {
+            Ok(_) => {}
+            Err(e) if e.errno == libc::EPERM || e.errno == libc::ENOSYS => return,
+            Err(e) => panic!("{e}"),
+        }
+        let fd = p.get(&defaults, "test").map(|x| x.fd.as_raw_fd()).unwrap();
+        assert_eq!(p.len(), 1, "the same rules load once");
+        assert_eq!(p.get(&defaults, "test").map(|x| x.fd.as_raw_fd()).unwrap(), fd);
+        let disk = |minor| Rule { kind: Kind::Block, major: 254, minor: Some(minor) };
+        let with_disk = [defaults.clone(), vec![disk(0)]].concat();
+        p.get(&with_disk, "test").unwrap();
+        assert_eq!(p.len(), 2);
+        for minor in 1..=Programs::KEPT as u32 {
+            p.get(&[defaults.clone(), vec![disk(minor)]].concat(), "test").unwrap();
+        }
+        assert_eq!(p.len(), Programs::KEPT, "the oldest are dropped");
+        assert!(p.loaded.iter().all(|x| x.rules() != defaults.as_slice()), "the oldest went first");
     }
 }

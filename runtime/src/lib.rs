@@ -16,7 +16,7 @@
 mod bridge;
 pub mod cgroup;
 mod console;
-mod devices;
+pub mod devices;
 pub mod exec;
 mod exit;
 mod identity;

@@ -118,15 +118,17 @@ pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Fil
     crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map(Some).map_err(SpawnError::Seccomp)
 }
 
-/// Start the container described by `spec` in `cgroup`. `join_net` is the
-/// host pid of the container whose network namespace it joins, if any.
+/// Start the container described by `spec` in `cgroup`, whose device
+/// program comes from `programs`. `join_net` is the host pid of the
+/// container whose network namespace it joins, if any.
 ///
 /// Must be called from a single-threaded process: the child continues as a
 /// copy of the caller (like fork) and must not find locks held by others.
 pub fn spawn(
     spec: &ContainerSpec,
     filter: Option<&crate::seccomp::Filter>,
-    cgroup: &mut Cgroup,
+    cgroup: &Cgroup,
+    programs: &mut crate::devices::Programs,
     join_net: Option<libc::pid_t>,
 ) -> Result<Started, SpawnError> {
     let mut flags = NAMESPACES | CLONE_INTO_CGROUP;
@@ -142,7 +144,7 @@ pub fn spawn(
         flags |= libc::CLONE_NEWUSER as u64;
     }
     sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
-    cgroup.create(&spec.limits, &spec.devices).map_err(SpawnError::Cgroup)?;
+    cgroup.create(&spec.limits, &spec.devices, programs).map_err(SpawnError::Cgroup)?;
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
