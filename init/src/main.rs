@@ -213,6 +213,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
     let ready = volumes::prepare(m);
     let bridges = networks::prepare(m);
+    let mut filters = cairn_runtime::spawn::Filters::new();
     let units = m
         .containers
         .iter()
@@ -232,7 +233,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 .and_then(|s| volumes::attach(s, c, &ready))
                 .and_then(|s| networks::attach(s, m, c, &bridges))
                 .map_err(Into::into);
-            let mut unit = Unit::new(&c.name, spec).with_log_size(c.log_size);
+            let mut unit = Unit::new(&c.name, spec, &mut filters).with_log_size(c.log_size);
             if let Some(h @ manifest::HealthCheck { probe: manifest::HealthProbe::Command(argv), .. }) = &c.health {
                 unit = unit.with_probe(argv, std::time::Duration::from_millis(h.timeout_ms.into()));
             }

@@ -16,6 +16,7 @@
 //! waiting or in backoff are stopped, set-ups under way are killed.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -25,7 +26,7 @@ use crate::resolve::SpecError;
 use cairn_format::manifest::MAX_CONTAINERS;
 use cairn_runtime::devices::Programs;
 use cairn_runtime::seccomp::Filter;
-use cairn_runtime::spawn::{self as spawning, Setup, SpawnError};
+use cairn_runtime::spawn::{self as spawning, Filters, Setup, SpawnError};
 use cairn_runtime::sys::SysError;
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
@@ -69,8 +70,9 @@ pub struct Unit {
     console: Option<Tap>,
     /// From a spawn until the core announces the start.
     fresh_output: Option<(Tap, Option<String>)>,
-    /// Its seccomp filter, compiled once for every start.
-    filter: Option<Filter>,
+    /// Its seccomp filter, compiled once for every start (and shared with
+    /// the containers compiled from the same inputs).
+    filter: Option<Rc<Filter>>,
     /// While starting: the read end of its report pipe (non-blocking).
     report: Option<OwnedFd>,
     /// Its newest output lines (kept across restarts).
@@ -82,9 +84,11 @@ pub struct Unit {
 }
 
 impl Unit {
-    /// A unit; `spec` is an error when it can never start.
-    pub fn new(name: &str, spec: Result<ContainerSpec, UnitError>) -> Self {
-        let compiled = spec.and_then(|s| match spawn::seccomp_filter(&s) {
+    /// A unit; `spec` is an error when it can never start. Its seccomp
+    /// filter comes from `filters` (compiled there unless an earlier unit
+    /// had the same inputs).
+    pub fn new(name: &str, spec: Result<ContainerSpec, UnitError>, filters: &mut Filters) -> Self {
+        let compiled = spec.and_then(|s| match filters.get(&s) {
             Ok(f) => Ok((s, f)),
             Err(e) => Err(UnitError::Seccomp(e)),
         });
@@ -148,7 +152,7 @@ impl Effects for Io {
         u.oom_baseline = u.cgroup.oom_kills();
         u.oom_seen = u.oom_baseline;
         let spec = with_restart_count(spec, restarts);
-        match spawn(&spec, u.filter.as_ref(), &u.cgroup, &mut self.programs, join) {
+        match spawn(&spec, u.filter.as_deref(), &u.cgroup, &mut self.programs, join) {
             Ok(started) => {
                 // The cgroup exists now (it is kept across runs: the same
                 // file, the same watch).
@@ -221,7 +225,7 @@ impl Effects for Io {
         let why = match (&u.spec, &u.probe) {
             (Ok(spec), Some((argv, timeout))) if !argv.is_empty() => {
                 let target =
-                    crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
+                    crate::exec::Target { name: &u.name, spec, filter: u.filter.as_deref(), cgroup: &u.cgroup, pid };
                 match crate::probe::start(&target, argv, *timeout) {
                     Ok(running) => {
                         u.probing = Some(running);
@@ -950,7 +954,7 @@ impl Supervisor {
     ) -> String {
         let Some(u) = self.io.units.get(unit) else { return "error no such container".into() };
         let Ok(spec) = &u.spec else { return "error it cannot start".into() };
-        let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_ref(), cgroup: &u.cgroup, pid };
+        let target = crate::exec::Target { name: &u.name, spec, filter: u.filter.as_deref(), cgroup: &u.cgroup, pid };
         crate::exec::fork_helper(conn, conn.caller.name(), &target, argv, opts)
     }
 

@@ -748,7 +748,7 @@ fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::{Device, Limits};
 
@@ -756,7 +756,8 @@ mod tests {
         Device { path: path.into(), host: "/dev/vda9".into(), mode: 0o600 }
     }
 
-    fn spec(control: bool) -> ContainerSpec {
+    /// A container spec for tests (also the runtime's other modules').
+    pub(crate) fn spec(control: bool) -> ContainerSpec {
         ContainerSpec {
             name: "web".into(),
             layer_dirs: vec!["/run/cairn/layers/aa".into(), "/run/cairn/layers/bb".into()],

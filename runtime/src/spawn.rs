@@ -118,6 +118,60 @@ pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Fil
     crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map(Some).map_err(SpawnError::Seccomp)
 }
 
+/// Seccomp filters compiled so far, by what they are compiled from (the
+/// deny list, the user namespace rule, the capabilities): containers that
+/// agree on those share one filter. Compiling takes milliseconds under
+/// emulation; most containers of a manifest have the defaults.
+#[derive(Debug, Default)]
+pub struct Filters {
+    compiled: Vec<(FilterInputs, std::rc::Rc<crate::seccomp::Filter>)>,
+}
+
+/// What a filter is compiled from.
+#[derive(Debug, PartialEq, Eq)]
+struct FilterInputs {
+    deny: Vec<String>,
+    allow_userns: bool,
+    capabilities: u64,
+}
+
+impl Filters {
+    /// None compiled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The filter `spec` asks for (see [`seccomp_filter`]), compiled now
+    /// unless a spec with the same inputs asked before.
+    pub fn get(&mut self, spec: &ContainerSpec) -> Result<Option<std::rc::Rc<crate::seccomp::Filter>>, SpawnError> {
+        if !spec.seccomp {
+            return Ok(None);
+        }
+        let inputs = FilterInputs {
+            deny: spec.seccomp_deny.clone(),
+            allow_userns: spec.allow_userns,
+            capabilities: spec.capabilities,
+        };
+        if let Some((_, f)) = self.compiled.iter().find(|(i, _)| *i == inputs) {
+            return Ok(Some(f.clone()));
+        }
+        let Some(filter) = seccomp_filter(spec)? else { return Ok(None) };
+        let filter = std::rc::Rc::new(filter);
+        self.compiled.push((inputs, filter.clone()));
+        Ok(Some(filter))
+    }
+
+    /// How many distinct filters were compiled.
+    pub fn len(&self) -> usize {
+        self.compiled.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.compiled.is_empty()
+    }
+}
+
 /// Start the container described by `spec` in `cgroup`, whose device
 /// program comes from `programs`. `join_net` is the host pid of the
 /// container whose network namespace it joins, if any.
@@ -333,4 +387,37 @@ fn child(
         sys::exit_now(SETUP_FAILED);
     }
     nsinit::run(spec, sync, filter, Some(exits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_shared_by_specs_with_the_same_inputs() {
+        let mut f = Filters::new();
+        let a = crate::rootfs::tests::spec(false);
+        let fa = f.get(&a).unwrap().unwrap();
+        let mut b = crate::rootfs::tests::spec(true);
+        b.name = "other".into();
+        let fb = f.get(&b).unwrap().unwrap();
+        assert!(std::rc::Rc::ptr_eq(&fa, &fb), "same deny list, userns rule and capabilities: one filter");
+        assert_eq!(f.len(), 1);
+        let mut c = a.clone();
+        c.capabilities = 1 << 21;
+        let fc = f.get(&c).unwrap().unwrap();
+        assert!(!std::rc::Rc::ptr_eq(&fa, &fc), "CAP_SYS_ADMIN opens syscalls: another filter");
+        assert_ne!(fa.len(), fc.len());
+        let mut d = a.clone();
+        d.seccomp_deny = vec!["uname".into()];
+        f.get(&d).unwrap().unwrap();
+        let mut e = a.clone();
+        e.allow_userns = true;
+        f.get(&e).unwrap().unwrap();
+        assert_eq!(f.len(), 4);
+        let mut none = a.clone();
+        none.seccomp = false;
+        assert!(f.get(&none).unwrap().is_none());
+        assert_eq!(f.len(), 4);
+    }
 }

@@ -17,8 +17,13 @@ pub fn fake_boot_kit(d: &Path, board: &str) {
     let board = cairn_board::by_name(board).unwrap();
     let modules = d.join("kernel/lib/modules/6.1.0-test");
     std::fs::create_dir_all(modules.join("kernel")).unwrap();
-    let builtin: String =
-        board.modules().iter().chain(board.netfilter_modules()).map(|m| format!("kernel/x/{m}.ko\n")).collect();
+    let builtin: String = board
+        .modules()
+        .iter()
+        .chain(board.network_modules())
+        .chain(board.netfilter_modules())
+        .map(|m| format!("kernel/x/{m}.ko\n"))
+        .collect();
     std::fs::write(modules.join("modules.builtin"), builtin).unwrap();
     std::fs::create_dir_all(d.join("kernel/boot")).unwrap();
     std::fs::write(d.join("kernel/boot/vmlinuz-6.1.0-test"), tiny_pe(b"kernel")).unwrap();
