@@ -223,9 +223,13 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
             Row::new("start -> exec", ms("cairn", "exec")),
             Row::new("start -> reaped", ms("cairn", "reaped")),
             Row::new("cgroup rmdir after", ms("cairn", "cleanup")),
+            Row::new("cold: start -> reaped", ms("cairn-cold", "reaped")),
         ],
         subject: None,
-        notes: vec!["crun and runc do not report their exec moment; their cgroup removal is inside their time".into()],
+        notes: vec![
+            "crun and runc do not report their exec moment; their cgroup removal is inside their time".into(),
+            "cold: the device program loaded at every start (a boot's first start; every start before 2026-12-03), where cairn-init loads it once per rule set".into(),
+        ],
     };
     let parts = Group {
         name: "container-start-parts".into(),
@@ -240,7 +244,7 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
         subject: None,
         notes: vec![
             "clone3 rows: cairn's namespaces (mount, pid, uts, ipc, cgroup, and net or not), execve true at once, waitpid: no rootfs, no cgroup".into(),
-            "cgroup rows: Cgroup::create with the bench limits and the default device program, as spawn() does".into(),
+            "cgroup rows: Cgroup::create with the bench limits and the default device program, loaded every time (as at a first start)".into(),
         ],
     };
     let mut out = vec![start, detail, parts];
