@@ -65,8 +65,13 @@ fn main() {
     #[cfg(feature = "test-hooks")]
     let start = start.kv("test_hooks", "on");
     start.emit();
+    // The boot modules first, from the initramfs: the disk controller
+    // probes while the rest of the boot goes on, and their files are not
+    // copied out of the initramfs (nothing reads them again).
+    let modules = modules::load_all();
+    event("modules.done").kv("failed", modules.failed).emit();
     if switch_root::on_initramfs() {
-        match switch_root::switch() {
+        match switch_root::switch(&modules.files) {
             Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
             Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
@@ -101,8 +106,6 @@ fn main() {
     for word in &cmdline.ignored {
         event("cmdline.ignored").kv("word", word).emit();
     }
-    let failed = modules::load_all();
-    event("modules.done").kv("failed", failed).emit();
     // Armed from here on: petted by the boot's long waits and the
     // supervisor's loop, left armed across reboot (docs/design.md).
     watchdog::arm(&cmdline);

@@ -16,26 +16,39 @@ pub const NETWORKS_ORDER: &str = "/lib/modules/load-order-networks";
 /// dependencies, in load order, none of them also in [`LOAD_ORDER`].
 pub const NETFILTER_ORDER: &str = "/lib/modules/load-order-netfilter";
 
-/// Load every listed module. Returns how many failed; each failure is an
-/// event. A module already loaded (EEXIST) counts as loaded; one whose
-/// init says ENODEV (nothing for it on this machine: efivarfs without UEFI
-/// firmware, a controller the board does not have) is `module.skipped`,
-/// not a failure.
-pub fn load_all() -> usize {
-    load_list(LOAD_ORDER)
+/// What loading one list did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// How many failed (each was `module.failed`).
+    pub failed: usize,
+    /// The files of the list, loaded or not: nothing reads them again.
+    pub files: Vec<String>,
+}
+
+/// Load every listed module. A module already loaded (EEXIST) counts as
+/// loaded; one whose init says ENODEV (nothing for it on this machine:
+/// efivarfs without UEFI firmware, a controller the board does not have)
+/// is `module.skipped`, not a failure; each failure is an event.
+pub fn load_all() -> Loaded {
+    load_files(LOAD_ORDER)
 }
 
 /// Load every module listed in `order` (see [`load_all`]); a list that is
-/// not there is `modules.none` and no failure.
+/// not there is `modules.none` and no failure. Returns how many failed.
 pub fn load_list(order: &str) -> usize {
+    load_files(order).failed
+}
+
+fn load_files(order: &str) -> Loaded {
     let list = match std::fs::read_to_string(order) {
         Ok(l) => l,
         Err(e) => {
             event("modules.none").kv("path", order).kv("error", e).emit();
-            return 0;
+            return Loaded::default();
         }
     };
     let mut failed = 0;
+    let mut files = Vec::new();
     for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = format!("/lib/modules/{name}");
         match load(&path) {
@@ -49,8 +62,9 @@ pub fn load_list(order: &str) -> usize {
                 event("module.failed").kv("name", name).kv("error", e).emit();
             }
         }
+        files.push(path);
     }
-    failed
+    Loaded { failed, files }
 }
 
 fn load(path: &str) -> sys::SysResult<()> {

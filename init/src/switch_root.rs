@@ -2,7 +2,10 @@
 //! mount, and pivot_root(2) refuses to move such a root, so containers could
 //! not pivot. Like `switch_root`, cairn-init copies the initramfs into a
 //! tmpfs, frees the original files, moves the tmpfs over `/` and chroots
-//! into it. From then on every mount namespace's root has a parent.
+//! into it. From then on every mount namespace's root has a parent. The
+//! boot modules are loaded before, from the initramfs, and not copied:
+//! nothing reads them again, and the tmpfs would hold them for the
+//! device's life.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -24,12 +27,14 @@ pub fn on_initramfs() -> bool {
     t == RAMFS_MAGIC || t == TMPFS_MAGIC
 }
 
-/// Copy the initramfs into a tmpfs and make that the root. Returns the
-/// number of bytes copied.
-pub fn switch() -> SysResult<u64> {
+/// Copy the initramfs into a tmpfs, except the files in `left` (absolute
+/// paths: the boot modules, loaded already), and make that the root.
+/// Returns the number of bytes copied.
+pub fn switch(left: &[String]) -> SysResult<u64> {
     sys::mkdir(NEW_ROOT, 0o755)?;
     sys::mount("new root tmpfs", Some("rootfs"), NEW_ROOT, Some("tmpfs"), libc::MS_NOSUID, Some("mode=0755,size=64m"))?;
-    let copied = copy_tree(Path::new("/"), Path::new(NEW_ROOT))?;
+    let left: Vec<&Path> = left.iter().map(Path::new).collect();
+    let copied = copy_tree(Path::new("/"), Path::new(NEW_ROOT), &left)?;
     remove_tree(Path::new("/"));
     sys::chdir(NEW_ROOT)?;
     sys::mount("move new root", Some("."), "/", None, libc::MS_MOVE, None)?;
@@ -42,12 +47,12 @@ fn err(op: &'static str, p: &Path, e: std::io::Error) -> SysError {
     SysError { op, arg: p.display().to_string(), errno: e.raw_os_error().unwrap_or(libc::EIO) }
 }
 
-fn copy_tree(from: &Path, to: &Path) -> SysResult<u64> {
+fn copy_tree(from: &Path, to: &Path, left: &[&Path]) -> SysResult<u64> {
     let mut total = 0;
     for entry in fs::read_dir(from).map_err(|e| err("read_dir", from, e))? {
         let entry = entry.map_err(|e| err("read_dir", from, e))?;
         let src = entry.path();
-        if src == Path::new(NEW_ROOT) {
+        if src == Path::new(NEW_ROOT) || left.contains(&src.as_path()) {
             continue;
         }
         let dst = to.join(entry.file_name());
@@ -57,7 +62,7 @@ fn copy_tree(from: &Path, to: &Path) -> SysResult<u64> {
         if ft.is_dir() {
             fs::create_dir_all(&dst).map_err(|e| err("mkdir", &dst, e))?;
             fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", &dst, e))?;
-            total += copy_tree(&src, &dst)?;
+            total += copy_tree(&src, &dst, left)?;
         } else if ft.is_file() {
             total += fs::copy(&src, &dst).map_err(|e| err("copy", &src, e))?;
         } else if ft.is_symlink() {

@@ -32,11 +32,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         check(&run, bus, app.layers.len()).with_context(|| format!("booting from {} (console {log})", bus.name()))?;
         let c = &run.console;
         eprintln!(
-            "nvme-ahci: {} from {}: modules {:.2}s (boot.netns -> modules.done), partitions found at t={:.2}s, \
+            "nvme-ahci: {} from {}: modules {:.2}s (boot.start -> modules.done), partitions found at t={:.2}s, \
              containers at t={:.2}s, QEMU {:.1}s",
             ctx.board.name,
             bus.name(),
-            t(c.first("modules.done", &[])) - t(c.first("boot.netns", &[])),
+            t(c.first("modules.done", &[])) - t(c.first("boot.start", &[])),
             t(c.first("partitions.found", &[])),
             t(c.first("container.started", &[("name", "driver")])),
             run.elapsed.as_secs_f64()

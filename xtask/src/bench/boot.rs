@@ -124,9 +124,9 @@ pub fn firmware(b: &'static Board, art: &Artifacts, disk: &Path, runs: usize, lo
 /// milestone present to its own; missing milestones are skipped.
 pub const MILESTONES: &[(&str, &str, bool)] = &[
     ("kernel -> cairn /init", "boot.start", false),
+    ("modules", "modules.done", false),
     ("leave initramfs", "rootfs.switched", false),
     ("cgroups", "cgroups.ready", false),
-    ("modules", "modules.done", false),
     ("partitions", "partitions.found", false),
     ("boot state", "bootstate.read", false),
     ("manifest verify", "manifest.verified", false),
@@ -259,9 +259,9 @@ mod tests {
         let ev = |e: &str, t: f64| (e.to_owned(), t);
         let events = [
             ev("boot.start", 2.0),
-            ev("rootfs.switched", 2.5),
-            ev("module.loaded", 2.6),
-            ev("modules.done", 3.0),
+            ev("module.loaded", 2.1),
+            ev("modules.done", 2.5),
+            ev("rootfs.switched", 3.0),
             ev("manifest.verified", 3.25),
             ev("layer.mounted", 3.5),
             ev("layer.mounted", 4.0),
@@ -275,8 +275,8 @@ mod tests {
             names,
             [
                 "kernel -> cairn /init",
-                "leave initramfs",
                 "modules",
+                "leave initramfs",
                 "manifest verify",
                 "layer mounts (verify)",
                 "to container start",
