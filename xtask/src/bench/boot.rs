@@ -201,7 +201,10 @@ pub fn overhead(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path)
             .with_context(|| format!("the bare init printed no bench-hello (console: {})", log.display()))?;
         bare.push(t);
 
-        let cmd = qemu::command(b, &art.boot, &disk, "");
+        // QEMU's -kernel, like the bare init (the disk has no boot slot:
+        // through the firmware it would stop in the UEFI shell).
+        let opts = qemu::BootOptions { direct_kernel: true, ..qemu::BootOptions::default() };
+        let cmd = qemu::command_with(b, &art.boot, &disk, &opts);
         let log = dir.join(format!("cairn-{i}.log"));
         let run = qemu::capture(cmd, &log, Duration::from_secs(180), &stop)?;
         let t = console_hello(&run.console)
