@@ -194,6 +194,9 @@ fn add(out: &mut BTreeMap<String, f64>, name: &str, begin: f64, end: f64, from: 
 /// Where tracefs is mounted in the guest.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Pause before each start, traced or not (ms).
+const SETTLE_MS: u64 = 300;
+
 /// Write one tracefs control file.
 fn control(file: &str, value: &str) -> Result<(), String> {
     std::fs::write(format!("{TRACEFS}/{file}"), value).map_err(|e| format!("{TRACEFS}/{file} <- {value}: {e}"))
@@ -233,6 +236,7 @@ pub fn run(
     // One start unmeasured first (page cache, first-use costs).
     crate::cairn_start(spec, filter, cgroup, programs)?;
     for round in 0..rounds {
+        std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
         control("trace", "")?;
         control("tracing_on", "1")?;
         control("trace_marker", "start")?;
@@ -264,6 +268,9 @@ pub fn run(
                 println!("bench-trace {}", line.trim());
             }
         }
+        // Let the console drain what was just printed: the serial port
+        // under emulation would slow the next start.
+        std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
         match crate::cairn_start(spec, filter, cgroup, programs) {
             Ok(metrics) => {
                 for (metric, us) in metrics {

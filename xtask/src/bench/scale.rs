@@ -54,7 +54,9 @@ pub fn boot(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path) -> 
     let mut spread: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
     for i in 0..runs.max(1) {
         for (k, (n, disk)) in counts.iter().zip(&disks).enumerate() {
-            let cmd = qemu::command(b, &art.boot, disk, "");
+            // QEMU's -kernel: the disk has no boot slot for the firmware.
+            let opts = qemu::BootOptions { direct_kernel: true, ..qemu::BootOptions::default() };
+            let cmd = qemu::command_with(b, &art.boot, disk, &opts);
             let log = dir.join(format!("scale-{n}-{i}.log"));
             let run = qemu::capture(cmd, &log, Duration::from_secs(240), &|c| {
                 c.first("boot.containers-started", &[]).is_some()
