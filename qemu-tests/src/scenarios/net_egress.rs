@@ -54,9 +54,11 @@ fn exchange_udp(port: u16) -> String {
 
 /// Connect to 127.0.0.1:`port`, send `hello`, read the answer; retried
 /// for up to 30 s (QEMU accepts at once and closes if the guest does not
-/// answer yet). Only ever the host's loopback.
-fn exchange(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// answer yet). Only ever the host's loopback. Each failed attempt is
+/// told to `tried` (for the failure message).
+fn exchange(port: u16, tried: &dyn Fn(String)) -> String {
+    let begun = Instant::now();
+    let deadline = begun + Duration::from_secs(30);
     let mut last = String::from("never tried");
     while Instant::now() < deadline {
         let got = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
@@ -71,6 +73,7 @@ fn exchange(port: u16) -> String {
             Ok(_) => last = "closed without an answer".into(),
             Err(e) => last = e.to_string(),
         }
+        tried(format!("{last} after {:.1}s", begun.elapsed().as_secs_f64()));
         std::thread::sleep(Duration::from_millis(300));
     }
     format!("no answer: {last}")
@@ -99,6 +102,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // Once the uplink is up and a listener is, the harness connects to it
     // (from a thread: the console keeps being read meanwhile).
     let replies: Arc<Mutex<Vec<(&'static str, String)>>> = Arc::default();
+    // Failed attempts, for the failure message.
+    let attempts: Arc<Mutex<Vec<(&'static str, String)>>> = Arc::default();
     let started: Mutex<Vec<&'static str>> = Mutex::default();
     let watch = |c: &Console| {
         let up = c.first("net-up", &[("iface", "eth0")]).is_some();
@@ -108,8 +113,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             if up && !s.contains(&name) && c.first(listening, &[("name", name)]).is_some() {
                 s.push(name);
                 let r = replies.clone();
+                let a = attempts.clone();
                 std::thread::spawn(move || {
-                    let reply = if udp { exchange_udp(port) } else { exchange(port) };
+                    let tried = |what: String| {
+                        if let Ok(mut v) = a.lock() {
+                            v.push((name, what));
+                        }
+                    };
+                    let reply = if udp { exchange_udp(port) } else { exchange(port, &tried) };
                     if let Ok(mut v) = r.lock() {
                         v.push((name, reply));
                     }
@@ -147,12 +158,26 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // Published: the harness reached web through the device's port.
     let replies = replies.lock().map(|v| v.clone()).unwrap_or_default();
     let reply = |name: &str| replies.iter().find(|(n, _)| *n == name).map(|(_, r)| r.clone());
-    ensure!(reply("web").as_deref() == Some("pong"), "harness -> 18080 -> web: {:?}", reply("web"));
+    let tried = |name: &str| -> Vec<String> {
+        let v = attempts.lock().map(|v| v.clone()).unwrap_or_default();
+        v.into_iter().filter(|(n, _)| *n == name).map(|(_, w)| w).collect()
+    };
+    ensure!(
+        reply("web").as_deref() == Some("pong"),
+        "harness -> 18080 -> web: {:?} (failed attempts: {:?})",
+        reply("web"),
+        tried("web")
+    );
     c.expect("net-accepted", &[("name", "web"), ("msg", "hello")])?;
     ensure!(reply("dns").as_deref() == Some("pong"), "harness -> udp 15353 -> dns: {:?}", reply("dns"));
     c.expect("net-udp-got", &[("name", "dns"), ("msg", "hello")])?;
     // The device's own service answers the harness over the uplink.
-    ensure!(reply("devsvc").as_deref() == Some("pong"), "harness -> device:7070: {:?}", reply("devsvc"));
+    ensure!(
+        reply("devsvc").as_deref() == Some("pong"),
+        "harness -> device:7070: {:?} (failed attempts: {:?})",
+        reply("devsvc"),
+        tried("devsvc")
+    );
     c.expect("net-accepted", &[("name", "devsvc"), ("msg", "hello")])?;
 
     // The table is PID 1's: not even CAP_NET_ADMIN in its namespace may
