@@ -146,18 +146,15 @@ pub struct Board {
 /// the firmware's variables; and the quota format of the data partition's
 /// project quotas (`quota_v2`: without it an ext4 with the `quota`
 /// feature does not mount read-write).
-pub const SYSTEM_MODULES: &[&str] = &[
-    "squashfs",
-    "overlay",
-    "dm_mod",
-    "dm_verity",
-    "vfat",
-    "nls_cp437",
-    "nls_ascii",
-    "nls_utf8",
-    "efivarfs",
-    "quota_v2",
-];
+pub const SYSTEM_MODULES: &[&str] =
+    &["squashfs", "overlay", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "quota_v2"];
+
+/// Modules every board carries for the firmware's variables (efivarfs).
+/// The init loads them only where the kernel found UEFI firmware
+/// (`/sys/firmware/efi`): elsewhere (a boot by QEMU's `-kernel`, a board
+/// whose loader is not UEFI) efivarfs's init fails with ENODEV, which
+/// took 68 ms of an emulated boot.
+pub const EFI_MODULES: &[&str] = &["efivarfs"];
 
 /// Modules every board carries for container networks: bridges and veth
 /// pairs (with their dependencies llc and stp). The init loads them only
@@ -187,6 +184,12 @@ impl Board {
     /// firewall ([`NETFILTER_MODULES`]).
     pub fn netfilter_modules(&self) -> &'static [&'static str] {
         NETFILTER_MODULES
+    }
+
+    /// Kernel modules the init loads only on a machine with UEFI firmware
+    /// ([`EFI_MODULES`]).
+    pub fn efi_modules(&self) -> &'static [&'static str] {
+        EFI_MODULES
     }
 
     /// Kernel modules the init loads at boot, by module name: the board's
@@ -315,9 +318,14 @@ mod tests {
                     assert!(all.contains(m), "{}: {} disks need {m}", b.name, bus.name());
                 }
             }
-            for m in ["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs", "squashfs", "overlay", "dm_verity"] {
+            for m in ["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "squashfs", "overlay", "dm_verity"] {
                 assert!(all.contains(&m), "{} lacks {m}", b.name);
             }
+            assert!(
+                !all.contains(&"efivarfs") && b.efi_modules().contains(&"efivarfs"),
+                "{}: efivarfs on demand",
+                b.name
+            );
             // Virtio everywhere: every board also boots in QEMU's defaults.
             assert!(DiskBus::Virtio.drivers().iter().all(|m| all.contains(m)), "{}", b.name);
         }

@@ -179,13 +179,7 @@ pub fn run(cmd: ImageCommand, progress: &Progress, output: &Output) -> Result<()
             progress.step("resolving kernel modules");
             let (version, mod_dir) = kmod::find_module_dir(&kernel)?;
             let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
-            let on_demand = kmod::OnDemand::resolve(
-                &mod_dir,
-                &version,
-                &modules,
-                board.network_modules(),
-                board.netfilter_modules(),
-            )?;
+            let on_demand = kmod::OnDemand::resolve(&mod_dir, &version, &modules, kmod::Wanted::of(board))?;
 
             progress.step(format!("writing {}", initramfs.display()));
             initramfs::write_with_on_demand(&init, &modules, &on_demand, &trust, &initramfs)?;

@@ -50,9 +50,13 @@ fn loader_var(name: &str) -> Option<String> {
 
 /// Mount efivarfs read-only if the firmware is UEFI (`/sys/firmware/efi`).
 /// Nothing here writes a variable.
+/// Its module is loaded here, only then ([`crate::modules::EFI_ORDER`]).
 pub fn mount_efivars() -> bool {
     if !std::path::Path::new("/sys/firmware/efi").exists() {
         return false;
+    }
+    if std::path::Path::new(crate::modules::EFI_ORDER).exists() {
+        crate::modules::load_list(crate::modules::EFI_ORDER);
     }
     let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     match sys::mount("efivarfs", Some("efivarfs"), EFIVARS, Some("efivarfs"), flags, None) {

@@ -47,8 +47,8 @@ pub fn now_ms() -> u64 {
 /// Bytes of recent events kept for `events --follow` streams.
 pub const EVENTS_SIZE: usize = 16 * 1024;
 
-/// The recent events (PID 1 is single-threaded; the lock only makes the
-/// static sound).
+/// The recent events (PID 1's threads that load modules at boot emit
+/// events too; PID 1 is single-threaded otherwise).
 static EVENTS: std::sync::Mutex<Option<crate::ring::LogRing>> = std::sync::Mutex::new(None);
 
 /// Keep an event line (without its newline) for the event streams.

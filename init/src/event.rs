@@ -104,7 +104,8 @@ struct Console {
     broken: bool,
 }
 
-/// PID 1 is single-threaded; the lock only makes the static sound.
+/// Shared by the threads that load modules at boot (modules.rs); PID 1
+/// is single-threaded otherwise.
 static CONSOLE: Mutex<Console> = Mutex::new(Console { fd: 1, own: None, ring: None, broken: false });
 
 fn with_console<T>(f: impl FnOnce(&mut Console, &mut Ring) -> T) -> T {

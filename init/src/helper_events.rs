@@ -32,7 +32,8 @@ struct Channel {
     partial: Lines,
 }
 
-/// PID 1 is single-threaded; the lock only makes the static sound.
+/// PID 1's threads that load modules at boot emit events too (they are no
+/// helpers: they write the console); PID 1 is single-threaded otherwise.
 static CHANNEL: Mutex<Channel> =
     Mutex::new(Channel { rx: None, tx: None, helper: false, partial: Lines { buf: Vec::new() } });
 

@@ -1,5 +1,15 @@
 //! Kernel modules from the initramfs, loaded in the order the build
 //! resolved (dependencies first), listed in `/lib/modules/load-order`.
+//!
+//! A list is one file name a line; an empty line separates groups that
+//! share no dependency. The groups are loaded at once, on as many threads
+//! as the machine has CPUs (four at most), each group in its order: most
+//! of a module's load is the kernel's own work (copying, relocating,
+//! checking its signature, its init), which runs in parallel. The threads
+//! are joined before loading returns, so PID 1 is single-threaded again
+//! before it forks anything.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cairn_runtime::sys;
 
@@ -15,6 +25,13 @@ pub const NETWORKS_ORDER: &str = "/lib/modules/load-order-networks";
 /// egress, a published port): nf_tables, conntrack, NAT and their
 /// dependencies, in load order, none of them also in [`LOAD_ORDER`].
 pub const NETFILTER_ORDER: &str = "/lib/modules/load-order-netfilter";
+/// Modules loaded only on a machine with UEFI firmware (efivarfs), none of
+/// them also in [`LOAD_ORDER`]; no list when the kernel builds them in.
+pub const EFI_ORDER: &str = "/lib/modules/load-order-efi";
+/// Most threads that load modules at once.
+const MOST_THREADS: usize = 4;
+/// Each loading thread's stack: a path, a syscall and an event line.
+const THREAD_STACK: usize = 64 << 10;
 
 /// What loading one list did.
 #[derive(Debug, Default)]
@@ -47,24 +64,67 @@ fn load_files(order: &str) -> Loaded {
             return Loaded::default();
         }
     };
-    let mut failed = 0;
-    let mut files = Vec::new();
-    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let path = format!("/lib/modules/{name}");
-        match load(&path) {
-            Ok(()) => event("module.loaded").kv("name", name).emit(),
-            Err(e) if e.errno == libc::ENODEV => event("module.skipped")
-                .kv("name", name)
-                .kv("reason", "no device for it on this machine (ENODEV)")
-                .emit(),
-            Err(e) => {
-                failed += 1;
-                event("module.failed").kv("name", name).kv("error", e).emit();
+    let groups = groups(&list);
+    let failed = AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
+    // Each thread takes the next group not taken until none is left.
+    let work = || {
+        while let Some(group) = groups.get(next.fetch_add(1, Ordering::Relaxed)) {
+            for name in group {
+                if !load_one(name) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        files.push(path);
+    };
+    let cpus = sys::cpus();
+    let helpers = cpus.min(MOST_THREADS).min(groups.len()).saturating_sub(1);
+    std::thread::scope(|s| {
+        for _ in 0..helpers {
+            // A thread that cannot start leaves its share to the others.
+            if std::thread::Builder::new().stack_size(THREAD_STACK).spawn_scoped(s, work).is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    let files = groups.iter().flatten().map(|name| format!("/lib/modules/{name}")).collect();
+    Loaded { failed: failed.into_inner(), files }
+}
+
+/// The groups of a load-order list (see the module's documentation).
+fn groups(list: &str) -> Vec<Vec<&str>> {
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in list.lines().map(str::trim) {
+        if line.is_empty() {
+            if !current.is_empty() {
+                groups.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(line);
+        }
     }
-    Loaded { failed, files }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+/// Load one module by file name; false if it failed (an event says why).
+fn load_one(name: &str) -> bool {
+    let path = format!("/lib/modules/{name}");
+    match load(&path) {
+        Ok(()) => event("module.loaded").kv("name", name).emit(),
+        Err(e) if e.errno == libc::ENODEV => {
+            event("module.skipped").kv("name", name).kv("reason", "no device for it on this machine (ENODEV)").emit()
+        }
+        Err(e) => {
+            event("module.failed").kv("name", name).kv("error", e).emit();
+            return false;
+        }
+    }
+    true
 }
 
 fn load(path: &str) -> sys::SysResult<()> {
@@ -74,5 +134,22 @@ fn load(path: &str) -> sys::SysResult<()> {
     match nix::kmod::finit_module(&fd, params, flags) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
         Err(e) => Err(sys::SysError { op: "finit_module", arg: path.into(), errno: e as i32 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_cut_into_groups_at_empty_lines() {
+        let list = "virtio_ring.ko\nvirtio_blk.ko\n\nsquashfs.ko\n \n\n dm-mod.ko\ndm-verity.ko\n\n";
+        assert_eq!(
+            groups(list),
+            [vec!["virtio_ring.ko", "virtio_blk.ko"], vec!["squashfs.ko"], vec!["dm-mod.ko", "dm-verity.ko"]]
+        );
+        // A list of before: one group, loaded in order.
+        assert_eq!(groups("a.ko\nb.ko\n"), [vec!["a.ko", "b.ko"]]);
+        assert!(groups("\n\n").is_empty());
     }
 }

@@ -233,6 +233,20 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// How many CPUs this thread may run on (sched_getaffinity(2)); 1 if the
+/// kernel will not say. std's `available_parallelism` also reads cgroup
+/// files, and costs PID 1 several KiB of code for it.
+pub fn cpus() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return 1;
+    }
+    // SAFETY: CPU_COUNT only reads the set.
+    usize::try_from(unsafe { libc::CPU_COUNT(&set) }).map_or(1, |n| n.max(1))
+}
+
 /// kill(2).
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> SysResult<()> {
     // SAFETY: kill has no memory-safety preconditions. Raw libc, not nix:

@@ -92,8 +92,7 @@ pub fn fetch_kernel(board: &Board, cache_dir: &Path) -> Result<Kernel> {
         .with_context(|| format!("{package} has no lib/modules/{version} (in {})", tree.display()))?;
 
     let modules = kmod::resolve_modules(&mod_dir, &version, &board.modules())?;
-    let on_demand =
-        kmod::OnDemand::resolve(&mod_dir, &version, &modules, board.network_modules(), board.netfilter_modules())?;
+    let on_demand = kmod::OnDemand::resolve(&mod_dir, &version, &modules, kmod::Wanted::of(board))?;
     Ok(Kernel { version, package, vmlinuz, modules, on_demand })
 }
 

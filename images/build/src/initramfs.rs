@@ -109,8 +109,12 @@ pub fn write_with_on_demand(
 
 /// An initramfs without trust data: its device refuses every manifest
 /// (`trust.invalid`). For tests of that refusal; never for a device.
-pub fn build_without_trust(init_binary: &Path, modules: &[PathBuf]) -> Result<Vec<u8>, InitramfsError> {
-    archive(init_binary, modules, &OnDemand::default(), None)
+pub fn build_without_trust(
+    init_binary: &Path,
+    modules: &[PathBuf],
+    on_demand: &OnDemand,
+) -> Result<Vec<u8>, InitramfsError> {
+    archive(init_binary, modules, on_demand, None)
 }
 
 /// [`build`], written to `out` (through a temporary file beside it, so
@@ -151,20 +155,20 @@ fn archive(
         ("load-order", modules),
         ("load-order-networks", on_demand.networks.as_slice()),
         ("load-order-netfilter", on_demand.netfilter.as_slice()),
+        ("load-order-efi", on_demand.efi.as_slice()),
     ];
     for (list, set) in lists {
         if set.is_empty() && list != "load-order" {
             continue;
         }
-        let mut order = String::new();
+        let mut files = Vec::new();
         for m in set {
             let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let data = fs::read(m).map_err(io(m))?;
             c.file(&format!("lib/modules/{name}"), 0o644, &data);
-            order.push_str(&name);
-            order.push('\n');
+            files.push((name, data));
         }
-        c.file(&format!("lib/modules/{list}"), 0o644, order.as_bytes());
+        c.file(&format!("lib/modules/{list}"), 0o644, load_order_text(&files).as_bytes());
     }
     if let Some((keys, product)) = trust_files {
         c.dir("etc", 0o755);
@@ -177,6 +181,25 @@ fn archive(
         }
     }
     Ok(cpio::gzip(&c.finish()))
+}
+
+/// A load-order list: one file name a line, in load order, and an empty
+/// line between groups that share no dependency (the init loads such
+/// groups at once, each in order; see [`kmod::independent_groups`]).
+fn load_order_text(files: &[(String, Vec<u8>)]) -> String {
+    let list: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let groups = crate::kmod::independent_groups(&list);
+    let mut text = String::new();
+    for (k, group) in groups.iter().enumerate() {
+        if k > 0 {
+            text.push('\n');
+        }
+        for &i in group {
+            text.push_str(files.get(i).map_or("", |(n, _)| n.as_str()));
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// The regular files of an initramfs (gzip'd newc), by path without the
@@ -270,14 +293,19 @@ mod tests {
         // The modules loaded on demand: in the archive, in lists of their own.
         fs::write(d.path().join("nf_tables.ko"), b"mod3").unwrap();
         fs::write(d.path().join("bridge.ko"), b"mod4").unwrap();
-        let on_demand =
-            OnDemand { networks: vec![d.path().join("bridge.ko")], netfilter: vec![d.path().join("nf_tables.ko")] };
+        fs::write(d.path().join("efivarfs.ko"), b"mod5").unwrap();
+        let on_demand = OnDemand {
+            networks: vec![d.path().join("bridge.ko")],
+            netfilter: vec![d.path().join("nf_tables.ko")],
+            efi: vec![d.path().join("efivarfs.ko")],
+        };
         let f = files(&build_with_on_demand(&init, &modules, &on_demand, &trust).unwrap()).unwrap();
         assert_eq!(f["lib/modules/load-order"], b"virtio_blk.ko\ndm-verity.ko\n");
         assert_eq!(f["lib/modules/load-order-netfilter"], b"nf_tables.ko\n");
         assert_eq!(f["lib/modules/load-order-networks"], b"bridge.ko\n");
         assert_eq!(f["lib/modules/nf_tables.ko"], b"mod3");
         assert_eq!(f["lib/modules/bridge.ko"], b"mod4");
+        assert_eq!(f["lib/modules/load-order-efi"], b"efivarfs.ko\n");
     }
 
     #[test]
@@ -301,7 +329,7 @@ mod tests {
     fn without_trust_data_there_is_none_to_read() {
         let d = tempfile::tempdir().unwrap();
         let (init, modules) = inputs(d.path());
-        let bytes = build_without_trust(&init, &modules).unwrap();
+        let bytes = build_without_trust(&init, &modules, &OnDemand::default()).unwrap();
         let f = files(&bytes).unwrap();
         assert!(f.contains_key("init") && !f.keys().any(|k| k.starts_with("etc/")), "{:?}", f.keys());
         assert_eq!(read_trust(&bytes).unwrap(), None);

@@ -126,9 +126,8 @@ pub fn resolve_later(mod_dir: &Path, version: &str, loaded: &[PathBuf], wanted: 
     Ok(resolve_modules(mod_dir, version, wanted)?.into_iter().filter(|p| !loaded.contains(p)).collect())
 }
 
-/// Modules the init loads only for a manifest that needs them, each group
-/// in load order, none of them among the boot modules or in the other
-/// group.
+/// Modules the init loads only when they are needed, each group in load
+/// order, none of them among the boot modules or in another group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OnDemand {
     /// Bridges and veth pairs: for a manifest with container networks
@@ -137,28 +136,93 @@ pub struct OnDemand {
     /// The firewall: for a network with egress or a published port
     /// (`lib/modules/load-order-netfilter`).
     pub netfilter: Vec<PathBuf>,
+    /// The firmware's variables (efivarfs): on a machine booted through
+    /// UEFI only (`lib/modules/load-order-efi`). Without UEFI firmware its
+    /// init fails with ENODEV, which took 68 ms of an emulated boot.
+    pub efi: Vec<PathBuf>,
+}
+
+/// The modules of each [`OnDemand`] group, by module name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanted<'a> {
+    /// See [`OnDemand::networks`].
+    pub networks: &'a [&'a str],
+    /// See [`OnDemand::netfilter`].
+    pub netfilter: &'a [&'a str],
+    /// See [`OnDemand::efi`].
+    pub efi: &'a [&'a str],
+}
+
+impl Wanted<'static> {
+    /// The groups a board's init loads on demand.
+    pub fn of(board: &cairn_board::Board) -> Self {
+        Self { networks: board.network_modules(), netfilter: board.netfilter_modules(), efi: board.efi_modules() }
+    }
 }
 
 impl OnDemand {
-    /// Resolve the two groups by module name against the boot modules
-    /// `loaded` (see [`resolve_later`]).
-    pub fn resolve(
-        mod_dir: &Path,
-        version: &str,
-        loaded: &[PathBuf],
-        networks: &[&str],
-        netfilter: &[&str],
-    ) -> Result<Self> {
-        let networks = resolve_later(mod_dir, version, loaded, networks)?;
-        let before: Vec<PathBuf> = loaded.iter().chain(&networks).cloned().collect();
-        let netfilter = resolve_later(mod_dir, version, &before, netfilter)?;
-        Ok(Self { networks, netfilter })
+    /// Resolve the groups by module name against the boot modules `loaded`
+    /// (see [`resolve_later`]); a module two groups need goes to the first.
+    pub fn resolve(mod_dir: &Path, version: &str, loaded: &[PathBuf], wanted: Wanted<'_>) -> Result<Self> {
+        let mut before: Vec<PathBuf> = loaded.to_vec();
+        let mut group = |names: &[&str]| -> Result<Vec<PathBuf>> {
+            let g = resolve_later(mod_dir, version, &before, names)?;
+            before.extend(g.iter().cloned());
+            Ok(g)
+        };
+        let networks = group(wanted.networks)?;
+        let netfilter = group(wanted.netfilter)?;
+        let efi = group(wanted.efi)?;
+        Ok(Self { networks, netfilter, efi })
     }
 
-    /// Every module of both groups, networks first.
+    /// Every module of every group.
     pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        self.networks.iter().chain(&self.netfilter)
+        self.networks.iter().chain(&self.netfilter).chain(&self.efi)
     }
+}
+
+/// A load order cut into groups that share no module dependency, so the
+/// init may load different groups at once: each group keeps the load
+/// order, and the groups come in the order of their first module.
+/// `modules` are (file name, file bytes) in load order. A dependency on a
+/// module not in the list (built in, or loaded before) joins nothing. A
+/// file whose `.modinfo` cannot be read makes the whole list one group:
+/// the order alone is then all that is known.
+pub fn independent_groups(modules: &[(&str, &[u8])]) -> Vec<Vec<usize>> {
+    let stem = |f: &str| normalise(f.strip_suffix(".ko").unwrap_or(f));
+    let index: HashMap<String, usize> = modules.iter().enumerate().map(|(i, (f, _))| (stem(f), i)).collect();
+    // Union-find over positions; the root of a set is its smallest position.
+    let mut parent: Vec<usize> = (0..modules.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (i, (_, bytes)) in modules.iter().enumerate() {
+        let Ok(modinfo) = elf_section(bytes, ".modinfo") else {
+            return if modules.is_empty() { Vec::new() } else { vec![(0..modules.len()).collect()] };
+        };
+        for dep in modinfo_depends(modinfo) {
+            if let Some(&j) = index.get(&dep) {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for i in 0..modules.len() {
+        let r = root(&mut parent, i);
+        let g = *group_of.entry(r).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
 }
 
 /// The modules one kernel ships, by normalised name.
@@ -493,6 +557,29 @@ mod tests {
         assert_eq!(stem(&boot), ["libcrc32c", "bridge"]);
         assert_eq!(stem(&later), ["nf_conntrack", "nf_nat"], "libcrc32c is loaded at boot already");
         Ok(())
+    }
+
+    #[test]
+    fn modules_sharing_no_dependency_are_independent_groups_in_load_order() {
+        let ko = |deps: &str| synthetic_ko(format!("depends={deps}\0").as_bytes());
+        let files = [
+            ("virtio_ring.ko", ko("")),
+            ("virtio.ko", ko("virtio_ring")),
+            ("squashfs.ko", ko("")),
+            ("dm-mod.ko", ko("")),
+            ("virtio_blk.ko", ko("virtio,virtio_ring")),
+            ("dm-verity.ko", ko("dm-mod,dm_bufio")),
+            ("nls_utf8.ko", ko("crc32c_generic")),
+            ("dm-bufio.ko", ko("")),
+        ];
+        let list: Vec<(&str, &[u8])> = files.iter().map(|(f, b)| (*f, b.as_slice())).collect();
+        // dm-bufio comes after dm-verity here: it still joins its group
+        // (and `depends=` names it with `_`, the file with `-`).
+        assert_eq!(independent_groups(&list), [vec![0, 1, 4], vec![2], vec![3, 5, 7], vec![6]]);
+        let mut unreadable = list.clone();
+        unreadable[2].1 = b"not an ELF file";
+        assert_eq!(independent_groups(&unreadable), [(0..8).collect::<Vec<_>>()], "the order alone: one group");
+        assert!(independent_groups(&[]).is_empty());
     }
 
     #[test]

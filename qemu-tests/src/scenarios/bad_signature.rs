@@ -87,8 +87,10 @@ fn no_trust_data(ctx: &Ctx) -> Result<()> {
     let app = ctx.build("bad-signature")?;
     let (version, dir) = kmod::find_module_dir(&ctx.art.kernel_tree)?;
     let modules = kmod::resolve_modules(&dir, &version, &ctx.board.modules())?;
+    let on_demand = kmod::OnDemand::resolve(&dir, &version, &modules, kmod::Wanted::of(ctx.board))?;
     // Slot a's image carries an initramfs without trust data.
-    let kit = BootKit { initramfs: initramfs::build_without_trust(&ctx.art.init, &modules)?, ..ctx.art.kit.clone() };
+    let initramfs = initramfs::build_without_trust(&ctx.art.init, &modules, &on_demand)?;
+    let kit = BootKit { initramfs, ..ctx.art.kit.clone() };
     let esp = kit.factory_esp(&app.manifest.compatible, app.manifest.version)?;
     let (disk, _) = ctx.disk_with_esp(&app, "no-trust.img", &esp)?;
     let run = boot_refused(ctx, &ctx.art.boot, &disk, "no-trust.img")?;

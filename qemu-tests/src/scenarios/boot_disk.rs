@@ -91,6 +91,10 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     ensure!(c.first("manifest.verified", &[("appliance", "signed")]).is_none(), "the foreign manifest was used");
     c.expect("container.started", &[("name", "driver")])?;
     devices_checked(c, "vda")?;
+    // UEFI firmware: efivarfs is loaded, on demand, after the boot modules.
+    let done = c.expect("modules.done", &[])?;
+    let efi = c.expect("module.loaded", &[("name", "efivarfs.ko")])?;
+    ensure!(efi.index > done.index, "efivarfs loaded with the boot modules, not on demand");
 
     // 2. The foreign disk first (vda), the own disk second (vdb) and booted
     //    by the firmware: the loader's partition decides, not the order.
@@ -125,6 +129,11 @@ pub fn foreign_disk(ctx: &Ctx) -> Result<()> {
     run.console.expect("partitions.found", &[("disk", "vda"), ("guid", "any"), ("by", "only")])?;
     ensure!(run.console.first("partitions.foreign", &[]).is_none(), "a foreign disk reported with one disk");
     devices_checked(&run.console, "vda")?;
+    // No UEFI firmware: efivarfs is not even tried (its init would fail
+    // with ENODEV, slowly).
+    for e in ["module.loaded", "module.skipped", "module.failed"] {
+        ensure!(run.console.first(e, &[("name", "efivarfs.ko")]).is_none(), "{e} efivarfs.ko without UEFI firmware");
+    }
     Ok(())
 }
 

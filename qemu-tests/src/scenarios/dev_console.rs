@@ -55,9 +55,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // A production build: the switch is refused, the console reads nothing.
     let (version, dir) = kmod::find_module_dir(&ctx.art.kernel_tree)?;
     let modules = kmod::resolve_modules(&dir, &version, &ctx.board.modules())?;
+    let on_demand = kmod::OnDemand::resolve(&dir, &version, &modules, kmod::Wanted::of(ctx.board))?;
     let trust = initramfs::Trust::new(vec![ctx.art.key.verifying_key().to_bytes()], app.manifest.compatible.clone())?;
     let kit = BootKit {
-        initramfs: initramfs::build(&ctx.art.init, &modules, &trust)?,
+        initramfs: initramfs::build_with_on_demand(&ctx.art.init, &modules, &on_demand, &trust)?,
         cmdline: format!("{} cairn.console=ctl", ctx.art.kit.cmdline),
         ..ctx.art.kit.clone()
     };
