@@ -204,20 +204,10 @@ impl Program {
             prog_name,
             ..ProgLoadAttr::default()
         };
-        // SAFETY: `load` is a valid bpf_attr prefix of the size passed; the
+        // SAFETY: `load` is a valid bpf_attr prefix for BPF_PROG_LOAD; the
         // instruction array and license it points to outlive the call. The
         // kernel copies both before returning.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &load as *const ProgLoadAttr,
-                core::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
-        if fd < 0 {
-            return Err(SysError { op: "bpf load device program", arg: name.into(), errno: sys::errno() });
-        }
+        let fd = unsafe { bpf(BPF_PROG_LOAD, &load, "bpf load device program", name)? };
         // SAFETY: `fd` is a fresh descriptor the kernel just returned to us.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         Ok(Self { rules: rules.to_vec(), fd })
@@ -241,21 +231,25 @@ impl Program {
             attach_type: BPF_CGROUP_DEVICE,
             ..ProgAttachAttr::default()
         };
-        // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH of the
-        // size passed; both descriptors are open for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_ATTACH,
-                &attach as *const ProgAttachAttr,
-                core::mem::size_of::<ProgAttachAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(SysError { op: "bpf attach device program", arg: name.into(), errno: sys::errno() });
-        }
-        Ok(())
+        // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH; both
+        // descriptors are open for the duration of the call.
+        unsafe { bpf(BPF_PROG_ATTACH, &attach, "bpf attach device program", name) }.map(drop)
     }
+}
+
+/// bpf(2): `cmd` with the attribute struct `attr`, its size passed; a
+/// failure is `op` on `name`.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` prefix for `cmd`, and every pointer
+/// and descriptor in it must stay valid for the duration of the call.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &A, op: &'static str, name: &str) -> SysResult<libc::c_long> {
+    // SAFETY: the caller vouches for `attr`; the size is its own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, core::mem::size_of::<A>()) };
+    if rc < 0 {
+        return Err(SysError { op, arg: name.into(), errno: sys::errno() });
+    }
+    Ok(rc)
 }
 
 /// Device programs loaded so far, by their rules: loading runs the
@@ -297,12 +291,14 @@ impl Programs {
         self.loaded.get(at).ok_or(SysError { op: "device program cache", arg: name.into(), errno: libc::ENOENT })
     }
 
-    /// How many are loaded.
+    /// How many are loaded (for tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.loaded.len()
     }
 
-    /// Whether none is.
+    /// Whether none is (for tests).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.loaded.is_empty()
     }

@@ -1,5 +1,7 @@
-//! The default seccomp filter every container gets, built with seccompiler
-//! for the architecture this binary is compiled for (x86_64 or aarch64).
+//! The default seccomp filter every container gets, for the architecture
+//! this binary is compiled for (x86_64 or aarch64): a policy built here,
+//! compiled into one classic BPF program that finds a syscall's rule by
+//! binary search ([`program`]).
 //!
 //! A deny list, with every syscall number the filter does not know closed.
 //! What the filter refuses:
@@ -27,7 +29,7 @@
 //!   `clone`, whose flags the filter can check). Other namespace flags need
 //!   CAP_SYS_ADMIN, which a container does not have;
 //! - a syscall of another ABI (i386 on x86_64, arm32 on aarch64) kills the
-//!   process (seccompiler's architecture check), which also covers the
+//!   process (the program's architecture check), which also covers the
 //!   32-bit-only `vm86`, `vm86old`, `stime` and `umount`.
 //!
 //! Why a deny list and not an allow list like Docker's default profile:
@@ -49,17 +51,14 @@
 //! ["SYS_TIME"]` really lets it set the clock. A name the container lists in
 //! `seccomp_deny` stays denied whatever it keeps.
 //!
-//! [`Filter::install`] calls seccomp(2) directly rather than through
-//! seccompiler's helper, which would also set `no_new_privs`: the namespace
+//! [`Filter::install`] calls seccomp(2) directly, without setting
+//! `no_new_privs` (as libseccomp's and seccompiler's helpers do): the namespace
 //! init installs the filter while it still holds CAP_SYS_ADMIN, and sets
 //! `no_new_privs` later only if the manifest asks for it.
 
-use std::collections::BTreeMap;
+pub mod program;
 
-use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use program::{Policy, ProgramError, Rule, When};
 
 /// Why a filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +66,9 @@ pub enum SeccompError {
     /// Names in `seccomp_deny` that neither x86_64 nor aarch64 has.
     #[error("unknown syscall names in seccomp_deny: {}", .0.join(", "))]
     UnknownSyscalls(Vec<String>),
-    /// seccompiler refused the rules (or the program is too long).
+    /// The policy does not compile (a rule too long, the program too long).
     #[error("building the seccomp filter: {0}")]
-    Build(String),
+    Build(#[from] ProgramError),
     /// seccomp(SECCOMP_SET_MODE_FILTER) failed.
     #[error("seccomp(SECCOMP_SET_MODE_FILTER): {0}")]
     Install(std::io::Error),
@@ -385,11 +384,6 @@ const OTHER_ARCH: &str = concat!(
 #[cfg(target_arch = "x86_64")]
 const OTHER_ARCH: &str = "";
 
-#[cfg(target_arch = "x86_64")]
-const ARCH: TargetArch = TargetArch::x86_64;
-#[cfg(target_arch = "aarch64")]
-const ARCH: TargetArch = TargetArch::aarch64;
-
 /// `AUDIT_ARCH_*` of this architecture, as seccomp_data reports it.
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
@@ -418,12 +412,8 @@ pub fn known_syscall(name: &str) -> bool {
 /// A compiled filter, ready to install.
 #[derive(Debug)]
 pub struct Filter {
-    /// seccompiler's program: the deny list (EPERM) and the argument rules.
-    deny: BpfProgram,
-    /// Hand-written: numbers above the highest the filter knows (x32
-    /// syscalls among them) and, unless user namespaces are allowed,
-    /// clone3 answer ENOSYS.
-    guard: BpfProgram,
+    /// The whole filter: one program.
+    prog: Vec<libc::sock_filter>,
 }
 
 /// The first syscall number above every number this architecture's table
@@ -432,69 +422,12 @@ pub fn first_unknown() -> u32 {
     this_arch().map(|(_, nr)| u32::from(nr)).max().map_or(0, |m| m + 1)
 }
 
-fn build_err(e: impl std::fmt::Display) -> SeccompError {
-    SeccompError::Build(e.to_string())
-}
-
-/// A rule that matches when argument 0 has every bit of `flag` set.
-fn arg0_has(flag: u64) -> Result<SeccompRule, SeccompError> {
-    let cond =
-        SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag).map_err(build_err)?;
-    SeccompRule::new(vec![cond]).map_err(build_err)
-}
-
-/// A rule that matches when the low 32 bits of argument 1 are `value`
-/// (an `ioctl` request: the kernel reads it as an unsigned int, so bits
-/// set above those must not slip past the rule).
-fn arg1_is(value: u32) -> Result<SeccompRule, SeccompError> {
-    let cond =
-        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(value)).map_err(build_err)?;
-    SeccompRule::new(vec![cond]).map_err(build_err)
-}
-
-/// A rule that matches when the 32-bit argument 0 is none of `allowed`.
-fn arg0_none_of(allowed: &[u32]) -> Result<SeccompRule, SeccompError> {
-    let conds = allowed
-        .iter()
-        .map(|v| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(*v)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(build_err)?;
-    SeccompRule::new(conds).map_err(build_err)
-}
-
 /// `personality` values Docker's profile allows: PER_LINUX, PER_LINUX32,
 /// UNAME26, UNAME26|PER_LINUX32, and the query 0xffffffff.
 const PERSONALITY_ALLOWED: [u32; 5] = [0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
-// Classic BPF opcodes (linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-/// Offsets in struct seccomp_data.
-const DATA_NR: u32 = 0;
-const DATA_ARCH: u32 = 4;
-
-fn insn(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter { code, jt, jf, k }
-}
-
-/// The ENOSYS program: for this architecture's syscalls, each of `checks`
-/// (a jump opcode and its constant) that holds answers ENOSYS.
-fn guard_program(checks: &[(u16, u32)]) -> BpfProgram {
-    let n = checks.len();
-    let mut prog = Vec::with_capacity(n + 5);
-    prog.push(insn(LD_W_ABS, DATA_ARCH, 0, 0));
-    // Another ABI: allow here (the deny program kills it).
-    prog.push(insn(JEQ_K, AUDIT_ARCH, 0, (n + 1) as u8));
-    prog.push(insn(LD_W_ABS, DATA_NR, 0, 0));
-    for (i, (op, k)) in checks.iter().enumerate() {
-        // On a match, skip the checks after this one and the ALLOW.
-        prog.push(insn(*op, *k, (n - i) as u8, 0));
-    }
-    prog.push(insn(RET_K, libc::SECCOMP_RET_ALLOW, 0, 0));
-    prog.push(insn(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0));
-    prog
+fn nr(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Build the filter for the architecture this binary is compiled for: the
@@ -518,30 +451,42 @@ fn build_with(
     capabilities: u64,
     unknown_from: u32,
 ) -> Result<Filter, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    rules.insert(libc::SYS_personality, vec![arg0_none_of(&PERSONALITY_ALLOWED)?]);
+    let policy = policy(extra_deny, allow_userns, capabilities, unknown_from)?;
+    Ok(Filter { prog: program::compile(&policy)? })
+}
+
+/// The policy [`build_with`] compiles.
+fn policy(
+    extra_deny: &[&str],
+    allow_userns: bool,
+    capabilities: u64,
+    unknown_from: u32,
+) -> Result<Policy, SeccompError> {
+    let eperm = |when| Rule { when, errno: libc::EPERM as u32 };
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(nr(libc::SYS_personality), eperm(When::ArgLowNoneOf { arg: 0, values: PERSONALITY_ALLOWED.to_vec() }));
+    let newuser = When::ArgHasAll { arg: 0, mask: libc::CLONE_NEWUSER as u64 };
     if !allow_userns {
-        let newuser = libc::CLONE_NEWUSER as u64;
-        rules.insert(libc::SYS_clone, vec![arg0_has(newuser)?]);
-        rules.insert(libc::SYS_unshare, vec![arg0_has(newuser)?]);
+        rules.insert(nr(libc::SYS_clone), eperm(newuser.clone()));
+        rules.insert(nr(libc::SYS_unshare), eperm(newuser));
     }
-    let ioctls = DENIED_IOCTLS
+    let ioctls: Vec<u32> = DENIED_IOCTLS
         .iter()
         .filter(|(_, _, gate)| !opens(capabilities, *gate))
-        .map(|(_, request, _)| arg1_is(*request))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(_, request, _)| *request)
+        .collect();
     if !ioctls.is_empty() {
-        rules.insert(libc::SYS_ioctl, ioctls);
+        rules.insert(nr(libc::SYS_ioctl), eperm(When::ArgLowIn { arg: 1, values: ioctls }));
     }
     let denied = DEFAULT_DENY.iter().filter(|(_, gate)| !opens(capabilities, *gate));
-    for nr in denied.filter_map(|(name, _)| syscall_number(name)) {
-        rules.insert(nr, Vec::new());
+    for n in denied.filter_map(|(name, _)| syscall_number(name)) {
+        rules.insert(nr(n), eperm(When::Always));
     }
     let mut unknown = Vec::new();
     for name in extra_deny {
         match syscall_number(name) {
-            Some(nr) => {
-                rules.insert(nr, Vec::new());
+            Some(n) => {
+                rules.insert(nr(n), eperm(When::Always));
             }
             None if known_syscall(name) => {}
             None => unknown.push((*name).to_owned()),
@@ -550,48 +495,40 @@ fn build_with(
     if !unknown.is_empty() {
         return Err(SeccompError::UnknownSyscalls(unknown));
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), ARCH)
-        .map_err(build_err)?;
-    let deny = BpfProgram::try_from(filter).map_err(build_err)?;
-
-    // Compared unsigned: covers x32 numbers (bit 30 set) on x86_64 too.
-    let mut checks = vec![(JGE_K, unknown_from)];
+    // seccomp cannot look into clone3's argument struct: ENOSYS, and libc
+    // falls back to clone, whose flags the rule above checks.
     if !allow_userns {
-        checks.push((JEQ_K, libc::SYS_clone3 as u32));
+        rules.insert(nr(libc::SYS_clone3), Rule { when: When::Always, errno: libc::ENOSYS as u32 });
     }
-    Ok(Filter { deny, guard: guard_program(&checks) })
+    Ok(Policy { arch: AUDIT_ARCH, unknown_from, rules })
 }
 
 impl Filter {
-    /// BPF instructions in all of the filter's programs.
+    /// BPF instructions in the filter's program.
     pub fn len(&self) -> usize {
-        self.deny.len() + self.guard.len()
+        self.prog.len()
     }
 
     /// Never true for a built filter (there to pair with `len`).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.prog.is_empty()
     }
 
     /// Install on the calling thread (no TSYNC: the caller is single
     /// threaded). Needs CAP_SYS_ADMIN or `no_new_privs`. Allocates nothing,
     /// so it is safe between fork and exec.
     pub fn install(&self) -> Result<(), SeccompError> {
-        for prog in [&self.deny, &self.guard] {
-            let len = u16::try_from(prog.len())
-                .map_err(|_| SeccompError::Install(std::io::Error::from_raw_os_error(libc::E2BIG)))?;
-            // seccompiler's sock_filter is #[repr(C)] with the fields of
-            // libc's (u16, u8, u8, u32), so the pointer cast keeps the layout.
-            let fprog = libc::sock_fprog { len, filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut() };
-            // SAFETY: `fprog` points at `len` initialised instructions that
-            // outlive the call; the kernel only reads them (it copies the
-            // program) and does not keep the pointer.
-            let rc = unsafe {
-                libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog)
-            };
-            if rc != 0 {
-                return Err(SeccompError::Install(std::io::Error::last_os_error()));
-            }
+        let len = u16::try_from(self.prog.len())
+            .map_err(|_| SeccompError::Install(std::io::Error::from_raw_os_error(libc::E2BIG)))?;
+        let fprog = libc::sock_fprog { len, filter: self.prog.as_ptr().cast_mut() };
+        // SAFETY: `fprog` points at `len` initialised instructions that
+        // outlive the call; the kernel only reads them (it copies the
+        // program) and does not keep the pointer.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog)
+        };
+        if rc != 0 {
+            return Err(SeccompError::Install(std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -657,14 +594,10 @@ mod tests {
     #[test]
     fn builds_and_rejects_unknown_names() {
         let f = build(&[], false, 0).unwrap_or_else(|e| panic!("{e}"));
-        // About five instructions a denied syscall; far below BPF_MAXINSNS.
-        assert!((200..1000).contains(&f.len()), "{}", f.len());
-        // LD arch, JEQ arch, LD nr, JGE first unknown, JEQ clone3, ALLOW, ENOSYS.
-        assert_eq!(f.guard.len(), 7);
-        assert_eq!((f.guard[3].code, f.guard[3].k), (JGE_K, first_unknown()));
-        let open = build(&["chroot"], true, 0).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(open.guard.len(), 6, "only the unknown-number check is left");
-        assert_eq!((open.guard[3].code, open.guard[3].k), (JGE_K, first_unknown()));
+        // About two instructions a denied syscall.
+        assert!((150..400).contains(&f.len()), "{}", f.len());
+        // LD arch, JEQ arch, KILL, LD nr, JGE first unknown, ENOSYS.
+        assert_eq!((f.prog[4].code, f.prog[4].k), (program::JGE_K, first_unknown()));
         match build(&["mount", "no_such_call", "vm86"], false, 0) {
             Err(e @ SeccompError::UnknownSyscalls(_)) => {
                 let msg = e.to_string();
@@ -675,16 +608,98 @@ mod tests {
         assert!(known_syscall("iopl") && known_syscall("open") && !known_syscall("stime"));
     }
 
+    /// The filter as it was built before the program was ours: seccompiler's
+    /// linear deny program and a hand-written ENOSYS program after it.
+    fn seccompiler_reference(
+        extra_deny: &[&str],
+        allow_userns: bool,
+        capabilities: u64,
+    ) -> (Vec<libc::sock_filter>, Vec<libc::sock_filter>) {
+        use seccompiler::{
+            BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+            SeccompFilter, SeccompRule, TargetArch,
+        };
+        #[cfg(target_arch = "x86_64")]
+        const ARCH: TargetArch = TargetArch::x86_64;
+        #[cfg(target_arch = "aarch64")]
+        const ARCH: TargetArch = TargetArch::aarch64;
+        let rule = |conds: Vec<Cond>| SeccompRule::new(conds).unwrap_or_else(|e| panic!("{e}"));
+        let cond = |arg, len, op, v| Cond::new(arg, len, op, v).unwrap_or_else(|e| panic!("{e}"));
+        let newuser = libc::CLONE_NEWUSER as u64;
+        let mut rules = std::collections::BTreeMap::new();
+        let personality = PERSONALITY_ALLOWED.iter().map(|v| cond(0, Len::Dword, Op::Ne, u64::from(*v))).collect();
+        rules.insert(libc::SYS_personality, vec![rule(personality)]);
+        if !allow_userns {
+            for n in [libc::SYS_clone, libc::SYS_unshare] {
+                rules.insert(n, vec![rule(vec![cond(0, Len::Qword, Op::MaskedEq(newuser), newuser)])]);
+            }
+        }
+        let ioctls: Vec<_> = DENIED_IOCTLS
+            .iter()
+            .filter(|(_, _, gate)| !opens(capabilities, *gate))
+            .map(|(_, request, _)| rule(vec![cond(1, Len::Dword, Op::Eq, u64::from(*request))]))
+            .collect();
+        if !ioctls.is_empty() {
+            rules.insert(libc::SYS_ioctl, ioctls);
+        }
+        let denied = DEFAULT_DENY.iter().filter(|(_, gate)| !opens(capabilities, *gate)).map(|(n, _)| *n);
+        for n in denied.chain(extra_deny.iter().copied()).filter_map(syscall_number) {
+            rules.insert(n, Vec::new());
+        }
+        let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), ARCH)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let deny = BpfProgram::try_from(filter).unwrap_or_else(|e| panic!("{e}"));
+        let deny = deny.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+        // The ENOSYS program: other ABIs allowed (the deny program kills them).
+        let mut checks = vec![(program::JGE_K, first_unknown())];
+        if !allow_userns {
+            checks.push((program::JEQ_K, libc::SYS_clone3 as u32));
+        }
+        let n = checks.len();
+        let insn = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+        let mut guard = vec![insn(program::LD_W_ABS, 4, 0, 0), insn(program::JEQ_K, AUDIT_ARCH, 0, (n + 1) as u8)];
+        guard.push(insn(program::LD_W_ABS, 0, 0, 0));
+        for (i, (op, k)) in checks.iter().enumerate() {
+            guard.push(insn(*op, *k, (n - i) as u8, 0));
+        }
+        guard.push(insn(program::RET_K, libc::SECCOMP_RET_ALLOW, 0, 0));
+        guard.push(insn(program::RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0));
+        (deny, guard)
+    }
+
+    /// What the kernel answers with two filters: the lowest action (as a
+    /// signed number) wins; on a tie, the filter installed last.
+    fn both(first: u32, last: u32) -> u32 {
+        let action = |r: u32| (r & libc::SECCOMP_RET_ACTION_FULL) as i32;
+        if action(first) < action(last) {
+            first
+        } else {
+            last
+        }
+    }
+
     #[test]
-    fn guard_jumps_land_on_the_returns() {
-        let p = guard_program(&[(JEQ_K, 7), (JEQ_K, 9)]);
-        assert_eq!(p.len(), 7);
-        // Arch mismatch skips to ALLOW, each match to ENOSYS.
-        assert_eq!(1 + 1 + usize::from(p[1].jf), 5);
-        assert_eq!(p[5].k, libc::SECCOMP_RET_ALLOW);
-        assert_eq!(3 + 1 + usize::from(p[3].jt), 6);
-        assert_eq!(4 + 1 + usize::from(p[4].jt), 6);
-        assert_eq!(p[6].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+    fn the_search_program_answers_as_the_linear_programs_did() {
+        use program::check::{calls, run};
+        let configs: [(&[&str], bool, u64); 6] = [
+            (&[], false, 0),
+            (&[], true, 0),
+            (&["chroot", "getppid", "iopl"], false, 0),
+            (&["clone3", "ioctl", "unshare", "personality"], false, 0),
+            (&["clone3"], true, 1 << 21 | 1 << 25),
+            (&[], false, u64::MAX),
+        ];
+        for (extra, userns, caps) in configs {
+            let new = build(extra, userns, caps).unwrap_or_else(|e| panic!("{e}"));
+            let (deny, guard) = seccompiler_reference(extra, userns, caps);
+            let p = policy(extra, userns, caps, first_unknown()).unwrap_or_else(|e| panic!("{e}"));
+            let calls = calls(&p, 0x4000_0003);
+            assert!(calls.len() > 1000);
+            for c in &calls {
+                let was = both(run(&deny, c), run(&guard, c));
+                assert_eq!(run(&new.prog, c), was, "{extra:?} userns {userns} caps {caps:#x}: {c:?}");
+            }
+        }
     }
 
     fn errno() -> i32 {

@@ -161,12 +161,14 @@ impl Filters {
         Ok(Some(filter))
     }
 
-    /// How many distinct filters were compiled.
+    /// How many distinct filters were compiled (for tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.compiled.len()
     }
 
-    /// Whether none was.
+    /// Whether none was (for tests).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.compiled.is_empty()
     }

@@ -178,11 +178,9 @@ mod tests {
     use crate::scan;
     use crate::squashfs;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("cairn-verity-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    /// A directory removed when the test ends.
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("cairn-verity-{name}-")).tempdir().unwrap()
     }
 
     fn layer(dir: &Path) -> (PathBuf, Digest, u64) {
@@ -198,8 +196,9 @@ mod tests {
 
     #[test]
     fn a_built_file_with_its_tree_reads_back_and_a_bare_one_too() {
-        let d = tmp("roundtrip");
-        let (path, digest, size) = layer(&d);
+        let dir = tmp("roundtrip");
+        let d = dir.path();
+        let (path, digest, size) = layer(d);
         let bare = d.join("bare");
         fs::copy(&path, &bare).unwrap();
         let appended = append_tree(&path, digest, size).unwrap();
@@ -214,8 +213,9 @@ mod tests {
 
     #[test]
     fn a_wrong_tree_or_stray_tail_is_refused() {
-        let d = tmp("tamper");
-        let (path, digest, size) = layer(&d);
+        let dir = tmp("tamper");
+        let d = dir.path();
+        let (path, digest, size) = layer(d);
         let image = append_tree(&path, digest, size).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -242,8 +242,9 @@ mod tests {
             );
             return;
         };
-        let d = tmp("veritysetup");
-        let (path, digest, size) = layer(&d);
+        let dir = tmp("veritysetup");
+        let d = dir.path();
+        let (path, digest, size) = layer(d);
         let image = append_tree(&path, digest, size).unwrap();
         let v = image.id.verity;
         let salt: String = v.salt.iter().map(|b| format!("{b:02x}")).collect();

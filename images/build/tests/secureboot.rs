@@ -13,8 +13,10 @@ use std::sync::OnceLock;
 use cairn_build::secureboot::authenticode::{self, SignError};
 use cairn_build::secureboot::{sign_pe, SbKey, SbKeyError, AAVMF_AARCH64, OVMF_X86_64};
 
+/// A directory of this test's under cargo's scratch directory for tests
+/// (`target/tmp`), emptied first: nothing is left in /tmp.
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cairn-sb-{}-{name}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cairn-sb-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
