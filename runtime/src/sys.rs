@@ -278,8 +278,36 @@ pub const SYMLINK_ERRNO: i32 = libc::ELOOP;
 /// opened as it is. An empty `rel` opens `root`. This is the walk runc
 /// does for mount targets since CVE-2021-30465; mounts are then made on
 /// `/proc/self/fd/N` of the result ([`fd_path`]).
+///
+/// A path that exists is first opened in one `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, which refuses the same
+/// things; if that fails in any way (a symlink, a missing component, a
+/// kernel before 5.6), the walk above runs and reports what it finds.
 pub fn open_in_root(root: &str, rel: &str, create: Create) -> SysResult<OwnedFd> {
-    let mut dir = open(root, libc::O_PATH | libc::O_DIRECTORY)?;
+    let dir = open(root, libc::O_PATH | libc::O_DIRECTORY)?;
+    let relative = |p: &str| p == "." || p == "..";
+    if !rel.split('/').any(relative) {
+        if let Some(fd) = open_beneath(&dir, rel) {
+            return Ok(fd);
+        }
+    }
+    walk_in_root(dir, root, rel, create)
+}
+
+/// `rel` below `dir` in one `openat2` (see [`open_in_root`]); None if the
+/// kernel refused it, for whatever reason.
+fn open_beneath(dir: &OwnedFd, rel: &str) -> Option<OwnedFd> {
+    use nix::fcntl::{OpenHow, ResolveFlag};
+    let rel = rel.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    nix::fcntl::openat2(dir, rel, how).ok()
+}
+
+/// The component walk of [`open_in_root`], from `dir` (the root, opened).
+fn walk_in_root(mut dir: OwnedFd, root: &str, rel: &str, create: Create) -> SysResult<OwnedFd> {
     let mut at = root.trim_end_matches('/').to_owned();
     let mut parts = rel.split('/').filter(|p| !p.is_empty()).peekable();
     while let Some(part) = parts.next() {
@@ -406,6 +434,8 @@ mod tests {
         assert_eq!(err("run", Create::Nothing), Err(("refuse symlink", format!("{r}/run"), libc::ELOOP)));
         assert_eq!(err("proc/up/etc", Create::Nothing), Err(("refuse symlink", format!("{r}/proc/up"), libc::ELOOP)));
         assert_eq!(err("proc/../..", Create::Nothing).map_err(|e| e.2), Err(libc::EINVAL));
+        // `..` that stays inside is refused too (openat2 alone would take it).
+        assert_eq!(err("proc/../proc", Create::Nothing).map_err(|e| e.2), Err(libc::EINVAL));
         assert_eq!(err("proc/none", Create::Nothing).map_err(|e| e.2), Err(libc::ENOENT));
         assert_eq!(err("dev/pts", Create::Dirs), Ok(()));
         assert!(root.join("dev/pts").is_dir());
@@ -419,6 +449,15 @@ mod tests {
             Err(("refuse symlink", libc::ELOOP))
         );
         assert!(fd_path(&dev).starts_with("/proc/self/fd/"));
+        // The one-call path: what exists and has no symlink on the way.
+        let top = open(r, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let beneath = |rel: &str| open_beneath(&top, rel).map(|fd| file_type(&fd, rel).unwrap());
+        assert_eq!(beneath("dev/pts"), Some(libc::S_IFDIR));
+        assert_eq!(beneath("/dev/file"), Some(libc::S_IFREG));
+        assert_eq!(beneath(""), Some(libc::S_IFDIR));
+        for refused in ["run", "run/cairn", "proc/up", "proc/up/etc", "dev/link", "dev/none", "../x"] {
+            assert_eq!(beneath(refused), None, "{refused}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
