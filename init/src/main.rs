@@ -83,6 +83,11 @@ fn main() {
             halt_forever();
         }
     };
+    // The default device program (the BPF verifier and JIT: 10 to 20 ms
+    // under emulation) loads on the other CPU while this thread finds the
+    // disk and mounts the layers; joined before PID 1 first forks. Started
+    // after the signalfd, so its thread blocks every signal too.
+    let programs = cairn_runtime::devices::Programs::preload_defaults();
     for (what, e) in early::mount_all() {
         event("early.mount-failed").kv("mount", what).kv("error", e).emit();
     }
@@ -112,6 +117,7 @@ fn main() {
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     let (slot, booted) = boot::boot(&cmdline, &loader);
+    let programs = programs.join();
     let (units, order, targets, update, window, (installer, updater)) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
@@ -161,7 +167,7 @@ fn main() {
         }
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
-    let mut sup = Supervisor::new(units, order, start_timeout, signals, control);
+    let mut sup = Supervisor::new(units, order, start_timeout, signals, control, programs);
     #[cfg(feature = "test-hooks")]
     if cmdline.test_hang == Some(cmdline::TestHang::Trial) && update.is_some() {
         watchdog::hang_from_now();

@@ -442,11 +442,12 @@ impl Supervisor {
         start_timeout: Duration,
         signals: SignalFd,
         control: Option<Listener>,
+        programs: Programs,
     ) -> Self {
         let (units, descs): (Vec<Unit>, Vec<UnitDesc>) = units.into_iter().unzip();
         Self {
             machine: Machine::new(descs, order, start_timeout),
-            io: Io { units, oom: oom_inotify(), programs: Programs::new() },
+            io: Io { units, oom: oom_inotify(), programs },
             signals,
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),

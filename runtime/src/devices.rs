@@ -291,6 +291,21 @@ impl Programs {
         self.loaded.get(at).ok_or(SysError { op: "device program cache", arg: name.into(), errno: libc::ENOENT })
     }
 
+    /// Start loading the program for [`default_rules`] on a thread of its
+    /// own, so that its verifier and JIT run on another CPU while the
+    /// caller goes on. The caller must [`Preload::join`] it before it forks
+    /// (spawn wants a single-threaded process). A load that fails, or a
+    /// thread that cannot start, leaves the cache empty: the first start
+    /// loads the program then, and its error is that start's.
+    pub fn preload_defaults() -> Preload {
+        let load = || {
+            let mut programs = Programs::new();
+            let _ = programs.get(&default_rules(), "default device rules");
+            programs
+        };
+        Preload(std::thread::Builder::new().name("devices".into()).stack_size(PRELOAD_STACK).spawn(load).ok())
+    }
+
     /// How many are loaded (for tests).
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -301,6 +316,23 @@ impl Programs {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.loaded.is_empty()
+    }
+}
+
+/// The preload thread's stack: the program and the load's attribute
+/// structs are on the heap; the verifier runs in the kernel.
+const PRELOAD_STACK: usize = 64 << 10;
+
+/// The default program loading on its own thread
+/// ([`Programs::preload_defaults`]).
+#[derive(Debug)]
+pub struct Preload(Option<std::thread::JoinHandle<Programs>>);
+
+impl Preload {
+    /// Wait for the load: the cache with the default program, or an empty
+    /// one if it could not be loaded. The thread is gone when this returns.
+    pub fn join(self) -> Programs {
+        self.0.and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
 
@@ -434,5 +466,21 @@ mod tests {
         }
         assert_eq!(p.len(), Programs::KEPT, "the oldest are dropped");
         assert!(p.loaded.iter().all(|x| x.rules() != defaults.as_slice()), "the oldest went first");
+    }
+
+    /// The preload leaves the default program in the cache, where the
+    /// first start finds it (root; skipped where bpf(2) is refused).
+    #[test]
+    fn the_preload_loads_the_default_program_once() {
+        let mut p = Programs::preload_defaults().join();
+        if p.is_empty() {
+            // Refused here: the cache is empty, as a failed load leaves it.
+            assert!(Programs::new().get(&default_rules(), "test").is_err(), "the preload lost a loadable program");
+            return;
+        }
+        assert_eq!(p.len(), 1);
+        let fd = p.loaded.first().map(|x| x.fd.as_raw_fd()).unwrap();
+        assert_eq!(p.get(&default_rules(), "test").map(|x| x.fd.as_raw_fd()).unwrap(), fd, "found, not loaded again");
+        assert_eq!(p.len(), 1);
     }
 }
