@@ -212,17 +212,14 @@ pub fn independent_groups(modules: &[(&str, &[u8])]) -> Vec<Vec<usize>> {
             }
         }
     }
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    // Each set under its root, which is its first member: the groups come
+    // in the order of their first modules.
+    let mut by_root: Vec<Vec<usize>> = vec![Vec::new(); modules.len()];
     for i in 0..modules.len() {
         let r = root(&mut parent, i);
-        let g = *group_of.entry(r).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(i);
+        by_root[r].push(i);
     }
-    groups
+    by_root.into_iter().filter(|g| !g.is_empty()).collect()
 }
 
 /// The modules one kernel ships, by normalised name.
