@@ -72,7 +72,12 @@ fn main() {
     event("modules.done").kv("failed", modules.failed).emit();
     if switch_root::on_initramfs() {
         match switch_root::switch(&modules.files) {
-            Ok(s) => event("rootfs.switched").kv("freed_bytes", s.freed_bytes).emit(),
+            Ok(s) => {
+                if let Some(e) = s.unlimited {
+                    event("rootfs.unlimited").kv("error", e).kv("effect", "the root may grow to half the RAM").emit();
+                }
+                event("rootfs.switched").kv("freed_bytes", s.freed_bytes).emit();
+            }
             Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
     }

@@ -31,10 +31,13 @@ fn root_magic() -> Option<i64> {
 }
 
 /// What leaving the initramfs did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Switched {
     /// Bytes of boot modules deleted (their memory freed).
     pub freed_bytes: u64,
+    /// Why the root could not be limited to [`ROOT_SIZE`], if it could
+    /// not: the switch goes on (containers need it more than the limit).
+    pub unlimited: Option<sys::SysError>,
 }
 
 /// Delete the files in `left` (absolute paths: the boot modules, loaded
@@ -47,9 +50,10 @@ pub fn switch(left: &[String]) -> SysResult<Switched> {
             freed_bytes += size;
         }
     }
-    if root_magic() == Some(TMPFS_MAGIC) {
-        sys::mount("limit the root's size", None, "/", None, libc::MS_REMOUNT, Some(ROOT_SIZE))?;
-    }
+    let unlimited = match root_magic() == Some(TMPFS_MAGIC) {
+        true => sys::mount("limit the root's size", None, "/", None, libc::MS_REMOUNT, Some(ROOT_SIZE)).err(),
+        false => None,
+    };
     sys::mkdir(NEW_ROOT, 0o755)?;
     sys::mount("bind the initramfs", Some("/"), NEW_ROOT, None, libc::MS_BIND, None)?;
     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
@@ -60,5 +64,5 @@ pub fn switch(left: &[String]) -> SysResult<Switched> {
     sys::chdir("/")?;
     // The bind shows the (empty) directory it was made on: not needed.
     let _ = fs::remove_dir(NEW_ROOT);
-    Ok(Switched { freed_bytes })
+    Ok(Switched { freed_bytes, unlimited })
 }
