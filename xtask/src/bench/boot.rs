@@ -218,11 +218,6 @@ fn cairn_boot(b: &'static Board, art: &Artifacts, disk: &Path, log: &Path) -> Re
         .with_context(|| format!("the cairn boot has no boot.start (console: {})", log.display()))
 }
 
-/// The samples of `group`'s row `name` (none if it has no such row).
-fn compare_rows(group: &Group, name: &str) -> Vec<f64> {
-    group.rows.iter().find(|r| r.name == name).map(|r| r.samples.clone()).unwrap_or_default()
-}
-
 /// Stage durations by stage (ms), in [`MILESTONES`] order.
 type PerStage = Vec<(&'static str, Vec<f64>)>;
 
@@ -308,20 +303,17 @@ pub fn overhead(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path)
     std::fs::copy(&bench_bin, root.join("bin/cairn-bench")).context("copying cairn-bench")?;
     let toml = crate::repo_root().join("bench/appliances/hello.toml");
     let sources = std::collections::BTreeMap::from([("bench".to_owned(), root.clone())]);
-    let app = cairn_build::assemble::build_appliance(&toml, &sources, &art.key, &dir.join("layers"))?;
-    let disk = dir.join("disk.img");
-    cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default(), None)?;
+    // The appliance of `toml`, its layers under `layers`, on the disk `disk`.
+    let disk_of = |toml: &Path, layers: &str, disk: &str| -> Result<_> {
+        let app = cairn_build::assemble::build_appliance(toml, &sources, &art.key, &dir.join(layers))?;
+        let disk = dir.join(disk);
+        cairn_build::assemble::assemble_disk(&app, &disk, cairn_build::assemble::DiskOptions::default(), None)?;
+        Ok((app, disk))
+    };
+    let (app, disk) = disk_of(&toml, "layers", "disk.img")?;
     let digest_toml = dir.join("hello-digest.toml");
     digest_variant(&toml, &digest_toml)?;
-    let digest_app =
-        cairn_build::assemble::build_appliance(&digest_toml, &sources, &art.key, &dir.join("layers-digest"))?;
-    let digest_disk = dir.join("disk-digest.img");
-    cairn_build::assemble::assemble_disk(
-        &digest_app,
-        &digest_disk,
-        cairn_build::assemble::DiskOptions::default(),
-        None,
-    )?;
+    let (_, digest_disk) = disk_of(&digest_toml, "layers-digest", "disk-digest.img")?;
     let bare_initramfs = dir.join("bare.cpio.gz");
     let mut c = cairn_build::cpio::CpioBuilder::new();
     for d in ["dev", "proc", "sys"] {
@@ -358,8 +350,16 @@ pub fn overhead(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path)
             verity.hello, by_digest.hello
         );
     }
+    let p50 = |v: &[f64]| super::stats::summarize(v).map_or(0.0, |s| s.p50);
+    let summary = overhead_summary(Medians {
+        bare: p50(&bare),
+        cairn: p50(&cairn),
+        own: p50(&own),
+        unchecked: p50(&unchecked),
+        unchecked_no_modules: p50(&unchecked_no_modules),
+    });
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let compare = Group {
+    let mut compare = Group {
         name: "boot-overhead".into(),
         title: "kernel start -> the payload's first line (CLOCK_BOOTTIME in the guest): bare /init vs cairn running it as its one container".into(),
         unit: "s".into(),
@@ -378,15 +378,6 @@ pub fn overhead(b: &'static Board, art: &Artifacts, runs: usize, log_dir: &Path)
             ),
         ],
     };
-    let p50 = |v: &[f64]| super::stats::summarize(v).map_or(0.0, |s| s.p50);
-    let summary = overhead_summary(Medians {
-        bare: p50(&compare_rows(&compare, "bare init")),
-        cairn: p50(&compare_rows(&compare, "cairn")),
-        own: p50(&own),
-        unchecked: p50(&unchecked),
-        unchecked_no_modules: p50(&unchecked_no_modules),
-    });
-    let mut compare = compare;
     compare.notes.extend(summary);
     let breakdown = stage_group(
         "boot-overhead-stages",
