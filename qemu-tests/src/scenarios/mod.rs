@@ -58,7 +58,7 @@ mod pause;
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::console::Console;
 use crate::{Ending, Run, Scenario};
@@ -149,10 +149,25 @@ pub fn until_exit(_: &Console) -> bool {
 
 /// PID 1 never panicked and the kernel never did either.
 pub fn no_panic(run: &Run) -> Result<()> {
-    ensure!(!run.console.contains("Kernel panic"), "kernel panic on the console");
-    ensure!(!run.console.contains("panicked at"), "a Rust panic on the console");
+    for (what, text) in [("kernel panic", "Kernel panic"), ("a Rust panic", "panicked at")] {
+        if let Some(at) = run.console.raw.iter().position(|l| l.contains(text)) {
+            bail!("{what} on the console:\n{}", panic_excerpt(&run.console.raw, at));
+        }
+    }
     Ok(())
 }
+
+/// The console around a panic, indented under the failure line: what led to
+/// it and the kernel's reason and trace, so that a run whose logs are gone
+/// (a CI machine's) still says what happened.
+fn panic_excerpt(raw: &[String], at: usize) -> String {
+    let from = at.saturating_sub(PANIC_BEFORE);
+    let lines = raw.iter().skip(from).take(PANIC_BEFORE + PANIC_AFTER);
+    lines.map(|l| format!("     | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+const PANIC_BEFORE: usize = 30;
+const PANIC_AFTER: usize = 12;
 
 /// Build the scenario appliance `name`, boot it until the device powers
 /// itself off, and check that it did so in order.
@@ -170,4 +185,35 @@ pub fn powered_off(run: &Run) -> Result<()> {
     ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
     run.console.expect("shutdown.complete", &[("kind", "poweroff")])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(lines: &[&str]) -> Run {
+        let mut console = Console::default();
+        for l in lines {
+            console.push(l);
+        }
+        Run { console, ending: Ending::Exited, elapsed: Duration::ZERO }
+    }
+
+    #[test]
+    fn a_panic_fails_with_what_led_to_it() {
+        let clean = run_of(&["cairn: t=1.0 event=boot.start", "[    8.2] reboot: Power down"]);
+        assert!(no_panic(&clean).is_ok());
+        let mut lines = vec!["cairn: t=1.0 event=boot.start"; 40];
+        lines.extend([
+            "[    2.1] Call trace:",
+            "[    2.1]  efivarfs_init+0x10",
+            "[    2.1] Kernel panic - not syncing: Oops",
+        ]);
+        let e = no_panic(&run_of(&lines)).unwrap_err().to_string();
+        assert!(e.starts_with("kernel panic on the console:\n"), "{e}");
+        assert!(e.contains("     | [    2.1]  efivarfs_init+0x10\n"), "the trace is missing: {e}");
+        assert_eq!(e.lines().count(), 1 + PANIC_BEFORE + 1, "{e}");
+        let e = no_panic(&run_of(&["thread 'main' panicked at init/src/main.rs:9"])).unwrap_err().to_string();
+        assert!(e.starts_with("a Rust panic on the console:\n     | thread 'main'"), "{e}");
+    }
 }
