@@ -88,11 +88,6 @@ fn main() {
             halt_forever();
         }
     };
-    // The default device program (the BPF verifier and JIT: 10 to 20 ms
-    // under emulation) loads on the other CPU while this thread finds the
-    // disk and mounts the layers; joined before PID 1 first forks. Started
-    // after the signalfd, so its thread blocks every signal too.
-    let programs = cairn_runtime::devices::Programs::preload_defaults();
     for (what, e) in early::mount_all() {
         event("early.mount-failed").kv("mount", what).kv("error", e).emit();
     }
@@ -121,11 +116,20 @@ fn main() {
     watchdog::arm(&cmdline);
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
+    // The default device program (the BPF verifier and JIT: 10 to 20 ms
+    // under emulation) loads on the other CPU while this thread finds the
+    // disk and mounts the layers; joined before PID 1 first forks. Started
+    // after the signalfd, so its thread blocks every signal too, and after
+    // the firmware's variables are read: nothing of the kernel's that the
+    // boot has not already needed runs beside the load (efivarfs's module,
+    // the firmware's runtime services).
+    let programs = cairn_runtime::devices::Programs::preload_defaults();
     let (slot, booted) = boot::boot(&cmdline, &loader);
     let programs = programs.join();
-    let (units, order, targets, update, window, (installer, updater)) = match booted {
+    let (units, order, targets, update, window, (installer, updater), deferred_data) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
+            let deferred_data = booted.data_deferred.then(|| (booted.partitions.clone(), booted.manifest.clone()));
             let window = booted.manifest.update.commit_after_ms;
             let installer = autoinstall(&booted, slot.clone());
             let updater = install::Updater {
@@ -136,7 +140,7 @@ fn main() {
                 entry: slot.clone(),
             };
             let update = booted.trial.map(|t| (t, booted.record));
-            (units, order, booted.targets, update, window, (installer, Some(updater)))
+            (units, order, booted.targets, update, window, (installer, Some(updater)), deferred_data)
         }
         Err(e @ boot::BootError::EntryNamed(_)) => {
             event("boot.restart").kv("reason", &e).emit();
@@ -156,7 +160,7 @@ fn main() {
                 event("boot.trial-failed").kv("slot", s).kv("reason", e).kv("effect", "reboot").emit();
                 finish(ShutdownKind::Reboot, &[]);
             }
-            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None))
+            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None), None)
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it
@@ -202,6 +206,12 @@ fn main() {
                 .kv("effect", "corrupt blocks still fail with EIO, unreported")
                 .emit(),
         }
+    }
+    if let Some((parts, m)) = deferred_data {
+        sup.after_first_starts(move || {
+            storage::mount_data(&parts);
+            volumes::report_unused(&m);
+        });
     }
     let kind = sup.run();
     finish(kind, &targets);

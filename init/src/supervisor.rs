@@ -416,6 +416,9 @@ pub struct Supervisor {
     updater: Option<crate::install::Updater>,
     /// The `volume prune` helper's pid while it runs.
     pruner: Option<libc::pid_t>,
+    /// Boot work no start waits for, done once the first starts are under
+    /// way ([`Supervisor::after_first_starts`]).
+    deferred: Option<Box<dyn FnOnce()>>,
 }
 
 /// This boot on trial: its boot entry (new kernel or init), its manifest
@@ -458,7 +461,16 @@ impl Supervisor {
             console: None,
             updater: None,
             pruner: None,
+            deferred: None,
         }
+    }
+
+    /// Do `work` once the loop has issued the first starts, before it first
+    /// waits: boot work that no container needs to start (the data
+    /// partition's mount without persistent volumes) then overlaps with
+    /// the containers' own set-up.
+    pub fn after_first_starts(&mut self, work: impl FnOnce() + 'static) {
+        self.deferred = Some(Box::new(work));
     }
 
     /// Judge this boot if it is on trial: the booted entry (if it counts
@@ -562,6 +574,9 @@ impl Supervisor {
                     }
                 }
                 return kind;
+            }
+            if let Some(work) = self.deferred.take() {
+                work();
             }
             // The trial's clock starts as soon as the containers have
             // started, before the loop sleeps.

@@ -251,7 +251,7 @@ pub fn attach(mut spec: ContainerSpec, c: &Container, ready: &Ready) -> Result<C
 pub fn prepare(m: &Manifest) -> Ready {
     let mut ready = Ready::new();
     let data = data_mounted();
-    let has_persistent = m.volumes.iter().any(|v| v.kind == VolumeKind::Persistent);
+    let has_persistent = m.has_persistent_volumes();
     if data {
         // Made only when a volume needs it: the first write to the data
         // filesystem after its mount (a journal transaction, the quota
@@ -276,10 +276,7 @@ pub fn prepare(m: &Manifest) -> Ready {
             }
         }
         let names: Vec<String> = present.into_iter().map(|(n, _)| n).collect();
-        let left = unused(&names, m);
-        if !left.is_empty() {
-            event("volume.unused").kv("count", left.len()).kv("names", left.join(",")).kv("effect", "kept").emit();
-        }
+        unused_event(&names, m);
     } else if has_persistent {
         event("volume.failed").kv("reason", "the data partition is not mounted").emit();
     }
@@ -292,6 +289,24 @@ pub fn prepare(m: &Manifest) -> Ready {
         }
     }
     ready
+}
+
+/// After the data partition's mount that waited for the first starts
+/// (`Booted::data_deferred`: the manifest has no persistent volume): the
+/// volumes an earlier manifest left on it, as [`prepare`] says them.
+pub fn report_unused(m: &Manifest) {
+    if data_mounted() {
+        unused_event(&present_names(), m);
+    }
+}
+
+/// `volume.unused` for the volumes on the disk (`present`) that `m` does
+/// not name, if any.
+fn unused_event(present: &[String], m: &Manifest) {
+    let left = unused(present, m);
+    if !left.is_empty() {
+        event("volume.unused").kv("count", left.len()).kv("names", left.join(",")).kv("effect", "kept").emit();
+    }
 }
 
 /// The data partition is mounted at [`DATA_DIR`] (a different device from

@@ -1034,6 +1034,11 @@ impl Manifest {
         self.layers.iter().find(|l| l.name.as_str() == name)
     }
 
+    /// Whether a volume lives on the data partition (a persistent one).
+    pub fn has_persistent_volumes(&self) -> bool {
+        self.volumes.iter().any(|v| v.kind == VolumeKind::Persistent)
+    }
+
     /// Find a container by name, with its index.
     pub fn container(&self, name: &str) -> Option<(usize, &Container)> {
         self.containers.iter().enumerate().find(|(_, c)| c.name.as_str() == name)
@@ -1902,6 +1907,12 @@ pub(crate) mod tests {
         let mut m = manifest(&[a, b]);
         m.volumes = vec![vol("data", VolumeKind::Persistent, 8 << 20), vol("cache", VolumeKind::Tmpfs, 1 << 20)];
         assert_eq!(m.validate(), Ok(()));
+        assert!(m.has_persistent_volumes());
+        let tmpfs_only = Manifest {
+            volumes: m.volumes.iter().filter(|v| v.kind == VolumeKind::Tmpfs).cloned().collect(),
+            ..m.clone()
+        };
+        assert!(!tmpfs_only.has_persistent_volumes());
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), m);
         assert_eq!(m.volume_owner("data"), Some((0, 0)));

@@ -24,6 +24,10 @@
 //! are deleted (`volume.pruned`, with what they held), `store` is not
 //! (`keeper`, which mounts it, finds its record after the prune), and a
 //! second prune, and `cairn-ctl volume prune` after it, find nothing.
+//!
+//! Fourth boot (`volumes-none`, the prune's data partition on a new disk):
+//! no persistent volume, so PID 1 mounts the data partition only once the
+//! containers' starts are under way; `store` is then reported unused.
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -142,26 +146,8 @@ fn prune(
     old_layout: &cairn_build::gpt::DiskLayout,
     opts: &crate::qemu::BootOptions,
 ) -> Result<()> {
-    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-    let app = ctx.build("volumes-prune")?;
-    let (disk, layout) = ctx.disk(&app, "prune.img")?;
-    let data = |l: &cairn_build::gpt::DiskLayout| {
-        l.partitions.iter().find(|p| p.name == "cairn-data").map(|p| (p.offset_bytes, p.size_bytes))
-    };
-    let (Some((from, size)), Some((to, room))) = (data(old_layout), data(&layout)) else {
-        anyhow::bail!("no cairn-data partition");
-    };
-    ensure!(size == room, "data partitions differ: {size} and {room} bytes");
     // The data partition the first two boots wrote, onto the new disk.
-    let mut src = std::fs::File::open(old)?;
-    let mut dst = std::fs::OpenOptions::new().write(true).open(&disk)?;
-    src.seek(SeekFrom::Start(from))?;
-    dst.seek(SeekFrom::Start(to))?;
-    let copied = std::io::copy(&mut (&mut src).take(size), &mut dst)?;
-    ensure!(copied == size, "copied {copied} of {size} bytes");
-    dst.flush()?;
-    drop(dst);
-
+    let (disk, layout) = with_data_of(ctx, "volumes-prune", "prune.img", old, old_layout)?;
     let run = ctx.boot_with(&disk, opts, "prune.log", BOOT_TIMEOUT, &until_exit)?;
     powered_off(&run)?;
     let c = &run.console;
@@ -189,5 +175,58 @@ fn prune(
     // cairn-ctl: nothing left, exit 0.
     want(c.expect("control.request", &[("caller", "ctl-pruner")])?, "reply", "ok nothing to prune")?;
     want(c.expect("container.exited", &[("name", "ctl-pruner")])?, "code", "0")?;
+    without_persistent(ctx, &disk, &layout, opts)
+}
+
+/// The fourth boot: a manifest with no persistent volume, on the data
+/// partition the prune left (`store` only). PID 1 mounts the partition
+/// only once the containers' starts are under way, and then says that
+/// `store` is unused.
+fn without_persistent(
+    ctx: &Ctx,
+    old: &std::path::Path,
+    old_layout: &cairn_build::gpt::DiskLayout,
+    opts: &crate::qemu::BootOptions,
+) -> Result<()> {
+    let (disk, _) = with_data_of(ctx, "volumes-none", "none.img", old, old_layout)?;
+    let run = ctx.boot_with(&disk, opts, "none.log", BOOT_TIMEOUT, &until_exit)?;
+    powered_off(&run)?;
+    let c = &run.console;
+    let starting = c.expect("container.starting", &[])?;
+    let mounted = c.expect("data.mounted", &[("quota", "prjquota")])?;
+    ensure!(mounted.index > starting.index, "the data partition was mounted before the first start");
+    want(c.expect("volume.unused", &[])?, "names", "store")?;
+    want(c.expect("volume.created", &[("name", "scratch")])?, "kind", "tmpfs")?;
+    want(c.expect("container.exited", &[("name", "scratcher")])?, "code", "0")?;
+    ensure!(c.first("volume.failed", &[]).is_none(), "a volume failed");
     Ok(())
+}
+
+/// A disk of appliance `name` (`img`) whose data partition is a copy of
+/// `old`'s.
+fn with_data_of(
+    ctx: &Ctx,
+    name: &str,
+    img: &str,
+    old: &std::path::Path,
+    old_layout: &cairn_build::gpt::DiskLayout,
+) -> Result<(std::path::PathBuf, cairn_build::gpt::DiskLayout)> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let app = ctx.build(name)?;
+    let (disk, layout) = ctx.disk(&app, img)?;
+    let data = |l: &cairn_build::gpt::DiskLayout| {
+        l.partitions.iter().find(|p| p.name == "cairn-data").map(|p| (p.offset_bytes, p.size_bytes))
+    };
+    let (Some((from, size)), Some((to, room))) = (data(old_layout), data(&layout)) else {
+        anyhow::bail!("no cairn-data partition");
+    };
+    ensure!(size == room, "data partitions differ: {size} and {room} bytes");
+    let mut src = std::fs::File::open(old)?;
+    let mut dst = std::fs::OpenOptions::new().write(true).open(&disk)?;
+    src.seek(SeekFrom::Start(from))?;
+    dst.seek(SeekFrom::Start(to))?;
+    let copied = std::io::copy(&mut (&mut src).take(size), &mut dst)?;
+    ensure!(copied == size, "copied {copied} of {size} bytes");
+    dst.flush()?;
+    Ok((disk, layout))
 }

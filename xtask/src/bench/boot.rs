@@ -121,7 +121,9 @@ pub fn firmware(b: &'static Board, art: &Artifacts, disk: &Path, runs: usize, lo
 
 /// Milestones of a cairn boot, in order: (stage name, the event that ends
 /// it, whether its last occurrence counts). A stage lasts from the previous
-/// milestone present to its own; missing milestones are skipped.
+/// milestone present to its own; missing milestones are skipped, and so is
+/// one reached after a later milestone (work the boot did off the path to
+/// the payload: the data partition's mount without persistent volumes).
 pub const MILESTONES: &[(&str, &str, bool)] = &[
     ("kernel -> cairn /init", "boot.start", false),
     ("modules", "modules.done", false),
@@ -139,15 +141,22 @@ pub const MILESTONES: &[(&str, &str, bool)] = &[
 
 /// Stage durations from `(event, t)` pairs in console order.
 pub fn stages(events: &[(String, f64)]) -> Vec<(&'static str, f64)> {
+    let reached: Vec<(&'static str, f64)> = MILESTONES
+        .iter()
+        .filter_map(|&(stage, event, last)| {
+            let mut hits = events.iter().filter(|(e, _)| e == event).map(|(_, t)| *t);
+            let t = if last { hits.next_back() } else { hits.next() };
+            t.map(|t| (stage, t))
+        })
+        .collect();
     let mut out = Vec::new();
     let mut prev = 0.0;
-    for &(stage, event, last) in MILESTONES {
-        let mut hits = events.iter().filter(|(e, _)| e == event).map(|(_, t)| *t);
-        let t = if last { hits.next_back() } else { hits.next() };
-        if let Some(t) = t {
-            out.push((stage, t - prev));
-            prev = t;
+    for (i, &(stage, t)) in reached.iter().enumerate() {
+        if reached.iter().skip(i + 1).any(|&(_, later)| later < t) {
+            continue;
         }
+        out.push((stage, t - prev));
+        prev = t;
     }
     out
 }
@@ -429,6 +438,33 @@ mod tests {
         let secs: Vec<f64> = s.iter().map(|(_, t)| *t).collect();
         assert_eq!(secs, [2.0, 0.5, 0.5, 0.25, 0.75, 0.5, 0.25, 0.25]);
         assert!((secs.iter().sum::<f64>() - 5.0).abs() < 1e-9, "stages add up to the payload's time");
+    }
+
+    #[test]
+    fn a_milestone_reached_after_a_later_one_is_off_the_path() {
+        let ev = |e: &str, t: f64| (e.to_owned(), t);
+        let events = [
+            ev("boot.start", 2.0),
+            ev("layer.mounted", 2.5),
+            ev("container.starting", 2.75),
+            ev("data.mounted", 3.0),
+            ev("container.started", 3.25),
+            ev("bench-hello", 3.5),
+        ];
+        let s = stages(&events);
+        let names: Vec<&str> = s.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "kernel -> cairn /init",
+                "layer mounts (verify)",
+                "to container start",
+                "container setup -> exec",
+                "exec -> payload line"
+            ]
+        );
+        let secs: Vec<f64> = s.iter().map(|(_, t)| *t).collect();
+        assert_eq!(secs, [2.0, 0.5, 0.25, 0.5, 0.25]);
     }
 
     #[test]
