@@ -16,7 +16,8 @@
 //!
 //! A bundle comes from one of two sources:
 //! - a whole disk that holds one (a USB stick or a second disk written with
-//!   `dd`): `autoinstall` at boot ([`spawn`]);
+//!   `dd`): searched at boot ([`spawn`], forked by the supervisor once the
+//!   first starts are under way: `Supervisor::look_for_bundles`);
 //! - a descriptor a container with the `update` permission passes with its
 //!   `update` request (`cairn-ctl update FILE`: a file its update agent
 //!   downloaded, or a device it was given): [`spawn_request`]. That child

@@ -126,12 +126,12 @@ fn main() {
     let programs = cairn_runtime::devices::Programs::preload_defaults();
     let (slot, booted) = boot::boot(&cmdline, &loader);
     let programs = programs.join();
-    let (units, order, targets, update, window, (installer, updater), deferred_data) = match booted {
+    let (units, order, targets, update, window, (search, updater), deferred_data) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
             let deferred_data = booted.data_deferred.then(|| (booted.partitions.clone(), booted.manifest.clone()));
             let window = booted.manifest.update.commit_after_ms;
-            let installer = autoinstall(&booted, slot.clone());
+            let search = (booted.disk.clone(), booted.trial.as_ref().map(|t| t.slot), booted.record.snapshot());
             let updater = install::Updater {
                 trust: booted.trust,
                 committed: booted.manifest,
@@ -140,7 +140,7 @@ fn main() {
                 entry: slot.clone(),
             };
             let update = booted.trial.map(|t| (t, booted.record));
-            (units, order, booted.targets, update, window, (installer, Some(updater)), deferred_data)
+            (units, order, booted.targets, update, window, (Some(search), Some(updater)), deferred_data)
         }
         Err(e @ boot::BootError::EntryNamed(_)) => {
             event("boot.restart").kv("reason", &e).emit();
@@ -186,8 +186,10 @@ fn main() {
     if let Some(u) = updater {
         sup.offer_updates(u);
     }
-    if let Some(pid) = installer {
-        sup.watch_installer(pid);
+    // A bundle on another disk (a USB stick): the forked installer looks
+    // for one and installs it (a trial pending refuses it).
+    if let Some((disk, trial, record)) = search {
+        sup.look_for_bundles(disk, trial, record);
     }
     if console::allowed(cmdline.console_ctl) {
         sup.open_console();
@@ -215,19 +217,6 @@ fn main() {
     }
     let kind = sup.run();
     finish(kind, &targets);
-}
-
-/// A bundle on another disk (a USB stick): the forked installer looks for
-/// one and installs it (a trial pending refuses it).
-fn autoinstall(b: &boot::Booted, entry: Option<bootslot::BootSlot>) -> Option<libc::pid_t> {
-    let cx = install::Context {
-        trust: b.trust.as_ref(),
-        committed: &b.manifest,
-        record: b.record.snapshot(),
-        partitions: &b.partitions,
-        entry,
-    };
-    install::spawn(&b.disk, b.trial.as_ref().map(|t| t.slot), cx)
 }
 
 /// One supervised unit per manifest container, and the start order.

@@ -419,6 +419,19 @@ pub struct Supervisor {
     /// Boot work no start waits for, done once the first starts are under
     /// way ([`Supervisor::after_first_starts`]).
     deferred: Option<Box<dyn FnOnce()>>,
+    /// The boot's search for a bundle on another disk, forked once the
+    /// first starts are under way ([`Supervisor::look_for_bundles`]).
+    bundle_search: Option<BundleSearch>,
+}
+
+/// What the boot's installer child needs beside the [`Supervisor::updater`].
+struct BundleSearch {
+    /// The boot disk's kernel name: never searched.
+    boot_disk: String,
+    /// The manifest slot on trial this boot: a bundle found is refused.
+    trial: Option<cairn_format::bootstate::Slot>,
+    /// The boot state record as the boot read it.
+    record: crate::record::Record,
 }
 
 /// This boot on trial: its boot entry (new kernel or init), its manifest
@@ -462,6 +475,7 @@ impl Supervisor {
             updater: None,
             pruner: None,
             deferred: None,
+            bundle_search: None,
         }
     }
 
@@ -575,9 +589,7 @@ impl Supervisor {
                 }
                 return kind;
             }
-            if let Some(work) = self.deferred.take() {
-                work();
-            }
+            self.after_starts_issued();
             // The trial's clock starts as soon as the containers have
             // started, before the loop sleeps.
             self.assess(Instant::now());
@@ -620,10 +632,36 @@ impl Supervisor {
         self.console = Some(crate::console::Session::new());
     }
 
-    /// Watch the forked update installer: a staged update reboots into
-    /// its trial.
-    pub fn watch_installer(&mut self, pid: libc::pid_t) {
-        self.installer = Some(pid);
+    /// Once the first starts are under way, fork the installer that looks
+    /// for a bundle on every disk but `boot_disk` (a USB stick), and watch
+    /// it: a staged update reboots into its trial. Needs the boot's
+    /// [`Supervisor::offer_updates`]; without it nothing is searched.
+    pub fn look_for_bundles(
+        &mut self,
+        boot_disk: String,
+        trial: Option<cairn_format::bootstate::Slot>,
+        record: crate::record::Record,
+    ) {
+        self.bundle_search = Some(BundleSearch { boot_disk, trial, record });
+    }
+
+    /// The boot's work that no container waits for, after the loop's first
+    /// starts: the installer's fork (it then runs on its own), then the
+    /// deferred work.
+    fn after_starts_issued(&mut self) {
+        if let (Some(s), Some(u)) = (self.bundle_search.take(), self.updater.as_ref()) {
+            let cx = crate::install::Context {
+                trust: u.trust.as_ref(),
+                committed: &u.committed,
+                record: s.record,
+                partitions: &u.partitions,
+                entry: u.entry.clone(),
+            };
+            self.installer = crate::install::spawn(&s.boot_disk, s.trial, cx);
+        }
+        if let Some(work) = self.deferred.take() {
+            work();
+        }
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: i32) {
