@@ -232,7 +232,15 @@ pub fn spawn(boot_disk: &str, trial: Option<Slot>, cx: Context<'_>) -> Option<li
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Some(child.as_raw()),
         Ok(nix::unistd::ForkResult::Child) => {
-            crate::helper_events::become_helper();
+            let events = crate::helper_events::become_helper();
+            // Forked from the supervisor's loop: the containers' pipes and
+            // ptys and the control socket are not the installer's to hold
+            // (a pty would stay open after its container's end).
+            if let Err(errno) = sys::close_all_but(&[events]) {
+                let e = sys::SysError { op: "close_range", arg: "the installer's inherited descriptors".into(), errno };
+                event("update.unavailable").kv("error", e).emit();
+                sys::exit_now(1);
+            }
             let Some(source) = find_bundle_disk(boot_disk) else { sys::exit_now(NO_BUNDLE) };
             event("update.installing").kv("source", &source).kv("pid", nix::unistd::getpid().as_raw()).emit();
             let result = match trial {
