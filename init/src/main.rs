@@ -66,18 +66,13 @@ fn main() {
     let start = start.kv("test_hooks", "on");
     start.emit();
     // The boot modules first, from the initramfs: the disk controller
-    // probes while the rest of the boot goes on, and their files are
-    // deleted when the boot leaves the initramfs (nothing reads them again).
+    // probes while the rest of the boot goes on, and their files are not
+    // copied out of the initramfs (nothing reads them again).
     let modules = modules::load_all();
     event("modules.done").kv("failed", modules.failed).emit();
     if switch_root::on_initramfs() {
         match switch_root::switch(&modules.files) {
-            Ok(s) => {
-                if let Some(e) = s.unlimited {
-                    event("rootfs.unlimited").kv("error", e).kv("effect", "the root may grow to half the RAM").emit();
-                }
-                event("rootfs.switched").kv("freed_bytes", s.freed_bytes).emit();
-            }
+            Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
             Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
     }
