@@ -35,6 +35,7 @@ use std::time::Instant;
 use cairn_runtime::devices::Programs;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::spec::{ContainerSpec, CpuMax, Limits, Network};
+use cairn_runtime::Ahead;
 use cairn_runtime::{sys, Cgroup};
 
 /// The rootfs every contender starts (busybox-static, `/bin/true`).
@@ -263,10 +264,12 @@ fn guest() -> Res<()> {
     }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
     let cgroup = Cgroup::for_container(&spec.name);
-    // Device programs load once per rule set, as in cairn-init.
-    let mut programs = Programs::new();
+    // Device programs load once per rule set, as in cairn-init; nothing
+    // else is made ahead (cairn-init makes one network namespace ahead for
+    // its boot's first start only).
+    let mut ahead = Ahead::new();
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("trace") {
-        return trace::run(&spec, filter.as_ref(), &cgroup, &mut programs, n);
+        return trace::run(&spec, filter.as_ref(), &cgroup, &mut ahead, n);
     }
     // The same container on a bridge (a veth pair per start, eth0 at an
     // address), and on a network with egress (plus its default route).
@@ -294,12 +297,12 @@ fn guest() -> Res<()> {
         for (ci, who) in contenders.clone().iter().enumerate() {
             let result = match *who {
                 "fork-exec" => fork_exec(),
-                "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup, &mut programs),
-                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &cgroup, &mut programs),
-                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &cgroup, &mut programs),
+                "cairn" => cairn_start(&spec, filter.as_ref(), &cgroup, &mut ahead),
+                "cairn-bridge" => cairn_start(&bridged, filter.as_ref(), &cgroup, &mut ahead),
+                "cairn-egress" => cairn_start(&routed, filter.as_ref(), &cgroup, &mut ahead),
                 // Every start loads its device program, as before they
                 // were kept (and as at a boot's first start).
-                "cairn-cold" => cairn_start(&spec, filter.as_ref(), &cgroup, &mut Programs::new()),
+                "cairn-cold" => cairn_start(&spec, filter.as_ref(), &cgroup, &mut Ahead::new()),
                 "crun" => oci_run("/usr/bin/crun", &[]),
                 "runc" => oci_run("/usr/bin/runc", &[]),
                 "ns-clone" => ns_clone(true),
@@ -420,10 +423,10 @@ fn cairn_start(
     spec: &ContainerSpec,
     filter: Option<&cairn_runtime::seccomp::Filter>,
     cgroup: &Cgroup,
-    programs: &mut Programs,
+    ahead: &mut Ahead,
 ) -> Res<Vec<(&'static str, f64)>> {
     let t0 = Instant::now();
-    let started = cairn_runtime::spawn(spec, filter, cgroup, programs, None).map_err(err)?;
+    let started = cairn_runtime::spawn(spec, filter, cgroup, ahead, None).map_err(err)?;
     let spawned_us = now_us(t0);
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let exec_us = loop {
@@ -487,14 +490,14 @@ fn print_mem(who: &str, when: &str, pid: &str) -> Res<()> {
 fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     print_mem("parent", "idle", "self")?;
     let filter = spawning::seccomp_filter(base).map_err(err)?;
-    let mut programs = Programs::new();
+    let mut ahead = Ahead::new();
     let mut running = Vec::new();
     for i in 0..16 {
         let mut spec = base.clone();
         spec.name = format!("stay{i:02}");
         spec.argv = vec![CString::new("/bin/sleep").map_err(err)?, CString::new("3600").map_err(err)?];
         let cg = Cgroup::for_container(&spec.name);
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut programs, None).map_err(err)?;
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut ahead, None).map_err(err)?;
         running.push((started, cg));
     }
     // Let every one finish its set-up (report pipe EOF).
@@ -526,7 +529,7 @@ fn memory(base: &ContainerSpec, restarts: usize) -> Res<()> {
     let cg = Cgroup::for_container(&spec.name);
     let t0 = Instant::now();
     for i in 1..=restarts {
-        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut programs, None).map_err(err)?;
+        let started = cairn_runtime::spawn(&spec, filter.as_ref(), &cg, &mut ahead, None).map_err(err)?;
         let status = wait(started.pid)?;
         drop(started);
         if status == 0 {

@@ -18,7 +18,6 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use cairn_runtime::devices::Programs;
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Setup};
 use cairn_runtime::spec::{ContainerSpec, NetAttach, Network};
@@ -179,7 +178,7 @@ struct Running {
 
 fn start(spec: &ContainerSpec, filter: Option<&Filter>) -> Res<Running> {
     let cgroup = Cgroup::for_container(&spec.name);
-    let started = cairn_runtime::spawn(spec, filter, &cgroup, &mut Programs::new(), None).map_err(err)?;
+    let started = cairn_runtime::spawn(spec, filter, &cgroup, &mut cairn_runtime::Ahead::new(), None).map_err(err)?;
     let mut pfd = libc::pollfd { fd: started.report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.

@@ -112,15 +112,16 @@ fn main() {
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     // The default device program (the BPF verifier and JIT: 10 to 20 ms
-    // under emulation) loads on the other CPU while this thread finds the
-    // disk and mounts the layers; joined before PID 1 first forks. Started
+    // under emulation) and a network namespace with loopback up (about 20
+    // ms cold) are made on the other CPU while this thread finds the disk
+    // and mounts the layers; joined before PID 1 first forks. Started
     // after the signalfd, so its thread blocks every signal too, and after
     // the firmware's variables are read: nothing of the kernel's that the
-    // boot has not already needed runs beside the load (efivarfs's module,
-    // the firmware's runtime services).
-    let programs = cairn_runtime::devices::Programs::preload_defaults();
+    // boot has not already needed runs beside it (efivarfs's module, the
+    // firmware's runtime services).
+    let ahead = cairn_runtime::Ahead::prepare();
     let (slot, booted) = boot::boot(&cmdline, &loader);
-    let programs = programs.join();
+    let ahead = report_ahead(ahead.join());
     let (units, order, targets, update, window, (search, updater), deferred_data) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
@@ -171,7 +172,7 @@ fn main() {
         }
     };
     let start_timeout = std::time::Duration::from_millis(cmdline.start_timeout_ms.into());
-    let mut sup = Supervisor::new(units, order, start_timeout, signals, control, programs);
+    let mut sup = Supervisor::new(units, order, start_timeout, signals, control, ahead);
     #[cfg(feature = "test-hooks")]
     if cmdline.test_hang == Some(cmdline::TestHang::Trial) && update.is_some() {
         watchdog::hang_from_now();
@@ -212,6 +213,22 @@ fn main() {
     }
     let kind = sup.run();
     finish(kind, &targets);
+}
+
+/// Say what was made ahead of the first start (`boot.ahead`): what failed
+/// is made by the start that needs it, and fails there if it must.
+fn report_ahead(p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
+    let e = event("boot.ahead");
+    let e = match &p.program {
+        Ok(()) => e.kv("device_program", "loaded"),
+        Err(err) => e.kv("device_program", "failed").kv("program_error", err),
+    };
+    match &p.net {
+        Ok(id) => e.kv("net", id),
+        Err(err) => e.kv("net", "none").kv("net_error", err),
+    }
+    .emit();
+    p.ahead
 }
 
 /// One supervised unit per manifest container, and the start order.

@@ -24,10 +24,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::resolve::SpecError;
 use cairn_format::manifest::MAX_CONTAINERS;
-use cairn_runtime::devices::Programs;
 use cairn_runtime::seccomp::Filter;
 use cairn_runtime::spawn::{self as spawning, Filters, Setup, SpawnError};
 use cairn_runtime::sys::SysError;
+use cairn_runtime::Ahead;
 use cairn_runtime::{spawn, Cgroup, ContainerSpec, Exit};
 
 use crate::control::{self, Conn, Listener, Received, Sent, Source, Stream, MAX_CONNECTIONS};
@@ -135,8 +135,9 @@ struct Io {
     /// inotify on the containers' `memory.events` (live OOM events).
     oom: Option<OwnedFd>,
     /// Device programs loaded so far, shared by every container with the
-    /// same rules (most have the defaults).
-    programs: Programs,
+    /// same rules (most have the defaults), and a network namespace made
+    /// ahead for the first container that may take it.
+    ahead: Ahead,
 }
 
 impl Effects for Io {
@@ -152,7 +153,7 @@ impl Effects for Io {
         u.oom_baseline = u.cgroup.oom_kills();
         u.oom_seen = u.oom_baseline;
         let spec = with_restart_count(spec, restarts);
-        match spawn(&spec, u.filter.as_deref(), &u.cgroup, &mut self.programs, join) {
+        match spawn(&spec, u.filter.as_deref(), &u.cgroup, &mut self.ahead, join) {
             Ok(started) => {
                 // The cgroup exists now (it is kept across runs: the same
                 // file, the same watch).
@@ -458,12 +459,12 @@ impl Supervisor {
         start_timeout: Duration,
         signals: SignalFd,
         control: Option<Listener>,
-        programs: Programs,
+        ahead: Ahead,
     ) -> Self {
         let (units, descs): (Vec<Unit>, Vec<UnitDesc>) = units.into_iter().unzip();
         Self {
             machine: Machine::new(descs, order, start_timeout),
-            io: Io { units, oom: oom_inotify(), programs },
+            io: Io { units, oom: oom_inotify(), ahead },
             signals,
             control,
             conns: Vec::with_capacity(MAX_CONNECTIONS),

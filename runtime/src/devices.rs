@@ -291,19 +291,14 @@ impl Programs {
         self.loaded.get(at).ok_or(SysError { op: "device program cache", arg: name.into(), errno: libc::ENOENT })
     }
 
-    /// Start loading the program for [`default_rules`] on a thread of its
-    /// own, so that its verifier and JIT run on another CPU while the
-    /// caller goes on. The caller must [`Preload::join`] it before it forks
-    /// (spawn wants a single-threaded process). A load that fails, or a
-    /// thread that cannot start, leaves the cache empty: the first start
-    /// loads the program then, and its error is that start's.
-    pub fn preload_defaults() -> Preload {
-        let load = || {
-            let mut programs = Programs::new();
-            let _ = programs.get(&default_rules(), "default device rules");
-            programs
-        };
-        Preload(std::thread::Builder::new().name("devices".into()).stack_size(PRELOAD_STACK).spawn(load).ok())
+    /// A cache holding the program for [`default_rules`], loaded now; on
+    /// a failed load, an empty cache and the error (the first start then
+    /// loads it, and any error is that start's). [`crate::ahead`] calls
+    /// this on a thread of its own during the boot.
+    pub fn with_defaults() -> (Self, SysResult<()>) {
+        let mut programs = Self::new();
+        let loaded = programs.get(&default_rules(), "default device rules").map(|_| ());
+        (programs, loaded)
     }
 
     /// How many are loaded (for tests).
@@ -316,23 +311,6 @@ impl Programs {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.loaded.is_empty()
-    }
-}
-
-/// The preload thread's stack: the program and the load's attribute
-/// structs are on the heap; the verifier runs in the kernel.
-const PRELOAD_STACK: usize = 64 << 10;
-
-/// The default program loading on its own thread
-/// ([`Programs::preload_defaults`]).
-#[derive(Debug)]
-pub struct Preload(Option<std::thread::JoinHandle<Programs>>);
-
-impl Preload {
-    /// Wait for the load: the cache with the default program, or an empty
-    /// one if it could not be loaded. The thread is gone when this returns.
-    pub fn join(self) -> Programs {
-        self.0.and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
 
@@ -468,14 +446,15 @@ mod tests {
         assert!(p.loaded.iter().all(|x| x.rules() != defaults.as_slice()), "the oldest went first");
     }
 
-    /// The preload leaves the default program in the cache, where the
-    /// first start finds it (root; skipped where bpf(2) is refused).
+    /// The default program is in the cache, where the first start finds
+    /// it (root; skipped where bpf(2) is refused).
     #[test]
-    fn the_preload_loads_the_default_program_once() {
-        let mut p = Programs::preload_defaults().join();
-        if p.is_empty() {
+    fn the_default_program_is_loaded_once() {
+        let (mut p, loaded) = Programs::with_defaults();
+        if let Err(e) = loaded {
             // Refused here: the cache is empty, as a failed load leaves it.
-            assert!(Programs::new().get(&default_rules(), "test").is_err(), "the preload lost a loadable program");
+            assert!(p.is_empty(), "{e}");
+            assert!(Programs::new().get(&default_rules(), "test").is_err(), "with_defaults lost a loadable program");
             return;
         }
         assert_eq!(p.len(), 1);

@@ -4,7 +4,8 @@
 //! The public surface is what PID 1 needs: [`spawn`] and its
 //! [`Started`] handle and errors, the [`spec`] (plain types, no manifest),
 //! the [`cgroup`], [`Exit`], the [`seccomp`] filter, the setup [`report`],
-//! the [`rootfs`] plan, and the [`sys`] wrappers PID 1 shares.
+//! the [`rootfs`] plan, the [`sys`] wrappers PID 1 shares, and what PID 1
+//! makes [`ahead`] of its first start.
 //!
 //! Modules follow the order in which a container comes to life: its
 //! [`cgroup`], the clone into new namespaces ([`spawn`]), the filesystem
@@ -13,6 +14,7 @@
 // Runs inside PID 1 and every container's init: no panics.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod ahead;
 mod bridge;
 pub mod cgroup;
 mod console;
@@ -33,6 +35,7 @@ mod stdio;
 pub mod sys;
 mod userns;
 
+pub use ahead::Ahead;
 pub use cgroup::Cgroup;
 pub use exit::Exit;
 pub use exit::SETUP_FAILED;

@@ -52,6 +52,13 @@ pub fn join(pid: libc::pid_t) -> SysResult<()> {
     nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(sys::err("setns net", path))
 }
 
+/// Enter the network namespace `fd` refers to (one made ahead), and close
+/// it.
+pub fn enter(fd: std::os::fd::OwnedFd) -> SysResult<()> {
+    let raw = fd.as_raw_fd();
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(sys::err("setns net", raw))
+}
+
 /// Give `iface` (in the current network namespace) `address/prefix` and
 /// bring it up.
 pub fn configure(iface: &str, address: [u8; 4], prefix: u8) -> SysResult<()> {

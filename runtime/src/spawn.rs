@@ -175,8 +175,9 @@ impl Filters {
 }
 
 /// Start the container described by `spec` in `cgroup`, whose device
-/// program comes from `programs`. `join_net` is the host pid of the
-/// container whose network namespace it joins, if any.
+/// program comes from `ahead`'s cache, and whose new network namespace is
+/// `ahead`'s spare one if it may take it ([`crate::ahead`]). `join_net` is
+/// the host pid of the container whose network namespace it joins, if any.
 ///
 /// Must be called from a single-threaded process: the child continues as a
 /// copy of the caller (like fork) and must not find locks held by others.
@@ -184,23 +185,19 @@ pub fn spawn(
     spec: &ContainerSpec,
     filter: Option<&crate::seccomp::Filter>,
     cgroup: &Cgroup,
-    programs: &mut crate::devices::Programs,
+    ahead: &mut crate::Ahead,
     join_net: Option<libc::pid_t>,
 ) -> Result<Started, SpawnError> {
     let mut flags = NAMESPACES | CLONE_INTO_CGROUP;
-    let net = match &spec.network {
-        Network::None => {
-            flags |= libc::CLONE_NEWNET as u64;
-            NetSetup::Loopback
-        }
-        Network::Host => NetSetup::Keep,
-        Network::Join(_) => NetSetup::Join(join_net.ok_or(SpawnError::NoNetworkToJoin)?),
+    let join = match &spec.network {
+        Network::Join(_) => Some(join_net.ok_or(SpawnError::NoNetworkToJoin)?),
+        Network::None | Network::Host => None,
     };
     if spec.userns.is_some() {
         flags |= libc::CLONE_NEWUSER as u64;
     }
     sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
-    cgroup.create(&spec.limits, &spec.devices, programs).map_err(SpawnError::Cgroup)?;
+    cgroup.create(&spec.limits, &spec.devices, &mut ahead.programs).map_err(SpawnError::Cgroup)?;
     let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
@@ -225,6 +222,19 @@ pub fn spawn(
         detach(&host_mounts);
         return Err(SpawnError::UserNamespace(e));
     }
+    // Taken last, so that a start failing before the clone leaves it.
+    let net = match (&spec.network, join) {
+        (Network::None, _) => match spec.userns.is_none() && spec.networks.is_empty() {
+            true => ahead.take_net().map(NetSetup::Enter),
+            false => None,
+        }
+        .unwrap_or_else(|| {
+            flags |= libc::CLONE_NEWNET as u64;
+            NetSetup::Loopback
+        }),
+        (Network::Join(_), Some(pid)) => NetSetup::Join(pid),
+        (Network::Host | Network::Join(_), _) => NetSetup::Keep,
+    };
 
     let mut args =
         CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, cgroup: cg.as_raw_fd() as u64, ..CloneArgs::default() };
@@ -325,10 +335,11 @@ fn detach(mounts: &[String]) {
 }
 
 /// What to do about the network namespace in the child.
-#[derive(Clone, Copy)]
 enum NetSetup {
     /// New namespace: bring loopback up.
     Loopback,
+    /// Enter this namespace, made ahead with loopback up.
+    Enter(OwnedFd),
     /// Host namespace: nothing.
     Keep,
     /// Join the namespace of this pid.
@@ -361,7 +372,11 @@ fn child(
             sys::exit_now(SETUP_FAILED);
         }
     }
-    if let Err(errno) = sys::close_all_but(&[sync.as_raw_fd(), exits.as_raw_fd()]) {
+    let spare = match &net {
+        NetSetup::Enter(fd) => fd.as_raw_fd(),
+        _ => sync.as_raw_fd(),
+    };
+    if let Err(errno) = sys::close_all_but(&[sync.as_raw_fd(), exits.as_raw_fd(), spare]) {
         // A descriptor of PID 1's left open would be reachable through
         // /proc/1/fd: never start like that.
         report::write(&sync, Stage::InheritedFds, errno);
@@ -374,6 +389,7 @@ fn child(
         NetSetup::Loopback => network::loopback_up()
             .and_then(|()| spec.networks.iter().try_for_each(|a| network::configure(&a.iface, a.address, a.prefix)))
             .and_then(|()| network::default_route(&spec.networks)),
+        NetSetup::Enter(fd) => network::enter(fd),
         NetSetup::Keep => Ok(()),
         NetSetup::Join(pid) => network::join(pid),
     };

@@ -1,7 +1,9 @@
 //! `network`: the three network modes under a real kernel. `none` is a
 //! namespace of its own with only loopback (up); `host` is PID 1's own
 //! namespace; `container:NAME` joins NAME's namespace, so the two talk over
-//! 127.0.0.1 while a third container with `none` is refused.
+//! 127.0.0.1 while a third container with `none` is refused. The first
+//! `none` container enters the namespace PID 1 made ahead (`boot.ahead`):
+//! loopback up, and shared with no other container.
 
 use anyhow::{ensure, Context, Result};
 
@@ -18,6 +20,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ensure!(iso.get("ifaces") == Some("lo"), "network=none sees interfaces {:?}", iso.get("ifaces"));
     ensure!(iso.get("lo_up") == Some("1"), "network=none: loopback not up: {:?}", iso.fields);
     ensure!(iso_ns.starts_with("net:[") && iso_ns != host, "network=none is in {iso_ns}, PID 1 in {host}");
+    // The first container with a namespace of its own (in start order)
+    // enters the one PID 1 made ahead; it is no one else's.
+    let ahead = c.expect("boot.ahead", &[])?;
+    ensure!(ahead.get("net") == Some(iso_ns), "isolated is in {iso_ns}, the one made ahead is {:?}", ahead.fields);
 
     let h = c.expect("net-info", &[("name", "hostnet")])?;
     ensure!(h.get("netns") == Some(host.as_str()), "network=host is in {:?}, PID 1 in {host}", h.get("netns"));

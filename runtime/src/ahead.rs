@@ -1,0 +1,157 @@
+//! What PID 1 makes ahead of its first start, on a thread of its own while
+//! it finds its disk and mounts the layers (work that would otherwise sit
+//! on the path to the first container):
+//!
+//! - the device program for the default rules (the BPF verifier and the
+//!   JIT: 10 to 20 ms under emulation), kept in [`Programs`] for every
+//!   start that has those rules;
+//! - one network namespace with loopback up, for the first container that
+//!   wants a new one and nothing else in it. A boot's first new network
+//!   namespace is slow (the kernel's per-namespace set-up runs cold: about
+//!   20 ms under emulation with loopback brought up). Later starts make
+//!   their own, as before.
+//!
+//! The namespace belongs to the initial user namespace, like one made by
+//! `clone3(CLONE_NEWNET)` from PID 1, so only a container without a user
+//! namespace may take it: in one of its own, the container's root would
+//! not hold `CAP_NET_ADMIN` over it. A container with bridge attachments
+//! does not take it either: PID 1 moves their veth ends into the
+//! namespace of the child's pid right after the clone, before the child
+//! could have entered this one.
+
+use std::os::fd::OwnedFd;
+
+use crate::devices::Programs;
+use crate::sys::{self, SysError, SysResult};
+
+/// What was made ahead, taken by the starts that want it.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    /// Device programs loaded so far, by rules: shared by every container
+    /// with the same rules (most have the defaults).
+    pub programs: Programs,
+    /// A network namespace with loopback up, used by one container at most.
+    spare_net: Option<OwnedFd>,
+}
+
+/// What the preparation left, for PID 1 to report: the [`Ahead`] to start
+/// containers with, and how each of its two parts went.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Hand this to the starts.
+    pub ahead: Ahead,
+    /// The default device program's load: `Err` leaves the cache empty,
+    /// and the first start loads it (and fails with that start's error).
+    pub program: SysResult<()>,
+    /// The spare namespace's identity (`net:[inode]`, as
+    /// `/proc/PID/ns/net` reads), or why there is none: the first start
+    /// then makes its own.
+    pub net: SysResult<String>,
+}
+
+impl Ahead {
+    /// Nothing made ahead: every start makes what it needs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start preparing on a thread of its own, so the work runs on another
+    /// CPU while the caller goes on. The caller must [`Preparing::join`] it
+    /// before it forks: `spawn` wants a single-threaded process.
+    pub fn prepare() -> Preparing {
+        let work = || {
+            let (programs, program) = Programs::with_defaults();
+            let (spare_net, net) = match spare_net() {
+                Ok((fd, id)) => (Some(fd), Ok(id)),
+                Err(e) => (None, Err(e)),
+            };
+            Prepared { ahead: Ahead { programs, spare_net }, program, net }
+        };
+        let thread = std::thread::Builder::new().name("ahead".into()).stack_size(THREAD_STACK).spawn(work);
+        Preparing(thread.map_err(|e| SysError {
+            op: "thread",
+            arg: "ahead".into(),
+            errno: e.raw_os_error().unwrap_or(0),
+        }))
+    }
+
+    /// The spare network namespace, for a start that makes a new one and
+    /// may take it (see the module's doc); gone from here once taken.
+    pub(crate) fn take_net(&mut self) -> Option<OwnedFd> {
+        self.spare_net.take()
+    }
+
+    /// Whether a spare network namespace is waiting (for tests).
+    #[cfg(test)]
+    pub fn has_spare_net(&self) -> bool {
+        self.spare_net.is_some()
+    }
+}
+
+/// The preparing thread's stack: the program and the load's attribute
+/// structs are on the heap; the verifier and the namespace's set-up run in
+/// the kernel.
+const THREAD_STACK: usize = 64 << 10;
+
+/// The preparation running on its own thread ([`Ahead::prepare`]).
+#[derive(Debug)]
+pub struct Preparing(Result<std::thread::JoinHandle<Prepared>, SysError>);
+
+impl Preparing {
+    /// Wait for it. If the thread could not start or died, nothing was
+    /// made ahead and both parts say why. The thread is gone when this
+    /// returns.
+    pub fn join(self) -> Prepared {
+        let lost = |e: SysError| Prepared { ahead: Ahead::new(), program: Err(e.clone()), net: Err(e) };
+        match self.0 {
+            Ok(t) => t.join().unwrap_or_else(|_| lost(SysError { op: "thread", arg: "ahead".into(), errno: 0 })),
+            Err(e) => lost(e),
+        }
+    }
+}
+
+/// A new network namespace with loopback up, held by a descriptor: made
+/// by this thread leaving its own (`unshare` moves the calling thread
+/// only), and kept alive by the descriptor after the thread is gone.
+fn spare_net() -> SysResult<(OwnedFd, String)> {
+    const OWN: &str = "/proc/thread-self/ns/net";
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(sys::err("unshare", "CLONE_NEWNET"))?;
+    crate::network::loopback_up()?;
+    let fd = sys::open(OWN, libc::O_RDONLY)?;
+    let id = std::fs::read_link(OWN).map_err(|e| SysError {
+        op: "readlink",
+        arg: OWN.into(),
+        errno: e.raw_os_error().unwrap_or(0),
+    })?;
+    Ok((fd, id.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The preparation leaves the default program in the cache (the
+    /// devices module tests the cache itself) and a namespace other than
+    /// the caller's, taken once (root; where the kernel refuses a
+    /// namespace here, the error must be the kernel's).
+    #[test]
+    fn the_preparation_leaves_the_default_program_and_a_namespace_of_its_own() {
+        let mut p = Ahead::prepare().join();
+        match &p.program {
+            Ok(()) => assert_eq!(p.ahead.programs.len(), 1),
+            Err(e) => assert!(p.ahead.programs.is_empty(), "{e}"),
+        }
+        let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
+        match &p.net {
+            Ok(id) => {
+                assert!(id.starts_with("net:[") && *id != own, "spare {id}, caller's {own}");
+                assert!(p.ahead.has_spare_net());
+                assert!(p.ahead.take_net().is_some() && p.ahead.take_net().is_none(), "taken once");
+            }
+            Err(e) => {
+                assert!(!p.ahead.has_spare_net(), "{e}");
+                assert!(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err(), "the preparation lost {e}");
+            }
+        }
+    }
+}
