@@ -354,7 +354,16 @@ pub fn spawn_request(u: &Updater, source: OwnedFd, client: OwnedFd) -> Result<li
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(nix::unistd::ForkResult::Child) => {
-            crate::helper_events::become_helper();
+            let events = crate::helper_events::become_helper();
+            // Forked from the supervisor's loop, as the bundle search is:
+            // it keeps its events channel, the bundle and the client, and
+            // none of the containers' pipes and ptys, the control socket
+            // or PID 1's other descriptors.
+            if let Err(errno) = sys::close_all_but(&[events, source.as_raw_fd(), client.as_raw_fd()]) {
+                let e = sys::SysError { op: "close_range", arg: "the installer's inherited descriptors".into(), errno };
+                event("update.unavailable").kv("error", e).emit();
+                sys::exit_now(1);
+            }
             let client = Client(client);
             let pid = nix::unistd::getpid().as_raw();
             client.say(&format!("cairn/1 ok installing pid={pid}"));

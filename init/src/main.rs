@@ -125,7 +125,7 @@ fn main() {
     let (units, order, targets, update, window, (search, updater), deferred_data) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted);
-            let deferred_data = booted.data_deferred.then(|| (booted.partitions.clone(), booted.manifest.clone()));
+            let deferred_data = booted.data_deferred;
             let window = booted.manifest.update.commit_after_ms;
             let search = (booted.disk.clone(), booted.trial.as_ref().map(|t| t.slot), booted.record.snapshot());
             let updater = install::Updater {
@@ -156,7 +156,7 @@ fn main() {
                 event("boot.trial-failed").kv("slot", s).kv("reason", e).kv("effect", "reboot").emit();
                 finish(ShutdownKind::Reboot, &[]);
             }
-            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None), None)
+            (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None), false)
         }
     };
     // cairn-ctl is copied beside the socket only if a container can use it
@@ -205,11 +205,8 @@ fn main() {
                 .emit(),
         }
     }
-    if let Some((parts, m)) = deferred_data {
-        sup.after_first_starts(move || {
-            storage::mount_data(&parts);
-            volumes::report_unused(&m);
-        });
+    if deferred_data {
+        sup.mount_data_later();
     }
     let kind = sup.run();
     finish(kind, &targets);

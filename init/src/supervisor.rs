@@ -417,12 +417,21 @@ pub struct Supervisor {
     updater: Option<crate::install::Updater>,
     /// The `volume prune` helper's pid while it runs.
     pruner: Option<libc::pid_t>,
-    /// Boot work no start waits for, done once the first starts are under
-    /// way ([`Supervisor::after_first_starts`]).
-    deferred: Option<Box<dyn FnOnce()>>,
-    /// The boot's search for a bundle on another disk, forked once the
-    /// first starts are under way ([`Supervisor::look_for_bundles`]).
+    /// The boot's work that no start waits for, done once the first starts
+    /// are under way.
+    later: Later,
+}
+
+/// The boot's work that no start waits for: it overlaps with the first
+/// containers' own set-up ([`Supervisor::after_starts_issued`]).
+#[derive(Default)]
+struct Later {
+    /// The search for a bundle on another disk, forked
+    /// ([`Supervisor::look_for_bundles`]).
     bundle_search: Option<BundleSearch>,
+    /// Mount the data partition, which no container needs to start
+    /// ([`Supervisor::mount_data_later`]).
+    mount_data: bool,
 }
 
 /// What the boot's installer child needs beside the [`Supervisor::updater`].
@@ -475,17 +484,18 @@ impl Supervisor {
             console: None,
             updater: None,
             pruner: None,
-            deferred: None,
-            bundle_search: None,
+            later: Later::default(),
         }
     }
 
-    /// Do `work` once the loop has issued the first starts, before it first
-    /// waits: boot work that no container needs to start (the data
-    /// partition's mount without persistent volumes) then overlaps with
-    /// the containers' own set-up.
-    pub fn after_first_starts(&mut self, work: impl FnOnce() + 'static) {
-        self.deferred = Some(Box::new(work));
+    /// Mount the data partition once the loop has issued the first starts,
+    /// before it first waits (a manifest without persistent volumes: no
+    /// container needs it to start), then report the volumes an earlier
+    /// manifest left. The mount then overlaps with the containers' own
+    /// set-up. Needs the boot's [`Supervisor::offer_updates`] (its
+    /// partitions and manifest); without it nothing is mounted.
+    pub fn mount_data_later(&mut self) {
+        self.later.mount_data = true;
     }
 
     /// Judge this boot if it is on trial: the booted entry (if it counts
@@ -643,14 +653,16 @@ impl Supervisor {
         trial: Option<cairn_format::bootstate::Slot>,
         record: crate::record::Record,
     ) {
-        self.bundle_search = Some(BundleSearch { boot_disk, trial, record });
+        self.later.bundle_search = Some(BundleSearch { boot_disk, trial, record });
     }
 
     /// The boot's work that no container waits for, after the loop's first
     /// starts: the installer's fork (it then runs on its own), then the
-    /// deferred work.
+    /// data partition's mount.
     fn after_starts_issued(&mut self) {
-        if let (Some(s), Some(u)) = (self.bundle_search.take(), self.updater.as_ref()) {
+        let later = std::mem::take(&mut self.later);
+        let Some(u) = self.updater.as_ref() else { return };
+        if let Some(s) = later.bundle_search {
             let cx = crate::install::Context {
                 trust: u.trust.as_ref(),
                 committed: &u.committed,
@@ -660,8 +672,9 @@ impl Supervisor {
             };
             self.installer = crate::install::spawn(&s.boot_disk, s.trial, cx);
         }
-        if let Some(work) = self.deferred.take() {
-            work();
+        if later.mount_data {
+            crate::storage::mount_data(&u.partitions);
+            crate::volumes::report_unused(&u.committed);
         }
     }
 
