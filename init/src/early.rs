@@ -51,14 +51,11 @@ fn mount_each(
     failed
 }
 
-/// Enable the controllers for children and create the parent cgroup of all
-/// containers (with the same controllers enabled below it).
+/// Enable the controllers for children in the root. The containers'
+/// parent below it is made ahead, beside the disk scan
+/// (`cairn_runtime::ahead`).
 pub fn cgroups() -> SysResult<()> {
-    let root = cgroup::Cgroup::at(cgroup::ROOT);
-    root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
-    sys::mkdir(cgroup::CONTAINERS, 0o755)?;
-    let parent = cgroup::Cgroup::at(cgroup::CONTAINERS);
-    parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
+    cgroup::Cgroup::at(cgroup::ROOT).write("cgroup.subtree_control", cgroup::CONTROLLERS)
 }
 
 /// Which controllers the root offers to children now.
