@@ -211,15 +211,13 @@ fn guest() -> Res<()> {
         }
     }
     load_modules();
-    // What cairn-init does (its early::cgroups, and the parent its Ahead
-    // makes), plus a parent for crun and runc.
+    // What cairn-init's early::cgroups does, plus a parent for crun and runc.
     let root = Cgroup::at("/sys/fs/cgroup");
     root.write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
-    cairn_runtime::cgroup::make_containers_parent().map_err(err)?;
-    sys::mkdir("/sys/fs/cgroup/bench", 0o755).map_err(err)?;
-    Cgroup::at("/sys/fs/cgroup/bench")
-        .write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS)
-        .map_err(err)?;
+    for parent in [cairn_runtime::cgroup::CONTAINERS, "/sys/fs/cgroup/bench"] {
+        sys::mkdir(parent, 0o755).map_err(err)?;
+        Cgroup::at(parent).write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
+    }
     std::fs::write(format!("{BUNDLE}/config.json"), oci_config()).map_err(err)?;
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();

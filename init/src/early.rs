@@ -51,11 +51,23 @@ fn mount_each(
     failed
 }
 
-/// Enable the controllers for children in the root. The containers'
-/// parent below it is made ahead, beside the disk scan
-/// (`cairn_runtime::ahead`).
+/// Enable the controllers for children and create the parent cgroup of all
+/// containers (with the same controllers enabled below it).
+///
+/// On this thread, before any other of PID 1's starts: the boot's first
+/// cgroup with the memory controller switches kmem accounting on, which
+/// rewrites a static branch in the kernel's slab allocator on every CPU.
+/// Made beside PID 1's other thread (it was, for a day), that rewrite
+/// raced the disk scan's allocations on the other CPU, and under QEMU's
+/// multi-threaded TCG the other CPU could keep executing the breakpoint
+/// the kernel patches in and out (a stale translation): both CPUs spun in
+/// `kmem_cache_alloc_lru` for good, about one boot in 70.
 pub fn cgroups() -> SysResult<()> {
-    cgroup::Cgroup::at(cgroup::ROOT).write("cgroup.subtree_control", cgroup::CONTROLLERS)
+    let root = cgroup::Cgroup::at(cgroup::ROOT);
+    root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
+    sys::mkdir(cgroup::CONTAINERS, 0o755)?;
+    let parent = cgroup::Cgroup::at(cgroup::CONTAINERS);
+    parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
 }
 
 /// Which controllers the root offers to children now.

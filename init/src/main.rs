@@ -212,14 +212,9 @@ fn main() {
     finish(kind, &targets);
 }
 
-/// Say what was made ahead of the first start (`boot.ahead`; the
-/// containers' parent cgroup only if it failed: `cgroups.failed`). A
-/// program or namespace that failed is made by the start that needs it,
-/// and fails there if it must.
+/// Say what was made ahead of the first start (`boot.ahead`): what failed
+/// is made by the start that needs it, and fails there if it must.
 fn report_ahead(p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
-    if let Err(e) = &p.parent {
-        event("cgroups.failed").kv("cgroup", cairn_runtime::cgroup::CONTAINERS).kv("error", e).emit();
-    }
     let e = event("boot.ahead");
     let e = match &p.program {
         Ok(()) => e.kv("device_program", "loaded"),

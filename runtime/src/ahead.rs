@@ -2,9 +2,6 @@
 //! it finds its disk and mounts the layers (work that would otherwise sit
 //! on the path to the first container):
 //!
-//! - the parent cgroup of every container (`/sys/fs/cgroup/cairn`, with
-//!   the controllers enabled below it: creating a cgroup with the memory
-//!   and cpuset controllers is about 10 ms under emulation);
 //! - the device program for the default rules (the BPF verifier and the
 //!   JIT: 10 to 20 ms under emulation), kept in [`Programs`] for every
 //!   start that has those rules;
@@ -21,6 +18,10 @@
 //! does not take it either: PID 1 moves their veth ends into the
 //! namespace of the child's pid right after the clone, before the child
 //! could have entered this one.
+//!
+//! Not the containers' parent cgroup: the first memory cgroup rewrites
+//! kernel text on every CPU, so PID 1 makes it before this thread starts
+//! (`early::cgroups` in cairn-init says why).
 
 use std::os::fd::OwnedFd;
 
@@ -43,9 +44,6 @@ pub struct Ahead {
 pub struct Prepared {
     /// Hand this to the starts.
     pub ahead: Ahead,
-    /// The containers' parent cgroup: `Err` if it could not be made (every
-    /// start then fails to create its own cgroup, and says so).
-    pub parent: SysResult<()>,
     /// The default device program's load: `Err` leaves the cache empty,
     /// and the first start loads it (and fails with that start's error).
     pub program: SysResult<()>,
@@ -62,11 +60,23 @@ impl Ahead {
     }
 
     /// Start preparing on a thread of its own, so the work runs on another
-    /// CPU while the caller goes on (the cgroup root must offer the
-    /// controllers already). The caller must [`Preparing::join`] it before
-    /// it forks: `spawn` wants a single-threaded process.
+    /// CPU while the caller goes on. The caller must [`Preparing::join`] it
+    /// before it forks: `spawn` wants a single-threaded process.
     pub fn prepare() -> Preparing {
-        Preparing(std::thread::Builder::new().name("ahead".into()).stack_size(THREAD_STACK).spawn(prepare_now).ok())
+        let work = || {
+            let (programs, program) = Programs::with_defaults();
+            let (spare_net, net) = match spare_net() {
+                Ok((fd, id)) => (Some(fd), Ok(id)),
+                Err(e) => (None, Err(e)),
+            };
+            Prepared { ahead: Ahead { programs, spare_net }, program, net }
+        };
+        let thread = std::thread::Builder::new().name("ahead".into()).stack_size(THREAD_STACK).spawn(work);
+        Preparing(thread.map_err(|e| SysError {
+            op: "thread",
+            arg: "ahead".into(),
+            errno: e.raw_os_error().unwrap_or(0),
+        }))
     }
 
     /// The spare network namespace, for a start that makes a new one and
@@ -87,35 +97,20 @@ impl Ahead {
 /// the kernel.
 const THREAD_STACK: usize = 64 << 10;
 
-/// The work itself, on whichever thread runs it. The parent cgroup comes
-/// first: the starts cannot do without it.
-fn prepare_now() -> Prepared {
-    let parent = crate::cgroup::make_containers_parent();
-    let (ahead, program, net) = for_the_starts();
-    Prepared { ahead, parent, program, net }
-}
-
-/// The default program and the spare namespace, and how each went.
-fn for_the_starts() -> (Ahead, SysResult<()>, SysResult<String>) {
-    let (programs, program) = Programs::with_defaults();
-    let (spare_net, net) = match spare_net() {
-        Ok((fd, id)) => (Some(fd), Ok(id)),
-        Err(e) => (None, Err(e)),
-    };
-    (Ahead { programs, spare_net }, program, net)
-}
-
-/// The preparation running on its own thread ([`Ahead::prepare`]), or
-/// `None` if no thread could start.
+/// The preparation running on its own thread ([`Ahead::prepare`]).
 #[derive(Debug)]
-pub struct Preparing(Option<std::thread::JoinHandle<Prepared>>);
+pub struct Preparing(Result<std::thread::JoinHandle<Prepared>, SysError>);
 
 impl Preparing {
-    /// Wait for it. If no thread could start, or it died, the work is done
-    /// now on the caller's: the starts need the parent cgroup, whatever
-    /// the thread did. The thread is gone when this returns.
+    /// Wait for it. If the thread could not start or died, nothing was
+    /// made ahead and both parts say why. The thread is gone when this
+    /// returns.
     pub fn join(self) -> Prepared {
-        self.0.and_then(|t| t.join().ok()).unwrap_or_else(prepare_now)
+        let lost = |e: SysError| Prepared { ahead: Ahead::new(), program: Err(e.clone()), net: Err(e) };
+        match self.0 {
+            Ok(t) => t.join().unwrap_or_else(|_| lost(SysError { op: "thread", arg: "ahead".into(), errno: 0 })),
+            Err(e) => lost(e),
+        }
     }
 }
 
@@ -145,23 +140,20 @@ mod tests {
     /// namespace here, the error must be the kernel's).
     #[test]
     fn the_preparation_leaves_the_default_program_and_a_namespace_of_its_own() {
-        // Not the parent cgroup: the host's /sys/fs/cgroup is not the
-        // device's (QEMU boots test the whole). On a thread, as prepare
-        // does: unshare moves the thread that calls it.
-        let (mut ahead, program, net) = std::thread::spawn(for_the_starts).join().unwrap();
-        match &program {
-            Ok(()) => assert_eq!(ahead.programs.len(), 1),
-            Err(e) => assert!(ahead.programs.is_empty(), "{e}"),
+        let mut p = Ahead::prepare().join();
+        match &p.program {
+            Ok(()) => assert_eq!(p.ahead.programs.len(), 1),
+            Err(e) => assert!(p.ahead.programs.is_empty(), "{e}"),
         }
         let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
-        match &net {
+        match &p.net {
             Ok(id) => {
                 assert!(id.starts_with("net:[") && *id != own, "spare {id}, caller's {own}");
-                assert!(ahead.has_spare_net());
-                assert!(ahead.take_net().is_some() && ahead.take_net().is_none(), "taken once");
+                assert!(p.ahead.has_spare_net());
+                assert!(p.ahead.take_net().is_some() && p.ahead.take_net().is_none(), "taken once");
             }
             Err(e) => {
-                assert!(!ahead.has_spare_net(), "{e}");
+                assert!(!p.ahead.has_spare_net(), "{e}");
                 assert!(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err(), "the preparation lost {e}");
             }
         }

@@ -15,14 +15,6 @@ pub const CONTAINERS: &str = "/sys/fs/cgroup/cairn";
 /// Controllers the init enables for children.
 pub const CONTROLLERS: &str = "+cpu +memory +pids +io +cpuset";
 
-/// Create the parent cgroup of every container ([`CONTAINERS`]) with
-/// [`CONTROLLERS`] enabled below it. The root must offer them (PID 1
-/// enables them early in the boot). An existing parent is kept.
-pub fn make_containers_parent() -> SysResult<()> {
-    sys::mkdir(CONTAINERS, 0o755)?;
-    Cgroup::at(CONTAINERS).write("cgroup.subtree_control", CONTROLLERS)
-}
-
 /// `memory.max` value.
 pub fn memory_max(v: Option<u64>) -> String {
     v.map_or_else(|| "max".into(), |b| b.to_string())
