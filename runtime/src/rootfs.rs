@@ -475,6 +475,10 @@ fn device_like(host: &str) -> SysResult<(libc::mode_t, libc::dev_t)> {
 /// are used as they are.
 struct Resolver<'a> {
     root: Option<&'a str>,
+    /// The root, opened: kept from one step to the next, and opened again
+    /// after a mount on the root itself (the overlay), since a descriptor
+    /// opened before it is the directory underneath.
+    root_fd: std::cell::RefCell<Option<std::os::fd::OwnedFd>>,
 }
 
 /// A path of the plan, ready for a system call.
@@ -498,7 +502,7 @@ impl<'a> Resolver<'a> {
             Step::PivotRoot(r) => Some(r.as_str()),
             _ => None,
         });
-        Self { root }
+        Self { root, root_fd: std::cell::RefCell::new(None) }
     }
 
     /// The part of `path` below the root ("" for the root itself).
@@ -518,7 +522,14 @@ impl<'a> Resolver<'a> {
                     // The root itself is PID 1's path, made as it is.
                     sys::mkdir_all(root, 0o755)?;
                 }
-                Ok(Resolved { fd: Some(sys::open_in_root(root, rel, create)?), path })
+                let mut kept = self.root_fd.borrow_mut();
+                let dir = match kept.take() {
+                    Some(fd) => fd,
+                    None => sys::open_root(root)?,
+                };
+                let found = sys::open_in_root_at(&dir, root, rel, create);
+                *kept = Some(dir);
+                Ok(Resolved { fd: Some(found?), path })
             }
             _ => {
                 if create == sys::Create::Dirs {
@@ -563,8 +574,13 @@ impl<'a> Resolver<'a> {
         flags: libc::c_ulong,
         data: Option<&str>,
     ) -> SysResult<()> {
-        sys::mount(what, source, &target.arg(), fstype, flags, data)
-            .map_err(|e| sys::SysError { arg: target.path.to_owned(), ..e })
+        let mounted = sys::mount(what, source, &target.arg(), fstype, flags, data)
+            .map_err(|e| sys::SysError { arg: target.path.to_owned(), ..e });
+        if self.rel(target.path) == Some("") {
+            // Whatever happened, the kept root may be under a new mount.
+            self.root_fd.replace(None);
+        }
+        mounted
     }
 }
 

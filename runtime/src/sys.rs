@@ -126,15 +126,30 @@ pub fn mkdir(path: &str, mode: libc::mode_t) -> SysResult<()> {
     tolerate(nix::unistd::mkdir(p.as_c_str(), Mode::from_bits_retain(mode)), Errno::EEXIST).map_err(err("mkdir", path))
 }
 
-/// mkdir -p.
+/// mkdir -p. The whole path is tried first, and its parents only if it
+/// cannot be made for want of them: a path that mostly exists (a
+/// container's state directory at every start) costs one `mkdir`, not
+/// one per component. Something other than a directory already at a
+/// component is left to the caller's next step, as with `mkdir -p`'s
+/// EEXIST.
 pub fn mkdir_all(path: &str, mode: libc::mode_t) -> SysResult<()> {
-    let mut at = String::with_capacity(path.len());
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        at.push('/');
-        at.push_str(part);
-        mkdir(&at, mode)?;
+    let path = path.trim_end_matches('/');
+    if path.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let p = cstr(path)?;
+    match nix::unistd::mkdir(p.as_c_str(), Mode::from_bits_retain(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(Errno::ENOENT) => {
+            let parent = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            if parent.is_empty() {
+                return Err(sys_error("mkdir", &path, Errno::ENOENT));
+            }
+            mkdir_all(parent, mode)?;
+            mkdir(path, mode)
+        }
+        Err(e) => Err(sys_error("mkdir", &path, e)),
+    }
 }
 
 /// mknod(2) for a character device.
@@ -178,11 +193,15 @@ pub fn sethostname(name: &str) -> SysResult<()> {
     nix::unistd::sethostname(name).map_err(err("sethostname", name))
 }
 
-/// Open a path with flags.
+/// Open a path with flags (close-on-exec). Through `openat`: musl's
+/// `open` follows every `O_CLOEXEC` open with an `fcntl(F_SETFD)` for
+/// kernels older than 2.6.23, a system call per open that a container's
+/// start makes dozens of times.
 pub fn open(path: &str, flags: libc::c_int) -> SysResult<OwnedFd> {
     let p = cstr(path)?;
     let flags = OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC;
-    nix::fcntl::open(p.as_c_str(), flags, Mode::from_bits_retain(0o644)).map_err(err("open", path))
+    nix::fcntl::openat(nix::fcntl::AT_FDCWD, p.as_c_str(), flags, Mode::from_bits_retain(0o644))
+        .map_err(err("open", path))
 }
 
 /// A pipe whose ends are close-on-exec.
@@ -284,14 +303,26 @@ pub const SYMLINK_ERRNO: i32 = libc::ELOOP;
 /// things; if that fails in any way (a symlink, a missing component, a
 /// kernel before 5.6), the walk above runs and reports what it finds.
 pub fn open_in_root(root: &str, rel: &str, create: Create) -> SysResult<OwnedFd> {
-    let dir = open(root, libc::O_PATH | libc::O_DIRECTORY)?;
+    open_in_root_at(&open_root(root)?, root, rel, create)
+}
+
+/// `root` opened for [`open_in_root_at`].
+pub fn open_root(root: &str) -> SysResult<OwnedFd> {
+    open(root, libc::O_PATH | libc::O_DIRECTORY)
+}
+
+/// [`open_in_root`] from the root opened already ([`open_root`]): a plan
+/// of many steps opens its root once, not once a step.
+pub fn open_in_root_at(dir: &OwnedFd, root: &str, rel: &str, create: Create) -> SysResult<OwnedFd> {
     let relative = |p: &str| p == "." || p == "..";
     if !rel.split('/').any(relative) {
-        if let Some(fd) = open_beneath(&dir, rel) {
+        if let Some(fd) = open_beneath(dir, rel) {
             return Ok(fd);
         }
     }
-    walk_in_root(dir, root, rel, create)
+    let own =
+        dir.try_clone().map_err(|e| SysError { op: "dup", arg: root.into(), errno: e.raw_os_error().unwrap_or(0) })?;
+    walk_in_root(own, root, rel, create)
 }
 
 /// `rel` below `dir` in one `openat2` (see [`open_in_root`]); None if the
@@ -420,6 +451,23 @@ pub fn close_all_but(keep: &[i32]) -> Result<(), i32> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mkdir_all_makes_what_is_missing_and_stops_at_a_file() {
+        let root = std::env::temp_dir().join(format!("cairn-mkdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let r = root.to_str().unwrap();
+        let deep = format!("{r}/a/b/c/");
+        mkdir_all(&deep, 0o755).unwrap();
+        assert!(root.join("a/b/c").is_dir());
+        mkdir_all(&deep, 0o755).unwrap();
+        mkdir_all(&format!("{r}/a/b/d"), 0o700).unwrap();
+        assert!(root.join("a/b/d").is_dir());
+        std::fs::write(root.join("a/file"), b"").unwrap();
+        let e = mkdir_all(&format!("{r}/a/file/x/y"), 0o755).unwrap_err();
+        assert_eq!((e.op, e.errno), ("mkdir", libc::ENOTDIR), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn the_walk_refuses_symlinks_and_dot_dot_and_creates_dirs() {
