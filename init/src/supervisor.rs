@@ -622,6 +622,16 @@ impl Supervisor {
         }
     }
 
+    /// Whether `caller` is a container whose start has not settled.
+    fn still_starting(&self, caller: &control::Caller) -> bool {
+        let control::Caller::Container(name) = caller else { return false };
+        self.io
+            .units
+            .iter()
+            .position(|u| u.name == *name)
+            .is_some_and(|i| matches!(self.machine.state(i), Some(crate::machine::State::Starting { .. })))
+    }
+
     /// Unit `i`'s report pipe is readable (or its init exited): hand what
     /// it says to the core.
     fn settle_start(&mut self, i: usize, exit: Option<Exit>) -> bool {
@@ -772,7 +782,14 @@ impl Supervisor {
                 Some(_) => 0,
                 None => libc::POLLIN,
             };
-            set(CONNS + k, c.raw(), events);
+            // A request from a container still starting is left unread
+            // until its start settles (its deadline still runs): only
+            // code the entrypoint executed can connect, but the report
+            // pipe's EOF also waits for the namespace init's own close,
+            // which may come later. Answered now, it would be refused
+            // as "starting".
+            let waits = c.stream.is_none() && self.still_starting(&c.caller);
+            set(CONNS + k, if waits { -1 } else { c.raw() }, events);
         }
         for (i, u) in self.io.units.iter().enumerate().take(MAX_CONTAINERS) {
             set(UNITS + i, u.console.as_ref().map_or(-1, Tap::raw), libc::POLLIN);
