@@ -215,8 +215,7 @@ fn guest() -> Res<()> {
     let root = Cgroup::at("/sys/fs/cgroup");
     root.write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
     for parent in [cairn_runtime::cgroup::CONTAINERS, "/sys/fs/cgroup/bench"] {
-        sys::mkdir(parent, 0o755).map_err(err)?;
-        Cgroup::at(parent).write("cgroup.subtree_control", cairn_runtime::cgroup::CONTROLLERS).map_err(err)?;
+        cairn_runtime::cgroup::make_parent(parent).map_err(err)?;
     }
     std::fs::write(format!("{BUNDLE}/config.json"), oci_config()).map_err(err)?;
 

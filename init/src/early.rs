@@ -63,11 +63,8 @@ fn mount_each(
 /// the kernel patches in and out (a stale translation): both CPUs spun in
 /// `kmem_cache_alloc_lru` for good, about one boot in 70.
 pub fn cgroups() -> SysResult<()> {
-    let root = cgroup::Cgroup::at(cgroup::ROOT);
-    root.write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
-    sys::mkdir(cgroup::CONTAINERS, 0o755)?;
-    let parent = cgroup::Cgroup::at(cgroup::CONTAINERS);
-    parent.write("cgroup.subtree_control", cgroup::CONTROLLERS)
+    cgroup::Cgroup::at(cgroup::ROOT).write("cgroup.subtree_control", cgroup::CONTROLLERS)?;
+    cgroup::make_parent(cgroup::CONTAINERS)
 }
 
 /// Which controllers the root offers to children now.

@@ -15,6 +15,14 @@ pub const CONTAINERS: &str = "/sys/fs/cgroup/cairn";
 /// Controllers the init enables for children.
 pub const CONTROLLERS: &str = "+cpu +memory +pids +io +cpuset";
 
+/// Create the cgroup `path` below the root (an existing one is kept) with
+/// [`CONTROLLERS`] enabled below it: the parent of containers. The root
+/// must offer them already.
+pub fn make_parent(path: &str) -> SysResult<()> {
+    sys::mkdir(path, 0o755)?;
+    Cgroup::at(path).write("cgroup.subtree_control", CONTROLLERS)
+}
+
 /// `memory.max` value.
 pub fn memory_max(v: Option<u64>) -> String {
     v.map_or_else(|| "max".into(), |b| b.to_string())
