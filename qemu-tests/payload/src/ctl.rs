@@ -221,31 +221,24 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split(' ').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
-/// `logs-check NAME`: waits (up to 120 s) until `ps` shows NAME stopped,
-/// then prints PID 1's memory from `ps`
+/// `logs-check NAME [AFTER...]`: waits (up to 120 s) until `ps` shows
+/// NAME stopped, then prints PID 1's memory from `ps`
 /// (`event=init-memory rss=B hwm=B`), reads `logs NAME` whole
 /// (`event=logs lines=N lost=K first_t=T last=L before_last=L2`), then
 /// `logs NAME --since T` with T the time of the middle line
-/// (`event=logs-since since=T lines=M older=O`, O lines older than T) and
-/// asks for `poweroff`. Exit 0, or 1 on a failed request.
-pub fn logs_check(name: &str) -> i32 {
+/// (`event=logs-since since=T lines=M older=O`, O lines older than T),
+/// waits (up to 120 s each) until every AFTER is stopped too, and asks for
+/// `poweroff`. Exit 0, or 1 on a failed request.
+pub fn logs_check(name: &str, after: &[String]) -> i32 {
     let path = std::env::var_os("CAIRN_CONTROL").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
     let path = path.as_bytes();
-    let mut ps = String::new();
-    for _ in 0..600 {
-        match exchange(path, b"ps") {
-            Ok(r) => ps = String::from_utf8_lossy(&r).into_owned(),
-            Err((step, errno)) => {
-                say!("event=logs-check error={step} errno={errno}");
-                return 1;
-            }
+    let ps = match wait_stopped(path, name) {
+        Ok(ps) => ps,
+        Err((step, errno)) => {
+            say!("event=logs-check error={step} errno={errno}");
+            return 1;
         }
-        let stopped = ps.lines().any(|l| field(l, "name") == Some(name) && field(l, "state") == Some("stopped"));
-        if stopped {
-            break;
-        }
-        sys::sleep_ms(200);
-    }
+    };
     let init = ps.lines().find(|l| field(l, "name") == Some("cairn-init")).unwrap_or("");
     say!(
         "event=init-memory rss={} hwm={}",
@@ -292,7 +285,27 @@ pub fn logs_check(name: &str) -> i32 {
         }
         Err((step, errno)) => say!("event=kernel-log error={step} errno={errno}"),
     }
+    for other in after {
+        if let Err((step, errno)) = wait_stopped(path, other) {
+            say!("event=logs-check error={step} errno={errno}");
+            return 1;
+        }
+    }
     run_each(0, &["poweroff".to_owned()])
+}
+
+/// Asks `ps` every 200 ms, up to 600 times, until it shows `name`
+/// stopped; the last `ps` reply.
+fn wait_stopped(path: &[u8], name: &str) -> Result<String, (&'static str, i32)> {
+    let mut ps = String::new();
+    for _ in 0..600 {
+        ps = String::from_utf8_lossy(&exchange(path, b"ps")?).into_owned();
+        if ps.lines().any(|l| field(l, "name") == Some(name) && field(l, "state") == Some("stopped")) {
+            break;
+        }
+        sys::sleep_ms(200);
+    }
+    Ok(ps)
 }
 
 /// `flood <mib>`: writes `mib` MiB of 100-byte lines `flood N xxx...` to

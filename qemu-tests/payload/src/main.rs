@@ -46,7 +46,7 @@
 //!   else 1. On failure `event=ctl request=R error=<socket|connect|send|recv|path> errno=E path=P`, exit 1.
 //! - `ctl-each [--delay-ms N] <request>...`: each argument one request, in
 //!   order: `event=ctl request=R reply=Y` each; exit 0.
-//! - `logs-check <name>`: see `ctl::logs_check` (the `logs` scenario).
+//! - `logs-check <name> [<after>...]`: see `ctl::logs_check` (the `logs` scenario).
 //! - `flood <mib>`: see `ctl::flood`.
 //! - `ctl-hold <seconds> <request>...`: see `ctl::hold`.
 //! - `sleep <ms>`: `event=slept ms=N`, exit 0.
@@ -226,7 +226,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
                 if a.0.get(2).is_some_and(|s| s == "--delay-ms") { (a.num(3, "delay_ms")?, 4) } else { (0, 2) };
             ctl::run_each(delay, a.0.get(first..).unwrap_or(&[]))
         }
-        "logs-check" => ctl::logs_check(a.0.get(2).map_or("", String::as_str)),
+        "logs-check" => ctl::logs_check(a.0.get(2).map_or("", String::as_str), a.0.get(3..).unwrap_or(&[])),
         "flood" => ctl::flood(a.num(2, "mib")?),
         "ctl-hold" => ctl::hold(a.num(2, "seconds")?, a.0.get(3..).unwrap_or(&[])),
         "sleep" => signals::sleep(a.num(2, "ms")?),
