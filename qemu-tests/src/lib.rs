@@ -72,6 +72,32 @@ pub struct Scenario {
     pub name: &'static str,
     /// The test.
     pub run: fn(&Ctx) -> Result<()>,
+    /// Which boards run it when their whole suite runs.
+    pub boards: Boards,
+}
+
+/// Which boards run a scenario when their whole suite runs (a scenario
+/// named on the command line runs on whatever board is asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boards {
+    /// Every board.
+    Every,
+    /// Only the board named: the scenario is among the slowest, and what it
+    /// checks is the same on every architecture (cairn's own logic, on
+    /// kernel and firmware paths no board does differently), so a second
+    /// run would cost minutes of the suite and find nothing the first
+    /// cannot.
+    One(&'static str),
+}
+
+impl Boards {
+    /// Whether `board`'s whole suite runs the scenario.
+    pub fn include(self, board: &str) -> bool {
+        match self {
+            Boards::Every => true,
+            Boards::One(name) => name == board,
+        }
+    }
 }
 
 /// Every scenario, in the order they run.
@@ -199,8 +225,17 @@ pub fn run(
             known.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         );
     }
+    let (chosen, elsewhere): (Vec<Scenario>, Vec<Scenario>) = known
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .partition(|s| !names.is_empty() || s.boards.include(board.name));
+    for s in &elsewhere {
+        if let Boards::One(on) = s.boards {
+            eprintln!("{}: {} runs on {on} only in the whole suite (name it to run it here)", board.name, s.name);
+        }
+    }
     let mut out = Vec::new();
-    for s in known.into_iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
+    for s in chosen {
         let dir = art.work_dir.join(s.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
