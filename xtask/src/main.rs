@@ -415,15 +415,14 @@ fn plan(board_name: Option<&str>, scenarios: &[String]) -> Result<Vec<(&'static 
         .collect())
 }
 
-/// Boards whose suites run at once: `CAIRN_TEST_JOBS`, default 1. A TCG
-/// guest keeps about one core busy, so two boards on two cores take about
-/// the slower board's time, not the sum (37 min instead of about 63 for
-/// the full suite here); but the scenarios were timed with one guest on
-/// the machine, and with two some timing-sensitive ones still fail now and
-/// then (`control-permissions` and `exec` on aarch64, once each), so it
-/// is not the default until they are made robust to it.
+/// Boards whose suites run at once: `CAIRN_TEST_JOBS`, else 2 on a
+/// machine with two cores or more. A TCG guest keeps about one core busy,
+/// so two boards on two cores take about the slower board's time, not the
+/// sum; each scenario's timeouts allow for a guest that shares the cores.
 fn test_jobs() -> usize {
-    std::env::var("CAIRN_TEST_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(1).max(1)
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let default = cores.clamp(1, 2);
+    std::env::var("CAIRN_TEST_JOBS").ok().and_then(|j| j.parse().ok()).unwrap_or(default).max(1)
 }
 
 fn qemu_test(board_name: Option<&str>, scenarios: &[String]) -> Result<ExitCode> {
