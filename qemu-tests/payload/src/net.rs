@@ -175,7 +175,11 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
 
 /// `net-get <host> <port> <ms>`: `GET /` over HTTP/1.0 from host:port
 /// (an address), retrying every 200 ms for up to ms milliseconds (the
-/// device's uplink may come up after this container):
+/// device's uplink may come up after this container). An attempt waits
+/// 1 s to connect and 2 s for the reply: a connection made while the
+/// uplink's address changes loses its NAT state when the old address
+/// goes (the kernel forgets masqueraded connections through it), and
+/// then never answers; the next attempt does.
 /// `event=net-get result=ok status=<code> bytes=<body bytes> attempts=N`,
 /// exit 0; or `event=net-get result=<ENAME> attempts=N`, exit 1.
 pub fn get(host: &str, port: u16, ms: u64) -> i32 {
@@ -189,7 +193,7 @@ pub fn get(host: &str, port: u16, ms: u64) -> i32 {
     loop {
         attempts += 1;
         let got = TcpStream::connect_timeout(&at, Duration::from_millis(1000)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
             let mut all = Vec::new();
             s.read_to_end(&mut all)?;
