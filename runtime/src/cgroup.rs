@@ -4,6 +4,8 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 
+use nix::sys::stat::Mode;
+
 use crate::spec::{CpuMax, Device, IoMax, Limits};
 
 use crate::sys::{self, SysError, SysResult};
@@ -98,21 +100,24 @@ impl Cgroup {
     /// Create it (if needed), write the limits and attach the device
     /// program: the defaults plus each of `devices`, by the type and
     /// numbers of its host node, from `programs` (loaded there the first
-    /// time these rules are asked for).
+    /// time these rules are asked for). Returns the directory, open for
+    /// `clone3(CLONE_INTO_CGROUP)` (see [`Cgroup::open_dir`]); the control
+    /// files are opened through it, not from `/` each.
     pub fn create(
         &self,
         limits: &Limits,
         devices: &[Device],
         programs: &mut crate::devices::Programs,
-    ) -> SysResult<()> {
+    ) -> SysResult<OwnedFd> {
         sys::mkdir(&self.path, 0o755)?;
+        let dir = self.open_dir()?;
         let mut rules = crate::devices::default_rules();
         for d in devices {
             rules.push(crate::devices::rule_for(&d.host)?);
         }
-        programs.get(&rules, &self.path)?.attach(&self.open_dir()?, &self.path)?;
+        programs.get(&rules, &self.path)?.attach(&dir, &self.path)?;
         for (file, value) in limit_writes(limits) {
-            self.write(file, &value)?;
+            self.write_at(&dir, file, &value)?;
         }
         for io in &limits.io_max {
             let sysfs = format!("/sys/class/block/{}/dev", io.device);
@@ -121,9 +126,9 @@ impl Cgroup {
                 arg: sysfs.clone(),
                 errno: e.raw_os_error().unwrap_or(libc::ENOENT),
             })?;
-            self.write("io.max", &io_max_line(dev.trim(), io))?;
+            self.write_at(&dir, "io.max", &io_max_line(dev.trim(), io))?;
         }
-        Ok(())
+        Ok(dir)
     }
 
     /// Write one control file.
@@ -134,6 +139,15 @@ impl Cgroup {
             arg: format!("{path} <- {value}"),
             errno: e.raw_os_error().unwrap_or(0),
         })
+    }
+
+    /// [`Cgroup::write`] through the open directory `dir` (this cgroup's).
+    fn write_at(&self, dir: &OwnedFd, file: &'static str, value: &str) -> SysResult<()> {
+        let failed = |errno| SysError { op: file, arg: format!("{}/{file} <- {value}", self.path), errno };
+        let fd =
+            nix::fcntl::openat(dir, file, nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| failed(e as i32))?;
+        sys::write_all(&fd, value.as_bytes()).map_err(|e| failed(e.errno))
     }
 
     /// Read one control file.

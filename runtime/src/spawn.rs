@@ -197,8 +197,7 @@ pub fn spawn(
         flags |= libc::CLONE_NEWUSER as u64;
     }
     sys::mkdir_all(&spec.state_dir(), 0o700).map_err(SpawnError::Prepare)?;
-    cgroup.create(&spec.limits, &spec.devices, &mut ahead.programs).map_err(SpawnError::Cgroup)?;
-    let cg = cgroup.open_dir().map_err(SpawnError::Cgroup)?;
+    let cg = cgroup.create(&spec.limits, &spec.devices, &mut ahead.programs).map_err(SpawnError::Cgroup)?;
     let (rd, wr) = sys::pipe().map_err(SpawnError::Prepare)?;
     set_nonblocking(&rd).map_err(SpawnError::Prepare)?;
     let plan = rootfs::plan(spec).map_err(SpawnError::Prepare)?;
