@@ -173,10 +173,9 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
 /// `net-get <host> <port> <ms>`: `GET /` over HTTP/1.0 from host:port
 /// (an address), retrying every 200 ms for up to ms milliseconds (the
 /// device's uplink may come up after this container). An attempt waits
-/// 1 s to connect and 2 s for the reply: a connection made while the
-/// uplink's address changes loses its NAT state when the old address
-/// goes (the kernel forgets masqueraded connections through it), and
-/// then never answers; the next attempt does.
+/// 1 s to connect and 2 s for the reply, so one whose reply never comes
+/// (seen when it was made while the uplink's address changed) is retried
+/// well inside the scenario's time.
 /// `event=net-get result=ok status=<code> bytes=<body bytes> attempts=N`,
 /// exit 0; or `event=net-get result=<ENAME> attempts=N`, exit 1.
 pub fn get(host: &str, port: u16, ms: u64) -> i32 {

@@ -153,10 +153,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
 
     // Egress: the harness served fetch, through the masquerade. An
-    // attempt made while the uplink's address changes can lose its reply
-    // on the way back (the kernel forgets masqueraded connections through
-    // the old address) and is retried: one request served per attempt at
-    // most, each in full, and no request from anyone else.
+    // attempt whose reply never came back (seen when it was made while the
+    // uplink's address changed) is retried: one request served per
+    // attempt at most, each in full, and no request from anyone else.
     let got = c.expect("net-get", &[("name", "fetch")])?;
     ensure!(got.get("result") == Some("ok") && got.get("status") == Some("200"), "fetch: {:?}", got.fields);
     let tries = got.num("attempts").unwrap_or(0);
