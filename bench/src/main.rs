@@ -351,7 +351,8 @@ fn guest() -> Res<()> {
 fn bridge_up() -> cairn_runtime::sys::SysResult<()> {
     use cairn_runtime::netlink::{self, Rtnl};
     let rtnl = Rtnl::open()?;
-    rtnl.call("cairn-br0", &netlink::new_bridge("cairn-br0"))?;
+    let subnet = cairn_format::network::Subnet { addr: [10, 89, 3, 0], prefix: 24 };
+    rtnl.call("cairn-br0", &netlink::new_bridge("cairn-br0", cairn_format::network::bridge_mac(subnet)))?;
     netlink::disable_ipv6("cairn-br0")?;
     cairn_runtime::network::configure("cairn-br0", [10, 89, 3, 1], 24)
 }

@@ -65,14 +65,19 @@ pub fn prepare(m: &Manifest) -> Ready {
     };
     for (i, n) in m.networks.iter().enumerate() {
         let bridge = network::bridge_name(i);
+        let mac = network::bridge_mac(n.subnet);
         let made = match (&firewall, n.egress) {
             (Err(e), true) => Err(format!("no firewall: {e}")),
-            _ => bridge_up(&rtnl, &bridge, n.egress.then(|| (n.subnet.gateway(), n.subnet.prefix)))
+            _ => bridge_up(&rtnl, &bridge, mac, n.egress.then(|| (n.subnet.gateway(), n.subnet.prefix)))
                 .map_err(|e| e.to_string()),
         };
         match made {
             Ok(()) => {
-                let mut e = event("network.ready").kv("name", &n.name).kv("bridge", &bridge).kv("subnet", n.subnet);
+                let mut e = event("network.ready")
+                    .kv("name", &n.name)
+                    .kv("bridge", &bridge)
+                    .kv("mac", network::mac_text(mac))
+                    .kv("subnet", n.subnet);
                 if n.egress {
                     e = e.kv("egress", format!("{}/{}", addr_text(n.subnet.gateway()), n.subnet.prefix));
                 }
@@ -186,10 +191,11 @@ fn firewall(m: &Manifest) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// A bridge, IPv6 off, and for a network with egress the device's address
-/// on it (which also brings it up), else just up.
-fn bridge_up(rtnl: &Rtnl, bridge: &str, gateway: Option<([u8; 4], u8)>) -> SysResult<()> {
-    rtnl.call(bridge, &netlink::new_bridge(bridge))?;
+/// A bridge with hardware address `mac` (fixed: see
+/// `network::bridge_mac`), IPv6 off, and for a network with egress the
+/// device's address on it (which also brings it up), else just up.
+fn bridge_up(rtnl: &Rtnl, bridge: &str, mac: [u8; 6], gateway: Option<([u8; 4], u8)>) -> SysResult<()> {
+    rtnl.call(bridge, &netlink::new_bridge(bridge, mac))?;
     netlink::disable_ipv6(bridge)?;
     match gateway {
         Some((addr, prefix)) => cairn_runtime::network::configure(bridge, addr, prefix),

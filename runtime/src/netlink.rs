@@ -21,6 +21,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -133,10 +134,13 @@ impl Msg {
     }
 }
 
-/// `ip link add NAME type bridge`.
-pub fn new_bridge(name: &str) -> Vec<u8> {
+/// `ip link add NAME address MAC type bridge`: a bridge whose address is
+/// set keeps it as ports come and go (see
+/// `cairn_format::network::bridge_mac`).
+pub fn new_bridge(name: &str, mac: [u8; 6]) -> Vec<u8> {
     let mut m = Msg::new(NLM_F_CREATE | NLM_F_EXCL, 0, 0, 0);
     m.name(IFLA_IFNAME, name);
+    m.attr(IFLA_ADDRESS, &mac);
     let info = m.open(IFLA_LINKINFO);
     m.name(IFLA_INFO_KIND, "bridge");
     m.close(info);
@@ -266,18 +270,21 @@ mod tests {
 
     #[test]
     fn a_bridge_request_is_what_ip_link_sends() {
-        let m = new_bridge("cairn-br0");
+        let m = new_bridge("cairn-br0", [0x02, 0xca, 10, 89, 3, 1]);
         assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
         assert_eq!(u16_at(&m, 4), RTM_NEWLINK);
         assert_eq!(u16_at(&m, 6), NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
         // ifinfomsg (16 bytes) after the 16-byte header, then IFLA_IFNAME.
         assert_eq!((u16_at(&m, 32), u16_at(&m, 34)), (4 + 10, IFLA_IFNAME));
         assert_eq!(&m[36..46], b"cairn-br0\0");
-        // Padded to 4: the nest starts at 48 and holds the kind "bridge".
-        assert_eq!((u16_at(&m, 48), u16_at(&m, 50)), (4 + 4 + 7 + 1, IFLA_LINKINFO | NESTED));
-        assert_eq!((u16_at(&m, 52), u16_at(&m, 54)), (4 + 7, IFLA_INFO_KIND));
-        assert_eq!(&m[56..63], b"bridge\0");
-        assert_eq!(m.len(), 64);
+        // Padded to 4: the address at 48, six bytes.
+        assert_eq!((u16_at(&m, 48), u16_at(&m, 50)), (4 + 6, IFLA_ADDRESS));
+        assert_eq!(&m[52..58], &[0x02, 0xca, 10, 89, 3, 1]);
+        // Padded to 4: the nest starts at 60 and holds the kind "bridge".
+        assert_eq!((u16_at(&m, 60), u16_at(&m, 62)), (4 + 4 + 7 + 1, IFLA_LINKINFO | NESTED));
+        assert_eq!((u16_at(&m, 64), u16_at(&m, 66)), (4 + 7, IFLA_INFO_KIND));
+        assert_eq!(&m[68..75], b"bridge\0");
+        assert_eq!(m.len(), 76);
     }
 
     #[test]

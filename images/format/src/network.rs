@@ -227,6 +227,25 @@ pub fn bridge_name(i: usize) -> String {
     format!("cairn-br{i}")
 }
 
+/// The hardware address of the bridge of a network on `subnet`: locally
+/// administered (`02:ca`), then the subnet's `.1` (subnets never overlap,
+/// so no two bridges share one). Set when the bridge is made, it never
+/// changes: a bridge left to the kernel takes the lowest of its ports'
+/// addresses, which changes whenever that port's container stops or a
+/// lower one joins, and every container that learned the old address for
+/// its gateway then sends into nothing until its neighbour entry times
+/// out (half a minute or more).
+pub fn bridge_mac(subnet: Subnet) -> [u8; 6] {
+    let [a, b, c, d] = subnet.gateway();
+    [0x02, 0xca, a, b, c, d]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
 /// The interface of a container's attachment number `k` inside it.
 pub fn container_iface(k: usize) -> String {
     format!("eth{k}")
@@ -560,6 +579,18 @@ mod tests {
         internal.containers.iter_mut().for_each(|c| c.publish.clear());
         assert!(!needs_firewall(&internal));
         assert_eq!(Subnet::parse("10.89.3.0/24").unwrap().gateway(), [10, 89, 3, 1]);
+    }
+
+    /// A bridge's address is its own (locally administered, unicast) and
+    /// differs between any two networks a manifest may have.
+    #[test]
+    fn each_network_s_bridge_has_an_address_of_its_own() {
+        let a = bridge_mac(Subnet::parse("10.89.3.0/24").unwrap());
+        assert_eq!(mac_text(a), "02:ca:0a:59:03:01");
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, not multicast");
+        let b = bridge_mac(Subnet::parse("10.89.4.0/24").unwrap());
+        let c = bridge_mac(Subnet::parse("10.89.4.128/25").unwrap());
+        assert!(a != b && b != c && a != c);
     }
 
     #[test]

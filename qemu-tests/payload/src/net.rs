@@ -173,9 +173,9 @@ pub fn probe(port: u16, ms: u64, host: Option<&str>) -> i32 {
 /// `net-get <host> <port> <ms>`: `GET /` over HTTP/1.0 from host:port
 /// (an address), retrying every 200 ms for up to ms milliseconds (the
 /// device's uplink may come up after this container). An attempt waits
-/// 1 s to connect and 2 s for the reply, so one whose reply never comes
-/// (seen when it was made while the uplink's address changed) is retried
-/// well inside the scenario's time.
+/// 1 s to connect and 2 s for the reply, so one that is lost is retried
+/// well inside the scenario's time; each failed one is
+/// `event=net-get-failed attempt=N error=<ENAME> ms=<since the first>`.
 /// `event=net-get result=ok status=<code> bytes=<body bytes> attempts=N`,
 /// exit 0; or `event=net-get result=<ENAME> attempts=N`, exit 1.
 pub fn get(host: &str, port: u16, ms: u64) -> i32 {
@@ -184,7 +184,8 @@ pub fn get(host: &str, port: u16, ms: u64) -> i32 {
         return 1;
     };
     let at = SocketAddrV4::new(ip, port).into();
-    let deadline = Instant::now() + Duration::from_millis(ms);
+    let begun = Instant::now();
+    let deadline = begun + Duration::from_millis(ms);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -203,15 +204,20 @@ pub fn get(host: &str, port: u16, ms: u64) -> i32 {
                 say!("event=net-get result=ok status={} bytes={body} attempts={attempts}", V(&status));
                 return 0;
             }
-            Err(e) if Instant::now() >= deadline => {
+            Err(e) => {
                 let name = match e.kind() {
                     std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => "ETIMEDOUT".to_string(),
                     _ => errno_of(&e).to_string(),
                 };
-                say!("event=net-get result={name} attempts={attempts}");
-                return 1;
+                if Instant::now() >= deadline {
+                    say!("event=net-get result={name} attempts={attempts}");
+                    return 1;
+                }
+                // Each failed attempt, for a scenario's failure message.
+                let ms = begun.elapsed().as_millis();
+                say!("event=net-get-failed attempt={attempts} error={name} ms={ms}");
+                sys::sleep_ms(200);
             }
-            Err(_) => sys::sleep_ms(200),
         }
     }
 }

@@ -142,7 +142,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let fw = c.expect("network.firewall", &[("table", "cairn")])?;
     ensure!(fw.get("published") == Some("2"), "{:?}", fw.fields);
     eprintln!("net-egress: firewall {:?}", fw.fields);
-    c.expect("network.ready", &[("name", "out"), ("bridge", "cairn-br0"), ("egress", "10.89.3.1/24")])?;
+    let out = c.expect("network.ready", &[("name", "out"), ("bridge", "cairn-br0"), ("egress", "10.89.3.1/24")])?;
+    // The bridge keeps its own address with containers' pairs on it (the
+    // kernel would give it the lowest port's, gone when that one stops).
+    ensure!(out.get("mac") == Some("02:ca:0a:59:03:01"), "{:?}", out.fields);
+    let mac = c.expect("cat", &[("name", "bridge-mac"), ("path", "/sys/class/net/cairn-br0/address")])?;
+    ensure!(mac.get("value") == out.get("mac"), "cairn-br0 with its ports: {:?}", mac.fields);
     c.expect("network.ready", &[("name", "other"), ("bridge", "cairn-br1"), ("egress", "10.89.4.1/24")])?;
     let inner = c.expect("network.ready", &[("name", "inner"), ("bridge", "cairn-br2")])?;
     ensure!(inner.get("egress").is_none(), "an internal network got an address: {:?}", inner.fields);
@@ -152,11 +157,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         c.expect("module.loaded", &[("name", m)])?;
     }
 
-    // Egress: the harness served fetch, through the masquerade. An
-    // attempt whose reply never came back (seen when it was made while the
-    // uplink's address changed) is retried: one request served per
-    // attempt at most, each in full, and no request from anyone else.
-    let got = c.expect("net-get", &[("name", "fetch")])?;
+    // Egress: the harness served fetch, through the masquerade. A failed
+    // attempt is retried (the uplink may come up after fetch starts): one
+    // request served per attempt at most, each in full, and no request
+    // from anyone else.
+    let failed: Vec<_> = c.all("net-get-failed", &[("name", "fetch")]).iter().map(|l| &l.fields).collect();
+    let got =
+        c.expect("net-get", &[("name", "fetch")]).with_context(|| format!("fetch's failed attempts: {failed:?}"))?;
     ensure!(got.get("result") == Some("ok") && got.get("status") == Some("200"), "fetch: {:?}", got.fields);
     let tries = got.num("attempts").unwrap_or(0);
     let served = server.served();
