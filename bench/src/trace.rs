@@ -234,13 +234,13 @@ pub fn run(
     let me = std::process::id();
     println!("bench-info trace-rounds={rounds} trace-clock=global");
     // One start unmeasured first (page cache, first-use costs).
-    crate::cairn_start(spec, filter, cgroup, ahead)?;
+    crate::cairn_start(spec, filter, cgroup, ahead, true)?;
     for round in 0..rounds {
         std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
         control("trace", "")?;
         control("tracing_on", "1")?;
         control("trace_marker", "start")?;
-        let traced = crate::cairn_start(spec, filter, cgroup, ahead);
+        let traced = crate::cairn_start(spec, filter, cgroup, ahead, true);
         control("trace_marker", "end")?;
         control("tracing_on", "0")?;
         let text = std::fs::read_to_string(format!("{TRACEFS}/trace")).map_err(|e| format!("trace: {e}"))?;
@@ -271,7 +271,7 @@ pub fn run(
         // Let the console drain what was just printed: the serial port
         // under emulation would slow the next start.
         std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
-        match crate::cairn_start(spec, filter, cgroup, ahead) {
+        match crate::cairn_start(spec, filter, cgroup, ahead, true) {
             Ok(metrics) => {
                 for (metric, us) in metrics {
                     println!("bench-sample untraced {metric} {us:.0}");

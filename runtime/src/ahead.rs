@@ -8,8 +8,11 @@
 //! - one network namespace with loopback up, for the first container that
 //!   wants a new one and nothing else in it. A boot's first new network
 //!   namespace is slow (the kernel's per-namespace set-up runs cold: about
-//!   20 ms under emulation with loopback brought up). Later starts make
-//!   their own, as before.
+//!   20 ms under emulation with loopback brought up). Once a start has
+//!   taken it (or wanted it and found none), PID 1 makes the next one
+//!   when it is idle ([`Ahead::refill`]): a restart, or a start after the
+//!   boot's first ones, finds one too, and does not make its own on its
+//!   way to the entrypoint (7 ms of a start under emulation).
 //!
 //! The namespace belongs to the initial user namespace, like one made by
 //! `clone3(CLONE_NEWNET)` from PID 1, so only a container without a user
@@ -36,6 +39,9 @@ pub struct Ahead {
     pub programs: Programs,
     /// A network namespace with loopback up, used by one container at most.
     spare_net: Option<OwnedFd>,
+    /// A start wanted the spare namespace since the last [`Ahead::refill`]:
+    /// make one again.
+    net_wanted: bool,
 }
 
 /// What the preparation left, for PID 1 to report: the [`Ahead`] to start
@@ -69,7 +75,7 @@ impl Ahead {
                 Ok((fd, id)) => (Some(fd), Ok(id)),
                 Err(e) => (None, Err(e)),
             };
-            Prepared { ahead: Ahead { programs, spare_net }, program, net }
+            Prepared { ahead: Ahead { programs, spare_net, net_wanted: false }, program, net }
         };
         let thread = std::thread::Builder::new().name("ahead".into()).stack_size(THREAD_STACK).spawn(work);
         Preparing(thread.map_err(|e| SysError {
@@ -80,9 +86,41 @@ impl Ahead {
     }
 
     /// The spare network namespace, for a start that makes a new one and
-    /// may take it (see the module's doc); gone from here once taken.
+    /// may take it (see the module's doc); gone from here once taken. The
+    /// next [`Ahead::refill`] makes another, whether one was here or not.
     pub(crate) fn take_net(&mut self) -> Option<OwnedFd> {
+        self.net_wanted = true;
         self.spare_net.take()
+    }
+
+    /// Whether a start took (or wanted) what [`Ahead::refill`] would make.
+    pub fn wants_refill(&self) -> bool {
+        self.net_wanted && self.spare_net.is_none()
+    }
+
+    /// Make again what starts took: the spare network namespace, once per
+    /// start that wanted it (a refusal is not tried again until another
+    /// start wants one). Blocks for the kernel's few milliseconds: PID 1
+    /// calls it when it has nothing else to do. The namespace is made on
+    /// a thread of its own, joined before this returns (the caller's own
+    /// network namespace never changes, and it is single-threaded again
+    /// for its next fork). `None` when nothing was wanted; else the new
+    /// namespace's identity or why there is none.
+    pub fn refill(&mut self) -> Option<SysResult<String>> {
+        if !self.wants_refill() {
+            return None;
+        }
+        self.net_wanted = false;
+        let thread = std::thread::Builder::new().name("spare-net".into()).stack_size(THREAD_STACK).spawn(spare_net);
+        let lost = |errno| SysError { op: "thread", arg: "spare-net".into(), errno };
+        let made = match thread {
+            Ok(t) => t.join().unwrap_or_else(|_| Err(lost(0))),
+            Err(e) => Err(lost(e.raw_os_error().unwrap_or(0))),
+        };
+        Some(made.map(|(fd, id)| {
+            self.spare_net = Some(fd);
+            id
+        }))
     }
 
     /// Whether a spare network namespace is waiting (for tests).
@@ -157,5 +195,35 @@ mod tests {
                 assert!(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err(), "the preparation lost {e}");
             }
         }
+    }
+
+    /// A taken namespace is made again by the next refill, on another
+    /// thread (the caller's own namespace is unchanged), once per take;
+    /// with nothing taken, a refill makes nothing.
+    #[test]
+    fn a_refill_makes_a_new_namespace_once_per_start_that_wanted_one() {
+        let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
+        let mut a = Ahead::new();
+        assert!(a.refill().is_none() && !a.has_spare_net(), "nothing was wanted");
+        assert!(a.take_net().is_none());
+        match a.refill() {
+            Some(Ok(id)) => {
+                assert!(id.starts_with("net:[") && id != own, "spare {id}, caller's {own}");
+                assert!(a.has_spare_net() && !a.wants_refill());
+                assert!(a.refill().is_none(), "one namespace per take");
+                // Held, so that its inode number is not reused.
+                let taken = a.take_net();
+                assert!(taken.is_some() && a.wants_refill());
+                let again = a.refill();
+                assert!(matches!(&again, Some(Ok(next)) if *next != id), "{again:?}");
+            }
+            Some(Err(e)) => {
+                assert!(!a.has_spare_net() && !a.wants_refill(), "{e}: tried again");
+                assert!(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err(), "the refill lost {e}");
+            }
+            None => panic!("a take wanted a refill"),
+        }
+        let after = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
+        assert_eq!(after, own, "the caller's namespace changed");
     }
 }

@@ -106,7 +106,7 @@
 //!   like `ctl` (`event=await-stopped ...` first).
 //! - `tty-check`: the terminal as the entrypoint sees it and ^C through the
 //!   line discipline (see `tty.rs`).
-//! - `net-info`, `net-serve <port> <hold_ms> [any]`, `net-connect <port> [host]`,
+//! - `net-info [fail-first]`, `net-serve <port> <hold_ms> [any]`, `net-connect <port> [host]`,
 //!   `net-probe <port> <ms> [host]`: network namespace probes (see `net.rs`;
 //!   127.0.0.1 unless `any` (0.0.0.0) or a host, resolved by /etc/hosts).
 //! - `net-up <iface> <ipv4> <prefix>`: address the interface and bring it
@@ -273,7 +273,7 @@ fn dispatch(args: &[String]) -> Result<i32, String> {
             seq::await_stopped(a.word(2, "names")?, words)
         }
         "tty-check" => tty::check(),
-        "net-info" => net::info(),
+        "net-info" => net::info(a.0.get(2).is_some_and(|w| w == "fail-first")),
         "net-up" => net::up(a.word(2, "iface")?, a.word(3, "addr")?, a.num(4, "prefix")?),
         "net-serve" => net::serve(a.num(2, "port")?, a.num(3, "hold_ms")?, a.0.get(4).is_some_and(|w| w == "any")),
         "net-connect" => net::connect(a.num(2, "port")?, a.0.get(3).map(String::as_str)),

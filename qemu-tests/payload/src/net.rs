@@ -40,8 +40,10 @@ fn is_up(name: &str) -> Option<bool> {
     (rc == 0).then_some(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
-/// `net-info`: `event=net-info netns=N ifaces=<names from /proc/net/dev, comma separated> lo_up=<0|1|?>`; exit 0.
-pub fn info() -> i32 {
+/// `net-info [fail-first]`: `event=net-info netns=N ifaces=<names from
+/// /proc/net/dev, comma separated> lo_up=<0|1|?>`; exit 0, or 1 on the
+/// first run (`CAIRN_RESTART_COUNT=0`) with `fail-first`.
+pub fn info(fail_first: bool) -> i32 {
     let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
     let ifaces: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
     let lo = match is_up("lo") {
@@ -50,7 +52,8 @@ pub fn info() -> i32 {
         None => "?",
     };
     say!("event=net-info netns={} ifaces={} lo_up={lo}", V(&netns()), V(&ifaces.join(",")));
-    0
+    let first_run = std::env::var("CAIRN_RESTART_COUNT").is_ok_and(|n| n == "0");
+    i32::from(fail_first && first_run)
 }
 
 fn local(port: u16) -> SocketAddrV4 {

@@ -3,7 +3,8 @@
 //! namespace; `container:NAME` joins NAME's namespace, so the two talk over
 //! 127.0.0.1 while a third container with `none` is refused. The first
 //! `none` container enters the namespace PID 1 made ahead (`boot.ahead`):
-//! loopback up, and shared with no other container.
+//! loopback up, and shared with no other container; a restart enters the
+//! one PID 1 made once idle after that (`ahead.made`).
 
 use anyhow::{ensure, Context, Result};
 
@@ -24,6 +25,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // enters the one PID 1 made ahead; it is no one else's.
     let ahead = c.expect("boot.ahead", &[])?;
     ensure!(ahead.get("net") == Some(iso_ns), "isolated is in {iso_ns}, the one made ahead is {:?}", ahead.fields);
+    // Once idle after the first starts, PID 1 makes the next one; the
+    // restart of `again` (after its back-off) enters it, and it was not
+    // in it before.
+    let runs: Vec<&str> = c.all("net-info", &[("name", "again")]).iter().filter_map(|l| l.get("netns")).collect();
+    ensure!(runs.len() == 2, "again ran {} times, not 2: {runs:?}", runs.len());
+    let made: Vec<&str> = c.all("ahead.made", &[]).iter().filter_map(|l| l.get("net")).collect();
+    ensure!(
+        made.contains(&runs[1]) && !made.contains(&runs[0]) && runs[0] != runs[1],
+        "again ran in {runs:?}; PID 1 made {made:?} once idle"
+    );
 
     let h = c.expect("net-info", &[("name", "hostnet")])?;
     ensure!(h.get("netns") == Some(host.as_str()), "network=host is in {:?}, PID 1 in {host}", h.get("netns"));

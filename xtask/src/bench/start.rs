@@ -199,7 +199,7 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
         subject: Some("cairn".into()),
         notes: vec![
             format!("{n} samples each, interleaved fork-exec, cairn, crun, runc in one guest, after one unmeasured warm-up start each"),
-            "cairn: cairn_runtime::spawn (as cairn-init) to waitpid of the container init; crun/runc: `run --bundle` to the command's exit (it reaps and deletes the container)".into(),
+            "cairn: cairn_runtime::spawn (as cairn-init) to waitpid of the container init, into the network namespace made after the previous start (as cairn-init makes it when idle); crun/runc: `run --bundle` to the command's exit (it reaps and deletes the container)".into(),
             "fork-exec: fork + execve of the same busybox `true` + waitpid, no isolation: the floor".into(),
         ],
     };
@@ -223,12 +223,14 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
             Row::new("start -> exec", ms("cairn", "exec")),
             Row::new("start -> reaped", ms("cairn", "reaped")),
             Row::new("cgroup rmdir after", ms("cairn", "cleanup")),
+            Row::new("own netns: start -> reaped", ms("cairn-own-net", "reaped")),
             Row::new("cold: start -> reaped", ms("cairn-cold", "reaped")),
         ],
         subject: None,
         notes: vec![
             "crun and runc do not report their exec moment; their cgroup removal is inside their time".into(),
-            "cold: the device program loaded at every start (a boot's first start; every start before 2026-12-03), where cairn-init loads it once per rule set".into(),
+            "own netns: the program cached, but each start makes its own network namespace (cairn-init before it made the next one when idle)".into(),
+            "cold: nothing made ahead: the device program loaded and the network namespace made at every start (a boot's first start without PID 1's ahead thread)".into(),
         ],
     };
     let parts = Group {
