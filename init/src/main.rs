@@ -71,8 +71,13 @@ fn main() {
     let modules = modules::load_all();
     event("modules.done").kv("failed", modules.failed).emit();
     if switch_root::on_initramfs() {
-        match switch_root::switch(&modules.files) {
-            Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).emit(),
+        // Not copied: the boot modules (loaded), the on-demand ones (kept
+        // open until loaded or not needed) and this program (running).
+        let held = modules::on_demand_files();
+        let held_bytes = modules::hold(&held);
+        let left: Vec<String> = modules.files.iter().chain(&held).cloned().chain([String::from("/init")]).collect();
+        match switch_root::switch(&left) {
+            Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).kv("held_bytes", held_bytes).emit(),
             Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
     }
@@ -159,6 +164,12 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), None, manifest::UpdatePolicy::COMMIT_AFTER_MS, (None, None), false)
         }
     };
+    // The networks are made (or the boot failed): the on-demand modules no
+    // load took are not needed this boot; their memory is freed.
+    let released = modules::release();
+    if released > 0 {
+        event("modules.released").kv("count", released).emit();
+    }
     // cairn-ctl is copied beside the socket only if a container can use it
     // (a permission, or a heartbeat health check).
     let offer = units.iter().any(|(_, d)| {

@@ -9,7 +9,9 @@
 //! are joined before loading returns, so PID 1 is single-threaded again
 //! before it forks anything.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use cairn_runtime::sys;
 
@@ -28,10 +30,58 @@ pub const NETFILTER_ORDER: &str = "/lib/modules/load-order-netfilter";
 /// Modules loaded only on a machine with UEFI firmware (efivarfs), none of
 /// them also in [`LOAD_ORDER`]; no list when the kernel builds them in.
 pub const EFI_ORDER: &str = "/lib/modules/load-order-efi";
+/// The lists loaded only when a boot needs them.
+pub const ON_DEMAND: [&str; 3] = [NETWORKS_ORDER, NETFILTER_ORDER, EFI_ORDER];
 /// Most threads that load modules at once.
 const MOST_THREADS: usize = 4;
 /// Each loading thread's stack: a path, a syscall and an event line.
 const THREAD_STACK: usize = 64 << 10;
+
+/// The on-demand modules' files, open: PID 1 keeps them when it leaves
+/// the initramfs instead of copying them ([`hold`]), loads them from here,
+/// and closes each once it is loaded, or all that are left once the
+/// manifest has shown what it needs ([`release`]): their memory is freed
+/// then. Each is its absolute path and its descriptor.
+static HELD: Mutex<Vec<(String, OwnedFd)>> = Mutex::new(Vec::new());
+
+/// The files the on-demand lists name, as absolute paths (a list that is
+/// not there names none).
+pub fn on_demand_files() -> Vec<String> {
+    ON_DEMAND
+        .iter()
+        .filter_map(|order| std::fs::read_to_string(order).ok())
+        .flat_map(|list| {
+            groups(&list).into_iter().flatten().map(|name| format!("/lib/modules/{name}")).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Open each of `paths` and keep it for its load. One that cannot be
+/// opened is not kept: its load later fails by path, naming it. Returns
+/// the bytes kept.
+pub fn hold(paths: &[String]) -> u64 {
+    let Ok(mut held) = HELD.lock() else { return 0 };
+    let mut bytes = 0;
+    for p in paths {
+        if let Ok(fd) = sys::open(p, libc::O_RDONLY) {
+            bytes += nix::sys::stat::fstat(&fd).map_or(0, |st| st.st_size as u64);
+            held.push((p.clone(), fd));
+        }
+    }
+    bytes
+}
+
+/// Close the kept files no load took (see [`HELD`]): how many.
+pub fn release() -> usize {
+    HELD.lock().map(|mut h| std::mem::take(&mut *h).len()).unwrap_or(0)
+}
+
+/// The kept file of `path`, taken out (closed once loaded).
+fn take_held(path: &str) -> Option<OwnedFd> {
+    let mut held = HELD.lock().ok()?;
+    let i = held.iter().position(|(p, _)| p == path)?;
+    Some(held.swap_remove(i).1)
+}
 
 /// What loading one list did.
 #[derive(Debug, Default)]
@@ -128,7 +178,10 @@ fn load_one(name: &str) -> bool {
 }
 
 fn load(path: &str) -> sys::SysResult<()> {
-    let fd = sys::open(path, libc::O_RDONLY)?;
+    let fd = match take_held(path) {
+        Some(fd) => fd,
+        None => sys::open(path, libc::O_RDONLY)?,
+    };
     let params = c"";
     let flags = nix::kmod::ModuleInitFlags::empty();
     match nix::kmod::finit_module(&fd, params, flags) {

@@ -2,10 +2,12 @@
 //! mount, and pivot_root(2) refuses to move such a root, so containers could
 //! not pivot. Like `switch_root`, cairn-init copies the initramfs into a
 //! tmpfs, frees the original files, moves the tmpfs over `/` and chroots
-//! into it. From then on every mount namespace's root has a parent. The
-//! boot modules are loaded before, from the initramfs, and not copied:
-//! nothing reads them again, and the tmpfs would hold them for the
-//! device's life.
+//! into it. From then on every mount namespace's root has a parent. What
+//! the caller names is not copied: the boot modules (loaded before, from
+//! the initramfs: nothing reads them again, and the tmpfs would hold them
+//! for the device's life), the on-demand ones (kept open until loaded or
+//! not needed: `crate::modules::hold`) and `/init` itself (running; its
+//! pages stay while it does).
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

@@ -21,6 +21,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     for m in ["bridge.ko", "veth.ko", "nf_tables.ko"] {
         ensure!(c.first("module.loaded", &[("name", m)]).is_none(), "{m} loaded without container networks");
     }
+    // Leaving the initramfs kept them open instead of copying them, and
+    // closed them once the units were made (their memory freed).
+    let switched = c.expect("rootfs.switched", &[])?;
+    ensure!(switched.num("held_bytes").unwrap_or(0) > 1 << 20, "on-demand modules not kept: {:?}", switched.fields);
+    let released = c.expect("modules.released", &[])?;
+    ensure!(released.num("count").unwrap_or(0) >= 4, "on-demand modules kept: {:?}", released.fields);
+    ensure!(released.index > switched.index, "released before the switch");
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }
