@@ -117,19 +117,20 @@ fn main() {
 
     let loader = if bootslot::mount_efivars() { bootslot::loader_info() } else { bootslot::LoaderInfo::default() };
     // The default device program (the BPF verifier and JIT: 10 to 20 ms
-    // under emulation) and a network namespace with loopback up (about 20
-    // ms cold) are made on the other CPU while this thread finds the disk
+    // under emulation), the default settings' seccomp filter (about 8 ms)
+    // and a network namespace with loopback up (about 20 ms cold) are
+    // made on the other CPU while this thread finds the disk
     // and mounts the layers; joined before PID 1 first forks. Started
     // after the signalfd, so its thread blocks every signal too, and after
     // the firmware's variables are read: nothing of the kernel's that the
     // boot has not already needed runs beside it (efivarfs's module, the
     // firmware's runtime services).
-    let ahead = cairn_runtime::Ahead::prepare();
+    let ahead = cairn_runtime::Ahead::prepare(resolve::usual_filter());
     let (slot, booted) = boot::boot(&cmdline, &loader);
-    let ahead = report_ahead(ahead.join());
+    let mut ahead = report_ahead(ahead.join());
     let (units, order, targets, update, window, (search, updater), deferred_data) = match booted {
         Ok(booted) => {
-            let (units, order) = units_of(&booted);
+            let (units, order) = units_of(&booted, &mut ahead.filters);
             let deferred_data = booted.data_deferred;
             let window = booted.manifest.update.commit_after_ms;
             let search = (booted.disk.clone(), booted.trial.as_ref().map(|t| t.slot), booted.record.snapshot());
@@ -231,6 +232,10 @@ fn report_ahead(p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
         Ok(()) => e.kv("device_program", "loaded"),
         Err(err) => e.kv("device_program", "failed").kv("program_error", err),
     };
+    let e = match &p.filter {
+        Ok(()) => e.kv("seccomp", "compiled"),
+        Err(err) => e.kv("seccomp", "failed").kv("seccomp_error", err),
+    };
     match &p.net {
         Ok(id) => e.kv("net", id),
         Err(err) => e.kv("net", "none").kv("net_error", err),
@@ -240,13 +245,12 @@ fn report_ahead(p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
 }
 
 /// One supervised unit per manifest container, and the start order.
-fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
+fn units_of(b: &boot::Booted, filters: &mut cairn_runtime::spawn::Filters) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
     let m = &b.manifest;
     let order = m.start_order().unwrap_or_default();
     let forbidden = resolve::Forbidden::of_boot_disk(&b.disk, &b.partitions);
     let ready = volumes::prepare(m);
     let bridges = networks::prepare(m);
-    let mut filters = cairn_runtime::spawn::Filters::new();
     let units = m
         .containers
         .iter()
@@ -266,7 +270,7 @@ fn units_of(b: &boot::Booted) -> (Vec<(Unit, UnitDesc)>, Vec<usize>) {
                 .and_then(|s| volumes::attach(s, c, &ready))
                 .and_then(|s| networks::attach(s, m, c, &bridges))
                 .map_err(Into::into);
-            let mut unit = Unit::new(&c.name, spec, &mut filters).with_log_size(c.log_size);
+            let mut unit = Unit::new(&c.name, spec, filters).with_log_size(c.log_size);
             if let Some(h @ manifest::HealthCheck { probe: manifest::HealthProbe::Command(argv), .. }) = &c.health {
                 unit = unit.with_probe(argv, std::time::Duration::from_millis(h.timeout_ms.into()));
             }

@@ -145,6 +145,13 @@ fn c_string(s: &str) -> Result<CString, SpecError> {
     CString::new(s).map_err(|_| SpecError::Nul(s.replace('\0', "\\0")))
 }
 
+/// What the seccomp filter of a container with the default security
+/// settings is compiled from: PID 1 compiles it ahead of the manifest.
+pub fn usual_filter() -> cairn_runtime::spawn::FilterKey {
+    let s = m::Security::default();
+    cairn_runtime::spawn::FilterKey { deny: s.seccomp_deny, allow_userns: s.allow_userns, capabilities: s.capabilities }
+}
+
 /// Resolve a manifest container; `layer_dir` maps a layer name to the
 /// directory it is mounted on, or `None` if it is unavailable; `device`
 /// maps a device source to a host device node.
@@ -393,6 +400,21 @@ pub(crate) mod tests {
             let c = m::Container { permissions, health: probe.map(check), ..container() };
             assert_eq!(container_spec(&c, layer, device).unwrap().control, control, "{:?}", c.health);
         }
+    }
+
+    /// The filter compiled ahead is the one a container with the default
+    /// security settings asks for, and only such a container's.
+    #[test]
+    fn a_container_with_default_security_asks_for_the_usual_filter() {
+        let all = |_: &str| Some("/l".to_owned());
+        let none = |_: &DeviceSource| None;
+        let mut c = container();
+        c.security = m::Security::default();
+        let spec = container_spec(&c, all, none).unwrap();
+        assert_eq!(cairn_runtime::spawn::FilterKey::of(&spec), Some(usual_filter()));
+        c.security.capabilities |= 1 << 21;
+        let spec = container_spec(&c, all, none).unwrap();
+        assert_ne!(cairn_runtime::spawn::FilterKey::of(&spec), Some(usual_filter()));
     }
 
     #[test]

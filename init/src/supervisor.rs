@@ -16,7 +16,7 @@
 //! waiting or in backoff are stopped, set-ups under way are killed.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -72,7 +72,7 @@ pub struct Unit {
     fresh_output: Option<(Tap, Option<String>)>,
     /// Its seccomp filter, compiled once for every start (and shared with
     /// the containers compiled from the same inputs).
-    filter: Option<Rc<Filter>>,
+    filter: Option<Arc<Filter>>,
     /// While starting: the read end of its report pipe (non-blocking).
     report: Option<OwnedFd>,
     /// Its newest output lines (kept across restarts).

@@ -5,6 +5,9 @@
 //! - the device program for the default rules (the BPF verifier and the
 //!   JIT: 10 to 20 ms under emulation), kept in [`Programs`] for every
 //!   start that has those rules;
+//! - the seccomp filter of the usual security settings (the caller says
+//!   which: about 8 ms under emulation), kept in [`Filters`] for every
+//!   container that has them;
 //! - one network namespace with loopback up, for the first container that
 //!   wants a new one and nothing else in it. A boot's first new network
 //!   namespace is slow (the kernel's per-namespace set-up runs cold: about
@@ -29,6 +32,7 @@
 use std::os::fd::OwnedFd;
 
 use crate::devices::Programs;
+use crate::spawn::{FilterKey, Filters, SpawnError};
 use crate::sys::{self, SysError, SysResult};
 
 /// What was made ahead, taken by the starts that want it.
@@ -37,6 +41,8 @@ pub struct Ahead {
     /// Device programs loaded so far, by rules: shared by every container
     /// with the same rules (most have the defaults).
     pub programs: Programs,
+    /// Seccomp filters compiled so far, by what they are compiled from.
+    pub filters: Filters,
     /// A network namespace with loopback up, used by one container at most.
     spare_net: Option<OwnedFd>,
     /// A start wanted the spare namespace since the last [`Ahead::refill`]:
@@ -53,6 +59,9 @@ pub struct Prepared {
     /// The default device program's load: `Err` leaves the cache empty,
     /// and the first start loads it (and fails with that start's error).
     pub program: SysResult<()>,
+    /// The usual filter's compilation: `Err` leaves the cache empty, and
+    /// the containers' units compile it (and fail with the same error).
+    pub filter: Result<(), SpawnError>,
     /// The spare namespace's identity (`net:[inode]`, as
     /// `/proc/PID/ns/net` reads), or why there is none: the first start
     /// then makes its own.
@@ -66,16 +75,19 @@ impl Ahead {
     }
 
     /// Start preparing on a thread of its own, so the work runs on another
-    /// CPU while the caller goes on. The caller must [`Preparing::join`] it
+    /// CPU while the caller goes on; `usual` is what most containers'
+    /// filter is compiled from. The caller must [`Preparing::join`] it
     /// before it forks: `spawn` wants a single-threaded process.
-    pub fn prepare() -> Preparing {
-        let work = || {
+    pub fn prepare(usual: FilterKey) -> Preparing {
+        let work = move || {
             let (programs, program) = Programs::with_defaults();
+            let mut filters = Filters::new();
+            let filter = filters.compile(usual).map(|_| ());
             let (spare_net, net) = match spare_net() {
                 Ok((fd, id)) => (Some(fd), Ok(id)),
                 Err(e) => (None, Err(e)),
             };
-            Prepared { ahead: Ahead { programs, spare_net, net_wanted: false }, program, net }
+            Prepared { ahead: Ahead { programs, filters, spare_net, net_wanted: false }, program, filter, net }
         };
         let thread = std::thread::Builder::new().name("ahead".into()).stack_size(THREAD_STACK).spawn(work);
         Preparing(thread.map_err(|e| SysError {
@@ -144,7 +156,12 @@ impl Preparing {
     /// made ahead and both parts say why. The thread is gone when this
     /// returns.
     pub fn join(self) -> Prepared {
-        let lost = |e: SysError| Prepared { ahead: Ahead::new(), program: Err(e.clone()), net: Err(e) };
+        let lost = |e: SysError| Prepared {
+            ahead: Ahead::new(),
+            program: Err(e.clone()),
+            filter: Err(SpawnError::Prepare(e.clone())),
+            net: Err(e),
+        };
         match self.0 {
             Ok(t) => t.join().unwrap_or_else(|_| lost(SysError { op: "thread", arg: "ahead".into(), errno: 0 })),
             Err(e) => lost(e),
@@ -172,17 +189,23 @@ fn spare_net() -> SysResult<(OwnedFd, String)> {
 mod tests {
     use super::*;
 
-    /// The preparation leaves the default program in the cache (the
-    /// devices module tests the cache itself) and a namespace other than
-    /// the caller's, taken once (root; where the kernel refuses a
-    /// namespace here, the error must be the kernel's).
+    /// The preparation leaves the default program and the usual filter in
+    /// their caches (the devices and spawn modules test the caches
+    /// themselves) and a namespace other than the caller's, taken once
+    /// (root; where the kernel refuses a namespace here, the error must be
+    /// the kernel's).
     #[test]
-    fn the_preparation_leaves_the_default_program_and_a_namespace_of_its_own() {
-        let mut p = Ahead::prepare().join();
+    fn the_preparation_leaves_the_default_program_the_usual_filter_and_a_namespace_of_its_own() {
+        let usual = FilterKey { deny: Vec::new(), allow_userns: false, capabilities: 1 << 0 };
+        let mut p = Ahead::prepare(usual.clone()).join();
         match &p.program {
             Ok(()) => assert_eq!(p.ahead.programs.len(), 1),
             Err(e) => assert!(p.ahead.programs.is_empty(), "{e}"),
         }
+        assert!(p.filter.is_ok(), "{:?}", p.filter);
+        assert_eq!(p.ahead.filters.len(), 1);
+        p.ahead.filters.compile(usual).unwrap();
+        assert_eq!(p.ahead.filters.len(), 1, "the usual filter was compiled again");
         let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
         match &p.net {
             Ok(id) => {

@@ -121,18 +121,33 @@ pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Fil
 /// Seccomp filters compiled so far, by what they are compiled from (the
 /// deny list, the user namespace rule, the capabilities): containers that
 /// agree on those share one filter. Compiling takes milliseconds under
-/// emulation; most containers of a manifest have the defaults.
+/// emulation; most containers of a manifest have the defaults, whose
+/// filter PID 1 compiles ahead ([`crate::ahead`]).
 #[derive(Debug, Default)]
 pub struct Filters {
-    compiled: Vec<(FilterInputs, std::rc::Rc<crate::seccomp::Filter>)>,
+    compiled: Vec<(FilterKey, std::sync::Arc<crate::seccomp::Filter>)>,
 }
 
 /// What a filter is compiled from.
-#[derive(Debug, PartialEq, Eq)]
-struct FilterInputs {
-    deny: Vec<String>,
-    allow_userns: bool,
-    capabilities: u64,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterKey {
+    /// Syscalls denied beyond the default list.
+    pub deny: Vec<String>,
+    /// Whether new user namespaces are allowed.
+    pub allow_userns: bool,
+    /// The capabilities the entrypoint keeps (some open syscalls).
+    pub capabilities: u64,
+}
+
+impl FilterKey {
+    /// What `spec`'s filter is compiled from; `None` with `seccomp = false`.
+    pub fn of(spec: &ContainerSpec) -> Option<Self> {
+        spec.seccomp.then(|| FilterKey {
+            deny: spec.seccomp_deny.clone(),
+            allow_userns: spec.allow_userns,
+            capabilities: spec.capabilities,
+        })
+    }
 }
 
 impl Filters {
@@ -143,22 +158,20 @@ impl Filters {
 
     /// The filter `spec` asks for (see [`seccomp_filter`]), compiled now
     /// unless a spec with the same inputs asked before.
-    pub fn get(&mut self, spec: &ContainerSpec) -> Result<Option<std::rc::Rc<crate::seccomp::Filter>>, SpawnError> {
-        if !spec.seccomp {
-            return Ok(None);
+    pub fn get(&mut self, spec: &ContainerSpec) -> Result<Option<std::sync::Arc<crate::seccomp::Filter>>, SpawnError> {
+        FilterKey::of(spec).map(|key| self.compile(key)).transpose()
+    }
+
+    /// The filter of `key`, compiled now unless it was before.
+    pub fn compile(&mut self, key: FilterKey) -> Result<std::sync::Arc<crate::seccomp::Filter>, SpawnError> {
+        if let Some((_, f)) = self.compiled.iter().find(|(k, _)| *k == key) {
+            return Ok(f.clone());
         }
-        let inputs = FilterInputs {
-            deny: spec.seccomp_deny.clone(),
-            allow_userns: spec.allow_userns,
-            capabilities: spec.capabilities,
-        };
-        if let Some((_, f)) = self.compiled.iter().find(|(i, _)| *i == inputs) {
-            return Ok(Some(f.clone()));
-        }
-        let Some(filter) = seccomp_filter(spec)? else { return Ok(None) };
-        let filter = std::rc::Rc::new(filter);
-        self.compiled.push((inputs, filter.clone()));
-        Ok(Some(filter))
+        let deny: Vec<&str> = key.deny.iter().map(String::as_str).collect();
+        let filter = crate::seccomp::build(&deny, key.allow_userns, key.capabilities).map_err(SpawnError::Seccomp)?;
+        let filter = std::sync::Arc::new(filter);
+        self.compiled.push((key, filter.clone()));
+        Ok(filter)
     }
 
     /// How many distinct filters were compiled (for tests).
@@ -418,12 +431,12 @@ mod tests {
         let mut b = crate::rootfs::tests::spec(true);
         b.name = "other".into();
         let fb = f.get(&b).unwrap().unwrap();
-        assert!(std::rc::Rc::ptr_eq(&fa, &fb), "same deny list, userns rule and capabilities: one filter");
+        assert!(std::sync::Arc::ptr_eq(&fa, &fb), "same deny list, userns rule and capabilities: one filter");
         assert_eq!(f.len(), 1);
         let mut c = a.clone();
         c.capabilities = 1 << 21;
         let fc = f.get(&c).unwrap().unwrap();
-        assert!(!std::rc::Rc::ptr_eq(&fa, &fc), "CAP_SYS_ADMIN opens syscalls: another filter");
+        assert!(!std::sync::Arc::ptr_eq(&fa, &fc), "CAP_SYS_ADMIN opens syscalls: another filter");
         assert_ne!(fa.len(), fc.len());
         let mut d = a.clone();
         d.seccomp_deny = vec!["uname".into()];

@@ -31,6 +31,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }
+    // The default settings' seccomp filter was compiled ahead of the
+    // manifest (resolve.rs's host test: it is the one they ask for).
+    let ahead = c.expect("boot.ahead", &[])?;
+    ensure!(ahead.get("seccomp") == Some("compiled"), "{:?}", ahead.fields);
     for (name, hostname, top) in [("alpha", "alpha", "app"), ("beta", "beta-host", "base")] {
         let i = c.expect("inspect", &[("name", hostname)]).with_context(|| format!("{name} printed nothing"))?;
         ensure!(
