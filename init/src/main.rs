@@ -70,6 +70,8 @@ fn main() {
     // copied out of the initramfs (nothing reads them again).
     let modules = modules::load_all();
     event("modules.done").kv("failed", modules.failed).emit();
+    // The initramfs left behind, freed once the first starts are issued.
+    let mut old_root = None;
     if switch_root::on_initramfs() {
         // Not copied: the boot modules (loaded), the on-demand ones (kept
         // open until loaded or not needed) and this program (running).
@@ -77,7 +79,10 @@ fn main() {
         let held_bytes = modules::hold(&held);
         let left: Vec<String> = modules.files.iter().chain(&held).cloned().chain([String::from("/init")]).collect();
         match switch_root::switch(&left) {
-            Ok(bytes) => event("rootfs.switched").kv("copied_bytes", bytes).kv("held_bytes", held_bytes).emit(),
+            Ok((bytes, old)) => {
+                event("rootfs.switched").kv("copied_bytes", bytes).kv("held_bytes", held_bytes).emit();
+                old_root = Some(old);
+            }
             Err(e) => event("rootfs.switch-failed").kv("error", e).kv("effect", "containers cannot pivot_root").emit(),
         }
     }
@@ -219,6 +224,9 @@ fn main() {
     }
     if deferred_data {
         sup.mount_data_later();
+    }
+    if let Some(old) = old_root {
+        sup.free_initramfs_later(old);
     }
     let kind = sup.run();
     finish(kind, &targets);

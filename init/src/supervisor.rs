@@ -432,6 +432,8 @@ struct Later {
     /// Mount the data partition, which no container needs to start
     /// ([`Supervisor::mount_data_later`]).
     mount_data: bool,
+    /// Free the initramfs's files ([`Supervisor::free_initramfs_later`]).
+    old_root: Option<crate::switch_root::OldRoot>,
 }
 
 /// What the boot's installer child needs beside the [`Supervisor::updater`].
@@ -496,6 +498,12 @@ impl Supervisor {
     /// partitions and manifest); without it nothing is mounted.
     pub fn mount_data_later(&mut self) {
         self.later.mount_data = true;
+    }
+
+    /// Free the initramfs's files (`initramfs.freed`) once the first starts
+    /// are issued: nothing on their path needs it.
+    pub fn free_initramfs_later(&mut self, old: crate::switch_root::OldRoot) {
+        self.later.old_root = Some(old);
     }
 
     /// Judge this boot if it is on trial: the booted entry (if it counts
@@ -672,10 +680,13 @@ impl Supervisor {
     }
 
     /// The boot's work that no container waits for, after the loop's first
-    /// starts: the installer's fork (it then runs on its own), then the
-    /// data partition's mount.
+    /// starts: the initramfs's files freed, the installer's fork (it then
+    /// runs on its own), then the data partition's mount.
     fn after_starts_issued(&mut self) {
         let later = std::mem::take(&mut self.later);
+        if let Some(old) = later.old_root {
+            event("initramfs.freed").kv("removed", old.free()).emit();
+        }
         let Some(u) = self.updater.as_ref() else { return };
         if let Some(s) = later.bundle_search {
             let cx = crate::install::Context {

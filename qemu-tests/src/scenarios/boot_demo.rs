@@ -28,6 +28,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let released = c.expect("modules.released", &[])?;
     ensure!(released.num("count").unwrap_or(0) >= 4, "on-demand modules kept: {:?}", released.fields);
     ensure!(released.index > switched.index, "released before the switch");
+    // The initramfs's files are deleted (their memory freed) once the
+    // first starts are issued, not on their path.
+    let freed = c.expect("initramfs.freed", &[])?;
+    ensure!(freed.num("removed").unwrap_or(0) >= 10, "{:?}", freed.fields);
+    let first = c.expect("container.starting", &[])?;
+    ensure!(freed.index > first.index, "the initramfs was freed before the first start");
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }
