@@ -359,7 +359,7 @@ fn bridge_up() -> cairn_runtime::sys::SysResult<()> {
     let subnet = cairn_format::network::Subnet { addr: [10, 89, 3, 0], prefix: 24 };
     rtnl.call("cairn-br0", &netlink::new_bridge("cairn-br0", cairn_format::network::bridge_mac(subnet)))?;
     netlink::disable_ipv6("cairn-br0")?;
-    cairn_runtime::network::configure("cairn-br0", [10, 89, 3, 1], 24)
+    cairn_runtime::network::configure("cairn-br0", subnet.gateway(), subnet.prefix)
 }
 
 /// `key=value` from the kernel command line.

@@ -50,9 +50,7 @@ pub fn on_demand_files() -> Vec<String> {
     ON_DEMAND
         .iter()
         .filter_map(|order| std::fs::read_to_string(order).ok())
-        .flat_map(|list| {
-            groups(&list).into_iter().flatten().map(|name| format!("/lib/modules/{name}")).collect::<Vec<_>>()
-        })
+        .flat_map(|list| groups(&list).into_iter().flatten().map(module_path).collect::<Vec<_>>())
         .collect()
 }
 
@@ -81,6 +79,11 @@ fn take_held(path: &str) -> Option<OwnedFd> {
     let mut held = HELD.lock().ok()?;
     let i = held.iter().position(|(p, _)| p == path)?;
     Some(held.swap_remove(i).1)
+}
+
+/// Where module file `name` of a list is.
+fn module_path(name: &str) -> String {
+    format!("/lib/modules/{name}")
 }
 
 /// What loading one list did.
@@ -138,7 +141,7 @@ fn load_files(order: &str) -> Loaded {
         }
         work();
     });
-    let files = groups.iter().flatten().map(|name| format!("/lib/modules/{name}")).collect();
+    let files = groups.iter().flatten().map(|name| module_path(name)).collect();
     Loaded { failed: failed.into_inner(), files }
 }
 
@@ -163,7 +166,7 @@ fn groups(list: &str) -> Vec<Vec<&str>> {
 
 /// Load one module by file name; false if it failed (an event says why).
 fn load_one(name: &str) -> bool {
-    let path = format!("/lib/modules/{name}");
+    let path = module_path(name);
     match load(&path) {
         Ok(()) => event("module.loaded").kv("name", name).emit(),
         Err(e) if e.errno == libc::ENODEV => {

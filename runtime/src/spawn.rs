@@ -111,11 +111,7 @@ struct CloneArgs {
 /// The seccomp filter `spec` asks for (None with `seccomp = false`),
 /// compiled once per container and given to every [`spawn`] of it.
 pub fn seccomp_filter(spec: &ContainerSpec) -> Result<Option<crate::seccomp::Filter>, SpawnError> {
-    if !spec.seccomp {
-        return Ok(None);
-    }
-    let deny: Vec<&str> = spec.seccomp_deny.iter().map(String::as_str).collect();
-    crate::seccomp::build(&deny, spec.allow_userns, spec.capabilities).map(Some).map_err(SpawnError::Seccomp)
+    FilterKey::of(spec).map(|key| key.build()).transpose()
 }
 
 /// Seccomp filters compiled so far, by what they are compiled from (the
@@ -148,6 +144,12 @@ impl FilterKey {
             capabilities: spec.capabilities,
         })
     }
+
+    /// Compile the filter.
+    pub fn build(&self) -> Result<crate::seccomp::Filter, SpawnError> {
+        let deny: Vec<&str> = self.deny.iter().map(String::as_str).collect();
+        crate::seccomp::build(&deny, self.allow_userns, self.capabilities).map_err(SpawnError::Seccomp)
+    }
 }
 
 impl Filters {
@@ -167,9 +169,7 @@ impl Filters {
         if let Some((_, f)) = self.compiled.iter().find(|(k, _)| *k == key) {
             return Ok(f.clone());
         }
-        let deny: Vec<&str> = key.deny.iter().map(String::as_str).collect();
-        let filter = crate::seccomp::build(&deny, key.allow_userns, key.capabilities).map_err(SpawnError::Seccomp)?;
-        let filter = std::sync::Arc::new(filter);
+        let filter = std::sync::Arc::new(key.build()?);
         self.compiled.push((key, filter.clone()));
         Ok(filter)
     }
