@@ -10,14 +10,21 @@
 //!    rootfs plan);
 //! 2. `clone3`: → the container init's first instruction (the kernel
 //!    copies the caller and makes the namespaces);
-//! 3. `init`: → the init forks the entrypoint (loopback, the rootfs plan,
-//!    hostname, signal mask);
-//! 4. `entry`: → the entrypoint's exec (signals, rlimits, bounding set,
-//!    seccomp, identity, capabilities, no_new_privs, execve);
-//! 5. `payload`: → the entrypoint's exit (`/bin/true` itself);
-//! 6. `reap`: → the init's exit (it reaps the entrypoint and exits);
-//! 7. `teardown`: → the caller's `wait4` returns (the kernel tears the
+//! 3. `init`: → the init forks the entrypoint's process (loopback, signal
+//!    mask);
+//! 4. `rootfs`: → the init lets the entrypoint go (its `write` on the
+//!    go-ahead pipe: the rootfs plan, hostname);
+//! 5. `entry`: → the entrypoint's exec (what it had left to do once let
+//!    go: its working directory, execve);
+//! 6. `payload`: → the entrypoint's exit (`/bin/true` itself);
+//! 7. `reap`: → the init's exit (it reaps the entrypoint and exits);
+//! 8. `teardown`: → the caller's `wait4` returns (the kernel tears the
 //!    namespaces and mounts down as the init exits).
+//!
+//! Beside the path, `entry-ready`: the entrypoint's process from its fork
+//! to its wait for the go-ahead (signals, rlimits, bounding set, seccomp,
+//! identity, capabilities, no_new_privs), which runs while the init builds
+//! the filesystem; it is on the critical path only if it ends after it.
 //!
 //! In each phase the critical process's syscalls are summed by name; what
 //! is left of the phase is `(user)`: its own instructions, page faults, and
@@ -98,7 +105,7 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// The phases, in order (see the module's documentation).
-pub const PHASES: [&str; 7] = ["caller", "clone3", "init", "entry", "payload", "reap", "teardown"];
+pub const PHASES: [&str; 8] = ["caller", "clone3", "init", "rootfs", "entry", "payload", "reap", "teardown"];
 
 /// One start, cut into its phases.
 #[derive(Debug, Default, PartialEq)]
@@ -108,6 +115,8 @@ pub struct Start {
     /// Per phase: time in each syscall of its critical process (µs, by
     /// name) and `(user)`, the rest of the phase.
     pub syscalls: Vec<BTreeMap<String, f64>>,
+    /// `entry-ready`, beside the path: its length (µs) and syscalls.
+    pub entry_ready: (f64, BTreeMap<String, f64>),
 }
 
 /// Cut the events between the marks `start` and `end` of one start by
@@ -129,6 +138,9 @@ pub fn cut(events: &[Event<'_>], caller: u32) -> Result<Start, String> {
     let entry = fork_of(init).ok_or("the init forked no entrypoint")?;
     let forked =
         at("the entrypoint's fork", after_clone.iter().find(|e| e.pid == init && e.kind == Kind::Fork(entry)))?;
+    let after_fork = after_clone.iter().filter(|e| e.us >= forked);
+    let go = at("the init's go-ahead", after_fork.clone().find(|e| e.pid == init && e.kind == Kind::Enter("write")))?;
+    let waits = at("the entrypoint's wait", after_fork.clone().find(|e| e.pid == entry && e.kind == Kind::Enter("read")))?;
     let exec = at("the entrypoint's exec", after_clone.iter().find(|e| e.pid == entry && e.kind == Kind::Exec))?;
     let entry_exit =
         at("the entrypoint's exit", after_clone.iter().find(|e| e.pid == entry && e.kind == Kind::ProcessExit))?;
@@ -137,9 +149,10 @@ pub fn cut(events: &[Event<'_>], caller: u32) -> Result<Start, String> {
         "the caller's wait4 return",
         after_clone.iter().find(|e| e.pid == caller && e.kind == Kind::Exit("wait4") && e.us >= init_exit),
     )?;
-    let bounds = [t0, clone_us, init_first, forked, exec, entry_exit, init_exit, reaped];
-    let critical = [caller, caller, init, entry, entry, init, caller];
-    let mut start = Start::default();
+    let bounds = [t0, clone_us, init_first, forked, go, exec, entry_exit, init_exit, reaped];
+    let critical = [caller, caller, init, init, entry, entry, init, caller];
+    let mut start =
+        Start { entry_ready: (waits - forked, in_syscalls(events, entry, forked, waits)), ..Start::default() };
     for (i, pid) in critical.iter().enumerate() {
         let (Some(&from), Some(&to)) = (bounds.get(i), bounds.get(i + 1)) else { continue };
         if to < from {
@@ -190,6 +203,9 @@ fn add(out: &mut BTreeMap<String, f64>, name: &str, begin: f64, end: f64, from: 
         *out.entry(name.to_owned()).or_default() += end - begin;
     }
 }
+
+/// The label of `entry-ready` (beside phase 4, so it sorts after it).
+pub const ENTRY_READY: &str = "4b:entry-ready";
 
 /// Where tracefs is mounted in the guest.
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -259,6 +275,11 @@ pub fn run(
                         println!("bench-sample trace-sys {}:{name}:{call} {us:.0}", i + 1);
                     }
                 }
+                let (us, calls) = &start.entry_ready;
+                println!("bench-sample trace-phase {ENTRY_READY} {us:.0}");
+                for (call, us) in calls {
+                    println!("bench-sample trace-sys {ENTRY_READY}:{call} {us:.0}");
+                }
                 println!("bench-sample trace-phase 0:total {:.0}", start.phases.iter().sum::<f64>());
             }
             Err(e) => println!("bench-error trace round={round} {e}"),
@@ -317,13 +338,19 @@ mod tests {
             "bench-1 [000] ..... 0.015: sys_clone3 -> 0x9",
             "bench-1 [000] ..... 0.016: sys_poll(ufds: 1)",
             "bench-9 [001] ..... 0.020: sys_clone3 -> 0x0",
-            "bench-9 [001] ..... 0.021: sys_mount(dev_name: 1)",
-            "bench-9 [001] ..... 0.031: sys_mount -> 0x0",
-            "bench-9 [001] ..... 0.040: sys_clone(flags: 1)",
-            "bench-9 [001] ..... 0.042: sched_process_fork: comm=bench pid=9 child_comm=bench child_pid=10",
-            "bench-9 [001] ..... 0.043: sys_clone -> 0xa",
+            "bench-9 [001] ..... 0.021: sys_clone(flags: 1)",
+            "bench-9 [001] ..... 0.023: sched_process_fork: comm=bench pid=9 child_comm=bench child_pid=10",
+            "bench-9 [001] ..... 0.024: sys_clone -> 0xa",
+            "bench-9 [001] ..... 0.025: sys_mount(dev_name: 1)",
+            "bench-10 [000] ..... 0.026: sys_clone -> 0x0",
+            "bench-10 [000] ..... 0.027: sys_seccomp(op: 1)",
+            "bench-10 [000] ..... 0.030: sys_seccomp -> 0x0",
+            "bench-10 [000] ..... 0.032: sys_read(fd: 5)",
+            "bench-9 [001] ..... 0.035: sys_mount -> 0x0",
+            "bench-9 [001] ..... 0.040: sys_write(fd: 6)",
+            "bench-9 [001] ..... 0.041: sys_write -> 0x1",
+            "bench-10 [000] ..... 0.042: sys_read -> 0x1",
             "bench-9 [001] ..... 0.044: sys_rt_sigtimedwait(uthese: 1)",
-            "bench-10 [000] ..... 0.045: sys_clone -> 0x0",
             "bench-10 [000] ..... 0.050: sys_execve(filename: 1)",
             "true-10 [000] ..... 0.060: sched_process_exec: filename=/bin/true pid=10 old_pid=10",
             "true-10 [000] ..... 0.061: sys_execve -> 0x0",
@@ -346,21 +373,28 @@ mod tests {
         let events: Vec<Event<'_>> = text.lines().filter_map(parse_line).collect();
         let s = cut(&events, 1).unwrap();
         let ms: Vec<f64> = s.phases.iter().map(|us| (us / 100.0).round() / 10.0).collect();
-        // caller 0→10, clone3 10→20, init 20→42, entry 42→60, payload
-        // 60→65, reap 65→76, teardown 76→90.
-        assert_eq!(ms, [10.0, 10.0, 22.0, 18.0, 5.0, 11.0, 14.0]);
+        // caller 0→10, clone3 10→20, init 20→23, rootfs 23→40, entry
+        // 40→60, payload 60→65, reap 65→76, teardown 76→90.
+        assert_eq!(ms, [10.0, 10.0, 3.0, 17.0, 20.0, 5.0, 11.0, 14.0]);
         let ms_of = |phase: usize, name: &str| (s.syscalls[phase][name] / 100.0).round() / 10.0;
         assert_eq!(ms_of(0, "mkdir"), 2.0);
         assert_eq!(ms_of(0, "(user)"), 8.0);
-        assert_eq!(ms_of(2, "mount"), 10.0);
         // The fork's call is cut at the phase's end (the fork event).
         assert_eq!(ms_of(2, "clone"), 2.0);
-        // execve ends at the exec event; the entrypoint's own exit call at its exit.
-        assert_eq!(ms_of(3, "execve"), 10.0);
-        assert_eq!(ms_of(4, "exit_group"), 3.0);
-        assert_eq!(ms_of(5, "rt_sigtimedwait"), 5.0);
-        assert_eq!(ms_of(5, "exit_group"), 1.0);
-        assert_eq!(ms_of(6, "wait4"), 14.0);
+        assert_eq!(ms_of(3, "mount"), 10.0);
+        assert_eq!(ms_of(3, "clone"), 1.0);
+        // The entrypoint's wait counts from the go-ahead; execve ends at
+        // the exec event; the entrypoint's own exit call at its exit.
+        assert_eq!(ms_of(4, "read"), 2.0);
+        assert_eq!(ms_of(4, "execve"), 10.0);
+        assert!(!s.syscalls[4].contains_key("seccomp"), "done before the go-ahead: beside the path");
+        assert_eq!(ms_of(5, "exit_group"), 3.0);
+        assert_eq!(ms_of(6, "rt_sigtimedwait"), 5.0);
+        assert_eq!(ms_of(6, "exit_group"), 1.0);
+        assert_eq!(ms_of(7, "wait4"), 14.0);
+        // Beside: fork 23 → the wait at 32, seccomp 3 of it.
+        assert_eq!((s.entry_ready.0 / 100.0).round() / 10.0, 9.0);
+        assert_eq!((s.entry_ready.1["seccomp"] / 100.0).round() / 10.0, 3.0);
         for (phase, total) in s.phases.iter().zip(&s.syscalls) {
             assert!((total.values().sum::<f64>() - phase).abs() < 1e-6);
         }

@@ -1,6 +1,8 @@
 //! The namespace init: PID 1 inside every container, a forked copy of cairn.
 //!
-//! It starts the entrypoint as its child, forwards every signal it receives
+//! It forks the entrypoint's process before it builds the container's
+//! filesystem, so that the two work side by side ([`Entry`]), lets it
+//! execute once the filesystem is ready, forwards every signal it receives
 //! to it (or to its process group), and reaps every process reparented to
 //! it. When the entrypoint exits, the processes left in the container get
 //! the stop signal, then SIGKILL after the grace period; then it exits with
@@ -25,29 +27,67 @@ pub const NOT_FOUND: i32 = 127;
 /// Exit code when the entrypoint exists but cannot be executed.
 pub const NOT_EXECUTABLE: i32 = 126;
 
-/// Fork the entrypoint and supervise it. Never returns.
-///
-/// `exits` is the container's exec directory (see `crate::exec`): the
-/// status of every other child it reaps is offered there.
-pub fn run(spec: &ContainerSpec, sync: OwnedFd, filter: Option<&Filter>, exits: Option<OwnedFd>) -> ! {
-    // Blocking every signal means they queue for sigtimedwait instead of
-    // being ignored by a namespace init.
+/// The entrypoint's process, forked before the init builds the container's
+/// filesystem. It makes itself ready for exec (signals, rlimits, bounding
+/// set, seccomp, identity, capabilities, no_new_privs: nothing of it needs
+/// the container's files) while the init mounts, then waits for
+/// [`Entry::go`]; only then does it change into the working directory and
+/// execute. The init's `pivot_root` moves its root along (the kernel moves
+/// every process whose root is the old one), and it holds no descriptor of
+/// the old root. If the init fails instead, it exits, and the kernel kills
+/// the entrypoint's process with the rest of the pid namespace.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its pid (in the container's pid namespace).
+    pid: libc::pid_t,
+    /// The write end of the pipe it waits on.
+    go: OwnedFd,
+}
+
+/// Fork the entrypoint's process (see [`Entry`]). Call it once the init is
+/// in every namespace the entrypoint needs (the network namespace is
+/// entered with `setns`, which a forked process does not follow) and
+/// before it builds the filesystem. Every signal is blocked from here on:
+/// they queue for the init's `sigtimedwait` instead of being ignored by a
+/// namespace init. A failure is reported on `sync` and the init exits.
+pub fn fork_entry(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>) -> Entry {
     let all = SigSet::all();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
     if spec.console {
         if let Err(e) = crate::console::take_controlling_terminal() {
-            report_and_exit(&sync, Stage::ControllingTerminal, e.errno, SETUP_FAILED);
+            report_and_exit(sync, Stage::ControllingTerminal, e.errno, SETUP_FAILED);
         }
     }
-    // SAFETY: this process is single-threaded; fork is safe to call.
-    let entry = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Parent { child }) => child.as_raw(),
-        Ok(ForkResult::Child) => exec_entrypoint(spec, &sync, filter),
-        Err(e) => report_and_exit(&sync, Stage::Fork, e as i32, SETUP_FAILED),
+    let (go_rd, go_wr) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => report_and_exit(sync, Stage::Fork, e.errno, SETUP_FAILED),
     };
-    drop(sync);
-    let target = if spec.signal_group { -entry } else { entry };
-    supervise(entry, target, spec, &all, exits.as_ref())
+    // SAFETY: this process is single-threaded; fork is safe to call.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => Entry { pid: child.as_raw(), go: go_wr },
+        Ok(ForkResult::Child) => {
+            drop(go_wr);
+            entry_process(spec, sync, filter, go_rd)
+        }
+        Err(e) => report_and_exit(sync, Stage::Fork, e as i32, SETUP_FAILED),
+    }
+}
+
+impl Entry {
+    /// The filesystem is ready: let the entrypoint execute, then forward
+    /// signals to it and reap until it exits. Never returns.
+    ///
+    /// `exits` is the container's exec directory (see `crate::exec`): the
+    /// status of every other child it reaps is offered there.
+    pub fn go(self, spec: &ContainerSpec, sync: OwnedFd, exits: Option<OwnedFd>) -> ! {
+        // Should the entrypoint have failed already (it reported why), the
+        // write fails with EPIPE (SIGPIPE is blocked) and its exit is reaped below.
+        let _ = sys::write_all(&self.go, b"1");
+        drop(self.go);
+        drop(sync);
+        let target = if spec.signal_group { -self.pid } else { self.pid };
+        supervise(self.pid, target, spec, &SigSet::all(), exits.as_ref())
+    }
 }
 
 /// Wait for a signal, at most `timeout` (forever with `None`). Raw libc:
@@ -141,9 +181,10 @@ fn report_and_exit(sync: &OwnedFd, stage: Stage, errno: i32, code: i32) -> ! {
     sys::exit_now(code)
 }
 
-/// In the entrypoint's process: clean signal state, rlimits, capabilities,
-/// identity, no_new_privs, seccomp, cwd, exec.
-fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>) -> ! {
+/// The entrypoint's process (see [`Entry`]): its session, everything that
+/// needs no files, then the wait for the init's go-ahead, then exec. An
+/// empty read means the init gave up (it reported why): nothing runs.
+fn entry_process(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>, go: OwnedFd) -> ! {
     // With a console the entrypoint stays in the init's session (the
     // terminal's) as the foreground process group, like under tini; every
     // signal, SIGTTOU included, is still blocked here. Otherwise it gets a
@@ -155,14 +196,16 @@ fn exec_entrypoint(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>
     } else {
         let _ = nix::unistd::setsid();
     }
-    setup_and_exec(spec, &spec.argv, false, sync, filter)
+    prepare(spec, sync, filter);
+    if sys::read_to_end(&go, 1).map_or(true, |b| b.is_empty()) {
+        sys::exit_now(SETUP_FAILED);
+    }
+    drop(go);
+    exec_prepared(spec, &spec.argv, false, sync)
 }
 
-/// Shared by the entrypoint and `cairn-ctl exec` (crate::exec): clean
-/// signal state, rlimits, bounding set, seccomp, identity, capabilities,
-/// cwd, no_new_privs, then execve of `argv` (`argv[0]` as given, or with
-/// `search` looked up in the spec's `PATH` when it has no `/`). A failure is written to
-/// `sync` and the process exits (127 not found, 126 not executable).
+/// Shared by the entrypoint and `cairn-ctl exec` (crate::exec): [`prepare`],
+/// then [`exec_prepared`].
 pub(crate) fn setup_and_exec(
     spec: &ContainerSpec,
     argv: &[CString],
@@ -170,6 +213,15 @@ pub(crate) fn setup_and_exec(
     sync: &OwnedFd,
     filter: Option<&Filter>,
 ) -> ! {
+    prepare(spec, sync, filter);
+    exec_prepared(spec, argv, search, sync)
+}
+
+/// Everything before exec that needs none of the container's files: signal
+/// dispositions, rlimits, bounding set, seccomp, identity, capabilities,
+/// no_new_privs. Signals stay blocked. A failure is written to `sync` and
+/// the process exits.
+fn prepare(spec: &ContainerSpec, sync: &OwnedFd, filter: Option<&Filter>) {
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             // SAFETY: SIG_DFL installs no handler. Raw libc: nix's `Signal`
@@ -177,7 +229,6 @@ pub(crate) fn setup_and_exec(
             unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
     }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let at = |stage: Stage| move |e: sys::SysError| (stage, e.errno);
     let setup =
         identity::set_rlimits(&spec.rlimits)
@@ -190,7 +241,6 @@ pub(crate) fn setup_and_exec(
             })
             .and_then(|()| identity::set_ids(spec.uid, spec.gid, &spec.groups).map_err(at(Stage::Identity)))
             .and_then(|()| identity::set_capabilities(spec.capabilities).map_err(at(Stage::Capabilities)))
-            .and_then(|()| sys::chdir(&spec.cwd).map_err(at(Stage::Cwd)))
             .and_then(|()| {
                 if spec.no_new_privs {
                     identity::set_no_new_privs().map_err(at(Stage::NoNewPrivs))
@@ -201,6 +251,18 @@ pub(crate) fn setup_and_exec(
     if let Err((stage, errno)) = setup {
         report_and_exit(sync, stage, errno, SETUP_FAILED);
     }
+}
+
+/// The working directory (as the container's user, in its root), the
+/// signal mask cleared, then execve of `argv` (`argv[0]` as given, or with
+/// `search` looked up in the spec's `PATH` when it has no `/`). A failure
+/// is written to `sync` and the process exits (127 not found, 126 not
+/// executable).
+fn exec_prepared(spec: &ContainerSpec, argv: &[CString], search: bool, sync: &OwnedFd) -> ! {
+    if let Err(e) = sys::chdir(&spec.cwd) {
+        report_and_exit(sync, Stage::Cwd, e.errno, SETUP_FAILED);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let mut errno = libc::ENOENT;
     let name = argv.first().map(CString::as_bytes).unwrap_or_default();
     let paths = if search { candidates(name, &spec.env) } else { CString::new(name).into_iter().collect() };

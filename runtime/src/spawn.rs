@@ -325,8 +325,10 @@ pub fn poll_report(fd: &OwnedFd) -> Setup {
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Setup::Pending,
         Err(e) => return Setup::Failed(SpawnError::Prepare(sys::err("read report", fd.as_raw_fd())(e))),
     };
-    // One record is written with one write under PIPE_BUF: it arrives whole.
-    match report::decode(buf.get(..n).unwrap_or(&[])) {
+    // One record is written with one write under PIPE_BUF: it arrives
+    // whole. The init and the entrypoint's process may each write one
+    // (both failed): the first is what stopped the start.
+    match report::decode(buf.get(..n.min(report::LEN)).unwrap_or(&[])) {
         Ok(Report { stage: Stage::Exec, errno, .. }) => Setup::ExecFailed(errno),
         Ok(r) => Setup::Failed(SpawnError::Setup(r)),
         Err(e) => Setup::Failed(SpawnError::Report(e)),
@@ -405,18 +407,24 @@ fn child(
         NetSetup::Keep => Ok(()),
         NetSetup::Join(pid) => network::join(pid),
     };
-    let setup = network
-        .map_err(|e| (Stage::Network, None, e))
-        .and_then(|()| {
-            // The step's index goes into the report: PID 1 names its path.
-            rootfs::apply_steps(plan).map_err(|(i, e)| (Stage::Rootfs, u16::try_from(i).ok(), e))
-        })
+    if let Err(e) = network {
+        report::write(&sync, Stage::Network, e.errno);
+        sys::exit_now(SETUP_FAILED);
+    }
+    // In every namespace now: the entrypoint's process readies itself
+    // while this one builds the filesystem (see nsinit::Entry).
+    let entry = nsinit::fork_entry(spec, &sync, filter);
+    let setup = rootfs::apply_steps(plan)
+        // The step's index goes into the report: PID 1 names its path.
+        .map_err(|(i, e)| (Stage::Rootfs, u16::try_from(i).ok(), e))
         .and_then(|()| sys::sethostname(&spec.hostname).map_err(|e| (Stage::Hostname, None, e)));
     if let Err((stage, step, e)) = setup {
+        // Exiting takes the entrypoint's process with it (the pid
+        // namespace's init is gone); it has not executed anything.
         report::write_report(&sync, Report { stage, step, errno: e.errno });
         sys::exit_now(SETUP_FAILED);
     }
-    nsinit::run(spec, sync, filter, Some(exits))
+    entry.go(spec, sync, Some(exits))
 }
 
 #[cfg(test)]

@@ -411,7 +411,8 @@ pub fn trace_group(samples: &stats::Samples, rounds: usize, log: &Path) -> Group
         rows,
         subject: None,
         notes: vec![
-            "phases: 1 caller (start requested → clone3: state dir, cgroup, pipes, plan), 2 clone3 (→ the init's first instruction), 3 init (→ it forks the entrypoint: loopback, rootfs, hostname), 4 entry (→ exec: signals, rlimits, bounding set, seccomp, ids, capabilities, no_new_privs, execve), 5 payload (→ its exit), 6 reap (→ the init's exit), 7 teardown (→ the caller's wait4 returns)".into(),
+            "phases: 1 caller (start requested → clone3: state dir, cgroup, pipes, plan), 2 clone3 (→ the init's first instruction), 3 init (→ it forks the entrypoint's process: loopback, signal mask), 4 rootfs (→ it lets the entrypoint go: rootfs, hostname), 5 entry (→ exec: working directory, execve), 6 payload (→ its exit), 7 reap (→ the init's exit), 8 teardown (→ the caller's wait4 returns)".into(),
+            "4b entry-ready, beside the path: the entrypoint's process from its fork to its wait for the go-ahead (signals, rlimits, bounding set, seccomp, ids, capabilities, no_new_privs), while the init builds the filesystem".into(),
             format!("per phase, the time its critical process spent in each syscall (rows from {TRACE_SHOWN_MS} ms p50); (user): the rest of the phase: its own instructions, page faults, waiting for a CPU"),
             "tracing costs time: compare the traced and untraced totals, measured alternately in the same guest".into(),
             format!("{rounds} traced starts; the first one's events: {} (bench-trace lines)", log.display()),
