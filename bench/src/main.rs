@@ -264,13 +264,16 @@ fn guest() -> Res<()> {
     }
     let filter = spawning::seccomp_filter(&spec).map_err(err)?;
     let cgroup = Cgroup::for_container(&spec.name);
-    // Device programs load once per rule set, as in cairn-init, and the
-    // network namespace a start takes is made again after it, as cairn-init
-    // does when idle (`cairn-cold` has neither: a boot's first start
-    // without the thread that makes them ahead).
+    // Device programs load once per rule set, and the default one is the
+    // containers' parent's, as in cairn-init; the network namespace a start
+    // takes is made again after it, as cairn-init does when idle
+    // (`cairn-cold` has none of it: a boot's first start without the
+    // thread that makes them ahead, its program attached by the start).
     let mut ahead = Ahead::new();
-    // Its program cached too, never refilled: each start makes its own.
+    ahead.programs.attach_defaults_to(cairn_runtime::cgroup::CONTAINERS).map_err(err)?;
+    // The same, never refilled: each start makes its own namespace.
     let mut own_net = Ahead::new();
+    own_net.programs.attach_defaults_to(cairn_runtime::cgroup::CONTAINERS).map_err(err)?;
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("trace") {
         return trace::run(&spec, filter.as_ref(), &cgroup, &mut ahead, n);
     }

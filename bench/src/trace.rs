@@ -140,7 +140,8 @@ pub fn cut(events: &[Event<'_>], caller: u32) -> Result<Start, String> {
         at("the entrypoint's fork", after_clone.iter().find(|e| e.pid == init && e.kind == Kind::Fork(entry)))?;
     let after_fork = after_clone.iter().filter(|e| e.us >= forked);
     let go = at("the init's go-ahead", after_fork.clone().find(|e| e.pid == init && e.kind == Kind::Enter("write")))?;
-    let waits = at("the entrypoint's wait", after_fork.clone().find(|e| e.pid == entry && e.kind == Kind::Enter("read")))?;
+    let waits =
+        at("the entrypoint's wait", after_fork.clone().find(|e| e.pid == entry && e.kind == Kind::Enter("read")))?;
     let exec = at("the entrypoint's exec", after_clone.iter().find(|e| e.pid == entry && e.kind == Kind::Exec))?;
     let entry_exit =
         at("the entrypoint's exit", after_clone.iter().find(|e| e.pid == entry && e.kind == Kind::ProcessExit))?;

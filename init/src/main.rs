@@ -234,11 +234,21 @@ fn main() {
 
 /// Say what was made ahead of the first start (`boot.ahead`): what failed
 /// is made by the start that needs it, and fails there if it must.
-fn report_ahead(p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
+///
+/// Then the default device program is attached to the containers' parent
+/// cgroup, for every container cgroup made below it (`devices_at`): made
+/// here, on PID 1's only thread, because the boot's first attach of a
+/// device program patches kernel text on every CPU (like the first memory
+/// cgroup, `early::cgroups`). If that fails, every start attaches it.
+fn report_ahead(mut p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
     let e = event("boot.ahead");
     let e = match &p.program {
         Ok(()) => e.kv("device_program", "loaded"),
         Err(err) => e.kv("device_program", "failed").kv("program_error", err),
+    };
+    let e = match p.ahead.programs.attach_defaults_to(cairn_runtime::cgroup::CONTAINERS) {
+        Ok(()) => e.kv("devices_at", cairn_runtime::cgroup::CONTAINERS),
+        Err(err) => e.kv("devices_at", "none").kv("devices_error", err),
     };
     let e = match &p.filter {
         Ok(()) => e.kv("seccomp", "compiled"),

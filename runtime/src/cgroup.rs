@@ -100,7 +100,8 @@ impl Cgroup {
     /// Create it (if needed), write the limits and attach the device
     /// program: the defaults plus each of `devices`, by the type and
     /// numbers of its host node, from `programs` (loaded there the first
-    /// time these rules are asked for). Returns the directory, open for
+    /// time these rules are asked for), unless the parent holds it for
+    /// every cgroup below ([`crate::devices::Programs::attach_defaults_to`]). Returns the directory, open for
     /// `clone3(CLONE_INTO_CGROUP)` (see [`Cgroup::open_dir`]); the control
     /// files are opened through it, not from `/` each.
     pub fn create(
@@ -115,7 +116,9 @@ impl Cgroup {
         for d in devices {
             rules.push(crate::devices::rule_for(&d.host)?);
         }
-        programs.get(&rules, &self.path)?.attach(&dir, &self.path)?;
+        if !programs.inherited(&self.path, &rules) {
+            programs.get(&rules, &self.path)?.attach(&dir, &self.path)?;
+        }
         for (file, value) in limit_writes(limits) {
             self.write_at(&dir, file, &value)?;
         }

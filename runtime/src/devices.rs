@@ -146,6 +146,8 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
+/// A cgroup below may attach a program of its own, which replaces this one there.
+const BPF_F_ALLOW_OVERRIDE: u32 = 1;
 
 /// The leading fields of `union bpf_attr` for BPF_PROG_LOAD (the kernel
 /// takes a shorter attr and treats the rest as zero).
@@ -225,10 +227,15 @@ impl Program {
     /// cgroup holds its own reference: the program stays attached when
     /// this value is dropped.
     pub fn attach(&self, cgroup_dir: &OwnedFd, name: &str) -> SysResult<()> {
+        self.attach_with(cgroup_dir, name, 0)
+    }
+
+    fn attach_with(&self, cgroup_dir: &OwnedFd, name: &str, attach_flags: u32) -> SysResult<()> {
         let attach = ProgAttachAttr {
             target_fd: cgroup_dir.as_raw_fd() as u32,
             attach_bpf_fd: self.fd.as_raw_fd() as u32,
             attach_type: BPF_CGROUP_DEVICE,
+            attach_flags,
             ..ProgAttachAttr::default()
         };
         // SAFETY: `attach` is a valid bpf_attr for BPF_PROG_ATTACH; both
@@ -260,6 +267,9 @@ unsafe fn bpf<A>(cmd: libc::c_long, attr: &A, op: &'static str, name: &str) -> S
 pub struct Programs {
     /// Oldest first.
     loaded: Vec<Program>,
+    /// The cgroup that holds the program for [`default_rules`] for every
+    /// cgroup below it ([`Programs::attach_defaults_to`]).
+    defaults_at: Option<String>,
 }
 
 impl Programs {
@@ -299,6 +309,30 @@ impl Programs {
         let mut programs = Self::new();
         let loaded = programs.get(&default_rules(), "default device rules").map(|_| ());
         (programs, loaded)
+    }
+
+    /// Attach the program for [`default_rules`] (loaded now if it is not
+    /// yet) to the cgroup `parent`, for every cgroup below it: the kernel
+    /// gives a new cgroup its parent's programs when it makes it, so a
+    /// container with the default rules needs no attach of its own at each
+    /// start (a `bpf` call, 0.4 to 14 ms under emulation). It is attached
+    /// with `BPF_F_ALLOW_OVERRIDE`: a container with devices of its own
+    /// attaches its program to its cgroup, which then replaces this one
+    /// there (the kernel runs a cgroup's own program instead of inherited
+    /// ones attached that way). No process may be in `parent` itself.
+    pub fn attach_defaults_to(&mut self, parent: &str) -> SysResult<()> {
+        let dir = sys::open(parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        self.get(&default_rules(), parent)?.attach_with(&dir, parent, BPF_F_ALLOW_OVERRIDE)?;
+        self.defaults_at = Some(parent.to_owned());
+        Ok(())
+    }
+
+    /// Whether the cgroup at `path` gets the program for `rules` from its
+    /// parent (see [`Programs::attach_defaults_to`]): the default rules,
+    /// and a parent that holds them.
+    pub fn inherited(&self, path: &str, rules: &[Rule]) -> bool {
+        let parent = path.rsplit_once('/').map(|(p, _)| p);
+        parent.is_some() && parent == self.defaults_at.as_deref() && rules == default_rules()
     }
 
     /// How many are loaded (for tests).
@@ -461,5 +495,20 @@ mod tests {
         let fd = p.loaded.first().map(|x| x.fd.as_raw_fd()).unwrap();
         assert_eq!(p.get(&default_rules(), "test").map(|x| x.fd.as_raw_fd()).unwrap(), fd, "found, not loaded again");
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn only_the_default_rules_below_the_parent_that_holds_them_are_inherited() {
+        let mut p = Programs::new();
+        let defaults = default_rules();
+        assert!(!p.inherited("/sys/fs/cgroup/cairn/web", &defaults), "no parent holds them yet");
+        p.defaults_at = Some("/sys/fs/cgroup/cairn".into());
+        assert!(p.inherited("/sys/fs/cgroup/cairn/web", &defaults));
+        let mut more = defaults.clone();
+        more.push(Rule { kind: Kind::Block, major: 254, minor: Some(9) });
+        assert!(!p.inherited("/sys/fs/cgroup/cairn/web", &more), "devices of its own: its own program");
+        assert!(!p.inherited("/sys/fs/cgroup/bench/web", &defaults), "another parent");
+        assert!(!p.inherited("/sys/fs/cgroup/cairn", &defaults), "the parent itself");
+        assert!(!p.inherited("/sys/fs/cgroup/cairn/web/probe", &defaults), "not a child of the parent");
     }
 }

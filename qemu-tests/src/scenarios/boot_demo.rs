@@ -41,6 +41,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // manifest (resolve.rs's host test: it is the one they ask for).
     let ahead = c.expect("boot.ahead", &[])?;
     ensure!(ahead.get("seccomp") == Some("compiled"), "{:?}", ahead.fields);
+    // The default device program is the containers' parent's, for every
+    // container below it (hostile-rootfs's mknoder shows it is enforced).
+    ensure!(ahead.get("devices_at") == Some("/sys/fs/cgroup/cairn"), "{:?}", ahead.fields);
     for (name, hostname, top) in [("alpha", "alpha", "app"), ("beta", "beta-host", "base")] {
         let i = c.expect("inspect", &[("name", hostname)]).with_context(|| format!("{name} printed nothing"))?;
         ensure!(

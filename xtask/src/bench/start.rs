@@ -199,7 +199,7 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
         subject: Some("cairn".into()),
         notes: vec![
             format!("{n} samples each, interleaved fork-exec, cairn, crun, runc in one guest, after one unmeasured warm-up start each"),
-            "cairn: cairn_runtime::spawn (as cairn-init) to waitpid of the container init, into the network namespace made after the previous start (as cairn-init makes it when idle); crun/runc: `run --bundle` to the command's exit (it reaps and deletes the container)".into(),
+            "cairn: cairn_runtime::spawn (as cairn-init) to waitpid of the container init, into the network namespace made after the previous start (as cairn-init makes it when idle), its cgroup given the default device program by the parent's (as in cairn-init); crun/runc: `run --bundle` to the command's exit (it reaps and deletes the container)".into(),
             "fork-exec: fork + execve of the same busybox `true` + waitpid, no isolation: the floor".into(),
         ],
     };
@@ -230,7 +230,7 @@ pub fn groups(samples: &stats::Samples, n: usize) -> Vec<Group> {
         notes: vec![
             "crun and runc do not report their exec moment; their cgroup removal is inside their time".into(),
             "own netns: the program cached, but each start makes its own network namespace (cairn-init before it made the next one when idle)".into(),
-            "cold: nothing made ahead: the device program loaded and the network namespace made at every start (a boot's first start without PID 1's ahead thread)".into(),
+            "cold: nothing made ahead: the device program loaded and attached and the network namespace made at every start (a boot's first start without PID 1's ahead thread)".into(),
         ],
     };
     let parts = Group {
