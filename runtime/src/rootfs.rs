@@ -479,6 +479,11 @@ struct Resolver<'a> {
     /// after a mount on the root itself (the overlay), since a descriptor
     /// opened before it is the directory underneath.
     root_fd: std::cell::RefCell<Option<std::os::fd::OwnedFd>>,
+    /// Paths below the root opened once for the steps after them (the
+    /// directory device nodes and links are made in, one after another;
+    /// the /dev/null bound over each masked file), until a mount lands on
+    /// them or above them.
+    kept: std::cell::RefCell<Vec<(String, std::rc::Rc<std::os::fd::OwnedFd>)>>,
 }
 
 /// A path of the plan, ready for a system call.
@@ -502,7 +507,21 @@ impl<'a> Resolver<'a> {
             Step::PivotRoot(r) => Some(r.as_str()),
             _ => None,
         });
-        Self { root, root_fd: std::cell::RefCell::new(None) }
+        Self { root, root_fd: std::cell::RefCell::new(None), kept: std::cell::RefCell::new(Vec::new()) }
+    }
+
+    /// [`Self::open`] for a path below the root, kept for later steps
+    /// (see [`Resolver::kept`]); a path elsewhere is opened as it is.
+    fn open_kept(&self, path: &str, create: sys::Create) -> SysResult<std::rc::Rc<std::os::fd::OwnedFd>> {
+        if let Some((_, fd)) = self.kept.borrow().iter().find(|(p, _)| p == path) {
+            return Ok(fd.clone());
+        }
+        let fd = match self.open(path, create)?.fd {
+            Some(fd) => std::rc::Rc::new(fd),
+            None => return Ok(std::rc::Rc::new(sys::open(path, libc::O_PATH)?)),
+        };
+        self.kept.borrow_mut().push((path.to_owned(), fd.clone()));
+        Ok(fd)
     }
 
     /// The part of `path` below the root ("" for the root itself).
@@ -553,15 +572,14 @@ impl<'a> Resolver<'a> {
 
     /// The directory that holds `path` (opened, `create` applied to it)
     /// and the last component's name.
-    fn parent<'p>(&self, path: &'p str, create: sys::Create) -> SysResult<(std::os::fd::OwnedFd, &'p str)> {
+    fn parent<'p>(
+        &self,
+        path: &'p str,
+        create: sys::Create,
+    ) -> SysResult<(std::rc::Rc<std::os::fd::OwnedFd>, &'p str)> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let dir = if dir.is_empty() { "/" } else { dir };
-        let r = self.open(dir, create)?;
-        let fd = match r.fd {
-            Some(fd) => fd,
-            None => sys::open(dir, libc::O_PATH | libc::O_DIRECTORY)?,
-        };
-        Ok((fd, name))
+        Ok((self.open_kept(dir, create)?, name))
     }
 
     /// mount(2) on a resolved target; errors name the plan's path.
@@ -580,6 +598,9 @@ impl<'a> Resolver<'a> {
             // Whatever happened, the kept root may be under a new mount.
             self.root_fd.replace(None);
         }
+        // And so may what was kept at the target or below it.
+        let covered = |p: &str| p.strip_prefix(target.path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        self.kept.borrow_mut().retain(|(p, _)| !covered(p));
         mounted
     }
 }
@@ -705,8 +726,8 @@ fn apply_one(at: &Resolver, step: &Step) -> SysResult<()> {
             }
             Step::MaskFile { path, null } => {
                 if let Some(target) = at.open_if_exists(path)? {
-                    let null = at.open(null, Create::Nothing)?;
-                    at.mount("mask file", Some(&null.arg()), &target, None, libc::MS_BIND, None)?
+                    let null = sys::fd_path(&*at.open_kept(null, Create::Nothing)?);
+                    at.mount("mask file", Some(&null), &target, None, libc::MS_BIND, None)?
                 }
             }
             Step::MaskDir(p) => {
