@@ -502,11 +502,21 @@ impl Resolved<'_> {
 }
 
 impl<'a> Resolver<'a> {
+    /// The container's root is where the plan pivots into, or else where
+    /// it mounts the overlay (PID 1's part for a user namespace,
+    /// [`host_plan`], which makes the mount points of `/etc/hosts` and
+    /// `/etc/resolv.conf` in it as real root: a layer's symlink there must
+    /// not send that anywhere on the host).
     fn for_plan(plan: &'a [Step]) -> Self {
-        let root = plan.iter().find_map(|s| match s {
+        let pivot = plan.iter().find_map(|s| match s {
             Step::PivotRoot(r) => Some(r.as_str()),
             _ => None,
         });
+        let overlay = plan.iter().find_map(|s| match s {
+            Step::Mount { fstype: Some("overlay"), target, .. } => Some(target.as_str()),
+            _ => None,
+        });
+        let root = pivot.or(overlay);
         Self { root, root_fd: std::cell::RefCell::new(None), kept: std::cell::RefCell::new(Vec::new()) }
     }
 
@@ -1028,6 +1038,42 @@ pub(crate) mod tests {
             matches!(child.get(1), Some(Step::Mount { what: "rootfs self-bind", source, target, .. }) if source == target)
         );
         assert!(matches!(child.last(), Some(Step::PivotRoot(_))));
+    }
+
+    /// PID 1's part for a user namespace makes the mount points of
+    /// /etc/hosts and /etc/resolv.conf in the container's rootfs, as real
+    /// root: a layer's symlink at /etc must fail it, not send it outside.
+    #[test]
+    fn pid_1_s_part_resolves_the_rootfs_paths_inside_it() {
+        let s = userns_spec();
+        let root = format!("{}/rootfs", s.state_dir());
+        assert_eq!(Resolver::for_plan(&host_plan(&s)).root, Some(root.as_str()));
+        assert_eq!(Resolver::for_plan(&plan_ok(&s)).root, Some(root.as_str()));
+        let dir = std::env::temp_dir().join(format!("cairn-etc-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (rootfs, outside) = (dir.join("rootfs"), dir.join("outside"));
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("etc")).unwrap();
+        let rootfs = rootfs.display().to_string();
+        let plan = [
+            Step::Mount {
+                what: "overlay rootfs",
+                source: "overlay".into(),
+                target: rootfs.clone(),
+                fstype: Some("overlay"),
+                flags: 0,
+                data: None,
+            },
+            Step::Mkdir(format!("{rootfs}/etc")),
+            Step::EnsureFile(format!("{rootfs}/etc/hosts")),
+        ];
+        // The steps after the mount, as apply_steps runs them.
+        let at = Resolver::for_plan(&plan);
+        let made: Vec<_> = plan[1..].iter().map(|st| apply_one(&at, st).map_err(|e| e.errno)).collect();
+        assert!(made.iter().all(Result::is_err), "{made:?}");
+        assert!(!outside.join("hosts").exists(), "a file was made through the layer's symlink");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - the layer's device node does not open: EACCES (the overlay is nodev);
 //! - with CAP_MKNOD kept, mknod of the boot disk's numbers in /dev: EPERM
 //!   from the cgroup device program, while mknod of c 1:3 works, at the
-//!   first start and at every restart (the program is loaded once);
+//!   first start and at every restart (the program is the containers'
+//!   parent's, given to each new cgroup);
 //! - /dev/console does not exist: ENOENT;
 //! - in the read-only control directory, unlink of PID 1's socket and bind
 //!   of another: EROFS; a `status` request still gets `ok`;
@@ -67,7 +68,7 @@ name = "mknoder"
 layers = ["tools"]
 argv = ["/bin/cairn-payload", "attempt", "mknod-disk"]
 security = { cap_add = ["MKNOD"] }
-# Restarted: later starts attach the device program loaded at the first.
+# Restarted: every start's cgroup gets the program from the containers' parent.
 restart = { policy = "always", backoff_initial_ms = 500, backoff_max_ms = 2000 }
 
 [[container]]
@@ -144,8 +145,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             failures.push(format!("{name}: want errno {errno} {extra:?}, got {:?}", l.fields));
         }
     }
-    // Every run of mknoder, not only the first: the program PID 1 keeps
-    // loaded is attached again at each restart.
+    // Every run of mknoder, not only the first: each start's new cgroup
+    // gets the default program from the containers' parent.
     let runs = c.all("one-attempt", &[("name", "mknoder")]);
     let blocked = runs.iter().filter(|l| l.get("result") == Some("blocked") && l.get("errno") == Some("1")).count();
     if runs.len() < 3 || blocked != runs.len() {
