@@ -12,7 +12,10 @@
 //! - in the read-only control directory, unlink of PID 1's socket and bind
 //!   of another: EROFS; a `status` request still gets `ok`;
 //! - a symlink at a fixed target fails the container with a
-//!   `container.failed` event naming it; the rest of the device goes on.
+//!   `container.failed` event naming it; the rest of the device goes on;
+//! - under a user namespace on a network, `etc -> /run/cairn` fails PID 1's
+//!   own part of the start (the mount point of /etc/hosts, made as real
+//!   root), before anything is made through the link.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,6 +60,14 @@ file = "runlink.squashfs"
 name = "devlink"
 file = "devlink.squashfs"
 
+[[layer]]
+name = "etclink"
+file = "etclink.squashfs"
+
+[[network]]
+name = "lan"
+subnet = "10.89.7.0/24"
+
 [[container]]
 name = "layer-device"
 layers = ["tools", "devnode"]
@@ -97,6 +108,16 @@ layers = ["tools", "devlink"]
 argv = ["/bin/cairn-payload", "attempt", "dev-console"]
 restart = { policy = "never" }
 
+# On a network under a user namespace: PID 1 makes the mount point of its
+# /etc/hosts in the rootfs as real root, where the layer has `etc -> /run/cairn`.
+[[container]]
+name = "etc-link"
+layers = ["tools", "etclink"]
+argv = ["/bin/cairn-payload", "attempt", "dev-console"]
+networks = ["lan"]
+security = { userns = 100000 }
+restart = { policy = "never" }
+
 [[container]]
 name = "driver"
 layers = ["tools"]
@@ -114,6 +135,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     pseudo_layer(&ctx.dir.join("devnode.squashfs"), &empty, &["layer-disk b 600 0 0 254 0"])?;
     pseudo_layer(&ctx.dir.join("runlink.squashfs"), &empty, &["run s 777 0 0 /"])?;
     pseudo_layer(&ctx.dir.join("devlink.squashfs"), &empty, &["dev s 777 0 0 /"])?;
+    pseudo_layer(&ctx.dir.join("etclink.squashfs"), &empty, &["etc s 777 0 0 /run/cairn"])?;
     let path = ctx.dir.join("hostile-rootfs.toml");
     std::fs::write(&path, TOML)?;
     let sources = BTreeMap::from([("payload".to_owned(), ctx.art.payload_root.clone())]);
@@ -167,6 +189,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         if c.first("one-attempt", &[("name", name)]).is_some() {
             failures.push(format!("{name}: its payload ran"));
         }
+    }
+    // PID 1's own part refused the symlink (it resolves the rootfs's paths
+    // inside it), before it could make a file through it on the host.
+    match c.first("container.failed", &[("name", "etc-link")]) {
+        Some(l)
+            if l.get("error").is_some_and(|e| e.starts_with("user namespace:") && e.contains("etc-link/rootfs/etc")) => {}
+        other => failures.push(format!("etc-link: not refused by PID 1's part: {:?}", other.map(|l| &l.fields))),
+    }
+    if c.first("one-attempt", &[("name", "etc-link")]).is_some() {
+        failures.push("etc-link: its payload ran".into());
     }
     // The device went on: the driver's poweroff was answered and done.
     match c.first("ctl", &[("name", "driver")]) {
