@@ -609,7 +609,8 @@ impl<'a> Resolver<'a> {
             self.root_fd.replace(None);
         }
         // And so may what was kept at the target or below it.
-        let covered = |p: &str| p.strip_prefix(target.path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let covered =
+            |p: &str| p.strip_prefix(target.path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         self.kept.borrow_mut().retain(|(p, _)| !covered(p));
         mounted
     }

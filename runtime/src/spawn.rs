@@ -1,6 +1,8 @@
 //! Start a container: its cgroup, then `clone3` into new namespaces and
-//! straight into the cgroup, then (in the child) the rootfs, the hostname
-//! and the namespace init.
+//! straight into the cgroup, then (in the child) its network, the fork of
+//! the entrypoint's process (which readies itself meanwhile, see
+//! [`crate::nsinit::Entry`]), the rootfs, the hostname, and the namespace
+//! init's go-ahead and supervision.
 //!
 //! Parent and child share a close-on-exec pipe. The child writes a fixed
 //! binary record on failure (stage + errno, see [`crate::report`]); a
@@ -430,6 +432,22 @@ fn child(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The init and the entrypoint's process may both fail and write a
+    /// record each: the first read is the one reported.
+    #[test]
+    fn of_two_records_the_first_is_the_failure() {
+        let (rd, wr) = sys::pipe().unwrap();
+        set_nonblocking(&rd).unwrap();
+        report::write(&wr, Stage::Seccomp, libc::EINVAL);
+        report::write_report(&wr, Report { stage: Stage::Rootfs, step: Some(3), errno: libc::ELOOP });
+        match poll_report(&rd) {
+            Setup::Failed(SpawnError::Setup(r)) => assert_eq!((r.stage, r.errno), (Stage::Seccomp, libc::EINVAL)),
+            other => panic!("{other:?}"),
+        }
+        drop(wr);
+        assert!(matches!(poll_report(&rd), Setup::Done), "both records were read at once");
+    }
 
     #[test]
     fn filters_are_shared_by_specs_with_the_same_inputs() {

@@ -194,7 +194,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // inside it), before it could make a file through it on the host.
     match c.first("container.failed", &[("name", "etc-link")]) {
         Some(l)
-            if l.get("error").is_some_and(|e| e.starts_with("user namespace:") && e.contains("etc-link/rootfs/etc")) => {}
+            if l.get("error")
+                .is_some_and(|e| e.starts_with("user namespace:") && e.contains("etc-link/rootfs/etc")) => {}
         other => failures.push(format!("etc-link: not refused by PID 1's part: {:?}", other.map(|l| &l.fields))),
     }
     if c.first("one-attempt", &[("name", "etc-link")]).is_some() {
