@@ -284,13 +284,9 @@ fn read_gpt(roots: &Roots, disk: &str, with_parts: bool) -> (Option<Guid>, Vec<G
 /// A disk's named partitions whose device node exists: (GPT name, kernel
 /// name), in partition order (`sda2` before `sda10`).
 fn list_partitions(roots: &Roots, disk: &str) -> Vec<(String, String)> {
-    let Ok(entries) = std::fs::read_dir(roots.sys.join("class/block").join(disk)) else {
-        return Vec::new();
-    };
-    let mut parts: Vec<(String, String)> = entries
-        .flatten()
-        .filter(|e| e.path().join("partition").exists())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
+    let mut parts: Vec<(String, String)> = partition_dirs(roots, disk)
+        // Only a partition's uevent has a PARTNAME (a named GPT entry).
+        .filter_map(|p| std::fs::read_to_string(p.join("uevent")).ok())
         .filter_map(|t| parse_uevent(&t))
         // sysfs shows a partition a moment before devtmpfs has its node.
         .filter(|(dev, _)| roots.dev.join(dev).exists())
@@ -300,6 +296,23 @@ fn list_partitions(roots: &Roots, disk: &str) -> Vec<(String, String)> {
     // trailing number: shorter first is numeric order.
     parts.sort_by(|a, b| (a.1.len(), &a.1).cmp(&(b.1.len(), &b.1)));
     parts
+}
+
+/// The entries of `disk`'s sysfs directory that may be its partitions.
+/// The kernel names a partition after its disk (`vda1`, `nvme0n1p1`,
+/// `mmcblk0p2`), and no attribute of a disk starts with the disk's name:
+/// only those entries are looked at (a sysfs lookup is slow, and a disk
+/// has some thirty attributes).
+fn partition_dirs<'a>(roots: &Roots, disk: &'a str) -> impl Iterator<Item = std::path::PathBuf> + 'a {
+    let dir = roots.sys.join("class/block").join(disk);
+    let entries = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+    entries.filter(move |e| e.file_name().as_encoded_bytes().starts_with(disk.as_bytes())).map(|e| e.path())
+}
+
+/// Whether `disk` has a partition (its `partition` file), looking no
+/// further than the first.
+fn has_partitions(roots: &Roots, disk: &str) -> bool {
+    partition_dirs(roots, disk).any(|p| p.join("partition").exists())
 }
 
 /// Scan sysfs (under `roots`) once: every whole disk (`vda`, `nvme0n1`, `sda`, `mmcblk0`;
@@ -320,7 +333,7 @@ pub fn scan_in(roots: &Roots, with_parts: bool) -> Vec<Disk> {
     let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     for name in names {
-        if list_partitions(roots, &name).is_empty() {
+        if !has_partitions(roots, &name) {
             continue;
         }
         let (guid, part_guids) = read_gpt(roots, &name, with_parts);
