@@ -22,7 +22,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    std::process::exit(run(&cmd));
+    let conn = match connection(&cmd) {
+        Ok(conn) => conn,
+        Err(code) => std::process::exit(code),
+    };
+    let code = converse(&cmd, &conn);
+    // Exit with the connection still open: the kernel closes it only once
+    // this exit status is fixed. A server that acts on the hang-up (an
+    // update's installer ends, then PID 1 reboots and stops every container)
+    // cannot kill this process between the two and turn its answer into a
+    // SIGTERM.
+    std::process::exit(code);
 }
 
 /// `cairn-ctl shell`: one command per line from stdin (the development
@@ -61,7 +71,7 @@ fn shell() -> i32 {
             Some(_) => {}
         }
         let code = match parse_args(&words, std::env::var("CAIRN_CONTROL").ok()) {
-            Ok(cmd) => run(&cmd),
+            Ok(cmd) => connection(&cmd).map_or_else(|code| code, |conn| converse(&cmd, &conn)),
             Err(usage) => {
                 eprintln!("{usage}");
                 2
@@ -73,14 +83,16 @@ fn shell() -> i32 {
     }
 }
 
-fn run(cmd: &Command) -> i32 {
-    let fd = match connect(&cmd.socket) {
-        Ok(fd) => fd,
-        Err((step, e)) => {
-            eprintln!("cairn-ctl: {step} {}: {}", cmd.socket, std::io::Error::from_raw_os_error(e));
-            return 2;
-        }
-    };
+/// The control socket, connected; or, having said why not, the exit code.
+fn connection(cmd: &Command) -> Result<OwnedFd, i32> {
+    connect(&cmd.socket).map_err(|(step, e)| {
+        eprintln!("cairn-ctl: {step} {}: {}", cmd.socket, std::io::Error::from_raw_os_error(e));
+        2
+    })
+}
+
+/// `cmd`'s request and its answer over `fd`, printed; the exit code.
+fn converse(cmd: &Command, fd: &OwnedFd) -> i32 {
     let passed = match cmd.pass.as_deref().map(open_passed).transpose() {
         Ok(p) => p,
         Err(e) => {
@@ -88,16 +100,16 @@ fn run(cmd: &Command) -> i32 {
             return 2;
         }
     };
-    if send_request(&fd, &cmd.request, passed.as_ref()) < 0 {
+    if send_request(fd, &cmd.request, passed.as_ref()) < 0 {
         eprintln!("cairn-ctl: send: {}", std::io::Error::last_os_error());
         return 2;
     }
-    let Some(reply) = recv(&fd) else {
+    let Some(reply) = recv(fd) else {
         eprintln!("cairn-ctl: no reply");
         return if cmd.exec { EXEC_FAILED } else { 2 };
     };
     if cmd.exec {
-        return exec(&fd, &reply, cmd.tty);
+        return exec(fd, &reply, cmd.tty);
     }
     let body = match split_reply(&reply) {
         Ok(body) => body,
@@ -115,7 +127,7 @@ fn run(cmd: &Command) -> i32 {
         if cmd.pass.is_some() && !body.is_empty() {
             let _ = writeln!(out, "{}", stream_line(body, cmd.json)).and_then(|()| out.flush());
         }
-        while let Some(msg) = recv(&fd) {
+        while let Some(msg) = recv(fd) {
             if msg.is_empty() {
                 break;
             }
