@@ -142,12 +142,17 @@ pub struct Board {
 }
 
 /// Modules every board loads after its drivers: the layers (squashfs
-/// behind dm-verity, under overlayfs), the EFI system partition (FAT) and
-/// the firmware's variables; and the quota format of the data partition's
-/// project quotas (`quota_v2`: without it an ext4 with the `quota`
-/// feature does not mount read-write).
+/// behind dm-verity, under overlayfs) and the EFI system partition (FAT),
+/// which a boot from a slot image reads before it starts anything.
 pub const SYSTEM_MODULES: &[&str] =
-    &["squashfs", "overlay", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "quota_v2"];
+    &["squashfs", "overlay", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+
+/// Modules every board carries for what the boot does after its first
+/// starts: the data partition's quota format (`quota_v2`: without it an
+/// ext4 with the `quota` feature does not mount read-write). The init
+/// loads them once the first starts are issued, or earlier when the boot
+/// mounts the data partition first (an appliance with volumes).
+pub const LATE_MODULES: &[&str] = &["quota_v2"];
 
 /// Modules every board carries for the firmware's variables (efivarfs).
 /// The init loads them only where the kernel found UEFI firmware
@@ -184,6 +189,12 @@ impl Board {
     /// firewall ([`NETFILTER_MODULES`]).
     pub fn netfilter_modules(&self) -> &'static [&'static str] {
         NETFILTER_MODULES
+    }
+
+    /// Kernel modules the init loads after the first starts, or when the
+    /// boot first needs them ([`LATE_MODULES`]).
+    pub fn late_modules(&self) -> &'static [&'static str] {
+        LATE_MODULES
     }
 
     /// Kernel modules the init loads only on a machine with UEFI firmware
@@ -292,6 +303,10 @@ mod tests {
                 assert!(g.netfilter_modules().contains(m), "{name} lacks {m} that {qemu} loads for the firewall");
                 assert!(!gm.contains(m), "{name} loads {m} at every boot, not only for the firewall");
             }
+            for m in q.late_modules() {
+                assert!(g.late_modules().contains(m), "{name} lacks {m} that {qemu} loads late");
+                assert!(!gm.contains(m), "{name} loads {m} before the first starts");
+            }
             for m in q.network_modules() {
                 assert!(g.network_modules().contains(m), "{name} lacks {m} that {qemu} loads for networks");
                 assert!(!gm.contains(m), "{name} loads {m} at every boot, not only for container networks");
@@ -321,6 +336,7 @@ mod tests {
             for m in ["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "squashfs", "overlay", "dm_verity"] {
                 assert!(all.contains(&m), "{} lacks {m}", b.name);
             }
+            assert!(!all.contains(&"quota_v2") && b.late_modules().contains(&"quota_v2"), "{}: quota_v2 late", b.name);
             assert!(
                 !all.contains(&"efivarfs") && b.efi_modules().contains(&"efivarfs"),
                 "{}: efivarfs on demand",

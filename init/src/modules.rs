@@ -10,7 +10,7 @@
 //! before it forks anything.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use cairn_runtime::sys;
@@ -30,8 +30,13 @@ pub const NETFILTER_ORDER: &str = "/lib/modules/load-order-netfilter";
 /// Modules loaded only on a machine with UEFI firmware (efivarfs), none of
 /// them also in [`LOAD_ORDER`]; no list when the kernel builds them in.
 pub const EFI_ORDER: &str = "/lib/modules/load-order-efi";
+/// Modules every boot loads, but after its first starts are issued, or
+/// earlier where it first needs them ([`load_late`]): the data partition's
+/// quota format. None of them also in [`LOAD_ORDER`]; no list when the
+/// kernel builds them in.
+pub const LATE_ORDER: &str = "/lib/modules/load-order-late";
 /// The lists loaded only when a boot needs them.
-pub const ON_DEMAND: [&str; 3] = [NETWORKS_ORDER, NETFILTER_ORDER, EFI_ORDER];
+pub const ON_DEMAND: [&str; 4] = [NETWORKS_ORDER, NETFILTER_ORDER, EFI_ORDER, LATE_ORDER];
 /// Most threads that load modules at once.
 const MOST_THREADS: usize = 4;
 /// Each loading thread's stack: a path, a syscall and an event line.
@@ -44,14 +49,33 @@ const THREAD_STACK: usize = 64 << 10;
 /// then. Each is its absolute path and its descriptor.
 static HELD: Mutex<Vec<(String, OwnedFd)>> = Mutex::new(Vec::new());
 
+/// Whether this process (or the one it was forked from) has loaded the
+/// late list ([`load_late`]).
+static LATE_LOADED: AtomicBool = AtomicBool::new(false);
+
 /// The files the on-demand lists name, as absolute paths (a list that is
 /// not there names none).
 pub fn on_demand_files() -> Vec<String> {
-    ON_DEMAND
-        .iter()
-        .filter_map(|order| std::fs::read_to_string(order).ok())
-        .flat_map(|list| groups(&list).into_iter().flatten().map(module_path).collect::<Vec<_>>())
-        .collect()
+    ON_DEMAND.iter().flat_map(|order| list_files(order)).collect()
+}
+
+/// The files list `order` names, as absolute paths (none if it is not there).
+fn list_files(order: &str) -> Vec<String> {
+    std::fs::read_to_string(order)
+        .map(|list| groups(&list).into_iter().flatten().map(module_path).collect())
+        .unwrap_or_default()
+}
+
+/// Load the late list ([`LATE_ORDER`]) unless it was loaded already: after
+/// the first starts are issued, or first by whatever needs its modules
+/// before that (mounting the data partition). Without the list
+/// (a kernel with them built in) there is nothing to do.
+pub fn load_late() {
+    if LATE_LOADED.swap(true, Ordering::Relaxed) || !std::path::Path::new(LATE_ORDER).exists() {
+        return;
+    }
+    let failed = load_list(LATE_ORDER);
+    event("modules.late-done").kv("failed", failed).emit();
 }
 
 /// Open each of `paths` and keep it for its load. One that cannot be
@@ -69,9 +93,14 @@ pub fn hold(paths: &[String]) -> u64 {
     bytes
 }
 
-/// Close the kept files no load took (see [`HELD`]): how many.
+/// Close the kept files no load took (see [`HELD`]), but for the late
+/// list's, which every boot loads ([`load_late`]): how many.
 pub fn release() -> usize {
-    HELD.lock().map(|mut h| std::mem::take(&mut *h).len()).unwrap_or(0)
+    let late = list_files(LATE_ORDER);
+    let Ok(mut held) = HELD.lock() else { return 0 };
+    let before = held.len();
+    held.retain(|(path, _)| late.contains(path));
+    before - held.len()
 }
 
 /// The kept file of `path`, taken out (closed once loaded).

@@ -426,6 +426,7 @@ pub fn remove_targets(targets: &[LayerTarget]) {
 /// (`quota=off`: volumes then have no size limit).
 pub fn mount_data(parts: &Partitions) {
     crate::watchdog::pet(); // watchdog: an ext4 journal replay may take a while
+    crate::modules::load_late(); // the quota format
     let Some(dev) = parts.get("cairn-data") else {
         event("data.unavailable").kv("reason", "no cairn-data partition").emit();
         return;

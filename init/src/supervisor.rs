@@ -426,6 +426,8 @@ pub struct Supervisor {
 /// containers' own set-up ([`Supervisor::after_starts_issued`]).
 #[derive(Default)]
 struct Later {
+    /// Load the late modules ([`crate::modules::load_late`]).
+    late_modules: bool,
     /// The search for a bundle on another disk, forked
     /// ([`Supervisor::look_for_bundles`]).
     bundle_search: Option<BundleSearch>,
@@ -486,7 +488,7 @@ impl Supervisor {
             console: None,
             updater: None,
             pruner: None,
-            later: Later::default(),
+            later: Later { late_modules: true, ..Later::default() },
         }
     }
 
@@ -680,10 +682,14 @@ impl Supervisor {
     }
 
     /// The boot's work that no container waits for, after the loop's first
-    /// starts: the initramfs's files freed, the installer's fork (it then
-    /// runs on its own), then the data partition's mount.
+    /// starts: the late modules (the data partition's quota format), the
+    /// initramfs's files freed, the installer's fork (it then runs on its
+    /// own), then the data partition's mount.
     fn after_starts_issued(&mut self) {
         let later = std::mem::take(&mut self.later);
+        if later.late_modules {
+            crate::modules::load_late();
+        }
         if let Some(old) = later.old_root {
             event("initramfs.freed").kv("removed", old.free()).emit();
         }

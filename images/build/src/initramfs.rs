@@ -156,6 +156,7 @@ fn archive(
         ("load-order-networks", on_demand.networks.as_slice()),
         ("load-order-netfilter", on_demand.netfilter.as_slice()),
         ("load-order-efi", on_demand.efi.as_slice()),
+        ("load-order-late", on_demand.late.as_slice()),
     ];
     for (list, set) in lists {
         if set.is_empty() && list != "load-order" {
@@ -294,10 +295,12 @@ mod tests {
         fs::write(d.path().join("nf_tables.ko"), b"mod3").unwrap();
         fs::write(d.path().join("bridge.ko"), b"mod4").unwrap();
         fs::write(d.path().join("efivarfs.ko"), b"mod5").unwrap();
+        fs::write(d.path().join("vfat.ko"), b"mod6").unwrap();
         let on_demand = OnDemand {
             networks: vec![d.path().join("bridge.ko")],
             netfilter: vec![d.path().join("nf_tables.ko")],
             efi: vec![d.path().join("efivarfs.ko")],
+            late: vec![d.path().join("vfat.ko")],
         };
         let f = files(&build_with_on_demand(&init, &modules, &on_demand, &trust).unwrap()).unwrap();
         assert_eq!(f["lib/modules/load-order"], b"virtio_blk.ko\ndm-verity.ko\n");
@@ -306,6 +309,8 @@ mod tests {
         assert_eq!(f["lib/modules/nf_tables.ko"], b"mod3");
         assert_eq!(f["lib/modules/bridge.ko"], b"mod4");
         assert_eq!(f["lib/modules/load-order-efi"], b"efivarfs.ko\n");
+        assert_eq!(f["lib/modules/load-order-late"], b"vfat.ko\n");
+        assert_eq!(f["lib/modules/vfat.ko"], b"mod6");
     }
 
     #[test]

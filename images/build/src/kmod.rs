@@ -140,6 +140,9 @@ pub struct OnDemand {
     /// UEFI only (`lib/modules/load-order-efi`). Without UEFI firmware its
     /// init fails with ENODEV, which took 68 ms of an emulated boot.
     pub efi: Vec<PathBuf>,
+    /// The data partition's quota format: once the first starts are issued,
+    /// or when the boot first needs it (`lib/modules/load-order-late`).
+    pub late: Vec<PathBuf>,
 }
 
 /// The modules of each [`OnDemand`] group, by module name.
@@ -151,12 +154,19 @@ pub struct Wanted<'a> {
     pub netfilter: &'a [&'a str],
     /// See [`OnDemand::efi`].
     pub efi: &'a [&'a str],
+    /// See [`OnDemand::late`].
+    pub late: &'a [&'a str],
 }
 
 impl Wanted<'static> {
     /// The groups a board's init loads on demand.
     pub fn of(board: &cairn_board::Board) -> Self {
-        Self { networks: board.network_modules(), netfilter: board.netfilter_modules(), efi: board.efi_modules() }
+        Self {
+            networks: board.network_modules(),
+            netfilter: board.netfilter_modules(),
+            efi: board.efi_modules(),
+            late: board.late_modules(),
+        }
     }
 }
 
@@ -173,12 +183,13 @@ impl OnDemand {
         let networks = group(wanted.networks)?;
         let netfilter = group(wanted.netfilter)?;
         let efi = group(wanted.efi)?;
-        Ok(Self { networks, netfilter, efi })
+        let late = group(wanted.late)?;
+        Ok(Self { networks, netfilter, efi, late })
     }
 
     /// Every module of every group.
     pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        self.networks.iter().chain(&self.netfilter).chain(&self.efi)
+        self.networks.iter().chain(&self.netfilter).chain(&self.efi).chain(&self.late)
     }
 }
 

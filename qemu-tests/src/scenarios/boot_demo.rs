@@ -34,6 +34,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ensure!(freed.num("removed").unwrap_or(0) >= 10, "{:?}", freed.fields);
     let first = c.expect("container.starting", &[])?;
     ensure!(freed.index > first.index, "the initramfs was freed before the first start");
+    // The quota format is loaded after the first start is issued (no start
+    // waits for it) and before the data partition's mount, which needs it.
+    let late = c.expect("modules.late-done", &[("failed", "0")])?;
+    let quota = c.expect("module.loaded", &[("name", "quota_v2.ko")])?;
+    let data = c.expect("data.mounted", &[("quota", "prjquota")])?;
+    ensure!(
+        first.index < quota.index && quota.index < late.index && late.index < data.index,
+        "quota_v2 not loaded between the first start and the data mount"
+    );
     for name in ["alpha", "beta", "driver"] {
         c.expect("container.started", &[("name", name)])?;
     }
