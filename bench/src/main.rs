@@ -271,7 +271,9 @@ fn guest() -> Res<()> {
     // thread that makes them ahead, its program attached by the start).
     let mut ahead = Ahead::new();
     ahead.programs.attach_defaults_to(cairn_runtime::cgroup::CONTAINERS).map_err(err)?;
-    // The same, never refilled: each start makes its own namespace.
+    // The same, never refilled: each start makes its own namespace. Its
+    // attach replaces the first's program on the parent with its own, of
+    // the same rules: each Ahead then knows the parent holds them.
     let mut own_net = Ahead::new();
     own_net.programs.attach_defaults_to(cairn_runtime::cgroup::CONTAINERS).map_err(err)?;
     if arg(&cmdline, "cairn.bench.mode").as_deref() == Some("trace") {

@@ -197,7 +197,8 @@ fn find_partitions(cmdline: &Cmdline, loader: &LoaderInfo) -> Result<(String, Pa
         Want::Disk(g) => partitions::guid_text(g),
         Want::Partition(_) | Want::Only => "any".to_owned(),
     };
-    match partitions::wait_for(Duration::from_millis(timeout_ms.into()), want) {
+    let (found, scans) = partitions::wait_for(Duration::from_millis(timeout_ms.into()), want);
+    match found {
         Ok(b) => {
             for (disk, names) in &b.foreign {
                 event("partitions.foreign")
@@ -212,6 +213,7 @@ fn find_partitions(cmdline: &Cmdline, loader: &LoaderInfo) -> Result<(String, Pa
             }
             e.kv("count", b.partitions.len())
                 .kv("names", b.partitions.keys().cloned().collect::<Vec<_>>().join(","))
+                .kv("scans", scans)
                 .emit();
             Ok((b.disk, b.partitions))
         }

@@ -132,7 +132,7 @@ fn main() {
     // firmware's runtime services).
     let ahead = cairn_runtime::Ahead::prepare(resolve::usual_filter());
     let (slot, booted) = boot::boot(&cmdline, &loader);
-    let mut ahead = report_ahead(ahead.join());
+    let mut ahead = attach_and_report_ahead(ahead.join());
     let (units, order, targets, update, window, (search, updater), deferred_data) = match booted {
         Ok(booted) => {
             let (units, order) = units_of(&booted, &mut ahead.filters);
@@ -232,15 +232,16 @@ fn main() {
     finish(kind, &targets);
 }
 
-/// Say what was made ahead of the first start (`boot.ahead`): what failed
-/// is made by the start that needs it, and fails there if it must.
+/// Attach the default device program made ahead to the containers' parent
+/// cgroup, for every container cgroup made below it (`devices_at`), and say
+/// what was made ahead of the first start (`boot.ahead`): what failed is
+/// made by the start that needs it, and fails there if it must.
 ///
-/// Then the default device program is attached to the containers' parent
-/// cgroup, for every container cgroup made below it (`devices_at`): made
-/// here, on PID 1's only thread, because the boot's first attach of a
-/// device program patches kernel text on every CPU (like the first memory
-/// cgroup, `early::cgroups`). If that fails, every start attaches it.
-fn report_ahead(mut p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
+/// The attach is made here, on PID 1's only thread, because the boot's
+/// first attach of a device program patches kernel text on every CPU (like
+/// the first memory cgroup, `early::cgroups`). If it fails, every start
+/// attaches the program to its own cgroup.
+fn attach_and_report_ahead(mut p: cairn_runtime::ahead::Prepared) -> cairn_runtime::Ahead {
     let e = event("boot.ahead");
     let e = match &p.program {
         Ok(()) => e.kv("device_program", "loaded"),

@@ -363,12 +363,36 @@ pub enum WaitError {
 /// A disk that appears late (USB storage enumerates a second or more after
 /// its driver loads; NVMe and SATA probe in the background) is found by a
 /// later scan: the wait is `cairn.disk_timeout_ms`.
-pub fn wait_for(timeout: Duration, want: Want) -> Result<BootDisk, WaitError> {
-    wait_in(&Roots::system(), timeout, want)
+///
+/// Between two scans it waits for the kernel's next block device uevent
+/// (at most [`RESCAN_AFTER`], should one be missed), or without the uevent
+/// socket [`NAP`].
+///
+/// Also returns how many scans it made (1: the disk was there at once).
+pub fn wait_for(timeout: Duration, want: Want) -> (Result<BootDisk, WaitError>, u32) {
+    let mut wake = crate::uevent::BlockWake::open();
+    let most = if wake.listens() { RESCAN_AFTER } else { NAP };
+    let mut scans = 1;
+    let found = wait_in(&Roots::system(), timeout, want, &mut |left| {
+        scans += 1;
+        wake.nap(left.min(most));
+    });
+    (found, scans)
 }
 
-/// [`wait_for`] under `roots`.
-pub fn wait_in(roots: &Roots, timeout: Duration, want: Want) -> Result<BootDisk, WaitError> {
+/// The longest wait for a block uevent between two scans.
+const RESCAN_AFTER: Duration = Duration::from_millis(250);
+/// The wait between two scans without uevents.
+const NAP: Duration = Duration::from_millis(20);
+
+/// [`wait_for`] under `roots`; `nap` waits between two scans, given the
+/// time left until the timeout.
+pub fn wait_in(
+    roots: &Roots,
+    timeout: Duration,
+    want: Want,
+    nap: &mut dyn FnMut(Duration),
+) -> Result<BootDisk, WaitError> {
     let start = Instant::now();
     loop {
         let result = choose(&scan_in(roots, matches!(want, Want::Partition(_))), want);
@@ -388,7 +412,7 @@ pub fn wait_in(roots: &Roots, timeout: Duration, want: Want) -> Result<BootDisk,
             Err(_) => {}
         }
         crate::watchdog::pet(); // watchdog: the wait is cairn.disk_timeout_ms long
-        std::thread::sleep(Duration::from_millis(20));
+        nap(timeout.saturating_sub(start.elapsed()));
     }
 }
 
@@ -676,16 +700,24 @@ mod tests {
             std::mem::forget(f); // the outer Fake removes the tree
         });
         let start = Instant::now();
-        let b = wait_in(&f.roots, Duration::from_secs(10), Want::Disk([5; 16])).unwrap();
+        let mut naps = Vec::new();
+        let mut nap = |left: Duration| {
+            naps.push(left);
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        };
+        let b = wait_in(&f.roots, Duration::from_secs(10), Want::Disk([5; 16]), &mut nap).unwrap();
         assert!(start.elapsed() >= Duration::from_millis(200));
+        // Each nap is told the time left, which only shrinks.
+        assert!(!naps.is_empty() && naps.windows(2).all(|w| w[1] < w[0]) && naps[0] <= Duration::from_secs(10));
         assert_eq!((b.disk.as_str(), b.partitions.len()), ("sda", 4));
         writer.join().unwrap();
 
         // Nothing by the timeout: refused after waiting it out.
         let f = Fake::new("never");
+        let mut nap = |left: Duration| std::thread::sleep(left.min(Duration::from_millis(20)));
         let start = Instant::now();
         assert_eq!(
-            wait_in(&f.roots, Duration::from_millis(100), Want::Disk([5; 16])),
+            wait_in(&f.roots, Duration::from_millis(100), Want::Disk([5; 16]), &mut nap),
             Err(WaitError::Choose(ChooseError::NotFound))
         );
         assert!(start.elapsed() >= Duration::from_millis(100));
@@ -693,7 +725,7 @@ mod tests {
         f.disk("nvme0n1", Some(5), 512);
         f.part("nvme0n1", "nvme0n1p1", "cairn-state", true);
         assert_eq!(
-            wait_in(&f.roots, Duration::from_millis(50), Want::Disk([5; 16])),
+            wait_in(&f.roots, Duration::from_millis(50), Want::Disk([5; 16]), &mut nap),
             Err(WaitError::Missing { disk: "nvme0n1".into(), missing: vec!["cairn-manifest-a", "cairn-manifest-b"] })
         );
     }

@@ -129,6 +129,83 @@ pub fn layer_of<'a>(targets: &'a [LayerTarget], device: &str) -> Option<&'a Laye
     targets.iter().find(|t| t.dm.kernel_name() == device)
 }
 
+/// A non-blocking socket on the kernel's uevents (group 1).
+fn socket() -> SysResult<OwnedFd> {
+    use nix::sys::socket::{self as so, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+    let fd = so::socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )
+    .map_err(sys::err("socket", "NETLINK_KOBJECT_UEVENT"))?;
+    so::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1)).map_err(sys::err("bind", "uevent group 1"))?;
+    Ok(fd)
+}
+
+/// Whether one uevent datagram is about a block device (a disk or a
+/// partition added, changed or removed).
+pub fn is_block(msg: &[u8]) -> bool {
+    msg.split(|b| *b == 0).any(|f| f == b"SUBSYSTEM=block")
+}
+
+/// What the boot disk's wait sleeps on between two scans: the kernel's
+/// uevents, so that a disk or partition that appears wakes it at once,
+/// and a disk that takes seconds to appear (USB storage) is not scanned
+/// fifty times a second meanwhile. Without the socket it naps.
+pub struct BlockWake(Option<OwnedFd>);
+
+impl BlockWake {
+    /// Listen from now on: a device the kernel adds after this is a wake;
+    /// one added before is there for the scan that follows.
+    pub fn open() -> Self {
+        BlockWake(socket().ok())
+    }
+
+    /// Whether it listens (without the socket, [`Self::nap`] sleeps).
+    pub fn listens(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Return once a block device uevent came (read, with every other
+    /// waiting one), or `most` passed.
+    pub fn nap(&mut self, most: std::time::Duration) {
+        let Some(fd) = self.0.as_ref() else {
+            std::thread::sleep(most);
+            return;
+        };
+        let until = std::time::Instant::now() + most;
+        let mut buf = [0u8; 8192];
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            if ms == 0 {
+                return;
+            }
+            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, for the call's duration.
+            if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+                // Timed out, or interrupted (signals are blocked in PID 1):
+                // the caller scans again either way.
+                return;
+            }
+            let mut block = false;
+            loop {
+                match nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
+                    Ok((n, Some(from))) if from.pid() == 0 => block |= buf.get(..n).is_some_and(is_block),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    // Lost ones may have been block ones: scan.
+                    Err(nix::errno::Errno::ENOBUFS) => block = true,
+                    Err(_) => break,
+                }
+            }
+            if block {
+                return;
+            }
+        }
+    }
+}
+
 /// The listening socket, the layers behind verity, and what was seen.
 pub struct Watch {
     fd: OwnedFd,
@@ -141,16 +218,7 @@ pub struct Watch {
 impl Watch {
     /// Listen for kernel uevents (group 1), non-blocking.
     pub fn open(targets: Vec<LayerTarget>) -> SysResult<Self> {
-        use nix::sys::socket::{self as so, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
-        let fd = so::socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkKObjectUEvent,
-        )
-        .map_err(sys::err("socket", "NETLINK_KOBJECT_UEVENT"))?;
-        so::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1)).map_err(sys::err("bind", "uevent group 1"))?;
-        Ok(Watch { fd, targets, seen: Seen::default(), corrupted: false })
+        Ok(Watch { fd: socket()?, targets, seen: Seen::default(), corrupted: false })
     }
 
     /// The descriptor to poll.
@@ -252,6 +320,16 @@ mod tests {
         assert_eq!(parse(&msg(&["change@/d", "SUBSYSTEM=block", "DM_VERITY_ERR_BLOCK_NR=0,1"])), None);
         assert_eq!(parse(b"libudev\0\xfe\xed"), None);
         assert_eq!(parse(b""), None);
+    }
+
+    #[test]
+    fn a_disk_or_partition_wakes_the_disk_wait_and_other_devices_do_not() {
+        let part =
+            msg(&["add@/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1", "ACTION=add", "SUBSYSTEM=block"]);
+        assert!(is_block(&part));
+        assert!(!is_block(&msg(&["add@/devices/virtual/net/eth0", "ACTION=add", "SUBSYSTEM=net"])));
+        assert!(!is_block(&msg(&["add@/x", "SUBSYSTEM=blockx"])), "the whole field, not a prefix");
+        assert!(!is_block(b""));
     }
 
     #[test]
