@@ -197,6 +197,16 @@ pub fn powered_off(run: &Run) -> Result<()> {
     no_panic(run)?;
     ensure!(run.ending == Ending::Exited, "QEMU did not exit by itself ({:?} after {:?})", run.ending, run.elapsed);
     run.console.expect("shutdown.complete", &[("kind", "poweroff")])?;
+    awaited(run)
+}
+
+/// Every `await-stopped` driver saw the containers it names stopped: one
+/// that gave up waiting (and sent its request anyway) means the checks run
+/// on a device where something the scenario waits for never ended.
+pub fn awaited(run: &Run) -> Result<()> {
+    for l in run.console.all("await-stopped", &[]) {
+        ensure!(l.get("timeout") == Some("0"), "a driver gave up waiting for containers to stop: {:?}", l.fields);
+    }
     Ok(())
 }
 
@@ -228,6 +238,17 @@ mod tests {
         assert_eq!(e.lines().count(), 1 + PANIC_BEFORE + 1, "{e}");
         let e = no_panic(&run_of(&["thread 'main' panicked at init/src/main.rs:9"])).unwrap_err().to_string();
         assert!(e.starts_with("a Rust panic on the console:\n     | thread 'main'"), "{e}");
+    }
+
+    #[test]
+    fn a_driver_that_gave_up_waiting_fails_the_run() {
+        let line = |timeout: &str| {
+            format!("[driver] payload name=driver event=await-stopped names=a,b polls=600 timeout={timeout}")
+        };
+        assert!(awaited(&run_of(&[&line("0")])).is_ok());
+        assert!(awaited(&run_of(&["cairn: t=1.0 event=boot.start"])).is_ok());
+        let e = awaited(&run_of(&[&line("0"), &line("1")])).unwrap_err().to_string();
+        assert!(e.starts_with("a driver gave up waiting for containers to stop"), "{e}");
     }
 
     #[test]
