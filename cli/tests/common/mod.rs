@@ -23,6 +23,7 @@ pub fn fake_boot_kit(d: &Path, board: &str) {
         .chain(board.network_modules())
         .chain(board.netfilter_modules())
         .chain(board.efi_modules())
+        .chain(board.late_modules())
         .map(|m| format!("kernel/x/{m}.ko\n"))
         .collect();
     std::fs::write(modules.join("modules.builtin"), builtin).unwrap();
