@@ -426,8 +426,6 @@ pub struct Supervisor {
 /// containers' own set-up ([`Supervisor::after_starts_issued`]).
 #[derive(Default)]
 struct Later {
-    /// Load the late modules ([`crate::modules::load_late`]).
-    late_modules: bool,
     /// The search for a bundle on another disk, forked
     /// ([`Supervisor::look_for_bundles`]).
     bundle_search: Option<BundleSearch>,
@@ -488,7 +486,7 @@ impl Supervisor {
             console: None,
             updater: None,
             pruner: None,
-            later: Later { late_modules: true, ..Later::default() },
+            later: Later::default(),
         }
     }
 
@@ -686,10 +684,9 @@ impl Supervisor {
     /// initramfs's files freed, the installer's fork (it then runs on its
     /// own), then the data partition's mount.
     fn after_starts_issued(&mut self) {
+        // Once: later turns find it loaded.
+        crate::modules::load_late();
         let later = std::mem::take(&mut self.later);
-        if later.late_modules {
-            crate::modules::load_late();
-        }
         if let Some(old) = later.old_root {
             event("initramfs.freed").kv("removed", old.free()).emit();
         }

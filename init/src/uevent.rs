@@ -189,8 +189,10 @@ impl BlockWake {
                 // the caller scans again either way.
                 return;
             }
+            // At most a batch per wake, as the event loop's drain: the
+            // rest is read after the next poll, which returns at once.
             let mut block = false;
-            loop {
+            for _ in 0..DRAIN_BATCH {
                 match nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
                     Ok((n, Some(from))) if from.pid() == 0 => block |= buf.get(..n).is_some_and(is_block),
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
